@@ -1,0 +1,77 @@
+"""Shared test fixtures.
+
+Two logical CPU devices are configured before any test touches TensorFlow, so
+distribution tests can run MirroredStrategy on a machine without GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def _configure_logical_cpus() -> None:
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except RuntimeError:  # already initialised by an earlier import
+        pass
+
+
+_configure_logical_cpus()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The read-only ../shared/data folder; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs ../shared/data (not found at {SHARED_DATA})")
+    return SHARED_DATA
+
+
+def write_image(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an image; the format follows the file suffix."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def make_images_labels_dataset(tmp_path):
+    """Factory: a dataset in the original images/ + labels/ layout.
+
+    ``make(counts={"Chest": 6, "Hand": 6}, size=32, suffix=".png")`` returns the
+    dataset folder. Pixel values encode the class so models can learn them.
+    """
+
+    def make(counts: dict[str, int], size: int = 32, suffix: str = ".png",
+             root: Path | None = None, seed: int = 0) -> Path:
+        root = root or tmp_path / "ds"
+        rng = np.random.default_rng(seed)
+        index = 0
+        for class_index, (name, count) in enumerate(sorted(counts.items())):
+            for _ in range(count):
+                level = 40 + 50 * class_index
+                array = np.clip(rng.normal(level, 10, (size, size)), 0, 255).astype(np.uint8)
+                stem = f"{index:06d}"
+                write_image(root / "images" / f"{stem}{suffix}", array)
+                (root / "labels").mkdir(parents=True, exist_ok=True)
+                (root / "labels" / f"{stem}.txt").write_text(name + "\n")
+                index += 1
+        return root
+
+    return make
