@@ -1,0 +1,125 @@
+"""Evaluate a trained model on a split of a converted dataset and write a report.
+
+    python networks/resnet/dicom_eval.py --model=runs/r18 --data_dir=data/mednist --split=test
+
+--model is a training model_dir (latest checkpoint, or --checkpoint=.../ckpt-400) or an
+exported SavedModel (its folder, or the export_dir holding numbered versions). The report
+goes to --output_dir, by default next to the model (<model_dir>/eval_<split>/, or
+<export_dir>/eval-<version>-<split>/):
+
+    metrics.json          accuracy, top-k, per-class precision/recall/F1/support/ROC AUC,
+                          macro and weighted averages, confusion matrix, example count
+    confusion_matrix.png  counts with row-normalised shading
+    misclassified.csv     file, true, predicted, probability
+    events.out.tfevents*  the same scalars and the confusion matrix image for TensorBoard
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model", None, "Training model_dir or SavedModel folder (or export_dir).")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: latest).")
+flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.")
+flags.DEFINE_string("split", "test", "Split to evaluate (train, validation, test, or the "
+                    "--output_name of an unsplit conversion).")
+flags.DEFINE_string("output_dir", None, "Where the report goes (default: next to the model).")
+flags.DEFINE_integer("batch_size", 64, "Images per inference batch.")
+flags.mark_flags_as_required(["model", "data_dir"])
+FLAGS = flags.FLAGS
+
+
+def default_output_dir(model: str, predictor_source: str, split: str) -> str:
+    """<model_dir>/eval_<split> for a model_dir; a sibling of the version for a SavedModel."""
+    if os.path.isfile(os.path.join(model, "config.json")):
+        return os.path.join(model, f"eval_{split}")
+    version_dir = predictor_source.rstrip("/")
+    return os.path.join(os.path.dirname(version_dir),
+                        f"eval-{os.path.basename(version_dir)}-{split}")
+
+
+def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
+    """Runs ``predictor`` over every record of a split.
+
+    Returns:
+      (labels int [N], probabilities float [N, C], filenames list[str]).
+
+    Raises:
+      ValueError: the split's classes differ from the model's.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from dataset import features, reader
+
+    info = reader.split_info(data_dir, split)
+    if list(info.class_names) != predictor.class_names:
+        raise ValueError(f"{data_dir}: classes {list(info.class_names)} differ from the model's "
+                         f"{predictor.class_names}")
+    spec = {key: features.feature_spec()[key]
+            for key in (features.KEY_ENCODED, features.KEY_LABEL, features.KEY_FILENAME)}
+    # Sequential read keeps the report's row order stable across runs.
+    records = (tf.data.TFRecordDataset(list(info.files)).batch(batch_size)
+               .map(lambda batch: tf.io.parse_example(batch, spec)).prefetch(2))
+    labels, probabilities, filenames = [], [], []
+    from tqdm import tqdm
+
+    with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {split}") as progress:
+        for batch in records:
+            probabilities.append(predictor(batch[features.KEY_ENCODED]))
+            labels.append(batch[features.KEY_LABEL].numpy())
+            filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
+            progress.update(len(labels[-1]))
+    return np.concatenate(labels), np.concatenate(probabilities), filenames
+
+
+def write_tensorboard(output_dir: str, metrics: dict, step: int) -> None:
+    import tensorflow as tf
+
+    from official.utils.report import summary_scalars
+
+    png = open(os.path.join(output_dir, "confusion_matrix.png"), "rb").read()
+    writer = tf.summary.create_file_writer(output_dir)
+    with writer.as_default():
+        for name, value in summary_scalars(metrics).items():
+            tf.summary.scalar(name, value, step=step)
+        tf.summary.image("confusion_matrix", tf.io.decode_png(png)[tf.newaxis], step=step)
+    writer.close()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from networks.resnet.inference import Predictor
+    from official.utils.report import write_report
+
+    try:
+        predictor = Predictor(FLAGS.model, FLAGS.checkpoint)
+        labels, probabilities, filenames = evaluate_split(
+            predictor, FLAGS.data_dir, FLAGS.split, batch_size=FLAGS.batch_size)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    output_dir = FLAGS.output_dir or default_output_dir(FLAGS.model, predictor.source, FLAGS.split)
+    step = int(predictor.source.rsplit("-", 1)[-1]) if "ckpt-" in predictor.source else 0
+    metrics = write_report(
+        output_dir, labels=labels, probabilities=probabilities,
+        class_names=predictor.class_names, filenames=filenames,
+        title=f"{FLAGS.split} split, {os.path.basename(predictor.source)}",
+        extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
+               "model": predictor.source})
+    write_tensorboard(output_dir, metrics, step)
+    print(f"{FLAGS.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_examples']} "
+          f"images; report in {output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
