@@ -25,14 +25,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_string("model", None, "Training model_dir or SavedModel folder (or export_dir).")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: latest).")
-flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.")
-flags.DEFINE_string("split", "test", "Split to evaluate (train, validation, test, or the "
-                    "--output_name of an unsplit conversion).")
-flags.DEFINE_string("output_dir", None, "Where the report goes (default: next to the model).")
-flags.DEFINE_integer("batch_size", 64, "Images per inference batch.")
-flags.mark_flags_as_required(["model", "data_dir"])
 FLAGS = flags.FLAGS
 
 
@@ -94,6 +86,18 @@ def write_tensorboard(output_dir: str, metrics: dict, step: int) -> None:
     writer.close()
 
 
+def define_flags() -> None:
+    """Flags exist only when run as a program, so tests can import this module."""
+    flags.DEFINE_string("model", None, "Training model_dir or SavedModel folder (or export_dir).")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: latest).")
+    flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.")
+    flags.DEFINE_string("split", "test", "Split to evaluate (train, validation, test, or the "
+                        "--output_name of an unsplit conversion).")
+    flags.DEFINE_string("output_dir", None, "Where the report goes (default: next to the model).")
+    flags.DEFINE_integer("batch_size", 64, "Images per inference batch.")
+    flags.mark_flags_as_required(["model", "data_dir"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -122,4 +126,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

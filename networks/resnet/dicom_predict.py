@@ -31,16 +31,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_string("model", None, "Training model_dir or SavedModel folder (or export_dir).")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: latest).")
-flags.DEFINE_list("input", [], "Files or folders to classify (positional arguments work too).")
-flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes.")
-flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
-flags.DEFINE_integer("top_k", 3, "How many classes to list per file.")
-flags.DEFINE_float("min_confidence", None, "Below this probability a prediction is marked "
-                   "'uncertain' (e.g. 0.8). Default: never.")
-flags.DEFINE_bool("dicom_force", False, "Read DICOM files that lack the DICM preamble/meta.")
-flags.mark_flag_as_required("model")
 FLAGS = flags.FLAGS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
@@ -156,6 +146,20 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     return counts
 
 
+def define_flags() -> None:
+    """Flags exist only when run as a program, so tests can import this module."""
+    flags.DEFINE_string("model", None, "Training model_dir or SavedModel folder (or export_dir).")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: latest).")
+    flags.DEFINE_list("input", [], "Files or folders to classify (positional arguments work too).")
+    flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes.")
+    flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
+    flags.DEFINE_integer("top_k", 3, "How many classes to list per file.")
+    flags.DEFINE_float("min_confidence", None, "Below this probability a prediction is marked "
+                       "'uncertain' (e.g. 0.8). Default: never.")
+    flags.DEFINE_bool("dicom_force", False, "Read DICOM files that lack the DICM preamble/meta.")
+    flags.mark_flag_as_required("model")
+
+
 def main(argv):
     from dataset.dicom import DicomOptions
     from networks.resnet.inference import Predictor
@@ -183,4 +187,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
