@@ -28,6 +28,8 @@ INT64_KEYS = (KEY_LABEL, KEY_HEIGHT, KEY_WIDTH, KEY_CHANNELS)
 
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:  # the common case (lengths of small fields, labels)
+        return _SMALL_VARINTS[value]
     if value < 0:  # protobuf int64 encodes negatives as ten-byte two's complement
         value += 1 << 64
     out = bytearray()
@@ -41,6 +43,10 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+_SMALL_VARINTS = tuple(bytes((value,)) for value in range(0x80))
+_TAG1, _TAG2, _TAG3 = b"\x0a", b"\x12", b"\x1a"  # fields 1, 2, 3 with wire type 2
+
+
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2)."""
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
@@ -48,12 +54,26 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def _bytes_feature(value: bytes) -> bytes:
     # Feature{bytes_list(1): BytesList{value(1): value}}
-    return _field(1, _field(1, value))
+    inner = _TAG1 + _varint(len(value)) + value
+    return _TAG1 + _varint(len(inner)) + inner
 
 
 def _int64_feature(value: int) -> bytes:
     # Feature{int64_list(3): Int64List{value(1) packed: [value]}}
-    return _field(3, _field(1, _varint(value)))
+    packed = _varint(value)
+    inner = _TAG1 + _varint(len(packed)) + packed
+    return _TAG3 + _varint(len(inner)) + inner
+
+
+# Map entry {key(1), value(2)} prefixes, precomputed: this encoder runs once per
+# image in the converter's hot loop.
+_KEY_PREFIX = {key: _field(1, key.encode()) + _TAG2
+               for key in BYTES_KEYS + INT64_KEYS}
+
+
+def _entry(key: str, feature: bytes) -> bytes:
+    entry = _KEY_PREFIX[key] + _varint(len(feature)) + feature
+    return _TAG1 + _varint(len(entry)) + entry
 
 
 def serialize_example(
@@ -70,24 +90,20 @@ def serialize_example(
     """Serialise one image as a ``tf.train.Example`` with the TF-Slim keys."""
     if image_format not in ("jpeg", "png"):
         raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
-    features = {
-        KEY_ENCODED: _bytes_feature(encoded),
-        KEY_FORMAT: _bytes_feature(image_format.encode()),
-        KEY_LABEL: _int64_feature(label),
-        KEY_TEXT: _bytes_feature(text.encode("utf-8")),
-        KEY_HEIGHT: _int64_feature(height),
-        KEY_WIDTH: _int64_feature(width),
-        KEY_CHANNELS: _int64_feature(channels),
-        KEY_FILENAME: _bytes_feature(filename.encode("utf-8")),
-    }
-    # Features{feature(1): map entries}; a map entry is {key(1), value(2)}.
-    # Keys are written sorted so identical inputs give identical bytes.
-    entries = b"".join(
-        _field(1, _field(1, key.encode()) + _field(2, value))
-        for key, value in sorted(features.items())
-    )
+    # Features{feature(1): map entries}. Entries are written in sorted key order
+    # (the order below) so identical inputs give identical bytes.
+    entries = b"".join((
+        _entry(KEY_CHANNELS, _int64_feature(channels)),
+        _entry(KEY_LABEL, _int64_feature(label)),
+        _entry(KEY_TEXT, _bytes_feature(text.encode("utf-8"))),
+        _entry(KEY_ENCODED, _bytes_feature(encoded)),
+        _entry(KEY_FILENAME, _bytes_feature(filename.encode("utf-8"))),
+        _entry(KEY_FORMAT, _bytes_feature(image_format.encode())),
+        _entry(KEY_HEIGHT, _int64_feature(height)),
+        _entry(KEY_WIDTH, _int64_feature(width)),
+    ))
     # Example{features(1): Features}
-    return _field(1, entries)
+    return _TAG1 + _varint(len(entries)) + entries
 
 
 # --- reading: pure TensorFlow ------------------------------------------------

@@ -1,0 +1,158 @@
+"""Converter throughput and memory vs a naive single-process loop, measured in the same run.
+
+  python benchmarks/convert_bench.py [--num_workers=0]
+
+Converts ../shared/data/mednist-3000 (images/ + labels/) and the 35,107 images of
+../shared/data/MedNIST-dev.tar.gz (extracted into a temporary folder outside the
+repository) with dataset.convert, and with the naive loop of the 2018 converter
+(read file -> tf.train.Example -> one TFRecordWriter): ``naive`` decodes each
+image once for its height/width/channels like TF-Slim's converter, so it writes
+the same features as ours; ``naive_bytes`` skips that (fewer features, no check
+that the image decodes), a lower bound on the work. Each
+conversion runs in its own subprocess; peak memory is the largest resident set
+of that subprocess and its workers (wait4 ru_maxrss). Images/s count the
+conversion itself, after interpreter start-up and ``import tensorflow``, which
+both sides pay alike. Prints a table, the speed ratio and the 35k/3k memory ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("naive", "naive_bytes", "ours")
+SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+
+
+def _inputs(dataset_dir: str) -> list[tuple[str, str, str]]:
+    """(absolute path, relative path, label) for both MedNIST layouts."""
+    items = []
+    images = os.path.join(dataset_dir, "images")
+    if os.path.isdir(images):
+        for name in sorted(os.listdir(images)):
+            stem = os.path.splitext(name)[0]
+            with open(os.path.join(dataset_dir, "labels", stem + ".txt"), encoding="utf-8") as f:
+                items.append((os.path.join(images, name), "images/" + name, f.read().strip()))
+        return items
+    for label in sorted(os.listdir(dataset_dir)):
+        for name in sorted(os.listdir(os.path.join(dataset_dir, label))):
+            items.append((os.path.join(dataset_dir, label, name), f"{label}/{name}", label))
+    return items
+
+
+def naive(dataset_dir: str, output_dir: str, decode: bool) -> int:
+    """The 2018 loop. With ``decode``, each image is decoded once (as TF-Slim's
+    ImageReader did) to fill image/height, width and channels, so it writes the
+    same features as ours and rejects undecodable files; without, bytes only."""
+    import tensorflow as tf
+
+    items = _inputs(dataset_dir)
+    classes = sorted({label for _, _, label in items})
+    os.makedirs(output_dir, exist_ok=True)
+
+    def _bytes(value: bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int64(value: int):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    with tf.io.TFRecordWriter(os.path.join(output_dir, "naive.tfrecord")) as writer:
+        for path, relpath, label in items:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            feature = {
+                "image/encoded": _bytes(data), "image/format": _bytes(b"jpeg"),
+                "image/class/label": _int64(classes.index(label)),
+                "image/class/text": _bytes(label.encode()),
+                "image/filename": _bytes(relpath.encode())}
+            if decode:
+                height, width, channels = tf.io.decode_image(data).shape
+                feature.update({"image/height": _int64(height), "image/width": _int64(width),
+                                "image/channels": _int64(channels)})
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+    return len(items)
+
+
+def ours(dataset_dir: str, output_dir: str, num_workers: int) -> int:
+    from dataset.convert import ConvertConfig, convert_dataset
+
+    manifest = convert_dataset(ConvertConfig(
+        dataset_name="bench", dataset_dir=dataset_dir, output_dir=output_dir,
+        need_split="tvt_split", num_workers=num_workers, show_progress=False))
+    return sum(info["num_examples"] for info in manifest["splits"].values())
+
+
+def child(method: str, dataset_dir: str, output_dir: str, num_workers: int) -> None:
+    import tensorflow  # noqa: F401  start-up cost paid before the clock, as for the peer
+
+    start = time.perf_counter()
+    count = (ours(dataset_dir, output_dir, num_workers) if method == "ours"
+             else naive(dataset_dir, output_dir, decode=method == "naive"))
+    print(json.dumps({"images": count, "seconds": time.perf_counter() - start}))
+
+
+def measure(method: str, dataset_dir: str, num_workers: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="convert-bench-out-") as output_dir:
+        process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), f"--child={method}",
+             f"--dataset_dir={dataset_dir}", f"--output_dir={output_dir}",
+             f"--num_workers={num_workers}"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        stdout = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            raise SystemExit(f"{method} on {dataset_dir} failed with exit code "
+                             f"{process.returncode}")
+        result = json.loads(stdout.decode().strip().splitlines()[-1])
+    result["peak_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_workers", type=int, default=0, help="0: all cores")
+    parser.add_argument("--small", default=os.path.join(SHARED, "mednist-3000"))
+    parser.add_argument("--tarball", default=os.path.join(SHARED, "MedNIST-dev.tar.gz"))
+    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--dataset_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--output_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        sys.path.insert(0, REPO_ROOT)
+        child(args.child, args.dataset_dir, args.output_dir, args.num_workers)
+        return
+    with tempfile.TemporaryDirectory(prefix="convert-bench-mednist-") as extracted:
+        with tarfile.open(args.tarball) as archive:
+            archive.extractall(extracted, filter="data")
+        large = os.path.join(extracted, "MedNIST")
+        rows = {}
+        for name, dataset_dir in (("3k", args.small), ("35k", large)):
+            for method in METHODS:
+                rows[name, method] = measure(method, dataset_dir, args.num_workers)
+    print(f"cores: {os.cpu_count()}, workers: {args.num_workers or os.cpu_count()}")
+    print(f"{'dataset':8} {'method':6} {'images':>7} {'seconds':>8} {'images/s':>9} "
+          f"{'peak MB':>8}")
+    for (name, method), row in rows.items():
+        print(f"{name:8} {method:6} {row['images']:7d} {row['seconds']:8.2f} "
+              f"{row['images'] / row['seconds']:9.0f} {row['peak_mb']:8.0f}")
+    for name in ("3k", "35k"):
+        speed = {m: rows[name, m]["images"] / rows[name, m]["seconds"] for m in METHODS}
+        print(f"{name}: ours / naive speed = {speed['ours'] / speed['naive']:.2f}x "
+              f"(same features, each image decoded once); ours / naive_bytes = "
+              f"{speed['ours'] / speed['naive_bytes']:.2f}x (no decode, no dims)")
+    print(f"peak memory ours 35k / 3k = "
+          f"{rows['35k', 'ours']['peak_mb'] / rows['3k', 'ours']['peak_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,470 @@
+"""Read a DICOM file into display-ready PNG frames, the way a reference viewer shows it.
+
+The grey display order is the standard's (PS3.3 C.11, PS3.4 N.2): stored values ->
+modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (window or VOI
+LUT) -> MONOCHROME1 inversion -> 8- or 16-bit output. Colour images (RGB, YBR_*,
+PALETTE COLOR) become RGB. Overlays are never burnt in: they are annotations, not
+anatomy. tests/test_dicom_reference.py checks the result against dcmtk.
+
+Privacy: patient name, ID, birth date, accession number and UIDs never leave this
+module in clear text: DicomInfo carries only a keyed hash of the patient, and error
+messages name the file and the problem, scrubbed of the file's identifiers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import logging
+import struct
+import threading
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import UID, ImplicitVRLittleEndian
+
+logger = logging.getLogger(__name__)
+_reading = threading.local()
+
+
+class _QuietWhileReading(logging.Filter):
+    """Drops pydicom's log records while read_dicom runs: pydicom logs invalid values
+    verbatim, and a value may be a patient name or UID."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_reading, "active", False)
+
+
+for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils"):
+    logging.getLogger(_name).addFilter(_QuietWhileReading())
+
+VOI_MODES = ("window", "minmax", "given", "lut")
+FRAME_MODES = ("middle", "all")
+OUTPUT_BITS = (8, 16)
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+_IDENTIFIERS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+# What to `pip install` when pydicom has no working plugin for a compressed syntax
+# (keys: the transfer syntax UID after "1.2.840.10008.1.2.4.").
+_PLUGIN_PACKAGES = {
+    **dict.fromkeys(("50", "51", "57", "70", "80", "81"), "pylibjpeg and pylibjpeg-libjpeg"),
+    **dict.fromkeys(("90", "91", "201", "202", "203"), "pylibjpeg and pylibjpeg-openjpeg"),
+}
+# Plugin order where several can decode. Pillow's libjpeg(-turbo) is the IJG decoder
+# that dcmtk also uses, so 8-bit JPEG renders identically to the reference viewer;
+# Pillow cannot do 12-bit or lossless JPEG, where pylibjpeg-libjpeg is the one.
+_PREFERRED_PLUGINS = {
+    "1.2.840.10008.1.2.4.50": ("pillow", "pylibjpeg"),
+    "1.2.840.10008.1.2.4.51": ("pylibjpeg", "pillow"),
+    "1.2.840.10008.1.2.4.90": ("pylibjpeg", "pillow"),
+    "1.2.840.10008.1.2.4.91": ("pylibjpeg", "pillow"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomOptions:
+    """How to read and display a DICOM file (see module docstring for the order)."""
+
+    force: bool = False  # read files without the DICM preamble/file meta
+    voi: str = "window"  # window | minmax | given | lut
+    window_center: float | None = None  # with voi="given"
+    window_width: float | None = None  # with voi="given"
+    bits: int = 8  # PNG sample depth: 8 or 16
+    frames: str = "middle"  # middle (frame n // 2) | all
+    max_pixels: int = 2**28  # Rows * Columns * frames * samples refused above this
+
+    def __post_init__(self):
+        if self.voi not in VOI_MODES:
+            raise ValueError(f"voi must be one of {VOI_MODES}, got {self.voi!r}")
+        if self.frames not in FRAME_MODES:
+            raise ValueError(f"frames must be one of {FRAME_MODES}, got {self.frames!r}")
+        if self.bits not in OUTPUT_BITS:
+            raise ValueError(f"bits must be one of {OUTPUT_BITS}, got {self.bits!r}")
+        if self.voi == "given" and (self.window_center is None or self.window_width is None
+                                    or not self.window_width > 0):
+            raise ValueError("voi='given' needs window_center and a window_width > 0, got "
+                             f"{self.window_center!r}, {self.window_width!r}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedImage:
+    png: bytes
+    height: int
+    width: int
+    channels: int  # 1 (grey) or 3 (RGB)
+    frame: int  # 0-based frame index in the file
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomInfo:
+    body_part: str | None  # raw BodyPartExamined, stripped
+    patient_key: str | None  # HMAC-SHA256 of the patient identity, never the identity
+    modality: str | None
+
+
+class DicomError(ValueError):
+    """A file that cannot be rendered; the message is one line naming the file."""
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a ``.dcm`` suffix or the 'DICM' marker at byte offset 128."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as stream:
+            stream.seek(128)
+            return stream.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom(path: str | Path, options: DicomOptions, *, hash_key: bytes
+               ) -> tuple[list[RenderedImage], DicomInfo]:
+    """Render the selected frames of `path` as PNGs and return its non-identifying info.
+
+    Raises:
+      DicomError: unreadable, not DICOM, no/truncated pixel data, unsupported or
+        undecodable transfer syntax, missing decoder plugin, absurd dimensions.
+      ValueError: empty `hash_key`.
+    """
+    if not isinstance(hash_key, bytes) or not hash_key:
+        raise ValueError("hash_key must be non-empty bytes (the key of the patient hash)")
+    ds = None
+    _reading.active = True
+    try:
+        # pydicom warns with element values (which may be identifiers), so its
+        # warnings are kept out of the logs; our own messages say what matters.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = _read(path, options)
+            info = _info(ds, hash_key)
+            arrays = _render(ds, path, options)
+    except DicomError as error:
+        raise DicomError(_scrub(str(error), ds)) from None
+    except Exception as error:  # pydicom/plugins raise many types on corrupt data
+        message = " ".join(f"{type(error).__name__}: {error}".split())
+        raise DicomError(_scrub(f"{path}: cannot decode: {message}", ds)) from None
+    finally:
+        _reading.active = False
+    images = [RenderedImage(png=encode_png(array), height=array.shape[0],
+                            width=array.shape[1], channels=array.shape[2], frame=frame)
+              for frame, array in arrays]
+    return images, info
+
+
+def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
+                  ) -> list[tuple[int, np.ndarray]]:
+    """The display pipeline without PNG encoding: [(frame, uint8/uint16 [H, W, C])]."""
+    _reading.active = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _render(ds, path, options)
+    finally:
+        _reading.active = False
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+def _read(path: str | Path, options: DicomOptions) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path, force=options.force)
+    except InvalidDicomError:
+        raise DicomError(f"{path}: not a DICOM file (no 'DICM' marker or file meta; "
+                         "the force option reads it anyway)") from None
+    except IsADirectoryError:
+        raise DicomError(f"{path}: cannot read: is a directory") from None
+    except OSError as error:
+        raise DicomError(f"{path}: cannot read: {error.strerror or error}") from None
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        # Old ACR-NEMA style files carry no file meta; implicit VR little endian is
+        # the DICOM default encoding, and pixel decoding needs a syntax to be named.
+        logger.warning("%s: no transfer syntax in the file meta; reading pixel data as "
+                       "Implicit VR Little Endian", path)
+        ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
+
+
+def _info(ds: Dataset, hash_key: bytes) -> DicomInfo:
+    patient = _text(ds, "PatientID")
+    if patient:
+        identity = "id:" + patient
+    else:
+        name, birth = _text(ds, "PatientName"), _text(ds, "PatientBirthDate")
+        identity = f"name:{name}|birth:{birth}" if name or birth else None
+    key = (hmac.new(hash_key, identity.encode("utf-8"), hashlib.sha256).hexdigest()
+           if identity else None)
+    return DicomInfo(body_part=_text(ds, "BodyPartExamined") or None, patient_key=key,
+                     modality=_text(ds, "Modality") or None)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _scrub(message: str, ds: Dataset | None) -> str:
+    """Remove the file's identifiers from a message (pydicom errors may quote values)."""
+    if ds is None:
+        return message
+    for keyword in _IDENTIFIERS:
+        try:
+            value = _text(ds, keyword)
+        except Exception:  # an unparsable value cannot be quoted either
+            continue
+        for part in sorted({value, *value.replace("=", "^").split("^")}, key=len, reverse=True):
+            if len(part.strip()) >= 3:
+                message = message.replace(part.strip(), "<redacted>")
+    return message
+
+
+# --- decoding ----------------------------------------------------------------------
+
+
+def _render(ds: Dataset, path: str | Path, options: DicomOptions
+            ) -> list[tuple[int, np.ndarray]]:
+    if "PixelData" not in ds:
+        kind = ("float pixel data (not supported)"
+                if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else "no pixel data")
+        raise DicomError(f"{path}: {kind}")
+    photometric = _text(ds, "PhotometricInterpretation").upper()
+    if not photometric:
+        raise DicomError(f"{path}: no PhotometricInterpretation (not an image)")
+    if photometric not in _GREY + _COLOUR:
+        raise DicomError(f"{path}: unsupported photometric interpretation {photometric!r}")
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    count = _frame_count(ds)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if rows < 1 or columns < 1:
+        raise DicomError(f"{path}: invalid image size {rows}x{columns}")
+    if rows * columns * count * samples > options.max_pixels:
+        raise DicomError(f"{path}: image too large: {rows}x{columns} x {count} frames x "
+                         f"{samples} samples > max_pixels={options.max_pixels}")
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    decoder = _decoder(syntax, path)
+    if not syntax.is_encapsulated:
+        expected, actual = get_expected_length(ds, "bytes"), len(ds.PixelData)
+        if actual < expected:
+            raise DicomError(f"{path}: truncated pixel data ({actual} of {expected} bytes)")
+    plugin = next((name for name in _PREFERRED_PLUGINS.get(str(syntax), ())
+                   if name in decoder.available_plugins), "")
+    indices = [count // 2] if options.frames == "middle" else list(range(count))
+    rendered = []
+    for index in indices:
+        try:
+            array, properties = decoder.as_array(ds, index=index, decoding_plugin=plugin)
+        except Exception:
+            if not plugin:
+                raise
+            # The preferred plugin rejected this stream (e.g. Pillow and 12-bit
+            # JPEG): let pydicom try every installed plugin before giving up.
+            plugin = ""
+            array, properties = decoder.as_array(ds, index=index)
+        decoded = str(properties.get("photometric_interpretation", photometric)).upper()
+        if photometric in _GREY:
+            rendered.append((index, _grey(array, ds, index, photometric, path, options)))
+        else:
+            rendered.append((index, _colour(array, ds, decoded, options)))
+    return rendered
+
+
+def _frame_count(ds: Dataset) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _decoder(syntax: UID, path: str | Path):
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        name = syntax.name if syntax.is_transfer_syntax else "unknown"
+        raise DicomError(f"{path}: unsupported transfer syntax {syntax} ({name})") from None
+    if not decoder.is_available:
+        packages = _PLUGIN_PACKAGES.get(str(syntax).removeprefix("1.2.840.10008.1.2.4."),
+                                        "a pydicom pixel-data plugin")
+        missing = "; ".join(decoder.missing_dependencies) or "none registered"
+        raise DicomError(f"{path}: no installed decoder for {syntax.name} ({syntax}): "
+                         f"pip install {packages} (pydicom plugins: {missing})")
+    return decoder
+
+
+# --- grey display pipeline ---------------------------------------------------------
+
+
+def _grey(stored: np.ndarray, ds: Dataset, frame: int, photometric: str,
+          path: str | Path, options: DicomOptions) -> np.ndarray:
+    values = _modality(stored, ds, frame)
+    unit = _voi(values, ds, frame, path, options)  # display values in [0, 1]
+    # After VOI: the window is defined on the stored polarity. A MONOCHROME1 image
+    # (PS3.3 C.7.6.3.1.2) and an INVERSE presentation LUT shape ask for one inversion.
+    if photometric == "MONOCHROME1" or _text(ds, "PresentationLUTShape").upper() == "INVERSE":
+        unit = 1.0 - unit
+    return _quantise(unit, options.bits)[..., np.newaxis]
+
+
+def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """The functional-group macro for `frame` (enhanced multi-frame), if any."""
+    for groups, item_index in (("PerFrameFunctionalGroupsSequence", frame),
+                               ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items and item_index < len(items) and items[item_index].get(sequence):
+            return items[item_index].get(sequence)[0]
+    return None
+
+
+def _modality(stored: np.ndarray, ds: Dataset, frame: int) -> np.ndarray:
+    if ds.get("ModalityLUTSequence"):
+        return apply_modality_lut(stored, ds).astype(np.float64)
+    source = _frame_item(ds, frame, "PixelValueTransformationSequence") or ds
+    slope = float(source.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
+    return stored.astype(np.float64) * slope + intercept
+
+
+def _first(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+                     else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _voi(values: np.ndarray, ds: Dataset, frame: int, path: str | Path,
+         options: DicomOptions) -> np.ndarray:
+    if options.voi == "given":
+        return _window(values, options.window_center, options.window_width, "LINEAR")
+    if options.voi == "minmax":
+        return _minmax(values)
+    if options.voi == "lut":
+        if not ds.get("VOILUTSequence"):
+            raise DicomError(f"{path}: voi='lut' but the file has no VOI LUT Sequence")
+        return _voi_lut(values, ds)
+    source = _frame_item(ds, frame, "FrameVOILUTSequence") or ds
+    center, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
+    function = _text(source, "VOILUTFunction").upper() or "LINEAR"
+    if center is not None and width is not None and width > 0 and (
+            width >= 1 or function != "LINEAR"):
+        return _window(values, center, width, function)
+    if center is not None:
+        logger.warning("%s: unusable window width %s; using min-max", path, width)
+    if ds.get("VOILUTSequence"):
+        return _voi_lut(values, ds)
+    return _minmax(values)
+
+
+def _window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 window functions, to the unit range."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width <= 1:  # the linear function's degenerate width is a threshold at c - 0.5
+        return (x > center - 0.5).astype(np.float64)
+    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    low, high = float(x.min()), float(x.max())
+    if high <= low:
+        return np.zeros_like(x)
+    return (x - low) / (high - low)
+
+
+def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    item = ds.VOILUTSequence[0]
+    bits = int(item.LUTDescriptor[2])
+    mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
+    return mapped.astype(np.float64) / float(2**bits - 1)
+
+
+def _quantise(unit: np.ndarray, bits: int, *, rounding=np.floor) -> np.ndarray:
+    """Unit range -> integers. Grey truncates: the standard leaves quantisation open
+    and truncation is what dcmtk does, so renders match the reference exactly."""
+    top = 2**bits - 1
+    return rounding(np.clip(unit, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+# --- colour ------------------------------------------------------------------------
+
+
+def _colour(array: np.ndarray, ds: Dataset, decoded: str, options: DicomOptions
+            ) -> np.ndarray:
+    if decoded == "PALETTE COLOR":
+        rgb = apply_color_lut(array, _little_endian_palette(ds))
+        bits = 8 if rgb.dtype == np.uint8 else 16
+    else:
+        if decoded in ("YBR_FULL", "YBR_FULL_422"):  # pydicom converts unless raw
+            rgb = pydicom.pixels.convert_color_space(array, decoded, "RGB")
+        else:
+            rgb = array  # RGB, or YBR_ICT/RCT already inverted by the JPEG 2000 codec
+        bits = int(ds.get("BitsStored") or 8 * rgb.dtype.itemsize)
+    unit = rgb.astype(np.float64) / float(2**bits - 1)
+    return _quantise(unit, options.bits, rounding=np.rint)
+
+
+def _little_endian_palette(ds: Dataset) -> Dataset:
+    """pydicom 3.0.2 reads OW palette data as little endian whatever the file's byte
+    order; hand it a copy with the big-endian tables swapped."""
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if syntax.is_little_endian:
+        return ds
+    palette = Dataset()
+    palette.file_meta = pydicom.dataset.FileMetaDataset()
+    palette.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    for element in ds:
+        if element.tag.group == 0x0028 and 0x1100 <= element.tag.element <= 0x1223:
+            palette.add(element)
+    for element in palette:
+        if "Data" in element.keyword and isinstance(element.value, bytes):
+            swapped = np.frombuffer(element.value, ">u2").astype("<u2").tobytes()
+            palette[element.tag] = pydicom.DataElement(element.tag, element.VR, swapped)
+    for keyword in ("BitsStored", "BitsAllocated", "PixelRepresentation",
+                    "PhotometricInterpretation", "SamplesPerPixel"):
+        if keyword in ds:
+            setattr(palette, keyword, ds.get(keyword))
+    return palette
+
+
+# --- PNG ---------------------------------------------------------------------------
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Deterministic PNG of a uint8/uint16 [H, W, 1|3] array (zlib only, no metadata)."""
+    height, width, channels = array.shape
+    depth = 8 if array.dtype == np.uint8 else 16
+    raw = np.ascontiguousarray(array.astype(">u2") if depth == 16 else array)
+    rows = raw.view(np.uint8).reshape(height, -1)
+    # Filter type 2 ("Up") on every row: a vectorised delta that compresses medical
+    # images far better than no filter, with no per-row heuristics to vary.
+    filtered = rows.copy()
+    filtered[1:] -= rows[:-1]
+    body = np.hstack([np.full((height, 1), 2, np.uint8), filtered]).tobytes()
+    colour_type = 0 if channels == 1 else 2
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
+            + _chunk(b"IDAT", zlib.compress(body, 6)) + _chunk(b"IEND", b""))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+

@@ -1,0 +1,114 @@
+"""Turns one input file into the encoded image(s) the converter stores.
+
+JPEG and PNG bytes are kept exactly as they are on disk: they are sniffed by
+their magic bytes (not their suffix) and decoded once with Pillow only to prove
+they are whole and to read their size; nothing is re-encoded. DICOM files are
+rendered to PNG by ``dataset.dicom.read_dicom`` (one image per frame it returns).
+
+This module is plain Python I/O; it never imports TensorFlow, so converter
+worker processes start fast.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from PIL import Image
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+# Pillow mode -> channels as stored. Modes TensorFlow's decoders cannot read
+# (CMYK/YCCK JPEG, 32-bit float TIFF-style modes) are deliberately absent.
+_CHANNELS = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+
+
+class ImageError(ValueError):
+    """The file is not a usable JPEG/PNG/DICOM; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes  # the bytes stored under image/encoded
+    image_format: str  # "jpeg" or "png"
+    height: int
+    width: int
+    channels: int
+    frame: int | None = None  # DICOM frame index; None for plain images
+
+
+def sniff_format(data: bytes) -> str | None:
+    """``"jpeg"``/``"png"`` from the magic bytes, or None."""
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    return None
+
+
+def validate_image_bytes(data: bytes) -> EncodedImage:
+    """Checks that ``data`` is a complete, decodable JPEG or PNG.
+
+    Raises:
+      ImageError: empty, not JPEG/PNG, truncated, undecodable, or a pixel mode
+        that TensorFlow's decoders cannot read.
+    """
+    if not data:
+        raise ImageError("zero-byte file")
+    image_format = sniff_format(data)
+    if image_format is None:
+        raise ImageError("not a JPEG or PNG image (unrecognised magic bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            mode = image.mode
+            if mode == "P":  # palette PNG: TF expands it to RGB, or RGBA with transparency
+                channels = 4 if "transparency" in image.info else 3
+            elif mode in _CHANNELS:
+                channels = _CHANNELS[mode]
+            else:
+                raise ImageError(f"unsupported pixel mode {mode!r} in {image_format.upper()}")
+            image.load()  # full decode: the only reliable truncation check
+    except ImageError:
+        raise
+    except Exception as error:  # Pillow raises many types for corrupt data
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageError(f"undecodable {image_format.upper()}: {message}") from None
+    if width < 1 or height < 1:
+        raise ImageError(f"image has no pixels ({width}x{height})")
+    return EncodedImage(data, image_format, height, width, channels)
+
+
+def load_image(path: str, kind: str, *, dicom_options=None,
+               hash_key: bytes = b"") -> list[EncodedImage]:
+    """Reads ``path`` and returns the image(s) to store.
+
+    Args:
+      kind: ``"image"`` (JPEG/PNG, sniffed) or ``"dicom"``.
+      dicom_options: a ``dataset.dicom.DicomOptions`` for DICOM files.
+      hash_key: key for the patient hash inside ``read_dicom`` (unused here).
+
+    Raises:
+      ImageError: for unreadable or invalid files (DicomError is a ValueError
+        and is re-raised as ImageError with its message).
+    """
+    if kind == "dicom":
+        from dataset.dicom import read_dicom
+
+        try:
+            rendered, _ = read_dicom(path, dicom_options, hash_key=hash_key)
+        except ValueError as error:
+            raise ImageError(str(error).splitlines()[0]) from None
+        return [EncodedImage(r.png, "png", r.height, r.width, r.channels, r.frame)
+                for r in rendered]
+    if kind != "image":
+        raise ValueError(f"kind must be 'image' or 'dicom', got {kind!r}")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ImageError(f"cannot read: {error.strerror}") from None
+    return [validate_image_bytes(data)]

@@ -1,0 +1,105 @@
+"""Reads the converter's output: manifest, split sizes, and the tf.data pipeline.
+
+The manifest is the only source of truth: a folder without ``manifest.json``, or
+whose listed shards are missing or have the wrong size, is refused (that is
+what an interrupted conversion leaves). Sizes come from the manifest, so the
+trainer never hard-codes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from dataset.features import parse_example
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    data_dir: str
+    split: str
+    files: tuple[str, ...]  # absolute shard paths
+    num_examples: int
+    class_names: tuple[str, ...]
+    class_counts: dict[str, int]
+
+
+def read_manifest(data_dir: str) -> dict:
+    """The parsed manifest of a complete conversion in ``data_dir``.
+
+    Raises:
+      FileNotFoundError: ``data_dir`` or its manifest does not exist (an
+        unfinished or interrupted conversion).
+      ValueError: the manifest is unreadable, or a shard it lists is missing or
+        has a different size.
+    """
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{data_dir}: no {MANIFEST} (not a converted dataset, or the "
+                                "conversion did not finish; rerun tf_convert_data.py)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        classes, split_table = manifest["classes"], manifest["splits"]
+        shard_list = [(name, entry["path"], entry.get("num_bytes"))
+                      for name, info in split_table.items() for entry in info["files"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: unreadable manifest ({error})") from None
+    if not isinstance(classes, list) or not classes:
+        raise ValueError(f"{path}: manifest lists no classes")
+    for split, name, num_bytes in shard_list:
+        shard = os.path.join(data_dir, name)
+        if not os.path.isfile(shard):
+            raise ValueError(f"{data_dir}: shard {name} of split {split!r} is missing")
+        if num_bytes is not None and os.path.getsize(shard) != num_bytes:
+            raise ValueError(f"{data_dir}: shard {name} has {os.path.getsize(shard)} bytes, "
+                             f"the manifest says {num_bytes} (incomplete or altered)")
+    return manifest
+
+
+def split_info(data_dir: str, split: str) -> SplitInfo:
+    """Shards, size and classes of one split.
+
+    Raises:
+      ValueError: ``split`` is not in the manifest (the message lists those that are).
+    """
+    manifest = read_manifest(data_dir)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{data_dir}: no split {split!r}; available: "
+                         f"{', '.join(manifest['splits'])}")
+    info = manifest["splits"][split]
+    root = os.path.abspath(data_dir)
+    return SplitInfo(
+        data_dir=root, split=split,
+        files=tuple(os.path.join(root, entry["path"]) for entry in info["files"]),
+        num_examples=int(info["num_examples"]),
+        class_names=tuple(manifest["classes"]),
+        class_counts={name: int(n) for name, n in info["class_counts"].items()})
+
+
+def make_dataset(files, *, channels: int, shuffle_files: bool = False, seed: int | None = None,
+                 num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic: bool | None = None) -> tf.data.Dataset:
+    """Decoded ``(uint8 image [H, W, channels], int32 label)`` pairs, unbatched.
+
+    Shards are read with a parallel interleave and parsed/decoded in parallel.
+    No example shuffle, batching or repeat: the caller adds those.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3; got {channels}")
+    files = list(files)
+    if not files:
+        raise ValueError("make_dataset needs at least one shard file")
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                                 num_parallel_calls=num_parallel_calls,
+                                 deterministic=deterministic)
+    return dataset.map(lambda record: parse_example(record, channels),
+                       num_parallel_calls=num_parallel_calls, deterministic=deterministic)

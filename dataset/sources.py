@@ -1,0 +1,317 @@
+"""Finds the input files of a dataset folder and reads their labels.
+
+Three layouts (``--layout``; ``auto`` picks one from what is on disk):
+
+* ``images_labels`` (the original): ``DIR/images/<stem>.<ext>`` with
+  ``DIR/labels/<stem>.txt``; the label is the first non-empty line, stripped.
+  Chosen by ``auto`` when ``DIR/images`` exists.
+* ``predefined``: ``DIR/{train,val|validation,test}/<Class>/<file>``, a dataset
+  that arrives split (e.g. by patient); the split is kept as given. Chosen by
+  ``auto`` when every sub-folder is a split name and ``train`` is one of them.
+* ``class_folders``: ``DIR/<Class>/<file>`` (MedNIST's public layout).
+
+Class names match case-insensitively; the canonical spelling is the most
+frequent one (ties: the alphabetically first), and the other spellings seen are
+reported. Nothing here opens image pixels; problems are collected, not raised,
+so the validation pass can list every one of them.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from dataclasses import dataclass, field
+
+from dataset.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
+
+LAYOUTS = ("auto", "images_labels", "class_folders", "predefined")
+SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # absolute
+    relpath: str  # relative to the dataset folder, '/'-separated; stored as image/filename
+    kind: str  # "image" (JPEG/PNG, sniffed later) or "dicom"
+    label: str | None  # raw label text from the label file or class folder
+    split: str | None = None  # given split for the predefined layout
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # relative file path, or a flag name for dataset-wide problems
+    reason: str
+    fatal: bool = False  # dataset-wide: --on_error=skip cannot skip it
+
+    def line(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Discovery:
+    layout: str
+    files: list[InputFile] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name.lower() not in _IGNORED_NAMES
+
+
+def _walk(root: str) -> list[str]:
+    """Every visible file under ``root`` as a sorted list of absolute paths."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if _visible(d))
+        found.extend(os.path.join(folder, f) for f in files if _visible(f))
+    return sorted(found)
+
+
+def _has_dicm_preamble(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def file_kind(path: str) -> str | None:
+    """``"image"``, ``"dicom"``, or None for files that are neither."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in DICOM_SUFFIXES or (suffix == "" and _has_dicm_preamble(path)):
+        return "dicom"
+    return None
+
+
+def read_label_file(path: str) -> tuple[str | None, str | None]:
+    """``(label, None)`` or ``(None, reason)`` for an empty or non-UTF-8 file."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        return None, f"cannot read label file: {error.strerror}"
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None, "label file is not UTF-8"
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip(), None
+    return None, "empty label file"
+
+
+def detect_layout(dataset_dir: str) -> str:
+    if os.path.isdir(os.path.join(dataset_dir, "images")):
+        return "images_labels"
+    folders = [d for d in os.listdir(dataset_dir)
+               if _visible(d) and os.path.isdir(os.path.join(dataset_dir, d))]
+    if folders and "train" in folders and all(d in SPLIT_FOLDERS for d in folders):
+        return "predefined"
+    return "class_folders"
+
+
+def discover(dataset_dir: str, layout: str = "auto", *, need_labels: bool = True) -> Discovery:
+    """Lists the dataset's input files with their raw labels and all problems found.
+
+    Args:
+      need_labels: False when labels come from DICOM tags, so a DICOM file
+        without a label file is not a problem.
+
+    Raises:
+      ValueError: unknown layout, or ``dataset_dir`` is not a folder.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if not os.path.isdir(dataset_dir):
+        raise ValueError(f"--dataset_dir {dataset_dir!r} is not a folder")
+    dataset_dir = os.path.abspath(dataset_dir)
+    if layout == "auto":
+        layout = detect_layout(dataset_dir)
+    discovery = Discovery(layout)
+    if layout == "images_labels":
+        _discover_images_labels(dataset_dir, discovery, need_labels)
+    elif layout == "class_folders":
+        _discover_class_folders(dataset_dir, dataset_dir, None, discovery)
+    else:
+        _discover_predefined(dataset_dir, discovery)
+    if not discovery.files and not discovery.problems:
+        discovery.problems.append(Problem("--dataset_dir", f"no images found in {dataset_dir} "
+                                          f"(layout {layout})", fatal=True))
+    return discovery
+
+
+def _rel(path: str, dataset_dir: str) -> str:
+    # Paths come from walking dataset_dir itself, so a prefix cut is exact (and
+    # much cheaper than os.path.relpath on 500,000 files).
+    return path[len(dataset_dir.rstrip(os.sep)) + 1:].replace(os.sep, "/")
+
+
+def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels: bool) -> None:
+    images_dir = os.path.join(dataset_dir, "images")
+    labels_dir = os.path.join(dataset_dir, "labels")
+    if not os.path.isdir(images_dir):
+        discovery.problems.append(Problem("--dataset_dir", f"{images_dir} is not a folder", True))
+        return
+    labels = {}  # stem (relative, no suffix) -> label file path
+    if os.path.isdir(labels_dir):
+        for path in _walk(labels_dir):
+            stem, suffix = os.path.splitext(os.path.relpath(path, labels_dir))
+            if suffix.lower() == ".txt":
+                labels[stem] = path
+    by_stem = collections.defaultdict(list)
+    for path in _walk(images_dir):
+        kind = file_kind(path)
+        if kind is None:
+            discovery.problems.append(Problem(_rel(path, dataset_dir),
+                                              "not a JPEG, PNG or DICOM file"))
+            continue
+        stem = os.path.splitext(os.path.relpath(path, images_dir))[0]
+        by_stem[stem].append((path, kind))
+    for stem in sorted(by_stem):
+        entries = by_stem[stem]
+        if len(entries) > 1:
+            names = ", ".join(_rel(p, dataset_dir) for p, _ in entries)
+            for path, _ in entries:
+                discovery.problems.append(Problem(_rel(path, dataset_dir),
+                                                  f"duplicate stem {stem!r} ({names})"))
+            continue
+        path, kind = entries[0]
+        relpath = _rel(path, dataset_dir)
+        label = None
+        if stem in labels:
+            label, reason = read_label_file(labels[stem])
+            if reason:
+                discovery.problems.append(Problem(relpath, f"{reason} "
+                                                  f"({_rel(labels[stem], dataset_dir)})"))
+                continue
+        elif need_labels or kind != "dicom":
+            discovery.problems.append(Problem(relpath, "image without label file "
+                                              f"(expected labels/{stem}.txt)"))
+            continue
+        discovery.files.append(InputFile(path, relpath, kind, label))
+    for stem in sorted(set(labels) - set(by_stem)):
+        discovery.problems.append(Problem(_rel(labels[stem], dataset_dir),
+                                          "label file without image"))
+
+
+def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
+                            discovery: Discovery) -> None:
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if not _visible(name):
+            continue
+        if os.path.isfile(path):
+            if file_kind(path) is not None:  # README/CSV files beside the folders are fine
+                discovery.problems.append(Problem(_rel(path, dataset_dir),
+                                                  "image outside a class folder"))
+            continue
+        for file_path in _walk(path):
+            kind = file_kind(file_path)
+            if kind is None:
+                discovery.problems.append(Problem(_rel(file_path, dataset_dir),
+                                                  "not a JPEG, PNG or DICOM file"))
+            else:
+                discovery.files.append(InputFile(file_path, _rel(file_path, dataset_dir),
+                                                 kind, name, split))
+
+
+def _discover_predefined(dataset_dir: str, discovery: Discovery) -> None:
+    folders = {}
+    for name in sorted(os.listdir(dataset_dir)):
+        if not (_visible(name) and os.path.isdir(os.path.join(dataset_dir, name))):
+            continue
+        split = SPLIT_FOLDERS.get(name)
+        if split is None:
+            discovery.problems.append(Problem(name, "folder is not a split name (expected "
+                                              f"{', '.join(SPLIT_FOLDERS)})", True))
+        elif split in folders:
+            discovery.problems.append(Problem(name, f"both {folders[split]}/ and {name}/ "
+                                              f"give the {split} split", True))
+        else:
+            folders[split] = name
+    if "train" not in folders:
+        discovery.problems.append(Problem("--dataset_dir", "predefined layout needs a "
+                                          "train/ folder", True))
+    for split, name in sorted(folders.items()):
+        _discover_class_folders(dataset_dir, os.path.join(dataset_dir, name), split, discovery)
+
+
+def canonical_classes(labels) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
+    """Case-insensitive class names from raw label strings.
+
+    Returns:
+      (sorted canonical names, casefolded label -> canonical name,
+       canonical name -> every spelling seen, for names seen in more than one).
+    """
+    spellings = collections.defaultdict(collections.Counter)
+    for label in labels:
+        spellings[label.casefold()][label] += 1
+    canonical, variants = {}, {}
+    for key, counter in spellings.items():
+        best = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        canonical[key] = best
+        if len(counter) > 1:
+            variants[best] = sorted(counter)
+    names = sorted(canonical.values(), key=lambda n: (n.casefold(), n))
+    return names, canonical, variants
+
+
+def read_groups_csv(path: str) -> dict[str, str]:
+    """Reads ``file,group`` rows (a header row naming ``file`` is skipped).
+
+    ``file`` is a path relative to the dataset folder or a bare file stem.
+
+    Raises:
+      ValueError: the file is unreadable or a row does not have two columns.
+    """
+    import csv
+
+    mapping = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            for number, row in enumerate(csv.reader(handle), start=1):
+                if not row or not "".join(row).strip():
+                    continue
+                if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                    raise ValueError(f"--groups_csv {path}: line {number} needs 'file,group'")
+                if number == 1 and row[0].strip().lower() in ("file", "path", "filename"):
+                    continue
+                mapping[row[0].strip().replace("\\", "/")] = row[1].strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--groups_csv {path}: cannot read ({error})") from None
+    return mapping
+
+
+def read_dicom_header(path: str, options, hash_key: bytes) -> tuple[str | None, str | None]:
+    """``(BodyPartExamined stripped or None, keyed patient hash or None)``.
+
+    Reads the header only (no pixel data), so splits can be grouped by patient
+    before any pixel is decoded. The patient key is ``dataset.dicom``'s keyed
+    hash; it is used in memory for grouping and never written anywhere.
+
+    Raises:
+      ValueError: not a readable DICOM file (the message names the file, never
+        a tag value).
+    """
+    import warnings
+
+    import pydicom
+
+    from dataset import dicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warnings may quote identifying values
+            dataset = pydicom.dcmread(path, stop_before_pixels=True,
+                                      force=bool(getattr(options, "force", False)))
+        info = dicom._info(dataset, hash_key)  # pylint: disable=protected-access
+    except pydicom.errors.InvalidDicomError:
+        raise ValueError(f"{path}: not a DICOM file (no 'DICM' marker or file meta; "
+                         "--dicom_force reads it anyway)") from None
+    except Exception as error:  # pydicom raises many types for damaged headers
+        raise ValueError(f"{path}: unreadable DICOM header ({type(error).__name__})") from None
+    return info.body_part, info.patient_key

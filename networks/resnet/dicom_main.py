@@ -1,0 +1,118 @@
+"""Train and evaluate a ResNet on a converted dataset (native TensorFlow, tf.distribute).
+
+The original example command works verbatim (on a folder written by tf_convert_data.py):
+
+    python networks/resnet/dicom_main.py \\
+    --data_dir=/data/sample/training \\
+    --model_dir=/data/model \\
+    --train_epochs=100 \\
+    --epochs_between_evals=1  \\
+    --batch_size=32 \\
+    --version=2 \\
+    --resnet_size=152 \\
+    --multi_gpu=False
+
+A small-image run on MedNIST-style 64x64 data, exporting a SavedModel at the end:
+
+    python networks/resnet/dicom_main.py -dd data/mednist -md runs/r18 -rs 18 -te 3 \\
+        --image_size=64 --batch_size=64 --export_dir=runs/r18/export
+
+Rerunning with the same --model_dir resumes from its last checkpoint. Every flag: --helpfull.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))))
+
+from absl import app, flags  # noqa: E402
+
+from official.utils.flags import core as flags_core  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags():
+    """FLAGS -> frozen TrainConfig (the only place that reads FLAGS)."""
+    from networks.resnet.train_config import TrainConfig
+
+    return TrainConfig(
+        model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,
+        resnet_size=int(FLAGS.resnet_size), version=int(FLAGS.version),
+        image_size=FLAGS.image_size, channels=FLAGS.channels, small_input=FLAGS.small_input,
+        data_format=FLAGS.data_format, train_epochs=FLAGS.train_epochs,
+        epochs_between_evals=FLAGS.epochs_between_evals, stop_threshold=FLAGS.stop_threshold,
+        max_train_steps=FLAGS.max_train_steps, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
+        loss_scale=FLAGS.loss_scale, base_learning_rate=FLAGS.base_learning_rate,
+        lr_scaling=FLAGS.lr_scaling, warmup_epochs=FLAGS.warmup_epochs,
+        weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
+        random_flip=FLAGS.random_flip, train_split=FLAGS.train_split,
+        eval_split=FLAGS.eval_split, use_synthetic_data=FLAGS.use_synthetic_data,
+        synthetic_num_classes=FLAGS.synthetic_num_classes,
+        num_parallel_calls=FLAGS.num_parallel_calls, cache=FLAGS.cache,
+        steps_per_loop=FLAGS.steps_per_loop, jit_compile=FLAGS.jit_compile,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
+        deterministic=FLAGS.deterministic, hooks=flags_core.parse_hooks(FLAGS.hooks),
+        log_every_steps=FLAGS.log_every_steps, export_dir=FLAGS.export_dir,
+        benchmark_log_dir=FLAGS.benchmark_log_dir, gcp_project=FLAGS.gcp_project,
+        bigquery_data_set=FLAGS.bigquery_data_set, bigquery_run_table=FLAGS.bigquery_run_table,
+        bigquery_metric_table=FLAGS.bigquery_metric_table)
+
+
+def run() -> str:
+    """Configure TensorFlow, train, and return the summary line."""
+    import tensorflow as tf
+
+    from networks.resnet import resnet_run_loop
+    from official.utils.logs import logger as logger_lib
+    from official.utils.misc import distribution_utils
+
+    config = config_from_flags()
+    if config.gcp_project:
+        logger_lib.require_bigquery()  # fail before hours of training, not after
+    # Thread pools and devices must be set before TensorFlow initialises.
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_parallelism_threads)
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_parallelism_threads)
+    strategy = distribution_utils.get_distribution_strategy(
+        FLAGS.num_gpus, FLAGS.multi_gpu, FLAGS.num_cpu_replicas)
+    result = resnet_run_loop.train(config, strategy)
+    line = (f"resnet{config.resnet_size}_v{config.version}: step {result.step} "
+            f"(resumed from {result.resumed_from_step}, stopped by {result.stopped_by}), "
+            f"{config.eval_split} accuracy {result.eval_accuracy:.4f} loss "
+            f"{result.eval_loss:.4f} on {result.eval_examples} examples, "
+            f"{strategy.num_replicas_in_sync} replica(s); model_dir {config.model_dir}")
+    if result.examples_per_second:
+        line += f"; {result.examples_per_second:.1f} examples/s"
+    if result.export_path:
+        line += f"; exported {result.export_path}"
+    return line
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        print(run(), flush=True)
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        # Bad input or a diverged run: one line, non-zero exit, no traceback.
+        print(f"dicom_main.py: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing with a one-line error (absl's default adds a help hint on a second line)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"dicom_main.py: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    flags_core.define_flags()
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,128 @@
+"""SavedModel export and model rebuilding from a model_dir.
+
+The SavedModel goes into `export_dir/<version>/` (version = Unix time in seconds, bumped if taken)
+as TF Serving and the Estimator's export expect, with two signatures that both apply the
+evaluation preprocessing (dataset.preprocess.preprocess_for_eval):
+
+  serving_default  image_bytes: string [N] (encoded JPEG/PNG/BMP/GIF)
+  predict_images   images: float32 [N, H, W, channels], pixel values 0..255 (as decoded uint8)
+  -> class_ids int32 [N], class_names string [N], probabilities float32 [N, num_classes]
+
+The resolved training config is copied to `<version>/assets.extra/config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from dataset import preprocess
+from networks.resnet import resnet_model
+from networks.resnet.train_config import read_config
+
+
+def build_inference_model(config: dict) -> keras.Model:
+    """The trained architecture from a resolved config, in float32 (fastest and exact on CPU;
+    mixed-precision variables are float32 anyway, so the weights load unchanged)."""
+    size = config["image_size"]
+    return resnet_model.build_resnet(
+        config["resnet_size"], config["version"], config["num_classes"],
+        input_shape=(size, size, config["channels"]), dtype_policy="float32",
+        weight_decay=0.0, small_input=config["small_input"],
+        data_format=config.get("data_format") or "channels_last")
+
+
+def load_model_from_dir(model_dir: str, checkpoint: str | None = None
+                        ) -> tuple[keras.Model, dict]:
+    """Rebuild the model of a training model_dir from its config.json and a checkpoint.
+
+    Args:
+      model_dir: a trainer --model_dir (holds config.json and checkpoints).
+      checkpoint: a checkpoint prefix (e.g. ".../ckpt-400"); None for the latest.
+
+    Returns:
+      (float32 keras.Model with the trained weights, the resolved config dict).
+
+    Raises:
+      FileNotFoundError: no config.json or no checkpoint.
+    """
+    config = read_config(model_dir)
+    checkpoint = checkpoint or tf.train.latest_checkpoint(model_dir)
+    if not checkpoint:
+        raise FileNotFoundError(f"{model_dir}: no checkpoint found")
+    if not tf.io.gfile.exists(checkpoint + ".index"):
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    model = build_inference_model(config)
+    # Only the model is needed: the optimizer slots and step in the file are left unread.
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    return model, config
+
+
+class ServingModule(tf.Module):
+    """Model + class names + preprocessing, with the two serving signatures."""
+
+    def __init__(self, model: keras.Model, config: dict):
+        super().__init__()
+        self.model = model
+        self.image_size = int(config["image_size"])
+        self.channels = int(config["channels"])
+        self.class_names = tf.constant(list(config["class_names"]))
+        image_spec = tf.TensorSpec([None, None, None, self.channels], tf.float32, name="images")
+        self.serving_default = tf.function(
+            self._serve_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        self.predict_images = tf.function(self._serve_images, input_signature=[image_spec])
+
+    def _preprocess(self, image_uint8):
+        return preprocess.preprocess_for_eval(image_uint8, image_size=self.image_size)
+
+    def _outputs(self, images):
+        logits = self.model(images, training=False)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {"class_ids": class_ids, "class_names": tf.gather(self.class_names, class_ids),
+                "probabilities": probabilities}
+
+    def _serve_bytes(self, image_bytes):
+        spec = tf.TensorSpec([self.image_size, self.image_size, self.channels], tf.float32)
+        images = tf.map_fn(
+            lambda data: self._preprocess(tf.io.decode_image(
+                data, channels=self.channels, dtype=tf.uint8, expand_animations=False)),
+            image_bytes, fn_output_signature=spec)
+        return self._outputs(images)
+
+    def _serve_images(self, images):
+        # The same uint8 the decoder would give, so both signatures preprocess identically.
+        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
+        spec = tf.TensorSpec([self.image_size, self.image_size, self.channels], tf.float32)
+        return self._outputs(tf.map_fn(self._preprocess, pixels, fn_output_signature=spec))
+
+
+def export_saved_model(model: keras.Model, config: dict, export_dir: str) -> str:
+    """Write a SavedModel of `model` into a new numbered folder of `export_dir`; returns it.
+
+    The weights are copied into a float32 copy of the architecture, so fp16/bf16 and
+    distributed training runs export the same plain model.
+    """
+    inference_model = build_inference_model(config)
+    inference_model.set_weights(model.get_weights())
+    module = ServingModule(inference_model, config)
+    os.makedirs(export_dir, exist_ok=True)
+    version = int(time.time())
+    while os.path.exists(os.path.join(export_dir, str(version))):
+        version += 1
+    final = os.path.join(export_dir, str(version))
+    # Written under a temporary name and renamed: TF Serving polls export_dir and must never
+    # load a half-written version.
+    tmp = os.path.join(export_dir, f".tmp-{version}")
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default,
+                                                 "predict_images": module.predict_images})
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, "assets.extra", "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    os.rename(tmp, final)
+    return final

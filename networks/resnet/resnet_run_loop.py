@@ -1,0 +1,227 @@
+"""The ResNet training loop: a custom tf.distribute loop with the Estimator's behaviour.
+
+Sections, top to bottom: config -> data -> model/optimizer state -> restore -> loop -> export.
+(Config lives in train_config.py, input in train_input.py, model/steps in train_steps.py.)
+
+What the Estimator did and this loop keeps: train in cycles of `epochs_between_evals`, evaluate on
+the validation split after each, stop at `train_epochs`, `max_train_steps` or `stop_threshold`,
+resume from the latest checkpoint in `model_dir` when restarted, export a SavedModel at the end.
+A resumed run restarts the input pipeline (a fresh shuffle), not the exact batch order.
+
+Learning rate (TF official ResNet): peak = base_learning_rate * global_batch / 256, reached by a
+linear warm-up (default 5% of the epochs), then multiplied by 0.1, 0.01, 1e-3, 1e-4 at 30%, 60%,
+80% and 90% of the run's steps. The official ImageNet boundaries are epochs 30/60/80/90; at the
+original default of --train_epochs=100 these fractions give exactly those epochs, and shorter or
+longer runs keep the same shape. The schedule counts `train_epochs` even when `max_train_steps`
+stops earlier (as the Estimator did). Momentum 0.9.
+
+Batch norm under MirroredStrategy normalises with each replica's own batch statistics (as the
+Estimator's replicated model did: "ghost batch norm"), so N replicas of batch B/N match one device
+with batch B only up to those statistics. Loss and gradients are otherwise aggregated exactly: the
+loss is averaged over the global batch and the replicas' gradients are summed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.framework import summary_pb2
+
+from networks.resnet import export as export_lib
+from networks.resnet import train_input, train_steps
+from networks.resnet.train_config import (  # noqa: F401 - re-exported for callers
+    CONFIG_FILE, TrainConfig, TrainResult, check_resume_config, read_config, write_config)
+from official.utils.logs import hooks as hooks_lib
+from official.utils.logs import logger as logger_lib
+from official.utils.misc import distribution_utils, model_helpers
+
+
+def _scalar(name: str, value: float, step: int) -> None:
+    """A TensorBoard scalar without the tensorboard package (not a TF 2.21 dependency):
+    tf.summary.write with the metadata TensorBoard's scalar plugin reads."""
+    tf.summary.write(name, tf.constant(value, tf.float32), step=step,
+                     metadata=_SCALAR_METADATA)
+
+
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def resolved_config(config: TrainConfig, data: train_input.DataSpec) -> dict:
+    """Everything config.json records: the flags plus what the data and device resolved."""
+    return {**dataclasses.asdict(config), "hooks": list(config.hooks),
+            "num_classes": data.num_classes, "class_names": list(data.class_names),
+            "small_input": model_helpers.resolve_small_input(config.small_input,
+                                                             config.image_size),
+            "data_format": train_steps.resolve_data_format(config.data_format)}
+
+
+def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
+    totals = {"loss": 0.0, "correct": 0.0, "examples": 0.0}
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        for key, value in evaluate_step(batch).items():
+            totals[key] += float(value)
+    examples = max(totals["examples"], 1.0)
+    return {"accuracy": totals["correct"] / examples, "loss": totals["loss"] / examples,
+            "examples": int(totals["examples"])}
+
+
+def train(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainResult:
+    """Train (or resume) in `config.model_dir`; evaluate each cycle; export when asked.
+
+    Raises:
+      ValueError: bad configuration or data, or a model_dir trained with other settings.
+      FloatingPointError: the loss became NaN or Inf (the message names the step).
+    """
+    # --- config ---
+    data = train_input.resolve_data(config)
+    num_replicas = strategy.num_replicas_in_sync
+    distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
+    resolved = resolved_config(config, data)
+    check_resume_config(config.model_dir, resolved)
+    chief = _is_chief(strategy)
+    # Non-chief workers write checkpoints somewhere private (the collective save needs every
+    # worker) and delete it at the end; only the chief's files are real.
+    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="resnet_worker_")
+    if chief:
+        write_config(config.model_dir, resolved)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if config.seed is not None or config.deterministic:
+        import keras
+        keras.utils.set_random_seed(config.seed or 0)
+
+    benchmark_logger = None
+    if chief and (config.benchmark_log_dir or config.gcp_project):
+        benchmark_logger = logger_lib.BenchmarkLogger(
+            config.benchmark_log_dir, gcp_project=config.gcp_project,
+            bigquery_data_set=config.bigquery_data_set,
+            bigquery_run_table=config.bigquery_run_table,
+            bigquery_metric_table=config.bigquery_metric_table)
+        benchmark_logger.log_run_info(f"resnet{config.resnet_size}_v{config.version}", resolved)
+    hooks = hooks_lib.get_train_hooks(config.hooks, every_n_steps=config.log_every_steps,
+                                      benchmark_logger=benchmark_logger) if chief else []
+
+    # --- data ---
+    steps_per_epoch = model_helpers.steps_per_epoch(data.train_examples, config.batch_size)
+    total_steps = config.train_epochs * steps_per_epoch
+    steps_per_cycle = config.epochs_between_evals * steps_per_epoch
+    last_step = min(total_steps, config.max_train_steps or total_steps)
+    train_iterator = iter(strategy.experimental_distribute_dataset(
+        train_input.train_dataset(config, data)))
+    eval_data = train_input.eval_dataset(config, data)
+
+    # --- model, optimizer, checkpoint ---
+    schedule = train_steps.learning_rate_schedule(config, steps_per_epoch)
+    state = train_steps.build_training_state(config, data.num_classes, schedule, strategy)
+    manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
+                                         max_to_keep=config.keep_checkpoints)
+    # --- restore ---
+    if manager.latest_checkpoint:
+        state.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
+                     int(state.step.numpy()))
+    resumed_from = int(state.step.numpy())
+    train_fn = train_steps.make_train_function(
+        state, strategy, global_batch_size=config.batch_size, num_classes=data.num_classes,
+        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile)
+    evaluate_step = train_steps.make_eval_step(state.model, strategy, data.num_classes)
+
+    summary_dir = config.model_dir if chief else write_dir
+    train_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "train"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "eval"))
+    for hook in hooks:
+        hook.begin(config.model_dir)
+
+    # --- loop ---
+    step = resumed_from
+    eval_metrics, stopped_by, examples_per_second = None, "train_epochs", None
+    throughput = []
+    while step < last_step:
+        cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
+        while step < cycle_end:
+            num_steps = min(config.steps_per_loop, cycle_end - step)
+            started = time.perf_counter()
+            totals = {k: float(v) for k, v in train_fn(train_iterator,
+                                                       tf.constant(num_steps)).items()}
+            elapsed = time.perf_counter() - started
+            previous, step = step, int(state.step.numpy())
+            if totals["nonfinite_steps"] > 0 or not math.isfinite(totals["loss"]):
+                where = (f"step {step}" if num_steps == 1
+                         else f"one of steps {previous + 1}-{step}")
+                raise FloatingPointError(
+                    f"training loss became NaN/Inf at {where}; stopped without saving (last "
+                    f"checkpoint: {manager.latest_checkpoint})")
+            examples_per_second = totals["examples"] / max(elapsed, 1e-9)
+            throughput.append(examples_per_second)
+            metrics = {"loss": totals["loss"] / num_steps,
+                       "accuracy": totals["correct"] / max(totals["examples"], 1.0),
+                       "learning_rate": float(schedule(state.optimizer.iterations)),
+                       "loss_scale": train_steps.loss_scale_of(state.optimizer),
+                       "examples": totals["examples"],
+                       "examples_per_second": examples_per_second}
+            with train_writer.as_default():
+                for name, value in metrics.items():
+                    if value is not None and name != "examples":
+                        _scalar(name, value, step)
+            for hook in hooks:
+                hook.after_step(step, metrics)
+            every = config.checkpoint_every_steps
+            if every and step // every > previous // every and step < cycle_end:
+                manager.save(checkpoint_number=step)
+
+        eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+        logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
+                     config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
+                     eval_metrics["examples"])
+        with eval_writer.as_default():
+            _scalar("accuracy", eval_metrics["accuracy"], step)
+            _scalar("loss", eval_metrics["loss"], step)
+        if benchmark_logger:
+            benchmark_logger.log_metric("accuracy", eval_metrics["accuracy"], global_step=step)
+            benchmark_logger.log_metric("loss", eval_metrics["loss"], global_step=step)
+        manager.save(checkpoint_number=step)
+        if model_helpers.past_stop_threshold(config.stop_threshold, eval_metrics["accuracy"]):
+            stopped_by = "stop_threshold"
+            break
+    else:
+        if config.max_train_steps and last_step < total_steps:
+            stopped_by = "max_train_steps"
+
+    if eval_metrics is None:  # resumed a finished run: report its final accuracy again
+        eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+    for hook in hooks:
+        hook.end(step)
+    train_writer.flush()
+    eval_writer.flush()
+
+    # --- export ---
+    export_path = None
+    if config.export_dir and chief:
+        export_path = export_lib.export_saved_model(state.model, resolved, config.export_dir)
+        logging.info("exported SavedModel to %s", export_path)
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    return TrainResult(step=step, resumed_from_step=resumed_from, stopped_by=stopped_by,
+                       eval_accuracy=eval_metrics["accuracy"], eval_loss=eval_metrics["loss"],
+                       eval_examples=eval_metrics["examples"],
+                       examples_per_second=float(np.median(throughput[1:] or throughput))
+                       if throughput else None,
+                       export_path=export_path)

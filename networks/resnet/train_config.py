@@ -1,0 +1,138 @@
+"""The trainer's frozen configuration, its result, and config.json in model_dir.
+
+config.json holds every TrainConfig field plus what the data resolved (num_classes, class_names,
+small_input, data_format); evaluation, prediction and export rebuild the model from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from networks.resnet import resnet_model
+
+CONFIG_FILE = "config.json"
+# Keys that define the network and its input; a model_dir can only resume with the same values.
+FROZEN_KEYS = ("resnet_size", "version", "num_classes", "class_names", "channels", "image_size",
+               "small_input")
+DTYPE_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+LR_DECAY_FRACTIONS = (0.3, 0.6, 0.8, 0.9)
+LR_DECAY_MULTIPLIERS = (1.0, 0.1, 0.01, 1e-3, 1e-4)
+SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model_dir: str
+    data_dir: str | None = None
+    resnet_size: int = 50
+    version: int = 2
+    image_size: int = 224
+    channels: int = 1
+    small_input: bool | None = None  # None: on for image_size <= 64
+    data_format: str | None = None  # None: channels_first on GPU, channels_last on CPU
+    train_epochs: int = 100
+    epochs_between_evals: int = 1
+    stop_threshold: float | None = None
+    max_train_steps: int | None = None
+    batch_size: int = 32  # global, split across replicas
+    dtype: str = "fp32"
+    loss_scale: float | None = None  # fp16 only; None = dynamic
+    base_learning_rate: float = 0.1
+    lr_scaling: str = "linear"
+    warmup_epochs: float | None = None  # None: 5% of train_epochs
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    random_flip: bool = False
+    train_split: str = "train"
+    eval_split: str = "validation"
+    use_synthetic_data: bool = False
+    synthetic_num_classes: int = 6
+    num_parallel_calls: int = 5
+    cache: bool = False
+    steps_per_loop: int = 1
+    jit_compile: bool = False
+    checkpoint_every_steps: int = 500
+    keep_checkpoints: int = 5
+    seed: int | None = None
+    deterministic: bool = False
+    hooks: tuple[str, ...] = ("LoggingTensorHook",)
+    log_every_steps: int = 100
+    export_dir: str | None = None
+    benchmark_log_dir: str | None = None
+    gcp_project: str | None = None
+    bigquery_data_set: str = "test_benchmark"
+    bigquery_run_table: str = "benchmark_run"
+    bigquery_metric_table: str = "benchmark_metric"
+
+    def __post_init__(self):
+        if self.resnet_size not in resnet_model.RESNET_SIZES:
+            raise ValueError(f"--resnet_size={self.resnet_size}: must be one of "
+                             f"{sorted(resnet_model.RESNET_SIZES)}")
+        if self.version not in (1, 2):
+            raise ValueError(f"--version={self.version}: must be 1 or 2")
+        if self.dtype not in DTYPE_POLICIES:
+            raise ValueError(f"--dtype={self.dtype}: must be one of {sorted(DTYPE_POLICIES)}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"--channels={self.channels}: must be 1 or 3")
+        if self.lr_scaling not in ("linear", "none"):
+            raise ValueError(f"--lr_scaling={self.lr_scaling}: must be 'linear' or 'none'")
+        if self.loss_scale is not None and self.dtype != "fp16":
+            raise ValueError(f"--loss_scale is only used with --dtype=fp16, got --dtype="
+                             f"{self.dtype}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    step: int
+    resumed_from_step: int
+    stopped_by: str  # "train_epochs" | "max_train_steps" | "stop_threshold"
+    eval_accuracy: float
+    eval_loss: float
+    eval_examples: int
+    examples_per_second: float | None
+    export_path: str | None
+
+
+# --- config ----------------------------------------------------------------------------------
+
+def read_config(model_dir: str) -> dict:
+    """The resolved config.json a training run saved in `model_dir`."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found (is {model_dir} a training --model_dir?)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_resume_config(model_dir: str, resolved: dict) -> None:
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        if _has_checkpoint(model_dir):
+            raise ValueError(f"--model_dir={model_dir} has checkpoints but no {CONFIG_FILE}; "
+                             "use an empty --model_dir")
+        return
+    saved = read_config(model_dir)
+    for key in FROZEN_KEYS:
+        if key in saved and _jsonable(saved[key]) != _jsonable(resolved[key]):
+            raise ValueError(f"--model_dir={model_dir} was trained with {key}={saved[key]!r}, "
+                             f"this run has {key}={resolved[key]!r}; use the same settings or a "
+                             "new --model_dir")
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def write_config(model_dir: str, resolved: dict) -> None:
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = os.path.join(model_dir, CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(resolved, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(model_dir, CONFIG_FILE))  # never a half-written config
+
+
+def _has_checkpoint(model_dir: str) -> bool:
+    return os.path.isfile(os.path.join(model_dir, "checkpoint"))

@@ -1,0 +1,109 @@
+"""Training and evaluation input: the converter's shards through dataset.reader, or synthetic data.
+
+Example counts and class names come from the converter's manifest.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import tensorflow as tf
+
+from dataset import preprocess, reader
+from networks.resnet.train_config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig
+
+# --- data ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    class_names: tuple[str, ...]
+    train: reader.SplitInfo | None  # None with synthetic data and no manifest
+    eval: reader.SplitInfo | None
+    train_examples: int
+    eval_examples: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def resolve_data(config: TrainConfig) -> DataSpec:
+    """Class names and example counts from the manifest (or synthetic stand-ins)."""
+    has_manifest = bool(config.data_dir) and os.path.isfile(
+        os.path.join(config.data_dir, "manifest.json"))
+    if config.use_synthetic_data and not has_manifest:
+        names = tuple(f"class_{index}" for index in range(config.synthetic_num_classes))
+        examples = SYNTHETIC_BATCHES_PER_EPOCH * config.batch_size
+        return DataSpec(names, None, None, examples, config.batch_size * 4)
+    if not config.data_dir:
+        raise ValueError("--data_dir is required (a folder written by tf_convert_data.py)")
+    train = reader.split_info(config.data_dir, config.train_split)
+    evaluation = reader.split_info(config.data_dir, config.eval_split)
+    for info in (train, evaluation):
+        if not config.use_synthetic_data and (info.num_examples <= 0 or not info.files):
+            raise ValueError(f"--data_dir={config.data_dir}: split {info.split!r} has no records")
+        missing = [path for path in info.files if not os.path.isfile(path)]
+        if missing and not config.use_synthetic_data:
+            raise ValueError(f"--data_dir={config.data_dir}: shard {missing[0]} is missing")
+    if len(train.class_names) < 2:
+        raise ValueError(f"--data_dir={config.data_dir}: needs at least 2 classes, found "
+                         f"{list(train.class_names)}")
+    return DataSpec(tuple(train.class_names), train, evaluation,
+                    max(train.num_examples, 1), max(evaluation.num_examples, 1))
+
+
+def _synthetic_dataset(config: TrainConfig, num_classes: int, batch_size: int):
+    # One random batch repeated: no input pipeline at all, which is the point of the flag.
+    shape = (batch_size, config.image_size, config.image_size, config.channels)
+    images = tf.random.uniform(shape, -1.0, 1.0, seed=config.seed)
+    labels = tf.random.uniform((batch_size,), 0, num_classes, tf.int32, seed=config.seed)
+    return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+
+def _reader_parallelism(config: TrainConfig):
+    # The reader uses one value for its shard interleave (whose cycle is min(shards, 8), and
+    # tf.data rejects a fixed parallelism above the cycle) and its decode map; AUTOTUNE is valid
+    # for both. --num_parallel_calls applies to the preprocessing map below.
+    return tf.data.AUTOTUNE
+
+
+def train_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
+    """Endless, shuffled, augmented batches of the global batch size."""
+    if config.use_synthetic_data:
+        return _synthetic_dataset(config, data.num_classes, config.batch_size)
+    deterministic = True if config.deterministic else None
+    dataset = reader.make_dataset(data.train.files, channels=config.channels, shuffle_files=True,
+                                  seed=config.seed,
+                                  num_parallel_calls=_reader_parallelism(config),
+                                  deterministic=deterministic)
+    if config.cache:
+        dataset = dataset.cache()  # decoded uint8, before the random augmentation
+    dataset = dataset.shuffle(min(data.train_examples, 10_000), seed=config.seed,
+                              reshuffle_each_iteration=True).repeat()
+    dataset = dataset.map(
+        lambda image, label: (preprocess.preprocess_for_train(
+            image, image_size=config.image_size, random_flip=config.random_flip), label),
+        num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)
+    # drop_remainder: every step sees the full global batch, so every replica gets its share.
+    return dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
+    """Every evaluation example once, deterministic preprocessing."""
+    if config.use_synthetic_data:
+        batches = math.ceil(data.eval_examples / config.batch_size)
+        return _synthetic_dataset(config, data.num_classes, config.batch_size).take(batches)
+    dataset = reader.make_dataset(data.eval.files, channels=config.channels,
+                                  num_parallel_calls=_reader_parallelism(config),
+                                  deterministic=True)
+    dataset = dataset.map(
+        lambda image, label: (preprocess.preprocess_for_eval(
+            image, image_size=config.image_size), label),
+        num_parallel_calls=config.num_parallel_calls)
+    if config.cache:
+        dataset = dataset.cache()
+    return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+

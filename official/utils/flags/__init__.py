@@ -1,0 +1,1 @@
+"""Flag definitions of the trainer (absl)."""

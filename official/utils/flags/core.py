@@ -1,0 +1,187 @@
+"""Command-line flags of the ResNet trainer, with the original's long and short names.
+
+The original (tensorflow/models official/resnet, Estimator era, as used by this project's
+`dicom_main.py`) parsed these with argparse; here they are absl flags with the same names, short
+names and defaults, so the original commands keep working. Differences, each on purpose:
+
+* `--multi_gpu=False` means False. The original declared it `type=bool`, and `bool("False")` is
+  True. absl booleans also accept `--multi_gpu` / `--nomulti_gpu`.
+* `--hooks` takes a comma-separated list (`--hooks=LoggingTensorHook,ExamplesPerSecondHook`)
+  instead of space-separated words.
+* `--num_gpus` defaults to "the number of visible GPUs, capped at 1" instead of "1 if TensorFlow
+  was built with CUDA": pip's TensorFlow is always built with CUDA, so the old default asked for a
+  GPU on every CPU-only machine.
+* `--loss_scale` unset means *dynamic* loss scaling for fp16 (the original used a fixed 128).
+
+Only the definitions live here (and `parse_hooks`); the trainer's `main()` turns
+FLAGS into a frozen config once (see networks/resnet/dicom_main.py).
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+RESNET_SIZE_CHOICES = ("18", "34", "50", "101", "152", "200")
+DTYPE_CHOICES = ("fp32", "fp16", "bf16")
+HOOK_NAMES = ("LoggingTensorHook", "ProfilerHook", "ExamplesPerSecondHook", "LoggingMetricHook")
+
+
+class _Definer:
+    """`define.string(...)` = `flags.DEFINE_string(..., flag_values=<these FlagValues>)`."""
+
+    def __init__(self, flag_values: flags.FlagValues):
+        self.flag_values = flag_values
+
+    def __getattr__(self, kind: str):
+        definer = getattr(flags, "DEFINE_" + kind)
+        return lambda *args, **kwargs: definer(*args, flag_values=self.flag_values, **kwargs)
+
+
+def _define_base(define: _Definer) -> None:
+    # Original defaults (official/utils/flags/_base.py): data_dir and model_dir both /tmp.
+    define.string("data_dir", "/tmp", "The location of the input data: a folder written "
+                        "by tf_convert_data.py (shards + manifest.json).", short_name="dd")
+    define.string("model_dir", "/tmp", "The location of the model checkpoint files, "
+                        "config.json and TensorBoard summaries. Rerunning with the same "
+                        "--model_dir resumes from the last checkpoint.", short_name="md")
+    define.integer("train_epochs", 100, "The number of epochs used to train.",
+                         lower_bound=1, short_name="te")
+    define.integer("epochs_between_evals", 1, "The number of training epochs to run "
+                         "between evaluations.", lower_bound=1, short_name="ebe")
+    define.float("stop_threshold", None, "If passed, training will stop at the earlier of "
+                       "train_epochs and when the evaluation accuracy is greater than or equal "
+                       "to stop_threshold.", short_name="st")
+    define.integer("batch_size", 32, "Global batch size for training and evaluation "
+                         "(split across replicas).", lower_bound=1, short_name="bs")
+    define.integer("num_gpus", None, "How many GPUs to use with the DistributionStrategies "
+                         "API. Default: 1 if a GPU is visible, else 0 (CPU).", lower_bound=0,
+                         short_name="ng")
+    define.list("hooks", ["LoggingTensorHook"], "Comma-separated names of train hooks, "
+                      "case-insensitive: " + ", ".join(HOOK_NAMES) + ". Empty for none.",
+                      short_name="hk")
+    define.boolean("multi_gpu", False, "Mirror the model over all visible GPUs "
+                         "(same as --num_gpus=<all>).", short_name="mg")
+
+
+def _define_performance(define: _Definer) -> None:
+    define.integer("num_parallel_calls", 5, "The number of records that are processed in "
+                         "parallel during input processing; about the number of CPU cores.",
+                         lower_bound=1, short_name="npc")
+    define.integer("inter_op_parallelism_threads", 0, "Number of inter_op_parallelism_"
+                         "threads to use for CPU (0: TensorFlow picks).", lower_bound=0,
+                         short_name="inter")
+    define.integer("intra_op_parallelism_threads", 0, "Number of intra_op_parallelism_"
+                         "threads to use for CPU (0: TensorFlow picks).", lower_bound=0,
+                         short_name="intra")
+    define.boolean("use_synthetic_data", False, "Feed random images of the right shape "
+                         "instead of reading files: measures the model without the input "
+                         "pipeline, learns nothing.", short_name="synth")
+    define.integer("max_train_steps", None, "Stop training when the global step reaches "
+                         "this value, even before --train_epochs.", lower_bound=1,
+                         short_name="mts")
+    define.enum("dtype", "fp32", DTYPE_CHOICES, "Compute precision: fp32; fp16 (mixed "
+                      "float16 with loss scaling); bf16 (mixed bfloat16). Variables stay "
+                      "float32.", short_name="dt")
+    define.float("loss_scale", None, "Fixed loss scale for fp16. Unset: dynamic loss "
+                       "scaling (halved on overflow, where the step is skipped; doubled after "
+                       "2000 good steps).", lower_bound=1.0, short_name="ls")
+    define.enum("data_format", None, ("channels_first", "channels_last"), "Override the "
+                      "model's data format. Default: channels_first on GPU, channels_last on "
+                      "CPU.", short_name="df")
+    define.boolean("jit_compile", False, "Compile the train step with XLA.")
+    define.integer("steps_per_loop", 1, "Train steps per tf.function call (fewer Python "
+                         "round trips; hooks and summaries see every Nth step).", lower_bound=1)
+    define.boolean("cache", False, "Keep decoded training and evaluation images in memory "
+                         "after the first epoch.")
+    define.integer("num_cpu_replicas", 0, "Split the CPU into this many logical devices "
+                         "and mirror over them when no GPU is used (for testing distribution "
+                         "on CPU-only machines; no speed-up).", lower_bound=0)
+
+
+def _define_benchmark(define: _Definer) -> None:
+    define.string("export_dir", None, "If set, a SavedModel of the model is exported to "
+                        "<export_dir>/<version>/ at the end of training.", short_name="ed")
+    define.string("benchmark_log_dir", None, "Write run information and metrics as JSON "
+                        "lines to this folder.", short_name="bld")
+    define.string("gcp_project", None, "The GCP project where the benchmark will be "
+                        "uploaded to BigQuery (needs google-cloud-bigquery).", short_name="gp")
+    define.string("bigquery_data_set", "test_benchmark", "The BigQuery dataset name where "
+                        "the benchmark will be uploaded.", short_name="bds")
+    define.string("bigquery_run_table", "benchmark_run", "The BigQuery table name where "
+                        "the benchmark run information will be uploaded.", short_name="brt")
+    define.string("bigquery_metric_table", "benchmark_metric", "The BigQuery table name "
+                        "where the benchmark metric information will be uploaded.",
+                        short_name="bmt")
+
+
+def _define_resnet(define: _Definer) -> None:
+    define.enum("version", "2", ("1", "2"), "Version of ResNet: 1 (v1.5, post-activation) "
+                      "or 2 (pre-activation).", short_name="v")
+    define.enum("resnet_size", "50", RESNET_SIZE_CHOICES, "The size of the ResNet model "
+                      "to use.", short_name="rs")
+    define.integer("image_size", 224, "Side of the square image the network sees; "
+                         "images are resized to it.", lower_bound=8)
+    define.boolean("small_input", None, "Use the small-image stem (3x3 conv, no max "
+                         "pool) instead of 7x7/2 + pool. Default: on when --image_size <= 64.")
+    define.integer("channels", 1, "Image channels the model reads: 1 (grey, radiographs) "
+                         "or 3 (RGB).", lower_bound=1, upper_bound=3)
+    define.boolean("random_flip", False, "Randomly flip training images left-right. Off "
+                         "by default: a flip turns a left organ into a right one, which is "
+                         "wrong when the labels have laterality.")
+    define.float("base_learning_rate", 0.1, "Learning rate for a global batch of 256 "
+                       "(scaled linearly with the batch, see --lr_scaling).", lower_bound=0.0)
+    define.enum("lr_scaling", "linear", ("linear", "none"), "linear: lr = "
+                      "base_learning_rate * global_batch / 256 (TF official); none: lr = "
+                      "base_learning_rate.")
+    define.float("warmup_epochs", None, "Linear learning-rate warm-up length in epochs. "
+                       "Default: 5% of --train_epochs (5 of 100 epochs).", lower_bound=0.0)
+    define.float("weight_decay", 1e-4, "L2 weight decay on non-batch-norm weights.",
+                       lower_bound=0.0)
+    define.float("label_smoothing", 0.0, "Label smoothing for the training loss.",
+                       lower_bound=0.0, upper_bound=1.0)
+    define.integer("checkpoint_every_steps", 500, "Also save a checkpoint every this many "
+                         "steps (0: only at evaluations).", lower_bound=0)
+    define.integer("keep_checkpoints", 5, "How many recent checkpoints to keep.",
+                         lower_bound=1)
+    define.string("eval_split", "validation", "Split evaluated after each cycle.")
+    define.string("train_split", "train", "Split trained on.")
+    define.integer("synthetic_num_classes", 6, "Classes for --use_synthetic_data when "
+                         "--data_dir has no manifest.json.", lower_bound=2)
+    define.integer("seed", None, "Random seed for weights, shuffling and augmentation.")
+    define.boolean("deterministic", False, "Deterministic ops and input order (slower); "
+                         "uses --seed, or 0 when unset.")
+    define.integer("log_every_steps", 100, "How often the logging hooks report.",
+                         lower_bound=1)
+
+
+def _free_short_name_v(flag_values: flags.FlagValues) -> None:
+    # absl.logging claims -v for --verbosity; the original trainer used -v for --version, and
+    # its commands must keep working. --verbosity keeps its long name.
+    if "v" in flag_values and flag_values["v"].name == "verbosity":
+        flag_values["verbosity"].short_name = None
+        delattr(flag_values, "v")
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define every trainer flag (on absl's global FLAGS unless given; once, before parsing)."""
+    _free_short_name_v(flag_values)
+    define = _Definer(flag_values)
+    _define_base(define)
+    _define_performance(define)
+    _define_benchmark(define)
+    _define_resnet(define)
+
+
+def parse_hooks(names: list[str]) -> tuple[str, ...]:
+    """Canonical hook names from a case-insensitive list; ValueError lists the valid ones."""
+    canonical = {name.lower(): name for name in HOOK_NAMES}
+    result = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        if name.lower() not in canonical:
+            raise ValueError(f"--hooks: unknown hook {name!r}; valid (case-insensitive): "
+                             + ", ".join(HOOK_NAMES))
+        result.append(canonical[name.lower()])
+    return tuple(result)

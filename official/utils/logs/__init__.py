@@ -1,0 +1,1 @@
+"""Run logging: hooks and the benchmark logger."""

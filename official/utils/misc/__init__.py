@@ -1,0 +1,1 @@
+"""Distribution and training helpers."""

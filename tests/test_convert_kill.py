@@ -1,0 +1,82 @@
+"""SIGKILL of tf_convert_data.py at random moments never leaves complete-looking partial output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dataset import reader
+from tests.conftest import REPO_ROOT
+from tests.test_convert import convert, make_class_folders, output_bytes
+
+TRIALS = 10
+
+
+def _check_invariant(output_dir, reference: dict[str, bytes]) -> str:
+    """Either a complete output identical to the reference, or one the reader refuses."""
+    manifest_path = output_dir / "manifest.json"
+    if not manifest_path.exists():
+        with pytest.raises(FileNotFoundError):
+            reader.read_manifest(str(output_dir))
+        return "no manifest"
+    manifest = reader.read_manifest(str(output_dir))
+    for info in manifest["splits"].values():
+        for entry in info["files"]:
+            data = (output_dir / entry["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
+            assert data == reference[entry["path"]]
+    assert manifest_path.read_bytes() == reference["manifest.json"]
+    return "complete"
+
+
+def _wait_for_shard_writing(output_dir, process, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        for staging in output_dir.glob(".convert-staging-*"):
+            if any(staging.glob("*.part*")):
+                return
+        time.sleep(0.005)
+
+
+def test_sigkill_at_random_points_then_clean_rerun(tmp_path):
+    root = make_class_folders(tmp_path / "ds", {"A": 200, "B": 200}, size=24)
+    output_dir = tmp_path / "out"
+    flags = dict(need_split="tvt_split", shard_size_mb=0.01, num_workers=2)
+    convert(root, output_dir, **flags)  # the reference: what every rerun must reproduce
+    reference = output_bytes(output_dir)
+    assert sum(name.endswith(".tfrecord") for name in reference) > 20  # a long commit phase
+    command = [sys.executable, "tf_convert_data.py", f"--dataset_dir={root}",
+               f"--output_dir={output_dir}", "--need_split=tvt_split",
+               "--shard_size_mb=0.01", "--num_workers=2"]
+    rng = random.Random(1234)
+    outcomes = []
+    for trial in range(TRIALS):
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        if trial % 3 == 0:  # anywhere, start-up and validation included
+            time.sleep(rng.uniform(0.0, 3.0))
+        else:  # while shards are written, renamed and the manifest replaced
+            _wait_for_shard_writing(output_dir, process)
+            time.sleep(rng.uniform(0.0, 0.6))
+        finished = process.poll() is not None
+        if not finished:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        outcomes.append(("finished " if finished else "killed ")
+                        + _check_invariant(output_dir, reference))
+        if trial % 4 == 3:  # a clean rerun after some of the kills (in-process: fast)
+            convert(root, output_dir, **flags)
+            assert output_bytes(output_dir) == reference
+    convert(root, output_dir, **flags)
+    assert output_bytes(output_dir) == reference
+    assert not list(output_dir.glob(".convert-staging-*"))
+    assert any(o.startswith("killed") for o in outcomes), outcomes
+    print(json.dumps(outcomes))

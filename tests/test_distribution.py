@@ -1,0 +1,146 @@
+"""Distribution: the strategy builder, global-batch loss aggregation, fp16 loss scaling."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from networks.resnet import train_steps
+from networks.resnet.train_config import TrainConfig
+from official.utils.misc import distribution_utils
+
+NUM_CLASSES = 3
+
+
+def _config(tmp_path, **overrides) -> TrainConfig:
+    settings = dict(model_dir=str(tmp_path), resnet_size=18, image_size=32, small_input=False,
+                    batch_size=8, warmup_epochs=0, lr_scaling="none", base_learning_rate=0.1,
+                    hooks=())
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _state(config, strategy, weights=None):
+    schedule = train_steps.learning_rate_schedule(config, steps_per_epoch=100)
+    state = train_steps.build_training_state(config, NUM_CLASSES, schedule, strategy)
+    if weights is not None:
+        state.model.set_weights(weights)
+    return state
+
+
+def _run(state, strategy, batch, num_calls):
+    train = train_steps.make_train_function(state, strategy, global_batch_size=8,
+                                            num_classes=NUM_CLASSES)
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    return [float(train(iterator, tf.constant(1))["loss"]) for _ in range(num_calls)]
+
+
+_MIRRORED = []
+
+
+def _two_cpus():
+    # One MirroredStrategy per process: separate instances over the same devices can mix up
+    # their collective instance keys.
+    if not _MIRRORED:
+        _MIRRORED.append(
+            distribution_utils.get_distribution_strategy(num_gpus=0, num_cpu_replicas=2))
+    return _MIRRORED[0]
+
+
+def test_strategy_builder():
+    assert isinstance(distribution_utils.get_distribution_strategy(num_gpus=0),
+                      tf.distribute.OneDeviceStrategy)
+    mirrored = _two_cpus()
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert mirrored.num_replicas_in_sync == 2
+    with pytest.raises(ValueError, match="--num_gpus=2 but 0 GPU"):
+        distribution_utils.get_distribution_strategy(num_gpus=2)
+    with pytest.raises(ValueError, match="--multi_gpu: no GPU"):
+        distribution_utils.get_distribution_strategy(multi_gpu=True)
+    with pytest.raises(ValueError, match="--batch_size=7 is not divisible by the 2 replicas"):
+        distribution_utils.per_replica_batch_size(7, 2)
+
+
+def test_tf_config_cluster_size(monkeypatch):
+    cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+               "task": {"type": "worker", "index": 1}}
+    assert distribution_utils.cluster_size_from_tf_config(json.dumps(cluster)) == 2
+    assert distribution_utils.cluster_size_from_tf_config("") == 0
+    with pytest.raises(ValueError, match="TF_CONFIG is malformed"):
+        distribution_utils.cluster_size_from_tf_config("{not json")
+    with pytest.raises(ValueError, match="task worker:5 is not in its cluster"):
+        distribution_utils.cluster_size_from_tf_config(json.dumps(
+            {**cluster, "task": {"type": "worker", "index": 5}}))
+    # A one-task cluster is a single machine: no MultiWorkerMirroredStrategy.
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert isinstance(distribution_utils.get_distribution_strategy(num_gpus=0),
+                      tf.distribute.OneDeviceStrategy)
+
+
+def test_mirrored_matches_one_device_for_the_same_global_batch(tmp_path):
+    """Two replicas x 4 examples == one device x 8 examples: same losses and weights.
+
+    Batch norm normalises with each replica's own statistics, so the global batch is made of
+    two identical halves [A; A]: each replica's statistics then equal the global batch's, and
+    the comparison checks exactly what the loop aggregates (loss averaged over the global
+    batch, gradients summed over replicas, weight decay counted once). Tolerance: rtol 1e-4,
+    atol 1e-5 (float32 sums in a different order over 3 SGD steps).
+    """
+    rng = np.random.default_rng(0)
+    half_images = rng.uniform(-1, 1, (4, 32, 32, 1)).astype(np.float32)
+    half_labels = np.array([0, 1, 2, 1], np.int32)
+    batch = (np.concatenate([half_images, half_images]),
+             np.concatenate([half_labels, half_labels]))
+    config = _config(tmp_path, base_learning_rate=0.02)
+
+    one = tf.distribute.OneDeviceStrategy("/cpu:0")
+    one_state = _state(config, one)
+    initial = one_state.model.get_weights()
+    mirrored = _two_cpus()
+    mirrored_state = _state(config, mirrored, weights=initial)
+
+    one_losses = _run(one_state, one, batch, 3)
+    mirrored_losses = _run(mirrored_state, mirrored, batch, 3)
+    assert abs(mirrored_losses[0] - one_losses[0]) < 1e-5  # same weights: pure aggregation
+    np.testing.assert_allclose(mirrored_losses, one_losses, rtol=1e-4, atol=1e-5)
+    assert one_losses[2] < one_losses[0]  # it trained
+    moved = 0
+    for a, b, before in zip(mirrored_state.model.get_weights(), one_state.model.get_weights(),
+                            initial):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        moved += not np.allclose(a, before)
+    assert moved > 10
+    assert int(mirrored_state.step.numpy()) == int(one_state.step.numpy()) == 3
+
+
+def test_fp16_overflow_lowers_loss_scale_and_skips_the_update(tmp_path):
+    strategy = _two_cpus()  # also checks that both replicas agree on skipping
+    state = _state(_config(tmp_path, dtype="fp16"), strategy)
+    assert isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer)
+    rng = np.random.default_rng(1)
+    batch = (rng.uniform(-1, 1, (8, 32, 32, 1)).astype(np.float32),
+             rng.integers(0, NUM_CLASSES, 8).astype(np.int32))
+    # A scale this large overflows float16 gradients (max 65504) on the first backward op.
+    state.optimizer.dynamic_scale.assign(2.0 ** 40)
+    before = [v.numpy() for v in state.model.trainable_variables]
+    losses = _run(state, strategy, batch, 1)
+    assert np.isfinite(losses[0])  # the (unscaled) loss itself is fine
+    assert float(state.optimizer.dynamic_scale.numpy()) == 2.0 ** 39
+    assert int(state.optimizer.iterations.numpy()) == 0  # no update applied
+    assert int(state.step.numpy()) == 1  # but the step counts
+    for variable, value in zip(state.model.trainable_variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+    # A sane scale: the update happens and the scale stays.
+    state.optimizer.dynamic_scale.assign(2.0 ** 8)
+    _run(state, strategy, batch, 1)
+    assert float(state.optimizer.dynamic_scale.numpy()) == 2.0 ** 8
+    assert int(state.optimizer.iterations.numpy()) == 1
+    assert any(not np.array_equal(v.numpy(), b)
+               for v, b in zip(state.model.trainable_variables, before))

@@ -1,0 +1,104 @@
+"""Converts a folder of DICOM/JPEG/PNG images into sharded, verified TFRecords.
+
+Example (the original command):
+  python tf_convert_data.py --dataset_name=dicom --dataset_dir=DIR \\
+      --output_name=dicom_train --output_dir=OUT --need_split=tvt_split
+
+Inputs: DIR/images/<stem>.<ext> + DIR/labels/<stem>.txt, or DIR/<Class>/<file>
+(MedNIST), or DIR/{train,val,test}/<Class>/<file> with --need_split=predefined.
+Output in OUT: <split>-NNNNN-of-MMMMM.tfrecord shards, labels.txt and
+manifest.json (written last). Exit status 1 with one line per problem when the
+input cannot be converted; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from dataset.convert import ConversionError, ConvertConfig, convert_dataset, format_summary
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset_name", "dicom", "Name of the dataset, recorded in the manifest.")
+flags.DEFINE_string("dataset_dir", None, "Folder with the input images (see --layout).")
+flags.DEFINE_string("output_name", "data",
+                    "File-name prefix of the shards when --need_split=None "
+                    "(<output_name>-NNNNN-of-MMMMM.tfrecord).")
+flags.DEFINE_string("output_dir", None, "Folder for shards, labels.txt and manifest.json; "
+                    "created if missing; a previous conversion there is replaced.")
+flags.DEFINE_enum("need_split", "None", ["None", "tt_split", "tvt_split", "predefined"],
+                  "None: one output named --output_name; tt_split: train/test; tvt_split: "
+                  "train/validation/test; predefined: keep DIR/{train,val|validation,test}/.")
+flags.DEFINE_float("validation_size", 0.1, "Validation size: a count if >= 1, else a fraction. "
+                   "Counts become fractions of the total, so only fractions keep existing "
+                   "files in their split when files are added. Ignored by tt_split.")
+flags.DEFINE_float("test_size", 0.1, "Test size: a count if >= 1, else a fraction.")
+flags.DEFINE_integer("seed", 0, "Seed of the split assignment and of the record order.")
+flags.DEFINE_enum("layout", "auto", ["auto", "images_labels", "class_folders", "predefined"],
+                  "Input layout. auto: images_labels if DIR/images exists, predefined if all "
+                  "sub-folders are split names, else class_folders (DIR/<Class>/<file>).")
+flags.DEFINE_string("groups_csv", None, "CSV of 'file,group' rows (file: path relative to "
+                    "DIR, or file stem). Files of one group always share a split. Default "
+                    "group: the DICOM patient, else the file stem.")
+flags.DEFINE_float("shard_size_mb", 128, "Target shard size in MiB.")
+flags.DEFINE_integer("num_workers", 0, "Worker processes for decoding (0: all CPU cores).")
+flags.DEFINE_enum("on_error", "fail", ["fail", "skip"],
+                  "fail: any bad input stops the conversion before anything is written; "
+                  "skip: convert the rest and list skipped files in the manifest.")
+flags.DEFINE_enum("label_source", "labels", ["labels", "tag"],
+                  "labels: label files / class folders; tag: DICOM BodyPartExamined mapped "
+                  "to a class name (non-DICOM files keep their label). A label x tag "
+                  "agreement table is reported whenever both exist.")
+flags.DEFINE_bool("dicom_force", False, "Read DICOM files without the DICM preamble/file meta.")
+flags.DEFINE_enum("dicom_voi", "window", ["window", "minmax", "given", "lut"],
+                  "DICOM grey-level window: the file's window, min-max of the pixels, "
+                  "--dicom_window_center/width, or the file's VOI LUT.")
+flags.DEFINE_float("dicom_window_center", None, "Window center for --dicom_voi=given.")
+flags.DEFINE_float("dicom_window_width", None, "Window width for --dicom_voi=given.")
+flags.DEFINE_enum("dicom_bits", "8", ["8", "16"], "Bits per sample of rendered DICOM PNGs.")
+flags.DEFINE_enum("dicom_frames", "middle", ["middle", "all"],
+                  "Multi-frame DICOM: the middle frame, or one example per frame "
+                  "(image/filename gets a '#frame=N' suffix).")
+flags.DEFINE_string("hash_key_env", "BODY_PART_HASH_KEY",
+                    "Environment variable holding the key of the patient hash used to group "
+                    "DICOM files by patient. Unset: a fixed built-in key (the hash never "
+                    "leaves the process, so this is safe). Changing the key reshuffles splits.")
+flags.mark_flags_as_required(["dataset_dir", "output_dir"])
+
+
+def main(argv) -> int:
+    del argv
+    from dataset.dicom import DicomOptions
+
+    try:
+        config = ConvertConfig(
+            dataset_name=FLAGS.dataset_name, dataset_dir=FLAGS.dataset_dir,
+            output_dir=FLAGS.output_dir, output_name=FLAGS.output_name,
+            need_split=FLAGS.need_split, validation_size=FLAGS.validation_size,
+            test_size=FLAGS.test_size, seed=FLAGS.seed, layout=FLAGS.layout,
+            groups_csv=FLAGS.groups_csv, shard_size_mb=FLAGS.shard_size_mb,
+            num_workers=FLAGS.num_workers, on_error=FLAGS.on_error,
+            label_source=FLAGS.label_source, hash_key_env=FLAGS.hash_key_env,
+            dicom=DicomOptions(force=FLAGS.dicom_force, voi=FLAGS.dicom_voi,
+                               window_center=FLAGS.dicom_window_center,
+                               window_width=FLAGS.dicom_window_width,
+                               bits=int(FLAGS.dicom_bits), frames=FLAGS.dicom_frames))
+        manifest = convert_dataset(config)
+    except ConversionError as error:
+        print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
+        print(f"error: {len(error.problems)} problem(s); nothing was written "
+              "(--on_error=skip converts the rest)", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_summary(manifest))
+    total = sum(s["num_examples"] for s in manifest["splits"].values())
+    print(f"wrote {total} examples to {os.path.abspath(FLAGS.output_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
