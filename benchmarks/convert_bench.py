@@ -140,10 +140,10 @@ def main() -> None:
             for method in METHODS:
                 rows[name, method] = measure(method, dataset_dir, args.num_workers)
     print(f"cores: {os.cpu_count()}, workers: {args.num_workers or os.cpu_count()}")
-    print(f"{'dataset':8} {'method':6} {'images':>7} {'seconds':>8} {'images/s':>9} "
+    print(f"{'dataset':8} {'method':11} {'images':>7} {'seconds':>8} {'images/s':>9} "
           f"{'peak MB':>8}")
     for (name, method), row in rows.items():
-        print(f"{name:8} {method:6} {row['images']:7d} {row['seconds']:8.2f} "
+        print(f"{name:8} {method:11} {row['images']:7d} {row['seconds']:8.2f} "
               f"{row['images'] / row['seconds']:9.0f} {row['peak_mb']:8.0f}")
     for name in ("3k", "35k"):
         speed = {m: rows[name, m]["images"] / rows[name, m]["seconds"] for m in METHODS}

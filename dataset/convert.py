@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -76,7 +77,10 @@ class ConvertConfig:
     def manifest_flags(self) -> dict:
         flags = dataclasses.asdict(self)
         flags.pop("show_progress")
-        flags["dicom"] = dataclasses.asdict(self.dicom) if self.dicom is not None else None
+        if self.dicom is None:  # record the defaults in force, not "None"
+            from dataset.dicom import DicomOptions
+
+            flags["dicom"] = dataclasses.asdict(DicomOptions())
         return flags
 
 
@@ -98,9 +102,17 @@ def _init_worker(dicom_options, hash_key: bytes) -> None:
     _WORKER["hash_key"] = hash_key
 
 
+def _dicom_options():
+    if _WORKER["dicom"] is None:  # None in the config means the defaults
+        from dataset.dicom import DicomOptions
+
+        _WORKER["dicom"] = DicomOptions()
+    return _WORKER["dicom"]
+
+
 def _header_task(path: str):
     try:
-        return sources.read_dicom_header(path, _WORKER["dicom"], _WORKER["hash_key"]), None
+        return sources.read_dicom_header(path, _dicom_options(), _WORKER["hash_key"]), None
     except ValueError as error:
         return None, _without_path(str(error).splitlines()[0], path)
 
@@ -108,7 +120,8 @@ def _header_task(path: str):
 def _encode_task(task):
     path, relpath, kind, label, text = task
     try:
-        encoded = images.load_image(path, kind, dicom_options=_WORKER["dicom"],
+        encoded = images.load_image(path, kind, dicom_options=_dicom_options()
+                                    if kind == "dicom" else None,
                                     hash_key=_WORKER["hash_key"])
     except images.ImageError as error:
         return None, _without_path(str(error), path)
@@ -133,9 +146,12 @@ class _Workers:
         self.num_workers = num_workers
         _init_worker(dicom_options, hash_key)  # for the in-process path
         self._pool = None
+        self._stopping, self._unblock = threading.Event(), []
         if num_workers > 1:
-            # spawn: the caller may have imported TensorFlow, which is not fork-safe.
-            context = multiprocessing.get_context("spawn")
+            # fork starts fastest, but TensorFlow (imported by callers such as the
+            # tests) is not fork-safe; then spawn, whose workers import no TF.
+            method = "spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork"
+            context = multiprocessing.get_context(method)
             self._pool = context.Pool(num_workers, _init_worker, (dicom_options, hash_key))
 
     def imap(self, function, tasks: list, chunksize: int):
@@ -143,26 +159,28 @@ class _Workers:
             yield from map(function, tasks)
             return
         window = max(chunksize * self.num_workers * 4, 256)
-        slots, stop = threading.Semaphore(window), threading.Event()
+        slots = threading.Semaphore(window)
+        self._unblock.append((slots, window))
 
         def feed():  # runs in the pool's task-handler thread; blocks when the window is full
             for task in tasks:
                 slots.acquire()
-                if stop.is_set():
+                if self._stopping.is_set():
                     return
                 yield task
 
-        try:
-            for result in self._pool.imap(function, feed(), chunksize):
-                slots.release()
-                yield result
-        finally:
-            stop.set()
-            for _ in range(window):
-                slots.release()
+        for result in self._pool.imap(function, feed(), chunksize):
+            slots.release()
+            yield result
 
     def close(self) -> None:
         if self._pool is not None:
+            # A feeder blocked on a full window would keep terminate() waiting
+            # (after an exception mid-stream): wake it up, it then stops.
+            self._stopping.set()
+            for slots, window in self._unblock:
+                for _ in range(window):
+                    slots.release()
             self._pool.terminate()
             self._pool.join()
 
@@ -193,16 +211,17 @@ def _plan(config, discovery, headers, problems):
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
-    if config.label_source == "tag" and not raw_labels:
-        raw_labels = [h[0] for h in headers.values.values() if h[0]]
-    names, canonical, variants = sources.canonical_classes(raw_labels)
     if headers.values:
-        from dataset.body_parts import normalize_body_part
+        from dataset.body_parts import canonical_body_part, normalize_body_part
+    if config.label_source == "tag" and not raw_labels:  # classes: the defined terms seen
+        raw_labels = [canonical_body_part(h[0]) or h[0] for h in headers.values.values() if h[0]]
+    names, canonical, variants = sources.canonical_classes(raw_labels)
     labelled, agreement = [], collections.defaultdict(collections.Counter)
     for item in files:
         label = canonical.get(item.label.casefold()) if item.label is not None else None
-        body_part, patient = headers.values.get(item.relpath, (None, None))
-        tag_class = normalize_body_part(body_part, names) if body_part else None
+        body_part, patient, modality = headers.values.get(item.relpath, (None, None, None))
+        tag_class = (normalize_body_part(body_part, names, modality=modality)
+                     if body_part else None)
         if label is not None and body_part:
             agreement[label][tag_class or f"unmatched: {body_part}"] += 1
         if config.label_source == "tag" and item.kind == "dicom":
@@ -224,8 +243,9 @@ def _plan(config, discovery, headers, problems):
     plan, groups_by_class = [], collections.defaultdict(set)
     for item, label, patient in labelled:
         stem = os.path.splitext(os.path.basename(item.relpath))[0]
-        group = (groups_csv.get(item.relpath) or groups_csv.get(stem)
-                 or (f"patient:{patient}" if patient else f"stem:{stem}"))
+        csv_group = groups_csv.get(item.relpath) or groups_csv.get(stem)
+        group = (f"csv:{csv_group}" if csv_group
+                 else f"patient:{patient}" if patient else f"stem:{stem}")
         groups_by_class[label].add(group)
         if config.need_split == "predefined":
             split = item.split
@@ -244,7 +264,7 @@ def _plan(config, discovery, headers, problems):
 
 @dataclass
 class _Headers:
-    values: dict  # relpath -> (body_part, patient_key)
+    values: dict  # relpath -> (body_part, patient_key, modality)
     errors: set
 
 
@@ -261,10 +281,16 @@ def _read_headers(workers, discovery, problems) -> _Headers:
     return headers
 
 
+def _decode_problems(workers, plan) -> list[sources.Problem]:
+    tasks = [task for _, _, task in plan]
+    return [sources.Problem(task[1], error) for task, (_, error)
+            in zip(tasks, workers.imap(_encode_task, tasks, chunksize=8)) if error]
+
+
 def _fail_or_skip(config, problems) -> list[dict]:
     fatal = [p for p in problems if p.fatal]
     if fatal or (problems and config.on_error == "fail"):
-        raise ConversionError([p.line() for p in (fatal or problems)])
+        raise ConversionError([p.line() for p in problems])
     return [{"path": p.path, "reason": p.reason} for p in problems]
 
 
@@ -279,25 +305,25 @@ def convert_dataset(config: ConvertConfig) -> dict:
         on_error="skip" only dataset-wide problems).
       ValueError: invalid configuration.
     """
-    discovery = sources.discover(config.dataset_dir, config.layout,
-                                 need_labels=config.label_source == "labels")
-    if config.need_split == "predefined" and discovery.layout != "predefined":
-        raise ValueError(f"--need_split=predefined needs {config.dataset_dir} in the layout "
-                         "train/<Class>/..., val|validation/<Class>/..., test/<Class>/...")
-    if discovery.layout == "predefined" and config.need_split != "predefined":
-        raise ValueError(f"{config.dataset_dir} is already split into train/val/test folders: "
-                         "use --need_split=predefined")
-    problems = list(discovery.problems) + _output_problems(config, discovery.layout)
     hash_key = os.environ.get(config.hash_key_env, "").encode() or DEFAULT_HASH_KEY
-    dicom_options = config.dicom
-    if dicom_options is None and any(f.kind == "dicom" for f in discovery.files):
-        from dataset.dicom import DicomOptions
-
-        dicom_options = DicomOptions()
-    workers = _Workers(config.num_workers or os.cpu_count() or 1, dicom_options, hash_key)
+    # Workers start first so that their start-up overlaps the folder walk.
+    workers = _Workers(config.num_workers or os.cpu_count() or 1, config.dicom, hash_key)
     try:
+        discovery = sources.discover(config.dataset_dir, config.layout,
+                                     need_labels=config.label_source == "labels")
+        if config.need_split == "predefined" and discovery.layout != "predefined":
+            raise ValueError(f"--need_split=predefined needs {config.dataset_dir} in the layout "
+                             "train/<Class>/..., val|validation/<Class>/..., test/<Class>/...")
+        if discovery.layout == "predefined" and config.need_split != "predefined":
+            raise ValueError(f"{config.dataset_dir} is already split into train/val/test "
+                             "folders: use --need_split=predefined")
+        problems = list(discovery.problems) + _output_problems(config, discovery.layout)
         headers = _read_headers(workers, discovery, problems)
         names, variants, plan, agreement = _plan(config, discovery, headers, problems)
+        if any(p.fatal for p in problems) or (problems and config.on_error == "fail"):
+            # Failing anyway: decode the rest too (writing nothing), so that one run
+            # lists every problem rather than one kind at a time.
+            problems += _decode_problems(workers, plan)
         skipped = _fail_or_skip(config, problems)
         skipped_paths = {s["path"] for s in skipped}
         plan = sorted((p for p in plan if p[2][1] not in skipped_paths),

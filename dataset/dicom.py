@@ -164,6 +164,28 @@ def read_dicom(path: str | Path, options: DicomOptions, *, hash_key: bytes
     return images, info
 
 
+def read_dicom_info(path: str | Path, options: DicomOptions, *, hash_key: bytes
+                    ) -> DicomInfo:
+    """The header's DicomInfo without reading pixel data (e.g. to group splits by
+    patient before decoding). Raises DicomError like read_dicom."""
+    if not isinstance(hash_key, bytes) or not hash_key:
+        raise ValueError("hash_key must be non-empty bytes (the key of the patient hash)")
+    ds = None
+    _reading.active = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = _read(path, options, header_only=True)
+            return _info(ds, hash_key)
+    except DicomError as error:
+        raise DicomError(_scrub(str(error), ds)) from None
+    except Exception as error:  # pydicom raises many types for damaged headers
+        raise DicomError(_scrub(f"{path}: unreadable DICOM header ({type(error).__name__})",
+                                ds)) from None
+    finally:
+        _reading.active = False
+
+
 def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
                   ) -> list[tuple[int, np.ndarray]]:
     """The display pipeline without PNG encoding: [(frame, uint8/uint16 [H, W, C])]."""
@@ -179,9 +201,9 @@ def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
 # --- reading -----------------------------------------------------------------------
 
 
-def _read(path: str | Path, options: DicomOptions) -> Dataset:
+def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False) -> Dataset:
     try:
-        ds = pydicom.dcmread(path, force=options.force)
+        ds = pydicom.dcmread(path, force=options.force, stop_before_pixels=header_only)
     except InvalidDicomError:
         raise DicomError(f"{path}: not a DICOM file (no 'DICM' marker or file meta; "
                          "the force option reads it anyway)") from None
@@ -190,7 +212,7 @@ def _read(path: str | Path, options: DicomOptions) -> Dataset:
     except OSError as error:
         raise DicomError(f"{path}: cannot read: {error.strerror or error}") from None
     meta = getattr(ds, "file_meta", None)
-    if meta is None or "TransferSyntaxUID" not in meta:
+    if (meta is None or "TransferSyntaxUID" not in meta) and not header_only:
         # Old ACR-NEMA style files carry no file meta; implicit VR little endian is
         # the DICOM default encoding, and pixel decoding needs a syntax to be named.
         logger.warning("%s: no transfer syntax in the file meta; reading pixel data as "

@@ -8,6 +8,8 @@ The keys are TF-Slim's, so records stay readable by tools that know that format.
 
 from __future__ import annotations
 
+import functools
+
 KEY_ENCODED = "image/encoded"
 KEY_FORMAT = "image/format"  # b"jpeg" or b"png"
 KEY_LABEL = "image/class/label"  # int64 index into the manifest's class list
@@ -76,6 +78,17 @@ def _entry(key: str, feature: bytes) -> bytes:
     return _TAG1 + _varint(len(entry)) + entry
 
 
+@functools.lru_cache(maxsize=4096)
+def _int64_entry(key: str, value: int) -> bytes:
+    # Labels, sizes and channel counts repeat across a dataset: encode each once.
+    return _entry(key, _int64_feature(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _bytes_entry(key: str, value: bytes) -> bytes:
+    return _entry(key, _bytes_feature(value))
+
+
 def serialize_example(
     *,
     encoded: bytes,
@@ -93,14 +106,14 @@ def serialize_example(
     # Features{feature(1): map entries}. Entries are written in sorted key order
     # (the order below) so identical inputs give identical bytes.
     entries = b"".join((
-        _entry(KEY_CHANNELS, _int64_feature(channels)),
-        _entry(KEY_LABEL, _int64_feature(label)),
-        _entry(KEY_TEXT, _bytes_feature(text.encode("utf-8"))),
+        _int64_entry(KEY_CHANNELS, channels),
+        _int64_entry(KEY_LABEL, label),
+        _bytes_entry(KEY_TEXT, text.encode("utf-8")),
         _entry(KEY_ENCODED, _bytes_feature(encoded)),
         _entry(KEY_FILENAME, _bytes_feature(filename.encode("utf-8"))),
-        _entry(KEY_FORMAT, _bytes_feature(image_format.encode())),
-        _entry(KEY_HEIGHT, _int64_feature(height)),
-        _entry(KEY_WIDTH, _int64_feature(width)),
+        _bytes_entry(KEY_FORMAT, image_format.encode()),
+        _int64_entry(KEY_HEIGHT, height),
+        _int64_entry(KEY_WIDTH, width),
     ))
     # Example{features(1): Features}
     return _TAG1 + _varint(len(entries)) + entries

@@ -9,7 +9,7 @@ complete but is not; the reader trusts only ``manifest.json``):
 2. Commit: the old ``manifest.json`` is removed first (from then on the folder
    does not look complete), the old shards are deleted, the new shards are
    renamed into place, ``labels.txt`` and finally ``manifest.json`` are written
-   to temporary names, fsynced and renamed.
+   to temporary files in the staging folder, fsynced and renamed.
 3. Staging folders left by a killed run are deleted by the next run.
 
 TensorFlow's ``TFRecordWriter`` does the record framing (length + masked
@@ -116,9 +116,10 @@ def make_staging_dir(output_dir: str) -> str:
     return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    folder = os.path.dirname(path)
-    handle, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+def _write_atomically(path: str, text: str, temp_dir: str) -> None:
+    # The temporary file lives in the staging folder (same file system, so the
+    # rename is atomic), which the next run deletes if this one is killed.
+    handle, temp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=temp_dir)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -174,8 +175,8 @@ def commit(output_dir: str, staging_dir: str, shards: list[StagedShard], splits,
         os.remove(os.path.join(output_dir, name))
     for shard in shards:
         os.replace(shard.staged_path, os.path.join(output_dir, shard.final_name))
-    _write_atomically(os.path.join(output_dir, LABELS), labels_text)
+    _write_atomically(os.path.join(output_dir, LABELS), labels_text, staging_dir)
     _sync_dir(output_dir)
-    _write_atomically(manifest_path, manifest_text)
+    _write_atomically(manifest_path, manifest_text, staging_dir)
     _sync_dir(output_dir)
     shutil.rmtree(staging_dir, ignore_errors=True)

@@ -286,32 +286,19 @@ def read_groups_csv(path: str) -> dict[str, str]:
     return mapping
 
 
-def read_dicom_header(path: str, options, hash_key: bytes) -> tuple[str | None, str | None]:
-    """``(BodyPartExamined stripped or None, keyed patient hash or None)``.
+def read_dicom_header(path: str, options, hash_key: bytes
+                      ) -> tuple[str | None, str | None, str | None]:
+    """``(BodyPartExamined, keyed patient hash, Modality)``, each stripped or None.
 
     Reads the header only (no pixel data), so splits can be grouped by patient
     before any pixel is decoded. The patient key is ``dataset.dicom``'s keyed
     hash; it is used in memory for grouping and never written anywhere.
 
     Raises:
-      ValueError: not a readable DICOM file (the message names the file, never
-        a tag value).
+      ValueError: (a DicomError) not a readable DICOM file; the message names
+        the file, never a tag value.
     """
-    import warnings
+    from dataset.dicom import read_dicom_info
 
-    import pydicom
-
-    from dataset import dicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warnings may quote identifying values
-            dataset = pydicom.dcmread(path, stop_before_pixels=True,
-                                      force=bool(getattr(options, "force", False)))
-        info = dicom._info(dataset, hash_key)  # pylint: disable=protected-access
-    except pydicom.errors.InvalidDicomError:
-        raise ValueError(f"{path}: not a DICOM file (no 'DICM' marker or file meta; "
-                         "--dicom_force reads it anyway)") from None
-    except Exception as error:  # pydicom raises many types for damaged headers
-        raise ValueError(f"{path}: unreadable DICOM header ({type(error).__name__})") from None
-    return info.body_part, info.patient_key
+    info = read_dicom_info(path, options, hash_key=hash_key)
+    return info.body_part, info.patient_key, info.modality

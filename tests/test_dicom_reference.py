@@ -6,9 +6,10 @@ window choice (the file's first window `+Wi 1` when it has one, else min-max `+W
 overlays off on both sides; our 8-bit image must differ by at most one grey level on
 at least 99% of the pixels of each compared frame. Multi-frame files compare the
 middle frame, and every frame where the file is small; colour compares as RGB.
-Files dcmtk cannot render are listed in DCMTK_CANNOT with the reason; nothing else
-is left out, and the test fails if a listed file starts to work or an unlisted one
-fails.
+Files dcmtk (or we) cannot render are listed in DCMTK_CANNOT with the reason; nothing
+else is left out: an unlisted file that fails on either side fails the test, and a
+file listed as a dcmtk failure that dcmtk starts to render fails
+test_excluded_files_are_really_out_of_dcmtks_reach.
 """
 
 from __future__ import annotations
@@ -127,22 +128,16 @@ def _compare_or_raise(path: Path, name: str) -> dict:
             "max": worst, "within1": share}
 
 
-def _corpus(shared: Path | None) -> list[tuple[Path, str]]:
-    files = [(path, path.name) for path in pixel_files()]
-    if shared is not None:
-        with (shared / "manifest.csv").open() as stream:
-            for row in csv.DictReader(stream):
-                files.append((shared / row["staged_path"], Path(row["origin"]).name))
-    return files
+def _shared_corpus(shared: Path) -> list[tuple[Path, str]]:
+    """(path, original file name) for the shared samples, named as in DCMTK_CANNOT."""
+    with (shared / "manifest.csv").open() as stream:
+        return [(shared / row["staged_path"], Path(row["origin"]).name)
+                for row in csv.DictReader(stream)]
 
 
-def test_renders_like_dcmtk(request):
+def _check_against_dcmtk(corpus: list[tuple[Path, str]]) -> list[dict]:
     if shutil.which("dcm2pnm") is None:
         pytest.skip("dcmtk not installed (apt-get install dcmtk; .ci/run does)")
-    from tests.conftest import SHARED_DATA
-
-    shared = SHARED_DATA / "dicom-samples"
-    corpus = _corpus(shared if shared.is_dir() else None)
     compared = [(path, name) for path, name in corpus if name not in DCMTK_CANNOT]
     excluded = sorted({name for _, name in corpus if name in DCMTK_CANNOT})
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -153,15 +148,23 @@ def test_renders_like_dcmtk(request):
         print(f"{row['file'][:36]:36s} {row['syntax']:34s} {row['photometric']:13s} "
               f"{row['voi'][:14]:14s} {row['frames']:6d} {row['max']:3d} {row['within1']:.4f}"
               + (f"  ERROR {row['error']}" if "error" in row else ""))
-    print(f"compared {len(rows)} files ({len({r['file'] for r in rows})} distinct names); "
-          f"excluded {len(excluded)}: " + "; ".join(
-              f"{name} ({DCMTK_CANNOT[name]})" for name in excluded))
-    if not shared.is_dir():
-        print(f"../shared/data/dicom-samples absent: only bundled files compared")
+    exact = sum(row["max"] == 0 for row in rows)
+    print(f"compared {len(rows)} files ({exact} identical to dcmtk); excluded "
+          f"{len(excluded)}: " + "; ".join(f"{name} ({DCMTK_CANNOT[name]})" for name in excluded))
     failing = [row for row in rows if row["within1"] < LOOSER.get(row["file"], (1, 0.99))[1]
                or row["max"] > LOOSER.get(row["file"], (255, 0))[0]]
     assert not failing, failing
-    assert len(rows) >= 100
+    return rows
+
+
+def test_bundled_files_render_like_dcmtk():
+    rows = _check_against_dcmtk([(path, path.name) for path in pixel_files()])
+    assert len(rows) >= 120
+
+
+def test_shared_samples_render_like_dcmtk(shared_data):
+    rows = _check_against_dcmtk(_shared_corpus(shared_data / "dicom-samples"))
+    assert len(rows) >= 30  # 52 samples, 18 in DCMTK_CANNOT
 
 
 def test_excluded_files_are_really_out_of_dcmtks_reach():
@@ -188,3 +191,15 @@ def test_big_endian_twins_render_like_little_endian():
                 for name in (big, little)]
         for (_, a), (_, b) in zip(*ours):
             np.testing.assert_array_equal(a, b)
+
+
+def test_voi_lut_sequence_like_dcmtk(tmp_path):
+    """voi='lut' against dcmtk's `+Wl 1` on the VOI LUT test pattern."""
+    if shutil.which("dcm2pnm") is None:
+        pytest.skip("dcmtk not installed (apt-get install dcmtk; .ci/run does)")
+    path = next((p for p in pixel_files() if p.name == "vlut_04.dcm"), None)
+    if path is None:
+        pytest.skip("vlut_04.dcm not installed (needs pydicom-data, see requirements-dev.txt)")
+    ((_, ours),) = render_arrays(pydicom.dcmread(path), path, DicomOptions(voi="lut"))
+    reference = _dcmtk(path, "1.2.840.10008.1.2.1", 0, ["+Wl", "1"], tmp_path / "o.pnm")
+    np.testing.assert_array_equal(ours, reference)

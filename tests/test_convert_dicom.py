@@ -1,0 +1,144 @@
+"""Converter on DICOM input: rendering path, patient grouping, tag labels, frames, privacy."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tensorflow as tf
+from pydicom.data import get_testdata_file
+
+from dataset import features
+from dataset.convert import ConversionError, format_summary
+from dataset.dicom import DicomOptions, read_dicom
+from tests.test_convert import convert, read_records, split_of_files
+
+SECRET_IDS = ("SECRET-PATIENT-", "Doe^Secret")
+
+
+def _write_dicom(path: Path, source: str, *, patient: str, body_part: str | None) -> None:
+    dataset = pydicom.dcmread(get_testdata_file(source))
+    dataset.PatientID = patient
+    dataset.PatientName = f"Doe^Secret{patient[-2:]}"
+    if body_part is None:
+        dataset.pop("BodyPartExamined", None)
+    else:
+        dataset.BodyPartExamined = body_part
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def _make_dicom_dataset(root: Path, patients: int = 8, files_per_patient: int = 3) -> Path:
+    """images/ + labels/: even patients are CT 'Chest', odd ones MR 'Head'."""
+    for patient in range(patients):
+        source, label, tag = (("CT_small.dcm", "Chest", "CHEST") if patient % 2 == 0
+                              else ("MR_small.dcm", "Head", "HEAD"))
+        for index in range(files_per_patient):
+            stem = f"p{patient:02d}_{index}"
+            name = stem if index == 0 else stem + ".dcm"  # no suffix: found by the DICM preamble
+            _write_dicom(root / "images" / name, source, patient=f"SECRET-PATIENT-{patient:02d}",
+                         body_part=tag)
+            (root / "labels").mkdir(parents=True, exist_ok=True)
+            (root / "labels" / f"{stem}.txt").write_text(label)
+    return root
+
+
+def test_dicom_rendered_png_label_and_no_identifiers(tmp_path):
+    root = _make_dicom_dataset(tmp_path / "ds", patients=2, files_per_patient=2)
+    manifest = convert(root, tmp_path / "out", output_name="all")
+    records = read_records(tmp_path / "out", "all")
+    assert len(records) == 4 and manifest["classes"] == ["Chest", "Head"]
+    for record in records:
+        relpath = record[features.KEY_FILENAME].decode()
+        assert record[features.KEY_FORMAT] == b"png"
+        rendered, _ = read_dicom(str(root / relpath), DicomOptions(), hash_key=b"k")
+        assert record[features.KEY_ENCODED] == rendered[0].png
+        image = tf.io.decode_png(record[features.KEY_ENCODED]).numpy()
+        assert image.shape == (record[features.KEY_HEIGHT], record[features.KEY_WIDTH], 1)
+        assert image.std() > 0  # a real rendering, not a blank
+    assert manifest["label_tag_agreement"] == {"Chest": {"Chest": 2}, "Head": {"Head": 2}}
+    for path in (tmp_path / "out").iterdir():
+        data = path.read_bytes()
+        assert not any(secret.encode() in data for secret in SECRET_IDS), path
+
+
+def test_patient_groups_never_span_two_splits(tmp_path):
+    root = _make_dicom_dataset(tmp_path / "ds", patients=12, files_per_patient=3)
+    convert(root, tmp_path / "out", need_split="tt_split", test_size=0.3, seed=5)
+    splits_of_patient = collections.defaultdict(set)
+    for relpath, split in split_of_files(tmp_path / "out").items():
+        splits_of_patient[Path(relpath).name.split("_")[0]].add(split)
+    assert len(splits_of_patient) == 12
+    assert all(len(s) == 1 for s in splits_of_patient.values()), splits_of_patient
+    assert {next(iter(s)) for s in splits_of_patient.values()} == {"train", "test"}
+
+
+def test_tag_labels_with_agreement_table(tmp_path):
+    root = _make_dicom_dataset(tmp_path / "ds", patients=2, files_per_patient=2)
+    (root / "labels" / "p00_1.txt").write_text("Head")  # the label file disagrees with the tag
+    manifest = convert(root, tmp_path / "out", output_name="all", label_source="tag")
+    assert manifest["label_tag_agreement"] == {"Chest": {"Chest": 1}, "Head": {"Chest": 1,
+                                                                             "Head": 2}}
+    assert manifest["splits"]["all"]["class_counts"] == {"Chest": 2, "Head": 2}  # the tag wins
+    assert "label file x BodyPartExamined tag" in format_summary(manifest)
+    by_label = convert(root, tmp_path / "out2", output_name="all")
+    assert by_label["splits"]["all"]["class_counts"] == {"Chest": 1, "Head": 3}
+
+
+def test_tag_labels_without_label_files(tmp_path):
+    root = _make_dicom_dataset(tmp_path / "ds", patients=2, files_per_patient=1)
+    for label in (root / "labels").iterdir():
+        label.unlink()
+    _write_dicom(root / "images" / "untagged.dcm", "CT_small.dcm", patient="SECRET-PATIENT-99",
+                 body_part=None)
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out", output_name="all", label_source="tag")
+    assert error.value.problems == ["images/untagged.dcm: no BodyPartExamined tag "
+                                    "(--label_source=tag)"]
+    manifest = convert(root, tmp_path / "out", output_name="all", label_source="tag",
+                       on_error="skip")
+    assert manifest["classes"] == ["CHEST", "HEAD"]
+    assert manifest["skipped"] == [{"path": "images/untagged.dcm",
+                                    "reason": "no BodyPartExamined tag (--label_source=tag)"}]
+
+
+def test_multi_frame_all_gives_one_example_per_frame(tmp_path):
+    root = tmp_path / "ds"
+    source = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
+    (root / "Head").mkdir(parents=True)
+    source.save_as(root / "Head" / "cine.dcm", enforce_file_format=True)
+    manifest = convert(root, tmp_path / "out", output_name="all",
+                       dicom=DicomOptions(frames="all"))
+    names = sorted(r[features.KEY_FILENAME].decode() for r in read_records(tmp_path / "out", "all"))
+    assert manifest["splits"]["all"]["num_examples"] == int(source.NumberOfFrames) == len(names)
+    assert names == sorted(f"Head/cine.dcm#frame={i}" for i in range(int(source.NumberOfFrames)))
+    middle = convert(root, tmp_path / "out2", output_name="all")
+    assert middle["splits"]["all"]["num_examples"] == 1
+
+
+def test_broken_dicom_is_reported_and_nothing_written(tmp_path):
+    root = _make_dicom_dataset(tmp_path / "ds", patients=2, files_per_patient=1)
+    data = (root / "images" / "p00_0").read_bytes()
+    (root / "images" / "p00_0").write_bytes(data[: len(data) - 4000])  # pixel data cut short
+    (root / "images" / "p01_0").write_bytes(b"not dicom at all")
+    (root / "images" / "p01_0").rename(root / "images" / "p01_0.dcm")
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out", output_name="all")
+    problems = "\n".join(error.value.problems)
+    assert "images/p00_0: " in problems and "images/p01_0.dcm: not a DICOM file" in problems
+    assert not (tmp_path / "out").exists()
+
+
+def test_shared_dicom_samples_convert(tmp_path, shared_data):
+    source = shared_data / "dicom-samples"
+    manifest = convert(source, tmp_path / "out", output_name="all", on_error="skip")
+    labels = collections.Counter(p.read_text().strip() for p in (source / "labels").iterdir())
+    converted = sum(manifest["splits"]["all"]["class_counts"].values())
+    assert converted + len([s for s in manifest["skipped"] if s["path"].startswith("images/")]) \
+        >= sum(labels.values())
+    assert converted >= 20, json.dumps(manifest["skipped"], indent=1)
+    assert np.all([s["reason"] for s in manifest["skipped"]])

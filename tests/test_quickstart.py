@@ -1,0 +1,47 @@
+"""scripts/quickstart.sh end to end on the shared MedNIST tarball through file://."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+
+from tests.trainer_fixtures import REPO_ROOT, trainer_env
+
+# Tiny settings: the recipe's flags stay, these later ones win.
+TINY_TRAIN_FLAGS = "--max_train_steps=3 --image_size=32 --nosmall_input --batch_size=32"
+
+
+def _run_quickstart(tmp_path, tarball, md5):
+    env = trainer_env()
+    env.update(MEDNIST_MD5=md5, TRAIN_FLAGS=TINY_TRAIN_FLAGS, PREDICT_COUNT="4")
+    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "quickstart.sh"),
+                           f"--url={tarball.as_uri()}", f"--work_dir={tmp_path / 'qs'}"],
+                          capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+
+
+def test_quickstart_end_to_end(shared_data, tmp_path):
+    tarball = shared_data / "MedNIST-dev.tar.gz"
+    md5 = hashlib.md5(tarball.read_bytes()).hexdigest()
+    result = _run_quickstart(tmp_path, tarball, md5)
+    assert result.returncode == 0, result.stderr[-3000:]
+    work = tmp_path / "qs"
+    manifest = json.loads((work / "data" / "manifest.json").read_text())
+    assert sum(s["num_examples"] for s in manifest["splits"].values()) == 35107
+    assert set(manifest["splits"]) == {"train", "validation", "test"}
+    metrics = json.loads((work / "report" / "metrics.json").read_text())
+    assert metrics["num_examples"] == manifest["splits"]["test"]["num_examples"]
+    assert (work / "report" / "confusion_matrix.png").stat().st_size > 0
+    rows = list(csv.DictReader((work / "predictions.csv").open()))
+    assert len(rows) == 4 and all(row["status"] == "ok" for row in rows)
+    assert "test accuracy" in result.stdout and str(work / "report") in result.stdout
+
+
+def test_quickstart_wrong_md5_is_a_clear_error(shared_data, tmp_path):
+    result = _run_quickstart(tmp_path, shared_data / "MedNIST-dev.tar.gz", "0" * 32)
+    assert result.returncode != 0
+    assert "md5 mismatch" in result.stderr and "MedNIST-dev.tar.gz" in result.stderr
+    assert not (tmp_path / "qs" / "raw").exists()
+    assert not os.path.exists(tmp_path / "qs" / "data")
