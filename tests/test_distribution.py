@@ -12,6 +12,7 @@ import tensorflow as tf
 from networks.resnet import train_steps
 from networks.resnet.train_config import TrainConfig
 from official.utils.misc import distribution_utils
+from tests.trainer_fixtures import mirrored_strategy
 
 NUM_CLASSES = 3
 
@@ -33,23 +34,18 @@ def _state(config, strategy, weights=None):
 
 
 def _run(state, strategy, batch, num_calls):
-    train = train_steps.make_train_function(state, strategy, global_batch_size=8,
-                                            num_classes=NUM_CLASSES)
-    dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    return [float(train(iterator, tf.constant(1))["loss"]) for _ in range(num_calls)]
-
-
-_MIRRORED = []
+    """Losses of `num_calls` train calls of one step on `batch` (one trace per state)."""
+    if not hasattr(state, "test_train"):
+        state.test_train = train_steps.make_train_function(
+            state, strategy, global_batch_size=8, num_classes=NUM_CLASSES)
+        dataset = tf.data.Dataset.from_tensors(batch).repeat()
+        state.test_iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    return [float(state.test_train(state.test_iterator, tf.constant(1))["loss"])
+            for _ in range(num_calls)]
 
 
 def _two_cpus():
-    # One MirroredStrategy per process: separate instances over the same devices can mix up
-    # their collective instance keys.
-    if not _MIRRORED:
-        _MIRRORED.append(
-            distribution_utils.get_distribution_strategy(num_gpus=0, num_cpu_replicas=2))
-    return _MIRRORED[0]
+    return mirrored_strategy()
 
 
 def test_strategy_builder():
@@ -84,13 +80,18 @@ def test_tf_config_cluster_size(monkeypatch):
 
 
 def test_mirrored_matches_one_device_for_the_same_global_batch(tmp_path):
-    """Two replicas x 4 examples == one device x 8 examples: same losses and weights.
+    """Two replicas x 4 examples == one device x 8 examples: same losses, same updates.
 
     Batch norm normalises with each replica's own statistics, so the global batch is made of
     two identical halves [A; A]: each replica's statistics then equal the global batch's, and
     the comparison checks exactly what the loop aggregates (loss averaged over the global
-    batch, gradients summed over replicas, weight decay counted once). Tolerance: rtol 1e-4,
-    atol 1e-5 (float32 sums in a different order over 3 SGD steps).
+    batch, gradients summed over replicas, weight decay counted once, BN moving statistics).
+
+    Tolerances: the first step's update of every variable (trainable and BN moving statistics)
+    agrees to 1e-3 of that variable's largest update, and the losses of 3 steps to rtol 1e-4.
+    Not the weights after several steps: with 32 px inputs the last stage's batch norm sees
+    only 4-8 values per channel, and float32 round-off differences between the two summation
+    orders are amplified step after step through those near-degenerate normalisations.
     """
     rng = np.random.default_rng(0)
     half_images = rng.uniform(-1, 1, (4, 32, 32, 1)).astype(np.float32)
@@ -98,24 +99,26 @@ def test_mirrored_matches_one_device_for_the_same_global_batch(tmp_path):
     batch = (np.concatenate([half_images, half_images]),
              np.concatenate([half_labels, half_labels]))
     config = _config(tmp_path, base_learning_rate=0.02)
-
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     one_state = _state(config, one)
     initial = one_state.model.get_weights()
     mirrored = _two_cpus()
     mirrored_state = _state(config, mirrored, weights=initial)
 
-    one_losses = _run(one_state, one, batch, 3)
-    mirrored_losses = _run(mirrored_state, mirrored, batch, 3)
-    assert abs(mirrored_losses[0] - one_losses[0]) < 1e-5  # same weights: pure aggregation
-    np.testing.assert_allclose(mirrored_losses, one_losses, rtol=1e-4, atol=1e-5)
-    assert one_losses[2] < one_losses[0]  # it trained
+    one_losses = _run(one_state, one, batch, 1)
+    mirrored_losses = _run(mirrored_state, mirrored, batch, 1)
     moved = 0
     for a, b, before in zip(mirrored_state.model.get_weights(), one_state.model.get_weights(),
                             initial):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-        moved += not np.allclose(a, before)
-    assert moved > 10
+        update = np.abs(b - before).max()
+        assert np.abs(a - b).max() <= 1e-3 * update + 1e-7
+        moved += update > 0
+    assert moved > 50  # every weight, BN statistics included, actually moved
+
+    one_losses += _run(one_state, one, batch, 2)
+    mirrored_losses += _run(mirrored_state, mirrored, batch, 2)
+    np.testing.assert_allclose(mirrored_losses, one_losses, rtol=1e-4)
+    assert one_losses[2] < one_losses[0]  # it trained
     assert int(mirrored_state.step.numpy()) == int(one_state.step.numpy()) == 3
 
 

@@ -162,3 +162,39 @@ def test_batch_norm_and_initializer_settings_follow_tf_official():
     fan_in = np.prod(kernel.shape[:3])
     # Truncated normal with stddev sqrt(1 / fan_in) (before truncation).
     assert abs(kernel.std() - np.sqrt(1 / fan_in)) < 0.15 * np.sqrt(1 / fan_in)
+
+
+@pytest.mark.parametrize("axis,shape", [(-1, (8, 5, 5, 6)), (1, (8, 6, 5, 5))])
+def test_fused_batch_norm_matches_keras_batch_norm(axis, shape):
+    x = tf.constant(np.random.default_rng(1).normal(3, 2, shape).astype(np.float32))
+    layers = [cls(axis=axis, momentum=0.9, epsilon=1e-5)
+              for cls in (keras.layers.BatchNormalization, resnet_model.FusedBatchNormalization)]
+    for layer in layers:
+        layer.build(shape)
+        layer.set_weights(layers[0].get_weights())
+        layer.gamma.assign(np.linspace(0.5, 1.5, 6))
+        layer.beta.assign(np.linspace(-1, 1, 6))
+    results = []
+    for layer in layers:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            objective = tf.reduce_sum(tf.sin(y))
+        grads = tape.gradient(objective, [x, layer.gamma, layer.beta])
+        results.append((y, grads, layer.moving_mean.numpy(), layer.moving_variance.numpy(),
+                        layer(x, training=False)))
+    (y0, g0, mean0, var0, inf0), (y1, g1, mean1, var1, inf1) = results
+    np.testing.assert_allclose(y1.numpy(), y0.numpy(), atol=1e-4)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(mean1, mean0, rtol=1e-5)
+    np.testing.assert_allclose(var1, var0, rtol=1e-5)
+    assert not np.allclose(inf1.numpy(), y1.numpy())  # inference uses the moving statistics
+    assert inf1.shape == inf0.shape
+
+
+def test_fused_batch_norm_keeps_half_precision_activations():
+    layer = resnet_model.FusedBatchNormalization(dtype="mixed_float16")
+    y = layer(tf.random.normal((4, 3, 3, 2)), training=True)
+    assert y.dtype == tf.float16 and layer.moving_mean.dtype == "float32"
+    assert np.all(np.isfinite(y.numpy()))

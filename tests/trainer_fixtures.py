@@ -90,6 +90,20 @@ def tiny_dataset(root: Path, train_per_class: int = 8, eval_per_class: int = 4,
     return write_converted_dataset(root, counts, classes=classes)
 
 
+_MIRRORED = []
+
+
+def mirrored_strategy():
+    """The process's one MirroredStrategy over the two logical CPUs of conftest.py. Separate
+    instances over the same devices can mix up their collective instance keys."""
+    from official.utils.misc import distribution_utils
+
+    if not _MIRRORED:
+        _MIRRORED.append(
+            distribution_utils.get_distribution_strategy(num_gpus=0, num_cpu_replicas=2))
+    return _MIRRORED[0]
+
+
 def trainer_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -58,7 +58,8 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
     model = build_inference_model(config)
     # Only the model is needed: the optimizer slots and step in the file are left unread.
-    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+    status.assert_existing_objects_matched()
     return model, config
 
 

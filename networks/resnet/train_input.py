@@ -14,7 +14,6 @@ import tensorflow as tf
 from dataset import preprocess, reader
 from networks.resnet.train_config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig
 
-# --- data ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -90,8 +89,17 @@ def train_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
     return dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+PADDING_LABEL = -1  # marks the filler examples of the last evaluation batch
+
+
 def eval_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
-    """Every evaluation example once, deterministic preprocessing."""
+    """Every evaluation example once, deterministic preprocessing, in full global batches.
+
+    The last batch is filled up with blank images labelled PADDING_LABEL, which the eval step
+    ignores: every replica then always gets a non-empty batch of the same shape (a partial last
+    batch can leave a replica an empty one, which batch norm on CPU rejects) and the step is
+    traced once.
+    """
     if config.use_synthetic_data:
         batches = math.ceil(data.eval_examples / config.batch_size)
         return _synthetic_dataset(config, data.num_classes, config.batch_size).take(batches)
@@ -104,6 +112,11 @@ def eval_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
         num_parallel_calls=config.num_parallel_calls)
     if config.cache:
         dataset = dataset.cache()
-    return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    filler = -data.eval_examples % config.batch_size
+    if filler:
+        blank = tf.zeros((config.image_size, config.image_size, config.channels), tf.float32)
+        padding = tf.data.Dataset.from_tensors((blank, tf.constant(PADDING_LABEL, tf.int32)))
+        dataset = dataset.concatenate(padding.repeat(filler))
+    return dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

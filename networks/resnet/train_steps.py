@@ -15,7 +15,6 @@ from networks.resnet.train_config import (DTYPE_POLICIES, LR_DECAY_FRACTIONS,
                                           LR_DECAY_MULTIPLIERS, TrainConfig)
 from official.utils.misc import model_helpers
 
-# --- model, optimizer, schedule ----------------------------------------------------------------
 
 class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak`, then `peak * multipliers[i]` past `boundaries[i - 1]`."""
@@ -183,15 +182,19 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
 
 
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, num_classes: int):
-    """`evaluate(batch)`: summed "loss", "correct" and "examples" over one distributed batch."""
+    """`evaluate(batch)`: summed "loss", "correct" and "examples" over one distributed batch;
+    examples with a negative label (padding) are left out."""
 
     def replica_step(images, labels):
         logits = model(images, training=False)
-        per_example = _cross_entropy(labels, logits, num_classes, 0.0)
+        real = labels >= 0
+        weights = tf.cast(real, tf.float32)
+        per_example = _cross_entropy(tf.where(real, labels, 0), logits, num_classes, 0.0)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
                           tf.float32)
-        return {"loss": tf.reduce_sum(per_example), "correct": tf.reduce_sum(correct),
-                "examples": tf.cast(tf.shape(labels)[0], tf.float32)}
+        return {"loss": tf.reduce_sum(per_example * weights),
+                "correct": tf.reduce_sum(correct * weights),
+                "examples": tf.reduce_sum(weights)}
 
     @tf.function(reduce_retracing=True)
     def evaluate(batch):

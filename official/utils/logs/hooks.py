@@ -70,7 +70,7 @@ class ProfilerHook(Hook):
     """Records a TensorFlow profiler trace of `num_steps` steps (after a warm-up) into
     `<model_dir>/profile`, readable by TensorBoard's profile plugin."""
 
-    def __init__(self, start_after: int = 3, num_steps: int = 5):
+    def __init__(self, start_after: int = 1, num_steps: int = 5):
         self.start_after = start_after
         self.num_steps = num_steps
         self._seen = 0

@@ -1,0 +1,94 @@
+"""SavedModel export: both signatures equal the in-memory model; rebuilding from a model_dir."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dataset import preprocess
+from networks.resnet import export
+from tests.trainer_fixtures import class_image, png_bytes
+
+CONFIG = {"resnet_size": 18, "version": 1, "num_classes": 3, "class_names": ["A", "B", "C"],
+          "image_size": 32, "channels": 1, "small_input": False, "data_format": "channels_last"}
+
+
+def _model_with_nontrivial_statistics():
+    model = export.build_inference_model(CONFIG)
+    rng = np.random.default_rng(0)
+    # Random BN moving statistics, so inference-mode batch norm is not an identity.
+    weights = [w if "moving" not in v.path else rng.uniform(0.5, 1.5, w.shape).astype(w.dtype)
+               for v, w in zip(model.weights, model.get_weights())]
+    model.set_weights(weights)
+    return model
+
+
+def _images(count=5, size=40):
+    rng = np.random.default_rng(1)
+    return np.stack([class_image(rng, i % 3, size) for i in range(count)])[..., None]
+
+
+def _expected(model, images):
+    batch = tf.stack([preprocess.preprocess_for_eval(tf.constant(image), image_size=32)
+                      for image in images])
+    return tf.nn.softmax(model(batch, training=False)).numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = _model_with_nontrivial_statistics()
+    export_dir = tmp_path_factory.mktemp("export")
+    path = export.export_saved_model(model, CONFIG, str(export_dir))
+    return model, export_dir, path
+
+
+def test_export_layout(exported):
+    _, export_dir, path = exported
+    assert os.path.dirname(path) == str(export_dir) and os.path.basename(path).isdigit()
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+    saved = json.loads(open(os.path.join(path, "assets.extra", "config.json")).read())
+    assert saved["class_names"] == CONFIG["class_names"]
+    assert not [name for name in os.listdir(export_dir) if name.startswith(".tmp")]
+
+
+def test_signatures_equal_the_in_memory_model(exported):
+    model, _, path = exported
+    images = _images()
+    expected = _expected(model, images)
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "predict_images"}
+
+    by_bytes = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([png_bytes(image[..., 0]) for image in images]))
+    by_pixels = loaded.signatures["predict_images"](images=tf.constant(images, tf.float32))
+    for outputs in (by_bytes, by_pixels):
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+        ids = expected.argmax(axis=1)
+        np.testing.assert_array_equal(outputs["class_ids"].numpy(), ids)
+        assert [n.decode() for n in outputs["class_names"].numpy()] == [
+            CONFIG["class_names"][i] for i in ids]
+
+
+def test_second_export_gets_a_new_version(exported):
+    model, export_dir, first = exported
+    second = export.export_saved_model(model, CONFIG, str(export_dir))
+    assert int(os.path.basename(second)) > int(os.path.basename(first))
+
+
+def test_load_model_from_dir(tmp_path):
+    model = _model_with_nontrivial_statistics()
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path), 3)
+    manager.save(checkpoint_number=7)
+    rebuilt, config = export.load_model_from_dir(str(tmp_path))
+    assert config == CONFIG
+    images = _images(3)
+    np.testing.assert_allclose(_expected(rebuilt, images), _expected(model, images), atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="ckpt-99: no such checkpoint"):
+        export.load_model_from_dir(str(tmp_path), str(tmp_path / "ckpt-99"))
+    with pytest.raises(FileNotFoundError, match="config.json: not found"):
+        export.load_model_from_dir(str(tmp_path / "elsewhere"))

@@ -1,0 +1,235 @@
+"""The training loop end to end on tiny converted data: stops, resume, config check, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dataset import preprocess
+from networks.resnet import export, resnet_run_loop
+from networks.resnet.train_config import TrainConfig
+from official.utils.logs import logger as logger_lib
+from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, class_image,
+                                    error_lines, mirrored_strategy, run_trainer, tiny_dataset,
+                                    trainer_env, write_converted_dataset)
+
+ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def _config(data_dir, model_dir, **overrides) -> TrainConfig:
+    # 16 training examples / batch 8 = 2 steps per epoch.
+    settings = dict(data_dir=data_dir and str(data_dir), model_dir=str(model_dir), resnet_size=18,
+                    image_size=32, small_input=False, batch_size=8, train_epochs=5, hooks=(),
+                    num_parallel_calls=2, seed=1, checkpoint_every_steps=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _checkpoint_steps(model_dir) -> list[int]:
+    state = tf.train.get_checkpoint_state(str(model_dir))
+    if state is None:
+        return []
+    return sorted(int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths)
+
+
+def _scalar_tags(folder) -> set[str]:
+    """Tags of the TensorBoard scalar summaries (the scalars plugin's metadata) in folder."""
+    tags = set()
+    for path in folder.glob("events.out.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    tags.add(value.tag)
+    return tags
+
+
+def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    model_dir = tmp_path / "model"
+    # Any accuracy >= 0: stops after the first evaluation (end of epoch 1 = step 2 of 10).
+    first = resnet_run_loop.train(
+        _config(data, model_dir, stop_threshold=0.0, benchmark_log_dir=str(tmp_path / "bench"),
+                hooks=("LoggingTensorHook", "ExamplesPerSecondHook", "ProfilerHook",
+                       "LoggingMetricHook"), log_every_steps=1),
+        ONE_DEVICE)
+    assert (first.step, first.stopped_by, first.resumed_from_step) == (2, "stop_threshold", 0)
+    assert first.eval_examples == 8 and 0.0 <= first.eval_accuracy <= 1.0
+    assert _checkpoint_steps(model_dir) == [2]
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["num_classes"] == 2 and config["class_names"] == ["Chest", "Hand"]
+    assert (config["resnet_size"], config["version"], config["image_size"]) == (18, 2, 32)
+    assert config["small_input"] is False and config["channels"] == 1
+    tags = {writer: _scalar_tags(model_dir / writer) for writer in ("train", "eval")}
+    assert {"loss", "accuracy", "learning_rate", "examples_per_second"} <= tags["train"]
+    assert {"loss", "accuracy"} <= tags["eval"]
+    assert any((model_dir / "profile").rglob("*.xplane.pb"))  # ProfilerHook trace
+    run_info = json.loads((tmp_path / "bench" / "benchmark_run.log").read_text())
+    assert run_info["model_name"] == "resnet18_v2"
+    metrics = [json.loads(line) for line in
+               (tmp_path / "bench" / "metric.log").read_text().splitlines()]
+    assert {m["name"] for m in metrics} >= {"train_loss", "accuracy"}
+
+    # Same model_dir: resumes at step 2 (weights, optimizer, step) and stops at max_train_steps.
+    second = resnet_run_loop.train(
+        _config(data, model_dir, max_train_steps=3, export_dir=str(tmp_path / "export")),
+        ONE_DEVICE)
+    assert (second.resumed_from_step, second.step, second.stopped_by) == (
+        2, 3, "max_train_steps")
+    # The export and the model rebuilt from model_dir (for evaluation/prediction) agree.
+    rebuilt, _ = export.load_model_from_dir(str(model_dir))
+    images = np.stack([class_image(np.random.default_rng(3), i % 2, 32) for i in range(4)])
+    batch = tf.stack([preprocess.preprocess_for_eval(tf.constant(image[..., None]),
+                                                     image_size=32) for image in images])
+    served = tf.saved_model.load(second.export_path).signatures["predict_images"](
+        images=tf.constant(images[..., None], tf.float32))
+    np.testing.assert_allclose(served["probabilities"].numpy(),
+                               tf.nn.softmax(rebuilt(batch, training=False)).numpy(), atol=1e-5)
+    assert _checkpoint_steps(model_dir) == [2, 3]
+    reader = tf.train.load_checkpoint(str(model_dir))
+    iterations = [k for k in reader.get_variable_to_shape_map() if "iterations" in k]
+    assert iterations and reader.get_tensor(iterations[0]) == 3  # optimizer state carried on
+
+    # Mismatched architecture or data on resume: a one-line error before anything is built.
+    with pytest.raises(ValueError, match=r"trained with resnet_size=18, this run has "
+                                         r"resnet_size=34") as error:
+        resnet_run_loop.train(_config(data, model_dir, resnet_size=34), ONE_DEVICE)
+    assert "\n" not in str(error.value)
+    three = tiny_dataset(tmp_path / "three", classes=("Chest", "Hand", "Head"))
+    with pytest.raises(ValueError, match="trained with num_classes=2, this run has num_classes=3"):
+        resnet_run_loop.train(_config(three, model_dir), ONE_DEVICE)
+    with pytest.raises(ValueError, match="trained with version=2, this run has version=1"):
+        resnet_run_loop.train(_config(data, model_dir, version=1), ONE_DEVICE)
+
+
+def test_bad_data_and_batch_errors(tmp_path):
+    empty = write_converted_dataset(tmp_path / "empty", {"train": {}, "validation": {"Chest": 2}})
+    with pytest.raises(ValueError, match="split 'train' has no records"):
+        resnet_run_loop.train(_config(empty, tmp_path / "m1"), ONE_DEVICE)
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        resnet_run_loop.train(_config(tmp_path / "nothing", tmp_path / "m2"), ONE_DEVICE)
+    data = tiny_dataset(tmp_path / "data", train_per_class=2, eval_per_class=1)
+    with pytest.raises(ValueError, match="--batch_size=7 is not divisible by the 2 replicas"):
+        resnet_run_loop.train(_config(data, tmp_path / "m3", batch_size=7),
+                              mirrored_strategy())
+    with pytest.raises(ValueError, match="--loss_scale is only used with --dtype=fp16"):
+        _config(data, tmp_path / "m4", loss_scale=128.0)
+
+
+def test_loop_under_mirrored_strategy(tmp_path):
+    """Two replicas; 8 evaluation examples in batches of 6: the last batch is padded, and
+    the padding is not counted."""
+    data = tiny_dataset(tmp_path / "data")
+    result = resnet_run_loop.train(
+        _config(data, tmp_path / "model", batch_size=6, train_epochs=1, steps_per_loop=2),
+        mirrored_strategy())
+    assert (result.step, result.stopped_by, result.eval_examples) == (2, "train_epochs", 8)
+    assert _checkpoint_steps(tmp_path / "model") == [2]
+
+
+def test_synthetic_data_and_nan_loss_stops_with_the_step(tmp_path):
+    """--use_synthetic_data needs no data_dir; a diverging run stops and names the step."""
+    config = _config(None, tmp_path / "model", use_synthetic_data=True, synthetic_num_classes=4,
+                     base_learning_rate=1e9, lr_scaling="none", warmup_epochs=0,
+                     max_train_steps=5)
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step [1-5]; stopped without"):
+        resnet_run_loop.train(config, ONE_DEVICE)
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
+    assert _checkpoint_steps(tmp_path / "model") == []
+
+
+def test_learning_rate_schedule_scales_the_official_boundaries(tmp_path):
+    from networks.resnet import train_steps
+
+    # 100 epochs x 10 steps, batch 512: peak 0.2, 5 warm-up epochs, decay at epochs 30/60/80/90.
+    schedule = train_steps.learning_rate_schedule(
+        _config(None, tmp_path, batch_size=512, train_epochs=100), steps_per_epoch=10)
+    rate = {step: float(schedule(step)) for step in (0, 49, 50, 299, 300, 600, 800, 900, 999)}
+    assert rate[0] == pytest.approx(0.2 / 50) and rate[49] == pytest.approx(0.2)
+    assert rate[50] == rate[299] == pytest.approx(0.2)
+    assert [rate[s] for s in (300, 600, 800, 900)] == pytest.approx([0.02, 2e-3, 2e-4, 2e-5])
+    # A 10-epoch run keeps the shape: decay at epochs 3/6/8/9, warm-up half an epoch.
+    short = train_steps.learning_rate_schedule(
+        _config(None, tmp_path, batch_size=256, train_epochs=10), steps_per_epoch=10)
+    assert [float(short(s)) for s in (5, 29, 30, 60, 80, 90)] == pytest.approx(
+        [0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-5])
+
+
+def test_bigquery_needs_its_package():
+    try:
+        from google.cloud import bigquery  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs the google-cloud-bigquery package"):
+            logger_lib.BenchmarkLogger(None, gcp_project="project")
+    else:
+        pytest.skip("google-cloud-bigquery is installed; the missing-package error cannot occur")
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = run_trainer(f"--data_dir={tmp_path / 'nothing'}", f"--model_dir={tmp_path / 'm'}",
+                         *FAST_FLAGS)
+    assert result.returncode == 1
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "no manifest.json" in lines[0], result.stderr
+
+
+def test_sigkill_mid_run_resumes_from_last_checkpoint(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    model_dir = tmp_path / "model"
+    # 15 epochs x 2 steps, a checkpoint every 2 steps, evaluation only at the end.
+    args = [str(DICOM_MAIN), f"--data_dir={data}", f"--model_dir={model_dir}", "-te=15",
+            "-ebe=15", "-bs=8", "--checkpoint_every_steps=2", *FAST_FLAGS]
+    process = subprocess.Popen([sys.executable, *args], env=trainer_env(), cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not any(s >= 4 for s in
+                                                      _checkpoint_steps(model_dir)):
+            assert process.poll() is None, "trainer exited before it could be killed"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = max(_checkpoint_steps(model_dir))
+    assert 4 <= killed_at < 30
+
+    result = run_trainer(*args[1:])
+    assert result.returncode == 0, result.stderr[-2000:]
+    match = re.search(r"step (\d+) \(resumed from (\d+), stopped by (\w+)\)", result.stdout)
+    assert match, result.stdout
+    assert (int(match[1]), int(match[2]), match[3]) == (30, killed_at, "train_epochs")
+    assert max(_checkpoint_steps(model_dir)) == 30
+
+
+def test_original_readme_command_on_mednist(shared_data, tmp_path):
+    """The original README's example command, verbatim apart from paths and a short run."""
+    source = shared_data / "mednist-3000"
+    if not source.is_dir():
+        pytest.skip(f"needs {source}")
+    data = tmp_path / "mednist"
+    convert = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), "--dataset_name=dicom",
+         f"--dataset_dir={source}", "--output_name=dicom_train", f"--output_dir={data}",
+         "--need_split=tvt_split"], capture_output=True, text=True, env=trainer_env(),
+        cwd=REPO_ROOT, timeout=600)
+    assert convert.returncode == 0, convert.stderr[-2000:]
+    result = run_trainer(
+        f"--data_dir={data}", f"--model_dir={tmp_path / 'model'}", "--train_epochs=100",
+        "--epochs_between_evals=1", "--batch_size=32", "--version=2", "--resnet_size=152",
+        "--multi_gpu=False", "--max_train_steps=1", timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resnet152_v2: step 1 (resumed from 0, stopped by max_train_steps)" in result.stdout
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["num_classes"] == 6 and config["image_size"] == 224
