@@ -98,8 +98,12 @@ def make_dataset(files, *, channels: int, shuffle_files: bool = False, seed: int
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_files:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                                 num_parallel_calls=num_parallel_calls,
+    cycle_length = min(len(files), 8)
+    # tf.data rejects an interleave parallelism above its cycle length.
+    interleave_calls = (num_parallel_calls if num_parallel_calls == tf.data.AUTOTUNE
+                        else max(1, min(num_parallel_calls, cycle_length)))
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=cycle_length,
+                                 num_parallel_calls=interleave_calls,
                                  deterministic=deterministic)
     return dataset.map(lambda record: parse_example(record, channels),
                        num_parallel_calls=num_parallel_calls, deterministic=deterministic)

@@ -70,3 +70,15 @@ def test_refuses_incomplete_output(converted, tmp_path):
     (converted / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="did not finish"):
         reader.split_info(str(converted), "train")
+
+
+def test_parallelism_above_the_shard_count_is_accepted(tmp_path):
+    """--num_parallel_calls=5 (the original default) on a one-shard split."""
+    from tests.trainer_fixtures import tiny_dataset
+
+    from dataset.reader import make_dataset, split_info
+
+    info = split_info(str(tiny_dataset(tmp_path / "d")), "train")
+    assert len(info.files) == 1
+    examples = list(make_dataset(info.files, channels=1, num_parallel_calls=5))
+    assert len(examples) == info.num_examples
