@@ -17,7 +17,7 @@ A small-image run on MedNIST-style 64x64 data, exporting a SavedModel at the end
     python networks/resnet/dicom_main.py -dd data/mednist -md runs/r18 -rs 18 -te 3 \\
         --image_size=64 --batch_size=64 --export_dir=runs/r18/export
 
-Rerunning with the same --model_dir resumes from its last checkpoint. Every flag: --helpfull.
+Rerunning with the same --model_dir resumes from its last checkpoint. Every flag: --help.
 """
 
 from __future__ import annotations
@@ -115,4 +115,5 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     flags_core.define_flags()
+    flags.adopt_module_key_flags(flags_core)  # --help lists them, not only --helpfull
     app.run(main, flags_parser=parse_flags)
