@@ -92,3 +92,29 @@ def test_load_model_from_dir(tmp_path):
         export.load_model_from_dir(str(tmp_path), str(tmp_path / "ckpt-99"))
     with pytest.raises(FileNotFoundError, match="config.json: not found"):
         export.load_model_from_dir(str(tmp_path / "elsewhere"))
+
+
+def test_tf1_style_loader_finds_the_variables(exported, tmp_path):
+    """TF Serving and saved_model_cli load through the TF1 session loader; Keras 3 variables
+    must be tracked so it restores them (without the fix: 'Could not find variable ...')."""
+    model, _, path = exported
+    images = _images().astype(np.float32)
+    np.save(tmp_path / "images.npy", images)
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "tf.compat.v1.disable_eager_execution()\n"
+        "with tf.compat.v1.Session(graph=tf.Graph()) as sess:\n"
+        "    meta = tf.compat.v1.saved_model.loader.load(sess, ['serve'], sys.argv[1])\n"
+        "    sig = meta.signature_def['predict_images']\n"
+        "    out = sess.run(sig.outputs['probabilities'].name,\n"
+        "                   {sig.inputs['images'].name: np.load(sys.argv[2])})\n"
+        "    np.save(sys.argv[3], out)\n")
+    result = subprocess.run([sys.executable, "-c", script, path, str(tmp_path / "images.npy"),
+                             str(tmp_path / "out.npy")], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-1500:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), _expected(model, _images()),
+                               atol=1e-5)

@@ -69,6 +69,9 @@ class ServingModule(tf.Module):
     def __init__(self, model: keras.Model, config: dict):
         super().__init__()
         self.model = model
+        # Keras 3 variables wrap a tf.Variable; tracking the raw ones is what lets the TF1-style
+        # loaders (TF Serving, saved_model_cli) find them (keras-team/keras#19274, #20095).
+        self.serving_variables = [variable.value for variable in model.variables]
         self.image_size = int(config["image_size"])
         self.channels = int(config["channels"])
         self.class_names = tf.constant(list(config["class_names"]))
