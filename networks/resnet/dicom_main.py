@@ -48,7 +48,8 @@ def config_from_flags():
         epochs_between_evals=FLAGS.epochs_between_evals, stop_threshold=FLAGS.stop_threshold,
         max_train_steps=FLAGS.max_train_steps, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
         loss_scale=FLAGS.loss_scale, base_learning_rate=FLAGS.base_learning_rate,
-        lr_scaling=FLAGS.lr_scaling, warmup_epochs=FLAGS.warmup_epochs,
+        lr_scaling=FLAGS.lr_scaling, lr_schedule=FLAGS.lr_schedule,
+        warmup_epochs=FLAGS.warmup_epochs,
         weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
         random_flip=FLAGS.random_flip, train_split=FLAGS.train_split,
         eval_split=FLAGS.eval_split, use_synthetic_data=FLAGS.use_synthetic_data,
@@ -79,7 +80,10 @@ def run() -> str:
     tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_parallelism_threads)
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_parallelism_threads)
     strategy = distribution_utils.get_distribution_strategy(
-        FLAGS.num_gpus, FLAGS.multi_gpu, FLAGS.num_cpu_replicas)
+        FLAGS.num_gpus, FLAGS.multi_gpu, FLAGS.num_cpu_replicas,
+        worker_hosts=FLAGS.worker_hosts, task_index=FLAGS.task_index,
+        collective_timeout_seconds=FLAGS.collective_timeout_seconds,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
     result = resnet_run_loop.train(config, strategy)
     line = (f"resnet{config.resnet_size}_v{config.version}: step {result.step} "
             f"(resumed from {result.resumed_from_step}, stopped by {result.stopped_by}), "
@@ -98,8 +102,8 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         print(run(), flush=True)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        # Bad input or a diverged run: one line, non-zero exit, no traceback.
+    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError) as error:
+        # Bad input, a diverged run or a failed cluster: one line, non-zero exit, no traceback.
         print(f"dicom_main.py: error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
 

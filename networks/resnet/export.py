@@ -29,6 +29,11 @@ def build_inference_model(config: dict) -> keras.Model:
     """The trained architecture from a resolved config, in float32 (fastest and exact on CPU;
     mixed-precision variables are float32 anyway, so the weights load unchanged)."""
     size = config["image_size"]
+    if config.get("architecture", "resnet") != "resnet":  # a networks/slim run
+        from networks.slim import nets
+
+        return nets.build_network(config["architecture"], config["num_classes"],
+                                  image_size=size, channels=config["channels"])
     return resnet_model.build_resnet(
         config["resnet_size"], config["version"], config["num_classes"],
         input_shape=(size, size, config["channels"]), dtype_policy="float32",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -55,22 +56,14 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
 
 
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
-
-
 def resolved_config(config: TrainConfig, data: train_input.DataSpec) -> dict:
     """Everything config.json records: the flags plus what the data and device resolved."""
     return {**dataclasses.asdict(config), "hooks": list(config.hooks),
             "num_classes": data.num_classes, "class_names": list(data.class_names),
             "small_input": model_helpers.resolve_small_input(config.small_input,
                                                              config.image_size),
-            "data_format": train_steps.resolve_data_format(config.data_format)}
+            "data_format": train_steps.resolve_data_format(config.data_format),
+            "architecture": "resnet"}
 
 
 def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
@@ -83,23 +76,78 @@ def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
             "examples": int(totals["examples"])}
 
 
-def train(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainResult:
+# What a dead, unreachable or stuck peer raises in the survivors' collectives.
+_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                   tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                   tf.errors.InternalError)
+
+
+def _cluster_failure(error: tf.errors.OpError, workers: int, model_dir: str) -> str:
+    """One line for a collective that failed: which peer (when TF says) and the cause."""
+    text = getattr(error, "message", "") or str(error)
+    peer = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
+    causes = [line.strip() for line in text.splitlines()
+              if re.search(r"(?i)unavailable|connect|deadline|timed? ?out|heartbeat|abort|"
+                           r"cancel|unhealthy|shut ?down", line)
+              and "Graph execution error" not in line]
+    cause = (causes or [line for line in text.splitlines() if line.strip()] or [""])[0]
+    who = f"{peer.group(1)} {peer.group(2)}" if peer else "another worker"
+    return (f"multi-worker training stopped: {who} of the {workers} died, is unreachable or is "
+            f"stuck ({type(error).__name__}: {cause[:240]}); restart every worker with the same "
+            f"flags to resume from the last checkpoint in {model_dir}")
+
+
+def train(config: TrainConfig, strategy: tf.distribute.Strategy,
+          network=None) -> TrainResult:
     """Train (or resume) in `config.model_dir`; evaluate each cycle; export when asked.
+
+    `network` swaps the ResNet of `config` for another model (networks/slim/slim_train.py
+    SlimNetwork): an object with config_entries() -> dict (merged into config.json; its
+    "architecture" key tells export which model to rebuild), learning_rate_schedule(config,
+    steps_per_epoch) and build_training_state(config, num_classes, schedule, strategy).
+
+    Multi-worker (MultiWorkerMirroredStrategy): only the chief writes into model_dir and
+    export_dir; the others write their (collective) checkpoints and summaries to a private
+    temporary folder, deleted when they finish or fail. On resume the chief restores from
+    model_dir and sends the state to the others, so model_dir need not be a shared filesystem.
 
     Raises:
       ValueError: bad configuration or data, or a model_dir trained with other settings.
       FloatingPointError: the loss became NaN or Inf (the message names the step).
+      ConnectionError: multi-worker: another worker died, became unreachable or got stuck.
     """
+    chief = distribution_utils.is_chief(strategy)
+    workers = distribution_utils.num_workers(strategy)
+    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="resnet_worker_")
+    try:
+        return _train(config, strategy, chief, workers, write_dir, network)
+    except _CLUSTER_ERRORS as error:
+        if workers <= 1:
+            raise
+        raise ConnectionError(_cluster_failure(error, workers, config.model_dir)) from None
+    finally:
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, workers: int,
+           write_dir: str, network=None) -> TrainResult:
     # --- config ---
     data = train_input.resolve_data(config)
     num_replicas = strategy.num_replicas_in_sync
     distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
     resolved = resolved_config(config, data)
+    if network is not None:
+        resolved.update(network.config_entries())
     check_resume_config(config.model_dir, resolved)
-    chief = _is_chief(strategy)
-    # Non-chief workers write checkpoints somewhere private (the collective save needs every
-    # worker) and delete it at the end; only the chief's files are real.
-    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="resnet_worker_")
+    if workers > 1 and config.seed is None:
+        # Splitting the input by data needs the same shuffle on every worker: a variable's
+        # initial value is the chief's on every worker, so this is the chief's random seed.
+        with strategy.scope():
+            shared = tf.Variable(np.random.randint(2**31 - 1), dtype=tf.int64, trainable=False)
+        input_config = dataclasses.replace(config, seed=int(shared.numpy()))
+    else:
+        input_config = config
     if chief:
         write_config(config.model_dir, resolved)
     if config.deterministic:
@@ -125,12 +173,13 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainResult:
     steps_per_cycle = config.epochs_between_evals * steps_per_epoch
     last_step = min(total_steps, config.max_train_steps or total_steps)
     train_iterator = iter(strategy.experimental_distribute_dataset(
-        train_input.train_dataset(config, data)))
+        train_input.train_dataset(input_config, data, num_workers=workers)))
     eval_data = train_input.eval_dataset(config, data)
 
     # --- model, optimizer, checkpoint ---
-    schedule = train_steps.learning_rate_schedule(config, steps_per_epoch)
-    state = train_steps.build_training_state(config, data.num_classes, schedule, strategy)
+    builder = network or train_steps  # the same two functions for the ResNet
+    schedule = builder.learning_rate_schedule(config, steps_per_epoch)
+    state = builder.build_training_state(config, data.num_classes, schedule, strategy)
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
@@ -138,6 +187,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainResult:
         state.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
                      int(state.step.numpy()))
+    # The other workers' write_dir is empty: they take the chief's (restored) state.
+    distribution_utils.broadcast_from_chief(
+        strategy, [*state.model.variables, *state.optimizer.variables, state.step])
     resumed_from = int(state.step.numpy())
     train_fn = train_steps.make_train_function(
         state, strategy, global_batch_size=config.batch_size, num_classes=data.num_classes,
@@ -187,6 +239,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainResult:
             if every and step // every > previous // every and step < cycle_end:
                 manager.save(checkpoint_number=step)
 
+        # Batch-norm moving statistics are updated from each worker's own part of the batch;
+        # every worker takes the chief's (what it saves and exports) before evaluating.
+        distribution_utils.broadcast_from_chief(strategy, state.model.non_trainable_variables)
         eval_metrics = evaluate(evaluate_step, strategy, eval_data)
         logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
                      config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
@@ -217,8 +272,6 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainResult:
     if config.export_dir and chief:
         export_path = export_lib.export_saved_model(state.model, resolved, config.export_dir)
         logging.info("exported SavedModel to %s", export_path)
-    if not chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
     return TrainResult(step=step, resumed_from_step=resumed_from, stopped_by=stopped_by,
                        eval_accuracy=eval_metrics["accuracy"], eval_loss=eval_metrics["loss"],
                        eval_examples=eval_metrics["examples"],

@@ -15,10 +15,11 @@ from networks.resnet import resnet_model
 CONFIG_FILE = "config.json"
 # Keys that define the network and its input; a model_dir can only resume with the same values.
 FROZEN_KEYS = ("resnet_size", "version", "num_classes", "class_names", "channels", "image_size",
-               "small_input")
+               "small_input", "architecture")  # architecture: absent in older runs = "resnet"
 DTYPE_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 LR_DECAY_FRACTIONS = (0.3, 0.6, 0.8, 0.9)
 LR_DECAY_MULTIPLIERS = (1.0, 0.1, 0.01, 1e-3, 1e-4)
+LR_SCHEDULES = ("piecewise", "cosine")
 SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
 
 
@@ -41,6 +42,7 @@ class TrainConfig:
     loss_scale: float | None = None  # fp16 only; None = dynamic
     base_learning_rate: float = 0.1
     lr_scaling: str = "linear"
+    lr_schedule: str = "piecewise"
     warmup_epochs: float | None = None  # None: 5% of train_epochs
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -79,6 +81,9 @@ class TrainConfig:
             raise ValueError(f"--channels={self.channels}: must be 1 or 3")
         if self.lr_scaling not in ("linear", "none"):
             raise ValueError(f"--lr_scaling={self.lr_scaling}: must be 'linear' or 'none'")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr_schedule={self.lr_schedule}: must be one of "
+                             f"{list(LR_SCHEDULES)}")
         if self.loss_scale is not None and self.dtype != "fp16":
             raise ValueError(f"--loss_scale is only used with --dtype=fp16, got --dtype="
                              f"{self.dtype}")

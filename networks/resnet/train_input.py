@@ -68,11 +68,34 @@ def _reader_parallelism(config: TrainConfig):
     return tf.data.AUTOTUNE
 
 
-def train_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
-    """Endless, shuffled, augmented batches of the global batch size."""
+def shard_policy(num_files: int, num_workers: int) -> tf.data.experimental.AutoShardPolicy:
+    """How workers split the training input: by file when every worker gets at least one shard
+    (each reads only its files), else by data (each reads everything, keeps its part of each
+    global batch; identical shuffles then matter, hence a seed common to all workers)."""
+    if num_workers <= 1:
+        return tf.data.experimental.AutoShardPolicy.OFF
+    if num_files >= num_workers:
+        return tf.data.experimental.AutoShardPolicy.FILE
+    return tf.data.experimental.AutoShardPolicy.DATA
+
+
+def _with_shard_policy(dataset: tf.data.Dataset, policy) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return dataset.with_options(options)
+
+
+def train_dataset(config: TrainConfig, data: DataSpec, num_workers: int = 1) -> tf.data.Dataset:
+    """Endless, shuffled, augmented batches of the global batch size (sharded across
+    `num_workers` by tf.distribute according to `shard_policy`)."""
     if config.use_synthetic_data:
-        return _synthetic_dataset(config, data.num_classes, config.batch_size)
-    deterministic = True if config.deterministic else None
+        # Every worker feeds its share of the one random batch; nothing to split.
+        return _with_shard_policy(_synthetic_dataset(config, data.num_classes,
+                                                     config.batch_size),
+                                  tf.data.experimental.AutoShardPolicy.OFF)
+    # Out of order only when nobody needs the order: then a slow record (a large film) never
+    # holds up the batch. Splitting by data across workers needs the same order everywhere.
+    deterministic = True if config.deterministic or num_workers > 1 else False
     dataset = reader.make_dataset(data.train.files, channels=config.channels, shuffle_files=True,
                                   seed=config.seed,
                                   num_parallel_calls=_reader_parallelism(config),
@@ -86,7 +109,8 @@ def train_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
             image, image_size=config.image_size, random_flip=config.random_flip), label),
         num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)
     # drop_remainder: every step sees the full global batch, so every replica gets its share.
-    return dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _with_shard_policy(dataset, shard_policy(len(data.train.files), num_workers))
 
 
 PADDING_LABEL = -1  # marks the filler examples of the last evaluation batch
@@ -117,6 +141,9 @@ def eval_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
         blank = tf.zeros((config.image_size, config.image_size, config.channels), tf.float32)
         padding = tf.data.Dataset.from_tensors((blank, tf.constant(PADDING_LABEL, tf.int32)))
         dataset = dataset.concatenate(padding.repeat(filler))
-    return dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    # By data, always: workers run in lock-step, so each must get the same number of batches,
+    # which splitting by file (shards of different sizes) would not guarantee.
+    dataset = dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _with_shard_policy(dataset, tf.data.experimental.AutoShardPolicy.DATA)
 
 

@@ -133,6 +133,9 @@ def _define_resnet(define: _Definer) -> None:
     define.enum("lr_scaling", "linear", ("linear", "none"), "linear: lr = "
                       "base_learning_rate * global_batch / 256 (TF official); none: lr = "
                       "base_learning_rate.")
+    define.enum("lr_schedule", "piecewise", ("piecewise", "cosine"), "After the warm-up: "
+                      "piecewise (x0.1 at 30/60/80/90% of the run, TF official) or cosine "
+                      "(smooth decay to 0 at the end; better for runs of a few epochs).")
     define.float("warmup_epochs", None, "Linear learning-rate warm-up length in epochs. "
                        "Default: 5% of --train_epochs (5 of 100 epochs).", lower_bound=0.0)
     define.float("weight_decay", 1e-4, "L2 weight decay on non-batch-norm weights.",
@@ -154,6 +157,21 @@ def _define_resnet(define: _Definer) -> None:
                          lower_bound=1)
 
 
+def _define_cluster(define: _Definer) -> None:
+    # Multi-worker training (MultiWorkerMirroredStrategy); TF_CONFIG works without these flags.
+    define.list("worker_hosts", None, "Comma-separated host:port of every worker, the same "
+                "list and order on every host; worker 0 is the chief (writes checkpoints, "
+                "summaries, exports). Builds TF_CONFIG; do not also set TF_CONFIG.")
+    define.integer("task_index", None, "This host's position in --worker_hosts (0-based).",
+                   lower_bound=0)
+    define.integer("heartbeat_timeout_seconds", 30, "Multi-worker: a worker that stops "
+                   "answering for this long fails the whole run (every worker exits).",
+                   lower_bound=1)
+    define.integer("collective_timeout_seconds", 600, "Multi-worker: abort a gradient "
+                   "all-reduce that waits longer than this for a stuck (alive) worker.",
+                   lower_bound=1)
+
+
 def _free_short_name_v(flag_values: flags.FlagValues) -> None:
     # absl.logging claims -v for --verbosity; the original trainer used -v for --version, and
     # its commands must keep working. --verbosity keeps its long name.
@@ -170,6 +188,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     _define_performance(define)
     _define_benchmark(define)
     _define_resnet(define)
+    _define_cluster(define)
 
 
 def parse_hooks(names: list[str]) -> tuple[str, ...]:

@@ -3,39 +3,192 @@
 * OneDeviceStrategy on the CPU (no GPU) or on the single GPU;
 * MirroredStrategy over several GPUs (`--num_gpus > 1` or `--multi_gpu`), or over N logical CPU
   devices (`num_cpu_replicas`, for testing distribution without GPUs);
-* MultiWorkerMirroredStrategy when the TF_CONFIG environment variable names a cluster with more
-  than one task (each worker then mirrors over its own local GPUs, or its CPU).
+* MultiWorkerMirroredStrategy when the cluster (the TF_CONFIG environment variable, or
+  `--worker_hosts` + `--task_index`) has more than one task; each worker then mirrors over its own
+  local GPUs, or its CPU.
+
+A multi-worker run must never hang on a dead peer. Two bounds, both configured here:
+* the coordination service's heartbeat: a worker that dies or becomes unreachable is detected
+  within `heartbeat_timeout_seconds`, and every other worker's pending collective is aborted;
+* a timeout on every collective (`collective_timeout_seconds`): catches a peer that is alive but
+  stuck. It must exceed the longest legitimate wait at a collective (the chief saving a large
+  checkpoint while the others wait at the next step), hence the generous default.
+Startup waits at most `startup_timeout_seconds` for every worker to join.
 
 The strategy must be created before TensorFlow initialises its devices, i.e. before any op runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import tensorflow as tf
 
+TASK_TYPES = ("chief", "worker")  # MultiWorkerMirroredStrategy's synchronous roles
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 30
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 600
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 600
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterTask:
+    """This process's place in a cluster: TF_CONFIG's "cluster" and "task", validated."""
+    cluster: dict[str, tuple[str, ...]]  # task type -> "host:port" addresses
+    task_type: str
+    task_index: int
+
+    @property
+    def num_workers(self) -> int:
+        return sum(len(addresses) for addresses in self.cluster.values())
+
+    @property
+    def is_chief(self) -> bool:
+        """The task that writes: "chief" if the cluster has one, else worker 0 (TF's rule)."""
+        if "chief" in self.cluster:
+            return self.task_type == "chief"
+        return self.task_type == "worker" and self.task_index == 0
+
+
+def _check_address(address, where: str) -> str:
+    if not isinstance(address, str) or address.count(":") < 1:
+        raise ValueError(f"{where}: address {address!r} is not 'host:port'")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{where}: address {address!r} is not 'host:port' with a port in "
+                         "1-65535")
+    return address
+
+
+def parse_tf_config(raw: str, where: str = "TF_CONFIG") -> ClusterTask | None:
+    """A validated ClusterTask from TF_CONFIG's JSON text; None when `raw` is empty.
+
+    Raises:
+      ValueError: one line naming `where` and the problem (not JSON, no "cluster" / "task",
+        a parameter-server job, a bad address, a task that is not in the cluster, ...).
+    """
+    if not raw.strip():
+        return None
+    try:
+        config = json.loads(raw)
+    except ValueError as error:
+        raise ValueError(f"{where} is malformed: not JSON ({error}); expected "
+                         f"{TF_CONFIG_EXAMPLE}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) \
+            or not isinstance(config.get("task"), dict):
+        raise ValueError(f"{where} is malformed: needs a \"cluster\" and a \"task\" object; "
+                         f"expected {TF_CONFIG_EXAMPLE}")
+    cluster = {}
+    for task_type, addresses in config["cluster"].items():
+        if task_type not in TASK_TYPES:
+            raise ValueError(f"{where}: cluster job {task_type!r} is not supported by "
+                             f"synchronous multi-worker training; use {list(TASK_TYPES)}")
+        if not isinstance(addresses, list) or not addresses:
+            raise ValueError(f"{where}: cluster job {task_type!r} must be a non-empty list of "
+                             "'host:port' addresses")
+        cluster[task_type] = tuple(_check_address(a, f"{where} cluster.{task_type}")
+                                   for a in addresses)
+    if len(cluster.get("chief", ())) > 1:
+        raise ValueError(f"{where}: a cluster has at most one chief, got "
+                         f"{len(cluster['chief'])}")
+    every = [address for addresses in cluster.values() for address in addresses]
+    duplicates = sorted({address for address in every if every.count(address) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: address {duplicates[0]} is listed twice")
+    task = config["task"]
+    task_type, task_index = task.get("type"), task.get("index", 0)
+    if isinstance(task_index, str) and task_index.isdigit():
+        task_index = int(task_index)
+    if task_type not in cluster or not isinstance(task_index, int) \
+            or not 0 <= task_index < len(cluster[task_type]):
+        available = ", ".join(f"{name}:0-{len(addresses) - 1}"
+                              for name, addresses in cluster.items())
+        raise ValueError(f"{where}: task {task_type}:{task_index} is not in its cluster "
+                         f"({available})")
+    return ClusterTask(cluster, task_type, task_index)
+
 
 def cluster_size_from_tf_config(tf_config: str | None = None) -> int:
     """Number of tasks in TF_CONFIG's cluster (0 when unset); ValueError when malformed."""
     raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
-    if not raw.strip():
-        return 0
-    try:
-        config = json.loads(raw)
-        cluster = config["cluster"]
-        tasks = sum(len(addresses) for addresses in cluster.values())
-        task = config["task"]
-        task_type, task_index = task["type"], int(task["index"])
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"TF_CONFIG is malformed ({error}); expected "
-                         '{"cluster": {"worker": ["host:port", ...]}, '
-                         '"task": {"type": "worker", "index": 0}}') from None
-    if task_type not in cluster or not 0 <= task_index < len(cluster[task_type]):
-        raise ValueError(f"TF_CONFIG task {task_type}:{task_index} is not in its cluster "
-                         f"{sorted(cluster)}")
-    return tasks
+    task = parse_tf_config(raw)
+    return task.num_workers if task else 0
+
+
+def tf_config_from_hosts(worker_hosts: list[str] | tuple[str, ...], task_index: int) -> str:
+    """TF_CONFIG's JSON for `--worker_hosts=h1:p,h2:p --task_index=i` (worker 0 is the chief).
+
+    Raises:
+      ValueError: an empty host list, a bad address or a task index outside the list.
+    """
+    hosts = [host.strip() for host in worker_hosts if host.strip()]
+    if not hosts:
+        raise ValueError("--worker_hosts: give a comma-separated list of host:port")
+    if task_index is None or not 0 <= task_index < len(hosts):
+        raise ValueError(f"--task_index={task_index}: must be in 0-{len(hosts) - 1} for the "
+                         f"{len(hosts)} --worker_hosts")
+    raw = json.dumps({"cluster": {"worker": hosts},
+                      "task": {"type": "worker", "index": task_index}})
+    parse_tf_config(raw, where="--worker_hosts")  # the same checks as a hand-written TF_CONFIG
+    return raw
+
+
+def resolve_cluster(worker_hosts: list[str] | tuple[str, ...] | None = None,
+                    task_index: int | None = None) -> ClusterTask | None:
+    """The cluster from `--worker_hosts`/`--task_index` or else TF_CONFIG; None for one machine.
+
+    Raises:
+      ValueError: both given, --task_index without --worker_hosts, or a malformed cluster.
+    """
+    env = os.environ.get("TF_CONFIG", "")
+    if worker_hosts:
+        if env.strip():
+            raise ValueError("--worker_hosts and the TF_CONFIG environment variable are both "
+                             "set; use one of them")
+        return parse_tf_config(tf_config_from_hosts(worker_hosts, task_index), "--worker_hosts")
+    if task_index:
+        raise ValueError(f"--task_index={task_index} needs --worker_hosts")
+    return parse_tf_config(env)
+
+
+def _configure_coordination(task: ClusterTask, heartbeat_timeout_seconds: float,
+                            startup_timeout_seconds: float) -> None:
+    # MultiWorkerMirroredStrategy configures the coordination service itself, with TF's defaults
+    # (wait for peers forever); configured first, ours is kept. No public API sets these.
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    leader = ("/job:chief/replica:0/task:0" if "chief" in task.cluster
+              else "/job:worker/replica:0/task:0")
+    jobs = [coordination_config_pb2.CoordinatedJob(name=name, num_tasks=len(addresses))
+            for name, addresses in task.cluster.items()]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=leader, enable_health_check=True,
+        cluster_register_timeout_in_ms=int(startup_timeout_seconds * 1000),
+        heartbeat_timeout_in_ms=int(heartbeat_timeout_seconds * 1000),
+        # At exit each worker waits for the others (the chief may still be exporting); a dead
+        # one is caught by the heartbeat, so this bound can be as generous as the startup's.
+        shutdown_barrier_timeout_in_ms=int(startup_timeout_seconds * 1000),
+        coordinated_jobs=jobs)
+
+
+def multi_worker_strategy(task: ClusterTask, *,
+                          heartbeat_timeout_seconds: float = DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+                          collective_timeout_seconds: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS,
+                          startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+                          ) -> tf.distribute.MultiWorkerMirroredStrategy:
+    """MultiWorkerMirroredStrategy for `task`, with bounded waits on dead or stuck peers."""
+    _configure_coordination(task, heartbeat_timeout_seconds, startup_timeout_seconds)
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({name: list(addresses) for name, addresses in task.cluster.items()}),
+        task_type=task.task_type, task_id=task.task_index, rpc_layer="grpc")
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=collective_timeout_seconds)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                     communication_options=options)
 
 
 def configure_cpu_replicas(num_cpu_replicas: int) -> None:
@@ -55,16 +208,24 @@ def configure_cpu_replicas(num_cpu_replicas: int) -> None:
 
 
 def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = False,
-                              num_cpu_replicas: int = 0) -> tf.distribute.Strategy:
+                              num_cpu_replicas: int = 0, *,
+                              worker_hosts: list[str] | tuple[str, ...] | None = None,
+                              task_index: int | None = None,
+                              collective_timeout_seconds: float =
+                              DEFAULT_COLLECTIVE_TIMEOUT_SECONDS,
+                              heartbeat_timeout_seconds: float =
+                              DEFAULT_HEARTBEAT_TIMEOUT_SECONDS) -> tf.distribute.Strategy:
     """The strategy for this process.
 
     Args:
       num_gpus: GPUs to use; None means 1 if a GPU is visible, else 0.
       multi_gpu: mirror over every visible GPU (the original's flag).
       num_cpu_replicas: with no GPU, mirror over this many logical CPU devices when > 1.
+      worker_hosts, task_index: the cluster as flags (instead of TF_CONFIG).
+      collective_timeout_seconds, heartbeat_timeout_seconds: multi-worker bounds (see above).
 
     Raises:
-      ValueError: more GPUs requested than visible, or malformed TF_CONFIG.
+      ValueError: more GPUs requested than visible, or a malformed cluster.
     """
     visible = len(tf.config.list_physical_devices("GPU"))
     if multi_gpu:
@@ -76,10 +237,12 @@ def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = Fal
     if num_gpus > visible:
         raise ValueError(f"--num_gpus={num_gpus} but {visible} GPU(s) are visible")
 
-    if cluster_size_from_tf_config() > 1:
+    task = resolve_cluster(worker_hosts, task_index)
+    if task is not None and task.num_workers > 1:
         # Each worker's local devices: its GPUs, else its CPU. Collective communication picks
         # NCCL on GPUs and ring all-reduce on CPUs automatically.
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return multi_worker_strategy(task, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+                                     collective_timeout_seconds=collective_timeout_seconds)
 
     if num_gpus == 0 and num_cpu_replicas > 1:
         configure_cpu_replicas(num_cpu_replicas)
@@ -92,9 +255,71 @@ def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = Fal
     return tf.distribute.MirroredStrategy([f"/gpu:{index}" for index in range(num_gpus)])
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Worker processes in lock-step (1 unless MultiWorkerMirroredStrategy)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(name, ())) for name in TASK_TYPES) or 1
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints, summaries, exports and logs."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    cluster = {name: tuple(addresses) for name, addresses in
+               resolver.cluster_spec().as_dict().items()}
+    return ClusterTask(cluster, resolver.task_type, resolver.task_id).is_chief
+
+
 def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
     """The batch each replica sees; ValueError when the global batch does not split evenly."""
     if global_batch_size % num_replicas:
         raise ValueError(f"--batch_size={global_batch_size} is not divisible by the "
                          f"{num_replicas} replicas; use a multiple of {num_replicas}")
     return global_batch_size // num_replicas
+
+
+def broadcast_from_chief(strategy: tf.distribute.Strategy, variables) -> None:
+    """Overwrite `variables` on every worker with the chief's values (one all-reduce).
+
+    Used after the chief alone restored a checkpoint: model_dir need not be on a filesystem the
+    other workers share. No-op with a single worker.
+    """
+    workers = num_workers(strategy)
+    if workers <= 1:
+        return
+    variables = list(variables)
+    chief = is_chief(strategy)
+    local_replicas = strategy.num_replicas_in_sync // workers
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        # Exactly one contribution (the chief's first local replica), the others add zeros.
+        mine = tf.logical_and(tf.constant(chief),
+                              tf.equal(context.replica_id_in_sync_group % local_replicas, 0))
+        by_dtype: dict[tf.DType, list[int]] = {}  # one all-reduce per dtype (packed)
+        values = []
+        for index, variable in enumerate(variables):
+            value = tf.convert_to_tensor(variable)
+            if not value.dtype.is_floating:  # integer counters: exact in float64 below 2**53
+                value = tf.cast(value, tf.float64)
+            values.append(tf.where(mine, value, tf.zeros_like(value)))
+            by_dtype.setdefault(value.dtype, []).append(index)
+        for indices in by_dtype.values():
+            summed = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                        [values[index] for index in indices])
+            for index, value in zip(indices, summed):
+                values[index] = value
+        return values
+
+    @tf.function
+    def broadcast():
+        reduced = strategy.run(replica_fn)
+        for variable, value in zip(variables, reduced):
+            variable.assign(tf.cast(strategy.experimental_local_results(value)[0],
+                                    variable.dtype))
+
+    broadcast()

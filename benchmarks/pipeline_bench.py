@@ -1,0 +1,198 @@
+"""Does the input pipeline keep up? Training on real converted records vs synthetic data, same run.
+
+  python benchmarks/pipeline_bench.py [--data_dir=CONVERTED_MEDNIST] [--rounds=4] [--steps=10]
+
+Trains the same ResNet (default: the MedNIST recipe's ResNet-18 at 64x64, ImageNet stem,
+batch 128) twice in one process: once fed by the trainer's real input pipeline
+(train_input.train_dataset: parallel interleave over shards, parallel parse + JPEG/PNG decode,
+shuffle, parallel augmentation, batch, prefetch) and once with --use_synthetic_data (one random
+batch repeated, no pipeline). The two take turns, `--steps` steps per round, after a warm-up
+that fills the shuffle buffer; the ratio real/synthetic (median of the per-round ratios) is 1.0
+when the pipeline is never the bottleneck. Both share the same 2 CPU cores, so the pipeline's own
+CPU time shows up in the ratio.
+
+Also prints the pipeline alone (no model): images/s with all cores, and with a private
+one-thread pool, i.e. the rate one CPU core sustains (how many cores keep a GPU fed).
+
+Without --data_dir, ../shared/data/MedNIST-dev.tar.gz is extracted and converted
+(tf_convert_data.py --need_split=tvt_split) into a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+MEDNIST_TAR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "MedNIST-dev.tar.gz")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineBenchConfig:
+    data_dir: str
+    resnet_size: int = 18
+    image_size: int = 64
+    small_input: bool = False
+    batch_size: int = 128
+    dtype: str = "fp32"
+    rounds: int = 4
+    steps: int = 10
+    warmup_steps: int = 3
+    pipeline_batches: int = 40
+    cache: bool = False
+    num_parallel_calls: int = 4
+
+
+def convert_mednist(work_dir: str) -> str:
+    """Extracts MedNIST-dev.tar.gz into `work_dir` and converts it; returns the data dir."""
+    if not os.path.isfile(MEDNIST_TAR):
+        raise FileNotFoundError(f"{MEDNIST_TAR} not found: pass --data_dir=<converted MedNIST>")
+    with tarfile.open(MEDNIST_TAR) as archive:
+        archive.extractall(work_dir, filter="data")
+    data_dir = os.path.join(work_dir, "data")
+    subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tf_convert_data.py"),
+                    "--dataset_name=mednist", f"--dataset_dir={work_dir}/MedNIST",
+                    f"--output_dir={data_dir}", "--need_split=tvt_split",
+                    "--layout=class_folders"], check=True)
+    return data_dir
+
+
+class Trainer:
+    """The trainer's input + step for one config; `run(n)` times n steps in one call."""
+
+    def __init__(self, train_config, strategy):
+        from networks.resnet import train_input, train_steps
+
+        data = train_input.resolve_data(train_config)
+        schedule = train_steps.learning_rate_schedule(train_config, steps_per_epoch=100)
+        state = train_steps.build_training_state(train_config, data.num_classes, schedule,
+                                                 strategy)
+        self.iterator = iter(strategy.experimental_distribute_dataset(
+            train_input.train_dataset(train_config, data)))
+        self.train_fn = train_steps.make_train_function(
+            state, strategy, global_batch_size=train_config.batch_size,
+            num_classes=data.num_classes)
+
+    def run(self, steps: int) -> float:
+        import tensorflow as tf
+
+        started = time.perf_counter()
+        float(self.train_fn(self.iterator, tf.constant(steps))["loss"])
+        return time.perf_counter() - started
+
+
+def pipeline_rate(train_config, batches: int, threads: int | None) -> float:
+    """Images/s of train_input.train_dataset alone, timed after the shuffle buffer's initial
+    fill; `threads` = 1 pins tf.data to a private one-thread pool (one core's rate)."""
+    import tensorflow as tf
+
+    from networks.resnet import train_input
+
+    data = train_input.resolve_data(train_config)
+    dataset = train_input.train_dataset(train_config, data)
+    if threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        dataset = dataset.with_options(options)
+    iterator = iter(dataset)
+    for _ in range(max(3, min(batches, 10_000 // train_config.batch_size + 2))):
+        next(iterator)  # past the shuffle buffer's initial fill
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * train_config.batch_size / (time.perf_counter() - started)
+
+
+def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
+    import tensorflow as tf
+
+    from networks.resnet.train_config import TrainConfig
+
+    common = dict(model_dir=tempfile.mkdtemp(prefix="pipeline_bench_"), data_dir=config.data_dir,
+                  resnet_size=config.resnet_size, image_size=config.image_size,
+                  small_input=config.small_input, batch_size=config.batch_size,
+                  dtype=config.dtype, cache=config.cache,
+                  num_parallel_calls=config.num_parallel_calls, seed=0)
+    real_config = TrainConfig(**common)
+    synthetic_config = TrainConfig(**common, use_synthetic_data=True)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    trainers = {"real": Trainer(real_config, strategy),
+                "synthetic": Trainer(synthetic_config, strategy)}
+    for trainer in trainers.values():
+        trainer.run(config.warmup_steps)
+    rates = {name: [] for name in trainers}
+    for round_index in range(config.rounds):
+        for name, trainer in trainers.items():
+            rates[name].append(config.steps * config.batch_size / trainer.run(config.steps))
+        log(f"round {round_index + 1}: real {rates['real'][-1]:.1f} img/s, synthetic "
+            f"{rates['synthetic'][-1]:.1f} img/s (load {os.getloadavg()[0]:.2f})")
+    ratios = [a / b for a, b in zip(rates["real"], rates["synthetic"])]
+    return {
+        "real": statistics.median(rates["real"]), "synthetic": statistics.median(rates["synthetic"]),
+        "rounds": rates, "ratio": statistics.median(ratios),
+        "pipeline_all_cores": pipeline_rate(real_config, config.pipeline_batches, None),
+        "pipeline_one_core": pipeline_rate(real_config, config.pipeline_batches, 1),
+        "load_average": os.getloadavg()}
+
+
+def format_table(config: PipelineBenchConfig, results: dict) -> str:
+    stem = "small-input stem" if config.small_input else "ImageNet stem"
+    lines = [f"ResNet-{config.resnet_size} {config.image_size}x{config.image_size} ({stem}), "
+             f"batch {config.batch_size}, {config.dtype}, cache={config.cache}, "
+             f"{config.rounds} rounds x {config.steps} steps; data {config.data_dir}",
+             f"{'input':<12}{'img/s (median)':>15}   per round"]
+    for name in ("real", "synthetic"):
+        rounds = " ".join(f"{value:.1f}" for value in results["rounds"][name])
+        lines.append(f"{name:<12}{results[name]:>15.1f}   {rounds}")
+    lines += [f"ratio real / synthetic: {results['ratio']:.3f}",
+              f"pipeline alone: {results['pipeline_all_cores']:.0f} img/s on all cores, "
+              f"{results['pipeline_one_core']:.0f} img/s on one core (private 1-thread pool)",
+              "load average (1/5/15 min) "
+              + " ".join(f"{v:.2f}" for v in results["load_average"])]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=None, help="converted MedNIST (default: convert "
+                        "../shared/data/MedNIST-dev.tar.gz into a temporary folder)")
+    parser.add_argument("--resnet_size", type=int, default=18)
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--small_input", action="store_true")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup_steps", type=int, default=3)
+    parser.add_argument("--pipeline_batches", type=int, default=40)
+    parser.add_argument("--cache", action="store_true")
+    parser.add_argument("--num_parallel_calls", type=int, default=4)
+    args = parser.parse_args(argv)
+    if min(args.rounds, args.steps, args.batch_size, args.pipeline_batches) < 1:
+        parser.error("--rounds, --steps, --batch_size and --pipeline_batches must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="pipeline_bench_data_") as work_dir:
+        try:
+            data_dir = args.data_dir or convert_mednist(work_dir)
+        except FileNotFoundError as error:
+            parser.error(str(error))
+        config = PipelineBenchConfig(
+            data_dir=data_dir, resnet_size=args.resnet_size, image_size=args.image_size,
+            small_input=args.small_input, batch_size=args.batch_size, dtype=args.dtype,
+            rounds=args.rounds, steps=args.steps, warmup_steps=args.warmup_steps,
+            pipeline_batches=args.pipeline_batches, cache=args.cache,
+            num_parallel_calls=args.num_parallel_calls)
+        results = run_benchmark(config)
+        print(format_table(config, results), flush=True)
+
+
+if __name__ == "__main__":
+    main()

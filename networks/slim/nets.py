@@ -1,0 +1,195 @@
+"""The networks of the TF-Slim side: keras.applications backbones with a new head (pure Keras).
+
+NETWORKS is the table: name -> (constructor, preprocess_input, default image size, min size).
+Every model is built with weights=None (nothing is ever downloaded) and include_top=False, and
+wrapped as
+
+    images [N, H, W, channels], float32 in [-1, 1] (dataset.preprocess.normalize)
+      -> NetworkInput: back to 0..255, grey repeated to 3 channels, the network's preprocess_input
+      -> backbone (the keras.applications model, nested under its own name)
+      -> GlobalAveragePooling2D "avg_pool" -> Dense "logits" (float32 under mixed precision)
+
+so the shared input pipeline, export and prediction stay unchanged: each network's own input
+scaling lives inside the model, where no caller can forget it.
+
+LEGACY_NAMES maps TF-Slim's model names (the original README's commands) to this table. Slim's
+inception_v4 has no keras.applications counterpart; it maps to inception_resnet_v2, the network
+from the same paper with the same stem (Szegedy et al. 2016), and the trainer logs that it did.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+from typing import Callable
+
+import keras
+from keras import applications as apps
+
+HEAD_LAYERS = ("avg_pool", "logits")  # the new layers on top of every backbone
+INPUT_LAYER = "network_input"
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    constructor: Callable[..., keras.Model]
+    preprocess_input: Callable
+    default_image_size: int
+    min_image_size: int
+
+
+NETWORKS = {  # name: (keras.applications constructor, its preprocess_input, default, min size)
+    "inception_v3": NetworkSpec(apps.InceptionV3, apps.inception_v3.preprocess_input, 299, 75),
+    "inception_resnet_v2": NetworkSpec(apps.InceptionResNetV2,
+                                       apps.inception_resnet_v2.preprocess_input, 299, 75),
+    "vgg_16": NetworkSpec(apps.VGG16, apps.vgg16.preprocess_input, 224, 32),
+    "resnet_v2_50": NetworkSpec(apps.ResNet50V2, apps.resnet_v2.preprocess_input, 224, 32),
+    "resnet_v2_152": NetworkSpec(apps.ResNet152V2, apps.resnet_v2.preprocess_input, 224, 32),
+    "mobilenet_v3_small": NetworkSpec(apps.MobileNetV3Small, apps.mobilenet_v3.preprocess_input,
+                                      224, 32),
+    "mobilenet_v3_large": NetworkSpec(apps.MobileNetV3Large, apps.mobilenet_v3.preprocess_input,
+                                      224, 32),
+    "efficientnet_v2_b0": NetworkSpec(apps.EfficientNetV2B0,
+                                      apps.efficientnet_v2.preprocess_input, 224, 32),
+    "efficientnet_v2_s": NetworkSpec(apps.EfficientNetV2S, apps.efficientnet_v2.preprocess_input,
+                                     384, 32),
+    "densenet_121": NetworkSpec(apps.DenseNet121, apps.densenet.preprocess_input, 224, 32),
+    "convnext_tiny": NetworkSpec(apps.ConvNeXtTiny, apps.convnext.preprocess_input, 224, 32),
+}
+
+# TF-Slim nets_factory names (and Keras class names, lower-cased) -> a NETWORKS name.
+LEGACY_NAMES = {
+    "inception_v4": "inception_resnet_v2",
+    "vgg_16": "vgg_16", "vgg16": "vgg_16",
+    "resnet_v2_50": "resnet_v2_50", "resnet50v2": "resnet_v2_50",
+    "resnet_v2_152": "resnet_v2_152", "resnet152v2": "resnet_v2_152",
+    "inceptionv3": "inception_v3", "inceptionresnetv2": "inception_resnet_v2",
+    "mobilenetv3small": "mobilenet_v3_small", "mobilenetv3large": "mobilenet_v3_large",
+    "efficientnetv2b0": "efficientnet_v2_b0", "efficientnetv2s": "efficientnet_v2_s",
+    "densenet121": "densenet_121", "convnexttiny": "convnext_tiny",
+}
+
+
+def resolve_name(model_name: str) -> str:
+    """The NETWORKS name for `model_name` (a table name, a Slim name or a Keras class name).
+
+    Raises:
+      ValueError: unknown name; the message lists the valid ones.
+    """
+    key = model_name.strip().lower()
+    if key in NETWORKS:
+        return key
+    if key in LEGACY_NAMES:
+        return LEGACY_NAMES[key]
+    raise ValueError(f"--model_name={model_name}: unknown network; valid names: "
+                     f"{', '.join(NETWORKS)} (TF-Slim aliases: "
+                     f"{', '.join(k for k, v in LEGACY_NAMES.items() if k != v and '_' in k)})")
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    spec = NETWORKS[name]
+    if image_size < spec.min_image_size:
+        raise ValueError(f"--image_size={image_size}: {name} needs at least "
+                         f"{spec.min_image_size} px (default {spec.default_image_size})")
+
+
+@keras.saving.register_keras_serializable(package="slim")
+class NetworkInput(keras.layers.Layer):
+    """[-1, 1] images (the project's one normalisation) -> the input the backbone was trained
+    on: 0..255, three channels (a grey channel repeated, as ImageNet weights expect), then the
+    network's own preprocess_input. No weights."""
+
+    def __init__(self, model_name: str, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.channels = channels
+
+    def call(self, images):
+        pixels = (keras.ops.cast(images, self.compute_dtype) + 1.0) * 127.5
+        if self.channels == 1:
+            pixels = keras.ops.repeat(pixels, 3, axis=-1)
+        return NETWORKS[self.model_name].preprocess_input(pixels)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "model_name": self.model_name,
+                "channels": self.channels}
+
+
+@contextlib.contextmanager
+def _fresh_layer_names():
+    """Keras numbers auto-named layers per process (conv2d, conv2d_1, ...); InceptionV3 and
+    InceptionResNetV2 name most convolutions that way. Building the backbone with a fresh
+    counter gives it the names of a fresh process every time (what `model.summary()` shows
+    after `import keras`), so --trainable_scopes and --checkpoint_exclude_scopes mean the same
+    layers in every run. The process's counter is put back afterwards."""
+    from keras.src.backend.common import global_state  # no public API for the counter
+
+    saved = global_state.get_global_attribute("object_name_uids")
+    global_state.set_global_attribute("object_name_uids", collections.defaultdict(int))
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", saved)
+
+
+def build_backbone(name: str, image_size: int) -> keras.Model:
+    """The keras.applications feature extractor, 3-channel input, random init, no download."""
+    with _fresh_layer_names():
+        return NETWORKS[name].constructor(include_top=False, weights=None,
+                                          input_shape=(image_size, image_size, 3))
+
+
+def build_network(model_name: str, num_classes: int, *, image_size: int, channels: int = 1,
+                  dtype_policy: str = "float32") -> keras.Model:
+    """The backbone of `model_name` with a new `num_classes` head; float32 logits.
+
+    Args:
+      model_name: a NETWORKS name (see resolve_name for aliases).
+      image_size: input height and width; at least the network's min_image_size.
+      channels: 1 (grey, repeated to 3 inside the model) or 3.
+      dtype_policy: Keras dtype policy, e.g. "mixed_float16"; set on every layer.
+
+    Raises:
+      ValueError: unknown name, image too small, bad channels or num_classes.
+    """
+    name = resolve_name(model_name)
+    check_image_size(name, image_size)
+    if channels not in (1, 3):
+        raise ValueError(f"--channels={channels}: must be 1 or 3")
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes}: needs at least 2")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy)  # the backbone's layers take the global policy
+    try:
+        images = keras.Input((image_size, image_size, channels), name="images")
+        x = NetworkInput(name, channels, name=INPUT_LAYER)(images)
+        x = build_backbone(name, image_size)(x)
+        x = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(x)
+        # float32 logits: softmax cross-entropy in float16 overflows for confident predictions.
+        logits = keras.layers.Dense(num_classes, name=HEAD_LAYERS[1], dtype="float32")(x)
+        return keras.Model(images, logits, name=name)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The nested keras.applications model inside a build_network model."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(f"{model.name}: expected one nested backbone, found {len(nested)}")
+    return nested[0]
+
+
+def weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Leaf layers that own variables, in the model's (topological) order, nested included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.extend(weighted_layers(layer))
+        elif layer.weights:
+            found.append(layer)
+    return found

@@ -1,0 +1,193 @@
+"""Train keras.applications networks on a converted dataset, with TF-Slim's script and flag names.
+
+The original README's commands work (plus --dataset_dir, the converter's --output_dir):
+
+    python networks/slim/train_image_classifier.py \\
+    --save_interval_secs=3000 --save_summaries_secs=3000 \\
+    --dataset_dir=/data/sample/training \\
+    --train_dir=/data/log_dir/inception_v4 \\
+    --model_name=inception_v4 \\
+    --max_number_of_steps=1680
+
+Fine-tune only the new head from local ImageNet weights, then everything from that run:
+
+    python networks/slim/train_image_classifier.py --dataset_dir=data/mednist \\
+        --train_dir=runs/iv3_head --model_name=inception_v3 --image_size=139 \\
+        --checkpoint_path=weights/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
+        --trainable_scopes=logits --max_number_of_steps=500
+    python networks/slim/train_image_classifier.py --dataset_dir=data/mednist \\
+        --train_dir=runs/iv3_all --model_name=inception_v3 --image_size=139 \\
+        --checkpoint_path=runs/iv3_head --optimizer=momentum --learning_rate=0.001 \\
+        --max_number_of_steps=2000
+
+The loop, input pipeline, distribution, precision, resume, evaluation and export are the ResNet
+trainer's (networks/resnet/resnet_run_loop.py): rerunning with the same --train_dir resumes;
+the validation split is evaluated every --epochs_between_evals epochs. Every flag: --help.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))))
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+PROGRAM = "train_image_classifier.py"
+DEFAULT_EPOCHS = 100  # with neither --max_number_of_steps nor --train_epochs
+
+
+def define_flags() -> None:
+    """Slim's names and defaults where Slim had the flag; the ResNet trainer's otherwise."""
+    from networks.slim.slim_train import DECAY_TYPES, OPTIMIZERS
+
+    d = flags
+    d.DEFINE_string("train_dir", None, "Checkpoints, config.json and summaries; rerunning "
+                    "with the same folder resumes.")
+    d.DEFINE_string("dataset_dir", None, "A folder written by tf_convert_data.py.")
+    d.DEFINE_string("dataset_split_name", "train", "The split to train on.")
+    d.DEFINE_string("eval_split_name", "validation", "The split evaluated after each cycle.")
+    d.DEFINE_string("model_name", "inception_v3", "The network (see networks/slim/nets.py; "
+                    "TF-Slim names such as inception_v4, resnet_v2_152, vgg_16 are accepted).")
+    d.DEFINE_string("checkpoint_path", None, "Initial weights, from a local file only: a "
+                    ".weights.h5/.h5 of the backbone (keras.applications *_notop.h5), a .keras "
+                    "model, or a --train_dir (or its ckpt-N) of this tool. Ignored when "
+                    "--train_dir already has a checkpoint.")
+    d.DEFINE_list("checkpoint_exclude_scopes", [], "Layer-name prefixes NOT loaded from "
+                  "--checkpoint_path (they keep their fresh initialisation).")
+    d.DEFINE_list("trainable_scopes", [], "Layer-name prefixes that train; all others are "
+                  "frozen (batch norm in inference mode). Empty: everything trains. "
+                  "'logits' is the new head.")
+    d.DEFINE_integer("max_number_of_steps", None, "Stop after this many steps.", lower_bound=1)
+    d.DEFINE_integer("train_epochs", None, "Stop after this many epochs (default: until "
+                     f"--max_number_of_steps, or {DEFAULT_EPOCHS} epochs).", lower_bound=1)
+    d.DEFINE_integer("epochs_between_evals", 1, "Evaluate every this many epochs.",
+                     lower_bound=1)
+    d.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
+    d.DEFINE_integer("image_size", None, "Input height and width (default: the network's).",
+                     lower_bound=1)
+    d.DEFINE_alias("train_image_size", "image_size")
+    d.DEFINE_enum("channels", "1", ("1", "3"), "Decoded image channels (1: grey, repeated to 3 "
+                  "inside the model).")
+    d.DEFINE_boolean("random_flip", False, "Random left-right flips (not for laterality).")
+    d.DEFINE_enum("optimizer", "rmsprop", OPTIMIZERS, "The optimizer.")
+    d.DEFINE_float("learning_rate", 0.01, "Initial learning rate.")
+    d.DEFINE_enum("learning_rate_decay_type", "exponential", DECAY_TYPES, "How it decays.")
+    d.DEFINE_float("learning_rate_decay_factor", 0.94, "Exponential decay factor.")
+    d.DEFINE_float("num_epochs_per_decay", 2.0, "Epochs between decays.")
+    d.DEFINE_float("end_learning_rate", 0.0001, "Polynomial decay's final rate.")
+    d.DEFINE_float("momentum", 0.9, "Momentum of --optimizer=momentum.")
+    d.DEFINE_float("rmsprop_momentum", 0.9, "RMSProp momentum.")
+    d.DEFINE_float("rmsprop_decay", 0.9, "RMSProp decay (rho).")
+    d.DEFINE_float("opt_epsilon", 1.0, "Epsilon of Adam and RMSProp.")
+    d.DEFINE_float("adam_beta1", 0.9, "Adam beta 1.")
+    d.DEFINE_float("adam_beta2", 0.999, "Adam beta 2.")
+    d.DEFINE_float("weight_decay", 0.00004, "L2 on trainable kernels.", lower_bound=0.0)
+    d.DEFINE_float("label_smoothing", 0.0, "Label smoothing.", lower_bound=0.0)
+    d.DEFINE_enum("dtype", "fp32", ("fp32", "fp16", "bf16"), "Compute precision.")
+    d.DEFINE_integer("num_clones", None, "GPUs to mirror over (default: 1 if visible).",
+                     lower_bound=0)
+    d.DEFINE_integer("num_cpu_replicas", 0, "Mirror over this many logical CPUs (testing).",
+                     lower_bound=0)
+    d.DEFINE_integer("num_preprocessing_threads", 4, "Parallel preprocessing calls.",
+                     lower_bound=1)
+    d.DEFINE_integer("log_every_n_steps", 10, "Log the loss every this many steps.",
+                     lower_bound=1)
+    d.DEFINE_integer("checkpoint_every_steps", 500, "Also checkpoint every this many steps "
+                     "(always at each evaluation).", lower_bound=0)
+    d.DEFINE_integer("save_interval_secs", 600, "Accepted for Slim's commands; checkpoints "
+                     "follow --checkpoint_every_steps and the evaluations.")
+    d.DEFINE_integer("save_summaries_secs", 600, "Accepted for Slim's commands; summaries are "
+                     "written every step.")
+    d.DEFINE_integer("seed", None, "Random seed.")
+    d.DEFINE_string("export_dir", None, "Export a SavedModel here at the end.")
+    d.mark_flags_as_required(["train_dir", "dataset_dir"])
+
+
+def configs_from_flags():
+    """FLAGS -> (TrainConfig, SlimConfig): the only place that reads FLAGS."""
+    from networks.resnet.train_config import TrainConfig
+    from networks.slim import nets
+    from networks.slim.slim_train import SlimConfig
+
+    name = nets.resolve_name(FLAGS.model_name)
+    if name != FLAGS.model_name.strip().lower():
+        logging.warning("--model_name=%s: using %s from keras.applications", FLAGS.model_name,
+                        name)
+    image_size = FLAGS.image_size or nets.NETWORKS[name].default_image_size
+    nets.check_image_size(name, image_size)
+    epochs = FLAGS.train_epochs or (10**9 if FLAGS.max_number_of_steps else DEFAULT_EPOCHS)
+    train = TrainConfig(
+        model_dir=FLAGS.train_dir, data_dir=FLAGS.dataset_dir, image_size=image_size,
+        channels=int(FLAGS.channels), train_epochs=epochs,
+        epochs_between_evals=FLAGS.epochs_between_evals,
+        max_train_steps=FLAGS.max_number_of_steps, batch_size=FLAGS.batch_size,
+        dtype=FLAGS.dtype, weight_decay=FLAGS.weight_decay,
+        # Unused by the Slim schedule (config.json's "slim" has it), recorded for the reader.
+        base_learning_rate=FLAGS.learning_rate, lr_scaling="none", momentum=FLAGS.momentum,
+        label_smoothing=FLAGS.label_smoothing, random_flip=FLAGS.random_flip,
+        train_split=FLAGS.dataset_split_name, eval_split=FLAGS.eval_split_name,
+        num_parallel_calls=FLAGS.num_preprocessing_threads,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps, seed=FLAGS.seed,
+        log_every_steps=FLAGS.log_every_n_steps, export_dir=FLAGS.export_dir)
+    slim = SlimConfig(
+        model_name=name, checkpoint_path=FLAGS.checkpoint_path,
+        checkpoint_exclude_scopes=tuple(FLAGS.checkpoint_exclude_scopes),
+        trainable_scopes=tuple(FLAGS.trainable_scopes), optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        learning_rate_decay_type=FLAGS.learning_rate_decay_type,
+        learning_rate_decay_factor=FLAGS.learning_rate_decay_factor,
+        num_epochs_per_decay=FLAGS.num_epochs_per_decay,
+        end_learning_rate=FLAGS.end_learning_rate, momentum=FLAGS.momentum,
+        rmsprop_momentum=FLAGS.rmsprop_momentum, rmsprop_decay=FLAGS.rmsprop_decay,
+        opt_epsilon=FLAGS.opt_epsilon, adam_beta1=FLAGS.adam_beta1,
+        adam_beta2=FLAGS.adam_beta2)
+    return train, slim
+
+
+def run() -> str:
+    from networks.resnet import resnet_run_loop
+    from networks.slim import slim_train
+    from official.utils.misc import distribution_utils
+
+    train_config, slim = configs_from_flags()
+    if slim.checkpoint_exclude_scopes and not slim.checkpoint_path:
+        logging.warning("--checkpoint_exclude_scopes has no effect without --checkpoint_path")
+    slim_train.check_resume(train_config.model_dir, slim)
+    strategy = distribution_utils.get_distribution_strategy(FLAGS.num_clones, False,
+                                                            FLAGS.num_cpu_replicas)
+    result = resnet_run_loop.train(train_config, strategy, network=slim_train.SlimNetwork(slim))
+    line = (f"{slim.model_name}: step {result.step} (resumed from {result.resumed_from_step}, "
+            f"stopped by {result.stopped_by}), {train_config.eval_split} accuracy "
+            f"{result.eval_accuracy:.4f} loss {result.eval_loss:.4f} on "
+            f"{result.eval_examples} examples; train_dir {train_config.model_dir}")
+    if result.export_path:
+        line += f"; exported {result.export_path}"
+    return line
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        print(run(), flush=True)
+    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError) as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

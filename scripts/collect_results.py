@@ -1,0 +1,140 @@
+"""Collect a sweep's runs into one table: results.csv and results.md.
+
+    python scripts/collect_results.py runs/sweep            # -> runs/sweep/results.{csv,md}
+
+Every sub-folder holding a config.json (a trainer --model_dir) is one row. Columns come from:
+  config.json                 resnet_size, version, image_size, batch_size, dtype, num_classes
+  the latest checkpoint       step; params (model weights, batch-norm statistics excluded)
+  eval/ TensorBoard events    the last evaluation's accuracy and loss (the training split)
+  train/ TensorBoard events   median examples_per_second
+  eval_<split>/metrics.json   accuracy and macro F1 on <split>, when dicom_eval.py wrote one
+  sweep.json                  status and wall-clock seconds, written by sweep_resnet.sh
+Runs that failed before writing config.json are rows too when sweep.json exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+COLUMNS = ("run", "status", "resnet_size", "version", "image_size", "batch_size", "dtype",
+           "params", "step", "eval_accuracy", "eval_loss", "split", "split_accuracy",
+           "split_macro_f1", "examples_per_second", "seconds")
+
+
+def _scalars(folder: str, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar in a folder of TensorBoard event files, in step order."""
+    import tensorflow as tf
+
+    values = []
+    for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
+                              else float(value.simple_value))
+                    values.append((event.step, number))
+    return sorted(values)
+
+
+def _params_and_step(model_dir: str) -> tuple[int | None, int | None]:
+    import tensorflow as tf
+
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    if not checkpoint:
+        return None, None
+    # The trainer's checkpoint stores each trainable weight once, under the path it is first
+    # reached by (Keras 3: the optimizer's list of trainable variables); older layouts keep
+    # them under model/ next to the batch-norm statistics.
+    variables = tf.train.list_variables(checkpoint)
+    trainable = [shape for name, shape in variables
+                 if re.fullmatch(r"optimizer/_trainable_variables/\d+/\.ATTRIBUTES/"
+                                 r"VARIABLE_VALUE", name)]
+    if not trainable:
+        trainable = [shape for name, shape in variables
+                     if name.startswith("model/") and "moving_" not in name]
+    return sum(math.prod(shape) for shape in trainable), int(checkpoint.rsplit("-", 1)[1])
+
+
+def collect_run(run_dir: str) -> dict:
+    row = {"run": os.path.basename(run_dir.rstrip("/"))}
+    status_path = os.path.join(run_dir, "sweep.json")
+    if os.path.isfile(status_path):
+        with open(status_path) as f:
+            status = json.load(f)
+        row.update(status=status.get("status"), seconds=status.get("seconds"))
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        return row
+    with open(config_path) as f:
+        config = json.load(f)
+    for key in ("resnet_size", "version", "image_size", "batch_size", "dtype"):
+        row[key] = config.get(key)
+    row["params"], row["step"] = _params_and_step(run_dir)
+    for tag in ("accuracy", "loss"):
+        values = _scalars(os.path.join(run_dir, "eval"), tag)
+        if values:
+            row[f"eval_{tag}"] = round(values[-1][1], 4)
+    speeds = [value for _, value in _scalars(os.path.join(run_dir, "train"),
+                                             "examples_per_second")]
+    if speeds:  # the first call includes tracing: left out when there are others
+        row["examples_per_second"] = round(statistics.median(speeds[1:] or speeds), 1)
+    for path in sorted(glob.glob(os.path.join(run_dir, "eval_*", "metrics.json"))):
+        with open(path) as f:
+            metrics = json.load(f)
+        row["split"] = os.path.basename(os.path.dirname(path))[len("eval_"):]
+        row["split_accuracy"] = round(metrics["accuracy"], 4)
+        row["split_macro_f1"] = round(metrics["macro_avg"]["f1"], 4)
+    return row
+
+
+def _sort_key(row: dict):
+    return (row.get("resnet_size") or 0, row.get("version") or 0, row["run"])
+
+
+def write_tables(rows: list[dict], prefix: str) -> tuple[str, str]:
+    csv_path, md_path = prefix + ".csv", prefix + ".md"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(md_path, "w") as f:
+        f.write("| " + " | ".join(COLUMNS) + " |\n")
+        f.write("|" + "|".join("---" for _ in COLUMNS) + "|\n")
+        for row in rows:
+            cells = ["" if row.get(column) is None else str(row[column]) for column in COLUMNS]
+            f.write("| " + " | ".join(cells) + " |\n")
+    return csv_path, md_path
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="folder whose sub-folders are training model_dirs")
+    parser.add_argument("--output_prefix", help="default: SWEEP_DIR/results")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.sweep_dir):
+        print(f"collect_results.py: error: {args.sweep_dir}: no such folder", file=sys.stderr)
+        return 1
+    runs = [os.path.join(args.sweep_dir, name) for name in sorted(os.listdir(args.sweep_dir))
+            if os.path.isfile(os.path.join(args.sweep_dir, name, "config.json"))
+            or os.path.isfile(os.path.join(args.sweep_dir, name, "sweep.json"))]
+    if not runs:
+        print(f"collect_results.py: error: {args.sweep_dir} has no run folders (with "
+              "config.json or sweep.json)", file=sys.stderr)
+        return 1
+    rows = sorted((collect_run(run) for run in runs), key=_sort_key)
+    csv_path, md_path = write_tables(rows, args.output_prefix
+                                     or os.path.join(args.sweep_dir, "results"))
+    print(f"{len(rows)} run(s) -> {csv_path}, {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Convert a folder of DICOM/JPEG/PNG images into TFRecord shards + manifest.json for training.
+#
+# Usage: scripts/convert_dataset.sh DATASET_DIR OUTPUT_DIR [extra tf_convert_data.py flags]
+#
+# Environment overrides (defaults in brackets):
+#   DATASET_NAME     name recorded in the manifest [basename of DATASET_DIR]
+#   LAYOUT           auto | images_labels | class_folders | predefined [auto]
+#   NEED_SPLIT       tvt_split | tt_split | predefined | None [tvt_split]
+#   VALIDATION_SIZE  count (>= 1) or fraction of the validation split [converter default]
+#   TEST_SIZE        count (>= 1) or fraction of the test split [converter default]
+#   SHARD_SIZE_MB    target shard size in MiB; several shards let workers split by file
+#   NUM_WORKERS      decoding processes, 0 = all cores [0]
+#   SEED             split and record-order seed [converter default]
+# Example: LAYOUT=class_folders scripts/convert_dataset.sh /data/raw /data/converted
+set -euo pipefail
+
+usage() { sed -n '2,16p' "$0"; }
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
+if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+dataset_dir="$1"; output_dir="$2"; shift 2
+[[ -d "$dataset_dir" ]] || { echo "convert_dataset.sh: $dataset_dir: no such folder" >&2; exit 2; }
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+flags=(--dataset_dir="$dataset_dir" --output_dir="$output_dir"
+       --dataset_name="${DATASET_NAME:-$(basename "$dataset_dir")}"
+       --layout="${LAYOUT:-auto}" --need_split="${NEED_SPLIT:-tvt_split}"
+       --num_workers="${NUM_WORKERS:-0}")
+[[ -n "${VALIDATION_SIZE:-}" ]] && flags+=(--validation_size="$VALIDATION_SIZE")
+[[ -n "${TEST_SIZE:-}" ]] && flags+=(--test_size="$TEST_SIZE")
+[[ -n "${SHARD_SIZE_MB:-}" ]] && flags+=(--shard_size_mb="$SHARD_SIZE_MB")
+[[ -n "${SEED:-}" ]] && flags+=(--seed="$SEED")
+
+exec python "$repo/tf_convert_data.py" "${flags[@]}" "$@"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Export a training run as a SavedModel (for TF Serving / dicom_predict.py) and evaluate that
+# SavedModel on a split: metrics.json, confusion_matrix.png, misclassified.csv.
+#
+# Usage: scripts/evaluate_export.sh MODEL_DIR DATA_DIR [extra dicom_eval.py flags]
+#
+# Environment overrides (defaults in brackets):
+#   SPLIT        split to evaluate [test]
+#   EXPORT_DIR   where the numbered SavedModel version goes [MODEL_DIR/export]
+#   CHECKPOINT   checkpoint prefix to export, e.g. MODEL_DIR/ckpt-400 [the latest]
+#   OUTPUT_DIR   report folder [EXPORT_DIR/eval-<version>-<split>]
+#   BATCH_SIZE   inference batch [64]
+# Example: SPLIT=validation scripts/evaluate_export.sh runs/r18 /data/converted
+set -euo pipefail
+
+usage() { sed -n '2,13p' "$0"; }
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
+if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+model_dir="$1"; data_dir="$2"; shift 2
+[[ -f "$model_dir/config.json" ]] || {
+  echo "evaluate_export.sh: $model_dir/config.json not found (not a training --model_dir)" >&2
+  exit 2; }
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+export_dir="${EXPORT_DIR:-$model_dir/export}"
+split="${SPLIT:-test}"
+
+version_dir=$(python - "$model_dir" "$export_dir" "${CHECKPOINT:-}" <<'PY'
+import sys
+from networks.resnet import export
+model_dir, export_dir, checkpoint = sys.argv[1], sys.argv[2], sys.argv[3] or None
+try:
+    model, config = export.load_model_from_dir(model_dir, checkpoint)
+except (FileNotFoundError, ValueError) as error:
+    sys.exit(f"evaluate_export.sh: {error}")
+print(export.export_saved_model(model, config, export_dir))
+PY
+)
+echo "evaluate_export.sh: exported $version_dir" >&2
+
+flags=(--model="$version_dir" --data_dir="$data_dir" --split="$split"
+       --batch_size="${BATCH_SIZE:-64}")
+[[ -n "${OUTPUT_DIR:-}" ]] && flags+=(--output_dir="$OUTPUT_DIR")
+python "$repo/networks/resnet/dicom_eval.py" "${flags[@]}" "$@"

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Sweep ResNet sizes x versions on one dataset (as the original's experiment scripts did),
+# evaluate each run, and collect everything into one table: SWEEP_DIR/results.csv + .md.
+#
+# Usage: scripts/sweep_resnet.sh DATA_DIR SWEEP_DIR [extra dicom_main.py flags for every run]
+#
+# Environment overrides (defaults in brackets):
+#   SIZES          ResNet depths ["18 34 50 101 152"]
+#   VERSIONS       ["1 2"]
+#   IMAGE_SIZE     [224]   BATCH_SIZE [32]   TRAIN_EPOCHS [30]   DTYPE [fp32]
+#   EPOCHS_BETWEEN_EVALS  [TRAIN_EPOCHS: one evaluation at the end]
+#   NUM_GPUS       GPUs per run [1 if nvidia-smi finds one, else 0]
+#   EVAL_SPLIT     split dicom_eval.py reports on after training, skipped when the
+#                  dataset has no such split; "none" to skip [test]
+#   KEEP_GOING     1: a failed run is recorded and the sweep continues [1]
+# Run k is SWEEP_DIR/resnet<size>_v<version>/ (a normal --model_dir, log in train.log).
+# Rerunning resumes unfinished runs; finished ones are only evaluated again.
+# Example: SIZES="18 50" VERSIONS=2 scripts/sweep_resnet.sh /data/converted runs/sweep
+set -euo pipefail
+
+usage() { sed -n '2,19p' "$0"; }
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
+if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+data_dir="$1"; sweep_dir="$2"; shift 2
+[[ -f "$data_dir/manifest.json" ]] || {
+  echo "sweep_resnet.sh: $data_dir/manifest.json not found (convert the dataset first)" >&2
+  exit 2; }
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+sizes="${SIZES:-18 34 50 101 152}"
+versions="${VERSIONS:-1 2}"
+train_epochs="${TRAIN_EPOCHS:-30}"
+eval_split="${EVAL_SPLIT:-test}"
+keep_going="${KEEP_GOING:-1}"
+if [[ -n "${NUM_GPUS:-}" ]]; then
+  num_gpus="$NUM_GPUS"
+elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  num_gpus=1
+else
+  num_gpus=0
+fi
+if [[ "$eval_split" != "none" ]] && ! python - "$data_dir/manifest.json" "$eval_split" <<'PY'
+import json, sys
+sys.exit(0 if sys.argv[2] in json.load(open(sys.argv[1]))["splits"] else 1)
+PY
+then
+  echo "sweep_resnet.sh: $data_dir has no '$eval_split' split; skipping dicom_eval.py" >&2
+  eval_split=none
+fi
+
+mkdir -p "$sweep_dir"
+failed=0
+for size in $sizes; do
+  for version in $versions; do
+    run="$sweep_dir/resnet${size}_v${version}"
+    mkdir -p "$run"
+    echo "== resnet${size}_v${version} -> $run" >&2
+    start=$(date +%s)
+    status=ok
+    if ! python "$repo/networks/resnet/dicom_main.py" --data_dir="$data_dir" --model_dir="$run" \
+        --resnet_size="$size" --version="$version" --image_size="${IMAGE_SIZE:-224}" \
+        --batch_size="${BATCH_SIZE:-32}" --train_epochs="$train_epochs" \
+        --epochs_between_evals="${EPOCHS_BETWEEN_EVALS:-$train_epochs}" \
+        --dtype="${DTYPE:-fp32}" --num_gpus="$num_gpus" "$@" > "$run/train.log" 2>&1; then
+      status=failed
+    elif [[ "$eval_split" != "none" ]] && ! python "$repo/networks/resnet/dicom_eval.py" \
+        --model="$run" --data_dir="$data_dir" --split="$eval_split" >> "$run/train.log" 2>&1; then
+      status=failed
+    fi
+    printf '{"status": "%s", "seconds": %d}\n' "$status" "$(( $(date +%s) - start ))" \
+      > "$run/sweep.json"
+    if [[ "$status" == failed ]]; then
+      failed=$(( failed + 1 ))
+      echo "sweep_resnet.sh: resnet${size}_v${version} failed; last lines of $run/train.log:" >&2
+      tail -n 3 "$run/train.log" >&2
+      [[ "$keep_going" == 1 ]] || break 2
+    else
+      tail -n 1 "$run/train.log" >&2
+    fi
+  done
+done
+
+python "$repo/scripts/collect_results.py" "$sweep_dir"
+cat "$sweep_dir/results.md"
+if (( failed > 0 )); then
+  echo "sweep_resnet.sh: $failed run(s) failed" >&2
+  exit 1
+fi

@@ -1,0 +1,251 @@
+"""Multi-worker training: two worker processes on 127.0.0.1 under MultiWorkerMirroredStrategy.
+
+Run as a script, this file is one worker (see `_worker_main`): dicom_main.py's own flag parsing
+and training, then the final model variables saved to an .npz so the test can compare workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, error_lines,
+                                    tiny_dataset, trainer_env)
+
+# --deterministic: the random crop draws from a stateful RNG inside a parallel map, so without
+# it the augmentation of an example depends on thread timing, in every process differently.
+FLAGS = (*FAST_FLAGS, "--deterministic", "--batch_size=8", "--train_epochs=2",
+         "--checkpoint_every_steps=1")
+WORKER_TIMEOUT = 240  # seconds; a hung cluster fails the test instead of hanging it
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _start(tmp_path: Path, name: str, *flags: str) -> subprocess.Popen:
+    """One process of this file as a worker; its TMPDIR is private so leftovers are visible."""
+    env = trainer_env()
+    env["TMPDIR"] = str(tmp_path / f"tmp_{name}")
+    os.makedirs(env["TMPDIR"], exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, __file__, str(tmp_path / f"{name}.npz"), *flags], env=env,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen, timeout: float = WORKER_TIMEOUT) -> tuple[str, str]:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(f"worker still running after {timeout} s:\n{stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout, stderr
+
+
+def _cluster(tmp_path: Path, model_dir: Path, data: Path, *extra: str, tag: str = ""):
+    hosts = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    return [_start(tmp_path, f"worker{index}{tag}", f"--data_dir={data}",
+                   f"--model_dir={model_dir}", *FLAGS, *extra, f"--worker_hosts={hosts}",
+                   f"--task_index={index}") for index in range(2)]
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[f"arr_{index}"] for index in range(len(saved.files))]
+
+
+def _leftovers(tmpdir: Path) -> list[str]:
+    # (autograph also writes its generated code to TMPDIR: not ours to check)
+    return [path.name for path in tmpdir.iterdir() if path.name.startswith("resnet_worker_")]
+
+
+def test_two_workers_match_one_process(tmp_path):
+    """Two workers x 1 replica == one process x 2 replicas (MirroredStrategy on two logical
+    CPUs) over the same global batch of 8: same data split (first half to worker/replica 0),
+    same per-replica batch-norm statistics, same summed gradients. Tolerance: rtol 1e-6 on every
+    variable (observed: bit-identical). tests/test_distribution.py covers 2 replicas == 1 device.
+    """
+    data = tiny_dataset(tmp_path / "data")  # 16 training examples, one shard: split by data
+    model_dir = tmp_path / "cluster"
+    started = time.monotonic()
+    workers = _cluster(tmp_path, model_dir, data, "--max_train_steps=2",
+                       f"--export_dir={tmp_path / 'export'}")
+    single = _start(tmp_path, "single", f"--data_dir={data}",
+                    f"--model_dir={tmp_path / 'single'}", *FLAGS, "--max_train_steps=2",
+                    "--num_gpus=0", "--num_cpu_replicas=2")
+    outputs = [_finish(process) for process in (*workers, single)]
+    for stdout, _ in outputs:
+        assert "step 2 (resumed from 0, stopped by max_train_steps)" in stdout
+        assert "2 replica(s)" in stdout
+
+    chief, other, reference = (_weights(tmp_path / f"{name}.npz")
+                               for name in ("worker0", "worker1", "single"))
+    assert len(chief) == len(reference) > 80  # every variable, batch-norm statistics included
+    for a, b, c in zip(chief, other, reference):
+        np.testing.assert_array_equal(a, b)  # the workers agree exactly
+        np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-7)
+
+    # Only the chief wrote: config, checkpoints and summaries in model_dir; the other worker's
+    # private checkpoint folder is gone.
+    written = sorted(path.name for path in model_dir.iterdir())
+    assert {"config.json", "checkpoint", "ckpt-2.index", "train", "eval"} <= set(written)
+    assert not any(name.startswith("resnet_worker_") for name in written)
+    exports = [path.name for path in (tmp_path / "export").iterdir()]
+    assert len(exports) == 1 and exports[0].isdigit(), exports  # the chief's, once
+    assert "exported" in outputs[0][0] and "exported" not in outputs[1][0]
+    assert _leftovers(tmp_path / "tmp_worker1") == _leftovers(tmp_path / "tmp_worker0") == []
+
+    print(f"two workers + one process, 2 steps: {time.monotonic() - started:.0f} s")
+
+
+def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    model_dir = tmp_path / "cluster"
+    chief, other = _cluster(tmp_path, model_dir, data, "--train_epochs=1000")
+    try:
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        while not (model_dir / "ckpt-1.index").exists():  # both are in the training loop
+            assert chief.poll() is None and other.poll() is None, chief.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the cluster never reached step 1"
+            time.sleep(0.5)
+        other.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        try:
+            _, stderr = chief.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the chief still runs 90 s after its peer died")
+        waited = time.monotonic() - killed
+    finally:
+        for process in (chief, other):
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    assert chief.returncode == 1
+    last = error_lines(stderr)[-1]
+    assert last.startswith("dicom_main.py: error: multi-worker training stopped: worker 1 of "
+                           "the 2 died, is unreachable or is stuck"), last
+    assert f"resume from the last checkpoint in {model_dir}" in last
+    assert waited < 60, waited
+    print(f"the chief exited {waited:.1f} s after its peer was killed")
+
+    # The whole cluster restarts: the chief restores its last checkpoint and hands the state
+    # to the other worker (whose own folder never held one); one more step, then both stop.
+    last = int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
+    workers = _cluster(tmp_path, model_dir, data, "--train_epochs=1000",
+                       f"--max_train_steps={last + 1}", tag="_restarted")
+    for stdout, _ in (_finish(process) for process in workers):
+        assert f"step {last + 1} (resumed from {last}, stopped by max_train_steps)" in stdout
+    for a, b in zip(_weights(tmp_path / "worker0_restarted.npz"),
+                    _weights(tmp_path / "worker1_restarted.npz")):
+        np.testing.assert_array_equal(a, b)
+    assert (model_dir / f"ckpt-{last + 1}.index").is_file()
+    assert _leftovers(tmp_path / "tmp_worker1_restarted") == []
+
+
+@pytest.mark.parametrize("tf_config, flags, message", [
+    ("{not json", (), "TF_CONFIG is malformed: not JSON"),
+    (None, ("--worker_hosts=127.0.0.1:1,127.0.0.1:http", "--task_index=0"),
+     "--worker_hosts cluster.worker: address '127.0.0.1:http' is not 'host:port'"),
+])
+def test_bad_cluster_is_one_line_error(tmp_path, tf_config, flags, message):
+    env = trainer_env()
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = tf_config
+    result = subprocess.run(
+        [sys.executable, str(DICOM_MAIN), "--use_synthetic_data", f"--model_dir={tmp_path}",
+         *FAST_FLAGS, *flags], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+        timeout=WORKER_TIMEOUT)
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [f"dicom_main.py: error: {message}"] or \
+        error_lines(result.stderr)[-1].startswith(f"dicom_main.py: error: {message}"), \
+        result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_cluster_parsing_and_input_split(monkeypatch):
+    from networks.resnet.train_input import shard_policy
+    from official.utils.misc import distribution_utils as du
+
+    raw = du.tf_config_from_hosts(["10.0.0.1:2222", " 10.0.0.2:2222"], 1)
+    assert json.loads(raw) == {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]},
+                               "task": {"type": "worker", "index": 1}}
+    task = du.parse_tf_config(raw)
+    assert (task.num_workers, task.is_chief) == (2, False)
+    assert du.parse_tf_config(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
+                                          "task": {"type": "chief", "index": 0}})).is_chief
+    assert du.parse_tf_config("  ") is None
+    bad = {"worker list": (["a:1"], 1, "--task_index=1: must be in 0-0"),
+           "no hosts": ([], 0, "--worker_hosts: give a comma-separated list")}
+    for hosts, index, message in bad.values():
+        with pytest.raises(ValueError, match=message):
+            du.tf_config_from_hosts(hosts, index)
+    for config, message in [
+            ({"cluster": {"ps": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker"}},
+             "cluster job 'ps' is not supported"),
+            ({"cluster": {"worker": ["a:1", "a:1"]}, "task": {"type": "worker"}},
+             "address a:1 is listed twice"),
+            ({"cluster": {"worker": ["a:99999"]}, "task": {"type": "worker"}},
+             "port in 1-65535"),
+            ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}},
+             r"task worker:2 is not in its cluster \(worker:0-1\)"),
+            ({"task": {"type": "worker"}}, "needs a \"cluster\" and a \"task\"")]:
+        with pytest.raises(ValueError, match=message):
+            du.parse_tf_config(json.dumps(config))
+    monkeypatch.setenv("TF_CONFIG", raw)
+    assert du.resolve_cluster().task_index == 1
+    with pytest.raises(ValueError, match="--worker_hosts and the TF_CONFIG environment"):
+        du.resolve_cluster(["a:1", "b:1"], 0)
+    monkeypatch.delenv("TF_CONFIG")
+    assert du.resolve_cluster() is None
+    with pytest.raises(ValueError, match="--task_index=1 needs --worker_hosts"):
+        du.resolve_cluster(None, 1)
+    Policy = tf.data.experimental.AutoShardPolicy
+    assert shard_policy(num_files=1, num_workers=1) == Policy.OFF
+    assert shard_policy(num_files=4, num_workers=2) == Policy.FILE
+    assert shard_policy(num_files=1, num_workers=2) == Policy.DATA
+
+
+def _worker_main(argv: list[str]) -> None:
+    """`python tests/test_multiworker.py WEIGHTS.npz DICOM_MAIN_FLAGS...`: dicom_main.py, then
+    this worker's final model variables saved to WEIGHTS.npz."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from networks.resnet import dicom_main, train_steps
+    from official.utils.flags import core as flags_core
+
+    states = []
+    build = train_steps.build_training_state
+
+    def capture(*args, **kwargs):
+        states.append(build(*args, **kwargs))
+        return states[-1]
+
+    train_steps.build_training_state = capture
+    flags_core.define_flags()
+    dicom_main.parse_flags([argv[0], *argv[2:]])
+    dicom_main.main([argv[0]])
+    np.savez(argv[1], *[np.asarray(variable.numpy()) for variable in states[0].model.variables])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    _worker_main(sys.argv)

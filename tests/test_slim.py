@@ -1,0 +1,200 @@
+"""networks/slim: every keras.applications network trains one step through the ResNet loop;
+resume and export for a representative few; --checkpoint_path, --trainable_scopes and
+--checkpoint_exclude_scopes; the CLIs. Nothing is downloaded (weights=None everywhere)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from networks.resnet import export, resnet_run_loop
+from networks.resnet.inference import Predictor
+from networks.resnet.train_config import TrainConfig
+from networks.slim import eval_image_classifier, nets, scopes, slim_train
+from tests.trainer_fixtures import (REPO_ROOT, error_lines, mirrored_strategy, tiny_dataset,
+                                    trainer_env)
+
+ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
+TRAIN_SCRIPT = REPO_ROOT / "networks" / "slim" / "train_image_classifier.py"
+FAST = "mobilenet_v3_small"  # the quickest network to build and step
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("slim") / "data")  # 16 train, 8 validation
+
+
+def _train(data, train_dir, model_name, *, steps, image_size=None, export_dir=None,
+           strategy=ONE_DEVICE, **slim):
+    config = TrainConfig(
+        model_dir=str(train_dir), data_dir=str(data), batch_size=4, train_epochs=10**6,
+        max_train_steps=steps, hooks=(), num_parallel_calls=2, seed=1, checkpoint_every_steps=0,
+        image_size=image_size or nets.NETWORKS[model_name].min_image_size,
+        weight_decay=4e-5, export_dir=export_dir and str(export_dir))
+    slim_config = slim_train.SlimConfig(model_name=model_name, **slim)
+    slim_train.check_resume(config.model_dir, slim_config)
+    return resnet_run_loop.train(config, strategy, network=slim_train.SlimNetwork(slim_config))
+
+
+def _weights_by_path(model) -> dict[str, list[np.ndarray]]:
+    return {path: layer.get_weights() for path, layer in scopes.layer_paths(model)}
+
+
+@pytest.mark.parametrize("model_name", list(nets.NETWORKS))
+def test_every_network_trains_one_step_at_its_minimum_size(data, tmp_path, model_name):
+    result = _train(data, tmp_path / "run", model_name, steps=1)
+    assert (result.step, result.stopped_by, result.eval_examples) == (1, "max_train_steps", 8)
+    assert np.isfinite(result.eval_loss)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["architecture"] == model_name and config["slim"]["model_name"] == model_name
+    # The evaluation path rebuilds it from config.json alone.
+    model, _ = export.load_model_from_dir(str(tmp_path / "run"))
+    assert model.output_shape == (None, 2)
+
+
+@pytest.mark.parametrize("model_name", [FAST, "inception_v3", "convnext_tiny"])
+def test_resume_then_export_serves_the_checkpoint(data, tmp_path, model_name):
+    run = tmp_path / "run"
+    assert _train(data, run, model_name, steps=1).step == 1
+    resumed = _train(data, run, model_name, steps=2, export_dir=tmp_path / "export")
+    assert (resumed.resumed_from_step, resumed.step) == (1, 2)
+    images = [tf.io.encode_png(tf.cast(tf.fill((40, 40, 1), value), tf.uint8))
+              for value in (30, 200)]
+    from_dir = Predictor(str(run))(tf.stack(images))
+    from_export = Predictor(resumed.export_path)(tf.stack(images))
+    np.testing.assert_allclose(from_dir, from_export, atol=1e-5)
+
+
+def test_resume_refuses_other_scopes_or_network(data, tmp_path):
+    run = tmp_path / "run"
+    _train(data, run, FAST, steps=1, trainable_scopes=("logits",))
+    with pytest.raises(ValueError, match="trainable_scopes"):
+        _train(data, run, FAST, steps=2)
+    with pytest.raises(ValueError, match="model_name"):
+        slim_train.check_resume(str(run), slim_train.SlimConfig(model_name="vgg_16"))
+
+
+def test_checkpoint_path_then_only_trainable_scopes_change(data, tmp_path):
+    _train(data, tmp_path / "a", FAST, steps=1)
+    source, _ = export.load_model_from_dir(str(tmp_path / "a"))
+    trainable = ("logits", "MobileNetV3Small/expanded_conv_10_")
+    # Mirrored over two CPU replicas: the weights are loaded into mirrored variables.
+    _train(data, tmp_path / "b", FAST, steps=3, checkpoint_path=str(tmp_path / "a"),
+           trainable_scopes=trainable, optimizer="momentum", learning_rate=0.1,
+           strategy=mirrored_strategy())
+    tuned, _ = export.load_model_from_dir(str(tmp_path / "b"))
+    before, after = _weights_by_path(source), _weights_by_path(tuned)
+    changed = {path for path in before
+               if any(not np.array_equal(x, y) for x, y in zip(before[path], after[path]))}
+    allowed = {path for path in before if path.startswith(trainable)}
+    assert changed <= allowed  # frozen layers, batch-norm statistics included, bit-identical
+    assert "logits" in changed and "MobileNetV3Small/expanded_conv_10_project_bn" in changed
+
+
+def test_checkpoint_exclude_scopes_keep_the_fresh_initialisation(data, tmp_path):
+    _train(data, tmp_path / "a", FAST, steps=1)
+    source, _ = export.load_model_from_dir(str(tmp_path / "a"))
+    model = nets.build_network(FAST, 2, image_size=32)
+    fresh = _weights_by_path(model)
+    # Slim's spelling of the head ("<Net>/Logits") works, "<Net>/AuxLogits" is ignored.
+    loaded, kept = scopes.load_pretrained(
+        model, FAST, 32, str(tmp_path / "a"),
+        scopes.normalize_scopes(("MobileNetV3Small/conv_1", "Net/Logits", "Net/AuxLogits")))
+    excluded = {"MobileNetV3Small/conv_1", "MobileNetV3Small/conv_1_bn", "logits"}
+    assert kept == len(excluded) and loaded == len(fresh) - len(excluded)
+    now, trained = _weights_by_path(model), _weights_by_path(source)
+    for path in fresh:
+        expected = fresh[path] if path in excluded else trained[path]
+        assert all(np.array_equal(x, y) for x, y in zip(now[path], expected)), path
+
+
+def test_weights_h5_and_keras_files_load_into_the_backbone(tmp_path):
+    keras.utils.set_random_seed(3)
+    backbone = nets.build_backbone(FAST, 32)
+    backbone.save_weights(str(tmp_path / "notop.weights.h5"))
+    backbone.save(str(tmp_path / "legacy.h5"))  # Keras 2's HDF5, like the *_notop.h5 downloads
+    # A whole keras.applications model with its own top, as users save after download.
+    full = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=5)
+    full.save(str(tmp_path / "full.keras"))
+    for path, reference in ((tmp_path / "notop.weights.h5", backbone),
+                            (tmp_path / "legacy.h5", backbone),
+                            (tmp_path / "full.keras", full)):
+        model = nets.build_network(FAST, 2, image_size=32)
+        loaded, kept = scopes.load_pretrained(model, FAST, 32, str(path), ())
+        assert kept == 1  # only the new head
+        expected = nets.weighted_layers(reference)
+        for layer, origin in zip(nets.weighted_layers(nets.backbone_of(model)), expected):
+            assert all(np.array_equal(x, y)
+                       for x, y in zip(layer.get_weights(), origin.get_weights()))
+    with pytest.raises(ValueError, match="not weights of vgg_16"):
+        scopes.load_pretrained(nets.build_network("vgg_16", 2, image_size=32), "vgg_16", 32,
+                               str(tmp_path / "notop.weights.h5"), ())
+
+
+def test_grey_input_is_repeated_and_preprocessed_inside_the_model():
+    layer = nets.NetworkInput("vgg_16", 1)
+    out = layer(tf.fill((1, 2, 2, 1), 0.0)).numpy()  # [-1, 1] 0.0 -> pixel 127.5
+    # VGG16's caffe preprocessing: BGR minus the ImageNet means, per channel.
+    np.testing.assert_allclose(out[0, 0, 0], 127.5 - np.array([103.939, 116.779, 123.68]),
+                               rtol=1e-5)
+
+
+def test_names_aliases_and_sizes():
+    assert nets.resolve_name("inception_v4") == "inception_resnet_v2"
+    assert nets.resolve_name("ResNet152V2") == "resnet_v2_152"
+    with pytest.raises(ValueError, match="valid names: inception_v3"):
+        nets.resolve_name("alexnet")
+    with pytest.raises(ValueError, match="at least 75"):
+        nets.build_network("inception_v3", 2, image_size=32)
+    with pytest.raises(ValueError, match="matches no layer"):
+        scopes.select(nets.build_network("vgg_16", 2, image_size=32), ("block9",), "--x")
+
+
+def test_resnet_config_without_architecture_still_rebuilds_a_resnet():
+    config = {"resnet_size": 18, "version": 2, "num_classes": 3, "image_size": 32,
+              "channels": 1, "small_input": True, "data_format": "channels_last"}
+    assert export.build_inference_model(config).output_shape == (None, 3)
+
+
+def test_eval_image_classifier_reports_a_train_dir(data, tmp_path):
+    _train(data, tmp_path / "run", FAST, steps=1)
+    metrics, output_dir = eval_image_classifier.evaluate(
+        str(tmp_path / "run" / "ckpt-1"), str(data), "validation", batch_size=5,
+        model_name="MobileNetV3Small")
+    assert metrics["num_examples"] == 8 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert (tmp_path / "run" / "eval_validation" / "metrics.json").is_file()
+    with pytest.raises(ValueError, match="holds a mobilenet_v3_small"):
+        eval_image_classifier.evaluate(str(tmp_path / "run"), str(data), "validation",
+                                       batch_size=5, model_name="vgg_16")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, str(TRAIN_SCRIPT), *args], capture_output=True,
+                          text=True, timeout=600, env=trainer_env(), cwd=REPO_ROOT)
+
+
+def test_cli_wrong_model_name_lists_the_valid_names(data, tmp_path):
+    done = _cli(f"--dataset_dir={data}", f"--train_dir={tmp_path}", "--model_name=alexnet")
+    assert done.returncode == 1
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and "valid names: inception_v3, inception_resnet_v2" in lines[0]
+
+
+def test_cli_runs_the_original_readme_fine_tuning_command(data, tmp_path):
+    done = _cli("--save_interval_secs=3000", "--save_summaries_secs=3000",
+                f"--train_dir={tmp_path / 'inception_v4'}", f"--dataset_dir={data}",
+                "--checkpoint_exclude_scopes=InceptionV4/Logits,InceptionV4/AuxLogits",
+                "--trainable_scopes=InceptionV4/Logits,InceptionV4/AuxLogits",
+                "--model_name=inception_v4", "--max_number_of_steps=1",
+                "--train_image_size=75", "--batch_size=4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "inception_resnet_v2: step 1 (resumed from 0, stopped by max_train_steps)" in (
+        done.stdout)
+    config = json.loads((tmp_path / "inception_v4" / "config.json").read_text())
+    assert config["architecture"] == "inception_resnet_v2" and config["image_size"] == 75
