@@ -11,8 +11,9 @@ that fills the shuffle buffer; the ratio real/synthetic (median of the per-round
 when the pipeline is never the bottleneck. Both share the same 2 CPU cores, so the pipeline's own
 CPU time shows up in the ratio.
 
-Also prints the pipeline alone (no model): images/s with all cores, and with a private
-one-thread pool, i.e. the rate one CPU core sustains (how many cores keep a GPU fed).
+Measured first: the pipeline alone (no model; --pipeline_only stops there), images/s with all
+cores and with a private one-thread pool, i.e. the rate one CPU core sustains (how many cores
+keep a GPU fed).
 
 Without --data_dir, ../shared/data/MedNIST-dev.tar.gz is extracted and converted
 (tf_convert_data.py --need_split=tvt_split) into a temporary folder first.
@@ -50,6 +51,7 @@ class PipelineBenchConfig:
     pipeline_batches: int = 40
     cache: bool = False
     num_parallel_calls: int = 4
+    pipeline_only: bool = False  # skip the model: only the pipeline's own rates
 
 
 def convert_mednist(work_dir: str) -> str:
@@ -124,6 +126,10 @@ def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
                   num_parallel_calls=config.num_parallel_calls, seed=0)
     real_config = TrainConfig(**common)
     synthetic_config = TrainConfig(**common, use_synthetic_data=True)
+    alone = {"pipeline_all_cores": pipeline_rate(real_config, config.pipeline_batches, None),
+             "pipeline_one_core": pipeline_rate(real_config, config.pipeline_batches, 1)}
+    if config.pipeline_only:
+        return {**alone, "load_average": os.getloadavg()}
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     trainers = {"real": Trainer(real_config, strategy),
                 "synthetic": Trainer(synthetic_config, strategy)}
@@ -137,10 +143,9 @@ def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
             f"{rates['synthetic'][-1]:.1f} img/s (load {os.getloadavg()[0]:.2f})")
     ratios = [a / b for a, b in zip(rates["real"], rates["synthetic"])]
     return {
-        "real": statistics.median(rates["real"]), "synthetic": statistics.median(rates["synthetic"]),
-        "rounds": rates, "ratio": statistics.median(ratios),
-        "pipeline_all_cores": pipeline_rate(real_config, config.pipeline_batches, None),
-        "pipeline_one_core": pipeline_rate(real_config, config.pipeline_batches, 1),
+        "real": statistics.median(rates["real"]),
+        "synthetic": statistics.median(rates["synthetic"]),
+        "rounds": rates, "ratio": statistics.median(ratios), **alone,
         "load_average": os.getloadavg()}
 
 
@@ -148,13 +153,16 @@ def format_table(config: PipelineBenchConfig, results: dict) -> str:
     stem = "small-input stem" if config.small_input else "ImageNet stem"
     lines = [f"ResNet-{config.resnet_size} {config.image_size}x{config.image_size} ({stem}), "
              f"batch {config.batch_size}, {config.dtype}, cache={config.cache}, "
-             f"{config.rounds} rounds x {config.steps} steps; data {config.data_dir}",
-             f"{'input':<12}{'img/s (median)':>15}   per round"]
-    for name in ("real", "synthetic"):
-        rounds = " ".join(f"{value:.1f}" for value in results["rounds"][name])
-        lines.append(f"{name:<12}{results[name]:>15.1f}   {rounds}")
-    lines += [f"ratio real / synthetic: {results['ratio']:.3f}",
-              f"pipeline alone: {results['pipeline_all_cores']:.0f} img/s on all cores, "
+             + ("" if config.pipeline_only else
+                f"{config.rounds} rounds x {config.steps} steps; ")
+             + f"data {config.data_dir}"]
+    if "ratio" in results:
+        lines.append(f"{'input':<12}{'img/s (median)':>15}   per round")
+        for name in ("real", "synthetic"):
+            rounds = " ".join(f"{value:.1f}" for value in results["rounds"][name])
+            lines.append(f"{name:<12}{results[name]:>15.1f}   {rounds}")
+        lines.append(f"ratio real / synthetic: {results['ratio']:.3f}")
+    lines += [f"pipeline alone: {results['pipeline_all_cores']:.0f} img/s on all cores, "
               f"{results['pipeline_one_core']:.0f} img/s on one core (private 1-thread pool)",
               "load average (1/5/15 min) "
               + " ".join(f"{v:.2f}" for v in results["load_average"])]
@@ -176,6 +184,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pipeline_batches", type=int, default=40)
     parser.add_argument("--cache", action="store_true")
     parser.add_argument("--num_parallel_calls", type=int, default=4)
+    parser.add_argument("--pipeline_only", action="store_true",
+                        help="only the pipeline's own images/s (no model, no ratio)")
     args = parser.parse_args(argv)
     if min(args.rounds, args.steps, args.batch_size, args.pipeline_batches) < 1:
         parser.error("--rounds, --steps, --batch_size and --pipeline_batches must be >= 1")
@@ -189,7 +199,7 @@ def main(argv=None) -> None:
             small_input=args.small_input, batch_size=args.batch_size, dtype=args.dtype,
             rounds=args.rounds, steps=args.steps, warmup_steps=args.warmup_steps,
             pipeline_batches=args.pipeline_batches, cache=args.cache,
-            num_parallel_calls=args.num_parallel_calls)
+            num_parallel_calls=args.num_parallel_calls, pipeline_only=args.pipeline_only)
         results = run_benchmark(config)
         print(format_table(config, results), flush=True)
 

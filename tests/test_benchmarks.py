@@ -94,3 +94,15 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert rates[4] < 1e-4 and rates[5] == 0.0
     with pytest.raises(ValueError, match="cosine"):
         TrainConfig(model_dir="unused", lr_schedule="linear")
+
+
+def test_batch_norm_momentum_follows_the_run_length():
+    config = TrainConfig(model_dir="unused")
+    assert train_steps.batch_norm_momentum(config, 440) == pytest.approx(1 - 20 / 440)
+    assert train_steps.batch_norm_momentum(config, 50) == 0.9
+    assert train_steps.batch_norm_momentum(config, 500_000) == 0.997  # TF official
+    assert train_steps.batch_norm_momentum(config, None) == 0.997
+    fixed = TrainConfig(model_dir="unused", batch_norm_momentum=0.99)
+    assert train_steps.batch_norm_momentum(fixed, 440) == 0.99
+    with pytest.raises(ValueError, match="batch_norm_momentum"):
+        TrainConfig(model_dir="unused", batch_norm_momentum=1.0)

@@ -51,6 +51,7 @@ def config_from_flags():
         lr_scaling=FLAGS.lr_scaling, lr_schedule=FLAGS.lr_schedule,
         warmup_epochs=FLAGS.warmup_epochs,
         weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
+        batch_norm_momentum=FLAGS.batch_norm_momentum,
         random_flip=FLAGS.random_flip, train_split=FLAGS.train_split,
         eval_split=FLAGS.eval_split, use_synthetic_data=FLAGS.use_synthetic_data,
         synthetic_num_classes=FLAGS.synthetic_num_classes,

@@ -45,6 +45,7 @@ class TrainConfig:
     lr_schedule: str = "piecewise"
     warmup_epochs: float | None = None  # None: 5% of train_epochs
     momentum: float = 0.9
+    batch_norm_momentum: float | None = None  # None: from the run length (train_steps)
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     random_flip: bool = False
@@ -81,6 +82,9 @@ class TrainConfig:
             raise ValueError(f"--channels={self.channels}: must be 1 or 3")
         if self.lr_scaling not in ("linear", "none"):
             raise ValueError(f"--lr_scaling={self.lr_scaling}: must be 'linear' or 'none'")
+        if self.batch_norm_momentum is not None and not 0 <= self.batch_norm_momentum < 1:
+            raise ValueError(f"--batch_norm_momentum={self.batch_norm_momentum}: must be in "
+                             "[0, 1)")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr_schedule={self.lr_schedule}: must be one of "
                              f"{list(LR_SCHEDULES)}")

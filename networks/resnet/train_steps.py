@@ -20,8 +20,9 @@ class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak`, then `peak * multipliers[i]` past `boundaries[i - 1]`."""
 
     def __init__(self, peak: float, warmup_steps: int, boundaries: tuple[int, ...],
-                 multipliers: tuple[float, ...]):
+                 multipliers: tuple[float, ...], total_steps: int | None = None):
         self.peak = float(peak)
+        self.total_steps = None if total_steps is None else int(total_steps)
         self.warmup_steps = int(warmup_steps)
         self.boundaries = tuple(int(b) for b in boundaries)
         self.multipliers = tuple(float(m) for m in multipliers)
@@ -37,7 +38,8 @@ class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                "boundaries": self.boundaries, "multipliers": self.multipliers}
+                "boundaries": self.boundaries, "multipliers": self.multipliers,
+                "total_steps": self.total_steps}
 
 
 class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -77,7 +79,22 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
         # the batch-norm statistics and the weights settle; piecewise drops 10x at 30%.
         return WarmupCosineSchedule(peak, warmup_steps, total)
     boundaries = tuple(int(round(f * total)) for f in LR_DECAY_FRACTIONS)
-    return WarmupPiecewiseSchedule(peak, warmup_steps, boundaries, LR_DECAY_MULTIPLIERS)
+    return WarmupPiecewiseSchedule(peak, warmup_steps, boundaries, LR_DECAY_MULTIPLIERS, total)
+
+
+def batch_norm_momentum(config: TrainConfig, total_steps: int | None) -> float:
+    """`config.batch_norm_momentum`, else 1 - 20 / total_steps within [0.9, 0.997].
+
+    The moving averages start at mean 0 / variance 1 and forget them as momentum**steps: with
+    the official 0.997, a 440-step run (MedNIST, 2 epochs) still weighs its start-up values
+    27% and evaluated at 74% accuracy while training at 99.9%. An averaging horizon of 1/20 of
+    the run forgets them completely yet still averages over many batches; long runs keep 0.997.
+    """
+    if config.batch_norm_momentum is not None:
+        return config.batch_norm_momentum
+    if not total_steps:
+        return resnet_model.BATCH_NORM_MOMENTUM
+    return min(resnet_model.BATCH_NORM_MOMENTUM, max(0.9, 1.0 - 20.0 / total_steps))
 
 
 @dataclasses.dataclass
@@ -104,6 +121,10 @@ def build_training_state(config: TrainConfig, num_classes: int, schedule,
             dtype_policy=DTYPE_POLICIES[config.dtype], weight_decay=config.weight_decay,
             small_input=model_helpers.resolve_small_input(config.small_input, config.image_size),
             data_format=resolve_data_format(config.data_format))
+        momentum = batch_norm_momentum(config, getattr(schedule, "total_steps", None))
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = momentum  # read when the step is traced
         if config.dtype == "fp16" and config.loss_scale is not None:
             # A fixed scale: Keras multiplies the loss and divides the gradients by it; no skip.
             optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,

@@ -136,6 +136,11 @@ def _define_resnet(define: _Definer) -> None:
     define.enum("lr_schedule", "piecewise", ("piecewise", "cosine"), "After the warm-up: "
                       "piecewise (x0.1 at 30/60/80/90% of the run, TF official) or cosine "
                       "(smooth decay to 0 at the end; better for runs of a few epochs).")
+    define.float("batch_norm_momentum", None, "Momentum of the batch-norm moving averages "
+                       "used at evaluation. Default: 1 - 20 / total train steps, within "
+                       "[0.9, 0.997] (0.997 = TF official, for long runs; a short run needs a "
+                       "shorter average or it evaluates with statistics from its first steps).",
+                       lower_bound=0.0, upper_bound=0.9999)
     define.float("warmup_epochs", None, "Linear learning-rate warm-up length in epochs. "
                        "Default: 5% of --train_epochs (5 of 100 epochs).", lower_bound=0.0)
     define.float("weight_decay", 1e-4, "L2 weight decay on non-batch-norm weights.",
