@@ -117,3 +117,11 @@ def test_bad_flags_one_line_error(argv, message, tmp_path):
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     assert message in lines[0] and lines[0].startswith("dicom_main.py: error:")
+
+
+def test_small_input_defaults_on_only_for_tiny_images():
+    from official.utils.misc.model_helpers import resolve_small_input
+
+    assert resolve_small_input(None, 28) and resolve_small_input(None, 32)
+    assert not resolve_small_input(None, 64)  # 64 px uses the (16x cheaper) ImageNet stem
+    assert resolve_small_input(True, 224) and not resolve_small_input(False, 28)

@@ -1,5 +1,5 @@
-"""networks/slim: every keras.applications network trains one step through the ResNet loop;
-resume and export for a representative few; --checkpoint_path, --trainable_scopes and
+"""networks/slim: every keras.applications network builds, trains one step and rebuilds from
+config.json; the shared ResNet loop, resume and export run for a representative few; --checkpoint_path, --trainable_scopes and
 --checkpoint_exclude_scopes; the CLIs. Nothing is downloaded (weights=None everywhere)."""
 
 from __future__ import annotations
@@ -47,18 +47,38 @@ def _weights_by_path(model) -> dict[str, list[np.ndarray]]:
 
 
 @pytest.mark.parametrize("model_name", list(nets.NETWORKS))
-def test_every_network_trains_one_step_at_its_minimum_size(data, tmp_path, model_name):
-    result = _train(data, tmp_path / "run", model_name, steps=1)
-    assert (result.step, result.stopped_by, result.eval_examples) == (1, "max_train_steps", 8)
-    assert np.isfinite(result.eval_loss)
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["architecture"] == model_name and config["slim"]["model_name"] == model_name
-    # The evaluation path rebuilds it from config.json alone.
-    model, _ = export.load_model_from_dir(str(tmp_path / "run"))
-    assert model.output_shape == (None, 2)
+def test_every_network_trains_one_step_and_rebuilds_from_config(model_name):
+    """Each network at its minimum size: one SGD step moves the weights, and the config.json
+    route (export.build_inference_model) rebuilds the same variables. The whole loop (data,
+    strategy, evaluation, checkpoint, resume, export) runs for a representative few below:
+    running it for all eleven took ~8 minutes of CI time on 2 cores."""
+    size = nets.NETWORKS[model_name].min_image_size
+    model = nets.build_network(model_name, 2, image_size=size)
+    optimizer = keras.optimizers.SGD(0.01)
+    images = tf.random.stateless_uniform((2, size, size, 1), seed=(1, 2), minval=-1, maxval=1)
+    labels = tf.constant([0, 1])
+    head_before = model.get_layer("logits").get_weights()[0].copy()
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True))
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss, logits
+
+    loss, logits = step()
+    assert logits.shape == (2, 2) and logits.dtype == tf.float32
+    assert np.isfinite(float(loss))
+    assert not np.array_equal(model.get_layer("logits").get_weights()[0], head_before)
+    rebuilt = export.build_inference_model({"architecture": model_name, "num_classes": 2,
+                                            "image_size": size, "channels": 1})
+    assert [v.shape for v in rebuilt.weights] == [v.shape for v in model.weights]
 
 
-@pytest.mark.parametrize("model_name", [FAST, "inception_v3", "convnext_tiny"])
+@pytest.mark.parametrize("model_name", [FAST, "inception_v3"])
 def test_resume_then_export_serves_the_checkpoint(data, tmp_path, model_name):
     run = tmp_path / "run"
     assert _train(data, run, model_name, steps=1).step == 1

@@ -31,7 +31,7 @@ class TrainConfig:
     version: int = 2
     image_size: int = 224
     channels: int = 1
-    small_input: bool | None = None  # None: on for image_size <= 64
+    small_input: bool | None = None  # None: on for image_size <= 32
     data_format: str | None = None  # None: channels_first on GPU, channels_last on CPU
     train_epochs: int = 100
     epochs_between_evals: int = 1

@@ -122,7 +122,7 @@ def _define_resnet(define: _Definer) -> None:
     define.integer("image_size", 224, "Side of the square image the network sees; "
                          "images are resized to it.", lower_bound=8)
     define.boolean("small_input", None, "Use the small-image stem (3x3 conv, no max "
-                         "pool) instead of 7x7/2 + pool. Default: on when --image_size <= 64.")
+                         "pool) instead of 7x7/2 + pool. Default: on when --image_size <= 32.")
     define.integer("channels", 1, "Image channels the model reads: 1 (grey, radiographs) "
                          "or 3 (RGB).", lower_bound=1, upper_bound=3)
     define.boolean("random_flip", False, "Randomly flip training images left-right. Off "

