@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
+from official.utils import cli  # noqa: E402
 from official.utils.flags import core as flags_core  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -101,24 +102,10 @@ def run() -> str:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        print(run(), flush=True)
-    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError) as error:
-        # Bad input, a diverged run or a failed cluster: one line, non-zero exit, no traceback.
-        print(f"dicom_main.py: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing with a one-line error (absl's default adds a help hint on a second line)."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"dicom_main.py: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    cli.print_summary_or_exit("dicom_main.py", run)
 
 
 if __name__ == "__main__":
     flags_core.define_flags()
     flags.adopt_module_key_flags(flags_core)  # --help lists them, not only --helpfull
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.flags_parser("dicom_main.py"))

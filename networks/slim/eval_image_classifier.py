@@ -22,6 +22,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
+from official.utils import cli  # noqa: E402
+
 FLAGS = flags.FLAGS
 PROGRAM = "eval_image_classifier.py"
 
@@ -87,14 +89,6 @@ def main(argv) -> None:
           f"{metrics['num_examples']} images; report in {output_dir}", flush=True)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

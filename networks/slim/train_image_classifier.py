@@ -36,6 +36,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags, logging  # noqa: E402
 
+from official.utils import cli  # noqa: E402
+
 FLAGS = flags.FLAGS
 PROGRAM = "train_image_classifier.py"
 DEFAULT_EPOCHS = 100  # with neither --max_number_of_steps nor --train_epochs
@@ -173,21 +175,9 @@ def run() -> str:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        print(run(), flush=True)
-    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError) as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    cli.print_summary_or_exit(PROGRAM, run)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))
