@@ -241,7 +241,9 @@ def _worker_main(argv: list[str]) -> None:
 
     train_steps.build_training_state = capture
     flags_core.define_flags()
-    dicom_main.parse_flags([argv[0], *argv[2:]])
+    from official.utils import cli
+
+    cli.flags_parser("dicom_main.py")([argv[0], *argv[2:]])
     dicom_main.main([argv[0]])
     np.savez(argv[1], *[np.asarray(variable.numpy()) for variable in states[0].model.variables])
 
