@@ -16,6 +16,13 @@ from networks.resnet.train_config import (DTYPE_POLICIES, LR_DECAY_FRACTIONS,
 from official.utils.misc import model_helpers
 
 
+def _with_warmup(rate, step, peak: float, warmup_steps: int):
+    """`rate`, except a linear ramp to `peak` over the first `warmup_steps` steps."""
+    if warmup_steps <= 0:
+        return rate
+    return tf.where(step < warmup_steps, peak * (step + 1.0) / float(warmup_steps), rate)
+
+
 class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak`, then `peak * multipliers[i]` past `boundaries[i - 1]`."""
 
@@ -31,10 +38,7 @@ class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
         step = tf.cast(step, tf.float32)
         index = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries, tf.float32), tf.int32))
         rate = self.peak * tf.gather(tf.constant(self.multipliers, tf.float32), index)
-        if self.warmup_steps > 0:
-            warm = self.peak * (step + 1.0) / float(self.warmup_steps)
-            rate = tf.where(step < self.warmup_steps, warm, rate)
-        return rate
+        return _with_warmup(rate, step, self.peak, self.warmup_steps)
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps,
@@ -55,10 +59,7 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
         progress = tf.clip_by_value((step - self.warmup_steps)
                                     / float(self.total_steps - self.warmup_steps), 0.0, 1.0)
         rate = self.peak * 0.5 * (1.0 + tf.cos(3.141592653589793 * progress))
-        if self.warmup_steps > 0:
-            warm = self.peak * (step + 1.0) / float(self.warmup_steps)
-            rate = tf.where(step < self.warmup_steps, warm, rate)
-        return rate
+        return _with_warmup(rate, step, self.peak, self.warmup_steps)
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps,
