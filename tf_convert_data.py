@@ -70,7 +70,7 @@ flags.mark_flags_as_required(["dataset_dir", "output_dir"])
 
 def main(argv) -> int:
     del argv
-    from dataset.dicom import DicomOptions
+    from dataset.dicom_options import DicomOptions
 
     try:
         config = ConvertConfig(

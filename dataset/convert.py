@@ -9,9 +9,9 @@ Passes:
    manifest. Dataset-wide problems (sizes that don't fit, a class too small,
    an unwritable output folder) always fail.
 2. Encode: worker processes read and validate each image (``dataset.images``)
-   and serialise it with ``dataset.features.serialize_example`` (TF-free); the
-   main process writes the ordered results into staged shards
-   (``dataset.shards``). Decode problems found here follow the same
+   and serialise and frame it (``dataset.features.serialize_example``,
+   ``dataset.shards.frame_record``; no TensorFlow anywhere in the converter); the
+   main process appends the ordered records to staged shards (``dataset.shards``). Decode problems found here follow the same
    fail/skip rule; on failure the staging folder is removed.
 3. Commit: shards renamed into place, ``labels.txt``, then ``manifest.json``.
 """
@@ -78,7 +78,7 @@ class ConvertConfig:
         flags = dataclasses.asdict(self)
         flags.pop("show_progress")
         if self.dicom is None:  # record the defaults in force, not "None"
-            from dataset.dicom import DicomOptions
+            from dataset.dicom_options import DicomOptions
 
             flags["dicom"] = dataclasses.asdict(DicomOptions())
         return flags
@@ -104,7 +104,7 @@ def _init_worker(dicom_options, hash_key: bytes) -> None:
 
 def _dicom_options():
     if _WORKER["dicom"] is None:  # None in the config means the defaults
-        from dataset.dicom import DicomOptions
+        from dataset.dicom_options import DicomOptions
 
         _WORKER["dicom"] = DicomOptions()
     return _WORKER["dicom"]
@@ -126,11 +126,26 @@ def _encode_task(task):
     except images.ImageError as error:
         return None, _without_path(str(error), path)
     multi = len(encoded) > 1
-    return [serialize_example(
+    # Framed here, in parallel: the main process only appends bytes to the shard.
+    return [shards.frame_record(serialize_example(
         encoded=image.data, image_format=image.image_format, label=label, text=text,
         height=image.height, width=image.width, channels=image.channels,
-        filename=f"{relpath}#frame={image.frame}" if multi else relpath)
+        filename=f"{relpath}#frame={image.frame}" if multi else relpath))
         for image in encoded], None
+
+
+def _encode_chunk(tasks):
+    """Encodes consecutive tasks of one split; returns their framed records as one blob
+    plus, per task, (record sizes, error). One result per chunk keeps the main process's
+    per-image work (unpickling, writing, hashing) out of the hot loop: it was the
+    bottleneck when every image came back on its own."""
+    blobs, items = [], []
+    for task in tasks:
+        records, error = _encode_task(task)
+        records = records or []
+        blobs.extend(records)
+        items.append(([len(r) for r in records], error))
+    return b"".join(blobs), items
 
 
 def _without_path(message: str, path: str) -> str:
@@ -148,8 +163,9 @@ class _Workers:
         self._pool = None
         self._stopping, self._unblock = threading.Event(), []
         if num_workers > 1:
-            # fork starts fastest, but TensorFlow (imported by callers such as the
-            # tests) is not fork-safe; then spawn, whose workers import no TF.
+            # fork starts fastest (the converter itself never imports TensorFlow), but
+            # TensorFlow imported by a caller (the tests, a notebook) is not fork-safe;
+            # then spawn, whose workers import no TF.
             method = "spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork"
             context = multiprocessing.get_context(method)
             self._pool = context.Pool(num_workers, _init_worker, (dicom_options, hash_key))
@@ -158,7 +174,7 @@ class _Workers:
         if self._pool is None:
             yield from map(function, tasks)
             return
-        window = max(chunksize * self.num_workers * 4, 256)
+        window = max(chunksize * self.num_workers * 4, 8)  # tasks in flight: flat memory
         slots = threading.Semaphore(window)
         self._unblock.append((slots, window))
 
@@ -351,18 +367,20 @@ def _encode_and_commit(config, workers, names, variants, plan, agreement, skippe
                    for split in split_order}
         counts = {split: collections.Counter() for split in split_order}
         problems = []
-        chunksize = 8 if any(task[2] == "dicom" for _, _, task in plan) else 64
-        results = workers.imap(_encode_task, [task for _, _, task in plan], chunksize)
+        size = 8 if any(task[2] == "dicom" for _, _, task in plan) else 64
+        chunks = [(split, tasks[start:start + size]) for split, tasks in (
+            (split, [task for s, _, task in plan if s == split]) for split in split_order)
+            for start in range(0, len(tasks), size)]
+        results = workers.imap(_encode_chunk, [tasks for _, tasks in chunks], chunksize=1)
         progress = tqdm(total=len(plan), unit="img", desc="converting",
                         disable=not config.show_progress, mininterval=0.5)
-        for (split, _, task), (records, error) in zip(plan, results):
-            progress.update()
-            if error:
-                problems.append(sources.Problem(task[1], error))
-                continue
-            for record in records:
-                writers[split].write(record)
-            counts[split][task[4]] += len(records)
+        for (split, tasks), (blob, items) in zip(chunks, results):
+            progress.update(len(tasks))
+            for task, (sizes, error) in zip(tasks, items):
+                if error:
+                    problems.append(sources.Problem(task[1], error))
+                counts[split][task[4]] += len(sizes)
+            writers[split].write_framed(blob, [n for sizes, _ in items for n in sizes])
         progress.close()
         skipped = skipped + _fail_or_skip(config, problems)
         staged = {split: writers[split].close() for split in split_order}

@@ -31,6 +31,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_d
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
+from dataset.dicom_options import DicomOptions
+
 logger = logging.getLogger(__name__)
 _reading = threading.local()
 
@@ -46,9 +48,6 @@ class _QuietWhileReading(logging.Filter):
 for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils"):
     logging.getLogger(_name).addFilter(_QuietWhileReading())
 
-VOI_MODES = ("window", "minmax", "given", "lut")
-FRAME_MODES = ("middle", "all")
-OUTPUT_BITS = (8, 16)
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 _IDENTIFIERS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
@@ -68,33 +67,6 @@ _PREFERRED_PLUGINS = {
     "1.2.840.10008.1.2.4.90": ("pylibjpeg", "pillow"),
     "1.2.840.10008.1.2.4.91": ("pylibjpeg", "pillow"),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class DicomOptions:
-    """How to read and display a DICOM file (see module docstring for the order)."""
-
-    force: bool = False  # read files without the DICM preamble/file meta
-    voi: str = "window"  # window | minmax | given | lut
-    window_center: float | None = None  # with voi="given"
-    window_width: float | None = None  # with voi="given"
-    bits: int = 8  # PNG sample depth: 8 or 16
-    frames: str = "middle"  # middle (frame n // 2) | all
-    max_pixels: int = 2**28  # Rows * Columns * frames * samples refused above this
-
-    def __post_init__(self):
-        if self.voi not in VOI_MODES:
-            raise ValueError(f"voi must be one of {VOI_MODES}, got {self.voi!r}")
-        if self.frames not in FRAME_MODES:
-            raise ValueError(f"frames must be one of {FRAME_MODES}, got {self.frames!r}")
-        if self.bits not in OUTPUT_BITS:
-            raise ValueError(f"bits must be one of {OUTPUT_BITS}, got {self.bits!r}")
-        if self.voi == "given" and (self.window_center is None or self.window_width is None
-                                    or not self.window_width > 0):
-            raise ValueError("voi='given' needs window_center and a window_width > 0, got "
-                             f"{self.window_center!r}, {self.window_width!r}")
-        if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,7 +159,7 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
     labels = {}  # stem (relative, no suffix) -> label file path
     if os.path.isdir(labels_dir):
         for path in _walk(labels_dir):
-            stem, suffix = os.path.splitext(os.path.relpath(path, labels_dir))
+            stem, suffix = os.path.splitext(_rel(path, labels_dir))  # _rel: no abspath calls
             if suffix.lower() == ".txt":
                 labels[stem] = path
     by_stem = collections.defaultdict(list)
@@ -169,7 +169,7 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
             discovery.problems.append(Problem(_rel(path, dataset_dir),
                                               "not a JPEG, PNG or DICOM file"))
             continue
-        stem = os.path.splitext(os.path.relpath(path, images_dir))[0]
+        stem = os.path.splitext(_rel(path, images_dir))[0]
         by_stem[stem].append((path, kind))
     for stem in sorted(by_stem):
         entries = by_stem[stem]

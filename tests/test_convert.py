@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +85,45 @@ def test_round_trip_keeps_bytes_pixels_label_and_text(tmp_path, make_images_labe
         assert record[features.KEY_CHANNELS] == (3 if expected.ndim == 3 else 1)
         assert record[features.KEY_FORMAT] == (b"jpeg" if relpath.endswith(".jpg") else b"png")
     assert manifest["class_variants"] == {"Hand": ["Hand", "hand"]}
+
+
+def test_shards_are_byte_identical_to_tensorflows_writer(tmp_path, make_images_labels_dataset):
+    """Our framing (google-crc32c, no TensorFlow) writes exactly what tf.io.TFRecordWriter
+    writes for the same records, CRCs included, and the manifest's sha256 is of those bytes."""
+    root = make_images_labels_dataset({"Chest": 3, "Hand": 4}, size=20, suffix=".png")
+    manifest = convert(root, tmp_path / "out", output_name="all", num_workers=2)
+    [entry] = manifest["splits"]["all"]["files"]
+    ours = (tmp_path / "out" / entry["path"]).read_bytes()
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "out" / entry["path"]))]
+    assert len(records) == entry["num_records"] == 7
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for record in records:
+            writer.write(record)
+    assert ours == (tmp_path / "tf.tfrecord").read_bytes()
+    assert entry["sha256"] == hashlib.sha256(ours).hexdigest()
+    assert entry["num_bytes"] == len(ours)
+
+
+def test_the_converter_never_imports_tensorflow(tmp_path, make_images_labels_dataset):
+    """tf_convert_data.py runs without TensorFlow (fast start, forked workers): a
+    TensorFlow import anywhere in the conversion fails this run."""
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20, suffix=".png")
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nclass _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'keras'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={root}",
+         f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=f"{blocker}{os.pathsep}{REPO_ROOT}"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())[
+        "splits"]["all"]["num_examples"] == 4
 
 
 def test_splits_are_grouped_stratified_and_counted(tmp_path):

@@ -14,7 +14,8 @@ from pydicom.data import get_testdata_file
 
 from dataset import features
 from dataset.convert import ConversionError, format_summary
-from dataset.dicom import DicomOptions, read_dicom
+from dataset.dicom import read_dicom
+from dataset.dicom_options import DicomOptions
 from tests.test_convert import convert, read_records, split_of_files
 
 SECRET_IDS = ("SECRET-PATIENT-", "Doe^Secret")

@@ -19,8 +19,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dataset.dicom import (DicomError, DicomInfo, DicomOptions, encode_png, is_dicom_file,
+from dataset.dicom import (DicomError, DicomInfo, encode_png, is_dicom_file,
                            read_dicom, read_dicom_info)
+from dataset.dicom_options import DicomOptions
 from tests.dicom_identifiers import identifiers, pixel_files
 
 KEY = b"test-key"

@@ -26,7 +26,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dataset.dicom import DicomOptions, _frame_item, render_arrays
+from dataset.dicom import _frame_item, render_arrays
+from dataset.dicom_options import DicomOptions
 from tests.dicom_identifiers import pixel_files
 from tests.test_dicom import UNRENDERABLE
 

@@ -161,7 +161,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-    from dataset.dicom import DicomOptions
+    from dataset.dicom_options import DicomOptions
     from networks.resnet.inference import Predictor
 
     inputs = list(FLAGS.input) + list(argv[1:])
