@@ -13,12 +13,14 @@ messages name the file and the problem, scrubbed of the file's identifiers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import logging
 import struct
 import threading
+import types
 import warnings
 import zlib
 from pathlib import Path
@@ -111,25 +113,15 @@ def read_dicom(path: str | Path, options: DicomOptions, *, hash_key: bytes
         undecodable transfer syntax, missing decoder plugin, absurd dimensions.
       ValueError: empty `hash_key`.
     """
-    if not isinstance(hash_key, bytes) or not hash_key:
-        raise ValueError("hash_key must be non-empty bytes (the key of the patient hash)")
-    ds = None
-    _reading.active = True
-    try:
-        # pydicom warns with element values (which may be identifiers), so its
-        # warnings are kept out of the logs; our own messages say what matters.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = _read(path, options)
-            info = _info(ds, hash_key)
-            arrays = _render(ds, path, options)
-    except DicomError as error:
-        raise DicomError(_scrub(str(error), ds)) from None
-    except Exception as error:  # pydicom/plugins raise many types on corrupt data
-        message = " ".join(f"{type(error).__name__}: {error}".split())
-        raise DicomError(_scrub(f"{path}: cannot decode: {message}", ds)) from None
-    finally:
-        _reading.active = False
+    _check_key(hash_key)
+
+    def failure(error):  # pydicom and its plugins raise many types on corrupt data
+        return f"{path}: cannot decode: " + " ".join(f"{type(error).__name__}: {error}".split())
+
+    with _quiet(), _scrubbed(failure) as read:
+        read.ds = _read(path, options)
+        info = _info(read.ds, hash_key)
+        arrays = _render(read.ds, path, options)
     images = [RenderedImage(png=encode_png(array), height=array.shape[0],
                             width=array.shape[1], channels=array.shape[2], frame=frame)
               for frame, array in arrays]
@@ -140,34 +132,52 @@ def read_dicom_info(path: str | Path, options: DicomOptions, *, hash_key: bytes
                     ) -> DicomInfo:
     """The header's DicomInfo without reading pixel data (e.g. to group splits by
     patient before decoding). Raises DicomError like read_dicom."""
-    if not isinstance(hash_key, bytes) or not hash_key:
-        raise ValueError("hash_key must be non-empty bytes (the key of the patient hash)")
-    ds = None
-    _reading.active = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = _read(path, options, header_only=True)
-            return _info(ds, hash_key)
-    except DicomError as error:
-        raise DicomError(_scrub(str(error), ds)) from None
-    except Exception as error:  # pydicom raises many types for damaged headers
-        raise DicomError(_scrub(f"{path}: unreadable DICOM header ({type(error).__name__})",
-                                ds)) from None
-    finally:
-        _reading.active = False
+    _check_key(hash_key)
+
+    def failure(error):
+        return f"{path}: unreadable DICOM header ({type(error).__name__})"
+
+    with _quiet(), _scrubbed(failure) as read:
+        read.ds = _read(path, options, header_only=True)
+        return _info(read.ds, hash_key)
 
 
 def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
                   ) -> list[tuple[int, np.ndarray]]:
     """The display pipeline without PNG encoding: [(frame, uint8/uint16 [H, W, C])]."""
+    with _quiet():
+        return _render(ds, path, options)
+
+
+def _check_key(hash_key: bytes) -> None:
+    if not isinstance(hash_key, bytes) or not hash_key:
+        raise ValueError("hash_key must be non-empty bytes (the key of the patient hash)")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """pydicom logs and warns with element values, which may be identifiers: both are kept
+    out of the logs while a file is read (our own messages say what matters)."""
     _reading.active = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _render(ds, path, options)
+            yield
     finally:
         _reading.active = False
+
+
+@contextlib.contextmanager
+def _scrubbed(failure):
+    """Every error leaves as one DicomError scrubbed of the identifiers of the dataset read
+    so far (``read.ds``); errors other than DicomError are worded by ``failure(error)``."""
+    read = types.SimpleNamespace(ds=None)
+    try:
+        yield read
+    except DicomError as error:
+        raise DicomError(_scrub(str(error), read.ds)) from None
+    except Exception as error:
+        raise DicomError(_scrub(failure(error), read.ds)) from None
 
 
 # --- reading -----------------------------------------------------------------------

@@ -33,8 +33,8 @@ def data(tmp_path_factory):
 
 
 def _train(data, train_dir, model_name, *, steps, image_size=None, export_dir=None,
-           strategy=ONE_DEVICE, checkpoint_every_steps=0, **slim):
-    config = TrainConfig(
+           strategy=ONE_DEVICE, checkpoint_every_steps=0, config_overrides=None, **slim):
+    config = TrainConfig(**(config_overrides or {}),
         model_dir=str(train_dir), data_dir=str(data), batch_size=4, train_epochs=10**6,
         max_train_steps=steps, hooks=(), num_parallel_calls=2, seed=1,
         checkpoint_every_steps=checkpoint_every_steps, steps_per_loop=1,
@@ -80,7 +80,10 @@ def test_resume_takes_a_step_then_export_serves_the_checkpoint(data, tmp_path):
     """A resumed run trains on (optimizer state restored), and Predictor on the model_dir and
     on the export agree on encoded images (the whole prediction path, decoding included)."""
     run = tmp_path / "run"
-    assert _train(data, run, FAST, steps=1).step == 1
+    bench = tmp_path / "bench"
+    assert _train(data, run, FAST, steps=1,
+                  config_overrides={"benchmark_log_dir": str(bench)}).step == 1
+    assert json.loads((bench / "benchmark_run.log").read_text())["model_name"] == FAST
     resumed = _train(data, run, FAST, steps=2, export_dir=tmp_path / "export")
     assert (resumed.resumed_from_step, resumed.step) == (1, 2)
     images = [tf.io.encode_png(tf.cast(tf.fill((40, 40, 1), value), tf.uint8))
@@ -88,6 +91,27 @@ def test_resume_takes_a_step_then_export_serves_the_checkpoint(data, tmp_path):
     from_dir = Predictor(str(run))(tf.stack(images))
     from_export = Predictor(resumed.export_path)(tf.stack(images))
     np.testing.assert_allclose(from_dir, from_export, atol=1e-5)
+
+
+def test_fp16_with_a_fixed_loss_scale_trains_in_half_precision(data, tmp_path):
+    """--dtype=fp16 for a Slim network (the GPU setting): float16 compute, float32 weights
+    and logits, and the scaled step moves the weights."""
+    run = tmp_path / "run"
+    result = _train(data, run, FAST, steps=2, checkpoint_every_steps=1,
+                    config_overrides={"dtype": "fp16", "loss_scale": 128.0})
+    assert result.step == 2 and np.isfinite(result.eval_loss)
+    config = json.loads((run / "config.json").read_text())
+    assert (config["dtype"], config["loss_scale"]) == ("fp16", 128.0)
+    # The network as the run built it (its dtype policy from config.json):
+    model = slim_train.SlimNetwork(slim_train.SlimConfig(model_name=FAST)).build_model(
+        TrainConfig(model_dir=str(run), image_size=config["image_size"], dtype="fp16"), 2)
+    assert model.get_layer("logits").compute_dtype == "float32"
+    assert "float16" in {layer.compute_dtype for layer in model.layers}
+    assert {v.dtype for v in model.weights} == {"float32"}
+    restored, _ = export.load_model_from_dir(str(run), str(run / "ckpt-1"))
+    after_one = restored.get_weights()
+    tf.train.Checkpoint(model=restored).restore(str(run / "ckpt-2")).expect_partial()
+    assert any(not np.array_equal(a, b) for a, b in zip(after_one, restored.get_weights()))
 
 
 def test_resume_refuses_other_scopes_or_network(data, tmp_path):

@@ -66,6 +66,14 @@ def resolved_config(config: TrainConfig, data: train_input.DataSpec) -> dict:
             "architecture": "resnet"}
 
 
+def run_name(resolved: dict) -> str:
+    """What the benchmark logger calls the model: "resnet50_v1", or the Slim network's name."""
+    architecture = resolved.get("architecture", "resnet")
+    if architecture != "resnet":
+        return architecture
+    return f"resnet{resolved['resnet_size']}_v{resolved['version']}"
+
+
 def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
     totals = {"loss": 0.0, "correct": 0.0, "examples": 0.0}
     for batch in strategy.experimental_distribute_dataset(dataset):
@@ -163,7 +171,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             bigquery_data_set=config.bigquery_data_set,
             bigquery_run_table=config.bigquery_run_table,
             bigquery_metric_table=config.bigquery_metric_table)
-        benchmark_logger.log_run_info(f"resnet{config.resnet_size}_v{config.version}", resolved)
+        benchmark_logger.log_run_info(run_name(resolved), resolved)
     hooks = hooks_lib.get_train_hooks(config.hooks, every_n_steps=config.log_every_steps,
                                       benchmark_logger=benchmark_logger) if chief else []
 
