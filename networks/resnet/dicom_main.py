@@ -87,16 +87,8 @@ def run() -> str:
         collective_timeout_seconds=FLAGS.collective_timeout_seconds,
         heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
     result = resnet_run_loop.train(config, strategy)
-    line = (f"resnet{config.resnet_size}_v{config.version}: step {result.step} "
-            f"(resumed from {result.resumed_from_step}, stopped by {result.stopped_by}), "
-            f"{config.eval_split} accuracy {result.eval_accuracy:.4f} loss "
-            f"{result.eval_loss:.4f} on {result.eval_examples} examples, "
-            f"{strategy.num_replicas_in_sync} replica(s); model_dir {config.model_dir}")
-    if result.examples_per_second:
-        line += f"; {result.examples_per_second:.1f} examples/s"
-    if result.export_path:
-        line += f"; exported {result.export_path}"
-    return line
+    return resnet_run_loop.summary_line(f"resnet{config.resnet_size}_v{config.version}",
+                                        result, config, strategy.num_replicas_in_sync)
 
 
 def main(argv) -> None:

@@ -74,6 +74,21 @@ def run_name(resolved: dict) -> str:
     return f"resnet{resolved['resnet_size']}_v{resolved['version']}"
 
 
+def summary_line(name: str, result: TrainResult, config: TrainConfig, replicas: int,
+                 dir_flag: str = "model_dir") -> str:
+    """The one line the training CLIs print at the end (`dir_flag`: what their flag for
+    the run's folder is called)."""
+    line = (f"{name}: step {result.step} (resumed from {result.resumed_from_step}, stopped by "
+            f"{result.stopped_by}), {config.eval_split} accuracy {result.eval_accuracy:.4f} "
+            f"loss {result.eval_loss:.4f} on {result.eval_examples} examples, {replicas} "
+            f"replica(s); {dir_flag} {config.model_dir}")
+    if result.examples_per_second:
+        line += f"; {result.examples_per_second:.1f} examples/s"
+    if result.export_path:
+        line += f"; exported {result.export_path}"
+    return line
+
+
 def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
     totals = {"loss": 0.0, "correct": 0.0, "examples": 0.0}
     for batch in strategy.experimental_distribute_dataset(dataset):

@@ -163,13 +163,8 @@ def run() -> str:
     strategy = distribution_utils.get_distribution_strategy(FLAGS.num_clones, False,
                                                             FLAGS.num_cpu_replicas)
     result = resnet_run_loop.train(train_config, strategy, network=slim_train.SlimNetwork(slim))
-    line = (f"{slim.model_name}: step {result.step} (resumed from {result.resumed_from_step}, "
-            f"stopped by {result.stopped_by}), {train_config.eval_split} accuracy "
-            f"{result.eval_accuracy:.4f} loss {result.eval_loss:.4f} on "
-            f"{result.eval_examples} examples; train_dir {train_config.model_dir}")
-    if result.export_path:
-        line += f"; exported {result.export_path}"
-    return line
+    return resnet_run_loop.summary_line(slim.model_name, result, train_config,
+                                        strategy.num_replicas_in_sync, dir_flag="train_dir")
 
 
 def main(argv) -> None:
