@@ -11,8 +11,9 @@ Passes:
 2. Encode: worker processes read and validate each image (``dataset.images``)
    and serialise and frame it (``dataset.features.serialize_example``,
    ``dataset.shards.frame_record``; no TensorFlow anywhere in the converter); the
-   main process appends the ordered records to staged shards (``dataset.shards``). Decode problems found here follow the same
-   fail/skip rule; on failure the staging folder is removed.
+   main process appends the ordered records to staged shards (``dataset.shards``).
+   Decode problems found here follow the same fail/skip rule; on failure the
+   staging folder is removed.
 3. Commit: shards renamed into place, ``labels.txt``, then ``manifest.json``.
 """
 
@@ -368,9 +369,11 @@ def _encode_and_commit(config, workers, names, variants, plan, agreement, skippe
         counts = {split: collections.Counter() for split in split_order}
         problems = []
         size = 8 if any(task[2] == "dicom" for _, _, task in plan) else 64
-        chunks = [(split, tasks[start:start + size]) for split, tasks in (
-            (split, [task for s, _, task in plan if s == split]) for split in split_order)
-            for start in range(0, len(tasks), size)]
+        chunks = []  # (split, tasks): up to `size` consecutive tasks of one split
+        for split, _, task in plan:
+            if not chunks or chunks[-1][0] != split or len(chunks[-1][1]) == size:
+                chunks.append((split, []))
+            chunks[-1][1].append(task)
         results = workers.imap(_encode_chunk, [tasks for _, tasks in chunks], chunksize=1)
         progress = tqdm(total=len(plan), unit="img", desc="converting",
                         disable=not config.show_progress, mininterval=0.5)
