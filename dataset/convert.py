@@ -22,15 +22,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import multiprocessing
 import os
 import shutil
-import sys
-import threading
 from dataclasses import dataclass
 
 from dataset import images, shards, sources, splits
 from dataset.features import serialize_example
+from dataset.workers import WorkerPool
 
 ON_ERROR = ("fail", "skip")
 LABEL_SOURCES = ("labels", "tag")
@@ -155,53 +153,6 @@ def _without_path(message: str, path: str) -> str:
     return message[len(path) + 2:] if message.startswith(path + ": ") else message
 
 
-class _Workers:
-    """Ordered parallel map with bounded memory: at most ``window`` tasks in flight."""
-
-    def __init__(self, num_workers: int, dicom_options, hash_key: bytes):
-        self.num_workers = num_workers
-        _init_worker(dicom_options, hash_key)  # for the in-process path
-        self._pool = None
-        self._stopping, self._unblock = threading.Event(), []
-        if num_workers > 1:
-            # fork starts fastest (the converter itself never imports TensorFlow), but
-            # TensorFlow imported by a caller (the tests, a notebook) is not fork-safe;
-            # then spawn, whose workers import no TF.
-            method = "spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork"
-            context = multiprocessing.get_context(method)
-            self._pool = context.Pool(num_workers, _init_worker, (dicom_options, hash_key))
-
-    def imap(self, function, tasks: list, chunksize: int):
-        if self._pool is None:
-            yield from map(function, tasks)
-            return
-        window = max(chunksize * self.num_workers * 4, 8)  # tasks in flight: flat memory
-        slots = threading.Semaphore(window)
-        self._unblock.append((slots, window))
-
-        def feed():  # runs in the pool's task-handler thread; blocks when the window is full
-            for task in tasks:
-                slots.acquire()
-                if self._stopping.is_set():
-                    return
-                yield task
-
-        for result in self._pool.imap(function, feed(), chunksize):
-            slots.release()
-            yield result
-
-    def close(self) -> None:
-        if self._pool is not None:
-            # A feeder blocked on a full window would keep terminate() waiting
-            # (after an exception mid-stream): wake it up, it then stops.
-            self._stopping.set()
-            for slots, window in self._unblock:
-                for _ in range(window):
-                    slots.release()
-            self._pool.terminate()
-            self._pool.join()
-
-
 # --- validation pass ----------------------------------------------------------
 
 
@@ -324,7 +275,8 @@ def convert_dataset(config: ConvertConfig) -> dict:
     """
     hash_key = os.environ.get(config.hash_key_env, "").encode() or DEFAULT_HASH_KEY
     # Workers start first so that their start-up overlaps the folder walk.
-    workers = _Workers(config.num_workers or os.cpu_count() or 1, config.dicom, hash_key)
+    workers = WorkerPool(config.num_workers or os.cpu_count() or 1, _init_worker,
+                         (config.dicom, hash_key))
     try:
         discovery = sources.discover(config.dataset_dir, config.layout,
                                      need_labels=config.label_source == "labels")

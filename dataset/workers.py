@@ -1,0 +1,61 @@
+"""An ordered parallel map over worker processes with bounded memory (the converter's pool).
+
+Results come back in task order with at most a window of tasks in flight, so memory stays
+flat however many images there are; ``close`` stops the workers even mid-stream.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+
+
+class WorkerPool:
+    """Ordered parallel map with bounded memory: at most ``window`` tasks in flight."""
+
+    def __init__(self, num_workers: int, initializer, initargs: tuple):
+        """``initializer(*initargs)`` runs in every worker, and here for the in-process
+        path (``num_workers`` <= 1)."""
+        self.num_workers = num_workers
+        initializer(*initargs)
+        self._pool = None
+        self._stopping, self._unblock = threading.Event(), []
+        if num_workers > 1:
+            # fork starts fastest (the converter itself never imports TensorFlow), but
+            # TensorFlow imported by a caller (the tests, a notebook) is not fork-safe;
+            # then spawn, whose workers import no TF.
+            method = "spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork"
+            context = multiprocessing.get_context(method)
+            self._pool = context.Pool(num_workers, initializer, initargs)
+
+    def imap(self, function, tasks: list, chunksize: int):
+        if self._pool is None:
+            yield from map(function, tasks)
+            return
+        window = max(chunksize * self.num_workers * 4, 8)  # tasks in flight: flat memory
+        slots = threading.Semaphore(window)
+        self._unblock.append((slots, window))
+
+        def feed():  # runs in the pool's task-handler thread; blocks when the window is full
+            for task in tasks:
+                slots.acquire()
+                if self._stopping.is_set():
+                    return
+                yield task
+
+        for result in self._pool.imap(function, feed(), chunksize):
+            slots.release()
+            yield result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            # A feeder blocked on a full window would keep terminate() waiting
+            # (after an exception mid-stream): wake it up, it then stops.
+            self._stopping.set()
+            for slots, window in self._unblock:
+                for _ in range(window):
+                    slots.release()
+            self._pool.terminate()
+            self._pool.join()
