@@ -88,11 +88,15 @@ def test_mirrored_matches_one_device_for_the_same_global_batch(tmp_path):
     batch, gradients summed over replicas, weight decay counted once, BN moving statistics).
 
     Tolerances: the first step's update of every variable (trainable and BN moving statistics)
-    agrees to 1e-3 of that variable's largest update, and the losses of 3 steps to rtol 5e-4
-    (float32 round-off in per-replica batch statistics grows step by step: 1.1e-4 seen).
-    Not the weights after several steps: with 32 px inputs the last stage's batch norm sees
-    only 4-8 values per channel, and float32 round-off differences between the two summation
-    orders are amplified step after step through those near-degenerate normalisations.
+    agrees to 5% of that update's norm (an aggregation bug, e.g. gradients averaged instead of
+    summed or weight decay counted twice, is off by 50-100%), and the losses of 3 steps to rtol
+    1e-2 (float32 round-off in per-replica batch statistics grows step by step: up to 4e-3 seen
+    by step 3).
+    Norms, not largest elements: with 32 px inputs the last stage's batch norm normalises 4
+    values per channel per replica, and float32 round-off between the two summation orders is
+    amplified through it into a few elements (up to 4% of the stem's largest update element in
+    1 run of 2, 2.5% at 64 px): the elementwise 1e-3 bound this test had failed that often.
+    Not the weights after several steps, for the same reason.
     """
     rng = np.random.default_rng(0)
     half_images = rng.uniform(-1, 1, (4, 32, 32, 1)).astype(np.float32)
@@ -111,14 +115,14 @@ def test_mirrored_matches_one_device_for_the_same_global_batch(tmp_path):
     moved = 0
     for a, b, before in zip(mirrored_state.model.get_weights(), one_state.model.get_weights(),
                             initial):
-        update = np.abs(b - before).max()
-        assert np.abs(a - b).max() <= 1e-3 * update + 1e-7
+        update = np.linalg.norm(b - before)
+        assert np.linalg.norm(a - b) <= 0.05 * update + 1e-6
         moved += update > 0
     assert moved > 50  # every weight, BN statistics included, actually moved
 
     one_losses += _run(one_state, one, batch, 2)
     mirrored_losses += _run(mirrored_state, mirrored, batch, 2)
-    np.testing.assert_allclose(mirrored_losses, one_losses, rtol=5e-4)
+    np.testing.assert_allclose(mirrored_losses, one_losses, rtol=1e-2)
     assert one_losses[2] < one_losses[0]  # it trained
     assert int(mirrored_state.step.numpy()) == int(one_state.step.numpy()) == 3
 
