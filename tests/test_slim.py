@@ -1,5 +1,5 @@
 """networks/slim: every keras.applications network trains through the shared ResNet loop,
-resumes and exports (the signature matches the checkpoint rebuilt from config.json);
+resumes and exports (the export holds the last checkpoint's weights);
 --checkpoint_path, --trainable_scopes and --checkpoint_exclude_scopes; the CLIs. Nothing is
 downloaded (weights=None everywhere)."""
 
