@@ -74,6 +74,8 @@ def test_eval_cli_writes_report_next_to_model(trained):
     assert metrics["num_examples"] == 8 and metrics["split"] == "validation"
     assert set(metrics["per_class"]) == set(CLASSES)
     assert "accuracy" in result.stdout and report in result.stdout
+    # stderr is a pipe here, as in a log file: no progress bar's carriage-return updates.
+    assert "\r" not in result.stderr
     import glob
 
     assert glob.glob(f"{report}/events.out.tfevents*"), "no TensorBoard event file"
@@ -142,3 +144,4 @@ def test_predict_cli_min_confidence_marks_uncertain(trained, mixed_folder, tmp_p
     assert rows[0]["predicted_class"] == "uncertain" and rows[0]["top_k"].split(":")[0] in CLASSES
     assert "missing.png" in rows[1]["error"]
     assert "1 uncertain, 1 errors" in result.stdout
+    assert "\r" not in result.stderr  # no progress bar when stderr is not a terminal

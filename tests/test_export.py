@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import tensorflow as tf
 
 from dataset import preprocess
 from networks.resnet import export
+from tests.conftest import REPO_ROOT
 from tests.trainer_fixtures import class_image, png_bytes
 
 CONFIG = {"resnet_size": 18, "version": 1, "num_classes": 3, "class_names": ["A", "B", "C"],
@@ -53,6 +56,31 @@ def test_export_layout(exported):
     saved = json.loads(open(os.path.join(path, "assets.extra", "config.json")).read())
     assert saved["class_names"] == CONFIG["class_names"]
     assert not [name for name in os.listdir(export_dir) if name.startswith(".tmp")]
+
+
+def test_export_logs_no_tensorflow_info_lines(tmp_path):
+    """Saving logged every captured variable's name at INFO (pages of text for ResNet-152).
+
+    Run in a fresh process, as the trainer does: inside the pytest process TensorFlow happened
+    not to log these lines even without the fix, so an in-process check could not fail.
+    """
+    program = (
+        "import json, logging, sys\n"
+        "logging.basicConfig(level=logging.INFO)  # what an absl program at INFO shows\n"
+        "logging.getLogger('tensorflow').setLevel(logging.INFO)\n"
+        "from networks.resnet import export\n"
+        "config = json.loads(sys.argv[1])\n"
+        "export.export_saved_model(export.build_inference_model(config), config, sys.argv[2])\n"
+        "assert logging.getLogger('tensorflow').level == logging.INFO\n"
+        "assert logging.getLogger('absl').level == logging.NOTSET  # levels restored\n")
+    result = subprocess.run([sys.executable, "-c", program, json.dumps(CONFIG),
+                             str(tmp_path / "export")], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "unsupported characters" not in result.stderr
+    assert max(len(line) for line in result.stderr.splitlines() or [""]) < 300
+    assert len(os.listdir(tmp_path / "export")) == 1
 
 
 def test_signatures_equal_the_in_memory_model(exported):

@@ -63,7 +63,10 @@ def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
     labels, probabilities, filenames = [], [], []
     from tqdm import tqdm
 
-    with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {split}") as progress:
+    # disable=None: no bar when stderr is a log file rather than a terminal (a bar there is
+    # hundreds of carriage-return updates on one line).
+    with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {split}",
+              disable=None) as progress:
         for batch in records:
             probabilities.append(predictor(batch[features.KEY_ENCODED]))
             labels.append(batch[features.KEY_LABEL].numpy())

@@ -133,7 +133,9 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        for start in tqdm(range(0, len(files), batch_size), unit="batch", desc="predicting"):
+        # disable=None: no bar when stderr is a log file rather than a terminal.
+        for start in tqdm(range(0, len(files), batch_size), unit="batch", desc="predicting",
+                          disable=None):
             items = [load_item(path, predictor.class_names, dicom_options, hash_key)
                      for path in files[start:start + batch_size]]
             good = [item.encoded for item in items if not item.error]

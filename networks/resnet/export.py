@@ -13,7 +13,9 @@ The resolved training config is copied to `<version>/assets.extra/config.json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 
@@ -136,10 +138,32 @@ def export_saved_model(model: keras.Model, config: dict, export_dir: str) -> str
     # Written under a temporary name and renamed: TF Serving polls export_dir and must never
     # load a half-written version.
     tmp = os.path.join(export_dir, f".tmp-{version}")
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default,
-                                                 "predict_images": module.predict_images})
+    with _tensorflow_warnings_only():
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default,
+                                                     "predict_images": module.predict_images})
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     with open(os.path.join(tmp, "assets.extra", "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     os.rename(tmp, final)
     return final
+
+
+@contextlib.contextmanager
+def _tensorflow_warnings_only():
+    """Silences INFO lines while saving; warnings and errors still show.
+
+    Saving logs, at INFO, one line per signature listing every captured variable it renames
+    (thousands of names for ResNet-152: the user sees pages for one export, about inputs that
+    are internal, not the signature's), plus fingerprint/sharding chatter. TensorFlow's
+    saved_model code logs through absl's logger, the rest through "tensorflow"; both are raised
+    to WARNING for the save. The caller logs the one line a user needs: where the model went.
+    """
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
