@@ -115,7 +115,8 @@ def write_tables(rows: list[dict], prefix: str) -> tuple[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", help="folder whose sub-folders are training model_dirs")
     parser.add_argument("--output_prefix", help="default: SWEEP_DIR/results")
     args = parser.parse_args(argv)

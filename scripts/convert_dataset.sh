@@ -15,15 +15,11 @@
 # Example: LAYOUT=class_folders scripts/convert_dataset.sh /data/raw /data/converted
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0"; }
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
-if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+# shellcheck source=scripts/_common.sh
+source "$(dirname "$0")/_common.sh"
+check_arguments 2 "$@"
 dataset_dir="$1"; output_dir="$2"; shift 2
 [[ -d "$dataset_dir" ]] || { echo "convert_dataset.sh: $dataset_dir: no such folder" >&2; exit 2; }
-
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 flags=(--dataset_dir="$dataset_dir" --output_dir="$output_dir"
        --dataset_name="${DATASET_NAME:-$(basename "$dataset_dir")}"

@@ -13,17 +13,14 @@
 # Example: SPLIT=validation scripts/evaluate_export.sh runs/r18 /data/converted
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0"; }
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
-if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+# shellcheck source=scripts/_common.sh
+source "$(dirname "$0")/_common.sh"
+check_arguments 2 "$@"
 model_dir="$1"; data_dir="$2"; shift 2
 [[ -f "$model_dir/config.json" ]] || {
   echo "evaluate_export.sh: $model_dir/config.json not found (not a training --model_dir)" >&2
   exit 2; }
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export_dir="${EXPORT_DIR:-$model_dir/export}"
 split="${SPLIT:-test}"
 

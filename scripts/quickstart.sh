@@ -15,26 +15,26 @@
 # resumes from its last checkpoint.
 set -euo pipefail
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# shellcheck source=scripts/_common.sh
+source "$(dirname "$0")/_common.sh"
 # shellcheck source=scripts/recipe_mednist.sh
 source "$repo/scripts/recipe_mednist.sh"
 
 url="${MEDNIST_URL:-https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/MedNIST.tar.gz}"
 work_dir="${WORK_DIR:-runs/quickstart}"
+usage_error() { print_usage >&2; echo "quickstart.sh: error: $1" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --url) url="$2"; shift 2 ;;
+    --url) [[ $# -ge 2 ]] || usage_error "--url needs a value"; url="$2"; shift 2 ;;
     --url=*) url="${1#*=}"; shift ;;
-    --work_dir) work_dir="$2"; shift 2 ;;
+    --work_dir) [[ $# -ge 2 ]] || usage_error "--work_dir needs a value"; work_dir="$2"; shift 2 ;;
     --work_dir=*) work_dir="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "quickstart.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    -h|--help) print_usage; exit 0 ;;
+    *) usage_error "unknown argument $1" ;;
   esac
 done
 md5="${MEDNIST_MD5:-0bc7306e7427e00ad1c5526a6677552d}"
 predict_count="${PREDICT_COUNT:-6}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 start=$(date +%s)
 mkdir -p "$work_dir"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # OrganAMNIST recipe (MedMNIST v2: 28x28 abdominal CT, 11 organ classes, official split by scan).
-#   bash scripts/recipe_organamnist.sh WORK_DIR [extra dicom_main.py flags]
+#
+# Usage: bash scripts/recipe_organamnist.sh WORK_DIR [extra dicom_main.py flags]
+#
 # Extracts $ORGANAMNIST_TAR (default ../shared/data/OrganAMNIST-trainval.tar.gz: official train
 # and val splits as OrganAMNIST/{train,val}/<class>/*.png) into WORK_DIR/raw, converts it with
 # --need_split=predefined (the manifest names the splits "train" and "validation"), trains,
@@ -12,9 +14,10 @@
 # Recipe: ResNet-18 v2 on images upscaled 2x to 56 px with the ImageNet stem (14x14 maps into
 # stage 1, the resolution the small-input stem would give at 28 px, at a quarter of its cost),
 # mixed bfloat16, label smoothing 0.1, cosine schedule, 8 epochs: 22.7 min of training on this
-# 2-core CPU (2026-11-26, validation 0.9820; benchmarks/RESULTS.md section 4). NO horizontal flip: left/right kidney, femur and lung are separate classes and a
-# flip turns one into the other (--random_flip stays off). Val is 16 scans, the test 70: val is
-# an easy, optimistic guide, so watch the per-class figures, not just the mean.
+# 2-core CPU (2026-11-26, validation 0.9820; benchmarks/RESULTS.md section 4). NO horizontal
+# flip: left/right kidney, femur and lung are separate classes and a flip turns one into the
+# other (--random_flip stays off). Val is 16 scans, the test 70: val is an easy, optimistic
+# guide, so watch the per-class figures, not just the mean.
 ORGANAMNIST_RECIPE_FLAGS="--resnet_size=18 --version=2 --image_size=56 --nosmall_input --dtype=bf16 \
 --batch_size=128 --train_epochs=8 --epochs_between_evals=2 --lr_schedule=cosine \
 --base_learning_rate=0.2 --warmup_epochs=0.2 --label_smoothing=0.1 --cache --steps_per_loop=30 \
@@ -23,13 +26,11 @@ export ORGANAMNIST_RECIPE_FLAGS
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   set -euo pipefail
-  if [[ $# -lt 1 ]]; then
-    sed -n '2,20p' "$0"; exit 2
-  fi
+  # shellcheck source=scripts/_common.sh
+  source "$(dirname "$0")/_common.sh"
+  check_arguments 1 "$@"
   work_dir="$1"; shift
-  repo="$(cd "$(dirname "$0")/.." && pwd)"
   tarball="${ORGANAMNIST_TAR:-$repo/../shared/data/OrganAMNIST-trainval.tar.gz}"
-  export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
   mkdir -p "$work_dir"
   if [[ ! -d "$work_dir/raw/OrganAMNIST" ]]; then
     [[ -f "$tarball" ]] || { echo "recipe_organamnist.sh: $tarball not found (set ORGANAMNIST_TAR)" >&2; exit 1; }

@@ -18,17 +18,13 @@
 # Example: SIZES="18 50" VERSIONS=2 scripts/sweep_resnet.sh /data/converted runs/sweep
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0"; }
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
-if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+# shellcheck source=scripts/_common.sh
+source "$(dirname "$0")/_common.sh"
+check_arguments 2 "$@"
 data_dir="$1"; sweep_dir="$2"; shift 2
 [[ -f "$data_dir/manifest.json" ]] || {
   echo "sweep_resnet.sh: $data_dir/manifest.json not found (convert the dataset first)" >&2
   exit 2; }
-
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 sizes="${SIZES:-18 34 50 101 152}"
 versions="${VERSIONS:-1 2}"

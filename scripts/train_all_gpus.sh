@@ -14,14 +14,10 @@
 # Example: GPUS=0,1,2,3 scripts/train_all_gpus.sh /data/converted runs/r50
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0"; }
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
-if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+# shellcheck source=scripts/_common.sh
+source "$(dirname "$0")/_common.sh"
+check_arguments 2 "$@"
 data_dir="$1"; model_dir="$2"; shift 2
-
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 if [[ -z "${GPUS:-}" ]]; then
   command -v nvidia-smi >/dev/null || {

@@ -11,8 +11,10 @@
 # Environment overrides (defaults in brackets):
 #   HOSTS          comma-separated host or host:port list (required), same order everywhere
 #   PORT           port for hosts given without one [2222]
-#   GPUS_PER_HOST  GPUs used on each host [all visible; 0 = CPU]
-#   PER_GPU_BATCH_SIZE  [32]; the global batch is this x GPUs x hosts
+#   GPUS_PER_HOST  GPUs used on each host, the same on every host [the count in
+#                  CUDA_VISIBLE_DEVICES if set, else every GPU nvidia-smi lists; 0 = CPU]
+#   PER_GPU_BATCH_SIZE  batch per replica [32]: a replica is one GPU, or the CPU when
+#                  GPUS_PER_HOST=0; global batch = this x replicas per host x hosts
 #   RESNET_SIZE [50]  VERSION [2]  IMAGE_SIZE [224]  TRAIN_EPOCHS [100]  DTYPE [fp32]
 #   EXPORT_DIR     [MODEL_DIR/export]; "none" to skip
 #   DRY_RUN=1      print TF_CONFIG and the command instead of running it
@@ -24,14 +26,12 @@
 #   host2$ HOSTS=host1,host2 scripts/train_multi_node.sh 1 /nfs/data /nfs/runs/r50
 set -euo pipefail
 
-usage() { sed -n '2,27p' "$0"; }
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
-if [[ $# -lt 3 || -z "${HOSTS:-}" ]]; then usage >&2; exit 2; fi
+# shellcheck source=scripts/_common.sh
+source "$(dirname "$0")/_common.sh"
+check_arguments 3 "$@"
+[[ -n "${HOSTS:-}" ]] || {
+  echo "train_multi_node.sh: error: HOSTS is not set (HOSTS=host1,host2,...)" >&2; exit 2; }
 task_index="$1"; data_dir="$2"; model_dir="$3"; shift 3
-
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 port="${PORT:-2222}"
 IFS=, read -r -a hosts <<< "$HOSTS"
@@ -70,12 +70,26 @@ printf -v TF_CONFIG '{"cluster": {"worker": [%s]}, "task": {"type": "worker", "i
 # shellcheck disable=SC2090
 export TF_CONFIG
 
+# The trainer splits --batch_size over every replica of every host: --num_gpus GPUs per host,
+# or one CPU replica. An exact --num_gpus, not --multi_gpu ("all visible"), so that the batch
+# below is sized for the GPUs that train (and dicom_main.py fails if they are not there).
 if [[ -n "${GPUS_PER_HOST:-}" ]]; then
   gpus="$GPUS_PER_HOST"
+elif [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then  # nvidia-smi ignores it; TensorFlow does not
+  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
+  gpus=0
+  for device in "${visible[@]}"; do
+    [[ "$device" == -* ]] && break  # CUDA stops at the first invalid (e.g. -1) entry
+    [[ -n "${device// /}" ]] && gpus=$(( gpus + 1 ))
+  done
 elif command -v nvidia-smi >/dev/null; then
   gpus="$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)"
 else
   gpus=0
+fi
+if ! [[ "$gpus" =~ ^[0-9]+$ ]]; then
+  echo "train_multi_node.sh: error: GPUS_PER_HOST=$gpus must be a count (0 = CPU)" >&2
+  exit 2
 fi
 replicas_per_host=$(( gpus > 0 ? gpus : 1 ))
 batch_size=$(( ${PER_GPU_BATCH_SIZE:-32} * replicas_per_host * ${#workers[@]} ))
@@ -85,11 +99,11 @@ flags=(--data_dir="$data_dir" --model_dir="$model_dir" --batch_size="$batch_size
        --resnet_size="${RESNET_SIZE:-50}" --version="${VERSION:-2}"
        --image_size="${IMAGE_SIZE:-224}" --train_epochs="${TRAIN_EPOCHS:-100}"
        --dtype="${DTYPE:-fp32}")
-if (( gpus > 1 )); then flags+=(--multi_gpu); else flags+=(--num_gpus="$gpus"); fi
+flags+=(--num_gpus="$gpus")
 [[ "$export_dir" != "none" ]] && flags+=(--export_dir="$export_dir")
 command=(python "$repo/networks/resnet/dicom_main.py" "${flags[@]}" "$@")
 
-echo "train_multi_node.sh: task $task_index of ${#workers[@]} (${workers[$task_index]}), global batch $batch_size" >&2
+echo "train_multi_node.sh: task $task_index of ${#workers[@]} (${workers[$task_index]}), $replicas_per_host replica(s) per host, global batch $batch_size" >&2
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
   printf 'TF_CONFIG=%s\n' "$TF_CONFIG"
   printf '%q ' "${command[@]}"; echo

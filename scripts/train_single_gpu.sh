@@ -17,14 +17,11 @@
 # Example: GPU=3 RESNET_SIZE=18 scripts/train_single_gpu.sh /data/converted runs/r18
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0"; }
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
-if [[ $# -lt 2 ]]; then usage >&2; exit 2; fi
+# shellcheck source=scripts/_common.sh
+source "$(dirname "$0")/_common.sh"
+check_arguments 2 "$@"
 data_dir="$1"; model_dir="$2"; shift 2
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export CUDA_VISIBLE_DEVICES="${GPU:-0}"
 
 export_dir="${EXPORT_DIR:-$model_dir/export}"

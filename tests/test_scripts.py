@@ -1,23 +1,44 @@
-"""scripts/: ShellCheck, usage text, TF_CONFIG from a host list, and convert -> sweep -> export
-on tiny data (the sweep's two runs end in one results table)."""
+"""scripts/: ShellCheck, --help and argument counts of every script, TF_CONFIG from a host
+list, the MedNIST recipe's report, and convert -> sweep -> export on tiny data (the sweep's two
+runs end in one results table)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.trainer_fixtures import REPO_ROOT, trainer_env
+from tests.trainer_fixtures import REPO_ROOT, trainer_env, write_converted_dataset
 
 SCRIPTS = REPO_ROOT / "scripts"
 SHELL_SCRIPTS = sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")])
-MINE = ("convert_dataset.sh", "train_single_gpu.sh", "train_all_gpus.sh",
-        "train_multi_node.sh", "slurm_train.sbatch", "sweep_resnet.sh", "evaluate_export.sh")
+# Every script a user runs, found by listing the folder so that a new one is checked too.
+# Files starting with "_" are libraries the scripts source (_common.sh), never run alone.
+USER_SCRIPTS = sorted(p.name for p in SCRIPTS.iterdir()
+                      if p.is_file() and not p.name.startswith("_"))
+# The fewest arguments each script accepts, and one call below that (or, for scripts without
+# positional arguments, one stray argument). A new script has to be added here.
+WRONG_ARGUMENTS = {
+    "collect_results.py": (),
+    "convert_dataset.sh": ("raw",),
+    "evaluate_export.sh": ("runs/x",),
+    "quickstart.sh": ("stray",),
+    "recipe_mednist.sh": ("data",),
+    "recipe_organamnist.sh": (),
+    "slurm_train.sbatch": ("data",),
+    "sweep_resnet.sh": ("data",),
+    "train_all_gpus.sh": ("data",),
+    "train_multi_node.sh": ("0", "data"),
+    "train_single_gpu.sh": ("data",),
+}
+USAGE_LINE = re.compile(r"^usage: \S", re.IGNORECASE | re.MULTILINE)
 
 
 def _bash(script: str, *args: str, env: dict | None = None, timeout: float = 600,
@@ -25,6 +46,30 @@ def _bash(script: str, *args: str, env: dict | None = None, timeout: float = 600
     return subprocess.run(["bash", str(SCRIPTS / script), *args], capture_output=True,
                           text=True, env={**trainer_env(), **(env or {})}, timeout=timeout,
                           cwd=cwd)
+
+
+def _run_script(script: str, *args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess:
+    """Runs a script the way its usage says (bash for .sh/.sbatch, Python for .py)."""
+    if script.endswith((".sh", ".sbatch")):
+        command = ["bash", str(SCRIPTS / script)]
+    elif script.endswith(".py"):
+        command = [sys.executable, str(SCRIPTS / script)]
+    else:
+        pytest.fail(f"scripts/{script}: unknown kind of script; teach this test how to run it")
+    # HOSTS is set so that train_multi_node.sh is judged on its arguments alone.
+    env = {**trainer_env(), "HOME": str(home), "HOSTS": "a,b"}
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env,
+                          timeout=60, cwd=cwd)
+
+
+@pytest.fixture
+def empty_cwd_and_home(tmp_path):
+    """(cwd, HOME): two empty folders; the test checks that they are still empty."""
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    yield cwd, home
+    assert [*cwd.iterdir(), *home.iterdir()] == []
 
 
 def test_shellcheck_is_clean():
@@ -35,20 +80,68 @@ def test_shellcheck_is_clean():
                                                    for p in SHELL_SCRIPTS)],
                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert {p.name for p in SHELL_SCRIPTS} >= set(MINE)
+    assert len(SHELL_SCRIPTS) >= 10
 
 
-@pytest.mark.parametrize("script", MINE)
-def test_usage_text_and_strict_mode(script):
+@pytest.mark.parametrize("script", [p.name for p in SHELL_SCRIPTS])
+def test_strict_mode(script):
     text = (SCRIPTS / script).read_text()
+    if script.startswith("_"):  # sourced: runs under its caller's shell options
+        assert not re.search(r"^\s*set ", text, re.MULTILINE)
+        return
     assert text.startswith("#!/usr/bin/env bash\n")
-    assert "\nset -euo pipefail\n" in text
-    if script.endswith(".sbatch"):
-        return  # needs SLURM to run; its usage is its header
-    shown = _bash(script, "--help")
-    assert shown.returncode == 0 and "Usage: " in shown.stdout, shown.stderr
-    missing = _bash(script)  # no arguments: the usage on stderr, exit 2
-    assert missing.returncode == 2 and "Usage: " in missing.stderr
+    # The recipes set it in their run-alone branch: quickstart.sh sources their flags.
+    assert re.search(r"^ *set -euo pipefail$", text, re.MULTILINE)
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("script", USER_SCRIPTS)
+def test_help_prints_usage_and_does_nothing_else(script, flag, empty_cwd_and_home):
+    result = _run_script(script, flag, cwd=empty_cwd_and_home[0], home=empty_cwd_and_home[1])
+    assert result.returncode == 0, result.stderr
+    assert USAGE_LINE.search(result.stdout), result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("script", USER_SCRIPTS)
+def test_wrong_number_of_arguments_prints_usage_on_stderr(script, empty_cwd_and_home):
+    assert script in WRONG_ARGUMENTS, f"add scripts/{script} to WRONG_ARGUMENTS"
+    result = _run_script(script, *WRONG_ARGUMENTS[script], cwd=empty_cwd_and_home[0],
+                         home=empty_cwd_and_home[1])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert USAGE_LINE.search(result.stderr), result.stderr
+    assert result.stdout == ""
+    # The last line says what was wrong, after the usage it refers to.
+    assert re.match(rf"{re.escape(script)}: error: ", result.stderr.splitlines()[-1])
+
+
+def test_multi_node_without_hosts_is_a_one_line_error(empty_cwd_and_home):
+    cwd, home = empty_cwd_and_home
+    result = subprocess.run(["bash", str(SCRIPTS / "train_multi_node.sh"), "0", "d", "m"],
+                            capture_output=True, text=True, cwd=cwd,
+                            env={**trainer_env(), "HOME": str(home), "HOSTS": ""})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "train_multi_node.sh: error: HOSTS is not set (HOSTS=host1,host2,...)"]
+
+
+def test_mednist_recipe_prints_only_what_it_measured(tmp_path):
+    """The recipe's report is this run's test accuracy and training time, nothing quoted."""
+    data = write_converted_dataset(tmp_path / "data", {
+        "train": {"Chest": 8, "Hand": 8}, "validation": {"Chest": 2, "Hand": 2},
+        "test": {"Chest": 3, "Hand": 3}})
+    model = tmp_path / "model"
+    result = _bash("recipe_mednist.sh", str(data), str(model), "--max_train_steps=1",
+                   "--image_size=32", "--batch_size=8", "--hooks=", "--num_parallel_calls=2",
+                   cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = json.loads((model / "eval_test" / "metrics.json").read_text())["accuracy"]
+    report = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"MedNIST recipe: test accuracy (\S+) on 6 images, training \(incl\. "
+                        r"start-up and validation\) \d+ s", report), result.stdout
+    assert float(report.split()[4]) == pytest.approx(accuracy)
+    # No figure from another run anywhere in the output.
+    assert "peer" not in result.stdout and "%" not in result.stdout
 
 
 def test_multi_node_builds_tf_config_from_the_host_list():
