@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import keras
 import numpy as np
@@ -60,6 +61,52 @@ def test_strategy_builder():
         distribution_utils.get_distribution_strategy(multi_gpu=True)
     with pytest.raises(ValueError, match="--batch_size=7 is not divisible by the 2 replicas"):
         distribution_utils.per_replica_batch_size(7, 2)
+
+
+@pytest.mark.parametrize("num_gpus, multi_gpu, kind, gpus", [
+    (None, False, tf.distribute.OneDeviceStrategy, 1),  # the default: one GPU when present
+    (0, False, tf.distribute.OneDeviceStrategy, 0),
+    (1, False, tf.distribute.OneDeviceStrategy, 1),
+    (2, False, tf.distribute.MirroredStrategy, 2),
+    (3, False, tf.distribute.MirroredStrategy, 3),
+    (None, True, tf.distribute.MirroredStrategy, 3),  # --multi_gpu: every visible GPU
+])
+def test_strategy_builder_with_gpus(monkeypatch, caplog, num_gpus, multi_gpu, kind, gpus):
+    """With 3 GPUs faked visible, the strategy's replicas are exactly the GPUs asked for (0:
+    the CPU), and one INFO line lists them. Nothing runs on the absent GPUs: building a
+    strategy over them does not touch them."""
+    monkeypatch.setattr(distribution_utils, "visible_gpu_count", lambda: 3)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        strategy = distribution_utils.get_distribution_strategy(num_gpus, multi_gpu)
+    local = "/job:localhost/replica:0/task:0/device:"
+    devices = [f"{local}GPU:{index}" for index in range(gpus)] or [f"{local}CPU:0"]
+    assert type(strategy) is kind
+    assert list(strategy.extended.worker_devices) == devices
+    assert strategy.num_replicas_in_sync == len(devices)
+    logged = [record.getMessage() for record in caplog.records
+              if "replica(s) in sync" in record.getMessage()]
+    assert logged == [f"{kind.__name__}: {len(devices)} replica(s) in sync; this process's: "
+                      f"{', '.join(devices)}"]
+
+
+def test_cluster_uses_the_same_gpu_count(monkeypatch):
+    """A worker's GPU count obeys --num_gpus/--multi_gpu as on one machine and reaches the
+    resolver MultiWorkerMirroredStrategy takes its local devices from (tests/test_multiworker.py
+    builds the strategy in two processes)."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setattr(distribution_utils, "visible_gpu_count", lambda: 1)
+    hosts = ["127.0.0.1:1", "127.0.0.1:2"]
+    # Both refused before any strategy (and its server) exists.
+    with pytest.raises(ValueError, match="--num_gpus=2 but 1 GPU"):
+        distribution_utils.get_distribution_strategy(2, worker_hosts=hosts, task_index=0)
+    with pytest.raises(ValueError, match="--num_cpu_replicas=2 is for a single machine"):
+        distribution_utils.get_distribution_strategy(0, num_cpu_replicas=2, worker_hosts=hosts,
+                                                     task_index=0)
+    task = distribution_utils.resolve_cluster(hosts, 1)
+    for num_gpus, accelerators in [(4, {"GPU": 4}), (1, {"GPU": 1}), (0, {})]:
+        resolver = distribution_utils.cluster_resolver(task, num_gpus)
+        assert resolver.num_accelerators() == accelerators
+        assert (resolver.task_type, resolver.task_id) == ("worker", 1)
 
 
 def test_tf_config_cluster_size(monkeypatch):

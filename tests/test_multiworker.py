@@ -161,6 +161,27 @@ def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_pa
     assert _leftovers(tmp_path / "tmp_worker1_restarted") == []
 
 
+def test_each_worker_mirrors_over_its_gpus(tmp_path):
+    """dicom_main.py --num_gpus=2 on both workers of a cluster, with 2 GPUs faked visible and
+    stopped before training (nothing runs on the absent GPUs): each worker's replicas are its own
+    GPU:0 and GPU:1, 4 in sync, and one INFO line lists them."""
+    hosts = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    processes = [subprocess.Popen(
+        [sys.executable, __file__, "devices", str(tmp_path / f"devices{index}.json"), "2",
+         "--use_synthetic_data", f"--model_dir={tmp_path / 'model'}", *FAST_FLAGS,
+         "--num_gpus=2", f"--worker_hosts={hosts}", f"--task_index={index}"],
+        env=trainer_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for index in range(2)]
+    for index, process in enumerate(processes):
+        _, stderr = _finish(process)
+        devices = [f"/job:worker/replica:0/task:{index}/device:GPU:{gpu}" for gpu in range(2)]
+        built = json.loads((tmp_path / f"devices{index}.json").read_text())
+        assert built == {"multi_worker": True, "worker_devices": devices, "replicas": 4}
+        line = ("MultiWorkerMirroredStrategy: 4 replica(s) in sync; this process's: "
+                + ", ".join(devices))
+        assert [text for text in stderr.splitlines() if text.endswith(line)], stderr[-3000:]
+
+
 @pytest.mark.parametrize("tf_config, flags, message", [
     ("{not json", (), "TF_CONFIG is malformed: not JSON"),
     (None, ("--worker_hosts=127.0.0.1:1,127.0.0.1:http", "--task_index=0"),
@@ -248,6 +269,44 @@ def _worker_main(argv: list[str]) -> None:
     np.savez(argv[1], *[np.asarray(variable.numpy()) for variable in states[0].model.variables])
 
 
+class _StrategyBuilt(Exception):
+    """Raised by the patched trainer once dicom_main.py has built its strategy."""
+
+
+def _devices_main(argv: list[str]) -> None:
+    """`python tests/test_multiworker.py devices OUT.json VISIBLE_GPUS DICOM_MAIN_FLAGS...`:
+    dicom_main.py's flag parsing and strategy with VISIBLE_GPUS GPUs faked visible, stopped
+    before training; whether the strategy is multi-worker, and its replicas, go to OUT.json."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from absl import app
+
+    from networks.resnet import dicom_main, resnet_run_loop
+    from official.utils import cli
+    from official.utils.flags import core as flags_core
+    from official.utils.misc import distribution_utils
+
+    out, visible = Path(argv[2]), int(argv[3])
+    distribution_utils.visible_gpu_count = lambda: visible
+
+    def stop(config, strategy):
+        out.write_text(json.dumps({
+            "multi_worker": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
+            "worker_devices": list(strategy.extended.worker_devices),
+            "replicas": strategy.num_replicas_in_sync}))
+        raise _StrategyBuilt
+
+    resnet_run_loop.train = stop
+    flags_core.define_flags()
+    try:  # app.run, as dicom_main.py's own __main__: absl's INFO lines go to stderr
+        app.run(dicom_main.main, argv=[argv[0], *argv[4:]],
+                flags_parser=cli.flags_parser("dicom_main.py"))
+    except _StrategyBuilt:
+        pass
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    _worker_main(sys.argv)
+    if sys.argv[1] == "devices":
+        _devices_main(sys.argv)
+    else:
+        _worker_main(sys.argv)

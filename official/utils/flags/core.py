@@ -54,8 +54,8 @@ def _define_base(define: _Definer) -> None:
     define.integer("batch_size", 32, "Global batch size for training and evaluation "
                          "(split across replicas).", lower_bound=1, short_name="bs")
     define.integer("num_gpus", None, "How many GPUs to use with the DistributionStrategies "
-                         "API. Default: 1 if a GPU is visible, else 0 (CPU).", lower_bound=0,
-                         short_name="ng")
+                         "API, on each worker of a multi-worker cluster. Default: 1 if a GPU "
+                         "is visible, else 0 (CPU).", lower_bound=0, short_name="ng")
     define.list("hooks", ["LoggingTensorHook"], "Comma-separated names of train hooks, "
                       "case-insensitive: " + ", ".join(HOOK_NAMES) + ". Empty for none.",
                       short_name="hk")

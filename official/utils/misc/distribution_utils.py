@@ -4,8 +4,9 @@
 * MirroredStrategy over several GPUs (`--num_gpus > 1` or `--multi_gpu`), or over N logical CPU
   devices (`num_cpu_replicas`, for testing distribution without GPUs);
 * MultiWorkerMirroredStrategy when the cluster (the TF_CONFIG environment variable, or
-  `--worker_hosts` + `--task_index`) has more than one task; each worker then mirrors over its own
-  local GPUs, or its CPU.
+  `--worker_hosts` + `--task_index`) has more than one task; each worker then mirrors over the
+  same number of local GPUs as a single machine would use (`--num_gpus`, `--multi_gpu`), or over
+  its one CPU. The global batch is split across every replica of every worker.
 
 A multi-worker run must never hang on a dead peer. Two bounds, both configured here:
 * the coordination service's heartbeat: a worker that dies or becomes unreachable is detected
@@ -25,6 +26,7 @@ import json
 import os
 
 import tensorflow as tf
+from absl import logging
 
 TASK_TYPES = ("chief", "worker")  # MultiWorkerMirroredStrategy's synchronous roles
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
@@ -175,16 +177,29 @@ def _configure_coordination(task: ClusterTask, heartbeat_timeout_seconds: float,
         coordinated_jobs=jobs)
 
 
-def multi_worker_strategy(task: ClusterTask, *,
+def cluster_resolver(task: ClusterTask, num_gpus: int,
+                     ) -> tf.distribute.cluster_resolver.SimpleClusterResolver:
+    """The resolver MultiWorkerMirroredStrategy reads `task` and this worker's devices from.
+
+    The strategy takes its local replicas from `num_accelerators()` alone: GPU:0..num_gpus-1,
+    or the CPU when that is empty (a SimpleClusterResolver without the count trains every
+    worker on its CPU, GPUs or not).
+    """
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({name: list(addresses) for name, addresses in task.cluster.items()}),
+        task_type=task.task_type, task_id=task.task_index, rpc_layer="grpc",
+        num_accelerators={"GPU": num_gpus} if num_gpus else {})
+
+
+def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
                           heartbeat_timeout_seconds: float = DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
                           collective_timeout_seconds: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS,
                           startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
                           ) -> tf.distribute.MultiWorkerMirroredStrategy:
-    """MultiWorkerMirroredStrategy for `task`, with bounded waits on dead or stuck peers."""
+    """MultiWorkerMirroredStrategy for `task` over `num_gpus` local GPUs (0: the CPU), with
+    bounded waits on dead or stuck peers. Every worker must use the same number of GPUs."""
     _configure_coordination(task, heartbeat_timeout_seconds, startup_timeout_seconds)
-    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        tf.train.ClusterSpec({name: list(addresses) for name, addresses in task.cluster.items()}),
-        task_type=task.task_type, task_id=task.task_index, rpc_layer="grpc")
+    resolver = cluster_resolver(task, num_gpus)
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout_seconds)
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
@@ -207,6 +222,11 @@ def configure_cpu_replicas(num_cpu_replicas: int) -> None:
                          f"initialised ({error})") from None
 
 
+def visible_gpu_count() -> int:
+    """GPUs TensorFlow can see in this process (after CUDA_VISIBLE_DEVICES)."""
+    return len(tf.config.list_physical_devices("GPU"))
+
+
 def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = False,
                               num_cpu_replicas: int = 0, *,
                               worker_hosts: list[str] | tuple[str, ...] | None = None,
@@ -215,19 +235,22 @@ def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = Fal
                               DEFAULT_COLLECTIVE_TIMEOUT_SECONDS,
                               heartbeat_timeout_seconds: float =
                               DEFAULT_HEARTBEAT_TIMEOUT_SECONDS) -> tf.distribute.Strategy:
-    """The strategy for this process.
+    """The strategy for this process; logs its replica devices (one INFO line).
 
     Args:
-      num_gpus: GPUs to use; None means 1 if a GPU is visible, else 0.
+      num_gpus: GPUs to use on this machine (on each worker of a cluster); None means 1 if a
+        GPU is visible, else 0 (the CPU).
       multi_gpu: mirror over every visible GPU (the original's flag).
-      num_cpu_replicas: with no GPU, mirror over this many logical CPU devices when > 1.
+      num_cpu_replicas: with no GPU, mirror over this many logical CPU devices when > 1
+        (single machine only).
       worker_hosts, task_index: the cluster as flags (instead of TF_CONFIG).
       collective_timeout_seconds, heartbeat_timeout_seconds: multi-worker bounds (see above).
 
     Raises:
-      ValueError: more GPUs requested than visible, or a malformed cluster.
+      ValueError: more GPUs requested than visible, --num_cpu_replicas in a cluster, or a
+        malformed cluster.
     """
-    visible = len(tf.config.list_physical_devices("GPU"))
+    visible = visible_gpu_count()
     if multi_gpu:
         if visible == 0 and num_cpu_replicas <= 1:
             raise ValueError("--multi_gpu: no GPU is visible (use --num_gpus=0 for the CPU)")
@@ -239,20 +262,30 @@ def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = Fal
 
     task = resolve_cluster(worker_hosts, task_index)
     if task is not None and task.num_workers > 1:
-        # Each worker's local devices: its GPUs, else its CPU. Collective communication picks
-        # NCCL on GPUs and ring all-reduce on CPUs automatically.
-        return multi_worker_strategy(task, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
-                                     collective_timeout_seconds=collective_timeout_seconds)
-
-    if num_gpus == 0 and num_cpu_replicas > 1:
+        if num_cpu_replicas > 1:
+            # MultiWorkerMirroredStrategy runs one replica per worker on the CPU; silently
+            # dropping the split would change the per-replica batch the user asked for.
+            raise ValueError(f"--num_cpu_replicas={num_cpu_replicas} is for a single machine; "
+                             "a multi-worker run uses one CPU replica per worker")
+        strategy = multi_worker_strategy(
+            task, num_gpus, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+            collective_timeout_seconds=collective_timeout_seconds)
+    elif num_gpus == 0 and num_cpu_replicas > 1:
         configure_cpu_replicas(num_cpu_replicas)
-        devices = [f"/cpu:{index}" for index in range(num_cpu_replicas)]
-        return tf.distribute.MirroredStrategy(devices)
-    if num_gpus == 0:
-        return tf.distribute.OneDeviceStrategy("/cpu:0")
-    if num_gpus == 1:
-        return tf.distribute.OneDeviceStrategy("/gpu:0")
-    return tf.distribute.MirroredStrategy([f"/gpu:{index}" for index in range(num_gpus)])
+        strategy = tf.distribute.MirroredStrategy(
+            [f"/cpu:{index}" for index in range(num_cpu_replicas)])
+    elif num_gpus <= 1:
+        strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if num_gpus else "/cpu:0")
+    else:
+        strategy = tf.distribute.MirroredStrategy([f"/gpu:{index}" for index in range(num_gpus)])
+    # The public name: TF's class behind tf.distribute.MultiWorkerMirroredStrategy is called
+    # CollectiveAllReduceStrategy.
+    name = ("MultiWorkerMirroredStrategy"
+            if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            else type(strategy).__name__)
+    logging.info("%s: %d replica(s) in sync; this process's: %s", name,
+                 strategy.num_replicas_in_sync, ", ".join(strategy.extended.worker_devices))
+    return strategy
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
