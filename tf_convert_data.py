@@ -9,10 +9,15 @@ Inputs: DIR/images/<stem>.<ext> + DIR/labels/<stem>.txt, or DIR/<Class>/<file>
 Output in OUT: <split>-NNNNN-of-MMMMM.tfrecord shards, labels.txt and
 manifest.json (written last). Exit status 1 with one line per problem when the
 input cannot be converted; nothing is written then.
+
+On Apache Beam (pip install -r requirements-beam.txt), e.g. a Flink cluster:
+  python tf_convert_data.py --dataset_dir=DIR --output_dir=OUT --need_split=tvt_split \\
+      --runner=beam --beam_pipeline_options="runner=FlinkRunner,flink_master=HOST:8081"
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -65,6 +70,13 @@ flags.DEFINE_string("hash_key_env", "BODY_PART_HASH_KEY",
                     "Environment variable holding the key of the patient hash used to group "
                     "DICOM files by patient. Unset: a fixed built-in key (the hash never "
                     "leaves the process, so this is safe). Changing the key reshuffles splits.")
+flags.DEFINE_enum("runner", "local", ["local", "beam"],
+                  "local: this machine's cores; beam: an Apache Beam pipeline (same output "
+                  "records, splits and manifest counts; needs apache-beam).")
+flags.DEFINE_string("beam_pipeline_options", "",
+                    "With --runner=beam: comma-separated Beam options, e.g. "
+                    "'runner=FlinkRunner,flink_master=host:8081'. Default: Beam's local "
+                    "runner with --num_workers processes.")
 flags.mark_flags_as_required(["dataset_dir", "output_dir"])
 
 
@@ -85,7 +97,17 @@ def main(argv) -> int:
                                window_center=FLAGS.dicom_window_center,
                                window_width=FLAGS.dicom_window_width,
                                bits=int(FLAGS.dicom_bits), frames=FLAGS.dicom_frames))
-        manifest = convert_dataset(config)
+        if FLAGS.runner == "beam":
+            # Beam logs every worker's start and stop at INFO, which would bury the summary.
+            logging.getLogger("apache_beam").setLevel(logging.WARNING)
+            from dataset.beam_convert import convert_dataset_beam, pipeline_args
+
+            manifest = convert_dataset_beam(
+                config, pipeline_args(FLAGS.beam_pipeline_options, FLAGS.num_workers))
+        elif FLAGS.beam_pipeline_options:
+            raise ValueError("--beam_pipeline_options needs --runner=beam")
+        else:
+            manifest = convert_dataset(config)
     except ConversionError as error:
         print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
         print(f"error: {len(error.problems)} problem(s); nothing was written "

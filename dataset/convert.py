@@ -8,10 +8,11 @@ Passes:
    written; with ``"skip"`` the problem files are left out and listed in the
    manifest. Dataset-wide problems (sizes that don't fit, a class too small,
    an unwritable output folder) always fail.
-2. Encode: worker processes read and validate each image (``dataset.images``)
-   and serialise and frame it (``dataset.features.serialize_example``,
-   ``dataset.shards.frame_record``; no TensorFlow anywhere in the converter); the
-   main process appends the ordered records to staged shards (``dataset.shards``).
+2. Encode: worker processes run ``dataset.tasks.encode_file`` on every file
+   task: read and validate the image (``dataset.images``), serialise and frame it
+   (no TensorFlow anywhere in the converter); the main process appends the
+   ordered records to staged shards (``dataset.shards``). ``dataset.beam_convert``
+   runs this pass (the same per-file function) as an Apache Beam pipeline.
    Decode problems found here follow the same fail/skip rule; on failure the
    staging folder is removed.
 3. Commit: shards renamed into place, ``labels.txt``, then ``manifest.json``.
@@ -20,14 +21,15 @@ Passes:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 from dataclasses import dataclass
 
-from dataset import images, shards, sources, splits
-from dataset.features import serialize_example
+from dataset import shards, sources, splits
+from dataset.tasks import FileTask, encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
 
 ON_ERROR = ("fail", "skip")
@@ -91,68 +93,6 @@ class ConversionError(Exception):
         self.problems = problems
 
 
-# --- worker side (no TensorFlow) ----------------------------------------------
-
-_WORKER = {}
-
-
-def _init_worker(dicom_options, hash_key: bytes) -> None:
-    _WORKER["dicom"] = dicom_options
-    _WORKER["hash_key"] = hash_key
-
-
-def _dicom_options():
-    if _WORKER["dicom"] is None:  # None in the config means the defaults
-        from dataset.dicom_options import DicomOptions
-
-        _WORKER["dicom"] = DicomOptions()
-    return _WORKER["dicom"]
-
-
-def _header_task(path: str):
-    try:
-        return sources.read_dicom_header(path, _dicom_options(), _WORKER["hash_key"]), None
-    except ValueError as error:
-        return None, _without_path(str(error).splitlines()[0], path)
-
-
-def _encode_task(task):
-    path, relpath, kind, label, text = task
-    try:
-        encoded = images.load_image(path, kind, dicom_options=_dicom_options()
-                                    if kind == "dicom" else None,
-                                    hash_key=_WORKER["hash_key"])
-    except images.ImageError as error:
-        return None, _without_path(str(error), path)
-    multi = len(encoded) > 1
-    # Framed here, in parallel: the main process only appends bytes to the shard.
-    return [shards.frame_record(serialize_example(
-        encoded=image.data, image_format=image.image_format, label=label, text=text,
-        height=image.height, width=image.width, channels=image.channels,
-        filename=f"{relpath}#frame={image.frame}" if multi else relpath))
-        for image in encoded], None
-
-
-def _encode_chunk(tasks):
-    """Encodes consecutive tasks of one split; returns their framed records as one blob
-    plus, per task, (record sizes, error). One result per chunk keeps the main process's
-    per-image work (unpickling, writing, hashing) out of the hot loop: it was the
-    bottleneck when every image came back on its own."""
-    blobs, items = [], []
-    for task in tasks:
-        records, error = _encode_task(task)
-        records = records or []
-        blobs.extend(records)
-        items.append(([len(r) for r in records], error))
-    return b"".join(blobs), items
-
-
-def _without_path(message: str, path: str) -> str:
-    # Problems are reported as '<relative path>: <reason>'; drop the absolute path
-    # that DICOM messages start with.
-    return message[len(path) + 2:] if message.startswith(path + ": ") else message
-
-
 # --- validation pass ----------------------------------------------------------
 
 
@@ -175,7 +115,7 @@ def _output_problems(config: ConvertConfig, layout: str) -> list[sources.Problem
 def _plan(config, discovery, headers, problems):
     """Labels, groups and splits for every usable file; appends problems found.
 
-    Returns (class names, class variants, [(split, order key, task)], agreement).
+    Returns (class names, class variants, [FileTask] in discovery order, agreement).
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
@@ -208,7 +148,7 @@ def _plan(config, discovery, headers, problems):
     except ValueError as error:
         problems.append(sources.Problem("--need_split", str(error), fatal=True))
         fractions = {}
-    plan, groups_by_class = [], collections.defaultdict(set)
+    tasks, groups_by_class = [], collections.defaultdict(set)
     for item, label, patient in labelled:
         stem = os.path.splitext(os.path.basename(item.relpath))[0]
         csv_group = groups_csv.get(item.relpath) or groups_csv.get(stem)
@@ -221,13 +161,13 @@ def _plan(config, discovery, headers, problems):
             split = config.output_name
         else:
             split = splits.assign_split(config.seed, group, fractions)
-        task = (item.path, item.relpath, item.kind, names.index(label), label)
-        plan.append((split, splits.order_key(config.seed, item.relpath), task))
+        tasks.append(FileTask(item.path, item.relpath, item.kind, names.index(label), label,
+                              split, splits.order_key(config.seed, item.relpath)))
     if fractions:
         problems.extend(sources.Problem("--need_split", message, fatal=True) for message in
                         splits.small_classes(groups_by_class, len(fractions) + 1))
     agreement = {label: dict(sorted(row.items())) for label, row in sorted(agreement.items())}
-    return names, variants, plan, agreement
+    return names, variants, tasks, agreement
 
 
 @dataclass
@@ -239,7 +179,7 @@ class _Headers:
 def _read_headers(workers, discovery, problems) -> _Headers:
     dicoms = [f for f in discovery.files if f.kind == "dicom"]
     headers = _Headers({}, set())
-    results = workers.imap(_header_task, [f.path for f in dicoms], chunksize=8)
+    results = workers.imap(header_task, [f.path for f in dicoms], chunksize=8)
     for item, (value, error) in zip(dicoms, results):
         if error:
             problems.append(sources.Problem(item.relpath, error))
@@ -249,20 +189,96 @@ def _read_headers(workers, discovery, problems) -> _Headers:
     return headers
 
 
-def _decode_problems(workers, plan) -> list[sources.Problem]:
-    tasks = [task for _, _, task in plan]
-    return [sources.Problem(task[1], error) for task, (_, error)
-            in zip(tasks, workers.imap(_encode_task, tasks, chunksize=8)) if error]
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before any pixel is decoded (the validation pass's result)."""
+
+    names: list[str]  # class names; a record's label is an index into this list
+    variants: dict[str, list[str]]  # class name -> spellings seen, where several
+    tasks: list[FileTask]  # every usable file, in discovery order
+    agreement: dict  # label -> {tag class: count}
+    problems: list[sources.Problem]  # found so far, in the order they are reported
+
+    def failing(self, on_error: str) -> bool:
+        """True when the problems found already make the conversion fail."""
+        return any(p.fatal for p in self.problems) or bool(self.problems and on_error == "fail")
 
 
-def _fail_or_skip(config, problems) -> list[dict]:
+def hash_key(config: ConvertConfig) -> bytes:
+    """The key of the patient hash (``config.hash_key_env``, else the built-in one)."""
+    return os.environ.get(config.hash_key_env, "").encode() or DEFAULT_HASH_KEY
+
+
+def plan_conversion(config: ConvertConfig, workers: WorkerPool) -> Plan:
+    """The validation pass: inputs, DICOM headers (read in ``workers``), labels, splits.
+
+    Raises:
+      ValueError: invalid configuration or dataset folder.
+    """
+    discovery = sources.discover(config.dataset_dir, config.layout,
+                                 need_labels=config.label_source == "labels")
+    if config.need_split == "predefined" and discovery.layout != "predefined":
+        raise ValueError(f"--need_split=predefined needs {config.dataset_dir} in the layout "
+                         "train/<Class>/..., val|validation/<Class>/..., test/<Class>/...")
+    if discovery.layout == "predefined" and config.need_split != "predefined":
+        raise ValueError(f"{config.dataset_dir} is already split into train/val/test "
+                         "folders: use --need_split=predefined")
+    problems = list(discovery.problems) + _output_problems(config, discovery.layout)
+    headers = _read_headers(workers, discovery, problems)
+    names, variants, tasks, agreement = _plan(config, discovery, headers, problems)
+    return Plan(names, variants, tasks, agreement, problems)
+
+
+def fail_or_skip(config: ConvertConfig, problems: list[sources.Problem]) -> list[dict]:
+    """The manifest's ``skipped`` entries for ``problems``.
+
+    Raises:
+      ConversionError: a fatal problem, or any problem with on_error="fail".
+    """
     fatal = [p for p in problems if p.fatal]
     if fatal or (problems and config.on_error == "fail"):
         raise ConversionError([p.line() for p in problems])
     return [{"path": p.path, "reason": p.reason} for p in problems]
 
 
-# --- the conversion -----------------------------------------------------------
+def write_order(tasks: list[FileTask], skipped: list[dict]) -> list[FileTask]:
+    """The tasks still to convert, in output order: by split, then by their order key."""
+    skipped_paths = {s["path"] for s in skipped}
+    return sorted((t for t in tasks if t.relpath not in skipped_paths),
+                  key=lambda t: (_split_rank(t.split), t.order))
+
+
+def _split_rank(split: str) -> int:
+    return splits.SPLIT_NAMES.index(split) if split in splits.SPLIT_NAMES else -1
+
+
+@contextlib.contextmanager
+def staging_area(output_dir: str):
+    """A fresh staging folder in ``output_dir``, removed on exit; an ``output_dir``
+    created here and left empty (a failed run) is removed too."""
+    output_dir = os.path.abspath(output_dir)
+    created = not os.path.exists(output_dir)
+    shards.clean_stale_staging(output_dir)
+    staging = shards.make_staging_dir(output_dir)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not os.listdir(output_dir):
+            os.rmdir(output_dir)  # a failed run leaves no trace, not even the folder
+
+
+def commit(config: ConvertConfig, staging: str, plan: Plan,
+           staged: dict[str, list[shards.StagedShard]], manifest: dict) -> None:
+    """Moves the staged shards into place, then writes labels.txt and manifest.json."""
+    shards.commit(os.path.abspath(config.output_dir), staging,
+                  [shard for split in staged for shard in staged[split]],
+                  list(splits.SPLIT_NAMES) + [config.output_name],
+                  "".join(f"{index}:{name}\n" for index, name in enumerate(plan.names)),
+                  json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
+# --- the local conversion -------------------------------------------------------
 
 
 def convert_dataset(config: ConvertConfig) -> dict:
@@ -273,98 +289,79 @@ def convert_dataset(config: ConvertConfig) -> dict:
         on_error="skip" only dataset-wide problems).
       ValueError: invalid configuration.
     """
-    hash_key = os.environ.get(config.hash_key_env, "").encode() or DEFAULT_HASH_KEY
     # Workers start first so that their start-up overlaps the folder walk.
-    workers = WorkerPool(config.num_workers or os.cpu_count() or 1, _init_worker,
-                         (config.dicom, hash_key))
+    workers = WorkerPool(config.num_workers or os.cpu_count() or 1, init_worker,
+                         (config.dicom, hash_key(config)))
     try:
-        discovery = sources.discover(config.dataset_dir, config.layout,
-                                     need_labels=config.label_source == "labels")
-        if config.need_split == "predefined" and discovery.layout != "predefined":
-            raise ValueError(f"--need_split=predefined needs {config.dataset_dir} in the layout "
-                             "train/<Class>/..., val|validation/<Class>/..., test/<Class>/...")
-        if discovery.layout == "predefined" and config.need_split != "predefined":
-            raise ValueError(f"{config.dataset_dir} is already split into train/val/test "
-                             "folders: use --need_split=predefined")
-        problems = list(discovery.problems) + _output_problems(config, discovery.layout)
-        headers = _read_headers(workers, discovery, problems)
-        names, variants, plan, agreement = _plan(config, discovery, headers, problems)
-        if any(p.fatal for p in problems) or (problems and config.on_error == "fail"):
+        plan = plan_conversion(config, workers)
+        problems = list(plan.problems)
+        if plan.failing(config.on_error):
             # Failing anyway: decode the rest too (writing nothing), so that one run
             # lists every problem rather than one kind at a time.
-            problems += _decode_problems(workers, plan)
-        skipped = _fail_or_skip(config, problems)
-        skipped_paths = {s["path"] for s in skipped}
-        plan = sorted((p for p in plan if p[2][1] not in skipped_paths),
-                      key=lambda p: (_split_rank(p[0]), p[1]))
-        return _encode_and_commit(config, workers, names, variants, plan, agreement, skipped)
+            problems += [sources.Problem(task.relpath, error) for task, (_, error)
+                         in zip(plan.tasks, workers.imap(encode_task, plan.tasks, chunksize=8))
+                         if error]
+        skipped = fail_or_skip(config, problems)
+        return _encode_and_commit(config, workers, plan, write_order(plan.tasks, skipped),
+                                  skipped)
     finally:
         workers.close()
 
 
-def _split_rank(split: str) -> int:
-    return splits.SPLIT_NAMES.index(split) if split in splits.SPLIT_NAMES else -1
-
-
-def _encode_and_commit(config, workers, names, variants, plan, agreement, skipped) -> dict:
+def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
     from tqdm import tqdm
 
-    output_dir = os.path.abspath(config.output_dir)
-    created = not os.path.exists(output_dir)
-    shards.clean_stale_staging(output_dir)
-    staging = shards.make_staging_dir(output_dir)
-    committed = False
-    try:
-        split_order = list(dict.fromkeys(split for split, _, _ in plan))
+    with staging_area(config.output_dir) as staging:
+        split_order = list(dict.fromkeys(task.split for task in tasks))
         writers = {split: shards.SplitWriter(staging, split, int(config.shard_size_mb * 2**20))
                    for split in split_order}
         counts = {split: collections.Counter() for split in split_order}
         problems = []
-        size = 8 if any(task[2] == "dicom" for _, _, task in plan) else 64
-        chunks = []  # (split, tasks): up to `size` consecutive tasks of one split
-        for split, _, task in plan:
-            if not chunks or chunks[-1][0] != split or len(chunks[-1][1]) == size:
-                chunks.append((split, []))
-            chunks[-1][1].append(task)
-        results = workers.imap(_encode_chunk, [tasks for _, tasks in chunks], chunksize=1)
-        progress = tqdm(total=len(plan), unit="img", desc="converting",
+        size = 8 if any(task.kind == "dicom" for task in tasks) else 64
+        chunks = []  # up to `size` consecutive tasks of one split
+        for task in tasks:
+            if not chunks or chunks[-1][0].split != task.split or len(chunks[-1]) == size:
+                chunks.append([])
+            chunks[-1].append(task)
+        results = workers.imap(encode_chunk, chunks, chunksize=1)
+        progress = tqdm(total=len(tasks), unit="img", desc="converting",
                         disable=not config.show_progress, mininterval=0.5)
-        for (split, tasks), (blob, items) in zip(chunks, results):
-            progress.update(len(tasks))
-            for task, (sizes, error) in zip(tasks, items):
+        for chunk, (blob, items) in zip(chunks, results):
+            progress.update(len(chunk))
+            for task, (sizes, error) in zip(chunk, items):
                 if error:
-                    problems.append(sources.Problem(task[1], error))
-                counts[split][task[4]] += len(sizes)
-            writers[split].write_framed(blob, [n for sizes, _ in items for n in sizes])
+                    problems.append(sources.Problem(task.relpath, error))
+                counts[task.split][task.text] += len(sizes)
+            writers[chunk[0].split].write_framed(blob, [n for sizes, _ in items for n in sizes])
         progress.close()
-        skipped = skipped + _fail_or_skip(config, problems)
+        skipped = skipped + fail_or_skip(config, problems)
         staged = {split: writers[split].close() for split in split_order}
-        manifest = _manifest(config, names, variants, staged, counts, agreement, skipped)
-        shards.commit(output_dir, staging, [s for split in split_order for s in staged[split]],
-                      list(splits.SPLIT_NAMES) + [config.output_name],
-                      "".join(f"{index}:{name}\n" for index, name in enumerate(names)),
-                      json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        committed = True
+        manifest = build_manifest(config, plan, staged, counts, skipped)
+        commit(config, staging, plan, staged, manifest)
         return manifest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not committed and not os.listdir(output_dir):
-            os.rmdir(output_dir)  # a failed run leaves no trace, not even the folder
 
 
-def _manifest(config, names, variants, staged, counts, agreement, skipped) -> dict:
+def build_manifest(config: ConvertConfig, plan: Plan, staged: dict, counts: dict,
+                   skipped: list[dict]) -> dict:
+    """The manifest: per split (in ``staged``'s order) the counts per class and the shards.
+
+    Args:
+      staged: split -> [shards.StagedShard] in shard order.
+      counts: split -> {class name: examples}.
+    """
+    names = plan.names
     warnings = [f"class {name!r} has no examples in {split}"
                 for split in staged for name in names if not counts[split][name]]
     return {
         "format_version": 1,
         "dataset_name": config.dataset_name,
         "classes": names,
-        "class_variants": variants,
+        "class_variants": plan.variants,
         "splits": {split: {"num_examples": sum(counts[split].values()),
                            "class_counts": {name: counts[split][name] for name in names},
                            "files": [shard.manifest_entry() for shard in staged[split]]}
                    for split in staged},
-        "label_tag_agreement": agreement,
+        "label_tag_agreement": plan.agreement,
         "skipped": skipped,
         "warnings": warnings,
         "flags": config.manifest_flags(),

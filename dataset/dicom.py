@@ -2,9 +2,9 @@
 
 The grey display order is the standard's (PS3.3 C.11, PS3.4 N.2): stored values ->
 modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (window or VOI
-LUT) -> MONOCHROME1 inversion -> 8- or 16-bit output. Colour images (RGB, YBR_*,
-PALETTE COLOR) become RGB. Overlays are never burnt in: they are annotations, not
-anatomy. tests/test_dicom_reference.py checks the result against dcmtk.
+LUT) -> MONOCHROME1 inversion -> 8- or 16-bit output (``dataset.dicom_display``); PNGs
+come from ``dataset.png``. Colour images (RGB, YBR_*, PALETTE COLOR) become RGB.
+Overlays are never burnt in: they are annotations, not anatomy. tests/test_dicom_reference.py checks the result against dcmtk.
 
 Privacy: patient name, ID, birth date, accession number and UIDs never leave this
 module in clear text: DicomInfo carries only a keyed hash of the patient, and error
@@ -18,22 +18,23 @@ import dataclasses
 import hashlib
 import hmac
 import logging
-import struct
 import threading
 import types
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
+from dataset.dicom_display import grey_display, quantise
+from dataset.dicom_display import tag_text as _text
 from dataset.dicom_options import DicomOptions
+from dataset.png import encode_png
 
 logger = logging.getLogger(__name__)
 _reading = threading.local()
@@ -217,11 +218,6 @@ def _info(ds: Dataset, hash_key: bytes) -> DicomInfo:
                      modality=_text(ds, "Modality") or None)
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
 def _scrub(message: str, ds: Dataset | None) -> str:
     """Remove the file's identifiers from a message (pydicom errors may quote values)."""
     if ds is None:
@@ -281,7 +277,7 @@ def _render(ds: Dataset, path: str | Path, options: DicomOptions
             array, properties = decoder.as_array(ds, index=index)
         decoded = str(properties.get("photometric_interpretation", photometric)).upper()
         if photometric in _GREY:
-            rendered.append((index, _grey(array, ds, index, photometric, path, options)))
+            rendered.append((index, grey_display(array, ds, index, photometric, path, options)))
         else:
             rendered.append((index, _colour(array, ds, decoded, options)))
     return rendered
@@ -309,104 +305,6 @@ def _decoder(syntax: UID, path: str | Path):
     return decoder
 
 
-# --- grey display pipeline ---------------------------------------------------------
-
-
-def _grey(stored: np.ndarray, ds: Dataset, frame: int, photometric: str,
-          path: str | Path, options: DicomOptions) -> np.ndarray:
-    values = _modality(stored, ds, frame)
-    unit = _voi(values, ds, frame, path, options)  # display values in [0, 1]
-    # After VOI: the window is defined on the stored polarity. A MONOCHROME1 image
-    # (PS3.3 C.7.6.3.1.2) and an INVERSE presentation LUT shape ask for one inversion.
-    if photometric == "MONOCHROME1" or _text(ds, "PresentationLUTShape").upper() == "INVERSE":
-        unit = 1.0 - unit
-    return _quantise(unit, options.bits)[..., np.newaxis]
-
-
-def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
-    """The functional-group macro for `frame` (enhanced multi-frame), if any."""
-    for groups, item_index in (("PerFrameFunctionalGroupsSequence", frame),
-                               ("SharedFunctionalGroupsSequence", 0)):
-        items = ds.get(groups)
-        if items and item_index < len(items) and items[item_index].get(sequence):
-            return items[item_index].get(sequence)[0]
-    return None
-
-
-def _modality(stored: np.ndarray, ds: Dataset, frame: int) -> np.ndarray:
-    if ds.get("ModalityLUTSequence"):
-        return apply_modality_lut(stored, ds).astype(np.float64)
-    source = _frame_item(ds, frame, "PixelValueTransformationSequence") or ds
-    slope = float(source.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
-    return stored.astype(np.float64) * slope + intercept
-
-
-def _first(value) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue))
-                     else value)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _voi(values: np.ndarray, ds: Dataset, frame: int, path: str | Path,
-         options: DicomOptions) -> np.ndarray:
-    if options.voi == "given":
-        return _window(values, options.window_center, options.window_width, "LINEAR")
-    if options.voi == "minmax":
-        return _minmax(values)
-    if options.voi == "lut":
-        if not ds.get("VOILUTSequence"):
-            raise DicomError(f"{path}: voi='lut' but the file has no VOI LUT Sequence")
-        return _voi_lut(values, ds)
-    source = _frame_item(ds, frame, "FrameVOILUTSequence") or ds
-    center, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
-    function = _text(source, "VOILUTFunction").upper() or "LINEAR"
-    if center is not None and width is not None and width > 0 and (
-            width >= 1 or function != "LINEAR"):
-        return _window(values, center, width, function)
-    if center is not None:
-        logger.warning("%s: unusable window width %s; using min-max", path, width)
-    if ds.get("VOILUTSequence"):
-        return _voi_lut(values, ds)
-    return _minmax(values)
-
-
-def _window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """PS3.3 C.11.2.1.2 window functions, to the unit range."""
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    if width <= 1:  # the linear function's degenerate width is a threshold at c - 0.5
-        return (x > center - 0.5).astype(np.float64)
-    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    low, high = float(x.min()), float(x.max())
-    if high <= low:
-        return np.zeros_like(x)
-    return (x - low) / (high - low)
-
-
-def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
-    item = ds.VOILUTSequence[0]
-    bits = int(item.LUTDescriptor[2])
-    mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
-    return mapped.astype(np.float64) / float(2**bits - 1)
-
-
-def _quantise(unit: np.ndarray, bits: int, *, rounding=np.floor) -> np.ndarray:
-    """Unit range -> integers. Grey truncates: the standard leaves quantisation open
-    and truncation is what dcmtk does, so renders match the reference exactly."""
-    top = 2**bits - 1
-    return rounding(np.clip(unit, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
-
-
 # --- colour ------------------------------------------------------------------------
 
 
@@ -422,7 +320,7 @@ def _colour(array: np.ndarray, ds: Dataset, decoded: str, options: DicomOptions
             rgb = array  # RGB, or YBR_ICT/RCT already inverted by the JPEG 2000 codec
         bits = int(ds.get("BitsStored") or 8 * rgb.dtype.itemsize)
     unit = rgb.astype(np.float64) / float(2**bits - 1)
-    return _quantise(unit, options.bits, rounding=np.rint)
+    return quantise(unit, options.bits, rounding=np.rint)
 
 
 def _little_endian_palette(ds: Dataset) -> Dataset:
@@ -446,29 +344,3 @@ def _little_endian_palette(ds: Dataset) -> Dataset:
         if keyword in ds:
             setattr(palette, keyword, ds.get(keyword))
     return palette
-
-
-# --- PNG ---------------------------------------------------------------------------
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """Deterministic PNG of a uint8/uint16 [H, W, 1|3] array (zlib only, no metadata)."""
-    height, width, channels = array.shape
-    depth = 8 if array.dtype == np.uint8 else 16
-    raw = np.ascontiguousarray(array.astype(">u2") if depth == 16 else array)
-    rows = raw.view(np.uint8).reshape(height, -1)
-    # Filter type 2 ("Up") on every row: a vectorised delta that compresses medical
-    # images far better than no filter, with no per-row heuristics to vary.
-    filtered = rows.copy()
-    filtered[1:] -= rows[:-1]
-    body = np.hstack([np.full((height, 1), 2, np.uint8), filtered]).tobytes()
-    colour_type = 0 if channels == 1 else 2
-    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(body, 6)) + _chunk(b"IEND", b""))
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-

@@ -78,7 +78,11 @@ def _has_dicm_preamble(path: str) -> bool:
 
 
 def file_kind(path: str) -> str | None:
-    """``"image"``, ``"dicom"``, or None for files that are neither."""
+    """The converter's file-kind detection, shared with prediction so both accept the
+    same files: ``"image"`` for a ``.jpg``/``.jpeg``/``.png`` suffix (the format is
+    sniffed from the bytes later), ``"dicom"`` for ``.dcm``/``.dicom`` or no suffix with
+    the DICM marker at byte 128, None for anything else. Reads at most 132 bytes and
+    never raises for an unreadable file (None)."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"

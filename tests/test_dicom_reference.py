@@ -26,7 +26,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dataset.dicom import _frame_item, render_arrays
+from dataset.dicom import render_arrays
+from dataset.dicom_display import frame_item
 from dataset.dicom_options import DicomOptions
 from tests.dicom_identifiers import pixel_files
 from tests.test_dicom import UNRENDERABLE
@@ -79,7 +80,7 @@ def _window_flags(ds: pydicom.Dataset, frame: int) -> tuple[list[str], str]:
         return ["+Wi", "1"], "window"
     # dcmtk 3.6.7 ignores enhanced multi-frame functional groups, so a window found
     # only there is handed to it explicitly: that checks our functional-group lookup.
-    item = _frame_item(ds, frame, "FrameVOILUTSequence")
+    item = frame_item(ds, frame, "FrameVOILUTSequence")
     if item is not None and "WindowCenter" in item:
         center, width = (float(v[0]) if isinstance(v, pydicom.multival.MultiValue)
                          else float(v) for v in (item.WindowCenter, item.WindowWidth))

@@ -1,0 +1,245 @@
+"""The converter's encode pass as an Apache Beam pipeline (``tf_convert_data.py --runner=beam``).
+
+The driver (this process) runs the validation pass of ``dataset.convert`` unchanged:
+it lists the inputs, reads DICOM headers in its local pool, and assigns every file its
+label, split and order key with the same hashes as the local run. Split assignment stays
+here on purpose: it needs the keyed patient hash, which thereby never leaves this
+process, and the hash needs no global shuffle. The pipeline then does the heavy part:
+
+  tasks.jsonl (in the staging folder) -> Reshuffle -> EncodeFile (``dataset.tasks.encode_file``,
+  the local pool's per-file function) -> records + an ``errors`` side output.
+  records -> bytes per split -> shard count n = ceil(bytes / shard size) -> record to
+  shard floor(order_key * n) -> GroupByKey -> one staged shard per key, sorted by order
+  key. Order keys are uniform, so concatenating a split's shards gives exactly the local
+  converter's record order; only the shard boundaries differ.
+
+The driver reads the results the pipeline leaves in the staging folder (shards, counts,
+errors), applies ``--on_error`` like the local run and commits: shards, labels.txt,
+manifest.json last. Runners on several machines therefore need the dataset and output
+folders on a file system every worker mounts at the same path, and this repository
+importable on every worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+
+try:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+except ImportError:  # raised as a one-line user error by convert_dataset_beam
+    beam = None
+
+from dataset import convert, shards, sources
+from dataset.tasks import FileTask, encode_file, init_worker
+from dataset.workers import WorkerPool
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TASKS, _SHARDS, _COUNTS, _ERRORS = "tasks.jsonl", "shards.json", "counts.json", "errors.json"
+
+
+def pipeline_args(options_text: str, num_workers: int) -> list[str]:
+    """Beam arguments from ``--beam_pipeline_options`` (TensorFlow Datasets' format:
+    ``"runner=FlinkRunner,flink_master=host:8081"``; a leading ``--`` is allowed).
+
+    Without a runner, Beam's local runner runs one worker process per core
+    (``num_workers``; 0: all cores). Beam's own default, the DirectRunner, would first
+    try to download the Prism runner from GitHub.
+    """
+    args = [f"--{item.strip().lstrip('-')}" for item in options_text.split(",") if item.strip()]
+    if not any(arg.split("=")[0] == "--runner" for arg in args):
+        args = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
+                f"--direct_num_workers={num_workers or os.cpu_count() or 1}",
+                "--default_sdk_harness_log_level=WARNING", *args]
+    return args
+
+
+def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) -> dict:
+    """``dataset.convert.convert_dataset`` with the encode pass on Apache Beam.
+
+    Same inputs, outputs, problems and ``on_error`` behaviour as the local run; the set
+    of records in each split and the record order are identical, shard boundaries differ.
+
+    Args:
+      beam_args: Beam pipeline arguments (see ``pipeline_args``).
+
+    Raises:
+      ConversionError: as ``convert_dataset``.
+      ValueError: invalid configuration, or apache-beam is not installed.
+    """
+    if beam is None:
+        raise ValueError("--runner=beam needs the apache-beam package: "
+                         "pip install -r requirements-beam.txt")
+    workers = WorkerPool(config.num_workers or os.cpu_count() or 1, init_worker,
+                         (config.dicom, convert.hash_key(config)))
+    try:
+        plan = convert.plan_conversion(config, workers)
+    finally:
+        workers.close()  # the cores are the pipeline's from here on
+    dicom = config.dicom if config.dicom is not None else _default_dicom_options()
+    problems = list(plan.problems)
+    if plan.failing(config.on_error):
+        # Failing anyway: decode the rest too (writing no shard) so that one run lists
+        # every problem, as the local run does. An unusable --output_dir has no room for
+        # the pipeline's results; its problem is reported without the decode pass.
+        if not any(p.path == "--output_dir" for p in problems):
+            with convert.staging_area(config.output_dir) as staging:
+                errors = _run(beam_args, staging, plan.tasks, dicom, 0)[2]
+            problems += _ordered_problems(plan.tasks, errors)
+    skipped = convert.fail_or_skip(config, problems)  # raises when failing
+    tasks = convert.write_order(plan.tasks, skipped)
+    with convert.staging_area(config.output_dir) as staging:
+        staged_rows, count_rows, errors = _run(beam_args, staging, tasks, dicom,
+                                               int(config.shard_size_mb * 2**20))
+        skipped = skipped + convert.fail_or_skip(config, _ordered_problems(tasks, errors))
+        split_order = list(dict.fromkeys(task.split for task in tasks))
+        staged = {split: _final_names(split, [r for r in staged_rows if r["split"] == split])
+                  for split in split_order}
+        counts = {split: collections.Counter() for split in split_order}
+        for split, text, count in count_rows:
+            counts[split][text] += count
+        manifest = convert.build_manifest(config, plan, staged, counts, skipped)
+        convert.commit(config, staging, plan, staged, manifest)
+        return manifest
+
+
+def _default_dicom_options():
+    from dataset.dicom_options import DicomOptions
+
+    return DicomOptions()
+
+
+def _ordered_problems(tasks: list[FileTask], errors: list[list[str]]) -> list[sources.Problem]:
+    # The pipeline returns errors in no particular order: list them in task order, as
+    # the local run does.
+    position = {task.relpath: index for index, task in enumerate(tasks)}
+    return [sources.Problem(relpath, reason)
+            for relpath, reason in sorted(errors, key=lambda e: position[e[0]])]
+
+
+def _final_names(split: str, rows: list[dict]) -> list[shards.StagedShard]:
+    rows = sorted(rows, key=lambda row: row["index"])  # empty shard indices leave gaps
+    return [shards.StagedShard(row["path"], shards.shard_name(split, number, len(rows)),
+                               row["num_records"], row["num_bytes"], row["sha256"])
+            for number, row in enumerate(rows)]
+
+
+# --- the pipeline ----------------------------------------------------------------
+
+
+def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_options,
+         shard_bytes: int) -> tuple[list[dict], list[list], list[list[str]]]:
+    """Runs the encode pipeline over ``tasks``; shard_bytes 0 only collects errors.
+
+    Returns (staged shard rows, [split, class, examples] rows, [relpath, reason] rows).
+    """
+    tasks_path = os.path.join(staging, _TASKS)
+    with open(tasks_path, "w", encoding="utf-8") as stream:
+        stream.writelines(_task_to_json(task) + "\n" for task in tasks)
+    # Local worker processes import this module by name: make sure they can find it
+    # whatever the current folder is.
+    path = os.environ.get("PYTHONPATH", "")
+    if REPO_ROOT not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, path) if p)
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        results = (pipeline
+                   | "ReadTasks" >> beam.io.ReadFromText(tasks_path)
+                   | "ParseTasks" >> beam.Map(_task_from_json)
+                   # One text file reads as few bundles: spread the files over workers.
+                   | "Spread" >> beam.Reshuffle()
+                   | "EncodeFile" >> beam.ParDo(_EncodeFile(dicom_options, bool(shard_bytes)))
+                   .with_outputs("errors", main="records"))
+        _save(results.errors, os.path.join(staging, _ERRORS), "Errors")
+        if shard_bytes:
+            records = results.records
+            _save(records | "ClassOfRecord" >> beam.Map(lambda r: ((r[0], r[3]), 1))
+                  | "CountClasses" >> beam.CombinePerKey(sum)
+                  | "CountRows" >> beam.Map(lambda kv: [kv[0][0], kv[0][1], kv[1]]),
+                  os.path.join(staging, _COUNTS), "Counts")
+            split_bytes = (records | "SizeOfRecord" >> beam.Map(lambda r: (r[0], len(r[4])))
+                           | "BytesPerSplit" >> beam.CombinePerKey(sum))
+            staged = (records
+                      | "AssignShard" >> beam.Map(_shard_of, shard_bytes,
+                                                  beam.pvalue.AsDict(split_bytes))
+                      | "GroupShards" >> beam.GroupByKey()
+                      | "WriteShard" >> beam.Map(_write_shard, staging))
+            _save(staged, os.path.join(staging, _SHARDS), "Shards")
+    return (_load(os.path.join(staging, _SHARDS)) if shard_bytes else [],
+            _load(os.path.join(staging, _COUNTS)) if shard_bytes else [],
+            _load(os.path.join(staging, _ERRORS)))
+
+
+def _task_to_json(task: FileTask) -> str:
+    return json.dumps([task.path, task.relpath, task.kind, task.label, task.text, task.split,
+                       task.order.hex()], ensure_ascii=False)
+
+
+def _task_from_json(line: str) -> FileTask:
+    path, relpath, kind, label, text, split, order = json.loads(line)
+    return FileTask(path, relpath, kind, label, text, split, bytes.fromhex(order))
+
+
+if beam is not None:
+
+    class _EncodeFile(beam.DoFn):
+        """``encode_file`` on one task: (split, order key, frame, class, framed record) per
+        image, or (relpath, reason) on the ``errors`` output."""
+
+        def __init__(self, dicom_options, keep_records: bool):
+            super().__init__()
+            self._dicom_options = dicom_options
+            self._keep_records = keep_records
+
+        def process(self, task: FileTask):
+            records, error = encode_file(task, self._dicom_options)
+            if error:
+                yield beam.pvalue.TaggedOutput("errors", [task.relpath, error])
+            elif self._keep_records:
+                for frame, record in enumerate(records):
+                    yield task.split, task.order, frame, task.text, record
+
+
+def _shard_of(record: tuple, shard_bytes: int, split_bytes: dict):
+    split, order, frame, _, framed = record
+    count = max(1, -(-split_bytes[split] // shard_bytes))
+    # The order key is uniform: shard i gets the keys in [i/n, (i+1)/n), so shards of
+    # about equal size, each a contiguous run of the local converter's record order.
+    index = int.from_bytes(order[:8], "big") * count >> 64
+    return (split, index), (order, frame, framed)
+
+
+def _write_shard(keyed: tuple, staging: str) -> dict:
+    (split, index), records = keyed
+    path = os.path.join(staging, f"{split}.bucket{index:05d}")
+    digest, num_bytes, num_records = hashlib.sha256(), 0, 0
+    # Rewritten whole (same bytes) if the runner retries the bundle.
+    with open(path, "wb") as stream:
+        for _, _, framed in sorted(records, key=lambda r: (r[0], r[1])):
+            stream.write(framed)
+            digest.update(framed)
+            num_bytes += len(framed)
+            num_records += 1
+        stream.flush()
+        os.fsync(stream.fileno())  # durable before the commit's rename makes it visible
+    return {"split": split, "index": index, "path": path, "num_records": num_records,
+            "num_bytes": num_bytes, "sha256": digest.hexdigest()}
+
+
+def _save(collection, path: str, name: str) -> None:
+    """Writes a small PCollection as one JSON list at ``path`` (for the driver to read)."""
+    (collection | f"{name}ToList" >> beam.combiners.ToList()
+     | f"Write{name}" >> beam.Map(_write_json, path))
+
+
+def _write_json(rows: list, path: str) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as stream:
+        json.dump(rows, stream, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+
+
+def _load(path: str) -> list:
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)

@@ -1,0 +1,128 @@
+"""The grey display pipeline of ``dataset.dicom``: stored values -> modality LUT (rescale
+slope/intercept or Modality LUT Sequence) -> VOI (window or VOI LUT) -> MONOCHROME1 /
+INVERSE inversion -> 8- or 16-bit integers (PS3.3 C.11, PS3.4 N.2). Arrays in, arrays out:
+reading and decoding the file, and its privacy rules, stay in ``dataset.dicom``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi
+
+from dataset.dicom_options import DicomOptions
+
+# The DICOM reader's logger: its warnings read the same wherever the step lives.
+logger = logging.getLogger("dataset.dicom")
+
+
+def tag_text(ds: Dataset, keyword: str) -> str:
+    """The element's value as stripped text, "" when absent."""
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def grey_display(stored: np.ndarray, ds: Dataset, frame: int, photometric: str,
+                 path: str | Path, options: DicomOptions) -> np.ndarray:
+    """Stored grey values of one frame -> display values, uint8/uint16 [H, W, 1].
+
+    Raises:
+      DicomError: options.voi == "lut" and the file has no VOI LUT Sequence.
+    """
+    values = _modality(stored, ds, frame)
+    unit = _voi(values, ds, frame, path, options)  # display values in [0, 1]
+    # After VOI: the window is defined on the stored polarity. A MONOCHROME1 image
+    # (PS3.3 C.7.6.3.1.2) and an INVERSE presentation LUT shape ask for one inversion.
+    if photometric == "MONOCHROME1" or tag_text(ds, "PresentationLUTShape").upper() == "INVERSE":
+        unit = 1.0 - unit
+    return quantise(unit, options.bits)[..., np.newaxis]
+
+
+def frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """The functional-group macro for `frame` (enhanced multi-frame), if any."""
+    for groups, item_index in (("PerFrameFunctionalGroupsSequence", frame),
+                               ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items and item_index < len(items) and items[item_index].get(sequence):
+            return items[item_index].get(sequence)[0]
+    return None
+
+
+def _modality(stored: np.ndarray, ds: Dataset, frame: int) -> np.ndarray:
+    if ds.get("ModalityLUTSequence"):
+        return apply_modality_lut(stored, ds).astype(np.float64)
+    source = frame_item(ds, frame, "PixelValueTransformationSequence") or ds
+    slope = float(source.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
+    return stored.astype(np.float64) * slope + intercept
+
+
+def _first(value) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+                     else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _voi(values: np.ndarray, ds: Dataset, frame: int, path: str | Path,
+         options: DicomOptions) -> np.ndarray:
+    if options.voi == "given":
+        return _window(values, options.window_center, options.window_width, "LINEAR")
+    if options.voi == "minmax":
+        return _minmax(values)
+    if options.voi == "lut":
+        if not ds.get("VOILUTSequence"):
+            from dataset.dicom import DicomError  # here: dataset.dicom imports this module
+
+            raise DicomError(f"{path}: voi='lut' but the file has no VOI LUT Sequence")
+        return _voi_lut(values, ds)
+    source = frame_item(ds, frame, "FrameVOILUTSequence") or ds
+    center, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
+    function = tag_text(source, "VOILUTFunction").upper() or "LINEAR"
+    if center is not None and width is not None and width > 0 and (
+            width >= 1 or function != "LINEAR"):
+        return _window(values, center, width, function)
+    if center is not None:
+        logger.warning("%s: unusable window width %s; using min-max", path, width)
+    if ds.get("VOILUTSequence"):
+        return _voi_lut(values, ds)
+    return _minmax(values)
+
+
+def _window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 window functions, to the unit range."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width <= 1:  # the linear function's degenerate width is a threshold at c - 0.5
+        return (x > center - 0.5).astype(np.float64)
+    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    low, high = float(x.min()), float(x.max())
+    if high <= low:
+        return np.zeros_like(x)
+    return (x - low) / (high - low)
+
+
+def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    item = ds.VOILUTSequence[0]
+    bits = int(item.LUTDescriptor[2])
+    mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
+    return mapped.astype(np.float64) / float(2**bits - 1)
+
+
+def quantise(unit: np.ndarray, bits: int, *, rounding=np.floor) -> np.ndarray:
+    """Unit range -> integers. Grey truncates: the standard leaves quantisation open
+    and truncation is what dcmtk does, so renders match the reference exactly."""
+    top = 2**bits - 1
+    return rounding(np.clip(unit, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
