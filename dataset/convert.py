@@ -324,8 +324,10 @@ def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
                 chunks.append([])
             chunks[-1].append(task)
         results = workers.imap(encode_chunk, chunks, chunksize=1)
+        # disable=None: no bar when stderr is a log file rather than a terminal (there a bar
+        # is hundreds of carriage-return updates on one line; the summary says it all).
         progress = tqdm(total=len(tasks), unit="img", desc="converting",
-                        disable=not config.show_progress, mininterval=0.5)
+                        disable=None if config.show_progress else True, mininterval=0.5)
         for chunk, (blob, items) in zip(chunks, results):
             progress.update(len(chunk))
             for task, (sizes, error) in zip(chunk, items):

@@ -314,6 +314,9 @@ def test_original_readme_command_verbatim(tmp_path, make_images_labels_dataset):
     assert set(manifest["splits"]) == {"train", "validation", "test"}
     assert sum(s["num_examples"] for s in manifest["splits"].values()) == 20
     assert "total" in result.stdout and "wrote 20 examples" in result.stdout
+    # stderr is a pipe, as in a log file: no progress bar ("%|" is its percentage and bar;
+    # text mode would turn its carriage returns into newlines, so they cannot be looked for).
+    assert "%|" not in result.stderr
 
 
 def test_cli_bad_input_exits_non_zero_with_one_line_per_problem(tmp_path,
