@@ -8,7 +8,9 @@ repository) with dataset.convert, and with the naive loop of the 2018 converter
 (read file -> tf.train.Example -> one TFRecordWriter): ``naive`` decodes each
 image once for its height/width/channels like TF-Slim's converter, so it writes
 the same features as ours; ``naive_bytes`` skips that (fewer features, no check
-that the image decodes), a lower bound on the work. Each
+that the image decodes), a lower bound on the work. ``ours`` runs with
+--num_workers (default: all cores), ``ours_1worker`` with one process, so the
+gain from the extra cores is printed next to the gain over the naive loop. Each
 conversion runs in its own subprocess; peak memory is the largest resident set
 of that subprocess and its workers (wait4 ru_maxrss). Images/s count the
 conversion itself, after interpreter start-up; the naive loops' ``import
@@ -29,7 +31,7 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("naive", "naive_bytes", "ours")
+METHODS = ("naive", "naive_bytes", "ours_1worker", "ours")
 SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
 
@@ -93,12 +95,16 @@ def ours(dataset_dir: str, output_dir: str, num_workers: int) -> int:
 
 
 def child(method: str, dataset_dir: str, output_dir: str, num_workers: int) -> None:
-    if method != "ours":
+    if not method.startswith("ours"):
         import tensorflow  # noqa: F401  the peers' start-up, paid before their clock
 
     start = time.perf_counter()
-    count = (ours(dataset_dir, output_dir, num_workers) if method == "ours"
-             else naive(dataset_dir, output_dir, decode=method == "naive"))
+    if method == "ours":
+        count = ours(dataset_dir, output_dir, num_workers)
+    elif method == "ours_1worker":
+        count = ours(dataset_dir, output_dir, 1)
+    else:
+        count = naive(dataset_dir, output_dir, decode=method == "naive")
     print(json.dumps({"images": count, "seconds": time.perf_counter() - start}))
 
 
@@ -121,7 +127,49 @@ def measure(method: str, dataset_dir: str, num_workers: int) -> dict:
     return result
 
 
-def main() -> None:
+def run_benchmark(datasets: dict[str, str], num_workers: int,
+                  methods: tuple[str, ...] = METHODS) -> dict:
+    """Converts each named dataset folder with each method, one subprocess at a time;
+    returns {(dataset name, method): {"images", "seconds", "peak_mb"}}."""
+    return {(name, method): measure(method, dataset_dir, num_workers)
+            for name, dataset_dir in datasets.items() for method in methods}
+
+
+def format_table(rows: dict, num_workers: int) -> str:
+    workers = num_workers or os.cpu_count()
+    lines = [f"cores: {os.cpu_count()}, workers: {workers} (ours_1worker: 1); load average "
+             "(1/5/15 min) " + " ".join(f"{v:.2f}" for v in os.getloadavg()),
+             f"{'dataset':8} {'method':13} {'images':>7} {'seconds':>8} {'images/s':>9} "
+             f"{'peak MB':>8}"]
+    for (name, method), row in rows.items():
+        lines.append(f"{name:8} {method:13} {row['images']:7d} {row['seconds']:8.2f} "
+                     f"{row['images'] / row['seconds']:9.0f} {row['peak_mb']:8.0f}")
+    names = list(dict.fromkeys(name for name, _ in rows))
+    for name in names:
+        speed = {method: row["images"] / row["seconds"]
+                 for (row_name, method), row in rows.items() if row_name == name}
+        if "ours" not in speed:
+            continue
+        parts = []
+        if "naive" in speed:
+            parts.append(f"ours / naive speed = {speed['ours'] / speed['naive']:.2f}x (same "
+                         "features, each image decoded once)")
+        if "naive_bytes" in speed:
+            parts.append(f"ours / naive_bytes = {speed['ours'] / speed['naive_bytes']:.2f}x "
+                         "(no decode, no dims)")
+        if "ours_1worker" in speed:
+            gain = speed["ours"] / speed["ours_1worker"]
+            parts.append(f"ours / ours_1worker = {gain:.2f}x on {workers} workers "
+                         f"({gain / workers:.0%} of linear scaling)")
+        lines.append(f"{name}: " + "; ".join(parts))
+    if len(names) == 2 and all((name, "ours") in rows for name in names):
+        small, large = names
+        lines.append(f"peak memory ours {large} / {small} = "
+                     f"{rows[large, 'ours']['peak_mb'] / rows[small, 'ours']['peak_mb']:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_workers", type=int, default=0, help="0: all cores")
     parser.add_argument("--small", default=os.path.join(SHARED, "mednist-3000"))
@@ -129,32 +177,22 @@ def main() -> None:
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset_dir", help=argparse.SUPPRESS)
     parser.add_argument("--output_dir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         sys.path.insert(0, REPO_ROOT)
         child(args.child, args.dataset_dir, args.output_dir, args.num_workers)
         return
+    if args.num_workers < 0:
+        parser.error(f"--num_workers={args.num_workers}: must be >= 0 (0: all cores)")
+    for flag, path, isdir in (("--small", args.small, True), ("--tarball", args.tarball, False)):
+        if not (os.path.isdir(path) if isdir else os.path.isfile(path)):
+            parser.error(f"{flag}={path}: not found")
     with tempfile.TemporaryDirectory(prefix="convert-bench-mednist-") as extracted:
         with tarfile.open(args.tarball) as archive:
             archive.extractall(extracted, filter="data")
-        large = os.path.join(extracted, "MedNIST")
-        rows = {}
-        for name, dataset_dir in (("3k", args.small), ("35k", large)):
-            for method in METHODS:
-                rows[name, method] = measure(method, dataset_dir, args.num_workers)
-    print(f"cores: {os.cpu_count()}, workers: {args.num_workers or os.cpu_count()}")
-    print(f"{'dataset':8} {'method':11} {'images':>7} {'seconds':>8} {'images/s':>9} "
-          f"{'peak MB':>8}")
-    for (name, method), row in rows.items():
-        print(f"{name:8} {method:11} {row['images']:7d} {row['seconds']:8.2f} "
-              f"{row['images'] / row['seconds']:9.0f} {row['peak_mb']:8.0f}")
-    for name in ("3k", "35k"):
-        speed = {m: rows[name, m]["images"] / rows[name, m]["seconds"] for m in METHODS}
-        print(f"{name}: ours / naive speed = {speed['ours'] / speed['naive']:.2f}x "
-              f"(same features, each image decoded once); ours / naive_bytes = "
-              f"{speed['ours'] / speed['naive_bytes']:.2f}x (no decode, no dims)")
-    print(f"peak memory ours 35k / 3k = "
-          f"{rows['35k', 'ours']['peak_mb'] / rows['3k', 'ours']['peak_mb']:.2f}x")
+        rows = run_benchmark({"3k": args.small, "35k": os.path.join(extracted, "MedNIST")},
+                             args.num_workers)
+    print(format_table(rows, args.num_workers), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ Trains the same ResNet (default: the MedNIST recipe's ResNet-18 at 64x64, ImageN
 batch 128) twice in one process: once fed by the trainer's real input pipeline
 (train_input.train_dataset: parallel interleave over shards, parallel parse + JPEG/PNG decode,
 shuffle, parallel augmentation, batch, prefetch) and once with --use_synthetic_data (one random
-batch repeated, no pipeline). The two take turns, `--steps` steps per round, after a warm-up
-that fills the shuffle buffer; the ratio real/synthetic (median of the per-round ratios) is 1.0
-when the pipeline is never the bottleneck. Both share the same 2 CPU cores, so the pipeline's own
-CPU time shows up in the ratio.
+batch repeated, no pipeline). One side at a time: its trainer is built, warmed up (which
+fills the shuffle buffer), timed for `--rounds` blocks of `--steps` steps, and deleted with its
+prefetching iterator before the other side is built, so the real pipeline's background threads
+never run during the synthetic side's timing. The ratio real/synthetic (of the median block
+rates) is 1.0 when the pipeline is never the bottleneck. Both share the same CPU cores, so the
+pipeline's own CPU time shows up in the ratio; the sides are not interleaved, so a change in
+machine load between them shows up too (the load average is printed per block).
 
 Measured first: the pipeline alone (no model; --pipeline_only stops there), images/s with all
 cores and with a private one-thread pool, i.e. the rate one CPU core sustains (how many cores
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import statistics
 import subprocess
@@ -114,7 +118,28 @@ def pipeline_rate(train_config, batches: int, threads: int | None) -> float:
     return batches * train_config.batch_size / (time.perf_counter() - started)
 
 
+def time_side(train_config, strategy, config: PipelineBenchConfig, name: str, log) -> list:
+    """Builds one side's trainer, warms it up, times `config.rounds` blocks of `config.steps`
+    steps, and frees it (its prefetching iterator included) before returning images/s per
+    block, so nothing of this side runs while the other side is timed."""
+    trainer = Trainer(train_config, strategy)
+    trainer.run(config.warmup_steps)
+    rates = []
+    for block in range(config.rounds):
+        rates.append(config.steps * config.batch_size / trainer.run(config.steps))
+        log(f"{name} block {block + 1}: {rates[-1]:.1f} img/s "
+            f"(load {os.getloadavg()[0]:.2f})")
+    # tf.data's prefetch and parallel-map threads stop only when the iterator is destroyed;
+    # the trainer's tf.function and iterator can sit in reference cycles, hence the collect.
+    del trainer
+    gc.collect()
+    return rates
+
+
 def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
+    """The pipeline alone (all cores, one core), then the model fed by the real pipeline and
+    by synthetic data, one side after the other. Returns the medians, per-block rates, the
+    ratio of the medians and the load average."""
     import tensorflow as tf
 
     from networks.resnet.train_config import TrainConfig
@@ -128,25 +153,16 @@ def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
     synthetic_config = TrainConfig(**common, use_synthetic_data=True)
     alone = {"pipeline_all_cores": pipeline_rate(real_config, config.pipeline_batches, None),
              "pipeline_one_core": pipeline_rate(real_config, config.pipeline_batches, 1)}
+    gc.collect()  # the pipeline-only iterators must not run during the model's turns
     if config.pipeline_only:
         return {**alone, "load_average": os.getloadavg()}
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    trainers = {"real": Trainer(real_config, strategy),
-                "synthetic": Trainer(synthetic_config, strategy)}
-    for trainer in trainers.values():
-        trainer.run(config.warmup_steps)
-    rates = {name: [] for name in trainers}
-    for round_index in range(config.rounds):
-        for name, trainer in trainers.items():
-            rates[name].append(config.steps * config.batch_size / trainer.run(config.steps))
-        log(f"round {round_index + 1}: real {rates['real'][-1]:.1f} img/s, synthetic "
-            f"{rates['synthetic'][-1]:.1f} img/s (load {os.getloadavg()[0]:.2f})")
-    ratios = [a / b for a, b in zip(rates["real"], rates["synthetic"])]
-    return {
-        "real": statistics.median(rates["real"]),
-        "synthetic": statistics.median(rates["synthetic"]),
-        "rounds": rates, "ratio": statistics.median(ratios), **alone,
-        "load_average": os.getloadavg()}
+    rates = {name: time_side(train_config, strategy, config, name, log)
+             for name, train_config in (("real", real_config),
+                                        ("synthetic", synthetic_config))}
+    real, synthetic = statistics.median(rates["real"]), statistics.median(rates["synthetic"])
+    return {"real": real, "synthetic": synthetic, "rounds": rates, "ratio": real / synthetic,
+            **alone, "load_average": os.getloadavg()}
 
 
 def format_table(config: PipelineBenchConfig, results: dict) -> str:
@@ -154,10 +170,10 @@ def format_table(config: PipelineBenchConfig, results: dict) -> str:
     lines = [f"ResNet-{config.resnet_size} {config.image_size}x{config.image_size} ({stem}), "
              f"batch {config.batch_size}, {config.dtype}, cache={config.cache}, "
              + ("" if config.pipeline_only else
-                f"{config.rounds} rounds x {config.steps} steps; ")
+                f"each side alone: {config.rounds} blocks x {config.steps} steps; ")
              + f"data {config.data_dir}"]
     if "ratio" in results:
-        lines.append(f"{'input':<12}{'img/s (median)':>15}   per round")
+        lines.append(f"{'input':<12}{'img/s (median)':>15}   per block")
         for name in ("real", "synthetic"):
             rounds = " ".join(f"{value:.1f}" for value in results["rounds"][name])
             lines.append(f"{name:<12}{results[name]:>15.1f}   {rounds}")
