@@ -1,0 +1,173 @@
+"""Laterality-safe training augmentation beyond the crop: geometry, noise, mixup and cutmix.
+
+Pure TensorFlow: tensors in, tensors out. Nothing here mirrors an image: left kidney and right
+kidney are different classes, so every geometric transform is a rotation plus a scale plus a
+shift (determinant > 0), never a reflection.
+
+Per-image transforms take float images on the 0-255 scale ([H, W, C], before `normalize`) and a
+shape-[2] stateless seed, as dataset.preprocess does. Batch mixing (mixup, cutmix) takes a
+normalised batch and one-hot (or already soft) labels and returns soft labels, so the loss must
+accept probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec:
+    """How strongly to augment. All zero (the default) leaves images untouched.
+
+    scale: zoom factor drawn from [1 - scale, 1 + scale].
+    translate: shift of up to this fraction of the side, in each direction.
+    rotate_degrees: rotation drawn from [-rotate_degrees, rotate_degrees].
+    noise: standard deviation of additive Gaussian noise, as a fraction of 255.
+    """
+    scale: float = 0.0
+    translate: float = 0.0
+    rotate_degrees: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self):
+        for name, value, high in (("scale", self.scale, 1.0), ("translate", self.translate, 0.5),
+                                  ("rotate_degrees", self.rotate_degrees, 180.0),
+                                  ("noise", self.noise, 1.0)):
+            if not 0.0 <= value < high:
+                raise ValueError(f"augmentation {name} must be in [0, {high:g}), got {value!r}")
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.scale or self.translate or self.rotate_degrees)
+
+
+def _affine_matrix(size: tf.Tensor, zoom: tf.Tensor, angle: tf.Tensor, shift_y: tf.Tensor,
+                   shift_x: tf.Tensor) -> tf.Tensor:
+    """ImageProjectiveTransformV3's 8 numbers mapping each *output* pixel to its input pixel.
+
+    The output is the input zoomed by `zoom` and rotated by `angle` about the image centre, then
+    shifted by (shift_y, shift_x) pixels; the inverse of that map is what the op wants.
+    """
+    height, width = size[0], size[1]
+    centre_y, centre_x = (height - 1.0) / 2.0, (width - 1.0) / 2.0
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    # input = R(-angle) / zoom @ (output - centre - shift) + centre
+    out_y, out_x = centre_y + shift_y, centre_x + shift_x
+    a0, a1 = cos, sin
+    b0, b1 = -sin, cos
+    a2 = centre_x - a0 * out_x - a1 * out_y
+    b2 = centre_y - b0 * out_x - b1 * out_y
+    zero = tf.zeros_like(a0)
+    return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero])
+
+
+def random_geometry(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """Random zoom, rotation and shift of one image [H, W, C]; the size is kept.
+
+    Pixels shifted in from outside are 0 (black, the background of most radiographs and CT
+    slices after windowing); reflecting the border in would draw mirrored anatomy.
+    """
+    if not spec.geometric:
+        return image
+    zoom_seed, angle_seed, shift_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    zoom = tf.random.stateless_uniform((), zoom_seed, 1.0 - spec.scale, 1.0 + spec.scale)
+    max_angle = spec.rotate_degrees * math.pi / 180.0
+    angle = tf.random.stateless_uniform((), angle_seed, -max_angle, max_angle)
+    shift = tf.random.stateless_uniform((2,), shift_seed, -spec.translate, spec.translate) * size
+    transform = _affine_matrix(size, zoom, angle, shift[0], shift[1])
+    output = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None], transforms=transform[None],
+        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="CONSTANT")
+    return tf.ensure_shape(output[0], image.shape)
+
+
+def random_noise(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """Additive Gaussian noise (sd = spec.noise * 255), clipped back to 0-255."""
+    if not spec.noise:
+        return image
+    image = tf.cast(image, tf.float32)
+    noise = tf.random.stateless_normal(tf.shape(image), seed, stddev=spec.noise * 255.0)
+    return tf.clip_by_value(image + noise, 0.0, 255.0)
+
+
+def augment_image(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """random_geometry then random_noise, each with its own part of `seed`."""
+    geometry_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    return random_noise(random_geometry(image, spec, geometry_seed), spec, noise_seed)
+
+
+def _partner(batch_size: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    # Each example is mixed with another of the same batch: a random permutation, stateless.
+    keys = tf.random.stateless_uniform((batch_size,), seed)
+    return tf.argsort(keys)
+
+
+def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor
+          ) -> tuple[tf.Tensor, tf.Tensor]:
+    """mixup (Zhang et al. 2018): x = lam * x_i + (1 - lam) * x_j, labels likewise.
+
+    One lam ~ Beta(alpha, alpha) per batch, as in the paper's reference code.
+
+    Args:
+      images: [N, H, W, C] float.
+      labels: [N, K] probabilities (one-hot or smoothed).
+      alpha: Beta parameter, > 0.
+    Returns:
+      (mixed images, mixed labels), the labels still summing to 1.
+    """
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha!r}")
+    lam_seed, perm_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    lam = _beta(alpha, lam_seed)
+    order = _partner(tf.shape(images)[0], perm_seed)
+    images = tf.cast(images, tf.float32)
+    mixed_images = lam * images + (1.0 - lam) * tf.gather(images, order)
+    mixed_labels = lam * labels + (1.0 - lam) * tf.gather(labels, order)
+    return mixed_images, mixed_labels
+
+
+def cutmix(images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor
+           ) -> tuple[tf.Tensor, tf.Tensor]:
+    """CutMix (Yun et al. 2019): a box of another image pasted in; labels weighted by area.
+
+    The box's area fraction is 1 - lam, lam ~ Beta(alpha, alpha), its centre uniform; where it
+    is clipped by the border the labels follow the area actually pasted.
+    """
+    if alpha <= 0:
+        raise ValueError(f"cutmix alpha must be > 0, got {alpha!r}")
+    lam_seed, perm_seed, y_seed, x_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 4))
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+    lam = _beta(alpha, lam_seed)
+    cut = tf.sqrt(1.0 - lam)
+    box_h = tf.cast(tf.round(cut * tf.cast(height, tf.float32)), tf.int32)
+    box_w = tf.cast(tf.round(cut * tf.cast(width, tf.float32)), tf.int32)
+    centre_y = tf.random.stateless_uniform((), y_seed, 0, height, tf.int32)
+    centre_x = tf.random.stateless_uniform((), x_seed, 0, width, tf.int32)
+    top, bottom = tf.maximum(centre_y - box_h // 2, 0), tf.minimum(centre_y + box_h // 2, height)
+    left, right = tf.maximum(centre_x - box_w // 2, 0), tf.minimum(centre_x + box_w // 2, width)
+    rows = tf.range(height)[:, None]
+    cols = tf.range(width)[None, :]
+    inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+    mask = tf.cast(inside, tf.float32)[None, :, :, None]
+    order = _partner(shape[0], perm_seed)
+    images = tf.cast(images, tf.float32)
+    mixed_images = images * (1.0 - mask) + tf.gather(images, order) * mask
+    pasted = tf.reduce_mean(mask)
+    mixed_labels = (1.0 - pasted) * labels + pasted * tf.gather(labels, order)
+    return mixed_images, mixed_labels
+
+
+def _beta(alpha: float, seed: tf.Tensor) -> tf.Tensor:
+    # Beta(a, a) as X / (X + Y) with X, Y ~ Gamma(a): TF has a stateless gamma, no stateless beta.
+    x_seed, y_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    x = tf.random.stateless_gamma((), x_seed, alpha)
+    y = tf.random.stateless_gamma((), y_seed, alpha)
+    return x / (x + y)

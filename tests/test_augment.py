@@ -1,0 +1,112 @@
+"""dataset/augment.py: laterality-safe geometry, noise, mixup and cutmix on tiny tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dataset import augment
+
+STRONG = augment.AugmentSpec(scale=0.15, translate=0.1, rotate_degrees=15, noise=0.0)
+
+
+def _seed(index: int) -> tf.Tensor:
+    return tf.constant([index, 7], tf.int64)
+
+
+def _left_blob(size: int = 32) -> np.ndarray:
+    image = np.zeros((size, size, 1), np.float32)
+    image[10:22, 3:11] = 255.0  # a bright structure in the left third
+    return image
+
+
+def test_default_spec_changes_nothing():
+    image = tf.constant(_left_blob())
+    out = augment.augment_image(image, augment.AugmentSpec(), _seed(0))
+    np.testing.assert_array_equal(out.numpy(), image.numpy())
+
+
+def test_identity_transform_is_exact_and_a_shift_moves_content_the_stated_way():
+    image = tf.constant(_left_blob())
+    size = tf.constant([32.0, 32.0])
+
+    def apply(zoom, angle, shift_y, shift_x):
+        matrix = augment._affine_matrix(size, tf.constant(zoom), tf.constant(angle),
+                                        tf.constant(shift_y), tf.constant(shift_x))
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=image[None], transforms=matrix[None], output_shape=[32, 32],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0].numpy()
+
+    np.testing.assert_allclose(apply(1.0, 0.0, 0.0, 0.0), image.numpy(), atol=1e-4)
+    shifted = apply(1.0, 0.0, 2.0, 5.0)  # 2 px down, 5 px right
+    np.testing.assert_allclose(shifted[12:24, 8:16], 255.0, atol=1e-3)
+    assert shifted[:12].max() == 0 and shifted[:, :8].max() == 0
+
+
+def test_geometry_never_mirrors_left_and_right():
+    """A left-sided structure stays on the left under the strongest allowed transforms (a flip
+    would turn a left kidney into a right one)."""
+    image = tf.constant(_left_blob())
+    columns = np.arange(32)[None, :, None]
+    for index in range(40):
+        out = augment.random_geometry(image, STRONG, _seed(index)).numpy()
+        assert out.shape == (32, 32, 1) and out.sum() > 0
+        centroid_x = float((out * columns).sum() / out.sum())
+        assert centroid_x < 13.0, (index, centroid_x)  # started at 6.5 of 0..31
+    # ... and the transforms do vary with the seed.
+    outs = [augment.random_geometry(image, STRONG, _seed(i)).numpy() for i in range(3)]
+    assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
+
+
+def test_noise_has_the_stated_spread_and_stays_in_range():
+    image = tf.fill((64, 64, 1), 128.0)
+    out = augment.random_noise(image, augment.AugmentSpec(noise=0.05), _seed(1)).numpy()
+    assert out.min() >= 0 and out.max() <= 255
+    assert np.std(out - 128.0) == pytest.approx(0.05 * 255, rel=0.1)
+
+
+@pytest.mark.parametrize("kwargs", [{"scale": 1.0}, {"translate": -0.1},
+                                    {"rotate_degrees": 200}, {"noise": 1.5}])
+def test_spec_rejects_out_of_range_values(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        augment.AugmentSpec(**kwargs)
+
+
+def _constant_batch(count: int = 6, size: int = 8):
+    # Image i is constant i * 10; its label is one-hot class i: a mixed pixel must equal the
+    # label-weighted sum of the constants, which ties the image mixing to the label mixing.
+    values = np.arange(count, dtype=np.float32) * 10.0
+    images = tf.constant(np.broadcast_to(values[:, None, None, None], (count, size, size, 1)))
+    labels = tf.one_hot(tf.range(count), count)
+    return images, labels, values
+
+
+def test_mixup_mixes_images_and_labels_with_one_weight():
+    images, labels, values = _constant_batch()
+    mixed, soft = augment.mixup(images, labels, alpha=0.4, seed=_seed(3))
+    soft = soft.numpy()
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+    expected = soft @ values
+    np.testing.assert_allclose(mixed.numpy()[:, 0, 0, 0], expected, rtol=1e-5, atol=1e-4)
+    assert (soft > 1e-6).sum(axis=1).max() <= 2  # each example mixes with one partner
+
+
+def test_cutmix_weights_labels_by_the_pasted_area():
+    images, labels, values = _constant_batch(size=16)
+    for index in range(10):
+        mixed, soft = augment.cutmix(images, labels, alpha=1.0, seed=_seed(index))
+        mixed, soft = mixed.numpy(), soft.numpy()
+        np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+        for example in range(len(values)):
+            own = np.isclose(mixed[example], values[example]).mean()
+            if own < 1.0:  # a box was pasted from another example
+                assert soft[example, example] == pytest.approx(own, abs=1e-6)
+
+
+def test_mixing_rejects_a_non_positive_alpha():
+    images, labels, _ = _constant_batch()
+    with pytest.raises(ValueError, match="mixup alpha"):
+        augment.mixup(images, labels, alpha=0.0, seed=_seed(0))
+    with pytest.raises(ValueError, match="cutmix alpha"):
+        augment.cutmix(images, labels, alpha=-1.0, seed=_seed(0))
