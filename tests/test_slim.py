@@ -1,7 +1,7 @@
-"""networks/slim: every keras.applications network trains through the shared ResNet loop,
-resumes and exports (the export holds the last checkpoint's weights);
---checkpoint_path, --trainable_scopes and --checkpoint_exclude_scopes; the CLIs. Nothing is
-downloaded (weights=None everywhere)."""
+"""networks/slim: every network (keras.applications and Inception-v4) trains through the
+shared ResNet loop, resumes and exports (the export holds the last checkpoint's weights);
+Slim's weight decay and Inception-v4's parameter count; --checkpoint_path, --trainable_scopes
+and --checkpoint_exclude_scopes; the CLIs. Nothing is downloaded (weights=None everywhere)."""
 
 from __future__ import annotations
 
@@ -129,6 +129,23 @@ def test_fp16_with_a_fixed_loss_scale_trains_in_half_precision(data, tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(after_one, restored.get_weights()))
 
 
+@pytest.mark.parametrize("trainable_scopes", [(), ("logits",)])
+def test_weight_decay_is_slims_half_sum_of_squares(tmp_path, trainable_scopes):
+    """Slim's weights_regularizer=l2_regularizer(wd) adds wd * tf.nn.l2_loss(w) =
+    wd / 2 * sum(w**2) for every convolution and fully connected kernel (not biases, not batch
+    norm), and nothing for frozen layers. Hand computation in float64 on the model's weights."""
+    weight_decay = 0.01
+    config = TrainConfig(model_dir=str(tmp_path), image_size=32, weight_decay=weight_decay)
+    network = slim_train.SlimNetwork(slim_train.SlimConfig(model_name=FAST,
+                                                           trainable_scopes=trainable_scopes))
+    model = network.build_training_state(config, 3, 0.01, ONE_DEVICE).model
+    kernels = [v.numpy().astype(np.float64) for v in model.trainable_variables
+               if len(v.shape) >= 2]  # conv, depthwise and dense kernels
+    assert len(kernels) == 1 if trainable_scopes else len(kernels) > 50
+    expected = weight_decay * sum(np.sum(k**2) for k in kernels) / 2
+    assert float(tf.add_n(model.losses)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_resume_refuses_other_scopes_or_network(data, tmp_path):
     run = tmp_path / "run"
     _train(data, run, FAST, steps=1, trainable_scopes=("logits",))
@@ -204,7 +221,10 @@ def test_grey_input_is_repeated_and_preprocessed_inside_the_model():
 
 
 def test_names_aliases_and_sizes():
-    assert nets.resolve_name("inception_v4") == "inception_resnet_v2"
+    # Never a stand-in: each of Slim's names means its own network.
+    assert nets.resolve_name("inception_v4") == "inception_v4"
+    assert nets.resolve_name("InceptionV4") == "inception_v4"
+    assert nets.resolve_name("inception_resnet_v2") == "inception_resnet_v2"
     assert nets.resolve_name("ResNet152V2") == "resnet_v2_152"
     with pytest.raises(ValueError, match="valid names: inception_v3"):
         nets.resolve_name("alexnet")
@@ -212,6 +232,44 @@ def test_names_aliases_and_sizes():
         nets.build_network("inception_v3", 2, image_size=32)
     with pytest.raises(ValueError, match="matches no layer"):
         scopes.select(nets.build_network("vgg_16", 2, image_size=32), ("block9",), "--x")
+
+
+# Inception-v4 with a 1000-class head, every batch norm with gamma and beta (PyTorch's
+# BatchNorm2d(affine=True)), no auxiliary head: Cadene/pretrained-models.pytorch's
+# pretrainedmodels/models/inceptionv4.py, a port of TF-Slim's inception_v4 checkpoint (its
+# 1001-way Linear loses the background row). The figure is that model's count as published in
+# osmr/imgclsmob's model table ("InceptionV4 ... 42,679,816 ... From Cadene") and keras-hub's
+# inception_v4_imagenet preset ("params": 42679816). TF-Slim itself publishes no count.
+PORTED_INCEPTION_V4_PARAMETERS = 42_679_816
+
+
+def test_inception_v4_has_the_published_parameter_count():
+    """Full size (299 px, three channels), built, not run. TF-Slim counts its batch norm's beta
+    only (scale=False): so Slim's trainable count is the published figure minus one gamma per
+    batch-norm channel, plus one more logit (1001 classes: 1536 weights and a bias)."""
+    def count(variables):
+        return sum(int(np.prod(v.shape)) for v in variables)
+
+    model = nets.build_network("inception_v4", 1001, image_size=299, channels=3)
+    backbone = nets.backbone_of(model)
+    assert backbone.name == "InceptionV4" and backbone.output_shape == (None, 8, 8, 1536)
+    batch_norms = [layer for layer in nets.weighted_layers(backbone)
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(layer.gamma is None and layer.beta is not None for layer in batch_norms)
+    assert all(not layer.use_bias for layer in nets.weighted_layers(backbone)
+               if isinstance(layer, keras.layers.Conv2D))
+    gammas = count(layer.beta for layer in batch_norms)  # one per channel, had Slim scaled
+    assert count(model.trainable_variables) == PORTED_INCEPTION_V4_PARAMETERS - gammas + (
+        1536 + 1)
+    # Slim's own stage layout: 4 x A, Reduction-A, 7 x B, Reduction-B, 3 x C.
+    blocks = [layer.name for layer in backbone.layers if layer.name.startswith("Mixed_")
+              and isinstance(layer, keras.layers.Concatenate) and "Branch" not in layer.name]
+    assert blocks == ["Mixed_3a", "Mixed_4a", "Mixed_5a", *(f"Mixed_5{c}" for c in "bcde"),
+                      "Mixed_6a", *(f"Mixed_6{c}" for c in "bcdefgh"), "Mixed_7a",
+                      *(f"Mixed_7{c}" for c in "bcd")]
+    # Slim's scope names work as --trainable_scopes, as they did in Slim.
+    selected = scopes.select(model, ("InceptionV4/Mixed_7d",), "--trainable_scopes")
+    assert len(selected) == 2 * 10  # Mixed_7d's ten convolutions and their batch norms
 
 
 def test_resnet_config_without_architecture_still_rebuilds_a_resnet():
@@ -241,7 +299,8 @@ def test_cli_wrong_model_name_lists_the_valid_names(data, tmp_path):
     done = _cli(f"--dataset_dir={data}", f"--train_dir={tmp_path}", "--model_name=alexnet")
     assert done.returncode == 1
     lines = error_lines(done.stderr)
-    assert len(lines) == 1 and "valid names: inception_v3, inception_resnet_v2" in lines[0]
+    assert len(lines) == 1 and "valid names: inception_v3, inception_v4, inception_resnet_v2" in (
+        lines[0])
 
 
 def test_cli_runs_the_original_readme_fine_tuning_command(data, tmp_path):
@@ -252,7 +311,6 @@ def test_cli_runs_the_original_readme_fine_tuning_command(data, tmp_path):
                 "--model_name=inception_v4", "--max_number_of_steps=1",
                 "--train_image_size=75", "--batch_size=4")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "inception_resnet_v2: step 1 (resumed from 0, stopped by max_train_steps)" in (
-        done.stdout)
+    assert "inception_v4: step 1 (resumed from 0, stopped by max_train_steps)" in done.stdout
     config = json.loads((tmp_path / "inception_v4" / "config.json").read_text())
-    assert config["architecture"] == "inception_resnet_v2" and config["image_size"] == 75
+    assert config["architecture"] == "inception_v4" and config["image_size"] == 75

@@ -1,20 +1,21 @@
-"""The networks of the TF-Slim side: keras.applications backbones with a new head (pure Keras).
+"""The networks of the TF-Slim side: keras.applications backbones (and Inception-v4, which
+keras.applications lacks: inception_v4.py) with a new head (pure Keras).
 
-NETWORKS is the table: name -> (constructor, preprocess_input, default image size, min size).
-Every model is built with weights=None (nothing is ever downloaded) and include_top=False, and
-wrapped as
+NETWORKS is the table: name -> (constructor, preprocess_input, default image size, min size,
+dropout before the logits). Every model is built with weights=None (nothing is ever downloaded)
+and include_top=False, and wrapped as
 
     images [N, H, W, channels], float32 in [-1, 1] (dataset.preprocess.normalize)
       -> NetworkInput: back to 0..255, grey repeated to 3 channels, the network's preprocess_input
-      -> backbone (the keras.applications model, nested under its own name)
-      -> GlobalAveragePooling2D "avg_pool" -> Dense "logits" (float32 under mixed precision)
+      -> backbone (the keras.applications or inception_v4 model, nested under its own name)
+      -> GlobalAveragePooling2D "avg_pool" [-> Dropout "dropout", where Slim's net had one]
+      -> Dense "logits" (float32 under mixed precision)
 
 so the shared input pipeline, export and prediction stay unchanged: each network's own input
 scaling lives inside the model, where no caller can forget it.
 
-LEGACY_NAMES maps TF-Slim's model names (the original README's commands) to this table. Slim's
-inception_v4 has no keras.applications counterpart; it maps to inception_resnet_v2, the network
-from the same paper with the same stem (Szegedy et al. 2016), and the trainer logs that it did.
+LEGACY_NAMES maps TF-Slim's model names (the original README's commands) and Keras class names
+to this table; a name always means that network, never a stand-in.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Callable
 import keras
 from keras import applications as apps
 
-HEAD_LAYERS = ("avg_pool", "logits")  # the new layers on top of every backbone
+from networks.slim import inception_v4
+
+HEAD_LAYERS = ("avg_pool", "dropout", "logits")  # the new layers on top of every backbone
 INPUT_LAYER = "network_input"
 
 
@@ -37,10 +40,15 @@ class NetworkSpec:
     preprocess_input: Callable
     default_image_size: int
     min_image_size: int
+    dropout_rate: float = 0.0  # before the logits, in training only
 
 
-NETWORKS = {  # name: (keras.applications constructor, its preprocess_input, default, min size)
+NETWORKS = {  # name: (constructor, its preprocess_input, default, min size[, dropout])
     "inception_v3": NetworkSpec(apps.InceptionV3, apps.inception_v3.preprocess_input, 299, 75),
+    # Slim's inception_v4(): dropout_keep_prob=0.8 before the logits; its inception
+    # preprocessing scales to [-1, 1], as inception_v3.preprocess_input does.
+    "inception_v4": NetworkSpec(inception_v4.InceptionV4, apps.inception_v3.preprocess_input,
+                                299, inception_v4.MIN_IMAGE_SIZE, dropout_rate=0.2),
     "inception_resnet_v2": NetworkSpec(apps.InceptionResNetV2,
                                        apps.inception_resnet_v2.preprocess_input, 299, 75),
     "vgg_16": NetworkSpec(apps.VGG16, apps.vgg16.preprocess_input, 224, 32),
@@ -60,7 +68,7 @@ NETWORKS = {  # name: (keras.applications constructor, its preprocess_input, def
 
 # TF-Slim nets_factory names (and Keras class names, lower-cased) -> a NETWORKS name.
 LEGACY_NAMES = {
-    "inception_v4": "inception_resnet_v2",
+    "inceptionv4": "inception_v4",
     "vgg_16": "vgg_16", "vgg16": "vgg_16",
     "resnet_v2_50": "resnet_v2_50", "resnet50v2": "resnet_v2_50",
     "resnet_v2_152": "resnet_v2_152", "resnet152v2": "resnet_v2_152",
@@ -83,8 +91,7 @@ def resolve_name(model_name: str) -> str:
     if key in LEGACY_NAMES:
         return LEGACY_NAMES[key]
     raise ValueError(f"--model_name={model_name}: unknown network; valid names: "
-                     f"{', '.join(NETWORKS)} (TF-Slim aliases: "
-                     f"{', '.join(k for k, v in LEGACY_NAMES.items() if k != v and '_' in k)})")
+                     f"{', '.join(NETWORKS)} (or their Keras class names)")
 
 
 def check_image_size(name: str, image_size: int) -> None:
@@ -137,7 +144,7 @@ def _fresh_layer_names():
 
 
 def build_backbone(name: str, image_size: int) -> keras.Model:
-    """The keras.applications feature extractor, 3-channel input, random init, no download."""
+    """The network's feature extractor, 3-channel input, random init, no download."""
     with _fresh_layer_names():
         return NETWORKS[name].constructor(include_top=False, weights=None,
                                           input_shape=(image_size, image_size, 3))
@@ -169,15 +176,17 @@ def build_network(model_name: str, num_classes: int, *, image_size: int, channel
         x = NetworkInput(name, channels, name=INPUT_LAYER)(images)
         x = build_backbone(name, image_size)(x)
         x = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(x)
+        if NETWORKS[name].dropout_rate:
+            x = keras.layers.Dropout(NETWORKS[name].dropout_rate, name=HEAD_LAYERS[1])(x)
         # float32 logits: softmax cross-entropy in float16 overflows for confident predictions.
-        logits = keras.layers.Dense(num_classes, name=HEAD_LAYERS[1], dtype="float32")(x)
+        logits = keras.layers.Dense(num_classes, name=HEAD_LAYERS[2], dtype="float32")(x)
         return keras.Model(images, logits, name=name)
     finally:
         keras.config.set_dtype_policy(previous)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
-    """The nested keras.applications model inside a build_network model."""
+    """The nested backbone model inside a build_network model."""
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if len(nested) != 1:
         raise ValueError(f"{model.name}: expected one nested backbone, found {len(nested)}")

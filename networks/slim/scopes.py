@@ -7,7 +7,8 @@ scope, so "logits" is the new head and "inception_v3" the whole backbone. For th
 README's commands, a Slim scope ending in "/Logits" (e.g. "InceptionV4/Logits") means the head
 and one ending in "/AuxLogits" is ignored: Keras networks have no auxiliary head.
 Layer names are those of `keras.applications.<Network>(weights=None, include_top=False)
-.summary()` in a fresh Python process (nets.build_backbone guarantees the same names).
+.summary()` in a fresh Python process (nets.build_backbone guarantees the same names); for
+inception_v4 they are Slim's scopes with "_" for "/", so "InceptionV4/Mixed_7d" works as in Slim.
 
 Checkpoints are matched to the model by position, not by name: the backbone's weighted layers
 in topological order, checked layer by layer (class and every weight's shape), so weights saved

@@ -154,7 +154,9 @@ class SlimNetwork:
         if config.weight_decay > 0:
             # L2 on the convolution and dense kernels (Slim's weights_regularizer); Keras adds
             # it to model.losses for trainable variables only, so frozen layers get none.
-            l2 = keras.regularizers.L2(config.weight_decay)
+            # Slim's l2_regularizer(wd) is wd * tf.nn.l2_loss(w) = wd / 2 * sum(w**2), Keras'
+            # L2(l) is l * sum(w**2): halved, so --weight_decay means what it meant in Slim.
+            l2 = keras.regularizers.L2(config.weight_decay / 2)
             for _, layer in scopes.layer_paths(model):
                 for name in KERNEL_NAMES:
                     variable = getattr(layer, name, None)

@@ -1,4 +1,5 @@
-"""Train keras.applications networks on a converted dataset, with TF-Slim's script and flag names.
+"""Train Inception-v4 and keras.applications networks on a converted dataset, with TF-Slim's
+script and flag names.
 
 The original README's commands work (plus --dataset_dir, the converter's --output_dir):
 
@@ -118,8 +119,7 @@ def configs_from_flags():
 
     name = nets.resolve_name(FLAGS.model_name)
     if name != FLAGS.model_name.strip().lower():
-        logging.warning("--model_name=%s: using %s from keras.applications", FLAGS.model_name,
-                        name)
+        logging.info("--model_name=%s: the network %s", FLAGS.model_name, name)
     image_size = FLAGS.image_size or nets.NETWORKS[name].default_image_size
     nets.check_image_size(name, image_size)
     epochs = FLAGS.train_epochs or (10**9 if FLAGS.max_number_of_steps else DEFAULT_EPOCHS)
