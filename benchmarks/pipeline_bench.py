@@ -38,6 +38,12 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+import tensorflow as tf  # noqa: E402
+
+from networks.resnet import train_steps  # noqa: E402
+from official.core import steps, train_input  # noqa: E402
+from official.core.config import TrainConfig  # noqa: E402
 MEDNIST_TAR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "MedNIST-dev.tar.gz")
 
 
@@ -75,22 +81,19 @@ def convert_mednist(work_dir: str) -> str:
 class Trainer:
     """The trainer's input + step for one config; `run(n)` times n steps in one call."""
 
-    def __init__(self, train_config, strategy):
-        from networks.resnet import train_input, train_steps
-
+    def __init__(self, train_config, network, strategy):
         data = train_input.resolve_data(train_config)
-        schedule = train_steps.learning_rate_schedule(train_config, steps_per_epoch=100)
-        state = train_steps.build_training_state(train_config, data.num_classes, schedule,
-                                                 strategy)
+        spec = network.model_spec(data.num_classes, image_size=train_config.image_size,
+                                  channels=train_config.channels)
+        schedule = network.learning_rate_schedule(train_config, steps_per_epoch=100)
+        state = network.build_training_state(spec, train_config, schedule, strategy)
         self.iterator = iter(strategy.experimental_distribute_dataset(
             train_input.train_dataset(train_config, data)))
-        self.train_fn = train_steps.make_train_function(
+        self.train_fn = steps.make_train_function(
             state, strategy, global_batch_size=train_config.batch_size,
             num_classes=data.num_classes)
 
     def run(self, steps: int) -> float:
-        import tensorflow as tf
-
         started = time.perf_counter()
         float(self.train_fn(self.iterator, tf.constant(steps))["loss"])
         return time.perf_counter() - started
@@ -99,10 +102,6 @@ class Trainer:
 def pipeline_rate(train_config, batches: int, threads: int | None) -> float:
     """Images/s of train_input.train_dataset alone, timed after the shuffle buffer's initial
     fill; `threads` = 1 pins tf.data to a private one-thread pool (one core's rate)."""
-    import tensorflow as tf
-
-    from networks.resnet import train_input
-
     data = train_input.resolve_data(train_config)
     dataset = train_input.train_dataset(train_config, data)
     if threads:
@@ -118,11 +117,12 @@ def pipeline_rate(train_config, batches: int, threads: int | None) -> float:
     return batches * train_config.batch_size / (time.perf_counter() - started)
 
 
-def time_side(train_config, strategy, config: PipelineBenchConfig, name: str, log) -> list:
+def time_side(train_config, network, strategy, config: PipelineBenchConfig, name: str,
+              log) -> list:
     """Builds one side's trainer, warms it up, times `config.rounds` blocks of `config.steps`
     steps, and frees it (its prefetching iterator included) before returning images/s per
     block, so nothing of this side runs while the other side is timed."""
-    trainer = Trainer(train_config, strategy)
+    trainer = Trainer(train_config, network, strategy)
     trainer.run(config.warmup_steps)
     rates = []
     for block in range(config.rounds):
@@ -140,13 +140,10 @@ def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
     """The pipeline alone (all cores, one core), then the model fed by the real pipeline and
     by synthetic data, one side after the other. Returns the medians, per-block rates, the
     ratio of the medians and the load average."""
-    import tensorflow as tf
-
-    from networks.resnet.train_config import TrainConfig
-
+    network = train_steps.ResNetNetwork(resnet_size=config.resnet_size,
+                                        small_input=config.small_input)
     common = dict(model_dir=tempfile.mkdtemp(prefix="pipeline_bench_"), data_dir=config.data_dir,
-                  resnet_size=config.resnet_size, image_size=config.image_size,
-                  small_input=config.small_input, batch_size=config.batch_size,
+                  image_size=config.image_size, batch_size=config.batch_size,
                   dtype=config.dtype, cache=config.cache,
                   num_parallel_calls=config.num_parallel_calls, seed=0)
     real_config = TrainConfig(**common)
@@ -157,7 +154,7 @@ def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
     if config.pipeline_only:
         return {**alone, "load_average": os.getloadavg()}
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    rates = {name: time_side(train_config, strategy, config, name, log)
+    rates = {name: time_side(train_config, network, strategy, config, name, log)
              for name, train_config in (("real", real_config),
                                         ("synthetic", synthetic_config))}
     real, synthetic = statistics.median(rates["real"]), statistics.median(rates["synthetic"])

@@ -47,6 +47,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from networks.resnet import train_steps  # noqa: E402
+from official.core import steps, train_input  # noqa: E402
+from official.core.config import TrainConfig  # noqa: E402
+
 PEERS = ("ours", "ours_xla", "ours_loop1", "keras_fit", "keras_fit_xla")
 KERAS_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 COMPUTE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -110,8 +117,6 @@ def _best_seconds(run, seconds: float) -> float:
 
 def matmul_gflops(size: int = 2048, dtype: str = "fp32", seconds: float = 2.0) -> float:
     """GFLOP/s of a size^3 matmul in `dtype` (best of repeated runs): a compute ceiling."""
-    import tensorflow as tf
-
     compute = COMPUTE_DTYPES[dtype]
     a = tf.cast(tf.random.uniform((size, size), seed=1), compute)
     b = tf.cast(tf.random.uniform((size, size), seed=2), compute)
@@ -127,8 +132,6 @@ def matmul_gflops(size: int = 2048, dtype: str = "fp32", seconds: float = 2.0) -
 def conv_gflops(size: int = 28, dtype: str = "fp32", seconds: float = 2.0) -> float:
     """GFLOP/s of a 3x3 stride-1 convolution, batch 32, size x size, 128 -> 128 channels, in
     `dtype` (best of repeated runs): the ceiling closer to a ResNet's own work than a matmul."""
-    import tensorflow as tf
-
     compute = COMPUTE_DTYPES[dtype]
     images = tf.cast(tf.random.uniform((CONV_BATCH, size, size, CONV_CHANNELS), seed=1), compute)
     kernel = tf.cast(tf.random.uniform((3, 3, CONV_CHANNELS, CONV_CHANNELS), seed=2), compute)
@@ -143,8 +146,6 @@ def conv_gflops(size: int = 28, dtype: str = "fp32", seconds: float = 2.0) -> fl
 
 def forward_flops(model) -> int:
     """FLOPs of one image's forward pass through the model's Conv2D and Dense layers."""
-    import keras
-
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
@@ -162,8 +163,6 @@ def architecture(model) -> dict:
     """What makes two ResNets the same: parameter count, convolutions (and how many carry a
     bias), batch norms, which kernel sizes carry a stride of 2 (besides the 7x7 stem: v1 puts it
     on 1x1s, v1.5 on 3x3s) and forward multiply-adds per image."""
-    import keras
-
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     strided = [layer.kernel.shape[0] for layer in convs if max(layer.strides) > 1]
     return {"parameters": model.count_params(), "convolutions": len(convs),
@@ -180,26 +179,25 @@ class OursPeer:
 
     def __init__(self, config: BenchConfig, *, dtype: str, jit_compile: bool,
                  steps_per_loop: int | None):
-        import tensorflow as tf
-
-        from networks.resnet import train_input, train_steps
-        from networks.resnet.train_config import TrainConfig
-
         self.train_config = TrainConfig(
-            model_dir=tempfile.mkdtemp(prefix="train_bench_"), resnet_size=config.resnet_size,
-            version=config.version, image_size=config.image_size, channels=config.channels,
-            small_input=config.small_input, batch_size=config.batch_size, dtype=dtype,
+            model_dir=tempfile.mkdtemp(prefix="train_bench_"), image_size=config.image_size,
+            channels=config.channels, batch_size=config.batch_size, dtype=dtype,
             use_synthetic_data=True, synthetic_num_classes=config.num_classes,
-            jit_compile=jit_compile, data_format="channels_last", seed=0)
+            jit_compile=jit_compile, seed=0)
+        network = train_steps.ResNetNetwork(
+            resnet_size=config.resnet_size, version=config.version,
+            small_input=config.small_input, data_format="channels_last")
         self.strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
         data = train_input.resolve_data(self.train_config)
-        schedule = train_steps.learning_rate_schedule(self.train_config, steps_per_epoch=100)
-        self.state = train_steps.build_training_state(self.train_config, data.num_classes,
-                                                      schedule, self.strategy)
+        spec = network.model_spec(data.num_classes, image_size=config.image_size,
+                                  channels=config.channels)
+        schedule = network.learning_rate_schedule(self.train_config, steps_per_epoch=100)
+        self.state = network.build_training_state(spec, self.train_config, schedule,
+                                                  self.strategy)
         self.model = self.state.model
         self.iterator = iter(self.strategy.experimental_distribute_dataset(
             train_input.train_dataset(self.train_config, data)))
-        self.train_fn = train_steps.make_train_function(
+        self.train_fn = steps.make_train_function(
             self.state, self.strategy, global_batch_size=config.batch_size,
             num_classes=data.num_classes, jit_compile=jit_compile)
         self.steps_per_loop = steps_per_loop
@@ -207,8 +205,6 @@ class OursPeer:
                             f"{'v1.5' if config.version == 1 else 'v2'}")
 
     def run(self, steps: int) -> float:
-        import tensorflow as tf
-
         per_call = self.steps_per_loop or steps
         started = time.perf_counter()
         done = 0
@@ -224,9 +220,6 @@ class KerasFitPeer:
     """keras.applications.ResNet{size} (v1) compiled with SGD + momentum, trained with `fit`."""
 
     def __init__(self, config: BenchConfig, *, dtype: str, jit_compile):
-        import keras
-        import tensorflow as tf
-
         name = KERAS_RESNETS[config.resnet_size]
         # Keras applications read the global policy when their layers are built; restore it.
         previous = keras.config.dtype_policy()
@@ -248,8 +241,6 @@ class KerasFitPeer:
         self.description = f"keras.applications.{name} v1"
 
     def run(self, steps: int) -> float:
-        import keras
-
         marks = []
 
         class Marks(keras.callbacks.Callback):
@@ -405,8 +396,6 @@ def main(argv=None) -> None:
             matmul_size=args.matmul_size, conv_size=args.conv_size)
     except ValueError as error:
         parser.error(str(error))
-    import tensorflow as tf
-
     # Before any op runs: TensorFlow fixes its thread pools at initialisation.
     tf.config.threading.set_inter_op_parallelism_threads(args.inter)
     tf.config.threading.set_intra_op_parallelism_threads(args.intra)

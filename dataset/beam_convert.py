@@ -34,6 +34,7 @@ except ImportError:  # raised as a one-line user error by convert_dataset_beam
     beam = None
 
 from dataset import convert, shards, sources
+from dataset.dicom_options import DicomOptions
 from dataset.tasks import FileTask, encode_file, init_worker
 from dataset.workers import WorkerPool
 
@@ -107,8 +108,6 @@ def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) ->
 
 
 def _default_dicom_options():
-    from dataset.dicom_options import DicomOptions
-
     return DicomOptions()
 
 

@@ -28,7 +28,11 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
 from dataset import shards, sources, splits
+from dataset.body_parts import canonical_body_part, normalize_body_part
+from dataset.dicom_options import DicomOptions
 from dataset.tasks import FileTask, encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
 
@@ -79,8 +83,6 @@ class ConvertConfig:
         flags = dataclasses.asdict(self)
         flags.pop("show_progress")
         if self.dicom is None:  # record the defaults in force, not "None"
-            from dataset.dicom_options import DicomOptions
-
             flags["dicom"] = dataclasses.asdict(DicomOptions())
         return flags
 
@@ -119,8 +121,6 @@ def _plan(config, discovery, headers, problems):
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
-    if headers.values:
-        from dataset.body_parts import canonical_body_part, normalize_body_part
     if config.label_source == "tag" and not raw_labels:  # classes: the defined terms seen
         raw_labels = [canonical_body_part(h[0]) or h[0] for h in headers.values.values() if h[0]]
     names, canonical, variants = sources.canonical_classes(raw_labels)
@@ -309,8 +309,6 @@ def convert_dataset(config: ConvertConfig) -> dict:
 
 
 def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
-    from tqdm import tqdm
-
     with staging_area(config.output_dir) as staging:
         split_order = list(dict.fromkeys(task.split for task in tasks))
         writers = {split: shards.SplitWriter(staging, split, int(config.shard_size_mb * 2**20))

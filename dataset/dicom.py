@@ -33,7 +33,7 @@ from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from dataset.dicom_display import grey_display, quantise
 from dataset.dicom_display import tag_text as _text
-from dataset.dicom_options import DicomOptions
+from dataset.dicom_options import DicomError, DicomOptions
 from dataset.png import encode_png
 
 logger = logging.getLogger(__name__)
@@ -86,10 +86,6 @@ class DicomInfo:
     body_part: str | None  # raw BodyPartExamined, stripped
     patient_key: str | None  # HMAC-SHA256 of the patient identity, never the identity
     modality: str | None
-
-
-class DicomError(ValueError):
-    """A file that cannot be rendered; the message is one line naming the file."""
 
 
 def is_dicom_file(path: str | Path) -> bool:

@@ -14,7 +14,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi
 
-from dataset.dicom_options import DicomOptions
+from dataset.dicom_options import DicomError, DicomOptions
 
 # The DICOM reader's logger: its warnings read the same wherever the step lives.
 logger = logging.getLogger("dataset.dicom")
@@ -79,8 +79,6 @@ def _voi(values: np.ndarray, ds: Dataset, frame: int, path: str | Path,
         return _minmax(values)
     if options.voi == "lut":
         if not ds.get("VOILUTSequence"):
-            from dataset.dicom import DicomError  # here: dataset.dicom imports this module
-
             raise DicomError(f"{path}: voi='lut' but the file has no VOI LUT Sequence")
         return _voi_lut(values, ds)
     source = frame_item(ds, frame, "FrameVOILUTSequence") or ds

@@ -11,6 +11,10 @@ FRAME_MODES = ("middle", "all")
 OUTPUT_BITS = (8, 16)
 
 
+class DicomError(ValueError):
+    """A file that cannot be rendered; the message is one line naming the file."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DicomOptions:
     """How to read and display a DICOM file (the display order is in dataset.dicom)."""

@@ -11,6 +11,7 @@ interrupted run leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import shutil
@@ -88,8 +89,6 @@ def extract(archive: Path, output_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("MEDNIST_URL", MEDNIST_URL),
                         help="archive URL (http(s)://, file://) or local path "

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from dataset import shards
 from dataset.features import parse_example
 
-MANIFEST = "manifest.json"
+MANIFEST = shards.MANIFEST  # defined once, by the writer
 
 
 @dataclass(frozen=True)

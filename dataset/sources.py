@@ -19,6 +19,7 @@ so the validation pass can list every one of them.
 from __future__ import annotations
 
 import collections
+import csv
 import os
 from dataclasses import dataclass, field
 
@@ -272,8 +273,6 @@ def read_groups_csv(path: str) -> dict[str, str]:
     Raises:
       ValueError: the file is unreadable or a row does not have two columns.
     """
-    import csv
-
     mapping = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dataset import images, shards, sources
+from dataset.dicom_options import DicomOptions
 from dataset.features import serialize_example
 
 # read_dicom computes a keyed patient hash that encoding throws away, so the key used
@@ -81,8 +82,6 @@ _WORKER = {}
 def init_worker(dicom_options, hash_key: bytes) -> None:
     """Initialiser of the local pool's workers (None options mean the defaults)."""
     if dicom_options is None:
-        from dataset.dicom_options import DicomOptions
-
         dicom_options = DicomOptions()
     _WORKER["dicom"] = dicom_options
     _WORKER["hash_key"] = hash_key

@@ -3,7 +3,8 @@
     python scripts/collect_results.py runs/sweep            # -> runs/sweep/results.{csv,md}
 
 Every sub-folder holding a config.json (a trainer --model_dir) is one row. Columns come from:
-  config.json                 resnet_size, version, image_size, batch_size, dtype, num_classes
+  config.json                 resnet_size, version, image_size (its "model"; the top-level
+                              keys of older runs), batch_size, dtype
   the latest checkpoint       step; params (model weights, batch-norm statistics excluded)
   eval/ TensorBoard events    the last evaluation's accuracy and loss (the training split)
   train/ TensorBoard events   median examples_per_second
@@ -23,6 +24,11 @@ import os
 import re
 import statistics
 import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from official.core.config import CONFIG_FILE  # noqa: E402  (no TensorFlow)
 
 COLUMNS = ("run", "status", "resnet_size", "version", "image_size", "batch_size", "dtype",
            "params", "step", "eval_accuracy", "eval_loss", "split", "split_accuracy",
@@ -70,12 +76,15 @@ def collect_run(run_dir: str) -> dict:
         with open(status_path) as f:
             status = json.load(f)
         row.update(status=status.get("status"), seconds=status.get("seconds"))
-    config_path = os.path.join(run_dir, "config.json")
+    config_path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(config_path):
         return row
     with open(config_path) as f:
         config = json.load(f)
-    for key in ("resnet_size", "version", "image_size", "batch_size", "dtype"):
+    model = config.get("model", config)  # runs before "model" kept its fields at the top
+    for key in ("resnet_size", "version", "image_size"):
+        row[key] = model.get(key)
+    for key in ("batch_size", "dtype"):
         row[key] = config.get(key)
     row["params"], row["step"] = _params_and_step(run_dir)
     for tag in ("accuracy", "loss"):
@@ -124,7 +133,7 @@ def main(argv: list[str]) -> int:
         print(f"collect_results.py: error: {args.sweep_dir}: no such folder", file=sys.stderr)
         return 1
     runs = [os.path.join(args.sweep_dir, name) for name in sorted(os.listdir(args.sweep_dir))
-            if os.path.isfile(os.path.join(args.sweep_dir, name, "config.json"))
+            if os.path.isfile(os.path.join(args.sweep_dir, name, CONFIG_FILE))
             or os.path.isfile(os.path.join(args.sweep_dir, name, "sweep.json"))]
     if not runs:
         print(f"collect_results.py: error: {args.sweep_dir} has no run folders (with "

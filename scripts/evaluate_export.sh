@@ -26,7 +26,7 @@ split="${SPLIT:-test}"
 
 version_dir=$(python - "$model_dir" "$export_dir" "${CHECKPOINT:-}" <<'PY'
 import sys
-from networks.resnet import export
+from official.core import export
 model_dir, export_dir, checkpoint = sys.argv[1], sys.argv[2], sys.argv[3] or None
 try:
     model, config = export.load_model_from_dir(model_dir, checkpoint)

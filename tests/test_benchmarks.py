@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from benchmarks import convert_bench, pipeline_bench, train_bench
 from networks.resnet import train_steps
-from networks.resnet.train_config import TrainConfig
+from official.core.config import TrainConfig
 from tests.trainer_fixtures import write_converted_dataset
 
 # Ours only (ResNet-18 has no keras.applications peer); TINY_PEERS: the smallest keras peer.
@@ -166,9 +166,9 @@ def test_pipeline_bench_frees_one_side_before_building_the_other(tmp_path, monke
     built, alive_at_build = [], []
 
     class RecordingTrainer(pipeline_bench.Trainer):
-        def __init__(self, train_config, strategy):
+        def __init__(self, train_config, network, strategy):
             alive_at_build.append([ref() is not None for ref in built])
-            super().__init__(train_config, strategy)
+            super().__init__(train_config, network, strategy)
             built.append(weakref.ref(self.iterator))
 
     monkeypatch.setattr(pipeline_bench, "Trainer", RecordingTrainer)
@@ -196,7 +196,7 @@ def test_convert_bench_reports_the_one_worker_row_and_the_multi_core_gain(
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     config = TrainConfig(model_dir="unused", lr_schedule="cosine", train_epochs=2,
                          batch_size=256, base_learning_rate=0.2, warmup_epochs=0.1)
-    schedule = train_steps.learning_rate_schedule(config, steps_per_epoch=100)
+    schedule = train_steps.ResNetNetwork().learning_rate_schedule(config, steps_per_epoch=100)
     rates = [float(schedule(step)) for step in (0, 9, 10, 105, 199, 250)]
     assert rates[0] == pytest.approx(0.02) and rates[1] == pytest.approx(0.2)
     assert rates[2] == pytest.approx(0.2)
@@ -207,12 +207,12 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 
 def test_batch_norm_momentum_follows_the_run_length():
-    config = TrainConfig(model_dir="unused")
-    assert train_steps.batch_norm_momentum(config, 440) == pytest.approx(1 - 20 / 440)
-    assert train_steps.batch_norm_momentum(config, 50) == 0.9
-    assert train_steps.batch_norm_momentum(config, 500_000) == 0.997  # TF official
-    assert train_steps.batch_norm_momentum(config, None) == 0.997
-    fixed = TrainConfig(model_dir="unused", batch_norm_momentum=0.99)
+    configured = TrainConfig(model_dir="unused").batch_norm_momentum
+    assert train_steps.batch_norm_momentum(configured, 440) == pytest.approx(1 - 20 / 440)
+    assert train_steps.batch_norm_momentum(configured, 50) == 0.9
+    assert train_steps.batch_norm_momentum(configured, 500_000) == 0.997  # TF official
+    assert train_steps.batch_norm_momentum(configured, None) == 0.997
+    fixed = TrainConfig(model_dir="unused", batch_norm_momentum=0.99).batch_norm_momentum
     assert train_steps.batch_norm_momentum(fixed, 440) == 0.99
     with pytest.raises(ValueError, match="batch_norm_momentum"):
         TrainConfig(model_dir="unused", batch_norm_momentum=1.0)

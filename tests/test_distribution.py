@@ -11,24 +11,28 @@ import pytest
 import tensorflow as tf
 
 from networks.resnet import train_steps
-from networks.resnet.train_config import TrainConfig
+from official.core import steps
+from official.core.config import TrainConfig
 from official.utils.misc import distribution_utils
 from tests.trainer_fixtures import mirrored_strategy
 
 NUM_CLASSES = 3
 
 
+NETWORK = train_steps.ResNetNetwork(resnet_size=18, small_input=False)
+
+
 def _config(tmp_path, **overrides) -> TrainConfig:
-    settings = dict(model_dir=str(tmp_path), resnet_size=18, image_size=32, small_input=False,
-                    batch_size=8, warmup_epochs=0, lr_scaling="none", base_learning_rate=0.1,
-                    hooks=())
+    settings = dict(model_dir=str(tmp_path), image_size=32, batch_size=8, warmup_epochs=0,
+                    lr_scaling="none", base_learning_rate=0.1, hooks=())
     settings.update(overrides)
     return TrainConfig(**settings)
 
 
 def _state(config, strategy, weights=None):
-    schedule = train_steps.learning_rate_schedule(config, steps_per_epoch=100)
-    state = train_steps.build_training_state(config, NUM_CLASSES, schedule, strategy)
+    schedule = NETWORK.learning_rate_schedule(config, steps_per_epoch=100)
+    spec = NETWORK.model_spec(NUM_CLASSES, image_size=config.image_size, channels=config.channels)
+    state = NETWORK.build_training_state(spec, config, schedule, strategy)
     if weights is not None:
         state.model.set_weights(weights)
     return state
@@ -37,7 +41,7 @@ def _state(config, strategy, weights=None):
 def _run(state, strategy, batch, num_calls):
     """Losses of `num_calls` train calls of one step on `batch` (one trace per state)."""
     if not hasattr(state, "test_train"):
-        state.test_train = train_steps.make_train_function(
+        state.test_train = steps.make_train_function(
             state, strategy, global_batch_size=8, num_classes=NUM_CLASSES)
         dataset = tf.data.Dataset.from_tensors(batch).repeat()
         state.test_iterator = iter(strategy.experimental_distribute_dataset(dataset))

@@ -20,28 +20,30 @@ CLASSES = ("Chest", "Hand")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A ResNet-18 trained a few steps on tiny data, with a SavedModel export."""
-    from networks.resnet import resnet_run_loop
-    from networks.resnet.train_config import TrainConfig
+    from networks.resnet.train_steps import ResNetNetwork
+    from official.core import train_lib
+    from official.core.config import TrainConfig
     from official.utils.misc import distribution_utils
 
     root = tmp_path_factory.mktemp("trained")
     data_dir = tiny_dataset(root / "data", train_per_class=8, eval_per_class=4, classes=CLASSES)
-    config = TrainConfig(model_dir=str(root / "model"), data_dir=str(data_dir), resnet_size=18,
-                         version=2, image_size=32, small_input=False, train_epochs=2,
-                         batch_size=8, hooks=(), seed=1, export_dir=str(root / "export"))
-    result = resnet_run_loop.train(config, distribution_utils.get_distribution_strategy(num_gpus=0))
+    config = TrainConfig(model_dir=str(root / "model"), data_dir=str(data_dir), image_size=32,
+                         train_epochs=2, batch_size=8, hooks=(), seed=1,
+                         export_dir=str(root / "export"))
+    result = train_lib.train(config, distribution_utils.get_distribution_strategy(num_gpus=0),
+                             ResNetNetwork(resnet_size=18, version=2, small_input=False))
     return {"root": root, "data_dir": str(data_dir), "model_dir": config.model_dir,
             "export": result.export_path}
 
 
 def _predictor(path):
-    from networks.resnet.inference import Predictor
+    from official.core.inference import Predictor
 
     return Predictor(path)
 
 
 def test_model_dir_and_saved_model_give_the_same_report(trained, tmp_path):
-    from networks.resnet.dicom_eval import evaluate_split
+    from official.core.evaluation import evaluate_split
     from official.utils.report import write_report
 
     reports = {}
@@ -110,7 +112,7 @@ def mixed_folder(tmp_path):
 
 def test_predict_mixed_folder_one_row_per_file(trained, mixed_folder, tmp_path):
     from dataset.dicom import DicomOptions
-    from networks.resnet.dicom_predict import collect_files, predict_files
+    from official.core.prediction import collect_files, predict_files
 
     files = collect_files([str(mixed_folder)])
     assert len(files) == 5 and not any(f.endswith(".txt") for f in files)

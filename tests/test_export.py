@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from dataset import preprocess
-from networks.resnet import export
+from official.core import export
 from tests.conftest import REPO_ROOT
 from tests.trainer_fixtures import class_image, png_bytes
 
@@ -68,7 +68,7 @@ def test_export_logs_no_tensorflow_info_lines(tmp_path):
         "import json, logging, sys\n"
         "logging.basicConfig(level=logging.INFO)  # what an absl program at INFO shows\n"
         "logging.getLogger('tensorflow').setLevel(logging.INFO)\n"
-        "from networks.resnet import export\n"
+        "from official.core import export\n"
         "config = json.loads(sys.argv[1])\n"
         "export.export_saved_model(export.build_inference_model(config), config, sys.argv[2])\n"
         "assert logging.getLogger('tensorflow').level == logging.INFO\n"

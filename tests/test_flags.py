@@ -98,8 +98,8 @@ def test_hooks_are_case_insensitive_and_unknown_names_list_the_valid_ones():
 def test_config_from_flags(parse, monkeypatch):
     values = parse("-rs=34", "-v=1", "--image_size=64", "-hk=examplespersecondhook", "-bs=8")
     monkeypatch.setattr(dicom_main, "FLAGS", values)
-    config = dicom_main.config_from_flags()
-    assert (config.resnet_size, config.version, config.image_size) == (34, 1, 64)
+    config, network = dicom_main.config_from_flags(), dicom_main.network_arguments_from_flags()
+    assert (network["resnet_size"], network["version"], config.image_size) == (34, 1, 64)
     assert config.hooks == ("ExamplesPerSecondHook",)
     assert config.random_flip is False  # laterality: never flip unless asked
 

@@ -204,7 +204,7 @@ def test_bad_cluster_is_one_line_error(tmp_path, tf_config, flags, message):
 
 
 def test_cluster_parsing_and_input_split(monkeypatch):
-    from networks.resnet.train_input import shard_policy
+    from official.core.train_input import shard_policy
     from official.utils.misc import distribution_utils as du
 
     raw = du.tf_config_from_hosts(["10.0.0.1:2222", " 10.0.0.2:2222"], 1)
@@ -254,13 +254,13 @@ def _worker_main(argv: list[str]) -> None:
     from official.utils.flags import core as flags_core
 
     states = []
-    build = train_steps.build_training_state
+    build = train_steps.ResNetNetwork.build_training_state
 
     def capture(*args, **kwargs):
         states.append(build(*args, **kwargs))
         return states[-1]
 
-    train_steps.build_training_state = capture
+    train_steps.ResNetNetwork.build_training_state = capture
     flags_core.define_flags()
     from official.utils import cli
 
@@ -280,7 +280,8 @@ def _devices_main(argv: list[str]) -> None:
     sys.path.insert(0, str(REPO_ROOT))
     from absl import app
 
-    from networks.resnet import dicom_main, resnet_run_loop
+    from networks.resnet import dicom_main
+    from official.core import train_lib
     from official.utils import cli
     from official.utils.flags import core as flags_core
     from official.utils.misc import distribution_utils
@@ -288,14 +289,14 @@ def _devices_main(argv: list[str]) -> None:
     out, visible = Path(argv[2]), int(argv[3])
     distribution_utils.visible_gpu_count = lambda: visible
 
-    def stop(config, strategy):
+    def stop(config, strategy, network):
         out.write_text(json.dumps({
             "multi_worker": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
             "worker_devices": list(strategy.extended.worker_devices),
             "replicas": strategy.num_replicas_in_sync}))
         raise _StrategyBuilt
 
-    resnet_run_loop.train = stop
+    train_lib.train = stop
     flags_core.define_flags()
     try:  # app.run, as dicom_main.py's own __main__: absl's INFO lines go to stderr
         app.run(dicom_main.main, argv=[argv[0], *argv[4:]],

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from networks.resnet import export, resnet_run_loop
-from networks.resnet.inference import Predictor
-from networks.resnet.train_config import TrainConfig
-from networks.slim import eval_image_classifier, nets, scopes, slim_train
+from networks import registry
+from networks.slim import nets, scopes, slim_eval, slim_train
+from official.core import export, train_lib
+from official.core.config import DTYPE_POLICIES, TrainConfig
+from official.core.inference import Predictor
 from tests.trainer_fixtures import (REPO_ROOT, error_lines, mirrored_strategy, tiny_dataset,
                                     trainer_env)
 
@@ -42,7 +43,7 @@ def _train(data, train_dir, model_name, *, steps, image_size=None, export_dir=No
         weight_decay=4e-5, export_dir=export_dir and str(export_dir))
     slim_config = slim_train.SlimConfig(model_name=model_name, **slim)
     slim_train.check_resume(config.model_dir, slim_config)
-    return resnet_run_loop.train(config, strategy, network=slim_train.SlimNetwork(slim_config))
+    return train_lib.train(config, strategy, slim_train.SlimNetwork(slim_config))
 
 
 def _weights_by_path(model) -> dict[str, list[np.ndarray]]:
@@ -118,8 +119,8 @@ def test_fp16_with_a_fixed_loss_scale_trains_in_half_precision(data, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert (config["dtype"], config["loss_scale"]) == ("fp16", 128.0)
     # The network as the run built it (its dtype policy from config.json):
-    model = slim_train.SlimNetwork(slim_train.SlimConfig(model_name=FAST)).build_model(
-        TrainConfig(model_dir=str(run), image_size=config["image_size"], dtype="fp16"), 2)
+    model = registry.build_model(registry.spec_from_config(config),
+                                 dtype_policy=DTYPE_POLICIES[config["dtype"]])
     assert model.get_layer("logits").compute_dtype == "float32"
     assert "float16" in {layer.compute_dtype for layer in model.layers}
     assert {v.dtype for v in model.weights} == {"float32"}
@@ -138,7 +139,8 @@ def test_weight_decay_is_slims_half_sum_of_squares(tmp_path, trainable_scopes):
     config = TrainConfig(model_dir=str(tmp_path), image_size=32, weight_decay=weight_decay)
     network = slim_train.SlimNetwork(slim_train.SlimConfig(model_name=FAST,
                                                            trainable_scopes=trainable_scopes))
-    model = network.build_training_state(config, 3, 0.01, ONE_DEVICE).model
+    spec = network.model_spec(3, image_size=config.image_size, channels=config.channels)
+    model = network.build_training_state(spec, config, 0.01, ONE_DEVICE).model
     kernels = [v.numpy().astype(np.float64) for v in model.trainable_variables
                if len(v.shape) >= 2]  # conv, depthwise and dense kernels
     assert len(kernels) == 1 if trainable_scopes else len(kernels) > 50
@@ -280,13 +282,13 @@ def test_resnet_config_without_architecture_still_rebuilds_a_resnet():
 
 def test_eval_image_classifier_reports_a_train_dir(data, tmp_path):
     _train(data, tmp_path / "run", FAST, steps=1)
-    metrics, output_dir = eval_image_classifier.evaluate(
+    metrics, output_dir = slim_eval.evaluate(
         str(tmp_path / "run" / "ckpt-1"), str(data), "validation", batch_size=5,
         model_name="MobileNetV3Small")
     assert metrics["num_examples"] == 8 and 0.0 <= metrics["accuracy"] <= 1.0
     assert (tmp_path / "run" / "eval_validation" / "metrics.json").is_file()
     with pytest.raises(ValueError, match="holds a mobilenet_v3_small"):
-        eval_image_classifier.evaluate(str(tmp_path / "run"), str(data), "validation",
+        slim_eval.evaluate(str(tmp_path / "run"), str(data), "validation",
                                        batch_size=5, model_name="vgg_16")
 
 

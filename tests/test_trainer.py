@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 
 from dataset import preprocess
-from networks.resnet import export, resnet_run_loop
-from networks.resnet.train_config import TrainConfig
+from networks.resnet import train_steps
+from official.core import export, train_lib
+from official.core.config import TrainConfig
 from official.utils.logs import logger as logger_lib
 from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, class_image,
                                     error_lines, mirrored_strategy, run_trainer, tiny_dataset,
@@ -25,13 +26,27 @@ from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, class_ima
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
 
 
-def _config(data_dir, model_dir, **overrides) -> TrainConfig:
+def _config(data_dir, model_dir, **overrides) -> tuple[TrainConfig, train_steps.ResNetNetwork]:
     # 16 training examples / batch 8 = 2 steps per epoch.
-    settings = dict(data_dir=data_dir and str(data_dir), model_dir=str(model_dir), resnet_size=18,
-                    image_size=32, small_input=False, batch_size=8, train_epochs=5, hooks=(),
+    settings = dict(data_dir=data_dir and str(data_dir), model_dir=str(model_dir),
+                    image_size=32, batch_size=8, train_epochs=5, hooks=(),
                     num_parallel_calls=2, seed=1, checkpoint_every_steps=0)
+    network = dict(resnet_size=18, small_input=False)
+    for key in ("resnet_size", "version", "small_input", "data_format"):
+        if key in overrides:
+            network[key] = overrides.pop(key)
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig(**settings), train_steps.ResNetNetwork(**network)
+
+
+def _train(config_and_network, strategy):
+    config, network = config_and_network
+    return train_lib.train(config, strategy, network)
+
+
+def _schedule(config_and_network, steps_per_epoch: int):
+    config, network = config_and_network
+    return network.learning_rate_schedule(config, steps_per_epoch)
 
 
 def _checkpoint_steps(model_dir) -> list[int]:
@@ -56,7 +71,7 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     model_dir = tmp_path / "model"
     # Any accuracy >= 0: stops after the first evaluation (end of epoch 1 = step 2 of 10).
-    first = resnet_run_loop.train(
+    first = _train(
         _config(data, model_dir, stop_threshold=0.0, benchmark_log_dir=str(tmp_path / "bench"),
                 hooks=("LoggingTensorHook", "ExamplesPerSecondHook", "ProfilerHook",
                        "LoggingMetricHook"), log_every_steps=1),
@@ -79,7 +94,7 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
     assert {m["name"] for m in metrics} >= {"train_loss", "accuracy"}
 
     # Same model_dir: resumes at step 2 (weights, optimizer, step) and stops at max_train_steps.
-    second = resnet_run_loop.train(
+    second = _train(
         _config(data, model_dir, max_train_steps=3, export_dir=str(tmp_path / "export")),
         ONE_DEVICE)
     assert (second.resumed_from_step, second.step, second.stopped_by) == (
@@ -101,24 +116,24 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
     # Mismatched architecture or data on resume: a one-line error before anything is built.
     with pytest.raises(ValueError, match=r"trained with resnet_size=18, this run has "
                                          r"resnet_size=34") as error:
-        resnet_run_loop.train(_config(data, model_dir, resnet_size=34), ONE_DEVICE)
+        _train(_config(data, model_dir, resnet_size=34), ONE_DEVICE)
     assert "\n" not in str(error.value)
     three = tiny_dataset(tmp_path / "three", classes=("Chest", "Hand", "Head"))
     with pytest.raises(ValueError, match="trained with num_classes=2, this run has num_classes=3"):
-        resnet_run_loop.train(_config(three, model_dir), ONE_DEVICE)
+        _train(_config(three, model_dir), ONE_DEVICE)
     with pytest.raises(ValueError, match="trained with version=2, this run has version=1"):
-        resnet_run_loop.train(_config(data, model_dir, version=1), ONE_DEVICE)
+        _train(_config(data, model_dir, version=1), ONE_DEVICE)
 
 
 def test_bad_data_and_batch_errors(tmp_path):
     empty = write_converted_dataset(tmp_path / "empty", {"train": {}, "validation": {"Chest": 2}})
     with pytest.raises(ValueError, match="split 'train' has no records"):
-        resnet_run_loop.train(_config(empty, tmp_path / "m1"), ONE_DEVICE)
+        _train(_config(empty, tmp_path / "m1"), ONE_DEVICE)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
-        resnet_run_loop.train(_config(tmp_path / "nothing", tmp_path / "m2"), ONE_DEVICE)
+        _train(_config(tmp_path / "nothing", tmp_path / "m2"), ONE_DEVICE)
     data = tiny_dataset(tmp_path / "data", train_per_class=2, eval_per_class=1)
     with pytest.raises(ValueError, match="--batch_size=7 is not divisible by the 2 replicas"):
-        resnet_run_loop.train(_config(data, tmp_path / "m3", batch_size=7),
+        _train(_config(data, tmp_path / "m3", batch_size=7),
                               mirrored_strategy())
     with pytest.raises(ValueError, match="--loss_scale is only used with --dtype=fp16"):
         _config(data, tmp_path / "m4", loss_scale=128.0)
@@ -128,7 +143,7 @@ def test_loop_under_mirrored_strategy(tmp_path):
     """Two replicas; 8 evaluation examples in batches of 6: the last batch is padded, and
     the padding is not counted."""
     data = tiny_dataset(tmp_path / "data")
-    result = resnet_run_loop.train(
+    result = _train(
         _config(data, tmp_path / "model", batch_size=6, train_epochs=1, steps_per_loop=2),
         mirrored_strategy())
     assert (result.step, result.stopped_by, result.eval_examples) == (2, "train_epochs", 8)
@@ -141,25 +156,23 @@ def test_synthetic_data_and_nan_loss_stops_with_the_step(tmp_path):
                      base_learning_rate=1e9, lr_scaling="none", warmup_epochs=0,
                      max_train_steps=5)
     with pytest.raises(FloatingPointError, match=r"NaN/Inf at step [1-5]; stopped without"):
-        resnet_run_loop.train(config, ONE_DEVICE)
+        _train(config, ONE_DEVICE)
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
     assert _checkpoint_steps(tmp_path / "model") == []
 
 
 def test_learning_rate_schedule_scales_the_official_boundaries(tmp_path):
-    from networks.resnet import train_steps
-
     # 100 epochs x 10 steps, batch 512: peak 0.2, 5 warm-up epochs, decay at epochs 30/60/80/90.
-    schedule = train_steps.learning_rate_schedule(
-        _config(None, tmp_path, batch_size=512, train_epochs=100), steps_per_epoch=10)
+    schedule = _schedule(_config(None, tmp_path, batch_size=512, train_epochs=100),
+                         steps_per_epoch=10)
     rate = {step: float(schedule(step)) for step in (0, 49, 50, 299, 300, 600, 800, 900, 999)}
     assert rate[0] == pytest.approx(0.2 / 50) and rate[49] == pytest.approx(0.2)
     assert rate[50] == rate[299] == pytest.approx(0.2)
     assert [rate[s] for s in (300, 600, 800, 900)] == pytest.approx([0.02, 2e-3, 2e-4, 2e-5])
     # A 10-epoch run keeps the shape: decay at epochs 3/6/8/9, warm-up half an epoch.
-    short = train_steps.learning_rate_schedule(
-        _config(None, tmp_path, batch_size=256, train_epochs=10), steps_per_epoch=10)
+    short = _schedule(_config(None, tmp_path, batch_size=256, train_epochs=10),
+                      steps_per_epoch=10)
     assert [float(short(s)) for s in (5, 29, 30, 60, 80, 90)] == pytest.approx(
         [0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-5])
 

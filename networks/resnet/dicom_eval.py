@@ -25,68 +25,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
+from official.utils import cli  # noqa: E402
+
 FLAGS = flags.FLAGS
-
-
-def default_output_dir(model: str, predictor_source: str, split: str) -> str:
-    """<model_dir>/eval_<split> for a model_dir; a sibling of the version for a SavedModel."""
-    if os.path.isfile(os.path.join(model, "config.json")):
-        return os.path.join(model, f"eval_{split}")
-    version_dir = predictor_source.rstrip("/")
-    return os.path.join(os.path.dirname(version_dir),
-                        f"eval-{os.path.basename(version_dir)}-{split}")
-
-
-def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
-    """Runs ``predictor`` over every record of a split.
-
-    Returns:
-      (labels int [N], probabilities float [N, C], filenames list[str]).
-
-    Raises:
-      ValueError: the split's classes differ from the model's.
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    from dataset import features, reader
-
-    info = reader.split_info(data_dir, split)
-    if list(info.class_names) != predictor.class_names:
-        raise ValueError(f"{data_dir}: classes {list(info.class_names)} differ from the model's "
-                         f"{predictor.class_names}")
-    spec = {key: features.feature_spec()[key]
-            for key in (features.KEY_ENCODED, features.KEY_LABEL, features.KEY_FILENAME)}
-    # Sequential read keeps the report's row order stable across runs.
-    records = (tf.data.TFRecordDataset(list(info.files)).batch(batch_size)
-               .map(lambda batch: tf.io.parse_example(batch, spec)).prefetch(2))
-    labels, probabilities, filenames = [], [], []
-    from tqdm import tqdm
-
-    # disable=None: no bar when stderr is a log file rather than a terminal (a bar there is
-    # hundreds of carriage-return updates on one line).
-    with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {split}",
-              disable=None) as progress:
-        for batch in records:
-            probabilities.append(predictor(batch[features.KEY_ENCODED]))
-            labels.append(batch[features.KEY_LABEL].numpy())
-            filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
-            progress.update(len(labels[-1]))
-    return np.concatenate(labels), np.concatenate(probabilities), filenames
-
-
-def write_tensorboard(output_dir: str, metrics: dict, step: int) -> None:
-    import tensorflow as tf
-
-    from official.utils.report import summary_scalars
-
-    png = open(os.path.join(output_dir, "confusion_matrix.png"), "rb").read()
-    writer = tf.summary.create_file_writer(output_dir)
-    with writer.as_default():
-        for name, value in summary_scalars(metrics).items():
-            tf.summary.scalar(name, value, step=step)
-        tf.summary.image("confusion_matrix", tf.io.decode_png(png)[tf.newaxis], step=step)
-    writer.close()
+PROGRAM = "dicom_eval.py"
 
 
 def define_flags() -> None:
@@ -104,25 +46,25 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from networks.resnet.inference import Predictor
+    from official.core import evaluation
+    from official.core.inference import Predictor
     from official.utils.report import write_report
 
     try:
         predictor = Predictor(FLAGS.model, FLAGS.checkpoint)
-        labels, probabilities, filenames = evaluate_split(
+        labels, probabilities, filenames = evaluation.evaluate_split(
             predictor, FLAGS.data_dir, FLAGS.split, batch_size=FLAGS.batch_size)
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    output_dir = FLAGS.output_dir or default_output_dir(FLAGS.model, predictor.source, FLAGS.split)
-    step = int(predictor.source.rsplit("-", 1)[-1]) if "ckpt-" in predictor.source else 0
+        cli.exit_with_error(PROGRAM, error)
+    output_dir = FLAGS.output_dir or evaluation.default_output_dir(FLAGS.model, predictor.source,
+                                                                   FLAGS.split)
     metrics = write_report(
         output_dir, labels=labels, probabilities=probabilities,
         class_names=predictor.class_names, filenames=filenames,
         title=f"{FLAGS.split} split, {os.path.basename(predictor.source)}",
         extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
                "model": predictor.source})
-    write_tensorboard(output_dir, metrics, step)
+    evaluation.write_tensorboard(output_dir, metrics, evaluation.checkpoint_step(predictor.source))
     print(f"{FLAGS.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_examples']} "
           f"images; report in {output_dir}")
     return 0
@@ -130,4 +72,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -31,21 +31,19 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
+from official.core.config import TrainConfig  # noqa: E402
 from official.utils import cli  # noqa: E402
 from official.utils.flags import core as flags_core  # noqa: E402
 
 FLAGS = flags.FLAGS
+PROGRAM = "dicom_main.py"
 
 
-def config_from_flags():
-    """FLAGS -> frozen TrainConfig (the only place that reads FLAGS)."""
-    from networks.resnet.train_config import TrainConfig
-
+def config_from_flags() -> TrainConfig:
+    """FLAGS -> frozen TrainConfig (with network_from_flags, the only code that reads FLAGS)."""
     return TrainConfig(
         model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,
-        resnet_size=int(FLAGS.resnet_size), version=int(FLAGS.version),
-        image_size=FLAGS.image_size, channels=FLAGS.channels, small_input=FLAGS.small_input,
-        data_format=FLAGS.data_format, train_epochs=FLAGS.train_epochs,
+        image_size=FLAGS.image_size, channels=FLAGS.channels, train_epochs=FLAGS.train_epochs,
         epochs_between_evals=FLAGS.epochs_between_evals, stop_threshold=FLAGS.stop_threshold,
         max_train_steps=FLAGS.max_train_steps, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
         loss_scale=FLAGS.loss_scale, base_learning_rate=FLAGS.base_learning_rate,
@@ -67,37 +65,43 @@ def config_from_flags():
         bigquery_metric_table=FLAGS.bigquery_metric_table)
 
 
-def run() -> str:
-    """Configure TensorFlow, train, and return the summary line."""
-    import tensorflow as tf
-
-    from networks.resnet import resnet_run_loop
-    from official.utils.logs import logger as logger_lib
-    from official.utils.misc import distribution_utils
-
-    config = config_from_flags()
-    if config.gcp_project:
-        logger_lib.require_bigquery()  # fail before hours of training, not after
-    # Thread pools and devices must be set before TensorFlow initialises.
-    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_parallelism_threads)
-    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_parallelism_threads)
-    strategy = distribution_utils.get_distribution_strategy(
-        FLAGS.num_gpus, FLAGS.multi_gpu, FLAGS.num_cpu_replicas,
-        worker_hosts=FLAGS.worker_hosts, task_index=FLAGS.task_index,
-        collective_timeout_seconds=FLAGS.collective_timeout_seconds,
-        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
-    result = resnet_run_loop.train(config, strategy)
-    return resnet_run_loop.summary_line(f"resnet{config.resnet_size}_v{config.version}",
-                                        result, config, strategy.num_replicas_in_sync)
+def network_arguments_from_flags() -> dict:
+    """FLAGS -> the ResNetNetwork arguments (networks/resnet/train_steps.py)."""
+    return dict(resnet_size=int(FLAGS.resnet_size), version=int(FLAGS.version),
+                small_input=FLAGS.small_input, data_format=FLAGS.data_format)
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.print_summary_or_exit("dicom_main.py", run)
+    import tensorflow as tf
+
+    from networks.resnet import train_steps
+    from official.core import train_lib
+    from official.utils.logs import logger as logger_lib
+    from official.utils.misc import distribution_utils
+
+    def run() -> str:
+        config = config_from_flags()
+        network = train_steps.ResNetNetwork(**network_arguments_from_flags())
+        if config.gcp_project:
+            logger_lib.require_bigquery()  # fail before hours of training, not after
+        # Thread pools and devices must be set before TensorFlow initialises.
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_parallelism_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_parallelism_threads)
+        strategy = distribution_utils.get_distribution_strategy(
+            FLAGS.num_gpus, FLAGS.multi_gpu, FLAGS.num_cpu_replicas,
+            worker_hosts=FLAGS.worker_hosts, task_index=FLAGS.task_index,
+            collective_timeout_seconds=FLAGS.collective_timeout_seconds,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+        result = train_lib.train(config, strategy, network)
+        return train_lib.summary_line(f"resnet{network.resnet_size}_v{network.version}", result,
+                                      config, strategy.num_replicas_in_sync)
+
+    cli.print_summary_or_exit(PROGRAM, run)
 
 
 if __name__ == "__main__":
     flags_core.define_flags()
     flags.adopt_module_key_flags(flags_core)  # --help lists them, not only --helpfull
-    app.run(main, flags_parser=cli.flags_parser("dicom_main.py"))
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -20,10 +20,8 @@ be read gets an error row; the run goes on.
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
-from dataclasses import dataclass
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -31,121 +29,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
+from dataset.dicom_options import DicomOptions  # noqa: E402
+from official.utils import cli  # noqa: E402
+
 FLAGS = flags.FLAGS
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom")
-CSV_COLUMNS = ("file", "status", "predicted_class", "probability", "top_k", "body_part_tag",
-               "tag_agrees", "error")
-
-
-@dataclass
-class Item:
-    path: str
-    encoded: bytes | None = None
-    body_part: str | None = None  # normalised to a class name
-    error: str | None = None
-
-
-def collect_files(inputs: list[str]) -> list[str]:
-    """Named files as given, plus the image and DICOM files under named folders (sorted)."""
-    from dataset.dicom import is_dicom_file
-
-    files = []
-    for entry in inputs:
-        if os.path.isdir(entry):
-            found = []
-            for root, dirs, names in os.walk(entry):
-                dirs.sort()
-                for name in names:
-                    path = os.path.join(root, name)
-                    suffix = os.path.splitext(name)[1].lower()
-                    if suffix in IMAGE_SUFFIXES or (not suffix and is_dicom_file(path)):
-                        found.append(path)
-            files.extend(sorted(found))
-        else:
-            files.append(entry)  # missing or odd files get an error row, not a silent drop
-    return files
-
-
-def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes) -> Item:
-    """Encoded image bytes (DICOM rendered to PNG) and the normalised body-part tag."""
-    from dataset import body_parts, dicom, images
-
-    item = Item(path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-        # JPEG/PNG are recognised by their bytes first, so --dicom_force only widens
-        # what counts as DICOM among the rest.
-        if images.sniff_format(head) is None and (dicom.is_dicom_file(path)
-                                                   or dicom_options.force):
-            rendered, info = dicom.read_dicom(path, dicom_options, hash_key=hash_key)
-            item.encoded = rendered[0].png
-            item.body_part = body_parts.normalize_body_part(info.body_part, class_names,
-                                                            modality=info.modality)
-        else:
-            item.encoded = images.load_image(path, "image")[0].data
-    except (ValueError, OSError) as error:
-        item.error = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if path not in item.error:
-            item.error = f"{path}: {item.error}"
-    return item
-
-
-def rows_for(items: list[Item], probabilities, class_names, *, top_k: int,
-             min_confidence: float | None) -> list[dict]:
-    """CSV rows for a batch; ``probabilities`` has one row per item without error."""
-    import numpy as np
-
-    rows, index = [], 0
-    for item in items:
-        row = dict.fromkeys(CSV_COLUMNS, "")
-        row["file"] = item.path
-        if item.error:
-            row.update(status="error", error=item.error)
-            rows.append(row)
-            continue
-        probs = probabilities[index]
-        index += 1
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        best = class_names[order[0]]
-        uncertain = min_confidence is not None and probs[order[0]] < min_confidence
-        row.update(status="uncertain" if uncertain else "ok",
-                   predicted_class="uncertain" if uncertain else best,
-                   probability=f"{probs[order[0]]:.6f}",
-                   top_k=";".join(f"{class_names[c]}:{probs[c]:.4f}" for c in order))
-        if item.body_part:
-            row["body_part_tag"] = item.body_part
-            row["tag_agrees"] = "yes" if item.body_part == best else "no"
-        rows.append(row)
-    return rows
-
-
-def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: int, top_k: int,
-                  min_confidence: float | None, dicom_options) -> dict[str, int]:
-    """Writes the prediction CSV (atomically); returns counts per status."""
-    from tqdm import tqdm
-
-    hash_key = os.urandom(32)  # patient keys are not used here; nothing is written from them
-    counts = {"ok": 0, "uncertain": 0, "error": 0}
-    tmp = f"{output_csv}.tmp-{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(output_csv)), exist_ok=True)
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        # disable=None: no bar when stderr is a log file rather than a terminal.
-        for start in tqdm(range(0, len(files), batch_size), unit="batch", desc="predicting",
-                          disable=None):
-            items = [load_item(path, predictor.class_names, dicom_options, hash_key)
-                     for path in files[start:start + batch_size]]
-            good = [item.encoded for item in items if not item.error]
-            probabilities = predictor(good) if good else []
-            for row in rows_for(items, probabilities, predictor.class_names, top_k=top_k,
-                                min_confidence=min_confidence):
-                counts[row["status"]] += 1
-                writer.writerow(row)
-    os.replace(tmp, output_csv)
-    return counts
+PROGRAM = "dicom_predict.py"
 
 
 def define_flags() -> None:
@@ -163,26 +51,24 @@ def define_flags() -> None:
 
 
 def main(argv):
-    from dataset.dicom_options import DicomOptions
-    from networks.resnet.inference import Predictor
+    from official.core import prediction
+    from official.core.inference import Predictor
 
     inputs = list(FLAGS.input) + list(argv[1:])
     if not inputs:
         raise app.UsageError("give files or folders to classify (--input or positional)")
     if FLAGS.min_confidence is not None and not 0 < FLAGS.min_confidence <= 1:
         raise app.UsageError(f"--min_confidence={FLAGS.min_confidence}: must be in (0, 1]")
-    files = collect_files(inputs)
+    files = prediction.collect_files(inputs)
     if not files:
-        print(f"error: no DICOM, JPEG or PNG files under {', '.join(inputs)}", file=sys.stderr)
-        return 1
+        cli.exit_with_error(PROGRAM, f"no DICOM, JPEG or PNG files under {', '.join(inputs)}")
     try:
         predictor = Predictor(FLAGS.model, FLAGS.checkpoint)
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    counts = predict_files(predictor, files, FLAGS.output_csv, batch_size=FLAGS.batch_size,
-                           top_k=FLAGS.top_k, min_confidence=FLAGS.min_confidence,
-                           dicom_options=DicomOptions(force=FLAGS.dicom_force))
+        cli.exit_with_error(PROGRAM, error)
+    counts = prediction.predict_files(
+        predictor, files, FLAGS.output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
+        min_confidence=FLAGS.min_confidence, dicom_options=DicomOptions(force=FLAGS.dicom_force))
     print(f"{len(files)} files: {counts['ok']} ok, {counts['uncertain']} uncertain, "
           f"{counts['error']} errors; predictions in {FLAGS.output_csv}")
     return 0
@@ -190,4 +76,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -1,6 +1,14 @@
-"""Model, optimizer and learning-rate schedule, and the distributed train/eval steps.
+"""The ResNet's training recipe, plugged into official/core/train_lib.train: its ModelSpec
+(small_input and data_format resolved here, once), the TF-official learning-rate schedules,
+the run-length batch-norm momentum, and SGD with momentum.
 
-Steps are pure TensorFlow: a batch in, a dict of summed metrics out, nothing written.
+    train_lib.train(config, strategy, ResNetNetwork(resnet_size=18, version=2))
+
+Learning rate (TF official ResNet): peak = base_learning_rate * global_batch / 256, reached by a
+linear warm-up (default 5% of the epochs), then multiplied by 0.1, 0.01, 1e-3, 1e-4 at 30%, 60%,
+80% and 90% of the run's steps. The official ImageNet boundaries are epochs 30/60/80/90; at the
+original default of --train_epochs=100 these fractions give exactly those epochs, and shorter or
+longer runs keep the same shape. Momentum 0.9.
 """
 
 from __future__ import annotations
@@ -10,10 +18,14 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from networks import registry
 from networks.resnet import resnet_model
-from networks.resnet.train_config import (DTYPE_POLICIES, LR_DECAY_FRACTIONS,
-                                          LR_DECAY_MULTIPLIERS, TrainConfig)
+from official.core import steps
+from official.core.config import DTYPE_POLICIES, TrainConfig
 from official.utils.misc import model_helpers
+
+LR_DECAY_FRACTIONS = (0.3, 0.6, 0.8, 0.9)
+LR_DECAY_MULTIPLIERS = (1.0, 0.1, 0.01, 1e-3, 1e-4)
 
 
 def _with_warmup(rate, step, peak: float, warmup_steps: int):
@@ -66,16 +78,19 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps}
 
 
-def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
-    """The schedule `config.lr_schedule` names, over `train_epochs * steps_per_epoch` steps."""
-    peak = config.base_learning_rate
-    if config.lr_scaling == "linear":
-        peak *= config.batch_size / 256
-    total = config.train_epochs * steps_per_epoch
-    warmup_epochs = (0.05 * config.train_epochs if config.warmup_epochs is None
-                     else config.warmup_epochs)
+def learning_rate_schedule(*, lr_schedule: str, base_learning_rate: float, lr_scaling: str,
+                           batch_size: int, train_epochs: int, warmup_epochs: float | None,
+                           steps_per_epoch: int):
+    """The schedule `lr_schedule` names ("piecewise" or "cosine"), over `train_epochs *
+    steps_per_epoch` steps; peak base_learning_rate (* batch_size / 256 for "linear" scaling),
+    reached by a linear warm-up of `warmup_epochs` (None: 5% of the run)."""
+    peak = base_learning_rate
+    if lr_scaling == "linear":
+        peak *= batch_size / 256
+    total = train_epochs * steps_per_epoch
+    warmup_epochs = 0.05 * train_epochs if warmup_epochs is None else warmup_epochs
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    if config.lr_schedule == "cosine":
+    if lr_schedule == "cosine":
         # A short run spends most of its steps at a useful rate and still ends near 0, where
         # the batch-norm statistics and the weights settle; piecewise drops 10x at 30%.
         return WarmupCosineSchedule(peak, warmup_steps, total)
@@ -83,173 +98,67 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
     return WarmupPiecewiseSchedule(peak, warmup_steps, boundaries, LR_DECAY_MULTIPLIERS, total)
 
 
-def batch_norm_momentum(config: TrainConfig, total_steps: int | None) -> float:
-    """`config.batch_norm_momentum`, else 1 - 20 / total_steps within [0.9, 0.997].
+def batch_norm_momentum(configured: float | None, total_steps: int | None) -> float:
+    """`configured` (--batch_norm_momentum), else 1 - 20 / total_steps within [0.9, 0.997].
 
     The moving averages start at mean 0 / variance 1 and forget them as momentum**steps: with
     the official 0.997, a 440-step run (MedNIST, 2 epochs) still weighs its start-up values
     27% and evaluated at 74% accuracy while training at 99.9%. An averaging horizon of 1/20 of
     the run forgets them completely yet still averages over many batches; long runs keep 0.997.
     """
-    if config.batch_norm_momentum is not None:
-        return config.batch_norm_momentum
+    if configured is not None:
+        return configured
     if not total_steps:
         return resnet_model.BATCH_NORM_MOMENTUM
     return min(resnet_model.BATCH_NORM_MOMENTUM, max(0.9, 1.0 - 20.0 / total_steps))
 
 
-@dataclasses.dataclass
-class TrainingState:
-    model: keras.Model
-    optimizer: keras.optimizers.Optimizer
-    step: tf.Variable  # train steps taken, including fp16 steps skipped on overflow
-    checkpoint: tf.train.Checkpoint
-
-
 def resolve_data_format(data_format: str | None) -> str:
+    """`data_format`, else channels_first on a GPU (cuDNN's faster layout), channels_last."""
     if data_format:
         return data_format
     return "channels_first" if tf.config.list_physical_devices("GPU") else "channels_last"
 
 
-def build_training_state(config: TrainConfig, num_classes: int, schedule,
-                         strategy: tf.distribute.Strategy) -> TrainingState:
-    """Model, optimizer, step counter and checkpoint, created inside `strategy.scope()`."""
-    with strategy.scope():
-        model = resnet_model.build_resnet(
-            config.resnet_size, config.version, num_classes,
-            input_shape=(config.image_size, config.image_size, config.channels),
-            dtype_policy=DTYPE_POLICIES[config.dtype], weight_decay=config.weight_decay,
-            small_input=model_helpers.resolve_small_input(config.small_input, config.image_size),
-            data_format=resolve_data_format(config.data_format))
-        momentum = batch_norm_momentum(config, getattr(schedule, "total_steps", None))
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = momentum  # read when the step is traced
-        if config.dtype == "fp16" and config.loss_scale is not None:
-            # A fixed scale: Keras multiplies the loss and divides the gradients by it; no skip.
-            optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                             loss_scale_factor=config.loss_scale)
-        else:
-            optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
-            if config.dtype == "fp16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        # Built now (not lazily at the first step) so a checkpoint restores the slots and the
-        # loss scale immediately.
-        optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    return TrainingState(model, optimizer, step, checkpoint)
+@dataclasses.dataclass(frozen=True)
+class ResNetNetwork:
+    """The network plug-in of dicom_main.py (see official/core/train_lib.train)."""
+    resnet_size: int = 50
+    version: int = 2
+    small_input: bool | None = None  # None: on for image_size <= 32
+    data_format: str | None = None  # None: channels_first on GPU, channels_last on CPU
 
+    def __post_init__(self):
+        registry.check_resnet(self.resnet_size, self.version)
 
-def loss_scale_of(optimizer) -> float | None:
-    scale = getattr(optimizer, "dynamic_scale", None)
-    if scale is not None:
-        return float(scale.numpy())
-    factor = getattr(optimizer, "loss_scale_factor", None)
-    return float(factor) if factor else None
+    def model_spec(self, num_classes: int, *, image_size: int,
+                   channels: int) -> registry.ModelSpec:
+        return registry.ModelSpec(
+            architecture=registry.RESNET, num_classes=num_classes, image_size=image_size,
+            channels=channels, resnet_size=self.resnet_size, version=self.version,
+            small_input=model_helpers.resolve_small_input(self.small_input, image_size),
+            data_format=resolve_data_format(self.data_format))
 
+    def config_entries(self) -> dict:
+        return {}
 
+    def learning_rate_schedule(self, config: TrainConfig, steps_per_epoch: int):
+        return learning_rate_schedule(
+            lr_schedule=config.lr_schedule, base_learning_rate=config.base_learning_rate,
+            lr_scaling=config.lr_scaling, batch_size=config.batch_size,
+            train_epochs=config.train_epochs, warmup_epochs=config.warmup_epochs,
+            steps_per_epoch=steps_per_epoch)
 
-def _cross_entropy(labels, logits, num_classes: int, label_smoothing: float):
-    """Per-example cross-entropy in float32 (logits are float32 under every policy)."""
-    if label_smoothing <= 0:
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    targets = tf.one_hot(labels, num_classes) * (1.0 - label_smoothing) + (
-        label_smoothing / num_classes)
-    return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-
-
-def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, *,
-                        global_batch_size: int, num_classes: int, label_smoothing: float = 0.0,
-                        jit_compile: bool = False):
-    """`train(iterator, num_steps)`: runs `num_steps` distributed steps in one tf.function call.
-
-    Returns sums over those steps: "loss" (each step's global-batch mean loss, regularisation
-    included), "correct", "examples", and "nonfinite_steps" (steps whose loss was NaN/Inf).
-    """
-    model, optimizer = state.model, state.optimizer
-    num_replicas = strategy.num_replicas_in_sync
-
-    def forward_backward(images, labels):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example = _cross_entropy(labels, logits, num_classes, label_smoothing)
-            # Mean over the GLOBAL batch: summing the replicas' gradients then gives the
-            # gradient of the global mean, whatever the number of replicas.
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-            if model.losses:
-                # Each replica adds 1/num_replicas of the weight decay, so the sum counts it once.
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            scaled_loss = optimizer.scale_loss(loss)  # identity unless fp16
-        grads = tape.gradient(scaled_loss, model.trainable_variables)
-        correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
-        return loss, grads, correct
-
-    if jit_compile:
-        # XLA compiles the forward and backward pass only; the optimizer update (with its
-        # cross-replica all-reduce) stays outside, where every strategy supports it.
-        forward_backward = tf.function(forward_backward, jit_compile=True)
-
-    def replica_step(images, labels):
-        loss, grads, correct = forward_backward(images, labels)
-        if num_replicas > 1 and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            # Keras decides "skip this step" from the first replica's gradients before the
-            # all-reduce; make every replica's gradients non-finite if any replica overflowed,
-            # so all replicas agree and the update is skipped everywhere.
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
-                                    for g in grads if g is not None])
-            any_bad = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
-            poison = tf.where(any_bad > 0, float("nan"), 1.0)
-            grads = [None if g is None else g * tf.cast(poison, g.dtype) for g in grads]
-        optimizer.apply(grads, model.trainable_variables)
-        return {"loss": loss, "correct": correct,
-                "examples": tf.cast(tf.shape(labels)[0], tf.float32)}
-
-    def reduce_sum(per_replica):
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()}
-
-    @tf.function
-    def train(iterator, num_steps):
-        totals = {k: tf.constant(0.0) for k in ("loss", "correct", "examples",
-                                                 "nonfinite_steps")}
-        for _ in tf.range(num_steps):
-            metrics = reduce_sum(strategy.run(replica_step, args=next(iterator)))
-            state.step.assign_add(1)
-            totals = {
-                "loss": totals["loss"] + metrics["loss"],
-                "correct": totals["correct"] + metrics["correct"],
-                "examples": totals["examples"] + metrics["examples"],
-                "nonfinite_steps": totals["nonfinite_steps"] + tf.cast(
-                    tf.logical_not(tf.math.is_finite(metrics["loss"])), tf.float32),
-            }
-        return totals
-
-    return train
-
-
-def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, num_classes: int):
-    """`evaluate(batch)`: summed "loss", "correct" and "examples" over one distributed batch;
-    examples with a negative label (padding) are left out."""
-
-    def replica_step(images, labels):
-        logits = model(images, training=False)
-        real = labels >= 0
-        weights = tf.cast(real, tf.float32)
-        per_example = _cross_entropy(tf.where(real, labels, 0), logits, num_classes, 0.0)
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
-                          tf.float32)
-        return {"loss": tf.reduce_sum(per_example * weights),
-                "correct": tf.reduce_sum(correct * weights),
-                "examples": tf.reduce_sum(weights)}
-
-    @tf.function(reduce_retracing=True)
-    def evaluate(batch):
-        per_replica = strategy.run(replica_step, args=batch)
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()}
-
-    return evaluate
+    def build_training_state(self, spec: registry.ModelSpec, config: TrainConfig, schedule,
+                             strategy: tf.distribute.Strategy) -> steps.TrainingState:
+        """Model, SGD with momentum, step counter and checkpoint, inside `strategy.scope()`."""
+        with strategy.scope():
+            model = registry.build_model(
+                spec, dtype_policy=DTYPE_POLICIES[config.dtype],
+                weight_decay=config.weight_decay,
+                batch_norm_momentum=batch_norm_momentum(
+                    config.batch_norm_momentum, getattr(schedule, "total_steps", None)))
+            return steps.training_state(
+                model, lambda **extra: keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                                            **extra),
+                dtype=config.dtype, loss_scale=config.loss_scale)

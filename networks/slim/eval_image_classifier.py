@@ -39,52 +39,17 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["checkpoint_path", "dataset_dir"])
 
 
-def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: int,
-             model_name: str | None = None, eval_dir: str | None = None) -> tuple[dict, str]:
-    """Evaluate and write the report; returns (metrics, report folder).
-
-    Raises:
-      ValueError: --model_name differs from the trained network, or classes differ.
-      FileNotFoundError: no model at checkpoint_path.
-    """
-    import tensorflow as tf
-
-    from networks.resnet import dicom_eval
-    from networks.resnet.inference import Predictor
-    from networks.slim import nets
-    from official.utils.report import write_report
-
-    model_path, checkpoint = checkpoint_path, None
-    if tf.io.gfile.exists(checkpoint_path + ".index"):  # a ckpt-N prefix
-        model_path, checkpoint = os.path.dirname(checkpoint_path), checkpoint_path
-    predictor = Predictor(model_path, checkpoint)
-    trained = predictor.config.get("architecture", "resnet")
-    if model_name and trained != "resnet" and nets.resolve_name(model_name) != trained:
-        raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds a {trained}")
-    labels, probabilities, filenames = dicom_eval.evaluate_split(
-        predictor, dataset_dir, split, batch_size=batch_size)
-    output_dir = eval_dir or dicom_eval.default_output_dir(model_path, predictor.source, split)
-    step = int(predictor.source.rsplit("-", 1)[-1]) if "ckpt-" in predictor.source else 0
-    metrics = write_report(
-        output_dir, labels=labels, probabilities=probabilities,
-        class_names=predictor.class_names, filenames=filenames,
-        title=f"{trained}, {split} split, {os.path.basename(predictor.source)}",
-        extra={"split": split, "data_dir": os.path.abspath(dataset_dir),
-               "model": predictor.source, "architecture": trained})
-    dicom_eval.write_tensorboard(output_dir, metrics, step)
-    return metrics, output_dir
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from networks.slim import slim_eval
+
     try:
-        metrics, output_dir = evaluate(
+        metrics, output_dir = slim_eval.evaluate(
             FLAGS.checkpoint_path, FLAGS.dataset_dir, FLAGS.dataset_split_name,
             batch_size=FLAGS.batch_size, model_name=FLAGS.model_name, eval_dir=FLAGS.eval_dir)
     except (OSError, ValueError) as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        cli.exit_with_error(PROGRAM, error)
     print(f"{FLAGS.dataset_split_name}: accuracy {metrics['accuracy']:.4f} on "
           f"{metrics['num_examples']} images; report in {output_dir}", flush=True)
 

@@ -27,11 +27,13 @@ from typing import Callable
 
 import keras
 from keras import applications as apps
+from keras.src.backend.common import global_state  # no public API for the layer-name counter
 
 from networks.slim import inception_v4
 
 HEAD_LAYERS = ("avg_pool", "dropout", "logits")  # the new layers on top of every backbone
 INPUT_LAYER = "network_input"
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")  # what --weight_decay decays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +135,6 @@ def _fresh_layer_names():
     counter gives it the names of a fresh process every time (what `model.summary()` shows
     after `import keras`), so --trainable_scopes and --checkpoint_exclude_scopes mean the same
     layers in every run. The process's counter is put back afterwards."""
-    from keras.src.backend.common import global_state  # no public API for the counter
-
     saved = global_state.get_global_attribute("object_name_uids")
     global_state.set_global_attribute("object_name_uids", collections.defaultdict(int))
     try:
@@ -151,7 +151,7 @@ def build_backbone(name: str, image_size: int) -> keras.Model:
 
 
 def build_network(model_name: str, num_classes: int, *, image_size: int, channels: int = 1,
-                  dtype_policy: str = "float32") -> keras.Model:
+                  dtype_policy: str = "float32", weight_decay: float = 0.0) -> keras.Model:
     """The backbone of `model_name` with a new `num_classes` head; float32 logits.
 
     Args:
@@ -159,6 +159,8 @@ def build_network(model_name: str, num_classes: int, *, image_size: int, channel
       image_size: input height and width; at least the network's min_image_size.
       channels: 1 (grey, repeated to 3 inside the model) or 3.
       dtype_policy: Keras dtype policy, e.g. "mixed_float16"; set on every layer.
+      weight_decay: Slim's L2 on every convolution and dense kernel (0: none); see
+        add_weight_decay.
 
     Raises:
       ValueError: unknown name, image too small, bad channels or num_classes.
@@ -180,9 +182,27 @@ def build_network(model_name: str, num_classes: int, *, image_size: int, channel
             x = keras.layers.Dropout(NETWORKS[name].dropout_rate, name=HEAD_LAYERS[1])(x)
         # float32 logits: softmax cross-entropy in float16 overflows for confident predictions.
         logits = keras.layers.Dense(num_classes, name=HEAD_LAYERS[2], dtype="float32")(x)
-        return keras.Model(images, logits, name=name)
+        model = keras.Model(images, logits, name=name)
     finally:
         keras.config.set_dtype_policy(previous)
+    if weight_decay > 0:
+        add_weight_decay(model, weight_decay)
+    return model
+
+
+def add_weight_decay(model: keras.Model, weight_decay: float) -> None:
+    """L2 on the convolution and dense kernels (Slim's weights_regularizer).
+
+    Keras adds it to model.losses for trainable variables only, so layers frozen later get
+    none. Slim's l2_regularizer(wd) is wd * tf.nn.l2_loss(w) = wd / 2 * sum(w**2), Keras' L2(l)
+    is l * sum(w**2): halved, so --weight_decay means what it meant in Slim.
+    """
+    l2 = keras.regularizers.L2(weight_decay / 2)
+    for layer in weighted_layers(model):
+        for name in KERNEL_NAMES:
+            variable = getattr(layer, name, None)
+            if isinstance(variable, keras.Variable):
+                variable.regularizer = l2
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

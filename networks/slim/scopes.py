@@ -24,7 +24,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from networks import registry
 from networks.slim import nets
+from official.core import export
+from official.core.config import CONFIG_FILE
 
 SLIM_HEAD = "logits"
 SLIM_AUX_HEAD = "auxlogits"
@@ -114,9 +117,6 @@ def _source_from_model(model: keras.Model, description: str) -> _Source:
 
 
 def _open_source(path: str, model_name: str, image_size: int) -> _Source:
-    from networks.resnet import export
-    from networks.resnet.train_config import CONFIG_FILE
-
     if os.path.isdir(path) or tf.io.gfile.exists(path + ".index"):
         model_dir, checkpoint = (path, None) if os.path.isdir(path) else (
             os.path.dirname(path), path)
@@ -124,11 +124,11 @@ def _open_source(path: str, model_name: str, image_size: int) -> _Source:
             raise ValueError(f"--checkpoint_path={path}: a folder must be a --train_dir of this "
                              f"tool (with {CONFIG_FILE})")
         source, config = export.load_model_from_dir(model_dir, checkpoint)
-        architecture = config.get("architecture", "resnet")
-        if architecture != model_name:
-            raise ValueError(f"--checkpoint_path={path} holds a {architecture} network, not "
+        trained = registry.spec_from_config(config).name
+        if trained != model_name:
+            raise ValueError(f"--checkpoint_path={path} holds a {trained} network, not "
                              f"{model_name}")
-        return _source_from_model(source, f"{path} ({architecture})")
+        return _source_from_model(source, f"{path} ({trained})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--checkpoint_path={path}: no such file or folder")
     if path.endswith(".keras"):

@@ -1,32 +1,32 @@
-"""The Slim side's network, optimizer and schedule, plugged into the ResNet trainer's loop.
+"""The Slim side's network, optimizer and schedule, plugged into the shared training loop.
 
-networks/resnet/resnet_run_loop.train(config, strategy, network=SlimNetwork(...)) keeps the
-loop, input pipeline, distribution, precision, resume, evaluation and export; this module only
-says which model to build (nets.py), how to initialise and freeze it (scopes.py), and which
-optimizer and learning rate to use (Slim's choices and defaults).
+official/core/train_lib.train(config, strategy, SlimNetwork(...)) keeps the loop, input
+pipeline, distribution, precision, resume, evaluation and export; this module only says which
+model to build (a networks.registry.ModelSpec of a nets.py network), how to initialise and
+freeze it (scopes.py), and which optimizer and learning rate to use (Slim's choices and
+defaults).
 
-config.json of a Slim run has "architecture": <network name> (what export and prediction
-rebuild) and "slim": the SlimConfig fields. A train_dir resumes only with the same network,
+config.json of a Slim run has "model": its ModelSpec (what export and prediction rebuild)
+and "slim": the SlimConfig fields. A train_dir resumes only with the same network,
 trainable scopes and optimizer (the checkpoint's variables and optimizer slots depend on them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from networks.resnet import train_steps
-from networks.resnet.train_config import DTYPE_POLICIES, TrainConfig, read_config
+from networks import registry
 from networks.slim import nets, scopes
+from official.core import steps
+from official.core.config import DTYPE_POLICIES, TrainConfig, read_config_if_any
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 DECAY_TYPES = ("fixed", "exponential", "polynomial")
 RESUME_KEYS = ("model_name", "trainable_scopes", "optimizer")
-KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +66,10 @@ class SlimConfig:
 
 def check_resume(model_dir: str, slim: SlimConfig) -> None:
     """A train_dir resumes only with the network, trainable scopes and optimizer it started
-    with (the ResNet loop checks the data and image settings)."""
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+    with (the training loop checks the data and image settings)."""
+    saved = read_config_if_any(model_dir)
+    if saved is None:
         return
-    saved = read_config(model_dir)
     previous = saved.get("slim")
     if previous is None:
         raise ValueError(f"--train_dir={model_dir} holds a {saved.get('architecture', 'resnet')} "
@@ -88,13 +88,18 @@ def _jsonable(slim: SlimConfig) -> dict:
 
 
 class SlimNetwork:
-    """What resnet_run_loop.train asks of a network other than the ResNet."""
+    """The network plug-in of train_image_classifier.py (see official/core/train_lib.train)."""
 
     def __init__(self, slim: SlimConfig):
         self.slim = slim
 
+    def model_spec(self, num_classes: int, *, image_size: int,
+                   channels: int) -> registry.ModelSpec:
+        return registry.ModelSpec(architecture=self.slim.model_name, num_classes=num_classes,
+                                  image_size=image_size, channels=channels)
+
     def config_entries(self) -> dict:
-        return {"architecture": self.slim.model_name, "slim": _jsonable(self.slim)}
+        return {"slim": _jsonable(self.slim)}
 
     def learning_rate_schedule(self, config: TrainConfig, steps_per_epoch: int):
         """Slim's: fixed, or decayed every num_epochs_per_decay epochs (exponential with
@@ -126,17 +131,14 @@ class SlimNetwork:
                                         momentum=slim.rmsprop_momentum,
                                         epsilon=slim.opt_epsilon, **extra)
 
-    def build_model(self, config: TrainConfig, num_classes: int) -> keras.Model:
-        return nets.build_network(self.slim.model_name, num_classes,
-                                  image_size=config.image_size, channels=config.channels,
-                                  dtype_policy=DTYPE_POLICIES[config.dtype])
-
-    def build_training_state(self, config: TrainConfig, num_classes: int, schedule,
-                             strategy: tf.distribute.Strategy) -> train_steps.TrainingState:
-        """Model (pretrained weights loaded, scopes frozen), optimizer, step, checkpoint."""
+    def build_training_state(self, spec: registry.ModelSpec, config: TrainConfig, schedule,
+                             strategy: tf.distribute.Strategy) -> steps.TrainingState:
+        """Model (pretrained weights loaded, scopes frozen, Slim's weight decay), optimizer,
+        step, checkpoint."""
         slim = self.slim
         with strategy.scope():
-            model = self.build_model(config, num_classes)
+            model = registry.build_model(spec, dtype_policy=DTYPE_POLICIES[config.dtype],
+                                         weight_decay=config.weight_decay)
         if slim.checkpoint_path and not tf.train.latest_checkpoint(config.model_dir):
             # Only for a new run: a resumed one restores its own checkpoint right after this.
             loaded, fresh = scopes.load_pretrained(
@@ -151,26 +153,8 @@ class SlimNetwork:
         if trainable:
             frozen = scopes.freeze_all_but(model, trainable)
             logging.info("trainable scopes %s: %d layers frozen", ",".join(trainable), frozen)
-        if config.weight_decay > 0:
-            # L2 on the convolution and dense kernels (Slim's weights_regularizer); Keras adds
-            # it to model.losses for trainable variables only, so frozen layers get none.
-            # Slim's l2_regularizer(wd) is wd * tf.nn.l2_loss(w) = wd / 2 * sum(w**2), Keras'
-            # L2(l) is l * sum(w**2): halved, so --weight_decay means what it meant in Slim.
-            l2 = keras.regularizers.L2(config.weight_decay / 2)
-            for _, layer in scopes.layer_paths(model):
-                for name in KERNEL_NAMES:
-                    variable = getattr(layer, name, None)
-                    if isinstance(variable, keras.Variable):
-                        variable.regularizer = l2
         with strategy.scope():
-            if config.dtype == "fp16" and config.loss_scale is not None:
-                optimizer = self._optimizer(schedule, config.loss_scale)
-            else:
-                optimizer = self._optimizer(schedule, None)
-                if config.dtype == "fp16":
-                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             # Built now so a checkpoint restores the slots immediately (as the ResNet's).
-            optimizer.build(model.trainable_variables)
-            step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-            checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-        return train_steps.TrainingState(model, optimizer, step, checkpoint)
+            return steps.training_state(
+                model, lambda **extra: self._optimizer(schedule, extra.get("loss_scale_factor")),
+                dtype=config.dtype, loss_scale=config.loss_scale)

@@ -22,7 +22,7 @@ Fine-tune only the new head from local ImageNet weights, then everything from th
         --max_number_of_steps=2000
 
 The loop, input pipeline, distribution, precision, resume, evaluation and export are the ResNet
-trainer's (networks/resnet/resnet_run_loop.py): rerunning with the same --train_dir resumes;
+trainer's (official/core/train_lib.py): rerunning with the same --train_dir resumes;
 the validation split is evaluated every --epochs_between_evals epochs. Every flag: --help.
 """
 
@@ -37,7 +37,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags, logging  # noqa: E402
 
+# The flag choices are slim_train's, so this program imports Keras before parsing flags.
+from networks.slim import nets, slim_train  # noqa: E402
+from networks.slim.slim_train import DECAY_TYPES, OPTIMIZERS, SlimConfig  # noqa: E402
+from official.core import train_lib  # noqa: E402
+from official.core.config import DTYPE_POLICIES, TrainConfig  # noqa: E402
 from official.utils import cli  # noqa: E402
+from official.utils.misc import distribution_utils  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "train_image_classifier.py"
@@ -46,8 +52,6 @@ DEFAULT_EPOCHS = 100  # with neither --max_number_of_steps nor --train_epochs
 
 def define_flags() -> None:
     """Slim's names and defaults where Slim had the flag; the ResNet trainer's otherwise."""
-    from networks.slim.slim_train import DECAY_TYPES, OPTIMIZERS
-
     d = flags
     d.DEFINE_string("train_dir", None, "Checkpoints, config.json and summaries; rerunning "
                     "with the same folder resumes.")
@@ -91,7 +95,7 @@ def define_flags() -> None:
     d.DEFINE_float("adam_beta2", 0.999, "Adam beta 2.")
     d.DEFINE_float("weight_decay", 0.00004, "L2 on trainable kernels.", lower_bound=0.0)
     d.DEFINE_float("label_smoothing", 0.0, "Label smoothing.", lower_bound=0.0)
-    d.DEFINE_enum("dtype", "fp32", ("fp32", "fp16", "bf16"), "Compute precision.")
+    d.DEFINE_enum("dtype", "fp32", tuple(DTYPE_POLICIES), "Compute precision.")
     d.DEFINE_integer("num_clones", None, "GPUs to mirror over (default: 1 if visible).",
                      lower_bound=0)
     d.DEFINE_integer("num_cpu_replicas", 0, "Mirror over this many logical CPUs (testing).",
@@ -113,10 +117,6 @@ def define_flags() -> None:
 
 def configs_from_flags():
     """FLAGS -> (TrainConfig, SlimConfig): the only place that reads FLAGS."""
-    from networks.resnet.train_config import TrainConfig
-    from networks.slim import nets
-    from networks.slim.slim_train import SlimConfig
-
     name = nets.resolve_name(FLAGS.model_name)
     if name != FLAGS.model_name.strip().lower():
         logging.info("--model_name=%s: the network %s", FLAGS.model_name, name)
@@ -152,18 +152,14 @@ def configs_from_flags():
 
 
 def run() -> str:
-    from networks.resnet import resnet_run_loop
-    from networks.slim import slim_train
-    from official.utils.misc import distribution_utils
-
     train_config, slim = configs_from_flags()
     if slim.checkpoint_exclude_scopes and not slim.checkpoint_path:
         logging.warning("--checkpoint_exclude_scopes has no effect without --checkpoint_path")
     slim_train.check_resume(train_config.model_dir, slim)
     strategy = distribution_utils.get_distribution_strategy(FLAGS.num_clones, False,
                                                             FLAGS.num_cpu_replicas)
-    result = resnet_run_loop.train(train_config, strategy, network=slim_train.SlimNetwork(slim))
-    return resnet_run_loop.summary_line(slim.model_name, result, train_config,
+    result = train_lib.train(train_config, strategy, slim_train.SlimNetwork(slim))
+    return train_lib.summary_line(slim.model_name, result, train_config,
                                         strategy.num_replicas_in_sync, dir_flag="train_dir")
 
 

@@ -12,7 +12,11 @@ import json
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")  # no display on servers; before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
 
 from official.utils.metrics import classification_metrics
 
@@ -25,11 +29,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def confusion_matrix_png(matrix: np.ndarray, class_names, title: str = "") -> bytes:
     """A confusion-matrix plot: counts in each cell, shading by row-normalised share."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
     matrix = np.asarray(matrix)
     row_sums = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, row_sums, out=np.zeros(matrix.shape), where=row_sums > 0)

@@ -14,15 +14,21 @@ names and defaults, so the original commands keep working. Differences, each on 
 * `--loss_scale` unset means *dynamic* loss scaling for fp16 (the original used a fixed 128).
 
 Only the definitions live here (and `parse_hooks`); the trainer's `main()` turns
-FLAGS into a frozen config once (see networks/resnet/dicom_main.py).
+FLAGS into a frozen config once (see networks/resnet/dicom_main.py). The choices of a flag are
+defined by the module that owns the setting (official/core/config.py for precisions and
+learning-rate options).
 """
 
 from __future__ import annotations
 
 from absl import flags
 
+from official.core.config import DTYPE_POLICIES, LR_SCALINGS, LR_SCHEDULES
+
+# networks/resnet/resnet_model.RESNET_SIZES' keys, written out: importing the model (Keras)
+# before the flags are parsed would make --help slow. tests/test_registry.py checks they agree.
 RESNET_SIZE_CHOICES = ("18", "34", "50", "101", "152", "200")
-DTYPE_CHOICES = ("fp32", "fp16", "bf16")
+DTYPE_CHOICES = tuple(DTYPE_POLICIES)
 HOOK_NAMES = ("LoggingTensorHook", "ProfilerHook", "ExamplesPerSecondHook", "LoggingMetricHook")
 
 
@@ -130,10 +136,10 @@ def _define_resnet(define: _Definer) -> None:
                          "wrong when the labels have laterality.")
     define.float("base_learning_rate", 0.1, "Learning rate for a global batch of 256 "
                        "(scaled linearly with the batch, see --lr_scaling).", lower_bound=0.0)
-    define.enum("lr_scaling", "linear", ("linear", "none"), "linear: lr = "
+    define.enum("lr_scaling", "linear", LR_SCALINGS, "linear: lr = "
                       "base_learning_rate * global_batch / 256 (TF official); none: lr = "
                       "base_learning_rate.")
-    define.enum("lr_schedule", "piecewise", ("piecewise", "cosine"), "After the warm-up: "
+    define.enum("lr_schedule", "piecewise", LR_SCHEDULES, "After the warm-up: "
                       "piecewise (x0.1 at 30/60/80/90% of the run, TF official) or cosine "
                       "(smooth decay to 0 at the end; better for runs of a few epochs).")
     define.float("batch_norm_momentum", None, "Momentum of the batch-norm moving averages "

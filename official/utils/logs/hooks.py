@@ -8,8 +8,10 @@ loop calls `begin(model_dir)` once, `after_step(step, metrics)` after every tf.f
 
 from __future__ import annotations
 
+import os
 import time
 
+import tensorflow as tf
 from absl import logging
 
 from official.utils.flags.core import parse_hooks
@@ -78,11 +80,9 @@ class ProfilerHook(Hook):
         self._logdir = None
 
     def begin(self, model_dir):
-        import os
         self._logdir = os.path.join(model_dir, "profile")
 
     def after_step(self, step, metrics):
-        import tensorflow as tf
         self._seen += 1
         if self._seen == self.start_after:
             tf.profiler.experimental.start(self._logdir)
@@ -94,7 +94,6 @@ class ProfilerHook(Hook):
         self._stop()
 
     def _stop(self):
-        import tensorflow as tf
         if self._active:
             tf.profiler.experimental.stop()
             self._active = False

@@ -17,6 +17,8 @@ import os
 import platform
 import uuid
 
+import tensorflow as tf
+
 RUN_LOG = "benchmark_run.log"
 METRIC_LOG = "metric.log"
 
@@ -28,7 +30,8 @@ def _now() -> str:
 def require_bigquery():
     """The bigquery module, or ValueError naming the missing package."""
     try:
-        from google.cloud import bigquery  # noqa: PLC0415 - optional dependency
+        # An optional dependency: imported only when asked for (tests/test_registry.py).
+        from google.cloud import bigquery  # noqa: PLC0415
     except ImportError:
         raise ValueError("--gcp_project: uploading to BigQuery needs the google-cloud-bigquery "
                          "package (pip install google-cloud-bigquery)") from None
@@ -54,8 +57,6 @@ class BenchmarkLogger:
             os.makedirs(log_dir, exist_ok=True)
 
     def log_run_info(self, model_name: str, config: dict) -> None:
-        import tensorflow as tf
-
         record = {"model_name": model_name, "run_id": self.run_id, "run_date": _now(),
                   "tensorflow_version": {"version": tf.version.VERSION,
                                          "git_hash": tf.version.GIT_VERSION},

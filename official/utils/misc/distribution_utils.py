@@ -27,6 +27,9 @@ import os
 
 import tensorflow as tf
 from absl import logging
+# No public API configures the coordination service (see _configure_coordination).
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+from tensorflow.python.eager import context
 
 TASK_TYPES = ("chief", "worker")  # MultiWorkerMirroredStrategy's synchronous roles
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
@@ -160,9 +163,6 @@ def _configure_coordination(task: ClusterTask, heartbeat_timeout_seconds: float,
                             startup_timeout_seconds: float) -> None:
     # MultiWorkerMirroredStrategy configures the coordination service itself, with TF's defaults
     # (wait for peers forever); configured first, ours is kept. No public API sets these.
-    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-    from tensorflow.python.eager import context
-
     leader = ("/job:chief/replica:0/task:0" if "chief" in task.cluster
               else "/job:worker/replica:0/task:0")
     jobs = [coordination_config_pb2.CoordinatedJob(name=name, num_tasks=len(addresses))

@@ -15,8 +15,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from networks.resnet import export
-from networks.resnet.train_config import CONFIG_FILE
+from official.core import export
+from official.core.config import CONFIG_FILE
 
 
 def resolve_saved_model(path: str) -> str | None:
@@ -47,7 +47,7 @@ class Predictor:
             if checkpoint:
                 raise ValueError(f"--checkpoint applies to a training model_dir, but {model_path} "
                                  "is a SavedModel")
-            config_path = os.path.join(saved_model, "assets.extra", CONFIG_FILE)
+            config_path = os.path.join(saved_model, export.ASSETS_EXTRA, CONFIG_FILE)
             with open(config_path) as handle:
                 self.config = json.load(handle)
             loaded = tf.saved_model.load(saved_model)

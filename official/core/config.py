@@ -1,7 +1,11 @@
 """The trainer's frozen configuration, its result, and config.json in model_dir.
 
-config.json holds every TrainConfig field plus what the data resolved (num_classes, class_names,
-small_input, data_format); evaluation, prediction and export rebuild the model from it.
+TrainConfig is model-neutral: which network to train is the network plug-in's (see
+official/core/train_lib.py), resolved into a networks.registry.ModelSpec. config.json holds every
+TrainConfig field, the class names, the ModelSpec under "model" (and, as older runs had them,
+its fields at the top level); evaluation, prediction and export rebuild the model from it.
+
+No TensorFlow here: the command-line programs import this module before parsing flags.
 """
 
 from __future__ import annotations
@@ -10,15 +14,10 @@ import dataclasses
 import json
 import os
 
-from networks.resnet import resnet_model
-
 CONFIG_FILE = "config.json"
-# Keys that define the network and its input; a model_dir can only resume with the same values.
-FROZEN_KEYS = ("resnet_size", "version", "num_classes", "class_names", "channels", "image_size",
-               "small_input", "architecture")  # architecture: absent in older runs = "resnet"
+CHECKPOINT_STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's index of a model_dir
 DTYPE_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
-LR_DECAY_FRACTIONS = (0.3, 0.6, 0.8, 0.9)
-LR_DECAY_MULTIPLIERS = (1.0, 0.1, 0.01, 1e-3, 1e-4)
+LR_SCALINGS = ("linear", "none")
 LR_SCHEDULES = ("piecewise", "cosine")
 SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
 
@@ -27,12 +26,8 @@ SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
 class TrainConfig:
     model_dir: str
     data_dir: str | None = None
-    resnet_size: int = 50
-    version: int = 2
     image_size: int = 224
     channels: int = 1
-    small_input: bool | None = None  # None: on for image_size <= 32
-    data_format: str | None = None  # None: channels_first on GPU, channels_last on CPU
     train_epochs: int = 100
     epochs_between_evals: int = 1
     stop_threshold: float | None = None
@@ -71,16 +66,11 @@ class TrainConfig:
     bigquery_metric_table: str = "benchmark_metric"
 
     def __post_init__(self):
-        if self.resnet_size not in resnet_model.RESNET_SIZES:
-            raise ValueError(f"--resnet_size={self.resnet_size}: must be one of "
-                             f"{sorted(resnet_model.RESNET_SIZES)}")
-        if self.version not in (1, 2):
-            raise ValueError(f"--version={self.version}: must be 1 or 2")
         if self.dtype not in DTYPE_POLICIES:
             raise ValueError(f"--dtype={self.dtype}: must be one of {sorted(DTYPE_POLICIES)}")
         if self.channels not in (1, 3):
             raise ValueError(f"--channels={self.channels}: must be 1 or 3")
-        if self.lr_scaling not in ("linear", "none"):
+        if self.lr_scaling not in LR_SCALINGS:
             raise ValueError(f"--lr_scaling={self.lr_scaling}: must be 'linear' or 'none'")
         if self.batch_norm_momentum is not None and not 0 <= self.batch_norm_momentum < 1:
             raise ValueError(f"--batch_norm_momentum={self.batch_norm_momentum}: must be in "
@@ -116,23 +106,34 @@ def read_config(model_dir: str) -> dict:
         return json.load(f)
 
 
-def check_resume_config(model_dir: str, resolved: dict) -> None:
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        if _has_checkpoint(model_dir):
+def check_resume_config(model_dir: str, frozen: dict[str, tuple] | None) -> None:
+    """A model_dir resumes only with the network and input it started with.
+
+    Args:
+      frozen: {key: (saved value, this run's value)} for the settings that define the network
+        and its input; None for a model_dir without config.json (a new run).
+    """
+    if frozen is None:
+        if has_checkpoint(model_dir):
             raise ValueError(f"--model_dir={model_dir} has checkpoints but no {CONFIG_FILE}; "
                              "use an empty --model_dir")
         return
-    saved = read_config(model_dir)
-    for key in FROZEN_KEYS:
-        if key in saved and _jsonable(saved[key]) != _jsonable(resolved[key]):
-            raise ValueError(f"--model_dir={model_dir} was trained with {key}={saved[key]!r}, "
-                             f"this run has {key}={resolved[key]!r}; use the same settings or a "
+    for key, (before, now) in frozen.items():
+        if before is not None and _jsonable(before) != _jsonable(now):
+            raise ValueError(f"--model_dir={model_dir} was trained with {key}={before!r}, "
+                             f"this run has {key}={now!r}; use the same settings or a "
                              "new --model_dir")
 
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
+
+
+def read_config_if_any(model_dir: str) -> dict | None:
+    """config.json of `model_dir`, or None when it has none (a new run)."""
+    if not os.path.isfile(os.path.join(model_dir, CONFIG_FILE)):
+        return None
+    return read_config(model_dir)
 
 
 def write_config(model_dir: str, resolved: dict) -> None:
@@ -143,5 +144,5 @@ def write_config(model_dir: str, resolved: dict) -> None:
     os.replace(tmp, os.path.join(model_dir, CONFIG_FILE))  # never a half-written config
 
 
-def _has_checkpoint(model_dir: str) -> bool:
-    return os.path.isfile(os.path.join(model_dir, "checkpoint"))
+def has_checkpoint(model_dir: str) -> bool:
+    return os.path.isfile(os.path.join(model_dir, CHECKPOINT_STATE_FILE))

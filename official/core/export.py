@@ -23,24 +23,17 @@ import keras
 import tensorflow as tf
 
 from dataset import preprocess
-from networks.resnet import resnet_model
-from networks.resnet.train_config import read_config
+from networks import registry
+from official.core.config import CONFIG_FILE, read_config
+
+ASSETS_EXTRA = "assets.extra"  # where the SavedModel keeps config.json
 
 
 def build_inference_model(config: dict) -> keras.Model:
-    """The trained architecture from a resolved config, in float32 (fastest and exact on CPU;
-    mixed-precision variables are float32 anyway, so the weights load unchanged)."""
-    size = config["image_size"]
-    if config.get("architecture", "resnet") != "resnet":  # a networks/slim run
-        from networks.slim import nets
-
-        return nets.build_network(config["architecture"], config["num_classes"],
-                                  image_size=size, channels=config["channels"])
-    return resnet_model.build_resnet(
-        config["resnet_size"], config["version"], config["num_classes"],
-        input_shape=(size, size, config["channels"]), dtype_policy="float32",
-        weight_decay=0.0, small_input=config["small_input"],
-        data_format=config.get("data_format") or "channels_last")
+    """The trained architecture from a resolved config (config.json, old or new), in float32
+    (fastest and exact on CPU; mixed-precision variables are float32 anyway, so the weights
+    load unchanged)."""
+    return registry.build_model(registry.spec_from_config(config))
 
 
 def load_model_from_dir(model_dir: str, checkpoint: str | None = None
@@ -141,8 +134,8 @@ def export_saved_model(model: keras.Model, config: dict, export_dir: str) -> str
     with _tensorflow_warnings_only():
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default,
                                                      "predict_images": module.predict_images})
-    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-    with open(os.path.join(tmp, "assets.extra", "config.json"), "w") as f:
+    os.makedirs(os.path.join(tmp, ASSETS_EXTRA), exist_ok=True)
+    with open(os.path.join(tmp, ASSETS_EXTRA, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     os.rename(tmp, final)
     return final

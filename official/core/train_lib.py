@@ -1,19 +1,27 @@
-"""The ResNet training loop: a custom tf.distribute loop with the Estimator's behaviour.
+"""The training loop of every network: a custom tf.distribute loop with the Estimator's behaviour.
 
 Sections, top to bottom: config -> data -> model/optimizer state -> restore -> loop -> export.
-(Config lives in train_config.py, input in train_input.py, model/steps in train_steps.py.)
+(Config lives in config.py, input in train_input.py, steps in steps.py.)
+
+Which network trains is a plug-in object, `network`, with four methods:
+
+  model_spec(num_classes, *, image_size, channels) -> networks.registry.ModelSpec
+      the fully resolved network (saved in config.json; export and prediction rebuild it)
+  config_entries() -> dict          anything else the network records in config.json
+  learning_rate_schedule(config, steps_per_epoch) -> a Keras learning-rate schedule
+  build_training_state(spec, config, schedule, strategy) -> steps.TrainingState
+      model (through networks.registry.build_model), optimizer, step, checkpoint
+
+networks/resnet/train_steps.py ResNetNetwork and networks/slim/slim_train.py SlimNetwork are
+the two; the loop itself knows no network.
 
 What the Estimator did and this loop keeps: train in cycles of `epochs_between_evals`, evaluate on
 the validation split after each, stop at `train_epochs`, `max_train_steps` or `stop_threshold`,
 resume from the latest checkpoint in `model_dir` when restarted, export a SavedModel at the end.
 A resumed run restarts the input pipeline (a fresh shuffle), not the exact batch order.
 
-Learning rate (TF official ResNet): peak = base_learning_rate * global_batch / 256, reached by a
-linear warm-up (default 5% of the epochs), then multiplied by 0.1, 0.01, 1e-3, 1e-4 at 30%, 60%,
-80% and 90% of the run's steps. The official ImageNet boundaries are epochs 30/60/80/90; at the
-original default of --train_epochs=100 these fractions give exactly those epochs, and shorter or
-longer runs keep the same shape. The schedule counts `train_epochs` even when `max_train_steps`
-stops earlier (as the Estimator did). Momentum 0.9.
+The schedule counts `train_epochs` even when `max_train_steps` stops earlier (as the Estimator
+did).
 
 Batch norm under MirroredStrategy normalises with each replica's own batch statistics (as the
 Estimator's replicated model did: "ghost batch norm"), so N replicas of batch B/N match one device
@@ -31,15 +39,17 @@ import shutil
 import tempfile
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from networks.resnet import export as export_lib
-from networks.resnet import train_input, train_steps
-from networks.resnet.train_config import (  # noqa: F401 - re-exported for callers
-    CONFIG_FILE, TrainConfig, TrainResult, check_resume_config, read_config, write_config)
+from networks import registry
+from official.core import export as export_lib
+from official.core import steps, train_input
+from official.core.config import (TrainConfig, TrainResult, check_resume_config,
+                                  read_config_if_any, write_config)
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
 from official.utils.misc import distribution_utils, model_helpers
@@ -56,22 +66,29 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
 
 
-def resolved_config(config: TrainConfig, data: train_input.DataSpec) -> dict:
-    """Everything config.json records: the flags plus what the data and device resolved."""
+# What a model_dir must keep to resume, in the order a mismatch is reported.
+FROZEN_SPEC_FIELDS = ("resnet_size", "version", "num_classes", "channels", "image_size",
+                      "small_input", "architecture")
+
+
+def resolved_config(config: TrainConfig, class_names: tuple[str, ...],
+                    spec: registry.ModelSpec, network_entries: dict) -> dict:
+    """Everything config.json records: the flags, the class names, the network's ModelSpec
+    under "model" and (for readers of older runs) its fields at the top level."""
+    model = spec.to_dict()
     return {**dataclasses.asdict(config), "hooks": list(config.hooks),
-            "num_classes": data.num_classes, "class_names": list(data.class_names),
-            "small_input": model_helpers.resolve_small_input(config.small_input,
-                                                             config.image_size),
-            "data_format": train_steps.resolve_data_format(config.data_format),
-            "architecture": "resnet"}
+            "class_names": list(class_names), **model, "model": model, **network_entries}
 
 
-def run_name(resolved: dict) -> str:
-    """What the benchmark logger calls the model: "resnet50_v1", or the Slim network's name."""
-    architecture = resolved.get("architecture", "resnet")
-    if architecture != "resnet":
-        return architecture
-    return f"resnet{resolved['resnet_size']}_v{resolved['version']}"
+def frozen_settings(saved: dict, spec: registry.ModelSpec,
+                    class_names: tuple[str, ...]) -> dict[str, tuple]:
+    """{key: (saved, this run's)} for what a resumed run must not change."""
+    saved_spec = registry.spec_from_config(saved)
+    pairs = {key: (getattr(saved_spec, key), getattr(spec, key)) for key in FROZEN_SPEC_FIELDS}
+    # Class names after the class count, as a mismatch was always reported.
+    ordered = list(pairs.items())
+    ordered.insert(3, ("class_names", (saved.get("class_names"), list(class_names))))
+    return dict(ordered)
 
 
 def summary_line(name: str, result: TrainResult, config: TrainConfig, replicas: int,
@@ -120,14 +137,9 @@ def _cluster_failure(error: tf.errors.OpError, workers: int, model_dir: str) -> 
             f"flags to resume from the last checkpoint in {model_dir}")
 
 
-def train(config: TrainConfig, strategy: tf.distribute.Strategy,
-          network=None) -> TrainResult:
-    """Train (or resume) in `config.model_dir`; evaluate each cycle; export when asked.
-
-    `network` swaps the ResNet of `config` for another model (networks/slim/slim_train.py
-    SlimNetwork): an object with config_entries() -> dict (merged into config.json; its
-    "architecture" key tells export which model to rebuild), learning_rate_schedule(config,
-    steps_per_epoch) and build_training_state(config, num_classes, schedule, strategy).
+def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> TrainResult:
+    """Train (or resume) `network` (the plug-in, see above) in `config.model_dir`; evaluate
+    each cycle; export when asked.
 
     Multi-worker (MultiWorkerMirroredStrategy): only the chief writes into model_dir and
     export_dir; the others write their (collective) checkpoints and summaries to a private
@@ -141,7 +153,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy,
     """
     chief = distribution_utils.is_chief(strategy)
     workers = distribution_utils.num_workers(strategy)
-    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="resnet_worker_")
+    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="trainer_worker_")
     try:
         return _train(config, strategy, chief, workers, write_dir, network)
     except _CLUSTER_ERRORS as error:
@@ -154,15 +166,17 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy,
 
 
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, workers: int,
-           write_dir: str, network=None) -> TrainResult:
+           write_dir: str, network) -> TrainResult:
     # --- config ---
     data = train_input.resolve_data(config)
     num_replicas = strategy.num_replicas_in_sync
     distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
-    resolved = resolved_config(config, data)
-    if network is not None:
-        resolved.update(network.config_entries())
-    check_resume_config(config.model_dir, resolved)
+    spec = network.model_spec(data.num_classes, image_size=config.image_size,
+                              channels=config.channels)
+    resolved = resolved_config(config, data.class_names, spec, network.config_entries())
+    saved = read_config_if_any(config.model_dir)
+    check_resume_config(config.model_dir, None if saved is None
+                        else frozen_settings(saved, spec, data.class_names))
     if workers > 1 and config.seed is None:
         # Splitting the input by data needs the same shuffle on every worker: a variable's
         # initial value is the chief's on every worker, so this is the chief's random seed.
@@ -176,7 +190,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if config.seed is not None or config.deterministic:
-        import keras
         keras.utils.set_random_seed(config.seed or 0)
 
     benchmark_logger = None
@@ -186,7 +199,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             bigquery_data_set=config.bigquery_data_set,
             bigquery_run_table=config.bigquery_run_table,
             bigquery_metric_table=config.bigquery_metric_table)
-        benchmark_logger.log_run_info(run_name(resolved), resolved)
+        benchmark_logger.log_run_info(spec.name, resolved)
     hooks = hooks_lib.get_train_hooks(config.hooks, every_n_steps=config.log_every_steps,
                                       benchmark_logger=benchmark_logger) if chief else []
 
@@ -200,9 +213,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     eval_data = train_input.eval_dataset(config, data)
 
     # --- model, optimizer, checkpoint ---
-    builder = network or train_steps  # the same two functions for the ResNet
-    schedule = builder.learning_rate_schedule(config, steps_per_epoch)
-    state = builder.build_training_state(config, data.num_classes, schedule, strategy)
+    schedule = network.learning_rate_schedule(config, steps_per_epoch)
+    state = network.build_training_state(spec, config, schedule, strategy)
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
@@ -214,10 +226,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     distribution_utils.broadcast_from_chief(
         strategy, [*state.model.variables, *state.optimizer.variables, state.step])
     resumed_from = int(state.step.numpy())
-    train_fn = train_steps.make_train_function(
+    train_fn = steps.make_train_function(
         state, strategy, global_batch_size=config.batch_size, num_classes=data.num_classes,
         label_smoothing=config.label_smoothing, jit_compile=config.jit_compile)
-    evaluate_step = train_steps.make_eval_step(state.model, strategy, data.num_classes)
+    evaluate_step = steps.make_eval_step(state.model, strategy, data.num_classes)
 
     summary_dir = config.model_dir if chief else write_dir
     train_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "train"))
@@ -249,7 +261,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             metrics = {"loss": totals["loss"] / num_steps,
                        "accuracy": totals["correct"] / max(totals["examples"], 1.0),
                        "learning_rate": float(schedule(state.optimizer.iterations)),
-                       "loss_scale": train_steps.loss_scale_of(state.optimizer),
+                       "loss_scale": steps.loss_scale_of(state.optimizer),
                        "examples": totals["examples"],
                        "examples_per_second": examples_per_second}
             with train_writer.as_default():

@@ -12,7 +12,7 @@ import os
 import tensorflow as tf
 
 from dataset import preprocess, reader
-from networks.resnet.train_config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig
+from official.core.config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ class DataSpec:
 def resolve_data(config: TrainConfig) -> DataSpec:
     """Class names and example counts from the manifest (or synthetic stand-ins)."""
     has_manifest = bool(config.data_dir) and os.path.isfile(
-        os.path.join(config.data_dir, "manifest.json"))
+        os.path.join(config.data_dir, reader.MANIFEST))
     if config.use_synthetic_data and not has_manifest:
         names = tuple(f"class_{index}" for index in range(config.synthetic_num_classes))
         examples = SYNTHETIC_BATCHES_PER_EPOCH * config.batch_size

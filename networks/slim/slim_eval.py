@@ -1,0 +1,42 @@
+"""Slim's evaluation of a train_dir, a checkpoint or a SavedModel: the library part of
+eval_image_classifier.py, through official/core/evaluation.py's serving path and report."""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from networks import registry
+from networks.slim import nets
+from official.core import evaluation
+from official.core.inference import Predictor
+from official.utils.report import write_report
+
+
+def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: int,
+             model_name: str | None = None, eval_dir: str | None = None) -> tuple[dict, str]:
+    """Evaluate and write the report; returns (metrics, report folder).
+
+    Raises:
+      ValueError: --model_name differs from the trained network, or classes differ.
+      FileNotFoundError: no model at checkpoint_path.
+    """
+    model_path, checkpoint = checkpoint_path, None
+    if tf.io.gfile.exists(checkpoint_path + ".index"):  # a ckpt-N prefix
+        model_path, checkpoint = os.path.dirname(checkpoint_path), checkpoint_path
+    predictor = Predictor(model_path, checkpoint)
+    trained = registry.spec_from_config(predictor.config).architecture
+    if model_name and trained in nets.NETWORKS and nets.resolve_name(model_name) != trained:
+        raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds a {trained}")
+    labels, probabilities, filenames = evaluation.evaluate_split(
+        predictor, dataset_dir, split, batch_size=batch_size)
+    output_dir = eval_dir or evaluation.default_output_dir(model_path, predictor.source, split)
+    metrics = write_report(
+        output_dir, labels=labels, probabilities=probabilities,
+        class_names=predictor.class_names, filenames=filenames,
+        title=f"{trained}, {split} split, {os.path.basename(predictor.source)}",
+        extra={"split": split, "data_dir": os.path.abspath(dataset_dir),
+               "model": predictor.source, "architecture": trained})
+    evaluation.write_tensorboard(output_dir, metrics, evaluation.checkpoint_step(predictor.source))
+    return metrics, output_dir

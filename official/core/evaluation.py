@@ -1,0 +1,75 @@
+"""Evaluate a trained model on a split of a converted dataset, and where its report goes.
+
+The library part of networks/resnet/dicom_eval.py and networks/slim/eval_image_classifier.py:
+run a Predictor (official/core/inference.py) over every record of a split, then write the
+report (official/utils/report.py) and its TensorBoard copy.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from dataset import features, reader
+from official.core.config import CONFIG_FILE
+from official.utils.report import summary_scalars
+
+
+def default_output_dir(model: str, predictor_source: str, split: str) -> str:
+    """<model_dir>/eval_<split> for a model_dir; a sibling of the version for a SavedModel."""
+    if os.path.isfile(os.path.join(model, CONFIG_FILE)):
+        return os.path.join(model, f"eval_{split}")
+    version_dir = predictor_source.rstrip("/")
+    return os.path.join(os.path.dirname(version_dir),
+                        f"eval-{os.path.basename(version_dir)}-{split}")
+
+
+def checkpoint_step(predictor_source: str) -> int:
+    """The step of a ckpt-N source (0 for a SavedModel): the TensorBoard step of the report."""
+    return int(predictor_source.rsplit("-", 1)[-1]) if "ckpt-" in predictor_source else 0
+
+
+def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
+    """Runs ``predictor`` over every record of a split.
+
+    Returns:
+      (labels int [N], probabilities float [N, C], filenames list[str]).
+
+    Raises:
+      ValueError: the split's classes differ from the model's.
+    """
+    info = reader.split_info(data_dir, split)
+    if list(info.class_names) != predictor.class_names:
+        raise ValueError(f"{data_dir}: classes {list(info.class_names)} differ from the model's "
+                         f"{predictor.class_names}")
+    spec = {key: features.feature_spec()[key]
+            for key in (features.KEY_ENCODED, features.KEY_LABEL, features.KEY_FILENAME)}
+    # Sequential read keeps the report's row order stable across runs.
+    records = (tf.data.TFRecordDataset(list(info.files)).batch(batch_size)
+               .map(lambda batch: tf.io.parse_example(batch, spec)).prefetch(2))
+    labels, probabilities, filenames = [], [], []
+    # disable=None: no bar when stderr is a log file rather than a terminal (a bar there is
+    # hundreds of carriage-return updates on one line).
+    with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {split}",
+              disable=None) as progress:
+        for batch in records:
+            probabilities.append(predictor(batch[features.KEY_ENCODED]))
+            labels.append(batch[features.KEY_LABEL].numpy())
+            filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
+            progress.update(len(labels[-1]))
+    return np.concatenate(labels), np.concatenate(probabilities), filenames
+
+
+def write_tensorboard(output_dir: str, metrics: dict, step: int) -> None:
+    """The report's scalars and its confusion-matrix picture as a TensorBoard event file."""
+    with open(os.path.join(output_dir, "confusion_matrix.png"), "rb") as handle:
+        png = handle.read()
+    writer = tf.summary.create_file_writer(output_dir)
+    with writer.as_default():
+        for name, value in summary_scalars(metrics).items():
+            tf.summary.scalar(name, value, step=step)
+        tf.summary.image("confusion_matrix", tf.io.decode_png(png)[tf.newaxis], step=step)
+    writer.close()

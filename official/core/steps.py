@@ -1,0 +1,156 @@
+"""The training state (model, optimizer, step, checkpoint) and the distributed train/eval steps.
+
+Steps are pure TensorFlow: a batch in, a dict of summed metrics out, nothing written. Which
+model and optimizer is the network plug-in's choice (official/core/train_lib.py); the loss,
+its averaging over the global batch and the loss scaling are the same for every network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class TrainingState:
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable  # train steps taken, including fp16 steps skipped on overflow
+    checkpoint: tf.train.Checkpoint
+
+
+def training_state(model: keras.Model, make_optimizer: Callable[..., keras.optimizers.Optimizer],
+                   *, dtype: str, loss_scale: float | None) -> TrainingState:
+    """Optimizer (loss-scaled for fp16), step counter and checkpoint for `model`.
+
+    Call inside `strategy.scope()`. `make_optimizer(**extra)` builds the network's optimizer;
+    `extra` is `loss_scale_factor=...` for a fixed fp16 loss scale, else empty.
+    """
+    if dtype == "fp16" and loss_scale is not None:
+        # A fixed scale: Keras multiplies the loss and divides the gradients by it; no skip.
+        optimizer = make_optimizer(loss_scale_factor=loss_scale)
+    else:
+        optimizer = make_optimizer()
+        if dtype == "fp16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    # Built now (not lazily at the first step) so a checkpoint restores the slots and the
+    # loss scale immediately.
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    return TrainingState(model, optimizer, step, checkpoint)
+
+
+def loss_scale_of(optimizer) -> float | None:
+    scale = getattr(optimizer, "dynamic_scale", None)
+    if scale is not None:
+        return float(scale.numpy())
+    factor = getattr(optimizer, "loss_scale_factor", None)
+    return float(factor) if factor else None
+
+
+def _cross_entropy(labels, logits, num_classes: int, label_smoothing: float):
+    """Per-example cross-entropy in float32 (logits are float32 under every policy)."""
+    if label_smoothing <= 0:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    targets = tf.one_hot(labels, num_classes) * (1.0 - label_smoothing) + (
+        label_smoothing / num_classes)
+    return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, *,
+                        global_batch_size: int, num_classes: int, label_smoothing: float = 0.0,
+                        jit_compile: bool = False):
+    """`train(iterator, num_steps)`: runs `num_steps` distributed steps in one tf.function call.
+
+    Returns sums over those steps: "loss" (each step's global-batch mean loss, regularisation
+    included), "correct", "examples", and "nonfinite_steps" (steps whose loss was NaN/Inf).
+    """
+    model, optimizer = state.model, state.optimizer
+    num_replicas = strategy.num_replicas_in_sync
+
+    def forward_backward(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example = _cross_entropy(labels, logits, num_classes, label_smoothing)
+            # Mean over the GLOBAL batch: summing the replicas' gradients then gives the
+            # gradient of the global mean, whatever the number of replicas.
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            if model.losses:
+                # Each replica adds 1/num_replicas of the weight decay, so the sum counts it once.
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled_loss = optimizer.scale_loss(loss)  # identity unless fp16
+        grads = tape.gradient(scaled_loss, model.trainable_variables)
+        correct = tf.reduce_sum(tf.cast(
+            tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
+        return loss, grads, correct
+
+    if jit_compile:
+        # XLA compiles the forward and backward pass only; the optimizer update (with its
+        # cross-replica all-reduce) stays outside, where every strategy supports it.
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(images, labels):
+        loss, grads, correct = forward_backward(images, labels)
+        if num_replicas > 1 and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            # Keras decides "skip this step" from the first replica's gradients before the
+            # all-reduce; make every replica's gradients non-finite if any replica overflowed,
+            # so all replicas agree and the update is skipped everywhere.
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                    for g in grads if g is not None])
+            any_bad = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+            poison = tf.where(any_bad > 0, float("nan"), 1.0)
+            grads = [None if g is None else g * tf.cast(poison, g.dtype) for g in grads]
+        optimizer.apply(grads, model.trainable_variables)
+        return {"loss": loss, "correct": correct,
+                "examples": tf.cast(tf.shape(labels)[0], tf.float32)}
+
+    def reduce_sum(per_replica):
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    @tf.function
+    def train(iterator, num_steps):
+        totals = {k: tf.constant(0.0) for k in ("loss", "correct", "examples",
+                                                 "nonfinite_steps")}
+        for _ in tf.range(num_steps):
+            metrics = reduce_sum(strategy.run(replica_step, args=next(iterator)))
+            state.step.assign_add(1)
+            totals = {
+                "loss": totals["loss"] + metrics["loss"],
+                "correct": totals["correct"] + metrics["correct"],
+                "examples": totals["examples"] + metrics["examples"],
+                "nonfinite_steps": totals["nonfinite_steps"] + tf.cast(
+                    tf.logical_not(tf.math.is_finite(metrics["loss"])), tf.float32),
+            }
+        return totals
+
+    return train
+
+
+def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, num_classes: int):
+    """`evaluate(batch)`: summed "loss", "correct" and "examples" over one distributed batch;
+    examples with a negative label (padding) are left out."""
+
+    def replica_step(images, labels):
+        logits = model(images, training=False)
+        real = labels >= 0
+        weights = tf.cast(real, tf.float32)
+        per_example = _cross_entropy(tf.where(real, labels, 0), logits, num_classes, 0.0)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                          tf.float32)
+        return {"loss": tf.reduce_sum(per_example * weights),
+                "correct": tf.reduce_sum(correct * weights),
+                "examples": tf.reduce_sum(weights)}
+
+    @tf.function(reduce_retracing=True)
+    def evaluate(batch):
+        per_replica = strategy.run(replica_step, args=batch)
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    return evaluate
