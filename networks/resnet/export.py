@@ -25,6 +25,7 @@ import tensorflow as tf
 from dataset import preprocess
 from networks.resnet import resnet_model
 from networks.resnet.train_config import read_config
+from official.modeling import ema
 
 
 def build_inference_model(config: dict) -> keras.Model:
@@ -67,6 +68,8 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
     # Only the model is needed: the optimizer slots and step in the file are left unread.
     status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
     status.assert_existing_objects_matched()
+    if config.get("ema_decay"):
+        ema.restore_average(model, checkpoint)  # what the run evaluated and exported
     return model, config
 
 

@@ -23,6 +23,7 @@ loss is averaged over the global batch and the replicas' gradients are summed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -40,6 +41,7 @@ from networks.resnet import export as export_lib
 from networks.resnet import train_input, train_steps
 from networks.resnet.train_config import (  # noqa: F401 - re-exported for callers
     CONFIG_FILE, TrainConfig, TrainResult, check_resume_config, read_config, write_config)
+from official.modeling import ema
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
 from official.utils.misc import distribution_utils, model_helpers
@@ -87,6 +89,11 @@ def summary_line(name: str, result: TrainResult, config: TrainConfig, replicas: 
     if result.export_path:
         line += f"; exported {result.export_path}"
     return line
+
+
+def averaged(weight_average: ema.WeightAverage | None):
+    """The weight average swapped into the model (--ema_decay), or the weights as they are."""
+    return weight_average.swapped_in() if weight_average else contextlib.nullcontext()
 
 
 def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
@@ -203,6 +210,11 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     builder = network or train_steps  # the same two functions for the ResNet
     schedule = builder.learning_rate_schedule(config, steps_per_epoch)
     state = builder.build_training_state(config, data.num_classes, schedule, strategy)
+    weight_average = None
+    if config.ema_decay:
+        with strategy.scope():
+            weight_average = ema.WeightAverage(state.model, config.ema_decay)
+        state.checkpoint.ema = weight_average.variables  # saved and restored with the rest
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
@@ -212,11 +224,13 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                      int(state.step.numpy()))
     # The other workers' write_dir is empty: they take the chief's (restored) state.
     distribution_utils.broadcast_from_chief(
-        strategy, [*state.model.variables, *state.optimizer.variables, state.step])
+        strategy, [*state.model.variables, *state.optimizer.variables, state.step,
+                   *(weight_average.variables if weight_average else ())])
     resumed_from = int(state.step.numpy())
     train_fn = train_steps.make_train_function(
         state, strategy, global_batch_size=config.batch_size, num_classes=data.num_classes,
-        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile)
+        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
+        weight_average=weight_average)
     evaluate_step = train_steps.make_eval_step(state.model, strategy, data.num_classes)
 
     summary_dir = config.model_dir if chief else write_dir
@@ -265,7 +279,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         # Batch-norm moving statistics are updated from each worker's own part of the batch;
         # every worker takes the chief's (what it saves and exports) before evaluating.
         distribution_utils.broadcast_from_chief(strategy, state.model.non_trainable_variables)
-        eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+        with averaged(weight_average):
+            eval_metrics = evaluate(evaluate_step, strategy, eval_data)
         logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
                      config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
                      eval_metrics["examples"])
@@ -284,7 +299,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             stopped_by = "max_train_steps"
 
     if eval_metrics is None:  # resumed a finished run: report its final accuracy again
-        eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+        with averaged(weight_average):
+            eval_metrics = evaluate(evaluate_step, strategy, eval_data)
     for hook in hooks:
         hook.end(step)
     train_writer.flush()
@@ -293,7 +309,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- export ---
     export_path = None
     if config.export_dir and chief:
-        export_path = export_lib.export_saved_model(state.model, resolved, config.export_dir)
+        with averaged(weight_average):
+            export_path = export_lib.export_saved_model(state.model, resolved,
+                                                        config.export_dir)
         logging.info("exported SavedModel to %s", export_path)
     return TrainResult(step=step, resumed_from_step=resumed_from, stopped_by=stopped_by,
                        eval_accuracy=eval_metrics["accuracy"], eval_loss=eval_metrics["loss"],
