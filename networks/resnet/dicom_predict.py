@@ -16,11 +16,17 @@ The CSV has one row per input file:
 With --min_confidence=P, predictions whose probability is below P get status and
 predicted_class "uncertain" (the model's guess stays in top_k). A file that cannot
 be read gets an error row; the run goes on.
+
+--tta=N averages each model's probabilities over N fixed test-time views (never a mirror);
+--model=a,b,... is an ensemble whose probabilities are averaged (same class names, same
+order). Next to the CSV, predictions.json (the CSV's name with .json) records the models,
+the views and the counts.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -148,10 +154,34 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     return counts
 
 
+def run_info_path(output_csv: str) -> str:
+    """predictions.csv -> predictions.json (the run's models, views and counts)."""
+    path = os.path.splitext(output_csv)[0] + ".json"
+    return path if path != output_csv else output_csv + ".run.json"
+
+
+def write_run_info(path: str, predictor, counts: dict[str, int], *, tta_views: int) -> None:
+    """What produced a prediction CSV: the models (each with the views it averaged, a
+    SavedModel's built-in ones included), the requested --tta, the classes and the counts."""
+    members = getattr(predictor, "members", [predictor])
+    info = {"model": predictor.source,
+            "members": [{"model": member.source, "tta_views": member.tta_views}
+                        for member in members],
+            "tta_views": tta_views, "class_names": predictor.class_names, "counts": counts}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(info, handle, indent=2)
+    os.replace(tmp, path)
+
+
 def define_flags() -> None:
     """Flags exist only when run as a program, so tests can import this module."""
-    flags.DEFINE_string("model", None, "Training model_dir or SavedModel folder (or export_dir).")
-    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: latest).")
+    from networks.resnet.dicom_eval import MODEL_HELP, TTA_HELP
+
+    flags.DEFINE_list("model", None, MODEL_HELP)
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: "
+                        "latest); only with a single --model.")
+    flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1)
     flags.DEFINE_list("input", [], "Files or folders to classify (positional arguments work too).")
     flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes.")
     flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
@@ -164,7 +194,7 @@ def define_flags() -> None:
 
 def main(argv):
     from dataset.dicom_options import DicomOptions
-    from networks.resnet.inference import Predictor
+    from networks.resnet.inference import load_predictor
 
     inputs = list(FLAGS.input) + list(argv[1:])
     if not inputs:
@@ -176,13 +206,14 @@ def main(argv):
         print(f"error: no DICOM, JPEG or PNG files under {', '.join(inputs)}", file=sys.stderr)
         return 1
     try:
-        predictor = Predictor(FLAGS.model, FLAGS.checkpoint)
+        predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     counts = predict_files(predictor, files, FLAGS.output_csv, batch_size=FLAGS.batch_size,
                            top_k=FLAGS.top_k, min_confidence=FLAGS.min_confidence,
                            dicom_options=DicomOptions(force=FLAGS.dicom_force))
+    write_run_info(run_info_path(FLAGS.output_csv), predictor, counts, tta_views=FLAGS.tta)
     print(f"{len(files)} files: {counts['ok']} ok, {counts['uncertain']} uncertain, "
           f"{counts['error']} errors; predictions in {FLAGS.output_csv}")
     return 0
