@@ -54,7 +54,7 @@ class AugmentSpec:
         return bool(self.scale or self.translate or self.rotate_degrees)
 
 
-def _affine_matrix(size: tf.Tensor, zoom: tf.Tensor, angle: tf.Tensor, shift_y: tf.Tensor,
+def affine_matrix(size: tf.Tensor, zoom: tf.Tensor, angle: tf.Tensor, shift_y: tf.Tensor,
                    shift_x: tf.Tensor) -> tf.Tensor:
     """ImageProjectiveTransformV3's 8 numbers mapping each *output* pixel to its input pixel.
 
@@ -89,7 +89,7 @@ def random_geometry(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.
     max_angle = spec.rotate_degrees * math.pi / 180.0
     angle = tf.random.stateless_uniform((), angle_seed, -max_angle, max_angle)
     shift = tf.random.stateless_uniform((2,), shift_seed, -spec.translate, spec.translate) * size
-    transform = _affine_matrix(size, zoom, angle, shift[0], shift[1])
+    transform = affine_matrix(size, zoom, angle, shift[0], shift[1])
     output = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(image, tf.float32)[None], transforms=transform[None],
         output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR",

@@ -64,7 +64,7 @@ def test_time_views(images: tf.Tensor, num_views: int) -> tf.Tensor:
     size = tf.cast(tf.shape(images)[1:3], tf.float32)
     views = [images]  # the identity, exactly
     for zoom, degrees, shift_y, shift_x in TTA_VIEWS[1:num_views]:
-        transform = augment._affine_matrix(
+        transform = augment.affine_matrix(
             size, tf.constant(zoom), tf.constant(degrees * math.pi / 180.0),
             shift_y * size[0], shift_x * size[1])
         view = tf.raw_ops.ImageProjectiveTransformV3(

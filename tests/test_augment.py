@@ -32,7 +32,7 @@ def test_identity_transform_is_exact_and_a_shift_moves_content_the_stated_way():
     size = tf.constant([32.0, 32.0])
 
     def apply(zoom, angle, shift_y, shift_x):
-        matrix = augment._affine_matrix(size, tf.constant(zoom), tf.constant(angle),
+        matrix = augment.affine_matrix(size, tf.constant(zoom), tf.constant(angle),
                                         tf.constant(shift_y), tf.constant(shift_x))
         return tf.raw_ops.ImageProjectiveTransformV3(
             images=image[None], transforms=matrix[None], output_shape=[32, 32],

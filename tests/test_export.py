@@ -103,7 +103,9 @@ def test_signatures_equal_the_in_memory_model(exported):
         image_bytes=tf.constant([png_bytes(image[..., 0]) for image in images]))
     by_pixels = loaded.signatures["predict_images"](images=tf.constant(images, tf.float32))
     for outputs in (by_bytes, by_pixels):
-        np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+        # 1e-4: the graph and the eager model may pick different oneDNN kernels (AMX bf16-free
+        # fp32 paths differ in summation order); a preprocessing mismatch is far larger.
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4)
         ids = expected.argmax(axis=1)
         np.testing.assert_array_equal(outputs["class_ids"].numpy(), ids)
         assert [n.decode() for n in outputs["class_names"].numpy()] == [
@@ -154,7 +156,7 @@ def test_tf1_style_loader_finds_the_variables(exported, tmp_path):
                             timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-1500:]
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), _expected(model, _images()),
-                               atol=1e-5)
+                               atol=1e-4)
 
 
 TTA_VIEWS = 5
@@ -165,7 +167,7 @@ def _expected_with_views(model, images, num_views):
     it) through preprocess_for_eval and the model on its own, then the plain mean."""
     from dataset import test_time
 
-    resized = tf.stack([preprocess._resize(tf.constant(image), 32) for image in images])
+    resized = tf.stack([preprocess.resize_square(tf.constant(image), 32) for image in images])
     views = tf.reshape(test_time.test_time_views(resized, num_views),
                        (num_views, len(images), 32, 32, 1))
     per_view = []

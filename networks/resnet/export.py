@@ -82,7 +82,7 @@ def decode_and_resize(image_bytes: tf.Tensor, *, image_size: int, channels: int)
     preprocess_for_eval's first half, where the test-time views apply (before `normalize`)."""
     spec = tf.TensorSpec([image_size, image_size, channels], tf.float32)
     return tf.map_fn(
-        lambda data: preprocess._resize(tf.io.decode_image(
+        lambda data: preprocess.resize_square(tf.io.decode_image(
             data, channels=channels, dtype=tf.uint8, expand_animations=False), image_size),
         image_bytes, fn_output_signature=spec)
 
@@ -164,7 +164,7 @@ class ServingModule(tf.Module):
         pixels = to_pixels(images)
         if self.tta_views > 1:
             spec = tf.TensorSpec([self.image_size, self.image_size, self.channels], tf.float32)
-            resized = tf.map_fn(lambda image: preprocess._resize(image, self.image_size),
+            resized = tf.map_fn(lambda image: preprocess.resize_square(image, self.image_size),
                                 pixels, fn_output_signature=spec)
             return self._outputs(self._mean_over_views(resized))
         return self._outputs(self._probabilities(self._preprocess_each(pixels)))

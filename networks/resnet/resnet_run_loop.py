@@ -311,7 +311,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     if config.export_dir and chief:
         with averaged(weight_average):
             export_path = export_lib.export_saved_model(state.model, resolved,
-                                                        config.export_dir)
+                                                        config.export_dir,
+                                                        tta_views=config.export_tta)
         logging.info("exported SavedModel to %s", export_path)
     return TrainResult(step=step, resumed_from_step=resumed_from, stopped_by=stopped_by,
                        eval_accuracy=eval_metrics["accuracy"], eval_loss=eval_metrics["loss"],

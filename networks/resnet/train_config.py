@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 
-from dataset import augment
+from dataset import augment, test_time
 from networks.resnet import resnet_model
 
 CONFIG_FILE = "config.json"
@@ -113,6 +113,9 @@ class TrainConfig:
         for name in ("mixup_alpha", "cutmix_alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)}: must be >= 0 (0: off)")
+        if not 1 <= self.export_tta <= len(test_time.TTA_VIEWS):
+            raise ValueError(f"--export_tta={self.export_tta}: must be in "
+                             f"[1, {len(test_time.TTA_VIEWS)}]")
         if not (self.ema_decay == 0.0 or 0.0 < self.ema_decay < 1.0):
             raise ValueError(f"--ema_decay={self.ema_decay}: must be in (0, 1), or 0 for off")
         if self.loss_scale is not None and self.dtype != "fp16":
