@@ -26,11 +26,14 @@ class AugmentSpec:
     translate: shift of up to this fraction of the side, in each direction.
     rotate_degrees: rotation drawn from [-rotate_degrees, rotate_degrees].
     noise: standard deviation of additive Gaussian noise, as a fraction of 255.
+    invert: probability of inverting the grey scale (255 - x): radiographs come as
+      MONOCHROME1 or MONOCHROME2 and archives hold both renderings of the same anatomy.
     """
     scale: float = 0.0
     translate: float = 0.0
     rotate_degrees: float = 0.0
     noise: float = 0.0
+    invert: float = 0.0
 
     def __post_init__(self):
         for name, value, high in (("scale", self.scale, 1.0), ("translate", self.translate, 0.5),
@@ -38,13 +41,20 @@ class AugmentSpec:
                                   ("noise", self.noise, 1.0)):
             if not 0.0 <= value < high:
                 raise ValueError(f"augmentation {name} must be in [0, {high:g}), got {value!r}")
+        if not 0.0 <= self.invert <= 1.0:
+            raise ValueError(f"augmentation invert must be a probability in [0, 1], got "
+                             f"{self.invert!r}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.geometric or self.noise or self.invert)
 
     @property
     def geometric(self) -> bool:
         return bool(self.scale or self.translate or self.rotate_degrees)
 
 
-def _affine_matrix(size: tf.Tensor, zoom: tf.Tensor, angle: tf.Tensor, shift_y: tf.Tensor,
+def affine_matrix(size: tf.Tensor, zoom: tf.Tensor, angle: tf.Tensor, shift_y: tf.Tensor,
                    shift_x: tf.Tensor) -> tf.Tensor:
     """ImageProjectiveTransformV3's 8 numbers mapping each *output* pixel to its input pixel.
 
@@ -79,7 +89,7 @@ def random_geometry(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.
     max_angle = spec.rotate_degrees * math.pi / 180.0
     angle = tf.random.stateless_uniform((), angle_seed, -max_angle, max_angle)
     shift = tf.random.stateless_uniform((2,), shift_seed, -spec.translate, spec.translate) * size
-    transform = _affine_matrix(size, zoom, angle, shift[0], shift[1])
+    transform = affine_matrix(size, zoom, angle, shift[0], shift[1])
     output = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(image, tf.float32)[None], transforms=transform[None],
         output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR",
@@ -96,9 +106,23 @@ def random_noise(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Ten
     return tf.clip_by_value(image + noise, 0.0, 255.0)
 
 
+def random_invert(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """255 - image with probability spec.invert."""
+    if not spec.invert:
+        return image
+    image = tf.cast(image, tf.float32)
+    flip = tf.random.stateless_uniform((), seed) < spec.invert
+    return tf.where(flip, 255.0 - image, image)
+
+
 def augment_image(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
-    """random_geometry then random_noise, each with its own part of `seed`."""
-    geometry_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    """random_invert, random_geometry, then random_noise, each with its own part of `seed`.
+
+    Inversion comes first so that the border shifted in by the geometry is black either way.
+    """
+    invert_seed, geometry_seed, noise_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
+    image = random_invert(image, spec, invert_seed)
     return random_noise(random_geometry(image, spec, geometry_seed), spec, noise_seed)
 
 

@@ -31,7 +31,8 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32) * (1.0 / 127.5) - 1.0
 
 
-def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+def resize_square(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The resize of every path: any size to image_size x image_size, on the 0-255 scale."""
     # Antialiasing matters when shrinking large films (512-4096 px) to 28-224 px: without it
     # the bilinear kernel samples only a few source pixels and fine structure aliases into
     # noise. The triangle filter has non-negative weights, so the output stays within 0-255.
@@ -61,7 +62,7 @@ def preprocess_for_eval(image: tf.Tensor, *, image_size: int) -> tf.Tensor:
       ValueError: image not of rank 3 or 4, or image_size not a positive int.
     """
     image = _check(image, image_size, (3, 4))
-    return normalize(_resize(image, image_size))
+    return normalize(resize_square(image, image_size))
 
 
 def _seed_pair(seed) -> tf.Tensor:
@@ -130,7 +131,7 @@ def preprocess_for_train(image: tf.Tensor, *, image_size: int, random_flip: bool
         tf.random.experimental.stateless_split(_seed_pair(seed), 4))
 
     offset, size = _random_crop_window(tf.shape(image), crop_seed)
-    image = _resize(tf.slice(image, offset, size), image_size)
+    image = resize_square(tf.slice(image, offset, size), image_size)
     if random_flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if color_jitter > 0:

@@ -32,7 +32,7 @@ def test_identity_transform_is_exact_and_a_shift_moves_content_the_stated_way():
     size = tf.constant([32.0, 32.0])
 
     def apply(zoom, angle, shift_y, shift_x):
-        matrix = augment._affine_matrix(size, tf.constant(zoom), tf.constant(angle),
+        matrix = augment.affine_matrix(size, tf.constant(zoom), tf.constant(angle),
                                         tf.constant(shift_y), tf.constant(shift_x))
         return tf.raw_ops.ImageProjectiveTransformV3(
             images=image[None], transforms=matrix[None], output_shape=[32, 32],
@@ -66,8 +66,24 @@ def test_noise_has_the_stated_spread_and_stays_in_range():
     assert np.std(out - 128.0) == pytest.approx(0.05 * 255, rel=0.1)
 
 
+def test_invert_flips_the_grey_scale_at_the_stated_rate():
+    image = tf.constant(_left_blob())
+    always = augment.random_invert(image, augment.AugmentSpec(invert=1.0), _seed(0)).numpy()
+    np.testing.assert_array_equal(always, 255.0 - image.numpy())
+    half = augment.AugmentSpec(invert=0.5)
+    inverted = [bool(augment.random_invert(image, half, _seed(i)).numpy()[0, 0, 0] == 255.0)
+                for i in range(200)]
+    assert 70 < sum(inverted) < 130
+    # Inversion first: a black film turns white, and the border a shift brings in is black
+    # (inverting after the shift would leave the whole image white).
+    blank = tf.zeros((32, 32, 1))
+    shifted = augment.augment_image(blank, augment.AugmentSpec(translate=0.3, invert=1.0),
+                                    _seed(3)).numpy()
+    assert shifted.max() == 255.0 and shifted.min() == 0.0
+
+
 @pytest.mark.parametrize("kwargs", [{"scale": 1.0}, {"translate": -0.1},
-                                    {"rotate_degrees": 200}, {"noise": 1.5}])
+                                    {"rotate_degrees": 200}, {"noise": 1.5}, {"invert": 1.5}])
 def test_spec_rejects_out_of_range_values(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         augment.AugmentSpec(**kwargs)

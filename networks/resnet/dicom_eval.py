@@ -5,7 +5,15 @@
 --model is a training model_dir (latest checkpoint, or --checkpoint=.../ckpt-400) or an
 exported SavedModel (its folder, or the export_dir holding numbered versions). The report
 goes to --output_dir, by default next to the model (<model_dir>/eval_<split>/, or
-<export_dir>/eval-<version>-<split>/):
+<export_dir>/eval-<version>-<split>/; with --tta=N the folder name ends in -ttaN).
+
+    --tta=5                    average each model's probabilities over 5 fixed test-time views
+                               (identity, +-5 degree rotations, 1.1/0.9 zoom, ...; never a mirror)
+    --model=runs/a,runs/b/export --output_dir=eval_ab
+                               an ensemble: the members' probabilities are averaged; they must
+                               have the same class names in the same order
+
+metrics.json records the members ("members") and the views ("tta_views").
 
     metrics.json          accuracy, top-k, per-class precision/recall/F1/support/ROC AUC,
                           macro and weighted averages, confusion matrix, example count
@@ -31,14 +39,27 @@ FLAGS = flags.FLAGS
 PROGRAM = "dicom_eval.py"
 
 
+MODEL_HELP = ("Training model_dir or SavedModel folder (or export_dir). Several, comma-separated, "
+              "form an ensemble: each member preprocesses the images itself (image sizes may "
+              "differ) and their probabilities are averaged; all must have the same class names "
+              "in the same order.")
+TTA_HELP = ("Test-time augmentation: average the probabilities over this many fixed views of "
+            "each image (dataset/test_time.py: identity, +-5 degree rotations, 1.1/0.9 zoom, "
+            "+-1/16 shifts; never a mirror, so left/right classes are safe). 1 = off, up to 7. "
+            "Not with a SavedModel exported with views built in (it averages its own).")
+
+
 def define_flags() -> None:
     """Flags exist only when run as a program, so tests can import this module."""
-    flags.DEFINE_string("model", None, "Training model_dir or SavedModel folder (or export_dir).")
-    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: latest).")
+    flags.DEFINE_list("model", None, MODEL_HELP)
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: "
+                        "latest); only with a single --model.")
+    flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1)
     flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.")
     flags.DEFINE_string("split", "test", "Split to evaluate (train, validation, test, or the "
                         "--output_name of an unsplit conversion).")
-    flags.DEFINE_string("output_dir", None, "Where the report goes (default: next to the model).")
+    flags.DEFINE_string("output_dir", None, "Where the report goes (default: next to the model; "
+                        "required for an ensemble).")
     flags.DEFINE_integer("batch_size", 64, "Images per inference batch.")
     flags.mark_flags_as_required(["model", "data_dir"])
 
@@ -46,25 +67,35 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if len(FLAGS.model) > 1 and not FLAGS.output_dir:
+        raise app.UsageError("an ensemble (several --model) needs --output_dir: its report "
+                             "belongs to no single model")
     from official.core import evaluation
-    from official.core.inference import Predictor
+    from official.core.inference import Ensemble, load_predictor
     from official.utils.report import write_report
 
     try:
-        predictor = Predictor(FLAGS.model, FLAGS.checkpoint)
+        predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
         labels, probabilities, filenames = evaluation.evaluate_split(
             predictor, FLAGS.data_dir, FLAGS.split, batch_size=FLAGS.batch_size)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
-    output_dir = FLAGS.output_dir or evaluation.default_output_dir(FLAGS.model, predictor.source,
-                                                                   FLAGS.split)
+    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
+    output_dir = FLAGS.output_dir or evaluation.default_output_dir(
+        FLAGS.model[0], predictor.source, FLAGS.split, predictor.tta_views)
+    single = len(members) == 1
+    title = os.path.basename(predictor.source) if single else f"ensemble of {len(members)}"
     metrics = write_report(
         output_dir, labels=labels, probabilities=probabilities,
         class_names=predictor.class_names, filenames=filenames,
-        title=f"{FLAGS.split} split, {os.path.basename(predictor.source)}",
+        title=f"{FLAGS.split} split, {title}" + (f", {FLAGS.tta} views" if FLAGS.tta > 1 else ""),
         extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
-               "model": predictor.source})
-    evaluation.write_tensorboard(output_dir, metrics, evaluation.checkpoint_step(predictor.source))
+               "model": predictor.source,
+               "members": [{"model": member.source, "tta_views": member.tta_views}
+                           for member in members],
+               "tta_views": FLAGS.tta})
+    evaluation.write_tensorboard(output_dir, metrics,
+                                 evaluation.checkpoint_step(predictor.source) if single else 0)
     print(f"{FLAGS.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_examples']} "
           f"images; report in {output_dir}")
     return 0

@@ -16,6 +16,11 @@ The CSV has one row per input file:
 With --min_confidence=P, predictions whose probability is below P get status and
 predicted_class "uncertain" (the model's guess stays in top_k). A file that cannot
 be read gets an error row; the run goes on.
+
+--tta=N averages each model's probabilities over N fixed test-time views (never a mirror);
+--model=a,b,... is an ensemble whose probabilities are averaged (same class names, same
+order). Next to the CSV, predictions.json (the CSV's name with .json) records the models,
+the views and the counts.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from absl import app, flags  # noqa: E402
 
 from dataset.dicom_options import DicomOptions  # noqa: E402
+from networks.resnet.dicom_eval import MODEL_HELP, TTA_HELP  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -38,8 +44,10 @@ PROGRAM = "dicom_predict.py"
 
 def define_flags() -> None:
     """Flags exist only when run as a program, so tests can import this module."""
-    flags.DEFINE_string("model", None, "Training model_dir or SavedModel folder (or export_dir).")
-    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: latest).")
+    flags.DEFINE_list("model", None, MODEL_HELP)
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: "
+                        "latest); only with a single --model.")
+    flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1)
     flags.DEFINE_list("input", [], "Files or folders to classify (positional arguments work too).")
     flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes.")
     flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
@@ -52,7 +60,7 @@ def define_flags() -> None:
 
 def main(argv):
     from official.core import prediction
-    from official.core.inference import Predictor
+    from official.core.inference import load_predictor
 
     inputs = list(FLAGS.input) + list(argv[1:])
     if not inputs:
@@ -63,12 +71,14 @@ def main(argv):
     if not files:
         cli.exit_with_error(PROGRAM, f"no DICOM, JPEG or PNG files under {', '.join(inputs)}")
     try:
-        predictor = Predictor(FLAGS.model, FLAGS.checkpoint)
+        predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
     counts = prediction.predict_files(
         predictor, files, FLAGS.output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
         min_confidence=FLAGS.min_confidence, dicom_options=DicomOptions(force=FLAGS.dicom_force))
+    prediction.write_run_info(prediction.run_info_path(FLAGS.output_csv), predictor, counts,
+                              tta_views=FLAGS.tta)
     print(f"{len(files)} files: {counts['ok']} ok, {counts['uncertain']} uncertain, "
           f"{counts['error']} errors; predictions in {FLAGS.output_csv}")
     return 0

@@ -19,6 +19,11 @@ CHECKPOINT_STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's index of a 
 DTYPE_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 LR_SCALINGS = ("linear", "none")
 LR_SCHEDULES = ("piecewise", "cosine")
+# Valid range of each augmentation flag, [low, high) or [low, high] (a probability);
+# dataset/augment.py AugmentSpec checks the same.
+AUGMENT_RANGES = (("augment_scale", 0.0, 1.0, ")"), ("augment_translate", 0.0, 0.5, ")"),
+                  ("augment_rotate", 0.0, 180.0, ")"), ("augment_noise", 0.0, 1.0, ")"),
+                  ("augment_invert", 0.0, 1.0, "]"), ("color_jitter", 0.0, 1.0, ")"))
 SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
 
 
@@ -44,6 +49,18 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     random_flip: bool = False
+    # Generalisation (all off by default): laterality-safe augmentation (dataset/augment.py),
+    # batch mixing, and an exponential moving average of the weights for eval and export.
+    augment_scale: float = 0.0
+    augment_translate: float = 0.0
+    augment_rotate: float = 0.0  # degrees
+    augment_noise: float = 0.0
+    augment_invert: float = 0.0
+    color_jitter: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    ema_decay: float = 0.0
+    export_tta: int = 1
     train_split: str = "train"
     eval_split: str = "validation"
     use_synthetic_data: bool = False
@@ -78,6 +95,17 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr_schedule={self.lr_schedule}: must be one of "
                              f"{list(LR_SCHEDULES)}")
+        for name, low, high, end in AUGMENT_RANGES:
+            value = getattr(self, name)
+            if not (low <= value < high or (end == "]" and value == high)):
+                raise ValueError(f"--{name}={value}: must be in [{low:g}, {high:g}{end}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name}={getattr(self, name)}: must be >= 0 (0: off)")
+        if self.export_tta < 1:  # the upper bound: dataset.test_time, checked by train_lib
+            raise ValueError(f"--export_tta={self.export_tta}: must be >= 1 (1: off)")
+        if not (self.ema_decay == 0.0 or 0.0 < self.ema_decay < 1.0):
+            raise ValueError(f"--ema_decay={self.ema_decay}: must be in (0, 1), or 0 for off")
         if self.loss_scale is not None and self.dtype != "fp16":
             raise ValueError(f"--loss_scale is only used with --dtype=fp16, got --dtype="
                              f"{self.dtype}")

@@ -8,7 +8,11 @@ evaluation preprocessing (dataset.preprocess.preprocess_for_eval):
   predict_images   images: float32 [N, H, W, channels], pixel values 0..255 (as decoded uint8)
   -> class_ids int32 [N], class_names string [N], probabilities float32 [N, num_classes]
 
-The resolved training config is copied to `<version>/assets.extra/config.json`.
+With tta_views > 1 (test-time augmentation) both signatures average the probabilities over
+that many fixed views of each image (dataset/test_time.py); never a mirror image.
+
+The resolved training config, plus `tta_views`, is copied to
+`<version>/assets.extra/config.json`.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import time
 import keras
 import tensorflow as tf
 
-from dataset import preprocess
+from dataset import preprocess, test_time
 from networks import registry
 from official.core.config import CONFIG_FILE, read_config
+from official.modeling import ema
 
 ASSETS_EXTRA = "assets.extra"  # where the SavedModel keeps config.json
 
@@ -60,13 +65,37 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
     # Only the model is needed: the optimizer slots and step in the file are left unread.
     status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
     status.assert_existing_objects_matched()
+    if config.get("ema_decay"):
+        ema.restore_average(model, checkpoint)  # what the run evaluated and exported
     return model, config
 
 
-class ServingModule(tf.Module):
-    """Model + class names + preprocessing, with the two serving signatures."""
+def decode_and_resize(image_bytes: tf.Tensor, *, image_size: int, channels: int) -> tf.Tensor:
+    """Encoded images [N] -> float32 [N, image_size, image_size, channels] on the 0-255 scale:
+    preprocess_for_eval's first half, where the test-time views apply (before `normalize`)."""
+    spec = tf.TensorSpec([image_size, image_size, channels], tf.float32)
+    return tf.map_fn(
+        lambda data: preprocess.resize_square(tf.io.decode_image(
+            data, channels=channels, dtype=tf.uint8, expand_animations=False), image_size),
+        image_bytes, fn_output_signature=spec)
 
-    def __init__(self, model: keras.Model, config: dict):
+
+def to_pixels(images: tf.Tensor) -> tf.Tensor:
+    """Float images on the 0-255 scale -> the uint8 a decoder would give."""
+    return tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
+
+
+class ServingModule(tf.Module):
+    """Model + class names + preprocessing, with the two serving signatures.
+
+    With tta_views > 1 both signatures return the mean of the softmax probabilities over the
+    first tta_views views of dataset.test_time.TTA_VIEWS. Each view is made from the image
+    resized to image_size, rounded to uint8 and then preprocessed exactly as an image sent to
+    `predict_images` would be: so a client that builds the views itself and calls a no-TTA
+    export's `predict_images` per view gets the same numbers (inference.Predictor does).
+    """
+
+    def __init__(self, model: keras.Model, config: dict, tta_views: int = 1):
         super().__init__()
         # The Keras model is held outside TF's object tracking (a closure, not an attribute):
         # saving it as an object would walk and serialise every layer (for Inception-ResNet-v2
@@ -78,11 +107,12 @@ class ServingModule(tf.Module):
         self.serving_variables = [variable.value for variable in model.variables]
         self.image_size = int(config["image_size"])
         self.channels = int(config["channels"])
+        self.tta_views = test_time.check_num_views(tta_views)
         self.class_names = tf.constant(list(config["class_names"]))
         image_spec = tf.TensorSpec([None, None, None, self.channels], tf.float32, name="images")
         # One traced forward pass that both signatures call (tracing a large network twice
         # was a third of the export time).
-        self._outputs = tf.function(self._outputs, input_signature=[tf.TensorSpec(
+        self._probabilities = tf.function(self._probabilities, input_signature=[tf.TensorSpec(
             [None, self.image_size, self.image_size, self.channels], tf.float32)])
         self.serving_default = tf.function(
             self._serve_bytes,
@@ -92,37 +122,63 @@ class ServingModule(tf.Module):
     def _preprocess(self, image_uint8):
         return preprocess.preprocess_for_eval(image_uint8, image_size=self.image_size)
 
-    def _outputs(self, images):
-        logits = self._call_model(images)
-        probabilities = tf.nn.softmax(logits, axis=-1)
+    def _preprocess_each(self, pixels):
+        spec = tf.TensorSpec([self.image_size, self.image_size, self.channels], tf.float32)
+        return tf.map_fn(self._preprocess, pixels, fn_output_signature=spec)
+
+    def _probabilities(self, images):
+        return tf.nn.softmax(self._call_model(images), axis=-1)
+
+    def _mean_over_views(self, resized):
+        # All views in one batch: one forward pass instead of tta_views smaller ones.
+        views = test_time.test_time_views(resized, self.tta_views)
+        probabilities = self._probabilities(self._preprocess_each(to_pixels(views)))
+        per_view = tf.reshape(probabilities, [self.tta_views, -1, tf.shape(probabilities)[-1]])
+        return tf.reduce_mean(per_view, axis=0)
+
+    def _outputs(self, probabilities):
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"class_ids": class_ids, "class_names": tf.gather(self.class_names, class_ids),
                 "probabilities": probabilities}
 
     def _serve_bytes(self, image_bytes):
+        if self.tta_views > 1:
+            return self._outputs(self._mean_over_views(decode_and_resize(
+                image_bytes, image_size=self.image_size, channels=self.channels)))
         spec = tf.TensorSpec([self.image_size, self.image_size, self.channels], tf.float32)
         images = tf.map_fn(
             lambda data: self._preprocess(tf.io.decode_image(
                 data, channels=self.channels, dtype=tf.uint8, expand_animations=False)),
             image_bytes, fn_output_signature=spec)
-        return self._outputs(images)
+        return self._outputs(self._probabilities(images))
 
     def _serve_images(self, images):
         # The same uint8 the decoder would give, so both signatures preprocess identically.
-        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 255.0)), tf.uint8)
-        spec = tf.TensorSpec([self.image_size, self.image_size, self.channels], tf.float32)
-        return self._outputs(tf.map_fn(self._preprocess, pixels, fn_output_signature=spec))
+        pixels = to_pixels(images)
+        if self.tta_views > 1:
+            spec = tf.TensorSpec([self.image_size, self.image_size, self.channels], tf.float32)
+            resized = tf.map_fn(lambda image: preprocess.resize_square(image, self.image_size),
+                                pixels, fn_output_signature=spec)
+            return self._outputs(self._mean_over_views(resized))
+        return self._outputs(self._probabilities(self._preprocess_each(pixels)))
 
 
-def export_saved_model(model: keras.Model, config: dict, export_dir: str) -> str:
+def export_saved_model(model: keras.Model, config: dict, export_dir: str,
+                       tta_views: int = 1) -> str:
     """Write a SavedModel of `model` into a new numbered folder of `export_dir`; returns it.
 
     The weights are copied into a float32 copy of the architecture, so fp16/bf16 and
-    distributed training runs export the same plain model.
+    distributed training runs export the same plain model. With tta_views > 1 the signatures
+    average over that many test-time views (see ServingModule); assets.extra/config.json
+    records `tta_views` either way.
+
+    Raises:
+      ValueError: tta_views out of range.
     """
+    test_time.check_num_views(tta_views)
     inference_model = build_inference_model(config)
     inference_model.set_weights(model.get_weights())
-    module = ServingModule(inference_model, config)
+    module = ServingModule(inference_model, config, tta_views)
     os.makedirs(export_dir, exist_ok=True)
     version = int(time.time())
     while os.path.exists(os.path.join(export_dir, str(version))):
@@ -136,7 +192,7 @@ def export_saved_model(model: keras.Model, config: dict, export_dir: str) -> str
                                                      "predict_images": module.predict_images})
     os.makedirs(os.path.join(tmp, ASSETS_EXTRA), exist_ok=True)
     with open(os.path.join(tmp, ASSETS_EXTRA, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
+        json.dump({**config, "tta_views": tta_views}, f, indent=2, sort_keys=True)
     os.rename(tmp, final)
     return final
 

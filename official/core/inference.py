@@ -5,6 +5,9 @@ to PNG first) through the export's serving function. A model_dir checkpoint is
 wrapped in the very ServingModule that export writes, and a SavedModel is called
 through its ``serving_default`` signature, so what is evaluated is exactly what
 is served: the same decoding and the same ``preprocess_for_eval``.
+
+Two optional refinements, both averaging probabilities: test-time views of each image
+(``tta_views``, dataset/test_time.py) and an ``Ensemble`` of several models.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dataset import test_time
 from official.core import export
 from official.core.config import CONFIG_FILE
 
@@ -36,12 +40,21 @@ def resolve_saved_model(path: str) -> str | None:
 class Predictor:
     """Maps a batch of encoded images to class probabilities.
 
+    With tta_views > 1 the probabilities are averaged over that many test-time views
+    (dataset/test_time.py). A model_dir gets them through ServingModule; a SavedModel exported
+    without them gets them on this side: the bytes are decoded and resized as the export does,
+    and its `predict_images` signature is called once per view, which gives the same numbers as
+    an export with the views baked in.
+
     Attributes:
       config: the training run's resolved config (class_names, image_size, ...).
       source: the checkpoint or SavedModel folder the weights came from.
+      tta_views: the number of views actually averaged (a SavedModel's baked-in count when
+        it has one).
     """
 
-    def __init__(self, model_path: str, checkpoint: str | None = None):
+    def __init__(self, model_path: str, checkpoint: str | None = None, tta_views: int = 1):
+        test_time.check_num_views(tta_views)
         saved_model = resolve_saved_model(model_path)
         if saved_model is not None:
             if checkpoint:
@@ -50,22 +63,117 @@ class Predictor:
             config_path = os.path.join(saved_model, export.ASSETS_EXTRA, CONFIG_FILE)
             with open(config_path) as handle:
                 self.config = json.load(handle)
+            baked = int(self.config.get("tta_views", 1))  # absent in older exports
+            if baked > 1 and tta_views > 1:
+                raise ValueError(f"{saved_model} was exported with {baked} test-time views "
+                                 f"built in; asking for {tta_views} more would augment twice "
+                                 "(use --tta=1: the export averages its views itself)")
             loaded = tf.saved_model.load(saved_model)
-            self._serve = loaded.signatures["serving_default"]
-            self._keepalive = loaded  # the signature needs its object alive
+            self._keepalive = loaded  # the signatures need their object alive
+            if tta_views > 1:
+                self._predict_images = loaded.signatures["predict_images"]
+                self._views = tf.function(self._views, input_signature=[
+                    tf.TensorSpec([None], tf.string)])  # one graph, not eager per-image ops
+                self._serve = self._serve_views
+            else:
+                self._serve = loaded.signatures["serving_default"]
+            self.tta_views = max(baked, tta_views)
             self.source = saved_model
         elif os.path.isfile(os.path.join(model_path, CONFIG_FILE)):
             model, self.config = export.load_model_from_dir(model_path, checkpoint)
-            module = export.ServingModule(model, self.config)
+            module = export.ServingModule(model, self.config, tta_views)
             self._serve = module.serving_default
             self._keepalive = module
+            self.tta_views = tta_views
             self.source = checkpoint or tf.train.latest_checkpoint(model_path)
         else:
             raise FileNotFoundError(f"{model_path}: neither a SavedModel (saved_model.pb) nor a "
                                     f"training model_dir ({CONFIG_FILE})")
         self.class_names = list(self.config["class_names"])
 
+    def _views(self, image_bytes):
+        resized = export.decode_and_resize(image_bytes, image_size=int(self.config["image_size"]),
+                                           channels=int(self.config["channels"]))
+        return test_time.test_time_views(resized, self.tta_views)
+
+    def _serve_views(self, image_bytes):
+        views = self._views(image_bytes)
+        count = int(tf.shape(image_bytes)[0])
+        # One call per view keeps the batch the caller chose (memory), as TF Serving would see it.
+        probabilities = [
+            self._predict_images(images=views[view * count:(view + 1) * count])["probabilities"]
+            for view in range(self.tta_views)]
+        return {"probabilities": tf.reduce_mean(tf.stack(probabilities), axis=0)}
+
     def __call__(self, encoded_images) -> np.ndarray:
         """float32 [N, num_classes] probabilities for N encoded JPEG/PNG images."""
         images = tf.convert_to_tensor(encoded_images, dtype=tf.string)
         return self._serve(image_bytes=images)["probabilities"].numpy()
+
+
+class Ensemble:
+    """Several Predictors with the same classes; their probabilities are averaged.
+
+    Each member decodes and preprocesses the bytes itself, so members may differ in network,
+    image_size and test-time views.
+
+    Attributes:
+      members: the Predictors, in the order given.
+      class_names: the members' (identical) class names.
+      source: the members' sources, comma-separated.
+      tta_views: the members' view counts, e.g. [1, 5].
+
+    Raises:
+      ValueError: no members, or two members whose class names or their order differ.
+    """
+
+    def __init__(self, members: list[Predictor]):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        first = members[0]
+        for other in members[1:]:
+            if other.class_names != first.class_names:
+                difference = describe_class_difference(first.class_names, other.class_names,
+                                                       first.source, other.source)
+                raise ValueError(f"cannot ensemble {first.source} and {other.source}: {difference}")
+        self.members = list(members)
+        self.class_names = list(first.class_names)
+        self.source = ",".join(member.source for member in members)
+        self.tta_views = [member.tta_views for member in members]
+
+    def __call__(self, encoded_images) -> np.ndarray:
+        """float32 [N, num_classes]: the mean of the members' probabilities."""
+        return np.mean([member(encoded_images) for member in self.members], axis=0)
+
+
+def describe_class_difference(first: list[str], second: list[str], first_name: str,
+                              second_name: str) -> str:
+    """One line saying how two models' class name lists differ."""
+    only_first = [name for name in first if name not in second]
+    only_second = [name for name in second if name not in first]
+    if only_first or only_second:
+        return (f"classes only in {first_name}: {only_first}; "
+                f"only in {second_name}: {only_second}")
+    if len(first) != len(second):
+        return f"{len(first)} class names vs {len(second)} (a repeated name)"
+    position = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    return (f"same classes in a different order: class {position} is {first[position]!r} "
+            f"in {first_name} but {second[position]!r} in {second_name}")
+
+
+def load_predictor(model_paths: list[str], checkpoint: str | None = None,
+                   tta_views: int = 1) -> Predictor | Ensemble:
+    """A Predictor for one model path, an Ensemble of Predictors for several.
+
+    Raises:
+      ValueError: a --checkpoint with several models, or members whose classes differ
+        (and whatever Predictor raises).
+    """
+    if not model_paths:
+        raise ValueError("no model given")
+    if len(model_paths) == 1:
+        return Predictor(model_paths[0], checkpoint, tta_views)
+    if checkpoint:
+        raise ValueError("--checkpoint picks one model_dir's checkpoint; it cannot be used "
+                         f"with {len(model_paths)} models")
+    return Ensemble([Predictor(path, None, tta_views) for path in model_paths])

@@ -8,6 +8,7 @@ row per file (CSV_COLUMNS), an error row for a file that cannot be read.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 
@@ -120,3 +121,23 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
                 writer.writerow(row)
     os.replace(tmp, output_csv)
     return counts
+
+
+def run_info_path(output_csv: str) -> str:
+    """predictions.csv -> predictions.json (the run's models, views and counts)."""
+    path = os.path.splitext(output_csv)[0] + ".json"
+    return path if path != output_csv else output_csv + ".run.json"
+
+
+def write_run_info(path: str, predictor, counts: dict[str, int], *, tta_views: int) -> None:
+    """What produced a prediction CSV: the models (each with the views it averaged, a
+    SavedModel's built-in ones included), the requested --tta, the classes and the counts."""
+    members = getattr(predictor, "members", [predictor])
+    info = {"model": predictor.source,
+            "members": [{"model": member.source, "tta_views": member.tta_views}
+                        for member in members],
+            "tta_views": tta_views, "class_names": predictor.class_names, "counts": counts}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(info, handle, indent=2)
+    os.replace(tmp, path)

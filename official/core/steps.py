@@ -53,17 +53,26 @@ def loss_scale_of(optimizer) -> float | None:
 
 
 def _cross_entropy(labels, logits, num_classes: int, label_smoothing: float):
-    """Per-example cross-entropy in float32 (logits are float32 under every policy)."""
-    if label_smoothing <= 0:
+    """Per-example cross-entropy in float32 (logits are float32 under every policy).
+
+    `labels`: class ids [N], or probabilities [N, num_classes] (mixup/cutmix batches).
+    """
+    if labels.shape.rank == 1 and label_smoothing <= 0:
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    targets = tf.one_hot(labels, num_classes) * (1.0 - label_smoothing) + (
-        label_smoothing / num_classes)
+    targets = tf.one_hot(labels, num_classes) if labels.shape.rank == 1 else labels
+    if label_smoothing > 0:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+def _class_ids(labels):
+    # Mixed labels count as their larger part when scoring training accuracy.
+    return labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)
 
 
 def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, *,
                         global_batch_size: int, num_classes: int, label_smoothing: float = 0.0,
-                        jit_compile: bool = False):
+                        jit_compile: bool = False, weight_average=None):
     """`train(iterator, num_steps)`: runs `num_steps` distributed steps in one tf.function call.
 
     Returns sums over those steps: "loss" (each step's global-batch mean loss, regularisation
@@ -85,7 +94,8 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
             scaled_loss = optimizer.scale_loss(loss)  # identity unless fp16
         grads = tape.gradient(scaled_loss, model.trainable_variables)
         correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
+            tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), _class_ids(labels)),
+            tf.float32))
         return loss, grads, correct
 
     if jit_compile:
@@ -106,6 +116,8 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
             poison = tf.where(any_bad > 0, float("nan"), 1.0)
             grads = [None if g is None else g * tf.cast(poison, g.dtype) for g in grads]
         optimizer.apply(grads, model.trainable_variables)
+        if weight_average is not None:  # official/modeling/ema.py WeightAverage
+            weight_average.update(state.step)
         return {"loss": loss, "correct": correct,
                 "examples": tf.cast(tf.shape(labels)[0], tf.float32)}
 

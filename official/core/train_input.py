@@ -11,7 +11,7 @@ import os
 
 import tensorflow as tf
 
-from dataset import preprocess, reader
+from dataset import augment, preprocess, reader
 from official.core.config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig
 
 
@@ -105,12 +105,56 @@ def train_dataset(config: TrainConfig, data: DataSpec, num_workers: int = 1) -> 
     dataset = dataset.shuffle(min(data.train_examples, 10_000), seed=config.seed,
                               reshuffle_each_iteration=True).repeat()
     dataset = dataset.map(
-        lambda image, label: (preprocess.preprocess_for_train(
-            image, image_size=config.image_size, random_flip=config.random_flip), label),
+        lambda image, label: (augment_for_train(image, config), label),
         num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)
     # drop_remainder: every step sees the full global batch, so every replica gets its share.
-    dataset = dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(config.batch_size, drop_remainder=True)
+    if config.mixup_alpha or config.cutmix_alpha:
+        # Mixed over the global batch, before it is split across replicas.
+        dataset = dataset.map(lambda images, labels: mix_batch(images, labels, config,
+                                                               data.num_classes),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return _with_shard_policy(dataset, shard_policy(len(data.train.files), num_workers))
+
+
+def _random_seed() -> tf.Tensor:
+    # A fresh stateless seed per call; reproducible under a global seed (tf.data gives each
+    # map function a deterministic op seed then).
+    return tf.random.uniform((2,), maxval=2**31 - 1, dtype=tf.int32)
+
+
+def augment_spec(config: TrainConfig) -> augment.AugmentSpec:
+    """The --augment_* flags as dataset/augment.py's spec."""
+    return augment.AugmentSpec(scale=config.augment_scale, translate=config.augment_translate,
+                               rotate_degrees=config.augment_rotate, noise=config.augment_noise,
+                               invert=config.augment_invert)
+
+
+def augment_for_train(image: tf.Tensor, config: TrainConfig) -> tf.Tensor:
+    """One decoded image -> the training input: --augment_* transforms on the full image,
+    then the random resized crop (and --color_jitter, --random_flip) and normalisation."""
+    spec = augment_spec(config)
+    if spec.active:
+        image = augment.augment_image(tf.cast(image, tf.float32), spec, _random_seed())
+    return preprocess.preprocess_for_train(image, image_size=config.image_size,
+                                           random_flip=config.random_flip,
+                                           color_jitter=config.color_jitter)
+
+
+def mix_batch(images: tf.Tensor, labels: tf.Tensor, config: TrainConfig, num_classes: int
+              ) -> tuple[tf.Tensor, tf.Tensor]:
+    """mixup or cutmix on one batch; labels become probabilities [N, num_classes]."""
+    targets = tf.one_hot(labels, num_classes)
+    choice_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(_random_seed(), 2))
+    if config.mixup_alpha and config.cutmix_alpha:
+        use_mixup = tf.random.stateless_uniform((), choice_seed) < 0.5
+        return tf.cond(use_mixup,
+                       lambda: augment.mixup(images, targets, config.mixup_alpha, mix_seed),
+                       lambda: augment.cutmix(images, targets, config.cutmix_alpha, mix_seed))
+    if config.mixup_alpha:
+        return augment.mixup(images, targets, config.mixup_alpha, mix_seed)
+    return augment.cutmix(images, targets, config.cutmix_alpha, mix_seed)
 
 
 PADDING_LABEL = -1  # marks the filler examples of the last evaluation batch

@@ -31,6 +31,7 @@ loss is averaged over the global batch and the replicas' gradients are summed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -45,11 +46,13 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
+from dataset import test_time
 from networks import registry
 from official.core import export as export_lib
 from official.core import steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
                                   read_config_if_any, write_config)
+from official.modeling import ema
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
 from official.utils.misc import distribution_utils, model_helpers
@@ -80,14 +83,16 @@ def resolved_config(config: TrainConfig, class_names: tuple[str, ...],
             "class_names": list(class_names), **model, "model": model, **network_entries}
 
 
-def frozen_settings(saved: dict, spec: registry.ModelSpec,
-                    class_names: tuple[str, ...]) -> dict[str, tuple]:
+def frozen_settings(saved: dict, spec: registry.ModelSpec, class_names: tuple[str, ...],
+                    ema_decay: float = 0.0) -> dict[str, tuple]:
     """{key: (saved, this run's)} for what a resumed run must not change."""
     saved_spec = registry.spec_from_config(saved)
     pairs = {key: (getattr(saved_spec, key), getattr(spec, key)) for key in FROZEN_SPEC_FIELDS}
     # Class names after the class count, as a mismatch was always reported.
     ordered = list(pairs.items())
     ordered.insert(3, ("class_names", (saved.get("class_names"), list(class_names))))
+    # The checkpoints hold the weight average only when the run made one (--ema_decay).
+    ordered.append(("ema_decay", (saved.get("ema_decay"), ema_decay)))
     return dict(ordered)
 
 
@@ -104,6 +109,11 @@ def summary_line(name: str, result: TrainResult, config: TrainConfig, replicas: 
     if result.export_path:
         line += f"; exported {result.export_path}"
     return line
+
+
+def averaged(weight_average: ema.WeightAverage | None):
+    """The weight average swapped into the model (--ema_decay), or the weights as they are."""
+    return weight_average.swapped_in() if weight_average else contextlib.nullcontext()
 
 
 def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
@@ -171,12 +181,14 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     data = train_input.resolve_data(config)
     num_replicas = strategy.num_replicas_in_sync
     distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
+    test_time.check_num_views(config.export_tta)  # before hours of training, not after
     spec = network.model_spec(data.num_classes, image_size=config.image_size,
                               channels=config.channels)
     resolved = resolved_config(config, data.class_names, spec, network.config_entries())
     saved = read_config_if_any(config.model_dir)
     check_resume_config(config.model_dir, None if saved is None
-                        else frozen_settings(saved, spec, data.class_names))
+                        else frozen_settings(saved, spec, data.class_names,
+                                             config.ema_decay))
     if workers > 1 and config.seed is None:
         # Splitting the input by data needs the same shuffle on every worker: a variable's
         # initial value is the chief's on every worker, so this is the chief's random seed.
@@ -215,6 +227,11 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- model, optimizer, checkpoint ---
     schedule = network.learning_rate_schedule(config, steps_per_epoch)
     state = network.build_training_state(spec, config, schedule, strategy)
+    weight_average = None
+    if config.ema_decay:
+        with strategy.scope():
+            weight_average = ema.WeightAverage(state.model, config.ema_decay)
+        state.checkpoint.ema = weight_average.variables  # saved and restored with the rest
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
@@ -224,11 +241,13 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                      int(state.step.numpy()))
     # The other workers' write_dir is empty: they take the chief's (restored) state.
     distribution_utils.broadcast_from_chief(
-        strategy, [*state.model.variables, *state.optimizer.variables, state.step])
+        strategy, [*state.model.variables, *state.optimizer.variables, state.step,
+                   *(weight_average.variables if weight_average else ())])
     resumed_from = int(state.step.numpy())
     train_fn = steps.make_train_function(
         state, strategy, global_batch_size=config.batch_size, num_classes=data.num_classes,
-        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile)
+        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
+        weight_average=weight_average)
     evaluate_step = steps.make_eval_step(state.model, strategy, data.num_classes)
 
     summary_dir = config.model_dir if chief else write_dir
@@ -277,7 +296,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         # Batch-norm moving statistics are updated from each worker's own part of the batch;
         # every worker takes the chief's (what it saves and exports) before evaluating.
         distribution_utils.broadcast_from_chief(strategy, state.model.non_trainable_variables)
-        eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+        with averaged(weight_average):
+            eval_metrics = evaluate(evaluate_step, strategy, eval_data)
         logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
                      config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
                      eval_metrics["examples"])
@@ -296,7 +316,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             stopped_by = "max_train_steps"
 
     if eval_metrics is None:  # resumed a finished run: report its final accuracy again
-        eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+        with averaged(weight_average):
+            eval_metrics = evaluate(evaluate_step, strategy, eval_data)
     for hook in hooks:
         hook.end(step)
     train_writer.flush()
@@ -305,7 +326,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- export ---
     export_path = None
     if config.export_dir and chief:
-        export_path = export_lib.export_saved_model(state.model, resolved, config.export_dir)
+        with averaged(weight_average):
+            export_path = export_lib.export_saved_model(state.model, resolved,
+                                                        config.export_dir,
+                                                        tta_views=config.export_tta)
         logging.info("exported SavedModel to %s", export_path)
     return TrainResult(step=step, resumed_from_step=resumed_from, stopped_by=stopped_by,
                        eval_accuracy=eval_metrics["accuracy"], eval_loss=eval_metrics["loss"],

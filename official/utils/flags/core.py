@@ -168,6 +168,38 @@ def _define_resnet(define: _Definer) -> None:
                          lower_bound=1)
 
 
+def _define_generalisation(define: _Definer) -> None:
+    # Each is off at 0; none mirrors an image (left and right organs are separate classes).
+    define.float("augment_scale", 0.0, "Random zoom of training images by a factor in "
+                 "[1 - s, 1 + s] (e.g. 0.1).", lower_bound=0.0, upper_bound=0.99)
+    define.float("augment_translate", 0.0, "Random shift of training images by up to this "
+                 "fraction of the side (e.g. 0.08).", lower_bound=0.0, upper_bound=0.49)
+    define.float("augment_rotate", 0.0, "Random rotation of training images by up to this "
+                 "many degrees either way (e.g. 10; a rotation, never a mirror).",
+                 lower_bound=0.0, upper_bound=179.0)
+    define.float("augment_noise", 0.0, "Gaussian noise on training images, standard "
+                 "deviation as a fraction of the 0-255 range (e.g. 0.02).", lower_bound=0.0,
+                 upper_bound=0.99)
+    define.float("augment_invert", 0.0, "Probability of inverting a training image's grey "
+                 "scale (MONOCHROME1 vs MONOCHROME2 renderings of the same anatomy).",
+                 lower_bound=0.0, upper_bound=1.0)
+    define.float("color_jitter", 0.0, "Random brightness shift (up to this fraction of 255) "
+                 "and contrast factor in [1 - j, 1 + j] on training images.",
+                 lower_bound=0.0, upper_bound=0.99)
+    define.float("mixup_alpha", 0.0, "mixup: blend pairs of training images and their labels "
+                 "with a Beta(a, a) weight (e.g. 0.2). With --cutmix_alpha too, each batch "
+                 "uses one of the two at random.", lower_bound=0.0)
+    define.float("cutmix_alpha", 0.0, "CutMix: paste a box of another training image, "
+                 "labels weighted by its area, Beta(a, a) (e.g. 1.0).", lower_bound=0.0)
+    define.float("ema_decay", 0.0, "Evaluate, checkpoint and export an exponential moving "
+                 "average of the weights with this per-step decay (e.g. 0.999; warmed up as "
+                 "min(decay, (1+step)/(10+step))). 0: off.", lower_bound=0.0,
+                 upper_bound=0.99999)
+    define.integer("export_tta", 1, "Views averaged by the exported model's signatures "
+                   "(test-time augmentation: small shifts, zooms and rotations, never a "
+                   "mirror). 1: off.", lower_bound=1)
+
+
 def _define_cluster(define: _Definer) -> None:
     # Multi-worker training (MultiWorkerMirroredStrategy); TF_CONFIG works without these flags.
     define.list("worker_hosts", None, "Comma-separated host:port of every worker, the same "
@@ -199,6 +231,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     _define_performance(define)
     _define_benchmark(define)
     _define_resnet(define)
+    _define_generalisation(define)
     _define_cluster(define)
 
 

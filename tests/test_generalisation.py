@@ -1,0 +1,150 @@
+"""The trainer's generalisation flags: augmentation, mixup/cutmix and the weight average (EMA)."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from networks.resnet import train_steps
+from official.core import export, steps, train_input, train_lib
+from official.core.config import TrainConfig
+from official.modeling import ema
+from tests.trainer_fixtures import FAST_FLAGS, error_lines, mirrored_strategy, run_trainer, \
+    tiny_dataset
+
+ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+RESNET_18 = train_steps.ResNetNetwork(resnet_size=18, small_input=False)
+
+
+def _config(data_dir, model_dir, **overrides) -> TrainConfig:
+    settings = dict(data_dir=str(data_dir), model_dir=str(model_dir), image_size=32,
+                    batch_size=8, train_epochs=1, hooks=(), num_parallel_calls=2, seed=1,
+                    checkpoint_every_steps=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _first_batch(config: TrainConfig):
+    data = train_input.resolve_data(config)
+    return next(iter(train_input.train_dataset(config, data)))
+
+
+def test_inversion_and_mixing_reach_the_training_batches(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    _, plain_labels = _first_batch(_config(data, tmp_path / "m"))
+    assert plain_labels.shape == (8,)
+    # A flat dark film (grey 40) comes out bright when inverted, whatever the crop.
+    film = tf.fill((40, 40, 1), tf.constant(40, tf.uint8))
+    plain = train_input.augment_for_train(film, _config(data, tmp_path / "m"))
+    inverted = train_input.augment_for_train(film, _config(data, tmp_path / "m",
+                                                           augment_invert=1.0))
+    np.testing.assert_allclose(plain.numpy(), 40 / 127.5 - 1, atol=1e-5)
+    np.testing.assert_allclose(inverted.numpy(), 215 / 127.5 - 1, atol=1e-5)
+    rotated = train_input.augment_for_train(film, _config(data, tmp_path / "m",
+                                                          augment_rotate=30))
+    assert float(tf.reduce_min(rotated)) < 40 / 127.5 - 1 - 0.1  # dark corners rotated in
+    # Beta(50, 50) puts the mixing weight near 1/2, so every batch is visibly mixed (with
+    # a typical alpha of 0.2-1 a batch may by chance be almost unmixed).
+    for flags in ({"mixup_alpha": 50.0}, {"cutmix_alpha": 50.0},
+                  {"mixup_alpha": 50.0, "cutmix_alpha": 50.0}):
+        images, labels = _first_batch(_config(data, tmp_path / "m", **flags))
+        assert images.shape == (8, 32, 32, 1) and labels.shape == (8, 2), flags
+        np.testing.assert_allclose(tf.reduce_sum(labels, -1).numpy(), 1.0, atol=1e-6)
+        assert np.any((labels.numpy() > 0.01) & (labels.numpy() < 0.99)), flags  # mixed
+
+
+def test_soft_label_loss_is_the_cross_entropy_of_the_mixture():
+    logits = tf.constant([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]])
+    soft = tf.constant([[0.7, 0.3, 0.0], [0.0, 0.5, 0.5]])
+    expected = -tf.reduce_sum(soft * tf.nn.log_softmax(logits), -1)
+    np.testing.assert_allclose(steps._cross_entropy(soft, logits, 3, 0.0).numpy(),
+                               expected.numpy(), rtol=1e-6)
+    smoothed = soft * 0.9 + 0.1 / 3
+    np.testing.assert_allclose(
+        steps._cross_entropy(soft, logits, 3, 0.1).numpy(),
+        (-tf.reduce_sum(smoothed * tf.nn.log_softmax(logits), -1)).numpy(), rtol=1e-6)
+    # Class ids with smoothing: the same as the one-hot mixture.
+    np.testing.assert_allclose(
+        steps._cross_entropy(tf.constant([0, 2]), logits, 3, 0.1).numpy(),
+        steps._cross_entropy(tf.one_hot([0, 2], 3), logits, 3, 0.1).numpy(), rtol=1e-6)
+
+
+def test_weight_average_follows_the_warmed_up_decay_on_two_replicas():
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+        model.layers[0].kernel.assign([[1.0], [1.0]])
+        average = ema.WeightAverage(model, decay=0.9)
+    kernel = model.layers[0].kernel
+
+    @tf.function
+    def step(target, number):
+        def replica_fn():
+            kernel.assign(tf.fill((2, 1), target))  # stands in for the optimizer's update
+            average.update(number)
+        strategy.run(replica_fn)
+
+    step(3.0, tf.constant(0, tf.int64))  # decay min(0.9, 1/10) = 0.1: 0.1 * 1 + 0.9 * 3
+    np.testing.assert_allclose(average.variables[0].numpy(), 2.8, rtol=1e-6)
+    step(5.0, tf.constant(1000, tf.int64))  # decay 0.9: 0.9 * 2.8 + 0.1 * 5
+    np.testing.assert_allclose(average.variables[0].numpy(), 3.02, rtol=1e-6)
+    with average.swapped_in():
+        np.testing.assert_allclose(kernel.numpy(), 3.02, rtol=1e-6)
+    np.testing.assert_allclose(kernel.numpy(), 5.0)  # the training weights are back
+    with pytest.raises(ValueError, match="--ema_decay=1.0"):
+        ema.WeightAverage(model, decay=1.0)
+
+
+def test_ema_run_evaluates_checkpoints_and_exports_the_average(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    model_dir = tmp_path / "model"
+    config = _config(data, model_dir, ema_decay=0.5, train_epochs=2,
+                     augment_scale=0.1, augment_translate=0.05, augment_rotate=5,
+                     augment_noise=0.02, color_jitter=0.1, mixup_alpha=0.2,
+                     export_dir=str(tmp_path / "export"))
+    result = train_lib.train(config, ONE_DEVICE, RESNET_18)
+    assert result.step == 4 and result.export_path
+    assert json.loads((model_dir / "config.json").read_text())["ema_decay"] == 0.5
+    averaged, _ = export.load_model_from_dir(str(model_dir))
+    raw = export.build_inference_model(json.loads((model_dir / "config.json").read_text()))
+    tf.train.Checkpoint(model=raw).restore(
+        tf.train.latest_checkpoint(str(model_dir))).expect_partial()
+    kernels = [(a, r) for a, r in zip(averaged.weights, raw.weights) if "kernel" in a.path]
+    assert kernels and not all(np.allclose(a.numpy(), r.numpy()) for a, r in kernels)
+    images = tf.random.uniform((3, 32, 32, 1), 0, 255)
+    served = tf.saved_model.load(result.export_path).signatures["predict_images"](images=images)
+    from dataset import preprocess
+    batch = preprocess.preprocess_for_eval(tf.round(images), image_size=32)
+    np.testing.assert_allclose(served["probabilities"].numpy(),
+                               tf.nn.softmax(averaged(batch, training=False)).numpy(),
+                               atol=1e-5)
+    # The average is part of the run: resuming with another decay is refused.
+    with pytest.raises(ValueError, match="trained with ema_decay=0.5, this run has ema_decay=0.0"):
+        train_lib.train(_config(data, model_dir, train_epochs=3), ONE_DEVICE, RESNET_18)
+
+
+def test_a_checkpoint_without_an_average_says_so(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    train_lib.train(_config(data, tmp_path / "model", max_train_steps=1), ONE_DEVICE, RESNET_18)
+    model, _ = export.load_model_from_dir(str(tmp_path / "model"))
+    with pytest.raises(ValueError, match="holds no weight average"):
+        ema.restore_average(model, tf.train.latest_checkpoint(str(tmp_path / "model")))
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--augment_rotate=200", "augment_rotate"), ("--ema_decay=1.5", "ema_decay"),
+    ("--mixup_alpha=-1", "mixup_alpha")])
+def test_cli_rejects_out_of_range_values_in_one_line(tmp_path, flag, message):
+    data = tiny_dataset(tmp_path / "data", train_per_class=2, eval_per_class=1)
+    result = run_trainer(f"--data_dir={data}", f"--model_dir={tmp_path / 'model'}",
+                         *FAST_FLAGS, flag)
+    assert result.returncode != 0
+    errors = error_lines(result.stderr)
+    assert len(errors) <= 2 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "model").exists()

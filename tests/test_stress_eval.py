@@ -1,0 +1,68 @@
+"""benchmarks/stress_eval.py: the fixed acquisition shifts, and a run on a tiny trained model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import stress_eval
+from networks.resnet import train_steps
+from official.core import train_lib
+from official.core.config import TrainConfig
+from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
+
+
+def _left_blob() -> tf.Tensor:
+    image = np.zeros((1, 32, 32, 1), np.uint8)
+    image[0, 10:22, 3:11] = 200
+    return tf.constant(image)
+
+
+def _centroid_x(images: tf.Tensor) -> float:
+    x = images.numpy()[0, ..., 0].astype(np.float64)
+    return float((x * np.arange(32)[None, :]).sum() / x.sum())
+
+
+@pytest.mark.parametrize("name, kind, parameter", stress_eval.PRESETS["ct"])
+def test_ct_shifts_change_the_image_but_never_mirror_it(name, kind, parameter):
+    image = _left_blob()
+    shifted = stress_eval.perturb(image, kind, parameter)
+    assert shifted.dtype == tf.uint8 and shifted.shape == image.shape
+    assert not np.array_equal(shifted.numpy(), image.numpy()), name
+    assert _centroid_x(shifted) < 16.0, name  # the left-sided structure stays on the left
+
+
+def test_radiograph_shifts_do_what_their_names_say():
+    image = _left_blob()
+    np.testing.assert_array_equal(stress_eval.perturb(image, "rot90", 2).numpy()[0],
+                                  np.rot90(image.numpy()[0], 2))
+    np.testing.assert_array_equal(stress_eval.perturb(image, "invert", None).numpy(),
+                                  255 - image.numpy())
+    framed = stress_eval.perturb(tf.fill((1, 32, 32, 1), tf.constant(100, tf.uint8)),
+                                 "affine", (0.75, 0.0, 0.0, 0.0)).numpy()[0, ..., 0]
+    assert framed[0].max() == 0 and framed[:, 0].max() == 0 and framed[16, 16] == 100
+
+
+def test_tiny_model_run_prints_every_shift_and_the_stress_accuracy(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    config = TrainConfig(model_dir=str(tmp_path / "model"), data_dir=str(data), image_size=32,
+                         batch_size=8, train_epochs=1, hooks=(), num_parallel_calls=2, seed=1,
+                         checkpoint_every_steps=0)
+    train_lib.train(config, tf.distribute.OneDeviceStrategy("/cpu:0"),
+                    train_steps.ResNetNetwork(resnet_size=18, small_input=False))
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "stress_eval.py"),
+         f"--model={tmp_path / 'model'}", f"--data_dir={data}", "--split=validation",
+         "--preset=radiograph"], capture_output=True, text=True, timeout=300,
+        env=trainer_env(), cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for name, _, _ in stress_eval.PRESETS["radiograph"]:
+        assert any(line.startswith(name) for line in lines), name
+    clean = next(line for line in lines if line.startswith("clean"))
+    assert 0.0 <= float(clean.split()[1]) <= 1.0
+    assert lines[-1].startswith("stress accuracy ") and "(clean " in lines[-1]
