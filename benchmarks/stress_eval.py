@@ -132,8 +132,7 @@ def main() -> None:
 
     predictor = load_predictor(args.model.split(","), None, args.tta)
     info = reader.split_info(args.data_dir, args.split)
-    first = predictor.members[0] if hasattr(predictor, "members") else predictor
-    channels = int(first.config["channels"])
+    channels = int(predictor.members[0].config["channels"])
     dataset = reader.make_dataset(info.files, channels=channels)
     if args.limit:
         dataset = dataset.take(args.limit)

@@ -65,11 +65,15 @@ def preprocess_for_eval(image: tf.Tensor, *, image_size: int) -> tf.Tensor:
     return normalize(resize_square(image, image_size))
 
 
+def fresh_seed() -> tf.Tensor:
+    """A new shape-[2] seed for the stateless random ops at every call; reproducible when a
+    global seed is set (tf.data gives each map function a deterministic op seed then)."""
+    return tf.random.uniform((2,), maxval=2**31 - 1, dtype=tf.int32)
+
+
 def _seed_pair(seed) -> tf.Tensor:
     if seed is None:
-        # A fresh random seed per call; reproducible when a global seed is set (tf.data gives
-        # each map function a deterministic op seed then).
-        return tf.random.uniform((2,), maxval=2**31 - 1, dtype=tf.int32)
+        return fresh_seed()
     if isinstance(seed, int):
         return tf.constant((seed, 0), tf.int64)
     seed = tf.convert_to_tensor(seed)

@@ -71,7 +71,7 @@ def main(argv):
         raise app.UsageError("an ensemble (several --model) needs --output_dir: its report "
                              "belongs to no single model")
     from official.core import evaluation
-    from official.core.inference import Ensemble, load_predictor
+    from official.core.inference import load_predictor, member_records
     from official.utils.report import write_report
 
     try:
@@ -80,7 +80,7 @@ def main(argv):
             predictor, FLAGS.data_dir, FLAGS.split, batch_size=FLAGS.batch_size)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
-    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
+    members = predictor.members
     output_dir = FLAGS.output_dir or evaluation.default_output_dir(
         FLAGS.model[0], predictor.source, FLAGS.split, predictor.tta_views)
     single = len(members) == 1
@@ -91,8 +91,7 @@ def main(argv):
         title=f"{FLAGS.split} split, {title}" + (f", {FLAGS.tta} views" if FLAGS.tta > 1 else ""),
         extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
                "model": predictor.source,
-               "members": [{"model": member.source, "tta_views": member.tta_views}
-                           for member in members],
+               "members": member_records(predictor),
                "tta_views": FLAGS.tta})
     evaluation.write_tensorboard(output_dir, metrics,
                                  evaluation.checkpoint_step(predictor.source) if single else 0)

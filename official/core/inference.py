@@ -53,6 +53,11 @@ class Predictor:
         it has one).
     """
 
+    @property
+    def members(self) -> list[Predictor]:
+        """[self]: a single model is an ensemble of one (see Ensemble.members)."""
+        return [self]
+
     def __init__(self, model_path: str, checkpoint: str | None = None, tta_views: int = 1):
         test_time.check_num_views(tta_views)
         saved_model = resolve_saved_model(model_path)
@@ -144,6 +149,12 @@ class Ensemble:
     def __call__(self, encoded_images) -> np.ndarray:
         """float32 [N, num_classes]: the mean of the members' probabilities."""
         return np.mean([member(encoded_images) for member in self.members], axis=0)
+
+
+def member_records(predictor: Predictor | Ensemble) -> list[dict]:
+    """What a report records of the models behind it: each member's source and views."""
+    return [{"model": member.source, "tta_views": member.tta_views}
+            for member in predictor.members]
 
 
 def describe_class_difference(first: list[str], second: list[str], first_name: str,

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset import body_parts, dicom, images, sources
+from official.core import inference
 
 CSV_COLUMNS = ("file", "status", "predicted_class", "probability", "top_k", "body_part_tag",
                "tag_agrees", "error")
@@ -132,10 +133,7 @@ def run_info_path(output_csv: str) -> str:
 def write_run_info(path: str, predictor, counts: dict[str, int], *, tta_views: int) -> None:
     """What produced a prediction CSV: the models (each with the views it averaged, a
     SavedModel's built-in ones included), the requested --tta, the classes and the counts."""
-    members = getattr(predictor, "members", [predictor])
-    info = {"model": predictor.source,
-            "members": [{"model": member.source, "tta_views": member.tta_views}
-                        for member in members],
+    info = {"model": predictor.source, "members": inference.member_records(predictor),
             "tta_views": tta_views, "class_names": predictor.class_names, "counts": counts}
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as handle:

@@ -118,12 +118,6 @@ def train_dataset(config: TrainConfig, data: DataSpec, num_workers: int = 1) -> 
     return _with_shard_policy(dataset, shard_policy(len(data.train.files), num_workers))
 
 
-def _random_seed() -> tf.Tensor:
-    # A fresh stateless seed per call; reproducible under a global seed (tf.data gives each
-    # map function a deterministic op seed then).
-    return tf.random.uniform((2,), maxval=2**31 - 1, dtype=tf.int32)
-
-
 def augment_spec(config: TrainConfig) -> augment.AugmentSpec:
     """The --augment_* flags as dataset/augment.py's spec."""
     return augment.AugmentSpec(scale=config.augment_scale, translate=config.augment_translate,
@@ -136,7 +130,7 @@ def augment_for_train(image: tf.Tensor, config: TrainConfig) -> tf.Tensor:
     then the random resized crop (and --color_jitter, --random_flip) and normalisation."""
     spec = augment_spec(config)
     if spec.active:
-        image = augment.augment_image(tf.cast(image, tf.float32), spec, _random_seed())
+        image = augment.augment_image(tf.cast(image, tf.float32), spec, preprocess.fresh_seed())
     return preprocess.preprocess_for_train(image, image_size=config.image_size,
                                            random_flip=config.random_flip,
                                            color_jitter=config.color_jitter)
@@ -146,7 +140,7 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, config: TrainConfig, num_cla
               ) -> tuple[tf.Tensor, tf.Tensor]:
     """mixup or cutmix on one batch; labels become probabilities [N, num_classes]."""
     targets = tf.one_hot(labels, num_classes)
-    choice_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(_random_seed(), 2))
+    choice_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(preprocess.fresh_seed(), 2))
     if config.mixup_alpha and config.cutmix_alpha:
         use_mixup = tf.random.stateless_uniform((), choice_seed) < 0.5
         return tf.cond(use_mixup,
