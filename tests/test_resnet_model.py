@@ -198,3 +198,56 @@ def test_fused_batch_norm_keeps_half_precision_activations():
     y = layer(tf.random.normal((4, 3, 3, 2)), training=True)
     assert y.dtype == tf.float16 and layer.moving_mean.dtype == "float32"
     assert np.all(np.isfinite(y.numpy()))
+
+
+@pytest.mark.parametrize("size,kernel,strides,padding", [
+    (2, 3, 1, "same"),   # stage 4 at 56 px: 2x2, SAME
+    (1, 3, 1, "same"),   # stage 4 at 32 px: one pixel, all but the centre tap is padding
+    (5, 3, 2, "valid"),  # a strided 3x3 after the fixed padding (4x4 padded to 5x5 -> 2x2)
+    (4, 1, 2, "valid"),  # a strided 1x1 projection shortcut
+    (6, 3, 1, "same"),   # larger than it is used for: the layer is still exact
+])
+def test_patch_matmul_conv_matches_conv2d_forward_and_gradients(size, kernel, strides, padding):
+    images = tf.constant(_images(3, (size, size, 5)))
+    args = dict(filters=4, kernel_size=kernel, strides=strides, padding=padding, use_bias=False)
+    plain = keras.layers.Conv2D(**args)
+    patched = resnet_model.PatchMatmulConv2D(**args)
+    plain.build(images.shape)
+    patched.build(images.shape)
+    patched.set_weights(plain.get_weights())
+    weights = tf.constant(np.random.default_rng(1).normal(
+        size=plain.compute_output_shape(images.shape)[1:]).astype(np.float32))
+    results = []
+    for layer in (plain, patched):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            outputs = layer(images)
+            loss = tf.reduce_sum(outputs * weights)
+        results.append([outputs, *tape.gradient(loss, [images, layer.kernel])])
+    for expected, actual in zip(*results):
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_only_tiny_channels_last_maps_use_patch_matmul_and_results_do_not_change():
+    shape = (56, 56, 1)  # the OrganAMNIST recipe: stage 4 is 2x2
+    fast = build_resnet(18, 2, 3, input_shape=shape)
+    plain = build_resnet(18, 2, 3, input_shape=shape, patch_matmul_max_pixels=0)
+    patched = [layer.name for layer in fast.layers
+               if isinstance(layer, resnet_model.PatchMatmulConv2D)]
+    assert patched == [layer.name for layer in fast.layers
+                       if isinstance(layer, keras.layers.Conv2D)
+                       and np.prod(layer.output.shape[1:3]) <= 4]
+    assert patched and all(name.startswith("stage4") for name in patched)
+    assert not any(isinstance(layer, resnet_model.PatchMatmulConv2D) for layer in plain.layers)
+    channels_first = build_resnet(18, 2, 3, input_shape=shape, data_format="channels_first")
+    assert not any(isinstance(layer, resnet_model.PatchMatmulConv2D)
+                   for layer in channels_first.layers)
+    # Same variables in the same order: a checkpoint of one restores into the other.
+    assert [v.path for v in fast.weights] == [v.path for v in plain.weights]
+    plain.set_weights(fast.get_weights())
+    images = _images(4, shape)
+    np.testing.assert_allclose(fast(images, training=True).numpy(),
+                               plain(images, training=True).numpy(), rtol=1e-4, atol=1e-4)
+    layer = fast.get_layer(patched[0])
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is resnet_model.PatchMatmulConv2D

@@ -39,6 +39,11 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # small data may evaluate with statistics that lag the weights for the first few hundred steps.
 BATCH_NORM_MOMENTUM = 0.997
 BATCH_NORM_EPSILON = 1e-5
+# Channels-last convolutions whose output has at most this many pixels run as one matmul over
+# their patches (PatchMatmulConv2D): at 2x2, oneDNN's bfloat16 convolution gradients ran at
+# 36-64 GFLOP/s vs 140-300 as a matmul on an AMX Xeon, while at 4x4 and up the convolution
+# kernels win (benchmarks/RESULTS.md section 7).
+PATCH_MATMUL_MAX_PIXELS = 4
 
 
 @keras.saving.register_keras_serializable(package="resnet")
@@ -76,6 +81,90 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
+@keras.saving.register_keras_serializable(package="resnet")
+class PatchMatmulConv2D(keras.layers.Conv2D):
+    """Keras Conv2D (channels_last) computed as one matmul of its gathered patches by its kernel.
+
+    Same variables, config and outputs (up to summation order) as Conv2D: checkpoints and
+    exports of either load into the other. For tiny feature maps only: the k*k shifted slices
+    are concatenated into a [pixels, k*k*channels] matrix, which costs memory traffic that a
+    large map does not repay, but at 2x2 turns the convolution's three products (forward, input
+    and kernel gradients) into matmuls the matrix units run 2-4x faster than the convolution
+    kernels do at that size.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (self.data_format != "channels_last" or self.groups != 1
+                or tuple(self.dilation_rate) != (1, 1)):
+            return super().convolution_op(inputs, kernel)
+        kernel_h, kernel_w, channels, filters = kernel.shape
+        stride_h, stride_w = self.strides
+        if self.padding == "same":
+            # TensorFlow's SAME padding for stride 1 (the only stride ResNet pads this way).
+            pad_h, pad_w = kernel_h - 1, kernel_w - 1
+            inputs = tf.pad(inputs, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
+                                     [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
+        height, width = inputs.shape[1], inputs.shape[2]
+        out_h = (height - kernel_h) // stride_h + 1
+        out_w = (width - kernel_w) // stride_w + 1
+        patches = _gather_patches(inputs, (kernel_h, kernel_w), (stride_h, stride_w),
+                                  (out_h, out_w))
+        outputs = tf.matmul(tf.reshape(patches, (-1, kernel_h * kernel_w * channels)),
+                            tf.reshape(kernel, (kernel_h * kernel_w * channels, filters)))
+        return tf.reshape(outputs, (-1, out_h, out_w, filters))
+
+
+def _gather_patches(inputs, kernel: tuple[int, int], strides: tuple[int, int],
+                    out: tuple[int, int]):
+    """[N, out_h, out_w, k_h * k_w * C]: each output pixel's receptive field, in the kernel's
+    (row, column, channel) order, from an already padded NHWC input.
+
+    The gradient is written out: TensorFlow's own gradient of the k*k strided slices
+    (StridedSliceGrad, one zero-filled input-sized tensor per slice) cost more than the
+    matmuls it sits between. Here each slice's gradient is spread back by one pad (and, for
+    strides, one interleave of zeros), then all are summed.
+    """
+    (kernel_h, kernel_w), (stride_h, stride_w), (out_h, out_w) = kernel, strides, out
+    height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    span_h, span_w = stride_h * (out_h - 1) + 1, stride_w * (out_w - 1) + 1
+    taps = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
+
+    @tf.custom_gradient
+    def gather(x):
+        patches = [x[:, i:i + span_h:stride_h, j:j + span_w:stride_w, :] for i, j in taps]
+        patches = tf.concat(patches, axis=-1) if len(patches) > 1 else patches[0]
+
+        def grad(upstream):
+            batch = tf.shape(upstream)[0]
+            spread = []
+            for (i, j), part in zip(taps, tf.split(upstream, len(taps), axis=-1)):
+                if (stride_h, stride_w) != (1, 1):
+                    # Put each value at its strided position: [N, oh, 1, ow, 1, C] padded
+                    # to [N, oh, sh, ow, sw, C], flattened, cut to the span.
+                    part = tf.reshape(part, (batch, out_h, 1, out_w, 1, channels))
+                    part = tf.pad(part, [[0, 0], [0, 0], [0, stride_h - 1], [0, 0],
+                                         [0, stride_w - 1], [0, 0]])
+                    part = tf.reshape(part, (batch, out_h * stride_h, out_w * stride_w,
+                                             channels))[:, :span_h, :span_w, :]
+                spread.append(tf.pad(part, [[0, 0], [i, height - i - span_h],
+                                            [j, width - j - span_w], [0, 0]]))
+            return tf.add_n(spread)
+
+        return patches, grad
+
+    return gather(inputs)
+
+
+def _conv_class(x, kernel_size: int, strides: int, data_format: str, max_pixels: int):
+    """PatchMatmulConv2D for a channels-last output of <= max_pixels pixels, else Conv2D."""
+    height, width = x.shape[1], x.shape[2]
+    if data_format != "channels_last" or height is None or width is None:
+        return keras.layers.Conv2D
+    if strides > 1:  # fixed padding was applied: a VALID convolution
+        height, width = (height - kernel_size) // strides + 1, (width - kernel_size) // strides + 1
+    return PatchMatmulConv2D if height * width <= max_pixels else keras.layers.Conv2D
+
+
 @dataclasses.dataclass(frozen=True)
 class _Ops:
     """Layer factories shared by every block: one place for dtype, format and regularisation."""
@@ -83,6 +172,7 @@ class _Ops:
     dtype: keras.DTypePolicy
     data_format: str
     weight_decay: float
+    patch_matmul_max_pixels: int
 
     @property
     def channel_axis(self) -> int:
@@ -105,7 +195,9 @@ class _Ops:
             x = keras.layers.ZeroPadding2D(
                 ((pad_begin, pad_end), (pad_begin, pad_end)), data_format=self.data_format,
                 dtype=self.dtype, name=f"{name}_pad")(x)
-        return keras.layers.Conv2D(
+        conv_class = _conv_class(x, kernel_size, strides, self.data_format,
+                                 self.patch_matmul_max_pixels)
+        return conv_class(
             filters, kernel_size, strides=strides,
             padding="same" if strides == 1 else "valid", use_bias=False,
             # tf.variance_scaling_initializer() of the official model: scale 1, fan_in,
@@ -206,7 +298,8 @@ def build_resnet(resnet_size: int, version: int, num_classes: int, *,
                  input_shape: tuple[int, int, int] = (224, 224, 1),
                  dtype_policy: str = "float32", weight_decay: float = 1e-4,
                  small_input: bool = False,
-                 data_format: str = "channels_last") -> keras.Model:
+                 data_format: str = "channels_last",
+                 patch_matmul_max_pixels: int = PATCH_MATMUL_MAX_PIXELS) -> keras.Model:
     """Builds an uncompiled ResNet classifier that maps images to float32 logits.
 
     Args:
@@ -229,6 +322,9 @@ def build_resnet(resnet_size: int, version: int, num_classes: int, *,
         (as in the official model, a transpose at the top converts to NCHW); channels_first is
         for GPUs, where cuDNN is faster in NCHW. On CPU, TensorFlow's oneDNN kernels accept
         NCHW convolutions and Keras transposes around pooling, so it runs, only more slowly.
+      patch_matmul_max_pixels: channels-last convolutions with at most this many output pixels
+        are PatchMatmulConv2D layers (same weights and results, faster on tiny maps); 0 makes
+        every convolution a plain Conv2D.
 
     Returns:
       A keras.Model named "resnet{size}_v{version}" with one input and one output, the logits
@@ -259,7 +355,8 @@ def build_resnet(resnet_size: int, version: int, num_classes: int, *,
     block = spec.blocks[block_kind]
     # A policy object passed to each layer (rather than keras.mixed_precision.set_global_policy)
     # keeps building the model free of process-wide side effects.
-    ops = _Ops(keras.DTypePolicy(dtype_policy), data_format, weight_decay)
+    ops = _Ops(keras.DTypePolicy(dtype_policy), data_format, weight_decay,
+               patch_matmul_max_pixels)
 
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     x = inputs
