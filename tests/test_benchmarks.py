@@ -196,7 +196,7 @@ def test_convert_bench_reports_the_one_worker_row_and_the_multi_core_gain(
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     config = TrainConfig(model_dir="unused", lr_schedule="cosine", train_epochs=2,
                          batch_size=256, base_learning_rate=0.2, warmup_epochs=0.1)
-    schedule = train_steps.ResNetNetwork().learning_rate_schedule(config, steps_per_epoch=100)
+    schedule = train_steps.ResNetNetwork().learning_rate_schedule(config.schedule_spec(100))
     rates = [float(schedule(step)) for step in (0, 9, 10, 105, 199, 250)]
     assert rates[0] == pytest.approx(0.02) and rates[1] == pytest.approx(0.2)
     assert rates[2] == pytest.approx(0.2)
