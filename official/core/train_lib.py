@@ -106,10 +106,10 @@ def summary_line(result: TrainResult, *, eval_split: str, model_dir: str, replic
                  dir_flag: str = "model_dir") -> str:
     """The one line the training CLIs print at the end (`dir_flag`: what their flag for
     the run's folder is called)."""
-    line = (f"{result.model_name}: step {result.step} (resumed from {result.resumed_from_step}, stopped by "
-            f"{result.stopped_by}), {eval_split} accuracy {result.eval_accuracy:.4f} "
-            f"loss {result.eval_loss:.4f} on {result.eval_examples} examples, {replicas} "
-            f"replica(s); {dir_flag} {model_dir}")
+    line = (f"{result.model_name}: step {result.step} (resumed from "
+            f"{result.resumed_from_step}, stopped by {result.stopped_by}), {eval_split} "
+            f"accuracy {result.eval_accuracy:.4f} loss {result.eval_loss:.4f} on "
+            f"{result.eval_examples} examples, {replicas} replica(s); {dir_flag} {model_dir}")
     if result.examples_per_second:
         line += f"; {result.examples_per_second:.1f} examples/s"
     if result.export_path:
@@ -340,9 +340,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                                                         config.export_dir,
                                                         tta_views=config.export_tta)
         logging.info("exported SavedModel to %s", export_path)
-    return TrainResult(model_name=spec.name, step=step, resumed_from_step=resumed_from, stopped_by=stopped_by,
-                       eval_accuracy=eval_metrics["accuracy"], eval_loss=eval_metrics["loss"],
-                       eval_examples=eval_metrics["examples"],
+    return TrainResult(model_name=spec.name, step=step, resumed_from_step=resumed_from,
+                       stopped_by=stopped_by, eval_accuracy=eval_metrics["accuracy"],
+                       eval_loss=eval_metrics["loss"], eval_examples=eval_metrics["examples"],
                        examples_per_second=float(np.median(throughput[1:] or throughput))
                        if throughput else None,
                        export_path=export_path)

@@ -75,7 +75,8 @@ def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
         if flag_values is None:
             return remaining
         if values["help"].value:
-            print(f"{usage}\n\n{doc.strip()}\n\nflags:\n{values.get_help(include_special_flags=False)}", flush=True)
+            flag_help = values.get_help(include_special_flags=False)
+            print(f"{usage}\n\n{doc.strip()}\n\nflags:\n{flag_help}", flush=True)
             sys.exit(0)
         if len(remaining) - 1 != len(arguments):
             print(usage, file=sys.stderr)
