@@ -7,7 +7,8 @@ Flags: the trainers, evaluators and the converter define theirs in absl's global
 when run as a program. The programs whose modules tests import side by side (dataset/download.py,
 scripts/collect_results.py, the benchmarks) each keep theirs in a FlagValues of their own
 (`program_flags`), so that equal flag names never clash; `flags_parser(program, flag_values,
-doc=__doc__)` parses into it, with --help/-h, and the test calls `main(parse(argv))`.
+doc=__doc__)` parses into it, with --help/-h; each such module names that parser
+`parse_flags`, and a test runs the program as `main(parse_flags([program, *flags]))`.
 
 Imports: two rules, and no other import sits inside a function.
 
