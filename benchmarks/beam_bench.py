@@ -15,7 +15,6 @@ to be slower: its value is that the same pipeline runs on Flink, Spark or Datafl
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -27,7 +26,20 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from absl import app, flags  # noqa: E402
+
+from official.utils import cli  # noqa: E402
+
+PROGRAM = "beam_bench.py"
 SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+FLAGS = cli.program_flags()
+flags.DEFINE_string("dataset_dir", None, "default: MedNIST-dev.tar.gz, extracted to /tmp",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("num_workers", 0, "0: all cores", flag_values=FLAGS)
+parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 RUNS = {  # name: extra tf_convert_data.py flags ({n}: worker processes)
     "local": ["--runner=local", "--num_workers={n}"],
     "beam_multi_process": ["--runner=beam", "--num_workers={n}"],
@@ -90,25 +102,24 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset_dir", help="default: MedNIST-dev.tar.gz, extracted to /tmp")
-    parser.add_argument("--num_workers", type=int, default=0, help="0: all cores")
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv  # no positional arguments (parse_flags checked)
     with tempfile.TemporaryDirectory(prefix="beam-bench-") as work_dir:
-        dataset_dir = args.dataset_dir
+        dataset_dir = FLAGS.dataset_dir
         if dataset_dir is None:
             tarball = os.path.join(SHARED, "MedNIST-dev.tar.gz")
             if not os.path.isfile(tarball):
-                print(f"error: {tarball} not found; pass --dataset_dir", file=sys.stderr)
-                return 1
+                cli.exit_with_error(PROGRAM, f"{tarball} not found; pass --dataset_dir")
             with tarfile.open(tarball) as archive:
                 archive.extractall(work_dir, filter="data")
             dataset_dir = os.path.join(work_dir, "MedNIST")
-        print(f"{dataset_dir}, {os.cpu_count()} cores, --num_workers={args.num_workers}")
-        print(format_table(run_benchmark(dataset_dir, args.num_workers, work_dir)))
-    return 0
+        print(f"{dataset_dir}, {os.cpu_count()} cores, --num_workers={FLAGS.num_workers}")
+        try:
+            rows = run_benchmark(dataset_dir, FLAGS.num_workers, work_dir)
+        except RuntimeError as error:  # a conversion failed: its stderr's end follows
+            cli.exit_with_error(PROGRAM, error)
+        print(format_table(rows))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main, flags_parser=parse_flags)

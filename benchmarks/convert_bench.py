@@ -21,7 +21,6 @@ exclude. Prints a table, the speed ratio and the 35k/3k memory ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -31,8 +30,27 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from absl import app, flags  # noqa: E402
+
+from official.utils import cli  # noqa: E402  (absl only: ours runs without TensorFlow)
+
+PROGRAM = "convert_bench.py"
 METHODS = ("naive", "naive_bytes", "ours_1worker", "ours")
 SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+FLAGS = cli.program_flags()
+flags.DEFINE_integer("num_workers", 0, "0: all cores", flag_values=FLAGS)
+flags.DEFINE_string("small", os.path.join(SHARED, "mednist-3000"), "The small dataset folder "
+                    "(images/ + labels/).", flag_values=FLAGS)
+flags.DEFINE_string("tarball", os.path.join(SHARED, "MedNIST-dev.tar.gz"), "The large "
+                    "dataset, extracted into a temporary folder.", flag_values=FLAGS)
+# What measure() passes to the subprocess that runs one peer.
+flags.DEFINE_enum("child", None, METHODS, "internal: run one peer", flag_values=FLAGS)
+flags.DEFINE_string("dataset_dir", None, "internal: the child's input", flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "internal: the child's output", flag_values=FLAGS)
+parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 
 def _inputs(dataset_dir: str) -> list[tuple[str, str, str]]:
@@ -120,8 +138,8 @@ def measure(method: str, dataset_dir: str, num_workers: int) -> dict:
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode:
-            raise SystemExit(f"{method} on {dataset_dir} failed with exit code "
-                             f"{process.returncode}")
+            raise RuntimeError(f"{method} on {dataset_dir} failed with exit code "
+                               f"{process.returncode}")
         result = json.loads(stdout.decode().strip().splitlines()[-1])
     result["peak_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
     return result
@@ -169,31 +187,29 @@ def format_table(rows: dict, num_workers: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_workers", type=int, default=0, help="0: all cores")
-    parser.add_argument("--small", default=os.path.join(SHARED, "mednist-3000"))
-    parser.add_argument("--tarball", default=os.path.join(SHARED, "MedNIST-dev.tar.gz"))
-    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--dataset_dir", help=argparse.SUPPRESS)
-    parser.add_argument("--output_dir", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        sys.path.insert(0, REPO_ROOT)
-        child(args.child, args.dataset_dir, args.output_dir, args.num_workers)
+def main(argv: list[str]) -> None:
+    del argv  # no positional arguments (parse_flags checked)
+    if FLAGS.child:
+        child(FLAGS.child, FLAGS.dataset_dir, FLAGS.output_dir, FLAGS.num_workers)
         return
-    if args.num_workers < 0:
-        parser.error(f"--num_workers={args.num_workers}: must be >= 0 (0: all cores)")
-    for flag, path, isdir in (("--small", args.small, True), ("--tarball", args.tarball, False)):
+    if FLAGS.num_workers < 0:
+        cli.exit_with_error(PROGRAM, f"--num_workers={FLAGS.num_workers}: must be >= 0 (0: all "
+                            "cores)", status=2)
+    for flag, path, isdir in (("--small", FLAGS.small, True),
+                              ("--tarball", FLAGS.tarball, False)):
         if not (os.path.isdir(path) if isdir else os.path.isfile(path)):
-            parser.error(f"{flag}={path}: not found")
+            cli.exit_with_error(PROGRAM, f"{flag}={path}: not found", status=2)
     with tempfile.TemporaryDirectory(prefix="convert-bench-mednist-") as extracted:
-        with tarfile.open(args.tarball) as archive:
+        with tarfile.open(FLAGS.tarball) as archive:
             archive.extractall(extracted, filter="data")
-        rows = run_benchmark({"3k": args.small, "35k": os.path.join(extracted, "MedNIST")},
-                             args.num_workers)
-    print(format_table(rows, args.num_workers), flush=True)
+        try:
+            rows = run_benchmark({"3k": FLAGS.small,
+                                  "35k": os.path.join(extracted, "MedNIST")},
+                                 FLAGS.num_workers)
+        except RuntimeError as error:  # a peer's subprocess failed
+            cli.exit_with_error(PROGRAM, error)
+    print(format_table(rows, FLAGS.num_workers), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main, flags_parser=parse_flags)

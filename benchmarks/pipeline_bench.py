@@ -24,198 +24,64 @@ Without --data_dir, ../shared/data/MedNIST-dev.tar.gz is extracted and converted
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import gc
 import os
-import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from networks.resnet import train_steps  # noqa: E402
-from official.core import steps, train_input  # noqa: E402
-from official.core.config import TrainConfig  # noqa: E402
-MEDNIST_TAR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "MedNIST-dev.tar.gz")
+from official.core.config import DTYPE_POLICIES  # noqa: E402  (no TensorFlow)
+from official.utils import cli  # noqa: E402
 
-
-@dataclasses.dataclass(frozen=True)
-class PipelineBenchConfig:
-    data_dir: str
-    resnet_size: int = 18
-    image_size: int = 64
-    small_input: bool = False
-    batch_size: int = 128
-    dtype: str = "fp32"
-    rounds: int = 4
-    steps: int = 10
-    warmup_steps: int = 3
-    pipeline_batches: int = 40
-    cache: bool = False
-    num_parallel_calls: int = 4
-    pipeline_only: bool = False  # skip the model: only the pipeline's own rates
-
-
-def convert_mednist(work_dir: str) -> str:
-    """Extracts MedNIST-dev.tar.gz into `work_dir` and converts it; returns the data dir."""
-    if not os.path.isfile(MEDNIST_TAR):
-        raise FileNotFoundError(f"{MEDNIST_TAR} not found: pass --data_dir=<converted MedNIST>")
-    with tarfile.open(MEDNIST_TAR) as archive:
-        archive.extractall(work_dir, filter="data")
-    data_dir = os.path.join(work_dir, "data")
-    subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tf_convert_data.py"),
-                    "--dataset_name=mednist", f"--dataset_dir={work_dir}/MedNIST",
-                    f"--output_dir={data_dir}", "--need_split=tvt_split",
-                    "--layout=class_folders"], check=True)
-    return data_dir
+PROGRAM = "pipeline_bench.py"
+FLAGS = cli.program_flags()
+flags.DEFINE_string("data_dir", None, "converted MedNIST (default: convert "
+                    "../shared/data/MedNIST-dev.tar.gz into a temporary folder)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("resnet_size", 18, "ResNet depth.", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", 64, "Image side in pixels.", flag_values=FLAGS)
+flags.DEFINE_boolean("small_input", False, "The 3x3 stride-1 stem without max-pool.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 128, "Batch size.", flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "fp32", list(DTYPE_POLICIES), "Precision.", flag_values=FLAGS)
+flags.DEFINE_integer("rounds", 4, "Timed blocks per side.", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 10, "Steps per timed block.", flag_values=FLAGS)
+flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per side first.", flag_values=FLAGS)
+flags.DEFINE_integer("pipeline_batches", 40, "Batches timed of the pipeline alone.",
+                     flag_values=FLAGS)
+flags.DEFINE_boolean("cache", False, "Cache the decoded records.", flag_values=FLAGS)
+flags.DEFINE_integer("num_parallel_calls", 4, "Parallel preprocessing calls.",
+                     flag_values=FLAGS)
+flags.DEFINE_boolean("pipeline_only", False,
+                     "only the pipeline's own images/s (no model, no ratio)", flag_values=FLAGS)
+parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 
-class Trainer:
-    """The trainer's input + step for one config; `run(n)` times n steps in one call."""
+def main(argv: list[str]) -> None:
+    del argv  # no positional arguments (parse_flags checked)
+    if min(FLAGS.rounds, FLAGS.steps, FLAGS.batch_size, FLAGS.pipeline_batches) < 1:
+        cli.exit_with_error(PROGRAM, "--rounds, --steps, --batch_size and --pipeline_batches "
+                            "must be >= 1", status=2)
+    from benchmarks import pipeline_bench_lib
 
-    def __init__(self, train_config, network, strategy):
-        data = train_input.resolve_data(train_config)
-        spec = network.model_spec(data.num_classes, image_size=train_config.image_size,
-                                  channels=train_config.channels)
-        schedule = network.learning_rate_schedule(train_config, steps_per_epoch=100)
-        state = network.build_training_state(spec, train_config, schedule, strategy)
-        self.iterator = iter(strategy.experimental_distribute_dataset(
-            train_input.train_dataset(train_config, data)))
-        self.train_fn = steps.make_train_function(
-            state, strategy, global_batch_size=train_config.batch_size,
-            num_classes=data.num_classes)
-
-    def run(self, steps: int) -> float:
-        started = time.perf_counter()
-        float(self.train_fn(self.iterator, tf.constant(steps))["loss"])
-        return time.perf_counter() - started
-
-
-def pipeline_rate(train_config, batches: int, threads: int | None) -> float:
-    """Images/s of train_input.train_dataset alone, timed after the shuffle buffer's initial
-    fill; `threads` = 1 pins tf.data to a private one-thread pool (one core's rate)."""
-    data = train_input.resolve_data(train_config)
-    dataset = train_input.train_dataset(train_config, data)
-    if threads:
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = threads
-        dataset = dataset.with_options(options)
-    iterator = iter(dataset)
-    for _ in range(max(3, min(batches, 10_000 // train_config.batch_size + 2))):
-        next(iterator)  # past the shuffle buffer's initial fill
-    started = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * train_config.batch_size / (time.perf_counter() - started)
-
-
-def time_side(train_config, network, strategy, config: PipelineBenchConfig, name: str,
-              log) -> list:
-    """Builds one side's trainer, warms it up, times `config.rounds` blocks of `config.steps`
-    steps, and frees it (its prefetching iterator included) before returning images/s per
-    block, so nothing of this side runs while the other side is timed."""
-    trainer = Trainer(train_config, network, strategy)
-    trainer.run(config.warmup_steps)
-    rates = []
-    for block in range(config.rounds):
-        rates.append(config.steps * config.batch_size / trainer.run(config.steps))
-        log(f"{name} block {block + 1}: {rates[-1]:.1f} img/s "
-            f"(load {os.getloadavg()[0]:.2f})")
-    # tf.data's prefetch and parallel-map threads stop only when the iterator is destroyed;
-    # the trainer's tf.function and iterator can sit in reference cycles, hence the collect.
-    del trainer
-    gc.collect()
-    return rates
-
-
-def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
-    """The pipeline alone (all cores, one core), then the model fed by the real pipeline and
-    by synthetic data, one side after the other. Returns the medians, per-block rates, the
-    ratio of the medians and the load average."""
-    network = train_steps.ResNetNetwork(resnet_size=config.resnet_size,
-                                        small_input=config.small_input)
-    common = dict(model_dir=tempfile.mkdtemp(prefix="pipeline_bench_"), data_dir=config.data_dir,
-                  image_size=config.image_size, batch_size=config.batch_size,
-                  dtype=config.dtype, cache=config.cache,
-                  num_parallel_calls=config.num_parallel_calls, seed=0)
-    real_config = TrainConfig(**common)
-    synthetic_config = TrainConfig(**common, use_synthetic_data=True)
-    alone = {"pipeline_all_cores": pipeline_rate(real_config, config.pipeline_batches, None),
-             "pipeline_one_core": pipeline_rate(real_config, config.pipeline_batches, 1)}
-    gc.collect()  # the pipeline-only iterators must not run during the model's turns
-    if config.pipeline_only:
-        return {**alone, "load_average": os.getloadavg()}
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    rates = {name: time_side(train_config, network, strategy, config, name, log)
-             for name, train_config in (("real", real_config),
-                                        ("synthetic", synthetic_config))}
-    real, synthetic = statistics.median(rates["real"]), statistics.median(rates["synthetic"])
-    return {"real": real, "synthetic": synthetic, "rounds": rates, "ratio": real / synthetic,
-            **alone, "load_average": os.getloadavg()}
-
-
-def format_table(config: PipelineBenchConfig, results: dict) -> str:
-    stem = "small-input stem" if config.small_input else "ImageNet stem"
-    lines = [f"ResNet-{config.resnet_size} {config.image_size}x{config.image_size} ({stem}), "
-             f"batch {config.batch_size}, {config.dtype}, cache={config.cache}, "
-             + ("" if config.pipeline_only else
-                f"each side alone: {config.rounds} blocks x {config.steps} steps; ")
-             + f"data {config.data_dir}"]
-    if "ratio" in results:
-        lines.append(f"{'input':<12}{'img/s (median)':>15}   per block")
-        for name in ("real", "synthetic"):
-            rounds = " ".join(f"{value:.1f}" for value in results["rounds"][name])
-            lines.append(f"{name:<12}{results[name]:>15.1f}   {rounds}")
-        lines.append(f"ratio real / synthetic: {results['ratio']:.3f}")
-    lines += [f"pipeline alone: {results['pipeline_all_cores']:.0f} img/s on all cores, "
-              f"{results['pipeline_one_core']:.0f} img/s on one core (private 1-thread pool)",
-              "load average (1/5/15 min) "
-              + " ".join(f"{v:.2f}" for v in results["load_average"])]
-    return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=None, help="converted MedNIST (default: convert "
-                        "../shared/data/MedNIST-dev.tar.gz into a temporary folder)")
-    parser.add_argument("--resnet_size", type=int, default=18)
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--small_input", action="store_true")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup_steps", type=int, default=3)
-    parser.add_argument("--pipeline_batches", type=int, default=40)
-    parser.add_argument("--cache", action="store_true")
-    parser.add_argument("--num_parallel_calls", type=int, default=4)
-    parser.add_argument("--pipeline_only", action="store_true",
-                        help="only the pipeline's own images/s (no model, no ratio)")
-    args = parser.parse_args(argv)
-    if min(args.rounds, args.steps, args.batch_size, args.pipeline_batches) < 1:
-        parser.error("--rounds, --steps, --batch_size and --pipeline_batches must be >= 1")
     with tempfile.TemporaryDirectory(prefix="pipeline_bench_data_") as work_dir:
         try:
-            data_dir = args.data_dir or convert_mednist(work_dir)
+            data_dir = FLAGS.data_dir or pipeline_bench_lib.convert_mednist(work_dir)
         except FileNotFoundError as error:
-            parser.error(str(error))
-        config = PipelineBenchConfig(
-            data_dir=data_dir, resnet_size=args.resnet_size, image_size=args.image_size,
-            small_input=args.small_input, batch_size=args.batch_size, dtype=args.dtype,
-            rounds=args.rounds, steps=args.steps, warmup_steps=args.warmup_steps,
-            pipeline_batches=args.pipeline_batches, cache=args.cache,
-            num_parallel_calls=args.num_parallel_calls, pipeline_only=args.pipeline_only)
-        results = run_benchmark(config)
-        print(format_table(config, results), flush=True)
+            cli.exit_with_error(PROGRAM, error, status=2)
+        config = pipeline_bench_lib.PipelineBenchConfig(
+            data_dir=data_dir, resnet_size=FLAGS.resnet_size, image_size=FLAGS.image_size,
+            small_input=FLAGS.small_input, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
+            rounds=FLAGS.rounds, steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps,
+            pipeline_batches=FLAGS.pipeline_batches, cache=FLAGS.cache,
+            num_parallel_calls=FLAGS.num_parallel_calls, pipeline_only=FLAGS.pipeline_only)
+        results = pipeline_bench_lib.run_benchmark(config)
+        print(pipeline_bench_lib.format_table(config, results), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main, flags_parser=parse_flags)

@@ -35,373 +35,67 @@ model's convolutions and dense layers (multiply-add = 2 FLOPs). keras ResNet50 a
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
-import statistics
 import sys
-import tempfile
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from networks.resnet import train_steps  # noqa: E402
-from official.core import steps, train_input  # noqa: E402
-from official.core.config import TrainConfig  # noqa: E402
+from official.utils import cli  # noqa: E402
 
-PEERS = ("ours", "ours_xla", "ours_loop1", "keras_fit", "keras_fit_xla")
-KERAS_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
-COMPUTE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-# keras.applications' ResNets of each depth; all three are v1 (stride on the first 1x1).
-KERAS_RESNETS = {50: "ResNet50", 101: "ResNet101", 152: "ResNet152"}
-CONV_BATCH, CONV_CHANNELS = 32, 128  # the conv ceiling: a stage-2-like 3x3 layer
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    resnet_size: int = 50
-    version: int = 1
-    image_size: int = 224
-    channels: int = 3
-    batch_size: int = 32
-    dtypes: tuple[str, ...] = ("fp32", "bf16")
-    num_classes: int = 1000
-    peers: tuple[str, ...] = ("ours", "keras_fit")
-    rounds: int = 3
-    steps: int = 3
-    warmup_steps: int = 2
-    matmul_size: int = 2048
-    conv_size: int = 28
-    ceiling_seconds: float = 2.0
-    small_input: bool = False
-
-    def __post_init__(self):
-        unknown = [peer for peer in self.peers if peer not in PEERS]
-        if unknown or not self.peers:
-            raise ValueError(f"--peers={','.join(self.peers)}: each must be one of {list(PEERS)}")
-        bad_dtypes = [dtype for dtype in self.dtypes if dtype not in KERAS_POLICIES]
-        if bad_dtypes or not self.dtypes or len(set(self.dtypes)) != len(self.dtypes):
-            raise ValueError(f"--dtypes={','.join(self.dtypes)}: each must be one of "
-                             f"{sorted(KERAS_POLICIES)}, listed once")
-        if self.version not in (1, 2):
-            raise ValueError(f"--version={self.version}: must be 1 or 2")
-        if any(peer.startswith("keras") for peer in self.peers):
-            if self.resnet_size not in KERAS_RESNETS:
-                raise ValueError(f"--resnet_size={self.resnet_size}: keras.applications has "
-                                 f"no peer; use one of {sorted(KERAS_RESNETS)} or --peers=ours")
-            if self.version != 1 or self.small_input:
-                raise ValueError("keras_fit peers are keras.applications ResNet v1 with the "
-                                 "ImageNet stem: use --version=1 without --small_input, or "
-                                 "--peers=ours")
-        if min(self.rounds, self.steps, self.batch_size, self.matmul_size,
-               self.conv_size) < 1 or self.warmup_steps < 0:
-            raise ValueError("--rounds, --steps, --batch_size, --matmul_size and --conv_size "
-                             "must be >= 1, --warmup_steps >= 0")
+PROGRAM = "train_bench.py"
+FLAGS = cli.program_flags()
+flags.DEFINE_integer("resnet_size", 50, "ResNet depth.", flag_values=FLAGS)
+flags.DEFINE_integer("version", 1, "1 (v1.5, the keras peers' match) or 2 (ours only)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("image_size", 224, "Image side in pixels.", flag_values=FLAGS)
+flags.DEFINE_integer("channels", 3, "Image channels.", flag_values=FLAGS)
+flags.DEFINE_boolean("small_input", False, "our 3x3 stride-1 stem without max-pool (ours only)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 32, "Batch size.", flag_values=FLAGS)
+flags.DEFINE_string("dtypes", "fp32,bf16", "comma-separated: fp32,bf16,fp16", flag_values=FLAGS)
+flags.DEFINE_integer("num_classes", 1000, "Classes of the synthetic data.", flag_values=FLAGS)
+flags.DEFINE_string("peers", "ours,keras_fit", "comma-separated: ours, ours_xla, ours_loop1, "
+                    "keras_fit, keras_fit_xla", flag_values=FLAGS)
+flags.DEFINE_integer("rounds", 3, "Timed rounds.", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 3, "Timed steps per runner and round.", flag_values=FLAGS)
+flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per runner first.", flag_values=FLAGS)
+flags.DEFINE_integer("matmul_size", 2048, "Side of the matmul ceiling.", flag_values=FLAGS)
+flags.DEFINE_integer("conv_size", 28, "Side of the convolution ceiling.", flag_values=FLAGS)
+flags.DEFINE_integer("inter", 0, "inter-op threads (0: TF picks)", flag_values=FLAGS)
+flags.DEFINE_integer("intra", 0, "intra-op threads (0: TF picks)", flag_values=FLAGS)
+parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 
-def _best_seconds(run, seconds: float) -> float:
-    """Shortest wall time of `run()` over repeated calls for `seconds` (after one warm-up)."""
-    run()
-    best, started = float("inf"), time.perf_counter()
-    while time.perf_counter() - started < seconds or best == float("inf"):
-        begin = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - begin)
-    return best
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def matmul_gflops(size: int = 2048, dtype: str = "fp32", seconds: float = 2.0) -> float:
-    """GFLOP/s of a size^3 matmul in `dtype` (best of repeated runs): a compute ceiling."""
-    compute = COMPUTE_DTYPES[dtype]
-    a = tf.cast(tf.random.uniform((size, size), seed=1), compute)
-    b = tf.cast(tf.random.uniform((size, size), seed=2), compute)
+def main(argv: list[str]) -> None:
+    del argv  # no positional arguments (parse_flags checked)
+    import tensorflow as tf
 
-    @tf.function
-    def product(x, y):
-        # The reduction makes .numpy() wait for the product without copying it to Python.
-        return tf.reduce_sum(tf.cast(tf.matmul(x, y), tf.float32))
+    from benchmarks import train_bench_lib
 
-    return 2 * size**3 / _best_seconds(lambda: product(a, b).numpy(), seconds) / 1e9
-
-
-def conv_gflops(size: int = 28, dtype: str = "fp32", seconds: float = 2.0) -> float:
-    """GFLOP/s of a 3x3 stride-1 convolution, batch 32, size x size, 128 -> 128 channels, in
-    `dtype` (best of repeated runs): the ceiling closer to a ResNet's own work than a matmul."""
-    compute = COMPUTE_DTYPES[dtype]
-    images = tf.cast(tf.random.uniform((CONV_BATCH, size, size, CONV_CHANNELS), seed=1), compute)
-    kernel = tf.cast(tf.random.uniform((3, 3, CONV_CHANNELS, CONV_CHANNELS), seed=2), compute)
-
-    @tf.function
-    def convolve(x, k):
-        return tf.reduce_sum(tf.cast(tf.nn.conv2d(x, k, 1, "SAME"), tf.float32))
-
-    flops = 2 * CONV_BATCH * size * size * 9 * CONV_CHANNELS * CONV_CHANNELS
-    return flops / _best_seconds(lambda: convolve(images, kernel).numpy(), seconds) / 1e9
-
-
-def forward_flops(model) -> int:
-    """FLOPs of one image's forward pass through the model's Conv2D and Dense layers."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            kernel_h, kernel_w, in_channels, out_channels = layer.kernel.shape
-            shape = layer.output.shape  # (None, H, W, C) or (None, C, H, W)
-            spatial = (shape[1] * shape[2] if layer.data_format == "channels_last"
-                       else shape[2] * shape[3])
-            total += 2 * spatial * kernel_h * kernel_w * in_channels * out_channels
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
-    return int(total)
-
-
-def architecture(model) -> dict:
-    """What makes two ResNets the same: parameter count, convolutions (and how many carry a
-    bias), batch norms, which kernel sizes carry a stride of 2 (besides the 7x7 stem: v1 puts it
-    on 1x1s, v1.5 on 3x3s) and forward multiply-adds per image."""
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    strided = [layer.kernel.shape[0] for layer in convs if max(layer.strides) > 1]
-    return {"parameters": model.count_params(), "convolutions": len(convs),
-            "conv_biases": sum(bool(layer.use_bias) for layer in convs),
-            "batch_norms": sum(isinstance(layer, keras.layers.BatchNormalization)
-                               for layer in model.layers),
-            "strided_1x1": strided.count(1), "strided_3x3": strided.count(3),
-            "forward_gmac": forward_flops(model) / 2e9}
-
-
-class OursPeer:
-    """The trainer's step on its synthetic input; `run(n)` times n steps in one call (or n
-    calls of one step for steps_per_loop=1)."""
-
-    def __init__(self, config: BenchConfig, *, dtype: str, jit_compile: bool,
-                 steps_per_loop: int | None):
-        self.train_config = TrainConfig(
-            model_dir=tempfile.mkdtemp(prefix="train_bench_"), image_size=config.image_size,
-            channels=config.channels, batch_size=config.batch_size, dtype=dtype,
-            use_synthetic_data=True, synthetic_num_classes=config.num_classes,
-            jit_compile=jit_compile, seed=0)
-        network = train_steps.ResNetNetwork(
-            resnet_size=config.resnet_size, version=config.version,
-            small_input=config.small_input, data_format="channels_last")
-        self.strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-        data = train_input.resolve_data(self.train_config)
-        spec = network.model_spec(data.num_classes, image_size=config.image_size,
-                                  channels=config.channels)
-        schedule = network.learning_rate_schedule(self.train_config, steps_per_epoch=100)
-        self.state = network.build_training_state(spec, self.train_config, schedule,
-                                                  self.strategy)
-        self.model = self.state.model
-        self.iterator = iter(self.strategy.experimental_distribute_dataset(
-            train_input.train_dataset(self.train_config, data)))
-        self.train_fn = steps.make_train_function(
-            self.state, self.strategy, global_batch_size=config.batch_size,
-            num_classes=data.num_classes, jit_compile=jit_compile)
-        self.steps_per_loop = steps_per_loop
-        self.description = (f"ours ResNet-{config.resnet_size} "
-                            f"{'v1.5' if config.version == 1 else 'v2'}")
-
-    def run(self, steps: int) -> float:
-        per_call = self.steps_per_loop or steps
-        started = time.perf_counter()
-        done = 0
-        while done < steps:
-            n = min(per_call, steps - done)
-            totals = self.train_fn(self.iterator, tf.constant(n))
-            float(totals["loss"])  # wait for the result, like the trainer's loop does
-            done += n
-        return time.perf_counter() - started
-
-
-class KerasFitPeer:
-    """keras.applications.ResNet{size} (v1) compiled with SGD + momentum, trained with `fit`."""
-
-    def __init__(self, config: BenchConfig, *, dtype: str, jit_compile):
-        name = KERAS_RESNETS[config.resnet_size]
-        # Keras applications read the global policy when their layers are built; restore it.
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(KERAS_POLICIES[dtype])
-        try:
-            self.model = getattr(keras.applications, name)(
-                weights=None, classes=config.num_classes, classifier_activation=None,
-                input_shape=(config.image_size, config.image_size, config.channels))
-        finally:
-            keras.config.set_dtype_policy(previous)
-        self.model.compile(
-            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=jit_compile)
-        shape = (config.batch_size, config.image_size, config.image_size, config.channels)
-        images = tf.random.uniform(shape, -1.0, 1.0, seed=0)
-        labels = tf.random.uniform((config.batch_size,), 0, config.num_classes, tf.int32, seed=0)
-        self.dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-        self.description = f"keras.applications.{name} v1"
-
-    def run(self, steps: int) -> float:
-        marks = []
-
-        class Marks(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                marks.append(time.perf_counter())
-
-        # One extra step: the timed span runs from the end of the first batch to the end of
-        # the last, so fit's per-call set-up (iterator, callbacks) is not counted.
-        self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps + 1, verbose=0,
-                       callbacks=[Marks()])
-        return marks[-1] - marks[0]
-
-
-def make_peer(name: str, config: BenchConfig, dtype: str):
-    if name == "ours":
-        return OursPeer(config, dtype=dtype, jit_compile=False, steps_per_loop=None)
-    if name == "ours_xla":
-        return OursPeer(config, dtype=dtype, jit_compile=True, steps_per_loop=None)
-    if name == "ours_loop1":
-        return OursPeer(config, dtype=dtype, jit_compile=False, steps_per_loop=1)
-    if name == "keras_fit":
-        return KerasFitPeer(config, dtype=dtype, jit_compile="auto")
-    return KerasFitPeer(config, dtype=dtype, jit_compile=True)
-
-
-def run_benchmark(config: BenchConfig, log=print) -> dict:
-    """Measure the ceilings, warm up every (peer, dtype) runner, then alternate timed rounds.
-
-    Returns {"ceilings": {dtype: {"matmul": GFLOP/s, "conv": GFLOP/s}}, "runners": {(peer,
-    dtype): figures}, "architectures": {peer: architecture()}, "descriptions": {peer: str},
-    "load_average": (1, 5, 15 min)}.
-    """
-    ceilings = {}
-    for dtype in config.dtypes:
-        ceilings[dtype] = {
-            "matmul": matmul_gflops(config.matmul_size, dtype, config.ceiling_seconds),
-            "conv": conv_gflops(config.conv_size, dtype, config.ceiling_seconds)}
-        log(f"{dtype} ceilings: matmul {ceilings[dtype]['matmul']:.1f} GFLOP/s "
-            f"({config.matmul_size}^3), conv {ceilings[dtype]['conv']:.1f} GFLOP/s (3x3, "
-            f"{CONV_BATCH}x{config.conv_size}x{config.conv_size}x{CONV_CHANNELS}); "
-            f"load average {os.getloadavg()[0]:.2f}")
-    runners = {}
-    for name in config.peers:
-        for dtype in config.dtypes:
-            runner = make_peer(name, config, dtype)
-            if config.warmup_steps:
-                runner.run(config.warmup_steps)
-            runners[name, dtype] = runner
-    rates = {key: [] for key in runners}
-    for round_index in range(config.rounds):
-        for key, runner in runners.items():
-            rates[key].append(config.steps * config.batch_size / runner.run(config.steps))
-        log(f"round {round_index + 1}: " + ", ".join(
-            f"{name} {dtype} {values[-1]:.2f} img/s" for (name, dtype), values in rates.items())
-            + f" (load {os.getloadavg()[0]:.2f})")
-    results = {}
-    for (name, dtype), runner in runners.items():
-        flops = 3 * forward_flops(runner.model)
-        median = statistics.median(rates[name, dtype])
-        gflops = median * flops / 1e9
-        results[name, dtype] = {
-            "images_per_second": median, "rounds": rates[name, dtype],
-            "train_gflop_per_image": flops / 1e9, "gflops": gflops,
-            "share_of_matmul": gflops / ceilings[dtype]["matmul"],
-            "share_of_conv": gflops / ceilings[dtype]["conv"]}
-    first = config.dtypes[0]
-    return {"ceilings": ceilings, "runners": results,
-            "architectures": {name: architecture(runners[name, first].model)
-                              for name in config.peers},
-            "descriptions": {name: runners[name, first].description for name in config.peers},
-            "load_average": os.getloadavg()}
-
-
-def ratio(results: dict, runner: tuple[str, str], reference: tuple[str, str]) -> float:
-    """Median over rounds of runner/reference images/s (each round measured back to back)."""
-    mine = results["runners"][runner]["rounds"]
-    theirs = results["runners"][reference]["rounds"]
-    return statistics.median(a / b for a, b in zip(mine, theirs))
-
-
-def format_table(config: BenchConfig, results: dict) -> str:
-    lines = [f"ResNet-{config.resnet_size} {config.image_size}x{config.image_size}x"
-             f"{config.channels}, batch {config.batch_size}, synthetic data, {config.rounds} "
-             f"rounds x {config.steps} steps"]
-    for name, arch in results["architectures"].items():
-        lines.append(
-            f"{name}: {results['descriptions'][name]}, {arch['parameters']:,} parameters, "
-            f"{arch['convolutions']} convs ({arch['conv_biases']} with bias), "
-            f"{arch['batch_norms']} batch norms, stride 2 on {arch['strided_1x1']} 1x1 + "
-            f"{arch['strided_3x3']} 3x3 convs, {arch['forward_gmac']:.3f} G multiply-adds "
-            "forward")
-    lines.append(f"{'peer':<14}{'dtype':<6}{'img/s (median)':>15}{'per round':>24}"
-                 f"{'GFLOP/img':>10}{'GFLOP/s':>9}{'of matmul':>10}{'of conv':>9}")
-    for (name, dtype), row in results["runners"].items():
-        rounds = " ".join(f"{value:.2f}" for value in row["rounds"])
-        lines.append(f"{name:<14}{dtype:<6}{row['images_per_second']:>15.2f}{rounds:>24}"
-                     f"{row['train_gflop_per_image']:>10.2f}{row['gflops']:>9.1f}"
-                     f"{row['share_of_matmul']:>10.0%}{row['share_of_conv']:>9.0%}")
-    for dtype, ceiling in results["ceilings"].items():
-        lines.append(f"{dtype} ceilings (same run): matmul {ceiling['matmul']:.1f} GFLOP/s, "
-                     f"conv {ceiling['conv']:.1f} GFLOP/s")
-    lines.append("load average (1/5/15 min) "
-                 + " ".join(f"{v:.2f}" for v in results["load_average"]))
-    runners = results["runners"]
-    for dtype in config.dtypes:
-        if ("keras_fit", dtype) not in runners:
-            continue
-        keras_row = runners["keras_fit", dtype]
-        for name in config.peers:
-            if name.startswith("ours"):
-                work = runners[name, dtype]["gflops"] / keras_row["gflops"]
-                lines.append(f"ratio {name} / keras_fit ({dtype}): "
-                             f"{ratio(results, (name, dtype), ('keras_fit', dtype)):.2f}x "
-                             f"images/s, {work:.2f}x GFLOP/s")
-    if "fp32" in config.dtypes:
-        for dtype in config.dtypes:
-            if dtype != "fp32":
-                for name in config.peers:
-                    lines.append(f"ratio {name} {dtype} / {name} fp32: "
-                                 f"{ratio(results, (name, dtype), (name, 'fp32')):.2f}x images/s")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resnet_size", type=int, default=50)
-    parser.add_argument("--version", type=int, default=1,
-                        help="1 (v1.5, the keras peers' match) or 2 (ours only)")
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--channels", type=int, default=3)
-    parser.add_argument("--small_input", action="store_true",
-                        help="our 3x3 stride-1 stem without max-pool (ours only)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16")
-    parser.add_argument("--num_classes", type=int, default=1000)
-    parser.add_argument("--peers", default="ours,keras_fit")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup_steps", type=int, default=2)
-    parser.add_argument("--matmul_size", type=int, default=2048)
-    parser.add_argument("--conv_size", type=int, default=28)
-    parser.add_argument("--inter", type=int, default=0, help="inter-op threads (0: TF picks)")
-    parser.add_argument("--intra", type=int, default=0, help="intra-op threads (0: TF picks)")
-    args = parser.parse_args(argv)
     try:
-        config = BenchConfig(
-            resnet_size=args.resnet_size, version=args.version, image_size=args.image_size,
-            channels=args.channels, small_input=args.small_input, batch_size=args.batch_size,
-            dtypes=tuple(d.strip() for d in args.dtypes.split(",") if d.strip()),
-            num_classes=args.num_classes,
-            peers=tuple(p.strip() for p in args.peers.split(",") if p.strip()),
-            rounds=args.rounds, steps=args.steps, warmup_steps=args.warmup_steps,
-            matmul_size=args.matmul_size, conv_size=args.conv_size)
-    except ValueError as error:
-        parser.error(str(error))
+        config = train_bench_lib.BenchConfig(
+            resnet_size=FLAGS.resnet_size, version=FLAGS.version, image_size=FLAGS.image_size,
+            channels=FLAGS.channels, small_input=FLAGS.small_input,
+            batch_size=FLAGS.batch_size, dtypes=_names(FLAGS.dtypes),
+            num_classes=FLAGS.num_classes, peers=_names(FLAGS.peers), rounds=FLAGS.rounds,
+            steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps,
+            matmul_size=FLAGS.matmul_size, conv_size=FLAGS.conv_size)
+    except ValueError as error:  # flags that do not go together
+        cli.exit_with_error(PROGRAM, error, status=2)
     # Before any op runs: TensorFlow fixes its thread pools at initialisation.
-    tf.config.threading.set_inter_op_parallelism_threads(args.inter)
-    tf.config.threading.set_intra_op_parallelism_threads(args.intra)
-    results = run_benchmark(config)
-    print(format_table(config, results), flush=True)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter)
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra)
+    results = train_bench_lib.run_benchmark(config)
+    print(train_bench_lib.format_table(config, results), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main, flags_parser=parse_flags)

@@ -11,21 +11,34 @@ interrupted run leaves nothing that looks finished.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
-import sys
 import tarfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from absl import app, flags
+
+from official.utils import cli
 
 # The MedNIST archive that MONAI's tutorials download (Project-MONAI
 # MONAI-extra-test-data release 0.8.1), with its published md5.
 MEDNIST_URL = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
                "0.8.1/MedNIST.tar.gz")
 MEDNIST_MD5 = "0bc7306e7427e00ad1c5526a6677552d"
+
+
+PROGRAM = "download.py"
+FLAGS = cli.program_flags()
+flags.DEFINE_string("url", None, "archive URL (http(s)://, file://) or local path "
+                    "(default: $MEDNIST_URL, else the public MedNIST.tar.gz)", flag_values=FLAGS)
+flags.DEFINE_string("md5", MEDNIST_MD5, "expected md5 of the archive; 'none' skips the check "
+                    "(default: the public MedNIST.tar.gz's md5)", flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "folder to extract into", flag_values=FLAGS)
+flags.mark_flag_as_required("output_dir", flag_values=FLAGS)
+parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 
 class DownloadError(RuntimeError):
@@ -88,29 +101,19 @@ def extract(archive: Path, output_dir: Path) -> Path:
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=os.environ.get("MEDNIST_URL", MEDNIST_URL),
-                        help="archive URL (http(s)://, file://) or local path "
-                             "(default: $MEDNIST_URL, else the public MedNIST.tar.gz)")
-    parser.add_argument("--md5", default=MEDNIST_MD5,
-                        help="expected md5 of the archive; 'none' skips the check "
-                             "(default: the public MedNIST.tar.gz's md5)")
-    parser.add_argument("--output_dir", required=True, help="folder to extract into")
-    args = parser.parse_args(argv)
-    output_dir = Path(args.output_dir)
+def main(argv: list[str]) -> None:
+    del argv  # no positional arguments (parse_flags checked)
+    output_dir = Path(FLAGS.output_dir)
     archive = output_dir.with_name(output_dir.name + ".tar.gz")
-    md5 = None if args.md5.lower() == "none" else args.md5
+    md5 = None if FLAGS.md5.lower() == "none" else FLAGS.md5
     try:
         if not archive.exists() or (md5 and md5_of(archive) != md5):
-            fetch(args.url, archive, md5=md5)
+            fetch(FLAGS.url or os.environ.get("MEDNIST_URL", MEDNIST_URL), archive, md5=md5)
         extract(archive, output_dir)
     except DownloadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        cli.exit_with_error(PROGRAM, error)
     print(f"extracted {archive} into {output_dir}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main, flags_parser=parse_flags)

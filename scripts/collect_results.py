@@ -15,7 +15,6 @@ Runs that failed before writing config.json are rows too when sweep.json exists.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import json
@@ -28,7 +27,16 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import app, flags  # noqa: E402
+
 from official.core.config import CONFIG_FILE  # noqa: E402  (no TensorFlow)
+from official.utils import cli  # noqa: E402
+
+PROGRAM = "collect_results.py"
+FLAGS = cli.program_flags()
+flags.DEFINE_string("output_prefix", None, "default: SWEEP_DIR/results", flag_values=FLAGS)
+# SWEEP_DIR: the folder whose sub-folders are training model_dirs.
+parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__, arguments=("SWEEP_DIR",))
 
 COLUMNS = ("run", "status", "resnet_size", "version", "image_size", "batch_size", "dtype",
            "params", "step", "eval_accuracy", "eval_loss", "split", "split_accuracy",
@@ -123,28 +131,21 @@ def write_tables(rows: list[dict], prefix: str) -> tuple[str, str]:
     return csv_path, md_path
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", help="folder whose sub-folders are training model_dirs")
-    parser.add_argument("--output_prefix", help="default: SWEEP_DIR/results")
-    args = parser.parse_args(argv)
-    if not os.path.isdir(args.sweep_dir):
-        print(f"collect_results.py: error: {args.sweep_dir}: no such folder", file=sys.stderr)
-        return 1
-    runs = [os.path.join(args.sweep_dir, name) for name in sorted(os.listdir(args.sweep_dir))
-            if os.path.isfile(os.path.join(args.sweep_dir, name, CONFIG_FILE))
-            or os.path.isfile(os.path.join(args.sweep_dir, name, "sweep.json"))]
+def main(argv: list[str]) -> None:
+    sweep_dir = argv[1]  # parse_flags checked there is exactly one
+    if not os.path.isdir(sweep_dir):
+        cli.exit_with_error(PROGRAM, f"{sweep_dir}: no such folder")
+    runs = [os.path.join(sweep_dir, name) for name in sorted(os.listdir(sweep_dir))
+            if os.path.isfile(os.path.join(sweep_dir, name, CONFIG_FILE))
+            or os.path.isfile(os.path.join(sweep_dir, name, "sweep.json"))]
     if not runs:
-        print(f"collect_results.py: error: {args.sweep_dir} has no run folders (with "
-              "config.json or sweep.json)", file=sys.stderr)
-        return 1
+        cli.exit_with_error(PROGRAM, f"{sweep_dir} has no run folders (with config.json or "
+                            "sweep.json)")
     rows = sorted((collect_run(run) for run in runs), key=_sort_key)
-    csv_path, md_path = write_tables(rows, args.output_prefix
-                                     or os.path.join(args.sweep_dir, "results"))
+    csv_path, md_path = write_tables(rows, FLAGS.output_prefix
+                                     or os.path.join(sweep_dir, "results"))
     print(f"{len(rows)} run(s) -> {csv_path}, {md_path}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    app.run(main, flags_parser=parse_flags)

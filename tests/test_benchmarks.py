@@ -9,7 +9,8 @@ import math
 import pytest
 import tensorflow as tf
 
-from benchmarks import convert_bench, pipeline_bench, train_bench
+from benchmarks import (convert_bench, pipeline_bench_lib, train_bench,
+                        train_bench_lib)
 from networks.resnet import train_steps
 from official.core.config import TrainConfig
 from tests.trainer_fixtures import write_converted_dataset
@@ -27,7 +28,7 @@ def test_forward_flops_of_resnet50_match_the_published_count():
     # ResNet-50 at 224x224x3: 3.86 G multiply-adds in its convolutions and dense layer (He et
     # al. quote 3.8 G; the often-quoted 4.1 G also counts batch norm, ReLU, pooling, additions).
     model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
-    assert train_bench.forward_flops(model) == pytest.approx(2 * 3.86e9, rel=0.01)
+    assert train_bench_lib.forward_flops(model) == pytest.approx(2 * 3.86e9, rel=0.01)
 
 
 def test_forward_flops_scale_with_image_area():
@@ -36,8 +37,8 @@ def test_forward_flops_scale_with_image_area():
     small = resnet_model.build_resnet(18, 2, 6, input_shape=(32, 32, 1))
     large = resnet_model.build_resnet(18, 2, 6, input_shape=(64, 64, 1))
     dense = 2 * 512 * 6
-    assert (train_bench.forward_flops(large) - dense) == 4 * (
-        train_bench.forward_flops(small) - dense)
+    assert (train_bench_lib.forward_flops(large) - dense) == 4 * (
+        train_bench_lib.forward_flops(small) - dense)
 
 
 def _layer_counts(model):
@@ -55,25 +56,25 @@ def test_ours_and_the_keras_peer_are_the_same_resnet():
     # The peer is keras.applications.ResNet50 (v1), so ours must be v1 too: the same conv
     # kernels and batch norms, parameters differing only by Keras' conv biases. (The first
     # version benchmarked our v2 against it: 49 batch norms against 53.)
-    config = train_bench.BenchConfig(**TINY_PEERS)
-    ours = train_bench.make_peer("ours", config, "fp32").model
-    keras_peer = train_bench.make_peer("keras_fit", config, "fp32").model
+    config = train_bench_lib.BenchConfig(**TINY_PEERS)
+    ours = train_bench_lib.make_peer("ours", config, "fp32").model
+    keras_peer = train_bench_lib.make_peer("keras_fit", config, "fp32").model
     mine, theirs = _layer_counts(ours), _layer_counts(keras_peer)
     assert mine["kernels"] == theirs["kernels"] and len(mine["kernels"]) == 53
     assert mine["batch_norms"] == theirs["batch_norms"] == 53
     assert mine["conv_bias_parameters"] == 0
     assert ours.count_params() + theirs["conv_bias_parameters"] == keras_peer.count_params()
     # Where the strides sit is the one difference (v1.5 vs v1), and the summary shows it.
-    assert train_bench.architecture(ours)["strided_3x3"] == 3
-    assert train_bench.architecture(keras_peer)["strided_3x3"] == 0
-    assert train_bench.architecture(keras_peer)["strided_1x1"] == 6
+    assert train_bench_lib.architecture(ours)["strided_3x3"] == 3
+    assert train_bench_lib.architecture(keras_peer)["strided_3x3"] == 0
+    assert train_bench_lib.architecture(keras_peer)["strided_1x1"] == 6
 
 
 def test_keras_peer_trains_under_the_mixed_bfloat16_policy_and_restores_the_global_one():
     import keras
 
-    config = train_bench.BenchConfig(**TINY_PEERS)
-    model = train_bench.KerasFitPeer(config, dtype="bf16", jit_compile="auto").model
+    config = train_bench_lib.BenchConfig(**TINY_PEERS)
+    model = train_bench_lib.KerasFitPeer(config, dtype="bf16", jit_compile="auto").model
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
     assert keras.config.dtype_policy().name == "float32"
@@ -81,15 +82,15 @@ def test_keras_peer_trains_under_the_mixed_bfloat16_policy_and_restores_the_glob
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_ceilings_are_measured_per_dtype(dtype):
-    assert train_bench.matmul_gflops(32, dtype, seconds=0.01) > 0
-    assert train_bench.conv_gflops(4, dtype, seconds=0.01) > 0
+    assert train_bench_lib.matmul_gflops(32, dtype, seconds=0.01) > 0
+    assert train_bench_lib.conv_gflops(4, dtype, seconds=0.01) > 0
 
 
 def test_train_bench_tiny_run_reports_fp32_and_bf16_against_same_run_ceilings():
     # Ours alone keeps this fast; the keras peer's identity and bf16 policy are tested above.
-    config = train_bench.BenchConfig(**{**TINY, "dtypes": ("fp32", "bf16")})
+    config = train_bench_lib.BenchConfig(**{**TINY, "dtypes": ("fp32", "bf16")})
     lines = []
-    results = train_bench.run_benchmark(config, log=lines.append)
+    results = train_bench_lib.run_benchmark(config, log=lines.append)
     assert set(results["ceilings"]) == {"fp32", "bf16"}
     for ceiling in results["ceilings"].values():
         assert ceiling["matmul"] > 0 and ceiling["conv"] > 0
@@ -100,7 +101,7 @@ def test_train_bench_tiny_run_reports_fp32_and_bf16_against_same_run_ceilings():
             row["gflops"] / results["ceilings"][dtype]["conv"])
         assert row["share_of_matmul"] == pytest.approx(
             row["gflops"] / results["ceilings"][dtype]["matmul"])
-    table = train_bench.format_table(config, results)
+    table = train_bench_lib.format_table(config, results)
     for text in ("ratio ours bf16 / ours fp32", "bf16 ceilings (same run)",
                  "ours ResNet-18 v1.5",
                  f"{results['architectures']['ours']['parameters']:,} parameters"):
@@ -110,30 +111,32 @@ def test_train_bench_tiny_run_reports_fp32_and_bf16_against_same_run_ceilings():
 
 def test_bench_config_rejects_what_has_no_like_for_like_peer():
     with pytest.raises(ValueError, match="keras_fit"):
-        train_bench.BenchConfig(peers=("ours", "pytorch"))
+        train_bench_lib.BenchConfig(peers=("ours", "pytorch"))
     with pytest.raises(ValueError, match="fp16"):
-        train_bench.BenchConfig(dtypes=("fp8",))
+        train_bench_lib.BenchConfig(dtypes=("fp8",))
     with pytest.raises(ValueError, match="--version=1"):
-        train_bench.BenchConfig(version=2)
+        train_bench_lib.BenchConfig(version=2)
     with pytest.raises(ValueError, match="--resnet_size=18"):
-        train_bench.BenchConfig(resnet_size=18)
-    train_bench.BenchConfig(resnet_size=18, version=2, peers=("ours",))  # ours alone: any
+        train_bench_lib.BenchConfig(resnet_size=18)
+    train_bench_lib.BenchConfig(resnet_size=18, version=2, peers=("ours",))  # ours alone: any
 
 
 def test_train_bench_main_reports_a_bad_flag_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train_bench.main(["--version=2", "--peers=ours,keras_fit"])
+        train_bench.main(train_bench.parse_flags(["train_bench.py", "--version=2",
+                                                  "--peers=ours,keras_fit"]))
     assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--version=1" in error and "error" in error
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("train_bench.py: error: ")
+    assert "--version=1" in error[0]
 
 
 @pytest.mark.parametrize("dtype,compute_dtype", [("fp16", "float16"), ("bf16", "bfloat16")])
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_train_step_runs_in_mixed_precision_with_and_without_xla(dtype, compute_dtype,
                                                                    jit_compile):
-    config = train_bench.BenchConfig(**TINY)
-    peer = train_bench.OursPeer(config, dtype=dtype, jit_compile=jit_compile,
+    config = train_bench_lib.BenchConfig(**TINY)
+    peer = train_bench_lib.OursPeer(config, dtype=dtype, jit_compile=jit_compile,
                                 steps_per_loop=None)
     totals = peer.train_fn(peer.iterator, tf.constant(2))
     assert math.isfinite(float(totals["loss"])) and float(totals["examples"]) == 4
@@ -147,13 +150,13 @@ def test_pipeline_bench_tiny_run_on_converted_records(tmp_path):
     data_dir = write_converted_dataset(
         tmp_path / "data", {"train": {"Chest": 6, "Hand": 6}, "validation": {"Chest": 2,
                                                                            "Hand": 2}})
-    config = pipeline_bench.PipelineBenchConfig(
+    config = pipeline_bench_lib.PipelineBenchConfig(
         data_dir=str(data_dir), image_size=32, batch_size=4, rounds=1, steps=1, warmup_steps=1,
         pipeline_batches=2, num_parallel_calls=2, cache=True)
-    results = pipeline_bench.run_benchmark(config, log=lambda line: None)
+    results = pipeline_bench_lib.run_benchmark(config, log=lambda line: None)
     assert results["real"] > 0 and results["synthetic"] > 0 and results["ratio"] > 0
     assert results["pipeline_all_cores"] > 0 and results["pipeline_one_core"] > 0
-    assert "ratio real / synthetic" in pipeline_bench.format_table(config, results)
+    assert "ratio real / synthetic" in pipeline_bench_lib.format_table(config, results)
 
 
 def test_pipeline_bench_frees_one_side_before_building_the_other(tmp_path, monkeypatch):
@@ -165,18 +168,18 @@ def test_pipeline_bench_frees_one_side_before_building_the_other(tmp_path, monke
                                                         "validation": {"Chest": 1, "Hand": 1}})
     built, alive_at_build = [], []
 
-    class RecordingTrainer(pipeline_bench.Trainer):
+    class RecordingTrainer(pipeline_bench_lib.Trainer):
         def __init__(self, train_config, network, strategy):
             alive_at_build.append([ref() is not None for ref in built])
             super().__init__(train_config, network, strategy)
             built.append(weakref.ref(self.iterator))
 
-    monkeypatch.setattr(pipeline_bench, "Trainer", RecordingTrainer)
-    config = pipeline_bench.PipelineBenchConfig(
+    monkeypatch.setattr(pipeline_bench_lib, "Trainer", RecordingTrainer)
+    config = pipeline_bench_lib.PipelineBenchConfig(
         data_dir=str(data_dir), image_size=32, batch_size=4, rounds=2, steps=1, warmup_steps=1,
         pipeline_batches=1, num_parallel_calls=2)
     lines = []
-    results = pipeline_bench.run_benchmark(config, log=lines.append)
+    results = pipeline_bench_lib.run_benchmark(config, log=lines.append)
     assert alive_at_build == [[], [False]]
     assert [line.split(" block")[0] for line in lines] == ["real"] * 2 + ["synthetic"] * 2
     assert results["ratio"] == pytest.approx(results["real"] / results["synthetic"])
@@ -196,7 +199,7 @@ def test_convert_bench_reports_the_one_worker_row_and_the_multi_core_gain(
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     config = TrainConfig(model_dir="unused", lr_schedule="cosine", train_epochs=2,
                          batch_size=256, base_learning_rate=0.2, warmup_epochs=0.1)
-    schedule = train_steps.ResNetNetwork().learning_rate_schedule(config, steps_per_epoch=100)
+    schedule = train_steps.ResNetNetwork().learning_rate_schedule(config.schedule_spec(100))
     rates = [float(schedule(step)) for step in (0, 9, 10, 105, 199, 250)]
     assert rates[0] == pytest.approx(0.02) and rates[1] == pytest.approx(0.2)
     assert rates[2] == pytest.approx(0.2)

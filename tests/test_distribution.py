@@ -30,9 +30,9 @@ def _config(tmp_path, **overrides) -> TrainConfig:
 
 
 def _state(config, strategy, weights=None):
-    schedule = NETWORK.learning_rate_schedule(config, steps_per_epoch=100)
+    schedule = NETWORK.learning_rate_schedule(config.schedule_spec(steps_per_epoch=100))
     spec = NETWORK.model_spec(NUM_CLASSES, image_size=config.image_size, channels=config.channels)
-    state = NETWORK.build_training_state(spec, config, schedule, strategy)
+    state = NETWORK.build_training_state(spec, config.optimizer_spec(), schedule, strategy)
     if weights is not None:
         state.model.set_weights(weights)
     return state

@@ -31,8 +31,12 @@ def _config(data_dir, model_dir, **overrides) -> TrainConfig:
 
 
 def _first_batch(config: TrainConfig):
-    data = train_input.resolve_data(config)
-    return next(iter(train_input.train_dataset(config, data)))
+    spec = train_input.InputSpec.from_config(config)
+    return next(iter(train_input.train_dataset(spec, train_input.resolve_data(spec))))
+
+
+def _input(*args, **overrides) -> train_input.InputSpec:
+    return train_input.InputSpec.from_config(_config(*args, **overrides))
 
 
 def test_inversion_and_mixing_reach_the_training_batches(tmp_path):
@@ -41,13 +45,13 @@ def test_inversion_and_mixing_reach_the_training_batches(tmp_path):
     assert plain_labels.shape == (8,)
     # A flat dark film (grey 40) comes out bright when inverted, whatever the crop.
     film = tf.fill((40, 40, 1), tf.constant(40, tf.uint8))
-    plain = train_input.augment_for_train(film, _config(data, tmp_path / "m"))
-    inverted = train_input.augment_for_train(film, _config(data, tmp_path / "m",
-                                                           augment_invert=1.0))
+    plain = train_input.augment_for_train(film, _input(data, tmp_path / "m"))
+    inverted = train_input.augment_for_train(film, _input(data, tmp_path / "m",
+                                                          augment_invert=1.0))
     np.testing.assert_allclose(plain.numpy(), 40 / 127.5 - 1, atol=1e-5)
     np.testing.assert_allclose(inverted.numpy(), 215 / 127.5 - 1, atol=1e-5)
-    rotated = train_input.augment_for_train(film, _config(data, tmp_path / "m",
-                                                          augment_rotate=30))
+    rotated = train_input.augment_for_train(film, _input(data, tmp_path / "m",
+                                                         augment_rotate=30))
     assert float(tf.reduce_min(rotated)) < 40 / 127.5 - 1 - 0.1  # dark corners rotated in
     # Beta(50, 50) puts the mixing weight near 1/2, so every batch is visibly mixed (with
     # a typical alpha of 0.2-1 a batch may by chance be almost unmixed).

@@ -24,7 +24,8 @@ from tests.conftest import REPO_ROOT
 CLI_MODULES = ("tf_convert_data.py", "networks/resnet/dicom_main.py",
                "networks/resnet/dicom_eval.py", "networks/resnet/dicom_predict.py",
                "networks/slim/train_image_classifier.py",
-               "networks/slim/eval_image_classifier.py")
+               "networks/slim/eval_image_classifier.py", "benchmarks/train_bench.py",
+               "benchmarks/pipeline_bench.py", "benchmarks/stress_eval.py")
 # Every other import inside a function, by (file, function), and why.
 FUNCTION_IMPORTS = {
     ("dataset/features.py", "feature_spec"): "the converter never imports TensorFlow",
@@ -32,10 +33,10 @@ FUNCTION_IMPORTS = {
     ("dataset/images.py", "load_image"): "pydicom (1 s to import) only once a DICOM file is met",
     ("dataset/sources.py", "read_dicom_header"): "pydicom only once a DICOM file is met",
     ("official/utils/logs/logger.py", "require_bigquery"): "an optional dependency",
-    ("scripts/collect_results.py", "_scalars"): "a program: TensorFlow after argparse, only "
+    ("scripts/collect_results.py", "_scalars"): "a program: TensorFlow after its flags, only "
                                                 "for runs with event files",
-    ("scripts/collect_results.py", "_params_and_step"): "a program: TensorFlow after "
-                                                        "argparse, only for checkpoints",
+    ("scripts/collect_results.py", "_params_and_step"): "a program: TensorFlow after its "
+                                                        "flags, only for checkpoints",
     ("benchmarks/convert_bench.py", "naive"): "each peer imports its framework in its own "
                                               "timed process; ours runs without TensorFlow",
     ("benchmarks/convert_bench.py", "ours"): "each peer imports in its own timed process",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import stress_eval
+from benchmarks import stress_eval, stress_eval_lib
 from networks.resnet import train_steps
 from official.core import train_lib
 from official.core.config import TrainConfig
@@ -27,10 +27,10 @@ def _centroid_x(images: tf.Tensor) -> float:
     return float((x * np.arange(32)[None, :]).sum() / x.sum())
 
 
-@pytest.mark.parametrize("name, kind, parameter", stress_eval.PRESETS["ct"])
+@pytest.mark.parametrize("name, kind, parameter", stress_eval_lib.PRESETS["ct"])
 def test_ct_shifts_change_the_image_but_never_mirror_it(name, kind, parameter):
     image = _left_blob()
-    shifted = stress_eval.perturb(image, kind, parameter)
+    shifted = stress_eval_lib.perturb(image, kind, parameter)
     assert shifted.dtype == tf.uint8 and shifted.shape == image.shape
     assert not np.array_equal(shifted.numpy(), image.numpy()), name
     assert _centroid_x(shifted) < 16.0, name  # the left-sided structure stays on the left
@@ -38,13 +38,17 @@ def test_ct_shifts_change_the_image_but_never_mirror_it(name, kind, parameter):
 
 def test_radiograph_shifts_do_what_their_names_say():
     image = _left_blob()
-    np.testing.assert_array_equal(stress_eval.perturb(image, "rot90", 2).numpy()[0],
+    np.testing.assert_array_equal(stress_eval_lib.perturb(image, "rot90", 2).numpy()[0],
                                   np.rot90(image.numpy()[0], 2))
-    np.testing.assert_array_equal(stress_eval.perturb(image, "invert", None).numpy(),
+    np.testing.assert_array_equal(stress_eval_lib.perturb(image, "invert", None).numpy(),
                                   255 - image.numpy())
-    framed = stress_eval.perturb(tf.fill((1, 32, 32, 1), tf.constant(100, tf.uint8)),
+    framed = stress_eval_lib.perturb(tf.fill((1, 32, 32, 1), tf.constant(100, tf.uint8)),
                                  "affine", (0.75, 0.0, 0.0, 0.0)).numpy()[0, ..., 0]
     assert framed[0].max() == 0 and framed[:, 0].max() == 0 and framed[16, 16] == 100
+
+
+def test_the_program_offers_every_preset():
+    assert stress_eval.PRESET_NAMES == tuple(sorted(stress_eval_lib.PRESETS))
 
 
 def test_tiny_model_run_prints_every_shift_and_the_stress_accuracy(tmp_path):
@@ -61,7 +65,7 @@ def test_tiny_model_run_prints_every_shift_and_the_stress_accuracy(tmp_path):
         env=trainer_env(), cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    for name, _, _ in stress_eval.PRESETS["radiograph"]:
+    for name, _, _ in stress_eval_lib.PRESETS["radiograph"]:
         assert any(line.startswith(name) for line in lines), name
     clean = next(line for line in lines if line.startswith("clean"))
     assert 0.0 <= float(clean.split()[1]) <= 1.0

@@ -46,7 +46,7 @@ def _train(config_and_network, strategy):
 
 def _schedule(config_and_network, steps_per_epoch: int):
     config, network = config_and_network
-    return network.learning_rate_schedule(config, steps_per_epoch)
+    return network.learning_rate_schedule(config.schedule_spec(steps_per_epoch))
 
 
 def _checkpoint_steps(model_dir) -> list[int]:

@@ -21,7 +21,7 @@ import tensorflow as tf
 from networks import registry
 from networks.resnet import resnet_model
 from official.core import steps
-from official.core.config import DTYPE_POLICIES, TrainConfig
+from official.core.config import DTYPE_POLICIES, OptimizerSpec, ScheduleSpec
 from official.utils.misc import model_helpers
 
 LR_DECAY_FRACTIONS = (0.3, 0.6, 0.8, 0.9)
@@ -78,19 +78,18 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps}
 
 
-def learning_rate_schedule(*, lr_schedule: str, base_learning_rate: float, lr_scaling: str,
-                           batch_size: int, train_epochs: int, warmup_epochs: float | None,
-                           steps_per_epoch: int):
+def learning_rate_schedule(schedule: ScheduleSpec):
     """The schedule `lr_schedule` names ("piecewise" or "cosine"), over `train_epochs *
     steps_per_epoch` steps; peak base_learning_rate (* batch_size / 256 for "linear" scaling),
     reached by a linear warm-up of `warmup_epochs` (None: 5% of the run)."""
-    peak = base_learning_rate
-    if lr_scaling == "linear":
-        peak *= batch_size / 256
-    total = train_epochs * steps_per_epoch
-    warmup_epochs = 0.05 * train_epochs if warmup_epochs is None else warmup_epochs
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    if lr_schedule == "cosine":
+    peak = schedule.base_learning_rate
+    if schedule.lr_scaling == "linear":
+        peak *= schedule.batch_size / 256
+    total = schedule.train_epochs * schedule.steps_per_epoch
+    warmup_epochs = (0.05 * schedule.train_epochs if schedule.warmup_epochs is None
+                     else schedule.warmup_epochs)
+    warmup_steps = int(round(warmup_epochs * schedule.steps_per_epoch))
+    if schedule.lr_schedule == "cosine":
         # A short run spends most of its steps at a useful rate and still ends near 0, where
         # the batch-norm statistics and the weights settle; piecewise drops 10x at 30%.
         return WarmupCosineSchedule(peak, warmup_steps, total)
@@ -142,23 +141,22 @@ class ResNetNetwork:
     def config_entries(self) -> dict:
         return {}
 
-    def learning_rate_schedule(self, config: TrainConfig, steps_per_epoch: int):
-        return learning_rate_schedule(
-            lr_schedule=config.lr_schedule, base_learning_rate=config.base_learning_rate,
-            lr_scaling=config.lr_scaling, batch_size=config.batch_size,
-            train_epochs=config.train_epochs, warmup_epochs=config.warmup_epochs,
-            steps_per_epoch=steps_per_epoch)
+    def learning_rate_schedule(self, schedule: ScheduleSpec):
+        return learning_rate_schedule(schedule)
 
-    def build_training_state(self, spec: registry.ModelSpec, config: TrainConfig, schedule,
-                             strategy: tf.distribute.Strategy) -> steps.TrainingState:
-        """Model, SGD with momentum, step counter and checkpoint, inside `strategy.scope()`."""
+    def build_training_state(self, spec: registry.ModelSpec, optimizer: OptimizerSpec,
+                             schedule, strategy: tf.distribute.Strategy, *,
+                             resuming: bool = False) -> steps.TrainingState:
+        """Model, SGD with momentum, step counter and checkpoint, inside `strategy.scope()`.
+        (`resuming` is the plug-in's; a ResNet starts from random weights either way.)"""
         with strategy.scope():
             model = registry.build_model(
-                spec, dtype_policy=DTYPE_POLICIES[config.dtype],
-                weight_decay=config.weight_decay,
+                spec, dtype_policy=DTYPE_POLICIES[optimizer.dtype],
+                weight_decay=optimizer.weight_decay,
                 batch_norm_momentum=batch_norm_momentum(
-                    config.batch_norm_momentum, getattr(schedule, "total_steps", None)))
+                    optimizer.batch_norm_momentum, getattr(schedule, "total_steps", None)))
             return steps.training_state(
-                model, lambda **extra: keras.optimizers.SGD(schedule, momentum=config.momentum,
+                model, lambda **extra: keras.optimizers.SGD(schedule,
+                                                            momentum=optimizer.momentum,
                                                             **extra),
-                dtype=config.dtype, loss_scale=config.loss_scale)
+                dtype=optimizer.dtype, loss_scale=optimizer.loss_scale)

@@ -22,7 +22,8 @@ from absl import logging
 from networks import registry
 from networks.slim import nets, scopes
 from official.core import steps
-from official.core.config import DTYPE_POLICIES, TrainConfig, read_config_if_any
+from official.core.config import (DTYPE_POLICIES, OptimizerSpec, ScheduleSpec,
+                                  read_config_if_any)
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 DECAY_TYPES = ("fixed", "exponential", "polynomial")
@@ -101,11 +102,11 @@ class SlimNetwork:
     def config_entries(self) -> dict:
         return {"slim": _jsonable(self.slim)}
 
-    def learning_rate_schedule(self, config: TrainConfig, steps_per_epoch: int):
+    def learning_rate_schedule(self, schedule: ScheduleSpec):
         """Slim's: fixed, or decayed every num_epochs_per_decay epochs (exponential with
         staircase, or linearly to end_learning_rate)."""
         slim = self.slim
-        decay_steps = max(1, int(steps_per_epoch * slim.num_epochs_per_decay))
+        decay_steps = max(1, int(schedule.steps_per_epoch * slim.num_epochs_per_decay))
         if slim.learning_rate_decay_type == "exponential":
             return keras.optimizers.schedules.ExponentialDecay(
                 slim.learning_rate, decay_steps, slim.learning_rate_decay_factor, staircase=True)
@@ -131,18 +132,19 @@ class SlimNetwork:
                                         momentum=slim.rmsprop_momentum,
                                         epsilon=slim.opt_epsilon, **extra)
 
-    def build_training_state(self, spec: registry.ModelSpec, config: TrainConfig, schedule,
-                             strategy: tf.distribute.Strategy) -> steps.TrainingState:
-        """Model (pretrained weights loaded, scopes frozen, Slim's weight decay), optimizer,
-        step, checkpoint."""
+    def build_training_state(self, spec: registry.ModelSpec, optimizer: OptimizerSpec,
+                             schedule, strategy: tf.distribute.Strategy, *,
+                             resuming: bool = False) -> steps.TrainingState:
+        """Model (pretrained weights loaded unless `resuming`, scopes frozen, Slim's weight
+        decay), optimizer, step, checkpoint."""
         slim = self.slim
         with strategy.scope():
-            model = registry.build_model(spec, dtype_policy=DTYPE_POLICIES[config.dtype],
-                                         weight_decay=config.weight_decay)
-        if slim.checkpoint_path and not tf.train.latest_checkpoint(config.model_dir):
+            model = registry.build_model(spec, dtype_policy=DTYPE_POLICIES[optimizer.dtype],
+                                         weight_decay=optimizer.weight_decay)
+        if slim.checkpoint_path and not resuming:
             # Only for a new run: a resumed one restores its own checkpoint right after this.
             loaded, fresh = scopes.load_pretrained(
-                model, slim.model_name, config.image_size, slim.checkpoint_path,
+                model, slim.model_name, spec.image_size, slim.checkpoint_path,
                 scopes.normalize_scopes(slim.checkpoint_exclude_scopes))
             logging.info("loaded %d layers from %s; %d left at their initialisation", loaded,
                          slim.checkpoint_path, fresh)
@@ -157,4 +159,4 @@ class SlimNetwork:
             # Built now so a checkpoint restores the slots immediately (as the ResNet's).
             return steps.training_state(
                 model, lambda **extra: self._optimizer(schedule, extra.get("loss_scale_factor")),
-                dtype=config.dtype, loss_scale=config.loss_scale)
+                dtype=optimizer.dtype, loss_scale=optimizer.loss_scale)

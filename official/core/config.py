@@ -111,8 +111,21 @@ class TrainConfig:
                              f"{self.dtype}")
 
 
+    def optimizer_spec(self) -> OptimizerSpec:
+        return OptimizerSpec(dtype=self.dtype, loss_scale=self.loss_scale,
+                             weight_decay=self.weight_decay, momentum=self.momentum,
+                             batch_norm_momentum=self.batch_norm_momentum)
+
+    def schedule_spec(self, steps_per_epoch: int) -> ScheduleSpec:
+        return ScheduleSpec(steps_per_epoch=steps_per_epoch, lr_schedule=self.lr_schedule,
+                            base_learning_rate=self.base_learning_rate,
+                            lr_scaling=self.lr_scaling, batch_size=self.batch_size,
+                            train_epochs=self.train_epochs, warmup_epochs=self.warmup_epochs)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
+    model_name: str  # networks.registry.ModelSpec.name: "resnet50_v2", "inception_v4"
     step: int
     resumed_from_step: int
     stopped_by: str  # "train_epochs" | "max_train_steps" | "stop_threshold"
@@ -121,6 +134,30 @@ class TrainResult:
     eval_examples: int
     examples_per_second: float | None
     export_path: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """What a network plug-in's model precision, regularisation and optimizer read of the run
+    (built once by TrainConfig.optimizer_spec)."""
+    dtype: str
+    loss_scale: float | None
+    weight_decay: float
+    momentum: float
+    batch_norm_momentum: float | None  # None: from the run length
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec:
+    """What a learning-rate schedule reads of the run (built once by TrainConfig.schedule_spec,
+    when the manifest has given the steps per epoch)."""
+    steps_per_epoch: int
+    lr_schedule: str
+    base_learning_rate: float
+    lr_scaling: str
+    batch_size: int  # global
+    train_epochs: int
+    warmup_epochs: float | None  # None: 5% of train_epochs
 
 
 # --- config ----------------------------------------------------------------------------------

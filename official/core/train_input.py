@@ -1,6 +1,7 @@
 """Training and evaluation input: the converter's shards through dataset.reader, or synthetic data.
 
-Example counts and class names come from the converter's manifest.json.
+Example counts and class names come from the converter's manifest.json. What the input reads of
+the run is an InputSpec, built once from the TrainConfig (InputSpec.from_config).
 """
 
 from __future__ import annotations
@@ -13,6 +14,50 @@ import tensorflow as tf
 
 from dataset import augment, preprocess, reader
 from official.core.config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig
+
+
+# The reader uses one value for its shard interleave (whose cycle is min(shards, 8), and tf.data
+# rejects a fixed parallelism above the cycle) and its decode map; AUTOTUNE is valid for both.
+# --num_parallel_calls applies to the preprocessing map.
+READER_PARALLELISM = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """Everything the training and evaluation input read of the run."""
+    data_dir: str | None
+    train_split: str
+    eval_split: str
+    use_synthetic_data: bool
+    synthetic_num_classes: int
+    image_size: int
+    channels: int
+    batch_size: int  # global
+    seed: int | None
+    deterministic: bool
+    cache: bool
+    num_parallel_calls: int
+    random_flip: bool
+    color_jitter: float
+    augment: augment.AugmentSpec  # the --augment_* flags
+    mixup_alpha: float
+    cutmix_alpha: float
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> InputSpec:
+        return cls(data_dir=config.data_dir, train_split=config.train_split,
+                   eval_split=config.eval_split, use_synthetic_data=config.use_synthetic_data,
+                   synthetic_num_classes=config.synthetic_num_classes,
+                   image_size=config.image_size, channels=config.channels,
+                   batch_size=config.batch_size, seed=config.seed,
+                   deterministic=config.deterministic, cache=config.cache,
+                   num_parallel_calls=config.num_parallel_calls,
+                   random_flip=config.random_flip, color_jitter=config.color_jitter,
+                   augment=augment.AugmentSpec(
+                       scale=config.augment_scale, translate=config.augment_translate,
+                       rotate_degrees=config.augment_rotate, noise=config.augment_noise,
+                       invert=config.augment_invert),
+                   mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,44 +73,37 @@ class DataSpec:
         return len(self.class_names)
 
 
-def resolve_data(config: TrainConfig) -> DataSpec:
+def resolve_data(spec: InputSpec) -> DataSpec:
     """Class names and example counts from the manifest (or synthetic stand-ins)."""
-    has_manifest = bool(config.data_dir) and os.path.isfile(
-        os.path.join(config.data_dir, reader.MANIFEST))
-    if config.use_synthetic_data and not has_manifest:
-        names = tuple(f"class_{index}" for index in range(config.synthetic_num_classes))
-        examples = SYNTHETIC_BATCHES_PER_EPOCH * config.batch_size
-        return DataSpec(names, None, None, examples, config.batch_size * 4)
-    if not config.data_dir:
+    has_manifest = bool(spec.data_dir) and os.path.isfile(
+        os.path.join(spec.data_dir, reader.MANIFEST))
+    if spec.use_synthetic_data and not has_manifest:
+        names = tuple(f"class_{index}" for index in range(spec.synthetic_num_classes))
+        examples = SYNTHETIC_BATCHES_PER_EPOCH * spec.batch_size
+        return DataSpec(names, None, None, examples, spec.batch_size * 4)
+    if not spec.data_dir:
         raise ValueError("--data_dir is required (a folder written by tf_convert_data.py)")
-    train = reader.split_info(config.data_dir, config.train_split)
-    evaluation = reader.split_info(config.data_dir, config.eval_split)
+    train = reader.split_info(spec.data_dir, spec.train_split)
+    evaluation = reader.split_info(spec.data_dir, spec.eval_split)
     for info in (train, evaluation):
-        if not config.use_synthetic_data and (info.num_examples <= 0 or not info.files):
-            raise ValueError(f"--data_dir={config.data_dir}: split {info.split!r} has no records")
+        if not spec.use_synthetic_data and (info.num_examples <= 0 or not info.files):
+            raise ValueError(f"--data_dir={spec.data_dir}: split {info.split!r} has no records")
         missing = [path for path in info.files if not os.path.isfile(path)]
-        if missing and not config.use_synthetic_data:
-            raise ValueError(f"--data_dir={config.data_dir}: shard {missing[0]} is missing")
+        if missing and not spec.use_synthetic_data:
+            raise ValueError(f"--data_dir={spec.data_dir}: shard {missing[0]} is missing")
     if len(train.class_names) < 2:
-        raise ValueError(f"--data_dir={config.data_dir}: needs at least 2 classes, found "
+        raise ValueError(f"--data_dir={spec.data_dir}: needs at least 2 classes, found "
                          f"{list(train.class_names)}")
     return DataSpec(tuple(train.class_names), train, evaluation,
                     max(train.num_examples, 1), max(evaluation.num_examples, 1))
 
 
-def _synthetic_dataset(config: TrainConfig, num_classes: int, batch_size: int):
+def _synthetic_dataset(spec: InputSpec, num_classes: int):
     # One random batch repeated: no input pipeline at all, which is the point of the flag.
-    shape = (batch_size, config.image_size, config.image_size, config.channels)
-    images = tf.random.uniform(shape, -1.0, 1.0, seed=config.seed)
-    labels = tf.random.uniform((batch_size,), 0, num_classes, tf.int32, seed=config.seed)
+    shape = (spec.batch_size, spec.image_size, spec.image_size, spec.channels)
+    images = tf.random.uniform(shape, -1.0, 1.0, seed=spec.seed)
+    labels = tf.random.uniform((spec.batch_size,), 0, num_classes, tf.int32, seed=spec.seed)
     return tf.data.Dataset.from_tensors((images, labels)).repeat()
-
-
-def _reader_parallelism(config: TrainConfig):
-    # The reader uses one value for its shard interleave (whose cycle is min(shards, 8), and
-    # tf.data rejects a fixed parallelism above the cycle) and its decode map; AUTOTUNE is valid
-    # for both. --num_parallel_calls applies to the preprocessing map below.
-    return tf.data.AUTOTUNE
 
 
 def shard_policy(num_files: int, num_workers: int) -> tf.data.experimental.AutoShardPolicy:
@@ -85,76 +123,72 @@ def _with_shard_policy(dataset: tf.data.Dataset, policy) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def train_dataset(config: TrainConfig, data: DataSpec, num_workers: int = 1) -> tf.data.Dataset:
+def train_dataset(spec: InputSpec, data: DataSpec, num_workers: int = 1) -> tf.data.Dataset:
     """Endless, shuffled, augmented batches of the global batch size (sharded across
     `num_workers` by tf.distribute according to `shard_policy`)."""
-    if config.use_synthetic_data:
+    if spec.use_synthetic_data:
         # Every worker feeds its share of the one random batch; nothing to split.
-        return _with_shard_policy(_synthetic_dataset(config, data.num_classes,
-                                                     config.batch_size),
+        return _with_shard_policy(_synthetic_dataset(spec, data.num_classes),
                                   tf.data.experimental.AutoShardPolicy.OFF)
     # Out of order only when nobody needs the order: then a slow record (a large film) never
     # holds up the batch. Splitting by data across workers needs the same order everywhere.
-    deterministic = True if config.deterministic or num_workers > 1 else False
-    dataset = reader.make_dataset(data.train.files, channels=config.channels, shuffle_files=True,
-                                  seed=config.seed,
-                                  num_parallel_calls=_reader_parallelism(config),
+    deterministic = True if spec.deterministic or num_workers > 1 else False
+    dataset = reader.make_dataset(data.train.files, channels=spec.channels, shuffle_files=True,
+                                  seed=spec.seed,
+                                  num_parallel_calls=READER_PARALLELISM,
                                   deterministic=deterministic)
-    if config.cache:
+    if spec.cache:
         dataset = dataset.cache()  # decoded uint8, before the random augmentation
-    dataset = dataset.shuffle(min(data.train_examples, 10_000), seed=config.seed,
+    dataset = dataset.shuffle(min(data.train_examples, 10_000), seed=spec.seed,
                               reshuffle_each_iteration=True).repeat()
     dataset = dataset.map(
-        lambda image, label: (augment_for_train(image, config), label),
-        num_parallel_calls=config.num_parallel_calls, deterministic=deterministic)
+        lambda image, label: (augment_for_train(image, spec), label),
+        num_parallel_calls=spec.num_parallel_calls, deterministic=deterministic)
     # drop_remainder: every step sees the full global batch, so every replica gets its share.
-    dataset = dataset.batch(config.batch_size, drop_remainder=True)
-    if config.mixup_alpha or config.cutmix_alpha:
+    dataset = dataset.batch(spec.batch_size, drop_remainder=True)
+    if spec.mixup_alpha or spec.cutmix_alpha:
         # Mixed over the global batch, before it is split across replicas.
-        dataset = dataset.map(lambda images, labels: mix_batch(images, labels, config,
-                                                               data.num_classes),
+        dataset = dataset.map(lambda images, labels: mix_batch(
+                                  images, labels, num_classes=data.num_classes,
+                                  mixup_alpha=spec.mixup_alpha,
+                                  cutmix_alpha=spec.cutmix_alpha),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return _with_shard_policy(dataset, shard_policy(len(data.train.files), num_workers))
 
 
-def augment_spec(config: TrainConfig) -> augment.AugmentSpec:
-    """The --augment_* flags as dataset/augment.py's spec."""
-    return augment.AugmentSpec(scale=config.augment_scale, translate=config.augment_translate,
-                               rotate_degrees=config.augment_rotate, noise=config.augment_noise,
-                               invert=config.augment_invert)
-
-
-def augment_for_train(image: tf.Tensor, config: TrainConfig) -> tf.Tensor:
+def augment_for_train(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:
     """One decoded image -> the training input: --augment_* transforms on the full image,
     then the random resized crop (and --color_jitter, --random_flip) and normalisation."""
-    spec = augment_spec(config)
-    if spec.active:
-        image = augment.augment_image(tf.cast(image, tf.float32), spec, preprocess.fresh_seed())
-    return preprocess.preprocess_for_train(image, image_size=config.image_size,
-                                           random_flip=config.random_flip,
-                                           color_jitter=config.color_jitter)
+    if spec.augment.active:
+        image = augment.augment_image(tf.cast(image, tf.float32), spec.augment,
+                                      preprocess.fresh_seed())
+    return preprocess.preprocess_for_train(image, image_size=spec.image_size,
+                                           random_flip=spec.random_flip,
+                                           color_jitter=spec.color_jitter)
 
 
-def mix_batch(images: tf.Tensor, labels: tf.Tensor, config: TrainConfig, num_classes: int
-              ) -> tuple[tf.Tensor, tf.Tensor]:
-    """mixup or cutmix on one batch; labels become probabilities [N, num_classes]."""
+def mix_batch(images: tf.Tensor, labels: tf.Tensor, *, num_classes: int, mixup_alpha: float,
+              cutmix_alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """mixup or cutmix (each batch one of the two when both alphas are set) on one batch;
+    labels become probabilities [N, num_classes]."""
     targets = tf.one_hot(labels, num_classes)
-    choice_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(preprocess.fresh_seed(), 2))
-    if config.mixup_alpha and config.cutmix_alpha:
+    choice_seed, mix_seed = tf.unstack(
+        tf.random.experimental.stateless_split(preprocess.fresh_seed(), 2))
+    if mixup_alpha and cutmix_alpha:
         use_mixup = tf.random.stateless_uniform((), choice_seed) < 0.5
         return tf.cond(use_mixup,
-                       lambda: augment.mixup(images, targets, config.mixup_alpha, mix_seed),
-                       lambda: augment.cutmix(images, targets, config.cutmix_alpha, mix_seed))
-    if config.mixup_alpha:
-        return augment.mixup(images, targets, config.mixup_alpha, mix_seed)
-    return augment.cutmix(images, targets, config.cutmix_alpha, mix_seed)
+                       lambda: augment.mixup(images, targets, mixup_alpha, mix_seed),
+                       lambda: augment.cutmix(images, targets, cutmix_alpha, mix_seed))
+    if mixup_alpha:
+        return augment.mixup(images, targets, mixup_alpha, mix_seed)
+    return augment.cutmix(images, targets, cutmix_alpha, mix_seed)
 
 
 PADDING_LABEL = -1  # marks the filler examples of the last evaluation batch
 
 
-def eval_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
+def eval_dataset(spec: InputSpec, data: DataSpec) -> tf.data.Dataset:
     """Every evaluation example once, deterministic preprocessing, in full global batches.
 
     The last batch is filled up with blank images labelled PADDING_LABEL, which the eval step
@@ -162,26 +196,26 @@ def eval_dataset(config: TrainConfig, data: DataSpec) -> tf.data.Dataset:
     batch can leave a replica an empty one, which batch norm on CPU rejects) and the step is
     traced once.
     """
-    if config.use_synthetic_data:
-        batches = math.ceil(data.eval_examples / config.batch_size)
-        return _synthetic_dataset(config, data.num_classes, config.batch_size).take(batches)
-    dataset = reader.make_dataset(data.eval.files, channels=config.channels,
-                                  num_parallel_calls=_reader_parallelism(config),
+    if spec.use_synthetic_data:
+        batches = math.ceil(data.eval_examples / spec.batch_size)
+        return _synthetic_dataset(spec, data.num_classes).take(batches)
+    dataset = reader.make_dataset(data.eval.files, channels=spec.channels,
+                                  num_parallel_calls=READER_PARALLELISM,
                                   deterministic=True)
     dataset = dataset.map(
         lambda image, label: (preprocess.preprocess_for_eval(
-            image, image_size=config.image_size), label),
-        num_parallel_calls=config.num_parallel_calls)
-    if config.cache:
+            image, image_size=spec.image_size), label),
+        num_parallel_calls=spec.num_parallel_calls)
+    if spec.cache:
         dataset = dataset.cache()
-    filler = -data.eval_examples % config.batch_size
+    filler = -data.eval_examples % spec.batch_size
     if filler:
-        blank = tf.zeros((config.image_size, config.image_size, config.channels), tf.float32)
+        blank = tf.zeros((spec.image_size, spec.image_size, spec.channels), tf.float32)
         padding = tf.data.Dataset.from_tensors((blank, tf.constant(PADDING_LABEL, tf.int32)))
         dataset = dataset.concatenate(padding.repeat(filler))
     # By data, always: workers run in lock-step, so each must get the same number of batches,
     # which splitting by file (shards of different sizes) would not guarantee.
-    dataset = dataset.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(spec.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return _with_shard_policy(dataset, tf.data.experimental.AutoShardPolicy.DATA)
 
 

@@ -8,9 +8,15 @@ Which network trains is a plug-in object, `network`, with four methods:
   model_spec(num_classes, *, image_size, channels) -> networks.registry.ModelSpec
       the fully resolved network (saved in config.json; export and prediction rebuild it)
   config_entries() -> dict          anything else the network records in config.json
-  learning_rate_schedule(config, steps_per_epoch) -> a Keras learning-rate schedule
-  build_training_state(spec, config, schedule, strategy) -> steps.TrainingState
-      model (through networks.registry.build_model), optimizer, step, checkpoint
+  learning_rate_schedule(schedule: config.ScheduleSpec) -> a Keras learning-rate schedule
+  build_training_state(spec, optimizer: config.OptimizerSpec, schedule, strategy, *,
+                       resuming) -> steps.TrainingState
+      model (through networks.registry.build_model), optimizer, step, checkpoint; `resuming`:
+      model_dir has a checkpoint, restored right after (so pretrained weights are not loaded)
+
+The TrainConfig is resolved once, in `_train`, into what each part reads: train_input.InputSpec,
+config.ScheduleSpec and config.OptimizerSpec; the input, the schedule and the network plug-in
+never see the whole config.
 
 networks/resnet/train_steps.py ResNetNetwork and networks/slim/slim_train.py SlimNetwork are
 the two; the loop itself knows no network.
@@ -96,14 +102,14 @@ def frozen_settings(saved: dict, spec: registry.ModelSpec, class_names: tuple[st
     return dict(ordered)
 
 
-def summary_line(name: str, result: TrainResult, config: TrainConfig, replicas: int,
+def summary_line(result: TrainResult, *, eval_split: str, model_dir: str, replicas: int,
                  dir_flag: str = "model_dir") -> str:
     """The one line the training CLIs print at the end (`dir_flag`: what their flag for
     the run's folder is called)."""
-    line = (f"{name}: step {result.step} (resumed from {result.resumed_from_step}, stopped by "
-            f"{result.stopped_by}), {config.eval_split} accuracy {result.eval_accuracy:.4f} "
-            f"loss {result.eval_loss:.4f} on {result.eval_examples} examples, {replicas} "
-            f"replica(s); {dir_flag} {config.model_dir}")
+    line = (f"{result.model_name}: step {result.step} (resumed from "
+            f"{result.resumed_from_step}, stopped by {result.stopped_by}), {eval_split} "
+            f"accuracy {result.eval_accuracy:.4f} loss {result.eval_loss:.4f} on "
+            f"{result.eval_examples} examples, {replicas} replica(s); {dir_flag} {model_dir}")
     if result.examples_per_second:
         line += f"; {result.examples_per_second:.1f} examples/s"
     if result.export_path:
@@ -178,7 +184,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, workers: int,
            write_dir: str, network) -> TrainResult:
     # --- config ---
-    data = train_input.resolve_data(config)
+    input_spec = train_input.InputSpec.from_config(config)
+    data = train_input.resolve_data(input_spec)
     num_replicas = strategy.num_replicas_in_sync
     distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
     test_time.check_num_views(config.export_tta)  # before hours of training, not after
@@ -194,9 +201,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         # initial value is the chief's on every worker, so this is the chief's random seed.
         with strategy.scope():
             shared = tf.Variable(np.random.randint(2**31 - 1), dtype=tf.int64, trainable=False)
-        input_config = dataclasses.replace(config, seed=int(shared.numpy()))
+        train_input_spec = dataclasses.replace(input_spec, seed=int(shared.numpy()))
     else:
-        input_config = config
+        train_input_spec = input_spec
     if chief:
         write_config(config.model_dir, resolved)
     if config.deterministic:
@@ -221,12 +228,14 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     steps_per_cycle = config.epochs_between_evals * steps_per_epoch
     last_step = min(total_steps, config.max_train_steps or total_steps)
     train_iterator = iter(strategy.experimental_distribute_dataset(
-        train_input.train_dataset(input_config, data, num_workers=workers)))
-    eval_data = train_input.eval_dataset(config, data)
+        train_input.train_dataset(train_input_spec, data, num_workers=workers)))
+    eval_data = train_input.eval_dataset(input_spec, data)
 
     # --- model, optimizer, checkpoint ---
-    schedule = network.learning_rate_schedule(config, steps_per_epoch)
-    state = network.build_training_state(spec, config, schedule, strategy)
+    schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch))
+    state = network.build_training_state(
+        spec, config.optimizer_spec(), schedule, strategy,
+        resuming=tf.train.latest_checkpoint(config.model_dir) is not None)
     weight_average = None
     if config.ema_decay:
         with strategy.scope():
@@ -331,9 +340,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                                                         config.export_dir,
                                                         tta_views=config.export_tta)
         logging.info("exported SavedModel to %s", export_path)
-    return TrainResult(step=step, resumed_from_step=resumed_from, stopped_by=stopped_by,
-                       eval_accuracy=eval_metrics["accuracy"], eval_loss=eval_metrics["loss"],
-                       eval_examples=eval_metrics["examples"],
+    return TrainResult(model_name=spec.name, step=step, resumed_from_step=resumed_from,
+                       stopped_by=stopped_by, eval_accuracy=eval_metrics["accuracy"],
+                       eval_loss=eval_metrics["loss"], eval_examples=eval_metrics["examples"],
                        examples_per_second=float(np.median(throughput[1:] or throughput))
                        if throughput else None,
                        export_path=export_path)

@@ -3,6 +3,13 @@
 Flag errors exit 2 and bad input or a failed run exits 1, each with one line
 `<program>: error: <message>` and no traceback (absl's default adds a help hint line).
 
+Flags: the trainers, evaluators and the converter define theirs in absl's global FLAGS, only
+when run as a program. The programs whose modules tests import side by side (dataset/download.py,
+scripts/collect_results.py, the benchmarks) each keep theirs in a FlagValues of their own
+(`program_flags`), so that equal flag names never clash; `flags_parser(program, flag_values,
+doc=__doc__)` parses into it, with --help/-h; each such module names that parser
+`parse_flags`, and a test runs the program as `main(parse_flags([program, *flags]))`.
+
 Imports: two rules, and no other import sits inside a function.
 
 * The converter never imports TensorFlow (tf_convert_data.py and the dataset/ modules it
@@ -11,9 +18,10 @@ Imports: two rules, and no other import sits inside a function.
   likewise pydicom (a second to import) is imported only once a DICOM file is met
   (dataset/images.py load_image, dataset/sources.py read_dicom_header).
 * No TensorFlow before the flags are parsed: a command-line program (tf_convert_data.py,
-  networks/resnet/dicom_*.py, networks/slim/*_image_classifier.py) imports TensorFlow-heavy
-  modules inside `main()` only, after absl parsed its flags, so `--help` and a bad flag answer
-  at once. Everything else imports at the top of the module.
+  networks/resnet/dicom_*.py, networks/slim/*_image_classifier.py, benchmarks/train_bench.py,
+  pipeline_bench.py and stress_eval.py, whose TensorFlow code lives in their *_lib.py) imports
+  TensorFlow-heavy modules inside `main()` only, after absl parsed its flags, so `--help` and a
+  bad flag answer at once. Everything else imports at the top of the module.
 
 tests/test_registry.py checks both and lists the few other exceptions with their reasons (an
 optional dependency, benchmark peers timed in their own processes).
@@ -32,23 +40,60 @@ from absl import flags
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, ConnectionError)
 
 
-def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
-    """An `app.run(..., flags_parser=...)` that reports a bad flag in one line, exit 2."""
+def program_flags() -> flags.FlagValues:
+    """An empty set of flags for one program, apart from absl's global FLAGS, with --help (-h)."""
+    flag_values = flags.FlagValues()
+    flags.DEFINE_boolean("help", False, "Show this help and exit.", short_name="h",
+                         flag_values=flag_values)
+    return flag_values
+
+
+def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
+                 doc: str = "", arguments: tuple[str, ...] = ()
+                 ) -> Callable[[list[str]], list[str]]:
+    """An `app.run(..., flags_parser=...)` that reports a bad flag in one line, exit 2.
+
+    Args:
+      flag_values: a `program_flags()` (default: absl's global FLAGS). Its flags are reset to
+        their defaults before each parse (a test may run the program twice in one process);
+        --help prints the usage, `doc` and the flags on stdout, exit 0.
+      arguments: the names of the positional arguments, all required (own flags only); a
+        wrong count prints the usage and the error on stderr, exit 2.
+    """
+    usage = " ".join(["usage:", program, "[flags]", *arguments])
 
     def parse(argv: list[str]) -> list[str]:
+        values = flags.FLAGS if flag_values is None else flag_values
+        if flag_values is not None:
+            values.unparse_flags()
         try:
-            return flags.FLAGS(argv)
+            remaining = values(argv)
         except flags.Error as error:
-            print(f"{program}: error: {error}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            # --help answers even when a required flag is missing (parsed, then validated).
+            if flag_values is None or not values["help"].value:
+                exit_with_error(program, error, status=2)
+            remaining = []
+        if flag_values is None:
+            return remaining
+        if values["help"].value:
+            flag_help = values.get_help(include_special_flags=False)
+            print(f"{usage}\n\n{doc.strip()}\n\nflags:\n{flag_help}", flush=True)
+            sys.exit(0)
+        if len(remaining) - 1 != len(arguments):
+            print(usage, file=sys.stderr)
+            exit_with_error(program, f"expected {' '.join(arguments) or 'no arguments'}, got "
+                            f"{' '.join(remaining[1:]) or 'none'}", status=2)
+        flags.FLAGS.mark_as_parsed()  # app.run asks; absl's own flags keep their defaults
+        return remaining
 
     return parse
 
 
-def exit_with_error(program: str, error: Exception | str) -> NoReturn:
-    """`<program>: error: <error>` on stderr, exit 1."""
+def exit_with_error(program: str, error: Exception | str, status: int = 1) -> NoReturn:
+    """`<program>: error: <error>` on stderr, exit `status` (1: bad input or a failed run;
+    2: bad flags)."""
     print(f"{program}: error: {error}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    sys.exit(status)
 
 
 def print_summary_or_exit(program: str, run: Callable[[], str]) -> None:
