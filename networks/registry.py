@@ -95,7 +95,8 @@ def spec_from_config(config: dict) -> ModelSpec:
 
 
 def build_model(spec: ModelSpec, *, dtype_policy: str = "float32", weight_decay: float = 0.0,
-                batch_norm_momentum: float | None = None) -> keras.Model:
+                batch_norm_momentum: float | None = None,
+                patch_matmul_max_pixels: int | None = None) -> keras.Model:
     """The network of `spec`, randomly initialised, with float32 logits.
 
     Args:
@@ -106,13 +107,17 @@ def build_model(spec: ModelSpec, *, dtype_policy: str = "float32", weight_decay:
         wd * sum(w^2) / 2 on every kernel); the terms are in `model.losses`. 0 disables.
       batch_norm_momentum: momentum of every batch-norm layer's moving averages (None: the
         network's own).
+      patch_matmul_max_pixels: ResNet only, how its convolutions are computed, not what they
+        compute (resnet_model.build_resnet); None: the model's default. The benchmarks' peer.
     """
     if spec.architecture == RESNET:
+        options = ({} if patch_matmul_max_pixels is None
+                   else {"patch_matmul_max_pixels": patch_matmul_max_pixels})
         model = resnet_model.build_resnet(
             spec.resnet_size, spec.version, spec.num_classes,
             input_shape=(spec.image_size, spec.image_size, spec.channels),
             dtype_policy=dtype_policy, weight_decay=weight_decay,
-            small_input=spec.small_input, data_format=spec.data_format)
+            small_input=spec.small_input, data_format=spec.data_format, **options)
     else:
         model = nets.build_network(spec.architecture, spec.num_classes,
                                    image_size=spec.image_size, channels=spec.channels,

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from benchmarks import (convert_bench, pipeline_bench_lib, train_bench,
                         train_bench_lib)
-from networks.resnet import train_steps
+from networks.resnet import resnet_model, train_steps
 from official.core.config import TrainConfig
 from tests.trainer_fixtures import write_converted_dataset
 
@@ -107,6 +107,20 @@ def test_train_bench_tiny_run_reports_fp32_and_bf16_against_same_run_ceilings():
                  f"{results['architectures']['ours']['parameters']:,} parameters"):
         assert text in table
     assert any(line.startswith("bf16 ceilings: matmul") for line in lines)
+
+
+def test_ours_conv_peer_is_the_same_resnet_with_plain_convolutions():
+    config = train_bench_lib.BenchConfig(**{**TINY, "dtypes": ("fp32",),
+                                            "peers": ("ours", "ours_conv")})
+    results = train_bench_lib.run_benchmark(config, log=lambda line: None)
+    assert results["architectures"]["ours"] == results["architectures"]["ours_conv"]
+    models = {name: train_bench_lib.make_peer(name, config, "fp32").model
+              for name in config.peers}
+    patched = {name: [layer.name for layer in model.layers
+                      if isinstance(layer, resnet_model.PatchMatmulConv2D)]
+               for name, model in models.items()}
+    assert patched["ours"] and not patched["ours_conv"]
+    assert "ratio ours / ours_conv (fp32)" in train_bench_lib.format_table(config, results)
 
 
 def test_bench_config_rejects_what_has_no_like_for_like_peer():

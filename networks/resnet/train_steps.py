@@ -126,6 +126,8 @@ class ResNetNetwork:
     version: int = 2
     small_input: bool | None = None  # None: on for image_size <= 32
     data_format: str | None = None  # None: channels_first on GPU, channels_last on CPU
+    # None: resnet_model's default; 0: every convolution a plain Conv2D (a benchmark peer).
+    patch_matmul_max_pixels: int | None = None
 
     def __post_init__(self):
         registry.check_resnet(self.resnet_size, self.version)
@@ -154,7 +156,8 @@ class ResNetNetwork:
                 spec, dtype_policy=DTYPE_POLICIES[optimizer.dtype],
                 weight_decay=optimizer.weight_decay,
                 batch_norm_momentum=batch_norm_momentum(
-                    optimizer.batch_norm_momentum, getattr(schedule, "total_steps", None)))
+                    optimizer.batch_norm_momentum, getattr(schedule, "total_steps", None)),
+                patch_matmul_max_pixels=self.patch_matmul_max_pixels)
             return steps.training_state(
                 model, lambda **extra: keras.optimizers.SGD(schedule,
                                                             momentum=optimizer.momentum,
