@@ -304,7 +304,7 @@ def format_table(config: BenchConfig, results: dict) -> str:
                  f"{'GFLOP/img':>10}{'GFLOP/s':>9}{'of matmul':>10}{'of conv':>9}")
     for (name, dtype), row in results["runners"].items():
         rounds = " ".join(f"{value:.2f}" for value in row["rounds"])
-        lines.append(f"{name:<14}{dtype:<6}{row['images_per_second']:>15.2f}{rounds:>24}"
+        lines.append(f"{name:<14}{dtype:<6}{row['images_per_second']:>15.2f}  {rounds:>22}"
                      f"{row['train_gflop_per_image']:>10.2f}{row['gflops']:>9.1f}"
                      f"{row['share_of_matmul']:>10.0%}{row['share_of_conv']:>9.0%}")
     for dtype, ceiling in results["ceilings"].items():
