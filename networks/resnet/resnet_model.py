@@ -40,9 +40,11 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 BATCH_NORM_MOMENTUM = 0.997
 BATCH_NORM_EPSILON = 1e-5
 # Channels-last convolutions whose output has at most this many pixels run as one matmul over
-# their patches (PatchMatmulConv2D): at 2x2, oneDNN's bfloat16 convolution gradients ran at
-# 36-64 GFLOP/s vs 140-300 as a matmul on an AMX Xeon, while at 4x4 and up the convolution
-# kernels win (benchmarks/RESULTS.md section 7).
+# their patches (PatchMatmulConv2D). A profile of the OrganAMNIST recipe's bf16 step (stage 4
+# at 2x2) on an AMX Xeon had oneDNN's convolution gradients of those 2x2 layers taking most
+# of the step, at a few percent of the matrix units; as matmuls the step ran 1.9x faster
+# (benchmarks/RESULTS.md section 7). At 4x4 and larger the convolution kernels were as fast or
+# faster, so the switch stays at 2x2.
 PATCH_MATMUL_MAX_PIXELS = 4
 
 
