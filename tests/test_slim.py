@@ -1,6 +1,6 @@
-"""networks/slim: every network (keras.applications and Inception-v4) trains through the
-shared ResNet loop, resumes and exports (the export holds the last checkpoint's weights);
-Slim's weight decay and Inception-v4's parameter count; --checkpoint_path, --trainable_scopes
+"""networks/slim: every network (keras.applications and Inception-v4) builds, takes a step,
+checkpoints into its rebuilt self and serves; two run the shared loop end to end (train, resume,
+export holding the last checkpoint's weights); Slim's weight decay and Inception-v4's parameter count; --checkpoint_path, --trainable_scopes
 and --checkpoint_exclude_scopes; the CLIs. Nothing is downloaded (weights=None everywhere)."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dataset import preprocess
 from networks import registry
 from networks.slim import nets, scopes, slim_eval, slim_train
-from official.core import export, train_lib
-from official.core.config import DTYPE_POLICIES, TrainConfig
+from official.core import export, steps, train_lib
+from official.core.config import DTYPE_POLICIES, TrainConfig, write_config
 from official.core.inference import Predictor
 from tests.trainer_fixtures import (REPO_ROOT, error_lines, mirrored_strategy, tiny_dataset,
                                     trainer_env)
@@ -50,13 +51,17 @@ def _weights_by_path(model) -> dict[str, list[np.ndarray]]:
     return {path: layer.get_weights() for path, layer in scopes.layer_paths(model)}
 
 
-@pytest.mark.parametrize("model_name", list(nets.NETWORKS))
-def test_every_network_trains_resumes_and_exports(data, tmp_path, model_name):
-    """Each network at its minimum size through the shared loop: two steps (data, strategy,
-    checkpoints after each, evaluation), then a restart that resumes the finished run and
-    exports it. A step moves the weights, and the SavedModel (the network rebuilt from
-    config.json) holds the last checkpoint's weights and serves. (The resumed run takes no
-    step of its own here: tracing a second training step for all eleven cost ~4 CI minutes;
+# The loop, resume and export are the same code for every network (official/core): two
+# networks of different families run them end to end; every network gets the cheap test below.
+END_TO_END = ("mobilenet_v3_small", "vgg_16")
+
+
+@pytest.mark.parametrize("model_name", END_TO_END)
+def test_trains_resumes_and_exports_end_to_end(data, tmp_path, model_name):
+    """At its minimum size through the shared loop: two steps (data, strategy, checkpoints
+    after each, evaluation), then a restart that resumes the finished run and exports it. A
+    step moves the weights, and the SavedModel (the network rebuilt from config.json) holds
+    the last checkpoint's weights and serves. (The resumed run takes no step of its own here;
     the test below takes one after resuming, optimizer state included.)"""
     run = tmp_path / "run"
     assert _train(data, run, model_name, steps=2, checkpoint_every_steps=1).step == 2
@@ -77,6 +82,57 @@ def test_every_network_trains_resumes_and_exports(data, tmp_path, model_name):
     served = loaded.signatures["predict_images"](images=pixels)
     assert served["probabilities"].shape == (2, 2) and served["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(tf.reduce_sum(served["probabilities"], axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", list(nets.NETWORKS))
+def test_every_network_steps_checkpoints_and_serves(tmp_path, model_name):
+    """What is each network's own, at its minimum size: the trainer builds it from the
+    registry (Slim's weight decay on), one step of the trainer's own train function moves the
+    weights from the logits back to the first convolution, the checkpoint restores into the
+    network rebuilt from config.json (what evaluation, prediction and export do), and the
+    serving signature's preprocessing + that network give the trained model's probabilities.
+
+    The step runs eagerly: tracing it costs up to ~50 s for the largest networks and is the
+    same code for all (test_trains_resumes_and_exports_end_to_end traces it)."""
+    size = nets.NETWORKS[model_name].min_image_size
+    config = TrainConfig(model_dir=str(tmp_path), image_size=size, weight_decay=4e-5, seed=1)
+    network = slim_train.SlimNetwork(slim_train.SlimConfig(model_name=model_name))
+    spec = network.model_spec(2, image_size=size, channels=1)
+    keras.utils.set_random_seed(1)
+    state = network.build_training_state(
+        spec, config, network.learning_rate_schedule(config, steps_per_epoch=1), ONE_DEVICE)
+    model = state.model
+    assert model.output_shape == (None, 2) and model.losses  # a head, and weight decay
+
+    pixels = tf.cast(tf.random.stateless_uniform((2, size, size, 1), seed=(1, 2), maxval=256,
+                                                 dtype=tf.int32), tf.float32)
+    images = preprocess.preprocess_for_eval(pixels, image_size=size)
+    before = [v.numpy() for v in model.trainable_variables]
+    batches = iter(ONE_DEVICE.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((images, tf.constant([0, 1]))).repeat()))
+    train = steps.make_train_function(state, ONE_DEVICE, global_batch_size=2, num_classes=2)
+    tf.config.run_functions_eagerly(True)
+    try:
+        totals = train(batches, tf.constant(1))
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert int(state.step.numpy()) == 1 and np.isfinite(float(totals["loss"]))
+    moved = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    kernels = [i for i, v in enumerate(model.trainable_variables) if len(v.shape) >= 2]
+    assert moved[kernels[0]] and moved[kernels[-1]]  # the first convolution and the logits
+    assert sum(moved) > len(moved) / 2, f"{sum(moved)} of {len(moved)} variables moved"
+
+    write_config(str(tmp_path), train_lib.resolved_config(config, ("Chest", "Hand"), spec,
+                                                          network.config_entries()))
+    tf.train.CheckpointManager(state.checkpoint, str(tmp_path), max_to_keep=1).save(1)
+    rebuilt, resolved = export.load_model_from_dir(str(tmp_path))
+    assert rebuilt.name == model_name
+    assert all(np.array_equal(a, b) for a, b in zip(rebuilt.get_weights(), model.get_weights()))
+    served = export.ServingModule(rebuilt, resolved).predict_images(pixels)
+    expected = tf.nn.softmax(model(images, training=False))
+    assert served["probabilities"].shape == (2, 2)
+    assert np.all(np.isfinite(served["probabilities"]))
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
 
 
 def _fingerprints(arrays) -> set:
