@@ -34,6 +34,16 @@ def data(tmp_path_factory):
     return tiny_dataset(tmp_path_factory.mktemp("slim") / "data")  # 16 train, 8 validation
 
 
+@pytest.fixture(scope="module")
+def one_step_run(data, tmp_path_factory):
+    """A train_dir of FAST after one step (everything trainable): a --checkpoint_path source,
+    a run to resume with other settings, a run to evaluate. Tests only read it (evaluation
+    adds its report folder)."""
+    run = tmp_path_factory.mktemp("one_step") / "run"
+    _train(data, run, FAST, steps=1)
+    return run
+
+
 def _train(data, train_dir, model_name, *, steps, image_size=None, export_dir=None,
            strategy=ONE_DEVICE, checkpoint_every_steps=0, config_overrides=None, **slim):
     config = TrainConfig(**(config_overrides or {}),
@@ -58,17 +68,22 @@ END_TO_END = ("mobilenet_v3_small", "vgg_16")
 
 @pytest.mark.parametrize("model_name", END_TO_END)
 def test_trains_resumes_and_exports_end_to_end(data, tmp_path, model_name):
-    """At its minimum size through the shared loop: two steps (data, strategy, checkpoints
-    after each, evaluation), then a restart that resumes the finished run and exports it. A
-    step moves the weights, and the SavedModel (the network rebuilt from config.json) holds
-    the last checkpoint's weights and serves. (The resumed run takes no step of its own here;
-    the test below takes one after resuming, optimizer state included.)"""
-    run = tmp_path / "run"
-    assert _train(data, run, model_name, steps=2, checkpoint_every_steps=1).step == 2
-    resumed = _train(data, run, model_name, steps=2, export_dir=tmp_path / "export")
-    assert (resumed.resumed_from_step, resumed.step) == (2, 2)
+    """At its minimum size through the shared loop: one step (data, strategy, checkpoint,
+    evaluation, benchmark log); a restart resumes it and takes a step (optimizer state
+    restored); a restart of the finished run takes none and exports. A step moves the weights,
+    the SavedModel (the network rebuilt from config.json) holds the last checkpoint's weights
+    and serves, and Predictor on the model_dir and on the export agree on encoded images (the
+    whole prediction path, decoding included)."""
+    run, bench = tmp_path / "run", tmp_path / "bench"
+    assert _train(data, run, model_name, steps=1,
+                  config_overrides={"benchmark_log_dir": str(bench)}).step == 1
+    assert json.loads((bench / "benchmark_run.log").read_text())["model_name"] == model_name
+    resumed = _train(data, run, model_name, steps=2)
+    assert (resumed.resumed_from_step, resumed.step) == (1, 2)
+    finished = _train(data, run, model_name, steps=2, export_dir=tmp_path / "export")
+    assert (finished.resumed_from_step, finished.step) == (2, 2)
 
-    loaded = tf.saved_model.load(resumed.export_path)
+    loaded = tf.saved_model.load(finished.export_path)
     exported = _fingerprints(v.numpy() for v in loaded.serving_variables)
     assert len(exported) > 10
     # Every exported weight is one of the last checkpoint's values, and not all of them were
@@ -82,6 +97,10 @@ def test_trains_resumes_and_exports_end_to_end(data, tmp_path, model_name):
     served = loaded.signatures["predict_images"](images=pixels)
     assert served["probabilities"].shape == (2, 2) and served["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(tf.reduce_sum(served["probabilities"], axis=1), 1.0, rtol=1e-5)
+    images = tf.stack([tf.io.encode_png(tf.cast(tf.fill((40, 40, 1), value), tf.uint8))
+                       for value in (30, 200)])
+    np.testing.assert_allclose(Predictor(str(run))(images),
+                               Predictor(finished.export_path)(images), atol=1e-5)
 
 
 @pytest.mark.parametrize("model_name", list(nets.NETWORKS))
@@ -148,23 +167,6 @@ def _checkpoint_fingerprints(prefix) -> set:
                          if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
 
 
-def test_resume_takes_a_step_then_export_serves_the_checkpoint(data, tmp_path):
-    """A resumed run trains on (optimizer state restored), and Predictor on the model_dir and
-    on the export agree on encoded images (the whole prediction path, decoding included)."""
-    run = tmp_path / "run"
-    bench = tmp_path / "bench"
-    assert _train(data, run, FAST, steps=1,
-                  config_overrides={"benchmark_log_dir": str(bench)}).step == 1
-    assert json.loads((bench / "benchmark_run.log").read_text())["model_name"] == FAST
-    resumed = _train(data, run, FAST, steps=2, export_dir=tmp_path / "export")
-    assert (resumed.resumed_from_step, resumed.step) == (1, 2)
-    images = [tf.io.encode_png(tf.cast(tf.fill((40, 40, 1), value), tf.uint8))
-              for value in (30, 200)]
-    from_dir = Predictor(str(run))(tf.stack(images))
-    from_export = Predictor(resumed.export_path)(tf.stack(images))
-    np.testing.assert_allclose(from_dir, from_export, atol=1e-5)
-
-
 def test_fp16_with_a_fixed_loss_scale_trains_in_half_precision(data, tmp_path):
     """--dtype=fp16 for a Slim network (the GPU setting): float16 compute, float32 weights
     and logits, and the scaled step moves the weights."""
@@ -204,21 +206,18 @@ def test_weight_decay_is_slims_half_sum_of_squares(tmp_path, trainable_scopes):
     assert float(tf.add_n(model.losses)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_resume_refuses_other_scopes_or_network(data, tmp_path):
-    run = tmp_path / "run"
-    _train(data, run, FAST, steps=1, trainable_scopes=("logits",))
+def test_resume_refuses_other_scopes_or_network(data, one_step_run):
     with pytest.raises(ValueError, match="trainable_scopes"):
-        _train(data, run, FAST, steps=2)
+        _train(data, one_step_run, FAST, steps=2, trainable_scopes=("logits",))
     with pytest.raises(ValueError, match="model_name"):
-        slim_train.check_resume(str(run), slim_train.SlimConfig(model_name="vgg_16"))
+        slim_train.check_resume(str(one_step_run), slim_train.SlimConfig(model_name="vgg_16"))
 
 
-def test_checkpoint_path_then_only_trainable_scopes_change(data, tmp_path):
-    _train(data, tmp_path / "a", FAST, steps=1)
-    source, _ = export.load_model_from_dir(str(tmp_path / "a"))
+def test_checkpoint_path_then_only_trainable_scopes_change(data, one_step_run, tmp_path):
+    source, _ = export.load_model_from_dir(str(one_step_run))
     trainable = ("logits", "MobileNetV3Small/expanded_conv_10_")
     # Mirrored over two CPU replicas: the weights are loaded into mirrored variables.
-    _train(data, tmp_path / "b", FAST, steps=3, checkpoint_path=str(tmp_path / "a"),
+    _train(data, tmp_path / "b", FAST, steps=3, checkpoint_path=str(one_step_run),
            trainable_scopes=trainable, optimizer="momentum", learning_rate=0.1,
            strategy=mirrored_strategy())
     tuned, _ = export.load_model_from_dir(str(tmp_path / "b"))
@@ -230,14 +229,13 @@ def test_checkpoint_path_then_only_trainable_scopes_change(data, tmp_path):
     assert "logits" in changed and "MobileNetV3Small/expanded_conv_10_project_bn" in changed
 
 
-def test_checkpoint_exclude_scopes_keep_the_fresh_initialisation(data, tmp_path):
-    _train(data, tmp_path / "a", FAST, steps=1)
-    source, _ = export.load_model_from_dir(str(tmp_path / "a"))
+def test_checkpoint_exclude_scopes_keep_the_fresh_initialisation(one_step_run):
+    source, _ = export.load_model_from_dir(str(one_step_run))
     model = nets.build_network(FAST, 2, image_size=32)
     fresh = _weights_by_path(model)
     # Slim's spelling of the head ("<Net>/Logits") works, "<Net>/AuxLogits" is ignored.
     loaded, kept = scopes.load_pretrained(
-        model, FAST, 32, str(tmp_path / "a"),
+        model, FAST, 32, str(one_step_run),
         scopes.normalize_scopes(("MobileNetV3Small/conv_1", "Net/Logits", "Net/AuxLogits")))
     excluded = {"MobileNetV3Small/conv_1", "MobileNetV3Small/conv_1_bn", "logits"}
     assert kept == len(excluded) and loaded == len(fresh) - len(excluded)
@@ -336,15 +334,14 @@ def test_resnet_config_without_architecture_still_rebuilds_a_resnet():
     assert export.build_inference_model(config).output_shape == (None, 3)
 
 
-def test_eval_image_classifier_reports_a_train_dir(data, tmp_path):
-    _train(data, tmp_path / "run", FAST, steps=1)
+def test_eval_image_classifier_reports_a_train_dir(data, one_step_run):
     metrics, output_dir = slim_eval.evaluate(
-        str(tmp_path / "run" / "ckpt-1"), str(data), "validation", batch_size=5,
+        str(one_step_run / "ckpt-1"), str(data), "validation", batch_size=5,
         model_name="MobileNetV3Small")
     assert metrics["num_examples"] == 8 and 0.0 <= metrics["accuracy"] <= 1.0
-    assert (tmp_path / "run" / "eval_validation" / "metrics.json").is_file()
+    assert (one_step_run / "eval_validation" / "metrics.json").is_file()
     with pytest.raises(ValueError, match="holds a mobilenet_v3_small"):
-        slim_eval.evaluate(str(tmp_path / "run"), str(data), "validation",
+        slim_eval.evaluate(str(one_step_run), str(data), "validation",
                                        batch_size=5, model_name="vgg_16")
 
 
