@@ -1,7 +1,8 @@
 """networks/slim: every network (keras.applications and Inception-v4) builds, takes a step,
-checkpoints into its rebuilt self and serves; two run the shared loop end to end (train, resume,
-export holding the last checkpoint's weights); Slim's weight decay and Inception-v4's parameter count; --checkpoint_path, --trainable_scopes
-and --checkpoint_exclude_scopes; the CLIs. Nothing is downloaded (weights=None everywhere)."""
+checkpoints into its rebuilt self and serves; two run the shared loop end to end (train,
+resume, export holding the last checkpoint's weights); Slim's weight decay and Inception-v4's
+parameter count; --checkpoint_path, --trainable_scopes and --checkpoint_exclude_scopes; the
+CLIs. Nothing is downloaded (weights=None everywhere)."""
 
 from __future__ import annotations
 
