@@ -1,7 +1,8 @@
-"""networks/slim: every network (keras.applications and Inception-v4) trains through the
-shared ResNet loop, resumes and exports (the export holds the last checkpoint's weights);
-Slim's weight decay and Inception-v4's parameter count; --checkpoint_path, --trainable_scopes
-and --checkpoint_exclude_scopes; the CLIs. Nothing is downloaded (weights=None everywhere)."""
+"""networks/slim: every network (keras.applications and Inception-v4) builds, takes a step,
+checkpoints into its rebuilt self and serves; two run the shared loop end to end (train,
+resume, export holding the last checkpoint's weights); Slim's weight decay and Inception-v4's
+parameter count; --checkpoint_path, --trainable_scopes and --checkpoint_exclude_scopes; the
+CLIs. Nothing is downloaded (weights=None everywhere)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dataset import preprocess
 from networks import registry
 from networks.slim import nets, scopes, slim_eval, slim_train
-from official.core import export, train_lib
-from official.core.config import DTYPE_POLICIES, TrainConfig
+from official.core import export, steps, train_lib
+from official.core.config import DTYPE_POLICIES, TrainConfig, write_config
 from official.core.inference import Predictor
 from tests.trainer_fixtures import (REPO_ROOT, error_lines, mirrored_strategy, tiny_dataset,
                                     trainer_env)
@@ -31,6 +33,16 @@ FAST = "mobilenet_v3_small"  # the quickest network to build and step
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return tiny_dataset(tmp_path_factory.mktemp("slim") / "data")  # 16 train, 8 validation
+
+
+@pytest.fixture(scope="module")
+def one_step_run(data, tmp_path_factory):
+    """A train_dir of FAST after one step (everything trainable): a --checkpoint_path source,
+    a run to resume with other settings, a run to evaluate. Tests only read it (evaluation
+    adds its report folder)."""
+    run = tmp_path_factory.mktemp("one_step") / "run"
+    _train(data, run, FAST, steps=1)
+    return run
 
 
 def _train(data, train_dir, model_name, *, steps, image_size=None, export_dir=None,
@@ -50,20 +62,29 @@ def _weights_by_path(model) -> dict[str, list[np.ndarray]]:
     return {path: layer.get_weights() for path, layer in scopes.layer_paths(model)}
 
 
-@pytest.mark.parametrize("model_name", list(nets.NETWORKS))
-def test_every_network_trains_resumes_and_exports(data, tmp_path, model_name):
-    """Each network at its minimum size through the shared loop: two steps (data, strategy,
-    checkpoints after each, evaluation), then a restart that resumes the finished run and
-    exports it. A step moves the weights, and the SavedModel (the network rebuilt from
-    config.json) holds the last checkpoint's weights and serves. (The resumed run takes no
-    step of its own here: tracing a second training step for all eleven cost ~4 CI minutes;
-    the test below takes one after resuming, optimizer state included.)"""
-    run = tmp_path / "run"
-    assert _train(data, run, model_name, steps=2, checkpoint_every_steps=1).step == 2
-    resumed = _train(data, run, model_name, steps=2, export_dir=tmp_path / "export")
-    assert (resumed.resumed_from_step, resumed.step) == (2, 2)
+# The loop, resume and export are the same code for every network (official/core): two
+# networks of different families run them end to end; every network gets the cheap test below.
+END_TO_END = ("mobilenet_v3_small", "vgg_16")
 
-    loaded = tf.saved_model.load(resumed.export_path)
+
+@pytest.mark.parametrize("model_name", END_TO_END)
+def test_trains_resumes_and_exports_end_to_end(data, tmp_path, model_name):
+    """At its minimum size through the shared loop: one step (data, strategy, checkpoint,
+    evaluation, benchmark log); a restart resumes it and takes a step (optimizer state
+    restored); a restart of the finished run takes none and exports. A step moves the weights,
+    the SavedModel (the network rebuilt from config.json) holds the last checkpoint's weights
+    and serves, and Predictor on the model_dir and on the export agree on encoded images (the
+    whole prediction path, decoding included)."""
+    run, bench = tmp_path / "run", tmp_path / "bench"
+    assert _train(data, run, model_name, steps=1,
+                  config_overrides={"benchmark_log_dir": str(bench)}).step == 1
+    assert json.loads((bench / "benchmark_run.log").read_text())["model_name"] == model_name
+    resumed = _train(data, run, model_name, steps=2)
+    assert (resumed.resumed_from_step, resumed.step) == (1, 2)
+    finished = _train(data, run, model_name, steps=2, export_dir=tmp_path / "export")
+    assert (finished.resumed_from_step, finished.step) == (2, 2)
+
+    loaded = tf.saved_model.load(finished.export_path)
     exported = _fingerprints(v.numpy() for v in loaded.serving_variables)
     assert len(exported) > 10
     # Every exported weight is one of the last checkpoint's values, and not all of them were
@@ -77,6 +98,61 @@ def test_every_network_trains_resumes_and_exports(data, tmp_path, model_name):
     served = loaded.signatures["predict_images"](images=pixels)
     assert served["probabilities"].shape == (2, 2) and served["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(tf.reduce_sum(served["probabilities"], axis=1), 1.0, rtol=1e-5)
+    images = tf.stack([tf.io.encode_png(tf.cast(tf.fill((40, 40, 1), value), tf.uint8))
+                       for value in (30, 200)])
+    np.testing.assert_allclose(Predictor(str(run))(images),
+                               Predictor(finished.export_path)(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", list(nets.NETWORKS))
+def test_every_network_steps_checkpoints_and_serves(tmp_path, model_name):
+    """What is each network's own, at its minimum size: the trainer builds it from the
+    registry (Slim's weight decay on), one step of the trainer's own train function moves the
+    weights from the logits back to the first convolution, the checkpoint restores into the
+    network rebuilt from config.json (what evaluation, prediction and export do), and the
+    serving signature's preprocessing + that network give the trained model's probabilities.
+
+    The step runs eagerly: tracing it costs up to ~50 s for the largest networks and is the
+    same code for all (test_trains_resumes_and_exports_end_to_end traces it)."""
+    size = nets.NETWORKS[model_name].min_image_size
+    config = TrainConfig(model_dir=str(tmp_path), image_size=size, weight_decay=4e-5, seed=1)
+    network = slim_train.SlimNetwork(slim_train.SlimConfig(model_name=model_name))
+    spec = network.model_spec(2, image_size=size, channels=1)
+    keras.utils.set_random_seed(1)
+    state = network.build_training_state(
+        spec, config, network.learning_rate_schedule(config, steps_per_epoch=1), ONE_DEVICE)
+    model = state.model
+    assert model.output_shape == (None, 2) and model.losses  # a head, and weight decay
+
+    pixels = tf.cast(tf.random.stateless_uniform((2, size, size, 1), seed=(1, 2), maxval=256,
+                                                 dtype=tf.int32), tf.float32)
+    images = preprocess.preprocess_for_eval(pixels, image_size=size)
+    before = [v.numpy() for v in model.trainable_variables]
+    batches = iter(ONE_DEVICE.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((images, tf.constant([0, 1]))).repeat()))
+    train = steps.make_train_function(state, ONE_DEVICE, global_batch_size=2, num_classes=2)
+    tf.config.run_functions_eagerly(True)
+    try:
+        totals = train(batches, tf.constant(1))
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert int(state.step.numpy()) == 1 and np.isfinite(float(totals["loss"]))
+    moved = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    kernels = [i for i, v in enumerate(model.trainable_variables) if len(v.shape) >= 2]
+    assert moved[kernels[0]] and moved[kernels[-1]]  # the first convolution and the logits
+    assert sum(moved) > len(moved) / 2, f"{sum(moved)} of {len(moved)} variables moved"
+
+    write_config(str(tmp_path), train_lib.resolved_config(config, ("Chest", "Hand"), spec,
+                                                          network.config_entries()))
+    tf.train.CheckpointManager(state.checkpoint, str(tmp_path), max_to_keep=1).save(1)
+    rebuilt, resolved = export.load_model_from_dir(str(tmp_path))
+    assert rebuilt.name == model_name
+    assert all(np.array_equal(a, b) for a, b in zip(rebuilt.get_weights(), model.get_weights()))
+    served = export.ServingModule(rebuilt, resolved).predict_images(pixels)
+    expected = tf.nn.softmax(model(images, training=False))
+    assert served["probabilities"].shape == (2, 2)
+    assert np.all(np.isfinite(served["probabilities"]))
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
 
 
 def _fingerprints(arrays) -> set:
@@ -90,23 +166,6 @@ def _checkpoint_fingerprints(prefix) -> set:
     reader = tf.train.load_checkpoint(str(prefix))
     return _fingerprints(reader.get_tensor(name) for name, _ in tf.train.list_variables(str(prefix))
                          if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
-
-
-def test_resume_takes_a_step_then_export_serves_the_checkpoint(data, tmp_path):
-    """A resumed run trains on (optimizer state restored), and Predictor on the model_dir and
-    on the export agree on encoded images (the whole prediction path, decoding included)."""
-    run = tmp_path / "run"
-    bench = tmp_path / "bench"
-    assert _train(data, run, FAST, steps=1,
-                  config_overrides={"benchmark_log_dir": str(bench)}).step == 1
-    assert json.loads((bench / "benchmark_run.log").read_text())["model_name"] == FAST
-    resumed = _train(data, run, FAST, steps=2, export_dir=tmp_path / "export")
-    assert (resumed.resumed_from_step, resumed.step) == (1, 2)
-    images = [tf.io.encode_png(tf.cast(tf.fill((40, 40, 1), value), tf.uint8))
-              for value in (30, 200)]
-    from_dir = Predictor(str(run))(tf.stack(images))
-    from_export = Predictor(resumed.export_path)(tf.stack(images))
-    np.testing.assert_allclose(from_dir, from_export, atol=1e-5)
 
 
 def test_fp16_with_a_fixed_loss_scale_trains_in_half_precision(data, tmp_path):
@@ -148,21 +207,18 @@ def test_weight_decay_is_slims_half_sum_of_squares(tmp_path, trainable_scopes):
     assert float(tf.add_n(model.losses)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_resume_refuses_other_scopes_or_network(data, tmp_path):
-    run = tmp_path / "run"
-    _train(data, run, FAST, steps=1, trainable_scopes=("logits",))
+def test_resume_refuses_other_scopes_or_network(data, one_step_run):
     with pytest.raises(ValueError, match="trainable_scopes"):
-        _train(data, run, FAST, steps=2)
+        _train(data, one_step_run, FAST, steps=2, trainable_scopes=("logits",))
     with pytest.raises(ValueError, match="model_name"):
-        slim_train.check_resume(str(run), slim_train.SlimConfig(model_name="vgg_16"))
+        slim_train.check_resume(str(one_step_run), slim_train.SlimConfig(model_name="vgg_16"))
 
 
-def test_checkpoint_path_then_only_trainable_scopes_change(data, tmp_path):
-    _train(data, tmp_path / "a", FAST, steps=1)
-    source, _ = export.load_model_from_dir(str(tmp_path / "a"))
+def test_checkpoint_path_then_only_trainable_scopes_change(data, one_step_run, tmp_path):
+    source, _ = export.load_model_from_dir(str(one_step_run))
     trainable = ("logits", "MobileNetV3Small/expanded_conv_10_")
     # Mirrored over two CPU replicas: the weights are loaded into mirrored variables.
-    _train(data, tmp_path / "b", FAST, steps=3, checkpoint_path=str(tmp_path / "a"),
+    _train(data, tmp_path / "b", FAST, steps=3, checkpoint_path=str(one_step_run),
            trainable_scopes=trainable, optimizer="momentum", learning_rate=0.1,
            strategy=mirrored_strategy())
     tuned, _ = export.load_model_from_dir(str(tmp_path / "b"))
@@ -174,14 +230,13 @@ def test_checkpoint_path_then_only_trainable_scopes_change(data, tmp_path):
     assert "logits" in changed and "MobileNetV3Small/expanded_conv_10_project_bn" in changed
 
 
-def test_checkpoint_exclude_scopes_keep_the_fresh_initialisation(data, tmp_path):
-    _train(data, tmp_path / "a", FAST, steps=1)
-    source, _ = export.load_model_from_dir(str(tmp_path / "a"))
+def test_checkpoint_exclude_scopes_keep_the_fresh_initialisation(one_step_run):
+    source, _ = export.load_model_from_dir(str(one_step_run))
     model = nets.build_network(FAST, 2, image_size=32)
     fresh = _weights_by_path(model)
     # Slim's spelling of the head ("<Net>/Logits") works, "<Net>/AuxLogits" is ignored.
     loaded, kept = scopes.load_pretrained(
-        model, FAST, 32, str(tmp_path / "a"),
+        model, FAST, 32, str(one_step_run),
         scopes.normalize_scopes(("MobileNetV3Small/conv_1", "Net/Logits", "Net/AuxLogits")))
     excluded = {"MobileNetV3Small/conv_1", "MobileNetV3Small/conv_1_bn", "logits"}
     assert kept == len(excluded) and loaded == len(fresh) - len(excluded)
@@ -280,15 +335,14 @@ def test_resnet_config_without_architecture_still_rebuilds_a_resnet():
     assert export.build_inference_model(config).output_shape == (None, 3)
 
 
-def test_eval_image_classifier_reports_a_train_dir(data, tmp_path):
-    _train(data, tmp_path / "run", FAST, steps=1)
+def test_eval_image_classifier_reports_a_train_dir(data, one_step_run):
     metrics, output_dir = slim_eval.evaluate(
-        str(tmp_path / "run" / "ckpt-1"), str(data), "validation", batch_size=5,
+        str(one_step_run / "ckpt-1"), str(data), "validation", batch_size=5,
         model_name="MobileNetV3Small")
     assert metrics["num_examples"] == 8 and 0.0 <= metrics["accuracy"] <= 1.0
-    assert (tmp_path / "run" / "eval_validation" / "metrics.json").is_file()
+    assert (one_step_run / "eval_validation" / "metrics.json").is_file()
     with pytest.raises(ValueError, match="holds a mobilenet_v3_small"):
-        slim_eval.evaluate(str(tmp_path / "run"), str(data), "validation",
+        slim_eval.evaluate(str(one_step_run), str(data), "validation",
                                        batch_size=5, model_name="vgg_16")
 
 
