@@ -120,7 +120,8 @@ def test_every_network_steps_checkpoints_and_serves(tmp_path, model_name):
     spec = network.model_spec(2, image_size=size, channels=1)
     keras.utils.set_random_seed(1)
     state = network.build_training_state(
-        spec, config, network.learning_rate_schedule(config, steps_per_epoch=1), ONE_DEVICE)
+        spec, config.optimizer_spec(), network.learning_rate_schedule(config.schedule_spec(1)),
+        ONE_DEVICE)
     model = state.model
     assert model.output_shape == (None, 2) and model.losses  # a head, and weight decay
 
@@ -199,7 +200,7 @@ def test_weight_decay_is_slims_half_sum_of_squares(tmp_path, trainable_scopes):
     network = slim_train.SlimNetwork(slim_train.SlimConfig(model_name=FAST,
                                                            trainable_scopes=trainable_scopes))
     spec = network.model_spec(3, image_size=config.image_size, channels=config.channels)
-    model = network.build_training_state(spec, config, 0.01, ONE_DEVICE).model
+    model = network.build_training_state(spec, config.optimizer_spec(), 0.01, ONE_DEVICE).model
     kernels = [v.numpy().astype(np.float64) for v in model.trainable_variables
                if len(v.shape) >= 2]  # conv, depthwise and dense kernels
     assert len(kernels) == 1 if trainable_scopes else len(kernels) > 50
