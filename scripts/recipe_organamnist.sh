@@ -14,7 +14,9 @@
 # Recipe: ResNet-18 v2 on images upscaled 2x to 56 px with the ImageNet stem (14x14 maps into
 # stage 1, the resolution the small-input stem would give at 28 px, at a quarter of its cost),
 # mixed bfloat16, label smoothing 0.1, cosine schedule, 8 epochs: 22.7 min of training on this
-# 2-core CPU (2026-11-26, validation 0.9820; benchmarks/RESULTS.md section 4). NO horizontal
+# 2-core CPU (2026-11-26, validation 0.9820; benchmarks/RESULTS.md section 4); since stage 4's
+# 2x2 convolutions run as matmuls, 850 s on a loaded 2-core AMX Xeon (2026-12-02, validation
+# 0.9812; section 7). NO horizontal
 # flip: left/right kidney, femur and lung are separate classes and a flip turns one into the
 # other (--random_flip stays off). Val is 16 scans, the test 70: val is an easy, optimistic
 # guide, so watch the per-class figures, not just the mean.
