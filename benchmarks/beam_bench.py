@@ -31,6 +31,7 @@ if REPO_ROOT not in sys.path:
 
 from absl import app, flags  # noqa: E402
 
+from dataset import shards  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 PROGRAM = "beam_bench.py"
@@ -50,7 +51,7 @@ RUNS = {  # name: extra tf_convert_data.py flags ({n}: worker processes)
 
 def records_digest(output_dir: str) -> str:
     """SHA-256 over every split's records in file order (TFRecord framing read by hand)."""
-    with open(os.path.join(output_dir, "manifest.json"), encoding="utf-8") as stream:
+    with open(os.path.join(output_dir, shards.MANIFEST), encoding="utf-8") as stream:
         manifest = json.load(stream)
     digest = hashlib.sha256()
     for split, info in manifest["splits"].items():
@@ -78,7 +79,7 @@ def run_benchmark(dataset_dir: str, num_workers: int, work_dir: str) -> list[dic
         seconds = time.perf_counter() - start
         if result.returncode:
             raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
-        with open(os.path.join(output_dir, "manifest.json"), encoding="utf-8") as stream:
+        with open(os.path.join(output_dir, shards.MANIFEST), encoding="utf-8") as stream:
             manifest = json.load(stream)
         images = sum(info["num_examples"] for info in manifest["splits"].values())
         rows.append({"run": name, "images": images, "seconds": seconds,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from benchmarks import beam_bench
 from dataset import beam_convert, reader
 from dataset.convert import ConversionError, ConvertConfig
 from tests.conftest import REPO_ROOT
@@ -173,3 +174,26 @@ def test_beam_pipeline_options_parse_like_tensorflow_datasets():
                     "--environment_type=LOOPBACK"]
     local = beam_convert.pipeline_args("", 3)
     assert "--runner=FnApiRunner" in local and "--direct_num_workers=3" in local
+
+
+def test_beam_bench_times_three_runs_that_wrote_the_same_records(tmp_path,
+                                                                 make_images_labels_dataset):
+    dataset = make_images_labels_dataset({"Chest": 6, "Hand": 6, "Head": 6}, size=16)
+    rows = beam_bench.run_benchmark(str(dataset), 1, str(tmp_path))
+    assert [row["run"] for row in rows] == list(beam_bench.RUNS)
+    assert all(row["images"] == 18 and row["seconds"] > 0 for row in rows)
+    assert len({row["records_sha256"] for row in rows}) == 1
+    # The digest is of the records themselves: the reader sees the same 18 examples.
+    local = records_by_split(tmp_path / "local")
+    assert sum(len(records) for records in local.values()) == 18
+    table = beam_bench.format_table(rows)
+    assert table.count("same records: yes") == 2 and "NO" not in table
+
+
+def test_beam_bench_reports_a_failed_conversion_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        beam_bench.main(beam_bench.parse_flags(
+            ["beam_bench.py", f"--dataset_dir={tmp_path / 'missing'}"]))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[0].startswith("beam_bench.py: error: local failed:")
