@@ -206,6 +206,7 @@ def test_fused_batch_norm_keeps_half_precision_activations():
     (5, 3, 2, "valid"),  # a strided 3x3 after the fixed padding (4x4 padded to 5x5 -> 2x2)
     (4, 1, 2, "valid"),  # a strided 1x1 projection shortcut
     (6, 3, 1, "same"),   # larger than it is used for: the layer is still exact
+    (4, 3, 2, "same"),   # a strided SAME: Conv2D's own op (its padding depends on the size)
 ])
 def test_patch_matmul_conv_matches_conv2d_forward_and_gradients(size, kernel, strides, padding):
     images = tf.constant(_images(3, (size, size, 5)))

@@ -96,13 +96,16 @@ class PatchMatmulConv2D(keras.layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
+        # What the patch gather covers: channels-last, static map size, no groups or dilation,
+        # and SAME only at stride 1 (a strided SAME pads by the input size; ResNet pads those
+        # itself and convolves VALID). Anything else is Conv2D's own op.
         if (self.data_format != "channels_last" or self.groups != 1
-                or tuple(self.dilation_rate) != (1, 1)):
+                or tuple(self.dilation_rate) != (1, 1) or None in inputs.shape[1:]
+                or (self.padding == "same" and tuple(self.strides) != (1, 1))):
             return super().convolution_op(inputs, kernel)
         kernel_h, kernel_w, channels, filters = kernel.shape
         stride_h, stride_w = self.strides
         if self.padding == "same":
-            # TensorFlow's SAME padding for stride 1 (the only stride ResNet pads this way).
             pad_h, pad_w = kernel_h - 1, kernel_w - 1
             inputs = tf.pad(inputs, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
                                      [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
