@@ -1,4 +1,5 @@
-"""Laterality-safe training augmentation beyond the crop: geometry, noise, mixup and cutmix.
+"""Laterality-safe training augmentation beyond the crop: geometry, gamma, blur, noise, mixup
+and cutmix.
 
 Pure TensorFlow: tensors in, tensors out. Nothing here mirrors an image: left kidney and right
 kidney are different classes, so every geometric transform is a rotation plus a scale plus a
@@ -17,6 +18,10 @@ import math
 
 import tensorflow as tf
 
+# Largest blur standard deviation, in pixels: the kernel's radius is fixed at 3 * blur, and
+# beyond ~3 px a 28-px organ crop is a smudge.
+BLUR_MAX = 3.0
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentSpec:
@@ -28,17 +33,24 @@ class AugmentSpec:
     noise: standard deviation of additive Gaussian noise, as a fraction of 255.
     invert: probability of inverting the grey scale (255 - x): radiographs come as
       MONOCHROME1 or MONOCHROME2 and archives hold both renderings of the same anatomy.
+    gamma: gamma drawn log-uniformly from [1 / (1 + gamma), 1 + gamma] (a different
+      window/level curve or contrast phase brightens or darkens mid-grey tissue).
+    blur: Gaussian blur with a standard deviation drawn from [0, blur] pixels (thicker
+      slices, softer reconstruction kernels, lower-resolution detectors).
     """
     scale: float = 0.0
     translate: float = 0.0
     rotate_degrees: float = 0.0
     noise: float = 0.0
     invert: float = 0.0
+    gamma: float = 0.0
+    blur: float = 0.0
 
     def __post_init__(self):
         for name, value, high in (("scale", self.scale, 1.0), ("translate", self.translate, 0.5),
                                   ("rotate_degrees", self.rotate_degrees, 180.0),
-                                  ("noise", self.noise, 1.0)):
+                                  ("noise", self.noise, 1.0), ("gamma", self.gamma, 1.0),
+                                  ("blur", self.blur, BLUR_MAX)):
             if not 0.0 <= value < high:
                 raise ValueError(f"augmentation {name} must be in [0, {high:g}), got {value!r}")
         if not 0.0 <= self.invert <= 1.0:
@@ -47,7 +59,7 @@ class AugmentSpec:
 
     @property
     def active(self) -> bool:
-        return bool(self.geometric or self.noise or self.invert)
+        return bool(self.geometric or self.noise or self.invert or self.gamma or self.blur)
 
     @property
     def geometric(self) -> bool:
@@ -106,6 +118,40 @@ def random_noise(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Ten
     return tf.clip_by_value(image + noise, 0.0, 255.0)
 
 
+def random_gamma(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """255 * (x / 255) ** g, g log-uniform in [1 / (1 + spec.gamma), 1 + spec.gamma]."""
+    if not spec.gamma:
+        return image
+    image = tf.cast(image, tf.float32)
+    log_range = math.log1p(spec.gamma)
+    gamma = tf.exp(tf.random.stateless_uniform((), seed, -log_range, log_range))
+    return 255.0 * tf.pow(tf.clip_by_value(image, 0.0, 255.0) / 255.0, gamma)
+
+
+def random_blur(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """Separable Gaussian blur of one image [H, W, C], sd uniform in [0, spec.blur] pixels.
+
+    The border is repeated (symmetric padding): a blur is local, so this never moves anatomy
+    across the midline the way a mirrored image would.
+    """
+    if not spec.blur:
+        return image
+    image = tf.cast(image, tf.float32)
+    radius = max(1, math.ceil(3.0 * spec.blur))
+    # sd 0 would divide by zero; 0.05 px is already a delta (its side taps are ~e^-200).
+    sigma = tf.random.stateless_uniform((), seed, 0.05, spec.blur)
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    taps = tf.exp(-0.5 * tf.square(offsets / sigma))
+    taps /= tf.reduce_sum(taps)
+    channels = image.shape[-1]
+    x = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+               mode="SYMMETRIC")
+    for shape in ((-1, 1, 1, 1), (1, -1, 1, 1)):
+        kernel = tf.tile(tf.reshape(taps, shape), (1, 1, channels, 1))
+        x = tf.nn.depthwise_conv2d(x, kernel, (1, 1, 1, 1), "VALID")
+    return tf.ensure_shape(x[0], image.shape)
+
+
 def random_invert(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
     """255 - image with probability spec.invert."""
     if not spec.invert:
@@ -116,14 +162,18 @@ def random_invert(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Te
 
 
 def augment_image(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
-    """random_invert, random_geometry, then random_noise, each with its own part of `seed`.
+    """random_invert, random_geometry, random_gamma, random_blur, then random_noise, each with
+    its own part of `seed`.
 
-    Inversion comes first so that the border shifted in by the geometry is black either way.
+    Inversion comes first so that the border shifted in by the geometry is black either way;
+    noise comes last, as a detector adds it after the optics have blurred the image.
     """
-    invert_seed, geometry_seed, noise_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 3))
+    invert_seed, geometry_seed, noise_seed, gamma_seed, blur_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 5))
     image = random_invert(image, spec, invert_seed)
-    return random_noise(random_geometry(image, spec, geometry_seed), spec, noise_seed)
+    image = random_geometry(image, spec, geometry_seed)
+    image = random_blur(random_gamma(image, spec, gamma_seed), spec, blur_seed)
+    return random_noise(image, spec, noise_seed)
 
 
 def _partner(batch_size: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

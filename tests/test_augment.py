@@ -1,4 +1,5 @@
-"""dataset/augment.py: laterality-safe geometry, noise, mixup and cutmix on tiny tensors."""
+"""dataset/augment.py: laterality-safe geometry, gamma, blur, noise, mixup and cutmix on tiny
+tensors."""
 
 from __future__ import annotations
 
@@ -82,8 +83,39 @@ def test_invert_flips_the_grey_scale_at_the_stated_rate():
     assert shifted.max() == 255.0 and shifted.min() == 0.0
 
 
+def test_gamma_keeps_black_and_white_and_moves_mid_grey_within_its_range():
+    image = tf.constant([[[0.0], [64.0], [255.0]]])
+    spec = augment.AugmentSpec(gamma=0.5)
+    mids = []
+    for index in range(50):
+        out = augment.random_gamma(image, spec, _seed(index)).numpy()
+        assert out[0, 0, 0] == 0.0 and out[0, 2, 0] == pytest.approx(255.0)
+        mids.append(out[0, 1, 0])
+    # gamma in [1/1.5, 1.5]: 64 maps into [255 * (64/255)**1.5, 255 * (64/255)**(1/1.5)].
+    low, high = 255 * (64 / 255) ** 1.5, 255 * (64 / 255) ** (1 / 1.5)
+    assert low - 1e-3 <= min(mids) < 64.0 < max(mids) <= high + 1e-3
+
+
+def test_blur_keeps_brightness_and_position_and_softens_edges():
+    image = tf.constant(_left_blob())
+    spec = augment.AugmentSpec(blur=1.5)
+    columns = np.arange(32)[None, :, None]
+    widths = []
+    for index in range(20):
+        out = augment.random_blur(image, spec, _seed(index)).numpy()
+        assert out.shape == (32, 32, 1)
+        assert out.sum() == pytest.approx(image.numpy().sum(), rel=1e-4)
+        assert float((out * columns).sum() / out.sum()) == pytest.approx(6.5, abs=0.2)
+        widths.append(int((out[16] > 1.0).sum()))  # pixels lit on a row through the blob
+    assert min(widths) >= 8 and max(widths) > 10  # 8 wide unblurred; the sd varies by seed
+    flat = tf.fill((16, 16, 1), 77.0)
+    np.testing.assert_allclose(augment.random_blur(flat, spec, _seed(0)).numpy(), 77.0,
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs", [{"scale": 1.0}, {"translate": -0.1},
-                                    {"rotate_degrees": 200}, {"noise": 1.5}, {"invert": 1.5}])
+                                    {"rotate_degrees": 200}, {"noise": 1.5}, {"invert": 1.5},
+                                    {"gamma": 1.0}, {"blur": 3.0}])
 def test_spec_rejects_out_of_range_values(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         augment.AugmentSpec(**kwargs)

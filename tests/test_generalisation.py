@@ -115,7 +115,8 @@ def test_ema_run_evaluates_checkpoints_and_exports_the_average(tmp_path):
     model_dir = tmp_path / "model"
     config = _config(data, model_dir, ema_decay=0.5, train_epochs=2,
                      augment_scale=0.1, augment_translate=0.05, augment_rotate=5,
-                     augment_noise=0.02, color_jitter=0.1, mixup_alpha=0.2,
+                     augment_noise=0.02, augment_gamma=0.3, augment_blur=0.8,
+                     color_jitter=0.1, mixup_alpha=0.2,
                      export_dir=str(tmp_path / "export"))
     result = train_lib.train(config, ONE_DEVICE, RESNET_18)
     assert result.step == 4 and result.export_path

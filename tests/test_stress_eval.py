@@ -27,7 +27,8 @@ def _centroid_x(images: tf.Tensor) -> float:
     return float((x * np.arange(32)[None, :]).sum() / x.sum())
 
 
-@pytest.mark.parametrize("name, kind, parameter", stress_eval_lib.PRESETS["ct"])
+@pytest.mark.parametrize("name, kind, parameter",
+                         stress_eval_lib.PRESETS["ct"] + stress_eval_lib.PRESETS["ct-corruptions"])
 def test_ct_shifts_change_the_image_but_never_mirror_it(name, kind, parameter):
     image = _left_blob()
     shifted = stress_eval_lib.perturb(image, kind, parameter)
@@ -45,6 +46,40 @@ def test_radiograph_shifts_do_what_their_names_say():
     framed = stress_eval_lib.perturb(tf.fill((1, 32, 32, 1), tf.constant(100, tf.uint8)),
                                  "affine", (0.75, 0.0, 0.0, 0.0)).numpy()[0, ..., 0]
     assert framed[0].max() == 0 and framed[:, 0].max() == 0 and framed[16, 16] == 100
+
+
+def test_corruptions_do_what_their_names_say():
+    flat = tf.fill((1, 32, 32, 1), tf.constant(100, tf.uint8))
+    image = _left_blob()
+    # A blur keeps a flat image and the blob's total brightness, and spreads its edge.
+    np.testing.assert_array_equal(stress_eval_lib.perturb(flat, "blur", 1.0).numpy(), 100)
+    blurred = stress_eval_lib.perturb(image, "blur", 1.0).numpy()[0, ..., 0].astype(int)
+    assert abs(blurred.sum() - 200 * 12 * 8) < 0.01 * 200 * 12 * 8
+    assert 0 < blurred[15, 11] < 200 and 0 < blurred[15, 2] < 200
+    # Pixelation at 0.5 makes 2x2 blocks.
+    checker = tf.constant((np.indices((32, 32)).sum(axis=0) % 2 * 200)[None, ..., None],
+                          tf.uint8)
+    blocky = stress_eval_lib.perturb(checker, "pixelate", 0.5).numpy()[0, ..., 0]
+    np.testing.assert_array_equal(blocky[::2, ::2], blocky[1::2, 1::2])
+    assert stress_eval_lib.perturb(image, "brightness", 1.2).numpy().max() == 240
+    impulse = stress_eval_lib.perturb(flat, "impulse", 0.03).numpy()
+    assert set(np.unique(impulse)) == {0, 100, 255}
+    assert 0.01 < np.mean(impulse != 100) < 0.05
+    speckle = stress_eval_lib.perturb(image, "speckle", 0.2).numpy()
+    assert speckle[image.numpy() == 0].max() == 0  # multiplicative: black stays black
+    assert speckle[image.numpy() == 200].std() > 10
+
+
+def test_report_lists_every_class_and_the_confusions():
+    confusion = np.array([[9, 1], [0, 10]])
+    rows = [("clean", 0.95, 0.9, "a", confusion), ("blur", 0.5, 0.0, "b",
+                                                   np.array([[10, 0], [10, 0]]))]
+    lines = stress_eval_lib.report("m", "d", "validation", "ct", 1, rows, 20,
+                                   ["a", "b"]).splitlines()
+    assert "a                  0.9000   1.0000" in lines
+    assert "b                  1.0000   0.0000" in lines
+    assert "commonest confusions under the shifts: b->a 10" in lines
+    assert lines[-1] == "stress accuracy 0.5000 (clean 0.9500)"
 
 
 def test_the_program_offers_every_preset():

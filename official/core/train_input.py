@@ -56,7 +56,8 @@ class InputSpec:
                    augment=augment.AugmentSpec(
                        scale=config.augment_scale, translate=config.augment_translate,
                        rotate_degrees=config.augment_rotate, noise=config.augment_noise,
-                       invert=config.augment_invert),
+                       invert=config.augment_invert, gamma=config.augment_gamma,
+                       blur=config.augment_blur),
                    mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha)
 
 

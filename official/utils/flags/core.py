@@ -183,6 +183,12 @@ def _define_generalisation(define: _Definer) -> None:
     define.float("augment_invert", 0.0, "Probability of inverting a training image's grey "
                  "scale (MONOCHROME1 vs MONOCHROME2 renderings of the same anatomy).",
                  lower_bound=0.0, upper_bound=1.0)
+    define.float("augment_gamma", 0.0, "Random gamma curve on training images, gamma "
+                 "log-uniform in [1/(1+g), 1+g] (e.g. 0.3: another window or contrast phase).",
+                 lower_bound=0.0, upper_bound=0.99)
+    define.float("augment_blur", 0.0, "Random Gaussian blur of training images, standard "
+                 "deviation up to this many pixels of the stored image (e.g. 0.8: thicker "
+                 "slices, softer kernels).", lower_bound=0.0, upper_bound=2.99)
     define.float("color_jitter", 0.0, "Random brightness shift (up to this fraction of 255) "
                  "and contrast factor in [1 - j, 1 + j] on training images.",
                  lower_bound=0.0, upper_bound=0.99)
