@@ -1,0 +1,124 @@
+"""benchmarks/kfold_eval.py: folds that cover the archive once, the summary's arithmetic, and
+one fold run end to end on a tiny class-folder archive."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import kfold_eval
+from tests.trainer_fixtures import FAST_FLAGS, REPO_ROOT, class_image, png_bytes, trainer_env
+
+
+def _archive(root, per_class: int = 12, classes=("Chest", "Hand")):
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            (root / name / f"{k:03d}.png").write_bytes(png_bytes(class_image(rng, index, 32)))
+    return root
+
+
+def test_every_file_is_in_exactly_one_validation_fold(tmp_path):
+    archive = _archive(tmp_path / "archive", per_class=40)
+    items = kfold_eval.list_archive(str(archive))
+    assert len(items) == 80
+    seen = []
+    for fold in range(4):
+        layout = tmp_path / f"layout_{fold}"
+        kfold_eval.make_fold_layout(str(archive), items, fold, 4, "s", str(layout))
+        val = {(c, f) for c in ("Chest", "Hand") for f in os.listdir(layout / "val" / c)}
+        train = {(c, f) for c in ("Chest", "Hand") for f in os.listdir(layout / "train" / c)}
+        assert not val & train and len(val | train) == 80
+        assert os.path.realpath(layout / "val" / next(iter(val))[0] / next(iter(val))[1]) == \
+            str((archive / next(iter(val))[0] / next(iter(val))[1]).resolve())
+        seen += sorted(val)
+    assert sorted(seen) == sorted(items)  # each file validated once
+    sizes = [sum(kfold_eval.fold_of(c, f, 4, "s") == k for c, f in items) for k in range(4)]
+    assert min(sizes) >= 10  # a hash, roughly even
+    # The fold depends on the path and the salt, not on the listing order.
+    assert kfold_eval.fold_of("Hand", "007.png", 4, "s") == \
+        kfold_eval.fold_of("Hand", "007.png", 4, "s")
+    assert [kfold_eval.fold_of(c, f, 4, "t") for c, f in items] != \
+        [kfold_eval.fold_of(c, f, 4, "s") for c, f in items]
+
+
+def test_archive_errors_name_the_folder(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "Chest").mkdir()
+    with pytest.raises(ValueError, match="expected class folders"):
+        kfold_eval.list_archive(str(tmp_path / "one"))
+    (tmp_path / "one" / "Hand").mkdir()
+    (tmp_path / "one" / "Chest" / "a.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="Hand: class folder without files"):
+        kfold_eval.list_archive(str(tmp_path / "one"))
+
+
+def test_poisson_interval_matches_the_exact_chi_square_bounds():
+    # Exact 95% bounds (Garwood): 29 -> 19.42-41.65, 0 -> 0-3.689, 5 -> 1.623-11.67.
+    for count, low, high in ((29, 19.42, 41.65), (0, 0.0, 3.689), (5, 1.623, 11.67)):
+        got = kfold_eval.poisson_interval(count)
+        assert got[0] == pytest.approx(low, rel=0.01, abs=1e-9)
+        assert got[1] == pytest.approx(high, rel=0.01)
+
+
+def _report(folder, num_examples, errors):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(
+        {"num_examples": num_examples, "accuracy": 1 - len(errors) / num_examples}))
+    lines = ["file,true,predicted,probability"]
+    lines += [f"f{k}.png,{true},{predicted},0.9" for k, (true, predicted) in enumerate(errors)]
+    (folder / "misclassified.csv").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def test_summary_adds_the_folds_and_scales_to_the_hold_out(tmp_path):
+    reports = {0: _report(tmp_path / "a", 1000, [("CXR", "Hand")] * 3),
+               1: _report(tmp_path / "b", 1000, [("CXR", "Hand"), ("Hand", "CXR")])}
+    text = kfold_eval.summarize(reports, folds=3, holdout_size=4000)
+    lines = text.splitlines()
+    assert "commonest confusions: CXR->Hand 4, Hand->CXR 1" in lines
+    assert "partial: 2 of 3 folds finished" in lines
+    assert lines[-2].startswith("expected on a hold-out of 4000 images: 10.0 errors (95% "
+                                "interval 3.2-23.")
+    assert lines[-1] == "out-of-fold errors 5 of 2000 (rate 0.00250)"
+
+
+def test_one_fold_end_to_end_and_a_rerun_reuses_it(tmp_path):
+    archive = _archive(tmp_path / "archive")
+    work = tmp_path / "work"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "kfold_eval.py"),
+               f"--dataset_dir={archive}", f"--work_dir={work}", "--folds=3", "--only_folds=1",
+               "--train_flags=" + " ".join((*FAST_FLAGS, "--batch_size=8", "--train_epochs=1",
+                                            "--checkpoint_every_steps=0"))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env=trainer_env(), cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    fold_files = sum(kfold_eval.fold_of(c, f, 3, "kfold") == 1
+                     for c, f in kfold_eval.list_archive(str(archive)))
+    assert lines[-1].startswith(f"out-of-fold errors ") and f" of {fold_files} " in lines[-1]
+    assert "partial: 1 of 3 folds finished" in lines
+    stamp = os.path.getmtime(work / "fold_1" / "eval" / "metrics.json")
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                           env=trainer_env(), cwd=REPO_ROOT)
+    assert again.returncode == 0 and again.stdout == result.stdout
+    assert os.path.getmtime(work / "fold_1" / "eval" / "metrics.json") == stamp
+
+
+def test_a_failed_step_is_one_line_naming_the_fold(tmp_path):
+    archive = _archive(tmp_path / "archive")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "kfold_eval.py"),
+         f"--dataset_dir={archive}", f"--work_dir={tmp_path / 'work'}", "--folds=2",
+         "--only_folds=0", "--train_flags=--resnet_size=7"],
+        capture_output=True, text=True, timeout=600, env=trainer_env(), cwd=REPO_ROOT)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "kfold_eval.py: error: fold 0: training failed (exit 2)")
+    assert not (tmp_path / "work" / "fold_0" / "export").exists()
