@@ -101,7 +101,7 @@ def perturb(images: tf.Tensor, kind: str, parameter) -> tf.Tensor:
     elif kind == "brightness":
         x = x * parameter
     elif kind == "blur":
-        x = _gaussian_blur(x, parameter)
+        x = augment.gaussian_blur(x, parameter, radius=max(1, math.ceil(3.0 * parameter)))
     elif kind == "pixelate":  # fewer detector pixels: down by `parameter`, back up blocky
         size = tf.shape(x)[1:3]
         small = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * parameter), tf.int32), 1)
@@ -112,20 +112,6 @@ def perturb(images: tf.Tensor, kind: str, parameter) -> tf.Tensor:
     else:
         raise ValueError(f"unknown perturbation kind {kind!r}")
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
-
-
-def _gaussian_blur(x: tf.Tensor, sigma: float) -> tf.Tensor:
-    """Separable Gaussian blur of [N, H, W, C] float images, edges repeated (a blur is local, so
-    the repeated border never moves anatomy across the midline)."""
-    radius = max(1, math.ceil(3.0 * sigma))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps = tf.constant(taps / taps.sum(), tf.float32)
-    channels = x.shape[-1]
-    x = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
-    for kernel in (tf.reshape(taps, (-1, 1, 1, 1)), tf.reshape(taps, (1, -1, 1, 1))):
-        x = tf.nn.depthwise_conv2d(x, tf.tile(kernel, (1, 1, channels, 1)), (1, 1, 1, 1),
-                                   "VALID")
-    return x
 
 
 def _encode(images: tf.Tensor) -> tf.Tensor:

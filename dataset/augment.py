@@ -128,28 +128,33 @@ def random_gamma(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Ten
     return 255.0 * tf.pow(tf.clip_by_value(image, 0.0, 255.0) / 255.0, gamma)
 
 
-def random_blur(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
-    """Separable Gaussian blur of one image [H, W, C], sd uniform in [0, spec.blur] pixels.
+def gaussian_blur(images: tf.Tensor, sigma, radius: int) -> tf.Tensor:
+    """Separable Gaussian blur of float images [N, H, W, C] with standard deviation `sigma`
+    pixels (a float or a scalar tensor > 0) and taps out to `radius` pixels.
 
     The border is repeated (symmetric padding): a blur is local, so this never moves anatomy
     across the midline the way a mirrored image would.
     """
-    if not spec.blur:
-        return image
-    image = tf.cast(image, tf.float32)
-    radius = max(1, math.ceil(3.0 * spec.blur))
-    # sd 0 would divide by zero; 0.05 px is already a delta (its side taps are ~e^-200).
-    sigma = tf.random.stateless_uniform((), seed, 0.05, spec.blur)
     offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
     taps = tf.exp(-0.5 * tf.square(offsets / sigma))
     taps /= tf.reduce_sum(taps)
-    channels = image.shape[-1]
-    x = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
-               mode="SYMMETRIC")
+    channels = images.shape[-1]
+    x = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
     for shape in ((-1, 1, 1, 1), (1, -1, 1, 1)):
         kernel = tf.tile(tf.reshape(taps, shape), (1, 1, channels, 1))
         x = tf.nn.depthwise_conv2d(x, kernel, (1, 1, 1, 1), "VALID")
-    return tf.ensure_shape(x[0], image.shape)
+    return x
+
+
+def random_blur(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """Gaussian blur of one image [H, W, C], sd uniform in [0, spec.blur] pixels."""
+    if not spec.blur:
+        return image
+    image = tf.cast(image, tf.float32)
+    # sd 0 would divide by zero; 0.05 px is already a delta (its side taps are ~e^-200).
+    sigma = tf.random.stateless_uniform((), seed, 0.05, spec.blur)
+    blurred = gaussian_blur(image[None], sigma, radius=max(1, math.ceil(3.0 * spec.blur)))
+    return tf.ensure_shape(blurred[0], image.shape)
 
 
 def random_invert(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
