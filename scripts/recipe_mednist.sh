@@ -6,14 +6,11 @@
 #
 # ResNet-18 v2 with the ImageNet stem (--nosmall_input: 16x16 maps into stage 1; the small-input
 # stem keeps 64x64 and costs ~16x more per image), mixed bfloat16 (oneDNN's AVX512-BF16 kernels),
-# 3 epochs with a cosine schedule, decoded images cached after the first epoch, 20 steps per
+# 2 epochs with a cosine schedule, decoded images cached after the first epoch, 20 steps per
 # tf.function call. No horizontal flip: radiographs have laterality (MedNIST's classes do not
-# depend on it, but the recipe keeps the safe default). 3 epochs, not 2, since 2026-12-03:
-# 28 vs 34 errors over all 35,107 MedNIST-dev images scored out of fold (kfold_eval.py), and
-# the rotation/inversion augmentation made more errors there, not fewer. Figures:
-# benchmarks/RESULTS.md section 8.
+# depend on it, but the recipe keeps the safe default). Figures: benchmarks/RESULTS.md.
 MEDNIST_RECIPE_FLAGS="--resnet_size=18 --version=2 --image_size=64 --nosmall_input --dtype=bf16 \
---batch_size=128 --train_epochs=3 --epochs_between_evals=3 --lr_schedule=cosine \
+--batch_size=128 --train_epochs=2 --epochs_between_evals=2 --lr_schedule=cosine \
 --base_learning_rate=0.2 --warmup_epochs=0.1 --cache --steps_per_loop=20"
 export MEDNIST_RECIPE_FLAGS
 
