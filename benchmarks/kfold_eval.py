@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -37,6 +38,7 @@ if REPO_ROOT not in sys.path:
 
 from absl import app, flags  # noqa: E402
 
+from dataset import sources  # noqa: E402  (TensorFlow-free)
 from official.utils import cli  # noqa: E402
 
 PROGRAM = "kfold_eval.py"
@@ -59,30 +61,34 @@ parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 
 def list_archive(dataset_dir: str) -> list[tuple[str, str]]:
-    """(class, file name) of every file in DATASET_DIR/<Class>/, sorted.
+    """(class, path relative to DATASET_DIR) of every image in DATASET_DIR/<Class>/, as the
+    converter's class-folder discovery sees them (hidden files skipped, sub-folders walked).
 
     Raises:
-      ValueError: no class folders, or a class folder without files.
+      ValueError: not a folder, fewer than two classes, a class folder without images, or a
+        file the converter would refuse (the first such problem).
     """
     if not os.path.isdir(dataset_dir):
         raise ValueError(f"{dataset_dir}: not a folder")
-    classes = sorted(entry.name for entry in os.scandir(dataset_dir) if entry.is_dir())
-    if len(classes) < 2:
+    folders = sorted(entry.name for entry in os.scandir(dataset_dir)
+                     if entry.is_dir() and not entry.name.startswith("."))
+    if len(folders) < 2:
         raise ValueError(f"{dataset_dir}: expected class folders DIR/<Class>/<file>, found "
-                         f"{len(classes)} folder(s)")
-    items = []
-    for name in classes:
-        files = sorted(entry.name for entry in os.scandir(os.path.join(dataset_dir, name))
-                       if entry.is_file() and not entry.name.startswith("."))
-        if not files:
+                         f"{len(folders)} folder(s)")
+    discovery = sources.discover(dataset_dir, "class_folders")
+    if discovery.problems:
+        raise ValueError(f"{dataset_dir}: {discovery.problems[0].line()}")
+    items = [(file.label, file.relpath) for file in discovery.files]
+    classes = {label for label, _ in items}
+    for name in folders:
+        if name not in classes:
             raise ValueError(f"{os.path.join(dataset_dir, name)}: class folder without files")
-        items += [(name, file) for file in files]
     return items
 
 
-def fold_of(class_name: str, file_name: str, folds: int, seed: str) -> int:
+def fold_of(relpath: str, folds: int, seed: str) -> int:
     """The file's fold: a hash of its path, so it does not depend on listing order."""
-    digest = hashlib.sha256(f"{seed}/{class_name}/{file_name}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}/{relpath}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % folds
 
 
@@ -91,25 +97,14 @@ def make_fold_layout(dataset_dir: str, items: list[tuple[str, str]], fold: int, 
     """LAYOUT_DIR/{train,val}/<Class>/<file> as symlinks: `fold` is val, the others train.
     Written into a temporary folder and renamed, so a half-made layout is never reused."""
     partial = layout_dir + ".partial"
-    if os.path.isdir(partial):
-        _remove_tree(partial)
-    for class_name, file_name in items:
-        split = "val" if fold_of(class_name, file_name, folds, seed) == fold else "train"
-        target = os.path.join(partial, split, class_name)
-        os.makedirs(target, exist_ok=True)
-        os.symlink(os.path.abspath(os.path.join(dataset_dir, class_name, file_name)),
-                   os.path.join(target, file_name))
+    # rmtree removes the symlinks themselves, never the archive files they point to.
+    shutil.rmtree(partial, ignore_errors=True)
+    for _, relpath in items:
+        split = "val" if fold_of(relpath, folds, seed) == fold else "train"
+        link = os.path.join(partial, split, relpath)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.abspath(os.path.join(dataset_dir, relpath)), link)
     os.rename(partial, layout_dir)
-
-
-def _remove_tree(path: str) -> None:
-    # Symlinks only point out of the tree: removing them never touches the archive.
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    os.rmdir(path)
 
 
 def _run(command: list[str], what: str) -> None:

@@ -37,15 +37,15 @@ def test_every_file_is_in_exactly_one_validation_fold(tmp_path):
         assert not val & train and len(val | train) == 80
         assert os.path.realpath(layout / "val" / next(iter(val))[0] / next(iter(val))[1]) == \
             str((archive / next(iter(val))[0] / next(iter(val))[1]).resolve())
-        seen += sorted(val)
+        seen += sorted((c, f"{c}/{f}") for c, f in val)
     assert sorted(seen) == sorted(items)  # each file validated once
-    sizes = [sum(kfold_eval.fold_of(c, f, 4, "s") == k for c, f in items) for k in range(4)]
+    sizes = [sum(kfold_eval.fold_of(f, 4, "s") == k for _, f in items) for k in range(4)]
     assert min(sizes) >= 10  # a hash, roughly even
     # The fold depends on the path and the salt, not on the listing order.
-    assert kfold_eval.fold_of("Hand", "007.png", 4, "s") == \
-        kfold_eval.fold_of("Hand", "007.png", 4, "s")
-    assert [kfold_eval.fold_of(c, f, 4, "t") for c, f in items] != \
-        [kfold_eval.fold_of(c, f, 4, "s") for c, f in items]
+    assert kfold_eval.fold_of("Hand/007.png", 4, "s") == \
+        kfold_eval.fold_of("Hand/007.png", 4, "s")
+    assert [kfold_eval.fold_of(f, 4, "t") for _, f in items] != \
+        [kfold_eval.fold_of(f, 4, "s") for _, f in items]
 
 
 def test_archive_errors_name_the_folder(tmp_path):
@@ -100,8 +100,8 @@ def test_one_fold_end_to_end_and_a_rerun_reuses_it(tmp_path):
                             env=trainer_env(), cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    fold_files = sum(kfold_eval.fold_of(c, f, 3, "kfold") == 1
-                     for c, f in kfold_eval.list_archive(str(archive)))
+    fold_files = sum(kfold_eval.fold_of(f, 3, "kfold") == 1
+                     for _, f in kfold_eval.list_archive(str(archive)))
     assert lines[-1].startswith(f"out-of-fold errors ") and f" of {fold_files} " in lines[-1]
     assert "partial: 1 of 3 folds finished" in lines
     stamp = os.path.getmtime(work / "fold_1" / "eval" / "metrics.json")
