@@ -1,5 +1,5 @@
-"""Laterality-safe training augmentation beyond the crop: geometry, gamma, blur, noise, mixup
-and cutmix.
+"""Laterality-safe training augmentation beyond the crop: geometry, quarter turns, frames, gamma,
+blur, noise, mixup and cutmix.
 
 Pure TensorFlow: tensors in, tensors out. Nothing here mirrors an image: left kidney and right
 kidney are different classes, so every geometric transform is a rotation plus a scale plus a
@@ -21,6 +21,8 @@ import tensorflow as tf
 # Largest blur standard deviation, in pixels: the kernel's radius is fixed at 3 * blur, and
 # beyond ~3 px a 28-px organ crop is a smudge.
 BLUR_MAX = 3.0
+# A framed image keeps this share of its side: below ~0.6 a 64-px radiograph is a thumbnail.
+FRAME_SIDE = (0.6, 0.95)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,12 @@ class AugmentSpec:
       window/level curve or contrast phase brightens or darkens mid-grey tissue).
     blur: Gaussian blur with a standard deviation drawn from [0, blur] pixels (thicker
       slices, softer reconstruction kernels, lower-resolution detectors).
+    rot90: probability of turning the image by a random quarter turn (90, 180 or 270 degrees):
+      radiographs are stored sideways or upside down, and a turn is a rotation, never a mirror.
+    frame: probability of shrinking the image (to FRAME_SIDE of its side) and setting it at
+      a random place on a border of one random grey level: film scanned on a light box,
+      collimator edges, a photographed monitor. Without it a model may learn "dark border =
+      hand" or "fills the frame = chest" from the archive's habits.
     """
     scale: float = 0.0
     translate: float = 0.0
@@ -45,6 +53,8 @@ class AugmentSpec:
     invert: float = 0.0
     gamma: float = 0.0
     blur: float = 0.0
+    rot90: float = 0.0
+    frame: float = 0.0
 
     def __post_init__(self):
         for name, value, high in (("scale", self.scale, 1.0), ("translate", self.translate, 0.5),
@@ -53,13 +63,16 @@ class AugmentSpec:
                                   ("blur", self.blur, BLUR_MAX)):
             if not 0.0 <= value < high:
                 raise ValueError(f"augmentation {name} must be in [0, {high:g}), got {value!r}")
-        if not 0.0 <= self.invert <= 1.0:
-            raise ValueError(f"augmentation invert must be a probability in [0, 1], got "
-                             f"{self.invert!r}")
+        for name, value in (("invert", self.invert), ("rot90", self.rot90),
+                            ("frame", self.frame)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augmentation {name} must be a probability in [0, 1], got "
+                                 f"{value!r}")
 
     @property
     def active(self) -> bool:
-        return bool(self.geometric or self.noise or self.invert or self.gamma or self.blur)
+        return bool(self.geometric or self.noise or self.invert or self.gamma or self.blur
+                    or self.rot90 or self.frame)
 
     @property
     def geometric(self) -> bool:
@@ -107,6 +120,40 @@ def random_geometry(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.
         output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR",
         fill_mode="CONSTANT")
     return tf.ensure_shape(output[0], image.shape)
+
+
+def random_rot90(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """With probability spec.rot90, one of the three quarter turns, equally likely.
+
+    Square images only (every resized training image is): a turn swaps height and width.
+    """
+    if not spec.rot90:
+        return image
+    turn_seed, which_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    turns = tf.random.stateless_uniform((), which_seed, 1, 4, dtype=tf.int32)
+    turns = tf.where(tf.random.stateless_uniform((), turn_seed) < spec.rot90, turns, 0)
+    return tf.ensure_shape(tf.image.rot90(image, turns), image.shape)
+
+
+def random_frame(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
+    """With probability spec.frame, the image shrunk to a random FRAME_SIDE share of its side,
+    placed at a random spot (wholly inside), on a border of one grey level uniform in 0-255."""
+    if not spec.frame:
+        return image
+    apply_seed, side_seed, place_seed, grey_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 4))
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    zoom = tf.random.stateless_uniform((), side_seed, *FRAME_SIDE)
+    # The shrunk image's centre may move by up to the border's width either way.
+    shift = tf.random.stateless_uniform((2,), place_seed, -1.0, 1.0) * (1.0 - zoom) * size / 2.0
+    grey = tf.random.stateless_uniform((), grey_seed, 0.0, 255.0)
+    transform = affine_matrix(size, zoom, tf.constant(0.0), shift[0], shift[1])
+    framed = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None], transforms=transform[None],
+        output_shape=tf.shape(image)[:2], fill_value=grey, interpolation="BILINEAR",
+        fill_mode="CONSTANT")[0]
+    apply = tf.random.stateless_uniform((), apply_seed) < spec.frame
+    return tf.ensure_shape(tf.where(apply, framed, tf.cast(image, tf.float32)), image.shape)
 
 
 def random_noise(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
@@ -167,16 +214,19 @@ def random_invert(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Te
 
 
 def augment_image(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
-    """random_invert, random_geometry, random_gamma, random_blur, then random_noise, each with
-    its own part of `seed`.
+    """random_invert, random_rot90, random_geometry, random_frame, random_gamma, random_blur,
+    then random_noise, each with its own part of `seed`.
 
     Inversion comes first so that the border shifted in by the geometry is black either way;
-    noise comes last, as a detector adds it after the optics have blurred the image.
+    the frame comes after the geometry (it is part of the acquisition, not of the anatomy's
+    pose); noise comes last, as a detector adds it after the optics have blurred the image.
     """
-    invert_seed, geometry_seed, noise_seed, gamma_seed, blur_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 5))
+    (invert_seed, geometry_seed, noise_seed, gamma_seed, blur_seed, rot90_seed,
+     frame_seed) = tf.unstack(tf.random.experimental.stateless_split(seed, 7))
     image = random_invert(image, spec, invert_seed)
+    image = random_rot90(image, spec, rot90_seed)
     image = random_geometry(image, spec, geometry_seed)
+    image = random_frame(image, spec, frame_seed)
     image = random_blur(random_gamma(image, spec, gamma_seed), spec, blur_seed)
     return random_noise(image, spec, noise_seed)
 

@@ -1,5 +1,5 @@
-"""dataset/augment.py: laterality-safe geometry, gamma, blur, noise, mixup and cutmix on tiny
-tensors."""
+"""dataset/augment.py: laterality-safe geometry, quarter turns, frames, gamma, blur, noise, mixup
+and cutmix on tiny tensors."""
 
 from __future__ import annotations
 
@@ -113,9 +113,79 @@ def test_blur_keeps_brightness_and_position_and_softens_edges():
                                rtol=1e-5)
 
 
+def _asymmetric(size: int = 16) -> np.ndarray:
+    # Distinct values everywhere, so every turn and every mirror gives a different array.
+    return np.arange(size * size, dtype=np.float32).reshape(size, size, 1)
+
+
+def test_rot90_turns_by_quarter_turns_only_and_never_mirrors():
+    image = _asymmetric()
+    turns = {k: np.rot90(image, k, axes=(0, 1)) for k in range(4)}
+    mirrors = [image[::-1], image[:, ::-1], np.transpose(image, (1, 0, 2)),
+               np.rot90(image, 1, axes=(0, 1))[::-1]]
+    seen = set()
+    spec = augment.AugmentSpec(rot90=1.0)
+    for index in range(40):
+        out = augment.random_rot90(tf.constant(image), spec, _seed(index)).numpy()
+        match = [k for k, turned in turns.items() if np.array_equal(out, turned)]
+        assert len(match) == 1 and match[0] != 0  # probability 1: always turned
+        assert not any(np.array_equal(out, mirror) for mirror in mirrors)
+        seen.add(match[0])
+    assert seen == {1, 2, 3}
+    unturned = augment.AugmentSpec(rot90=0.3)
+    kept = sum(np.array_equal(augment.random_rot90(tf.constant(image), unturned,
+                                                   _seed(index)).numpy(), image)
+               for index in range(200))
+    assert 110 <= kept <= 170  # ~70% untouched at probability 0.3
+
+
+def test_frame_shrinks_the_image_inside_a_border_of_one_grey():
+    image = np.full((32, 32, 1), 200.0, np.float32)
+    spec = augment.AugmentSpec(frame=1.0)
+    greys, sides = [], []
+    for index in range(30):
+        out = augment.random_frame(tf.constant(image), spec, _seed(index)).numpy()[..., 0]
+        inside = np.isclose(out, 200.0, atol=0.5)
+        rows, cols = np.where(inside)
+        # The image is one rectangle, wholly inside, 60-95% of the side...
+        height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+        assert 0.6 * 32 - 2 <= height <= 0.95 * 32 + 1 and abs(height - width) <= 1
+        sides.append(height)
+        # ...and everything well outside it is one grey level.
+        border = np.ones_like(inside)
+        border[max(rows.min() - 1, 0):rows.max() + 2, max(cols.min() - 1, 0):cols.max() + 2] = 0
+        values = out[border.astype(bool)]
+        assert values.size and np.ptp(values) < 1e-3
+        greys.append(float(values[0]))
+    assert min(greys) < 60 and max(greys) > 195  # dark and bright borders both occur
+    assert max(sides) - min(sides) >= 5
+    never = augment.AugmentSpec(frame=0.0)
+    np.testing.assert_array_equal(augment.random_frame(tf.constant(image), never,
+                                                       _seed(0)).numpy(), image)
+
+
+def test_frame_keeps_laterality():
+    # The blob stays in the left part of the shrunk image: the frame shrinks and shifts, never
+    # flips. (Background 100, blob 255; seeds whose border grey is close to either are skipped.)
+    image = np.where(_left_blob() > 0, 255.0, 100.0).astype(np.float32)
+    spec = augment.AugmentSpec(frame=1.0)
+    checked = 0
+    for index in range(20):
+        out = augment.random_frame(tf.constant(image), spec, _seed(index)).numpy()[..., 0]
+        grey = out[0, 0]
+        if min(abs(grey - 100.0), abs(grey - 255.0)) < 20:
+            continue
+        content_cols = np.where(np.abs(out - grey) > 5)[1]
+        blob_cols = np.where(out > 250)[1]
+        assert blob_cols.mean() < content_cols.mean() - 3
+        checked += 1
+    assert checked >= 10
+
+
 @pytest.mark.parametrize("kwargs", [{"scale": 1.0}, {"translate": -0.1},
                                     {"rotate_degrees": 200}, {"noise": 1.5}, {"invert": 1.5},
-                                    {"gamma": 1.0}, {"blur": 3.0}])
+                                    {"gamma": 1.0}, {"blur": 3.0}, {"rot90": 1.1},
+                                    {"frame": -0.1}])
 def test_spec_rejects_out_of_range_values(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         augment.AugmentSpec(**kwargs)

@@ -58,6 +58,10 @@ def test_inversion_and_mixing_reach_the_training_batches(tmp_path):
     rotated = train_input.augment_for_train(film, _input(data, tmp_path / "m",
                                                          augment_rotate=30))
     assert float(tf.reduce_min(rotated)) < 40 / 127.5 - 1 - 0.1  # dark corners rotated in
+    # A frame puts a border of another grey around the film (equal to 40 with odds ~1e-9).
+    framed = train_input.augment_for_train(film, _input(data, tmp_path / "m",
+                                                        augment_frame=1.0)).numpy()
+    assert np.isclose(framed, 40 / 127.5 - 1, atol=1e-3).mean() < 0.95
     # Beta(50, 50) puts the mixing weight near 1/2, so every batch is visibly mixed (with
     # a typical alpha of 0.2-1 a batch may by chance be almost unmixed).
     for flags in ({"mixup_alpha": 50.0}, {"cutmix_alpha": 50.0},
@@ -116,7 +120,7 @@ def test_ema_run_evaluates_checkpoints_and_exports_the_average(tmp_path):
     config = _config(data, model_dir, ema_decay=0.5, train_epochs=2,
                      augment_scale=0.1, augment_translate=0.05, augment_rotate=5,
                      augment_noise=0.02, augment_gamma=0.3, augment_blur=0.8,
-                     color_jitter=0.1, mixup_alpha=0.2,
+                     augment_rot90=0.2, augment_frame=0.3, color_jitter=0.1, mixup_alpha=0.2,
                      export_dir=str(tmp_path / "export"))
     result = train_lib.train(config, ONE_DEVICE, RESNET_18)
     assert result.step == 4 and result.export_path

@@ -55,6 +55,7 @@ def config_from_flags() -> TrainConfig:
         augment_translate=FLAGS.augment_translate, augment_rotate=FLAGS.augment_rotate,
         augment_noise=FLAGS.augment_noise, augment_invert=FLAGS.augment_invert,
         augment_gamma=FLAGS.augment_gamma, augment_blur=FLAGS.augment_blur,
+        augment_rot90=FLAGS.augment_rot90, augment_frame=FLAGS.augment_frame,
         color_jitter=FLAGS.color_jitter, mixup_alpha=FLAGS.mixup_alpha,
         cutmix_alpha=FLAGS.cutmix_alpha, ema_decay=FLAGS.ema_decay,
         export_tta=FLAGS.export_tta, train_split=FLAGS.train_split,

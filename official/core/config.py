@@ -24,7 +24,8 @@ LR_SCHEDULES = ("piecewise", "cosine")
 AUGMENT_RANGES = (("augment_scale", 0.0, 1.0, ")"), ("augment_translate", 0.0, 0.5, ")"),
                   ("augment_rotate", 0.0, 180.0, ")"), ("augment_noise", 0.0, 1.0, ")"),
                   ("augment_invert", 0.0, 1.0, "]"), ("color_jitter", 0.0, 1.0, ")"),
-                  ("augment_gamma", 0.0, 1.0, ")"), ("augment_blur", 0.0, 3.0, ")"))
+                  ("augment_gamma", 0.0, 1.0, ")"), ("augment_blur", 0.0, 3.0, ")"),
+                  ("augment_rot90", 0.0, 1.0, "]"), ("augment_frame", 0.0, 1.0, "]"))
 SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
 
 
@@ -59,6 +60,8 @@ class TrainConfig:
     augment_invert: float = 0.0
     augment_gamma: float = 0.0
     augment_blur: float = 0.0  # pixels, at the stored size
+    augment_rot90: float = 0.0  # probability of a quarter turn
+    augment_frame: float = 0.0  # probability of a frame of one random grey
     color_jitter: float = 0.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0

@@ -57,7 +57,8 @@ class InputSpec:
                        scale=config.augment_scale, translate=config.augment_translate,
                        rotate_degrees=config.augment_rotate, noise=config.augment_noise,
                        invert=config.augment_invert, gamma=config.augment_gamma,
-                       blur=config.augment_blur),
+                       blur=config.augment_blur, rot90=config.augment_rot90,
+                       frame=config.augment_frame),
                    mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha)
 
 

@@ -189,6 +189,13 @@ def _define_generalisation(define: _Definer) -> None:
     define.float("augment_blur", 0.0, "Random Gaussian blur of training images, standard "
                  "deviation up to this many pixels of the stored image (e.g. 0.8: thicker "
                  "slices, softer kernels).", lower_bound=0.0, upper_bound=2.99)
+    define.float("augment_rot90", 0.0, "Probability of turning a training image by a random "
+                 "quarter turn (90/180/270 degrees: radiographs stored sideways or upside "
+                 "down; a rotation, never a mirror).", lower_bound=0.0, upper_bound=1.0)
+    define.float("augment_frame", 0.0, "Probability of shrinking a training image to 60-95% "
+                 "of its side on a border of one random grey (film on a light box, collimator "
+                 "edges): the border stops being a clue to the class.", lower_bound=0.0,
+                 upper_bound=1.0)
     define.float("color_jitter", 0.0, "Random brightness shift (up to this fraction of 255) "
                  "and contrast factor in [1 - j, 1 + j] on training images.",
                  lower_bound=0.0, upper_bound=0.99)
