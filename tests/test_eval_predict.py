@@ -318,3 +318,50 @@ def test_help_explains_views_and_ensembles(script):
     assert "--tta" in text and "never a mirror" in text
     assert f"up to {len(test_time.TTA_VIEWS)}" in text
     assert "comma-separated, form an ensemble" in text and "same order" in text
+
+
+# One SavedModel from model_dirs: dicom_export.py.
+
+def test_export_cli_ensemble_is_one_model_equal_to_the_in_process_ensemble(trained, tmp_path):
+    from official.core.inference import Predictor, load_predictor
+
+    second = _model_dir_like(trained, tmp_path / "second")  # same size, other weights
+    out = tmp_path / "ensemble"
+    result = _run("dicom_export.py", f"--model_dir={trained['model_dir']},{second}",
+                  f"--export_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "exported the ensemble of 2 models to" in result.stdout
+    (version,) = list(out.iterdir())
+    config = json.loads((version / "assets.extra" / "config.json").read_text())
+    assert [member["source"] for member in config["ensemble"]] == [trained["model_dir"], second]
+    images = _encoded()
+    members = [Predictor(path)(images) for path in (trained["model_dir"], second)]
+    assert np.abs(members[0] - members[1]).max() > 1e-3
+    np.testing.assert_allclose(Predictor(str(out))(images), np.mean(members, axis=0), atol=1e-5)
+    np.testing.assert_allclose(Predictor(str(out))(images),
+                               load_predictor([trained["model_dir"], second])(images), atol=1e-5)
+    # One model_dir: the same model the trainer exported.
+    single = tmp_path / "single"
+    assert _run("dicom_export.py", f"--model_dir={trained['model_dir']}",
+                f"--export_dir={single}").returncode == 0
+    (version,) = list(single.iterdir())
+    assert "ensemble" not in json.loads((version / "assets.extra" / "config.json").read_text())
+    np.testing.assert_allclose(Predictor(str(single))(images), Predictor(trained["export"])(images),
+                               atol=1e-5)
+
+
+def test_export_cli_refuses_mismatched_members_in_one_line_and_writes_nothing(
+        trained, other_model, tmp_path):
+    from tests.trainer_fixtures import error_lines
+
+    out = tmp_path / "ensemble"
+    result = _run("dicom_export.py", f"--model_dir={trained['model_dir']},{other_model}",
+                  f"--export_dir={out}")
+    assert result.returncode == 1
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "cannot ensemble" in lines[0] and "image_size 32 vs 48" in lines[0]
+    assert not out.exists() or not list(out.iterdir())
+    result = _run("dicom_export.py", f"--model_dir={tmp_path / 'missing'}",
+                  f"--export_dir={out}")
+    assert result.returncode == 1 and len(error_lines(result.stderr)) == 1
+    assert "config.json" in result.stderr

@@ -23,6 +23,7 @@ from tests.conftest import REPO_ROOT
 # The command-line programs: TensorFlow-heavy imports inside main() only (official/utils/cli.py).
 CLI_MODULES = ("tf_convert_data.py", "networks/resnet/dicom_main.py",
                "networks/resnet/dicom_eval.py", "networks/resnet/dicom_predict.py",
+               "networks/resnet/dicom_export.py",
                "networks/slim/train_image_classifier.py",
                "networks/slim/eval_image_classifier.py", "benchmarks/train_bench.py",
                "benchmarks/pipeline_bench.py", "benchmarks/stress_eval.py")

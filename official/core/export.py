@@ -9,7 +9,9 @@ evaluation preprocessing (dataset.preprocess.preprocess_for_eval):
   -> class_ids int32 [N], class_names string [N], probabilities float32 [N, num_classes]
 
 With tta_views > 1 (test-time augmentation) both signatures average the probabilities over
-that many fixed views of each image (dataset/test_time.py); never a mirror image.
+that many fixed views of each image (dataset/test_time.py); never a mirror image. Given several
+models (an ensemble: same image size, channels and classes), they average the members'
+probabilities.
 
 The resolved training config, plus `tta_views`, is copied to
 `<version>/assets.extra/config.json`.
@@ -86,7 +88,10 @@ def to_pixels(images: tf.Tensor) -> tf.Tensor:
 
 
 class ServingModule(tf.Module):
-    """Model + class names + preprocessing, with the two serving signatures.
+    """Model(s) + class names + preprocessing, with the two serving signatures.
+
+    Several models are an ensemble: the softmax probabilities of each are averaged (they share
+    the preprocessing, so they must share image_size and channels; the caller checks that).
 
     With tta_views > 1 both signatures return the mean of the softmax probabilities over the
     first tta_views views of dataset.test_time.TTA_VIEWS. Each view is made from the image
@@ -95,16 +100,20 @@ class ServingModule(tf.Module):
     export's `predict_images` per view gets the same numbers (inference.Predictor does).
     """
 
-    def __init__(self, model: keras.Model, config: dict, tta_views: int = 1):
+    def __init__(self, model: keras.Model | list[keras.Model], config: dict,
+                 tta_views: int = 1):
         super().__init__()
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
         # The Keras model is held outside TF's object tracking (a closure, not an attribute):
         # saving it as an object would walk and serialise every layer (for Inception-ResNet-v2
         # ~60,000 trackable children, more than half of the export time), and nothing reads
         # it back; the signatures are the interface. Its variables are tracked instead: Keras 3
         # variables wrap a tf.Variable, and tracking the raw ones is what lets the TF1-style
         # loaders (TF Serving, saved_model_cli) find them (keras-team/keras#19274, #20095).
-        self._call_model = lambda images: model(images, training=False)
-        self.serving_variables = [variable.value for variable in model.variables]
+        self._call_models = [lambda images, member=member: member(images, training=False)
+                             for member in models]
+        self.serving_variables = [variable.value for member in models
+                                  for variable in member.variables]
         self.image_size = int(config["image_size"])
         self.channels = int(config["channels"])
         self.tta_views = test_time.check_num_views(tta_views)
@@ -127,7 +136,8 @@ class ServingModule(tf.Module):
         return tf.map_fn(self._preprocess, pixels, fn_output_signature=spec)
 
     def _probabilities(self, images):
-        return tf.nn.softmax(self._call_model(images), axis=-1)
+        return tf.add_n([tf.nn.softmax(call(images), axis=-1) for call in self._call_models]
+                        ) / len(self._call_models)
 
     def _mean_over_views(self, resized):
         # All views in one batch: one forward pass instead of tta_views smaller ones.
@@ -178,7 +188,45 @@ def export_saved_model(model: keras.Model, config: dict, export_dir: str,
     test_time.check_num_views(tta_views)
     inference_model = build_inference_model(config)
     inference_model.set_weights(model.get_weights())
-    module = ServingModule(inference_model, config, tta_views)
+    return _save(ServingModule(inference_model, config, tta_views), config, export_dir,
+                 tta_views)
+
+
+def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: str,
+                    tta_views: int = 1) -> str:
+    """One SavedModel averaging the probabilities of several trained models; returns its folder.
+
+    Args:
+      members: (float32 model, its resolved config, where it came from) for each member, as
+        load_model_from_dir gives them; all with the same image_size, channels and class
+        names in the same order.
+      export_dir, tta_views: as export_saved_model.
+
+    config.json is the first member's, plus `tta_views` and, for two or more, `ensemble`
+    (each member's source and network spec).
+
+    Raises:
+      ValueError: no members, members that differ in image size, channels or classes, or
+        tta_views out of range.
+    """
+    test_time.check_num_views(tta_views)
+    if not members:
+        raise ValueError("an ensemble needs at least one model")
+    _, first, first_source = members[0]
+    for _, config, source in members[1:]:
+        for key in ("image_size", "channels", "class_names"):
+            if config[key] != first[key]:
+                raise ValueError(f"cannot ensemble {first_source} and {source}: {key} "
+                                 f"{first[key]!r} vs {config[key]!r}")
+    config = dict(first)
+    if len(members) > 1:
+        config["ensemble"] = [{"source": source, "model": config.get("model")}
+                              for _, config, source in members]
+    module = ServingModule([model for model, _, _ in members], first, tta_views)
+    return _save(module, config, export_dir, tta_views)
+
+
+def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) -> str:
     os.makedirs(export_dir, exist_ok=True)
     version = int(time.time())
     while os.path.exists(os.path.join(export_dir, str(version))):

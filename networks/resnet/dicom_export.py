@@ -1,0 +1,67 @@
+"""Export trained model_dirs as a SavedModel: one model, or an ensemble of several in one file.
+
+    python networks/resnet/dicom_export.py --model_dir=runs/a --export_dir=runs/a/export
+    python networks/resnet/dicom_export.py --model_dir=runs/a,runs/b --export_dir=runs/ens
+
+Each --model_dir is a trainer's model_dir; its latest checkpoint is used (--checkpoint picks
+another for a single model_dir), with the weight average when it was trained with
+--ema_decay, as dicom_main.py's own --export_dir would. Several model_dirs become one
+SavedModel whose signatures average the members' probabilities, so dicom_eval.py,
+dicom_predict.py and TF Serving see one model (the members must share --image_size,
+--channels and the class names in the same order; the network may differ). The SavedModel
+goes into a new numbered folder of --export_dir, as the trainer's export does, with the same
+two signatures; --tta=N averages N fixed test-time views inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))))
+
+from absl import app, flags  # noqa: E402
+
+from official.utils import cli  # noqa: E402
+
+FLAGS = flags.FLAGS
+PROGRAM = "dicom_export.py"
+
+
+def define_flags() -> None:
+    """Flags exist only when run as a program, so tests can import this module."""
+    flags.DEFINE_list("model_dir", None, "Training model_dir(s); several, comma-separated, "
+                      "are exported as one ensemble.")
+    flags.DEFINE_string("export_dir", None, "Where the SavedModel's numbered folder goes.")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside the model_dir (default: "
+                        "latest); only with a single --model_dir.")
+    flags.DEFINE_integer("tta", 1, "Test-time views averaged inside the export (1: off).",
+                         lower_bound=1)
+    flags.mark_flags_as_required(["model_dir", "export_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.checkpoint and len(FLAGS.model_dir) > 1:
+        raise app.UsageError("--checkpoint picks one model_dir's checkpoint; it cannot be "
+                             f"used with {len(FLAGS.model_dir)} model_dirs")
+    from official.core import export
+
+    def run() -> str:
+        members = []
+        for model_dir in FLAGS.model_dir:
+            model, config = export.load_model_from_dir(model_dir, FLAGS.checkpoint)
+            members.append((model, config, model_dir))
+        path = export.export_ensemble(members, FLAGS.export_dir, FLAGS.tta)
+        kind = "model" if len(members) == 1 else f"ensemble of {len(members)} models"
+        return f"exported the {kind} to {path}"
+
+    cli.print_summary_or_exit(PROGRAM, run)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))
