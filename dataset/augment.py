@@ -125,14 +125,14 @@ def random_geometry(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.
 def random_rot90(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
     """With probability spec.rot90, one of the three quarter turns, equally likely.
 
-    Square images only (every resized training image is): a turn swaps height and width.
+    A quarter turn swaps height and width (the training crop and resize come after it).
     """
     if not spec.rot90:
         return image
     turn_seed, which_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     turns = tf.random.stateless_uniform((), which_seed, 1, 4, dtype=tf.int32)
     turns = tf.where(tf.random.stateless_uniform((), turn_seed) < spec.rot90, turns, 0)
-    return tf.ensure_shape(tf.image.rot90(image, turns), image.shape)
+    return tf.ensure_shape(tf.image.rot90(image, turns), [None, None, image.shape[-1]])
 
 
 def random_frame(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:

@@ -137,6 +137,11 @@ def test_rot90_turns_by_quarter_turns_only_and_never_mirrors():
                                                    _seed(index)).numpy(), image)
                for index in range(200))
     assert 110 <= kept <= 170  # ~70% untouched at probability 0.3
+    # A decoded image is seldom square: a quarter turn swaps its sides, whole pipeline included.
+    wide = np.arange(20 * 30, dtype=np.float32).reshape(20, 30, 1)
+    shapes = {augment.augment_image(tf.constant(wide), augment.AugmentSpec(rot90=1.0, frame=1.0),
+                                    _seed(index)).shape for index in range(8)}
+    assert shapes == {(30, 20, 1), (20, 30, 1)}
 
 
 def test_frame_shrinks_the_image_inside_a_border_of_one_grey():
