@@ -1,6 +1,6 @@
 """scripts/: ShellCheck, --help and argument counts of every script, TF_CONFIG from a host
-list, the MedNIST recipe's report, and convert -> sweep -> export on tiny data (the sweep's two
-runs end in one results table)."""
+list, the MedNIST recipe's report, the OrganAMNIST recipe's ensemble, and convert -> sweep ->
+export on tiny data (the sweep's two runs end in one results table)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.trainer_fixtures import REPO_ROOT, trainer_env, write_converted_dataset
+from tests.conftest import write_image
+from tests.trainer_fixtures import REPO_ROOT, class_image, trainer_env, write_converted_dataset
 
 SCRIPTS = REPO_ROOT / "scripts"
 SHELL_SCRIPTS = sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")])
@@ -142,6 +145,37 @@ def test_mednist_recipe_prints_only_what_it_measured(tmp_path):
     assert float(report.split()[4]) == pytest.approx(accuracy)
     # No figure from another run anywhere in the output.
     assert "peer" not in result.stdout and "%" not in result.stdout
+
+
+def test_organamnist_recipe_trains_its_members_and_exports_one_ensemble(tmp_path):
+    """A tiny archive in OrganAMNIST's layout, one step per member: the wiring, not accuracy."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 2)):
+        for index, name in enumerate(("kidney-left", "kidney-right")):
+            for number in range(count):
+                write_image(tmp_path / "OrganAMNIST" / split / name / f"{split}{number}_{index}.png",
+                            class_image(rng, index, 28).astype(np.uint8))
+    with tarfile.open(tmp_path / "organ.tar.gz", "w:gz") as archive:
+        archive.add(tmp_path / "OrganAMNIST", arcname="OrganAMNIST")
+    work = tmp_path / "work"
+    flags = ("--max_train_steps=1", "--image_size=32", "--batch_size=8", "--hooks=",
+             "--num_parallel_calls=2")
+    env = {"ORGANAMNIST_TAR": str(tmp_path / "organ.tar.gz"), "ORGANAMNIST_MEMBERS": "2"}
+    result = _bash("recipe_organamnist.sh", str(work), *flags, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (version,) = list((work / "export").iterdir())
+    config = json.loads((version / "assets.extra" / "config.json").read_text())
+    assert [member["source"] for member in config["ensemble"]] == [
+        str(work / "model_1"), str(work / "model_2")]
+    seeds = [json.loads((work / f"model_{k}" / "config.json").read_text())["seed"] for k in (1, 2)]
+    assert seeds == [1, 2]  # two different members, not one model twice
+    metrics = json.loads((work / "eval_validation" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 4
+    assert "kidney-left -> kidney-right: " in result.stdout
+    result = _bash("recipe_organamnist.sh", str(work), *flags,
+                   env={**env, "ORGANAMNIST_MEMBERS": "two"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("recipe_organamnist.sh: error: ")
 
 
 def test_multi_node_builds_tf_config_from_the_host_list():
