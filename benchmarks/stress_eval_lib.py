@@ -77,10 +77,7 @@ def perturb(images: tf.Tensor, kind: str, parameter) -> tf.Tensor:
         size = tf.cast(tf.shape(x)[1:3], tf.float32)
         matrix = augment.affine_matrix(size, tf.constant(zoom), tf.constant(
             degrees * math.pi / 180.0), shift_y * size[0], shift_x * size[1])
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=tf.tile(matrix[None], [tf.shape(x)[0], 1]),
-            output_shape=tf.shape(x)[1:3], fill_value=0.0, interpolation="BILINEAR",
-            fill_mode="CONSTANT")
+        x = augment.warp(x, matrix)
     elif kind == "rot90":
         x = tf.image.rot90(x, parameter)  # a rotation: the square image keeps its size
     elif kind == "invert":

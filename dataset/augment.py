@@ -99,6 +99,15 @@ def affine_matrix(size: tf.Tensor, zoom: tf.Tensor, angle: tf.Tensor, shift_y: t
     return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero])
 
 
+def warp(images: tf.Tensor, transform: tf.Tensor, fill_value=0.0) -> tf.Tensor:
+    """Float images [N, H, W, C] through one affine_matrix transform (every image alike),
+    bilinear, with the pixels from outside set to `fill_value`; the shape is kept."""
+    output = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transform[None], output_shape=tf.shape(images)[1:3],
+        fill_value=fill_value, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return tf.ensure_shape(output, images.shape)
+
+
 def random_geometry(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
     """Random zoom, rotation and shift of one image [H, W, C]; the size is kept.
 
@@ -115,11 +124,7 @@ def random_geometry(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.
     angle = tf.random.stateless_uniform((), angle_seed, -max_angle, max_angle)
     shift = tf.random.stateless_uniform((2,), shift_seed, -spec.translate, spec.translate) * size
     transform = affine_matrix(size, zoom, angle, shift[0], shift[1])
-    output = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None], transforms=transform[None],
-        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR",
-        fill_mode="CONSTANT")
-    return tf.ensure_shape(output[0], image.shape)
+    return warp(tf.cast(image, tf.float32)[None], transform)[0]
 
 
 def random_rot90(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:
@@ -148,12 +153,10 @@ def random_frame(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Ten
     shift = tf.random.stateless_uniform((2,), place_seed, -1.0, 1.0) * (1.0 - zoom) * size / 2.0
     grey = tf.random.stateless_uniform((), grey_seed, 0.0, 255.0)
     transform = affine_matrix(size, zoom, tf.constant(0.0), shift[0], shift[1])
-    framed = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None], transforms=transform[None],
-        output_shape=tf.shape(image)[:2], fill_value=grey, interpolation="BILINEAR",
-        fill_mode="CONSTANT")[0]
-    apply = tf.random.stateless_uniform((), apply_seed) < spec.frame
-    return tf.ensure_shape(tf.where(apply, framed, tf.cast(image, tf.float32)), image.shape)
+    image = tf.cast(image, tf.float32)
+    # A cond, not a where: most images are not framed, and their warp is never computed.
+    return tf.cond(tf.random.stateless_uniform((), apply_seed) < spec.frame,
+                   lambda: warp(image[None], transform, grey)[0], lambda: image)
 
 
 def random_noise(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Tensor:

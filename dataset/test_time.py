@@ -67,8 +67,5 @@ def test_time_views(images: tf.Tensor, num_views: int) -> tf.Tensor:
         transform = augment.affine_matrix(
             size, tf.constant(zoom), tf.constant(degrees * math.pi / 180.0),
             shift_y * size[0], shift_x * size[1])
-        view = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transform[None], output_shape=tf.shape(images)[1:3],
-            fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
-        views.append(tf.ensure_shape(view, images.shape))
+        views.append(augment.warp(images, transform))
     return tf.concat(views, axis=0)

@@ -213,17 +213,36 @@ def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: st
     if not members:
         raise ValueError("an ensemble needs at least one model")
     _, first, first_source = members[0]
-    for _, config, source in members[1:]:
-        for key in ("image_size", "channels", "class_names"):
-            if config[key] != first[key]:
+    for _, other, source in members[1:]:
+        if other["class_names"] != first["class_names"]:
+            difference = describe_class_difference(first["class_names"], other["class_names"],
+                                                   first_source, source)
+            raise ValueError(f"cannot ensemble {first_source} and {source}: {difference}")
+        for key in ("image_size", "channels"):
+            if other[key] != first[key]:
                 raise ValueError(f"cannot ensemble {first_source} and {source}: {key} "
-                                 f"{first[key]!r} vs {config[key]!r}")
+                                 f"{first[key]!r} vs {other[key]!r}")
     config = dict(first)
     if len(members) > 1:
-        config["ensemble"] = [{"source": source, "model": config.get("model")}
-                              for _, config, source in members]
+        config["ensemble"] = [{"source": source, "model": member_config.get("model")}
+                              for _, member_config, source in members]
     module = ServingModule([model for model, _, _ in members], first, tta_views)
     return _save(module, config, export_dir, tta_views)
+
+
+def describe_class_difference(first: list[str], second: list[str], first_name: str,
+                              second_name: str) -> str:
+    """One line saying how two models' class name lists differ."""
+    only_first = [name for name in first if name not in second]
+    only_second = [name for name in second if name not in first]
+    if only_first or only_second:
+        return (f"classes only in {first_name}: {only_first}; "
+                f"only in {second_name}: {only_second}")
+    if len(first) != len(second):
+        return f"{len(first)} class names vs {len(second)} (a repeated name)"
+    position = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    return (f"same classes in a different order: class {position} is {first[position]!r} "
+            f"in {first_name} but {second[position]!r} in {second_name}")
 
 
 def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) -> str:

@@ -138,7 +138,7 @@ class Ensemble:
         first = members[0]
         for other in members[1:]:
             if other.class_names != first.class_names:
-                difference = describe_class_difference(first.class_names, other.class_names,
+                difference = export.describe_class_difference(first.class_names, other.class_names,
                                                        first.source, other.source)
                 raise ValueError(f"cannot ensemble {first.source} and {other.source}: {difference}")
         self.members = list(members)
@@ -155,21 +155,6 @@ def member_records(predictor: Predictor | Ensemble) -> list[dict]:
     """What a report records of the models behind it: each member's source and views."""
     return [{"model": member.source, "tta_views": member.tta_views}
             for member in predictor.members]
-
-
-def describe_class_difference(first: list[str], second: list[str], first_name: str,
-                              second_name: str) -> str:
-    """One line saying how two models' class name lists differ."""
-    only_first = [name for name in first if name not in second]
-    only_second = [name for name in second if name not in first]
-    if only_first or only_second:
-        return (f"classes only in {first_name}: {only_first}; "
-                f"only in {second_name}: {only_second}")
-    if len(first) != len(second):
-        return f"{len(first)} class names vs {len(second)} (a repeated name)"
-    position = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
-    return (f"same classes in a different order: class {position} is {first[position]!r} "
-            f"in {first_name} but {second[position]!r} in {second_name}")
 
 
 def load_predictor(model_paths: list[str], checkpoint: str | None = None,
