@@ -11,15 +11,20 @@ MONOCHROME1/2 inversion. This script evaluates a model on the split as it is and
 shift of a fixed table (deterministic, so runs compare), through the same serving path as
 dicom_eval (the images are re-encoded as PNG and fed to the Predictor), and prints accuracy and
 the worst class's recall for each, each class's recall clean and over the shifts, the
-commonest confusions under the shifts, then the mean over the shifts: the "stress accuracy".
+commonest confusions under the shifts, how many left/right images each shift swapped (classes
+named X-left / X-right), then the mean over the shifts: the "stress accuracy".
 
-Presets (never a mirror: left/right organs are separate classes):
+Presets (never a mirror, except "orientation": left/right organs are separate classes):
   ct          zoom 0.85 / 1.15, shift 8% right / down, rotation -10 / +10 degrees,
               contrast 0.7 / 1.3, gamma 0.7 / 1.4, Gaussian noise sd 4%
   ct-corruptions
               no geometry: MedMNIST-C's OrganAMNIST corruptions (pixelation, JPEG,
               Gaussian/speckle/impulse noise, blur, brightness, contrast, gamma) at two
               severities each
+  orientation flip left-right, flip up-down, rotation 180: mirrors on purpose, to show which
+              image axis carries left and right (the flip that swaps the X-left/X-right
+              classes; in OrganAMNIST it is the up-down one) and so which flip, if any, is
+              safe to train with (dicom_main.py --random_flip)
   radiograph  rotation 90 / 180 / 270, grey scale inverted, framed (75% size in a black
               border), contrast 0.6, gamma 0.6 / 1.6
 
@@ -42,7 +47,7 @@ from official.utils import cli  # noqa: E402
 PROGRAM = "stress_eval.py"
 # stress_eval_lib.PRESETS' names, written out: the table needs TensorFlow, --help does not
 # (tests/test_stress_eval.py checks they agree).
-PRESET_NAMES = ("ct", "ct-corruptions", "radiograph")
+PRESET_NAMES = ("ct", "ct-corruptions", "orientation", "radiograph")
 FLAGS = cli.program_flags()
 flags.DEFINE_string("model", None, "model_dir or SavedModel; several, comma-separated, form an "
                     "ensemble", flag_values=FLAGS)

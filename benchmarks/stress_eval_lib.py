@@ -66,6 +66,14 @@ PRESETS = {
         ("gamma 0.6", "gamma", 0.6),
         ("gamma 1.6", "gamma", 1.6),
     ),
+    # Mirrors on purpose: which image axis carries the labels' left and right. The flip along
+    # that axis swaps X-left and X-right; the other flip does not (OrganAMNIST's rows run along
+    # the patient's left-right axis, so there it is the up-down flip; RESULTS.md section 10).
+    "orientation": (
+        ("flip left-right", "flip", "left_right"),
+        ("flip up-down", "flip", "up_down"),
+        ("rotate 180", "rot90", 2),
+    ),
 }
 
 
@@ -80,6 +88,8 @@ def perturb(images: tf.Tensor, kind: str, parameter) -> tf.Tensor:
         x = augment.warp(x, matrix)
     elif kind == "rot90":
         x = tf.image.rot90(x, parameter)  # a rotation: the square image keeps its size
+    elif kind == "flip":
+        x = tf.reverse(x, axis=[2] if parameter == "left_right" else [1])
     elif kind == "invert":
         x = 255.0 - x
     elif kind == "contrast":  # about each image's mean, like a narrower/wider window
@@ -109,6 +119,19 @@ def perturb(images: tf.Tensor, kind: str, parameter) -> tf.Tensor:
     else:
         raise ValueError(f"unknown perturbation kind {kind!r}")
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
+
+
+def laterality_pairs(class_names: list[str]) -> list[tuple[int, int]]:
+    """(left, right) class indices of names that differ only in "left"/"right" (any case, e.g.
+    kidney-left / kidney-right, Left_Hand / Right_Hand)."""
+    index = {name.lower(): k for k, name in enumerate(class_names)}
+    pairs = []
+    for name, k in index.items():
+        if "left" in name:
+            other = index.get(name.replace("left", "right"))
+            if other is not None:
+                pairs.append((k, other))
+    return sorted(pairs)
 
 
 def _encode(images: tf.Tensor) -> tf.Tensor:
@@ -182,6 +205,14 @@ def report(model: str, data_dir: str, split: str, preset: str, tta: int,
     lines.append("commonest confusions under the shifts: " + ", ".join(
         f"{class_names[i]}->{class_names[j]} {errors[i, j]}"
         for i, j in zip(*np.unravel_index(top, errors.shape)) if errors[i, j]))
+    pairs = laterality_pairs(class_names)
+    if pairs:
+        # A mirror along the laterality axis moves most left/right images to the other side.
+        support = sum(rows[0][4][k].sum() for pair in pairs for k in pair)
+        lines.append(f"left/right swaps ({len(pairs)} pairs, {support} images):")
+        for name, *_, confusion in rows:
+            swaps = sum(confusion[a, b] + confusion[b, a] for a, b in pairs)
+            lines.append(f"  {name:<16} {swaps:>6}  {swaps / max(support, 1):.4f}")
     accuracies = [accuracy for name, accuracy, *_ in rows if name != "clean"]
     lines.append(f"stress accuracy {np.mean(accuracies):.4f} (clean {rows[0][1]:.4f})")
     return "\n".join(lines)

@@ -111,8 +111,9 @@ def preprocess_for_train(image: tf.Tensor, *, image_size: int, random_flip: bool
     Args:
       image: one image, uint8 [H, W, C] (or float on the 0-255 scale).
       image_size: output height and width.
-      random_flip: flip left-right with probability 1/2. Only for label sets without
-        laterality: a flip turns a left kidney into a right one.
+      random_flip: flip left-right with probability 1/2. Not when the image's left-right
+        axis carries the labels' laterality: the flip would turn a left kidney into a right
+        one (in OrganAMNIST that axis is the up-down one, and a left-right flip keeps sides).
       seed: None (a fresh random seed per call), an int, or a shape-[2] int tensor for the
         stateless ops. A fixed int gives every image the *same* augmentation; in a tf.data
         pipeline pass a per-example seed (e.g. zip with tf.data.Dataset.random(seed).batch(2))

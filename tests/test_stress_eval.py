@@ -48,6 +48,38 @@ def test_radiograph_shifts_do_what_their_names_say():
     assert framed[0].max() == 0 and framed[:, 0].max() == 0 and framed[16, 16] == 100
 
 
+def test_orientation_shifts_are_the_two_mirrors_and_a_half_turn():
+    image = _left_blob()
+    array = image.numpy()[0]
+    flips = {kind_parameter: stress_eval_lib.perturb(image, kind, kind_parameter).numpy()[0]
+             for _, kind, kind_parameter in stress_eval_lib.PRESETS["orientation"]}
+    np.testing.assert_array_equal(flips["left_right"], array[:, ::-1])
+    np.testing.assert_array_equal(flips["up_down"], array[::-1])
+    np.testing.assert_array_equal(flips[2], array[::-1, ::-1])
+
+
+def test_laterality_pairs_match_names_differing_only_in_left_and_right():
+    names = ["Left_Hand", "Right_Hand", "kidney-left", "kidney-right", "liver", "lung-left"]
+    assert stress_eval_lib.laterality_pairs(names) == [(0, 1), (2, 3)]
+    assert stress_eval_lib.laterality_pairs(["CXR", "Hand"]) == []
+
+
+def test_report_counts_the_left_right_swaps_of_each_shift():
+    names = ["kidney-left", "kidney-right", "liver"]
+    clean = np.array([[9, 1, 0], [0, 10, 0], [0, 0, 5]])
+    mirrored = np.array([[1, 8, 1], [9, 1, 0], [0, 0, 5]])
+    rows = [("clean", 0.96, 0.9, "kidney-left", clean),
+            ("flip up-down", 0.28, 0.1, "kidney-left", mirrored)]
+    lines = stress_eval_lib.report("m", "d", "validation", "orientation", 1, rows, 25,
+                                   names).splitlines()
+    start = lines.index("left/right swaps (1 pairs, 20 images):")
+    assert lines[start + 1].split() == ["clean", "1", "0.0500"]
+    assert lines[start + 2].split() == ["flip", "up-down", "17", "0.8500"]
+    # No left/right classes, no such block.
+    assert not any("swaps" in line for line in stress_eval_lib.report(
+        "m", "d", "validation", "ct", 1, rows, 25, ["a", "b", "c"]).splitlines())
+
+
 def test_corruptions_do_what_their_names_say():
     flat = tf.fill((1, 32, 32, 1), tf.constant(100, tf.uint8))
     image = _left_blob()

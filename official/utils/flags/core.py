@@ -132,8 +132,10 @@ def _define_resnet(define: _Definer) -> None:
     define.integer("channels", 1, "Image channels the model reads: 1 (grey, radiographs) "
                          "or 3 (RGB).", lower_bound=1, upper_bound=3)
     define.boolean("random_flip", False, "Randomly flip training images left-right. Off "
-                         "by default: a flip turns a left organ into a right one, which is "
-                         "wrong when the labels have laterality.")
+                         "by default: when the image's left-right axis is the patient's (the "
+                         "radiological convention) a flip turns a left organ into a right one. "
+                         "benchmarks/stress_eval.py --preset=orientation shows which image "
+                         "axis carries left and right in your data (OrganAMNIST: up-down).")
     define.float("base_learning_rate", 0.1, "Learning rate for a global batch of 256 "
                        "(scaled linearly with the batch, see --lr_scaling).", lower_bound=0.0)
     define.enum("lr_scaling", "linear", LR_SCALINGS, "linear: lr = "
