@@ -19,6 +19,7 @@ make_train_function, `--steps` steps in one tf.function call); "keras_fit" is
 built under the global policy of the dtype ("mixed_bfloat16" for bf16). Optional peers:
 "ours_xla" (jit_compile on the step), "ours_loop1" (one step per call, Python between steps),
 "ours_conv" (ours with every convolution a oneDNN Conv2D: no PatchMatmulConv2D on tiny maps),
+"ours_convgrad" (ours with oneDNN's kernel gradients at 4x4: no MatmulKernelGradConv2D),
 "keras_fit_xla" (compile(jit_compile=True)). Every peer runs in every dtype of --dtypes.
 
 Warm-up (tracing, XLA compilation, oneDNN kernel creation) is excluded: each runner first runs
@@ -60,7 +61,7 @@ flags.DEFINE_integer("batch_size", 32, "Batch size.", flag_values=FLAGS)
 flags.DEFINE_string("dtypes", "fp32,bf16", "comma-separated: fp32,bf16,fp16", flag_values=FLAGS)
 flags.DEFINE_integer("num_classes", 1000, "Classes of the synthetic data.", flag_values=FLAGS)
 flags.DEFINE_string("peers", "ours,keras_fit", "comma-separated: ours, ours_xla, ours_loop1, "
-                    "ours_conv, keras_fit, keras_fit_xla", flag_values=FLAGS)
+                    "ours_conv, ours_convgrad, keras_fit, keras_fit_xla", flag_values=FLAGS)
 flags.DEFINE_integer("rounds", 3, "Timed rounds.", flag_values=FLAGS)
 flags.DEFINE_integer("steps", 3, "Timed steps per runner and round.", flag_values=FLAGS)
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per runner first.", flag_values=FLAGS)

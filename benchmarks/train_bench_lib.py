@@ -12,11 +12,12 @@ import time
 import keras
 import tensorflow as tf
 
-from networks.resnet import train_steps
+from networks.resnet import resnet_model, train_steps
 from official.core import steps, train_input
 from official.core.config import TrainConfig
 
-PEERS = ("ours", "ours_xla", "ours_loop1", "ours_conv", "keras_fit", "keras_fit_xla")
+PEERS = ("ours", "ours_xla", "ours_loop1", "ours_conv", "ours_convgrad", "keras_fit",
+         "keras_fit_xla")
 KERAS_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 COMPUTE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # keras.applications' ResNets of each depth; all three are v1 (stride on the first 1x1).
@@ -140,7 +141,7 @@ class OursPeer:
     calls of one step for steps_per_loop=1)."""
 
     def __init__(self, config: BenchConfig, *, dtype: str, jit_compile: bool,
-                 steps_per_loop: int | None, plain_convolutions: bool = False):
+                 steps_per_loop: int | None, conv_plan: resnet_model.ConvPlan | None = None):
         self.train_config = TrainConfig(
             model_dir=tempfile.mkdtemp(prefix="train_bench_"), image_size=config.image_size,
             channels=config.channels, batch_size=config.batch_size, dtype=dtype,
@@ -149,7 +150,7 @@ class OursPeer:
         network = train_steps.ResNetNetwork(
             resnet_size=config.resnet_size, version=config.version,
             small_input=config.small_input, data_format="channels_last",
-            patch_matmul_max_pixels=0 if plain_convolutions else None)
+            conv_plan=conv_plan)
         self.strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
         input_spec = train_input.InputSpec.from_config(self.train_config)
         data = train_input.resolve_data(input_spec)
@@ -167,7 +168,7 @@ class OursPeer:
         self.steps_per_loop = steps_per_loop
         self.description = (f"ours ResNet-{config.resnet_size} "
                             f"{'v1.5' if config.version == 1 else 'v2'}"
-                            f"{', every convolution a Conv2D' if plain_convolutions else ''}")
+                            f"{'' if conv_plan is None else f', {conv_plan}'}")
 
     def run(self, steps: int) -> float:
         per_call = self.steps_per_loop or steps
@@ -228,7 +229,11 @@ def make_peer(name: str, config: BenchConfig, dtype: str):
         return OursPeer(config, dtype=dtype, jit_compile=False, steps_per_loop=1)
     if name == "ours_conv":
         return OursPeer(config, dtype=dtype, jit_compile=False, steps_per_loop=None,
-                        plain_convolutions=True)
+                        conv_plan=resnet_model.PLAIN_CONVOLUTIONS)
+    if name == "ours_convgrad":
+        return OursPeer(config, dtype=dtype, jit_compile=False, steps_per_loop=None,
+                        conv_plan=dataclasses.replace(resnet_model.ConvPlan(),
+                                                      kernel_grad_matmul_max_pixels=0))
     if name == "keras_fit":
         return KerasFitPeer(config, dtype=dtype, jit_compile="auto")
     return KerasFitPeer(config, dtype=dtype, jit_compile=True)
@@ -323,10 +328,11 @@ def format_table(config: BenchConfig, results: dict) -> str:
                 lines.append(f"ratio {name} / keras_fit ({dtype}): "
                              f"{ratio(results, (name, dtype), ('keras_fit', dtype)):.2f}x "
                              f"images/s, {work:.2f}x GFLOP/s")
-    if "ours" in config.peers and "ours_conv" in config.peers:
-        for dtype in config.dtypes:
-            lines.append(f"ratio ours / ours_conv ({dtype}): "
-                         f"{ratio(results, ('ours', dtype), ('ours_conv', dtype)):.2f}x images/s")
+    for peer in ("ours_conv", "ours_convgrad"):
+        if "ours" in config.peers and peer in config.peers:
+            for dtype in config.dtypes:
+                lines.append(f"ratio ours / {peer} ({dtype}): "
+                             f"{ratio(results, ('ours', dtype), (peer, dtype)):.2f}x images/s")
     if "fp32" in config.dtypes:
         for dtype in config.dtypes:
             if dtype != "fp32":

@@ -96,7 +96,7 @@ def spec_from_config(config: dict) -> ModelSpec:
 
 def build_model(spec: ModelSpec, *, dtype_policy: str = "float32", weight_decay: float = 0.0,
                 batch_norm_momentum: float | None = None,
-                patch_matmul_max_pixels: int | None = None) -> keras.Model:
+                conv_plan: resnet_model.ConvPlan | None = None) -> keras.Model:
     """The network of `spec`, randomly initialised, with float32 logits.
 
     Args:
@@ -107,12 +107,11 @@ def build_model(spec: ModelSpec, *, dtype_policy: str = "float32", weight_decay:
         wd * sum(w^2) / 2 on every kernel); the terms are in `model.losses`. 0 disables.
       batch_norm_momentum: momentum of every batch-norm layer's moving averages (None: the
         network's own).
-      patch_matmul_max_pixels: ResNet only, how its convolutions are computed, not what they
-        compute (resnet_model.build_resnet); None: the model's default. The benchmarks' peer.
+      conv_plan: ResNet only, how its convolutions are computed, not what they compute
+        (resnet_model.ConvPlan); None: the model's default. The benchmarks' peers.
     """
     if spec.architecture == RESNET:
-        options = ({} if patch_matmul_max_pixels is None
-                   else {"patch_matmul_max_pixels": patch_matmul_max_pixels})
+        options = {} if conv_plan is None else {"conv_plan": conv_plan}
         model = resnet_model.build_resnet(
             spec.resnet_size, spec.version, spec.num_classes,
             input_shape=(spec.image_size, spec.image_size, spec.channels),

@@ -109,18 +109,26 @@ def test_train_bench_tiny_run_reports_fp32_and_bf16_against_same_run_ceilings():
     assert any(line.startswith("bf16 ceilings: matmul") for line in lines)
 
 
-def test_ours_conv_peer_is_the_same_resnet_with_plain_convolutions():
+def test_ours_conv_peers_are_the_same_resnet_with_fewer_matmuls():
     config = train_bench_lib.BenchConfig(**{**TINY, "dtypes": ("fp32",),
-                                            "peers": ("ours", "ours_conv")})
+                                            "peers": ("ours", "ours_conv", "ours_convgrad")})
     results = train_bench_lib.run_benchmark(config, log=lambda line: None)
-    assert results["architectures"]["ours"] == results["architectures"]["ours_conv"]
+    assert (results["architectures"]["ours"] == results["architectures"]["ours_conv"]
+            == results["architectures"]["ours_convgrad"])
     models = {name: train_bench_lib.make_peer(name, config, "fp32").model
               for name in config.peers}
-    patched = {name: [layer.name for layer in model.layers
-                      if isinstance(layer, resnet_model.PatchMatmulConv2D)]
-               for name, model in models.items()}
-    assert patched["ours"] and not patched["ours_conv"]
-    assert "ratio ours / ours_conv (fp32)" in train_bench_lib.format_table(config, results)
+
+    def count(kind):
+        return {name: sum(type(layer) is kind for layer in model.layers)
+                for name, model in models.items()}
+
+    patched = count(resnet_model.PatchMatmulConv2D)
+    kernel_grad = count(resnet_model.MatmulKernelGradConv2D)
+    assert patched["ours"] == patched["ours_convgrad"] > 0 == patched["ours_conv"]
+    assert kernel_grad["ours"] > 0 == kernel_grad["ours_convgrad"] == kernel_grad["ours_conv"]
+    table = train_bench_lib.format_table(config, results)
+    assert "ratio ours / ours_conv (fp32)" in table
+    assert "ratio ours / ours_convgrad (fp32)" in table
 
 
 def test_bench_config_rejects_what_has_no_like_for_like_peer():

@@ -39,13 +39,30 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # small data may evaluate with statistics that lag the weights for the first few hundred steps.
 BATCH_NORM_MOMENTUM = 0.997
 BATCH_NORM_EPSILON = 1e-5
-# Channels-last convolutions whose output has at most this many pixels run as one matmul over
-# their patches (PatchMatmulConv2D). A profile of the OrganAMNIST recipe's bf16 step (stage 4
-# at 2x2) on an AMX Xeon had oneDNN's convolution gradients of those 2x2 layers taking most
-# of the step, at a few percent of the matrix units; as matmuls the step ran 1.9x faster
-# (benchmarks/RESULTS.md section 7). At 4x4 and larger the convolution kernels were as fast or
-# faster, so the switch stays at 2x2.
-PATCH_MATMUL_MAX_PIXELS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPlan:
+    """How channels-last convolutions are computed (never what), by their output size.
+
+    oneDNN's convolution kernels run tiny feature maps at a few percent of an AMX Xeon's
+    matrix units, its kernel gradient worst of all; a matmul over the gathered patches runs
+    them well. Profiles of the OrganAMNIST recipe's bf16 step (56 px, ImageNet stem: stage 3 at
+    4x4, stage 4 at 2x2) chose the defaults (benchmarks/RESULTS.md sections 7 and 11):
+    * output <= patch_matmul_max_pixels: the whole convolution as one matmul of its patches
+      (PatchMatmulConv2D); at 2x2 the step ran 1.9x faster. At 4x4 that was no faster;
+    * output <= kernel_grad_matmul_max_pixels: the convolution and its input gradient by
+      oneDNN, only the kernel gradient as a matmul of the patches (MatmulKernelGradConv2D); at
+      4x4x256 oneDNN's bf16 kernel gradient ran at ~250 GFLOP/s, the matmul ~2.4x faster. At
+      7x7 the two were even, so it stops at 4x4.
+    Channels-first (GPU) models always use Conv2D.
+    """
+
+    patch_matmul_max_pixels: int = 4
+    kernel_grad_matmul_max_pixels: int = 16
+
+
+PLAIN_CONVOLUTIONS = ConvPlan(patch_matmul_max_pixels=0, kernel_grad_matmul_max_pixels=0)
 
 
 @keras.saving.register_keras_serializable(package="resnet")
@@ -124,20 +141,22 @@ def _gather_patches(inputs, kernel: tuple[int, int], strides: tuple[int, int],
     """[N, out_h, out_w, k_h * k_w * C]: each output pixel's receptive field, in the kernel's
     (row, column, channel) order, from an already padded NHWC input.
 
-    The gradient is written out: TensorFlow's own gradient of the k*k strided slices
-    (StridedSliceGrad, one zero-filled input-sized tensor per slice) cost more than the
-    matmuls it sits between. Here each slice's gradient is spread back by one pad (and, for
-    strides, one interleave of zeros), then all are summed.
+    One tf.gather (_patch_index). The gradient is written out: TensorFlow's own gradient of
+    the k*k strided slices this used to be (StridedSliceGrad, one zero-filled input-sized
+    tensor per slice) cost more than the matmuls it sits between. Here each tap's part is
+    spread back by one pad (and, for strides, one interleave of zeros), then all are summed.
     """
     (kernel_h, kernel_w), (stride_h, stride_w), (out_h, out_w) = kernel, strides, out
     height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
     span_h, span_w = stride_h * (out_h - 1) + 1, stride_w * (out_w - 1) + 1
     taps = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
 
+    index = _patch_index((height, width), kernel, strides, out)
+
     @tf.custom_gradient
     def gather(x):
-        patches = [x[:, i:i + span_h:stride_h, j:j + span_w:stride_w, :] for i, j in taps]
-        patches = tf.concat(patches, axis=-1) if len(patches) > 1 else patches[0]
+        patches = tf.reshape(tf.gather(tf.reshape(x, (-1, height * width, channels)), index,
+                                       axis=1), (-1, out_h, out_w, len(taps) * channels))
 
         def grad(upstream):
             batch = tf.shape(upstream)[0]
@@ -160,14 +179,76 @@ def _gather_patches(inputs, kernel: tuple[int, int], strides: tuple[int, int],
     return gather(inputs)
 
 
-def _conv_class(x, kernel_size: int, strides: int, data_format: str, max_pixels: int):
-    """PatchMatmulConv2D for a channels-last output of <= max_pixels pixels, else Conv2D."""
+def _patch_index(size: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
+                 out: tuple[int, int]) -> list[int]:
+    """Flat index into a padded [size] map of each output pixel's receptive field, in the
+    kernel's (row, column) order: one tf.gather of them takes half the time of k*k strided
+    slices and a concat."""
+    return [(row * strides[0] + i) * size[1] + column * strides[1] + j
+            for row in range(out[0]) for column in range(out[1])
+            for i in range(kernel[0]) for j in range(kernel[1])]
+
+
+@keras.saving.register_keras_serializable(package="resnet")
+class MatmulKernelGradConv2D(keras.layers.Conv2D):
+    """Keras Conv2D (channels_last) whose kernel gradient is a matmul of the input's patches
+    by the output gradient; the convolution and its input gradient are TensorFlow's own ops.
+
+    Same variables, config and results (up to summation order) as Conv2D. For small maps (4x4
+    in the recipes), where oneDNN's kernel-gradient op runs at a fraction of the matrix units
+    while its forward and input-gradient ops do well (ConvPlan says why).
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (self.data_format != "channels_last" or self.groups != 1
+                or tuple(self.dilation_rate) != (1, 1) or None in inputs.shape[1:]
+                or (self.padding == "same" and tuple(self.strides) != (1, 1))):
+            return super().convolution_op(inputs, kernel)
+        kernel = tf.convert_to_tensor(kernel)  # the autocast value under mixed precision
+        kernel_h, kernel_w, channels, filters = kernel.shape
+        stride_h, stride_w = self.strides
+        padding = self.padding.upper()
+        height, width = inputs.shape[1], inputs.shape[2]
+        pad_h = pad_w = 0
+        if padding == "SAME":
+            pad_h, pad_w = kernel_h - 1, kernel_w - 1
+        out_h = (height + pad_h - kernel_h) // stride_h + 1
+        out_w = (width + pad_w - kernel_w) // stride_w + 1
+        padded_h, padded_w = height + pad_h, width + pad_w
+        index = _patch_index((padded_h, padded_w), (kernel_h, kernel_w), (stride_h, stride_w),
+                             (out_h, out_w))
+
+        @tf.custom_gradient
+        def convolve(x, k):
+            def grad(upstream):
+                d_x = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x), filter=k, out_backprop=upstream,
+                    strides=[1, stride_h, stride_w, 1], padding=padding)
+                padded = tf.pad(x, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
+                                    [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
+                patches = tf.gather(tf.reshape(padded, (-1, padded_h * padded_w, channels)),
+                                    index, axis=1)
+                d_k = tf.matmul(tf.reshape(patches, (-1, kernel_h * kernel_w * channels)),
+                                tf.reshape(upstream, (-1, filters)), transpose_a=True)
+                return d_x, tf.reshape(d_k, (kernel_h, kernel_w, channels, filters))
+
+            return tf.nn.conv2d(x, k, [1, stride_h, stride_w, 1], padding), grad
+
+        return convolve(inputs, kernel)
+
+
+def _conv_class(x, kernel_size: int, strides: int, data_format: str, plan: ConvPlan):
+    """The layer class `plan` gives a convolution of input `x` (Conv2D if not channels-last)."""
     height, width = x.shape[1], x.shape[2]
     if data_format != "channels_last" or height is None or width is None:
         return keras.layers.Conv2D
     if strides > 1:  # fixed padding was applied: a VALID convolution
         height, width = (height - kernel_size) // strides + 1, (width - kernel_size) // strides + 1
-    return PatchMatmulConv2D if height * width <= max_pixels else keras.layers.Conv2D
+    if height * width <= plan.patch_matmul_max_pixels:
+        return PatchMatmulConv2D
+    if height * width <= plan.kernel_grad_matmul_max_pixels:
+        return MatmulKernelGradConv2D
+    return keras.layers.Conv2D
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +258,7 @@ class _Ops:
     dtype: keras.DTypePolicy
     data_format: str
     weight_decay: float
-    patch_matmul_max_pixels: int
+    conv_plan: ConvPlan
 
     @property
     def channel_axis(self) -> int:
@@ -200,8 +281,7 @@ class _Ops:
             x = keras.layers.ZeroPadding2D(
                 ((pad_begin, pad_end), (pad_begin, pad_end)), data_format=self.data_format,
                 dtype=self.dtype, name=f"{name}_pad")(x)
-        conv_class = _conv_class(x, kernel_size, strides, self.data_format,
-                                 self.patch_matmul_max_pixels)
+        conv_class = _conv_class(x, kernel_size, strides, self.data_format, self.conv_plan)
         return conv_class(
             filters, kernel_size, strides=strides,
             padding="same" if strides == 1 else "valid", use_bias=False,
@@ -304,7 +384,7 @@ def build_resnet(resnet_size: int, version: int, num_classes: int, *,
                  dtype_policy: str = "float32", weight_decay: float = 1e-4,
                  small_input: bool = False,
                  data_format: str = "channels_last",
-                 patch_matmul_max_pixels: int = PATCH_MATMUL_MAX_PIXELS) -> keras.Model:
+                 conv_plan: ConvPlan = ConvPlan()) -> keras.Model:
     """Builds an uncompiled ResNet classifier that maps images to float32 logits.
 
     Args:
@@ -327,9 +407,9 @@ def build_resnet(resnet_size: int, version: int, num_classes: int, *,
         (as in the official model, a transpose at the top converts to NCHW); channels_first is
         for GPUs, where cuDNN is faster in NCHW. On CPU, TensorFlow's oneDNN kernels accept
         NCHW convolutions and Keras transposes around pooling, so it runs, only more slowly.
-      patch_matmul_max_pixels: channels-last convolutions with at most this many output pixels
-        are PatchMatmulConv2D layers (same weights and results, faster on tiny maps); 0 makes
-        every convolution a plain Conv2D.
+      conv_plan: which channels-last convolutions are computed through matmuls (same weights
+        and results, faster on small maps; see ConvPlan); PLAIN_CONVOLUTIONS makes every
+        convolution a plain Conv2D.
 
     Returns:
       A keras.Model named "resnet{size}_v{version}" with one input and one output, the logits
@@ -360,8 +440,7 @@ def build_resnet(resnet_size: int, version: int, num_classes: int, *,
     block = spec.blocks[block_kind]
     # A policy object passed to each layer (rather than keras.mixed_precision.set_global_policy)
     # keeps building the model free of process-wide side effects.
-    ops = _Ops(keras.DTypePolicy(dtype_policy), data_format, weight_decay,
-               patch_matmul_max_pixels)
+    ops = _Ops(keras.DTypePolicy(dtype_policy), data_format, weight_decay, conv_plan)
 
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     x = inputs

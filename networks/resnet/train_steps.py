@@ -126,8 +126,8 @@ class ResNetNetwork:
     version: int = 2
     small_input: bool | None = None  # None: on for image_size <= 32
     data_format: str | None = None  # None: channels_first on GPU, channels_last on CPU
-    # None: resnet_model's default; 0: every convolution a plain Conv2D (a benchmark peer).
-    patch_matmul_max_pixels: int | None = None
+    # None: resnet_model's default ConvPlan; others are the benchmarks' peers.
+    conv_plan: resnet_model.ConvPlan | None = None
 
     def __post_init__(self):
         registry.check_resnet(self.resnet_size, self.version)
@@ -157,7 +157,7 @@ class ResNetNetwork:
                 weight_decay=optimizer.weight_decay,
                 batch_norm_momentum=batch_norm_momentum(
                     optimizer.batch_norm_momentum, getattr(schedule, "total_steps", None)),
-                patch_matmul_max_pixels=self.patch_matmul_max_pixels)
+                conv_plan=self.conv_plan)
             return steps.training_state(
                 model, lambda **extra: keras.optimizers.SGD(schedule,
                                                             momentum=optimizer.momentum,
