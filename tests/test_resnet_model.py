@@ -200,48 +200,28 @@ def test_fused_batch_norm_keeps_half_precision_activations():
     assert np.all(np.isfinite(y.numpy()))
 
 
-@pytest.mark.parametrize("size,kernel,strides,padding", [
-    (2, 3, 1, "same"),   # stage 4 at 56 px: 2x2, SAME
-    (1, 3, 1, "same"),   # stage 4 at 32 px: one pixel, all but the centre tap is padding
-    (5, 3, 2, "valid"),  # a strided 3x3 after the fixed padding (4x4 padded to 5x5 -> 2x2)
-    (4, 1, 2, "valid"),  # a strided 1x1 projection shortcut
-    (6, 3, 1, "same"),   # larger than it is used for: the layer is still exact
-    (4, 3, 2, "same"),   # a strided SAME: Conv2D's own op (its padding depends on the size)
+PATCH, KERNEL_GRAD = resnet_model.PatchMatmulConv2D, resnet_model.MatmulKernelGradConv2D
+
+
+@pytest.mark.parametrize("layer_class,size,kernel,strides,padding", [
+    (PATCH, 2, 3, 1, "same"),        # stage 4 at 56 px: 2x2, SAME
+    (PATCH, 1, 3, 1, "same"),        # stage 4 at 32 px: one pixel, all but the centre is padding
+    (PATCH, 5, 3, 2, "valid"),       # a strided 3x3 after the fixed padding (4 -> 5 -> 2x2)
+    (PATCH, 4, 1, 2, "valid"),       # a strided 1x1 projection shortcut
+    (PATCH, 6, 3, 1, "same"),        # larger than it is used for: the layer is still exact
+    (PATCH, 4, 3, 2, "same"),        # a strided SAME: Conv2D's own op (padding depends on size)
+    (KERNEL_GRAD, 4, 3, 1, "same"),   # stage 3 at 56 px: 4x4, SAME
+    (KERNEL_GRAD, 9, 3, 2, "valid"),  # its strided first conv after the fixed padding (7 -> 4)
+    (KERNEL_GRAD, 7, 1, 2, "valid"),  # its strided 1x1 projection shortcut (7 -> 4)
+    (KERNEL_GRAD, 3, 3, 1, "same"),   # odd size
+    (KERNEL_GRAD, 4, 3, 2, "same"),   # a strided SAME: Conv2D's own op
 ])
-def test_patch_matmul_conv_matches_conv2d_forward_and_gradients(size, kernel, strides, padding):
+def test_matmul_convs_match_conv2d_forward_and_gradients(layer_class, size, kernel, strides,
+                                                         padding):
     images = tf.constant(_images(3, (size, size, 5)))
     args = dict(filters=4, kernel_size=kernel, strides=strides, padding=padding, use_bias=False)
     plain = keras.layers.Conv2D(**args)
-    patched = resnet_model.PatchMatmulConv2D(**args)
-    plain.build(images.shape)
-    patched.build(images.shape)
-    patched.set_weights(plain.get_weights())
-    weights = tf.constant(np.random.default_rng(1).normal(
-        size=plain.compute_output_shape(images.shape)[1:]).astype(np.float32))
-    results = []
-    for layer in (plain, patched):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            outputs = layer(images)
-            loss = tf.reduce_sum(outputs * weights)
-        results.append([outputs, *tape.gradient(loss, [images, layer.kernel])])
-    for expected, actual in zip(*results):
-        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("size,kernel,strides,padding", [
-    (4, 3, 1, "same"),   # stage 3 at 56 px: 4x4, SAME
-    (9, 3, 2, "valid"),  # its strided first conv after the fixed padding (7 -> 9 -> 4)
-    (7, 1, 2, "valid"),  # its strided 1x1 projection shortcut (7 -> 4)
-    (3, 3, 1, "same"),   # odd size
-    (4, 3, 2, "same"),   # a strided SAME: Conv2D's own op
-])
-def test_matmul_kernel_grad_conv_matches_conv2d_forward_and_gradients(size, kernel, strides,
-                                                                      padding):
-    images = tf.constant(_images(3, (size, size, 5)))
-    args = dict(filters=4, kernel_size=kernel, strides=strides, padding=padding, use_bias=False)
-    plain = keras.layers.Conv2D(**args)
-    fast = resnet_model.MatmulKernelGradConv2D(**args)
+    fast = layer_class(**args)
     plain.build(images.shape)
     fast.build(images.shape)
     fast.set_weights(plain.get_weights())
@@ -251,8 +231,9 @@ def test_matmul_kernel_grad_conv_matches_conv2d_forward_and_gradients(size, kern
     for layer in (plain, fast):
         with tf.GradientTape() as tape:
             tape.watch(images)
-            loss = tf.reduce_sum(layer(images) * weights)
-        results.append(tape.gradient(loss, [images, layer.kernel]))
+            outputs = layer(images)
+            loss = tf.reduce_sum(outputs * weights)
+        results.append([outputs, *tape.gradient(loss, [images, layer.kernel])])
     for expected, actual in zip(*results):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
