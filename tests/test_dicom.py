@@ -1,11 +1,10 @@
-"""dataset.dicom: decoding every transfer syntax, the display pipeline's exact pixel
-math on synthetic files, bad inputs, missing plugins and privacy."""
+"""dataset.dicom: decoding every transfer syntax, the display pipeline's exact pixel math on
+synthetic files, the shared samples, detection and PNG. Bad inputs and missing plugins:
+test_dicom_errors.py; privacy: test_dicom_privacy.py."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import logging
 from collections import defaultdict
@@ -15,74 +14,13 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
-from dataset.dicom import (DicomError, DicomInfo, encode_png, is_dicom_file,
-                           read_dicom, read_dicom_info)
+from dataset.dicom import DicomError, encode_png, is_dicom_file, read_dicom
 from dataset.dicom_options import DicomOptions
-from tests.dicom_identifiers import identifiers, pixel_files
-
-KEY = b"test-key"
-# Bundled files that hold pixel data but cannot be rendered, each with the reason;
-# every other bundled file with pixel data must render.
-UNRENDERABLE = {
-    "JPEG-lossy.dcm": "corrupt 12-bit JPEG (bad SOS): fails with every plugin",
-    "JPEG2000-embedded-sequence-delimiter.dcm": "corrupt J2K codestream",
-    "MR_truncated.dcm": "truncated pixel data",
-    "badVR.dcm": "NumberOfFrames '1A' is not a number",
-    "meta_missing_tsyntax.dcm": "no PhotometricInterpretation (after the no-meta warning)",
-    "nested_priv_SQ.dcm": "no image pixel module (only a PixelData element)",
-}
-
-
-def png_array(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)))
-
-
-def bundled(name: str) -> str:
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"{name} not installed (needs pydicom-data, see requirements-dev.txt)")
-    return path
-
-
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2",
-                **attributes) -> Path:
-    """A minimal valid DICOM file; `attributes` override or add elements."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
-    ds.Modality = "OT"
-    frames = pixels.shape[0] if pixels.ndim == 3 + (photometric not in _MONO) else 1
-    rows, columns = pixels.shape[-3:-1] if photometric not in _MONO else pixels.shape[-2:]
-    ds.Rows, ds.Columns = rows, columns
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1 if photometric in _MONO else 3
-    if ds.SamplesPerPixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = ds.BitsStored = 8 * pixels.dtype.itemsize
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
-    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-_MONO = ("MONOCHROME1", "MONOCHROME2")
-
-
-def render(path, **options) -> list[np.ndarray]:
-    images, _ = read_dicom(path, DicomOptions(**options), hash_key=KEY)
-    return [png_array(image.png) for image in images]
+from tests.dicom_fixtures import (KEY, MONO, UNRENDERABLE, bundled, png_array, render,
+                                  write_dicom)
+from tests.dicom_identifiers import pixel_files
 
 
 def linear(x, center, width):
@@ -261,162 +199,6 @@ def test_missing_transfer_syntax_read_as_implicit_little_endian(caplog):
     assert "Implicit VR Little Endian" in caplog.text and path in caplog.text
 
 
-# --- missing plugins ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name, syntax, package", [
-    ("MR_small_jpeg_ls_lossless.dcm", pydicom.uid.JPEGLSLossless, "pylibjpeg-libjpeg"),
-    ("MR_small_jp2klossless.dcm", pydicom.uid.JPEG2000Lossless, "pylibjpeg-openjpeg"),
-    ("SC_rgb_jpeg_dcmtk.dcm", pydicom.uid.JPEGBaseline8Bit, "pylibjpeg-libjpeg"),
-])
-def test_missing_plugin_names_the_package_to_install(monkeypatch, name, syntax, package):
-    """pydicom's decoder told that its plugins are uninstalled, as pydicom itself
-    records a plugin whose package is missing (hiding the module with sys.modules
-    is not enough: pylibjpeg loads its plugins through entry points)."""
-    from pydicom.pixels import get_decoder
-
-    decoder = get_decoder(syntax)
-    monkeypatch.setattr(decoder, "_available", {})
-    monkeypatch.setattr(decoder, "_unavailable", {
-        "pylibjpeg": ("pylibjpeg>=2.0", f"{package}>=2.0"), "pillow": ("pillow",)})
-    with pytest.raises(DicomError) as error:
-        render(bundled(name))
-    message = str(error.value)
-    assert name in message and f"pip install pylibjpeg and {package}" in message
-    assert "\n" not in message
-
-
-# --- bad inputs ---------------------------------------------------------------------
-
-
-def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
-    not_dicom = tmp_path / "notes.dcm"
-    not_dicom.write_text("just text, not DICOM\n")
-    no_pixels = tmp_path / "nopixels.dcm"
-    write_dicom(no_pixels, np.zeros((2, 2), np.uint8))
-    ds = pydicom.dcmread(no_pixels)
-    del ds.PixelData
-    ds.save_as(no_pixels)
-    truncated = tmp_path / "truncated.dcm"
-    write_dicom(truncated, np.zeros((64, 64), np.uint16))
-    truncated.write_bytes(truncated.read_bytes()[:-100])
-    mpeg = tmp_path / "mpeg.dcm"
-    write_dicom(mpeg, np.zeros((2, 2), np.uint8))
-    ds = pydicom.dcmread(mpeg)
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 video
-    ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x00\x01\xb3"])
-    ds["PixelData"].VR = "OB"
-    ds.save_as(mpeg)
-    absurd = write_dicom(tmp_path / "absurd.dcm", np.zeros((2, 2), np.uint8),
-                         Rows=65535, Columns=65535, NumberOfFrames=9999)
-    # Tests run as root, so chmod 000 would not stop a read: a directory named like
-    # a DICOM file is an unreadable input whatever the user.
-    unreadable = tmp_path / "folder.dcm"
-    unreadable.mkdir()
-    return {
-        "not DICOM": (not_dicom, "not a DICOM file"),
-        "no pixel data": (no_pixels, "no pixel data"),
-        "truncated": (truncated, "truncated pixel data"),
-        "unsupported transfer syntax": (mpeg, "unsupported transfer syntax"),
-        "absurd dimensions": (absurd, "too large"),
-        "unreadable": (unreadable, "cannot read"),
-        "missing": (tmp_path / "missing.dcm", "cannot read"),
-    }
-
-
-@pytest.mark.parametrize("case", ["not DICOM", "no pixel data", "truncated",
-                                  "unsupported transfer syntax", "absurd dimensions",
-                                  "unreadable", "missing"])
-def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path, case):
-    path, problem = _bad_inputs(tmp_path)[case]
-    with pytest.raises(DicomError) as error:
-        read_dicom(path, DicomOptions(), hash_key=KEY)
-    message = str(error.value)
-    assert message.startswith(str(path)) and problem in message and "\n" not in message
-
-
-def test_error_messages_are_scrubbed_of_identifiers(tmp_path):
-    path = write_dicom(tmp_path / "Doe.dcm", np.zeros((2, 2), np.uint8),
-                       PatientName="Doe^Janet", PatientID="PID-777", Rows=0)
-    with pytest.raises(DicomError) as error:
-        render(path)
-    assert "invalid image size" in str(error.value)
-    from dataset.dicom import _scrub
-
-    ds = pydicom.dcmread(path)
-    assert _scrub("bad value 'Doe^Janet' for PID-777 and Janet", ds) == (
-        "bad value '<redacted>' for <redacted> and <redacted>")
-
-
-def test_options_and_key_are_validated():
-    with pytest.raises(ValueError, match="voi must be one of"):
-        DicomOptions(voi="auto")
-    with pytest.raises(ValueError, match="bits must be one of"):
-        DicomOptions(bits=12)
-    with pytest.raises(ValueError, match="frames must be one of"):
-        DicomOptions(frames="first")
-    with pytest.raises(ValueError, match="window_center"):
-        DicomOptions(voi="given", window_center=40)
-    with pytest.raises(ValueError, match="hash_key"):
-        read_dicom(bundled("CT_small.dcm"), DicomOptions(), hash_key=b"")
-
-
-# --- info, privacy, detection, PNG ----------------------------------------------------
-
-
-def test_info_holds_a_keyed_hash_not_the_patient(tmp_path):
-    pixels = np.zeros((2, 2), np.uint8)
-    by_id = write_dicom(tmp_path / "a.dcm", pixels, PatientID="PID-12345",
-                        PatientName="Doe^Jane", BodyPartExamined=" CHEST ", Modality="CR")
-    _, info = read_dicom(by_id, DicomOptions(), hash_key=KEY)
-    assert info == DicomInfo(body_part="CHEST", modality="CR", patient_key=hmac.new(
-        KEY, b"id:PID-12345", hashlib.sha256).hexdigest())
-    _, other_key = read_dicom(by_id, DicomOptions(), hash_key=b"another key")
-    assert other_key.patient_key != info.patient_key
-    by_name = write_dicom(tmp_path / "b.dcm", pixels, PatientName="Doe^Jane",
-                          PatientBirthDate="19700101")
-    assert read_dicom(by_name, DicomOptions(), hash_key=KEY)[1].patient_key is not None
-    anonymous = write_dicom(tmp_path / "c.dcm", pixels)
-    assert read_dicom(anonymous, DicomOptions(), hash_key=KEY)[1] == DicomInfo(None, None, "OT")
-    assert read_dicom_info(by_id, DicomOptions(), hash_key=KEY) == info  # header only
-    with pytest.raises(DicomError, match="not a DICOM file"):
-        read_dicom_info(Path(__file__), DicomOptions(), hash_key=KEY)
-
-
-def test_no_identifier_in_any_output_of_the_corpus(caplog, shared_data_or_none):
-    paths = list(pixel_files())
-    if shared_data_or_none is not None:
-        paths += sorted((shared_data_or_none / "dicom-samples").rglob("*.dcm"))
-    checked = 0
-    secrets_of = {path: identifiers(path) for path in paths}
-    caplog.clear()
-    with caplog.at_level(logging.DEBUG):
-        for path, secrets in secrets_of.items():
-            try:
-                # The size guard turns the eight ~2k x 2k radiographs into fast
-                # errors, whose messages are checked like any output.
-                images, info = read_dicom(path, DicomOptions(force=True, max_pixels=2**21),
-                                          hash_key=KEY)
-                outputs = [image.png for image in images] + [repr(info).encode()]
-            except DicomError as error:
-                assert path.name in UNRENDERABLE or "too large" in str(error), str(error)
-                outputs = [str(error).encode()]
-            for secret in secrets:
-                assert not any(secret.encode() in output for output in outputs), path.name
-            checked += bool(secrets)
-    logged = caplog.text
-    assert not any(secret in logged for secrets in secrets_of.values() for secret in secrets)
-    print(f"privacy: {len(paths)} files, {checked} with identifiers, none leaked")
-    assert checked > 50
-
-
-@pytest.fixture
-def shared_data_or_none():
-    from tests.conftest import SHARED_DATA
-
-    return SHARED_DATA if (SHARED_DATA / "dicom-samples").is_dir() else None
-
-
 def test_shared_samples_render_as_the_manifest_says(shared_data):
     root = shared_data / "dicom-samples"
     rows = list(csv.DictReader((root / "manifest.csv").open()))
@@ -424,7 +206,7 @@ def test_shared_samples_render_as_the_manifest_says(shared_data):
         path = root / row["staged_path"]
         if row["decode_pylibjpeg"] == "ok":
             images = render(path)
-            expected_channels = 1 if row["PhotometricInterpretation"] in _MONO else 3
+            expected_channels = 1 if row["PhotometricInterpretation"] in MONO else 3
             assert images[0].shape[:2] == (int(row["Rows"]), int(row["Columns"])), path
             assert (images[0].ndim == 3) == (expected_channels == 3), path
         elif path.name == "OT-PAL-8-face.dcm":  # no file meta: renders only when forced

@@ -30,7 +30,7 @@ from dataset.dicom import render_arrays
 from dataset.dicom_display import frame_item
 from dataset.dicom_options import DicomOptions
 from tests.dicom_identifiers import pixel_files
-from tests.test_dicom import UNRENDERABLE
+from tests.dicom_fixtures import UNRENDERABLE
 
 _J2K = "no JPEG 2000 codec in dcmtk's free edition"
 DCMTK_CANNOT = {
