@@ -22,9 +22,11 @@
 # Two 10-epoch members replaced one 16-epoch model on 2026-12-03 (benchmarks/RESULTS.md
 # section 9): validation 0.9844 vs 0.9809-0.9817, corruption table 0.979 vs 0.975-0.978, in
 # 1,438 s of training (budget 1,800); ensembles are the change most often reported to hold up
-# when scanners and patients change. NO horizontal flip: left/right kidney, femur and
-# lung are separate classes and a flip turns one into the other (--random_flip stays off). Val
-# is 16 scans, the test 70: val is an easy, optimistic guide (the 8-epoch recipe: validation
+# when scanners and patients change. No flips: left/right kidney, femur and lung are
+# separate classes. OrganAMNIST's rows run along the patient's left-right axis, so it is the
+# up-down flip that swaps them (96% of those images); the left-right flip is a front-back
+# mirror that keeps sides, measured no better on the proxies (RESULTS.md section 10), and
+# --random_flip stays off. Val is 16 scans, the test 70: val is an easy, optimistic guide (the 8-epoch recipe: validation
 # 0.9835, official test 0.9326), so watch the per-class figures, not just the mean.
 ORGANAMNIST_RECIPE_FLAGS="--resnet_size=18 --version=2 --image_size=56 --nosmall_input --dtype=bf16 \
 --batch_size=128 --train_epochs=10 --epochs_between_evals=10 --lr_schedule=cosine \
