@@ -53,8 +53,8 @@ class ConvPlan:
       (PatchMatmulConv2D); at 2x2 the step ran 1.9x faster. At 4x4 that was no faster;
     * output <= kernel_grad_matmul_max_pixels: the convolution and its input gradient by
       oneDNN, only the kernel gradient as a matmul of the patches (MatmulKernelGradConv2D); at
-      4x4x256 oneDNN's bf16 kernel gradient ran at ~250 GFLOP/s, the matmul ~2.4x faster. At
-      7x7 the two were even, so it stops at 4x4.
+      4x4x256 oneDNN's bf16 kernel gradient ran at ~250 GFLOP/s, gather and matmul ~3x faster,
+      and the step 1.10x. Taking 7x7 (stage 2) too made the step no faster: it stops at 4x4.
     Channels-first (GPU) models always use Conv2D.
     """
 
@@ -150,7 +150,6 @@ def _gather_patches(inputs, kernel: tuple[int, int], strides: tuple[int, int],
     height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
     span_h, span_w = stride_h * (out_h - 1) + 1, stride_w * (out_w - 1) + 1
     taps = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
-
     index = _patch_index((height, width), kernel, strides, out)
 
     @tf.custom_gradient
