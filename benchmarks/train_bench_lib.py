@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from networks.resnet import resnet_model, train_steps
+from networks.resnet import conv_layers, train_steps
 from official.core import steps, train_input
 from official.core.config import TrainConfig
 
@@ -141,7 +141,7 @@ class OursPeer:
     calls of one step for steps_per_loop=1)."""
 
     def __init__(self, config: BenchConfig, *, dtype: str, jit_compile: bool,
-                 steps_per_loop: int | None, conv_plan: resnet_model.ConvPlan | None = None):
+                 steps_per_loop: int | None, conv_plan: conv_layers.ConvPlan | None = None):
         self.train_config = TrainConfig(
             model_dir=tempfile.mkdtemp(prefix="train_bench_"), image_size=config.image_size,
             channels=config.channels, batch_size=config.batch_size, dtype=dtype,
@@ -229,10 +229,10 @@ def make_peer(name: str, config: BenchConfig, dtype: str):
         return OursPeer(config, dtype=dtype, jit_compile=False, steps_per_loop=1)
     if name == "ours_conv":
         return OursPeer(config, dtype=dtype, jit_compile=False, steps_per_loop=None,
-                        conv_plan=resnet_model.PLAIN_CONVOLUTIONS)
+                        conv_plan=conv_layers.PLAIN_CONVOLUTIONS)
     if name == "ours_convgrad":
         return OursPeer(config, dtype=dtype, jit_compile=False, steps_per_loop=None,
-                        conv_plan=dataclasses.replace(resnet_model.ConvPlan(),
+                        conv_plan=dataclasses.replace(conv_layers.ConvPlan(),
                                                       kernel_grad_matmul_max_pixels=0))
     if name == "keras_fit":
         return KerasFitPeer(config, dtype=dtype, jit_compile="auto")

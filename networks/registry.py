@@ -13,7 +13,7 @@ import dataclasses
 
 import keras
 
-from networks.resnet import resnet_model
+from networks.resnet import conv_layers, resnet_model
 from networks.slim import nets
 
 RESNET = "resnet"
@@ -96,7 +96,7 @@ def spec_from_config(config: dict) -> ModelSpec:
 
 def build_model(spec: ModelSpec, *, dtype_policy: str = "float32", weight_decay: float = 0.0,
                 batch_norm_momentum: float | None = None,
-                conv_plan: resnet_model.ConvPlan | None = None) -> keras.Model:
+                conv_plan: conv_layers.ConvPlan | None = None) -> keras.Model:
     """The network of `spec`, randomly initialised, with float32 logits.
 
     Args:
@@ -108,7 +108,7 @@ def build_model(spec: ModelSpec, *, dtype_policy: str = "float32", weight_decay:
       batch_norm_momentum: momentum of every batch-norm layer's moving averages (None: the
         network's own).
       conv_plan: ResNet only, how its convolutions are computed, not what they compute
-        (resnet_model.ConvPlan); None: the model's default. The benchmarks' peers.
+        (conv_layers.ConvPlan); None: the model's default. The benchmarks' peers.
     """
     if spec.architecture == RESNET:
         options = {} if conv_plan is None else {"conv_plan": conv_plan}

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from benchmarks import (convert_bench, pipeline_bench_lib, train_bench,
                         train_bench_lib)
-from networks.resnet import resnet_model, train_steps
+from networks.resnet import conv_layers, train_steps
 from official.core.config import TrainConfig
 from tests.trainer_fixtures import write_converted_dataset
 
@@ -122,8 +122,8 @@ def test_ours_conv_peers_are_the_same_resnet_with_fewer_matmuls():
         return {name: sum(type(layer) is kind for layer in model.layers)
                 for name, model in models.items()}
 
-    patched = count(resnet_model.PatchMatmulConv2D)
-    kernel_grad = count(resnet_model.MatmulKernelGradConv2D)
+    patched = count(conv_layers.PatchMatmulConv2D)
+    kernel_grad = count(conv_layers.MatmulKernelGradConv2D)
     assert patched["ours"] == patched["ours_convgrad"] > 0 == patched["ours_conv"]
     assert kernel_grad["ours"] > 0 == kernel_grad["ours_convgrad"] == kernel_grad["ours_conv"]
     table = train_bench_lib.format_table(config, results)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from networks.resnet import resnet_model
+from networks.resnet import conv_layers, resnet_model
 from networks.resnet.resnet_model import RESNET_SIZES, build_resnet
 
 TINY = (32, 32, 1)
@@ -200,68 +200,11 @@ def test_fused_batch_norm_keeps_half_precision_activations():
     assert np.all(np.isfinite(y.numpy()))
 
 
-PATCH, KERNEL_GRAD = resnet_model.PatchMatmulConv2D, resnet_model.MatmulKernelGradConv2D
-
-
-@pytest.mark.parametrize("layer_class,size,kernel,strides,padding", [
-    (PATCH, 2, 3, 1, "same"),        # stage 4 at 56 px: 2x2, SAME
-    (PATCH, 1, 3, 1, "same"),        # stage 4 at 32 px: one pixel, all but the centre is padding
-    (PATCH, 5, 3, 2, "valid"),       # a strided 3x3 after the fixed padding (4 -> 5 -> 2x2)
-    (PATCH, 4, 1, 2, "valid"),       # a strided 1x1 projection shortcut
-    (PATCH, 6, 3, 1, "same"),        # larger than it is used for: the layer is still exact
-    (PATCH, 4, 3, 2, "same"),        # a strided SAME: Conv2D's own op (padding depends on size)
-    (KERNEL_GRAD, 4, 3, 1, "same"),   # stage 3 at 56 px: 4x4, SAME
-    (KERNEL_GRAD, 9, 3, 2, "valid"),  # its strided first conv after the fixed padding (7 -> 4)
-    (KERNEL_GRAD, 7, 1, 2, "valid"),  # its strided 1x1 projection shortcut (7 -> 4)
-    (KERNEL_GRAD, 3, 3, 1, "same"),   # odd size
-    (KERNEL_GRAD, 4, 3, 2, "same"),   # a strided SAME: Conv2D's own op
-])
-def test_matmul_convs_match_conv2d_forward_and_gradients(layer_class, size, kernel, strides,
-                                                         padding):
-    images = tf.constant(_images(3, (size, size, 5)))
-    args = dict(filters=4, kernel_size=kernel, strides=strides, padding=padding, use_bias=False)
-    plain = keras.layers.Conv2D(**args)
-    fast = layer_class(**args)
-    plain.build(images.shape)
-    fast.build(images.shape)
-    fast.set_weights(plain.get_weights())
-    weights = tf.constant(np.random.default_rng(1).normal(
-        size=plain.compute_output_shape(images.shape)[1:]).astype(np.float32))
-    results = []
-    for layer in (plain, fast):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            outputs = layer(images)
-            loss = tf.reduce_sum(outputs * weights)
-        results.append([outputs, *tape.gradient(loss, [images, layer.kernel])])
-    for expected, actual in zip(*results):
-        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-
-
-def test_matmul_kernel_grad_conv_trains_in_mixed_bfloat16():
-    # The kernel gradient reaches the float32 variable through the bf16 autocast.
-    layer = resnet_model.MatmulKernelGradConv2D(8, 3, padding="same", use_bias=False,
-                                                dtype=keras.DTypePolicy("mixed_bfloat16"))
-    images = tf.constant(_images(2, (4, 4, 16)))
-    layer.build(images.shape)
-    with tf.GradientTape() as tape:
-        outputs = layer(images)
-        loss = tf.reduce_sum(tf.cast(outputs, tf.float32) ** 2)
-    gradient = tape.gradient(loss, layer.kernel)
-    assert outputs.dtype == tf.bfloat16 and layer.kernel.dtype == "float32"
-    assert gradient is not None and gradient.dtype == tf.float32
-    reference = tf.raw_ops.Conv2DBackpropFilter(
-        input=tf.cast(tf.cast(images, tf.bfloat16), tf.float32), filter_sizes=[3, 3, 16, 8],
-        out_backprop=2.0 * tf.cast(outputs, tf.float32), strides=[1, 1, 1, 1], padding="SAME")
-    np.testing.assert_allclose(gradient.numpy(), reference.numpy(), rtol=0.05,
-                               atol=0.02 * float(tf.reduce_max(tf.abs(reference))))
-
-
 def test_only_small_channels_last_maps_use_matmuls_and_results_do_not_change():
     shape = (56, 56, 1)  # the OrganAMNIST recipe: stage 3 is 4x4, stage 4 2x2
     fast = build_resnet(18, 2, 3, input_shape=shape)
     plain = build_resnet(18, 2, 3, input_shape=shape,
-                         conv_plan=resnet_model.PLAIN_CONVOLUTIONS)
+                         conv_plan=conv_layers.PLAIN_CONVOLUTIONS)
 
     def names(model, kind):
         return [layer.name for layer in model.layers if type(layer) is kind]
@@ -269,16 +212,16 @@ def test_only_small_channels_last_maps_use_matmuls_and_results_do_not_change():
     def output_pixels(layer):
         return int(np.prod(layer.output.shape[1:3]))
 
-    patched = names(fast, resnet_model.PatchMatmulConv2D)
-    kernel_grad = names(fast, resnet_model.MatmulKernelGradConv2D)
+    patched = names(fast, conv_layers.PatchMatmulConv2D)
+    kernel_grad = names(fast, conv_layers.MatmulKernelGradConv2D)
     convolutions = [layer for layer in fast.layers if isinstance(layer, keras.layers.Conv2D)]
     assert patched == [layer.name for layer in convolutions if output_pixels(layer) <= 4]
     assert kernel_grad == [layer.name for layer in convolutions
                            if 4 < output_pixels(layer) <= 16]
     assert patched and all(name.startswith("stage4") for name in patched)
     assert kernel_grad and all(name.startswith("stage3") for name in kernel_grad)
-    assert not names(plain, resnet_model.PatchMatmulConv2D)
-    assert not names(plain, resnet_model.MatmulKernelGradConv2D)
+    assert not names(plain, conv_layers.PatchMatmulConv2D)
+    assert not names(plain, conv_layers.MatmulKernelGradConv2D)
     channels_first = build_resnet(18, 2, 3, input_shape=shape, data_format="channels_first")
     assert all(type(layer) is keras.layers.Conv2D for layer in channels_first.layers
                if isinstance(layer, keras.layers.Conv2D))

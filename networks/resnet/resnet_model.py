@@ -21,6 +21,8 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from networks.resnet.conv_layers import ConvPlan, conv_class
+
 # depth: (block kind, blocks per stage)
 RESNET_SIZES = {
     18: ("basic", (2, 2, 2, 2)),
@@ -39,30 +41,6 @@ DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # small data may evaluate with statistics that lag the weights for the first few hundred steps.
 BATCH_NORM_MOMENTUM = 0.997
 BATCH_NORM_EPSILON = 1e-5
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvPlan:
-    """How channels-last convolutions are computed (never what), by their output size.
-
-    oneDNN's convolution kernels run tiny feature maps at a few percent of an AMX Xeon's
-    matrix units, its kernel gradient worst of all; a matmul over the gathered patches runs
-    them well. Profiles of the OrganAMNIST recipe's bf16 step (56 px, ImageNet stem: stage 3 at
-    4x4, stage 4 at 2x2) chose the defaults (benchmarks/RESULTS.md sections 7 and 11):
-    * output <= patch_matmul_max_pixels: the whole convolution as one matmul of its patches
-      (PatchMatmulConv2D); at 2x2 the step ran 1.9x faster. At 4x4 that was no faster;
-    * output <= kernel_grad_matmul_max_pixels: the convolution and its input gradient by
-      oneDNN, only the kernel gradient as a matmul of the patches (MatmulKernelGradConv2D); at
-      4x4x256 oneDNN's bf16 kernel gradient ran at ~250 GFLOP/s, gather and matmul ~3x faster,
-      and the step 1.10x. Taking 7x7 (stage 2) too made the step no faster: it stops at 4x4.
-    Channels-first (GPU) models always use Conv2D.
-    """
-
-    patch_matmul_max_pixels: int = 4
-    kernel_grad_matmul_max_pixels: int = 16
-
-
-PLAIN_CONVOLUTIONS = ConvPlan(patch_matmul_max_pixels=0, kernel_grad_matmul_max_pixels=0)
 
 
 @keras.saving.register_keras_serializable(package="resnet")
@@ -100,156 +78,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
-@keras.saving.register_keras_serializable(package="resnet")
-class PatchMatmulConv2D(keras.layers.Conv2D):
-    """Keras Conv2D (channels_last) computed as one matmul of its gathered patches by its kernel.
-
-    Same variables, config and outputs (up to summation order) as Conv2D: checkpoints and
-    exports of either load into the other. For tiny feature maps only: the k*k shifted slices
-    are concatenated into a [pixels, k*k*channels] matrix, which costs memory traffic that a
-    large map does not repay, but at 2x2 turns the convolution's three products (forward, input
-    and kernel gradients) into matmuls the matrix units run 2-4x faster than the convolution
-    kernels do at that size.
-    """
-
-    def convolution_op(self, inputs, kernel):
-        # What the patch gather covers: channels-last, static map size, no groups or dilation,
-        # and SAME only at stride 1 (a strided SAME pads by the input size; ResNet pads those
-        # itself and convolves VALID). Anything else is Conv2D's own op.
-        if (self.data_format != "channels_last" or self.groups != 1
-                or tuple(self.dilation_rate) != (1, 1) or None in inputs.shape[1:]
-                or (self.padding == "same" and tuple(self.strides) != (1, 1))):
-            return super().convolution_op(inputs, kernel)
-        kernel_h, kernel_w, channels, filters = kernel.shape
-        stride_h, stride_w = self.strides
-        if self.padding == "same":
-            pad_h, pad_w = kernel_h - 1, kernel_w - 1
-            inputs = tf.pad(inputs, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
-                                     [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
-        height, width = inputs.shape[1], inputs.shape[2]
-        out_h = (height - kernel_h) // stride_h + 1
-        out_w = (width - kernel_w) // stride_w + 1
-        patches = _gather_patches(inputs, (kernel_h, kernel_w), (stride_h, stride_w),
-                                  (out_h, out_w))
-        outputs = tf.matmul(tf.reshape(patches, (-1, kernel_h * kernel_w * channels)),
-                            tf.reshape(kernel, (kernel_h * kernel_w * channels, filters)))
-        return tf.reshape(outputs, (-1, out_h, out_w, filters))
-
-
-def _gather_patches(inputs, kernel: tuple[int, int], strides: tuple[int, int],
-                    out: tuple[int, int]):
-    """[N, out_h, out_w, k_h * k_w * C]: each output pixel's receptive field, in the kernel's
-    (row, column, channel) order, from an already padded NHWC input.
-
-    One tf.gather (_patch_index). The gradient is written out: TensorFlow's own gradient of
-    the k*k strided slices this used to be (StridedSliceGrad, one zero-filled input-sized
-    tensor per slice) cost more than the matmuls it sits between. Here each tap's part is
-    spread back by one pad (and, for strides, one interleave of zeros), then all are summed.
-    """
-    (kernel_h, kernel_w), (stride_h, stride_w), (out_h, out_w) = kernel, strides, out
-    height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
-    span_h, span_w = stride_h * (out_h - 1) + 1, stride_w * (out_w - 1) + 1
-    taps = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
-    index = _patch_index((height, width), kernel, strides, out)
-
-    @tf.custom_gradient
-    def gather(x):
-        patches = tf.reshape(tf.gather(tf.reshape(x, (-1, height * width, channels)), index,
-                                       axis=1), (-1, out_h, out_w, len(taps) * channels))
-
-        def grad(upstream):
-            batch = tf.shape(upstream)[0]
-            spread = []
-            for (i, j), part in zip(taps, tf.split(upstream, len(taps), axis=-1)):
-                if (stride_h, stride_w) != (1, 1):
-                    # Put each value at its strided position: [N, oh, 1, ow, 1, C] padded
-                    # to [N, oh, sh, ow, sw, C], flattened, cut to the span.
-                    part = tf.reshape(part, (batch, out_h, 1, out_w, 1, channels))
-                    part = tf.pad(part, [[0, 0], [0, 0], [0, stride_h - 1], [0, 0],
-                                         [0, stride_w - 1], [0, 0]])
-                    part = tf.reshape(part, (batch, out_h * stride_h, out_w * stride_w,
-                                             channels))[:, :span_h, :span_w, :]
-                spread.append(tf.pad(part, [[0, 0], [i, height - i - span_h],
-                                            [j, width - j - span_w], [0, 0]]))
-            return tf.add_n(spread)
-
-        return patches, grad
-
-    return gather(inputs)
-
-
-def _patch_index(size: tuple[int, int], kernel: tuple[int, int], strides: tuple[int, int],
-                 out: tuple[int, int]) -> list[int]:
-    """Flat index into a padded [size] map of each output pixel's receptive field, in the
-    kernel's (row, column) order: one tf.gather of them takes half the time of k*k strided
-    slices and a concat."""
-    return [(row * strides[0] + i) * size[1] + column * strides[1] + j
-            for row in range(out[0]) for column in range(out[1])
-            for i in range(kernel[0]) for j in range(kernel[1])]
-
-
-@keras.saving.register_keras_serializable(package="resnet")
-class MatmulKernelGradConv2D(keras.layers.Conv2D):
-    """Keras Conv2D (channels_last) whose kernel gradient is a matmul of the input's patches
-    by the output gradient; the convolution and its input gradient are TensorFlow's own ops.
-
-    Same variables, config and results (up to summation order) as Conv2D. For small maps (4x4
-    in the recipes), where oneDNN's kernel-gradient op runs at a fraction of the matrix units
-    while its forward and input-gradient ops do well (ConvPlan says why).
-    """
-
-    def convolution_op(self, inputs, kernel):
-        if (self.data_format != "channels_last" or self.groups != 1
-                or tuple(self.dilation_rate) != (1, 1) or None in inputs.shape[1:]
-                or (self.padding == "same" and tuple(self.strides) != (1, 1))):
-            return super().convolution_op(inputs, kernel)
-        kernel = tf.convert_to_tensor(kernel)  # the autocast value under mixed precision
-        kernel_h, kernel_w, channels, filters = kernel.shape
-        stride_h, stride_w = self.strides
-        padding = self.padding.upper()
-        height, width = inputs.shape[1], inputs.shape[2]
-        pad_h = pad_w = 0
-        if padding == "SAME":
-            pad_h, pad_w = kernel_h - 1, kernel_w - 1
-        out_h = (height + pad_h - kernel_h) // stride_h + 1
-        out_w = (width + pad_w - kernel_w) // stride_w + 1
-        padded_h, padded_w = height + pad_h, width + pad_w
-        index = _patch_index((padded_h, padded_w), (kernel_h, kernel_w), (stride_h, stride_w),
-                             (out_h, out_w))
-
-        @tf.custom_gradient
-        def convolve(x, k):
-            def grad(upstream):
-                d_x = tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=tf.shape(x), filter=k, out_backprop=upstream,
-                    strides=[1, stride_h, stride_w, 1], padding=padding)
-                padded = tf.pad(x, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
-                                    [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
-                patches = tf.gather(tf.reshape(padded, (-1, padded_h * padded_w, channels)),
-                                    index, axis=1)
-                d_k = tf.matmul(tf.reshape(patches, (-1, kernel_h * kernel_w * channels)),
-                                tf.reshape(upstream, (-1, filters)), transpose_a=True)
-                return d_x, tf.reshape(d_k, (kernel_h, kernel_w, channels, filters))
-
-            return tf.nn.conv2d(x, k, [1, stride_h, stride_w, 1], padding), grad
-
-        return convolve(inputs, kernel)
-
-
-def _conv_class(x, kernel_size: int, strides: int, data_format: str, plan: ConvPlan):
-    """The layer class `plan` gives a convolution of input `x` (Conv2D if not channels-last)."""
-    height, width = x.shape[1], x.shape[2]
-    if data_format != "channels_last" or height is None or width is None:
-        return keras.layers.Conv2D
-    if strides > 1:  # fixed padding was applied: a VALID convolution
-        height, width = (height - kernel_size) // strides + 1, (width - kernel_size) // strides + 1
-    if height * width <= plan.patch_matmul_max_pixels:
-        return PatchMatmulConv2D
-    if height * width <= plan.kernel_grad_matmul_max_pixels:
-        return MatmulKernelGradConv2D
-    return keras.layers.Conv2D
-
-
 @dataclasses.dataclass(frozen=True)
 class _Ops:
     """Layer factories shared by every block: one place for dtype, format and regularisation."""
@@ -280,8 +108,8 @@ class _Ops:
             x = keras.layers.ZeroPadding2D(
                 ((pad_begin, pad_end), (pad_begin, pad_end)), data_format=self.data_format,
                 dtype=self.dtype, name=f"{name}_pad")(x)
-        conv_class = _conv_class(x, kernel_size, strides, self.data_format, self.conv_plan)
-        return conv_class(
+        layer_class = conv_class(x, kernel_size, strides, self.data_format, self.conv_plan)
+        return layer_class(
             filters, kernel_size, strides=strides,
             padding="same" if strides == 1 else "valid", use_bias=False,
             # tf.variance_scaling_initializer() of the official model: scale 1, fan_in,
@@ -407,8 +235,8 @@ def build_resnet(resnet_size: int, version: int, num_classes: int, *,
         for GPUs, where cuDNN is faster in NCHW. On CPU, TensorFlow's oneDNN kernels accept
         NCHW convolutions and Keras transposes around pooling, so it runs, only more slowly.
       conv_plan: which channels-last convolutions are computed through matmuls (same weights
-        and results, faster on small maps; see ConvPlan); PLAIN_CONVOLUTIONS makes every
-        convolution a plain Conv2D.
+        and results, faster on small maps; see conv_layers.ConvPlan);
+        conv_layers.PLAIN_CONVOLUTIONS makes every convolution a plain Conv2D.
 
     Returns:
       A keras.Model named "resnet{size}_v{version}" with one input and one output, the logits

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from networks import registry
-from networks.resnet import resnet_model
+from networks.resnet import conv_layers, resnet_model
 from official.core import steps
 from official.core.config import DTYPE_POLICIES, OptimizerSpec, ScheduleSpec
 from official.utils.misc import model_helpers
@@ -127,7 +127,7 @@ class ResNetNetwork:
     small_input: bool | None = None  # None: on for image_size <= 32
     data_format: str | None = None  # None: channels_first on GPU, channels_last on CPU
     # None: resnet_model's default ConvPlan; others are the benchmarks' peers.
-    conv_plan: resnet_model.ConvPlan | None = None
+    conv_plan: conv_layers.ConvPlan | None = None
 
     def __post_init__(self):
         registry.check_resnet(self.resnet_size, self.version)
