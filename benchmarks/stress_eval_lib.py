@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from dataset import augment, reader
+from official.utils.metrics import laterality_pairs
 
 # name -> (kind, parameter). Geometry: (zoom, degrees, shift_y, shift_x as fractions of the side).
 PRESETS = {
@@ -119,19 +120,6 @@ def perturb(images: tf.Tensor, kind: str, parameter) -> tf.Tensor:
     else:
         raise ValueError(f"unknown perturbation kind {kind!r}")
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
-
-
-def laterality_pairs(class_names: list[str]) -> list[tuple[int, int]]:
-    """(left, right) class indices of names that differ only in "left"/"right" (any case, e.g.
-    kidney-left / kidney-right, Left_Hand / Right_Hand)."""
-    index = {name.lower(): k for k, name in enumerate(class_names)}
-    pairs = []
-    for name, k in index.items():
-        if "left" in name:
-            other = index.get(name.replace("left", "right"))
-            if other is not None:
-                pairs.append((k, other))
-    return sorted(pairs)
 
 
 def _encode(images: tf.Tensor) -> tf.Tensor:

@@ -64,23 +64,33 @@ def read_manifest(data_dir: str) -> dict:
 
 
 def split_info(data_dir: str, split: str) -> SplitInfo:
-    """Shards, size and classes of one split.
+    """Shards, size and classes of one split, or of several named with commas ("train,validation":
+    their union, e.g. to train a final model on every labelled image once the settings are chosen).
 
     Raises:
-      ValueError: ``split`` is not in the manifest (the message lists those that are).
+      ValueError: a split is not in the manifest (the message lists those that are), or is named
+        twice.
     """
     manifest = read_manifest(data_dir)
-    if split not in manifest["splits"]:
-        raise ValueError(f"{data_dir}: no split {split!r}; available: "
-                         f"{', '.join(manifest['splits'])}")
-    info = manifest["splits"][split]
+    names = [name.strip() for name in split.split(",")]
+    for name in names:
+        if name not in manifest["splits"]:
+            raise ValueError(f"{data_dir}: no split {name!r}; available: "
+                             f"{', '.join(manifest['splits'])}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"{data_dir}: split {split!r} names a split twice")
     root = os.path.abspath(data_dir)
+    infos = [manifest["splits"][name] for name in names]
+    counts: dict[str, int] = {}
+    for info in infos:
+        for name, count in info["class_counts"].items():
+            counts[name] = counts.get(name, 0) + int(count)
     return SplitInfo(
-        data_dir=root, split=split,
-        files=tuple(os.path.join(root, entry["path"]) for entry in info["files"]),
-        num_examples=int(info["num_examples"]),
+        data_dir=root, split=",".join(names),
+        files=tuple(os.path.join(root, entry["path"]) for info in infos for entry in info["files"]),
+        num_examples=sum(int(info["num_examples"]) for info in infos),
         class_names=tuple(manifest["classes"]),
-        class_counts={name: int(n) for name, n in info["class_counts"].items()})
+        class_counts=counts)
 
 
 def make_dataset(files, *, channels: int, shuffle_files: bool = False, seed: int | None = None,

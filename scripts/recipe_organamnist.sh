@@ -9,7 +9,7 @@
 # $ORGANAMNIST_MEMBERS models (default 2; seeds 1, 2, ...) into WORK_DIR/model_1, model_2, ...,
 # exports them as ONE SavedModel averaging their probabilities (dicom_export.py) to
 # WORK_DIR/export, writes its validation report (per-class recall, confusion matrix) to
-# WORK_DIR/eval_validation and prints the per-class recall and the left/right confusions.
+# WORK_DIR/eval_validation and prints the per-class recall and the left/right swaps.
 # A rerun resumes: finished members are not retrained. Score the held-back official test
 # split with the export:
 #   python networks/resnet/dicom_eval.py --model=WORK_DIR/export --data_dir=TEST_DATA --split=test
@@ -71,15 +71,8 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   python - "$work_dir/eval_validation/metrics.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
-names, matrix = m["class_names"], m["confusion_matrix"]
-print(f"validation accuracy {m['accuracy']:.4f} on {m['num_examples']} images; recall per class:")
-for name in names:
-    row = m["per_class"][name]
+print(f"recall per class on {m['num_examples']} validation images:")
+for name, row in m["per_class"].items():
     print(f"  {name:<13} {row['recall']:.4f}  ({row['support']} images)")
-for left in (n for n in names if n.endswith("-left")):
-    right = left[:-len("left")] + "right"
-    if right in names:
-        i, j = names.index(left), names.index(right)
-        print(f"  {left} -> {right}: {matrix[i][j]}, {right} -> {left}: {matrix[j][i]}")
 PY
 fi

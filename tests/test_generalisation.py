@@ -162,3 +162,15 @@ def test_cli_rejects_out_of_range_values_in_one_line(tmp_path, flag, message):
     errors = error_lines(result.stderr)
     assert len(errors) <= 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "model").exists()
+
+
+def test_a_final_model_trains_on_train_and_validation_with_a_warning(tmp_path, caplog):
+    data = tiny_dataset(tmp_path / "d")  # 16 train, 8 validation images
+    spec = _input(data, tmp_path / "m", train_split="train,validation")
+    with caplog.at_level("WARNING"):
+        resolved = train_input.resolve_data(spec)
+    assert resolved.train_examples == 24 and len(resolved.train.files) == 2
+    assert "--eval_split=validation is also trained on" in caplog.text
+    caplog.clear()
+    assert train_input.resolve_data(_input(data, tmp_path / "m")).train_examples == 16
+    assert "also trained on" not in caplog.text

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from official.utils.metrics import classification_metrics, roc_auc
+from official.utils.metrics import classification_metrics, laterality_pairs, roc_auc
 
 # 7 examples, 3 classes; class C is never predicted (zero-division case).
 LABELS = [0, 0, 0, 1, 1, 2, 2]
@@ -57,6 +57,23 @@ def test_class_without_examples_has_null_auc():
 
 def test_auc_ties_count_half():
     assert roc_auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
+
+
+def test_laterality_pairs_match_names_differing_only_in_left_and_right():
+    names = ["Left_Hand", "Right_Hand", "kidney-left", "kidney-right", "liver", "lung-left"]
+    assert laterality_pairs(names) == [(0, 1), (2, 3)]
+    assert laterality_pairs(["CXR", "Hand"]) == []
+
+
+def test_left_right_swaps_are_counted_per_pair_and_direction():
+    names = ["kidney-left", "kidney-right", "liver"]
+    # kidney-left: 2 right, 1 liver (a neighbour, not a side error); kidney-right: 1 left.
+    labels = [0, 0, 0, 0, 1, 1, 2]
+    predicted = [0, 1, 1, 2, 1, 0, 2]
+    m = classification_metrics(labels, np.eye(3)[predicted], names, top_k=(1,))
+    assert m["left_right_swaps"] == {
+        "kidney-left/kidney-right": {"left_to_right": 2, "right_to_left": 1}}
+    assert classification_metrics(LABELS, PROBS, NAMES)["left_right_swaps"] == {}
 
 
 def test_shape_mismatch_is_a_clear_error():

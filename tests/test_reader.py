@@ -31,6 +31,20 @@ def test_split_info_comes_from_the_manifest(converted):
     assert info.num_examples + test.num_examples == 50
 
 
+def test_splits_named_with_commas_are_read_as_their_union(converted):
+    train, test = (reader.split_info(str(converted), name) for name in ("train", "test"))
+    both = reader.split_info(str(converted), "train, test")
+    assert both.split == "train,test"
+    assert both.files == train.files + test.files
+    assert both.num_examples == 50
+    assert both.class_counts == {"Chest": 30, "Hand": 20}
+    assert sum(train.class_counts.values()) < 50 and sum(test.class_counts.values()) < 50
+    with pytest.raises(ValueError, match="no split 'validation'; available: train, test"):
+        reader.split_info(str(converted), "train,validation")
+    with pytest.raises(ValueError, match="names a split twice"):
+        reader.split_info(str(converted), "train,train")
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_make_dataset_yields_decoded_images_and_labels(converted, channels):
     info = reader.split_info(str(converted), "test")

@@ -171,7 +171,9 @@ def test_organamnist_recipe_trains_its_members_and_exports_one_ensemble(tmp_path
     assert seeds == [1, 2]  # two different members, not one model twice
     metrics = json.loads((work / "eval_validation" / "metrics.json").read_text())
     assert metrics["num_examples"] == 4
-    assert "kidney-left -> kidney-right: " in result.stdout
+    swaps = metrics["left_right_swaps"]["kidney-left/kidney-right"]
+    assert (f"left/right swaps kidney-left/kidney-right: {swaps['left_to_right']} left->right, "
+            f"{swaps['right_to_left']} right->left") in result.stdout
     result = _bash("recipe_organamnist.sh", str(work), *flags,
                    env={**env, "ORGANAMNIST_MEMBERS": "two"}, cwd=tmp_path)
     assert result.returncode == 2

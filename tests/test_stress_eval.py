@@ -58,12 +58,6 @@ def test_orientation_shifts_are_the_two_mirrors_and_a_half_turn():
     np.testing.assert_array_equal(flips[2], array[::-1, ::-1])
 
 
-def test_laterality_pairs_match_names_differing_only_in_left_and_right():
-    names = ["Left_Hand", "Right_Hand", "kidney-left", "kidney-right", "liver", "lung-left"]
-    assert stress_eval_lib.laterality_pairs(names) == [(0, 1), (2, 3)]
-    assert stress_eval_lib.laterality_pairs(["CXR", "Hand"]) == []
-
-
 def test_report_counts_the_left_right_swaps_of_each_shift():
     names = ["kidney-left", "kidney-right", "liver"]
     clean = np.array([[9, 1, 0], [0, 10, 0], [0, 0, 5]])

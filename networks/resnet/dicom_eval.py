@@ -16,7 +16,8 @@ goes to --output_dir, by default next to the model (<model_dir>/eval_<split>/, o
 metrics.json records the members ("members") and the views ("tta_views").
 
     metrics.json          accuracy, top-k, per-class precision/recall/F1/support/ROC AUC,
-                          macro and weighted averages, confusion matrix, example count
+                          macro and weighted averages, confusion matrix, example count,
+                          left/right swaps of classes named X-left/X-right (also printed)
     confusion_matrix.png  counts with row-normalised shading
     misclassified.csv     file, true, predicted, probability
     events.out.tfevents*  the same scalars and the confusion matrix image for TensorBoard
@@ -97,6 +98,9 @@ def main(argv):
                                  evaluation.checkpoint_step(predictor.source) if single else 0)
     print(f"{FLAGS.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_examples']} "
           f"images; report in {output_dir}")
+    for pair, swaps in metrics["left_right_swaps"].items():
+        print(f"  left/right swaps {pair}: {swaps['left_to_right']} left->right, "
+              f"{swaps['right_to_left']} right->left")
     return 0
 
 

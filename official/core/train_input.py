@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 
+from absl import logging
 import tensorflow as tf
 
 from dataset import augment, preprocess, reader
@@ -87,6 +88,10 @@ def resolve_data(spec: InputSpec) -> DataSpec:
         raise ValueError("--data_dir is required (a folder written by tf_convert_data.py)")
     train = reader.split_info(spec.data_dir, spec.train_split)
     evaluation = reader.split_info(spec.data_dir, spec.eval_split)
+    shared = set(train.split.split(",")) & set(evaluation.split.split(","))
+    if shared:
+        logging.warning("--eval_split=%s is also trained on (--train_split=%s): its accuracy is "
+                        "not that of unseen images", spec.eval_split, spec.train_split)
     for info in (train, evaluation):
         if not spec.use_synthetic_data and (info.num_examples <= 0 or not info.files):
             raise ValueError(f"--data_dir={spec.data_dir}: split {info.split!r} has no records")

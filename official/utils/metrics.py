@@ -39,6 +39,19 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float | None:
     return float(u_statistic / (num_pos * num_neg))
 
 
+def laterality_pairs(class_names) -> list[tuple[int, int]]:
+    """(left, right) class indices of names that differ only in "left"/"right" (any case, e.g.
+    kidney-left / kidney-right, Left_Hand / Right_Hand): the classes a mirror would swap."""
+    index = {name.lower(): k for k, name in enumerate(class_names)}
+    pairs = []
+    for name, k in index.items():
+        if "left" in name:
+            other = index.get(name.replace("left", "right"))
+            if other is not None:
+                pairs.append((k, other))
+    return sorted(pairs)
+
+
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.zeros_like(numerator, dtype=np.float64)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
@@ -116,4 +129,11 @@ def classification_metrics(labels, probabilities, class_names, *, top_k=(1, 5)) 
         },
         "class_names": list(class_names),
         "confusion_matrix": matrix.tolist(),
+        # Side errors read apart from the rest: a model (or a scan stored mirrored) that swaps
+        # sides is a different failure from confusing two neighbouring organs.
+        "left_right_swaps": {
+            f"{class_names[left]}/{class_names[right]}": {
+                "left_to_right": int(matrix[left, right]),
+                "right_to_left": int(matrix[right, left])}
+            for left, right in laterality_pairs(class_names)},
     }

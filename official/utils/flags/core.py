@@ -160,7 +160,9 @@ def _define_resnet(define: _Definer) -> None:
     define.integer("keep_checkpoints", 5, "How many recent checkpoints to keep.",
                          lower_bound=1)
     define.string("eval_split", "validation", "Split evaluated after each cycle.")
-    define.string("train_split", "train", "Split trained on.")
+    define.string("train_split", "train", "Split trained on; several with commas, e.g. "
+                  "train,validation for a final model on every labelled image once the "
+                  "settings are chosen (the --eval_split figures are then not of unseen images).")
     define.integer("synthetic_num_classes", 6, "Classes for --use_synthetic_data when "
                          "--data_dir has no manifest.json.", lower_bound=2)
     define.integer("seed", None, "Random seed for weights, shuffling and augmentation.")
