@@ -25,11 +25,10 @@
 # corruption table and on validation (0.9815-0.9841 vs 0.9832); MedMNIST v2 reports the same
 # direction on the test (ResNet-18 0.935 at 28 px, 0.951 upscaled to 224).
 # ORGANAMNIST_MEMBERS=2 trains a second model (seed 2) and exports the pair: about twice the
-# budget. No flips: left/right kidney, femur and lung are
-# separate classes. OrganAMNIST's rows run along the patient's left-right axis, so it is the
-# up-down flip that swaps them (96% of those images); the left-right flip is a front-back
-# mirror that keeps sides, measured no better on the proxies (RESULTS.md section 10), and
-# --random_flip stays off. Val is 16 scans, the test 70: val is an easy, optimistic guide (the
+# budget. No flips: left/right kidney, femur and lung are separate classes. OrganAMNIST's rows
+# run along the patient's left-right axis, so it is the up-down flip that swaps them (96% of
+# those images); the left-right flip is a front-back mirror that keeps sides, measured no
+# better on the proxies (RESULTS.md section 10), and --random_flip stays off. Val is 16 scans, the test 70: val is an easy, optimistic guide (the
 # 8-epoch recipe: validation 0.9835, official test 0.9326), so watch the per-class figures, not
 # just the mean.
 ORGANAMNIST_RECIPE_FLAGS="--resnet_size=18 --version=2 --image_size=112 --nosmall_input --dtype=bf16 \
