@@ -337,9 +337,10 @@ def test_export_cli_ensemble_is_one_model_equal_to_the_in_process_ensemble(train
     images = _encoded()
     members = [Predictor(path)(images) for path in (trained["model_dir"], second)]
     assert np.abs(members[0] - members[1]).max() > 1e-3
-    np.testing.assert_allclose(Predictor(str(out))(images), np.mean(members, axis=0), atol=1e-5)
-    np.testing.assert_allclose(Predictor(str(out))(images),
-                               load_predictor([trained["model_dir"], second])(images), atol=1e-5)
+    ensembled = Predictor(str(out))(images)
+    np.testing.assert_allclose(ensembled, np.mean(members, axis=0), atol=1e-5)
+    np.testing.assert_allclose(ensembled, load_predictor([trained["model_dir"], second])(images),
+                               atol=1e-5)
     # One model_dir: the same model the trainer exported.
     single = tmp_path / "single"
     assert _run("dicom_export.py", f"--model_dir={trained['model_dir']}",

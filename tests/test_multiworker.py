@@ -120,7 +120,10 @@ def test_two_workers_match_one_process(tmp_path):
 def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     model_dir = tmp_path / "cluster"
-    chief, other = _cluster(tmp_path, model_dir, data, "--train_epochs=1000")
+    # A 10-s heartbeat instead of the default 30: the chief notices the death sooner (the
+    # test waited ~30 s for it otherwise); still far above a heartbeat's interval under load.
+    chief, other = _cluster(tmp_path, model_dir, data, "--train_epochs=1000",
+                            "--heartbeat_timeout_seconds=10")
     try:
         deadline = time.monotonic() + WORKER_TIMEOUT
         while not (model_dir / "ckpt-1.index").exists():  # both are in the training loop
