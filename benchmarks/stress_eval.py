@@ -17,6 +17,10 @@ named X-left / X-right), then the mean over the shifts: the "stress accuracy".
 Presets (never a mirror, except "orientation": left/right organs are separate classes):
   ct          zoom 0.85 / 1.15, shift 8% right / down, rotation -10 / +10 degrees,
               contrast 0.7 / 1.3, gamma 0.7 / 1.4, Gaussian noise sd 4%
+  ct-aspect   one image axis stretched: rows or columns x0.85 / x1.15, and both at once in
+              opposite senses; no training flag draws such a stretch, so it is never the
+              augmentation played back (OrganAMNIST resizes each organ's bounding box to a
+              square, so differing organ proportions arrive as stretches)
   ct-corruptions
               no geometry: MedMNIST-C's OrganAMNIST corruptions (pixelation, JPEG,
               Gaussian/speckle/impulse noise, blur, brightness, contrast, gamma) at two
@@ -47,7 +51,7 @@ from official.utils import cli  # noqa: E402
 PROGRAM = "stress_eval.py"
 # stress_eval_lib.PRESETS' names, written out: the table needs TensorFlow, --help does not
 # (tests/test_stress_eval.py checks they agree).
-PRESET_NAMES = ("ct", "ct-corruptions", "orientation", "radiograph")
+PRESET_NAMES = ("ct", "ct-aspect", "ct-corruptions", "orientation", "radiograph")
 FLAGS = cli.program_flags()
 flags.DEFINE_string("model", None, "model_dir or SavedModel; several, comma-separated, form an "
                     "ensemble", flag_values=FLAGS)

@@ -57,6 +57,18 @@ PRESETS = {
         ("gamma 1.6", "gamma", 1.6),
         ("gamma 0.7", "gamma", 0.7),
     ),
+    # Stretches along one image axis: no training flag draws one (--augment_scale zooms both
+    # axes alike), so neither a plain nor a geometry-augmented model has seen them. In
+    # OrganAMNIST every crop is an organ's bounding box resized to a square, so an organ's
+    # proportions, which differ between patients, reach the model as such a stretch.
+    "ct-aspect": (
+        ("rows x0.85", "stretch", (0.85, 1.0)),
+        ("rows x1.15", "stretch", (1.15, 1.0)),
+        ("cols x0.85", "stretch", (1.0, 0.85)),
+        ("cols x1.15", "stretch", (1.0, 1.15)),
+        ("rows x0.87 cols x1.15", "stretch", (0.87, 1.15)),
+        ("rows x1.15 cols x0.87", "stretch", (1.15, 0.87)),
+    ),
     "radiograph": (
         ("rotate 90", "rot90", 1),
         ("rotate 180", "rot90", 2),
@@ -86,6 +98,14 @@ def perturb(images: tf.Tensor, kind: str, parameter) -> tf.Tensor:
         size = tf.cast(tf.shape(x)[1:3], tf.float32)
         matrix = augment.affine_matrix(size, tf.constant(zoom), tf.constant(
             degrees * math.pi / 180.0), shift_y * size[0], shift_x * size[1])
+        x = augment.warp(x, matrix)
+    elif kind == "stretch":  # (rows, cols) factors about the centre
+        stretch_y, stretch_x = parameter
+        size = tf.cast(tf.shape(x)[1:3], tf.float32)
+        centre_y, centre_x = (size[0] - 1.0) / 2.0, (size[1] - 1.0) / 2.0
+        # ImageProjectiveTransformV3 maps each output pixel to its input pixel.
+        matrix = tf.stack([1.0 / stretch_x, 0.0, centre_x * (1.0 - 1.0 / stretch_x),
+                           0.0, 1.0 / stretch_y, centre_y * (1.0 - 1.0 / stretch_y), 0.0, 0.0])
         x = augment.warp(x, matrix)
     elif kind == "rot90":
         x = tf.image.rot90(x, parameter)  # a rotation: the square image keeps its size

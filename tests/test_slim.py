@@ -1,5 +1,6 @@
 """networks/slim: every network (keras.applications and Inception-v4) builds, takes a step,
-checkpoints into its rebuilt self and serves; one runs the shared loop end to end (train,
+checkpoints into its rebuilt self and serves (a bigger sibling of a tested builder only builds
+and serves); one runs the shared loop end to end (train,
 resume, export holding the last checkpoint's weights); Slim's weight decay and Inception-v4's
 parameter count; --checkpoint_path, --trainable_scopes and --checkpoint_exclude_scopes; the
 CLIs. Nothing is downloaded (weights=None everywhere)."""
@@ -105,7 +106,37 @@ def test_trains_resumes_and_exports_end_to_end(data, tmp_path, model_name):
                                Predictor(finished.export_path)(images), atol=1e-5)
 
 
-@pytest.mark.parametrize("model_name", list(nets.NETWORKS))
+# A bigger sibling of a network tested in full: the same keras.applications builder and
+# preprocess_input with more blocks or width, so building it and serving one batch through the
+# rebuilt model shows its table row is right; the step, checkpoint and restore would repeat
+# its sibling's test at 2-5 times the cost (EfficientNetV2-S alone took 50-120 s).
+SIBLINGS = {"resnet_v2_152": "resnet_v2_50", "efficientnet_v2_s": "efficientnet_v2_b0",
+            "mobilenet_v3_large": "mobilenet_v3_small"}
+
+
+@pytest.mark.parametrize("model_name", sorted(SIBLINGS))
+def test_bigger_siblings_build_and_serve(model_name):
+    sibling = nets.NETWORKS[SIBLINGS[model_name]]
+    spec = nets.NETWORKS[model_name]
+    assert spec.preprocess_input is sibling.preprocess_input
+    assert spec.constructor.__module__ == sibling.constructor.__module__
+    size = spec.min_image_size
+    model = nets.build_network(model_name, 2, image_size=size)
+    assert model.name == model_name and model.output_shape == (None, 2)
+    resolved = {"image_size": size, "channels": 1, "class_names": ["Chest", "Hand"]}
+    pixels = tf.cast(tf.random.stateless_uniform((2, size, size, 1), seed=(1, 2), maxval=256,
+                                                 dtype=tf.int32), tf.float32)
+    tf.config.run_functions_eagerly(True)
+    try:
+        served = export.ServingModule(model, resolved).predict_images(pixels)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    expected = tf.nn.softmax(model(preprocess.preprocess_for_eval(pixels, image_size=size),
+                                   training=False))
+    np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", [name for name in nets.NETWORKS if name not in SIBLINGS])
 def test_every_network_steps_checkpoints_and_serves(tmp_path, model_name):
     """What is each network's own, at its minimum size: the trainer builds it from the
     registry (Slim's weight decay on), one step of the trainer's own train function moves the

@@ -28,13 +28,29 @@ def _centroid_x(images: tf.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name, kind, parameter",
-                         stress_eval_lib.PRESETS["ct"] + stress_eval_lib.PRESETS["ct-corruptions"])
+                         stress_eval_lib.PRESETS["ct"] + stress_eval_lib.PRESETS["ct-corruptions"]
+                         + stress_eval_lib.PRESETS["ct-aspect"])
 def test_ct_shifts_change_the_image_but_never_mirror_it(name, kind, parameter):
     image = _left_blob()
     shifted = stress_eval_lib.perturb(image, kind, parameter)
     assert shifted.dtype == tf.uint8 and shifted.shape == image.shape
     assert not np.array_equal(shifted.numpy(), image.numpy()), name
     assert _centroid_x(shifted) < 16.0, name  # the left-sided structure stays on the left
+
+
+def test_stretch_scales_one_axis_about_the_centre():
+    image = np.zeros((1, 32, 32, 1), np.uint8)
+    image[0, 8:24, 12:20] = 200  # 16 rows x 8 columns, centred
+
+    def extent(stretch):
+        out = stress_eval_lib.perturb(tf.constant(image), "stretch", stretch).numpy()[0, ..., 0]
+        rows, cols = np.nonzero(out > 100)
+        return (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1,
+                (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
+
+    assert extent((0.5, 1.0)) == (8, 8, 15.5, 15.5)
+    assert extent((1.0, 1.5)) == (16, 12, 15.5, 15.5)
+    assert extent((1.0, 1.0)) == (16, 8, 15.5, 15.5)
 
 
 def test_radiograph_shifts_do_what_their_names_say():
