@@ -18,9 +18,9 @@ Presets (never a mirror, except "orientation": left/right organs are separate cl
   ct          zoom 0.85 / 1.15, shift 8% right / down, rotation -10 / +10 degrees,
               contrast 0.7 / 1.3, gamma 0.7 / 1.4, Gaussian noise sd 4%
   ct-aspect   one image axis stretched: rows or columns x0.85 / x1.15, and both at once in
-              opposite senses; no training flag draws such a stretch, so it is never the
-              augmentation played back (OrganAMNIST resizes each organ's bounding box to a
-              square, so differing organ proportions arrive as stretches)
+              opposite senses; no training flag draws such a stretch (OrganAMNIST resizes
+              each organ's bounding box to a square, so differing organ proportions arrive
+              as stretches); x0.85 leaves black bands on two sides
   ct-corruptions
               no geometry: MedMNIST-C's OrganAMNIST corruptions (pixelation, JPEG,
               Gaussian/speckle/impulse noise, blur, brightness, contrast, gamma) at two

@@ -58,9 +58,10 @@ PRESETS = {
         ("gamma 0.7", "gamma", 0.7),
     ),
     # Stretches along one image axis: no training flag draws one (--augment_scale zooms both
-    # axes alike), so neither a plain nor a geometry-augmented model has seen them. In
-    # OrganAMNIST every crop is an organ's bounding box resized to a square, so an organ's
-    # proportions, which differ between patients, reach the model as such a stretch.
+    # axes alike). In OrganAMNIST every crop is an organ's bounding box resized to a square,
+    # so an organ's proportions, which differ between patients, reach the model as such a
+    # stretch. A factor below 1 also leaves black bands on two sides (as a zoom-out of
+    # --augment_scale does on four): there a geometry-trained model has seen something alike.
     "ct-aspect": (
         ("rows x0.85", "stretch", (0.85, 1.0)),
         ("rows x1.15", "stretch", (1.15, 1.0)),
