@@ -28,9 +28,9 @@
 # budget. No flips: left/right kidney, femur and lung are separate classes. OrganAMNIST's rows
 # run along the patient's left-right axis, so it is the up-down flip that swaps them (96% of
 # those images); the left-right flip is a front-back mirror that keeps sides, measured no
-# better on the proxies (RESULTS.md section 10), and --random_flip stays off. Val is 16 scans, the test 70: val is an easy, optimistic guide (the
-# 8-epoch recipe: validation 0.9835, official test 0.9326), so watch the per-class figures, not
-# just the mean.
+# better on the proxies (RESULTS.md section 10), and --random_flip stays off. Val is 16 scans,
+# the test 70: val is an easy, optimistic guide (the 8-epoch recipe: validation 0.9835,
+# official test 0.9326), so watch the per-class figures, not just the mean.
 ORGANAMNIST_RECIPE_FLAGS="--resnet_size=18 --version=2 --image_size=112 --nosmall_input --dtype=bf16 \
 --batch_size=128 --train_epochs=8 --epochs_between_evals=8 --lr_schedule=cosine \
 --base_learning_rate=0.2 --warmup_epochs=0.2 --label_smoothing=0.1 --color_jitter=0.15 \
