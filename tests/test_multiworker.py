@@ -83,19 +83,23 @@ def test_two_workers_match_one_process(tmp_path):
     CPUs) over the same global batch of 8: same data split (first half to worker/replica 0),
     same per-replica batch-norm statistics, same summed gradients. Tolerance: rtol 1e-6 on every
     variable (observed: bit-identical). tests/test_distribution.py covers 2 replicas == 1 device.
+    Both run with --train_budget_seconds: the workers time collective steps together and agree
+    on the chief's choice of epochs (a budget this big allows --train_epochs=2, as without).
     """
     data = tiny_dataset(tmp_path / "data")  # 16 training examples, one shard: split by data
     model_dir = tmp_path / "cluster"
     started = time.monotonic()
-    workers = _cluster(tmp_path, model_dir, data, "--max_train_steps=2",
+    budget = "--train_budget_seconds=100000"
+    workers = _cluster(tmp_path, model_dir, data, "--max_train_steps=2", budget,
                        f"--export_dir={tmp_path / 'export'}")
     single = _start(tmp_path, "single", f"--data_dir={data}",
                     f"--model_dir={tmp_path / 'single'}", *FLAGS, "--max_train_steps=2",
-                    "--num_gpus=0", "--num_cpu_replicas=2")
+                    budget, "--num_gpus=0", "--num_cpu_replicas=2")
     outputs = [_finish(process) for process in (*workers, single)]
     for stdout, _ in outputs:
         assert "step 2 (resumed from 0, stopped by max_train_steps)" in stdout
         assert "2 replica(s)" in stdout
+        assert "2 epoch(s) in the --train_budget_seconds budget" in stdout
 
     chief, other, reference = (_weights(tmp_path / f"{name}.npz")
                                for name in ("worker0", "worker1", "single"))
@@ -269,7 +273,8 @@ def _worker_main(argv: list[str]) -> None:
 
     cli.flags_parser("dicom_main.py")([argv[0], *argv[2:]])
     dicom_main.main([argv[0]])
-    np.savez(argv[1], *[np.asarray(variable.numpy()) for variable in states[0].model.variables])
+    # The last state built is the run's (with --train_budget_seconds the first one is timed).
+    np.savez(argv[1], *[np.asarray(variable.numpy()) for variable in states[-1].model.variables])
 
 
 class _StrategyBuilt(Exception):

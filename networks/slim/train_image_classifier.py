@@ -70,6 +70,9 @@ def define_flags() -> None:
                   "frozen (batch norm in inference mode). Empty: everything trains. "
                   "'logits' is the new head.")
     d.DEFINE_integer("max_number_of_steps", None, "Stop after this many steps.", lower_bound=1)
+    d.DEFINE_float("train_budget_seconds", None, "Train as many whole epochs as fit in this "
+                   "many seconds on this machine, at most --train_epochs (a few steps are "
+                   "timed first; official/core/budget.py).", lower_bound=1.0)
     d.DEFINE_integer("train_epochs", None, "Stop after this many epochs (default: until "
                      f"--max_number_of_steps, or {DEFAULT_EPOCHS} epochs).", lower_bound=1)
     d.DEFINE_integer("epochs_between_evals", 1, "Evaluate every this many epochs.",
@@ -127,7 +130,8 @@ def configs_from_flags():
         model_dir=FLAGS.train_dir, data_dir=FLAGS.dataset_dir, image_size=image_size,
         channels=int(FLAGS.channels), train_epochs=epochs,
         epochs_between_evals=FLAGS.epochs_between_evals,
-        max_train_steps=FLAGS.max_number_of_steps, batch_size=FLAGS.batch_size,
+        max_train_steps=FLAGS.max_number_of_steps,
+        train_budget_seconds=FLAGS.train_budget_seconds, batch_size=FLAGS.batch_size,
         dtype=FLAGS.dtype, weight_decay=FLAGS.weight_decay,
         # Unused by the Slim schedule (config.json's "slim" has it), recorded for the reader.
         base_learning_rate=FLAGS.learning_rate, lr_scaling="none", momentum=FLAGS.momentum,

@@ -39,6 +39,7 @@ class TrainConfig:
     epochs_between_evals: int = 1
     stop_threshold: float | None = None
     max_train_steps: int | None = None
+    train_budget_seconds: float | None = None  # official/core/budget.py
     batch_size: int = 32  # global, split across replicas
     dtype: str = "fp32"
     loss_scale: float | None = None  # fp16 only; None = dynamic
@@ -95,6 +96,9 @@ class TrainConfig:
             raise ValueError(f"--channels={self.channels}: must be 1 or 3")
         if self.lr_scaling not in LR_SCALINGS:
             raise ValueError(f"--lr_scaling={self.lr_scaling}: must be 'linear' or 'none'")
+        if self.train_budget_seconds is not None and not self.train_budget_seconds > 0:
+            raise ValueError(f"--train_budget_seconds={self.train_budget_seconds}: must be "
+                             "positive")
         if self.batch_norm_momentum is not None and not 0 <= self.batch_norm_momentum < 1:
             raise ValueError(f"--batch_norm_momentum={self.batch_norm_momentum}: must be in "
                              "[0, 1)")
@@ -140,6 +144,7 @@ class TrainResult:
     eval_examples: int
     examples_per_second: float | None
     export_path: str | None
+    budget_epochs: int | None = None  # --train_budget_seconds: the epochs it chose
 
 
 @dataclasses.dataclass(frozen=True)

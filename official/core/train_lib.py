@@ -22,7 +22,8 @@ networks/resnet/train_steps.py ResNetNetwork and networks/slim/slim_train.py Sli
 the two; the loop itself knows no network.
 
 What the Estimator did and this loop keeps: train in cycles of `epochs_between_evals`, evaluate on
-the validation split after each, stop at `train_epochs`, `max_train_steps` or `stop_threshold`,
+the validation split after each, stop at `train_epochs` (or the epochs `train_budget_seconds`
+allows: budget.py), `max_train_steps` or `stop_threshold`,
 resume from the latest checkpoint in `model_dir` when restarted, export a SavedModel at the end.
 A resumed run restarts the input pipeline (a fresh shuffle), not the exact batch order.
 
@@ -55,9 +56,9 @@ from tensorflow.core.framework import summary_pb2
 from dataset import test_time
 from networks import registry
 from official.core import export as export_lib
-from official.core import steps, train_input
+from official.core import budget, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
-                                  read_config_if_any, write_config)
+                                  has_checkpoint, read_config_if_any, write_config)
 from official.modeling import ema
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
@@ -112,6 +113,8 @@ def summary_line(result: TrainResult, *, eval_split: str, model_dir: str, replic
             f"{result.eval_examples} examples, {replicas} replica(s); {dir_flag} {model_dir}")
     if result.examples_per_second:
         line += f"; {result.examples_per_second:.1f} examples/s"
+    if result.budget_epochs:
+        line += f"; {result.budget_epochs} epoch(s) in the --train_budget_seconds budget"
     if result.export_path:
         line += f"; exported {result.export_path}"
     return line
@@ -184,6 +187,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, workers: int,
            write_dir: str, network) -> TrainResult:
     # --- config ---
+    started = time.monotonic()  # --train_budget_seconds counts from here
     input_spec = train_input.InputSpec.from_config(config)
     data = train_input.resolve_data(input_spec)
     num_replicas = strategy.num_replicas_in_sync
@@ -204,6 +208,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         train_input_spec = dataclasses.replace(input_spec, seed=int(shared.numpy()))
     else:
         train_input_spec = input_spec
+    budget_entry = None
+    if config.train_budget_seconds:
+        config, budget_entry = _budgeted(config, saved, strategy, network, spec, data,
+                                         train_input_spec, workers=workers, started=started)
+        resolved = resolved_config(config, data.class_names, spec,
+                                   {**network.config_entries(), "budget": budget_entry})
     if chief:
         write_config(config.model_dir, resolved)
     if config.deterministic:
@@ -345,4 +355,34 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        eval_loss=eval_metrics["loss"], eval_examples=eval_metrics["examples"],
                        examples_per_second=float(np.median(throughput[1:] or throughput))
                        if throughput else None,
-                       export_path=export_path)
+                       export_path=export_path,
+                       budget_epochs=config.train_epochs if budget_entry else None)
+
+
+def _budgeted(config: TrainConfig, saved: dict | None, strategy, network, spec, data,
+              input_spec: train_input.InputSpec, *, workers: int,
+              started: float) -> tuple[TrainConfig, dict]:
+    """config with the train_epochs --train_budget_seconds allows (official/core/budget.py),
+    and config.json's "budget" entry. A resumed run keeps the epochs chosen at its start."""
+    steps_per_epoch = model_helpers.steps_per_epoch(data.train_examples, config.batch_size)
+    kept = 0  # the chief's decision: > 0 resume with these epochs, -1 refuse, 0 measure
+    if saved is not None and has_checkpoint(config.model_dir):
+        kept = int(saved["train_epochs"]) if saved.get("train_budget_seconds") else -1
+    kept = budget.chief_value(strategy, kept)
+    if kept < 0:
+        raise ValueError(f"--model_dir={config.model_dir} was started without "
+                         "--train_budget_seconds: a budget sets the run's length when it "
+                         "starts; resume without it, or use a new --model_dir")
+    if kept:
+        logging.info("train_budget_seconds: resuming with the %d epochs chosen when the run "
+                     "started", kept)
+        return (dataclasses.replace(config, train_epochs=kept),
+                (saved or {}).get("budget") or {"seconds": config.train_budget_seconds})
+    calibration = budget.calibrate(config, strategy, network, spec, data, input_spec,
+                                   workers=workers, steps_per_epoch=steps_per_epoch)
+    plan = budget.plan(config.train_budget_seconds, time.monotonic() - started, calibration,
+                       steps_per_epoch, config.train_epochs)
+    budget.log_plan(config.train_budget_seconds, calibration, plan, config.train_epochs)
+    epochs = budget.chief_value(strategy, plan.train_epochs)
+    return (dataclasses.replace(config, train_epochs=epochs),
+            plan.to_dict(config.train_budget_seconds, calibration, config.train_epochs))

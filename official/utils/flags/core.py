@@ -85,6 +85,12 @@ def _define_performance(define: _Definer) -> None:
     define.integer("max_train_steps", None, "Stop training when the global step reaches "
                          "this value, even before --train_epochs.", lower_bound=1,
                          short_name="mts")
+    define.float("train_budget_seconds", None, "Train as many whole epochs as fit in this "
+                       "many seconds on this machine, at most --train_epochs: a few steps are "
+                       "timed first, then the run's length (and with it the learning-rate "
+                       "schedule) is fixed; a resumed run keeps it. Counts start-up and "
+                       "training, not validation or export. config.json's \"budget\" records "
+                       "the measurement.", lower_bound=1.0)
     define.enum("dtype", "fp32", DTYPE_CHOICES, "Compute precision: fp32; fp16 (mixed "
                       "float16 with loss scaling); bf16 (mixed bfloat16). Variables stay "
                       "float32.", short_name="dt")
