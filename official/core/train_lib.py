@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import re
@@ -380,6 +381,7 @@ def _budgeted(config: TrainConfig, saved: dict | None, strategy, network, spec, 
                 (saved or {}).get("budget") or {"seconds": config.train_budget_seconds})
     calibration = budget.calibrate(config, strategy, network, spec, data, input_spec,
                                    workers=workers, steps_per_epoch=steps_per_epoch)
+    gc.collect()  # the timed copy's weights and slots (tf.function cycles), before the real ones
     plan = budget.plan(config.train_budget_seconds, time.monotonic() - started, calibration,
                        steps_per_epoch, config.train_epochs)
     budget.log_plan(config.train_budget_seconds, calibration, plan, config.train_epochs)
