@@ -27,8 +27,6 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from official.core import steps, train_input
-from official.modeling import ema
 from official.utils.misc import distribution_utils
 
 CALIBRATION_STEPS = 20  # timed steps (after a short warm-up call); more only cost budget
@@ -68,26 +66,10 @@ def plan(budget_seconds: float, elapsed_seconds: float, calibration: Calibration
                 + epochs * epoch_seconds)
 
 
-def calibrate(config, strategy: tf.distribute.Strategy, network, spec, data,
-              input_spec: train_input.InputSpec, *, workers: int,
-              steps_per_epoch: int) -> Calibration:
-    """Time the configured step (model, precision, EMA, input) on a throwaway copy of the
-    training state: a short warm-up call, then calls of --steps_per_loop steps until
-    CALIBRATION_STEPS steps are timed. Every worker takes part (the steps are collective)."""
-    schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch))
-    # resuming=True: a plug-in loads no pretrained weights, which timing does not need.
-    state = network.build_training_state(spec, config.optimizer_spec(), schedule, strategy,
-                                         resuming=True)
-    weight_average = None
-    if config.ema_decay:
-        with strategy.scope():
-            weight_average = ema.WeightAverage(state.model, config.ema_decay)
-    iterator = iter(strategy.experimental_distribute_dataset(
-        train_input.train_dataset(input_spec, data, num_workers=workers)))
-    train_fn = steps.make_train_function(
-        state, strategy, global_batch_size=config.batch_size, num_classes=data.num_classes,
-        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
-        weight_average=weight_average)
+def calibrate(train_fn, iterator, steps_per_loop: int) -> Calibration:
+    """Time `train_fn` (a throwaway copy of the run's step: model, precision, EMA, input):
+    a short warm-up call, then calls of `steps_per_loop` steps until CALIBRATION_STEPS steps
+    are timed. Multi-worker: every worker calls it (the steps are collective)."""
 
     def timed(num_steps: int) -> float:
         started = time.perf_counter()
@@ -95,14 +77,14 @@ def calibrate(config, strategy: tf.distribute.Strategy, network, spec, data,
         float(totals["loss"])  # wait for the steps to finish
         return time.perf_counter() - started
 
-    warmup = min(WARMUP_STEPS, config.steps_per_loop)
+    warmup = min(WARMUP_STEPS, steps_per_loop)
     first = timed(warmup)
-    calls = math.ceil(CALIBRATION_STEPS / config.steps_per_loop)
-    seconds = sum(timed(config.steps_per_loop) for _ in range(calls))
-    step_seconds = seconds / (calls * config.steps_per_loop)
+    calls = math.ceil(CALIBRATION_STEPS / steps_per_loop)
+    seconds = sum(timed(steps_per_loop) for _ in range(calls))
+    step_seconds = seconds / (calls * steps_per_loop)
     return Calibration(step_seconds=step_seconds,
                        startup_seconds=max(0.0, first - warmup * step_seconds),
-                       timed_steps=calls * config.steps_per_loop)
+                       timed_steps=calls * steps_per_loop)
 
 
 def chief_value(strategy: tf.distribute.Strategy, value: int) -> int:

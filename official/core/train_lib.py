@@ -243,15 +243,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     eval_data = train_input.eval_dataset(input_spec, data)
 
     # --- model, optimizer, checkpoint ---
-    schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch))
-    state = network.build_training_state(
-        spec, config.optimizer_spec(), schedule, strategy,
+    schedule, state, weight_average, train_fn = _training(
+        config, strategy, network, spec, data.num_classes, steps_per_epoch,
         resuming=tf.train.latest_checkpoint(config.model_dir) is not None)
-    weight_average = None
-    if config.ema_decay:
-        with strategy.scope():
-            weight_average = ema.WeightAverage(state.model, config.ema_decay)
-        state.checkpoint.ema = weight_average.variables  # saved and restored with the rest
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
@@ -264,10 +258,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         strategy, [*state.model.variables, *state.optimizer.variables, state.step,
                    *(weight_average.variables if weight_average else ())])
     resumed_from = int(state.step.numpy())
-    train_fn = steps.make_train_function(
-        state, strategy, global_batch_size=config.batch_size, num_classes=data.num_classes,
-        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
-        weight_average=weight_average)
     evaluate_step = steps.make_eval_step(state.model, strategy, data.num_classes)
 
     summary_dir = config.model_dir if chief else write_dir
@@ -360,6 +350,25 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        budget_epochs=config.train_epochs if budget_entry else None)
 
 
+def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
+              num_classes: int, steps_per_epoch: int, *, resuming: bool):
+    """(schedule, state, weight average or None, train function) of one run: the real one,
+    and the throwaway copy --train_budget_seconds times."""
+    schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch))
+    state = network.build_training_state(spec, config.optimizer_spec(), schedule, strategy,
+                                         resuming=resuming)
+    weight_average = None
+    if config.ema_decay:
+        with strategy.scope():
+            weight_average = ema.WeightAverage(state.model, config.ema_decay)
+        state.checkpoint.ema = weight_average.variables  # saved and restored with the rest
+    train_fn = steps.make_train_function(
+        state, strategy, global_batch_size=config.batch_size, num_classes=num_classes,
+        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
+        weight_average=weight_average)
+    return schedule, state, weight_average, train_fn
+
+
 def _budgeted(config: TrainConfig, saved: dict | None, strategy, network, spec, data,
               input_spec: train_input.InputSpec, *, workers: int,
               started: float) -> tuple[TrainConfig, dict]:
@@ -379,8 +388,13 @@ def _budgeted(config: TrainConfig, saved: dict | None, strategy, network, spec, 
                      "started", kept)
         return (dataclasses.replace(config, train_epochs=kept),
                 (saved or {}).get("budget") or {"seconds": config.train_budget_seconds})
-    calibration = budget.calibrate(config, strategy, network, spec, data, input_spec,
-                                   workers=workers, steps_per_epoch=steps_per_epoch)
+    # resuming=True: a plug-in loads no pretrained weights, which timing does not need.
+    *_, train_fn = _training(config, strategy, network, spec, data.num_classes,
+                             steps_per_epoch, resuming=True)
+    iterator = iter(strategy.experimental_distribute_dataset(
+        train_input.train_dataset(input_spec, data, num_workers=workers)))
+    calibration = budget.calibrate(train_fn, iterator, config.steps_per_loop)
+    del train_fn, iterator
     gc.collect()  # the timed copy's weights and slots (tf.function cycles), before the real ones
     plan = budget.plan(config.train_budget_seconds, time.monotonic() - started, calibration,
                        steps_per_epoch, config.train_epochs)
