@@ -1,4 +1,4 @@
-"""--train_budget_seconds: whole epochs that fit, fixed at the start, kept on resume."""
+"""--train_budget_seconds: the steps that fit, fixed at the start, kept on resume."""
 
 from __future__ import annotations
 
@@ -29,17 +29,29 @@ def _train(config: TrainConfig):
                            train_steps.ResNetNetwork(resnet_size=18, small_input=False))
 
 
-def test_plan_takes_the_whole_epochs_left_after_start_up():
+def _scalars(folder, tag: str) -> dict[int, float]:
+    """{step: value} of one TensorBoard scalar the trainer wrote in folder."""
+    values = {}
+    for path in folder.glob("events.out.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_plan_takes_the_steps_left_after_start_up():
     calibration = budget.Calibration(step_seconds=0.5, startup_seconds=4.0, timed_steps=20)
-    # 10 steps per epoch = 5 s an epoch; 60 s - 10 s elapsed - 4 s start-up = 46 s: 9.2 epochs.
+    # 10 steps per epoch = 5 s an epoch; 60 s - 10 s elapsed - 4 s start-up = 46 s: 92 steps,
+    # 9.2 epochs (not rounded down to 9: the schedule does not care where an epoch ends).
     plan = budget.plan(60.0, 10.0, calibration, steps_per_epoch=10, max_epochs=100)
-    assert plan.train_epochs == 9
+    assert (plan.train_steps, plan.epochs) == (92, pytest.approx(9.2))
     assert plan.epochs_that_fit == pytest.approx(9.2)
-    assert plan.estimated_seconds == pytest.approx(10 + 4 + 45)
-    assert budget.plan(60.0, 10.0, calibration, 10, max_epochs=3).train_epochs == 3
+    assert plan.estimated_seconds == pytest.approx(10 + 4 + 46)
+    assert budget.plan(60.0, 10.0, calibration, 10, max_epochs=3).train_steps == 30
     # Less than one epoch left (or none at all): one epoch, and the plan says how little fit.
     short = budget.plan(12.0, 10.0, calibration, 10, max_epochs=100)
-    assert (short.train_epochs, short.epochs_that_fit) == (1, 0.0)
+    assert (short.train_steps, short.epochs_that_fit) == (10, 0.0)
 
 
 def test_budget_sets_the_run_length_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
@@ -48,25 +60,46 @@ def test_budget_sets_the_run_length_and_a_resumed_run_keeps_it(tmp_path, monkeyp
 
     def fake_calibrate(train_fn, iterator, steps_per_loop):
         measured.append(steps_per_loop)
-        # 100 s a step, 2 steps an epoch: 200 s an epoch, so 450 s of budget (less the
-        # seconds this test has taken) fit 2 epochs.
+        # 100 s a step, 2 steps an epoch: 550 s of budget (less the seconds this test has
+        # taken) fit 5 steps, 2.5 epochs.
         return budget.Calibration(step_seconds=100.0, startup_seconds=0.0, timed_steps=20)
 
     monkeypatch.setattr(budget, "calibrate", fake_calibrate)
-    result = _train(_config(data, tmp_path / "model", train_budget_seconds=450.0))
+    result = _train(_config(data, tmp_path / "model", train_budget_seconds=550.0,
+                            lr_schedule="cosine"))
     assert measured == [1]  # --steps_per_loop=1
-    assert (result.step, result.stopped_by, result.budget_epochs) == (4, "train_epochs", 2)
+    assert (result.step, result.stopped_by, result.budget_epochs) == (
+        5, "train_budget_seconds", 2.5)
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert saved["train_epochs"] == 2 and saved["train_budget_seconds"] == 450.0
-    assert saved["budget"]["max_train_epochs"] == 6
-    assert 2 < saved["budget"]["epochs_that_fit"] <= 2.25  # 450 s less the elapsed
+    assert saved["train_epochs"] == 6 and saved["train_budget_seconds"] == 550.0
+    assert (saved["budget"]["train_steps"], saved["budget"]["max_train_epochs"]) == (5, 6)
+    assert 2.5 < saved["budget"]["epochs_that_fit"] <= 2.75  # 550 s less the elapsed
     line = train_lib.summary_line(result, eval_split="validation", model_dir="m", replicas=1)
-    assert line.endswith("2 epoch(s) in the --train_budget_seconds budget")
+    assert line.endswith("2.50 epochs in the --train_budget_seconds budget")
+    # The schedule was laid over those 5 steps: the cosine ends at 0 on the last one.
+    events = _scalars(tmp_path / "model" / "train", "learning_rate")
+    assert events[5] == pytest.approx(0.0, abs=1e-7) and events[4] > 0
 
     # Resumed with a far bigger budget: the run keeps its length (no second measurement).
-    again = _train(_config(data, tmp_path / "model", train_budget_seconds=1e6))
+    again = _train(_config(data, tmp_path / "model", train_budget_seconds=1e6,
+                           lr_schedule="cosine"))
     assert measured == [1]
-    assert (again.step, again.resumed_from_step, again.budget_epochs) == (4, 4, 2)
+    assert (again.step, again.resumed_from_step, again.budget_epochs) == (5, 5, 2.5)
+
+
+def test_a_run_budgeted_in_whole_epochs_resumes_with_them(tmp_path, monkeypatch):
+    """model_dirs from before the budget counted steps recorded only train_epochs."""
+    data = tiny_dataset(tmp_path / "data")
+    monkeypatch.setattr(budget, "calibrate", lambda *args: budget.Calibration(100.0, 0.0, 20))
+    model_dir = tmp_path / "model"
+    _train(_config(data, model_dir, train_budget_seconds=550.0, max_train_steps=1))
+    saved = json.loads((model_dir / "config.json").read_text())
+    saved["train_epochs"] = 2  # what such a run wrote: the epochs it chose
+    del saved["budget"]["train_steps"]
+    (model_dir / "config.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(budget, "calibrate", None)  # a resumed run measures nothing
+    again = _train(_config(data, model_dir, train_budget_seconds=550.0))
+    assert (again.resumed_from_step, again.step, again.budget_epochs) == (1, 4, 2.0)
 
 
 def test_real_calibration_times_the_step_and_counts_its_steps(tmp_path):

@@ -84,7 +84,7 @@ def test_two_workers_match_one_process(tmp_path):
     same per-replica batch-norm statistics, same summed gradients. Tolerance: rtol 1e-6 on every
     variable (observed: bit-identical). tests/test_distribution.py covers 2 replicas == 1 device.
     Both run with --train_budget_seconds: the workers time collective steps together and agree
-    on the chief's choice of epochs (a budget this big allows --train_epochs=2, as without).
+    on the chief's choice of steps (a budget this big allows --train_epochs=2, as without).
     """
     data = tiny_dataset(tmp_path / "data")  # 16 training examples, one shard: split by data
     model_dir = tmp_path / "cluster"
@@ -99,7 +99,7 @@ def test_two_workers_match_one_process(tmp_path):
     for stdout, _ in outputs:
         assert "step 2 (resumed from 0, stopped by max_train_steps)" in stdout
         assert "2 replica(s)" in stdout
-        assert "2 epoch(s) in the --train_budget_seconds budget" in stdout
+        assert "2.00 epochs in the --train_budget_seconds budget" in stdout
 
     chief, other, reference = (_weights(tmp_path / f"{name}.npz")
                                for name in ("worker0", "worker1", "single"))

@@ -79,16 +79,15 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def learning_rate_schedule(schedule: ScheduleSpec):
-    """The schedule `lr_schedule` names ("piecewise" or "cosine"), over `train_epochs *
-    steps_per_epoch` steps; peak base_learning_rate (* batch_size / 256 for "linear" scaling),
+    """The schedule `lr_schedule` names ("piecewise" or "cosine"), over the run's
+    `train_steps`; peak base_learning_rate (* batch_size / 256 for "linear" scaling),
     reached by a linear warm-up of `warmup_epochs` (None: 5% of the run)."""
     peak = schedule.base_learning_rate
     if schedule.lr_scaling == "linear":
         peak *= schedule.batch_size / 256
-    total = schedule.train_epochs * schedule.steps_per_epoch
-    warmup_epochs = (0.05 * schedule.train_epochs if schedule.warmup_epochs is None
-                     else schedule.warmup_epochs)
-    warmup_steps = int(round(warmup_epochs * schedule.steps_per_epoch))
+    total = schedule.train_steps
+    warmup_steps = int(round(0.05 * total if schedule.warmup_epochs is None
+                             else schedule.warmup_epochs * schedule.steps_per_epoch))
     if schedule.lr_schedule == "cosine":
         # A short run spends most of its steps at a useful rate and still ends near 0, where
         # the batch-norm statistics and the weights settle; piecewise drops 10x at 30%.

@@ -70,8 +70,8 @@ def define_flags() -> None:
                   "frozen (batch norm in inference mode). Empty: everything trains. "
                   "'logits' is the new head.")
     d.DEFINE_integer("max_number_of_steps", None, "Stop after this many steps.", lower_bound=1)
-    d.DEFINE_float("train_budget_seconds", None, "Train as many whole epochs as fit in this "
-                   "many seconds on this machine, at most --train_epochs (a few steps are "
+    d.DEFINE_float("train_budget_seconds", None, "Train as many steps as fit in this many "
+                   "seconds on this machine, at most --train_epochs (a few steps are "
                    "timed first; official/core/budget.py).", lower_bound=1.0)
     d.DEFINE_integer("train_epochs", None, "Stop after this many epochs (default: until "
                      f"--max_number_of_steps, or {DEFAULT_EPOCHS} epochs).", lower_bound=1)

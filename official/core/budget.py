@@ -1,16 +1,21 @@
-"""A time budget for training (--train_budget_seconds): as many whole epochs as fit.
+"""A time budget for training (--train_budget_seconds): as many steps as fit.
 
 The same recipe takes 1,400 s on a 2-core CPU with matrix units and about 3,000 s on one
 without (benchmarks/RESULTS.md section 14), so "8 epochs" is not a budget. With a budget, the
 trainer first times a few steps of the real model on the real input, then fixes the run's
-length at the whole epochs that fit in what is left (at most --train_epochs). The length is
-fixed before the first real step because the learning-rate schedule and the batch-norm
-averaging horizon are laid out over it (a schedule cut short ends at a high learning rate).
+length at the steps that fit in what is left (at least one epoch, at most --train_epochs). The
+length is fixed before the first real step because the learning-rate schedule and the
+batch-norm averaging horizon are laid out over it (a schedule cut short ends at a high learning
+rate).
 
-Whole epochs, not steps: --train_epochs stays what the run records and resumes by. The choice
-is written to config.json ("train_epochs", and "budget" with what it was made from) and a
-resumed run keeps it: a second measurement, on a machine busier or idler than the first, would
-re-lay the schedule mid-run.
+Steps, not whole epochs: rounding down to an epoch threw away up to a whole epoch of the
+budget (a third of a 3-epoch run); the schedule does not care where an epoch ends. The choice
+is written to config.json ("budget": "train_steps" and what it was made from; "train_epochs"
+stays the cap) and a resumed run keeps it: a second measurement, on a machine busier or idler
+than the first, would re-lay the schedule mid-run.
+
+How good the estimate is depends on the machine staying as fast as it was while timed: on a
+shared 2-core VM, loops of 30 steps vary by 5-7% (SD) over a run, so leave headroom.
 
 What is counted: from the start of training (reading the manifest) to the last step; the
 calibration itself and the start-up it measured (tracing, kernel set-up, the shuffle buffer
@@ -21,12 +26,14 @@ top (the recipes validate once, at the end).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import time
 
 import tensorflow as tf
 from absl import logging
 
+from official.core.config import TrainConfig, has_checkpoint
 from official.utils.misc import distribution_utils
 
 CALIBRATION_STEPS = 20  # timed steps (after a short warm-up call); more only cost budget
@@ -42,12 +49,19 @@ class Calibration:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    train_epochs: int
+    train_steps: int
     epochs_that_fit: float  # before rounding down and capping
-    estimated_seconds: float  # elapsed + start-up + train_epochs of steps
+    estimated_seconds: float  # elapsed + start-up + train_steps of steps
+    steps_per_epoch: int
+
+    @property
+    def epochs(self) -> float:
+        return self.train_steps / self.steps_per_epoch
 
     def to_dict(self, budget_seconds: float, calibration: Calibration, cap: int) -> dict:
-        return {"seconds": budget_seconds, "step_seconds": round(calibration.step_seconds, 5),
+        return {"seconds": budget_seconds, "train_steps": self.train_steps,
+                "epochs": round(self.epochs, 3),
+                "step_seconds": round(calibration.step_seconds, 5),
                 "startup_seconds": round(calibration.startup_seconds, 2),
                 "timed_steps": calibration.timed_steps, "max_train_epochs": cap,
                 "epochs_that_fit": round(self.epochs_that_fit, 3),
@@ -56,14 +70,15 @@ class Plan:
 
 def plan(budget_seconds: float, elapsed_seconds: float, calibration: Calibration,
          steps_per_epoch: int, max_epochs: int) -> Plan:
-    """The whole epochs (1 to max_epochs) that fit in what is left of the budget after
-    `elapsed_seconds` and the real run's start-up."""
-    epoch_seconds = calibration.step_seconds * steps_per_epoch
-    left = budget_seconds - elapsed_seconds - calibration.startup_seconds
-    fit = max(left, 0.0) / epoch_seconds if epoch_seconds > 0 else float(max_epochs)
-    epochs = max(1, min(max_epochs, math.floor(fit)))
-    return Plan(epochs, fit, elapsed_seconds + calibration.startup_seconds
-                + epochs * epoch_seconds)
+    """The steps (one epoch to max_epochs of them) that fit in what is left of the budget
+    after `elapsed_seconds` and the real run's start-up."""
+    left = max(budget_seconds - elapsed_seconds - calibration.startup_seconds, 0.0)
+    cap = max_epochs * steps_per_epoch
+    fit = left / calibration.step_seconds if calibration.step_seconds > 0 else float(cap)
+    train_steps = max(steps_per_epoch, min(cap, math.floor(fit)))
+    return Plan(train_steps, fit / steps_per_epoch, elapsed_seconds
+                + calibration.startup_seconds + train_steps * calibration.step_seconds,
+                steps_per_epoch)
 
 
 def calibrate(train_fn, iterator, steps_per_loop: int) -> Calibration:
@@ -87,6 +102,52 @@ def calibrate(train_fn, iterator, steps_per_loop: int) -> Calibration:
                        timed_steps=calls * steps_per_loop)
 
 
+def budgeted(config: TrainConfig, saved: dict | None, strategy: tf.distribute.Strategy,
+             timed_copy, *, steps_per_epoch: int, started: float) -> tuple[int, dict]:
+    """The steps config.train_budget_seconds allows, and config.json's "budget" entry. A
+    resumed run keeps the steps chosen at its start.
+
+    Args:
+      saved: model_dir's config.json, None for a new run.
+      timed_copy: () -> (train function, iterator): a throwaway copy of the run's training
+        state and input (train_lib builds it as it builds the real ones), timed here.
+      started: time.monotonic() when the run started; the budget counts from there.
+
+    Raises:
+      ValueError: the model_dir has checkpoints from a run started without a budget.
+    """
+    kept = 0  # the chief's decision: > 0 resume with these steps, -1 refuse, 0 measure
+    if saved is not None and has_checkpoint(config.model_dir):
+        kept = _saved_steps(saved, steps_per_epoch) if saved.get("train_budget_seconds") else -1
+    kept = chief_value(strategy, kept)
+    if kept < 0:
+        raise ValueError(f"--model_dir={config.model_dir} was started without "
+                         "--train_budget_seconds: a budget sets the run's length when it "
+                         "starts; resume without it, or use a new --model_dir")
+    if kept:
+        logging.info("train_budget_seconds: resuming with the %d steps chosen when the run "
+                     "started", kept)
+        return kept, {**((saved or {}).get("budget") or {"seconds": config.train_budget_seconds}),
+                      "train_steps": kept}
+    train_fn, iterator = timed_copy()
+    calibration = calibrate(train_fn, iterator, config.steps_per_loop)
+    del train_fn, iterator
+    gc.collect()  # the timed copy's weights and slots (tf.function cycles), before the real ones
+    result = plan(config.train_budget_seconds, time.monotonic() - started, calibration,
+                  steps_per_epoch, config.train_epochs)
+    log_plan(config.train_budget_seconds, calibration, result, config.train_epochs)
+    train_steps = chief_value(strategy, result.train_steps)
+    entry = result.to_dict(config.train_budget_seconds, calibration, config.train_epochs)
+    return train_steps, {**entry, "train_steps": train_steps}
+
+
+def _saved_steps(saved: dict, steps_per_epoch: int) -> int:
+    """The steps a budgeted run chose (runs before 2026-12-03 recorded whole epochs as
+    train_epochs)."""
+    steps = (saved.get("budget") or {}).get("train_steps")
+    return int(steps) if steps else int(saved["train_epochs"]) * steps_per_epoch
+
+
 def chief_value(strategy: tf.distribute.Strategy, value: int) -> int:
     """Multi-worker: the chief's `value` on every worker (each worker timed its own steps,
     and only the chief need see model_dir); all train the chief's choice."""
@@ -101,10 +162,10 @@ def chief_value(strategy: tf.distribute.Strategy, value: int) -> int:
 def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
              max_epochs: int) -> None:
     logging.info("train_budget_seconds=%g: a step takes %.3f s (%d steps timed), start-up "
-                 "%.1f s; %.2f epochs fit, training %d of at most %d (about %.0f s)",
-                 budget_seconds, calibration.step_seconds, calibration.timed_steps,
-                 calibration.startup_seconds, result.epochs_that_fit, result.train_epochs,
-                 max_epochs, result.estimated_seconds)
+                 "%.1f s; %.2f epochs fit, training %d steps = %.2f of at most %d epochs "
+                 "(about %.0f s)", budget_seconds, calibration.step_seconds,
+                 calibration.timed_steps, calibration.startup_seconds, result.epochs_that_fit,
+                 result.train_steps, result.epochs, max_epochs, result.estimated_seconds)
     if result.epochs_that_fit < 1:
         logging.warning("train_budget_seconds=%g is less than one epoch (about %.0f s of "
                         "steps) on this machine: training one epoch anyway", budget_seconds,

@@ -126,11 +126,15 @@ class TrainConfig:
                              weight_decay=self.weight_decay, momentum=self.momentum,
                              batch_norm_momentum=self.batch_norm_momentum)
 
-    def schedule_spec(self, steps_per_epoch: int) -> ScheduleSpec:
+    def schedule_spec(self, steps_per_epoch: int, train_steps: int | None = None
+                      ) -> ScheduleSpec:
+        """train_steps: the steps the run will take (--train_budget_seconds), else
+        train_epochs of them."""
         return ScheduleSpec(steps_per_epoch=steps_per_epoch, lr_schedule=self.lr_schedule,
                             base_learning_rate=self.base_learning_rate,
                             lr_scaling=self.lr_scaling, batch_size=self.batch_size,
-                            train_epochs=self.train_epochs, warmup_epochs=self.warmup_epochs)
+                            train_steps=train_steps or self.train_epochs * steps_per_epoch,
+                            warmup_epochs=self.warmup_epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,13 +142,14 @@ class TrainResult:
     model_name: str  # networks.registry.ModelSpec.name: "resnet50_v2", "inception_v4"
     step: int
     resumed_from_step: int
-    stopped_by: str  # "train_epochs" | "max_train_steps" | "stop_threshold"
+    # "train_epochs" | "train_budget_seconds" | "max_train_steps" | "stop_threshold"
+    stopped_by: str
     eval_accuracy: float
     eval_loss: float
     eval_examples: int
     examples_per_second: float | None
     export_path: str | None
-    budget_epochs: int | None = None  # --train_budget_seconds: the epochs it chose
+    budget_epochs: float | None = None  # --train_budget_seconds: the epochs it chose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +172,8 @@ class ScheduleSpec:
     base_learning_rate: float
     lr_scaling: str
     batch_size: int  # global
-    train_epochs: int
-    warmup_epochs: float | None  # None: 5% of train_epochs
+    train_steps: int  # the whole run's (train_epochs of them, or what the time budget fits)
+    warmup_epochs: float | None  # None: 5% of the run
 
 
 # --- config ----------------------------------------------------------------------------------

@@ -22,13 +22,13 @@ networks/resnet/train_steps.py ResNetNetwork and networks/slim/slim_train.py Sli
 the two; the loop itself knows no network.
 
 What the Estimator did and this loop keeps: train in cycles of `epochs_between_evals`, evaluate on
-the validation split after each, stop at `train_epochs` (or the epochs `train_budget_seconds`
+the validation split after each, stop at `train_epochs` (or the steps `train_budget_seconds`
 allows: budget.py), `max_train_steps` or `stop_threshold`,
 resume from the latest checkpoint in `model_dir` when restarted, export a SavedModel at the end.
 A resumed run restarts the input pipeline (a fresh shuffle), not the exact batch order.
 
-The schedule counts `train_epochs` even when `max_train_steps` stops earlier (as the Estimator
-did).
+The schedule counts `train_epochs` (or the budget's steps) even when `max_train_steps` stops
+earlier (as the Estimator did).
 
 Batch norm under MirroredStrategy normalises with each replica's own batch statistics (as the
 Estimator's replicated model did: "ghost batch norm"), so N replicas of batch B/N match one device
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import math
 import os
 import re
@@ -59,7 +58,7 @@ from networks import registry
 from official.core import export as export_lib
 from official.core import budget, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
-                                  has_checkpoint, read_config_if_any, write_config)
+                                  read_config_if_any, write_config)
 from official.modeling import ema
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
@@ -115,7 +114,7 @@ def summary_line(result: TrainResult, *, eval_split: str, model_dir: str, replic
     if result.examples_per_second:
         line += f"; {result.examples_per_second:.1f} examples/s"
     if result.budget_epochs:
-        line += f"; {result.budget_epochs} epoch(s) in the --train_budget_seconds budget"
+        line += f"; {result.budget_epochs:.2f} epochs in the --train_budget_seconds budget"
     if result.export_path:
         line += f"; exported {result.export_path}"
     return line
@@ -209,10 +208,21 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         train_input_spec = dataclasses.replace(input_spec, seed=int(shared.numpy()))
     else:
         train_input_spec = input_spec
+    steps_per_epoch = model_helpers.steps_per_epoch(data.train_examples, config.batch_size)
+    total_steps = config.train_epochs * steps_per_epoch
     budget_entry = None
     if config.train_budget_seconds:
-        config, budget_entry = _budgeted(config, saved, strategy, network, spec, data,
-                                         train_input_spec, workers=workers, started=started)
+
+        def timed_copy():
+            # resuming=True: a plug-in loads no pretrained weights, which timing does not need.
+            *_, train_fn = _training(config, strategy, network, spec, data.num_classes,
+                                     steps_per_epoch, total_steps, resuming=True)
+            return train_fn, iter(strategy.experimental_distribute_dataset(
+                train_input.train_dataset(train_input_spec, data, num_workers=workers)))
+
+        total_steps, budget_entry = budget.budgeted(config, saved, strategy, timed_copy,
+                                                    steps_per_epoch=steps_per_epoch,
+                                                    started=started)
         resolved = resolved_config(config, data.class_names, spec,
                                    {**network.config_entries(), "budget": budget_entry})
     if chief:
@@ -234,8 +244,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                                       benchmark_logger=benchmark_logger) if chief else []
 
     # --- data ---
-    steps_per_epoch = model_helpers.steps_per_epoch(data.train_examples, config.batch_size)
-    total_steps = config.train_epochs * steps_per_epoch
     steps_per_cycle = config.epochs_between_evals * steps_per_epoch
     last_step = min(total_steps, config.max_train_steps or total_steps)
     train_iterator = iter(strategy.experimental_distribute_dataset(
@@ -244,7 +252,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
 
     # --- model, optimizer, checkpoint ---
     schedule, state, weight_average, train_fn = _training(
-        config, strategy, network, spec, data.num_classes, steps_per_epoch,
+        config, strategy, network, spec, data.num_classes, steps_per_epoch, total_steps,
         resuming=tf.train.latest_checkpoint(config.model_dir) is not None)
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
@@ -268,7 +276,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
 
     # --- loop ---
     step = resumed_from
-    eval_metrics, stopped_by, examples_per_second = None, "train_epochs", None
+    stopped_by = ("train_budget_seconds" if total_steps < config.train_epochs * steps_per_epoch
+                  else "train_epochs")
+    eval_metrics, examples_per_second = None, None
     throughput = []
     while step < last_step:
         cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
@@ -347,14 +357,15 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        examples_per_second=float(np.median(throughput[1:] or throughput))
                        if throughput else None,
                        export_path=export_path,
-                       budget_epochs=config.train_epochs if budget_entry else None)
+                       budget_epochs=total_steps / steps_per_epoch if budget_entry else None)
 
 
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
-              num_classes: int, steps_per_epoch: int, *, resuming: bool):
+              num_classes: int, steps_per_epoch: int, train_steps: int, *, resuming: bool):
     """(schedule, state, weight average or None, train function) of one run: the real one,
     and the throwaway copy --train_budget_seconds times."""
-    schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch))
+    schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
+                                                                   train_steps))
     state = network.build_training_state(spec, config.optimizer_spec(), schedule, strategy,
                                          resuming=resuming)
     weight_average = None
@@ -367,38 +378,3 @@ def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, sp
         label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
         weight_average=weight_average)
     return schedule, state, weight_average, train_fn
-
-
-def _budgeted(config: TrainConfig, saved: dict | None, strategy, network, spec, data,
-              input_spec: train_input.InputSpec, *, workers: int,
-              started: float) -> tuple[TrainConfig, dict]:
-    """config with the train_epochs --train_budget_seconds allows (official/core/budget.py),
-    and config.json's "budget" entry. A resumed run keeps the epochs chosen at its start."""
-    steps_per_epoch = model_helpers.steps_per_epoch(data.train_examples, config.batch_size)
-    kept = 0  # the chief's decision: > 0 resume with these epochs, -1 refuse, 0 measure
-    if saved is not None and has_checkpoint(config.model_dir):
-        kept = int(saved["train_epochs"]) if saved.get("train_budget_seconds") else -1
-    kept = budget.chief_value(strategy, kept)
-    if kept < 0:
-        raise ValueError(f"--model_dir={config.model_dir} was started without "
-                         "--train_budget_seconds: a budget sets the run's length when it "
-                         "starts; resume without it, or use a new --model_dir")
-    if kept:
-        logging.info("train_budget_seconds: resuming with the %d epochs chosen when the run "
-                     "started", kept)
-        return (dataclasses.replace(config, train_epochs=kept),
-                (saved or {}).get("budget") or {"seconds": config.train_budget_seconds})
-    # resuming=True: a plug-in loads no pretrained weights, which timing does not need.
-    *_, train_fn = _training(config, strategy, network, spec, data.num_classes,
-                             steps_per_epoch, resuming=True)
-    iterator = iter(strategy.experimental_distribute_dataset(
-        train_input.train_dataset(input_spec, data, num_workers=workers)))
-    calibration = budget.calibrate(train_fn, iterator, config.steps_per_loop)
-    del train_fn, iterator
-    gc.collect()  # the timed copy's weights and slots (tf.function cycles), before the real ones
-    plan = budget.plan(config.train_budget_seconds, time.monotonic() - started, calibration,
-                       steps_per_epoch, config.train_epochs)
-    budget.log_plan(config.train_budget_seconds, calibration, plan, config.train_epochs)
-    epochs = budget.chief_value(strategy, plan.train_epochs)
-    return (dataclasses.replace(config, train_epochs=epochs),
-            plan.to_dict(config.train_budget_seconds, calibration, config.train_epochs))

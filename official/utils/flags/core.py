@@ -85,8 +85,9 @@ def _define_performance(define: _Definer) -> None:
     define.integer("max_train_steps", None, "Stop training when the global step reaches "
                          "this value, even before --train_epochs.", lower_bound=1,
                          short_name="mts")
-    define.float("train_budget_seconds", None, "Train as many whole epochs as fit in this "
-                       "many seconds on this machine, at most --train_epochs: a few steps are "
+    define.float("train_budget_seconds", None, "Train as many steps as fit in this many "
+                       "seconds on this machine (at least one epoch, at most --train_epochs): "
+                       "a few steps are "
                        "timed first, then the run's length (and with it the learning-rate "
                        "schedule) is fixed; a resumed run keeps it. Counts start-up and "
                        "training, not validation or export. config.json's \"budget\" records "
