@@ -25,10 +25,11 @@
 # corruption table and on validation (0.9815-0.9841 vs 0.9832); MedMNIST v2 reports the same
 # direction on the test (ResNet-18 0.935 at 28 px, 0.951 upscaled to 224).
 # --train_budget_seconds=1620 keeps a member within 30 minutes on a slower CPU: at most 8
-# epochs, fewer where they do not fit (2-core AMD EPYC without AMX: 5 epochs at 112 px,
-# validation 0.9834, stress ct 0.9454, corruptions 0.9777: level with 8 epochs on the AMX
-# machine, and ahead of 10 epochs at 56 px there; RESULTS.md section 14). 180 s of the 30
-# minutes are left for start-up, the final validation and the machine's speed drifting.
+# epochs, the steps that fit where they do not (2-core AMD EPYC without AMX: 4.7-5 epochs at
+# 112 px, validation 0.9834-0.9835, level with 8 epochs on the AMX machine and ahead of 10
+# epochs at 56 px there; RESULTS.md sections 14-15: 1,641 s of training with start-up and
+# validation). 180 s of the 30 minutes are left for start-up, the final validation and the
+# machine's speed drifting (5-7% from minute to minute on a shared VM).
 # ORGANAMNIST_MEMBERS=2 trains a second model (seed 2) and exports the pair: about twice the
 # budget. No flips: left/right kidney, femur and lung are separate classes. OrganAMNIST's rows
 # run along the patient's left-right axis, so it is the up-down flip that swaps them (96% of
