@@ -1,4 +1,5 @@
-"""--train_budget_seconds: the steps that fit, fixed at the start, kept on resume."""
+"""--train_budget_seconds: the steps that fit, fixed at the start, kept on resume; the budget
+as a deadline when the machine slows down."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 from networks.resnet import train_steps
 from official.core import budget, train_lib
 from official.core.config import TrainConfig
+from official.utils.logs import hooks as hooks_lib
 from tests.trainer_fixtures import tiny_dataset
 
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -121,3 +123,74 @@ def test_budget_cannot_be_added_to_a_run_started_without_one(tmp_path):
         _train(_config(data, tmp_path / "model", train_budget_seconds=100.0))
     with pytest.raises(ValueError, match=r"--train_budget_seconds=0: must be positive"):
         _config(data, tmp_path / "other", train_budget_seconds=0)
+
+
+class FakeClock:
+    """budget.now for a test: time moves only when told to."""
+
+    def __init__(self):
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def test_deadline_grants_the_steps_that_end_in_time(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(budget, "now", clock)
+    deadline = budget.Deadline(100.0, clock(), step_seconds=2.0, min_steps=10,
+                               strategy=ONE_DEVICE)
+    assert deadline.steps_that_fit(0, 30) == 30 and not deadline.reached  # 60 of 100 s
+    clock.seconds += 60.0
+    deadline.observe(30, 60.0)
+    assert deadline.steps_that_fit(30, 30) == 20 and deadline.reached  # 40 s left: 20 steps
+    deadline.observe(20, 60.0)  # slower now: 3 s a step
+    clock.seconds += 60.0
+    assert deadline.steps_that_fit(50, 30) == 0  # past the deadline
+    # Validation passes do not count against the budget.
+    deadline.excluded = 50.0
+    assert deadline.steps_that_fit(50, 30) == 10  # 30 s left at 3 s a step
+    # Never short of min_steps (the plan's one epoch), however late.
+    clock.seconds += 1000.0
+    assert deadline.steps_that_fit(4, 30) == 6 and deadline.reached
+    assert deadline.steps_that_fit(10, 30) == 0
+
+
+def test_a_run_that_falls_behind_stops_at_its_budget_and_resumes(tmp_path, monkeypatch):
+    """Timed at 100 s a step, 550 s fit 5 steps; the steps then take 150 s each (a slower
+    machine), so the third ends at 450 s and a fourth would end at 600: the run stops after 3
+    steps, saved and validated, and a resumed run trains the remaining 2 of the plan."""
+    data = tiny_dataset(tmp_path / "data")
+    clock = FakeClock()
+    monkeypatch.setattr(budget, "now", clock)
+    monkeypatch.setattr(budget, "calibrate",
+                        lambda *args: budget.Calibration(100.0, 0.0, 20))
+
+    class SlowMachine:
+        def begin(self, model_dir):
+            pass
+
+        def after_step(self, step, metrics):  # every loop (of one step) takes 150 s
+            clock.seconds += 150.0
+
+        def end(self, step):
+            pass
+
+    monkeypatch.setattr(hooks_lib, "get_train_hooks", lambda *args, **kwargs: [SlowMachine()])
+    model_dir = tmp_path / "model"
+    config = _config(data, model_dir, train_budget_seconds=550.0, lr_schedule="cosine")
+    result = _train(config)
+    assert (result.step, result.stopped_by, result.budget_epochs) == (3, "budget_deadline", 1.5)
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-3")
+    assert json.loads((model_dir / "config.json").read_text())["budget"]["train_steps"] == 5
+    line = train_lib.summary_line(result, eval_split="validation", model_dir="m", replicas=1)
+    assert "stopped by budget_deadline" in line and "1.50 epochs in the" in line
+    # The schedule was not re-laid: step 3's learning rate is the 5-step cosine's.
+    planned = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5))
+    events = _scalars(model_dir / "train", "learning_rate")
+    assert events[3] == pytest.approx(float(planned(3)), rel=1e-5) and events[3] > 0
+
+    again = _train(_config(data, model_dir, train_budget_seconds=550.0,
+                           lr_schedule="cosine"))
+    assert (again.resumed_from_step, again.step, again.stopped_by) == (
+        3, 5, "train_budget_seconds")

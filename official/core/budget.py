@@ -15,7 +15,13 @@ stays the cap) and a resumed run keeps it: a second measurement, on a machine bu
 than the first, would re-lay the schedule mid-run.
 
 How good the estimate is depends on the machine staying as fast as it was while timed: on a
-shared 2-core VM, loops of 30 steps vary by 5-7% (SD) over a run, so leave headroom.
+shared 2-core VM, loops of 30 steps vary by 5-7% (SD) over a run, and whole runs by 10-18%. So
+the budget is also a deadline (`Deadline`): before each loop of steps the trainer checks that
+it ends within the budget, at the speed of the loops so far, and trains only the steps that
+do; when none do, the run stops there ("budget_deadline"), short of its planned steps but on
+time. The schedule is not re-laid: a run that loses its last 10% to a slower machine stops at
+2% of its peak learning rate (cosine), close to where it would have ended. It never stops
+before one epoch, the plan's own minimum.
 
 What is counted: from the start of training (reading the manifest) to the last step; the
 calibration itself and the start-up it measured (tracing, kernel set-up, the shuffle buffer
@@ -35,6 +41,8 @@ from absl import logging
 
 from official.core.config import TrainConfig, has_checkpoint
 from official.utils.misc import distribution_utils
+
+now = time.monotonic  # the budget's clock (tests replace it)
 
 CALIBRATION_STEPS = 20  # timed steps (after a short warm-up call); more only cost budget
 WARMUP_STEPS = 3  # first call: tracing, oneDNN kernel creation, the shuffle buffer filling
@@ -111,7 +119,7 @@ def budgeted(config: TrainConfig, saved: dict | None, strategy: tf.distribute.St
       saved: model_dir's config.json, None for a new run.
       timed_copy: () -> (train function, iterator): a throwaway copy of the run's training
         state and input (train_lib builds it as it builds the real ones), timed here.
-      started: time.monotonic() when the run started; the budget counts from there.
+      started: budget.now() when the run started; the budget counts from there.
 
     Raises:
       ValueError: the model_dir has checkpoints from a run started without a budget.
@@ -133,7 +141,7 @@ def budgeted(config: TrainConfig, saved: dict | None, strategy: tf.distribute.St
     calibration = calibrate(train_fn, iterator, config.steps_per_loop)
     del train_fn, iterator
     gc.collect()  # the timed copy's weights and slots (tf.function cycles), before the real ones
-    result = plan(config.train_budget_seconds, time.monotonic() - started, calibration,
+    result = plan(config.train_budget_seconds, now() - started, calibration,
                   steps_per_epoch, config.train_epochs)
     log_plan(config.train_budget_seconds, calibration, result, config.train_epochs)
     train_steps = chief_value(strategy, result.train_steps)
@@ -170,3 +178,43 @@ def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
         logging.warning("train_budget_seconds=%g is less than one epoch (about %.0f s of "
                         "steps) on this machine: training one epoch anyway", budget_seconds,
                         result.estimated_seconds)
+
+
+class Deadline:
+    """The budget as a deadline: how many of a loop's steps end before it (see the module
+    docstring). Multi-worker: every worker asks, and all take the chief's answer, so that the
+    workers run the same collective steps and stop together."""
+
+    def __init__(self, budget_seconds: float, started: float, *, step_seconds: float,
+                 min_steps: int, strategy: tf.distribute.Strategy):
+        self.budget_seconds = budget_seconds
+        self.started = started
+        self.step_seconds = step_seconds  # the calibration's, until a loop has been timed
+        self.min_steps = min_steps
+        self.reached = False
+        self.excluded = 0.0  # seconds of validation passes: not part of the budget
+        self._strategy = strategy
+        self._shared = None
+        if distribution_utils.num_workers(strategy) > 1:
+            with strategy.scope():
+                self._shared = tf.Variable(0.0, trainable=False)
+
+    def steps_that_fit(self, step: int, wanted: int) -> int:
+        """Of the `wanted` steps after global step `step`, those that end by the deadline (all
+        of them up to min_steps); 0 = stop here."""
+        left = self.budget_seconds - (now() - self.started - self.excluded)
+        fit = math.floor(left / self.step_seconds) if self.step_seconds > 0 else wanted
+        steps = min(wanted, max(fit, self.min_steps - step, 0))
+        if self._shared is not None:
+            self._shared.assign(float(steps))
+            distribution_utils.broadcast_from_chief(self._strategy, [self._shared])
+            steps = int(round(float(self._shared.numpy())))
+        self.reached = steps < wanted
+        return steps
+
+    def observe(self, steps: int, seconds: float) -> None:
+        """A loop of `steps` steps took `seconds`, its logging included: the speed the next
+        loop is judged by (the latest, not an average: a machine that slowed down stays slow
+        often enough that an average would overrun)."""
+        if steps > 0:
+            self.step_seconds = seconds / steps

@@ -142,7 +142,8 @@ class TrainResult:
     model_name: str  # networks.registry.ModelSpec.name: "resnet50_v2", "inception_v4"
     step: int
     resumed_from_step: int
-    # "train_epochs" | "train_budget_seconds" | "max_train_steps" | "stop_threshold"
+    # "train_epochs" | "train_budget_seconds" | "budget_deadline" | "max_train_steps" |
+    # "stop_threshold"
     stopped_by: str
     eval_accuracy: float
     eval_loss: float

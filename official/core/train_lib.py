@@ -23,7 +23,8 @@ the two; the loop itself knows no network.
 
 What the Estimator did and this loop keeps: train in cycles of `epochs_between_evals`, evaluate on
 the validation split after each, stop at `train_epochs` (or the steps `train_budget_seconds`
-allows: budget.py), `max_train_steps` or `stop_threshold`,
+allows, and at that budget if the machine slows down: budget.py), `max_train_steps` or
+`stop_threshold`,
 resume from the latest checkpoint in `model_dir` when restarted, export a SavedModel at the end.
 A resumed run restarts the input pipeline (a fresh shuffle), not the exact batch order.
 
@@ -187,7 +188,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
 def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, workers: int,
            write_dir: str, network) -> TrainResult:
     # --- config ---
-    started = time.monotonic()  # --train_budget_seconds counts from here
+    started = budget.now()  # --train_budget_seconds counts from here
     input_spec = train_input.InputSpec.from_config(config)
     data = train_input.resolve_data(input_spec)
     num_replicas = strategy.num_replicas_in_sync
@@ -280,10 +281,19 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                   else "train_epochs")
     eval_metrics, examples_per_second = None, None
     throughput = []
+    deadline = budget.Deadline(
+        config.train_budget_seconds, started, step_seconds=budget_entry.get("step_seconds", 0.0),
+        min_steps=min(steps_per_epoch, total_steps), strategy=strategy) if budget_entry else None
     while step < last_step:
+        cycle_start = step
         cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
         while step < cycle_end:
             num_steps = min(config.steps_per_loop, cycle_end - step)
+            if deadline:
+                num_steps = deadline.steps_that_fit(step, num_steps)
+                if not num_steps:
+                    break
+            loop_started = budget.now()
             started = time.perf_counter()
             totals = {k: float(v) for k, v in train_fn(train_iterator,
                                                        tf.constant(num_steps)).items()}
@@ -312,12 +322,26 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             every = config.checkpoint_every_steps
             if every and step // every > previous // every and step < cycle_end:
                 manager.save(checkpoint_number=step)
+            if deadline:
+                deadline.observe(num_steps, budget.now() - loop_started)
+                if deadline.reached:
+                    break
+        if deadline and deadline.reached:
+            logging.warning("train_budget_seconds=%g: stopping at step %d of the %d planned, "
+                            "at the budget (this machine ran slower than when it was timed)",
+                            config.train_budget_seconds, step, total_steps)
+            last_step = step
+            if step == cycle_start:  # nothing trained since the last validation and save
+                break
 
         # Batch-norm moving statistics are updated from each worker's own part of the batch;
         # every worker takes the chief's (what it saves and exports) before evaluating.
         distribution_utils.broadcast_from_chief(strategy, state.model.non_trainable_variables)
+        eval_started = budget.now()
         with averaged(weight_average):
             eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+        if deadline:
+            deadline.excluded += budget.now() - eval_started
         logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
                      config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
                      eval_metrics["examples"])
@@ -334,6 +358,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     else:
         if config.max_train_steps and last_step < total_steps:
             stopped_by = "max_train_steps"
+    if deadline and deadline.reached:
+        stopped_by = "budget_deadline"
 
     if eval_metrics is None:  # resumed a finished run: report its final accuracy again
         with averaged(weight_average):
@@ -357,7 +383,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        examples_per_second=float(np.median(throughput[1:] or throughput))
                        if throughput else None,
                        export_path=export_path,
-                       budget_epochs=total_steps / steps_per_epoch if budget_entry else None)
+                       budget_epochs=(step if stopped_by == "budget_deadline" else total_steps)
+                       / steps_per_epoch if budget_entry else None)
 
 
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
