@@ -86,14 +86,13 @@ def _define_performance(define: _Definer) -> None:
                          "this value, even before --train_epochs.", lower_bound=1,
                          short_name="mts")
     define.float("train_budget_seconds", None, "Train as many steps as fit in this many "
-                       "seconds on this machine (at least one epoch, at most --train_epochs): "
-                       "a few steps are "
-                       "timed first, then the run's length (and with it the learning-rate "
-                       "schedule) is fixed; a resumed run keeps it. It is also a deadline: "
-                       "if the machine slows down, the run stops at the budget, short of its "
-                       "steps (stopped by budget_deadline; never before one epoch). Counts "
-                       "start-up and training, not validation or export. config.json's \"budget\" records the measurement.",
-                       lower_bound=1.0)
+                 "seconds on this machine (at least one epoch, at most --train_epochs): a "
+                 "few steps are timed first, then the run's length (and with it the "
+                 "learning-rate schedule) is fixed; a resumed run keeps it. It is also a "
+                 "deadline: if the machine slows down, the run stops at the budget, short of "
+                 "its steps (stopped by budget_deadline; never before one epoch). Counts "
+                 "start-up and training, not validation or export. config.json's \"budget\" "
+                 "records the measurement.", lower_bound=1.0)
     define.enum("dtype", "fp32", DTYPE_CHOICES, "Compute precision: fp32; fp16 (mixed "
                       "float16 with loss scaling); bf16 (mixed bfloat16). Variables stay "
                       "float32.", short_name="dt")
