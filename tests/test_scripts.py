@@ -143,6 +143,8 @@ def test_mednist_recipe_prints_only_what_it_measured(tmp_path):
     assert re.fullmatch(r"MedNIST recipe: test accuracy (\S+) on 6 images, training \(incl\. "
                         r"start-up and validation\) \d+ s", report), result.stdout
     assert float(report.split()[4]) == pytest.approx(accuracy)
+    budget = json.loads((model / "config.json").read_text())["budget"]
+    assert budget["seconds"] == 285 and budget["max_train_epochs"] == 3  # the recipe's cap
     # No figure from another run anywhere in the output.
     assert "peer" not in result.stdout and "%" not in result.stdout
 
