@@ -14,7 +14,7 @@
 # laterality (MedNIST's classes do not depend on it, but the recipe keeps the safe default).
 # --train_budget_seconds=285 keeps training within the issue's 5 minutes on a slower CPU (285 s
 # of steps plus ~15 s the budget does not count: program start, final validation, export): at
-# most 3 epochs, the steps that fit where they do not (2-core AMD EPYC without AMX: 2.5-3
+# most 3 epochs, the steps that fit where they do not (2-core AMD EPYC without AMX: 2.7-3
 # epochs; out of fold 14 errors of 35,107, level with 3 whole epochs: RESULTS.md section 17).
 MEDNIST_RECIPE_FLAGS="--resnet_size=18 --version=2 --image_size=64 --nosmall_input --dtype=bf16 \
 --batch_size=128 --train_epochs=3 --epochs_between_evals=3 --lr_schedule=cosine \
