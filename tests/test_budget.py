@@ -76,7 +76,7 @@ def test_budget_sets_the_run_length_and_a_resumed_run_keeps_it(tmp_path, monkeyp
     assert saved["train_epochs"] == 6 and saved["train_budget_seconds"] == 550.0
     assert (saved["budget"]["train_steps"], saved["budget"]["max_train_epochs"]) == (5, 6)
     assert 2.5 < saved["budget"]["epochs_that_fit"] <= 2.75  # 550 s less the elapsed
-    line = train_lib.summary_line(result, eval_split="validation", model_dir="m", replicas=1)
+    line = result.summary_line(eval_split="validation", model_dir="m", replicas=1)
     assert line.endswith("2.50 epochs in the --train_budget_seconds budget")
     # The schedule was laid over those 5 steps: the cosine ends at 0 on the last one.
     events = _scalars(tmp_path / "model" / "train", "learning_rate")
@@ -183,7 +183,7 @@ def test_a_run_that_falls_behind_stops_at_its_budget_and_resumes(tmp_path, monke
     assert (result.step, result.stopped_by, result.budget_epochs) == (3, "budget_deadline", 1.5)
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-3")
     assert json.loads((model_dir / "config.json").read_text())["budget"]["train_steps"] == 5
-    line = train_lib.summary_line(result, eval_split="validation", model_dir="m", replicas=1)
+    line = result.summary_line(eval_split="validation", model_dir="m", replicas=1)
     assert "stopped by budget_deadline" in line and "1.50 epochs in the" in line
     # The schedule was not re-laid: step 3's learning rate is the 5-step cosine's.
     planned = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5))

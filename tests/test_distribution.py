@@ -205,3 +205,22 @@ def test_fp16_overflow_lowers_loss_scale_and_skips_the_update(tmp_path):
     assert int(state.optimizer.iterations.numpy()) == 1
     assert any(not np.array_equal(v.numpy(), b)
                for v, b in zip(state.model.trainable_variables, before))
+
+
+def test_a_failed_collective_is_one_line_naming_the_peer_the_cause_and_the_resume():
+    # The shape of TF's text when a peer's heartbeat stops: the wrapper line first, the cause
+    # and the peer's task further down.
+    error = tf.errors.UnavailableError(None, None, (
+        "Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at ...\n"
+        "Collective ops is aborted by: Task /job:worker/replica:0/task:1 heartbeat timeout. "
+        "This indicates that the remote task has failed\n"))
+    line = distribution_utils.cluster_failure_message(error, 2, "/runs/m")
+    assert line.startswith("multi-worker training stopped: worker 1 of the 2 died"), line
+    assert "(UnavailableError: Collective ops is aborted by: Task /job:worker" in line
+    assert line.endswith("resume from the last checkpoint in /runs/m")
+    assert "\n" not in line
+    # No peer in the text: "another worker"; no line matching a cause: the first line.
+    quiet = tf.errors.InternalError(None, None, "\nsomething failed\nmore\n")
+    line = distribution_utils.cluster_failure_message(quiet, 3, "m")
+    assert line.startswith("multi-worker training stopped: another worker of the 3 died")
+    assert "(InternalError: something failed)" in line

@@ -103,9 +103,8 @@ def main(argv) -> None:
             collective_timeout_seconds=FLAGS.collective_timeout_seconds,
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
         result = train_lib.train(config, strategy, network)
-        return train_lib.summary_line(result, eval_split=config.eval_split,
-                                      model_dir=config.model_dir,
-                                      replicas=strategy.num_replicas_in_sync)
+        return result.summary_line(eval_split=config.eval_split, model_dir=config.model_dir,
+                                   replicas=strategy.num_replicas_in_sync)
 
     cli.print_summary_or_exit(PROGRAM, run)
 

@@ -164,9 +164,9 @@ def run() -> str:
     strategy = distribution_utils.get_distribution_strategy(FLAGS.num_clones, False,
                                                             FLAGS.num_cpu_replicas)
     result = train_lib.train(train_config, strategy, slim_train.SlimNetwork(slim))
-    return train_lib.summary_line(result, eval_split=train_config.eval_split,
-                                  model_dir=train_config.model_dir,
-                                  replicas=strategy.num_replicas_in_sync, dir_flag="train_dir")
+    return result.summary_line(eval_split=train_config.eval_split,
+                               model_dir=train_config.model_dir,
+                               replicas=strategy.num_replicas_in_sync, dir_flag="train_dir")
 
 
 def main(argv) -> None:

@@ -152,6 +152,22 @@ class TrainResult:
     export_path: str | None
     budget_epochs: float | None = None  # --train_budget_seconds: the epochs it chose
 
+    def summary_line(self, *, eval_split: str, model_dir: str, replicas: int,
+                     dir_flag: str = "model_dir") -> str:
+        """The one line the training CLIs print at the end (`dir_flag`: what their flag for
+        the run's folder is called)."""
+        line = (f"{self.model_name}: step {self.step} (resumed from "
+                f"{self.resumed_from_step}, stopped by {self.stopped_by}), {eval_split} "
+                f"accuracy {self.eval_accuracy:.4f} loss {self.eval_loss:.4f} on "
+                f"{self.eval_examples} examples, {replicas} replica(s); {dir_flag} {model_dir}")
+        if self.examples_per_second:
+            line += f"; {self.examples_per_second:.1f} examples/s"
+        if self.budget_epochs:
+            line += f"; {self.budget_epochs:.2f} epochs in the --train_budget_seconds budget"
+        if self.export_path:
+            line += f"; exported {self.export_path}"
+        return line
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:

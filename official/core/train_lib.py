@@ -43,7 +43,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -104,23 +103,6 @@ def frozen_settings(saved: dict, spec: registry.ModelSpec, class_names: tuple[st
     return dict(ordered)
 
 
-def summary_line(result: TrainResult, *, eval_split: str, model_dir: str, replicas: int,
-                 dir_flag: str = "model_dir") -> str:
-    """The one line the training CLIs print at the end (`dir_flag`: what their flag for
-    the run's folder is called)."""
-    line = (f"{result.model_name}: step {result.step} (resumed from "
-            f"{result.resumed_from_step}, stopped by {result.stopped_by}), {eval_split} "
-            f"accuracy {result.eval_accuracy:.4f} loss {result.eval_loss:.4f} on "
-            f"{result.eval_examples} examples, {replicas} replica(s); {dir_flag} {model_dir}")
-    if result.examples_per_second:
-        line += f"; {result.examples_per_second:.1f} examples/s"
-    if result.budget_epochs:
-        line += f"; {result.budget_epochs:.2f} epochs in the --train_budget_seconds budget"
-    if result.export_path:
-        line += f"; exported {result.export_path}"
-    return line
-
-
 def averaged(weight_average: ema.WeightAverage | None):
     """The weight average swapped into the model (--ema_decay), or the weights as they are."""
     return weight_average.swapped_in() if weight_average else contextlib.nullcontext()
@@ -134,27 +116,6 @@ def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
     examples = max(totals["examples"], 1.0)
     return {"accuracy": totals["correct"] / examples, "loss": totals["loss"] / examples,
             "examples": int(totals["examples"])}
-
-
-# What a dead, unreachable or stuck peer raises in the survivors' collectives.
-_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
-                   tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-                   tf.errors.InternalError)
-
-
-def _cluster_failure(error: tf.errors.OpError, workers: int, model_dir: str) -> str:
-    """One line for a collective that failed: which peer (when TF says) and the cause."""
-    text = getattr(error, "message", "") or str(error)
-    peer = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
-    causes = [line.strip() for line in text.splitlines()
-              if re.search(r"(?i)unavailable|connect|deadline|timed? ?out|heartbeat|abort|"
-                           r"cancel|unhealthy|shut ?down", line)
-              and "Graph execution error" not in line]
-    cause = (causes or [line for line in text.splitlines() if line.strip()] or [""])[0]
-    who = f"{peer.group(1)} {peer.group(2)}" if peer else "another worker"
-    return (f"multi-worker training stopped: {who} of the {workers} died, is unreachable or is "
-            f"stuck ({type(error).__name__}: {cause[:240]}); restart every worker with the same "
-            f"flags to resume from the last checkpoint in {model_dir}")
 
 
 def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> TrainResult:
@@ -176,10 +137,11 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
     write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="trainer_worker_")
     try:
         return _train(config, strategy, chief, workers, write_dir, network)
-    except _CLUSTER_ERRORS as error:
+    except distribution_utils.CLUSTER_ERRORS as error:
         if workers <= 1:
             raise
-        raise ConnectionError(_cluster_failure(error, workers, config.model_dir)) from None
+        raise ConnectionError(distribution_utils.cluster_failure_message(
+            error, workers, config.model_dir)) from None
     finally:
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)

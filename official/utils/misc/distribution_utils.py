@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import tensorflow as tf
 from absl import logging
@@ -305,6 +306,28 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     cluster = {name: tuple(addresses) for name, addresses in
                resolver.cluster_spec().as_dict().items()}
     return ClusterTask(cluster, resolver.task_type, resolver.task_id).is_chief
+
+
+# What a dead, unreachable or stuck peer raises in the survivors' collectives.
+CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                  tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                  tf.errors.InternalError)
+
+
+def cluster_failure_message(error: tf.errors.OpError, workers: int, model_dir: str) -> str:
+    """One line for a collective that failed: which peer (when TF's message names it), the
+    cause, and how to resume."""
+    text = getattr(error, "message", "") or str(error)
+    peer = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
+    causes = [line.strip() for line in text.splitlines()
+              if re.search(r"(?i)unavailable|connect|deadline|timed? ?out|heartbeat|abort|"
+                           r"cancel|unhealthy|shut ?down", line)
+              and "Graph execution error" not in line]
+    cause = (causes or [line for line in text.splitlines() if line.strip()] or [""])[0]
+    who = f"{peer.group(1)} {peer.group(2)}" if peer else "another worker"
+    return (f"multi-worker training stopped: {who} of the {workers} died, is unreachable or is "
+            f"stuck ({type(error).__name__}: {cause[:240]}); restart every worker with the same "
+            f"flags to resume from the last checkpoint in {model_dir}")
 
 
 def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
