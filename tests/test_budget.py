@@ -77,7 +77,9 @@ def test_budget_sets_the_run_length_and_a_resumed_run_keeps_it(tmp_path, monkeyp
     assert (saved["budget"]["train_steps"], saved["budget"]["max_train_epochs"]) == (5, 6)
     assert 2.5 < saved["budget"]["epochs_that_fit"] <= 2.75  # 550 s less the elapsed
     line = result.summary_line(eval_split="validation", model_dir="m", replicas=1)
-    assert line.endswith("2.50 epochs in the --train_budget_seconds budget")
+    assert "; 2.50 epochs in the --train_budget_seconds budget (this run used " in line
+    # The real clock: the 5 tiny steps took seconds, far from the 500 s they were timed at.
+    assert 0 < result.budget_seconds_used < 550 and line.endswith(" of 550)")
     # The schedule was laid over those 5 steps: the cosine ends at 0 on the last one.
     events = _scalars(tmp_path / "model" / "train", "learning_rate")
     assert events[5] == pytest.approx(0.0, abs=1e-7) and events[4] > 0
@@ -185,6 +187,8 @@ def test_a_run_that_falls_behind_stops_at_its_budget_and_resumes(tmp_path, monke
     assert json.loads((model_dir / "config.json").read_text())["budget"]["train_steps"] == 5
     line = result.summary_line(eval_split="validation", model_dir="m", replicas=1)
     assert "stopped by budget_deadline" in line and "1.50 epochs in the" in line
+    # Only the fake clock moves: three steps of 150 s were what the budget counted.
+    assert line.endswith("budget (this run used 450 s of 550)")
     # The schedule was not re-laid: step 3's learning rate is the 5-step cosine's.
     planned = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5))
     events = _scalars(model_dir / "train", "learning_rate")
@@ -194,3 +198,4 @@ def test_a_run_that_falls_behind_stops_at_its_budget_and_resumes(tmp_path, monke
                            lr_schedule="cosine"))
     assert (again.resumed_from_step, again.step, again.stopped_by) == (
         3, 5, "train_budget_seconds")
+    assert again.budget_seconds_used == 300.0  # this process's two steps

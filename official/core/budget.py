@@ -202,7 +202,7 @@ class Deadline:
     def steps_that_fit(self, step: int, wanted: int) -> int:
         """Of the `wanted` steps after global step `step`, those that end by the deadline (all
         of them up to min_steps); 0 = stop here."""
-        left = self.budget_seconds - (now() - self.started - self.excluded)
+        left = self.budget_seconds - self.used_seconds()
         fit = math.floor(left / self.step_seconds) if self.step_seconds > 0 else wanted
         steps = min(wanted, max(fit, self.min_steps - step, 0))
         if self._shared is not None:
@@ -211,6 +211,10 @@ class Deadline:
             steps = int(round(float(self._shared.numpy())))
         self.reached = steps < wanted
         return steps
+
+    def used_seconds(self) -> float:
+        """Seconds of the budget spent so far (validation passes excluded)."""
+        return now() - self.started - self.excluded
 
     def observe(self, steps: int, seconds: float) -> None:
         """A loop of `steps` steps took `seconds`, its logging included: the speed the next

@@ -151,6 +151,10 @@ class TrainResult:
     examples_per_second: float | None
     export_path: str | None
     budget_epochs: float | None = None  # --train_budget_seconds: the epochs it chose
+    # ... and the seconds of it this run counted (to its last step, validation excluded): far
+    # under the budget = the start-up timing was pessimistic, at it = the deadline stopped it.
+    budget_seconds_used: float | None = None
+    budget_seconds: float | None = None
 
     def summary_line(self, *, eval_split: str, model_dir: str, replicas: int,
                      dir_flag: str = "model_dir") -> str:
@@ -164,6 +168,9 @@ class TrainResult:
             line += f"; {self.examples_per_second:.1f} examples/s"
         if self.budget_epochs:
             line += f"; {self.budget_epochs:.2f} epochs in the --train_budget_seconds budget"
+            if self.budget_seconds_used is not None and self.budget_seconds:
+                line += (f" (this run used {self.budget_seconds_used:.0f} s of "
+                         f"{self.budget_seconds:g})")
         if self.export_path:
             line += f"; exported {self.export_path}"
         return line

@@ -241,7 +241,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     step = resumed_from
     stopped_by = ("train_budget_seconds" if total_steps < config.train_epochs * steps_per_epoch
                   else "train_epochs")
-    eval_metrics, examples_per_second = None, None
+    eval_metrics, examples_per_second, budget_used = None, None, None
     throughput = []
     deadline = budget.Deadline(
         config.train_budget_seconds, started, step_seconds=budget_entry.get("step_seconds", 0.0),
@@ -286,6 +286,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                 manager.save(checkpoint_number=step)
             if deadline:
                 deadline.observe(num_steps, budget.now() - loop_started)
+                budget_used = deadline.used_seconds()
                 if deadline.reached:
                     break
         if deadline and deadline.reached:
@@ -346,7 +347,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        if throughput else None,
                        export_path=export_path,
                        budget_epochs=(step if stopped_by == "budget_deadline" else total_steps)
-                       / steps_per_epoch if budget_entry else None)
+                       / steps_per_epoch if budget_entry else None,
+                       budget_seconds_used=budget_used,
+                       budget_seconds=config.train_budget_seconds if budget_entry else None)
 
 
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
