@@ -199,3 +199,42 @@ def test_a_run_that_falls_behind_stops_at_its_budget_and_resumes(tmp_path, monke
     assert (again.resumed_from_step, again.step, again.stopped_by) == (
         3, 5, "train_budget_seconds")
     assert again.budget_seconds_used == 300.0  # this process's two steps
+
+
+def _calibrate_at_100_seconds_a_step(monkeypatch):
+    """The real calibration (the copy trains its steps), its timing replaced by 100 s a step
+    and no start-up, so that the plan is known; only the fake clock moves."""
+    real = budget.calibrate
+
+    def calibrate(train_fn, iterator, steps_per_loop):
+        measured = real(train_fn, iterator, steps_per_loop)
+        return budget.Calibration(100.0, 0.0, measured.timed_steps, measured.steps_taken)
+
+    monkeypatch.setattr(budget, "calibrate", calibrate)
+    monkeypatch.setattr(budget, "now", FakeClock())
+
+
+@pytest.mark.parametrize("warmup_epochs,kept,planned", [(11, 21, 40), (0, 0, 19)])
+def test_the_timed_steps_are_kept_when_the_plan_gives_them_the_same_learning_rates(
+        tmp_path, monkeypatch, warmup_epochs, kept, planned):
+    """2 steps an epoch, at most 30 epochs; the copy takes 1 + 20 steps (--steps_per_loop=1).
+    1,900 s of budget fit 19 more steps at 100 s. Inside a 22-step warm-up the copy's
+    learning rates (laid over 60 steps) are the 40-step plan's: the run goes on from step 21.
+    Without warm-up the cosines differ from step 1: the copy is dropped, 19 steps from 0."""
+    data = tiny_dataset(tmp_path / "data")
+    _calibrate_at_100_seconds_a_step(monkeypatch)
+    model_dir = tmp_path / "model"
+    config = _config(data, model_dir, train_budget_seconds=1900.0, train_epochs=30,
+                     epochs_between_evals=30, steps_per_loop=1, lr_schedule="cosine",
+                     warmup_epochs=warmup_epochs)
+    result = _train(config)
+    entry = json.loads((model_dir / "config.json").read_text())["budget"]
+    assert (entry["kept_steps"], entry["train_steps"]) == (kept, planned)
+    assert (result.step, result.resumed_from_step, result.stopped_by) == (
+        planned, 0, "train_budget_seconds")
+    events = _scalars(model_dir / "train", "learning_rate")
+    assert sorted(events) == list(range(kept + 1, planned + 1))  # the loop began at `kept`
+    schedule = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=planned))
+    for step, value in events.items():
+        assert value == pytest.approx(float(schedule(step)), rel=1e-5)
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith(f"ckpt-{planned}")

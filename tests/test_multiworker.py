@@ -83,23 +83,27 @@ def test_two_workers_match_one_process(tmp_path):
     CPUs) over the same global batch of 8: same data split (first half to worker/replica 0),
     same per-replica batch-norm statistics, same summed gradients. Tolerance: rtol 1e-6 on every
     variable (observed: bit-identical). tests/test_distribution.py covers 2 replicas == 1 device.
-    Both run with --train_budget_seconds: the workers time collective steps together and agree
-    on the chief's choice of steps (a budget this big allows --train_epochs=2, as without).
+    Both run with --train_budget_seconds: the workers time collective steps together, agree
+    on the chief's choice of steps (a budget this big allows all 12 epochs) and go on from the
+    21 timed steps (inside the warm-up, so kept): steps 22-23 are the loop's.
     """
     data = tiny_dataset(tmp_path / "data")  # 16 training examples, one shard: split by data
     model_dir = tmp_path / "cluster"
     started = time.monotonic()
-    budget = "--train_budget_seconds=100000"
-    workers = _cluster(tmp_path, model_dir, data, "--max_train_steps=2", budget,
+    budget = ("--train_budget_seconds=100000", "--train_epochs=12", "--warmup_epochs=11",
+              "--max_train_steps=23")
+    workers = _cluster(tmp_path, model_dir, data, *budget,
                        f"--export_dir={tmp_path / 'export'}")
     single = _start(tmp_path, "single", f"--data_dir={data}",
-                    f"--model_dir={tmp_path / 'single'}", *FLAGS, "--max_train_steps=2",
-                    budget, "--num_gpus=0", "--num_cpu_replicas=2")
+                    f"--model_dir={tmp_path / 'single'}", *FLAGS, *budget, "--num_gpus=0",
+                    "--num_cpu_replicas=2")
     outputs = [_finish(process) for process in (*workers, single)]
     for stdout, _ in outputs:
-        assert "step 2 (resumed from 0, stopped by max_train_steps)" in stdout
+        assert "step 23 (resumed from 0, stopped by max_train_steps)" in stdout
         assert "2 replica(s)" in stdout
-        assert "2.00 epochs in the --train_budget_seconds budget" in stdout
+        assert "12.00 epochs in the --train_budget_seconds budget" in stdout
+    for folder in (model_dir, tmp_path / "single"):
+        assert json.loads((folder / "config.json").read_text())["budget"]["kept_steps"] == 21
 
     chief, other, reference = (_weights(tmp_path / f"{name}.npz")
                                for name in ("worker0", "worker1", "single"))
@@ -111,7 +115,7 @@ def test_two_workers_match_one_process(tmp_path):
     # Only the chief wrote: config, checkpoints and summaries in model_dir; the other worker's
     # private checkpoint folder is gone.
     written = sorted(path.name for path in model_dir.iterdir())
-    assert {"config.json", "checkpoint", "ckpt-2.index", "train", "eval"} <= set(written)
+    assert {"config.json", "checkpoint", "ckpt-23.index", "train", "eval"} <= set(written)
     assert not any(name.startswith("resnet_worker_") for name in written)
     exports = [path.name for path in (tmp_path / "export").iterdir()]
     assert len(exports) == 1 and exports[0].isdigit(), exports  # the chief's, once

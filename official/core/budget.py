@@ -8,6 +8,11 @@ length is fixed before the first real step because the learning-rate schedule an
 batch-norm averaging horizon are laid out over it (a schedule cut short ends at a high learning
 rate).
 
+The timed steps are not wasted when they can be kept: the timing runs on a copy of the real
+training (model, optimizer, weight average, input), and when the copy's learning rates for
+those steps are the planned run's (they are inside the warm-up, which does not depend on the
+run's length), the run continues from the copy's state and input instead of starting over.
+
 Steps, not whole epochs: rounding down to an epoch threw away up to a whole epoch of the
 budget (a third of a 3-epoch run); the schedule does not care where an epoch ends. The choice
 is written to config.json ("budget": "train_steps" and what it was made from; "train_epochs"
@@ -32,7 +37,6 @@ top (the recipes validate once, at the end).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import time
 
@@ -53,6 +57,7 @@ class Calibration:
     step_seconds: float  # one training step, warm
     startup_seconds: float  # what a fresh train function costs beyond its steps
     timed_steps: int
+    steps_taken: int = 0  # by the timed copy in all: the warm-up call's and the timed ones
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +71,10 @@ class Plan:
     def epochs(self) -> float:
         return self.train_steps / self.steps_per_epoch
 
-    def to_dict(self, budget_seconds: float, calibration: Calibration, cap: int) -> dict:
+    def to_dict(self, budget_seconds: float, calibration: Calibration, cap: int,
+                kept_steps: int = 0) -> dict:
         return {"seconds": budget_seconds, "train_steps": self.train_steps,
+                "kept_steps": kept_steps,
                 "epochs": round(self.epochs, 3),
                 "step_seconds": round(calibration.step_seconds, 5),
                 "startup_seconds": round(calibration.startup_seconds, 2),
@@ -77,20 +84,23 @@ class Plan:
 
 
 def plan(budget_seconds: float, elapsed_seconds: float, calibration: Calibration,
-         steps_per_epoch: int, max_epochs: int) -> Plan:
+         steps_per_epoch: int, max_epochs: int, steps_done: int = 0) -> Plan:
     """The steps (one epoch to max_epochs of them) that fit in what is left of the budget
-    after `elapsed_seconds` and the real run's start-up."""
+    after `elapsed_seconds` and the real run's start-up, counting `steps_done` already
+    trained (the timed copy's, when the run keeps them)."""
     left = max(budget_seconds - elapsed_seconds - calibration.startup_seconds, 0.0)
     cap = max_epochs * steps_per_epoch
-    fit = left / calibration.step_seconds if calibration.step_seconds > 0 else float(cap)
+    fit = (steps_done + left / calibration.step_seconds if calibration.step_seconds > 0
+           else float(cap))
     train_steps = max(steps_per_epoch, min(cap, math.floor(fit)))
     return Plan(train_steps, fit / steps_per_epoch, elapsed_seconds
-                + calibration.startup_seconds + train_steps * calibration.step_seconds,
+                + calibration.startup_seconds
+                + max(train_steps - steps_done, 0) * calibration.step_seconds,
                 steps_per_epoch)
 
 
 def calibrate(train_fn, iterator, steps_per_loop: int) -> Calibration:
-    """Time `train_fn` (a throwaway copy of the run's step: model, precision, EMA, input):
+    """Time `train_fn` (a copy of the run's step: model, precision, EMA, input):
     a short warm-up call, then calls of `steps_per_loop` steps until CALIBRATION_STEPS steps
     are timed. Multi-worker: every worker calls it (the steps are collective)."""
 
@@ -107,19 +117,24 @@ def calibrate(train_fn, iterator, steps_per_loop: int) -> Calibration:
     step_seconds = seconds / (calls * steps_per_loop)
     return Calibration(step_seconds=step_seconds,
                        startup_seconds=max(0.0, first - warmup * step_seconds),
-                       timed_steps=calls * steps_per_loop)
+                       timed_steps=calls * steps_per_loop,
+                       steps_taken=warmup + calls * steps_per_loop)
 
 
 def budgeted(config: TrainConfig, saved: dict | None, strategy: tf.distribute.Strategy,
-             timed_copy, *, steps_per_epoch: int, started: float) -> tuple[int, dict]:
+             timed_copy, *, steps_per_epoch: int, started: float,
+             can_keep=lambda steps_taken, train_steps: False) -> tuple[int, dict]:
     """The steps config.train_budget_seconds allows, and config.json's "budget" entry. A
     resumed run keeps the steps chosen at its start.
 
     Args:
       saved: model_dir's config.json, None for a new run.
-      timed_copy: () -> (train function, iterator): a throwaway copy of the run's training
-        state and input (train_lib builds it as it builds the real ones), timed here.
+      timed_copy: () -> (train function, iterator): a copy of the run's training state and
+        input (train_lib builds it as it builds the real ones), timed here.
       started: budget.now() when the run started; the budget counts from there.
+      can_keep: (steps the copy took, planned train_steps) -> whether the run can continue
+        from the copy's state: then the plan counts those steps as trained, and the entry's
+        "kept_steps" says how many (0: the copy is thrown away).
 
     Raises:
       ValueError: the model_dir has checkpoints from a run started without a budget.
@@ -140,12 +155,19 @@ def budgeted(config: TrainConfig, saved: dict | None, strategy: tf.distribute.St
     train_fn, iterator = timed_copy()
     calibration = calibrate(train_fn, iterator, config.steps_per_loop)
     del train_fn, iterator
-    gc.collect()  # the timed copy's weights and slots (tf.function cycles), before the real ones
-    result = plan(config.train_budget_seconds, now() - started, calibration,
-                  steps_per_epoch, config.train_epochs)
-    log_plan(config.train_budget_seconds, calibration, result, config.train_epochs)
+    elapsed = now() - started
+    kept = calibration.steps_taken
+    result = plan(config.train_budget_seconds, elapsed, calibration, steps_per_epoch,
+                  config.train_epochs, steps_done=kept)
     train_steps = chief_value(strategy, result.train_steps)
-    entry = result.to_dict(config.train_budget_seconds, calibration, config.train_epochs)
+    if not (kept and can_keep(kept, train_steps)):  # the same answer on every worker
+        kept = 0
+        result = plan(config.train_budget_seconds, elapsed, calibration, steps_per_epoch,
+                      config.train_epochs)
+        train_steps = chief_value(strategy, result.train_steps)
+    log_plan(config.train_budget_seconds, calibration, result, config.train_epochs, kept)
+    entry = result.to_dict(config.train_budget_seconds, calibration, config.train_epochs,
+                           kept_steps=kept)
     return train_steps, {**entry, "train_steps": train_steps}
 
 
@@ -168,12 +190,14 @@ def chief_value(strategy: tf.distribute.Strategy, value: int) -> int:
 
 
 def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
-             max_epochs: int) -> None:
+             max_epochs: int, kept_steps: int = 0) -> None:
     logging.info("train_budget_seconds=%g: a step takes %.3f s (%d steps timed), start-up "
                  "%.1f s; %.2f epochs fit, training %d steps = %.2f of at most %d epochs "
-                 "(about %.0f s)", budget_seconds, calibration.step_seconds,
+                 "(about %.0f s)%s", budget_seconds, calibration.step_seconds,
                  calibration.timed_steps, calibration.startup_seconds, result.epochs_that_fit,
-                 result.train_steps, result.epochs, max_epochs, result.estimated_seconds)
+                 result.train_steps, result.epochs, max_epochs, result.estimated_seconds,
+                 f"; the {kept_steps} timed steps are kept as the run's first" if kept_steps
+                 else "")
     if result.epochs_that_fit < 1:
         logging.warning("train_budget_seconds=%g is less than one epoch (about %.0f s of "
                         "steps) on this machine: training one epoch anyway", budget_seconds,

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import shutil
@@ -173,27 +174,44 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         train_input_spec = input_spec
     steps_per_epoch = model_helpers.steps_per_epoch(data.train_examples, config.batch_size)
     total_steps = config.train_epochs * steps_per_epoch
-    budget_entry = None
-    if config.train_budget_seconds:
-
-        def timed_copy():
-            # resuming=True: a plug-in loads no pretrained weights, which timing does not need.
-            *_, train_fn = _training(config, strategy, network, spec, data.num_classes,
-                                     steps_per_epoch, total_steps, resuming=True)
-            return train_fn, iter(strategy.experimental_distribute_dataset(
-                train_input.train_dataset(train_input_spec, data, num_workers=workers)))
-
-        total_steps, budget_entry = budget.budgeted(config, saved, strategy, timed_copy,
-                                                    steps_per_epoch=steps_per_epoch,
-                                                    started=started)
-        resolved = resolved_config(config, data.class_names, spec,
-                                   {**network.config_entries(), "budget": budget_entry})
-    if chief:
-        write_config(config.model_dir, resolved)
+    # Seeded before the budget's timed copy: the run may continue from it.
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if config.seed is not None or config.deterministic:
         keras.utils.set_random_seed(config.seed or 0)
+    budget_entry, copy = None, {}
+    if config.train_budget_seconds:
+
+        def timed_copy():
+            # Built as the real run is (pretrained weights too), over the longest schedule.
+            copy["schedule"], copy["state"], copy["average"], train_fn = _training(
+                config, strategy, network, spec, data.num_classes, steps_per_epoch,
+                total_steps, resuming=False)
+            copy["iterator"] = iter(strategy.experimental_distribute_dataset(
+                train_input.train_dataset(train_input_spec, data, num_workers=workers)))
+            return train_fn, copy["iterator"]
+
+        def can_keep(steps_taken: int, train_steps: int) -> bool:
+            # The copy's steps are the run's first when the planned schedule gives them the
+            # same learning rates (inside the warm-up) and the run goes on past them.
+            if steps_taken >= min(train_steps, config.max_train_steps or train_steps):
+                return False
+            planned = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
+                                                                          train_steps))
+            return all(math.isclose(float(planned(tf.constant(s, tf.int64))),
+                                    float(copy["schedule"](tf.constant(s, tf.int64))),
+                                    rel_tol=1e-6, abs_tol=1e-12) for s in range(steps_taken))
+
+        total_steps, budget_entry = budget.budgeted(config, saved, strategy, timed_copy,
+                                                    steps_per_epoch=steps_per_epoch,
+                                                    started=started, can_keep=can_keep)
+        if not budget_entry.get("kept_steps"):
+            copy.clear()
+            gc.collect()  # the copy's weights and slots (tf.function cycles), before the run's
+        resolved = resolved_config(config, data.class_names, spec,
+                                   {**network.config_entries(), "budget": budget_entry})
+    if chief:
+        write_config(config.model_dir, resolved)
 
     benchmark_logger = None
     if chief and (config.benchmark_log_dir or config.gcp_project):
@@ -209,8 +227,11 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- data ---
     steps_per_cycle = config.epochs_between_evals * steps_per_epoch
     last_step = min(total_steps, config.max_train_steps or total_steps)
-    train_iterator = iter(strategy.experimental_distribute_dataset(
-        train_input.train_dataset(train_input_spec, data, num_workers=workers)))
+    if copy:  # the input goes on where the kept steps left it
+        train_iterator = copy.pop("iterator")
+    else:
+        train_iterator = iter(strategy.experimental_distribute_dataset(
+            train_input.train_dataset(train_input_spec, data, num_workers=workers)))
     eval_data = train_input.eval_dataset(input_spec, data)
 
     # --- model, optimizer, checkpoint ---
@@ -225,10 +246,14 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
                      int(state.step.numpy()))
     # The other workers' write_dir is empty: they take the chief's (restored) state.
-    distribution_utils.broadcast_from_chief(
-        strategy, [*state.model.variables, *state.optimizer.variables, state.step,
-                   *(weight_average.variables if weight_average else ())])
+    distribution_utils.broadcast_from_chief(strategy, _state_variables(state, weight_average))
     resumed_from = int(state.step.numpy())
+    if copy:
+        _take_over(copy, state, weight_average)
+        logging.info("train_budget_seconds: continuing from the timed copy's %d steps",
+                     int(state.step.numpy()))
+        copy.clear()
+        gc.collect()
     evaluate_step = steps.make_eval_step(state.model, strategy, data.num_classes)
 
     summary_dir = config.model_dir if chief else write_dir
@@ -238,7 +263,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         hook.begin(config.model_dir)
 
     # --- loop ---
-    step = resumed_from
+    step = int(state.step.numpy())
     stopped_by = ("train_budget_seconds" if total_steps < config.train_epochs * steps_per_epoch
                   else "train_epochs")
     eval_metrics, examples_per_second, budget_used = None, None, None
@@ -352,10 +377,27 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        budget_seconds=config.train_budget_seconds if budget_entry else None)
 
 
+def _state_variables(state: steps.TrainingState, weight_average) -> list:
+    """Everything a run's state holds, in a fixed order: model, optimizer, step, average."""
+    return [*state.model.variables, *state.optimizer.variables, state.step,
+            *(weight_average.variables if weight_average else ())]
+
+
+def _take_over(copy: dict, state: steps.TrainingState, weight_average) -> None:
+    """The budget's timed copy's trained values into the run's state (built alike, so the
+    variables pair up in order)."""
+    sources = _state_variables(copy["state"], copy["average"])
+    targets = _state_variables(state, weight_average)
+    if [tuple(v.shape) for v in sources] != [tuple(v.shape) for v in targets]:
+        raise RuntimeError("the budget's timed copy does not pair up with the run's state")
+    for target, source in zip(targets, sources):
+        target.assign(tf.convert_to_tensor(source))
+
+
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
               num_classes: int, steps_per_epoch: int, train_steps: int, *, resuming: bool):
     """(schedule, state, weight average or None, train function) of one run: the real one,
-    and the throwaway copy --train_budget_seconds times."""
+    and the copy --train_budget_seconds times."""
     schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
                                                                    train_steps))
     state = network.build_training_state(spec, config.optimizer_spec(), schedule, strategy,
