@@ -44,6 +44,25 @@ def training_state(model: keras.Model, make_optimizer: Callable[..., keras.optim
     return TrainingState(model, optimizer, step, checkpoint)
 
 
+def state_variables(state: TrainingState, weight_average=None) -> list:
+    """Everything a run's state holds, in a fixed order: model, optimizer, step, the weight
+    average's (official.modeling.ema.WeightAverage, when the run keeps one)."""
+    return [*state.model.variables, *state.optimizer.variables, state.step,
+            *(weight_average.variables if weight_average else ())]
+
+
+def copy_state(source: TrainingState, source_average, target: TrainingState,
+               target_average) -> None:
+    """`source`'s values into `target`, two states built alike (their variables pair up in
+    order): the budget's timed copy handing its trained steps to the run."""
+    sources = state_variables(source, source_average)
+    targets = state_variables(target, target_average)
+    if [tuple(v.shape) for v in sources] != [tuple(v.shape) for v in targets]:
+        raise RuntimeError("copy_state: the two training states are not built alike")
+    for into, value in zip(targets, sources):
+        into.assign(tf.convert_to_tensor(value))
+
+
 def loss_scale_of(optimizer) -> float | None:
     scale = getattr(optimizer, "dynamic_scale", None)
     if scale is not None:

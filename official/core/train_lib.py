@@ -246,10 +246,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
                      int(state.step.numpy()))
     # The other workers' write_dir is empty: they take the chief's (restored) state.
-    distribution_utils.broadcast_from_chief(strategy, _state_variables(state, weight_average))
+    distribution_utils.broadcast_from_chief(strategy, steps.state_variables(state, weight_average))
     resumed_from = int(state.step.numpy())
     if copy:
-        _take_over(copy, state, weight_average)
+        steps.copy_state(copy["state"], copy["average"], state, weight_average)
         logging.info("train_budget_seconds: continuing from the timed copy's %d steps",
                      int(state.step.numpy()))
         copy.clear()
@@ -375,23 +375,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        / steps_per_epoch if budget_entry else None,
                        budget_seconds_used=budget_used,
                        budget_seconds=config.train_budget_seconds if budget_entry else None)
-
-
-def _state_variables(state: steps.TrainingState, weight_average) -> list:
-    """Everything a run's state holds, in a fixed order: model, optimizer, step, average."""
-    return [*state.model.variables, *state.optimizer.variables, state.step,
-            *(weight_average.variables if weight_average else ())]
-
-
-def _take_over(copy: dict, state: steps.TrainingState, weight_average) -> None:
-    """The budget's timed copy's trained values into the run's state (built alike, so the
-    variables pair up in order)."""
-    sources = _state_variables(copy["state"], copy["average"])
-    targets = _state_variables(state, weight_average)
-    if [tuple(v.shape) for v in sources] != [tuple(v.shape) for v in targets]:
-        raise RuntimeError("the budget's timed copy does not pair up with the run's state")
-    for target, source in zip(targets, sources):
-        target.assign(tf.convert_to_tensor(source))
 
 
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
