@@ -235,9 +235,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     eval_data = train_input.eval_dataset(input_spec, data)
 
     # --- model, optimizer, checkpoint ---
+    # resuming: no pretrained weights loaded where a checkpoint or the kept copy overwrites them.
     schedule, state, weight_average, train_fn = _training(
         config, strategy, network, spec, data.num_classes, steps_per_epoch, total_steps,
-        resuming=tf.train.latest_checkpoint(config.model_dir) is not None)
+        resuming=bool(copy) or tf.train.latest_checkpoint(config.model_dir) is not None)
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
