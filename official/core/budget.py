@@ -28,6 +28,18 @@ time. The schedule is not re-laid: a run that loses its last 10% to a slower mac
 2% of its peak learning rate (cosine), close to where it would have ended. It never stops
 before one epoch, the plan's own minimum.
 
+The timing is more often pessimistic than not: it times the first steps, while --cache is
+still decoding every image and the machine is warming up (on a 2-core VM the quickstart's steps
+ran 6-21% faster later, leaving up to a sixth of its budget unused; RESULTS.md section 18). So
+a run that planned its budget itself is lengthened once, halfway through its planned steps (and
+not before its first epoch ends, when the cache is full): if the last LOOPS_TIMED loops' speed
+fits more steps into what is left of the budget, the run takes them (at most --train_epochs),
+and the rest of the learning-rate schedule is stretched to end at the new last step
+(`Stretchable`: continuous where it is stretched). An over-long stretch is what the deadline
+catches, at the cosine's tail, where the rate is near 0. The batch-norm horizon stays the
+plan's. config.json's "budget" records it ("planned_steps", "lengthened_at_step"); a resumed
+run rebuilds the stretched schedule and is never lengthened again (its clock restarted).
+
 What is counted: from the start of training (reading the manifest) to the last step; the
 calibration itself and the start-up it measured (tracing, kernel set-up, the shuffle buffer
 filling) are paid again by the real run and counted. Validation passes and the export come on
@@ -40,6 +52,7 @@ import dataclasses
 import math
 import time
 
+import keras
 import tensorflow as tf
 from absl import logging
 
@@ -50,6 +63,7 @@ now = time.monotonic  # the budget's clock (tests replace it)
 
 CALIBRATION_STEPS = 20  # timed steps (after a short warm-up call); more only cost budget
 WARMUP_STEPS = 3  # first call: tracing, oneDNN kernel creation, the shuffle buffer filling
+LOOPS_TIMED = 3  # loops whose speed decides a lengthening (one loop varies by 5-7%)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,37 +218,93 @@ def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
                         result.estimated_seconds)
 
 
+class Stretchable(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule`, laid over the planned run (its `total_steps`), whose rest can be stretched
+    over a longer run once the run has started: from step `at` on, the new run's steps map
+    linearly onto the plan's remaining ones, so the rate is continuous at `at` and reaches the
+    plan's last rate at the new last step. Variables, so that the traced step reads the change."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+        self.total_steps = schedule.total_steps  # the plan's (the batch-norm horizon reads it)
+        self.stretched_at = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+        self.ratio = tf.Variable(1.0, trainable=False, dtype=tf.float32)  # identity until then
+
+    def stretch(self, at: int, train_steps: int) -> None:
+        """The run now ends at `train_steps` (> at); its steps from `at` follow the plan's."""
+        self.stretched_at.assign(float(at))
+        self.ratio.assign((self.total_steps - at) / (train_steps - at))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        return self.schedule(tf.where(step < self.stretched_at, step,
+                                      self.stretched_at
+                                      + (step - self.stretched_at) * self.ratio))
+
+    def get_config(self):
+        return {"schedule": self.schedule.get_config(),
+                "stretched_at": float(self.stretched_at.numpy()),
+                "ratio": float(self.ratio.numpy())}
+
+
 class Deadline:
-    """The budget as a deadline: how many of a loop's steps end before it (see the module
-    docstring). Multi-worker: every worker asks, and all take the chief's answer, so that the
-    workers run the same collective steps and stop together."""
+    """The budget as a deadline: how many of a loop's steps end before it, and once whether
+    the run can be longer than planned (see the module docstring). Multi-worker: every worker
+    asks, and all take the chief's answer, so that the workers run the same collective steps
+    and stop together."""
 
     def __init__(self, budget_seconds: float, started: float, *, step_seconds: float,
-                 min_steps: int, strategy: tf.distribute.Strategy):
+                 min_steps: int, strategy: tf.distribute.Strategy,
+                 lengthen_at: int | None = None):
         self.budget_seconds = budget_seconds
         self.started = started
         self.step_seconds = step_seconds  # the calibration's, until a loop has been timed
         self.min_steps = min_steps
+        self.lengthen_at = lengthen_at  # None: never (a resumed run, or nothing to stretch)
         self.reached = False
         self.excluded = 0.0  # seconds of validation passes: not part of the budget
+        self._loops: list[tuple[int, float]] = []  # (steps, seconds) of the latest loops
         self._strategy = strategy
         self._shared = None
         if distribution_utils.num_workers(strategy) > 1:
             with strategy.scope():
                 self._shared = tf.Variable(0.0, trainable=False)
 
+    def _chiefs(self, value: int) -> int:
+        if self._shared is None:
+            return value
+        self._shared.assign(float(value))
+        distribution_utils.broadcast_from_chief(self._strategy, [self._shared])
+        return int(round(float(self._shared.numpy())))
+
     def steps_that_fit(self, step: int, wanted: int) -> int:
         """Of the `wanted` steps after global step `step`, those that end by the deadline (all
         of them up to min_steps); 0 = stop here."""
         left = self.budget_seconds - self.used_seconds()
         fit = math.floor(left / self.step_seconds) if self.step_seconds > 0 else wanted
-        steps = min(wanted, max(fit, self.min_steps - step, 0))
-        if self._shared is not None:
-            self._shared.assign(float(steps))
-            distribution_utils.broadcast_from_chief(self._strategy, [self._shared])
-            steps = int(round(float(self._shared.numpy())))
+        steps = self._chiefs(min(wanted, max(fit, self.min_steps - step, 0)))
         self.reached = steps < wanted
         return steps
+
+    def lengthened(self, step: int, train_steps: int, max_steps: int) -> int:
+        """At the first call from step `lengthen_at` on (once): the steps (at most
+        `max_steps`) that end within the budget at the latest loops' speed, when more than
+        `train_steps`; else `train_steps`."""
+        if self.lengthen_at is None or step < self.lengthen_at or step >= train_steps:
+            return train_steps
+        self.lengthen_at = None
+        timed = self._loops[-LOOPS_TIMED:]
+        step_seconds = sum(s for _, s in timed) / max(sum(n for n, _ in timed), 1)
+        left = self.budget_seconds - self.used_seconds()
+        fit = step + math.floor(left / step_seconds) if step_seconds > 0 else train_steps
+        longer = self._chiefs(max(train_steps, min(max_steps, fit)))
+        if longer > train_steps:
+            logging.info("train_budget_seconds=%g: %.3f s a step over the last %d loops, "
+                         "faster than timed: lengthened from %d to %d steps at step %d, the "
+                         "rest of the learning-rate schedule stretched to end there",
+                         self.budget_seconds, step_seconds, len(timed), train_steps, longer,
+                         step)
+        return longer
 
     def used_seconds(self) -> float:
         """Seconds of the budget spent so far (validation passes excluded)."""
@@ -246,3 +316,4 @@ class Deadline:
         often enough that an average would overrun)."""
         if steps > 0:
             self.step_seconds = seconds / steps
+            self._loops = [*self._loops[-LOOPS_TIMED + 1:], (steps, seconds)]

@@ -23,9 +23,9 @@ the two; the loop itself knows no network.
 
 What the Estimator did and this loop keeps: train in cycles of `epochs_between_evals`, evaluate on
 the validation split after each, stop at `train_epochs` (or the steps `train_budget_seconds`
-allows, and at that budget if the machine slows down: budget.py), `max_train_steps` or
-`stop_threshold`,
-resume from the latest checkpoint in `model_dir` when restarted, export a SavedModel at the end.
+allows, at that budget if the machine slows down, later if it ran faster: budget.py),
+`max_train_steps` or `stop_threshold`, resume from the latest checkpoint in `model_dir` when
+restarted, export a SavedModel at the end.
 A resumed run restarts the input pipeline (a fresh shuffle), not the exact batch order.
 
 The schedule counts `train_epochs` (or the budget's steps) even when `max_train_steps` stops
@@ -236,9 +236,13 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
 
     # --- model, optimizer, checkpoint ---
     # resuming: no pretrained weights loaded where a checkpoint or the kept copy overwrites them.
+    planned_steps = (budget_entry or {}).get("planned_steps", total_steps)
     schedule, state, weight_average, train_fn = _training(
-        config, strategy, network, spec, data.num_classes, steps_per_epoch, total_steps,
-        resuming=bool(copy) or tf.train.latest_checkpoint(config.model_dir) is not None)
+        config, strategy, network, spec, data.num_classes, steps_per_epoch, planned_steps,
+        resuming=bool(copy) or tf.train.latest_checkpoint(config.model_dir) is not None,
+        stretchable=bool(budget_entry))
+    if (budget_entry or {}).get("lengthened_at_step"):
+        schedule.stretch(budget_entry["lengthened_at_step"], total_steps)
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
@@ -269,9 +273,16 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                   else "train_epochs")
     eval_metrics, examples_per_second, budget_used = None, None, None
     throughput = []
+    # Lengthened once, halfway (budget.py), when this run made the plan and nothing else
+    # (max_train_steps) ends it sooner.
+    max_steps = config.train_epochs * steps_per_epoch
     deadline = budget.Deadline(
         config.train_budget_seconds, started, step_seconds=budget_entry.get("step_seconds", 0.0),
-        min_steps=min(steps_per_epoch, total_steps), strategy=strategy) if budget_entry else None
+        min_steps=min(steps_per_epoch, total_steps), strategy=strategy,
+        lengthen_at=max(steps_per_epoch, total_steps // 2)
+        if resumed_from == 0 and isinstance(schedule, budget.Stretchable)
+        and total_steps < max_steps and not config.max_train_steps else None
+    ) if budget_entry else None
     while step < last_step:
         cycle_start = step
         cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
@@ -315,6 +326,22 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                 budget_used = deadline.used_seconds()
                 if deadline.reached:
                     break
+                longer = deadline.lengthened(step, total_steps, max_steps)
+                if longer > total_steps:
+                    schedule.stretch(step, longer)
+                    budget_entry.update(train_steps=longer, planned_steps=total_steps,
+                                        lengthened_at_step=step,
+                                        epochs=round(longer / steps_per_epoch, 3))
+                    resolved = resolved_config(config, data.class_names, spec,
+                                               {**network.config_entries(),
+                                                "budget": budget_entry})
+                    if chief:
+                        write_config(config.model_dir, resolved)
+                    total_steps = last_step = longer
+                    cycle_end = min((cycle_start // steps_per_cycle + 1) * steps_per_cycle,
+                                    last_step)
+                    if total_steps == max_steps:
+                        stopped_by = "train_epochs"
         if deadline and deadline.reached:
             logging.warning("train_budget_seconds=%g: stopping at step %d of the %d planned, "
                             "at the budget (this machine ran slower than when it was timed)",
@@ -379,11 +406,15 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
 
 
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
-              num_classes: int, steps_per_epoch: int, train_steps: int, *, resuming: bool):
+              num_classes: int, steps_per_epoch: int, train_steps: int, *, resuming: bool,
+              stretchable: bool = False):
     """(schedule, state, weight average or None, train function) of one run: the real one,
-    and the copy --train_budget_seconds times."""
+    and the copy --train_budget_seconds times. `stretchable`: a schedule laid over the run's
+    length (it has total_steps) can be stretched when the budget lengthens the run."""
     schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
                                                                    train_steps))
+    if stretchable and getattr(schedule, "total_steps", None):
+        schedule = budget.Stretchable(schedule)
     state = network.build_training_state(spec, config.optimizer_spec(), schedule, strategy,
                                          resuming=resuming)
     weight_average = None
