@@ -72,8 +72,9 @@ def define_flags() -> None:
     d.DEFINE_integer("max_number_of_steps", None, "Stop after this many steps.", lower_bound=1)
     d.DEFINE_float("train_budget_seconds", None, "Train as many steps as fit in this many "
                    "seconds on this machine, at most --train_epochs (a few steps are "
-                   "timed first), and stop at that budget if the machine slows down "
-                   "(official/core/budget.py).", lower_bound=1.0)
+                   "timed first), longer if the steps then run faster, and stop at that "
+                   "budget if the machine slows down (official/core/budget.py).",
+                   lower_bound=1.0)
     d.DEFINE_integer("train_epochs", None, "Stop after this many epochs (default: until "
                      f"--max_number_of_steps, or {DEFAULT_EPOCHS} epochs).", lower_bound=1)
     d.DEFINE_integer("epochs_between_evals", 1, "Evaluate every this many epochs.",

@@ -34,11 +34,12 @@ ran 6-21% faster later, leaving up to a sixth of its budget unused; RESULTS.md s
 a run that planned its budget itself is lengthened once, halfway through its planned steps (and
 not before its first epoch ends, when the cache is full): if the last LOOPS_TIMED loops' speed
 fits more steps into what is left of the budget, the run takes them (at most --train_epochs),
-and the rest of the learning-rate schedule is stretched to end at the new last step
-(`Stretchable`: continuous where it is stretched). An over-long stretch is what the deadline
-catches, at the cosine's tail, where the rate is near 0. The batch-norm horizon stays the
-plan's. config.json's "budget" records it ("planned_steps", "lengthened_at_step"); a resumed
-run rebuilds the stretched schedule and is never lengthened again (its clock restarted).
+and the rest of a learning-rate schedule laid over the run's length is stretched to end at
+the new last step (`Stretchable`: continuous where it is stretched; Slim's per-epoch decays
+need no stretch). A run lengthened too far is what the deadline catches, at the cosine's
+tail, where the rate is near 0. The batch-norm horizon stays the plan's. config.json's
+"budget" records it ("planned_steps", "lengthened_at_step"); a resumed run rebuilds the
+stretched schedule and is never lengthened again (its clock restarted).
 
 What is counted: from the start of training (reading the manifest) to the last step; the
 calibration itself and the start-up it measured (tracing, kernel set-up, the shuffle buffer

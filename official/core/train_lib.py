@@ -241,7 +241,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         config, strategy, network, spec, data.num_classes, steps_per_epoch, planned_steps,
         resuming=bool(copy) or tf.train.latest_checkpoint(config.model_dir) is not None,
         stretchable=bool(budget_entry))
-    if (budget_entry or {}).get("lengthened_at_step"):
+    if isinstance(schedule, budget.Stretchable) and budget_entry.get("lengthened_at_step"):
         schedule.stretch(budget_entry["lengthened_at_step"], total_steps)
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
@@ -280,8 +280,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         config.train_budget_seconds, started, step_seconds=budget_entry.get("step_seconds", 0.0),
         min_steps=min(steps_per_epoch, total_steps), strategy=strategy,
         lengthen_at=max(steps_per_epoch, total_steps // 2)
-        if resumed_from == 0 and isinstance(schedule, budget.Stretchable)
-        and total_steps < max_steps and not config.max_train_steps else None
+        if resumed_from == 0 and total_steps < max_steps and not config.max_train_steps
+        else None
     ) if budget_entry else None
     while step < last_step:
         cycle_start = step
@@ -328,7 +328,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                     break
                 longer = deadline.lengthened(step, total_steps, max_steps)
                 if longer > total_steps:
-                    schedule.stretch(step, longer)
+                    if isinstance(schedule, budget.Stretchable):  # else not laid over the run
+                        schedule.stretch(step, longer)
                     budget_entry.update(train_steps=longer, planned_steps=total_steps,
                                         lengthened_at_step=step,
                                         epochs=round(longer / steps_per_epoch, 3))
