@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from networks.resnet import train_steps
+from networks.slim import nets, slim_train
 from official.core import budget, train_lib
 from official.core.config import TrainConfig
 from official.utils.logs import hooks as hooks_lib
@@ -346,3 +347,30 @@ def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
     planned = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5))
     assert events[2] == pytest.approx(float(planned(2)), rel=1e-5)  # before the stretch
     assert events[9] == pytest.approx(0.0, abs=1e-7) and events[8] > 1e-6
+
+
+def test_a_slim_schedule_is_not_stretched_when_the_run_is_lengthened(tmp_path, monkeypatch):
+    """Slim's decays count epochs, not the run: lengthened as above (5 -> 9 steps), its
+    learning rates stay the schedule's own, step for step."""
+    data = tiny_dataset(tmp_path / "data")
+    clock = FakeClock()
+    monkeypatch.setattr(budget, "now", clock)
+    monkeypatch.setattr(budget, "calibrate",
+                        lambda *args: budget.Calibration(100.0, 0.0, 20))
+    monkeypatch.setattr(hooks_lib, "get_train_hooks",
+                        lambda *args, **kwargs: [StepsTake(clock, 60.0)])
+    model_dir = tmp_path / "model"
+    network = slim_train.SlimNetwork(slim_train.SlimConfig(
+        model_name="mobilenet_v3_small", learning_rate=0.1, num_epochs_per_decay=1.0,
+        learning_rate_decay_factor=0.5))
+    config = _config(data, model_dir, train_budget_seconds=550.0,
+                     image_size=nets.NETWORKS["mobilenet_v3_small"].min_image_size)
+    result = train_lib.train(config, ONE_DEVICE, network)
+    entry = json.loads((model_dir / "config.json").read_text())["budget"]
+    assert (entry["planned_steps"], entry["lengthened_at_step"], entry["train_steps"]) == (
+        5, 2, 9)
+    assert (result.step, result.stopped_by) == (9, "train_budget_seconds")
+    events = _scalars(model_dir / "train", "learning_rate")
+    assert sorted(events) == list(range(1, 10))
+    for step, value in events.items():  # halved every epoch (2 steps), as planned
+        assert value == pytest.approx(0.1 * 0.5 ** (step // 2), rel=1e-5)
