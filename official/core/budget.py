@@ -261,7 +261,7 @@ class Deadline:
         self.started = started
         self.step_seconds = step_seconds  # the calibration's, until a loop has been timed
         self.min_steps = min_steps
-        self.lengthen_at = lengthen_at  # None: never (a resumed run, or nothing to stretch)
+        self.lengthen_at = lengthen_at  # None: never (resumed, at --train_epochs, max_train_steps)
         self.reached = False
         self.excluded = 0.0  # seconds of validation passes: not part of the budget
         self._loops: list[tuple[int, float]] = []  # (steps, seconds) of the latest loops
