@@ -40,9 +40,10 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _start(tmp_path: Path, name: str, *flags: str) -> subprocess.Popen:
-    """One process of this file as a worker; its TMPDIR is private so leftovers are visible."""
-    env = trainer_env()
+def _start(tmp_path: Path, name: str, *flags: str, env: dict | None = None) -> subprocess.Popen:
+    """One process of this file as a worker; its TMPDIR is private so leftovers are visible.
+    `env`: more environment (CALIBRATED_STEP_SECONDS, see _worker_main)."""
+    env = {**trainer_env(), **(env or {})}
     env["TMPDIR"] = str(tmp_path / f"tmp_{name}")
     os.makedirs(env["TMPDIR"], exist_ok=True)
     return subprocess.Popen(
@@ -61,11 +62,12 @@ def _finish(process: subprocess.Popen, timeout: float = WORKER_TIMEOUT) -> tuple
     return stdout, stderr
 
 
-def _cluster(tmp_path: Path, model_dir: Path, data: Path, *extra: str, tag: str = ""):
+def _cluster(tmp_path: Path, model_dir: Path, data: Path, *extra: str, tag: str = "",
+             env: dict | None = None):
     hosts = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
     return [_start(tmp_path, f"worker{index}{tag}", f"--data_dir={data}",
                    f"--model_dir={model_dir}", *FLAGS, *extra, f"--worker_hosts={hosts}",
-                   f"--task_index={index}") for index in range(2)]
+                   f"--task_index={index}", env=env) for index in range(2)]
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -83,27 +85,31 @@ def test_two_workers_match_one_process(tmp_path):
     CPUs) over the same global batch of 8: same data split (first half to worker/replica 0),
     same per-replica batch-norm statistics, same summed gradients. Tolerance: rtol 1e-6 on every
     variable (observed: bit-identical). tests/test_distribution.py covers 2 replicas == 1 device.
-    Both run with --train_budget_seconds: the workers time collective steps together, agree
-    on the chief's choice of steps (a budget this big allows all 12 epochs) and go on from the
-    21 timed steps (inside the warm-up, so kept): steps 22-23 are the loop's.
+    Both run with --train_budget_seconds, their timing reported as 100 s a step: the workers
+    time collective steps together, agree on the chief's plan (1,500 s fit 35 steps of the
+    cap's 40) and go on from the 21 timed steps (inside the warm-up, so kept); the real steps
+    take milliseconds, so at the first loop past step 17 (half the plan) all agree to lengthen
+    the run to the cap, the schedule's rest stretched alike.
     """
     data = tiny_dataset(tmp_path / "data")  # 16 training examples, one shard: split by data
     model_dir = tmp_path / "cluster"
     started = time.monotonic()
-    budget = ("--train_budget_seconds=100000", "--train_epochs=12", "--warmup_epochs=11",
-              "--max_train_steps=23")
+    budget = ("--train_budget_seconds=1500", "--train_epochs=20", "--warmup_epochs=11")
+    timed = {"CALIBRATED_STEP_SECONDS": "100"}
     workers = _cluster(tmp_path, model_dir, data, *budget,
-                       f"--export_dir={tmp_path / 'export'}")
+                       f"--export_dir={tmp_path / 'export'}", env=timed)
     single = _start(tmp_path, "single", f"--data_dir={data}",
                     f"--model_dir={tmp_path / 'single'}", *FLAGS, *budget, "--num_gpus=0",
-                    "--num_cpu_replicas=2")
+                    "--num_cpu_replicas=2", env=timed)
     outputs = [_finish(process) for process in (*workers, single)]
     for stdout, _ in outputs:
-        assert "step 23 (resumed from 0, stopped by max_train_steps)" in stdout
+        assert "step 40 (resumed from 0, stopped by train_epochs)" in stdout
         assert "2 replica(s)" in stdout
-        assert "12.00 epochs in the --train_budget_seconds budget" in stdout
+        assert "20.00 epochs in the --train_budget_seconds budget" in stdout
     for folder in (model_dir, tmp_path / "single"):
-        assert json.loads((folder / "config.json").read_text())["budget"]["kept_steps"] == 21
+        entry = json.loads((folder / "config.json").read_text())["budget"]
+        assert (entry["kept_steps"], entry["planned_steps"], entry["lengthened_at_step"],
+                entry["train_steps"]) == (21, 35, 22, 40)
 
     chief, other, reference = (_weights(tmp_path / f"{name}.npz")
                                for name in ("worker0", "worker1", "single"))
@@ -115,14 +121,14 @@ def test_two_workers_match_one_process(tmp_path):
     # Only the chief wrote: config, checkpoints and summaries in model_dir; the other worker's
     # private checkpoint folder is gone.
     written = sorted(path.name for path in model_dir.iterdir())
-    assert {"config.json", "checkpoint", "ckpt-23.index", "train", "eval"} <= set(written)
+    assert {"config.json", "checkpoint", "ckpt-40.index", "train", "eval"} <= set(written)
     assert not any(name.startswith("resnet_worker_") for name in written)
     exports = [path.name for path in (tmp_path / "export").iterdir()]
     assert len(exports) == 1 and exports[0].isdigit(), exports  # the chief's, once
     assert "exported" in outputs[0][0] and "exported" not in outputs[1][0]
     assert _leftovers(tmp_path / "tmp_worker1") == _leftovers(tmp_path / "tmp_worker0") == []
 
-    print(f"two workers + one process, 2 steps: {time.monotonic() - started:.0f} s")
+    print(f"two workers + one process, 19 steps: {time.monotonic() - started:.0f} s")
 
 
 def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_path):
@@ -259,10 +265,22 @@ def test_cluster_parsing_and_input_split(monkeypatch):
 
 def _worker_main(argv: list[str]) -> None:
     """`python tests/test_multiworker.py WEIGHTS.npz DICOM_MAIN_FLAGS...`: dicom_main.py, then
-    this worker's final model variables saved to WEIGHTS.npz."""
+    this worker's final model variables saved to WEIGHTS.npz. With CALIBRATED_STEP_SECONDS
+    in the environment, the budget's timing (its steps really trained) reports that speed."""
     sys.path.insert(0, str(REPO_ROOT))
     from networks.resnet import dicom_main, train_steps
+    from official.core import budget
     from official.utils.flags import core as flags_core
+
+    if os.environ.get("CALIBRATED_STEP_SECONDS"):
+        calibrate = budget.calibrate
+
+        def reported(*args):
+            measured = calibrate(*args)
+            return budget.Calibration(float(os.environ["CALIBRATED_STEP_SECONDS"]), 0.0,
+                                      measured.timed_steps, measured.steps_taken)
+
+        budget.calibrate = reported
 
     states = []
     build = train_steps.ResNetNetwork.build_training_state
