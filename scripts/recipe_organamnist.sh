@@ -25,10 +25,11 @@
 # corruption table and on validation (0.9815-0.9841 vs 0.9832); MedMNIST v2 reports the same
 # direction on the test (ResNet-18 0.935 at 28 px, 0.951 upscaled to 224).
 # --train_budget_seconds=1710 keeps a member within 30 minutes on a slower CPU: at most 8
-# epochs, the steps that fit where they do not (2-core AMD EPYC without AMX: 4.5-5.5 epochs at
-# 112 px over four runs, validation 0.9834-0.9849, level with 8 epochs on the AMX machine and
-# ahead of 10 epochs at 56 px there; RESULTS.md sections 14-18), and the run stops at the
-# budget if the machine slows down after it was timed (runs on a shared VM differ by 10-18%).
+# epochs, the steps that fit where they do not (2-core AMD EPYC without AMX: 4.5-5.8 epochs at
+# 112 px over six runs, validation 0.9824-0.9849, level with 8 epochs on the AMX machine and
+# ahead of 10 epochs at 56 px there; RESULTS.md sections 14-19); the run stops at the budget if
+# the machine slows down after it was timed (runs on a shared VM differ by 10-18%) and is
+# lengthened halfway if it runs faster.
 # The other 90 s of the 30 minutes are for what the budget does not count: the program's
 # start, the final validation and the checkpoint (about 70 s).
 # ORGANAMNIST_MEMBERS=2 trains a second model (seed 2) and exports the pair: about twice the
