@@ -290,24 +290,25 @@ def test_deadline_lengthens_once_at_the_latest_loops_speed(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(budget, "now", clock)
     deadline = budget.Deadline(1000.0, clock(), step_seconds=10.0, min_steps=10,
-                               strategy=ONE_DEVICE, lengthen_at=50)
+                               strategy=ONE_DEVICE, lengthen_at=50, max_steps=180)
     for seconds in (100.0, 60.0, 50.0, 40.0):  # 10-step loops, faster and faster
         clock.seconds += seconds
         deadline.observe(10, seconds)
-    assert deadline.lengthened(40, 90, 200) == 90  # before lengthen_at: the plan
+    assert deadline.lengthened(40, 90) == 90  # before lengthen_at: the plan
     # At step 50: 250 s used, 750 s left at the last 3 loops' 5 s a step: 150 more steps,
-    # but at most 180.
-    assert deadline.lengthened(50, 90, 180) == 180
-    assert deadline.lengthened(60, 90, 1000) == 90  # once only
+    # but at most max_steps, 180.
+    assert deadline.lengthened(50, 90) == 180
+    deadline.max_steps = 1000
+    assert deadline.lengthened(60, 90) == 90  # once only
     deadline.lengthen_at = 50
     for _ in range(3):  # slower than planned: never shorter (the deadline cuts)
         clock.seconds += 200.0
         deadline.observe(10, 200.0)
-    assert deadline.lengthened(80, 90, 1000) == 90  # 150 s left fit 7 steps at 20 s
+    assert deadline.lengthened(80, 90) == 90  # 150 s left fit 7 steps at 20 s
     resumed = budget.Deadline(1000.0, clock(), step_seconds=1.0, min_steps=10,
-                              strategy=ONE_DEVICE)
+                              strategy=ONE_DEVICE, max_steps=1000)
     resumed.observe(10, 1.0)
-    assert resumed.lengthened(60, 90, 1000) == 90  # lengthen_at None: never
+    assert resumed.lengthened(60, 90) == 90  # lengthen_at None: never
 
 
 def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(

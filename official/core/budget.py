@@ -256,12 +256,15 @@ class Deadline:
 
     def __init__(self, budget_seconds: float, started: float, *, step_seconds: float,
                  min_steps: int, strategy: tf.distribute.Strategy,
-                 lengthen_at: int | None = None):
+                 lengthen_at: int | None = None, max_steps: int = 0,
+                 steps_per_epoch: int = 1):
         self.budget_seconds = budget_seconds
         self.started = started
         self.step_seconds = step_seconds  # the calibration's, until a loop has been timed
         self.min_steps = min_steps
         self.lengthen_at = lengthen_at  # None: never (resumed, at --train_epochs, max_train_steps)
+        self.max_steps = max_steps  # what a lengthened run may reach (--train_epochs of steps)
+        self.steps_per_epoch = steps_per_epoch
         self.reached = False
         self.excluded = 0.0  # seconds of validation passes: not part of the budget
         self._loops: list[tuple[int, float]] = []  # (steps, seconds) of the latest loops
@@ -270,6 +273,21 @@ class Deadline:
         if distribution_utils.num_workers(strategy) > 1:
             with strategy.scope():
                 self._shared = tf.Variable(0.0, trainable=False)
+
+    @classmethod
+    def for_run(cls, config: TrainConfig, entry: dict, started: float, *,
+                strategy: tf.distribute.Strategy, steps_per_epoch: int, train_steps: int,
+                resumed: bool) -> "Deadline":
+        """The deadline of a run budgeted as `entry` says. It may lengthen the run (once,
+        halfway and past the first epoch) when this run made the plan (not `resumed`), the plan
+        is short of --train_epochs and no --max_train_steps ends the run sooner."""
+        max_steps = config.train_epochs * steps_per_epoch
+        can_lengthen = not resumed and train_steps < max_steps and not config.max_train_steps
+        return cls(config.train_budget_seconds, started,
+                   step_seconds=entry.get("step_seconds", 0.0),
+                   min_steps=min(steps_per_epoch, train_steps), strategy=strategy,
+                   lengthen_at=max(steps_per_epoch, train_steps // 2) if can_lengthen else None,
+                   max_steps=max_steps, steps_per_epoch=steps_per_epoch)
 
     def _chiefs(self, value: int) -> int:
         if self._shared is None:
@@ -287,7 +305,7 @@ class Deadline:
         self.reached = steps < wanted
         return steps
 
-    def lengthened(self, step: int, train_steps: int, max_steps: int) -> int:
+    def lengthened(self, step: int, train_steps: int) -> int:
         """At the first call from step `lengthen_at` on (once): the steps (at most
         `max_steps`) that end within the budget at the latest loops' speed, when more than
         `train_steps`; else `train_steps`."""
@@ -298,13 +316,24 @@ class Deadline:
         step_seconds = sum(s for _, s in timed) / max(sum(n for n, _ in timed), 1)
         left = self.budget_seconds - self.used_seconds()
         fit = step + math.floor(left / step_seconds) if step_seconds > 0 else train_steps
-        longer = self._chiefs(max(train_steps, min(max_steps, fit)))
+        longer = self._chiefs(max(train_steps, min(self.max_steps, fit)))
         if longer > train_steps:
             logging.info("train_budget_seconds=%g: %.3f s a step over the last %d loops, "
                          "faster than timed: lengthened from %d to %d steps at step %d, the "
                          "rest of the learning-rate schedule stretched to end there",
                          self.budget_seconds, step_seconds, len(timed), train_steps, longer,
                          step)
+        return longer
+
+    def lengthen(self, step: int, train_steps: int, schedule, entry: dict) -> int:
+        """`lengthened`, and when longer: `schedule`'s rest stretched (a Stretchable; other
+        schedules are not laid over the run) and config.json's budget `entry` updated."""
+        longer = self.lengthened(step, train_steps)
+        if longer > train_steps:
+            if isinstance(schedule, Stretchable):
+                schedule.stretch(step, longer)
+            entry.update(train_steps=longer, planned_steps=train_steps, lengthened_at_step=step,
+                         epochs=round(longer / self.steps_per_epoch, 3))
         return longer
 
     def used_seconds(self) -> float:

@@ -273,16 +273,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                   else "train_epochs")
     eval_metrics, examples_per_second, budget_used = None, None, None
     throughput = []
-    # Lengthened once, halfway (budget.py), when this run made the plan and nothing else
-    # (max_train_steps) ends it sooner.
-    max_steps = config.train_epochs * steps_per_epoch
-    deadline = budget.Deadline(
-        config.train_budget_seconds, started, step_seconds=budget_entry.get("step_seconds", 0.0),
-        min_steps=min(steps_per_epoch, total_steps), strategy=strategy,
-        lengthen_at=max(steps_per_epoch, total_steps // 2)
-        if resumed_from == 0 and total_steps < max_steps and not config.max_train_steps
-        else None
-    ) if budget_entry else None
+    deadline = budget.Deadline.for_run(
+        config, budget_entry, started, strategy=strategy, steps_per_epoch=steps_per_epoch,
+        train_steps=total_steps, resumed=resumed_from > 0) if budget_entry else None
     while step < last_step:
         cycle_start = step
         cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
@@ -326,13 +319,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                 budget_used = deadline.used_seconds()
                 if deadline.reached:
                     break
-                longer = deadline.lengthened(step, total_steps, max_steps)
+                longer = deadline.lengthen(step, total_steps, schedule, budget_entry)
                 if longer > total_steps:
-                    if isinstance(schedule, budget.Stretchable):  # else not laid over the run
-                        schedule.stretch(step, longer)
-                    budget_entry.update(train_steps=longer, planned_steps=total_steps,
-                                        lengthened_at_step=step,
-                                        epochs=round(longer / steps_per_epoch, 3))
                     resolved = resolved_config(config, data.class_names, spec,
                                                {**network.config_entries(),
                                                 "budget": budget_entry})
@@ -341,7 +329,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                     total_steps = last_step = longer
                     cycle_end = min((cycle_start // steps_per_cycle + 1) * steps_per_cycle,
                                     last_step)
-                    if total_steps == max_steps:
+                    if total_steps == config.train_epochs * steps_per_epoch:
                         stopped_by = "train_epochs"
         if deadline and deadline.reached:
             logging.warning("train_budget_seconds=%g: stopping at step %d of the %d planned, "
