@@ -291,12 +291,16 @@ def test_deadline_lengthens_once_at_the_latest_loops_speed(monkeypatch):
     monkeypatch.setattr(budget, "now", clock)
     deadline = budget.Deadline(1000.0, clock(), step_seconds=10.0, min_steps=10,
                                strategy=ONE_DEVICE, lengthen_at=50, max_steps=180)
-    for seconds in (100.0, 60.0, 50.0, 40.0):  # 10-step loops, faster and faster
+    for seconds in (100.0, 60.0, 50.0):  # 10-step loops, faster and faster
         clock.seconds += seconds
         deadline.observe(10, seconds)
     assert deadline.lengthened(40, 90) == 90  # before lengthen_at: the plan
-    # At step 50: 250 s used, 750 s left at the last 3 loops' 5 s a step: 150 more steps,
-    # but at most max_steps, 180.
+    # Two loops timed: the first loop (tracing) is never counted, and 3 are needed.
+    assert deadline.lengthened(50, 90) == 90 and deadline.lengthen_at == 50
+    clock.seconds += 40.0
+    deadline.observe(10, 40.0)
+    # 250 s used, 750 s left at the last 3 loops' 5 s a step: 150 more steps, but at most
+    # max_steps, 180.
     assert deadline.lengthened(50, 90) == 180
     deadline.max_steps = 1000
     assert deadline.lengthened(60, 90) == 90  # once only
@@ -313,10 +317,12 @@ def test_deadline_lengthens_once_at_the_latest_loops_speed(monkeypatch):
 
 def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
         tmp_path, monkeypatch):
-    """Timed at 100 s a step, 550 s fit 5 steps; the steps then take 60 s. Halfway (step 2,
-    one epoch) 430 s are left: 7 more steps, 9 in all, the cosine's rest stretched over them.
-    Killed after step 6, the run resumes with the stretched schedule and ends at step 9."""
+    """Timed at 100 s a step, 550 s fit 5 steps; the steps then take 60 s. Past halfway
+    (step 2, one epoch) with 3 loops of 1 step timed after the first (step 4; 3 steps are
+    enough here), 310 s are left: 5 more steps, 9 in all, the cosine's rest stretched over
+    them. Killed after step 6, the run resumes with the stretched schedule and ends at 9."""
     data = tiny_dataset(tmp_path / "data")
+    monkeypatch.setattr(budget, "LENGTHEN_TIMED_STEPS", 3)
     clock = FakeClock()
     monkeypatch.setattr(budget, "now", clock)
     monkeypatch.setattr(budget, "calibrate",
@@ -330,7 +336,7 @@ def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
         _train(config)
     entry = json.loads((model_dir / "config.json").read_text())["budget"]
     assert (entry["planned_steps"], entry["lengthened_at_step"], entry["train_steps"],
-            entry["epochs"]) == (5, 2, 9, 4.5)
+            entry["epochs"]) == (5, 4, 9, 4.5)
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-5")
 
     hook.stop_at = None
@@ -340,13 +346,14 @@ def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
     assert json.loads((model_dir / "config.json").read_text())["budget"] == entry
     expected = budget.Stretchable(
         train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5)))
-    expected.stretch(2, 9)
+    expected.stretch(4, 9)
     events = _scalars(model_dir / "train", "learning_rate")
     assert sorted(events) == list(range(1, 10))
     for step, value in events.items():
         assert value == pytest.approx(float(expected(step)), rel=1e-5, abs=1e-9)
     planned = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5))
-    assert events[2] == pytest.approx(float(planned(2)), rel=1e-5)  # before the stretch
+    assert events[4] == pytest.approx(float(planned(4)), rel=1e-5)  # before the stretch
+    assert events[5] > float(planned(5))
     assert events[9] == pytest.approx(0.0, abs=1e-7) and events[8] > 1e-6
 
 
@@ -354,6 +361,7 @@ def test_a_slim_schedule_is_not_stretched_when_the_run_is_lengthened(tmp_path, m
     """Slim's decays count epochs, not the run: lengthened as above (5 -> 9 steps), its
     learning rates stay the schedule's own, step for step."""
     data = tiny_dataset(tmp_path / "data")
+    monkeypatch.setattr(budget, "LENGTHEN_TIMED_STEPS", 3)
     clock = FakeClock()
     monkeypatch.setattr(budget, "now", clock)
     monkeypatch.setattr(budget, "calibrate",
@@ -369,7 +377,7 @@ def test_a_slim_schedule_is_not_stretched_when_the_run_is_lengthened(tmp_path, m
     result = train_lib.train(config, ONE_DEVICE, network)
     entry = json.loads((model_dir / "config.json").read_text())["budget"]
     assert (entry["planned_steps"], entry["lengthened_at_step"], entry["train_steps"]) == (
-        5, 2, 9)
+        5, 4, 9)
     assert (result.step, result.stopped_by) == (9, "train_budget_seconds")
     events = _scalars(model_dir / "train", "learning_rate")
     assert sorted(events) == list(range(1, 10))

@@ -88,14 +88,15 @@ def test_two_workers_match_one_process(tmp_path):
     Both run with --train_budget_seconds, their timing reported as 100 s a step: the workers
     time collective steps together, agree on the chief's plan (1,500 s fit 35 steps of the
     cap's 40) and go on from the 21 timed steps (inside the warm-up, so kept); the real steps
-    take milliseconds, so at the first loop past step 17 (half the plan) all agree to lengthen
-    the run to the cap, the schedule's rest stretched alike.
+    take milliseconds, so past step 17 (half the plan), with 3 loops timed after the first
+    (LENGTHEN_TIMED_STEPS=3), all agree at step 25 to lengthen the run to the cap, the
+    schedule's rest stretched alike.
     """
     data = tiny_dataset(tmp_path / "data")  # 16 training examples, one shard: split by data
     model_dir = tmp_path / "cluster"
     started = time.monotonic()
     budget = ("--train_budget_seconds=1500", "--train_epochs=20", "--warmup_epochs=11")
-    timed = {"CALIBRATED_STEP_SECONDS": "100"}
+    timed = {"CALIBRATED_STEP_SECONDS": "100", "LENGTHEN_TIMED_STEPS": "3"}
     workers = _cluster(tmp_path, model_dir, data, *budget,
                        f"--export_dir={tmp_path / 'export'}", env=timed)
     single = _start(tmp_path, "single", f"--data_dir={data}",
@@ -109,7 +110,7 @@ def test_two_workers_match_one_process(tmp_path):
     for folder in (model_dir, tmp_path / "single"):
         entry = json.loads((folder / "config.json").read_text())["budget"]
         assert (entry["kept_steps"], entry["planned_steps"], entry["lengthened_at_step"],
-                entry["train_steps"]) == (21, 35, 22, 40)
+                entry["train_steps"]) == (21, 35, 25, 40)
 
     chief, other, reference = (_weights(tmp_path / f"{name}.npz")
                                for name in ("worker0", "worker1", "single"))
@@ -266,7 +267,8 @@ def test_cluster_parsing_and_input_split(monkeypatch):
 def _worker_main(argv: list[str]) -> None:
     """`python tests/test_multiworker.py WEIGHTS.npz DICOM_MAIN_FLAGS...`: dicom_main.py, then
     this worker's final model variables saved to WEIGHTS.npz. With CALIBRATED_STEP_SECONDS
-    in the environment, the budget's timing (its steps really trained) reports that speed."""
+    in the environment, the budget's timing (its steps really trained) reports that speed;
+    LENGTHEN_TIMED_STEPS replaces budget.LENGTHEN_TIMED_STEPS."""
     sys.path.insert(0, str(REPO_ROOT))
     from networks.resnet import dicom_main, train_steps
     from official.core import budget
@@ -281,6 +283,8 @@ def _worker_main(argv: list[str]) -> None:
                                       measured.timed_steps, measured.steps_taken)
 
         budget.calibrate = reported
+    if os.environ.get("LENGTHEN_TIMED_STEPS"):
+        budget.LENGTHEN_TIMED_STEPS = int(os.environ["LENGTHEN_TIMED_STEPS"])
 
     states = []
     build = train_steps.ResNetNetwork.build_training_state

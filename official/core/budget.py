@@ -31,9 +31,10 @@ before one epoch, the plan's own minimum.
 The timing is more often pessimistic than not: it times the first steps, while --cache is
 still decoding every image and the machine is warming up (on a 2-core VM the quickstart's steps
 ran 6-21% faster later, leaving up to a sixth of its budget unused; RESULTS.md section 18). So
-a run that planned its budget itself is lengthened once, halfway through its planned steps (and
-not before its first epoch ends, when the cache is full): if the last LOOPS_TIMED loops' speed
-fits more steps into what is left of the budget, the run takes them (at most --train_epochs),
+a run that planned its budget itself is lengthened once, halfway through its planned steps (not
+before its first epoch ends, when the cache is full, nor before its latest loops make
+LOOPS_TIMED loops and LENGTHEN_TIMED_STEPS steps after its first loop): if their speed fits
+more steps into what is left of the budget, the run takes them (at most --train_epochs),
 and the rest of a learning-rate schedule laid over the run's length is stretched to end at
 the new last step (`Stretchable`: continuous where it is stretched; Slim's per-epoch decays
 need no stretch). A run lengthened too far is what the deadline catches, at the cosine's
@@ -64,7 +65,11 @@ now = time.monotonic  # the budget's clock (tests replace it)
 
 CALIBRATION_STEPS = 20  # timed steps (after a short warm-up call); more only cost budget
 WARMUP_STEPS = 3  # first call: tracing, oneDNN kernel creation, the shuffle buffer filling
-LOOPS_TIMED = 3  # loops whose speed decides a lengthening (one loop varies by 5-7%)
+# A lengthening is decided on the speed of the latest loops: at least LOOPS_TIMED of them and
+# LENGTHEN_TIMED_STEPS steps (a 30-step loop varies by 5-7%), never the process's first loop
+# (it traces the train function).
+LOOPS_TIMED = 3
+LENGTHEN_TIMED_STEPS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +145,7 @@ def budgeted(config: TrainConfig, saved: dict | None, strategy: tf.distribute.St
              timed_copy, *, steps_per_epoch: int, started: float,
              can_keep=lambda steps_taken, train_steps: False) -> tuple[int, dict]:
     """The steps config.train_budget_seconds allows, and config.json's "budget" entry. A
-    resumed run keeps the steps chosen at its start.
+    resumed run keeps the steps chosen at its start (or lengthened to since).
 
     Args:
       saved: model_dir's config.json, None for a new run.
@@ -164,9 +169,16 @@ def budgeted(config: TrainConfig, saved: dict | None, strategy: tf.distribute.St
                          "starts; resume without it, or use a new --model_dir")
     if kept:
         logging.info("train_budget_seconds: resuming with the %d steps chosen when the run "
-                     "started", kept)
-        return kept, {**((saved or {}).get("budget") or {"seconds": config.train_budget_seconds}),
-                      "train_steps": kept}
+                     "started (or lengthened to since)", kept)
+        entry = {**((saved or {}).get("budget") or {"seconds": config.train_budget_seconds}),
+                 "train_steps": kept}
+        # A lengthened run's schedule is rebuilt from these: the chief's, since the other
+        # workers may not see model_dir (and so no config.json).
+        for key in ("planned_steps", "lengthened_at_step"):
+            value = chief_value(strategy, int(entry.get(key, 0)))
+            if value:
+                entry[key] = value
+        return kept, entry
     train_fn, iterator = timed_copy()
     calibration = calibrate(train_fn, iterator, config.steps_per_loop)
     del train_fn, iterator
@@ -267,7 +279,8 @@ class Deadline:
         self.steps_per_epoch = steps_per_epoch
         self.reached = False
         self.excluded = 0.0  # seconds of validation passes: not part of the budget
-        self._loops: list[tuple[int, float]] = []  # (steps, seconds) of the latest loops
+        self._loops: list[tuple[int, float]] | None = None  # (steps, seconds), latest last;
+        # None until the first loop (not timed for a lengthening) is over
         self._strategy = strategy
         self._shared = None
         if distribution_utils.num_workers(strategy) > 1:
@@ -280,7 +293,7 @@ class Deadline:
                 resumed: bool) -> "Deadline":
         """The deadline of a run budgeted as `entry` says. It may lengthen the run (once,
         halfway and past the first epoch) when this run made the plan (not `resumed`), the plan
-        is short of --train_epochs and no --max_train_steps ends the run sooner."""
+        is short of --train_epochs and no --max_train_steps is set."""
         max_steps = config.train_epochs * steps_per_epoch
         can_lengthen = not resumed and train_steps < max_steps and not config.max_train_steps
         return cls(config.train_budget_seconds, started,
@@ -305,15 +318,28 @@ class Deadline:
         self.reached = steps < wanted
         return steps
 
+    def _recent_speed(self) -> tuple[float, int] | None:
+        """(seconds a step, loops) over the fewest latest loops that make LOOPS_TIMED loops
+        and LENGTHEN_TIMED_STEPS steps; None while there are not that many."""
+        steps = seconds = loops = 0
+        for loop_steps, loop_seconds in reversed(self._loops or []):
+            steps, seconds, loops = steps + loop_steps, seconds + loop_seconds, loops + 1
+            if loops >= LOOPS_TIMED and steps >= LENGTHEN_TIMED_STEPS:
+                return seconds / steps, loops
+        return None
+
     def lengthened(self, step: int, train_steps: int) -> int:
-        """At the first call from step `lengthen_at` on (once): the steps (at most
-        `max_steps`) that end within the budget at the latest loops' speed, when more than
-        `train_steps`; else `train_steps`."""
+        """Once, at the first call from step `lengthen_at` on with enough loops timed: the
+        steps (at most `max_steps`) that end within the budget at the latest loops' speed,
+        when more than `train_steps`; else `train_steps`. (Every worker has timed the same
+        loops, so all decide at the same call.)"""
         if self.lengthen_at is None or step < self.lengthen_at or step >= train_steps:
             return train_steps
+        speed = self._recent_speed()
+        if speed is None:
+            return train_steps  # asked again after the next loop
         self.lengthen_at = None
-        timed = self._loops[-LOOPS_TIMED:]
-        step_seconds = sum(s for _, s in timed) / max(sum(n for n, _ in timed), 1)
+        step_seconds, loops = speed
         left = self.budget_seconds - self.used_seconds()
         fit = step + math.floor(left / step_seconds) if step_seconds > 0 else train_steps
         longer = self._chiefs(max(train_steps, min(self.max_steps, fit)))
@@ -321,8 +347,7 @@ class Deadline:
             logging.info("train_budget_seconds=%g: %.3f s a step over the last %d loops, "
                          "faster than timed: lengthened from %d to %d steps at step %d, the "
                          "rest of the learning-rate schedule stretched to end there",
-                         self.budget_seconds, step_seconds, len(timed), train_steps, longer,
-                         step)
+                         self.budget_seconds, step_seconds, loops, train_steps, longer, step)
         return longer
 
     def lengthen(self, step: int, train_steps: int, schedule, entry: dict) -> int:
@@ -346,4 +371,7 @@ class Deadline:
         often enough that an average would overrun)."""
         if steps > 0:
             self.step_seconds = seconds / steps
-            self._loops = [*self._loops[-LOOPS_TIMED + 1:], (steps, seconds)]
+            if self._loops is None:
+                self._loops = []
+            else:
+                self._loops = [*self._loops[-LENGTHEN_TIMED_STEPS:], (steps, seconds)]

@@ -152,8 +152,8 @@ class TrainResult:
     export_path: str | None
     budget_epochs: float | None = None  # --train_budget_seconds: the epochs it chose
     # ... and the seconds of it this run counted (to its last step, validation excluded): far
-    # under the budget = the run reached --train_epochs first; at it = lengthened halfway or
-    # stopped by the deadline (budget.py).
+    # under the budget = the run reached --train_epochs first, or was resumed (its clock
+    # restarts); at it = lengthened halfway or stopped by the deadline (budget.py).
     budget_seconds_used: float | None = None
     budget_seconds: float | None = None
 

@@ -333,7 +333,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                         stopped_by = "train_epochs"
         if deadline and deadline.reached:
             logging.warning("train_budget_seconds=%g: stopping at step %d of the %d planned, "
-                            "at the budget (this machine ran slower than when it was timed)",
+                            "at the budget (the steps ran slower than the speed they were "
+                            "planned by)",
                             config.train_budget_seconds, step, total_steps)
             last_step = step
             if step == cycle_start:  # nothing trained since the last validation and save
