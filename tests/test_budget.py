@@ -315,6 +315,19 @@ def test_deadline_lengthens_once_at_the_latest_loops_speed(monkeypatch):
     assert resumed.lengthened(60, 90) == 90  # lengthen_at None: never
 
 
+def _timed_at_100_seconds_stepping_at_60(monkeypatch, stop_at: int | None = None) -> StepsTake:
+    """The budget's timing says 100 s a step, the steps then take 60 s on the fake clock; 3
+    steps timed are enough to lengthen a run. Returns the hook that moves the clock."""
+    monkeypatch.setattr(budget, "LENGTHEN_TIMED_STEPS", 3)
+    clock = FakeClock()
+    monkeypatch.setattr(budget, "now", clock)
+    monkeypatch.setattr(budget, "calibrate",
+                        lambda *args: budget.Calibration(100.0, 0.0, 20))
+    hook = StepsTake(clock, 60.0, stop_at=stop_at)
+    monkeypatch.setattr(hooks_lib, "get_train_hooks", lambda *args, **kwargs: [hook])
+    return hook
+
+
 def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
         tmp_path, monkeypatch):
     """Timed at 100 s a step, 550 s fit 5 steps; the steps then take 60 s. Past halfway
@@ -322,13 +335,7 @@ def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
     enough here), 310 s are left: 5 more steps, 9 in all, the cosine's rest stretched over
     them. Killed after step 6, the run resumes with the stretched schedule and ends at 9."""
     data = tiny_dataset(tmp_path / "data")
-    monkeypatch.setattr(budget, "LENGTHEN_TIMED_STEPS", 3)
-    clock = FakeClock()
-    monkeypatch.setattr(budget, "now", clock)
-    monkeypatch.setattr(budget, "calibrate",
-                        lambda *args: budget.Calibration(100.0, 0.0, 20))
-    hook = StepsTake(clock, 60.0, stop_at=6)
-    monkeypatch.setattr(hooks_lib, "get_train_hooks", lambda *args, **kwargs: [hook])
+    hook = _timed_at_100_seconds_stepping_at_60(monkeypatch, stop_at=6)
     model_dir = tmp_path / "model"
     config = _config(data, model_dir, train_budget_seconds=550.0, lr_schedule="cosine",
                      checkpoint_every_steps=1)
@@ -361,13 +368,7 @@ def test_a_slim_schedule_is_not_stretched_when_the_run_is_lengthened(tmp_path, m
     """Slim's decays count epochs, not the run: lengthened as above (5 -> 9 steps), its
     learning rates stay the schedule's own, step for step."""
     data = tiny_dataset(tmp_path / "data")
-    monkeypatch.setattr(budget, "LENGTHEN_TIMED_STEPS", 3)
-    clock = FakeClock()
-    monkeypatch.setattr(budget, "now", clock)
-    monkeypatch.setattr(budget, "calibrate",
-                        lambda *args: budget.Calibration(100.0, 0.0, 20))
-    monkeypatch.setattr(hooks_lib, "get_train_hooks",
-                        lambda *args, **kwargs: [StepsTake(clock, 60.0)])
+    _timed_at_100_seconds_stepping_at_60(monkeypatch)
     model_dir = tmp_path / "model"
     network = slim_train.SlimNetwork(slim_train.SlimConfig(
         model_name="mobilenet_v3_small", learning_rate=0.1, num_epochs_per_decay=1.0,
