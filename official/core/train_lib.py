@@ -173,7 +173,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     else:
         train_input_spec = input_spec
     steps_per_epoch = model_helpers.steps_per_epoch(data.train_examples, config.batch_size)
-    total_steps = config.train_epochs * steps_per_epoch
+    max_steps = total_steps = config.train_epochs * steps_per_epoch
     # Seeded before the budget's timed copy: the run may continue from it.
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -186,7 +186,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             # Built as the real run is (pretrained weights too), over the longest schedule.
             copy["schedule"], copy["state"], copy["average"], train_fn = _training(
                 config, strategy, network, spec, data.num_classes, steps_per_epoch,
-                total_steps, resuming=False)
+                max_steps, resuming=False)
             copy["iterator"] = iter(strategy.experimental_distribute_dataset(
                 train_input.train_dataset(train_input_spec, data, num_workers=workers)))
             return train_fn, copy["iterator"]
@@ -269,8 +269,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
 
     # --- loop ---
     step = int(state.step.numpy())
-    stopped_by = ("train_budget_seconds" if total_steps < config.train_epochs * steps_per_epoch
-                  else "train_epochs")
+    stopped_by = None  # set where the loop stops early; else train_epochs or the budget's
     eval_metrics, examples_per_second, budget_used = None, None, None
     throughput = []
     deadline = budget.Deadline.for_run(
@@ -329,8 +328,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                     total_steps = last_step = longer
                     cycle_end = min((cycle_start // steps_per_cycle + 1) * steps_per_cycle,
                                     last_step)
-                    if total_steps == config.train_epochs * steps_per_epoch:
-                        stopped_by = "train_epochs"
         if deadline and deadline.reached:
             logging.warning("train_budget_seconds=%g: stopping at step %d of the %d planned, "
                             "at the budget (the steps ran slower than the speed they were "
@@ -366,6 +363,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             stopped_by = "max_train_steps"
     if deadline and deadline.reached:
         stopped_by = "budget_deadline"
+    stopped_by = stopped_by or ("train_budget_seconds" if total_steps < max_steps
+                                else "train_epochs")
 
     if eval_metrics is None:  # resumed a finished run: report its final accuracy again
         with averaged(weight_average):
