@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import pytest
 import tensorflow as tf
 
@@ -284,6 +285,11 @@ def test_a_stretched_schedule_follows_the_plan_then_ends_at_the_new_last_step(na
     else:  # the plan's decays at 60 and 80 (30% and 60% of 100) move to 80 and 120
         assert float(stretched(79)) == float(planned(0.0 + 59)) > float(stretched(80))
         assert float(stretched(119)) > float(stretched(120)) == float(planned(80))
+    # Serialized as Keras serializes an optimizer's schedule, it reads back the same rates.
+    schedules = keras.optimizers.schedules
+    read_back = schedules.deserialize(json.loads(json.dumps(schedules.serialize(stretched))))
+    assert isinstance(read_back, budget.Stretchable)
+    assert rates(read_back, range(0, 170, 3)) == rates(stretched, range(0, 170, 3))
 
 
 def test_deadline_lengthens_once_at_the_latest_loops_speed(monkeypatch):

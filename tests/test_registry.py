@@ -270,7 +270,7 @@ def test_a_slim_spec_carries_no_resnet_fields():
 
 def test_config_json_records_the_spec_under_model_and_at_the_top():
     spec = registry.ModelSpec(architecture="densenet_121", num_classes=2, image_size=32)
-    resolved = train_lib.resolved_config(config_lib.TrainConfig(model_dir="m"), ("A", "B"),
+    resolved = config_lib.resolved_config(config_lib.TrainConfig(model_dir="m"), ("A", "B"),
                                          spec, {"slim": {"model_name": "densenet_121"}})
     assert resolved["model"] == spec.to_dict()
     assert "resnet_size" not in resolved and "version" not in resolved

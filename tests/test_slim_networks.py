@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from dataset import preprocess
 from networks.slim import nets, scopes, slim_train
-from official.core import export, steps, train_lib
-from official.core.config import TrainConfig, write_config
+from official.core import export, steps
+from official.core.config import TrainConfig, resolved_config, write_config
 
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
 FAST = "mobilenet_v3_small"  # the quickest network to build and step
@@ -96,8 +96,8 @@ def test_every_network_steps_checkpoints_and_serves(tmp_path, model_name):
     assert moved[kernels[0]] and moved[kernels[-1]]  # the first convolution and the logits
     assert sum(moved) > len(moved) / 2, f"{sum(moved)} of {len(moved)} variables moved"
 
-    write_config(str(tmp_path), train_lib.resolved_config(config, ("Chest", "Hand"), spec,
-                                                          network.config_entries()))
+    write_config(str(tmp_path), resolved_config(config, ("Chest", "Hand"), spec,
+                                                network.config_entries()))
     tf.train.CheckpointManager(state.checkpoint, str(tmp_path), max_to_keep=1).save(1)
     rebuilt, resolved = export.load_model_from_dir(str(tmp_path))
     assert rebuilt.name == model_name

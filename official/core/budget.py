@@ -205,6 +205,13 @@ def _saved_steps(saved: dict, steps_per_epoch: int) -> int:
     return int(steps) if steps else int(saved["train_epochs"]) * steps_per_epoch
 
 
+def same_rates(schedule, other, num_steps: int) -> bool:
+    """Whether two learning-rate schedules give steps 0 .. num_steps-1 the same rates."""
+    return all(math.isclose(float(schedule(tf.constant(step, tf.int64))),
+                            float(other(tf.constant(step, tf.int64))),
+                            rel_tol=1e-6, abs_tol=1e-12) for step in range(num_steps))
+
+
 def chief_value(strategy: tf.distribute.Strategy, value: int) -> int:
     """Multi-worker: the chief's `value` on every worker (each worker timed its own steps,
     and only the chief need see model_dir); all train the chief's choice."""
@@ -231,6 +238,7 @@ def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
                         result.estimated_seconds)
 
 
+@keras.saving.register_keras_serializable(package="budget")
 class Stretchable(keras.optimizers.schedules.LearningRateSchedule):
     """`schedule`, laid over the planned run (its `total_steps`), whose rest can be stretched
     over a longer run once the run has started: from step `at` on, the new run's steps map
@@ -255,9 +263,16 @@ class Stretchable(keras.optimizers.schedules.LearningRateSchedule):
                                       + (step - self.stretched_at) * self.ratio))
 
     def get_config(self):
-        return {"schedule": self.schedule.get_config(),
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
                 "stretched_at": float(self.stretched_at.numpy()),
                 "ratio": float(self.ratio.numpy())}
+
+    @classmethod
+    def from_config(cls, config):
+        stretchable = cls(keras.saving.deserialize_keras_object(config["schedule"]))
+        stretchable.stretched_at.assign(config["stretched_at"])
+        stretchable.ratio.assign(config["ratio"])
+        return stretchable
 
 
 class Deadline:

@@ -13,6 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the model code (Keras) is not imported to read a config
+    from networks.registry import ModelSpec
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's index of a model_dir
@@ -210,6 +214,33 @@ def read_config(model_dir: str) -> dict:
         raise FileNotFoundError(f"{path}: not found (is {model_dir} a training --model_dir?)")
     with open(path) as f:
         return json.load(f)
+
+
+# What a model_dir must keep to resume, in the order a mismatch is reported.
+FROZEN_SPEC_FIELDS = ("resnet_size", "version", "num_classes", "channels", "image_size",
+                      "small_input", "architecture")
+
+
+def resolved_config(config: TrainConfig, class_names: tuple[str, ...], spec: ModelSpec,
+                    network_entries: dict) -> dict:
+    """Everything config.json records: the flags, the class names, the network's ModelSpec
+    under "model" and (for readers of older runs) its fields at the top level."""
+    model = spec.to_dict()
+    return {**dataclasses.asdict(config), "hooks": list(config.hooks),
+            "class_names": list(class_names), **model, "model": model, **network_entries}
+
+
+def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
+                    class_names: tuple[str, ...], ema_decay: float = 0.0) -> dict[str, tuple]:
+    """{key: (saved, this run's)} for what a resumed run must not change (check_resume_config);
+    `saved_spec` is the ModelSpec `saved` (a config.json) records."""
+    pairs = {key: (getattr(saved_spec, key), getattr(spec, key)) for key in FROZEN_SPEC_FIELDS}
+    # Class names after the class count, as a mismatch was always reported.
+    ordered = list(pairs.items())
+    ordered.insert(3, ("class_names", (saved.get("class_names"), list(class_names))))
+    # The checkpoints hold the weight average only when the run made one (--ema_decay).
+    ordered.append(("ema_decay", (saved.get("ema_decay"), ema_decay)))
+    return dict(ordered)
 
 
 def check_resume_config(model_dir: str, frozen: dict[str, tuple] | None) -> None:

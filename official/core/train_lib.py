@@ -52,56 +52,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from tensorflow.core.framework import summary_pb2
 
 from dataset import test_time
 from networks import registry
 from official.core import export as export_lib
 from official.core import budget, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
-                                  read_config_if_any, write_config)
+                                  frozen_settings, read_config_if_any, resolved_config,
+                                  write_config)
 from official.modeling import ema
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
 from official.utils.misc import distribution_utils, model_helpers
-
-
-def _scalar(name: str, value: float, step: int) -> None:
-    """A TensorBoard scalar without the tensorboard package (not a TF 2.21 dependency):
-    tf.summary.write with the metadata TensorBoard's scalar plugin reads."""
-    tf.summary.write(name, tf.constant(value, tf.float32), step=step,
-                     metadata=_SCALAR_METADATA)
-
-
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
-
-
-# What a model_dir must keep to resume, in the order a mismatch is reported.
-FROZEN_SPEC_FIELDS = ("resnet_size", "version", "num_classes", "channels", "image_size",
-                      "small_input", "architecture")
-
-
-def resolved_config(config: TrainConfig, class_names: tuple[str, ...],
-                    spec: registry.ModelSpec, network_entries: dict) -> dict:
-    """Everything config.json records: the flags, the class names, the network's ModelSpec
-    under "model" and (for readers of older runs) its fields at the top level."""
-    model = spec.to_dict()
-    return {**dataclasses.asdict(config), "hooks": list(config.hooks),
-            "class_names": list(class_names), **model, "model": model, **network_entries}
-
-
-def frozen_settings(saved: dict, spec: registry.ModelSpec, class_names: tuple[str, ...],
-                    ema_decay: float = 0.0) -> dict[str, tuple]:
-    """{key: (saved, this run's)} for what a resumed run must not change."""
-    saved_spec = registry.spec_from_config(saved)
-    pairs = {key: (getattr(saved_spec, key), getattr(spec, key)) for key in FROZEN_SPEC_FIELDS}
-    # Class names after the class count, as a mismatch was always reported.
-    ordered = list(pairs.items())
-    ordered.insert(3, ("class_names", (saved.get("class_names"), list(class_names))))
-    # The checkpoints hold the weight average only when the run made one (--ema_decay).
-    ordered.append(("ema_decay", (saved.get("ema_decay"), ema_decay)))
-    return dict(ordered)
 
 
 def averaged(weight_average: ema.WeightAverage | None):
@@ -162,8 +124,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     resolved = resolved_config(config, data.class_names, spec, network.config_entries())
     saved = read_config_if_any(config.model_dir)
     check_resume_config(config.model_dir, None if saved is None
-                        else frozen_settings(saved, spec, data.class_names,
-                                             config.ema_decay))
+                        else frozen_settings(saved, registry.spec_from_config(saved), spec,
+                                             data.class_names, config.ema_decay))
     if workers > 1 and config.seed is None:
         # Splitting the input by data needs the same shuffle on every worker: a variable's
         # initial value is the chief's on every worker, so this is the chief's random seed.
@@ -196,11 +158,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             # same learning rates (inside the warm-up) and the run goes on past them.
             if steps_taken >= min(train_steps, config.max_train_steps or train_steps):
                 return False
-            planned = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
-                                                                          train_steps))
-            return all(math.isclose(float(planned(tf.constant(s, tf.int64))),
-                                    float(copy["schedule"](tf.constant(s, tf.int64))),
-                                    rel_tol=1e-6, abs_tol=1e-12) for s in range(steps_taken))
+            return budget.same_rates(network.learning_rate_schedule(
+                config.schedule_spec(steps_per_epoch, train_steps)), copy["schedule"], steps_taken)
 
         total_steps, budget_entry = budget.budgeted(config, saved, strategy, timed_copy,
                                                     steps_per_epoch=steps_per_epoch,
@@ -307,7 +266,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             with train_writer.as_default():
                 for name, value in metrics.items():
                     if value is not None and name != "examples":
-                        _scalar(name, value, step)
+                        tf.summary.scalar(name, value, step)
             for hook in hooks:
                 hook.after_step(step, metrics)
             every = config.checkpoint_every_steps
@@ -349,8 +308,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                      config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
                      eval_metrics["examples"])
         with eval_writer.as_default():
-            _scalar("accuracy", eval_metrics["accuracy"], step)
-            _scalar("loss", eval_metrics["loss"], step)
+            tf.summary.scalar("accuracy", eval_metrics["accuracy"], step)
+            tf.summary.scalar("loss", eval_metrics["loss"], step)
         if benchmark_logger:
             benchmark_logger.log_metric("accuracy", eval_metrics["accuracy"], global_step=step)
             benchmark_logger.log_metric("loss", eval_metrics["loss"], global_step=step)
