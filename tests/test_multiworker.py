@@ -63,11 +63,15 @@ def _finish(process: subprocess.Popen, timeout: float = WORKER_TIMEOUT) -> tuple
 
 
 def _cluster(tmp_path: Path, model_dir: Path, data: Path, *extra: str, tag: str = "",
-             env: dict | None = None):
+             env: dict | None = None, other_model_dir: Path | None = None):
+    """Two workers; `other_model_dir`: worker 1's --model_dir when it is not the chief's
+    (model_dir on a filesystem the workers do not share)."""
     hosts = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    model_dirs = (model_dir, other_model_dir or model_dir)
     return [_start(tmp_path, f"worker{index}{tag}", f"--data_dir={data}",
-                   f"--model_dir={model_dir}", *FLAGS, *extra, f"--worker_hosts={hosts}",
-                   f"--task_index={index}", env=env) for index in range(2)]
+                   f"--model_dir={model_dirs[index]}", *FLAGS, *extra,
+                   f"--worker_hosts={hosts}", f"--task_index={index}", env=env)
+            for index in range(2)]
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -132,19 +136,40 @@ def test_two_workers_match_one_process(tmp_path):
     print(f"two workers + one process, 19 steps: {time.monotonic() - started:.0f} s")
 
 
+def _lengthened_at(model_dir: Path) -> int | None:
+    """config.json's step at which the budget lengthened the run, once the chief wrote it."""
+    try:
+        return json.loads((model_dir / "config.json").read_text())["budget"].get(
+            "lengthened_at_step")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_path):
+    """A worker dies after the budget lengthened the run; the chief stops with a one-line
+    error. The cluster restarts with the other worker's --model_dir elsewhere (not shared):
+    it takes the chief's state and the chief's stretched schedule (its own folder has no
+    config.json), so both workers take the same step."""
     data = tiny_dataset(tmp_path / "data")
     model_dir = tmp_path / "cluster"
+    # The timing reports 100 s a step: 1,500 s plan ~14 steps, and the real (millisecond)
+    # steps lengthen the run to the cap, 2,000 steps, halfway through the plan.
+    budget = ("--train_budget_seconds=1500", "--train_epochs=1000")
+    timed = {"CALIBRATED_STEP_SECONDS": "100", "LENGTHEN_TIMED_STEPS": "3"}
     # A 10-s heartbeat instead of the default 30: the chief notices the death sooner (the
     # test waited ~30 s for it otherwise); still far above a heartbeat's interval under load.
-    chief, other = _cluster(tmp_path, model_dir, data, "--train_epochs=1000",
-                            "--heartbeat_timeout_seconds=10")
+    chief, other = _cluster(tmp_path, model_dir, data, *budget,
+                            "--heartbeat_timeout_seconds=10", env=timed)
     try:
         deadline = time.monotonic() + WORKER_TIMEOUT
-        while not (model_dir / "ckpt-1.index").exists():  # both are in the training loop
+        lengthened_at = None
+        while not (lengthened_at and tf.train.latest_checkpoint(str(model_dir))
+                   and int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
+                   > lengthened_at + 2):  # both are in the lengthened part of the run
             assert chief.poll() is None and other.poll() is None, chief.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "the cluster never reached step 1"
-            time.sleep(0.5)
+            assert time.monotonic() < deadline, "the cluster never lengthened its run"
+            time.sleep(0.2)
+            lengthened_at = _lengthened_at(model_dir)
         other.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         try:
@@ -165,17 +190,25 @@ def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_pa
     assert waited < 60, waited
     print(f"the chief exited {waited:.1f} s after its peer was killed")
 
-    # The whole cluster restarts: the chief restores its last checkpoint and hands the state
-    # to the other worker (whose own folder never held one); one more step, then both stop.
+    # The whole cluster restarts: the chief restores its last checkpoint and hands the state,
+    # the run's length and its stretch to the other worker (whose own folder is empty); one
+    # more step, then both stop.
     last = int(tf.train.latest_checkpoint(str(model_dir)).rsplit("-", 1)[1])
-    workers = _cluster(tmp_path, model_dir, data, "--train_epochs=1000",
-                       f"--max_train_steps={last + 1}", tag="_restarted")
+    entry = json.loads((model_dir / "config.json").read_text())["budget"]
+    assert entry["planned_steps"] < entry["train_steps"] == 2000, entry
+    assert entry["lengthened_at_step"] < last < 2000, (entry, last)
+    elsewhere = tmp_path / "worker1_own_folder"
+    workers = _cluster(tmp_path, model_dir, data, *budget, f"--max_train_steps={last + 1}",
+                       tag="_restarted", env=timed, other_model_dir=elsewhere)
     for stdout, _ in (_finish(process) for process in workers):
         assert f"step {last + 1} (resumed from {last}, stopped by max_train_steps)" in stdout
+    # A learning rate of its own (a 2,000-step plan instead of the chief's stretched one)
+    # would make this worker's update differ.
     for a, b in zip(_weights(tmp_path / "worker0_restarted.npz"),
                     _weights(tmp_path / "worker1_restarted.npz")):
         np.testing.assert_array_equal(a, b)
     assert (model_dir / f"ckpt-{last + 1}.index").is_file()
+    assert not elsewhere.exists() or not any(elsewhere.iterdir())  # only the chief writes
     assert _leftovers(tmp_path / "tmp_worker1_restarted") == []
 
 
