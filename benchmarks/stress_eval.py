@@ -59,9 +59,11 @@ flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.", f
 flags.DEFINE_string("split", "validation", "Split to evaluate.", flag_values=FLAGS)
 flags.DEFINE_enum("preset", None, PRESET_NAMES, "Table of shifts (see above).",
                   flag_values=FLAGS)
-flags.DEFINE_integer("tta", 1, "Test-time views (1: off).", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 256, "Images per inference batch.", flag_values=FLAGS)
-flags.DEFINE_integer("limit", 0, "evaluate the first N images only", flag_values=FLAGS)
+flags.DEFINE_integer("tta", 1, "Test-time views (1: off).", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 256, "Images per inference batch.", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("limit", 0, "evaluate the first N images only (0: all)", lower_bound=0,
+                     flag_values=FLAGS)
 flags.mark_flags_as_required(["model", "data_dir", "preset"], flag_values=FLAGS)
 parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 

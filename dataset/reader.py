@@ -8,6 +8,7 @@ trainer never hard-codes them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -61,6 +62,33 @@ def read_manifest(data_dir: str) -> dict:
             raise ValueError(f"{data_dir}: shard {name} has {os.path.getsize(shard)} bytes, "
                              f"the manifest says {num_bytes} (incomplete or altered)")
     return manifest
+
+
+def describe_data_loss(data_dir: str, error: Exception) -> str:
+    """One line for a record TensorFlow could not read (tf.errors.DataLossError names no file):
+    the shards whose SHA-256 differs from the manifest's, found only now, on failure, because
+    hashing every shard at each start would cost a read of the whole dataset."""
+    manifest = read_manifest(data_dir)
+    altered = []
+    for info in manifest["splits"].values():
+        for entry in info["files"]:
+            if entry.get("sha256") and _sha256(
+                    os.path.join(data_dir, entry["path"])) != entry["sha256"]:
+                altered.append(entry["path"])
+    reason = getattr(error, "message", str(error)).splitlines()[0]
+    if altered:
+        return (f"{data_dir}: corrupt record in {', '.join(altered)} ({reason}; its SHA-256 "
+                f"differs from {MANIFEST}'s): rerun tf_convert_data.py")
+    return (f"{data_dir}: a record could not be read ({reason}), although every shard matches "
+            f"{MANIFEST}'s SHA-256")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def split_info(data_dir: str, split: str) -> SplitInfo:

@@ -311,7 +311,8 @@ def test_predict_cli_ensemble_with_views(trained, other_model, mixed_folder, tmp
 
 @pytest.mark.parametrize("script", ["dicom_eval.py", "dicom_predict.py"])
 def test_help_explains_views_and_ensembles(script):
-    result = _run(script, "--help")  # absl's --help exits with status 1
+    result = _run(script, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
     text = " ".join(result.stdout.split())
     from dataset import test_time
 

@@ -61,7 +61,7 @@ def define_flags() -> None:
                         "--output_name of an unsplit conversion).")
     flags.DEFINE_string("output_dir", None, "Where the report goes (default: next to the model; "
                         "required for an ensemble).")
-    flags.DEFINE_integer("batch_size", 64, "Images per inference batch.")
+    flags.DEFINE_integer("batch_size", 64, "Images per inference batch.", lower_bound=1)
     flags.mark_flags_as_required(["model", "data_dir"])
 
 

@@ -26,9 +26,12 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
     if tf.io.gfile.exists(checkpoint_path + ".index"):  # a ckpt-N prefix
         model_path, checkpoint = os.path.dirname(checkpoint_path), checkpoint_path
     predictor = Predictor(model_path, checkpoint)
-    trained = registry.spec_from_config(predictor.config).architecture
-    if model_name and trained in nets.NETWORKS and nets.resolve_name(model_name) != trained:
-        raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds a {trained}")
+    spec = registry.spec_from_config(predictor.config)
+    trained = spec.architecture
+    if model_name and (nets.resolve_name(model_name) != trained if trained in nets.NETWORKS
+                       else model_name != spec.name):  # a networks/resnet run: "resnet50_v2"
+        raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds a "
+                         f"{trained if trained in nets.NETWORKS else spec.name}")
     labels, probabilities, filenames = evaluation.evaluate_split(
         predictor, dataset_dir, split, batch_size=batch_size)
     output_dir = eval_dir or evaluation.default_output_dir(model_path, predictor.source, split)

@@ -23,7 +23,7 @@ from networks import registry
 from networks.slim import nets, scopes
 from official.core import steps
 from official.core.config import (DTYPE_POLICIES, OptimizerSpec, ScheduleSpec,
-                                  read_config_if_any)
+                                  config_to_resume)
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 DECAY_TYPES = ("fixed", "exponential", "polynomial")
@@ -68,7 +68,7 @@ class SlimConfig:
 def check_resume(model_dir: str, slim: SlimConfig) -> None:
     """A train_dir resumes only with the network, trainable scopes and optimizer it started
     with (the training loop checks the data and image settings)."""
-    saved = read_config_if_any(model_dir)
+    saved = config_to_resume(model_dir)
     if saved is None:
         return
     previous = saved.get("slim")

@@ -212,8 +212,14 @@ def read_config(model_dir: str) -> dict:
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found (is {model_dir} a training --model_dir?)")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a readable {CONFIG_FILE} ({error})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not a training {CONFIG_FILE} (a JSON object)")
+    return saved
 
 
 # What a model_dir must keep to resume, in the order a mismatch is reported.
@@ -250,25 +256,27 @@ def check_resume_config(model_dir: str, frozen: dict[str, tuple] | None) -> None
       frozen: {key: (saved value, this run's value)} for the settings that define the network
         and its input; None for a model_dir without config.json (a new run).
     """
+    # The folder, not the flag, is named: the Slim trainer calls it --train_dir.
     if frozen is None:
         if has_checkpoint(model_dir):
-            raise ValueError(f"--model_dir={model_dir} has checkpoints but no {CONFIG_FILE}; "
-                             "use an empty --model_dir")
+            raise ValueError(f"{model_dir} has checkpoints but no {CONFIG_FILE}; train into "
+                             "an empty folder")
         return
     for key, (before, now) in frozen.items():
         if before is not None and _jsonable(before) != _jsonable(now):
-            raise ValueError(f"--model_dir={model_dir} was trained with {key}={before!r}, "
-                             f"this run has {key}={now!r}; use the same settings or a "
-                             "new --model_dir")
+            raise ValueError(f"{model_dir} was trained with {key}={before!r}, this run has "
+                             f"{key}={now!r}; use the same settings or a new folder")
 
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
-def read_config_if_any(model_dir: str) -> dict | None:
-    """config.json of `model_dir`, or None when it has none (a new run)."""
-    if not os.path.isfile(os.path.join(model_dir, CONFIG_FILE)):
+def config_to_resume(model_dir: str) -> dict | None:
+    """config.json of the run `model_dir` holds, or None for a new run. A config.json without
+    a checkpoint is a run that failed before its first save: nothing was trained under its
+    settings, so they bind nothing and the next run starts afresh (and rewrites it)."""
+    if not (has_checkpoint(model_dir) and os.path.isfile(os.path.join(model_dir, CONFIG_FILE))):
         return None
     return read_config(model_dir)
 

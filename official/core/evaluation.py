@@ -59,11 +59,14 @@ def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
     # hundreds of carriage-return updates on one line).
     with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {split}",
               disable=None) as progress:
-        for batch in records:
-            probabilities.append(predictor(batch[features.KEY_ENCODED]))
-            labels.append(batch[features.KEY_LABEL].numpy())
-            filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
-            progress.update(len(labels[-1]))
+        try:
+            for batch in records:
+                probabilities.append(predictor(batch[features.KEY_ENCODED]))
+                labels.append(batch[features.KEY_LABEL].numpy())
+                filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
+                progress.update(len(labels[-1]))
+        except tf.errors.DataLossError as error:
+            raise ValueError(reader.describe_data_loss(data_dir, error)) from None
     return np.concatenate(labels), np.concatenate(probabilities), filenames
 
 

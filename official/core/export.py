@@ -63,13 +63,35 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
         raise FileNotFoundError(f"{model_dir}: no checkpoint found")
     if not tf.io.gfile.exists(checkpoint + ".index"):
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    _check_checkpoint_is_of(checkpoint, model_dir, config)
     model = build_inference_model(config)
     # Only the model is needed: the optimizer slots and step in the file are left unread.
-    status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
-    status.assert_existing_objects_matched()
+    try:
+        status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{checkpoint}: does not fit the network in {model_dir}'s "
+                         f"{CONFIG_FILE} ({first})") from None
     if config.get("ema_decay"):
         ema.restore_average(model, checkpoint)  # what the run evaluated and exported
     return model, config
+
+
+def _check_checkpoint_is_of(checkpoint: str, model_dir: str, config: dict) -> None:
+    """A checkpoint from another training folder is served under model_dir's class names: it
+    must come from a run of the same network and classes, or its outputs get the wrong names."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if folder == os.path.abspath(model_dir) or not os.path.isfile(
+            os.path.join(folder, CONFIG_FILE)):
+        return
+    other = read_config(folder)
+    for what, mine, theirs in (
+            ("class names", config.get("class_names"), other.get("class_names")),
+            ("network", registry.spec_from_config(config), registry.spec_from_config(other))):
+        if mine != theirs:
+            raise ValueError(f"{checkpoint}: trained in {folder} with other {what} ({theirs}) "
+                             f"than {model_dir} ({mine}); use {folder} itself as the model")
 
 
 def decode_and_resize(image_bytes: tf.Tensor, *, image_size: int, channels: int) -> tf.Tensor:

@@ -53,12 +53,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dataset import test_time
+from dataset import reader, test_time
 from networks import registry
 from official.core import export as export_lib
 from official.core import budget, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
-                                  frozen_settings, read_config_if_any, resolved_config,
+                                  config_to_resume, frozen_settings, resolved_config,
                                   write_config)
 from official.modeling import ema
 from official.utils.logs import hooks as hooks_lib
@@ -91,7 +91,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
     model_dir and sends the state to the others, so model_dir need not be a shared filesystem.
 
     Raises:
-      ValueError: bad configuration or data, or a model_dir trained with other settings.
+      ValueError: bad configuration or data (a corrupt record: the shard is named), or a
+        model_dir trained with other settings.
       FloatingPointError: the loss became NaN or Inf (the message names the step).
       ConnectionError: multi-worker: another worker died, became unreachable or got stuck.
     """
@@ -100,6 +101,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
     write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="trainer_worker_")
     try:
         return _train(config, strategy, chief, workers, write_dir, network)
+    except tf.errors.DataLossError as error:
+        raise ValueError(reader.describe_data_loss(config.data_dir, error)) from None
     except distribution_utils.CLUSTER_ERRORS as error:
         if workers <= 1:
             raise
@@ -114,6 +117,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
            write_dir: str, network) -> TrainResult:
     # --- config ---
     started = budget.now()  # --train_budget_seconds counts from here
+    for path in (config.model_dir, config.export_dir):  # before hours of training, not after
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path}: is a file; the trainer writes a folder there")
     input_spec = train_input.InputSpec.from_config(config)
     data = train_input.resolve_data(input_spec)
     num_replicas = strategy.num_replicas_in_sync
@@ -122,7 +128,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     spec = network.model_spec(data.num_classes, image_size=config.image_size,
                               channels=config.channels)
     resolved = resolved_config(config, data.class_names, spec, network.config_entries())
-    saved = read_config_if_any(config.model_dir)
+    saved = config_to_resume(config.model_dir)
     check_resume_config(config.model_dir, None if saved is None
                         else frozen_settings(saved, registry.spec_from_config(saved), spec,
                                              data.class_names, config.ema_decay))

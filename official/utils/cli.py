@@ -29,15 +29,18 @@ optional dependency, benchmark peers timed in their own processes).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, NoReturn
 
-from absl import flags
+from absl import app, flags
 
-# What a run raises for bad input (ValueError, FileNotFoundError), a diverged loss
-# (FloatingPointError) or a failed cluster (ConnectionError); anything else is a bug and
+# What a run raises for bad input (ValueError, FileNotFoundError; an output path that is a
+# file, a file where a folder must be, no permission: the OSError names the path), a diverged
+# loss (FloatingPointError) or a failed cluster (ConnectionError); anything else is a bug and
 # keeps its traceback.
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, ConnectionError)
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                   IsADirectoryError, PermissionError, FloatingPointError, ConnectionError)
 
 
 def program_flags() -> flags.FlagValues:
@@ -63,6 +66,8 @@ def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
     usage = " ".join(["usage:", program, "[flags]", *arguments])
 
     def parse(argv: list[str]) -> list[str]:
+        if flag_values is None:
+            _answer_help_and_exit(argv)
         values = flags.FLAGS if flag_values is None else flag_values
         if flag_values is not None:
             values.unparse_flags()
@@ -87,6 +92,26 @@ def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
         return remaining
 
     return parse
+
+
+# absl's own help flags print the help, then exit 1 (as if --help had failed), and know no -h.
+_HELP = {"-h": True, "--help": True, "-?": True, "--helpshort": True, "--helpfull": False}
+
+
+def _answer_help_and_exit(argv: list[str]) -> None:
+    """Global-FLAGS programs: -h/--help (and absl's --helpshort/--helpfull) print the help on
+    stdout and exit 0, wherever they stand before a `--`."""
+    for argument in argv[1:]:
+        if argument == "--":
+            return
+        if argument in _HELP:
+            try:
+                app.usage(shorthelp=_HELP[argument], writeto_stdout=True)
+                if _HELP[argument]:
+                    print("\nTry --helpfull to get a list of all flags.", flush=True)
+            except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
 
 
 def exit_with_error(program: str, error: Exception | str, status: int = 1) -> NoReturn:

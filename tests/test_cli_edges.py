@@ -1,0 +1,107 @@
+"""Edges a user hits before or after the real work: --help, output paths, checkpoints from
+elsewhere, corrupt records. Each is one clear line, and none costs a training run first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from networks import registry
+from networks.resnet import train_steps
+from networks.slim import slim_eval
+from official.core import evaluation, export, train_lib
+from official.core.config import TrainConfig, resolved_config, write_config
+from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
+
+
+@pytest.mark.parametrize("program", ["networks/resnet/dicom_main.py",
+                                     "networks/resnet/dicom_export.py"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_is_an_answer_not_an_error(program, flag):
+    # absl's own --help exits 1 and knows no -h.
+    result = subprocess.run([sys.executable, program, flag], cwd=REPO_ROOT, env=trainer_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--model_dir" in result.stdout and "Try --helpfull" in result.stdout
+    assert "error" not in result.stderr
+
+
+def _model_dir(folder, class_names, resnet_size=18):
+    """A training folder as the trainer leaves it: config.json and one checkpoint (random
+    weights: only names and shapes matter here)."""
+    spec = registry.ModelSpec(architecture="resnet", num_classes=len(class_names),
+                              image_size=32, resnet_size=resnet_size, version=2,
+                              small_input=False, data_format="channels_last")
+    write_config(str(folder), resolved_config(TrainConfig(model_dir=str(folder)),
+                                              tuple(class_names), spec, {}))
+    tf.train.Checkpoint(model=registry.build_model(spec)).save(str(folder / "ckpt"))  # ckpt-1
+    return folder
+
+
+def test_a_checkpoint_from_another_run_must_be_of_the_same_network_and_classes(tmp_path):
+    mine = _model_dir(tmp_path / "mine", ("Chest", "Hand"))
+    model, _ = export.load_model_from_dir(str(mine), str(mine / "ckpt-1"))
+    assert model.output_shape == (None, 2)
+    knee = _model_dir(tmp_path / "knee", ("Chest", "Knee"))
+    with pytest.raises(ValueError, match=r"ckpt-1: trained in .*knee with other class names "
+                                         r"\(\['Chest', 'Knee'\]\)") as error:
+        export.load_model_from_dir(str(mine), str(knee / "ckpt-1"))
+    assert "\n" not in str(error.value)
+    bigger = _model_dir(tmp_path / "bigger", ("Chest", "Hand"), resnet_size=34)
+    with pytest.raises(ValueError, match="with other network"):
+        export.load_model_from_dir(str(mine), str(bigger / "ckpt-1"))
+    # Without a config.json beside it, the checkpoint itself must fit: one line, not a dump.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in bigger.glob("ckpt-1*"):
+        shutil.copy(path, bare)
+    with pytest.raises(ValueError, match=r"ckpt-1: does not fit the network in .*mine") as error:
+        export.load_model_from_dir(str(mine), str(bare / "ckpt-1"))
+    assert "\n" not in str(error.value)
+
+
+def test_slim_eval_checks_model_name_against_a_resnet_run(tmp_path):
+    mine = _model_dir(tmp_path / "mine", ("Chest", "Hand"))
+    with pytest.raises(ValueError, match=r"--model_name=inception_v4: .* holds a resnet18_v2"):
+        slim_eval.evaluate(str(mine), str(tmp_path / "no_data"), "test", batch_size=2,
+                           model_name="inception_v4")
+
+
+def test_output_folders_that_are_files_stop_the_trainer_before_it_trains(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    for where in ("model_dir", "export_dir"):
+        paths = {"model_dir": str(tmp_path / "model"), where: str(a_file)}
+        config = TrainConfig(data_dir=str(data), image_size=32, batch_size=8, hooks=(), **paths)
+        with pytest.raises(ValueError, match=f"{a_file}: is a file"):
+            train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
+    assert not (tmp_path / "model").exists()
+
+
+class _Uniform:
+    """A stand-in predictor: the reading of the records is what is under test."""
+    class_names = ["Chest", "Hand"]
+
+    def __call__(self, encoded):
+        return np.full((len(encoded), 2), 0.5, np.float32)
+
+
+def test_evaluation_names_the_shard_with_a_corrupt_record(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    manifest = json.loads((data / "manifest.json").read_text())
+    shard = manifest["splits"]["validation"]["files"][0]["path"]
+    labels, _, _ = evaluation.evaluate_split(_Uniform(), str(data), "validation", batch_size=4)
+    assert len(labels) == manifest["splits"]["validation"]["num_examples"]
+    with open(data / shard, "r+b") as handle:  # same size, other bytes
+        handle.seek(40)
+        handle.write(b"\xff" * 8)
+    with pytest.raises(ValueError, match=f"corrupt record in {shard} .*rerun tf_convert_data"):
+        evaluation.evaluate_split(_Uniform(), str(data), "validation", batch_size=4)
