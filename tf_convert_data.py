@@ -8,7 +8,8 @@ Inputs: DIR/images/<stem>.<ext> + DIR/labels/<stem>.txt, or DIR/<Class>/<file>
 (MedNIST), or DIR/{train,val,test}/<Class>/<file> with --need_split=predefined.
 Output in OUT: <split>-NNNNN-of-MMMMM.tfrecord shards, labels.txt and
 manifest.json (written last). Exit status 1 with one line per problem when the
-input cannot be converted; nothing is written then.
+input cannot be converted; nothing is written then (an earlier output stays as it
+was). Exit status 2 for a bad flag or a stray argument.
 
 On Apache Beam (pip install -r requirements-beam.txt), e.g. a Flink cluster:
   python tf_convert_data.py --dataset_dir=DIR --output_dir=OUT --need_split=tvt_split \\
@@ -24,8 +25,10 @@ import sys
 from absl import app, flags
 
 from dataset.convert import ConversionError, ConvertConfig, convert_dataset, format_summary
+from official.utils import cli
 
 FLAGS = flags.FLAGS
+PROGRAM = "tf_convert_data.py"
 flags.DEFINE_string("dataset_name", "dicom", "Name of the dataset, recorded in the manifest.")
 flags.DEFINE_string("dataset_dir", None, "Folder with the input images (see --layout).")
 flags.DEFINE_string("output_name", "data",
@@ -81,7 +84,8 @@ flags.mark_flags_as_required(["dataset_dir", "output_dir"])
 
 
 def main(argv) -> int:
-    del argv
+    if len(argv) > 1:  # e.g. '--need_split tvt_split 0.3': a value the user meant for a flag
+        cli.exit_with_error(PROGRAM, f"unexpected argument(s): {' '.join(argv[1:])}", status=2)
     from dataset.dicom_options import DicomOptions
 
     try:
@@ -109,9 +113,15 @@ def main(argv) -> int:
         else:
             manifest = convert_dataset(config)
     except ConversionError as error:
-        print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
-        print(f"error: {len(error.problems)} problem(s); nothing was written "
-              "(--on_error=skip converts the rest)", file=sys.stderr)
+        # The hint only where a rerun with --on_error=skip would convert the rest: not after
+        # one, nor for a dataset-wide problem, nor when skipping would leave too few files.
+        outcome = "nothing was written" + (" (--on_error=skip converts the rest)"
+                                           if error.skippable else "")
+        if len(error.problems) == 1:
+            print(f"error: {error.problems[0]}; {outcome}", file=sys.stderr)
+        else:
+            print("\n".join(f"error: {line}" for line in error.problems), file=sys.stderr)
+            print(f"error: {len(error.problems)} problem(s); {outcome}", file=sys.stderr)
         return 1
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -123,4 +133,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -90,12 +90,12 @@ def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) ->
             with convert.staging_area(config.output_dir) as staging:
                 errors = _run(beam_args, staging, plan.tasks, dicom, 0)[2]
             problems += _ordered_problems(plan.tasks, errors)
-    skipped = convert.fail_or_skip(config, problems)  # raises when failing
+    skipped = convert.fail_or_skip(config, plan, problems)  # raises when failing
     tasks = convert.write_order(plan.tasks, skipped)
     with convert.staging_area(config.output_dir) as staging:
         staged_rows, count_rows, errors = _run(beam_args, staging, tasks, dicom,
                                                int(config.shard_size_mb * 2**20))
-        skipped = skipped + convert.fail_or_skip(config, _ordered_problems(tasks, errors))
+        skipped = convert.fail_or_skip(config, plan, _ordered_problems(tasks, errors), skipped)
         split_order = list(dict.fromkeys(task.split for task in tasks))
         staged = {split: _final_names(split, [r for r in staged_rows if r["split"] == split])
                   for split in split_order}

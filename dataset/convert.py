@@ -7,7 +7,8 @@ Passes:
    ``on_error="fail"`` any problem raises ConversionError before anything is
    written; with ``"skip"`` the problem files are left out and listed in the
    manifest. Dataset-wide problems (sizes that don't fit, a class too small,
-   an unwritable output folder) always fail.
+   an unwritable output folder) always fail, and so does skipping that leaves
+   no file, or a class too small (checked again after the encode pass).
 2. Encode: worker processes run ``dataset.tasks.encode_file`` on every file
    task: read and validate the image (``dataset.images``), serialise and frame it
    (no TensorFlow anywhere in the converter); the main process appends the
@@ -78,6 +79,13 @@ class ConvertConfig:
         if not self.output_name or "/" in self.output_name:
             raise ValueError(f"--output_name must be a plain file-name prefix; "
                              f"got {self.output_name!r}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            # The manifest records these as UTF-8 text, and is written after the earlier
+            # output is removed: a name it cannot hold must fail here.
+            if isinstance(value, str) and not sources.is_utf8(value):
+                raise ValueError(f"--{field.name}={sources.escape_non_utf8(value)} is not valid "
+                                 "UTF-8 (manifest.json records it as UTF-8 text)")
 
     def manifest_flags(self) -> dict:
         flags = dataclasses.asdict(self)
@@ -88,11 +96,13 @@ class ConvertConfig:
 
 
 class ConversionError(Exception):
-    """The input cannot be converted; ``problems`` holds one line per problem."""
+    """The input cannot be converted; ``problems`` holds one line per problem;
+    ``skippable``: rerunning with on_error="skip" would convert the rest."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], skippable: bool = False):
         super().__init__(f"{len(problems)} problem(s):\n" + "\n".join(problems))
         self.problems = problems
+        self.skippable = skippable
 
 
 # --- validation pass ----------------------------------------------------------
@@ -117,7 +127,8 @@ def _output_problems(config: ConvertConfig, layout: str) -> list[sources.Problem
 def _plan(config, discovery, headers, problems):
     """Labels, groups and splits for every usable file; appends problems found.
 
-    Returns (class names, class variants, [FileTask] in discovery order, agreement).
+    Returns (class names, class variants, [FileTask] in discovery order, agreement,
+    relative path -> group).
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
@@ -148,13 +159,13 @@ def _plan(config, discovery, headers, problems):
     except ValueError as error:
         problems.append(sources.Problem("--need_split", str(error), fatal=True))
         fractions = {}
-    tasks, groups_by_class = [], collections.defaultdict(set)
+    tasks, files_by_class = [], collections.defaultdict(dict)
     for item, label, patient in labelled:
         stem = os.path.splitext(os.path.basename(item.relpath))[0]
         csv_group = groups_csv.get(item.relpath) or groups_csv.get(stem)
         group = (f"csv:{csv_group}" if csv_group
                  else f"patient:{patient}" if patient else f"stem:{stem}")
-        groups_by_class[label].add(group)
+        files_by_class[label][item.relpath] = group
         if config.need_split == "predefined":
             split = item.split
         elif config.need_split == "None":
@@ -165,9 +176,11 @@ def _plan(config, discovery, headers, problems):
                               split, splits.order_key(config.seed, item.relpath)))
     if fractions:
         problems.extend(sources.Problem("--need_split", message, fatal=True) for message in
-                        splits.small_classes(groups_by_class, len(fractions) + 1))
+                        splits.small_classes(files_by_class, len(fractions) + 1))
     agreement = {label: dict(sorted(row.items())) for label, row in sorted(agreement.items())}
-    return names, variants, tasks, agreement
+    groups = {relpath: group for files in files_by_class.values()
+              for relpath, group in files.items()}
+    return names, variants, tasks, agreement, groups
 
 
 @dataclass
@@ -198,6 +211,7 @@ class Plan:
     tasks: list[FileTask]  # every usable file, in discovery order
     agreement: dict  # label -> {tag class: count}
     problems: list[sources.Problem]  # found so far, in the order they are reported
+    groups: dict[str, str]  # relative path -> group (the files of a group share a split)
 
     def failing(self, on_error: str) -> bool:
         """True when the problems found already make the conversion fail."""
@@ -225,20 +239,50 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool) -> Plan:
                          "folders: use --need_split=predefined")
     problems = list(discovery.problems) + _output_problems(config, discovery.layout)
     headers = _read_headers(workers, discovery, problems)
-    names, variants, tasks, agreement = _plan(config, discovery, headers, problems)
-    return Plan(names, variants, tasks, agreement, problems)
+    names, variants, tasks, agreement, groups = _plan(config, discovery, headers, problems)
+    return Plan(names, variants, tasks, agreement, problems, groups)
 
 
-def fail_or_skip(config: ConvertConfig, problems: list[sources.Problem]) -> list[dict]:
-    """The manifest's ``skipped`` entries for ``problems``.
+def fail_or_skip(config: ConvertConfig, plan: Plan, problems: list[sources.Problem],
+                 skipped: list[dict] | tuple = ()) -> list[dict]:
+    """The manifest's ``skipped`` entries: ``skipped`` (found earlier), then one per problem.
 
     Raises:
-      ConversionError: a fatal problem, or any problem with on_error="fail".
+      ConversionError: a fatal problem, any problem with on_error="fail", or skipped
+        files that leave too few to convert (``too_few_left``).
     """
     fatal = [p for p in problems if p.fatal]
+    skipped = [*skipped, *({"path": p.path, "reason": p.reason} for p in problems)]
+    left_problems = too_few_left(config, plan, skipped)
     if fatal or (problems and config.on_error == "fail"):
-        raise ConversionError([p.line() for p in problems])
-    return [{"path": p.path, "reason": p.reason} for p in problems]
+        raise ConversionError([p.line() for p in problems], skippable=not fatal
+                              and config.on_error == "fail" and not left_problems)
+    if left_problems:
+        raise ConversionError(left_problems)
+    return skipped
+
+
+def too_few_left(config: ConvertConfig, plan: Plan, skipped: list[dict]) -> list[str]:
+    """Problem lines for skipped files that leave no file to convert, or a class in
+    fewer groups than splits. The validation pass fails such input when nothing is
+    skipped, and committing it would replace an earlier output with an empty or
+    unusable one."""
+    if not skipped:
+        return []
+    skipped_paths = {s["path"] for s in skipped}
+    left = [task for task in plan.tasks if task.relpath not in skipped_paths]
+    if not left:
+        first = skipped[0]
+        return [f"{config.dataset_dir}: all {len(skipped)} input file(s) failed, none left "
+                f"to convert (first: {first['path']}: {first['reason']})"]
+    if config.need_split not in ("tt_split", "tvt_split"):
+        return []
+    files_by_class = {task.text: {} for task in plan.tasks}  # the classes _plan checked
+    for task in left:
+        files_by_class[task.text][task.relpath] = plan.groups[task.relpath]
+    num_splits = 3 if config.need_split == "tvt_split" else 2
+    return [f"--need_split: after skipping, {message}"
+            for message in splits.small_classes(files_by_class, num_splits)]
 
 
 def write_order(tasks: list[FileTask], skipped: list[dict]) -> list[FileTask]:
@@ -301,7 +345,7 @@ def convert_dataset(config: ConvertConfig) -> dict:
             problems += [sources.Problem(task.relpath, error) for task, (_, error)
                          in zip(plan.tasks, workers.imap(encode_task, plan.tasks, chunksize=8))
                          if error]
-        skipped = fail_or_skip(config, problems)
+        skipped = fail_or_skip(config, plan, problems)
         return _encode_and_commit(config, workers, plan, write_order(plan.tasks, skipped),
                                   skipped)
     finally:
@@ -334,7 +378,7 @@ def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
                 counts[task.split][task.text] += len(sizes)
             writers[chunk[0].split].write_framed(blob, [n for sizes, _ in items for n in sizes])
         progress.close()
-        skipped = skipped + fail_or_skip(config, problems)
+        skipped = fail_or_skip(config, plan, problems, skipped)
         staged = {split: writers[split].close() for split in split_order}
         manifest = build_manifest(config, plan, staged, counts, skipped)
         commit(config, staging, plan, staged, manifest)

@@ -3,7 +3,7 @@
 Three layouts (``--layout``; ``auto`` picks one from what is on disk):
 
 * ``images_labels`` (the original): ``DIR/images/<stem>.<ext>`` with
-  ``DIR/labels/<stem>.txt``; the label is the first non-empty line, stripped.
+  ``DIR/labels/<stem>.txt``; the label is its one non-empty line, stripped.
   Chosen by ``auto`` when ``DIR/images`` exists.
 * ``predefined``: ``DIR/{train,val|validation,test}/<Class>/<file>``, a dataset
   that arrives split (e.g. by patient); the split is kept as given. Chosen by
@@ -93,7 +93,7 @@ def file_kind(path: str) -> str | None:
 
 
 def read_label_file(path: str) -> tuple[str | None, str | None]:
-    """``(label, None)`` or ``(None, reason)`` for an empty or non-UTF-8 file."""
+    """``(label, None)`` or ``(None, reason)`` for an empty, non-UTF-8 or multi-line file."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
@@ -103,10 +103,12 @@ def read_label_file(path: str) -> tuple[str | None, str | None]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None, "label file is not UTF-8"
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip(), None
-    return None, "empty label file"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        # Two class names (a multi-label note, or two files pasted together): taking the
+        # first would silently label the image with what may be the wrong one.
+        return None, f"label file has {len(lines)} non-empty lines, expected one class name"
+    return (lines[0], None) if lines else (None, "empty label file")
 
 
 def detect_layout(dataset_dir: str) -> str:
@@ -143,10 +145,50 @@ def discover(dataset_dir: str, layout: str = "auto", *, need_labels: bool = True
         _discover_class_folders(dataset_dir, dataset_dir, None, discovery)
     else:
         _discover_predefined(dataset_dir, discovery)
+    _refuse_non_utf8_names(discovery)
     if not discovery.files and not discovery.problems:
         discovery.problems.append(Problem("--dataset_dir", f"no images found in {dataset_dir} "
                                           f"(layout {layout})", fatal=True))
     return discovery
+
+
+def _refuse_non_utf8_names(discovery: Discovery) -> None:
+    """Makes a file whose name is not UTF-8 a problem (skip-able), and escapes such names
+    (``x\\xe9.jpg``) in every problem line.
+
+    Python gives such a name surrogate characters, which UTF-8 text cannot hold. The name
+    is stored in every record (image/filename) and in the manifest as UTF-8 text, where it
+    must name the file on disk; an escaped or lossy spelling would not, so the file is
+    refused (renaming it fixes that) rather than stored under a name that is not its own.
+    """
+    kept = []
+    for item in discovery.files:
+        if is_utf8(item.relpath):
+            kept.append(item)
+        else:
+            discovery.problems.append(Problem(item.relpath, "file name is not valid UTF-8 "
+                                              "(image/filename stores it as UTF-8 text)"))
+    discovery.files = kept
+    discovery.problems = [
+        p if is_utf8(p.path + p.reason)
+        else Problem(escape_non_utf8(p.path), escape_non_utf8(p.reason), p.fatal)
+        for p in discovery.problems]
+
+
+def is_utf8(text: str) -> bool:
+    """True unless ``text`` holds the surrogates Python gives a name that is not UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escape_non_utf8(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name as ``\\xNN`` (bytes' repr)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _rel(path: str, dataset_dir: str) -> str:

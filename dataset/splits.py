@@ -97,8 +97,19 @@ def assign_split(seed: int, group: str, fractions: dict[str, float]) -> str:
     return "train"
 
 
-def small_classes(groups_by_class: dict[str, set], num_splits: int) -> list[str]:
-    """One message per class with fewer groups than splits (cannot appear in each)."""
-    return [f"class {name!r} has {len(groups)} group(s), fewer than the {num_splits} splits "
-            "requested" for name, groups in sorted(groups_by_class.items())
-            if len(groups) < num_splits]
+def small_classes(files_by_class: dict[str, dict[str, str]], num_splits: int) -> list[str]:
+    """One message per class with fewer groups than splits (cannot appear in each),
+    naming its first files.
+
+    Args:
+      files_by_class: class name -> {relative path: group}.
+    """
+    messages = []
+    for name, groups in sorted(files_by_class.items()):
+        count = len(set(groups.values()))
+        if count < num_splits:
+            files = sorted(groups)
+            listed = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if files[3:] else "")
+            messages.append(f"class {name!r} has {count} group(s), fewer than the {num_splits} "
+                            "splits requested" + (f" ({listed})" if files else ""))
+    return messages

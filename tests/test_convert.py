@@ -61,7 +61,7 @@ def test_round_trip_keeps_bytes_pixels_label_and_text(tmp_path, make_images_labe
     root = make_images_labels_dataset({"Chest": 3, "Hand": 2}, size=20, suffix=".png")
     rgb = np.random.default_rng(1).integers(0, 255, (12, 18, 3), dtype=np.uint8)
     write_image(root / "images" / "colour.jpg", rgb)
-    (root / "labels" / "colour.txt").write_text("\n  hand  \nignored\n")
+    (root / "labels" / "colour.txt").write_text("\n  hand  \n\n")
     manifest = convert(root, tmp_path / "out", output_name="all")
     assert manifest["classes"] == ["Chest", "Hand"]
     assert (tmp_path / "out" / "labels.txt").read_text() == "0:Chest\n1:Hand\n"
