@@ -15,8 +15,10 @@ errors over all scored images, the commonest confusions, and the count that rate
 a hold-out of --holdout_size images, with a 95% interval.
 
 Each fold lives in WORK_DIR/fold_K/ (symlinked images, records, model, export, eval); a
-finished step is not redone, so an interrupted run continues where it stopped. Slow by design:
-one full training per fold.
+finished step is not redone, so an interrupted run continues where it stopped. WORK_DIR/
+kfold_settings.json records what the folds are made with (archive, --folds, --seed,
+--train_flags); a rerun with other settings is refused rather than reporting the old folds.
+Slow by design: one full training per fold.
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def list_archive(dataset_dir: str) -> list[tuple[str, str]]:
     """
     if not os.path.isdir(dataset_dir):
         raise ValueError(f"{dataset_dir}: not a folder")
+    layout = sources.detect_layout(dataset_dir)
+    if layout != "class_folders":
+        # Read as class folders, images/+labels/ fails on labels/*.txt as "not a JPEG", and a
+        # train/val/test split silently becomes three classes named after the splits.
+        shown = "images/ + labels/" if layout == "images_labels" else "train/val/test split"
+        raise ValueError(f"{dataset_dir}: the {shown} layout; kfold_eval needs class folders "
+                         "(DIR/<Class>/<image>)")
     folders = sorted(entry.name for entry in os.scandir(dataset_dir)
                      if entry.is_dir() and not entry.name.startswith("."))
     if len(folders) < 2:
@@ -84,6 +93,51 @@ def list_archive(dataset_dir: str) -> list[tuple[str, str]]:
         if name not in classes:
             raise ValueError(f"{os.path.join(dataset_dir, name)}: class folder without files")
     return items
+
+
+SETTINGS_FILE = "kfold_settings.json"
+
+
+def fold_settings(dataset_dir: str, items: list[tuple[str, str]], folds: int, seed: str,
+                  train_flags: list[str]) -> dict:
+    """What decides a fold's result, as recorded in WORK_DIR/kfold_settings.json."""
+    listing = "\n".join(f"{label}/{relpath}" for label, relpath in sorted(items))
+    return {"dataset_dir": os.path.realpath(dataset_dir), "folds": folds, "seed": seed,
+            "train_flags": train_flags,
+            # Files added, removed or moved between classes change every fold's split.
+            "archive": f"{len(items)} files, sha256 "
+                       f"{hashlib.sha256(listing.encode()).hexdigest()[:16]}"}
+
+
+def claim_work_dir(work_dir: str, settings: dict) -> None:
+    """Records `settings` in a new WORK_DIR, or checks they are the ones its folds were made
+    with: finished steps are reused, so folds of other settings would be reported as new.
+
+    Raises:
+      ValueError: settings that differ from the recorded ones, or folds without a record
+        (made before kfold_eval.py kept one).
+    """
+    path = os.path.join(work_dir, SETTINGS_FILE)
+    if os.path.isfile(path):
+        try:
+            with open(path) as file:
+                recorded = json.load(file)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: unreadable ({error}); use a new --work_dir") from None
+        differing = [f"{key}: {recorded.get(key)!r} recorded, {value!r} now"
+                     for key, value in settings.items() if recorded.get(key) != value]
+        if differing:
+            raise ValueError(f"{work_dir}: its folds were made with other settings ("
+                             + "; ".join(differing) + "); use a new --work_dir")
+        return
+    if os.path.isdir(work_dir) and any(name.startswith("fold_") for name in
+                                       os.listdir(work_dir)):
+        raise ValueError(f"{work_dir}: has folds but no {SETTINGS_FILE} to tell what they were "
+                         "made with; use a new --work_dir")
+    os.makedirs(work_dir, exist_ok=True)
+    with open(path + ".partial", "w") as file:
+        json.dump(settings, file, indent=1)
+    os.replace(path + ".partial", path)
 
 
 def fold_of(relpath: str, folds: int, seed: str) -> int:
@@ -188,8 +242,15 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"--only_folds={','.join(FLAGS.only_folds)}: not fold numbers")
         if any(not 0 <= k < folds for k in wanted):
             raise ValueError(f"--only_folds: folds are 0 to {folds - 1}")
+        work, data = os.path.realpath(FLAGS.work_dir), os.path.realpath(FLAGS.dataset_dir)
+        if os.path.commonpath([work, data]) == data:
+            # The archive's next listing would take the folds' records and reports for images.
+            raise ValueError(f"--work_dir={FLAGS.work_dir} is inside --dataset_dir="
+                             f"{FLAGS.dataset_dir}; choose a folder outside the archive")
         items = list_archive(FLAGS.dataset_dir)
         train_flags = shlex.split(FLAGS.train_flags)
+        claim_work_dir(FLAGS.work_dir,
+                       fold_settings(FLAGS.dataset_dir, items, folds, FLAGS.seed, train_flags))
         for fold in wanted:
             run_fold(FLAGS.dataset_dir, items, fold, folds, FLAGS.seed, FLAGS.work_dir,
                      train_flags)

@@ -6,17 +6,23 @@ Usage:
 The URL may be http(s):// or file:// (or a plain local path). The archive is
 downloaded next to the output under a temporary name, checked, and only then
 extracted; extraction goes to a temporary folder renamed into place, so an
-interrupted run leaves nothing that looks finished.
+interrupted run leaves nothing that looks finished. The archive stays as
+OUTPUT_DIR.tar.gz with its URL in OUTPUT_DIR.tar.gz.url; a rerun reuses it only
+when its md5 matches --md5, or with --md5=none when it came from the same URL.
+An archive that cannot be extracted (truncated, damaged, not a tar.gz, or
+without --top_folder) is deleted, so the next run downloads again.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
 import tarfile
 import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 
 from absl import app, flags
@@ -37,12 +43,22 @@ flags.DEFINE_string("url", None, "archive URL (http(s)://, file://) or local pat
 flags.DEFINE_string("md5", MEDNIST_MD5, "expected md5 of the archive; 'none' skips the check "
                     "(default: the public MedNIST.tar.gz's md5)", flag_values=FLAGS)
 flags.DEFINE_string("output_dir", None, "folder to extract into", flag_values=FLAGS)
+flags.DEFINE_string("top_folder", None, "folder the archive must hold at its top (e.g. "
+                    "MedNIST); an archive without it is refused", flag_values=FLAGS)
 flags.mark_flag_as_required("output_dir", flag_values=FLAGS)
 parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 
 class DownloadError(RuntimeError):
     """A download or check failed; the message names the URL or file."""
+
+
+class BadArchiveError(DownloadError):
+    """The archive itself is unusable: damaged, not a tar.gz, unsafe, or another layout."""
+
+    def __init__(self, archive: Path, problem: str):
+        super().__init__(f"{archive}: {problem}")
+        self.problem = problem
 
 
 def _as_url(source: str) -> str:
@@ -84,32 +100,76 @@ def fetch(source: str, destination: Path, *, md5: str | None) -> Path:
     return destination
 
 
-def extract(archive: Path, output_dir: Path) -> Path:
-    """Extracts a .tar.gz into ``output_dir`` atomically; refuses unsafe member paths."""
+def extract(archive: Path, output_dir: Path, *, top_folder: str | None = None) -> Path:
+    """Extracts a .tar.gz into ``output_dir`` atomically; refuses unsafe member paths.
+
+    Raises:
+      BadArchiveError: the archive is damaged, not a tar.gz, has unsafe members, or holds no
+        ``top_folder`` at its top.
+      DownloadError: ``output_dir`` exists, or extraction failed for another reason (disk full).
+    """
     if output_dir.exists():
         raise DownloadError(f"{output_dir}: already exists; remove it or choose another folder")
     staging = output_dir.with_name(output_dir.name + ".extracting")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            # The "data" filter rejects absolute paths, '..' and device files.
-            tar.extractall(staging, filter="data")
-    except (tarfile.TarError, OSError) as error:
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                # The "data" filter rejects absolute paths, '..' and device files.
+                tar.extractall(staging, filter="data")
+        # A truncated gzip stream raises EOFError and a damaged one zlib.error or
+        # BadGzipFile, none of them a TarError.
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__  # one line
+            raise BadArchiveError(archive, f"cannot extract ({reason}); the archive is damaged, "
+                                  "truncated or not a tar.gz") from error
+        except OSError as error:
+            raise DownloadError(f"{archive}: cannot extract ({error})") from error
+        if top_folder and not (staging / top_folder).is_dir():
+            found = sorted(path.name for path in staging.iterdir()) if staging.is_dir() else []
+            raise BadArchiveError(archive, f"no {top_folder}/ folder at its top (found "
+                                  f"{', '.join(found[:5]) or 'nothing'}): not the expected "
+                                  "archive")
+    except DownloadError:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DownloadError(f"{archive}: cannot extract ({error})") from error
+        raise
     os.replace(staging, output_dir)
     return output_dir
+
+
+def _is_reusable(archive: Path, source_file: Path, url: str, md5: str | None) -> bool:
+    if not archive.exists():
+        return False
+    if md5:
+        return md5_of(archive) == md5.lower()
+    # Without an md5 only the recorded URL tells what the cached archive is.
+    return source_file.is_file() and source_file.read_text().strip() == url
 
 
 def main(argv: list[str]) -> None:
     del argv  # no positional arguments (parse_flags checked)
     output_dir = Path(FLAGS.output_dir)
     archive = output_dir.with_name(output_dir.name + ".tar.gz")
+    source_file = archive.with_name(archive.name + ".url")
     md5 = None if FLAGS.md5.lower() == "none" else FLAGS.md5
+    url = _as_url(FLAGS.url or os.environ.get("MEDNIST_URL", MEDNIST_URL))
     try:
-        if not archive.exists() or (md5 and md5_of(archive) != md5):
-            fetch(FLAGS.url or os.environ.get("MEDNIST_URL", MEDNIST_URL), archive, md5=md5)
-        extract(archive, output_dir)
+        source = url
+        if _is_reusable(archive, source_file, url, md5):
+            source = str(archive)
+        else:
+            # Removed first: a run stopped before the new record must not vouch for the new file.
+            source_file.unlink(missing_ok=True)
+            fetch(url, archive, md5=md5)
+            source_file.write_text(url + "\n")
+        try:
+            extract(archive, output_dir, top_folder=FLAGS.top_folder)
+        except BadArchiveError as error:
+            # Kept, a bad archive would be reused by every rerun, even one with a good --url.
+            archive.unlink(missing_ok=True)
+            source_file.unlink(missing_ok=True)
+            deleted = "deleted it" if source == str(archive) else f"deleted its copy {archive}"
+            raise DownloadError(f"{source}: {error.problem}; {deleted}") from error
     except DownloadError as error:
         cli.exit_with_error(PROGRAM, error)
     print(f"extracted {archive} into {output_dir}")

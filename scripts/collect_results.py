@@ -10,7 +10,9 @@ Every sub-folder holding a config.json (a trainer --model_dir) is one row. Colum
   train/ TensorBoard events   median examples_per_second
   eval_<split>/metrics.json   accuracy and macro F1 on <split>, when dicom_eval.py wrote one
   sweep.json                  status and wall-clock seconds, written by sweep_resnet.sh
-Runs that failed before writing config.json are rows too when sweep.json exists.
+Runs that failed before writing config.json are rows too when sweep.json exists. A run whose
+config.json, sweep.json or metrics.json cannot be read is a row with status "unreadable:
+<file>: <problem>"; the tables are still written, and the program exits 1 naming the file.
 """
 
 from __future__ import annotations
@@ -77,23 +79,57 @@ def _params_and_step(model_dir: str) -> tuple[int | None, int | None]:
     return sum(math.prod(shape) for shape in trainable), int(checkpoint.rsplit("-", 1)[1])
 
 
+class UnreadableFile(ValueError):
+    """A run's JSON file is damaged or lacks a field; the message names the file."""
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, bad UTF-8
+        raise UnreadableFile(f"{path}: not readable JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise UnreadableFile(f"{path}: not a JSON object")
+    return content
+
+
 def collect_run(run_dir: str) -> dict:
-    row = {"run": os.path.basename(run_dir.rstrip("/"))}
+    """One run's row; a damaged JSON file makes it {"run", "status": "unreadable: ..."}."""
+    # One run's damaged file (a run killed while writing it, a hand edit) marks that row
+    # rather than stopping the table: the other runs of a long sweep are still reported, and
+    # none of the damaged run's figures is shown half-read.
+    name = os.path.basename(run_dir.rstrip("/"))
+    try:
+        return _collect_run(run_dir, name)
+    except UnreadableFile as error:
+        return {"run": name, "status": f"unreadable: {error}"}
+
+
+def _collect_run(run_dir: str, name: str) -> dict:
+    row = {"run": name}
     status_path = os.path.join(run_dir, "sweep.json")
     if os.path.isfile(status_path):
-        with open(status_path) as f:
-            status = json.load(f)
+        status = _read_json(status_path)
         row.update(status=status.get("status"), seconds=status.get("seconds"))
     config_path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(config_path):
         return row
-    with open(config_path) as f:
-        config = json.load(f)
+    config = _read_json(config_path)
     model = config.get("model", config)  # runs before "model" kept its fields at the top
     for key in ("resnet_size", "version", "image_size"):
         row[key] = model.get(key)
     for key in ("batch_size", "dtype"):
         row[key] = config.get(key)
+    # Before the checkpoint and events: a damaged file ends the row before TensorFlow loads.
+    for path in sorted(glob.glob(os.path.join(run_dir, "eval_*", "metrics.json"))):
+        metrics = _read_json(path)
+        row["split"] = os.path.basename(os.path.dirname(path))[len("eval_"):]
+        try:
+            row["split_accuracy"] = round(metrics["accuracy"], 4)
+            row["split_macro_f1"] = round(metrics["macro_avg"]["f1"], 4)
+        except (KeyError, TypeError):
+            raise UnreadableFile(f"{path}: no accuracy and macro_avg.f1 numbers") from None
     row["params"], row["step"] = _params_and_step(run_dir)
     for tag in ("accuracy", "loss"):
         values = _scalars(os.path.join(run_dir, "eval"), tag)
@@ -103,12 +139,6 @@ def collect_run(run_dir: str) -> dict:
                                              "examples_per_second")]
     if speeds:  # the first call includes tracing: left out when there are others
         row["examples_per_second"] = round(statistics.median(speeds[1:] or speeds), 1)
-    for path in sorted(glob.glob(os.path.join(run_dir, "eval_*", "metrics.json"))):
-        with open(path) as f:
-            metrics = json.load(f)
-        row["split"] = os.path.basename(os.path.dirname(path))[len("eval_"):]
-        row["split_accuracy"] = round(metrics["accuracy"], 4)
-        row["split_macro_f1"] = round(metrics["macro_avg"]["f1"], 4)
     return row
 
 
@@ -145,6 +175,11 @@ def main(argv: list[str]) -> None:
     csv_path, md_path = write_tables(rows, FLAGS.output_prefix
                                      or os.path.join(sweep_dir, "results"))
     print(f"{len(rows)} run(s) -> {csv_path}, {md_path}")
+    unreadable = [row["status"] for row in rows
+                  if str(row.get("status")).startswith("unreadable: ")]
+    if unreadable:
+        cli.exit_with_error(PROGRAM, f"{len(unreadable)} run(s) marked unreadable in "
+                            f"{md_path}; first: {unreadable[0][len('unreadable: '):]}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@
 #   TRAIN_FLAGS      extra flags for dicom_main.py, e.g. "--max_train_steps=20" for a smoke run
 #   PREDICT_COUNT    how many test images to run through dicom_predict.py (default 6)
 # Steps that already finished (download, conversion) are not redone on a rerun; training
-# resumes from its last checkpoint.
+# resumes from its last checkpoint. A work_dir whose MedNIST is extracted (WORK_DIR/raw) keeps
+# it whatever --url says: use a new --work_dir for another archive. The archive is kept as
+# WORK_DIR/raw.tar.gz (its URL in raw.tar.gz.url) and reused only if its md5 matches, or with
+# MEDNIST_MD5=none only for the same URL; an archive that is damaged or not MedNIST's layout
+# is deleted, so a rerun with a good --url downloads that.
 set -euo pipefail
 
 # shellcheck source=scripts/_common.sh
@@ -40,10 +44,18 @@ start=$(date +%s)
 mkdir -p "$work_dir"
 if [[ ! -d "$work_dir/raw" ]]; then
   echo "== 1/5 getting MedNIST from $url"
-  python -m dataset.download --url="$url" --md5="$md5" --output_dir="$work_dir/raw"
+  python -m dataset.download --url="$url" --md5="$md5" --output_dir="$work_dir/raw" \
+    --top_folder=MedNIST
+else
+  echo "== 1/5 MedNIST already in $work_dir/raw (from $(cat "$work_dir/raw.tar.gz.url" \
+    2>/dev/null || echo "an earlier run")); not downloaded again"
 fi
 raw="$work_dir/raw/MedNIST"
-[[ -d "$raw" ]] || { echo "quickstart.sh: $raw not found: the archive is not MedNIST's layout" >&2; exit 1; }
+# Only an earlier version of this script left a raw/ of another layout behind.
+[[ -d "$raw" ]] || {
+  echo "quickstart.sh: $raw not found: $work_dir/raw is not MedNIST's layout;" \
+    "delete it and rerun" >&2
+  exit 1; }
 
 if [[ ! -f "$work_dir/data/manifest.json" ]]; then
   echo "== 2/5 converting to TFRecords (train/validation/test)"

@@ -13,8 +13,11 @@
 #   EVAL_SPLIT     split dicom_eval.py reports on after training, skipped when the
 #                  dataset has no such split; "none" to skip [test]
 #   KEEP_GOING     1: a failed run is recorded and the sweep continues [1]
-# Run k is SWEEP_DIR/resnet<size>_v<version>/ (a normal --model_dir, log in train.log).
-# Rerunning resumes unfinished runs; finished ones are only evaluated again.
+# Run k is SWEEP_DIR/resnet<size>_v<version>/ (a normal --model_dir; train.log gets each
+# attempt's log appended under a "== <time> attempt:" line).
+# Rerunning resumes unfinished runs; finished ones are only evaluated again. A rerun that
+# fails without touching a finished run's checkpoints (e.g. refused for other settings, such
+# as another IMAGE_SIZE) leaves its row to that run, with status "ok (rerun failed)".
 # Example: SIZES="18 50" VERSIONS=2 scripts/sweep_resnet.sh /data/converted runs/sweep
 set -euo pipefail
 
@@ -55,19 +58,33 @@ for size in $sizes; do
     mkdir -p "$run"
     echo "== resnet${size}_v${version} -> $run" >&2
     start=$(date +%s)
+    earlier=$(cat "$run/sweep.json" 2>/dev/null || true)
+    checkpoint_before=$(cat "$run/checkpoint" 2>/dev/null || true)
+    train=(python "$repo/networks/resnet/dicom_main.py" --data_dir="$data_dir" --model_dir="$run"
+      --resnet_size="$size" --version="$version" --image_size="${IMAGE_SIZE:-224}"
+      --batch_size="${BATCH_SIZE:-32}" --train_epochs="$train_epochs"
+      --epochs_between_evals="${EPOCHS_BETWEEN_EVALS:-$train_epochs}"
+      --dtype="${DTYPE:-fp32}" --num_gpus="$num_gpus" "$@")
+    # Appended: a failed rerun must not erase the log of the run whose results are kept.
+    echo "== $(date '+%F %T') attempt: ${train[*]:1}" >> "$run/train.log"
     status=ok
-    if ! python "$repo/networks/resnet/dicom_main.py" --data_dir="$data_dir" --model_dir="$run" \
-        --resnet_size="$size" --version="$version" --image_size="${IMAGE_SIZE:-224}" \
-        --batch_size="${BATCH_SIZE:-32}" --train_epochs="$train_epochs" \
-        --epochs_between_evals="${EPOCHS_BETWEEN_EVALS:-$train_epochs}" \
-        --dtype="${DTYPE:-fp32}" --num_gpus="$num_gpus" "$@" > "$run/train.log" 2>&1; then
+    if ! "${train[@]}" >> "$run/train.log" 2>&1; then
       status=failed
     elif [[ "$eval_split" != "none" ]] && ! python "$repo/networks/resnet/dicom_eval.py" \
         --model="$run" --data_dir="$data_dir" --split="$eval_split" >> "$run/train.log" 2>&1; then
       status=failed
     fi
-    printf '{"status": "%s", "seconds": %d}\n' "$status" "$(( $(date +%s) - start ))" \
-      > "$run/sweep.json"
+    seconds=$(( $(date +%s) - start ))
+    if [[ "$status" == failed && "$earlier" == '{"status": "ok'* \
+          && "$(cat "$run/checkpoint" 2>/dev/null || true)" == "$checkpoint_before" ]]; then
+      # The folder still holds the finished run's model and figures: the row stays theirs
+      # (with their time), not this attempt's failure next to them.
+      earlier_seconds=$(sed -n 's/.*"seconds": \([0-9]*\).*/\1/p' <<< "$earlier")
+      printf '{"status": "ok (rerun failed)", "seconds": %d, "rerun_seconds": %d}\n' \
+        "$earlier_seconds" "$seconds" > "$run/sweep.json"
+    else
+      printf '{"status": "%s", "seconds": %d}\n' "$status" "$seconds" > "$run/sweep.json"
+    fi
     if [[ "$status" == failed ]]; then
       failed=$(( failed + 1 ))
       echo "sweep_resnet.sh: resnet${size}_v${version} failed; last lines of $run/train.log:" >&2

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import shutil
 import tarfile
 
 import pytest
@@ -62,3 +63,63 @@ def test_unsafe_member_is_refused(tmp_path):
         download.extract(tmp_path / "evil.tar.gz", tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out").exists()
 
+
+
+def _download(*flags):
+    download.main(download.parse_flags(["download.py", "--md5=none", *flags]))
+
+
+def _download_error(capsys, *flags) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        _download(*flags)
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("download.py: error: ")
+    return line
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda data: data[:len(data) // 2], "Compressed file ended before the end-of-stream"),
+    (lambda data: b"<html>not found</html>", "the archive is damaged, truncated or not a tar.gz"),
+])
+def test_a_bad_archive_is_deleted_so_a_rerun_with_a_good_url_works(tmp_path, capsys, damage,
+                                                                   problem):
+    _tarball(tmp_path / "good.tar.gz", {"MedNIST/Hand/0.jpeg": b"x" * 50_000})
+    (tmp_path / "bad.tar.gz").write_bytes(damage((tmp_path / "good.tar.gz").read_bytes()))
+    out = tmp_path / "work" / "raw"
+    line = _download_error(capsys, f"--url={tmp_path / 'bad.tar.gz'}", f"--output_dir={out}",
+                           "--top_folder=MedNIST")
+    assert line.startswith(f"download.py: error: {(tmp_path / 'bad.tar.gz').as_uri()}: "
+                           "cannot extract (") and problem in line
+    assert line.endswith(f"; deleted its copy {out}.tar.gz")
+    assert list((tmp_path / "work").iterdir()) == []  # no archive, no partial extraction
+    _download(f"--url={tmp_path / 'good.tar.gz'}", f"--output_dir={out}", "--top_folder=MedNIST")
+    assert (out / "MedNIST" / "Hand" / "0.jpeg").read_bytes() == b"x" * 50_000
+
+
+def test_an_archive_without_the_top_folder_is_refused_and_deleted(tmp_path, capsys):
+    _tarball(tmp_path / "other.tar.gz", {"Other/0.jpeg": b"x", "README": b"y"})
+    out = tmp_path / "work" / "raw"
+    line = _download_error(capsys, f"--url={tmp_path / 'other.tar.gz'}", f"--output_dir={out}",
+                           "--top_folder=MedNIST")
+    assert line == (f"download.py: error: {(tmp_path / 'other.tar.gz').as_uri()}: no MedNIST/ "
+                    "folder at its top (found Other, README): not the expected archive; "
+                    f"deleted its copy {out}.tar.gz")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_without_md5_the_cached_archive_is_reused_only_for_its_own_url(tmp_path):
+    _tarball(tmp_path / "a.tar.gz", {"MedNIST/a.jpeg": b"a"})
+    _tarball(tmp_path / "b.tar.gz", {"MedNIST/b.jpeg": b"b"})
+    out = tmp_path / "work" / "raw"
+    _download(f"--url={tmp_path / 'a.tar.gz'}", f"--output_dir={out}")
+    recorded = (tmp_path / "work" / "raw.tar.gz.url").read_text()
+    assert recorded == (tmp_path / "a.tar.gz").as_uri() + "\n"
+    shutil.rmtree(out)
+    _download(f"--url={tmp_path / 'b.tar.gz'}", f"--output_dir={out}")
+    assert [p.name for p in (out / "MedNIST").iterdir()] == ["b.jpeg"]
+    shutil.rmtree(out)
+    (tmp_path / "b.tar.gz").unlink()  # the same URL again: the cached copy serves
+    _download(f"--url={(tmp_path / 'b.tar.gz').as_uri()}", f"--output_dir={out}")
+    assert [p.name for p in (out / "MedNIST").iterdir()] == ["b.jpeg"]

@@ -1,5 +1,6 @@
-"""benchmarks/kfold_eval.py: folds that cover the archive once, the summary's arithmetic, and
-one fold run end to end on a tiny class-folder archive."""
+"""benchmarks/kfold_eval.py: folds that cover the archive once, the summary's arithmetic, one
+fold run end to end on a tiny class-folder archive, and a work_dir that refuses folds of other
+settings."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +124,79 @@ def test_a_failed_step_is_one_line_naming_the_fold(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(
         "kfold_eval.py: error: fold 0: training failed (exit 2)")
     assert not (tmp_path / "work" / "fold_0" / "export").exists()
+
+
+def _kfold(*flags):
+    kfold_eval.main(kfold_eval.parse_flags(["kfold_eval.py", *flags]))
+
+
+def _kfold_error(capsys, *flags) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        _kfold(*flags)
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("kfold_eval.py: error: ")
+    return line
+
+
+@pytest.fixture
+def fake_folds(monkeypatch):
+    """kfold_eval.run_fold without training: a fold's report is written once and reused, as
+    the real steps are; returns the folds it was asked for."""
+    calls = []
+
+    def run_fold(dataset_dir, items, fold, folds, seed, work_dir, train_flags):
+        calls.append(fold)
+        report = os.path.join(work_dir, f"fold_{fold}", "eval")
+        if not os.path.isdir(report):
+            _report(Path(report), 10, [(items[0][0], "Other")])
+        return report
+
+    monkeypatch.setattr(kfold_eval, "run_fold", run_fold)
+    return calls
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path, capsys, fake_folds):
+    archive, work = _archive(tmp_path / "archive"), tmp_path / "work"
+    base = {"--dataset_dir": str(archive), "--work_dir": str(work), "--folds": "3",
+            "--only_folds": "1", "--seed": "kfold", "--train_flags": "--resnet_size=18"}
+    _kfold(*(f"{k}={v}" for k, v in base.items()))
+    first = capsys.readouterr().out
+    settings = (work / kfold_eval.SETTINGS_FILE).read_text()
+    # Same settings, spelled differently: the finished fold is reused (the point of a rerun).
+    _kfold(*(f"{k}={v}" for k, v in base.items()), "--train_flags= --resnet_size=18 ")
+    assert capsys.readouterr().out == first and fake_folds == [1, 1]
+    other = _archive(tmp_path / "other", classes=("CXR", "Head"))
+    for flag, value, named in (("--train_flags", "--resnet_size=34", "train_flags: "),
+                               ("--seed", "s2", "seed: 'kfold' recorded, 's2' now"),
+                               ("--folds", "4", "folds: 3 recorded, 4 now"),
+                               ("--dataset_dir", str(other), "dataset_dir: ")):
+        line = _kfold_error(capsys, *(f"{k}={v}" for k, v in {**base, flag: value}.items()))
+        assert line.startswith(f"kfold_eval.py: error: {work}: its folds were made with other "
+                               "settings (") and line.endswith("; use a new --work_dir")
+        assert named in line, line
+    (archive / "Hand" / "new.png").write_bytes((archive / "Hand" / "000.png").read_bytes())
+    assert "archive: '24 files" in _kfold_error(capsys, *(f"{k}={v}" for k, v in base.items()))
+    assert fake_folds == [1, 1]  # no refused run touched a fold
+    assert (work / kfold_eval.SETTINGS_FILE).read_text() == settings
+
+
+def test_work_dir_and_layout_problems_are_refused_before_any_fold(tmp_path, capsys,
+                                                                  fake_folds):
+    archive = _archive(tmp_path / "archive")
+    inside = archive / "runs" / "kfold"
+    line = _kfold_error(capsys, f"--dataset_dir={archive}", f"--work_dir={inside}")
+    assert f"--work_dir={inside} is inside --dataset_dir={archive}" in line
+    assert not (archive / "runs").exists()
+    (tmp_path / "old" / "fold_0").mkdir(parents=True)  # folds from before the settings record
+    line = _kfold_error(capsys, f"--dataset_dir={archive}", f"--work_dir={tmp_path / 'old'}")
+    assert f"{tmp_path / 'old'}: has folds but no kfold_settings.json" in line
+    pairs = tmp_path / "pairs"
+    for folder, name in (("images", "a.png"), ("labels", "a.txt")):
+        (pairs / folder).mkdir(parents=True)
+        (pairs / folder / name).write_bytes(b"Chest\n")
+    line = _kfold_error(capsys, f"--dataset_dir={pairs}", f"--work_dir={tmp_path / 'w'}")
+    assert line == (f"kfold_eval.py: error: {pairs}: the images/ + labels/ layout; kfold_eval "
+                    "needs class folders (DIR/<Class>/<image>)")
+    assert fake_folds == [] and not (tmp_path / "w").exists()

@@ -1,12 +1,17 @@
-"""scripts/quickstart.sh end to end on the shared MedNIST tarball through file://."""
+"""scripts/quickstart.sh end to end on the shared MedNIST tarball through file://, and its
+rerun after a bad archive (tiny made-up ones)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import subprocess
+import tarfile
+
+import pytest
 
 from tests.trainer_fixtures import REPO_ROOT, trainer_env
 
@@ -45,3 +50,33 @@ def test_quickstart_wrong_md5_is_a_clear_error(shared_data, tmp_path):
     assert "md5 mismatch" in result.stderr and "MedNIST-dev.tar.gz" in result.stderr
     assert not (tmp_path / "qs" / "raw").exists()
     assert not os.path.exists(tmp_path / "qs" / "data")
+
+
+def _tiny_tarball(path, top):
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{top}/Hand/0.jpeg")
+        info.size = 40_000
+        tar.addfile(info, io.BytesIO(b"x" * info.size))
+    return path
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ("truncated", "cannot extract (Compressed file ended before the end-of-stream marker"),
+    ("other layout", "no MedNIST/ folder at its top (found Other)")])
+def test_a_bad_archive_leaves_nothing_so_a_rerun_with_a_good_url_works(tmp_path, bad, problem):
+    good = _tiny_tarball(tmp_path / "good.tar.gz", "MedNIST")
+    if bad == "truncated":
+        tarball = tmp_path / "bad.tar.gz"
+        tarball.write_bytes(good.read_bytes()[:100])
+    else:
+        tarball = _tiny_tarball(tmp_path / "bad.tar.gz", "Other")
+    result = _run_quickstart(tmp_path, tarball, "none")
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"download.py: error: {tarball.as_uri()}: {problem}")
+    assert line.endswith(f"; deleted its copy {tmp_path / 'qs' / 'raw'}.tar.gz")
+    assert list((tmp_path / "qs").iterdir()) == []  # no raw/, raw.extracting/ or raw.tar.gz
+    # The good archive is fetched and extracted; its one fake image then stops the conversion.
+    again = _run_quickstart(tmp_path, good, "none")
+    assert "== 2/5 converting" in again.stdout and "download.py" not in again.stderr
+    assert (tmp_path / "qs" / "raw" / "MedNIST" / "Hand" / "0.jpeg").is_file()

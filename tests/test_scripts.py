@@ -1,6 +1,7 @@
 """scripts/: ShellCheck, --help and argument counts of every script, TF_CONFIG from a host
 list, the MedNIST recipe's report, the OrganAMNIST recipe's ensemble, and convert -> sweep ->
-export on tiny data (the sweep's two runs end in one results table)."""
+export on tiny data (the sweep's two runs end in one results table), a failed sweep rerun
+(with a stand-in trainer) and collect_results.py on damaged JSON files."""
 
 from __future__ import annotations
 
@@ -252,3 +253,88 @@ def test_convert_sweep_two_runs_then_export_and_evaluate(tmp_path, make_images_l
     report = sweep / "resnet18_v2" / "export" / f"eval-{versions[0].name}-validation"
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["num_examples"] == manifest["splits"]["validation"]["num_examples"] > 0
+
+
+# dicom_main.py's stand-in for the sweep's bookkeeping: a model_dir keeps its first
+# --image_size (another one is refused, touching nothing, as the trainer does); each accepted
+# run adds a line to the checkpoint index, and --crash then fails after that save.
+FAKE_TRAINER = """#!/usr/bin/env bash
+case "${1:-}" in
+  */dicom_main.py) ;;
+  *) exec "%s" "$@" ;;
+esac
+for arg; do
+  case "$arg" in --model_dir=*) dir="${arg#*=}" ;; --image_size=*) size="${arg#*=}" ;; esac
+done
+if [[ -f "$dir/checkpoint" && "$(head -n 1 "$dir/checkpoint")" != "image_size $size" ]]; then
+  echo "dicom_main.py: error: $dir was trained with another image_size"; exit 1
+fi
+[[ -f "$dir/checkpoint" ]] || echo "image_size $size" > "$dir/checkpoint"
+echo "saved" >> "$dir/checkpoint"
+echo "trained at $size"
+[[ " $* " != *" --crash "* ]]
+"""
+
+
+def test_a_failed_rerun_keeps_the_earlier_log_and_does_not_take_over_its_row(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_TRAINER % sys.executable)
+    (bin_dir / "python").chmod(0o755)
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    data.mkdir()
+    (data / "manifest.json").write_text('{"splits": {}}')
+    run = sweep / "resnet18_v2"
+
+    def sweep_once(image_size, *flags):
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SIZES": "18",
+               "VERSIONS": "2", "IMAGE_SIZE": image_size, "EVAL_SPLIT": "none"}
+        result = _bash("sweep_resnet.sh", str(data), str(sweep), *flags, env=env, timeout=60)
+        with open(sweep / "results.csv") as f:
+            (row,) = csv.DictReader(f)
+        return result, row, json.loads((run / "sweep.json").read_text())
+
+    first, row, record = sweep_once("32")
+    assert first.returncode == 0 and row["status"] == "ok", first.stderr
+    refused, row, rerun = sweep_once("64")
+    assert refused.returncode == 1
+    assert "trained with another image_size" in refused.stderr
+    # The folder still holds the first run: its row, its time, and its log above this one's.
+    assert row["status"] == "ok (rerun failed)" and row["seconds"] == str(record["seconds"])
+    assert rerun["seconds"] == record["seconds"] and "rerun_seconds" in rerun
+    log = (run / "train.log").read_text()
+    assert log.count(" attempt: ") == 2 and "trained at 32" in log
+    assert log.index("trained at 32") < log.index("--image_size=64") < log.index("another")
+    # A rerun that saved before failing changed the model: the row is that failure's.
+    crashed, row, _ = sweep_once("32", "--crash")
+    assert crashed.returncode == 1 and row["status"] == "failed"
+    assert (run / "train.log").read_text().count(" attempt: ") == 3
+
+
+def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_path):
+    sweep = tmp_path / "sweep"
+    files = {"ok/sweep.json": '{"status": "failed", "seconds": 3}',
+             "bad_config/config.json": '{"model": {"resnet_size": ',
+             "bad_metrics/config.json": '{"model": {"resnet_size": 18}}',
+             "bad_metrics/eval_test/metrics.json": '{"accuracy": 0.9}',
+             "bad_status/sweep.json": "ok"}
+    for name, text in files.items():
+        (sweep / name).parent.mkdir(parents=True, exist_ok=True)
+        (sweep / name).write_text(text)
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
+                            capture_output=True, text=True, env=trainer_env(), timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"collect_results.py: error: 3 run(s) marked unreadable in {sweep / 'results.md'}; "
+        f"first: {sweep / 'bad_config' / 'config.json'}: not readable JSON (Expecting value: "
+        "line 1 column 27 (char 26))"]
+    with open(sweep / "results.csv") as f:
+        status = {row["run"]: row["status"] for row in csv.DictReader(f)}
+    assert status == {
+        "ok": "failed",
+        "bad_config": f"unreadable: {sweep / 'bad_config' / 'config.json'}: not readable JSON "
+                      "(Expecting value: line 1 column 27 (char 26))",
+        "bad_metrics": f"unreadable: {sweep / 'bad_metrics' / 'eval_test' / 'metrics.json'}: "
+                       "no accuracy and macro_avg.f1 numbers",
+        "bad_status": f"unreadable: {sweep / 'bad_status' / 'sweep.json'}: not readable JSON "
+                      "(Expecting value: line 1 column 1 (char 0))"}
