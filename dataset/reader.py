@@ -41,6 +41,9 @@ def read_manifest(data_dir: str) -> dict:
         has a different size.
     """
     path = os.path.join(data_dir, MANIFEST)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"{data_dir}: no such folder (expected the output folder of "
+                                "tf_convert_data.py)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{data_dir}: no {MANIFEST} (not a converted dataset, or the "
                                 "conversion did not finish; rerun tf_convert_data.py)")

@@ -70,8 +70,11 @@ def test_make_dataset_pixels_match_the_source(tmp_path):
 
 
 def test_refuses_incomplete_output(converted, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
         reader.read_manifest(str(tmp_path / "nowhere"))
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(FileNotFoundError, match="unfinished: no manifest.json"):
+        reader.read_manifest(str(tmp_path / "unfinished"))
     with pytest.raises(ValueError, match="no split 'validation'; available: train, test"):
         reader.split_info(str(converted), "validation")
     shard = sorted(converted.glob("train-*.tfrecord"))[0]

@@ -153,7 +153,7 @@ def test_bad_data_and_batch_errors(tmp_path):
     empty = write_converted_dataset(tmp_path / "empty", {"train": {}, "validation": {"Chest": 2}})
     with pytest.raises(ValueError, match="split 'train' has no records"):
         _train(_config(empty, tmp_path / "m1"), ONE_DEVICE)
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+    with pytest.raises(FileNotFoundError, match="nothing: no such folder"):
         _train(_config(tmp_path / "nothing", tmp_path / "m2"), ONE_DEVICE)
     data = tiny_dataset(tmp_path / "data", train_per_class=2, eval_per_class=1)
     with pytest.raises(ValueError, match="--batch_size=7 is not divisible by the 2 replicas"):
@@ -216,7 +216,7 @@ def test_cli_errors_are_one_line(tmp_path):
                          *FAST_FLAGS)
     assert result.returncode == 1
     lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "no manifest.json" in lines[0], result.stderr
+    assert len(lines) == 1 and "nothing: no such folder" in lines[0], result.stderr
 
 
 def test_sigkill_mid_run_resumes_from_last_checkpoint(tmp_path):

@@ -63,14 +63,15 @@ def define_flags() -> None:
                         "required for an ensemble).")
     flags.DEFINE_integer("batch_size", 64, "Images per inference batch.", lower_bound=1)
     flags.mark_flags_as_required(["model", "data_dir"])
+    flags.register_multi_flags_validator(
+        ["model", "output_dir"], lambda f: len(f["model"] or ()) < 2 or bool(f["output_dir"]),
+        "an ensemble (several --model) needs --output_dir: its report belongs to no single "
+        "model")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if len(FLAGS.model) > 1 and not FLAGS.output_dir:
-        raise app.UsageError("an ensemble (several --model) needs --output_dir: its report "
-                             "belongs to no single model")
     from official.core import evaluation
     from official.core.inference import load_predictor, member_records
     from official.utils.report import write_report

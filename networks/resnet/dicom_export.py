@@ -40,14 +40,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("tta", 1, "Test-time views averaged inside the export (1: off).",
                          lower_bound=1)
     flags.mark_flags_as_required(["model_dir", "export_dir"])
+    flags.register_multi_flags_validator(
+        ["checkpoint", "model_dir"],
+        lambda f: not f["checkpoint"] or len(f["model_dir"] or ()) < 2,
+        "--checkpoint picks one model_dir's checkpoint; it cannot be used with several")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.checkpoint and len(FLAGS.model_dir) > 1:
-        raise app.UsageError("--checkpoint picks one model_dir's checkpoint; it cannot be "
-                             f"used with {len(FLAGS.model_dir)} model_dirs")
     from official.core import export
 
     def run() -> str:
