@@ -84,8 +84,7 @@ flags.mark_flags_as_required(["dataset_dir", "output_dir"])
 
 
 def main(argv) -> int:
-    if len(argv) > 1:  # e.g. '--need_split tvt_split 0.3': a value the user meant for a flag
-        cli.exit_with_error(PROGRAM, f"unexpected argument(s): {' '.join(argv[1:])}", status=2)
+    del argv  # cli.flags_parser refused any
     from dataset.dicom_options import DicomOptions
 
     try:

@@ -32,6 +32,21 @@ def test_help_is_an_answer_not_an_error(program, flag):
     assert "error" not in result.stderr
 
 
+@pytest.mark.parametrize("program, flags", [
+    ("networks/resnet/dicom_main.py", ["--data_dir=d", "--model_dir=m"]),
+    ("networks/resnet/dicom_eval.py", ["--model=m", "--data_dir=d"]),
+    ("networks/slim/eval_image_classifier.py", ["--checkpoint_path=m", "--dataset_dir=d"]),
+])
+def test_a_stray_argument_is_one_line_before_any_work(program, flags):
+    # '--train_epochs 3 5': the 5 was meant for a flag; absl's answer was the whole help, exit 1.
+    result = subprocess.run([sys.executable, program, *flags, "5"], cwd=REPO_ROOT,
+                            env=trainer_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    name = program.rsplit("/", 1)[1]
+    assert result.stderr.strip().splitlines()[-1] == f"{name}: error: unexpected argument(s): 5"
+    assert result.stdout == ""
+
+
 def _model_dir(folder, class_names, resnet_size=18):
     """A training folder as the trainer leaves it: config.json and one checkpoint (random
     weights: only names and shapes matter here)."""

@@ -148,12 +148,12 @@ def test_predict_cli_min_confidence_marks_uncertain(trained, mixed_folder, tmp_p
     out = tmp_path / "p.csv"
     result = _run("dicom_predict.py", f"--model={trained['export']}", f"--output_csv={out}",
                   "--min_confidence=1.0", str(mixed_folder / "chest.png"),
-                  str(mixed_folder / "missing.png"))
+                  str(mixed_folder / "broken.png"))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     assert [row["status"] for row in rows] == ["uncertain", "error"]
     assert rows[0]["predicted_class"] == "uncertain" and rows[0]["top_k"].split(":")[0] in CLASSES
-    assert "missing.png" in rows[1]["error"]
+    assert "broken.png" in rows[1]["error"]
     assert "1 uncertain, 1 errors" in result.stdout
     assert "%|" not in result.stderr  # no progress bar when stderr is not a terminal
 

@@ -70,8 +70,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.flags_parser refused any
     from official.core import evaluation
     from official.core.inference import load_predictor, member_records
     from official.utils.report import write_report

@@ -47,8 +47,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.flags_parser refused any
     from official.core import export
 
     def run() -> str:

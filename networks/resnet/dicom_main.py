@@ -80,8 +80,7 @@ def network_arguments_from_flags() -> dict:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.flags_parser refused any
     import tensorflow as tf
 
     from networks.resnet import train_steps

@@ -15,7 +15,11 @@ The CSV has one row per input file:
 
 With --min_confidence=P, predictions whose probability is below P get status and
 predicted_class "uncertain" (the model's guess stays in top_k). A file that cannot
-be read gets an error row; the run goes on.
+be read gets an error row; the run goes on, and one line on stderr counts the failures.
+Exit status: 0 when at least one file was classified; 1 when every file failed (the CSV
+is still written: its rows say why), when a named file or folder does not exist, or when
+--output_csv (or its .json) would overwrite an input or cannot be written (then nothing is
+written); 2 for a bad flag.
 
 --tta=N averages each model's probabilities over N fixed test-time views (never a mirror);
 --model=a,b,... is an ensemble whose probabilities are averaged (same class names, same
@@ -50,40 +54,59 @@ def define_flags() -> None:
     flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1)
     flags.DEFINE_list("input", [], "Files or folders to classify (positional arguments work too).")
     flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes.")
-    flags.DEFINE_integer("batch_size", 32, "Images per inference batch.")
-    flags.DEFINE_integer("top_k", 3, "How many classes to list per file.")
+    flags.DEFINE_integer("batch_size", 32, "Images per inference batch.", lower_bound=1)
+    flags.DEFINE_integer("top_k", 3, "How many classes to list per file (more than the model "
+                         "has: all of them).", lower_bound=1)
     flags.DEFINE_float("min_confidence", None, "Below this probability a prediction is marked "
                        "'uncertain' (e.g. 0.8). Default: never.")
+    # Checked while parsing, so a bad value is a one-line flag error (exit 2) like the others.
+    flags.register_validator("min_confidence", lambda value: value is None or 0 < value <= 1,
+                             message="must be in (0, 1]")
     flags.DEFINE_bool("dicom_force", False, "Read DICOM files that lack the DICM preamble/meta.")
     flags.mark_flag_as_required("model")
 
 
 def main(argv):
+    inputs = list(FLAGS.input) + list(argv[1:])
+    if not inputs:
+        cli.exit_with_error(PROGRAM, "no files or folders to classify: give them as arguments "
+                            "or --input", status=2)
     from official.core import prediction
     from official.core.inference import load_predictor
 
-    inputs = list(FLAGS.input) + list(argv[1:])
-    if not inputs:
-        raise app.UsageError("give files or folders to classify (--input or positional)")
-    if FLAGS.min_confidence is not None and not 0 < FLAGS.min_confidence <= 1:
-        raise app.UsageError(f"--min_confidence={FLAGS.min_confidence}: must be in (0, 1]")
-    files = prediction.collect_files(inputs)
+    output_csv = FLAGS.output_csv
+    try:
+        files = prediction.collect_files(inputs)
+        prediction.check_output_paths(output_csv, files)
+    except (OSError, ValueError) as error:
+        cli.exit_with_error(PROGRAM, error)
     if not files:
         cli.exit_with_error(PROGRAM, f"no DICOM, JPEG or PNG files under {', '.join(inputs)}")
     try:
         predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
-    counts = prediction.predict_files(
-        predictor, files, FLAGS.output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
-        min_confidence=FLAGS.min_confidence, dicom_options=DicomOptions(force=FLAGS.dicom_force))
-    prediction.write_run_info(prediction.run_info_path(FLAGS.output_csv), predictor, counts,
-                              tta_views=FLAGS.tta)
+    try:  # e.g. a full disk or no permission: predict_files leaves no .tmp file behind
+        counts = prediction.predict_files(
+            predictor, files, output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
+            min_confidence=FLAGS.min_confidence,
+            dicom_options=DicomOptions(force=FLAGS.dicom_force))
+        prediction.write_run_info(prediction.run_info_path(output_csv), predictor, counts,
+                                  tta_views=FLAGS.tta)
+    except OSError as error:
+        cli.exit_with_error(PROGRAM, error)
     print(f"{len(files)} files: {counts['ok']} ok, {counts['uncertain']} uncertain, "
-          f"{counts['error']} errors; predictions in {FLAGS.output_csv}")
+          f"{counts['error']} errors; predictions in {output_csv}", flush=True)
+    failed = counts["error"]
+    if failed == len(files):  # nothing was classified: a script must not carry on
+        cli.exit_with_error(PROGRAM, f"{failed} of {failed} files failed; the reasons are in "
+                            f"{output_csv}")
+    if failed:
+        print(f"{PROGRAM}: warning: {failed} of {len(files)} files failed; their rows in the "
+              f"CSV {output_csv} say why", file=sys.stderr, flush=True)
     return 0
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=cli.flags_parser(PROGRAM))
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM, arguments=("FILE_OR_FOLDER",)))

@@ -40,8 +40,7 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.flags_parser refused any
     from networks.slim import slim_eval
 
     try:

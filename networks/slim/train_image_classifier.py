@@ -171,8 +171,7 @@ def run() -> str:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.flags_parser refused any
     cli.print_summary_or_exit(PROGRAM, run)
 
 

@@ -7,6 +7,7 @@ row per file (CSV_COLUMNS), an error row for a file that cannot be read.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -32,7 +33,15 @@ class Item:
 
 def collect_files(inputs: list[str]) -> list[str]:
     """Named files as given, plus the image and DICOM files under named folders (sorted):
-    those the converter would read (dataset.sources.file_kind)."""
+    those the converter would read (dataset.sources.file_kind).
+
+    Raises:
+      FileNotFoundError: naming every input that does not exist (a mistyped path is refused
+        rather than reported as an error row of an otherwise successful run).
+    """
+    missing = [entry for entry in inputs if not os.path.exists(entry)]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     files = []
     for entry in inputs:
         if os.path.isdir(entry):
@@ -45,8 +54,30 @@ def collect_files(inputs: list[str]) -> list[str]:
                         found.append(path)
             files.extend(sorted(found))
         else:
-            files.append(entry)  # missing or odd files get an error row, not a silent drop
+            files.append(entry)  # an odd file gets an error row, not a silent drop
     return files
+
+
+def check_output_paths(output_csv: str, files: list[str]) -> None:
+    """Refuses, before anything is predicted, a CSV or run-info path that cannot be written or
+    would overwrite one of ``files``.
+
+    Raises:
+      ValueError: naming the path and the problem.
+    """
+    inputs = {os.path.realpath(path): path for path in files}
+    for path in (output_csv, run_info_path(output_csv)):
+        if os.path.realpath(path) in inputs:
+            what = "" if path == output_csv else f": its run record {path}"
+            raise ValueError(f"--output_csv={output_csv}{what} would overwrite the input file "
+                             f"{inputs[os.path.realpath(path)]}")
+        if os.path.isdir(path):
+            raise ValueError(f"--output_csv={output_csv}: {path} is a folder")
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):  # the folders predict_files will create
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ValueError(f"--output_csv={output_csv}: {parent} is not a folder")
 
 
 def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes) -> Item:
@@ -104,9 +135,12 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     """Writes the prediction CSV (atomically); returns counts per status."""
     hash_key = os.urandom(32)  # patient keys are not used here; nothing is written from them
     counts = {"ok": 0, "uncertain": 0, "error": 0}
-    tmp = f"{output_csv}.tmp-{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(output_csv)), exist_ok=True)
-    with open(tmp, "w", newline="") as handle:
+    # A file name that is not valid UTF-8 reaches us with surrogates (os.walk's
+    # surrogateescape); backslashreplace writes it as e.g. "x\\udce9.jpeg", so the CSV stays
+    # valid UTF-8 for every reader, at the price of that one name not being the exact bytes.
+    with _written_atomically(output_csv) as tmp, open(
+            tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         # disable=None: no bar when stderr is a log file rather than a terminal.
@@ -120,8 +154,22 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
                                 min_confidence=min_confidence):
                 counts[row["status"]] += 1
                 writer.writerow(row)
-    os.replace(tmp, output_csv)
     return counts
+
+
+@contextlib.contextmanager
+def _written_atomically(path: str):
+    """Yields a temporary name next to ``path``, moved over it when the block succeeds and
+    removed when it fails (Ctrl-C included): readers never see a half-written file, and a
+    failed run leaves no .tmp file behind."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def run_info_path(output_csv: str) -> str:
@@ -135,7 +183,5 @@ def write_run_info(path: str, predictor, counts: dict[str, int], *, tta_views: i
     SavedModel's built-in ones included), the requested --tta, the classes and the counts."""
     info = {"model": predictor.source, "members": inference.member_records(predictor),
             "tta_views": tta_views, "class_names": predictor.class_names, "counts": counts}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
+    with _written_atomically(path) as tmp, open(tmp, "w") as handle:
         json.dump(info, handle, indent=2)
-    os.replace(tmp, path)

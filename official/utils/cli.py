@@ -60,8 +60,9 @@ def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
       flag_values: a `program_flags()` (default: absl's global FLAGS). Its flags are reset to
         their defaults before each parse (a test may run the program twice in one process);
         --help prints the usage, `doc` and the flags on stdout, exit 0.
-      arguments: the names of the positional arguments, all required (own flags only); a
-        wrong count prints the usage and the error on stderr, exit 2.
+      arguments: the names of the positional arguments. Own flags: all required; a wrong
+        count prints the usage and the error on stderr, exit 2. absl's global FLAGS: none
+        named makes any argument an error (exit 2); named, the program checks them.
     """
     usage = " ".join(["usage:", program, "[flags]", *arguments])
 
@@ -79,6 +80,11 @@ def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
                 exit_with_error(program, error, status=2)
             remaining = []
         if flag_values is None:
+            # With no arguments named, one is a value meant for a flag ('--need_split tvt_split
+            # 0.3'); a program that takes files checks its own.
+            if len(remaining) > 1 and not arguments:
+                exit_with_error(program, f"unexpected argument(s): {' '.join(remaining[1:])}",
+                                status=2)
             return remaining
         if values["help"].value:
             flag_help = values.get_help(include_special_flags=False)

@@ -1,0 +1,194 @@
+"""dicom_predict.py on bad input: one error line, the right exit code, nothing half-written."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_image
+from tests.trainer_fixtures import REPO_ROOT, class_image, error_lines, tiny_dataset, trainer_env
+
+PREDICT = REPO_ROOT / "networks" / "resnet" / "dicom_predict.py"
+CORRUPT_PNG = b"\x89PNG\r\n\x1a\nnot really"
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """The SavedModel of a ResNet-18 trained one epoch on a handful of 32 px images."""
+    from networks.resnet.train_steps import ResNetNetwork
+    from official.core import train_lib
+    from official.core.config import TrainConfig
+    from official.utils.misc import distribution_utils
+
+    root = tmp_path_factory.mktemp("predict_model")
+    data_dir = tiny_dataset(root / "data", train_per_class=4, eval_per_class=2)
+    config = TrainConfig(model_dir=str(root / "model"), data_dir=str(data_dir), image_size=32,
+                         train_epochs=1, batch_size=4, hooks=(), seed=1,
+                         export_dir=str(root / "export"))
+    result = train_lib.train(config, distribution_utils.get_distribution_strategy(num_gpus=0),
+                             ResNetNetwork(resnet_size=18, version=2, small_input=False))
+    return result.export_path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two good images, a.jpeg and b.png."""
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "in" / "a.jpeg", class_image(rng, 0, 32))
+    write_image(tmp_path / "in" / "b.png", class_image(rng, 1, 32))
+    return tmp_path / "in"
+
+
+def _predict(export, *args):
+    return subprocess.run([sys.executable, str(PREDICT), f"--model={export}", *args],
+                          capture_output=True, text=True, env=trainer_env(), cwd=REPO_ROOT,
+                          timeout=180)
+
+
+def _the_error_line(result) -> str:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _snapshot(root):
+    """Every file under root with its bytes: a failed run must leave it as it was."""
+    return {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("target, extra_input", [
+    ("a.jpeg", None),  # the CSV itself would overwrite a.jpeg
+    ("sub/../b.png", None),  # the same, spelled differently
+    ("notes.csv", "notes.json"),  # its companion notes.json would overwrite an input
+])
+def test_output_that_would_overwrite_an_input_is_refused(export, folder, tmp_path, target,
+                                                         extra_input):
+    inputs = [str(folder)]
+    if extra_input:
+        (folder / extra_input).write_text("{}")
+        inputs.append(str(folder / extra_input))
+    (folder / "sub").mkdir()
+    before = _snapshot(tmp_path)
+    result = _predict(export, f"--output_csv={folder}/{target}", *inputs)
+    assert result.returncode == 1
+    line = _the_error_line(result)
+    assert line.startswith("dicom_predict.py: error:") and "overwrite" in line
+    assert str(folder / (extra_input or target.split("/")[-1])) in line
+    assert _snapshot(tmp_path) == before
+
+
+def test_unusable_output_paths_are_one_line_and_leave_nothing(export, folder, tmp_path):
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    for output, problem in ((tmp_path / "a_folder", "is a folder"),
+                            (tmp_path / "a_file" / "x.csv", "not a folder")):
+        before = _snapshot(tmp_path)
+        result = _predict(export, f"--output_csv={output}", str(folder))
+        assert result.returncode == 1, result.stderr[-2000:]
+        line = _the_error_line(result)
+        assert line.startswith("dicom_predict.py: error:") and problem in line
+        assert str(output) in line
+        assert _snapshot(tmp_path) == before  # no .tmp-PID file either
+        assert (tmp_path / "a_folder").is_dir()
+
+
+@pytest.mark.parametrize("flag, named", [
+    ("--top_k=0", "--top_k=0"), ("--top_k=-2", "--top_k=-2"),
+    ("--batch_size=0", "--batch_size=0"),
+    ("--min_confidence=2", "--min_confidence=2"), ("--min_confidence=-1", "--min_confidence=-1"),
+    (None, "--input"),  # no files given at all
+])
+def test_usage_errors_are_one_line_exit_2(folder, tmp_path, flag, named):
+    # A flag error is caught before any model loads: no need for a real one.
+    out = tmp_path / "p.csv"
+    args = [f"--output_csv={out}"] + ([flag, str(folder)] if flag else [])
+    result = _predict(tmp_path / "no_model", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = _the_error_line(result)
+    assert line.startswith("dicom_predict.py: error:") and named in line
+    assert "flags:" not in result.stderr and "usage" not in result.stderr.lower()
+    assert not list(tmp_path.glob("p.*"))
+
+
+def test_missing_arguments_are_named_before_predicting(export, folder, tmp_path):
+    out = tmp_path / "p.csv"
+    missing = [str(tmp_path / "does" / "not" / "exist.jpg"), str(tmp_path / "typo")]
+    result = _predict(export, f"--output_csv={out}", str(folder / "a.jpeg"), *missing)
+    assert result.returncode == 1
+    line = _the_error_line(result)
+    assert line.startswith("dicom_predict.py: error:")
+    assert all(path in line for path in missing)
+    assert not list(tmp_path.glob("p.*"))
+
+
+def test_every_file_failing_writes_the_csv_and_exits_1(export, tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("x.png", "y.png"):
+        (tmp_path / "in" / name).write_bytes(CORRUPT_PNG)
+    out = tmp_path / "p.csv"
+    result = _predict(export, f"--output_csv={out}", str(tmp_path / "in"))
+    assert result.returncode == 1
+    line = _the_error_line(result)
+    assert line.startswith("dicom_predict.py: error:") and "2 of 2" in line and str(out) in line
+    rows = list(csv.DictReader(out.open()))
+    assert [row["status"] for row in rows] == ["error", "error"]
+    assert all(row["error"] for row in rows)
+    assert not list(tmp_path.glob("p.csv.tmp-*"))
+
+
+def test_some_files_failing_is_one_warning_and_exit_0(export, folder, tmp_path):
+    (folder / "c.png").write_bytes(CORRUPT_PNG)
+    out = tmp_path / "p.csv"
+    result = _predict(export, f"--output_csv={out}", str(folder))
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = _the_error_line(result)
+    assert "1 of 3" in line and "CSV" in line and str(out) in line
+    statuses = {row["file"]: row["status"] for row in csv.DictReader(out.open())}
+    assert statuses[str(folder / "c.png")] == "error" and len(statuses) == 3
+
+
+def test_non_utf8_file_name_and_a_large_top_k_still_give_rows(export, folder, tmp_path):
+    os.rename(folder / "a.jpeg", os.path.join(os.fsencode(folder), b"x\xe9.jpeg"))
+    out = tmp_path / "p.csv"
+    result = _predict(export, f"--output_csv={out}", "--top_k=5", str(folder))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert error_lines(result.stderr) == []
+    with open(out, encoding="utf-8", newline="") as handle:  # still valid UTF-8
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == [str(folder / "b.png"),
+                                             str(folder / "x\\udce9.jpeg")]
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    # More than the model's classes lists every class once.
+    assert all(len(row["top_k"].split(";")) == 2 for row in rows)
+    assert not list(tmp_path.glob("p.csv.tmp-*"))
+
+
+def test_a_run_that_fails_midway_leaves_the_old_csv_and_no_tmp_file(folder, tmp_path):
+    from dataset.dicom_options import DicomOptions
+    from official.core.prediction import collect_files, predict_files
+
+    class FailingPredictor:
+        class_names = ["Chest", "Hand"]
+
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, encoded_images):
+            self.calls += 1
+            if self.calls == 2:  # after the first batch's rows were written
+                raise KeyboardInterrupt
+            return np.full((len(encoded_images), 2), 0.5, np.float32)
+
+    out = tmp_path / "p.csv"
+    out.write_text("the previous run's rows\n")
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(FailingPredictor(), collect_files([str(folder)]), str(out), batch_size=1,
+                      top_k=1, min_confidence=None, dicom_options=DicomOptions())
+    assert out.read_text() == "the previous run's rows\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in", "p.csv"]
