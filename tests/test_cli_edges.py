@@ -120,3 +120,16 @@ def test_evaluation_names_the_shard_with_a_corrupt_record(tmp_path):
         handle.write(b"\xff" * 8)
     with pytest.raises(ValueError, match=f"corrupt record in {shard} .*rerun tf_convert_data"):
         evaluation.evaluate_split(_Uniform(), str(data), "validation", batch_size=4)
+
+
+def test_a_damaged_saved_model_is_one_line(tmp_path):
+    from official.core.inference import Predictor
+
+    mine = _model_dir(tmp_path / "mine", ("Chest", "Hand"))
+    model, config = export.load_model_from_dir(str(mine))
+    path = export.export_saved_model(model, config, str(tmp_path / "export"))
+    for data in (tmp_path / "export").glob("*/variables/variables.data*"):
+        data.unlink()  # a copy that lost its weights
+    with pytest.raises(ValueError, match="not a loadable SavedModel .*export it again") as error:
+        Predictor(path)
+    assert "\n" not in str(error.value)

@@ -66,14 +66,23 @@ class Predictor:
                 raise ValueError(f"--checkpoint applies to a training model_dir, but {model_path} "
                                  "is a SavedModel")
             config_path = os.path.join(saved_model, export.ASSETS_EXTRA, CONFIG_FILE)
-            with open(config_path) as handle:
-                self.config = json.load(handle)
+            try:
+                with open(config_path) as handle:
+                    self.config = json.load(handle)
+            except (OSError, ValueError) as error:  # not exported by this tool, or damaged
+                raise ValueError(f"{config_path}: cannot read the export's class names and "
+                                 f"settings ({error})") from None
             baked = int(self.config.get("tta_views", 1))  # absent in older exports
             if baked > 1 and tta_views > 1:
                 raise ValueError(f"{saved_model} was exported with {baked} test-time views "
                                  f"built in; asking for {tta_views} more would augment twice "
                                  "(use --tta=1: the export averages its views itself)")
-            loaded = tf.saved_model.load(saved_model)
+            try:
+                loaded = tf.saved_model.load(saved_model)
+            except (tf.errors.OpError, OSError, ValueError) as error:  # e.g. variables/ lost
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise ValueError(f"{saved_model}: not a loadable SavedModel ({first}); "
+                                 "export it again") from None
             self._keepalive = loaded  # the signatures need their object alive
             if tta_views > 1:
                 self._predict_images = loaded.signatures["predict_images"]
