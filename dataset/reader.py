@@ -87,11 +87,8 @@ def describe_data_loss(data_dir: str, error: Exception) -> str:
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def split_info(data_dir: str, split: str) -> SplitInfo:
