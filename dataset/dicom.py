@@ -53,6 +53,13 @@ for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils")
 
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+# Modalities whose pixel data is not a picture of anatomy: a classifier would still name a
+# body part for them, with confidence. Refused by read_dicom (the converter and prediction);
+# render_arrays still shows them (the display pipeline is checked against dcmtk on them).
+NOT_ANATOMY = {"SEG": "a segmentation mask", "RTDOSE": "a radiotherapy dose grid",
+               "RTSTRUCT": "a structure set", "RTPLAN": "a treatment plan",
+               "REG": "a registration", "SR": "a structured report", "PR": "a presentation state",
+               "KO": "a key-object selection"}
 _IDENTIFIERS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
                 "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 # What to `pip install` when pydicom has no working plugin for a compressed syntax
@@ -107,7 +114,8 @@ def read_dicom(path: str | Path, options: DicomOptions, *, hash_key: bytes
 
     Raises:
       DicomError: unreadable, not DICOM, no/truncated pixel data, unsupported or
-        undecodable transfer syntax, missing decoder plugin, absurd dimensions.
+        undecodable transfer syntax, missing decoder plugin, absurd dimensions, a
+        modality that is not anatomy (NOT_ANATOMY: a SEG mask, an RT dose grid, ...).
       ValueError: empty `hash_key`.
     """
     _check_key(hash_key)
@@ -118,6 +126,9 @@ def read_dicom(path: str | Path, options: DicomOptions, *, hash_key: bytes
     with _quiet(), _scrubbed(failure) as read:
         read.ds = _read(path, options)
         info = _info(read.ds, hash_key)
+        if (info.modality or "").upper() in NOT_ANATOMY:
+            raise DicomError(f"{path}: {NOT_ANATOMY[info.modality.upper()]} "
+                             f"({info.modality.upper()}), not an image of anatomy")
         arrays = _render(read.ds, path, options)
     images = [RenderedImage(png=encode_png(array), height=array.shape[0],
                             width=array.shape[1], channels=array.shape[2], frame=frame)

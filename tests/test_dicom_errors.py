@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dataset.dicom import DicomError, read_dicom
+from dataset.dicom import NOT_ANATOMY, DicomError, read_dicom
 from dataset.dicom_options import DicomOptions
 from tests.dicom_fixtures import KEY, bundled, render, write_dicom
 
@@ -86,6 +86,18 @@ def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path, case):
         read_dicom(path, DicomOptions(), hash_key=KEY)
     message = str(error.value)
     assert message.startswith(str(path)) and problem in message and "\n" not in message
+
+
+@pytest.mark.parametrize("modality", ["SEG", "RTDOSE"])
+def test_pixels_that_are_not_anatomy_are_refused(tmp_path, modality):
+    # A mask or a dose grid decodes fine, and a classifier would name a body part for it.
+    path = write_dicom(tmp_path / "x.dcm", np.zeros((4, 4), np.uint8), Modality=modality)
+    with pytest.raises(DicomError) as error:
+        read_dicom(path, DicomOptions(), hash_key=KEY)
+    assert str(error.value) == (f"{path}: {NOT_ANATOMY[modality]} ({modality}), not an image "
+                                "of anatomy")
+    write_dicom(tmp_path / "ct.dcm", np.zeros((4, 4), np.uint8), Modality="CT")
+    assert len(read_dicom(tmp_path / "ct.dcm", DicomOptions(), hash_key=KEY)[0]) == 1
 
 
 def test_error_messages_are_scrubbed_of_identifiers(tmp_path):
