@@ -46,6 +46,7 @@ if REPO_ROOT not in sys.path:
 
 from absl import app, flags  # noqa: E402
 
+from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 PROGRAM = "stress_eval.py"
@@ -59,7 +60,8 @@ flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.", f
 flags.DEFINE_string("split", "validation", "Split to evaluate.", flag_values=FLAGS)
 flags.DEFINE_enum("preset", None, PRESET_NAMES, "Table of shifts (see above).",
                   flag_values=FLAGS)
-flags.DEFINE_integer("tta", 1, "Test-time views (1: off).", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("tta", 1, "Test-time views (1: off).", lower_bound=1,
+                     upper_bound=MAX_TEST_TIME_VIEWS, flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 256, "Images per inference batch.", lower_bound=1,
                      flag_values=FLAGS)
 flags.DEFINE_integer("limit", 0, "evaluate the first N images only (0: all)", lower_bound=0,

@@ -32,18 +32,26 @@ def test_help_is_an_answer_not_an_error(program, flag):
     assert "error" not in result.stderr
 
 
-@pytest.mark.parametrize("program, flags", [
-    ("networks/resnet/dicom_main.py", ["--data_dir=d", "--model_dir=m"]),
-    ("networks/resnet/dicom_eval.py", ["--model=m", "--data_dir=d"]),
-    ("networks/slim/eval_image_classifier.py", ["--checkpoint_path=m", "--dataset_dir=d"]),
-])
-def test_a_stray_argument_is_one_line_before_any_work(program, flags):
+@pytest.mark.parametrize("program, flags, message", [
     # '--train_epochs 3 5': the 5 was meant for a flag; absl's answer was the whole help, exit 1.
-    result = subprocess.run([sys.executable, program, *flags, "5"], cwd=REPO_ROOT,
+    ("networks/resnet/dicom_main.py", ["--data_dir=d", "--model_dir=m", "5"],
+     "unexpected argument(s): 5"),
+    ("networks/resnet/dicom_eval.py", ["--model=m", "--data_dir=d", "5"],
+     "unexpected argument(s): 5"),
+    ("networks/slim/eval_image_classifier.py", ["--checkpoint_path=m", "--dataset_dir=d", "5"],
+     "unexpected argument(s): 5"),
+    # The views' count is bounded at parse time (it was a ValueError after the TF start).
+    ("networks/resnet/dicom_eval.py", ["--model=m", "--data_dir=d", "--tta=8"],
+     "flag --tta=8: 8 is not an integer in the range [1, 7]"),
+    ("networks/resnet/dicom_main.py", ["--data_dir=d", "--model_dir=m", "--export_tta=9"],
+     "flag --export_tta=9: 9 is not an integer in the range [1, 7]"),
+])
+def test_usage_errors_are_one_line_before_any_work(program, flags, message):
+    result = subprocess.run([sys.executable, program, *flags], cwd=REPO_ROOT,
                             env=trainer_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     name = program.rsplit("/", 1)[1]
-    assert result.stderr.strip().splitlines()[-1] == f"{name}: error: unexpected argument(s): 5"
+    assert result.stderr.strip().splitlines()[-1] == f"{name}: error: {message}"
     assert result.stdout == ""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dataset import test_time
 from networks import registry
 from networks.resnet import resnet_model
 from networks.slim import nets
@@ -198,6 +199,7 @@ def test_flag_choices_agree_with_their_owners():
     assert [int(size) for size in flags_core.RESNET_SIZE_CHOICES] == sorted(
         resnet_model.RESNET_SIZES)
     assert flags_core.DTYPE_CHOICES == tuple(config_lib.DTYPE_POLICIES)
+    assert config_lib.MAX_TEST_TIME_VIEWS == len(test_time.TTA_VIEWS)  # the --tta bound
 
 
 # --- each check fails on a project that breaks its rule -------------------------------------

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
+from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -55,7 +56,8 @@ def define_flags() -> None:
     flags.DEFINE_list("model", None, MODEL_HELP)
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: "
                         "latest); only with a single --model.")
-    flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1)
+    flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1,
+                         upper_bound=MAX_TEST_TIME_VIEWS)
     flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.")
     flags.DEFINE_string("split", "test", "Split to evaluate (train, validation, test, or the "
                         "--output_name of an unsplit conversion).")

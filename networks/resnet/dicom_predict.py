@@ -40,6 +40,7 @@ from absl import app, flags  # noqa: E402
 
 from dataset.dicom_options import DicomOptions  # noqa: E402
 from networks.resnet.dicom_eval import MODEL_HELP, TTA_HELP  # noqa: E402
+from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -51,7 +52,8 @@ def define_flags() -> None:
     flags.DEFINE_list("model", None, MODEL_HELP)
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: "
                         "latest); only with a single --model.")
-    flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1)
+    flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1,
+                         upper_bound=MAX_TEST_TIME_VIEWS)
     flags.DEFINE_list("input", [], "Files or folders to classify (positional arguments work too).")
     flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes.")
     flags.DEFINE_integer("batch_size", 32, "Images per inference batch.", lower_bound=1)

@@ -23,6 +23,9 @@ CHECKPOINT_STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's index of a 
 DTYPE_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 LR_SCALINGS = ("linear", "none")
 LR_SCHEDULES = ("piecewise", "cosine")
+# len(dataset.test_time.TTA_VIEWS), here so that the --tta flags can be bounded before
+# TensorFlow is imported (tests/test_registry.py checks the two agree).
+MAX_TEST_TIME_VIEWS = 7
 # Valid range of each augmentation flag, [low, high) or [low, high] (a probability);
 # dataset/augment.py AugmentSpec checks the same.
 AUGMENT_RANGES = (("augment_scale", 0.0, 1.0, ")"), ("augment_translate", 0.0, 0.5, ")"),

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from official.core.config import DTYPE_POLICIES, LR_SCALINGS, LR_SCHEDULES
+from official.core.config import (DTYPE_POLICIES, LR_SCALINGS, LR_SCHEDULES,
+                                  MAX_TEST_TIME_VIEWS)
 
 # networks/resnet/resnet_model.RESNET_SIZES' keys, written out: importing the model (Keras)
 # before the flags are parsed would make --help slow. tests/test_registry.py checks they agree.
@@ -224,7 +225,7 @@ def _define_generalisation(define: _Definer) -> None:
                  upper_bound=0.99999)
     define.integer("export_tta", 1, "Views averaged by the exported model's signatures "
                    "(test-time augmentation: small shifts, zooms and rotations, never a "
-                   "mirror). 1: off.", lower_bound=1)
+                   "mirror). 1: off.", lower_bound=1, upper_bound=MAX_TEST_TIME_VIEWS)
 
 
 def _define_cluster(define: _Definer) -> None:
