@@ -9,7 +9,8 @@ Inputs: DIR/images/<stem>.<ext> + DIR/labels/<stem>.txt, or DIR/<Class>/<file>
 Output in OUT: <split>-NNNNN-of-MMMMM.tfrecord shards, labels.txt and
 manifest.json (written last). Exit status 1 with one line per problem when the
 input cannot be converted; nothing is written then (an earlier output stays as it
-was). Exit status 2 for a bad flag or a stray argument.
+was). Exit status 2 for a flag absl rejects or a stray argument; settings that do not
+fit together (e.g. --beam_pipeline_options without --runner=beam) exit 1.
 
 On Apache Beam (pip install -r requirements-beam.txt), e.g. a Flink cluster:
   python tf_convert_data.py --dataset_dir=DIR --output_dir=OUT --need_split=tvt_split \\

@@ -272,8 +272,12 @@ def too_few_left(config: ConvertConfig, plan: Plan, skipped: list[dict]) -> list
     skipped_paths = {s["path"] for s in skipped}
     left = [task for task in plan.tasks if task.relpath not in skipped_paths]
     if not left:
-        first = skipped[0]
-        return [f"{config.dataset_dir}: all {len(skipped)} input file(s) failed, none left "
+        # Counted and quoted among the images: a stray notes.txt is skipped too, but it is
+        # not why nothing is left.
+        tasks = {task.relpath for task in plan.tasks}
+        failed = [s for s in skipped if s["path"] in tasks] or skipped
+        first = failed[0]
+        return [f"{config.dataset_dir}: all {len(failed)} input file(s) failed, none left "
                 f"to convert (first: {first['path']}: {first['reason']})"]
     if config.need_split not in ("tt_split", "tvt_split"):
         return []

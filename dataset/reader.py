@@ -67,10 +67,13 @@ def read_manifest(data_dir: str) -> dict:
     return manifest
 
 
-def describe_data_loss(data_dir: str, error: Exception) -> str:
+def describe_data_loss(data_dir: str | None, error: Exception) -> str | None:
     """One line for a record TensorFlow could not read (tf.errors.DataLossError names no file):
     the shards whose SHA-256 differs from the manifest's, found only now, on failure, because
-    hashing every shard at each start would cost a read of the whole dataset."""
+    hashing every shard at each start would cost a read of the whole dataset. None when every
+    shard matches (the loss was elsewhere: a checkpoint, another file)."""
+    if not data_dir:
+        return None
     manifest = read_manifest(data_dir)
     altered = []
     for info in manifest["splits"].values():
@@ -78,12 +81,11 @@ def describe_data_loss(data_dir: str, error: Exception) -> str:
             if entry.get("sha256") and _sha256(
                     os.path.join(data_dir, entry["path"])) != entry["sha256"]:
                 altered.append(entry["path"])
+    if not altered:
+        return None
     reason = getattr(error, "message", str(error)).splitlines()[0]
-    if altered:
-        return (f"{data_dir}: corrupt record in {', '.join(altered)} ({reason}; its SHA-256 "
-                f"differs from {MANIFEST}'s): rerun tf_convert_data.py")
-    return (f"{data_dir}: a record could not be read ({reason}), although every shard matches "
-            f"{MANIFEST}'s SHA-256")
+    return (f"{data_dir}: corrupt record in {', '.join(altered)} ({reason}; its SHA-256 "
+            f"differs from {MANIFEST}'s): rerun tf_convert_data.py")
 
 
 def _sha256(path: str) -> str:

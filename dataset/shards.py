@@ -192,10 +192,14 @@ def _old_shards(output_dir: str, splits) -> list[str]:
 def commit(output_dir: str, staging_dir: str, shards: list[StagedShard], splits,
            labels_text: str, manifest_text: str) -> None:
     """Replaces the output in ``output_dir`` by the staged shards; manifest last."""
-    # Text that cannot be written as UTF-8 must fail the run now, not once the old
-    # output is gone.
-    labels_text.encode("utf-8")
-    manifest_text.encode("utf-8")
+    # Text that cannot be written as UTF-8 must fail the run now, not once the old output
+    # is gone (ConvertConfig and discovery refuse such names first; this is the last line).
+    for name, text in (("labels.txt", labels_text), (MANIFEST, manifest_text)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"{output_dir}: {name} would hold text that is not UTF-8 "
+                             f"({error.reason} at {error.start}); nothing was replaced") from None
     old = _old_shards(output_dir, splits)
     manifest_path = os.path.join(output_dir, MANIFEST)
     if os.path.exists(manifest_path):

@@ -49,6 +49,8 @@ def test_skip_of_every_file_fails_and_keeps_the_earlier_output(earlier_output):
     before = output_bytes(out)
     for image in (root / "images").iterdir():
         truncate(image)
+    # A stray label is skipped too; the message counts and quotes the images.
+    (root / "labels" / "orphan.txt").write_text("Chest")
     result = run_cli(f"--dataset_dir={root}", f"--output_dir={out}", "--need_split=None",
                      "--output_name=all", "--on_error=skip")
     assert result.returncode == 1
@@ -179,7 +181,7 @@ def test_commit_refuses_unwritable_text_before_touching_the_old_output(earlier_o
     _, out = earlier_output
     before = output_bytes(out)
     staging = shards.make_staging_dir(str(out))
-    with pytest.raises(UnicodeEncodeError):
+    with pytest.raises(ValueError, match="manifest.json would hold text that is not UTF-8"):
         shards.commit(str(out), staging, [], ["all"], "0:Chest\n", '{"name": "x\udce9"}')
     os.rmdir(staging)
     assert output_bytes(out) == before
@@ -225,6 +227,7 @@ def test_skip_hint_only_where_skipping_lets_the_run_go_on(tmp_path, make_images_
     assert last.startswith("error: ") and "nothing was written" in last, result.stderr
     assert (HINT in result.stderr) == hint, result.stderr
     assert not (tmp_path / "out").exists()
+    assert (tmp_path / "a_file").read_text() == ""  # where --output_dir named it
 
 
 @pytest.mark.parametrize("args, message", [

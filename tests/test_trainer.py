@@ -147,6 +147,13 @@ def test_a_corrupt_record_names_its_shard_and_the_failed_run_binds_nothing(tmp_p
     assert (model_dir / "config.json").is_file() and not _checkpoint_steps(model_dir)
     rerun = _train(_config(data, model_dir, resnet_size=34, max_train_steps=1), ONE_DEVICE)
     assert (rerun.step, rerun.model_name) == (1, "resnet34_v2")
+    # A damaged checkpoint is the checkpoint's fault, not the records'.
+    (weights,) = model_dir.glob("ckpt-1.data-*")
+    with open(weights, "r+b") as handle:
+        handle.seek(weights.stat().st_size // 2)
+        handle.write(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"ckpt-1: damaged checkpoint \(.*\); remove it"):
+        _train(_config(data, model_dir, resnet_size=34, max_train_steps=2), ONE_DEVICE)
 
 
 def test_bad_data_and_batch_errors(tmp_path):

@@ -29,7 +29,7 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
     spec = registry.spec_from_config(predictor.config)
     trained = spec.architecture
     if model_name and (nets.resolve_name(model_name) != trained if trained in nets.NETWORKS
-                       else model_name != spec.name):  # a networks/resnet run: "resnet50_v2"
+                       else model_name.strip().lower() != spec.name):  # "resnet50_v2"
         raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds a "
                          f"{trained if trained in nets.NETWORKS else spec.name}")
     labels, probabilities, filenames = evaluation.evaluate_split(

@@ -66,7 +66,10 @@ def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
                 filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
                 progress.update(len(labels[-1]))
         except tf.errors.DataLossError as error:
-            raise ValueError(reader.describe_data_loss(data_dir, error)) from None
+            described = reader.describe_data_loss(data_dir, error)
+            if described is None:
+                raise
+            raise ValueError(described) from None
     return np.concatenate(labels), np.concatenate(probabilities), filenames
 
 

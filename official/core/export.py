@@ -70,12 +70,17 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
         status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{checkpoint}: does not fit the network in {model_dir}'s "
-                         f"{CONFIG_FILE} ({first})") from None
+                         f"{CONFIG_FILE} ({first_line(error)})") from None
     if config.get("ema_decay"):
         ema.restore_average(model, checkpoint)  # what the run evaluated and exported
     return model, config
+
+
+def first_line(error: Exception) -> str:
+    """The first line of a TensorFlow or Keras error (theirs run to dozens), or its type."""
+    text = str(getattr(error, "message", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_checkpoint_is_of(checkpoint: str, model_dir: str, config: dict) -> None:
@@ -83,12 +88,16 @@ def _check_checkpoint_is_of(checkpoint: str, model_dir: str, config: dict) -> No
     must come from a run of the same network and classes, or its outputs get the wrong names."""
     folder = os.path.dirname(os.path.abspath(checkpoint))
     if folder == os.path.abspath(model_dir) or not os.path.isfile(
-            os.path.join(folder, CONFIG_FILE)):
+            os.path.join(folder, CONFIG_FILE)):  # (config.json is read locally everywhere)
         return
     other = read_config(folder)
+    # What shapes the weights: the same network at another image_size or data_format fits.
+    shape = lambda spec: {key: value for key, value in spec.to_dict().items()  # noqa: E731
+                          if key not in ("image_size", "data_format")}
     for what, mine, theirs in (
             ("class names", config.get("class_names"), other.get("class_names")),
-            ("network", registry.spec_from_config(config), registry.spec_from_config(other))):
+            ("network", shape(registry.spec_from_config(config)),
+             shape(registry.spec_from_config(other)))):
         if mine != theirs:
             raise ValueError(f"{checkpoint}: trained in {folder} with other {what} ({theirs}) "
                              f"than {model_dir} ({mine}); use {folder} itself as the model")

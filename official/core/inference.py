@@ -80,9 +80,8 @@ class Predictor:
             try:
                 loaded = tf.saved_model.load(saved_model)
             except (tf.errors.OpError, OSError, ValueError) as error:  # e.g. variables/ lost
-                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise ValueError(f"{saved_model}: not a loadable SavedModel ({first}); "
-                                 "export it again") from None
+                raise ValueError(f"{saved_model}: not a loadable SavedModel "
+                                 f"({export.first_line(error)}); export it again") from None
             self._keepalive = loaded  # the signatures need their object alive
             if tta_views > 1:
                 self._predict_images = loaded.signatures["predict_images"]

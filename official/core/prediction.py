@@ -137,10 +137,11 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     counts = {"ok": 0, "uncertain": 0, "error": 0}
     os.makedirs(os.path.dirname(os.path.abspath(output_csv)), exist_ok=True)
     # A file name that is not valid UTF-8 reaches us with surrogates (os.walk's
-    # surrogateescape); backslashreplace writes it as e.g. "x\\udce9.jpeg", so the CSV stays
-    # valid UTF-8 for every reader, at the price of that one name not being the exact bytes.
+    # surrogateescape); it is written as the converter's messages spell it, e.g. "x\\xe9.jpeg",
+    # so the CSV stays valid UTF-8 for every reader, at the price of that one name not being
+    # the exact bytes.
     with _written_atomically(output_csv) as tmp, open(
-            tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
+            tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         # disable=None: no bar when stderr is a log file rather than a terminal.
@@ -153,7 +154,8 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
             for row in rows_for(items, probabilities, predictor.class_names, top_k=top_k,
                                 min_confidence=min_confidence):
                 counts[row["status"]] += 1
-                writer.writerow(row)
+                writer.writerow({key: sources.escape_non_utf8(value) if isinstance(value, str)
+                                 else value for key, value in row.items()})
     return counts
 
 

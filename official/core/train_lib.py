@@ -102,7 +102,10 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
     try:
         return _train(config, strategy, chief, workers, write_dir, network)
     except tf.errors.DataLossError as error:
-        raise ValueError(reader.describe_data_loss(config.data_dir, error)) from None
+        described = reader.describe_data_loss(config.data_dir, error)
+        if described is None:  # not the records: keep TensorFlow's own report
+            raise
+        raise ValueError(described) from None
     except distribution_utils.CLUSTER_ERRORS as error:
         if workers <= 1:
             raise
@@ -212,7 +215,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
     if manager.latest_checkpoint:
-        state.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            state.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except tf.errors.DataLossError as error:
+            raise ValueError(f"{manager.latest_checkpoint}: damaged checkpoint "
+                             f"({export_lib.first_line(error)}); remove it (and its entry in "
+                             f"{write_dir}/checkpoint) to resume from the one before") from None
         logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
                      int(state.step.numpy()))
     # The other workers' write_dir is empty: they take the chief's (restored) state.
