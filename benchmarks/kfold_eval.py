@@ -15,9 +15,10 @@ errors over all scored images, the commonest confusions, and the count that rate
 a hold-out of --holdout_size images, with a 95% interval.
 
 Each fold lives in WORK_DIR/fold_K/ (symlinked images, records, model, export, eval); a
-finished step is not redone, so an interrupted run continues where it stopped. WORK_DIR/
-kfold_settings.json records what the folds are made with (the archive: its path and file list; --folds, --seed,
---train_flags); a rerun with other settings is refused rather than reporting the old folds.
+finished step is not redone, so an interrupted run continues where it stopped.
+WORK_DIR/kfold_settings.json records what the folds are made with (the archive: its path and
+file list; --folds, --seed, --train_flags); a rerun with other settings is refused rather than
+reporting the old folds.
 Slow by design: one full training per fold.
 """
 
