@@ -39,6 +39,9 @@ FUNCTION_IMPORTS = {
                                                 "for runs with event files",
     ("scripts/collect_results.py", "_params_and_step"): "a program: TensorFlow after its "
                                                         "flags, only for checkpoints",
+    ("networks/slim/train_image_classifier.py", "configs_from_flags"): "a program: Keras "
+                                                                       "after its flags",
+    ("networks/slim/train_image_classifier.py", "run"): "a program: TensorFlow after its flags",
     ("benchmarks/convert_bench.py", "naive"): "each peer imports its framework in its own "
                                               "timed process; ours runs without TensorFlow",
     ("benchmarks/convert_bench.py", "ours"): "each peer imports in its own timed process",

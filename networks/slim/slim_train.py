@@ -21,12 +21,11 @@ from absl import logging
 
 from networks import registry
 from networks.slim import nets, scopes
+from networks.slim.choices import DECAY_TYPES, OPTIMIZERS
 from official.core import steps
 from official.core.config import (DTYPE_POLICIES, OptimizerSpec, ScheduleSpec,
                                   config_to_resume)
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
-DECAY_TYPES = ("fixed", "exponential", "polynomial")
 RESUME_KEYS = ("model_name", "trainable_scopes", "optimizer")
 
 

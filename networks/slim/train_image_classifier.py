@@ -37,13 +37,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags, logging  # noqa: E402
 
-# The flag choices are slim_train's, so this program imports Keras before parsing flags.
-from networks.slim import nets, slim_train  # noqa: E402
-from networks.slim.slim_train import DECAY_TYPES, OPTIMIZERS, SlimConfig  # noqa: E402
-from official.core import train_lib  # noqa: E402
+from networks.slim.choices import DECAY_TYPES, OPTIMIZERS  # noqa: E402
 from official.core.config import DTYPE_POLICIES, TrainConfig  # noqa: E402
 from official.utils import cli  # noqa: E402
-from official.utils.misc import distribution_utils  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "train_image_classifier.py"
@@ -122,6 +118,9 @@ def define_flags() -> None:
 
 def configs_from_flags():
     """FLAGS -> (TrainConfig, SlimConfig): the only place that reads FLAGS."""
+    from networks.slim import nets
+    from networks.slim.slim_train import SlimConfig
+
     name = nets.resolve_name(FLAGS.model_name)
     if name != FLAGS.model_name.strip().lower():
         logging.info("--model_name=%s: the network %s", FLAGS.model_name, name)
@@ -158,6 +157,10 @@ def configs_from_flags():
 
 
 def run() -> str:
+    from networks.slim import slim_train
+    from official.core import train_lib
+    from official.utils.misc import distribution_utils
+
     train_config, slim = configs_from_flags()
     if slim.checkpoint_exclude_scopes and not slim.checkpoint_path:
         logging.warning("--checkpoint_exclude_scopes has no effect without --checkpoint_path")
