@@ -127,8 +127,7 @@ def _output_problems(config: ConvertConfig, layout: str) -> list[sources.Problem
 def _plan(config, discovery, headers, problems):
     """Labels, groups and splits for every usable file; appends problems found.
 
-    Returns (class names, class variants, [FileTask] in discovery order, agreement,
-    relative path -> group).
+    Returns the Plan (with ``problems`` as given, appended to).
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
@@ -174,13 +173,14 @@ def _plan(config, discovery, headers, problems):
             split = splits.assign_split(config.seed, group, fractions)
         tasks.append(FileTask(item.path, item.relpath, item.kind, names.index(label), label,
                               split, splits.order_key(config.seed, item.relpath)))
-    if fractions:
+    num_splits = len(fractions) + 1 if fractions else 0
+    if num_splits:
         problems.extend(sources.Problem("--need_split", message, fatal=True) for message in
-                        splits.small_classes(files_by_class, len(fractions) + 1))
+                        splits.small_classes(files_by_class, num_splits))
     agreement = {label: dict(sorted(row.items())) for label, row in sorted(agreement.items())}
     groups = {relpath: group for files in files_by_class.values()
               for relpath, group in files.items()}
-    return names, variants, tasks, agreement, groups
+    return Plan(names, variants, tasks, agreement, problems, groups, num_splits)
 
 
 @dataclass
@@ -212,6 +212,7 @@ class Plan:
     agreement: dict  # label -> {tag class: count}
     problems: list[sources.Problem]  # found so far, in the order they are reported
     groups: dict[str, str]  # relative path -> group (the files of a group share a split)
+    num_splits: int  # splits drawn by group (tt_split 2, tvt_split 3), else 0
 
     def failing(self, on_error: str) -> bool:
         """True when the problems found already make the conversion fail."""
@@ -239,8 +240,7 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool) -> Plan:
                          "folders: use --need_split=predefined")
     problems = list(discovery.problems) + _output_problems(config, discovery.layout)
     headers = _read_headers(workers, discovery, problems)
-    names, variants, tasks, agreement, groups = _plan(config, discovery, headers, problems)
-    return Plan(names, variants, tasks, agreement, problems, groups)
+    return _plan(config, discovery, headers, problems)
 
 
 def fail_or_skip(config: ConvertConfig, plan: Plan, problems: list[sources.Problem],
@@ -279,14 +279,13 @@ def too_few_left(config: ConvertConfig, plan: Plan, skipped: list[dict]) -> list
         first = failed[0]
         return [f"{config.dataset_dir}: all {len(failed)} input file(s) failed, none left "
                 f"to convert (first: {first['path']}: {first['reason']})"]
-    if config.need_split not in ("tt_split", "tvt_split"):
+    if not plan.num_splits:
         return []
     files_by_class = {task.text: {} for task in plan.tasks}  # the classes _plan checked
     for task in left:
         files_by_class[task.text][task.relpath] = plan.groups[task.relpath]
-    num_splits = 3 if config.need_split == "tvt_split" else 2
     return [f"--need_split: after skipping, {message}"
-            for message in splits.small_classes(files_by_class, num_splits)]
+            for message in splits.small_classes(files_by_class, plan.num_splits)]
 
 
 def write_order(tasks: list[FileTask], skipped: list[dict]) -> list[FileTask]:

@@ -75,3 +75,15 @@ def make_images_labels_dataset(tmp_path):
         return root
 
     return make
+
+
+def one_error_line(capsys, program: str, run) -> str:
+    """`run()` (a program's main) exits 1 with exactly one `<program>: error: ...` line on
+    stderr; returns that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{program}: error: ")
+    return line

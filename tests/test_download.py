@@ -8,6 +8,7 @@ import tarfile
 import pytest
 
 from dataset import download
+from tests.conftest import one_error_line
 
 
 def _tarball(path, members):
@@ -70,13 +71,7 @@ def _download(*flags):
 
 
 def _download_error(capsys, *flags) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        _download(*flags)
-    assert exit_info.value.code == 1
-    (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("download.py: error: ")
-    return line
+    return one_error_line(capsys, "download.py", lambda: _download(*flags))
 
 
 @pytest.mark.parametrize("damage, problem", [

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks import kfold_eval
+from tests.conftest import one_error_line
 from tests.trainer_fixtures import FAST_FLAGS, REPO_ROOT, class_image, png_bytes, trainer_env
 
 
@@ -131,13 +132,7 @@ def _kfold(*flags):
 
 
 def _kfold_error(capsys, *flags) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        _kfold(*flags)
-    assert exit_info.value.code == 1
-    (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("kfold_eval.py: error: ")
-    return line
+    return one_error_line(capsys, "kfold_eval.py", lambda: _kfold(*flags))
 
 
 @pytest.fixture
