@@ -25,7 +25,8 @@ import sys
 
 from absl import app, flags
 
-from dataset.convert import ConversionError, ConvertConfig, convert_dataset, format_summary
+from dataset.convert import ConversionError, ConvertConfig, convert_dataset
+from dataset.manifest import format_summary
 from official.utils import cli
 
 FLAGS = flags.FLAGS

@@ -102,9 +102,7 @@ def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) ->
         counts = {split: collections.Counter() for split in split_order}
         for split, text, count in count_rows:
             counts[split][text] += count
-        manifest = convert.build_manifest(config, plan, staged, counts, skipped)
-        convert.commit(config, staging, plan, staged, manifest)
-        return manifest
+        return convert.commit(config, staging, plan, staged, counts, skipped)
 
 
 def _default_dicom_options():

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from dataset import shards, sources, splits
 from dataset.body_parts import canonical_body_part, normalize_body_part
 from dataset.dicom_options import DicomOptions
+from dataset.manifest import build_manifest
 from dataset.tasks import FileTask, encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
 
@@ -316,13 +317,21 @@ def staging_area(output_dir: str):
 
 
 def commit(config: ConvertConfig, staging: str, plan: Plan,
-           staged: dict[str, list[shards.StagedShard]], manifest: dict) -> None:
-    """Moves the staged shards into place, then writes labels.txt and manifest.json."""
+           staged: dict[str, list[shards.StagedShard]], counts: dict[str, dict[str, int]],
+           skipped: list[dict]) -> dict:
+    """Moves the staged shards into place, then writes labels.txt and manifest.json (built
+    here from the plan, the shards, `counts` per split and class, and `skipped`); returns
+    the manifest."""
+    manifest = build_manifest(
+        dataset_name=config.dataset_name, flags=config.manifest_flags(), classes=plan.names,
+        variants=plan.variants, agreement=plan.agreement, staged=staged, counts=counts,
+        skipped=skipped)
     shards.commit(os.path.abspath(config.output_dir), staging,
                   [shard for split in staged for shard in staged[split]],
                   list(splits.SPLIT_NAMES) + [config.output_name],
                   "".join(f"{index}:{name}\n" for index, name in enumerate(plan.names)),
                   json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
 
 
 # --- the local conversion -------------------------------------------------------
@@ -383,55 +392,4 @@ def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
         progress.close()
         skipped = fail_or_skip(config, plan, problems, skipped)
         staged = {split: writers[split].close() for split in split_order}
-        manifest = build_manifest(config, plan, staged, counts, skipped)
-        commit(config, staging, plan, staged, manifest)
-        return manifest
-
-
-def build_manifest(config: ConvertConfig, plan: Plan, staged: dict, counts: dict,
-                   skipped: list[dict]) -> dict:
-    """The manifest: per split (in ``staged``'s order) the counts per class and the shards.
-
-    Args:
-      staged: split -> [shards.StagedShard] in shard order.
-      counts: split -> {class name: examples}.
-    """
-    names = plan.names
-    warnings = [f"class {name!r} has no examples in {split}"
-                for split in staged for name in names if not counts[split][name]]
-    return {
-        "format_version": 1,
-        "dataset_name": config.dataset_name,
-        "classes": names,
-        "class_variants": plan.variants,
-        "splits": {split: {"num_examples": sum(counts[split].values()),
-                           "class_counts": {name: counts[split][name] for name in names},
-                           "files": [shard.manifest_entry() for shard in staged[split]]}
-                   for split in staged},
-        "label_tag_agreement": plan.agreement,
-        "skipped": skipped,
-        "warnings": warnings,
-        "flags": config.manifest_flags(),
-    }
-
-
-def format_summary(manifest: dict) -> str:
-    """The final table: examples per split x class, then skipped files and warnings."""
-    split_names = list(manifest["splits"])
-    width = max([len(n) for n in manifest["classes"]] + [len("total"), 5])
-    columns = [max(len(s), 7) for s in split_names]
-    lines = ["class".ljust(width) + "".join(f"  {s:>{c}}" for s, c in zip(split_names, columns))]
-    for name in manifest["classes"] + ["total"]:
-        cells = [manifest["splits"][s]["class_counts"].get(name, 0) if name != "total"
-                 else manifest["splits"][s]["num_examples"] for s in split_names]
-        lines.append(name.ljust(width) + "".join(f"  {v:>{c}}" for v, c in zip(cells, columns)))
-    for name, spellings in manifest["class_variants"].items():
-        lines.append(f"class {name!r} also spelled: {', '.join(spellings)}")
-    if manifest["label_tag_agreement"]:
-        lines.append("label file x BodyPartExamined tag:")
-        for label, row in manifest["label_tag_agreement"].items():
-            lines.append(f"  {label}: " + ", ".join(f"{tag}={n}" for tag, n in row.items()))
-    lines.append(f"skipped {len(manifest['skipped'])} file(s)")
-    lines.extend(f"  skipped {s['path']}: {s['reason']}" for s in manifest["skipped"])
-    lines.extend(f"warning: {w}" for w in manifest["warnings"])
-    return "\n".join(lines)
+        return commit(config, staging, plan, staged, counts, skipped)

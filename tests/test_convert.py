@@ -16,7 +16,8 @@ import tensorflow as tf
 from PIL import Image
 
 from dataset import features
-from dataset.convert import ConversionError, ConvertConfig, convert_dataset, format_summary
+from dataset.convert import ConversionError, ConvertConfig, convert_dataset
+from dataset.manifest import format_summary
 from tests.conftest import REPO_ROOT, write_image
 
 

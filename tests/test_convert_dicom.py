@@ -13,7 +13,8 @@ import tensorflow as tf
 from pydicom.data import get_testdata_file
 
 from dataset import features
-from dataset.convert import ConversionError, format_summary
+from dataset.convert import ConversionError
+from dataset.manifest import format_summary
 from dataset.dicom import read_dicom
 from dataset.dicom_options import DicomOptions
 from tests.test_convert import convert, read_records, split_of_files
