@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 
 from benchmarks import mirror_audit
-from tests.conftest import write_image
-from tests.trainer_fixtures import REPO_ROOT, trainer_env
+from dataset.convert import ConvertConfig, convert_dataset
+from tests.conftest import one_error_line, write_image
 
 SIZE = 16
 
@@ -45,7 +42,11 @@ def test_margins_find_the_mirrored_images_and_symmetry_flags_the_symmetric_class
     assert organ_symmetry < 0 and bar_symmetry > mirror_audit.MAX_SYMMETRY
 
 
-def test_cli_on_a_converted_dataset_reports_the_share_of_each_split(tmp_path):
+def _audit(*flags):
+    mirror_audit.main(mirror_audit.parse_flags(["mirror_audit.py", *flags]))
+
+
+def test_cli_on_a_converted_dataset_reports_the_share_of_each_split(tmp_path, capsys):
     rng = np.random.default_rng(1)
     root = tmp_path / "ds"
     for split, count, mirrored in (("train", 10, 4), ("val", 6, 0)):
@@ -54,16 +55,12 @@ def test_cli_on_a_converted_dataset_reports_the_share_of_each_split(tmp_path):
             write_image(root / split / "organ" / f"{split}{index}.png",
                         organ[:, ::-1] if index < mirrored else organ)
             write_image(root / split / "bar" / f"{split}{index}.png", _bar(rng))
-    convert = subprocess.run([sys.executable, str(REPO_ROOT / "tf_convert_data.py"),
-                              f"--dataset_dir={root}", f"--output_dir={tmp_path / 'data'}",
-                              "--need_split=predefined"],
-                             capture_output=True, text=True, env=trainer_env(), timeout=120)
-    assert convert.returncode == 0, convert.stderr
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "mirror_audit.py"),
-                             f"--data_dir={tmp_path / 'data'}"],
-                            capture_output=True, text=True, env=trainer_env(), timeout=120)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    convert_dataset(ConvertConfig(dataset_name="organs", dataset_dir=str(root),
+                                  output_dir=str(tmp_path / "data"), need_split="predefined",
+                                  num_workers=1, show_progress=False))
+    capsys.readouterr()
+    _audit(f"--data_dir={tmp_path / 'data'}")
+    lines = capsys.readouterr().out.splitlines()
     organ = next(line for line in lines if line.startswith("organ "))
     bar = next(line for line in lines if line.startswith("bar "))
     assert "0.400 / 0.600 (10)" in organ and "0.000 / 1.000 (6)" in organ
@@ -72,10 +69,6 @@ def test_cli_on_a_converted_dataset_reports_the_share_of_each_split(tmp_path):
     assert lines[-1] == "mirrored share over the asymmetric classes: train 0.400, validation 0.000"
 
 
-def test_cli_on_a_folder_that_is_not_a_converted_dataset_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "mirror_audit.py"),
-                             f"--data_dir={tmp_path}"],
-                            capture_output=True, text=True, env=trainer_env(), timeout=120)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("mirror_audit.py: error: ")
-    assert f"{tmp_path}: no manifest.json" in result.stderr
+def test_cli_on_a_folder_that_is_not_a_converted_dataset_is_one_line(tmp_path, capsys):
+    line = one_error_line(capsys, "mirror_audit.py", lambda: _audit(f"--data_dir={tmp_path}"))
+    assert f"{tmp_path}: no manifest.json" in line
