@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 
 from benchmarks import mirror_audit
 from dataset.convert import ConvertConfig, convert_dataset
 from tests.conftest import one_error_line, write_image
+from tests.trainer_fixtures import REPO_ROOT, trainer_env
 
 SIZE = 16
 
@@ -72,3 +76,11 @@ def test_cli_on_a_converted_dataset_reports_the_share_of_each_split(tmp_path, ca
 def test_cli_on_a_folder_that_is_not_a_converted_dataset_is_one_line(tmp_path, capsys):
     line = one_error_line(capsys, "mirror_audit.py", lambda: _audit(f"--data_dir={tmp_path}"))
     assert f"{tmp_path}: no manifest.json" in line
+
+
+def test_help_answers_without_tensorflow():
+    result = subprocess.run([sys.executable, "benchmarks/mirror_audit.py", "--help"],
+                            cwd=REPO_ROOT, env=trainer_env(), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "--reference_split" in result.stdout
+    assert result.stderr == ""  # no TensorFlow start-up lines: it is imported after the flags
