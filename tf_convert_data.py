@@ -9,8 +9,9 @@ Inputs: DIR/images/<stem>.<ext> + DIR/labels/<stem>.txt, or DIR/<Class>/<file>
 Output in OUT: <split>-NNNNN-of-MMMMM.tfrecord shards, labels.txt and
 manifest.json (written last). Exit status 1 with one line per problem when the
 input cannot be converted; nothing is written then (an earlier output stays as it
-was). Exit status 2 for a flag absl rejects or a stray argument; settings that do not
-fit together (e.g. --beam_pipeline_options without --runner=beam) exit 1.
+was). Exit status 2 for a flag absl rejects, a stray argument or --dicom_voi=given
+without a window; other settings that do not fit together (e.g.
+--beam_pipeline_options without --runner=beam) exit 1.
 
 On Apache Beam (pip install -r requirements-beam.txt), e.g. a Flink cluster:
   python tf_convert_data.py --dataset_dir=DIR --output_dir=OUT --need_split=tvt_split \\
@@ -50,8 +51,9 @@ flags.DEFINE_enum("layout", "auto", ["auto", "images_labels", "class_folders", "
                   "Input layout. auto: images_labels if DIR/images exists, predefined if all "
                   "sub-folders are split names, else class_folders (DIR/<Class>/<file>).")
 flags.DEFINE_string("groups_csv", None, "CSV of 'file,group' rows (file: path relative to "
-                    "DIR, or file stem). Files of one group always share a split. Default "
-                    "group: the DICOM patient, else the file stem.")
+                    "DIR, or file stem; a row that matches no file is an error). Files of "
+                    "one group always share a split. Default group: the DICOM patient, else "
+                    "the file stem.")
 flags.DEFINE_float("shard_size_mb", 128, "Target shard size in MiB.")
 flags.DEFINE_integer("num_workers", 0, "Worker processes for decoding (0: all CPU cores).")
 flags.DEFINE_enum("on_error", "fail", ["fail", "skip"],
@@ -59,7 +61,8 @@ flags.DEFINE_enum("on_error", "fail", ["fail", "skip"],
                   "skip: convert the rest and list skipped files in the manifest.")
 flags.DEFINE_enum("label_source", "labels", ["labels", "tag"],
                   "labels: label files / class folders; tag: DICOM BodyPartExamined mapped "
-                  "to a class name (non-DICOM files keep their label). A label x tag "
+                  "to a class name (non-DICOM files keep their label; DICOM files need no "
+                  "label file or class folder, e.g. a flat DIR/<file>.dcm). A label x tag "
                   "agreement table is reported whenever both exist.")
 flags.DEFINE_bool("dicom_force", False, "Read DICOM files without the DICM preamble/file meta.")
 flags.DEFINE_enum("dicom_voi", "window", ["window", "minmax", "given", "lut"],
@@ -67,6 +70,13 @@ flags.DEFINE_enum("dicom_voi", "window", ["window", "minmax", "given", "lut"],
                   "--dicom_window_center/width, or the file's VOI LUT.")
 flags.DEFINE_float("dicom_window_center", None, "Window center for --dicom_voi=given.")
 flags.DEFINE_float("dicom_window_width", None, "Window width for --dicom_voi=given.")
+# Checked while parsing, so the missing window is a one-line flag error (exit 2) naming the
+# flags, not DicomOptions' complaint about its own fields.
+flags.register_multi_flags_validator(
+    ["dicom_voi", "dicom_window_center", "dicom_window_width"],
+    lambda f: f["dicom_voi"] != "given" or (f["dicom_window_center"] is not None
+                                            and (f["dicom_window_width"] or 0) > 0),
+    "--dicom_voi=given needs --dicom_window_center and a --dicom_window_width > 0")
 flags.DEFINE_enum("dicom_bits", "8", ["8", "16"], "Bits per sample of rendered DICOM PNGs.")
 flags.DEFINE_enum("dicom_frames", "middle", ["middle", "all"],
                   "Multi-frame DICOM: the middle frame, or one example per frame "

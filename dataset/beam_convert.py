@@ -23,15 +23,29 @@ importable on every worker.
 from __future__ import annotations
 
 import collections
+import contextlib
+import difflib
 import hashlib
+import io
 import json
+import logging
 import os
 
+
+def _not_apitools_warning(record: logging.LogRecord) -> bool:
+    return "apitools not found" not in record.getMessage()
+
+
+# Importing Beam warns on the root logger that Google's apitools (BigQuery only) is
+# missing; nothing here uses GCP, and the line would precede every error and summary.
+logging.root.addFilter(_not_apitools_warning)
 try:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 except ImportError:  # raised as a one-line user error by convert_dataset_beam
     beam = None
+finally:
+    logging.root.removeFilter(_not_apitools_warning)
 
 from dataset import convert, shards, sources
 from dataset.dicom_options import DicomOptions
@@ -40,6 +54,10 @@ from dataset.workers import WorkerPool
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TASKS, _SHARDS, _COUNTS, _ERRORS = "tasks.jsonl", "shards.json", "counts.json", "errors.json"
+# Runners that run in this process, lower case without "Runner" (Beam accepts both): an
+# option they do not know is read by nothing. Other runners are sent the options Beam does
+# not know (e.g. a Flink option the Python SDK does not define), so only they can judge them.
+_IN_PROCESS_RUNNERS = {"direct", "fnapi", "bundlebaseddirect", "switchingdirect"}
 
 
 def pipeline_args(options_text: str, num_workers: int) -> list[str]:
@@ -58,6 +76,36 @@ def pipeline_args(options_text: str, num_workers: int) -> list[str]:
     return args
 
 
+def check_pipeline_args(beam_args: list[str]) -> None:
+    """Refuses, before any work, Beam arguments that Beam would only reject once the pipeline
+    starts (a bad value: argparse's whole usage text) or log and drop (an unknown option).
+
+    Raises:
+      ValueError: (one line) a value Beam cannot parse, or, on an in-process runner, an
+        option Beam does not know.
+    """
+    argparse_output = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(argparse_output):
+            options = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True)
+    except SystemExit:  # argparse printed its usage, then "<prog>: error: <problem>"
+        lines = argparse_output.getvalue().strip().splitlines() or ["cannot parse them"]
+        raise ValueError(f"--beam_pipeline_options: {lines[-1].split(' error: ', 1)[-1]}"
+                         ) from None
+    except ValueError as error:  # e.g. an empty option name
+        raise ValueError(f"--beam_pipeline_options: {error}") from None
+    runner = (options.get("runner") or "direct").lower()
+    if runner.removesuffix("runner") not in _IN_PROCESS_RUNNERS:
+        return
+    known = PipelineOptions([]).get_all_options()
+    unknown = [f"--{name}" for name in options if name not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0][2:], known, n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        raise ValueError(f"--beam_pipeline_options: Beam has no option {', '.join(unknown)}"
+                         f"{hint}")
+
+
 def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) -> dict:
     """``dataset.convert.convert_dataset`` with the encode pass on Apache Beam.
 
@@ -69,11 +117,13 @@ def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) ->
 
     Raises:
       ConversionError: as ``convert_dataset``.
-      ValueError: invalid configuration, or apache-beam is not installed.
+      ValueError: invalid configuration or Beam arguments (``check_pipeline_args``), or
+        apache-beam is not installed.
     """
     if beam is None:
         raise ValueError("--runner=beam needs the apache-beam package: "
                          "pip install -r requirements-beam.txt")
+    check_pipeline_args(beam_args)
     workers = WorkerPool(config.num_workers or os.cpu_count() or 1, init_worker,
                          (config.dicom, convert.hash_key(config)))
     try:

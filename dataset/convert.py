@@ -152,6 +152,7 @@ def _plan(config, discovery, headers, problems):
             label = tag_class
         labelled.append((item, label, patient))
     groups_csv = sources.read_groups_csv(config.groups_csv) if config.groups_csv else {}
+    problems.extend(sources.unmatched_group_rows(config.groups_csv, groups_csv, discovery))
     total = len(labelled)
     try:
         fractions = splits.split_fractions(config.need_split, config.validation_size,

@@ -195,8 +195,10 @@ def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False)
     try:
         ds = pydicom.dcmread(path, force=options.force, stop_before_pixels=header_only)
     except InvalidDicomError:
+        # Both programs that read DICOM (tf_convert_data.py, dicom_predict.py) name the
+        # option --dicom_force.
         raise DicomError(f"{path}: not a DICOM file (no 'DICM' marker or file meta; "
-                         "the force option reads it anyway)") from None
+                         "--dicom_force reads it anyway)") from None
     except IsADirectoryError:
         raise DicomError(f"{path}: cannot read: is a directory") from None
     except OSError as error:

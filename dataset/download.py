@@ -95,7 +95,8 @@ def fetch(source: str, destination: Path, *, md5: str | None) -> Path:
         if actual != md5.lower():
             partial.unlink()
             raise DownloadError(f"{url}: md5 mismatch (expected {md5}, got {actual}); "
-                                "the file is corrupt or not the expected archive")
+                                "the file is corrupt or not the expected archive (for "
+                                "another archive on purpose, --md5=none skips the check)")
     os.replace(partial, destination)
     return destination
 

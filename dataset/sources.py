@@ -8,7 +8,8 @@ Three layouts (``--layout``; ``auto`` picks one from what is on disk):
 * ``predefined``: ``DIR/{train,val|validation,test}/<Class>/<file>``, a dataset
   that arrives split (e.g. by patient); the split is kept as given. Chosen by
   ``auto`` when every sub-folder is a split name and ``train`` is one of them.
-* ``class_folders``: ``DIR/<Class>/<file>`` (MedNIST's public layout).
+* ``class_folders``: ``DIR/<Class>/<file>`` (MedNIST's public layout). When labels
+  come from DICOM tags, DICOM files may also lie directly in ``DIR`` (a flat folder).
 
 Class names match case-insensitively; the canonical spelling is the most
 frequent one (ties: the alphabetically first), and the other spellings seen are
@@ -126,7 +127,7 @@ def discover(dataset_dir: str, layout: str = "auto", *, need_labels: bool = True
 
     Args:
       need_labels: False when labels come from DICOM tags, so a DICOM file
-        without a label file is not a problem.
+        without a label file or class folder is not a problem.
 
     Raises:
       ValueError: unknown layout, or ``dataset_dir`` is not a folder.
@@ -142,9 +143,9 @@ def discover(dataset_dir: str, layout: str = "auto", *, need_labels: bool = True
     if layout == "images_labels":
         _discover_images_labels(dataset_dir, discovery, need_labels)
     elif layout == "class_folders":
-        _discover_class_folders(dataset_dir, dataset_dir, None, discovery)
+        _discover_class_folders(dataset_dir, dataset_dir, None, discovery, need_labels)
     else:
-        _discover_predefined(dataset_dir, discovery)
+        _discover_predefined(dataset_dir, discovery, need_labels)
     _refuse_non_utf8_names(discovery)
     if not discovery.files and not discovery.problems:
         discovery.problems.append(Problem("--dataset_dir", f"no images found in {dataset_dir} "
@@ -246,15 +247,20 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
 
 
 def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
-                            discovery: Discovery) -> None:
+                            discovery: Discovery, need_labels: bool) -> None:
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if not _visible(name):
             continue
         if os.path.isfile(path):
-            if file_kind(path) is not None:  # README/CSV files beside the folders are fine
-                discovery.problems.append(Problem(_rel(path, dataset_dir),
-                                                  "image outside a class folder"))
+            kind = file_kind(path)
+            if kind == "dicom" and not need_labels:  # labelled by its tag alone
+                discovery.files.append(InputFile(path, _rel(path, dataset_dir), kind, None,
+                                                 split))
+            elif kind is not None:  # README/CSV files beside the folders are fine
+                reason = "image outside a class folder" + (
+                    "" if need_labels else " (--label_source=tag labels DICOM files only)")
+                discovery.problems.append(Problem(_rel(path, dataset_dir), reason))
             continue
         for file_path in _walk(path):
             kind = file_kind(file_path)
@@ -266,7 +272,7 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                                                  kind, name, split))
 
 
-def _discover_predefined(dataset_dir: str, discovery: Discovery) -> None:
+def _discover_predefined(dataset_dir: str, discovery: Discovery, need_labels: bool) -> None:
     folders = {}
     for name in sorted(os.listdir(dataset_dir)):
         if not (_visible(name) and os.path.isdir(os.path.join(dataset_dir, name))):
@@ -284,7 +290,8 @@ def _discover_predefined(dataset_dir: str, discovery: Discovery) -> None:
         discovery.problems.append(Problem("--dataset_dir", "predefined layout needs a "
                                           "train/ folder", True))
     for split, name in sorted(folders.items()):
-        _discover_class_folders(dataset_dir, os.path.join(dataset_dir, name), split, discovery)
+        _discover_class_folders(dataset_dir, os.path.join(dataset_dir, name), split, discovery,
+                                need_labels)
 
 
 def canonical_classes(labels) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
@@ -329,6 +336,26 @@ def read_groups_csv(path: str) -> dict[str, str]:
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"--groups_csv {path}: cannot read ({error})") from None
     return mapping
+
+
+def unmatched_group_rows(path: str | None, groups_csv: dict[str, str], discovery: Discovery
+                         ) -> list[Problem]:
+    """A fatal problem when rows of ``read_groups_csv(path)`` name no file found.
+
+    Rows are matched against every file found, problem files included, so the row of a
+    file left out by --on_error=skip still matches; a row matching nothing is a typo or a
+    CSV meant for another folder, and ignoring it would silently leave its files ungrouped.
+    """
+    found = {item.relpath for item in discovery.files}
+    found.update(p.path for p in discovery.problems if not p.fatal)
+    found.update([os.path.splitext(os.path.basename(relpath))[0] for relpath in found])
+    unmatched = [key for key in groups_csv if key not in found]
+    if not unmatched:
+        return []
+    listed = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more"
+                                         if unmatched[3:] else "")
+    return [Problem(f"--groups_csv {path}", f"{len(unmatched)} of {len(groups_csv)} row(s) "
+                    f"match no file in --dataset_dir ({listed})", fatal=True)]
 
 
 def read_dicom_header(path: str, options, hash_key: bytes

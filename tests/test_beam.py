@@ -176,6 +176,37 @@ def test_beam_pipeline_options_parse_like_tensorflow_datasets():
     assert "--runner=FnApiRunner" in local and "--direct_num_workers=3" in local
 
 
+@pytest.mark.parametrize("options, message", [
+    ("bogus", "Beam has no option --bogus"),
+    ("direct_num_workrs=2", "Beam has no option --direct_num_workrs (did you mean "
+                            "--direct_num_workers?)"),
+    ("direct_num_workers=two", "argument --direct_num_workers: invalid int value: 'two'"),
+    ("runner=FnApi,direct_running_mode=in_memry", "argument --direct_running_mode: invalid "
+     "choice: 'in_memry' (choose from 'in_memory', 'multi_threading', 'multi_processing')"),
+])
+def test_bad_beam_options_are_one_line_before_anything_runs(options, message):
+    with pytest.raises(ValueError) as error:
+        beam_convert.check_pipeline_args(beam_convert.pipeline_args(options, 1))
+    assert str(error.value) == f"--beam_pipeline_options: {message}"
+
+
+def test_options_beam_forwards_to_a_cluster_runner_are_left_to_it():
+    # Beam sends options its Python SDK does not define to the runner's job service (e.g.
+    # Flink's checkpointing_interval): only the runner can judge them.
+    beam_convert.check_pipeline_args(beam_convert.pipeline_args(
+        "runner=FlinkRunner,flink_master=host:8081,checkpointing_interval=1000", 1))
+    beam_convert.check_pipeline_args(beam_convert.pipeline_args("", 1))
+
+
+def test_cli_refuses_an_unknown_beam_option(tmp_path, make_images_labels_dataset):
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
+    result = _cli(tmp_path, root, tmp_path / "out", (), "--beam_pipeline_options=bogus")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: --beam_pipeline_options: Beam has no option "
+                                          "--bogus"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_beam_bench_times_three_runs_that_wrote_the_same_records(tmp_path,
                                                                  make_images_labels_dataset):
     dataset = make_images_labels_dataset({"Chest": 6, "Hand": 6, "Head": 6}, size=16)

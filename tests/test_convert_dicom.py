@@ -108,6 +108,31 @@ def test_tag_labels_without_label_files(tmp_path):
                                     "reason": "no BodyPartExamined tag (--label_source=tag)"}]
 
 
+def test_tag_labels_on_a_flat_folder(tmp_path):
+    root = tmp_path / "ds"
+    for patient, (source, tag) in enumerate([("CT_small.dcm", "CHEST"), ("MR_small.dcm", "HEAD"),
+                                             ("CT_small.dcm", "CHEST")]):
+        _write_dicom(root / f"scan{patient}.dcm", source, patient=f"SECRET-PATIENT-{patient:02d}",
+                     body_part=tag)
+    (root / "notes.csv").write_text("not an image, ignored\n")
+    manifest = convert(root, tmp_path / "out", output_name="all", label_source="tag")
+    assert manifest["splits"]["all"]["class_counts"] == {"CHEST": 2, "HEAD": 1}
+    names = sorted(r[features.KEY_FILENAME].decode() for r in read_records(tmp_path / "out", "all"))
+    assert names == ["scan0.dcm", "scan1.dcm", "scan2.dcm"]
+    # Only a DICOM file carries the tag: a JPEG/PNG still needs a class folder, and without
+    # tag labels so does a DICOM file.
+    (root / "photo.png").write_bytes(b"\x89PNG")  # refused before it is decoded
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out2", output_name="all", label_source="tag")
+    assert error.value.problems == ["photo.png: image outside a class folder "
+                                    "(--label_source=tag labels DICOM files only)"]
+    (root / "photo.png").unlink()
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out2", output_name="all")
+    assert error.value.problems == [f"scan{index}.dcm: image outside a class folder"
+                                    for index in range(3)]
+
+
 def test_multi_frame_all_gives_one_example_per_frame(tmp_path):
     root = tmp_path / "ds"
     source = pydicom.dcmread(get_testdata_file("emri_small.dcm"))

@@ -125,6 +125,36 @@ def test_small_class_names_its_files(tmp_path):
         "(Foot/foot0000.png, Foot/foot0001.png, Foot/foot0002.png and 2 more)"]
 
 
+def test_groups_csv_rows_that_match_no_file_are_an_error(tmp_path):
+    root = make_class_folders(tmp_path / "ds", {"Chest": 3, "Hand": 3})
+    csv_path = tmp_path / "groups.csv"
+    csv_path.write_text("nosuch,g\n")  # a typo would silently turn the grouping off
+    result = run_cli(f"--dataset_dir={root}", f"--output_dir={tmp_path / 'out'}",
+                     f"--groups_csv={csv_path}")
+    assert result.returncode == 1
+    assert error_line(result) == (f"error: --groups_csv {csv_path}: 1 of 1 row(s) match no "
+                                  "file in --dataset_dir (nosuch); nothing was written")
+    assert not (tmp_path / "out").exists()
+    csv_path.write_text("file,group\nchest0000,a\nChest/chest0001.png,a\n"
+                        + "".join(f"typo{index},b\n" for index in range(5)))
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out", groups_csv=str(csv_path))
+    assert error.value.problems == [f"--groups_csv {csv_path}: 5 of 7 row(s) match no file in "
+                                    "--dataset_dir (typo0, typo1, typo2 and 2 more)"]
+
+
+def test_groups_csv_row_of_a_skipped_file_still_matches(tmp_path):
+    root = make_class_folders(tmp_path / "ds", {"Chest": 3, "Hand": 3})
+    truncate(root / "Hand" / "hand0000.png")
+    (root / "Hand" / "notes.txt").write_text("not an image")  # skipped by discovery
+    csv_path = tmp_path / "groups.csv"
+    csv_path.write_text("Hand/hand0000.png,a\nnotes,b\nchest0000,c\n")
+    manifest = convert(root, tmp_path / "out", output_name="all", groups_csv=str(csv_path),
+                       on_error="skip")
+    assert [s["path"] for s in manifest["skipped"]] == ["Hand/notes.txt", "Hand/hand0000.png"]
+    assert manifest["splits"]["all"]["num_examples"] == 5
+
+
 NON_UTF8_LAYOUTS = {  # layout: (image path, label file path or None), as bytes
     "images_labels": (b"images/x\xe9.jpg", b"labels/x\xe9.txt"),
     "class_folders": (b"Hand/x\xe9.png", None),
@@ -236,6 +266,9 @@ def test_skip_hint_only_where_skipping_lets_the_run_go_on(tmp_path, make_images_
     (["--dataset_dir=DS", "--need_split=bogus"], "flag --need_split=bogus: value should be "
                                                   "one of <None|tt_split|tvt_split|predefined>"),
     ([], "flag --dataset_dir=None: Flag --dataset_dir must have a value other than None."),
+    (["--dataset_dir=DS", "--dicom_voi=given", "--dicom_window_center=40"],
+     "flags dicom_voi=given, dicom_window_center=40.0, dicom_window_width=None: "
+     "--dicom_voi=given needs --dicom_window_center and a --dicom_window_width > 0"),
 ])
 def test_stray_argument_or_bad_flag_is_a_one_line_usage_error(tmp_path,
                                                               make_images_labels_dataset,
@@ -245,3 +278,13 @@ def test_stray_argument_or_bad_flag_is_a_one_line_usage_error(tmp_path,
     assert result.returncode == 2
     assert error_line(result) == f"tf_convert_data.py: error: {message.replace('DS', root)}"
     assert not (tmp_path / "out").exists()
+
+
+def test_dicom_voi_given_with_its_window_converts(tmp_path, make_images_labels_dataset):
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=16)
+    result = run_cli(f"--dataset_dir={root}", f"--output_dir={tmp_path / 'out'}",
+                     "--dicom_voi=given", "--dicom_window_center=40",
+                     "--dicom_window_width=400")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["flags"]["dicom"]["window_width"] == 400

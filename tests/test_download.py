@@ -40,6 +40,8 @@ def test_wrong_md5_is_a_clear_error_and_leaves_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("download.py: error: ")
     assert "md5 mismatch" in err[0] and "src.tar.gz" in err[0]
+    assert err[0].endswith("not the expected archive (for another archive on purpose, "
+                           "--md5=none skips the check)")
     assert not out.exists() and not list(tmp_path.glob("mednist*"))
 
 
