@@ -1,5 +1,6 @@
 """Out-of-fold errors: every image of an archive scored by a model that never saw it.
 
+  source scripts/recipe_mednist.sh   # sets MEDNIST_RECIPE_FLAGS, the MedNIST recipe's flags
   python benchmarks/kfold_eval.py --dataset_dir=MedNIST --work_dir=runs/kfold \\
       --train_flags="$MEDNIST_RECIPE_FLAGS" --folds=5 [--holdout_size=23407] [--only_folds=0,1]
 
@@ -15,7 +16,9 @@ errors over all scored images, the commonest confusions, and the count that rate
 a hold-out of --holdout_size images, with a 95% interval.
 
 Each fold lives in WORK_DIR/fold_K/ (symlinked images, records, model, export, eval); a
-finished step is not redone, so an interrupted run continues where it stopped.
+finished step is not redone, so an interrupted run continues where it stopped. A line on
+stderr says what each fold still has to do as it starts, and its errors when it ends; the
+summary goes to stdout.
 WORK_DIR/kfold_settings.json records what the folds are made with (the archive: its path and
 file list; --folds, --seed, --train_flags); a rerun with other settings is refused rather than
 reporting the old folds.
@@ -169,10 +172,16 @@ def _run(command: list[str], what: str) -> None:
         raise ValueError(f"{what} failed (exit {result.returncode}): {last}")
 
 
+def progress(line: str) -> None:
+    """A progress line on stderr, at once: a fold's training takes minutes."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_fold(dataset_dir: str, items: list[tuple[str, str]], fold: int, folds: int, seed: str,
-             work_dir: str, train_flags: list[str]) -> str:
+             work_dir: str, train_flags: list[str], label: str) -> str:
     """Layout, conversion, training, export and evaluation of one fold; returns its eval
-    folder. Steps whose output exists are skipped."""
+    folder. Steps whose output exists are skipped; `label` starts the progress line naming
+    the others."""
     fold_dir = os.path.join(work_dir, f"fold_{fold}")
     layout, data = os.path.join(fold_dir, "raw"), os.path.join(fold_dir, "data")
     model, export = os.path.join(fold_dir, "model"), os.path.join(fold_dir, "export")
@@ -181,18 +190,23 @@ def run_fold(dataset_dir: str, items: list[tuple[str, str]], fold: int, folds: i
         os.makedirs(fold_dir, exist_ok=True)
         make_fold_layout(dataset_dir, items, fold, folds, seed, layout)
     python = sys.executable
-    if not os.path.isfile(os.path.join(data, "manifest.json")):
-        _run([python, os.path.join(REPO_ROOT, "tf_convert_data.py"), f"--dataset_dir={layout}",
-              f"--output_dir={data}", "--need_split=predefined", "--dataset_name=kfold"],
-             f"fold {fold}: conversion")
-    if not os.path.isdir(export) or not os.listdir(export):
-        _run([python, os.path.join(REPO_ROOT, "networks", "resnet", "dicom_main.py"),
-              f"--data_dir={data}", f"--model_dir={model}", f"--export_dir={export}",
-              *train_flags], f"fold {fold}: training")
-    if not os.path.isfile(os.path.join(report, "metrics.json")):
-        _run([python, os.path.join(REPO_ROOT, "networks", "resnet", "dicom_eval.py"),
-              f"--model={export}", f"--data_dir={data}", "--split=validation",
-              f"--output_dir={report}"], f"fold {fold}: evaluation")
+    steps = (  # (step, its output exists, command); no step makes a later one's output
+        ("conversion", os.path.isfile(os.path.join(data, "manifest.json")),
+         [python, os.path.join(REPO_ROOT, "tf_convert_data.py"), f"--dataset_dir={layout}",
+          f"--output_dir={data}", "--need_split=predefined", "--dataset_name=kfold"]),
+        ("training", os.path.isdir(export) and bool(os.listdir(export)),
+         [python, os.path.join(REPO_ROOT, "networks", "resnet", "dicom_main.py"),
+          f"--data_dir={data}", f"--model_dir={model}", f"--export_dir={export}",
+          *train_flags]),
+        ("evaluation", os.path.isfile(os.path.join(report, "metrics.json")),
+         [python, os.path.join(REPO_ROOT, "networks", "resnet", "dicom_eval.py"),
+          f"--model={export}", f"--data_dir={data}", "--split=validation",
+          f"--output_dir={report}"]))
+    todo = [(step, command) for step, done, command in steps if not done]
+    progress(f"{label}: " + (", ".join(step for step, _ in todo) + " ..." if todo
+                             else "finished in an earlier run"))
+    for step, command in todo:
+        _run(command, f"fold {fold}: {step}")
     return report
 
 
@@ -205,15 +219,20 @@ def poisson_interval(count: int) -> tuple[float, float]:
     return low, quantile(count + 1, 1.959964)
 
 
+def read_report(report: str) -> tuple[dict, list[dict]]:
+    """A fold's dicom_eval.py report: (metrics.json, misclassified.csv's rows)."""
+    metrics = json.load(open(os.path.join(report, "metrics.json")))
+    with open(os.path.join(report, "misclassified.csv"), newline="") as file:
+        return metrics, list(csv.DictReader(file))
+
+
 def summarize(reports: dict[int, str], folds: int, holdout_size: int) -> str:
     """The table over finished folds; last line "out-of-fold errors E of N (rate R)"."""
     lines = [f"{'fold':<5} {'images':>7} {'errors':>6}  accuracy"]
     scored = errors = 0
     confusions: Counter = Counter()
     for fold in sorted(reports):
-        metrics = json.load(open(os.path.join(reports[fold], "metrics.json")))
-        with open(os.path.join(reports[fold], "misclassified.csv"), newline="") as file:
-            rows = list(csv.DictReader(file))
+        metrics, rows = read_report(reports[fold])
         confusions.update(f"{row['true']}->{row['predicted']}" for row in rows)
         scored += metrics["num_examples"]
         errors += len(rows)
@@ -252,9 +271,11 @@ def main(argv: list[str]) -> None:
         train_flags = shlex.split(FLAGS.train_flags)
         claim_work_dir(FLAGS.work_dir,
                        fold_settings(FLAGS.dataset_dir, items, folds, FLAGS.seed, train_flags))
-        for fold in wanted:
-            run_fold(FLAGS.dataset_dir, items, fold, folds, FLAGS.seed, FLAGS.work_dir,
-                     train_flags)
+        for position, fold in enumerate(wanted, 1):
+            label = f"fold {fold} ({position} of {len(wanted)})"
+            metrics, rows = read_report(run_fold(FLAGS.dataset_dir, items, fold, folds,
+                                                 FLAGS.seed, FLAGS.work_dir, train_flags, label))
+            progress(f"{label}: errors {len(rows)} of {metrics['num_examples']}")
         reports = {k: os.path.join(FLAGS.work_dir, f"fold_{k}", "eval") for k in range(folds)}
         reports = {k: path for k, path in reports.items()
                    if os.path.isfile(os.path.join(path, "metrics.json"))}

@@ -6,7 +6,8 @@ Every sub-folder holding a config.json (a trainer --model_dir) is one row. Colum
   config.json                 resnet_size, version, image_size (its "model"; the top-level
                               keys of older runs), batch_size, dtype
   the latest checkpoint       step; params (model weights, batch-norm statistics excluded)
-  eval/ TensorBoard events    the last evaluation's accuracy and loss (the training split)
+  eval/ TensorBoard events    the last evaluation's accuracy and loss (on the trainer's
+                              --eval_split, validation by default)
   train/ TensorBoard events   median examples_per_second
   eval_<split>/metrics.json   accuracy and macro F1 on <split>, when dicom_eval.py wrote one
   sweep.json                  status and wall-clock seconds, written by sweep_resnet.sh
@@ -51,7 +52,9 @@ def _scalars(folder: str, tag: str) -> list[tuple[int, float]]:
 
     values = []
     for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
+        # Not tf.compat.v1.train.summary_iterator: deprecated, it prints a note on every run.
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 if value.tag == tag:
                     number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")

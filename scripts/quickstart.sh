@@ -61,6 +61,8 @@ if [[ ! -f "$work_dir/data/manifest.json" ]]; then
   echo "== 2/5 converting to TFRecords (train/validation/test)"
   python "$repo/tf_convert_data.py" --dataset_name=mednist --dataset_dir="$raw" \
     --output_dir="$work_dir/data" --need_split=tvt_split --layout=class_folders
+else
+  echo "== 2/5 already converted in $work_dir/data; not converted again"
 fi
 
 echo "== 3/5 training (model_dir $work_dir/model)"
@@ -79,8 +81,9 @@ python "$repo/networks/resnet/dicom_predict.py" --model="$work_dir/export" \
   --output_csv="$work_dir/predictions.csv" "${files[@]}"
 
 elapsed=$(( $(date +%s) - start ))
-accuracy=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['accuracy'])" \
-  "$work_dir/report/metrics.json")
+# Rounded as dicom_eval.py printed it in stage 4.
+accuracy=$(python -c "import json, sys
+print(format(json.load(open(sys.argv[1]))['accuracy'], '.4f'))" "$work_dir/report/metrics.json")
 cat <<SUMMARY
 
 Quickstart finished in ${elapsed} s; test accuracy ${accuracy}.

@@ -12,11 +12,12 @@
 # (framed films, collimator edges: MedNIST's errors were framed hands and chests), 10% turned
 # by a quarter turn (radiographs stored sideways). No horizontal flip: radiographs have
 # laterality (MedNIST's classes do not depend on it, but the recipe keeps the safe default).
-# --train_budget_seconds=285 keeps training within the issue's 5 minutes on a slower CPU (285 s
-# of steps plus ~15 s the budget does not count: program start, final validation, export): at
-# most 3 epochs, the steps that fit where they do not (2-core AMD EPYC without AMX: 2.3-3
-# epochs; out of fold 14 errors of 35,107, level with 3 whole epochs: RESULTS.md section 17),
-# lengthened halfway when the steps run faster than the first ones timed (section 19).
+# --train_budget_seconds=285 keeps training within the 5 minutes the quickstart allows it, on a
+# slower CPU too (285 s of steps plus ~15 s the budget does not count: program start, final
+# validation, export): at most 3 epochs, the steps that fit where they do not (2-core AMD EPYC
+# without AMX: 2.3-3 epochs; out of fold 14 errors of 35,107, level with 3 whole epochs:
+# RESULTS.md section 17), lengthened halfway when the steps run faster than the first ones
+# timed (section 19).
 MEDNIST_RECIPE_FLAGS="--resnet_size=18 --version=2 --image_size=64 --nosmall_input --dtype=bf16 \
 --batch_size=128 --train_epochs=3 --epochs_between_evals=3 --lr_schedule=cosine \
 --base_learning_rate=0.2 --warmup_epochs=0.1 --augment_frame=0.3 --augment_rot90=0.1 --cache \
@@ -38,7 +39,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     --split=test --output_dir="$model_dir/eval_test"
   # Only what this run measured: a figure from another run would read as if it were.
   read -r accuracy num_examples < <(python -c "import json, sys
-m = json.load(open(sys.argv[1])); print(m['accuracy'], m['num_examples'])" \
+m = json.load(open(sys.argv[1])); print(format(m['accuracy'], '.4f'), m['num_examples'])" \
     "$model_dir/eval_test/metrics.json")
   echo "MedNIST recipe: test accuracy $accuracy on $num_examples images," \
     "training (incl. start-up and validation) ${train_seconds} s"

@@ -1,6 +1,6 @@
 """benchmarks/kfold_eval.py: folds that cover the archive once, the summary's arithmetic, one
-fold run end to end on a tiny class-folder archive, and a work_dir that refuses folds of other
-settings."""
+fold run end to end on a tiny class-folder archive (its progress lines on stderr), and a
+work_dir that refuses folds of other settings."""
 
 from __future__ import annotations
 
@@ -107,11 +107,20 @@ def test_one_fold_end_to_end_and_a_rerun_reuses_it(tmp_path):
                      for _, f in kfold_eval.list_archive(str(archive)))
     assert lines[-1].startswith(f"out-of-fold errors ") and f" of {fold_files} " in lines[-1]
     assert "partial: 1 of 3 folds finished" in lines
+    # Minutes of training are no longer silent: stderr says what a fold does and its errors.
+    errors = lines[-1].split()[2]
+    done = f"fold 1 (1 of 1): errors {errors} of {fold_files}"
+    assert _progress(result) == ["fold 1 (1 of 1): conversion, training, evaluation ...", done]
     stamp = os.path.getmtime(work / "fold_1" / "eval" / "metrics.json")
     again = subprocess.run(command, capture_output=True, text=True, timeout=600,
                            env=trainer_env(), cwd=REPO_ROOT)
     assert again.returncode == 0 and again.stdout == result.stdout
+    assert _progress(again) == ["fold 1 (1 of 1): finished in an earlier run", done]
     assert os.path.getmtime(work / "fold_1" / "eval" / "metrics.json") == stamp
+
+
+def _progress(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("fold ")]
 
 
 def test_a_failed_step_is_one_line_naming_the_fold(tmp_path):
@@ -141,7 +150,7 @@ def fake_folds(monkeypatch):
     the real steps are; returns the folds it was asked for."""
     calls = []
 
-    def run_fold(dataset_dir, items, fold, folds, seed, work_dir, train_flags):
+    def run_fold(dataset_dir, items, fold, folds, seed, work_dir, train_flags, label):
         calls.append(fold)
         report = os.path.join(work_dir, f"fold_{fold}", "eval")
         if not os.path.isdir(report):
@@ -157,7 +166,8 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path, capsys, fa
     base = {"--dataset_dir": str(archive), "--work_dir": str(work), "--folds": "3",
             "--only_folds": "1", "--seed": "kfold", "--train_flags": "--resnet_size=18"}
     _kfold(*(f"{k}={v}" for k, v in base.items()))
-    first = capsys.readouterr().out
+    first, progress = capsys.readouterr()
+    assert progress == "fold 1 (1 of 1): errors 1 of 10\n"  # the summary stays alone on stdout
     settings = (work / kfold_eval.SETTINGS_FILE).read_text()
     # Same settings, spelled differently: the finished fold is reused (the point of a rerun).
     _kfold(*(f"{k}={v}" for k, v in base.items()), "--train_flags= --resnet_size=18 ")

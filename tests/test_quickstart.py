@@ -1,5 +1,5 @@
-"""scripts/quickstart.sh end to end on the shared MedNIST tarball through file://, and its
-rerun after a bad archive (tiny made-up ones)."""
+"""scripts/quickstart.sh end to end on the shared MedNIST tarball through file://, its
+rerun after a bad archive (tiny made-up ones), and a rerun's output (stand-in tools)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -80,3 +82,40 @@ def test_a_bad_archive_leaves_nothing_so_a_rerun_with_a_good_url_works(tmp_path,
     again = _run_quickstart(tmp_path, good, "none")
     assert "== 2/5 converting" in again.stdout and "download.py" not in again.stderr
     assert (tmp_path / "qs" / "raw" / "MedNIST" / "Hand" / "0.jpeg").is_file()
+
+
+# python's stand-in for a rerun whose data is converted: the trainer and the predictor do
+# nothing, dicom_eval.py writes a report with an unrounded accuracy; the rest is real Python.
+FAKE_TOOLS = """#!/usr/bin/env bash
+case "${1:-}" in
+  */dicom_main.py|*/dicom_predict.py) exit 0 ;;
+  */dicom_eval.py)
+    for arg; do [[ "$arg" == --output_dir=* ]] && report="${arg#*=}"; done
+    mkdir -p "$report"
+    echo '{"accuracy": 0.2906806894536956, "num_examples": 3}' > "$report/metrics.json"
+    echo "test: accuracy 0.2907 on 3 images"; exit 0 ;;
+esac
+exec "%s" "$@"
+"""
+
+
+def test_a_rerun_says_what_it_skips_and_rounds_the_accuracy(tmp_path):
+    bin_dir, work = tmp_path / "bin", tmp_path / "qs"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_TOOLS % sys.executable)
+    (bin_dir / "python").chmod(0o755)
+    (work / "raw" / "MedNIST").mkdir(parents=True)
+    (work / "data").mkdir()
+    (work / "data" / "manifest.json").write_text('{"splits": {}}')
+    env = {**trainer_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "quickstart.sh"),
+                             f"--work_dir={work}"], capture_output=True, text=True, env=env,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stages = [line for line in result.stdout.splitlines() if line.startswith("== ")]
+    # Stage 2 used to print nothing on a rerun: the output jumped from 1/5 to 3/5.
+    assert [line[:6] for line in stages] == ["== 1/5", "== 2/5", "== 3/5", "== 4/5", "== 5/5"]
+    assert stages[1] == f"== 2/5 already converted in {work / 'data'}; not converted again"
+    # The summary's accuracy as dicom_eval.py printed it, not 0.2906806894536956.
+    assert re.search(r"^Quickstart finished in \d+ s; test accuracy 0\.2907\.$",
+                     result.stdout, re.MULTILINE), result.stdout

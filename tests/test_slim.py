@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -209,6 +210,20 @@ def test_eval_image_classifier_reports_a_train_dir(data, one_step_run):
     with pytest.raises(ValueError, match="holds a mobilenet_v3_small"):
         slim_eval.evaluate(str(one_step_run), str(data), "validation",
                                        batch_size=5, model_name="vgg_16")
+
+
+@pytest.mark.parametrize("trained, phrase", [("inception_v4", "holds an inception_v4"),
+                                             ("vgg_16", "holds a vgg_16")])
+def test_eval_model_name_message_reads_as_english(tmp_path, monkeypatch, trained, phrase):
+    # The check needs only the train_dir's config.json: a stand-in Predictor spares building
+    # (and training) an Inception-v4; "holds a inception_v4" was the message.
+    config = {"architecture": trained, "num_classes": 2, "image_size": 75}
+    monkeypatch.setattr(slim_eval, "Predictor",
+                        lambda path, checkpoint: SimpleNamespace(config=config))
+    other = "mobilenet_v3_small"
+    with pytest.raises(ValueError) as error:
+        slim_eval.evaluate(str(tmp_path), str(tmp_path), "test", batch_size=1, model_name=other)
+    assert str(error.value) == f"--model_name={other}: {tmp_path} {phrase}"
 
 
 def _cli(*args):

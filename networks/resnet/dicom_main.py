@@ -1,9 +1,10 @@
 """Train and evaluate a ResNet on a converted dataset (native TensorFlow, tf.distribute).
 
-The original example command works verbatim (on a folder written by tf_convert_data.py):
+The original example command works, --data_dir being the folder tf_convert_data.py wrote (its
+--output_dir; README.md converts /data/sample/training into /data/sample/records):
 
     python networks/resnet/dicom_main.py \\
-    --data_dir=/data/sample/training \\
+    --data_dir=/data/sample/records \\
     --model_dir=/data/model \\
     --train_epochs=100 \\
     --epochs_between_evals=1  \\

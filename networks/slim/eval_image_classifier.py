@@ -3,7 +3,7 @@
     python networks/slim/eval_image_classifier.py --alsologtostderr \\
     --model_name=inception_v4 \\
     --checkpoint_path=/data/log_dir/inception_v4 \\
-    --dataset_dir=/data/sample/training --dataset_split_name=test
+    --dataset_dir=/data/sample/records --dataset_split_name=test
 
 The model is rebuilt from the train_dir's config.json (--model_name is only checked against it)
 and evaluated through the same serving path as networks/resnet/dicom_eval.py, which writes the

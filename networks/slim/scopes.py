@@ -126,7 +126,7 @@ def _open_source(path: str, model_name: str, image_size: int) -> _Source:
         source, config = export.load_model_from_dir(model_dir, checkpoint)
         trained = registry.spec_from_config(config).name
         if trained != model_name:
-            raise ValueError(f"--checkpoint_path={path} holds a {trained} network, not "
+            raise ValueError(f"--checkpoint_path={path} holds the network {trained}, not "
                              f"{model_name}")
         return _source_from_model(source, f"{path} ({trained})")
     if not os.path.isfile(path):

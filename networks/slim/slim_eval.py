@@ -14,6 +14,12 @@ from official.core.inference import Predictor
 from official.utils.report import write_report
 
 
+def with_article(name: str) -> str:
+    """"an inception_v4", "a vgg_16": chosen by the first letter, which is right for every
+    network name here (it would not be for a "unet")."""
+    return ("an " if name.startswith(tuple("aeiou")) else "a ") + name
+
+
 def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: int,
              model_name: str | None = None, eval_dir: str | None = None) -> tuple[dict, str]:
     """Evaluate and write the report; returns (metrics, report folder).
@@ -30,8 +36,8 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
     trained = spec.architecture
     if model_name and (nets.resolve_name(model_name) != trained if trained in nets.NETWORKS
                        else model_name.strip().lower() != spec.name):  # "resnet50_v2"
-        raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds a "
-                         f"{trained if trained in nets.NETWORKS else spec.name}")
+        raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds "
+                         + with_article(trained if trained in nets.NETWORKS else spec.name))
     labels, probabilities, filenames = evaluation.evaluate_split(
         predictor, dataset_dir, split, batch_size=batch_size)
     output_dir = eval_dir or evaluation.default_output_dir(model_path, predictor.source, split)

@@ -5,7 +5,7 @@ The original README's commands work (plus --dataset_dir, the converter's --outpu
 
     python networks/slim/train_image_classifier.py \\
     --save_interval_secs=3000 --save_summaries_secs=3000 \\
-    --dataset_dir=/data/sample/training \\
+    --dataset_dir=/data/sample/records \\
     --train_dir=/data/log_dir/inception_v4 \\
     --model_name=inception_v4 \\
     --max_number_of_steps=1680
