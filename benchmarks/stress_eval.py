@@ -66,7 +66,11 @@ flags.DEFINE_integer("batch_size", 256, "Images per inference batch.", lower_bou
                      flag_values=FLAGS)
 flags.DEFINE_integer("limit", 0, "evaluate the first N images only (0: all)", lower_bound=0,
                      flag_values=FLAGS)
-flags.mark_flags_as_required(["model", "data_dir", "preset"], flag_values=FLAGS)
+flags.mark_flags_as_required(["model", "data_dir"], flag_values=FLAGS)
+# absl's required-flag message says only "must have a value other than None"; name the choices.
+flags.register_validator("preset", lambda value: value is not None,
+                         message=f"must be one of {', '.join(PRESET_NAMES)} (see --help)",
+                         flag_values=FLAGS)
 parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 

@@ -5,7 +5,8 @@
 #
 # Environment overrides (defaults in brackets):
 #   GPU            which GPU (sets CUDA_VISIBLE_DEVICES) [0]
-#   NUM_GPUS       1, or 0 to train on the CPU [1]
+#   NUM_GPUS       1, or 0 to train on the CPU [1; when nvidia-smi finds no GPU, a
+#                  line says so before dicom_main.py refuses --num_gpus=1]
 #   RESNET_SIZE    18 | 34 | 50 | 101 | 152 | 200 [50]
 #   VERSION        1 | 2 [2]
 #   IMAGE_SIZE     pixels [224]
@@ -23,6 +24,21 @@ check_arguments 2 "$@"
 data_dir="$1"; model_dir="$2"; shift 2
 
 export CUDA_VISIBLE_DEVICES="${GPU:-0}"
+
+# Without a GPU the default NUM_GPUS=1 fails in dicom_main.py's words ("--num_gpus=1 but 0
+# GPU(s) are visible"), a flag the user never typed: name NUM_GPUS first. nvidia-smi comes
+# with the NVIDIA driver, so its absence almost always means no GPU; still the run goes ahead
+# and TensorFlow has the last word (asking it here would cost its ~5 s start-up).
+if [[ -z "${NUM_GPUS:-}" ]]; then
+  if ! command -v nvidia-smi >/dev/null; then
+    no_gpu="nvidia-smi is not installed"
+  elif ! grep -q '^GPU ' <<< "$(nvidia-smi -L 2>/dev/null || true)"; then
+    no_gpu="nvidia-smi -L lists none"
+  fi
+  if [[ -n "${no_gpu:-}" ]]; then
+    echo "train_single_gpu.sh: no GPU found ($no_gpu); NUM_GPUS=0 trains on the CPU" >&2
+  fi
+fi
 
 export_dir="${EXPORT_DIR:-$model_dir/export}"
 flags=(--data_dir="$data_dir" --model_dir="$model_dir" --num_gpus="${NUM_GPUS:-1}"

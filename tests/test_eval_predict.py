@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,39 @@ def test_eval_cli_writes_report_next_to_model(trained):
     assert open(f"{report}/confusion_matrix.png", "rb").read(4) == b"\x89PNG"
 
 
+def _checkpoint_name(model_dir: str) -> str:
+    """The latest checkpoint's bare name, e.g. "ckpt-4", as a user types it after --model."""
+    import tensorflow as tf
+
+    return os.path.basename(tf.train.latest_checkpoint(model_dir))
+
+
+def test_eval_cli_finds_a_bare_checkpoint_name_inside_the_model_dir(trained, tmp_path):
+    name = _checkpoint_name(trained["model_dir"])
+    out = tmp_path / "report"
+    result = subprocess.run(  # from a working directory that does not hold the name
+        [sys.executable, str(REPO_ROOT / "networks" / "resnet" / "dicom_eval.py"),
+         f"--model={trained['model_dir']}", f"--checkpoint={name}",
+         f"--data_dir={trained['data_dir']}", "--split=validation", f"--output_dir={out}"],
+        capture_output=True, text=True, env=trainer_env(), cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == f"{trained['model_dir']}/{name}"
+    from official.core.inference import Predictor
+
+    with pytest.raises(FileNotFoundError) as error:
+        Predictor(trained["model_dir"], "ckpt-999")
+    assert str(error.value) == (f"ckpt-999: no such checkpoint (looked for ckpt-999.index and "
+                                f"{trained['model_dir']}/ckpt-999.index)")
+
+
+@pytest.mark.parametrize("script", ["dicom_eval.py", "dicom_predict.py", "dicom_export.py"])
+def test_help_says_a_checkpoint_may_be_named_inside_the_model_dir(script):
+    result = _run(script, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "its name inside the model_dir (ckpt-400)" in " ".join(result.stdout.split())
+
+
 def test_default_report_folder_names_the_views(tmp_path):
     from official.core.evaluation import default_output_dir
 
@@ -142,6 +176,22 @@ def test_predict_mixed_folder_one_row_per_file(trained, mixed_folder, tmp_path):
     assert by_file["MR0001"]["status"] == "ok"  # found by its DICM preamble
     assert len(by_file["ct.dcm"]["top_k"].split(";")) == 2
     assert by_file["ct.dcm"]["predicted_class"] in CLASSES
+
+
+def test_predict_cli_bare_checkpoint_and_a_file_named_twice(trained, mixed_folder, tmp_path):
+    """chest.png named and inside its folder, hand.jpg through another spelling: each is
+    predicted once; --checkpoint is a bare name inside --model."""
+    out = tmp_path / "p.csv"
+    name = _checkpoint_name(trained["model_dir"])
+    result = _run("dicom_predict.py", f"--model={trained['model_dir']}", f"--checkpoint={name}",
+                  f"--output_csv={out}", str(mixed_folder / "chest.png"), str(mixed_folder),
+                  str(mixed_folder / "sub" / ".." / "sub" / "hand.jpg"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = [row["file"] for row in csv.DictReader(out.open())]
+    assert len(files) == len(set(files)) == 5 and files[0] == str(mixed_folder / "chest.png")
+    assert "5 files: 4 ok" in result.stdout
+    info = json.loads((tmp_path / "p.json").read_text())
+    assert info["model"] == f"{trained['model_dir']}/{name}"
 
 
 def test_predict_cli_min_confidence_marks_uncertain(trained, mixed_folder, tmp_path):
@@ -342,9 +392,11 @@ def test_export_cli_ensemble_is_one_model_equal_to_the_in_process_ensemble(train
     np.testing.assert_allclose(ensembled, np.mean(members, axis=0), atol=1e-5)
     np.testing.assert_allclose(ensembled, load_predictor([trained["model_dir"], second])(images),
                                atol=1e-5)
-    # One model_dir: the same model the trainer exported.
+    # One model_dir: the same model the trainer exported (its last checkpoint, named as a
+    # user would: inside the model_dir).
     single = tmp_path / "single"
     assert _run("dicom_export.py", f"--model_dir={trained['model_dir']}",
+                f"--checkpoint={_checkpoint_name(trained['model_dir'])}",
                 f"--export_dir={single}").returncode == 0
     (version,) = list(single.iterdir())
     assert "ensemble" not in json.loads((version / "assets.extra" / "config.json").read_text())

@@ -118,7 +118,7 @@ def test_second_export_gets_a_new_version(exported):
     assert int(os.path.basename(second)) > int(os.path.basename(first))
 
 
-def test_load_model_from_dir(tmp_path):
+def test_load_model_from_dir(tmp_path, monkeypatch):
     model = _model_with_nontrivial_statistics()
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path), 3)
@@ -131,6 +131,17 @@ def test_load_model_from_dir(tmp_path):
         export.load_model_from_dir(str(tmp_path), str(tmp_path / "ckpt-99"))
     with pytest.raises(FileNotFoundError, match="config.json: not found"):
         export.load_model_from_dir(str(tmp_path / "elsewhere"))
+    # --checkpoint=ckpt-7 next to --model=<model_dir>: a bare name is found inside the
+    # model_dir (from a working directory that does not hold it).
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    rebuilt, _ = export.load_model_from_dir(str(tmp_path), "ckpt-7")
+    np.testing.assert_allclose(_expected(rebuilt, images), _expected(model, images), atol=1e-6)
+    assert export.resolve_checkpoint(str(tmp_path), "ckpt-7") == str(tmp_path / "ckpt-7")
+    with pytest.raises(FileNotFoundError) as error:
+        export.load_model_from_dir(str(tmp_path), "ckpt-8")
+    assert str(error.value) == (f"ckpt-8: no such checkpoint (looked for ckpt-8.index and "
+                                f"{tmp_path / 'ckpt-8'}.index)")
 
 
 def test_tf1_style_loader_finds_the_variables(exported, tmp_path):
@@ -181,7 +192,10 @@ def _expected_with_views(model, images, num_views):
 @pytest.fixture(scope="module")
 def exported_with_views(exported, tmp_path_factory):
     model = exported[0]
-    return model, export.export_saved_model(model, CONFIG, str(tmp_path_factory.mktemp("tta")),
+    # A training config that asked for no views (--export_tta=1), exported with some, as
+    # dicom_export.py --tta does.
+    return model, export.export_saved_model(model, {**CONFIG, "export_tta": 1},
+                                            str(tmp_path_factory.mktemp("tta")),
                                             tta_views=TTA_VIEWS)
 
 
@@ -202,8 +216,9 @@ def test_tta_export_averages_the_per_view_probabilities(exported_with_views, exp
     assert np.abs(expected - _expected(model, images)).max() > 1e-4
     saved = json.loads(open(os.path.join(path, "assets.extra", "config.json")).read())
     assert saved["tta_views"] == TTA_VIEWS and saved["class_names"] == CONFIG["class_names"]
+    assert saved["export_tta"] == TTA_VIEWS  # not the training run's stale 1
     plain = json.loads(open(os.path.join(exported[2], "assets.extra", "config.json")).read())
-    assert plain["tta_views"] == 1
+    assert plain["tta_views"] == plain["export_tta"] == 1
 
 
 def test_tta_out_of_range_is_refused_before_writing(tmp_path):

@@ -101,6 +101,68 @@ def test_unusable_output_paths_are_one_line_and_leave_nothing(export, folder, tm
     assert str(tmp_path / "a_file") in str(error.value)
 
 
+def test_missing_output_folder_is_refused_not_created(export, folder, tmp_path):
+    """A typo in --output_csv's folder must not become a new folder (it is refused before
+    anything is predicted); the library does not create one either."""
+    before = _snapshot(tmp_path)
+    result = _predict(export, f"--output_csv={tmp_path / 'typo' / 'p.csv'}", str(folder))
+    assert result.returncode == 1, result.stderr[-2000:]
+    line = _the_error_line(result)
+    assert line == (f"dicom_predict.py: error: --output_csv={tmp_path / 'typo' / 'p.csv'}: the "
+                    f"folder {tmp_path / 'typo'} does not exist (create it first)")
+    assert not (tmp_path / "typo").exists() and _snapshot(tmp_path) == before
+    from dataset.dicom_options import DicomOptions
+    from official.core.prediction import collect_files, predict_files
+
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "typo" / "p.csv")):
+        predict_files(_HalfAndHalf(), collect_files([str(folder)]),
+                      str(tmp_path / "typo" / "p.csv"), batch_size=2, top_k=1,
+                      min_confidence=None, dicom_options=DicomOptions())
+    assert not (tmp_path / "typo").exists()
+
+
+class _HalfAndHalf:
+    """A stand-in Predictor: 0.5 for both classes."""
+    class_names = ["Chest", "Hand"]
+    source = "half-and-half"
+    tta_views = 1
+
+    @property
+    def members(self):
+        return [self]
+
+    def __call__(self, encoded_images):
+        return np.full((len(encoded_images), 2), 0.5, np.float32)
+
+
+def test_unwritable_output_is_named_as_given_not_by_its_temporary_name(folder):
+    """/proc takes no new files; the error named '/proc/p.csv.tmp-<pid>', a name the user
+    never gave."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("no /proc here: this case needs a folder that refuses new files")
+    from dataset.dicom_options import DicomOptions
+    from official.core.prediction import collect_files, predict_files, write_run_info
+
+    with pytest.raises(OSError) as error:
+        predict_files(_HalfAndHalf(), collect_files([str(folder)]), "/proc/p.csv",
+                      batch_size=2, top_k=1, min_confidence=None, dicom_options=DicomOptions())
+    assert str(error.value).endswith(": '/proc/p.csv'") and ".tmp" not in str(error.value)
+    with pytest.raises(OSError) as error:
+        write_run_info("/proc/p.json", _HalfAndHalf(), {}, tta_views=1)
+    assert str(error.value).endswith(": '/proc/p.json'")
+
+
+def test_a_file_named_twice_is_collected_once_where_it_came_first(folder, tmp_path):
+    from official.core.prediction import collect_files
+
+    (tmp_path / "link.png").symlink_to(folder / "b.png")
+    assert collect_files([str(folder / "b.png"), str(folder), str(tmp_path / "link.png"),
+                          f"{folder}/../in/a.jpeg"]) == [str(folder / "b.png"),
+                                                         str(folder / "a.jpeg")]
+    assert collect_files([str(folder), str(folder)]) == [str(folder / "a.jpeg"),
+                                                         str(folder / "b.png")]
+
+
 @pytest.mark.parametrize("flag, named", [
     ("--top_k=0", "--top_k=0"), ("--top_k=-2", "--top_k=-2"),
     ("--batch_size=0", "--batch_size=0"),

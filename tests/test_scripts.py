@@ -143,7 +143,7 @@ def test_mednist_recipe_prints_only_what_it_measured(tmp_path):
     report = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"MedNIST recipe: test accuracy (\S+) on 6 images, training \(incl\. "
                         r"start-up and validation\) \d+ s", report), result.stdout
-    assert float(report.split()[4]) == pytest.approx(accuracy)
+    assert report.split()[4] == f"{accuracy:.4f}"  # as dicom_eval.py printed it above
     budget = json.loads((model / "config.json").read_text())["budget"]
     assert budget["seconds"] == 285 and budget["max_train_epochs"] == 3  # the recipe's cap
     # No figure from another run anywhere in the output.
@@ -211,6 +211,45 @@ def test_train_all_gpus_without_gpus_says_so(tmp_path):
     result = _bash("train_all_gpus.sh", str(tmp_path), str(tmp_path))
     assert result.returncode == 1
     assert "nvidia-smi not found; set GPUS=0,1,..." in result.stderr
+
+
+# nvidia-smi -L as it answers with one GPU, and with the driver but no GPU.
+FAKE_NVIDIA_SMI = {"one GPU": 'echo "GPU 0: Tesla T4 (UUID: GPU-0)"',
+                   "no GPU": 'echo "No devices were found"; exit 6'}
+
+
+@pytest.mark.parametrize("nvidia_smi, num_gpus, note", [
+    (None, None, "nvidia-smi is not installed"),
+    ("no GPU", None, "nvidia-smi -L lists none"),
+    ("one GPU", None, None),
+    (None, "0", None),  # the user chose the CPU
+    ("no GPU", "1", None),  # the user asked for a GPU: dicom_main.py answers
+])
+def test_train_single_gpu_without_a_gpu_names_num_gpus_first(tmp_path, nvidia_smi, num_gpus,
+                                                              note):
+    """The default --num_gpus=1 fails on a machine without a GPU with "--num_gpus=1 but 0
+    GPU(s) are visible", a flag the user never gave: one line first names NUM_GPUS=0. PATH
+    holds only stand-ins (python prints its flags), so a real nvidia-smi cannot answer."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname"))
+    (bin_dir / "grep").symlink_to(shutil.which("grep"))
+    stubs = {"python": 'echo "$@"'}
+    if nvidia_smi:
+        stubs["nvidia-smi"] = f'[[ "$*" == "-L" ]] || exit 2; {FAKE_NVIDIA_SMI[nvidia_smi]}'
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!{shutil.which('bash')}\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {key: value for key, value in trainer_env().items() if key != "NUM_GPUS"}
+    env["PATH"] = str(bin_dir)
+    if num_gpus is not None:
+        env["NUM_GPUS"] = num_gpus
+    result = subprocess.run([shutil.which("bash"), str(SCRIPTS / "train_single_gpu.sh"), "d", "m"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    expected = [f"train_single_gpu.sh: no GPU found ({note}); NUM_GPUS=0 trains on the CPU"]
+    assert result.stderr.splitlines() == (expected if note else [])
+    assert f"--num_gpus={num_gpus or 1}" in result.stdout.split()  # the run still goes ahead
 
 
 def test_convert_sweep_two_runs_then_export_and_evaluate(tmp_path, make_images_labels_dataset):
@@ -338,3 +377,31 @@ def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_p
                        "no accuracy and macro_avg.f1 numbers",
         "bad_status": f"unreadable: {sweep / 'bad_status' / 'sweep.json'}: not readable JSON "
                       "(Expecting value: line 1 column 1 (char 0))"}
+
+
+def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
+    import tensorflow as tf
+
+    run = tmp_path / "sweep" / "r18"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
+    for folder, scalars in (("eval", {"accuracy": (0.5, 0.75), "loss": (1.25, 0.5)}),
+                            ("train", {"examples_per_second": (9.0, 100.0, 120.0, 110.0)})):
+        writer = tf.summary.create_file_writer(str(run / folder))
+        with writer.as_default():
+            for tag, values in scalars.items():
+                for step, value in enumerate(values, 1):
+                    tf.summary.scalar(tag, value, step=step)
+        writer.close()
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"),
+                             str(run.parent)], capture_output=True, text=True,
+                            env=trainer_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(run.parent / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    # The last evaluation's figures; the median speed without the first (tracing) call.
+    assert (row["eval_accuracy"], row["eval_loss"], row["examples_per_second"]) == (
+        "0.75", "0.5", "110.0")
+    # tf.compat.v1.train.summary_iterator printed "Instructions for updating: Use eager
+    # execution and: tf.data.TFRecordDataset(path)" on every run.
+    assert "deprecated" not in result.stderr, result.stderr

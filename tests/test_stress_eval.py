@@ -128,6 +128,15 @@ def test_the_program_offers_every_preset():
     assert stress_eval.PRESET_NAMES == tuple(sorted(stress_eval_lib.PRESETS))
 
 
+def test_a_missing_preset_is_one_line_naming_the_presets(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        stress_eval.parse_flags(["stress_eval.py", "--model=m", "--data_dir=d"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "stress_eval.py: error: flag --preset=None: must be one of ct, ct-aspect, "
+        "ct-corruptions, orientation, radiograph (see --help)"]
+
+
 def test_tiny_model_run_prints_every_shift_and_the_stress_accuracy(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     config = TrainConfig(model_dir=str(tmp_path / "model"), data_dir=str(data), image_size=32,

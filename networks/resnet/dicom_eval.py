@@ -2,7 +2,7 @@
 
     python networks/resnet/dicom_eval.py --model=runs/r18 --data_dir=data/mednist --split=test
 
---model is a training model_dir (latest checkpoint, or --checkpoint=.../ckpt-400) or an
+--model is a training model_dir (latest checkpoint, or --checkpoint=ckpt-400) or an
 exported SavedModel (its folder, or the export_dir holding numbered versions). The report
 goes to --output_dir, by default next to the model (<model_dir>/eval_<split>/, or
 <export_dir>/eval-<version>-<split>/; with --tta=N the folder name ends in -ttaN).
@@ -49,13 +49,15 @@ TTA_HELP = ("Test-time augmentation: average the probabilities over this many fi
             "each image (dataset/test_time.py: identity, +-5 degree rotations, 1.1/0.9 zoom, "
             "+-1/16 shifts; never a mirror, so left/right classes are safe). 1 = off, up to 7. "
             "Not with a SavedModel exported with views built in (it averages its own).")
+CHECKPOINT_HELP = ("Checkpoint to use instead of the model_dir's latest: its prefix as a path "
+                   "(runs/a/ckpt-400) or its name inside the model_dir (ckpt-400); only with a "
+                   "single model_dir.")
 
 
 def define_flags() -> None:
     """Flags exist only when run as a program, so tests can import this module."""
     flags.DEFINE_list("model", None, MODEL_HELP)
-    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: "
-                        "latest); only with a single --model.")
+    flags.DEFINE_string("checkpoint", None, CHECKPOINT_HELP)
     flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1,
                          upper_bound=MAX_TEST_TIME_VIEWS)
     flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.")

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import app, flags  # noqa: E402
 
+from networks.resnet.dicom_eval import CHECKPOINT_HELP  # noqa: E402
 from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
 
@@ -36,8 +37,7 @@ def define_flags() -> None:
     flags.DEFINE_list("model_dir", None, "Training model_dir(s); several, comma-separated, "
                       "are exported as one ensemble.")
     flags.DEFINE_string("export_dir", None, "Where the SavedModel's numbered folder goes.")
-    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside the model_dir (default: "
-                        "latest); only with a single --model_dir.")
+    flags.DEFINE_string("checkpoint", None, CHECKPOINT_HELP)
     flags.DEFINE_integer("tta", 1, "Test-time views averaged inside the export (1: off).",
                          lower_bound=1, upper_bound=MAX_TEST_TIME_VIEWS)
     flags.mark_flags_as_required(["model_dir", "export_dir"])

@@ -16,10 +16,11 @@ The CSV has one row per input file:
 With --min_confidence=P, predictions whose probability is below P get status and
 predicted_class "uncertain" (the model's guess stays in top_k). A file that cannot
 be read gets an error row; the run goes on, and one line on stderr counts the failures.
+A file named twice (also inside a named folder, or through a link) is predicted once.
 Exit status: 0 when at least one file was classified; 1 when every file failed (the CSV
 is still written: its rows say why), when a named file or folder does not exist, or when
---output_csv (or its .json) would overwrite an input or cannot be written (then nothing is
-written); 2 for a bad flag.
+--output_csv (or its .json) would overwrite an input, is in a folder that does not exist
+(it is not created) or cannot be written (then nothing is written); 2 for a bad flag.
 
 --tta=N averages each model's probabilities over N fixed test-time views (never a mirror);
 --model=a,b,... is an ensemble whose probabilities are averaged (same class names, same
@@ -39,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from absl import app, flags  # noqa: E402
 
 from dataset.dicom_options import DicomOptions  # noqa: E402
-from networks.resnet.dicom_eval import MODEL_HELP, TTA_HELP  # noqa: E402
+from networks.resnet.dicom_eval import CHECKPOINT_HELP, MODEL_HELP, TTA_HELP  # noqa: E402
 from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
 
@@ -50,12 +51,12 @@ PROGRAM = "dicom_predict.py"
 def define_flags() -> None:
     """Flags exist only when run as a program, so tests can import this module."""
     flags.DEFINE_list("model", None, MODEL_HELP)
-    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix inside a model_dir (default: "
-                        "latest); only with a single --model.")
+    flags.DEFINE_string("checkpoint", None, CHECKPOINT_HELP)
     flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1,
                          upper_bound=MAX_TEST_TIME_VIEWS)
     flags.DEFINE_list("input", [], "Files or folders to classify (positional arguments work too).")
-    flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes.")
+    flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes (its .json next "
+                        "to it); the folder must exist.")
     flags.DEFINE_integer("batch_size", 32, "Images per inference batch.", lower_bound=1)
     flags.DEFINE_integer("top_k", 3, "How many classes to list per file (more than the model "
                          "has: all of them).", lower_bound=1)

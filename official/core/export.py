@@ -13,8 +13,8 @@ that many fixed views of each image (dataset/test_time.py); never a mirror image
 models (an ensemble: same image size, channels and classes), they average the members'
 probabilities.
 
-The resolved training config, plus `tta_views`, is copied to
-`<version>/assets.extra/config.json`.
+The resolved training config is copied to `<version>/assets.extra/config.json`, with
+`tta_views` (and the training flag `export_tta`) set to the views the signatures average.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
 
     Args:
       model_dir: a trainer --model_dir (holds config.json and checkpoints).
-      checkpoint: a checkpoint prefix (e.g. ".../ckpt-400"); None for the latest.
+      checkpoint: a checkpoint prefix (".../ckpt-400", or "ckpt-400" inside model_dir; see
+        resolve_checkpoint); None for the latest.
 
     Returns:
       (float32 keras.Model with the trained weights, the resolved config dict).
@@ -58,11 +59,7 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
       FileNotFoundError: no config.json or no checkpoint.
     """
     config = read_config(model_dir)
-    checkpoint = checkpoint or tf.train.latest_checkpoint(model_dir)
-    if not checkpoint:
-        raise FileNotFoundError(f"{model_dir}: no checkpoint found")
-    if not tf.io.gfile.exists(checkpoint + ".index"):
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    checkpoint = resolve_checkpoint(model_dir, checkpoint)
     _check_checkpoint_is_of(checkpoint, model_dir, config)
     model = build_inference_model(config)
     # Only the model is needed: the optimizer slots and step in the file are left unread.
@@ -75,6 +72,31 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
     if config.get("ema_decay"):
         ema.restore_average(model, checkpoint)  # what the run evaluated and exported
     return model, config
+
+
+def resolve_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
+    """The checkpoint prefix to restore: ``checkpoint`` as given (a path), else the same name
+    inside ``model_dir`` (``--checkpoint=ckpt-400`` next to ``--model=runs/a``), else, when
+    None, model_dir's latest.
+
+    Raises:
+      FileNotFoundError: model_dir holds no checkpoint, or ``checkpoint`` is in neither place
+        (both named).
+    """
+    if not checkpoint:
+        latest = tf.train.latest_checkpoint(model_dir)
+        if not latest:
+            raise FileNotFoundError(f"{model_dir}: no checkpoint found")
+        return latest
+    candidates = [checkpoint]
+    inside = os.path.join(model_dir, checkpoint)  # an absolute checkpoint stays itself
+    if os.path.normpath(inside) != os.path.normpath(checkpoint):
+        candidates.append(inside)
+    for candidate in candidates:
+        if tf.io.gfile.exists(candidate + ".index"):
+            return candidate
+    looked = " and ".join(f"{candidate}.index" for candidate in candidates)
+    raise FileNotFoundError(f"{checkpoint}: no such checkpoint (looked for {looked})")
 
 
 def first_line(error: Exception) -> str:
@@ -211,7 +233,7 @@ def export_saved_model(model: keras.Model, config: dict, export_dir: str,
     The weights are copied into a float32 copy of the architecture, so fp16/bf16 and
     distributed training runs export the same plain model. With tta_views > 1 the signatures
     average over that many test-time views (see ServingModule); assets.extra/config.json
-    records `tta_views` either way.
+    records them as `tta_views` and `export_tta` either way.
 
     Raises:
       ValueError: tta_views out of range.
@@ -289,8 +311,11 @@ def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) 
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default,
                                                      "predict_images": module.predict_images})
     os.makedirs(os.path.join(tmp, ASSETS_EXTRA), exist_ok=True)
+    # export_tta is the training flag that asked for the trainer's export; dicom_export.py
+    # --tta may have chosen other views, so both keys say what these signatures average.
     with open(os.path.join(tmp, ASSETS_EXTRA, CONFIG_FILE), "w") as f:
-        json.dump({**config, "tta_views": tta_views}, f, indent=2, sort_keys=True)
+        json.dump({**config, "export_tta": tta_views, "tta_views": tta_views}, f, indent=2,
+                  sort_keys=True)
     os.rename(tmp, final)
     return final
 

@@ -93,12 +93,13 @@ class Predictor:
             self.tta_views = max(baked, tta_views)
             self.source = saved_model
         elif os.path.isfile(os.path.join(model_path, CONFIG_FILE)):
+            checkpoint = export.resolve_checkpoint(model_path, checkpoint)
             model, self.config = export.load_model_from_dir(model_path, checkpoint)
             module = export.ServingModule(model, self.config, tta_views)
             self._serve = module.serving_default
             self._keepalive = module
             self.tta_views = tta_views
-            self.source = checkpoint or tf.train.latest_checkpoint(model_path)
+            self.source = checkpoint
         else:
             raise FileNotFoundError(f"{model_path}: neither a SavedModel (saved_model.pb) nor a "
                                     f"training model_dir ({CONFIG_FILE})")

@@ -33,7 +33,8 @@ class Item:
 
 def collect_files(inputs: list[str]) -> list[str]:
     """Named files as given, plus the image and DICOM files under named folders (sorted):
-    those the converter would read (dataset.sources.file_kind).
+    those the converter would read (dataset.sources.file_kind). A file reached twice (named
+    and inside a named folder, or through a link) is kept once, where it came first.
 
     Raises:
       FileNotFoundError: naming every input that does not exist (a mistyped path is refused
@@ -55,12 +56,18 @@ def collect_files(inputs: list[str]) -> list[str]:
             files.extend(sorted(found))
         else:
             files.append(entry)  # an odd file gets an error row, not a silent drop
-    return files
+    unique, seen = [], set()
+    for path in files:
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            unique.append(path)
+    return unique
 
 
 def check_output_paths(output_csv: str, files: list[str]) -> None:
     """Refuses, before anything is predicted, a CSV or run-info path that cannot be written or
-    would overwrite one of ``files``.
+    would overwrite one of ``files``. Its folder must exist: creating one would turn a typo
+    in the path into a new folder, and its predictions would be looked for elsewhere.
 
     Raises:
       ValueError: naming the path and the problem.
@@ -74,8 +81,9 @@ def check_output_paths(output_csv: str, files: list[str]) -> None:
         if os.path.isdir(path):
             raise ValueError(f"--output_csv={output_csv}: {path} is a folder")
         parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(parent):  # the folders predict_files will create
-            parent = os.path.dirname(parent)
+        if not os.path.exists(parent):
+            raise ValueError(f"--output_csv={output_csv}: the folder {parent} does not exist "
+                             "(create it first)")
         if not os.path.isdir(parent):
             raise ValueError(f"--output_csv={output_csv}: {parent} is not a folder")
 
@@ -132,10 +140,10 @@ def rows_for(items: list[Item], probabilities, class_names, *, top_k: int,
 
 def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: int, top_k: int,
                   min_confidence: float | None, dicom_options) -> dict[str, int]:
-    """Writes the prediction CSV (atomically); returns counts per status."""
+    """Writes the prediction CSV (atomically) into an existing folder; returns counts per
+    status."""
     hash_key = os.urandom(32)  # patient keys are not used here; nothing is written from them
     counts = {"ok": 0, "uncertain": 0, "error": 0}
-    os.makedirs(os.path.dirname(os.path.abspath(output_csv)), exist_ok=True)
     # A file name that is not valid UTF-8 reaches us with surrogates (os.walk's
     # surrogateescape); it is written as the converter's messages spell it, e.g. "x\\xe9.jpeg",
     # so the CSV stays valid UTF-8 for every reader, at the price of that one name not being
@@ -163,14 +171,17 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
 def _written_atomically(path: str):
     """Yields a temporary name next to ``path``, moved over it when the block succeeds and
     removed when it fails (Ctrl-C included): readers never see a half-written file, and a
-    failed run leaves no .tmp file behind."""
+    failed run leaves no .tmp file behind. An OSError about the temporary name names ``path``
+    instead: that is the name the user gave."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(error, OSError) and error.filename == tmp and error.errno:
+            raise type(error)(error.errno, error.strerror, path) from None
         raise
 
 
