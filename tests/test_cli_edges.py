@@ -4,6 +4,7 @@ elsewhere, corrupt records. Each is one clear line, and none costs a training ru
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -144,3 +145,29 @@ def test_a_damaged_saved_model_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="not a loadable SavedModel .*export it again") as error:
         Predictor(path)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("program", ["networks/resnet/dicom_eval.py",  # absl's global FLAGS
+                                     "benchmarks/stress_eval.py"])     # flags of its own
+def test_several_missing_flags_are_one_line(program):
+    # absl puts each missing required flag on a line of its own.
+    result = subprocess.run([sys.executable, program], cwd=REPO_ROOT, env=trainer_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"{os.path.basename(program)}: error: ") and "--data_dir" in line
+
+
+@pytest.mark.parametrize("program", ["networks/resnet/dicom_eval.py",
+                                     "benchmarks/stress_eval.py"])
+def test_help_into_a_closed_pipe_is_no_traceback(program):
+    # `--help | head -1`: the reader is gone before the help is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, program, "--help"], cwd=REPO_ROOT,
+                                env=trainer_env(), stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0 and result.stderr == ""

@@ -77,7 +77,9 @@ def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
         except flags.Error as error:
             # --help answers even when a required flag is missing (parsed, then validated).
             if flag_values is None or not values["help"].value:
-                exit_with_error(program, error, status=2)
+                # absl puts each missing required flag on a line of its own.
+                lines = (line.rstrip(".") for line in str(error).splitlines())
+                exit_with_error(program, "; ".join(lines), status=2)
             remaining = []
         if flag_values is None:
             # With no arguments named, one is a value meant for a flag ('--need_split tvt_split
@@ -88,8 +90,8 @@ def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
             return remaining
         if values["help"].value:
             flag_help = values.get_help(include_special_flags=False)
-            print(f"{usage}\n\n{doc.strip()}\n\nflags:\n{flag_help}", flush=True)
-            sys.exit(0)
+            _print_help_and_exit(lambda: print(f"{usage}\n\n{doc.strip()}\n\nflags:\n"
+                                               f"{flag_help}", flush=True))
         if len(remaining) - 1 != len(arguments):
             print(usage, file=sys.stderr)
             exit_with_error(program, f"expected {' '.join(arguments) or 'no arguments'}, got "
@@ -111,13 +113,21 @@ def _answer_help_and_exit(argv: list[str]) -> None:
         if argument == "--":
             return
         if argument in _HELP:
-            try:
-                app.usage(shorthelp=_HELP[argument], writeto_stdout=True)
-                if _HELP[argument]:
+            def show(short=_HELP[argument]):
+                app.usage(shorthelp=short, writeto_stdout=True)
+                if short:
                     print("\nTry --helpfull to get a list of all flags.", flush=True)
-            except BrokenPipeError:  # `--help | head`: the reader has what it wanted
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
+            _print_help_and_exit(show)
+
+
+def _print_help_and_exit(show: Callable[[], None]) -> NoReturn:
+    """`show()` the help on stdout, exit 0; `--help | head` closing the pipe early is no error
+    (the reader has what it wanted)."""
+    try:
+        show()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
 
 
 def exit_with_error(program: str, error: Exception | str, status: int = 1) -> NoReturn:
