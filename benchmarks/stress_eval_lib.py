@@ -147,13 +147,33 @@ def _encode(images: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(tf.io.encode_png, images, fn_output_signature=tf.string)
 
 
+def chosen_shifts(preset: str, names: list[str] | tuple[str, ...] = ()) -> tuple:
+    """The preset's (name, kind, parameter) shifts named in `names` (empty: all), in the
+    preset's order.
+
+    Raises:
+      ValueError: a name the preset does not have (the message lists those it has).
+    """
+    table = PRESETS[preset]
+    unknown = [name for name in names if name not in {shift[0] for shift in table}]
+    if unknown:
+        raise ValueError(f"--shifts: preset {preset} has no shift {', '.join(map(repr, unknown))}"
+                         f"; its shifts: {', '.join(shift[0] for shift in table)}")
+    return tuple(shift for shift in table if not names or shift[0] in names)
+
+
 def stress(predictor, images: np.ndarray, labels: np.ndarray, preset: str,
-           batch_size: int) -> list[tuple[str, float, float, str, np.ndarray]]:
+           batch_size: int, shifts: list[str] | tuple[str, ...] = ()
+           ) -> list[tuple[str, float, float, str, np.ndarray]]:
     """(name, accuracy, worst class recall, worst class, confusion matrix [true, predicted])
-    for the clean split and each shift."""
+    for the clean split and each shift of the preset (only those named in `shifts`, if any).
+
+    Raises:
+      ValueError: `shifts` names a shift the preset does not have.
+    """
     rows = []
     names = predictor.class_names
-    for name, kind, parameter in (("clean", None, None), *PRESETS[preset]):
+    for name, kind, parameter in (("clean", None, None), *chosen_shifts(preset, shifts)):
         predictions = []
         for start in range(0, len(images), batch_size):
             batch = tf.constant(images[start:start + batch_size])

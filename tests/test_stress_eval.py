@@ -13,6 +13,7 @@ from benchmarks import stress_eval, stress_eval_lib
 from networks.resnet import train_steps
 from official.core import train_lib
 from official.core.config import TrainConfig
+from tests.conftest import one_error_line
 from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
 
 
@@ -135,6 +136,40 @@ def test_a_missing_preset_is_one_line_naming_the_presets(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "stress_eval.py: error: flag --preset=None: must be one of ct, ct-aspect, "
         "ct-corruptions, orientation, radiograph (see --help)"]
+
+
+class _ByBrightness:
+    """A stand-in predictor: class 1 when an image's centre is bright, else class 0."""
+    class_names = ["dark", "bright"]
+
+    def __call__(self, encoded):
+        images = [tf.io.decode_png(png).numpy() for png in encoded.numpy()]
+        bright = np.array([image[16, 16, 0] > 100 for image in images])
+        return np.stack([~bright, bright], axis=1).astype(np.float32)
+
+
+def test_shifts_picks_named_shifts_of_the_preset_in_its_order():
+    chosen = stress_eval_lib.chosen_shifts("ct", ["noise 4%", "zoom 0.85"])
+    assert [name for name, *_ in chosen] == ["zoom 0.85", "noise 4%"]
+    assert stress_eval_lib.chosen_shifts("orientation") == stress_eval_lib.PRESETS["orientation"]
+    with pytest.raises(ValueError, match="preset ct has no shift 'zoom 2'; its shifts: zoom 0.85"):
+        stress_eval_lib.chosen_shifts("ct", ["zoom 2"])
+    # Only the named shift is scored, so the confusions are its own.
+    images = np.zeros((4, 32, 32, 1), np.uint8)
+    images[2:, 12:20, 12:20] = 200
+    rows = stress_eval_lib.stress(_ByBrightness(), images, np.array([0, 0, 1, 1]), "radiograph",
+                                  batch_size=3, shifts=["inverted"])
+    assert [row[0] for row in rows] == ["clean", "inverted"]
+    assert rows[0][1] == 1.0 and rows[1][1] == 0.0
+    np.testing.assert_array_equal(rows[1][4], [[0, 2], [2, 0]])
+
+
+def test_an_unknown_shift_is_one_line_before_any_model_is_loaded(capsys, tmp_path):
+    argv = ["stress_eval.py", f"--model={tmp_path}/none", f"--data_dir={tmp_path}",
+            "--preset=ct", "--shifts=zoom 0.85,zoom 2"]
+    line = one_error_line(capsys, "stress_eval.py",
+                          lambda: stress_eval.main(stress_eval.parse_flags(argv)))
+    assert "preset ct has no shift 'zoom 2'" in line
 
 
 def test_tiny_model_run_prints_every_shift_and_the_stress_accuracy(tmp_path):
