@@ -146,7 +146,10 @@ def _define_resnet(define: _Definer) -> None:
                          "by default: when the image's left-right axis is the patient's (the "
                          "radiological convention) a flip turns a left organ into a right one. "
                          "benchmarks/stress_eval.py --preset=orientation shows which image "
-                         "axis carries left and right in your data (OrganAMNIST: up-down).")
+                         "axis carries left and right in your data (OrganAMNIST: up-down, so "
+                         "there this flip is a front-back mirror that keeps labels true); "
+                         "benchmarks/mirror_audit.py shows whether scans stored mirrored "
+                         "already occur in it (OrganAMNIST's training split: about a fifth).")
     define.float("base_learning_rate", 0.1, "Learning rate for a global batch of 256 "
                        "(scaled linearly with the batch, see --lr_scaling).", lower_bound=0.0)
     define.enum("lr_scaling", "linear", LR_SCALINGS, "linear: lr = "
