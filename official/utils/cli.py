@@ -78,8 +78,7 @@ def flags_parser(program: str, flag_values: flags.FlagValues | None = None, *,
             # --help answers even when a required flag is missing (parsed, then validated).
             if flag_values is None or not values["help"].value:
                 # absl puts each missing required flag on a line of its own.
-                lines = (line.rstrip(".") for line in str(error).splitlines())
-                exit_with_error(program, "; ".join(lines), status=2)
+                exit_with_error(program, " ".join(str(error).splitlines()), status=2)
             remaining = []
         if flag_values is None:
             # With no arguments named, one is a value meant for a flag ('--need_split tvt_split
