@@ -122,12 +122,12 @@ def main(argv: list[str]) -> None:
     def run() -> str:
         class_names = list(reader.split_info(FLAGS.data_dir, FLAGS.reference_split).class_names)
         axis = AXES[FLAGS.axis]
-        images, labels = stress_eval_lib.load_split(FLAGS.data_dir, FLAGS.reference_split, 1)
-        means = class_means(images, labels, len(class_names))
-        audited = {}
-        for split in FLAGS.splits:
-            images, labels = stress_eval_lib.load_split(FLAGS.data_dir, split, 1)
-            audited[split] = (mirror_margins(images, labels, means, axis), labels)
+        # Each split is read once, the reference too when it is also audited.
+        loaded = {split: stress_eval_lib.load_split(FLAGS.data_dir, split, 1)
+                  for split in dict.fromkeys([FLAGS.reference_split, *FLAGS.splits])}
+        means = class_means(*loaded[FLAGS.reference_split], len(class_names))
+        audited = {split: (mirror_margins(*loaded[split], means, axis), loaded[split][1])
+                   for split in FLAGS.splits}
         return report(FLAGS.data_dir, FLAGS.axis, FLAGS.reference_split, class_names,
                       symmetry(means, axis), audited)
 

@@ -56,12 +56,11 @@ def collect_files(inputs: list[str]) -> list[str]:
             files.extend(sorted(found))
         else:
             files.append(entry)  # an odd file gets an error row, not a silent drop
-    unique, seen = [], set()
+    # Keyed by the real path, first spelling kept (dicts keep insertion order).
+    unique = {}
     for path in files:
-        if os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
-            unique.append(path)
-    return unique
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
 
 
 def check_output_paths(output_csv: str, files: list[str]) -> None:
