@@ -25,3 +25,20 @@ check_arguments() {
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+# print_class_report METRICS_JSON: dicom_eval.py's per-class recall and the five commonest
+# confusions from its metrics.json, the figures to read on OrganAMNIST rather than the mean.
+print_class_report() {
+  python - "$1" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+names, matrix = m["class_names"], m["confusion_matrix"]
+print(f"recall per class on {m['num_examples']} {m['split']} images:")
+for name, row in m["per_class"].items():
+    print(f"  {name:<13} {row['recall']:.4f}  ({row['support']} images)")
+confusions = sorted(((matrix[i][j], names[i], names[j]) for i in range(len(names))
+                     for j in range(len(names)) if i != j and matrix[i][j]), reverse=True)
+print("commonest confusions (true->predicted): "
+      + (", ".join(f"{a}->{b} {n}" for n, a, b in confusions[:5]) or "none"))
+PY
+}

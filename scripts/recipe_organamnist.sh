@@ -84,11 +84,5 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     --model_dir="$(IFS=,; echo "${model_dirs[*]}")"
   python "$repo/networks/resnet/dicom_eval.py" --model="$work_dir/export" \
     --data_dir="$work_dir/data" --split=validation --output_dir="$work_dir/eval_validation"
-  python - "$work_dir/eval_validation/metrics.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-print(f"recall per class on {m['num_examples']} validation images:")
-for name, row in m["per_class"].items():
-    print(f"  {name:<13} {row['recall']:.4f}  ({row['support']} images)")
-PY
+  print_class_report "$work_dir/eval_validation/metrics.json"
 fi

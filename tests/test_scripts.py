@@ -1,7 +1,7 @@
 """scripts/: ShellCheck, --help and argument counts of every script, TF_CONFIG from a host
-list, the MedNIST recipe's report, the OrganAMNIST recipe's ensemble, and convert -> sweep ->
-export on tiny data (the sweep's two runs end in one results table), a failed sweep rerun
-(with a stand-in trainer) and collect_results.py on damaged JSON files."""
+list, the MedNIST recipe's report, and convert -> sweep -> export on tiny data (the sweep's
+two runs end in one results table), a failed sweep rerun (with a stand-in trainer) and
+collect_results.py on damaged JSON files. The OrganAMNIST scripts: test_organamnist_scripts.py."""
 
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.conftest import write_image
-from tests.trainer_fixtures import REPO_ROOT, class_image, trainer_env, write_converted_dataset
+from tests.trainer_fixtures import REPO_ROOT, trainer_env, write_converted_dataset
 
 SCRIPTS = REPO_ROOT / "scripts"
 SHELL_SCRIPTS = sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")])
@@ -35,6 +32,7 @@ WRONG_ARGUMENTS = {
     "evaluate_export.sh": ("runs/x",),
     "quickstart.sh": ("stray",),
     "recipe_mednist.sh": ("data",),
+    "holdout_organamnist.sh": (),
     "recipe_organamnist.sh": (),
     "slurm_train.sbatch": ("data",),
     "sweep_resnet.sh": ("data",),
@@ -148,41 +146,6 @@ def test_mednist_recipe_prints_only_what_it_measured(tmp_path):
     assert budget["seconds"] == 285 and budget["max_train_epochs"] == 3  # the recipe's cap
     # No figure from another run anywhere in the output.
     assert "peer" not in result.stdout and "%" not in result.stdout
-
-
-def test_organamnist_recipe_trains_its_members_and_exports_one_ensemble(tmp_path):
-    """A tiny archive in OrganAMNIST's layout, one step per member: the wiring, not accuracy."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 8), ("val", 2)):
-        for index, name in enumerate(("kidney-left", "kidney-right")):
-            for number in range(count):
-                write_image(tmp_path / "OrganAMNIST" / split / name / f"{split}{number}_{index}.png",
-                            class_image(rng, index, 28).astype(np.uint8))
-    with tarfile.open(tmp_path / "organ.tar.gz", "w:gz") as archive:
-        archive.add(tmp_path / "OrganAMNIST", arcname="OrganAMNIST")
-    work = tmp_path / "work"
-    flags = ("--max_train_steps=1", "--image_size=32", "--batch_size=8", "--hooks=",
-             "--num_parallel_calls=2")
-    env = {"ORGANAMNIST_TAR": str(tmp_path / "organ.tar.gz"), "ORGANAMNIST_MEMBERS": "2"}
-    result = _bash("recipe_organamnist.sh", str(work), *flags, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (version,) = list((work / "export").iterdir())
-    config = json.loads((version / "assets.extra" / "config.json").read_text())
-    assert [member["source"] for member in config["ensemble"]] == [
-        str(work / "model_1"), str(work / "model_2")]
-    seeds = [json.loads((work / f"model_{k}" / "config.json").read_text())["seed"] for k in (1, 2)]
-    assert seeds == [1, 2]  # two different members, not one model twice
-    budget = json.loads((work / "model_1" / "config.json").read_text())["budget"]
-    assert budget["seconds"] == 1710 and budget["max_train_epochs"] == 8  # the recipe's cap
-    metrics = json.loads((work / "eval_validation" / "metrics.json").read_text())
-    assert metrics["num_examples"] == 4
-    swaps = metrics["left_right_swaps"]["kidney-left/kidney-right"]
-    assert (f"left/right swaps kidney-left/kidney-right: {swaps['left_to_right']} left->right, "
-            f"{swaps['right_to_left']} right->left") in result.stdout
-    result = _bash("recipe_organamnist.sh", str(work), *flags,
-                   env={**env, "ORGANAMNIST_MEMBERS": "two"}, cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[-1].startswith("recipe_organamnist.sh: error: ")
 
 
 def test_multi_node_builds_tf_config_from_the_host_list():

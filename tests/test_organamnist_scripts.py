@@ -1,0 +1,113 @@
+"""scripts/recipe_organamnist.sh (members exported as one ensemble) and
+scripts/holdout_organamnist.sh (the recipe scored on held-out slice groups), on tiny archives
+in OrganAMNIST's layout: the wiring, not accuracy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tests.conftest import write_image
+from tests.trainer_fixtures import REPO_ROOT, class_image, trainer_env
+
+FLAGS = ("--max_train_steps=1", "--image_size=32", "--batch_size=8", "--hooks=",
+         "--num_parallel_calls=2")
+
+
+def _bash(script: str, *args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / script), *args],
+                          capture_output=True, text=True, env={**trainer_env(), **env},
+                          timeout=600, cwd=cwd)
+
+
+def _archive(tmp_path: Path, counts: dict[str, int], series: int = 1) -> Path:
+    """OrganAMNIST/<split>/<class>/<split><n>_<label>.png for two kidney classes, as a tarball.
+
+    With series > 1 each class's images are that many runs of near-identical 'slices' (a
+    random picture per run, plus a little noise), as neighbouring slices of different scans
+    are."""
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
+        for index, name in enumerate(("kidney-left", "kidney-right")):
+            scans = [rng.uniform(0, 255, (28, 28)) for _ in range(series)]
+            for number in range(count):
+                image = scans[number % series] + rng.normal(0, 2, (28, 28)) if series > 1 \
+                    else class_image(rng, index, 28)
+                write_image(tmp_path / "OrganAMNIST" / split / name / f"{split}{number}_{index}.png",
+                            np.clip(image, 0, 255).astype(np.uint8))
+    with tarfile.open(tmp_path / "organ.tar.gz", "w:gz") as archive:
+        archive.add(tmp_path / "OrganAMNIST", arcname="OrganAMNIST")
+    return tmp_path / "organ.tar.gz"
+
+
+def test_organamnist_recipe_trains_its_members_and_exports_one_ensemble(tmp_path):
+    """A tiny archive in OrganAMNIST's layout, one step per member: the wiring, not accuracy."""
+    tarball = _archive(tmp_path, {"train": 8, "val": 2})
+    work = tmp_path / "work"
+    flags = FLAGS
+    env = {"ORGANAMNIST_TAR": str(tarball), "ORGANAMNIST_MEMBERS": "2"}
+    result = _bash("recipe_organamnist.sh", str(work), *flags, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (version,) = list((work / "export").iterdir())
+    config = json.loads((version / "assets.extra" / "config.json").read_text())
+    assert [member["source"] for member in config["ensemble"]] == [
+        str(work / "model_1"), str(work / "model_2")]
+    seeds = [json.loads((work / f"model_{k}" / "config.json").read_text())["seed"] for k in (1, 2)]
+    assert seeds == [1, 2]  # two different members, not one model twice
+    budget = json.loads((work / "model_1" / "config.json").read_text())["budget"]
+    assert budget["seconds"] == 1710 and budget["max_train_epochs"] == 8  # the recipe's cap
+    metrics = json.loads((work / "eval_validation" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 4
+    swaps = metrics["left_right_swaps"]["kidney-left/kidney-right"]
+    assert (f"left/right swaps kidney-left/kidney-right: {swaps['left_to_right']} left->right, "
+            f"{swaps['right_to_left']} right->left") in result.stdout
+    result = _bash("recipe_organamnist.sh", str(work), *flags,
+                   env={**env, "ORGANAMNIST_MEMBERS": "two"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("recipe_organamnist.sh: error: ")
+
+
+def test_holdout_trains_the_recipe_on_some_slice_groups_and_scores_the_others(tmp_path):
+    tarball = _archive(tmp_path, {"train": 12, "val": 2}, series=3)
+    work = tmp_path / "work"
+    env = {"ORGANAMNIST_TAR": str(tarball), "HOLDOUT_SIZE": "0.5"}
+    result = _bash("holdout_organamnist.sh", str(work), *FLAGS, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(work / "holdout_groups.csv", newline="") as handle:
+        groups = {row["file"]: row["group"] for row in csv.DictReader(handle)}
+    assert len(groups) == 24 and len(set(groups.values())) == 6 and all(file.startswith("kidney-") for file in groups)
+    manifest = json.loads((work / "holdout_data" / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"train", "test"}  # the official val split is not used
+    # No slice group on both sides: the held-out images' groups are absent from training.
+    held_out = {groups[name] for name in _filenames(work / "holdout_data", "test")}
+    trained = {groups[name] for name in _filenames(work / "holdout_data", "train")}
+    assert held_out and trained and not held_out & trained
+    config = json.loads((work / "holdout_model" / "config.json").read_text())
+    assert config["budget"]["seconds"] == 1710 and config["seed"] == 1  # the recipe's flags
+    metrics = json.loads((work / "holdout_eval" / "metrics.json").read_text())
+    assert metrics["split"] == "test"
+    assert metrics["num_examples"] == manifest["splits"]["test"]["num_examples"]
+    assert f"recall per class on {metrics['num_examples']} test images:" in result.stdout
+    assert "commonest confusions (true->predicted): " in result.stdout
+    # A rerun resumes: nothing is converted again and the finished model is not retrained.
+    stamp = (work / "holdout_data" / "manifest.json").stat().st_mtime_ns
+    again = _bash("holdout_organamnist.sh", str(work), *FLAGS, env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (work / "holdout_data" / "manifest.json").stat().st_mtime_ns == stamp
+    assert "resumed from 1" in again.stdout + again.stderr
+
+
+def _filenames(data_dir: Path, split: str) -> list[str]:
+    """The image/filename of every record of a converted split."""
+    names = []
+    for path in sorted(data_dir.glob(f"{split}-*.tfrecord")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            example = tf.train.Example.FromString(record.numpy())
+            names.append(example.features.feature["image/filename"].bytes_list.value[0].decode())
+    return names
