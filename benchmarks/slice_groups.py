@@ -43,8 +43,6 @@ if REPO_ROOT not in sys.path:
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
-from scipy.sparse import coo_matrix  # noqa: E402
-from scipy.sparse.csgraph import connected_components  # noqa: E402
 
 from dataset import sources  # noqa: E402
 from official.utils import cli  # noqa: E402
@@ -93,23 +91,34 @@ def nearest(images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def slice_groups(images: np.ndarray, neighbours: int, max_distance: float) -> np.ndarray:
-    """A group number per image [n]: connected runs of mutually near images (see the doc)."""
+    """A group number per image [n], 0.. in order of first appearance: connected runs of
+    mutually near images (see the doc)."""
     n = len(images)
     if n < 2:
         return np.zeros(n, np.int64)
     indices, distances = nearest(images.reshape(n, -1), neighbours)
-    rows = np.repeat(np.arange(n), indices.shape[1])
-    near = coo_matrix((distances.ravel() < max_distance, (rows, indices.ravel())),
-                      shape=(n, n)).tocsr().astype(bool)
-    links = near.multiply(near.T)  # mutual near neighbours
-    links = links + coo_matrix((np.ones(n, bool), (np.arange(n), indices[:, 0])),
-                               shape=(n, n)).tocsr()  # and each image's nearest, always
-    return connected_components(links, directed=False)[1]
+    near = {(i, int(j)) for i, row in enumerate(indices)
+            for j, distance in zip(row, distances[i]) if distance < max_distance}
+    links = [(i, j) for i, j in near if (j, i) in near]  # mutual near neighbours
+    links += [(i, int(indices[i, 0])) for i in range(n)]  # and each image's nearest, always
+    parent = list(range(n))  # union-find over the links
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in links:
+        parent[root(i)] = root(j)
+    roots = [root(i) for i in range(n)]
+    numbers: dict[int, int] = {}
+    return np.array([numbers.setdefault(r, len(numbers)) for r in roots], np.int64)
 
 
 def load_grey(path: str) -> np.ndarray:
-    """One JPEG/PNG as grey 0-1, shrunk to fit SIDE x SIDE (aspect kept by padding none:
-    slices of one series share their size, so squeezing them alike keeps them alike)."""
+    """One JPEG/PNG as grey 0-1, squeezed to SIDE x SIDE when larger (no padding: slices of
+    one series share their size, so squeezing them alike keeps them alike)."""
     try:
         with Image.open(path) as image:
             grey = image.convert("L")
@@ -161,7 +170,7 @@ def write_csv(path: str, rows: list[tuple[str, str]]) -> None:
     handle, temporary = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
     try:
         with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
+            writer = csv.writer(out, lineterminator="\n")
             writer.writerow(["file", "group"])
             writer.writerows(rows)
         os.replace(temporary, path)

@@ -28,7 +28,8 @@ CLI_MODULES = ("tf_convert_data.py", "networks/resnet/dicom_main.py",
                "networks/slim/train_image_classifier.py",
                "networks/slim/eval_image_classifier.py", "benchmarks/train_bench.py",
                "benchmarks/pipeline_bench.py", "benchmarks/stress_eval.py",
-               "benchmarks/mirror_audit.py", "benchmarks/slice_groups.py")
+               "benchmarks/mirror_audit.py", "benchmarks/slice_groups.py",
+               "benchmarks/holdout_report.py")
 # Every other import inside a function, by (file, function), and why.
 FUNCTION_IMPORTS = {
     ("dataset/features.py", "feature_spec"): "the converter never imports TensorFlow",

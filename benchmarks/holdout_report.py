@@ -1,0 +1,177 @@
+"""Accuracy on held-out groups with an interval that knows errors come by scan, and paired
+differences between models scored on the same images.
+
+  python benchmarks/holdout_report.py --data_dir=W/holdout_data --split=test \\
+      --groups_csv=W/holdout_groups.csv --eval_dirs=W/holdout_eval,W2/holdout_eval \\
+      [--reference_recall=kidney-left=0.784,spleen=0.935,...]
+
+Why: a hold-out of whole scans fails scan by scan (OrganAMNIST's slice-group hold-out: 424
+errors of the 8-epoch recipe in 64 of 281 groups, 122 in three), so an interval that treats
+images as independent is several times too narrow, and two models compared on different
+draws differ by the draw. Resampling the held-out groups with replacement (a cluster
+bootstrap) gives the interval; resampling the same groups for two models scored on the same
+images gives the interval of their difference.
+
+--eval_dirs are dicom_eval.py --output_dir folders (metrics.json, misclassified.csv) of the same
+--split of --data_dir; the first is the one the others are compared with. --groups_csv is the
+converter's (file,group rows; a file not in it is its own group, as in the converter).
+--reference_recall adds the Spearman rank correlation of each model's per-class recall with
+given figures (e.g. a held-back test's), the agreement RESULTS.md section 22 reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from dataset import sources  # noqa: E402
+from official.utils import cli  # noqa: E402
+
+PROGRAM = "holdout_report.py"
+
+FLAGS = cli.program_flags()
+flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.", flag_values=FLAGS)
+flags.DEFINE_string("split", "test", "The held-out split the evaluations scored.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("groups_csv", None, "The --groups_csv the split was made with.",
+                    flag_values=FLAGS)
+flags.DEFINE_list("eval_dirs", None, "dicom_eval.py output folders, comma-separated; the "
+                  "first is the baseline of the paired differences.", flag_values=FLAGS)
+flags.DEFINE_list("reference_recall", [], "class=recall,... to rank-correlate each model's "
+                  "per-class recall with.", flag_values=FLAGS)
+flags.DEFINE_integer("resamples", 4000, "Bootstrap resamples of the groups.", lower_bound=100,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of the resampling.", flag_values=FLAGS)
+flags.mark_flags_as_required(["data_dir", "groups_csv", "eval_dirs"], flag_values=FLAGS)
+parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
+
+
+def group_counts(group_of_image: list[str], wrong: list[set[str]], filenames: list[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Images per group [G] and errors per model and group [M, G]."""
+    names = sorted(set(group_of_image))
+    index = {name: number for number, name in enumerate(names)}
+    groups = np.array([index[name] for name in group_of_image])
+    sizes = np.bincount(groups, minlength=len(names))
+    errors = np.stack([np.bincount(groups, weights=[name in mine for name in filenames],
+                                   minlength=len(names)) for mine in wrong])
+    return sizes, errors
+
+
+def cluster_bootstrap(sizes: np.ndarray, errors: np.ndarray, resamples: int, seed: int
+                      ) -> np.ndarray:
+    """Accuracy of each model [M] over `resamples` draws of the groups with replacement:
+    [resamples, M]. Every model sees the same draws, so differences are paired."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(sizes), (resamples, len(sizes)))
+    return 1.0 - errors[:, draws].sum(axis=2).T / sizes[draws].sum(axis=1, keepdims=True)
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
+    def ranks(values):
+        values = np.asarray(values, float)
+        order = values.argsort(kind="stable")
+        result = np.empty(len(values))
+        result[order] = np.arange(len(values))
+        for value in np.unique(values):  # ties share their mean rank
+            result[values == value] = result[values == value].mean()
+        return result
+    ranked_a, ranked_b = ranks(a), ranks(b)
+    if np.ptp(ranked_a) == 0 or np.ptp(ranked_b) == 0:
+        return float("nan")
+    return float(np.corrcoef(ranked_a, ranked_b)[0, 1])
+
+
+def parse_reference(items: list[str]) -> dict[str, float]:
+    reference = {}
+    for item in items:
+        name, _, value = item.rpartition("=")
+        try:
+            reference[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--reference_recall: {item!r} is not class=recall") from None
+    return reference
+
+
+def report(eval_dirs: list[str], metrics: list[dict], sizes: np.ndarray, errors: np.ndarray,
+           draws: np.ndarray, reference: dict[str, float]) -> str:
+    lines = [f"{len(sizes)} held-out groups, {int(sizes.sum())} images; 95% intervals from "
+             f"{len(draws)} resamples of the groups"]
+    for number, (name, m) in enumerate(zip(eval_dirs, metrics)):
+        low, high = np.percentile(draws[:, number], [2.5, 97.5])
+        recall = {c: m["per_class"][c]["recall"] for c in m["class_names"]}
+        worst = sorted(recall, key=recall.get)[:3]
+        line = (f"{name}: accuracy {m['accuracy']:.4f} (95% {low:.4f}-{high:.4f}), errors in "
+                f"{np.count_nonzero(errors[number])} groups; worst "
+                + ", ".join(f"{c} {recall[c]:.3f}" for c in worst))
+        if reference:
+            rho = spearman([recall[c] for c in reference], list(reference.values()))
+            line += "; rank correlation with the reference recall " + (
+                f"{rho:+.2f}" if np.isfinite(rho) else "undefined (equal recalls)")
+        lines.append(line)
+        if number:
+            difference = draws[:, number] - draws[:, 0]
+            low, high = np.percentile(difference, [2.5, 97.5])
+            lines.append(f"  minus {eval_dirs[0]}: {m['accuracy'] - metrics[0]['accuracy']:+.4f} "
+                         f"(95% {low:+.4f} to {high:+.4f})")
+    return "\n".join(lines)
+
+
+def _read_eval(folder: str) -> tuple[dict, set[str]]:
+    try:
+        with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as handle:
+            metrics = json.load(handle)
+        with open(os.path.join(folder, "misclassified.csv"), newline="", encoding="utf-8") as h:
+            wrong = {row["file"] for row in csv.DictReader(h)}
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{folder}: not a dicom_eval.py report ({error})") from None
+    return metrics, wrong
+
+
+def main(argv: list[str]) -> None:
+    del argv  # no positional arguments (parse_flags checked)
+    from dataset import features, reader
+    import tensorflow as tf
+
+    def run() -> str:
+        groups = sources.read_groups_csv(FLAGS.groups_csv)
+        reference = parse_reference(FLAGS.reference_recall)
+        evaluations = [_read_eval(folder) for folder in FLAGS.eval_dirs]
+        filenames = []
+        for path in reader.split_info(FLAGS.data_dir, FLAGS.split).files:
+            for record in tf.data.TFRecordDataset(path):
+                example = tf.io.parse_single_example(
+                    record, {features.KEY_FILENAME: tf.io.FixedLenFeature([], tf.string)})
+                filenames.append(example[features.KEY_FILENAME].numpy().decode())
+        for folder, (metrics, _) in zip(FLAGS.eval_dirs, evaluations):
+            if metrics.get("num_examples") != len(filenames):
+                raise ValueError(f"{folder}: scored {metrics.get('num_examples')} images, the "
+                                 f"{FLAGS.split} split of {FLAGS.data_dir} has {len(filenames)}")
+            unknown = set(reference) - set(metrics["class_names"])
+            if unknown:
+                raise ValueError(f"--reference_recall: {sorted(unknown)[0]!r} is not a class "
+                                 f"of {folder}")
+        # A file the CSV does not name is its own group, as the converter does.
+        group_of_image = [groups.get(name) or groups.get(os.path.splitext(
+            os.path.basename(name))[0]) or f"file:{name}" for name in filenames]
+        sizes, errors = group_counts(group_of_image, [wrong for _, wrong in evaluations],
+                                     filenames)
+        draws = cluster_bootstrap(sizes, errors, FLAGS.resamples, FLAGS.seed)
+        return report(FLAGS.eval_dirs, [metrics for metrics, _ in evaluations], sizes, errors,
+                      draws, reference)
+
+    cli.print_summary_or_exit(PROGRAM, run)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,101 @@
+"""benchmarks/holdout_report.py: cluster-bootstrap intervals over held-out groups, paired
+differences, rank correlation with given recalls."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import holdout_report
+from dataset.convert import ConvertConfig, convert_dataset
+from tests.conftest import one_error_line, write_image
+
+
+def test_errors_in_one_group_widen_the_interval_and_equal_models_differ_by_zero():
+    sizes = np.array([10] * 20)
+    clustered = np.zeros(20)
+    clustered[0] = 10  # one scan wholly wrong
+    spread = np.full(20, 0.5)  # the same 10 errors spread over every group
+    draws = holdout_report.cluster_bootstrap(sizes, np.stack([clustered, spread, clustered]),
+                                             2000, 0)
+    assert draws.shape == (2000, 3)
+    width = np.ptp(np.percentile(draws, [2.5, 97.5], axis=0), axis=0)
+    assert width[0] > 5 * width[1]  # same accuracy (0.95), a far wider interval
+    np.testing.assert_allclose(draws.mean(axis=0), [0.95, 0.95, 0.95], atol=0.01)
+    assert np.all(draws[:, 2] == draws[:, 0])  # paired: the same draws for every model
+
+
+def test_spearman_ranks_with_ties():
+    assert holdout_report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert holdout_report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    # Ties take their mean rank: ranks [1.5, 1.5, 3] against [1, 2, 3].
+    assert holdout_report.spearman([5, 5, 9], [1, 2, 3]) == pytest.approx(np.sqrt(3) / 2)
+
+
+def _eval_dir(folder, names, wrong, total):
+    """A dicom_eval.py report: metrics.json and misclassified.csv (the files this reads)."""
+    folder.mkdir()
+    per_class = {name: {"recall": recall} for name, recall in names.items()}
+    (folder / "metrics.json").write_text(json.dumps({
+        "num_examples": total, "accuracy": 1 - len(wrong) / total,
+        "class_names": list(names), "per_class": per_class}))
+    with open(folder / "misclassified.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "true", "predicted", "probability", "true_class_probability"])
+        writer.writerows([file, "a", "b", 0.9, 0.1] for file in wrong)
+
+
+def _run(*flags):
+    holdout_report.main(holdout_report.parse_flags(["holdout_report.py", *flags]))
+
+
+def test_cli_reports_each_model_and_the_difference_from_the_first(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for index in range(6):
+            write_image(tmp_path / "ds" / name / f"{name}{index}.png",
+                        rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    convert_dataset(ConvertConfig(dataset_name="t", dataset_dir=str(tmp_path / "ds"),
+                                  output_dir=str(tmp_path / "data"), need_split="None",
+                                  num_workers=1, show_progress=False))
+    # Groups of three images; "b/b5.png" is left out of the CSV: its own group.
+    rows = [(f"{name}/{name}{index}.png", f"{name}-{index // 3}")
+            for name in ("a", "b") for index in range(6)][:-1]
+    with open(tmp_path / "groups.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "group"), *rows])
+    _eval_dir(tmp_path / "one", {"a": 1.0, "b": 0.5}, ["b/b3.png", "b/b4.png", "b/b5.png"], 12)
+    _eval_dir(tmp_path / "two", {"a": 1.0, "b": 1.0}, [], 12)
+    capsys.readouterr()
+    _run(f"--data_dir={tmp_path / 'data'}", "--split=data",
+         f"--groups_csv={tmp_path / 'groups.csv'}",
+         f"--eval_dirs={tmp_path / 'one'},{tmp_path / 'two'}", "--reference_recall=a=0.9,b=0.8")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("5 held-out groups, 12 images")
+    assert lines[1].startswith(f"{tmp_path / 'one'}: accuracy 0.7500 (95% ")
+    assert "errors in 2 groups; worst b 0.500, a 1.000" in lines[1]
+    assert lines[1].endswith("rank correlation with the reference recall +1.00")
+    assert lines[2].startswith(f"{tmp_path / 'two'}: accuracy 1.0000 (95% 1.0000-1.0000)")
+    assert lines[2].endswith("rank correlation with the reference recall undefined (equal "
+                             "recalls)")
+    assert lines[3].startswith(f"  minus {tmp_path / 'one'}: +0.2500 (95% +")
+
+
+def test_a_report_of_another_split_is_one_line(tmp_path, capsys):
+    write_image(tmp_path / "ds" / "a" / "a0.png", np.zeros((8, 8), np.uint8))
+    write_image(tmp_path / "ds" / "b" / "b0.png", np.zeros((8, 8), np.uint8))
+    convert_dataset(ConvertConfig(dataset_name="t", dataset_dir=str(tmp_path / "ds"),
+                                  output_dir=str(tmp_path / "data"), need_split="None",
+                                  num_workers=1, show_progress=False))
+    (tmp_path / "groups.csv").write_text("file,group\n")
+    _eval_dir(tmp_path / "e", {"a": 1.0, "b": 1.0}, [], 7)
+    line = one_error_line(capsys, "holdout_report.py", lambda: _run(
+        f"--data_dir={tmp_path / 'data'}", "--split=data",
+        f"--groups_csv={tmp_path / 'groups.csv'}", f"--eval_dirs={tmp_path / 'e'}"))
+    assert f"{tmp_path / 'e'}: scored 7 images, the data split of" in line and "has 2" in line
+    line = one_error_line(capsys, "holdout_report.py", lambda: _run(
+        f"--data_dir={tmp_path / 'data'}", "--split=data",
+        f"--groups_csv={tmp_path / 'groups.csv'}", f"--eval_dirs={tmp_path / 'missing'}"))
+    assert f"{tmp_path / 'missing'}: not a dicom_eval.py report" in line
