@@ -42,3 +42,23 @@ print("commonest confusions (true->predicted): "
       + (", ".join(f"{a}->{b} {n}" for n, a, b in confusions[:5]) or "none"))
 PY
 }
+
+# extract_organamnist WORK_DIR: $ORGANAMNIST_TAR (default ../shared/data/
+# OrganAMNIST-trainval.tar.gz) into WORK_DIR/raw/OrganAMNIST unless it is there already.
+# Extracted beside it first and moved into place whole, so an interrupted or failed
+# extraction leaves no half folder for the next run to take as done.
+extract_organamnist() {
+  local work_dir="$1" staging
+  local tarball="${ORGANAMNIST_TAR:-$repo/../shared/data/OrganAMNIST-trainval.tar.gz}"
+  [[ -d "$work_dir/raw/OrganAMNIST" ]] && return 0
+  [[ -f "$tarball" ]] || { echo "$(basename "$0"): error: $tarball not found (set ORGANAMNIST_TAR)" >&2; exit 1; }
+  mkdir -p "$work_dir/raw"
+  staging="$(mktemp -d "$work_dir/raw/.extracting.XXXXXX")"
+  if ! tar xzf "$tarball" -C "$staging" 2>/dev/null || [[ ! -d "$staging/OrganAMNIST" ]]; then
+    rm -rf "$staging"
+    echo "$(basename "$0"): error: $tarball: not a tarball holding OrganAMNIST/" >&2
+    exit 1
+  fi
+  mv "$staging/OrganAMNIST" "$work_dir/raw/OrganAMNIST"
+  rm -rf "$staging"
+}

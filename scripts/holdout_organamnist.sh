@@ -29,13 +29,8 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   source "$repo/scripts/recipe_organamnist.sh"  # ORGANAMNIST_RECIPE_FLAGS only
   check_arguments 1 "$@"
   work_dir="$1"; shift
-  tarball="${ORGANAMNIST_TAR:-$repo/../shared/data/OrganAMNIST-trainval.tar.gz}"
   mkdir -p "$work_dir"
-  if [[ ! -d "$work_dir/raw/OrganAMNIST" ]]; then
-    [[ -f "$tarball" ]] || { echo "holdout_organamnist.sh: $tarball not found (set ORGANAMNIST_TAR)" >&2; exit 1; }
-    mkdir -p "$work_dir/raw"
-    tar xzf "$tarball" -C "$work_dir/raw"
-  fi
+  extract_organamnist "$work_dir"
   if [[ ! -f "$work_dir/holdout_groups.csv" ]]; then
     python "$repo/benchmarks/slice_groups.py" --dataset_dir="$work_dir/raw/OrganAMNIST/train" \
       --output_csv="$work_dir/holdout_groups.csv"

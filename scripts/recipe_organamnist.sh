@@ -59,13 +59,8 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   work_dir="$1"; shift
   members="${ORGANAMNIST_MEMBERS:-1}"
   [[ "$members" =~ ^[1-9][0-9]*$ ]] || { echo "recipe_organamnist.sh: error: ORGANAMNIST_MEMBERS=$members: not a positive number" >&2; exit 2; }
-  tarball="${ORGANAMNIST_TAR:-$repo/../shared/data/OrganAMNIST-trainval.tar.gz}"
   mkdir -p "$work_dir"
-  if [[ ! -d "$work_dir/raw/OrganAMNIST" ]]; then
-    [[ -f "$tarball" ]] || { echo "recipe_organamnist.sh: $tarball not found (set ORGANAMNIST_TAR)" >&2; exit 1; }
-    mkdir -p "$work_dir/raw"
-    tar xzf "$tarball" -C "$work_dir/raw"
-  fi
+  extract_organamnist "$work_dir"
   if [[ ! -f "$work_dir/data/manifest.json" ]]; then
     python "$repo/tf_convert_data.py" --dataset_name=organamnist \
       --dataset_dir="$work_dir/raw/OrganAMNIST" --output_dir="$work_dir/data" --need_split=predefined

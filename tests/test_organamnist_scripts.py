@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.conftest import write_image
@@ -114,3 +115,17 @@ def _filenames(data_dir: Path, split: str) -> list[str]:
             example = tf.train.Example.FromString(record.numpy())
             names.append(example.features.feature["image/filename"].bytes_list.value[0].decode())
     return names
+
+
+@pytest.mark.parametrize("script", ["recipe_organamnist.sh", "holdout_organamnist.sh"])
+def test_a_bad_or_missing_archive_is_one_line_and_leaves_no_half_extraction(script, tmp_path):
+    (tmp_path / "bad.tar.gz").write_text("not an archive")
+    work = tmp_path / "work"
+    bad, missing = tmp_path / "bad.tar.gz", tmp_path / "missing.tar.gz"
+    for tarball, line in ((bad, f"{bad}: not a tarball holding OrganAMNIST/"),
+                          (missing, f"{missing} not found (set ORGANAMNIST_TAR)")):
+        result = _bash(script, str(work), env={"ORGANAMNIST_TAR": str(tarball)}, cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [f"{script}: error: {line}"]
+        assert not (work / "raw" / "OrganAMNIST").exists()
+        assert not list((work / "raw").glob(".extracting*"))  # the staging folder is gone
