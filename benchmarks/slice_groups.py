@@ -16,8 +16,8 @@ nearest that has it among its own --neighbours nearest too, when their root-mean
 difference is under --max_distance (grey levels 0-1). Linked images form one group, named
 `<class>-<n>`. The single nearest link means no image is left alone: an odd slice joins the
 run it is closest to, which errs towards larger groups (less leakage, lumpier splits).
-Defaults: on OrganAMNIST's 16-scan validation split they find 16 liver groups and 17-20 for
-the spleen and kidneys (benchmarks/RESULTS.md section 22).
+Defaults: on OrganAMNIST's 16-scan validation split they find 16 liver groups, 17 spleen and
+20 and 25 kidney groups (benchmarks/RESULTS.md section 22).
 
 What it cannot do: a scan's different organs are different classes, so they fall in different
 groups and can land on both sides of a split; the test side then still shares scanner, contrast
