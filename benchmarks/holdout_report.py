@@ -51,20 +51,24 @@ flags.DEFINE_list("reference_recall", [], "class=recall,... to rank-correlate ea
 flags.DEFINE_integer("resamples", 4000, "Bootstrap resamples of the groups.", lower_bound=100,
                      flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Seed of the resampling.", flag_values=FLAGS)
+flags.DEFINE_float("shared_failure", 0.9, "List the groups every model gets at least this "
+                   "share of wrong (scans no model reads: look at them for box or label "
+                   "errors), and each accuracy without them.", lower_bound=0.0, upper_bound=1.0,
+                   flag_values=FLAGS)
 flags.mark_flags_as_required(["data_dir", "groups_csv", "eval_dirs"], flag_values=FLAGS)
 parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 
 def group_counts(group_of_image: list[str], wrong: list[set[str]], filenames: list[str]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images per group [G] and errors per model and group [M, G]."""
+                 ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Group names [G] (sorted), images per group [G] and errors per model and group [M, G]."""
     names = sorted(set(group_of_image))
     index = {name: number for number, name in enumerate(names)}
     groups = np.array([index[name] for name in group_of_image])
     sizes = np.bincount(groups, minlength=len(names))
     errors = np.stack([np.bincount(groups, weights=[name in mine for name in filenames],
                                    minlength=len(names)) for mine in wrong])
-    return sizes, errors
+    return names, sizes, errors
 
 
 def cluster_bootstrap(sizes: np.ndarray, errors: np.ndarray, resamples: int, seed: int
@@ -103,8 +107,14 @@ def parse_reference(items: list[str]) -> dict[str, float]:
     return reference
 
 
+def shared_failures(sizes: np.ndarray, errors: np.ndarray, share: float) -> np.ndarray:
+    """Indices of the groups that every model [M, G] gets at least `share` of wrong."""
+    return np.flatnonzero(np.all(errors >= share * sizes, axis=0) & (errors.min(axis=0) > 0))
+
+
 def report(eval_dirs: list[str], metrics: list[dict], sizes: np.ndarray, errors: np.ndarray,
-           draws: np.ndarray, reference: dict[str, float]) -> str:
+           draws: np.ndarray, reference: dict[str, float], group_names: list[str],
+           share: float) -> str:
     lines = [f"{len(sizes)} held-out groups, {int(sizes.sum())} images; 95% intervals from "
              f"{len(draws)} resamples of the groups"]
     for number, (name, m) in enumerate(zip(eval_dirs, metrics)):
@@ -124,6 +134,15 @@ def report(eval_dirs: list[str], metrics: list[dict], sizes: np.ndarray, errors:
             low, high = np.percentile(difference, [2.5, 97.5])
             lines.append(f"  minus {eval_dirs[0]}: {m['accuracy'] - metrics[0]['accuracy']:+.4f} "
                          f"(95% {low:+.4f} to {high:+.4f})")
+    failed = shared_failures(sizes, errors, share)
+    if len(failed):
+        kept = sizes.sum() - sizes[failed].sum()
+        lines.append(f"groups every model gets >= {share:.0%} wrong: {len(failed)} "
+                     f"({int(sizes[failed].sum())} images: "
+                     + ", ".join(group_names[g] for g in failed[np.argsort(-sizes[failed])][:5])
+                     + (", ..." if len(failed) > 5 else "") + "); accuracy without them: "
+                     + ", ".join(f"{1 - (errors[m].sum() - errors[m, failed].sum()) / kept:.4f}"
+                                 for m in range(len(errors))))
     return "\n".join(lines)
 
 
@@ -164,11 +183,11 @@ def main(argv: list[str]) -> None:
         # A file the CSV does not name is its own group, as the converter does.
         group_of_image = [groups.get(name) or groups.get(os.path.splitext(
             os.path.basename(name))[0]) or f"file:{name}" for name in filenames]
-        sizes, errors = group_counts(group_of_image, [wrong for _, wrong in evaluations],
+        names, sizes, errors = group_counts(group_of_image, [wrong for _, wrong in evaluations],
                                      filenames)
         draws = cluster_bootstrap(sizes, errors, FLAGS.resamples, FLAGS.seed)
         return report(FLAGS.eval_dirs, [metrics for metrics, _ in evaluations], sizes, errors,
-                      draws, reference)
+                      draws, reference, names, FLAGS.shared_failure)
 
     cli.print_summary_or_exit(PROGRAM, run)
 

@@ -81,6 +81,16 @@ def test_cli_reports_each_model_and_the_difference_from_the_first(tmp_path, caps
     assert lines[2].endswith("rank correlation with the reference recall undefined (equal "
                              "recalls)")
     assert lines[3].startswith(f"  minus {tmp_path / 'one'}: +0.2500 (95% +")
+    assert len(lines) == 4  # model two gets every group right: no group fails for both
+
+    # Both models wrong on all of group b-1 (b3, b4): listed, and each accuracy without it.
+    _eval_dir(tmp_path / "three", {"a": 1.0, "b": 0.6}, ["b/b3.png", "b/b4.png"], 12)
+    _run(f"--data_dir={tmp_path / 'data'}", "--split=data",
+         f"--groups_csv={tmp_path / 'groups.csv'}",
+         f"--eval_dirs={tmp_path / 'one'},{tmp_path / 'three'}")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == ("groups every model gets >= 90% wrong: 1 (2 images: b-1); accuracy "
+                         "without them: 0.9000, 1.0000")
 
 
 def test_a_report_of_another_split_is_one_line(tmp_path, capsys):
