@@ -20,7 +20,10 @@
 # WORK_DIR/holdout_export), scored on the held-out groups (WORK_DIR/holdout_eval).
 # Time: the recipe's training budget (30 minutes on a 2-core CPU) plus about a minute.
 # What it cannot see: a scan's other organs may sit in training (groups are per organ), so it
-# still leans optimistic; compare recipes with it, and read the per-class figures.
+# still leans optimistic; compare recipes with it, and read the per-class figures. Two runs
+# (two WORK_DIRs, the same split) side by side, with intervals that resample whole groups:
+#   python benchmarks/holdout_report.py --data_dir=W1/holdout_data \
+#     --groups_csv=W1/holdout_groups.csv --eval_dirs=W1/holdout_eval,W2/holdout_eval
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   set -euo pipefail
   # shellcheck source=scripts/_common.sh
