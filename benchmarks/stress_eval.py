@@ -14,6 +14,11 @@ the worst class's recall for each, each class's recall clean and over the shifts
 commonest confusions under the shifts, how many left/right images each shift swapped (classes
 named X-left / X-right), then the mean over the shifts: the "stress accuracy".
 
+What it is not: a forecast of accuracy on new scans. It rewards a model trained on its own
+shifts: on OrganAMNIST the geometric augmentation the ct table favoured cost 1.4 points on
+held-out scans (benchmarks/RESULTS.md section 22; scripts/holdout_organamnist.sh is the
+closer proxy there).
+
 Presets (never a mirror, except "orientation": left/right organs are separate classes):
   ct          zoom 0.85 / 1.15, shift 8% right / down, rotation -10 / +10 degrees,
               contrast 0.7 / 1.3, gamma 0.7 / 1.4, Gaussian noise sd 4%
