@@ -159,19 +159,13 @@ def _read_eval(folder: str) -> tuple[dict, set[str]]:
 
 def main(argv: list[str]) -> None:
     del argv  # no positional arguments (parse_flags checked)
-    from dataset import features, reader
-    import tensorflow as tf
+    from dataset import reader  # TensorFlow, after the flags
 
     def run() -> str:
         groups = sources.read_groups_csv(FLAGS.groups_csv)
         reference = parse_reference(FLAGS.reference_recall)
         evaluations = [_read_eval(folder) for folder in FLAGS.eval_dirs]
-        filenames = []
-        for path in reader.split_info(FLAGS.data_dir, FLAGS.split).files:
-            for record in tf.data.TFRecordDataset(path):
-                example = tf.io.parse_single_example(
-                    record, {features.KEY_FILENAME: tf.io.FixedLenFeature([], tf.string)})
-                filenames.append(example[features.KEY_FILENAME].numpy().decode())
+        filenames = reader.split_filenames(FLAGS.data_dir, FLAGS.split)
         for folder, (metrics, _) in zip(FLAGS.eval_dirs, evaluations):
             if metrics.get("num_examples") != len(filenames):
                 raise ValueError(f"{folder}: scored {metrics.get('num_examples')} images, the "
@@ -181,10 +175,10 @@ def main(argv: list[str]) -> None:
                 raise ValueError(f"--reference_recall: {sorted(unknown)[0]!r} is not a class "
                                  f"of {folder}")
         # A file the CSV does not name is its own group, as the converter does.
-        group_of_image = [groups.get(name) or groups.get(os.path.splitext(
-            os.path.basename(name))[0]) or f"file:{name}" for name in filenames]
-        names, sizes, errors = group_counts(group_of_image, [wrong for _, wrong in evaluations],
-                                     filenames)
+        group_of_image = [sources.csv_group(groups, name) or f"file:{name}"
+                          for name in filenames]
+        names, sizes, errors = group_counts(group_of_image,
+                                            [wrong for _, wrong in evaluations], filenames)
         draws = cluster_bootstrap(sizes, errors, FLAGS.resamples, FLAGS.seed)
         return report(FLAGS.eval_dirs, [metrics for metrics, _ in evaluations], sizes, errors,
                       draws, reference, names, FLAGS.shared_failure)

@@ -163,7 +163,7 @@ def _plan(config, discovery, headers, problems):
     tasks, files_by_class = [], collections.defaultdict(dict)
     for item, label, patient in labelled:
         stem = os.path.splitext(os.path.basename(item.relpath))[0]
-        csv_group = groups_csv.get(item.relpath) or groups_csv.get(stem)
+        csv_group = sources.csv_group(groups_csv, item.relpath)
         group = (f"csv:{csv_group}" if csv_group
                  else f"patient:{patient}" if patient else f"stem:{stem}")
         files_by_class[label][item.relpath] = group

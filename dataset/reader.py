@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from dataset import shards
-from dataset.features import parse_example
+from dataset.features import KEY_FILENAME, parse_example
 
 MANIFEST = shards.MANIFEST  # defined once, by the writer
 
@@ -121,6 +121,14 @@ def split_info(data_dir: str, split: str) -> SplitInfo:
         num_examples=sum(int(info["num_examples"]) for info in infos),
         class_names=tuple(manifest["classes"]),
         class_counts=counts)
+
+
+def split_filenames(data_dir: str, split: str) -> list[str]:
+    """The stored image/filename of every record of a split, in file order (no image decoded)."""
+    spec = {KEY_FILENAME: tf.io.FixedLenFeature([], tf.string)}
+    dataset = tf.data.TFRecordDataset(list(split_info(data_dir, split).files)).map(
+        lambda record: tf.io.parse_single_example(record, spec)[KEY_FILENAME])
+    return [name.decode() for name in dataset.as_numpy_iterator()]
 
 
 def make_dataset(files, *, channels: int, shuffle_files: bool = False, seed: int | None = None,

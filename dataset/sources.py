@@ -338,6 +338,12 @@ def read_groups_csv(path: str) -> dict[str, str]:
     return mapping
 
 
+def csv_group(groups_csv: dict[str, str], relpath: str) -> str | None:
+    """The group ``read_groups_csv`` gives a file: its row by path, else by bare stem."""
+    stem = os.path.splitext(os.path.basename(relpath))[0]
+    return groups_csv.get(relpath) or groups_csv.get(stem)
+
+
 def unmatched_group_rows(path: str | None, groups_csv: dict[str, str], discovery: Discovery
                          ) -> list[Problem]:
     """A fatal problem when rows of ``read_groups_csv(path)`` name no file found.
