@@ -1,9 +1,9 @@
 """Laterality-safe training augmentation beyond the crop: geometry, quarter turns, frames, gamma,
-blur, noise, mixup and cutmix.
+blur, noise, mixup and cutmix, and the one mirror that keeps labels true (mirror_swap).
 
-Pure TensorFlow: tensors in, tensors out. Nothing here mirrors an image: left kidney and right
-kidney are different classes, so every geometric transform is a rotation plus a scale plus a
-shift (determinant > 0), never a reflection.
+Pure TensorFlow: tensors in, tensors out. Left kidney and right kidney are different classes,
+so every geometric transform is a rotation plus a scale plus a shift (determinant > 0), never a
+reflection; the only mirror is mirror_swap, which relabels what it mirrors as the other side.
 
 Per-image transforms take float images on the 0-255 scale ([H, W, C], before `normalize`) and a
 shape-[2] stateless seed, as dataset.preprocess does. Batch mixing (mixup, cutmix) takes a
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import tensorflow as tf
 
@@ -232,6 +233,56 @@ def augment_image(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Te
     image = random_frame(image, spec, frame_seed)
     image = random_blur(random_gamma(image, spec, gamma_seed), spec, blur_seed)
     return random_noise(image, spec, noise_seed)
+
+
+# The image axis that runs along the patient's left-right axis (official/core/config.py, which
+# imports no TensorFlow, holds the same tuple for the flags; tests/test_augment.py checks).
+MIRROR_AXES = ("left_right", "up_down")
+_SIDES = {"left": "right", "right": "left"}
+
+
+def _other_side(name: str) -> str:
+    # "kidney-left" -> "kidney-right", "Left Hand" -> "Right Hand": each left/right word swapped,
+    # its case kept.
+    def swap(match):
+        word = match.group(0)
+        other = _SIDES[word.lower()]
+        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() \
+            else other
+    return re.sub(r"(?<![A-Za-z])(left|right)(?![A-Za-z])", swap, name, flags=re.IGNORECASE)
+
+
+def mirror_partners(class_names) -> tuple[int, ...]:
+    """For each class, the class its mirror image shows: two classes whose names differ only in
+    a left/right word ("kidney-left", "kidney-right") are each other's; every other class is
+    its own (a liver seen in a mirror is an anatomy that does not occur, so mirror_swap leaves
+    unpaired classes alone)."""
+    index = {name: position for position, name in enumerate(class_names)}
+    return tuple(index.get(_other_side(name), position)
+                 for position, name in enumerate(class_names))
+
+
+def mirror_swap(image: tf.Tensor, label: tf.Tensor, partners: tf.Tensor, probability: float,
+                axis: str, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """With `probability`, an image of a class with a mirror partner (see mirror_partners) is
+    mirrored across the patient's left-right axis and relabelled as the partner: a left kidney
+    seen in a mirror is a right kidney's shape, which doubles the examples of each side and
+    makes the side the one thing that separates a pair.
+
+    Args:
+      image: [H, W, C] (any dtype).
+      label: scalar int class index.
+      partners: int tensor [num_classes], mirror_partners of the class names.
+      axis: "left_right" when the image's columns run along the patient's left-right axis
+        (the radiological convention), "up_down" when its rows do (OrganAMNIST).
+    """
+    if axis not in MIRROR_AXES:
+        raise ValueError(f"mirror axis must be one of {MIRROR_AXES}, got {axis!r}")
+    partner = tf.gather(tf.cast(partners, label.dtype), label)
+    mirror = tf.logical_and(tf.not_equal(partner, label),
+                            tf.random.stateless_uniform((), seed) < probability)
+    mirrored = tf.reverse(image, [1 if axis == "left_right" else 0])
+    return tf.where(mirror, mirrored, image), tf.where(mirror, partner, label)
 
 
 def _partner(batch_size: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

@@ -233,3 +233,40 @@ def test_mixing_rejects_a_non_positive_alpha():
         augment.mixup(images, labels, alpha=0.0, seed=_seed(0))
     with pytest.raises(ValueError, match="cutmix alpha"):
         augment.cutmix(images, labels, alpha=-1.0, seed=_seed(0))
+
+
+def test_mirror_partners_pair_names_that_differ_only_in_side():
+    names = ("kidney-left", "kidney-right", "liver", "Left Hand", "Right Hand", "lung-left",
+             "leftover", "rightmost")
+    # lung-left has no right partner here; "leftover" and "rightmost" are not sides.
+    assert augment.mirror_partners(names) == (1, 0, 2, 4, 3, 5, 6, 7)
+
+
+def test_mirror_swap_mirrors_paired_classes_across_the_named_axis_and_relabels_them():
+    image = tf.constant(_left_blob())
+    image = tf.tensor_scatter_nd_update(image, [[0, 0, 0]], [99.0])  # marks the top row
+    partners = tf.constant(augment.mirror_partners(("kidney-left", "kidney-right", "liver")))
+    left = tf.constant(0, tf.int32)
+    out, label = augment.mirror_swap(image, left, partners, 1.0, "left_right", _seed(1))
+    np.testing.assert_array_equal(out.numpy(), image.numpy()[:, ::-1])
+    assert int(label) == 1
+    out, label = augment.mirror_swap(image, tf.constant(1, tf.int32), partners, 1.0,
+                                     "up_down", _seed(1))
+    np.testing.assert_array_equal(out.numpy(), image.numpy()[::-1])
+    assert int(label) == 0
+    # An unpaired class and probability 0 leave image and label alone.
+    for label_in, probability in ((2, 1.0), (0, 0.0)):
+        out, label = augment.mirror_swap(image, tf.constant(label_in, tf.int32), partners,
+                                         probability, "left_right", _seed(2))
+        np.testing.assert_array_equal(out.numpy(), image.numpy())
+        assert int(label) == label_in
+    swapped = [int(augment.mirror_swap(image, left, partners, 0.3, "up_down", _seed(i))[1])
+               for i in range(400)]
+    assert 0.22 < np.mean(swapped) < 0.38  # 0.3 +- 4 standard deviations
+    with pytest.raises(ValueError, match="mirror axis"):
+        augment.mirror_swap(image, left, partners, 1.0, "diagonal", _seed(1))
+
+
+def test_the_flags_offer_the_mirror_axes_augment_knows():
+    from official.core import config
+    assert config.MIRROR_AXES == augment.MIRROR_AXES

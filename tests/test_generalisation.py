@@ -14,7 +14,7 @@ from official.core import export, steps, train_input, train_lib
 from official.core.config import TrainConfig
 from official.modeling import ema
 from tests.trainer_fixtures import FAST_FLAGS, error_lines, mirrored_strategy, run_trainer, \
-    tiny_dataset
+    tiny_dataset, write_converted_dataset
 
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
 
@@ -70,6 +70,24 @@ def test_inversion_and_mixing_reach_the_training_batches(tmp_path):
         assert images.shape == (8, 32, 32, 1) and labels.shape == (8, 2), flags
         np.testing.assert_allclose(tf.reduce_sum(labels, -1).numpy(), 1.0, atol=1e-6)
         assert np.any((labels.numpy() > 0.01) & (labels.numpy() < 0.99)), flags  # mixed
+
+
+def test_mirror_swap_relabels_training_examples_as_the_other_side(tmp_path):
+    classes = ("kidney-left", "kidney-right", "liver")
+    data = write_converted_dataset(
+        tmp_path / "data", {"train": {"kidney-left": 6, "kidney-right": 2, "liver": 4},
+                            "validation": dict.fromkeys(classes, 1)}, classes=classes)
+
+    def label_counts(**flags):
+        # Three batches of 8 are two whole epochs of the 12 images, whatever the shuffle.
+        config = _config(data, tmp_path / "m", **flags)
+        spec = train_input.InputSpec.from_config(config)
+        batches = train_input.train_dataset(spec, train_input.resolve_data(spec)).take(3)
+        labels = np.concatenate([labels.numpy() for _, labels in batches])
+        return np.bincount(labels, minlength=3).tolist()
+
+    assert label_counts() == [12, 4, 8]
+    assert label_counts(mirror_swap=1.0, mirror_axis="up_down") == [4, 12, 8]
 
 
 def test_soft_label_loss_is_the_cross_entropy_of_the_mixture():
@@ -153,7 +171,9 @@ def test_a_checkpoint_without_an_average_says_so(tmp_path):
 
 @pytest.mark.parametrize("flag, message", [
     ("--augment_rotate=200", "augment_rotate"), ("--ema_decay=1.5", "ema_decay"),
-    ("--mixup_alpha=-1", "mixup_alpha")])
+    ("--mixup_alpha=-1", "mixup_alpha"), ("--mirror_axis=diagonal", "mirror_axis"),
+    # Chest and Hand have no left/right pair to swap.
+    ("--mirror_swap=0.5", "differ only in left/right")])
 def test_cli_rejects_out_of_range_values_in_one_line(tmp_path, flag, message):
     data = tiny_dataset(tmp_path / "data", train_per_class=2, eval_per_class=1)
     result = run_trainer(f"--data_dir={data}", f"--model_dir={tmp_path / 'model'}",

@@ -32,7 +32,10 @@ AUGMENT_RANGES = (("augment_scale", 0.0, 1.0, ")"), ("augment_translate", 0.0, 0
                   ("augment_rotate", 0.0, 180.0, ")"), ("augment_noise", 0.0, 1.0, ")"),
                   ("augment_invert", 0.0, 1.0, "]"), ("color_jitter", 0.0, 1.0, ")"),
                   ("augment_gamma", 0.0, 1.0, ")"), ("augment_blur", 0.0, 3.0, ")"),
-                  ("augment_rot90", 0.0, 1.0, "]"), ("augment_frame", 0.0, 1.0, "]"))
+                  ("augment_rot90", 0.0, 1.0, "]"), ("augment_frame", 0.0, 1.0, "]"),
+                  ("mirror_swap", 0.0, 1.0, "]"))
+# The image axis that runs along the patient's left-right axis (dataset/augment.py MIRROR_AXES).
+MIRROR_AXES = ("left_right", "up_down")
 SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
 
 
@@ -59,6 +62,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     random_flip: bool = False
+    mirror_swap: float = 0.0  # probability; dataset/augment.py mirror_swap
+    mirror_axis: str = "left_right"
     # Generalisation (all off by default): laterality-safe augmentation (dataset/augment.py),
     # batch mixing, and an exponential moving average of the weights for eval and export.
     augment_scale: float = 0.0
@@ -116,6 +121,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not (low <= value < high or (end == "]" and value == high)):
                 raise ValueError(f"--{name}={value}: must be in [{low:g}, {high:g}{end}")
+        if self.mirror_axis not in MIRROR_AXES:
+            raise ValueError(f"--mirror_axis={self.mirror_axis}: must be one of "
+                             f"{list(MIRROR_AXES)}")
         for name in ("mixup_alpha", "cutmix_alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)}: must be >= 0 (0: off)")

@@ -39,6 +39,8 @@ class InputSpec:
     cache: bool
     num_parallel_calls: int
     random_flip: bool
+    mirror_swap: float
+    mirror_axis: str
     color_jitter: float
     augment: augment.AugmentSpec  # the --augment_* flags
     mixup_alpha: float
@@ -53,7 +55,8 @@ class InputSpec:
                    batch_size=config.batch_size, seed=config.seed,
                    deterministic=config.deterministic, cache=config.cache,
                    num_parallel_calls=config.num_parallel_calls,
-                   random_flip=config.random_flip, color_jitter=config.color_jitter,
+                   random_flip=config.random_flip, mirror_swap=config.mirror_swap,
+                   mirror_axis=config.mirror_axis, color_jitter=config.color_jitter,
                    augment=augment.AugmentSpec(
                        scale=config.augment_scale, translate=config.augment_translate,
                        rotate_degrees=config.augment_rotate, noise=config.augment_noise,
@@ -101,6 +104,8 @@ def resolve_data(spec: InputSpec) -> DataSpec:
     if len(train.class_names) < 2:
         raise ValueError(f"--data_dir={spec.data_dir}: needs at least 2 classes, found "
                          f"{list(train.class_names)}")
+    if spec.mirror_swap:
+        mirror_partners(spec, train.class_names)  # before anything is written to model_dir
     return DataSpec(tuple(train.class_names), train, evaluation,
                     max(train.num_examples, 1), max(evaluation.num_examples, 1))
 
@@ -148,9 +153,18 @@ def train_dataset(spec: InputSpec, data: DataSpec, num_workers: int = 1) -> tf.d
         dataset = dataset.cache()  # decoded uint8, before the random augmentation
     dataset = dataset.shuffle(min(data.train_examples, 10_000), seed=spec.seed,
                               reshuffle_each_iteration=True).repeat()
-    dataset = dataset.map(
-        lambda image, label: (augment_for_train(image, spec), label),
-        num_parallel_calls=spec.num_parallel_calls, deterministic=deterministic)
+    if spec.mirror_swap:
+        partners = mirror_partners(spec, data.class_names)
+
+        def augment_pair(image, label):
+            image, label = augment.mirror_swap(image, label, partners, spec.mirror_swap,
+                                               spec.mirror_axis, preprocess.fresh_seed())
+            return augment_for_train(image, spec), label
+    else:
+        def augment_pair(image, label):
+            return augment_for_train(image, spec), label
+    dataset = dataset.map(augment_pair, num_parallel_calls=spec.num_parallel_calls,
+                          deterministic=deterministic)
     # drop_remainder: every step sees the full global batch, so every replica gets its share.
     dataset = dataset.batch(spec.batch_size, drop_remainder=True)
     if spec.mixup_alpha or spec.cutmix_alpha:
@@ -162,6 +176,16 @@ def train_dataset(spec: InputSpec, data: DataSpec, num_workers: int = 1) -> tf.d
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return _with_shard_policy(dataset, shard_policy(len(data.train.files), num_workers))
+
+
+def mirror_partners(spec: InputSpec, class_names) -> tf.Tensor:
+    """augment.mirror_partners as a tensor; an error when --mirror_swap has nothing to swap."""
+    partners = augment.mirror_partners(class_names)
+    if all(partner == index for index, partner in enumerate(partners)):
+        raise ValueError(f"--mirror_swap={spec.mirror_swap}: no two classes of --data_dir="
+                         f"{spec.data_dir} differ only in left/right (classes: "
+                         f"{', '.join(class_names)})")
+    return tf.constant(partners, tf.int32)
 
 
 def augment_for_train(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from absl import flags
 
 from official.core.config import (DTYPE_POLICIES, LR_SCALINGS, LR_SCHEDULES,
-                                  MAX_TEST_TIME_VIEWS)
+                                  MAX_TEST_TIME_VIEWS, MIRROR_AXES)
 
 # networks/resnet/resnet_model.RESNET_SIZES' keys, written out: importing the model (Keras)
 # before the flags are parsed would make --help slow. tests/test_registry.py checks they agree.
@@ -187,7 +187,8 @@ def _define_resnet(define: _Definer) -> None:
 
 
 def _define_generalisation(define: _Definer) -> None:
-    # Each is off at 0; none mirrors an image (left and right organs are separate classes).
+    # Each is off at 0. Left and right organs are separate classes: no transform mirrors an
+    # image but --mirror_swap, which relabels what it mirrors as the other side.
     define.float("augment_scale", 0.0, "Random zoom of training images by a factor in "
                  "[1 - s, 1 + s] (e.g. 0.1).", lower_bound=0.0, upper_bound=0.99)
     define.float("augment_translate", 0.0, "Random shift of training images by up to this "
@@ -214,6 +215,15 @@ def _define_generalisation(define: _Definer) -> None:
                  "of its side on a border of one random grey (film on a light box, collimator "
                  "edges): the border stops being a clue to the class.", lower_bound=0.0,
                  upper_bound=1.0)
+    define.float("mirror_swap", 0.0, "Probability of mirroring a training image of a class "
+                 "that has a mirror partner (names differing only in left/right, e.g. "
+                 "kidney-left/kidney-right) across the patient's left-right axis and "
+                 "relabelling it as the partner. Unpaired classes are never mirrored. 0: off.",
+                 lower_bound=0.0, upper_bound=1.0)
+    define.enum("mirror_axis", "left_right", MIRROR_AXES, "The image axis along the "
+                "patient's left-right axis, for --mirror_swap: left_right (the radiological "
+                "convention) or up_down (OrganAMNIST; benchmarks/stress_eval.py "
+                "--preset=orientation shows which).")
     define.float("color_jitter", 0.0, "Random brightness shift (up to this fraction of 255) "
                  "and contrast factor in [1 - j, 1 + j] on training images.",
                  lower_bound=0.0, upper_bound=0.99)
