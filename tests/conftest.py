@@ -87,3 +87,45 @@ def one_error_line(capsys, program: str, run) -> str:
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"{program}: error: ")
     return line
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A ResNet-18 trained a few steps on tiny data (classes TRAINED_CLASSES), with a
+    SavedModel export; shared by the evaluation, prediction, view and ensemble tests."""
+    from networks.resnet.train_steps import ResNetNetwork
+    from official.core import train_lib
+    from official.core.config import TrainConfig
+    from official.utils.misc import distribution_utils
+    from tests.trainer_fixtures import TRAINED_CLASSES, tiny_dataset
+
+    root = tmp_path_factory.mktemp("trained")
+    data_dir = tiny_dataset(root / "data", train_per_class=8, eval_per_class=4,
+                            classes=TRAINED_CLASSES)
+    config = TrainConfig(model_dir=str(root / "model"), data_dir=str(data_dir), image_size=32,
+                         train_epochs=2, batch_size=8, hooks=(), seed=1,
+                         export_dir=str(root / "export"))
+    result = train_lib.train(config, distribution_utils.get_distribution_strategy(num_gpus=0),
+                             ResNetNetwork(resnet_size=18, version=2, small_input=False))
+    return {"root": root, "data_dir": str(data_dir), "model_dir": config.model_dir,
+            "export": result.export_path}
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """DICOM (pydicom's test files, one without extension), JPEG, PNG, a corrupt file."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+    from tests.trainer_fixtures import class_image
+
+    folder = tmp_path / "incoming"
+    rng = np.random.default_rng(3)
+    write_image(folder / "chest.png", class_image(rng, 0, 32))
+    write_image(folder / "sub" / "hand.jpg", class_image(rng, 1, 40))
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "sub" / "deeper" / "MR0001")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "notes.txt").write_text("not an image")  # ignored inside folders
+    return folder

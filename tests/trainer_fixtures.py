@@ -123,3 +123,20 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines()
             if line.strip() and not line.startswith(noise) and "cuda" not in line
             and not line.startswith(("I1", "W1"))]
+
+
+TRAINED_CLASSES = ("Chest", "Hand")  # the classes of conftest.py's `trained` model
+
+
+def run_resnet_cli(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run networks/resnet/<script> (dicom_eval.py, dicom_predict.py, ...) in a fresh process."""
+    return subprocess.run([sys.executable, str(REPO_ROOT / "networks" / "resnet" / script), *args],
+                          capture_output=True, text=True, env=trainer_env(), cwd=REPO_ROOT,
+                          timeout=timeout)
+
+
+def checkpoint_name(model_dir: str) -> str:
+    """The latest checkpoint's bare name, e.g. "ckpt-4", as a user types it after --model."""
+    import tensorflow as tf
+
+    return os.path.basename(tf.train.latest_checkpoint(model_dir))
