@@ -19,13 +19,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from official.core import train_lib
 from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, error_lines,
                                     tiny_dataset, trainer_env)
 
 # --deterministic: the random crop draws from a stateful RNG inside a parallel map, so without
 # it the augmentation of an example depends on thread timing, in every process differently.
-FLAGS = (*FAST_FLAGS, "--deterministic", "--batch_size=8", "--train_epochs=2",
-         "--checkpoint_every_steps=1")
+FLAGS = (*FAST_FLAGS, "--deterministic", "--batch_size=8", "--train_epochs=2")
+# The budget's timing is reported (CALIBRATED_STEP_SECONDS), so its real steps only cost time:
+# 3 timed steps (1 warm-up + 3 = 4 taken) instead of budget.CALIBRATION_STEPS' 20.
+TIMED = {"CALIBRATED_STEP_SECONDS": "100", "LENGTHEN_TIMED_STEPS": "3", "CALIBRATION_STEPS": "3"}
 WORKER_TIMEOUT = 240  # seconds; a hung cluster fails the test instead of hanging it
 
 
@@ -81,7 +84,8 @@ def _weights(path: Path) -> list[np.ndarray]:
 
 def _leftovers(tmpdir: Path) -> list[str]:
     # (autograph also writes its generated code to TMPDIR: not ours to check)
-    return [path.name for path in tmpdir.iterdir() if path.name.startswith("resnet_worker_")]
+    return [path.name for path in tmpdir.iterdir()
+            if path.name.startswith(train_lib.WORKER_DIR_PREFIX)]
 
 
 def test_two_workers_match_one_process(tmp_path):
@@ -90,31 +94,31 @@ def test_two_workers_match_one_process(tmp_path):
     same per-replica batch-norm statistics, same summed gradients. Tolerance: rtol 1e-6 on every
     variable (observed: bit-identical). tests/test_distribution.py covers 2 replicas == 1 device.
     Both run with --train_budget_seconds, their timing reported as 100 s a step: the workers
-    time collective steps together, agree on the chief's plan (1,500 s fit 35 steps of the
-    cap's 40) and go on from the 21 timed steps (inside the warm-up, so kept); the real steps
-    take milliseconds, so past step 17 (half the plan), with 3 loops timed after the first
-    (LENGTHEN_TIMED_STEPS=3), all agree at step 25 to lengthen the run to the cap, the
-    schedule's rest stretched alike.
+    time collective steps together, agree on the chief's plan (1,100 s fit 14 steps of the
+    cap's 20) and go on from the 4 steps the timing took (inside the 6-step warm-up, so kept);
+    the real steps take milliseconds, so past step 7 (half the plan), with 3 loops timed after
+    the first (LENGTHEN_TIMED_STEPS=3), all agree at step 8 to lengthen the run to the cap, the
+    schedule's rest stretched alike. (What is left of 1,100 s fits 10 steps after the 4 kept
+    for any start-up under 100 s.)
     """
     data = tiny_dataset(tmp_path / "data")  # 16 training examples, one shard: split by data
     model_dir = tmp_path / "cluster"
     started = time.monotonic()
-    budget = ("--train_budget_seconds=1500", "--train_epochs=20", "--warmup_epochs=11")
-    timed = {"CALIBRATED_STEP_SECONDS": "100", "LENGTHEN_TIMED_STEPS": "3"}
+    budget = ("--train_budget_seconds=1100", "--train_epochs=10", "--warmup_epochs=3")
     workers = _cluster(tmp_path, model_dir, data, *budget,
-                       f"--export_dir={tmp_path / 'export'}", env=timed)
+                       f"--export_dir={tmp_path / 'export'}", env=TIMED)
     single = _start(tmp_path, "single", f"--data_dir={data}",
                     f"--model_dir={tmp_path / 'single'}", *FLAGS, *budget, "--num_gpus=0",
-                    "--num_cpu_replicas=2", env=timed)
+                    "--num_cpu_replicas=2", env=TIMED)
     outputs = [_finish(process) for process in (*workers, single)]
     for stdout, _ in outputs:
-        assert "step 40 (resumed from 0, stopped by train_epochs)" in stdout
+        assert "step 20 (resumed from 0, stopped by train_epochs)" in stdout
         assert "2 replica(s)" in stdout
-        assert "20.00 epochs in the --train_budget_seconds budget" in stdout
+        assert "10.00 epochs in the --train_budget_seconds budget" in stdout
     for folder in (model_dir, tmp_path / "single"):
         entry = json.loads((folder / "config.json").read_text())["budget"]
         assert (entry["kept_steps"], entry["planned_steps"], entry["lengthened_at_step"],
-                entry["train_steps"]) == (21, 35, 25, 40)
+                entry["train_steps"]) == (4, 14, 8, 20)
 
     chief, other, reference = (_weights(tmp_path / f"{name}.npz")
                                for name in ("worker0", "worker1", "single"))
@@ -126,14 +130,14 @@ def test_two_workers_match_one_process(tmp_path):
     # Only the chief wrote: config, checkpoints and summaries in model_dir; the other worker's
     # private checkpoint folder is gone.
     written = sorted(path.name for path in model_dir.iterdir())
-    assert {"config.json", "checkpoint", "ckpt-40.index", "train", "eval"} <= set(written)
-    assert not any(name.startswith("resnet_worker_") for name in written)
+    assert {"config.json", "checkpoint", "ckpt-20.index", "train", "eval"} <= set(written)
+    assert not any(name.startswith(train_lib.WORKER_DIR_PREFIX) for name in written)
     exports = [path.name for path in (tmp_path / "export").iterdir()]
     assert len(exports) == 1 and exports[0].isdigit(), exports  # the chief's, once
     assert "exported" in outputs[0][0] and "exported" not in outputs[1][0]
     assert _leftovers(tmp_path / "tmp_worker1") == _leftovers(tmp_path / "tmp_worker0") == []
 
-    print(f"two workers + one process, 19 steps: {time.monotonic() - started:.0f} s")
+    print(f"two workers + one process, 16 steps: {time.monotonic() - started:.0f} s")
 
 
 def _lengthened_at(model_dir: Path) -> int | None:
@@ -152,15 +156,15 @@ def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_pa
     config.json), so both workers take the same step."""
     data = tiny_dataset(tmp_path / "data")
     model_dir = tmp_path / "cluster"
-    # The timing reports 100 s a step: 1,500 s plan ~14 steps, and the real (millisecond)
-    # steps lengthen the run halfway through the plan, to the cap of 2,000 steps (fewer on a
-    # machine so loaded that a step takes ~1 s).
-    budget = ("--train_budget_seconds=1500", "--train_epochs=1000")
-    timed = {"CALIBRATED_STEP_SECONDS": "100", "LENGTHEN_TIMED_STEPS": "3"}
+    # The timing reports 100 s a step: 900 s plan ~8 steps, and the real (millisecond)
+    # steps lengthen the run once 3 loops after the first are timed (step 4, half the plan),
+    # to the cap of 2,000 steps (fewer on a machine so loaded that a step takes ~1 s).
+    # A checkpoint every step: the test kills a worker a few steps after the lengthening.
+    budget = ("--train_budget_seconds=900", "--train_epochs=1000", "--checkpoint_every_steps=1")
     # A 10-s heartbeat instead of the default 30: the chief notices the death sooner (the
     # test waited ~30 s for it otherwise); still far above a heartbeat's interval under load.
     chief, other = _cluster(tmp_path, model_dir, data, *budget,
-                            "--heartbeat_timeout_seconds=10", env=timed)
+                            "--heartbeat_timeout_seconds=10", env=TIMED)
     try:
         deadline = time.monotonic() + WORKER_TIMEOUT
         lengthened_at = None
@@ -200,7 +204,7 @@ def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_pa
     assert entry["lengthened_at_step"] < last < entry["train_steps"], (entry, last)
     elsewhere = tmp_path / "worker1_own_folder"
     workers = _cluster(tmp_path, model_dir, data, *budget, f"--max_train_steps={last + 1}",
-                       tag="_restarted", env=timed, other_model_dir=elsewhere)
+                       tag="_restarted", env=TIMED, other_model_dir=elsewhere)
     for stdout, _ in (_finish(process) for process in workers):
         assert f"step {last + 1} (resumed from {last}, stopped by max_train_steps)" in stdout
     # A learning rate of its own (a 2,000-step plan instead of the chief's stretched one)
@@ -302,7 +306,7 @@ def _worker_main(argv: list[str]) -> None:
     """`python tests/test_multiworker.py WEIGHTS.npz DICOM_MAIN_FLAGS...`: dicom_main.py, then
     this worker's final model variables saved to WEIGHTS.npz. With CALIBRATED_STEP_SECONDS
     in the environment, the budget's timing (its steps really trained) reports that speed;
-    LENGTHEN_TIMED_STEPS replaces budget.LENGTHEN_TIMED_STEPS."""
+    LENGTHEN_TIMED_STEPS and CALIBRATION_STEPS replace budget's constants of those names."""
     sys.path.insert(0, str(REPO_ROOT))
     from networks.resnet import dicom_main, train_steps
     from official.core import budget
@@ -319,6 +323,8 @@ def _worker_main(argv: list[str]) -> None:
         budget.calibrate = reported
     if os.environ.get("LENGTHEN_TIMED_STEPS"):
         budget.LENGTHEN_TIMED_STEPS = int(os.environ["LENGTHEN_TIMED_STEPS"])
+    if os.environ.get("CALIBRATION_STEPS"):
+        budget.CALIBRATION_STEPS = int(os.environ["CALIBRATION_STEPS"])
 
     states = []
     build = train_steps.ResNetNetwork.build_training_state

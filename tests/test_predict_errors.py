@@ -11,28 +11,17 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_image
-from tests.trainer_fixtures import REPO_ROOT, class_image, error_lines, tiny_dataset, trainer_env
+from tests.trainer_fixtures import REPO_ROOT, class_image, error_lines, trainer_env
 
 PREDICT = REPO_ROOT / "networks" / "resnet" / "dicom_predict.py"
 CORRUPT_PNG = b"\x89PNG\r\n\x1a\nnot really"
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """The SavedModel of a ResNet-18 trained one epoch on a handful of 32 px images."""
-    from networks.resnet.train_steps import ResNetNetwork
-    from official.core import train_lib
-    from official.core.config import TrainConfig
-    from official.utils.misc import distribution_utils
-
-    root = tmp_path_factory.mktemp("predict_model")
-    data_dir = tiny_dataset(root / "data", train_per_class=4, eval_per_class=2)
-    config = TrainConfig(model_dir=str(root / "model"), data_dir=str(data_dir), image_size=32,
-                         train_epochs=1, batch_size=4, hooks=(), seed=1,
-                         export_dir=str(root / "export"))
-    result = train_lib.train(config, distribution_utils.get_distribution_strategy(num_gpus=0),
-                             ResNetNetwork(resnet_size=18, version=2, small_input=False))
-    return result.export_path
+@pytest.fixture
+def export(trained):
+    """conftest.py's trained ResNet-18 SavedModel (32 px, Chest/Hand), only read here: a
+    training of this module's own cost ~8 s and showed nothing more."""
+    return trained["export"]
 
 
 @pytest.fixture

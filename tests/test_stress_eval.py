@@ -10,11 +10,8 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import stress_eval, stress_eval_lib
-from networks.resnet import train_steps
-from official.core import train_lib
-from official.core.config import TrainConfig
 from tests.conftest import one_error_line
-from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
+from tests.trainer_fixtures import REPO_ROOT, trainer_env
 
 
 def _left_blob() -> tf.Tensor:
@@ -172,18 +169,13 @@ def test_an_unknown_shift_is_one_line_before_any_model_is_loaded(capsys, tmp_pat
     assert "preset ct has no shift 'zoom 2'" in line
 
 
-def test_tiny_model_run_prints_every_shift_and_the_stress_accuracy(tmp_path):
-    data = tiny_dataset(tmp_path / "data")
-    config = TrainConfig(model_dir=str(tmp_path / "model"), data_dir=str(data), image_size=32,
-                         batch_size=8, train_epochs=1, hooks=(), num_parallel_calls=2, seed=1,
-                         checkpoint_every_steps=0)
-    train_lib.train(config, tf.distribute.OneDeviceStrategy("/cpu:0"),
-                    train_steps.ResNetNetwork(resnet_size=18, small_input=False))
+def test_tiny_model_run_prints_every_shift_and_the_stress_accuracy(trained):
+    # conftest.py's trained model_dir and its data: stress_eval.py only reads them.
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "stress_eval.py"),
-         f"--model={tmp_path / 'model'}", f"--data_dir={data}", "--split=validation",
-         "--preset=radiograph"], capture_output=True, text=True, timeout=300,
-        env=trainer_env(), cwd=REPO_ROOT)
+         f"--model={trained['model_dir']}", f"--data_dir={trained['data_dir']}",
+         "--split=validation", "--preset=radiograph"], capture_output=True, text=True,
+        timeout=300, env=trainer_env(), cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     for name, _, _ in stress_eval_lib.PRESETS["radiograph"]:

@@ -66,6 +66,10 @@ from official.utils.logs import logger as logger_lib
 from official.utils.misc import distribution_utils, model_helpers
 
 
+# A non-chief worker's checkpoints and summaries go to a temporary folder of this name (only the
+# chief writes to model_dir); it is removed when the run ends.
+WORKER_DIR_PREFIX = "trainer_worker_"
+
 def averaged(weight_average: ema.WeightAverage | None):
     """The weight average swapped into the model (--ema_decay), or the weights as they are."""
     return weight_average.swapped_in() if weight_average else contextlib.nullcontext()
@@ -98,7 +102,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
     """
     chief = distribution_utils.is_chief(strategy)
     workers = distribution_utils.num_workers(strategy)
-    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="trainer_worker_")
+    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix=WORKER_DIR_PREFIX)
     try:
         return _train(config, strategy, chief, workers, write_dir, network)
     except tf.errors.DataLossError as error:
