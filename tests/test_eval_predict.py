@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.trainer_fixtures import REPO_ROOT, TRAINED_CLASSES as CLASSES, checkpoint_name, \
-    run_resnet_cli, trainer_env
+    run_resnet_cli as _run, trainer_env
 
 def _predictor(path):
     from official.core.inference import Predictor
@@ -40,7 +40,7 @@ def test_model_dir_and_saved_model_give_the_same_report(trained, tmp_path):
 
 
 def test_eval_cli_writes_report_next_to_model(trained):
-    result = run_resnet_cli("dicom_eval.py", f"--model={trained['model_dir']}",
+    result = _run("dicom_eval.py", f"--model={trained['model_dir']}",
                   f"--data_dir={trained['data_dir']}", "--split=validation")
     assert result.returncode == 0, result.stderr[-2000:]
     report = f"{trained['model_dir']}/eval_validation"
@@ -77,7 +77,7 @@ def test_eval_cli_finds_a_bare_checkpoint_name_inside_the_model_dir(trained, tmp
 
 @pytest.mark.parametrize("script", ["dicom_eval.py", "dicom_predict.py", "dicom_export.py"])
 def test_help_says_a_checkpoint_may_be_named_inside_the_model_dir(script):
-    result = run_resnet_cli(script, "--help")
+    result = _run(script, "--help")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "its name inside the model_dir (ckpt-400)" in " ".join(result.stdout.split())
 
@@ -92,10 +92,10 @@ def test_default_report_folder_names_the_views(tmp_path):
 
 
 def test_eval_cli_errors_are_one_line(trained, tmp_path):
-    result = run_resnet_cli("dicom_eval.py", f"--model={tmp_path}", f"--data_dir={trained['data_dir']}")
+    result = _run("dicom_eval.py", f"--model={tmp_path}", f"--data_dir={trained['data_dir']}")
     assert result.returncode == 1
     assert "neither a SavedModel" in result.stderr and str(tmp_path) in result.stderr
-    result = run_resnet_cli("dicom_eval.py", f"--model={trained['model_dir']}",
+    result = _run("dicom_eval.py", f"--model={trained['model_dir']}",
                   f"--data_dir={trained['data_dir']}", "--split=nope")
     assert result.returncode == 1 and "no split 'nope'" in result.stderr
 
@@ -130,7 +130,7 @@ def test_predict_cli_bare_checkpoint_and_a_file_named_twice(trained, mixed_folde
     predicted once; --checkpoint is a bare name inside --model."""
     out = tmp_path / "p.csv"
     name = checkpoint_name(trained["model_dir"])
-    result = run_resnet_cli("dicom_predict.py", f"--model={trained['model_dir']}", f"--checkpoint={name}",
+    result = _run("dicom_predict.py", f"--model={trained['model_dir']}", f"--checkpoint={name}",
                   f"--output_csv={out}", str(mixed_folder / "chest.png"), str(mixed_folder),
                   str(mixed_folder / "sub" / ".." / "sub" / "hand.jpg"))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -143,7 +143,7 @@ def test_predict_cli_bare_checkpoint_and_a_file_named_twice(trained, mixed_folde
 
 def test_predict_cli_min_confidence_marks_uncertain(trained, mixed_folder, tmp_path):
     out = tmp_path / "p.csv"
-    result = run_resnet_cli("dicom_predict.py", f"--model={trained['export']}", f"--output_csv={out}",
+    result = _run("dicom_predict.py", f"--model={trained['export']}", f"--output_csv={out}",
                   "--min_confidence=1.0", str(mixed_folder / "chest.png"),
                   str(mixed_folder / "broken.png"))
     assert result.returncode == 0, result.stderr[-2000:]

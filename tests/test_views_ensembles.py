@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.trainer_fixtures import TRAINED_CLASSES as CLASSES, checkpoint_name, class_image, \
-    run_resnet_cli
+    run_resnet_cli as _run
 
 
 def _model_dir_like(trained, folder, **changes):
@@ -106,7 +106,7 @@ def test_ensemble_refuses_different_classes(trained, tmp_path):
 
 def test_eval_cli_ensemble_with_views_records_both(trained, other_model, tmp_path):
     out = tmp_path / "report"
-    result = run_resnet_cli("dicom_eval.py", f"--model={trained['export']},{other_model}", "--tta=2",
+    result = _run("dicom_eval.py", f"--model={trained['export']},{other_model}", "--tta=2",
                   f"--data_dir={trained['data_dir']}", "--split=validation",
                   f"--output_dir={out}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -116,7 +116,7 @@ def test_eval_cli_ensemble_with_views_records_both(trained, other_model, tmp_pat
     assert metrics["members"][0]["model"].startswith(trained["export"])
     assert metrics["members"][1]["model"].startswith(other_model)
     # Without --output_dir an ensemble's report would belong to no model: refused up front.
-    result = run_resnet_cli("dicom_eval.py", f"--model={trained['export']},{other_model}",
+    result = _run("dicom_eval.py", f"--model={trained['export']},{other_model}",
                   f"--data_dir={trained['data_dir']}")
     assert result.returncode != 0 and "needs --output_dir" in result.stderr
 
@@ -127,7 +127,7 @@ def test_cli_mismatched_ensemble_is_one_error_line_and_writes_nothing(trained, m
 
     swapped = _model_dir_like(trained, tmp_path / "swapped", class_names=["Hand", "Chest"])
     out = tmp_path / "report"
-    result = run_resnet_cli("dicom_eval.py", f"--model={trained['model_dir']},{swapped}",
+    result = _run("dicom_eval.py", f"--model={trained['model_dir']},{swapped}",
                   f"--data_dir={trained['data_dir']}", f"--output_dir={out}")
     assert result.returncode == 1
     lines = error_lines(result.stderr)
@@ -135,7 +135,7 @@ def test_cli_mismatched_ensemble_is_one_error_line_and_writes_nothing(trained, m
     assert swapped in lines[0] and "different order" in lines[0]
     assert not out.exists()
     csv_path = tmp_path / "p.csv"
-    result = run_resnet_cli("dicom_predict.py", f"--model={trained['export']},{swapped}",
+    result = _run("dicom_predict.py", f"--model={trained['export']},{swapped}",
                   f"--output_csv={csv_path}", str(mixed_folder / "chest.png"))
     assert result.returncode == 1 and "cannot ensemble" in result.stderr
     assert not list(tmp_path.glob("p.*"))
@@ -143,7 +143,7 @@ def test_cli_mismatched_ensemble_is_one_error_line_and_writes_nothing(trained, m
 
 def test_predict_cli_ensemble_with_views(trained, other_model, mixed_folder, tmp_path):
     out = tmp_path / "p.csv"
-    result = run_resnet_cli("dicom_predict.py", f"--model={trained['model_dir']},{other_model}",
+    result = _run("dicom_predict.py", f"--model={trained['model_dir']},{other_model}",
                   "--tta=3", f"--output_csv={out}", str(mixed_folder / "chest.png"),
                   str(mixed_folder / "sub" / "hand.jpg"))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -164,7 +164,7 @@ def test_predict_cli_ensemble_with_views(trained, other_model, mixed_folder, tmp
 
 @pytest.mark.parametrize("script", ["dicom_eval.py", "dicom_predict.py"])
 def test_help_explains_views_and_ensembles(script):
-    result = run_resnet_cli(script, "--help")
+    result = _run(script, "--help")
     assert result.returncode == 0, result.stderr[-2000:]
     text = " ".join(result.stdout.split())
     from dataset import test_time
@@ -181,7 +181,7 @@ def test_export_cli_ensemble_is_one_model_equal_to_the_in_process_ensemble(train
 
     second = _model_dir_like(trained, tmp_path / "second")  # same size, other weights
     out = tmp_path / "ensemble"
-    result = run_resnet_cli("dicom_export.py", f"--model_dir={trained['model_dir']},{second}",
+    result = _run("dicom_export.py", f"--model_dir={trained['model_dir']},{second}",
                   f"--export_dir={out}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "exported the ensemble of 2 models to" in result.stdout
@@ -198,7 +198,7 @@ def test_export_cli_ensemble_is_one_model_equal_to_the_in_process_ensemble(train
     # One model_dir: the same model the trainer exported (its last checkpoint, named as a
     # user would: inside the model_dir).
     single = tmp_path / "single"
-    assert run_resnet_cli("dicom_export.py", f"--model_dir={trained['model_dir']}",
+    assert _run("dicom_export.py", f"--model_dir={trained['model_dir']}",
                 f"--checkpoint={checkpoint_name(trained['model_dir'])}",
                 f"--export_dir={single}").returncode == 0
     (version,) = list(single.iterdir())
@@ -212,13 +212,13 @@ def test_export_cli_refuses_mismatched_members_in_one_line_and_writes_nothing(
     from tests.trainer_fixtures import error_lines
 
     out = tmp_path / "ensemble"
-    result = run_resnet_cli("dicom_export.py", f"--model_dir={trained['model_dir']},{other_model}",
+    result = _run("dicom_export.py", f"--model_dir={trained['model_dir']},{other_model}",
                   f"--export_dir={out}")
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "cannot ensemble" in lines[0] and "image_size 32 vs 48" in lines[0]
     assert not out.exists() or not list(out.iterdir())
-    result = run_resnet_cli("dicom_export.py", f"--model_dir={tmp_path / 'missing'}",
+    result = _run("dicom_export.py", f"--model_dir={tmp_path / 'missing'}",
                   f"--export_dir={out}")
     assert result.returncode == 1 and len(error_lines(result.stderr)) == 1
     assert "config.json" in result.stderr
