@@ -45,7 +45,9 @@
 # On scans the training never saw (scripts/holdout_organamnist.sh, RESULTS.md section 22) the
 # flip costs nothing (+0.3 points, interval -0.7 to +1.3), and this recipe is level with the
 # 8-epoch 56-px one of 2026-12-01 (-0.4 points, -1.4 to +0.5): its official test accuracy is
-# expected near that recipe's 0.93.
+# expected near that recipe's 0.93. Seven changes tried on that hold-out since (RESULTS.md section
+# 23: the validation scans added to training, 16 epochs, mixup, cutmix, --mirror_swap, a
+# five-model ensemble) moved it by less than retraining with another seed does.
 # Val is 16 scans, the test 70: val is an easy, optimistic guide (the 8-epoch recipe:
 # validation 0.9835, official test 0.9326), so watch the per-class figures, not the mean;
 # compare changes on scripts/holdout_organamnist.sh instead.
