@@ -266,8 +266,9 @@ def mirror_swap(image: tf.Tensor, label: tf.Tensor, partners: tf.Tensor, probabi
                 axis: str, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """With `probability`, an image of a class with a mirror partner (see mirror_partners) is
     mirrored across the patient's left-right axis and relabelled as the partner: a left kidney
-    seen in a mirror is a right kidney's shape, which doubles the examples of each side and
-    makes the side the one thing that separates a pair.
+    seen in a mirror is a right kidney's shape, so each side also learns from the other's
+    examples. (On unseen OrganAMNIST scans it did not reduce left/right swaps: RESULTS.md
+    section 23.)
 
     Args:
       image: [H, W, C] (any dtype).
