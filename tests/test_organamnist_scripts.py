@@ -110,7 +110,6 @@ def test_holdout_trains_the_recipe_on_some_slice_groups_and_scores_the_others(tm
             for name in ("holdout_groups.csv", "holdout_data/manifest.json")] == stamps
 
 
-
 @pytest.mark.parametrize("script", ["recipe_organamnist.sh", "holdout_organamnist.sh"])
 def test_a_bad_or_missing_archive_is_one_line_and_leaves_no_half_extraction(script, tmp_path):
     (tmp_path / "bad.tar.gz").write_text("not an archive")

@@ -154,7 +154,7 @@ def train_dataset(spec: InputSpec, data: DataSpec, num_workers: int = 1) -> tf.d
     dataset = dataset.shuffle(min(data.train_examples, 10_000), seed=spec.seed,
                               reshuffle_each_iteration=True).repeat()
     if spec.mirror_swap:
-        partners = mirror_partners(spec, data.class_names)
+        partners = tf.constant(mirror_partners(spec, data.class_names), tf.int32)
 
         def augment_pair(image, label):
             image, label = augment.mirror_swap(image, label, partners, spec.mirror_swap,
@@ -178,14 +178,14 @@ def train_dataset(spec: InputSpec, data: DataSpec, num_workers: int = 1) -> tf.d
     return _with_shard_policy(dataset, shard_policy(len(data.train.files), num_workers))
 
 
-def mirror_partners(spec: InputSpec, class_names) -> tf.Tensor:
-    """augment.mirror_partners as a tensor; an error when --mirror_swap has nothing to swap."""
+def mirror_partners(spec: InputSpec, class_names) -> tuple[int, ...]:
+    """augment.mirror_partners; an error when --mirror_swap has nothing to swap."""
     partners = augment.mirror_partners(class_names)
     if all(partner == index for index, partner in enumerate(partners)):
         raise ValueError(f"--mirror_swap={spec.mirror_swap}: no two classes of --data_dir="
                          f"{spec.data_dir} differ only in left/right (classes: "
                          f"{', '.join(class_names)})")
-    return tf.constant(partners, tf.int32)
+    return partners
 
 
 def augment_for_train(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:

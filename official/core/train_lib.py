@@ -70,6 +70,7 @@ from official.utils.misc import distribution_utils, model_helpers
 # chief writes to model_dir); it is removed when the run ends.
 WORKER_DIR_PREFIX = "trainer_worker_"
 
+
 def averaged(weight_average: ema.WeightAverage | None):
     """The weight average swapped into the model (--ema_decay), or the weights as they are."""
     return weight_average.swapped_in() if weight_average else contextlib.nullcontext()
