@@ -17,6 +17,10 @@ images gives the interval of their difference.
 converter's (file,group rows; a file not in it is its own group, as in the converter).
 --reference_recall adds the Spearman rank correlation of each model's per-class recall with
 given figures (e.g. a held-back test's), the agreement RESULTS.md section 22 reports.
+--worst_groups=N lists the first model's N groups with the most errors and what it called them;
+--contact_sheet=PNG shows up to 10 images of each of those groups, to look for what no model
+can read (OrganAMNIST's labels come from boxes; RESULTS.md section 24: more than half the
+recipe's held-out errors are in groups whose crops show none of their organ).
 """
 
 from __future__ import annotations
@@ -32,11 +36,15 @@ if REPO_ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from dataset import sources  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 PROGRAM = "holdout_report.py"
+SHEET_COLUMNS = 10
+SHEET_TILE = 48  # pixels a side: a 28-px crop's structures stay visible
+SHEET_LABEL_WIDTH = 170
 
 FLAGS = cli.program_flags()
 flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.", flag_values=FLAGS)
@@ -55,13 +63,21 @@ flags.DEFINE_float("shared_failure", 0.9, "List the groups every model gets at l
                    "share of wrong (scans no model reads: look at them for box or label "
                    "errors), and each accuracy without them.", lower_bound=0.0, upper_bound=1.0,
                    flag_values=FLAGS)
+flags.DEFINE_integer("worst_groups", 0, "List the first model's N groups with the most "
+                     "errors, with its commonest wrong answers there (0: none).", lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_string("contact_sheet", None, "Write a PNG of the --worst_groups: a row of up to "
+                    f"{SHEET_COLUMNS} images per group, evenly spaced through it, a red bar over "
+                    "the first model's errors. Its folder must exist.", flag_values=FLAGS)
 flags.mark_flags_as_required(["data_dir", "groups_csv", "eval_dirs"], flag_values=FLAGS)
 parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 
 
-def group_counts(group_of_image: list[str], wrong: list[set[str]], filenames: list[str]
+def group_counts(group_of_image: list[str], wrong: list, filenames: list[str]
                  ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Group names [G] (sorted), images per group [G] and errors per model and group [M, G]."""
+    """Group names [G] (sorted), images per group [G] and errors per model and group [M, G].
+
+    `wrong`: per model, the misclassified file names (a set, or a dict keyed by them)."""
     names = sorted(set(group_of_image))
     index = {name: number for number, name in enumerate(names)}
     groups = np.array([index[name] for name in group_of_image])
@@ -112,6 +128,61 @@ def shared_failures(sizes: np.ndarray, errors: np.ndarray, share: float) -> np.n
     return np.flatnonzero(np.all(errors >= share * sizes, axis=0) & (errors.min(axis=0) > 0))
 
 
+def worst_groups(group_names: list[str], sizes: np.ndarray, errors: np.ndarray,
+                 group_of_image: list[str], predicted: dict[str, str], filenames: list[str],
+                 count: int) -> tuple[list[int], list[str]]:
+    """The `count` groups with most errors [G] (ties: the larger share wrong, then the name)
+    and a line for each: "name: E of N wrong (called X e1, Y e2)"."""
+    order = sorted((g for g in range(len(sizes)) if errors[g] > 0),
+                   key=lambda g: (-errors[g], -errors[g] / sizes[g], group_names[g]))[:count]
+    lines = []
+    for g in order:
+        answers: dict[str, int] = {}
+        for name, group in zip(filenames, group_of_image):
+            if group == group_names[g] and name in predicted:
+                answers[predicted[name]] = answers.get(predicted[name], 0) + 1
+        called = sorted(answers.items(), key=lambda item: (-item[1], item[0]))[:3]
+        lines.append(f"  {group_names[g]}: {int(errors[g])} of {int(sizes[g])} wrong (called "
+                     + ", ".join(f"{answer} {number}" for answer, number in called) + ")")
+    return order, lines
+
+
+def contact_sheet(rows: list[tuple[str, list[tuple[np.ndarray, bool]]]]) -> Image.Image:
+    """One row per (caption, [(uint8 image [H, W, C], wrong), ...]): the caption, then up to
+    SHEET_COLUMNS images evenly spaced through the list, each scaled to SHEET_TILE pixels,
+    a red bar over those marked wrong."""
+    bar, gap = 4, 2
+    row_height = SHEET_TILE + bar + gap
+    sheet = Image.new("RGB", (SHEET_LABEL_WIDTH + SHEET_COLUMNS * (SHEET_TILE + gap),
+                              max(1, len(rows)) * row_height), (32, 32, 32))
+    draw = ImageDraw.Draw(sheet)
+    for number, (caption, images) in enumerate(rows):
+        top = number * row_height
+        draw.text((4, top + SHEET_TILE // 3), caption, fill=(255, 255, 0))
+        picks = np.linspace(0, len(images) - 1, min(SHEET_COLUMNS, len(images))).round()
+        for column, index in enumerate(picks.astype(int)):
+            image, wrong = images[index]
+            left = SHEET_LABEL_WIDTH + column * (SHEET_TILE + gap)
+            tile = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+            sheet.paste(tile.convert("RGB").resize((SHEET_TILE, SHEET_TILE), Image.BICUBIC),
+                        (left, top + bar))
+            if wrong:
+                draw.rectangle([left, top, left + SHEET_TILE - 1, top + bar - 1],
+                               fill=(255, 0, 0))
+    return sheet
+
+
+def save_png(image: Image.Image, path: str) -> None:
+    """Writes `path` whole or not at all (a temporary file beside it, then a rename)."""
+    partial = f"{path}.partial"
+    try:
+        image.save(partial, format="PNG")
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
 def report(eval_dirs: list[str], metrics: list[dict], sizes: np.ndarray, errors: np.ndarray,
            draws: np.ndarray, reference: dict[str, float], group_names: list[str],
            share: float) -> str:
@@ -146,12 +217,13 @@ def report(eval_dirs: list[str], metrics: list[dict], sizes: np.ndarray, errors:
     return "\n".join(lines)
 
 
-def _read_eval(folder: str) -> tuple[dict, set[str]]:
+def _read_eval(folder: str) -> tuple[dict, dict[str, str]]:
+    """metrics.json, and each misclassified file's predicted class."""
     try:
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as handle:
             metrics = json.load(handle)
         with open(os.path.join(folder, "misclassified.csv"), newline="", encoding="utf-8") as h:
-            wrong = {row["file"] for row in csv.DictReader(h)}
+            wrong = {row["file"]: row["predicted"] for row in csv.DictReader(h)}
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{folder}: not a dicom_eval.py report ({error})") from None
     return metrics, wrong
@@ -162,6 +234,11 @@ def main(argv: list[str]) -> None:
     from dataset import reader  # TensorFlow, after the flags
 
     def run() -> str:
+        if FLAGS.contact_sheet and not FLAGS.worst_groups:
+            raise ValueError("--contact_sheet shows the --worst_groups: set --worst_groups=N")
+        sheet_folder = os.path.dirname(os.path.abspath(FLAGS.contact_sheet or "."))
+        if not os.path.isdir(sheet_folder):  # before the work, not after it
+            raise ValueError(f"--contact_sheet: folder {sheet_folder} does not exist")
         groups = sources.read_groups_csv(FLAGS.groups_csv)
         reference = parse_reference(FLAGS.reference_recall)
         evaluations = [_read_eval(folder) for folder in FLAGS.eval_dirs]
@@ -180,8 +257,27 @@ def main(argv: list[str]) -> None:
         names, sizes, errors = group_counts(group_of_image,
                                             [wrong for _, wrong in evaluations], filenames)
         draws = cluster_bootstrap(sizes, errors, FLAGS.resamples, FLAGS.seed)
-        return report(FLAGS.eval_dirs, [metrics for metrics, _ in evaluations], sizes, errors,
-                      draws, reference, names, FLAGS.shared_failure)
+        summary = report(FLAGS.eval_dirs, [metrics for metrics, _ in evaluations], sizes,
+                         errors, draws, reference, names, FLAGS.shared_failure)
+        if not FLAGS.worst_groups:
+            return summary
+        first_wrong = evaluations[0][1]
+        order, lines = worst_groups(names, sizes, errors[0], group_of_image, first_wrong,
+                                    filenames, FLAGS.worst_groups)
+        summary += (f"\n{FLAGS.eval_dirs[0]}: the {len(order)} groups with most errors\n"
+                    + "\n".join(lines))
+        if FLAGS.contact_sheet:
+            wanted = {names[g]: [] for g in order}
+            images = reader.make_dataset(reader.split_info(FLAGS.data_dir, FLAGS.split).files,
+                                         channels=3, deterministic=True)
+            for name, group, (image, _) in zip(filenames, group_of_image,
+                                               images.as_numpy_iterator()):
+                if group in wanted:
+                    wanted[group].append((image, name in first_wrong))
+            save_png(contact_sheet([(f"{names[g]}\n{int(errors[0][g])} of {int(sizes[g])} wrong",
+                                     wanted[names[g]]) for g in order]), FLAGS.contact_sheet)
+            summary += f"\ncontact sheet of those groups: {FLAGS.contact_sheet}"
+        return summary
 
     cli.print_summary_or_exit(PROGRAM, run)
 

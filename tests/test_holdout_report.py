@@ -109,3 +109,71 @@ def test_a_report_of_another_split_is_one_line(tmp_path, capsys):
         f"--data_dir={tmp_path / 'data'}", "--split=data",
         f"--groups_csv={tmp_path / 'groups.csv'}", f"--eval_dirs={tmp_path / 'missing'}"))
     assert f"{tmp_path / 'missing'}: not a dicom_eval.py report" in line
+
+
+def test_worst_groups_rank_by_errors_and_say_what_they_were_called():
+    names = ["a-0", "a-1", "b-0"]
+    sizes = np.array([4, 2, 3])
+    errors = np.array([2.0, 2.0, 0.0])
+    files = ["a/0", "a/1", "a/2", "a/3", "a/4", "a/5", "b/0", "b/1", "b/2"]
+    group_of = ["a-0"] * 4 + ["a-1"] * 2 + ["b-0"] * 3
+    predicted = {"a/0": "c", "a/1": "b", "a/4": "b", "a/5": "b"}
+    order, lines = holdout_report.worst_groups(names, sizes, errors, group_of, predicted, files,
+                                               5)
+    # Equal counts: the group with the larger share wrong first; a group without errors never.
+    assert order == [1, 0]
+    assert lines == ["  a-1: 2 of 2 wrong (called b 2)", "  a-0: 2 of 4 wrong (called b 1, c 1)"]
+
+
+def test_contact_sheet_marks_the_wrong_images_and_thins_long_groups():
+    grey = np.full((8, 8, 1), 200, np.uint8)
+    rows = [("one", [(grey, True), (grey, False)]),
+            ("two", [(grey, index % 2 == 0) for index in range(25)])]
+    sheet = np.asarray(holdout_report.contact_sheet(rows))
+    tile, gap, bar = holdout_report.SHEET_TILE, 2, 4
+    assert sheet.shape == (2 * (tile + bar + gap),
+                           holdout_report.SHEET_LABEL_WIDTH + 10 * (tile + gap), 3)
+    left = holdout_report.SHEET_LABEL_WIDTH
+    assert tuple(sheet[0, left]) == (255, 0, 0)  # first image wrong: a red bar
+    assert tuple(sheet[0, left + tile + gap]) != (255, 0, 0)  # second right: none
+    assert tuple(sheet[bar + 1, left + 1]) == (200, 200, 200)  # the image itself
+    # 25 images thin to 10 evenly spaced, the first and last among them; nothing past row one's 2.
+    row_two = tile + bar + gap
+    assert tuple(sheet[row_two + bar + 1, left + 9 * (tile + gap) + 1]) == (200, 200, 200)
+    assert tuple(sheet[bar + 1, left + 2 * (tile + gap) + 1]) == (32, 32, 32)
+
+
+def test_cli_lists_the_worst_groups_and_writes_their_sheet(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        for index in range(6):
+            write_image(tmp_path / "ds" / name / f"{name}{index}.png",
+                        rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    convert_dataset(ConvertConfig(dataset_name="t", dataset_dir=str(tmp_path / "ds"),
+                                  output_dir=str(tmp_path / "data"), need_split="None",
+                                  num_workers=1, show_progress=False))
+    rows = [(f"{name}/{name}{index}.png", f"{name}-{index // 3}")
+            for name in ("a", "b") for index in range(6)]
+    with open(tmp_path / "groups.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "group"), *rows])
+    _eval_dir(tmp_path / "one", {"a": 1.0, "b": 0.5}, ["b/b3.png", "b/b4.png", "a/a0.png"], 12)
+    flags = [f"--data_dir={tmp_path / 'data'}", "--split=data",
+             f"--groups_csv={tmp_path / 'groups.csv'}", f"--eval_dirs={tmp_path / 'one'}"]
+    capsys.readouterr()
+    _run(*flags, "--worst_groups=5", f"--contact_sheet={tmp_path / 'sheet.png'}")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-4:] == [f"{tmp_path / 'one'}: the 2 groups with most errors",
+                          "  b-1: 2 of 3 wrong (called b 2)", "  a-0: 1 of 3 wrong (called b 1)",
+                          f"contact sheet of those groups: {tmp_path / 'sheet.png'}"]
+    from PIL import Image
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size[1] == 2 * (holdout_report.SHEET_TILE + 6)
+    assert not list(tmp_path.glob("*.partial"))
+
+    line = one_error_line(capsys, "holdout_report.py", lambda: _run(
+        *flags, f"--contact_sheet={tmp_path / 'sheet2.png'}"))
+    assert "--contact_sheet shows the --worst_groups: set --worst_groups=N" in line
+    line = one_error_line(capsys, "holdout_report.py", lambda: _run(
+        *flags, "--worst_groups=1", f"--contact_sheet={tmp_path / 'nowhere' / 's.png'}"))
+    assert f"--contact_sheet: folder {tmp_path / 'nowhere'} does not exist" in line
+    assert not (tmp_path / "sheet2.png").exists()
