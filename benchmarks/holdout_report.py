@@ -217,7 +217,7 @@ def report(eval_dirs: list[str], metrics: list[dict], sizes: np.ndarray, errors:
     return "\n".join(lines)
 
 
-def _read_eval(folder: str) -> tuple[dict, dict[str, str]]:
+def read_eval(folder: str) -> tuple[dict, dict[str, str]]:
     """metrics.json, and each misclassified file's predicted class."""
     try:
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as handle:
@@ -241,7 +241,7 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"--contact_sheet: folder {sheet_folder} does not exist")
         groups = sources.read_groups_csv(FLAGS.groups_csv)
         reference = parse_reference(FLAGS.reference_recall)
-        evaluations = [_read_eval(folder) for folder in FLAGS.eval_dirs]
+        evaluations = [read_eval(folder) for folder in FLAGS.eval_dirs]
         filenames = reader.split_filenames(FLAGS.data_dir, FLAGS.split)
         for folder, (metrics, _) in zip(FLAGS.eval_dirs, evaluations):
             if metrics.get("num_examples") != len(filenames):

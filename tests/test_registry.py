@@ -29,7 +29,7 @@ CLI_MODULES = ("tf_convert_data.py", "networks/resnet/dicom_main.py",
                "networks/slim/eval_image_classifier.py", "benchmarks/train_bench.py",
                "benchmarks/pipeline_bench.py", "benchmarks/stress_eval.py",
                "benchmarks/mirror_audit.py", "benchmarks/slice_groups.py",
-               "benchmarks/holdout_report.py")
+               "benchmarks/holdout_report.py", "benchmarks/blind_review.py")
 # Every other import inside a function, by (file, function), and why.
 FUNCTION_IMPORTS = {
     ("dataset/features.py", "feature_spec"): "the converter never imports TensorFlow",

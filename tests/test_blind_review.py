@@ -1,0 +1,106 @@
+"""benchmarks/blind_review.py: failing groups mixed with same-class controls for a reader who
+sees neither the errors nor the group names, and the reader's verdicts scored against the key."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import blind_review
+from dataset.convert import ConvertConfig, convert_dataset
+from tests.conftest import one_error_line, write_image
+from tests.test_holdout_report import _eval_dir
+
+
+def test_choose_pairs_each_failing_group_with_a_control_of_its_class():
+    names = ["a-0", "a-1", "a-2", "b-0", "b-1", "c-0"]
+    sizes = np.array([10, 10, 4, 10, 10, 10])
+    errors = np.array([5, 0, 0, 3, 1, 2])
+    key = blind_review.choose(names, sizes, errors, min_errors=3, min_share=0.25, seed=0)
+    kinds = {entry["group"]: entry["kind"] for entry in key.values()}
+    # a-0 and b-0 fail (c-0: 2 errors, under 3); a-2 is too small to control, b-1 is 10% wrong.
+    assert kinds == {"a-0": "failing", "b-0": "failing", "a-1": "control"}
+    assert sorted(key) == ["G00", "G01", "G02"]
+    assert key[next(n for n in key if key[n]["group"] == "a-0")]["errors"] == 5
+    # The order is shuffled by the seed, the same draw for the same seed.
+    assert key == blind_review.choose(names, sizes, errors, 3, 0.25, 0)
+    orders = {tuple(entry["group"] for entry in blind_review.choose(
+        names, sizes, errors, 3, 0.25, seed).values()) for seed in range(20)}
+    assert len(orders) > 1
+
+
+def test_score_counts_verdicts_and_the_ceiling_without_absent_groups():
+    key = {"G00": {"group": "a-0", "kind": "failing", "errors": 8, "images": 10},
+           "G01": {"group": "a-1", "kind": "control", "errors": 0, "images": 6},
+           "G02": {"group": "b-0", "kind": "failing", "errors": 2, "images": 4}}
+    verdicts = {"G00": {"verdict": "absent"}, "G01": {"verdict": "visible"}, "G02": "unsure"}
+    lines = blind_review.score(key, verdicts, total_images=100, total_errors=12).splitlines()
+    assert lines[1].split() == ["failing", "visible", "0", "0", "0"]
+    assert lines[2].split() == ["failing", "absent", "1", "10", "8"]
+    assert lines[3].split() == ["failing", "unsure", "1", "4", "2"]
+    assert lines[4].split() == ["control", "visible", "1", "6", "0"]
+    assert lines[-1] == ("errors in groups called absent: 8 of 12; accuracy 0.8800, 0.9200 if "
+                         "every other error were gone")
+    with pytest.raises(ValueError, match="no verdict for G02"):
+        blind_review.score(key, {"G00": "absent", "G01": "absent"}, 100, 12)
+    with pytest.raises(ValueError, match="G00: 'maybe' is not one of visible, absent, unsure"):
+        blind_review.score(key, {"G00": "maybe", "G01": "absent", "G02": "absent"}, 100, 12)
+
+
+def _run(*flags):
+    blind_review.main(blind_review.parse_flags(["blind_review.py", *flags]))
+
+
+def test_cli_makes_unmarked_sheets_then_scores_the_verdicts(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        for index in range(10):
+            write_image(tmp_path / "ds" / name / f"{name}{index}.png",
+                        rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    convert_dataset(ConvertConfig(dataset_name="t", dataset_dir=str(tmp_path / "ds"),
+                                  output_dir=str(tmp_path / "data"), need_split="None",
+                                  num_workers=1, show_progress=False))
+    rows = [(f"{name}/{name}{index}.png", f"{name}-{index // 5}")
+            for name in ("a", "b") for index in range(10)]
+    with open(tmp_path / "groups.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "group"), *rows])
+    _eval_dir(tmp_path / "e", {"a": 0.9, "b": 0.6}, ["b/b5.png", "b/b6.png", "b/b7.png",
+                                                      "b/b8.png", "a/a0.png"], 20)
+    review = tmp_path / "review"
+    make = [f"--data_dir={tmp_path / 'data'}", "--split=data",
+            f"--groups_csv={tmp_path / 'groups.csv'}", f"--eval_dir={tmp_path / 'e'}",
+            f"--output_dir={review}"]
+    capsys.readouterr()
+    _run(*make)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"1 failing groups and 1 controls on 1 sheets in {review} (key.json: not for the reader)")
+    key = json.loads((review / "key.json").read_text())
+    assert {entry["group"]: entry["kind"] for entry in key["groups"].values()} == {
+        "b-1": "failing", "b-0": "control"}
+    assert (key["images"], key["errors"]) == (20, 5)
+    from PIL import Image
+    with Image.open(review / "sheet0.png") as sheet:
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert not np.any(np.all(pixels == (255, 0, 0), axis=-1))  # no error marks for the reader
+
+    # A second draw into the same folder would not match its sheets.
+    line = one_error_line(capsys, "blind_review.py", lambda: _run(*make))
+    assert "holds a key already" in line
+
+    failing = next(n for n, e in key["groups"].items() if e["kind"] == "failing")
+    control = next(n for n, e in key["groups"].items() if e["kind"] == "control")
+    (review / "verdicts.json").write_text(json.dumps({failing: {"verdict": "absent"},
+                                                      control: {"verdict": "visible"}}))
+    _run(f"--output_dir={review}", f"--verdicts={review / 'verdicts.json'}")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == ("errors in groups called absent: 4 of 5; accuracy 0.7500, 0.8000 if "
+                         "every other error were gone")
+
+    line = one_error_line(capsys, "blind_review.py", lambda: _run(
+        f"--output_dir={tmp_path / 'missing' / 'r'}", *make[:-1]))
+    assert f"--output_dir: folder {tmp_path / 'missing'} does not exist" in line
+    line = one_error_line(capsys, "blind_review.py", lambda: _run(f"--output_dir={review}x"))
+    assert "--data_dir is needed to make the sheets" in line
