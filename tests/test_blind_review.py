@@ -3,16 +3,14 @@ sees neither the errors nor the group names, and the reader's verdicts scored ag
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 
 from benchmarks import blind_review
-from dataset.convert import ConvertConfig, convert_dataset
-from tests.conftest import one_error_line, write_image
-from tests.test_holdout_report import _eval_dir
+from tests.conftest import one_error_line
+from tests.test_holdout_report import converted_with_groups, eval_dir
 
 
 def test_choose_pairs_each_failing_group_with_a_control_of_its_class():
@@ -55,19 +53,8 @@ def _run(*flags):
 
 
 def test_cli_makes_unmarked_sheets_then_scores_the_verdicts(tmp_path, capsys):
-    rng = np.random.default_rng(2)
-    for name in ("a", "b"):
-        for index in range(10):
-            write_image(tmp_path / "ds" / name / f"{name}{index}.png",
-                        rng.integers(0, 255, (8, 8), dtype=np.uint8))
-    convert_dataset(ConvertConfig(dataset_name="t", dataset_dir=str(tmp_path / "ds"),
-                                  output_dir=str(tmp_path / "data"), need_split="None",
-                                  num_workers=1, show_progress=False))
-    rows = [(f"{name}/{name}{index}.png", f"{name}-{index // 5}")
-            for name in ("a", "b") for index in range(10)]
-    with open(tmp_path / "groups.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([("file", "group"), *rows])
-    _eval_dir(tmp_path / "e", {"a": 0.9, "b": 0.6}, ["b/b5.png", "b/b6.png", "b/b7.png",
+    converted_with_groups(tmp_path, 10, 5)
+    eval_dir(tmp_path / "e", {"a": 0.9, "b": 0.6}, ["b/b5.png", "b/b6.png", "b/b7.png",
                                                       "b/b8.png", "a/a0.png"], 20)
     review = tmp_path / "review"
     make = [f"--data_dir={tmp_path / 'data'}", "--split=data",

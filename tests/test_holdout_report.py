@@ -35,7 +35,7 @@ def test_spearman_ranks_with_ties():
     assert holdout_report.spearman([5, 5, 9], [1, 2, 3]) == pytest.approx(np.sqrt(3) / 2)
 
 
-def _eval_dir(folder, names, wrong, total):
+def eval_dir(folder, names, wrong, total):
     """A dicom_eval.py report: metrics.json and misclassified.csv (the files this reads)."""
     folder.mkdir()
     per_class = {name: {"recall": recall} for name, recall in names.items()}
@@ -48,26 +48,35 @@ def _eval_dir(folder, names, wrong, total):
         writer.writerows([file, "a", "b", 0.9, 0.1] for file in wrong)
 
 
-def _run(*flags):
-    holdout_report.main(holdout_report.parse_flags(["holdout_report.py", *flags]))
-
-
-def test_cli_reports_each_model_and_the_difference_from_the_first(tmp_path, capsys):
-    rng = np.random.default_rng(0)
+def converted_with_groups(tmp_path, per_class: int, group_size: int, *,
+                          ungrouped: tuple[str, ...] = ()):
+    """Classes a and b of `per_class` random 8x8 PNGs each, converted to tmp_path/data (one
+    split, "data"), and tmp_path/groups.csv putting each class's images in runs of
+    `group_size` ("a-0", "a-1", ...), leaving out the files named in `ungrouped`."""
+    rng = np.random.default_rng(per_class * 100 + group_size)
     for name in ("a", "b"):
-        for index in range(6):
+        for index in range(per_class):
             write_image(tmp_path / "ds" / name / f"{name}{index}.png",
                         rng.integers(0, 255, (8, 8), dtype=np.uint8))
     convert_dataset(ConvertConfig(dataset_name="t", dataset_dir=str(tmp_path / "ds"),
                                   output_dir=str(tmp_path / "data"), need_split="None",
                                   num_workers=1, show_progress=False))
-    # Groups of three images; "b/b5.png" is left out of the CSV: its own group.
-    rows = [(f"{name}/{name}{index}.png", f"{name}-{index // 3}")
-            for name in ("a", "b") for index in range(6)][:-1]
+    rows = [(f"{name}/{name}{index}.png", f"{name}-{index // group_size}")
+            for name in ("a", "b") for index in range(per_class)]
     with open(tmp_path / "groups.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([("file", "group"), *rows])
-    _eval_dir(tmp_path / "one", {"a": 1.0, "b": 0.5}, ["b/b3.png", "b/b4.png", "b/b5.png"], 12)
-    _eval_dir(tmp_path / "two", {"a": 1.0, "b": 1.0}, [], 12)
+        csv.writer(handle).writerows([("file", "group"),
+                                      *[row for row in rows if row[0] not in ungrouped]])
+
+
+def _run(*flags):
+    holdout_report.main(holdout_report.parse_flags(["holdout_report.py", *flags]))
+
+
+def test_cli_reports_each_model_and_the_difference_from_the_first(tmp_path, capsys):
+    # Groups of three images; "b/b5.png" is left out of the CSV: its own group.
+    converted_with_groups(tmp_path, 6, 3, ungrouped=("b/b5.png",))
+    eval_dir(tmp_path / "one", {"a": 1.0, "b": 0.5}, ["b/b3.png", "b/b4.png", "b/b5.png"], 12)
+    eval_dir(tmp_path / "two", {"a": 1.0, "b": 1.0}, [], 12)
     capsys.readouterr()
     _run(f"--data_dir={tmp_path / 'data'}", "--split=data",
          f"--groups_csv={tmp_path / 'groups.csv'}",
@@ -84,7 +93,7 @@ def test_cli_reports_each_model_and_the_difference_from_the_first(tmp_path, caps
     assert len(lines) == 4  # model two gets every group right: no group fails for both
 
     # Both models wrong on all of group b-1 (b3, b4): listed, and each accuracy without it.
-    _eval_dir(tmp_path / "three", {"a": 1.0, "b": 0.6}, ["b/b3.png", "b/b4.png"], 12)
+    eval_dir(tmp_path / "three", {"a": 1.0, "b": 0.6}, ["b/b3.png", "b/b4.png"], 12)
     _run(f"--data_dir={tmp_path / 'data'}", "--split=data",
          f"--groups_csv={tmp_path / 'groups.csv'}",
          f"--eval_dirs={tmp_path / 'one'},{tmp_path / 'three'}")
@@ -100,7 +109,7 @@ def test_a_report_of_another_split_is_one_line(tmp_path, capsys):
                                   output_dir=str(tmp_path / "data"), need_split="None",
                                   num_workers=1, show_progress=False))
     (tmp_path / "groups.csv").write_text("file,group\n")
-    _eval_dir(tmp_path / "e", {"a": 1.0, "b": 1.0}, [], 7)
+    eval_dir(tmp_path / "e", {"a": 1.0, "b": 1.0}, [], 7)
     line = one_error_line(capsys, "holdout_report.py", lambda: _run(
         f"--data_dir={tmp_path / 'data'}", "--split=data",
         f"--groups_csv={tmp_path / 'groups.csv'}", f"--eval_dirs={tmp_path / 'e'}"))
@@ -144,19 +153,8 @@ def test_contact_sheet_marks_the_wrong_images_and_thins_long_groups():
 
 
 def test_cli_lists_the_worst_groups_and_writes_their_sheet(tmp_path, capsys):
-    rng = np.random.default_rng(1)
-    for name in ("a", "b"):
-        for index in range(6):
-            write_image(tmp_path / "ds" / name / f"{name}{index}.png",
-                        rng.integers(0, 255, (8, 8), dtype=np.uint8))
-    convert_dataset(ConvertConfig(dataset_name="t", dataset_dir=str(tmp_path / "ds"),
-                                  output_dir=str(tmp_path / "data"), need_split="None",
-                                  num_workers=1, show_progress=False))
-    rows = [(f"{name}/{name}{index}.png", f"{name}-{index // 3}")
-            for name in ("a", "b") for index in range(6)]
-    with open(tmp_path / "groups.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([("file", "group"), *rows])
-    _eval_dir(tmp_path / "one", {"a": 1.0, "b": 0.5}, ["b/b3.png", "b/b4.png", "a/a0.png"], 12)
+    converted_with_groups(tmp_path, 6, 3)
+    eval_dir(tmp_path / "one", {"a": 1.0, "b": 0.5}, ["b/b3.png", "b/b4.png", "a/a0.png"], 12)
     flags = [f"--data_dir={tmp_path / 'data'}", "--split=data",
              f"--groups_csv={tmp_path / 'groups.csv'}", f"--eval_dirs={tmp_path / 'one'}"]
     capsys.readouterr()
