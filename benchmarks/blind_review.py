@@ -20,7 +20,8 @@ don't show it to the reader.
 The score prints, for failing groups and controls, how many the reader called visible,
 absent or unsure, their images and the model's errors in them, and the held-out accuracy if
 every error outside the groups called absent were gone (a ceiling for a model that can only
-read organs that are there).
+read organs that are there). --compare_eval_dirs (with --groups_csv) splits other models'
+errors on the same split the same way: what a change of model fixes, and where.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ flags.DEFINE_string("groups_csv", None, "The --groups_csv the split was made wit
                     flag_values=FLAGS)
 flags.DEFINE_string("eval_dir", None, "dicom_eval.py output folder of that split.",
                     flag_values=FLAGS)
+flags.DEFINE_list("compare_eval_dirs", [], "With --verdicts and --groups_csv: more "
+                  "dicom_eval.py reports of the same split, whose errors are split the same way "
+                  "(in groups called absent, elsewhere).", flag_values=FLAGS)
 flags.DEFINE_integer("min_errors", 3, "A failing group has at least this many errors ...",
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_float("min_share", 0.25, "... and at least this share of its images wrong.",
@@ -187,7 +191,24 @@ def main(argv: list[str]) -> None:
                 verdicts = json.load(handle)
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot read the key or the verdicts: {error}") from None
-        return score(key["groups"], verdicts, key["images"], key["errors"])
+        summary = score(key["groups"], verdicts, key["images"], key["errors"])
+        if not FLAGS.compare_eval_dirs:
+            return summary
+        if not FLAGS.groups_csv:
+            raise ValueError("--compare_eval_dirs needs the --groups_csv the split was made with")
+        groups = sources.read_groups_csv(FLAGS.groups_csv)
+        absent = {entry["group"] for name, entry in key["groups"].items()
+                  if _verdict(verdicts, name) == "absent"}
+        lines = [summary]
+        for folder in FLAGS.compare_eval_dirs:
+            metrics, wrong = holdout_report.read_eval(folder)
+            if metrics.get("num_examples") != key["images"]:
+                raise ValueError(f"{folder}: scored {metrics.get('num_examples')} images, the "
+                                 f"reviewed split has {key['images']}")
+            inside = sum(sources.csv_group(groups, name) in absent for name in wrong)
+            lines.append(f"{folder}: {len(wrong)} errors, {inside} in groups called absent, "
+                         f"{len(wrong) - inside} elsewhere")
+        return "\n".join(lines)
 
     cli.print_summary_or_exit(PROGRAM, run_score if FLAGS.verdicts else make)
 

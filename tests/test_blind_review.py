@@ -86,6 +86,23 @@ def test_cli_makes_unmarked_sheets_then_scores_the_verdicts(tmp_path, capsys):
     assert lines[-1] == ("errors in groups called absent: 4 of 5; accuracy 0.7500, 0.8000 if "
                          "every other error were gone")
 
+    # Another model's errors on the same split, split by the same verdicts.
+    eval_dir(tmp_path / "e2", {"a": 0.9, "b": 0.9}, ["b/b5.png", "a/a0.png", "a/a9.png"], 20)
+    score = [f"--output_dir={review}", f"--verdicts={review / 'verdicts.json'}"]
+    _run(*score, f"--groups_csv={tmp_path / 'groups.csv'}",
+         f"--compare_eval_dirs={tmp_path / 'e'},{tmp_path / 'e2'}")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [f"{tmp_path / 'e'}: 5 errors, 4 in groups called absent, 1 elsewhere",
+                          f"{tmp_path / 'e2'}: 3 errors, 1 in groups called absent, 2 elsewhere"]
+    line = one_error_line(capsys, "blind_review.py", lambda: _run(
+        *score, f"--compare_eval_dirs={tmp_path / 'e2'}"))
+    assert "--compare_eval_dirs needs the --groups_csv the split was made with" in line
+    eval_dir(tmp_path / "e3", {"a": 1.0, "b": 1.0}, [], 7)
+    line = one_error_line(capsys, "blind_review.py", lambda: _run(
+        *score, f"--groups_csv={tmp_path / 'groups.csv'}",
+        f"--compare_eval_dirs={tmp_path / 'e3'}"))
+    assert f"{tmp_path / 'e3'}: scored 7 images, the reviewed split has 20" in line
+
     line = one_error_line(capsys, "blind_review.py", lambda: _run(
         f"--output_dir={tmp_path / 'missing' / 'r'}", *make[:-1]))
     assert f"--output_dir: folder {tmp_path / 'missing'} does not exist" in line
