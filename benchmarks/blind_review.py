@@ -144,6 +144,8 @@ def main(argv: list[str]) -> None:
         parent = os.path.dirname(os.path.abspath(FLAGS.output_dir))
         if not os.path.isdir(parent):
             raise ValueError(f"--output_dir: folder {parent} does not exist")
+        if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):
+            raise ValueError(f"--output_dir: {FLAGS.output_dir} is a file, not a folder")
         if os.path.exists(os.path.join(FLAGS.output_dir, "key.json")):
             raise ValueError(f"{FLAGS.output_dir} holds a key already: a new draw would not "
                              "match its sheets (use another --output_dir)")

@@ -106,5 +106,9 @@ def test_cli_makes_unmarked_sheets_then_scores_the_verdicts(tmp_path, capsys):
     line = one_error_line(capsys, "blind_review.py", lambda: _run(
         f"--output_dir={tmp_path / 'missing' / 'r'}", *make[:-1]))
     assert f"--output_dir: folder {tmp_path / 'missing'} does not exist" in line
+    (tmp_path / "a_file").write_text("")
+    line = one_error_line(capsys, "blind_review.py", lambda: _run(
+        f"--output_dir={tmp_path / 'a_file'}", *make[:-1]))
+    assert f"--output_dir: {tmp_path / 'a_file'} is a file, not a folder" in line
     line = one_error_line(capsys, "blind_review.py", lambda: _run(f"--output_dir={review}x"))
     assert "--data_dir is needed to make the sheets" in line
