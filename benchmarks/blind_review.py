@@ -61,6 +61,8 @@ flags.DEFINE_string("groups_csv", None, "The --groups_csv the split was made wit
                     flag_values=FLAGS)
 flags.DEFINE_string("eval_dir", None, "dicom_eval.py output folder of that split.",
                     flag_values=FLAGS)
+flags.DEFINE_string("second_verdicts", None, "With --verdicts: another reader's JSON of the "
+                    "same sheets, for the readers' agreement.", flag_values=FLAGS)
 flags.DEFINE_list("compare_eval_dirs", [], "With --verdicts and --groups_csv: more "
                   "dicom_eval.py reports of the same split, whose errors are split the same way "
                   "(in groups called absent, elsewhere).", flag_values=FLAGS)
@@ -123,6 +125,19 @@ def score(key: dict[str, dict], verdicts: dict[str, dict], total_images: int,
                  f"{1 - total_errors / total_images:.4f}, {1 - absent_errors / total_images:.4f} "
                  "if every other error were gone")
     return "\n".join(lines)
+
+
+def agreement(key: dict[str, dict], first: dict, second: dict) -> str:
+    """How often two readers give a row the same verdict, and the rows both call absent."""
+    missing = sorted(set(key) - set(second))
+    if missing:
+        raise ValueError(f"second verdicts: no verdict for {', '.join(missing[:5])}")
+    same = [name for name in key if _verdict(first, name) == _verdict(second, name)]
+    both = [key[name] for name in same if _verdict(first, name) == "absent"]
+    failing = [entry for entry in both if entry["kind"] == "failing"]
+    return (f"the readers agree on {len(same)} of {len(key)} rows; both call {len(both)} "
+            f"absent, {len(failing)} of them failing groups "
+            f"({sum(entry['errors'] for entry in failing)} errors)")
 
 
 def _verdict(verdicts: dict, name: str) -> str:
@@ -194,6 +209,13 @@ def main(argv: list[str]) -> None:
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot read the key or the verdicts: {error}") from None
         summary = score(key["groups"], verdicts, key["images"], key["errors"])
+        if FLAGS.second_verdicts:
+            try:
+                with open(FLAGS.second_verdicts, encoding="utf-8") as handle:
+                    second = json.load(handle)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"cannot read the second verdicts: {error}") from None
+            summary += "\n" + agreement(key["groups"], verdicts, second)
         if not FLAGS.compare_eval_dirs:
             return summary
         if not FLAGS.groups_csv:

@@ -42,6 +42,10 @@ def test_score_counts_verdicts_and_the_ceiling_without_absent_groups():
     assert lines[4].split() == ["control", "visible", "1", "6", "0"]
     assert lines[-1] == ("errors in groups called absent: 8 of 12; accuracy 0.8800, 0.9200 if "
                          "every other error were gone")
+    second = {"G00": "absent", "G01": "unsure", "G02": "unsure"}
+    assert blind_review.agreement(key, verdicts, second) == (
+        "the readers agree on 2 of 3 rows; both call 1 absent, 1 of them failing groups (8 "
+        "errors)")
     with pytest.raises(ValueError, match="no verdict for G02"):
         blind_review.score(key, {"G00": "absent", "G01": "absent"}, 100, 12)
     with pytest.raises(ValueError, match="G00: 'maybe' is not one of visible, absent, unsure"):
