@@ -41,6 +41,7 @@ from absl import app, flags  # noqa: E402
 from benchmarks import holdout_report  # noqa: E402
 from dataset import sources  # noqa: E402
 from official.utils import cli  # noqa: E402
+from official.utils.files import written_atomically  # noqa: E402
 
 PROGRAM = "blind_review.py"
 VERDICTS = ("visible", "absent", "unsure")
@@ -167,35 +168,32 @@ def main(argv: list[str]) -> None:
         groups = sources.read_groups_csv(FLAGS.groups_csv)
         metrics, wrong = holdout_report.read_eval(FLAGS.eval_dir)
         filenames = reader.split_filenames(FLAGS.data_dir, FLAGS.split)
-        if metrics.get("num_examples") != len(filenames):
-            raise ValueError(f"{FLAGS.eval_dir}: scored {metrics.get('num_examples')} images, "
-                             f"the {FLAGS.split} split of {FLAGS.data_dir} has {len(filenames)}")
-        group_of_image = [sources.csv_group(groups, name) or f"file:{name}"
-                          for name in filenames]
+        holdout_report.check_scored(FLAGS.eval_dir, metrics, len(filenames),
+                                    f"the {FLAGS.split} split of {FLAGS.data_dir}")
+        group_of_image = holdout_report.groups_of_files(groups, filenames)
         names, sizes, errors = holdout_report.group_counts(group_of_image, [wrong], filenames)
         key = choose(names, sizes, errors[0], FLAGS.min_errors, FLAGS.min_share, FLAGS.seed)
         if not key:
             raise ValueError(f"{FLAGS.eval_dir}: no group has {FLAGS.min_errors} errors and "
                              f"{FLAGS.min_share:.0%} of its images wrong")
-        images = {entry["group"]: [] for entry in key.values()}
         dataset = reader.make_dataset(reader.split_info(FLAGS.data_dir, FLAGS.split).files,
                                       channels=3, deterministic=True)
-        for group, (image, _) in zip(group_of_image, dataset.as_numpy_iterator()):
-            if group in images:
-                images[group].append((image, False))  # the reader is not shown the errors
+        images = holdout_report.images_by_group(  # the reader is not shown the errors
+            {entry["group"] for entry in key.values()}, group_of_image,
+            dataset.as_numpy_iterator(), [False] * len(filenames))
         os.makedirs(FLAGS.output_dir, exist_ok=True)
         ids = list(key)
         for number, start in enumerate(range(0, len(ids), ROWS_PER_SHEET)):
             rows = [(f"{name}\nlabel: {class_of(key[name]['group'])}",
                      images[key[name]["group"]]) for name in ids[start:start + ROWS_PER_SHEET]]
-            holdout_report.save_png(holdout_report.contact_sheet(rows),
-                                    os.path.join(FLAGS.output_dir, f"sheet{number}.png"))
+            with written_atomically(os.path.join(FLAGS.output_dir,
+                                                 f"sheet{number}.png")) as tmp:
+                holdout_report.contact_sheet(rows).save(tmp, format="PNG")
         # The key last: its presence says the sheets beside it are complete.
-        partial = os.path.join(FLAGS.output_dir, "key.json.partial")
-        with open(partial, "w", encoding="utf-8") as handle:
+        with written_atomically(os.path.join(FLAGS.output_dir, "key.json")) as tmp, open(
+                tmp, "w", encoding="utf-8") as handle:
             json.dump({"images": len(filenames), "errors": len(wrong), "groups": key}, handle,
                       indent=1)
-        os.replace(partial, os.path.join(FLAGS.output_dir, "key.json"))
         failing = sum(entry["kind"] == "failing" for entry in key.values())
         return (f"{failing} failing groups and {len(key) - failing} controls on "
                 f"{number + 1} sheets in {FLAGS.output_dir} (key.json: not for the reader)")
@@ -226,9 +224,7 @@ def main(argv: list[str]) -> None:
         lines = [summary]
         for folder in FLAGS.compare_eval_dirs:
             metrics, wrong = holdout_report.read_eval(folder)
-            if metrics.get("num_examples") != key["images"]:
-                raise ValueError(f"{folder}: scored {metrics.get('num_examples')} images, the "
-                                 f"reviewed split has {key['images']}")
+            holdout_report.check_scored(folder, metrics, key["images"], "the reviewed split")
             inside = sum(sources.csv_group(groups, name) in absent for name in wrong)
             lines.append(f"{folder}: {len(wrong)} errors, {inside} in groups called absent, "
                          f"{len(wrong) - inside} elsewhere")

@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from dataset import sources  # noqa: E402
 from official.utils import cli  # noqa: E402
+from official.utils.files import written_atomically  # noqa: E402
 
 PROGRAM = "holdout_report.py"
 SHEET_COLUMNS = 10
@@ -135,16 +136,44 @@ def worst_groups(group_names: list[str], sizes: np.ndarray, errors: np.ndarray,
     and a line for each: "name: E of N wrong (called X e1, Y e2)"."""
     order = sorted((g for g in range(len(sizes)) if errors[g] > 0),
                    key=lambda g: (-errors[g], -errors[g] / sizes[g], group_names[g]))[:count]
+    answers: dict[str, dict[str, int]] = {group_names[g]: {} for g in order}
+    for name, group in zip(filenames, group_of_image):
+        if group in answers and name in predicted:
+            answers[group][predicted[name]] = answers[group].get(predicted[name], 0) + 1
     lines = []
     for g in order:
-        answers: dict[str, int] = {}
-        for name, group in zip(filenames, group_of_image):
-            if group == group_names[g] and name in predicted:
-                answers[predicted[name]] = answers.get(predicted[name], 0) + 1
-        called = sorted(answers.items(), key=lambda item: (-item[1], item[0]))[:3]
+        called = sorted(answers[group_names[g]].items(),
+                        key=lambda item: (-item[1], item[0]))[:3]
         lines.append(f"  {group_names[g]}: {int(errors[g])} of {int(sizes[g])} wrong (called "
                      + ", ".join(f"{answer} {number}" for answer, number in called) + ")")
     return order, lines
+
+
+def groups_of_files(groups: dict[str, str], filenames: list[str]) -> list[str]:
+    """Each file's group in a read_groups_csv mapping; a file the CSV does not name is its own
+    group, as in the converter."""
+    return [sources.csv_group(groups, name) or f"file:{name}" for name in filenames]
+
+
+def check_scored(folder: str, metrics: dict, num_images: int, what: str) -> None:
+    """Raises ValueError unless the report in `folder` scored `num_images` images (`what`
+    names the split that has them)."""
+    if metrics.get("num_examples") != num_images:
+        raise ValueError(f"{folder}: scored {metrics.get('num_examples')} images, {what} has "
+                         f"{num_images}")
+
+
+def images_by_group(wanted, group_of_image: list[str], images, marked: list[bool]
+                    ) -> dict[str, list[tuple[np.ndarray, bool]]]:
+    """The (image, mark) pairs of the `wanted` groups, in file order, for `contact_sheet`.
+
+    `images`: the split's (image, label) pairs in file order (one pass; only the wanted ones
+    are kept); `marked`: per image, whether its tile gets the red bar."""
+    kept: dict[str, list] = {group: [] for group in wanted}
+    for group, mark, (image, _) in zip(group_of_image, marked, images):
+        if group in kept:
+            kept[group].append((image, mark))
+    return kept
 
 
 def contact_sheet(rows: list[tuple[str, list[tuple[np.ndarray, bool]]]]) -> Image.Image:
@@ -170,17 +199,6 @@ def contact_sheet(rows: list[tuple[str, list[tuple[np.ndarray, bool]]]]) -> Imag
                 draw.rectangle([left, top, left + SHEET_TILE - 1, top + bar - 1],
                                fill=(255, 0, 0))
     return sheet
-
-
-def save_png(image: Image.Image, path: str) -> None:
-    """Writes `path` whole or not at all (a temporary file beside it, then a rename)."""
-    partial = f"{path}.partial"
-    try:
-        image.save(partial, format="PNG")
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
 
 
 def report(eval_dirs: list[str], metrics: list[dict], sizes: np.ndarray, errors: np.ndarray,
@@ -236,24 +254,21 @@ def main(argv: list[str]) -> None:
     def run() -> str:
         if FLAGS.contact_sheet and not FLAGS.worst_groups:
             raise ValueError("--contact_sheet shows the --worst_groups: set --worst_groups=N")
-        sheet_folder = os.path.dirname(os.path.abspath(FLAGS.contact_sheet or "."))
-        if not os.path.isdir(sheet_folder):  # before the work, not after it
+        sheet_folder = os.path.dirname(os.path.abspath(FLAGS.contact_sheet or ""))
+        if FLAGS.contact_sheet and not os.path.isdir(sheet_folder):  # before the work
             raise ValueError(f"--contact_sheet: folder {sheet_folder} does not exist")
         groups = sources.read_groups_csv(FLAGS.groups_csv)
         reference = parse_reference(FLAGS.reference_recall)
         evaluations = [read_eval(folder) for folder in FLAGS.eval_dirs]
         filenames = reader.split_filenames(FLAGS.data_dir, FLAGS.split)
         for folder, (metrics, _) in zip(FLAGS.eval_dirs, evaluations):
-            if metrics.get("num_examples") != len(filenames):
-                raise ValueError(f"{folder}: scored {metrics.get('num_examples')} images, the "
-                                 f"{FLAGS.split} split of {FLAGS.data_dir} has {len(filenames)}")
+            check_scored(folder, metrics, len(filenames),
+                         f"the {FLAGS.split} split of {FLAGS.data_dir}")
             unknown = set(reference) - set(metrics["class_names"])
             if unknown:
                 raise ValueError(f"--reference_recall: {sorted(unknown)[0]!r} is not a class "
                                  f"of {folder}")
-        # A file the CSV does not name is its own group, as the converter does.
-        group_of_image = [sources.csv_group(groups, name) or f"file:{name}"
-                          for name in filenames]
+        group_of_image = groups_of_files(groups, filenames)
         names, sizes, errors = group_counts(group_of_image,
                                             [wrong for _, wrong in evaluations], filenames)
         draws = cluster_bootstrap(sizes, errors, FLAGS.resamples, FLAGS.seed)
@@ -267,15 +282,15 @@ def main(argv: list[str]) -> None:
         summary += (f"\n{FLAGS.eval_dirs[0]}: the {len(order)} groups with most errors\n"
                     + "\n".join(lines))
         if FLAGS.contact_sheet:
-            wanted = {names[g]: [] for g in order}
             images = reader.make_dataset(reader.split_info(FLAGS.data_dir, FLAGS.split).files,
                                          channels=3, deterministic=True)
-            for name, group, (image, _) in zip(filenames, group_of_image,
-                                               images.as_numpy_iterator()):
-                if group in wanted:
-                    wanted[group].append((image, name in first_wrong))
-            save_png(contact_sheet([(f"{names[g]}\n{int(errors[0][g])} of {int(sizes[g])} wrong",
-                                     wanted[names[g]]) for g in order]), FLAGS.contact_sheet)
+            wanted = images_by_group({names[g] for g in order}, group_of_image,
+                                     images.as_numpy_iterator(),
+                                     [name in first_wrong for name in filenames])
+            sheet = contact_sheet([(f"{names[g]}\n{int(errors[0][g])} of {int(sizes[g])} wrong",
+                                    wanted[names[g]]) for g in order])
+            with written_atomically(FLAGS.contact_sheet) as tmp:
+                sheet.save(tmp, format="PNG")
             summary += f"\ncontact sheet of those groups: {FLAGS.contact_sheet}"
         return summary
 

@@ -166,7 +166,7 @@ def test_cli_lists_the_worst_groups_and_writes_their_sheet(tmp_path, capsys):
     from PIL import Image
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.size[1] == 2 * (holdout_report.SHEET_TILE + 6)
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.tmp-*"))
 
     line = one_error_line(capsys, "holdout_report.py", lambda: _run(
         *flags, f"--contact_sheet={tmp_path / 'sheet2.png'}"))

@@ -7,7 +7,6 @@ row per file (CSV_COLUMNS), an error row for a file that cannot be read.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from dataset import body_parts, dicom, images, sources
 from official.core import inference
+from official.utils.files import written_atomically
 
 CSV_COLUMNS = ("file", "status", "predicted_class", "probability", "top_k", "body_part_tag",
                "tag_agrees", "error")
@@ -147,7 +147,7 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     # surrogateescape); it is written as the converter's messages spell it, e.g. "x\\xe9.jpeg",
     # so the CSV stays valid UTF-8 for every reader, at the price of that one name not being
     # the exact bytes.
-    with _written_atomically(output_csv) as tmp, open(
+    with written_atomically(output_csv) as tmp, open(
             tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -166,24 +166,6 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     return counts
 
 
-@contextlib.contextmanager
-def _written_atomically(path: str):
-    """Yields a temporary name next to ``path``, moved over it when the block succeeds and
-    removed when it fails (Ctrl-C included): readers never see a half-written file, and a
-    failed run leaves no .tmp file behind. An OSError about the temporary name names ``path``
-    instead: that is the name the user gave."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(error, OSError) and error.filename == tmp and error.errno:
-            raise type(error)(error.errno, error.strerror, path) from None
-        raise
-
-
 def run_info_path(output_csv: str) -> str:
     """predictions.csv -> predictions.json (the run's models, views and counts)."""
     path = os.path.splitext(output_csv)[0] + ".json"
@@ -195,5 +177,5 @@ def write_run_info(path: str, predictor, counts: dict[str, int], *, tta_views: i
     SavedModel's built-in ones included), the requested --tta, the classes and the counts."""
     info = {"model": predictor.source, "members": inference.member_records(predictor),
             "tta_views": tta_views, "class_names": predictor.class_names, "counts": counts}
-    with _written_atomically(path) as tmp, open(tmp, "w") as handle:
+    with written_atomically(path) as tmp, open(tmp, "w") as handle:
         json.dump(info, handle, indent=2)

@@ -1,0 +1,25 @@
+"""Files written whole or not at all (no TensorFlow here: programs import this before their
+flags are parsed)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+@contextlib.contextmanager
+def written_atomically(path: str):
+    """Yields a temporary name next to ``path``, moved over it when the block succeeds and
+    removed when it fails (Ctrl-C included): readers never see a half-written file, and a
+    failed run leaves no .tmp file behind. An OSError about the temporary name names ``path``
+    instead: that is the name the user gave."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(error, OSError) and error.filename == tmp and error.errno:
+            raise type(error)(error.errno, error.strerror, path) from None
+        raise
