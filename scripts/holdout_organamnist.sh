@@ -15,9 +15,10 @@
 # Steps, each skipped when its output exists (a rerun resumes): extract $ORGANAMNIST_TAR
 # (default ../shared/data/OrganAMNIST-trainval.tar.gz) into WORK_DIR/raw (shared with
 # recipe_organamnist.sh), WORK_DIR/holdout_groups.csv, the converted split WORK_DIR/holdout_data
-# (train / test = held-out groups, $HOLDOUT_SIZE of the groups, default 0.2), then one model
-# with the recipe's flags and the extra ones (WORK_DIR/holdout_model, exported to
-# WORK_DIR/holdout_export), scored on the held-out groups (WORK_DIR/holdout_eval).
+# (train / test = held-out groups, $HOLDOUT_SIZE of the groups, default 0.2), then the recipe's
+# members with its flags and the extra ones (WORK_DIR/holdout_model_1, _2, ...; seeds 1, 2, ...;
+# $ORGANAMNIST_MEMBERS as in the recipe), exported as one SavedModel to WORK_DIR/holdout_export
+# and scored on the held-out groups (WORK_DIR/holdout_eval).
 # Time: the recipe's training budget (30 minutes on a 2-core CPU) plus about a minute.
 # What it cannot see: a scan's other organs may sit in training (groups are per organ), so it
 # still leans optimistic; compare recipes with it, and read the per-class figures. Two runs
@@ -29,8 +30,9 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   # shellcheck source=scripts/_common.sh
   source "$(dirname "$0")/_common.sh"
   # shellcheck source=scripts/recipe_organamnist.sh
-  source "$repo/scripts/recipe_organamnist.sh"  # ORGANAMNIST_RECIPE_FLAGS only
+  source "$repo/scripts/recipe_organamnist.sh"  # the flags and train_organamnist_members
   check_arguments 1 "$@"
+  check_organamnist_members
   work_dir="$1"; shift
   mkdir -p "$work_dir"
   extract_organamnist "$work_dir"
@@ -44,10 +46,8 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
       --need_split=tt_split --test_size="${HOLDOUT_SIZE:-0.2}" \
       --groups_csv="$work_dir/holdout_groups.csv"
   fi
-  # shellcheck disable=SC2086  # the recipe is a list of flags
-  python "$repo/networks/resnet/dicom_main.py" --data_dir="$work_dir/holdout_data" \
-    --model_dir="$work_dir/holdout_model" --export_dir="$work_dir/holdout_export" --seed=1 \
-    $ORGANAMNIST_RECIPE_FLAGS --eval_split=test "$@"
+  train_organamnist_members "$work_dir/holdout_data" "$work_dir/holdout_model" \
+    "$work_dir/holdout_export" --eval_split=test "$@"
   python "$repo/networks/resnet/dicom_eval.py" --model="$work_dir/holdout_export" \
     --data_dir="$work_dir/holdout_data" --split=test --output_dir="$work_dir/holdout_eval"
   print_class_report "$work_dir/holdout_eval/metrics.json"
