@@ -45,6 +45,7 @@ from official.utils.files import written_atomically  # noqa: E402
 
 PROGRAM = "blind_review.py"
 VERDICTS = ("visible", "absent", "unsure")
+KEY_ENTRY = {"group", "kind", "errors", "images"}  # a key.json row (choose)
 ROWS_PER_SHEET = 13
 CONTROL_MAX_SHARE = 0.05  # a control group: under 5% of it wrong ...
 CONTROL_MIN_SIZE = 5  # ... and at least 5 images
@@ -141,6 +142,18 @@ def agreement(key: dict[str, dict], first: dict, second: dict) -> str:
             f"({sum(entry['errors'] for entry in failing)} errors)")
 
 
+def check_key(path: str, key) -> None:
+    """A key.json this program wrote: a ValueError naming the file otherwise (a key from
+    another tool or version would fail later with a bare KeyError)."""
+    entries = key.get("groups") if isinstance(key, dict) else None
+    if not (isinstance(entries, dict) and isinstance(key.get("images"), int)
+            and isinstance(key.get("errors"), int)
+            and all(isinstance(entry, dict) and KEY_ENTRY <= set(entry)
+                    for entry in entries.values())):
+        raise ValueError(f"{path}: not a key written by blind_review.py (needs \"images\", "
+                         f"\"errors\" and \"groups\" of rows with {', '.join(sorted(KEY_ENTRY))})")
+
+
 def _verdict(verdicts: dict, name: str) -> str:
     entry = verdicts[name]
     verdict = entry.get("verdict") if isinstance(entry, dict) else entry
@@ -199,13 +212,17 @@ def main(argv: list[str]) -> None:
                 f"{number + 1} sheets in {FLAGS.output_dir} (key.json: not for the reader)")
 
     def run_score() -> str:
+        key_path = os.path.join(FLAGS.output_dir, "key.json")
         try:
-            with open(os.path.join(FLAGS.output_dir, "key.json"), encoding="utf-8") as handle:
+            with open(key_path, encoding="utf-8") as handle:
                 key = json.load(handle)
             with open(FLAGS.verdicts, encoding="utf-8") as handle:
                 verdicts = json.load(handle)
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot read the key or the verdicts: {error}") from None
+        check_key(key_path, key)
+        if not isinstance(verdicts, dict):
+            raise ValueError(f"{FLAGS.verdicts}: not a JSON object of row -> verdict")
         summary = score(key["groups"], verdicts, key["images"], key["errors"])
         if FLAGS.second_verdicts:
             try:

@@ -107,6 +107,18 @@ def test_cli_makes_unmarked_sheets_then_scores_the_verdicts(tmp_path, capsys):
         f"--compare_eval_dirs={tmp_path / 'e3'}"))
     assert f"{tmp_path / 'e3'}: scored 7 images, the reviewed split has 20" in line
 
+    # A key of another shape (an older draw's) and verdicts that are not an object.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "key.json").write_text(json.dumps({"key": {}, "high": [], "controls": []}))
+    line = one_error_line(capsys, "blind_review.py", lambda: _run(
+        f"--output_dir={other}", f"--verdicts={review / 'verdicts.json'}"))
+    assert f"{other / 'key.json'}: not a key written by blind_review.py" in line
+    (tmp_path / "list.json").write_text("[]")
+    line = one_error_line(capsys, "blind_review.py", lambda: _run(
+        f"--output_dir={review}", f"--verdicts={tmp_path / 'list.json'}"))
+    assert f"{tmp_path / 'list.json'}: not a JSON object of row -> verdict" in line
+
     line = one_error_line(capsys, "blind_review.py", lambda: _run(
         f"--output_dir={tmp_path / 'missing' / 'r'}", *make[:-1]))
     assert f"--output_dir: folder {tmp_path / 'missing'} does not exist" in line

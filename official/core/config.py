@@ -15,6 +15,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from official.utils.files import written_atomically
+
 if TYPE_CHECKING:  # the model code (Keras) is not imported to read a config
     from networks.registry import ModelSpec
 
@@ -294,10 +296,8 @@ def config_to_resume(model_dir: str) -> dict | None:
 
 def write_config(model_dir: str, resolved: dict) -> None:
     os.makedirs(model_dir, exist_ok=True)
-    tmp = os.path.join(model_dir, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
+    with written_atomically(os.path.join(model_dir, CONFIG_FILE)) as tmp, open(tmp, "w") as f:
         json.dump(resolved, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(model_dir, CONFIG_FILE))  # never a half-written config
 
 
 def has_checkpoint(model_dir: str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,13 +17,13 @@ import numpy as np
 matplotlib.use("Agg")  # no display on servers; before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 
+from official.utils.files import written_atomically
 from official.utils.metrics import classification_metrics
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with written_atomically(str(path)) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def confusion_matrix_png(matrix: np.ndarray, class_names, title: str = "") -> bytes:
