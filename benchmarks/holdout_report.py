@@ -254,9 +254,10 @@ def main(argv: list[str]) -> None:
     def run() -> str:
         if FLAGS.contact_sheet and not FLAGS.worst_groups:
             raise ValueError("--contact_sheet shows the --worst_groups: set --worst_groups=N")
-        sheet_folder = os.path.dirname(os.path.abspath(FLAGS.contact_sheet or ""))
-        if FLAGS.contact_sheet and not os.path.isdir(sheet_folder):  # before the work
-            raise ValueError(f"--contact_sheet: folder {sheet_folder} does not exist")
+        if FLAGS.contact_sheet:  # its folder checked before the work, not after it
+            sheet_folder = os.path.dirname(os.path.abspath(FLAGS.contact_sheet))
+            if not os.path.isdir(sheet_folder):
+                raise ValueError(f"--contact_sheet: folder {sheet_folder} does not exist")
         groups = sources.read_groups_csv(FLAGS.groups_csv)
         reference = parse_reference(FLAGS.reference_recall)
         evaluations = [read_eval(folder) for folder in FLAGS.eval_dirs]
