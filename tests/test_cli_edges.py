@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dataset import reader
 from networks import registry
 from networks.resnet import train_steps
 from networks.slim import slim_eval
@@ -95,8 +96,9 @@ def test_a_checkpoint_from_another_run_must_be_of_the_same_network_and_classes(t
 
 def test_slim_eval_checks_model_name_against_a_resnet_run(tmp_path):
     mine = _model_dir(tmp_path / "mine", ("Chest", "Hand"))
+    data = tiny_dataset(tmp_path / "data")
     with pytest.raises(ValueError, match=r"--model_name=inception_v4: .* holds a resnet18_v2"):
-        slim_eval.evaluate(str(mine), str(tmp_path / "no_data"), "test", batch_size=2,
+        slim_eval.evaluate(str(mine), str(data), "validation", batch_size=2,
                            model_name="inception_v4")
 
 
@@ -125,13 +127,15 @@ def test_evaluation_names_the_shard_with_a_corrupt_record(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     manifest = json.loads((data / "manifest.json").read_text())
     shard = manifest["splits"]["validation"]["files"][0]["path"]
-    labels, _, _ = evaluation.evaluate_split(_Uniform(), str(data), "validation", batch_size=4)
+    labels, _, _ = evaluation.evaluate_split(_Uniform(), reader.split_info(str(data), "validation"),
+                                 batch_size=4)
     assert len(labels) == manifest["splits"]["validation"]["num_examples"]
     with open(data / shard, "r+b") as handle:  # same size, other bytes
         handle.seek(40)
         handle.write(b"\xff" * 8)
     with pytest.raises(ValueError, match=f"corrupt record in {shard} .*rerun tf_convert_data"):
-        evaluation.evaluate_split(_Uniform(), str(data), "validation", batch_size=4)
+        evaluation.evaluate_split(_Uniform(), reader.split_info(str(data), "validation"),
+                                 batch_size=4)
 
 
 def test_a_damaged_saved_model_is_one_line(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.trainer_fixtures import REPO_ROOT, TRAINED_CLASSES as CLASSES, checkpoint_name, \
-    run_resnet_cli as _run, trainer_env
+    error_lines, run_resnet_cli as _run, trainer_env
 
 def _predictor(path):
     from official.core.inference import Predictor
@@ -21,14 +21,15 @@ def _predictor(path):
 
 
 def test_model_dir_and_saved_model_give_the_same_report(trained, tmp_path):
+    from dataset.reader import split_info
     from official.core.evaluation import evaluate_split
     from official.utils.report import write_report
 
     reports = {}
     for name in ("model_dir", "export"):
         predictor = _predictor(trained[name])
-        labels, probabilities, files = evaluate_split(predictor, trained["data_dir"],
-                                                      "validation", batch_size=3)
+        labels, probabilities, files = evaluate_split(
+            predictor, split_info(trained["data_dir"], "validation"), batch_size=3)
         assert len(labels) == len(files) == 8 and probabilities.shape == (8, 2)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
         reports[name] = (labels, probabilities,
@@ -92,12 +93,18 @@ def test_default_report_folder_names_the_views(tmp_path):
 
 
 def test_eval_cli_errors_are_one_line(trained, tmp_path):
-    result = _run("dicom_eval.py", f"--model={tmp_path}", f"--data_dir={trained['data_dir']}")
+    result = _run("dicom_eval.py", f"--model={tmp_path}", f"--data_dir={trained['data_dir']}",
+                  "--split=validation")
     assert result.returncode == 1
     assert "neither a SavedModel" in result.stderr and str(tmp_path) in result.stderr
-    result = _run("dicom_eval.py", f"--model={trained['model_dir']}",
+    # The split is checked before any model is looked at (a restore can take minutes): the
+    # absent model is not what is reported.
+    result = _run("dicom_eval.py", f"--model={tmp_path / 'absent'}",
                   f"--data_dir={trained['data_dir']}", "--split=nope")
-    assert result.returncode == 1 and "no split 'nope'" in result.stderr
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"dicom_eval.py: error: {trained['data_dir']}: no split 'nope'; available: train, "
+        "validation"]
 
 
 def test_predict_mixed_folder_one_row_per_file(trained, mixed_folder, tmp_path):

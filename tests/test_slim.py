@@ -210,6 +210,9 @@ def test_eval_image_classifier_reports_a_train_dir(data, one_step_run):
     with pytest.raises(ValueError, match="holds a mobilenet_v3_small"):
         slim_eval.evaluate(str(one_step_run), str(data), "validation",
                                        batch_size=5, model_name="vgg_16")
+    # The split is checked before the model is looked for (a restore can take minutes).
+    with pytest.raises(ValueError, match=f"{data}: no split 'nope'; available: train, validation"):
+        slim_eval.evaluate(str(one_step_run / "absent"), str(data), "nope", batch_size=5)
 
 
 @pytest.mark.parametrize("trained, phrase", [("inception_v4", "holds an inception_v4"),
@@ -221,8 +224,10 @@ def test_eval_model_name_message_reads_as_english(tmp_path, monkeypatch, trained
     monkeypatch.setattr(slim_eval, "Predictor",
                         lambda path, checkpoint: SimpleNamespace(config=config))
     other = "mobilenet_v3_small"
+    data = tiny_dataset(tmp_path / "data")  # the split is checked first
     with pytest.raises(ValueError) as error:
-        slim_eval.evaluate(str(tmp_path), str(tmp_path), "test", batch_size=1, model_name=other)
+        slim_eval.evaluate(str(tmp_path), str(data), "validation", batch_size=1,
+                           model_name=other)
     assert str(error.value) == f"--model_name={other}: {tmp_path} {phrase}"
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from benchmarks import stress_eval, stress_eval_lib
 from tests.conftest import one_error_line
-from tests.trainer_fixtures import REPO_ROOT, trainer_env
+from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
 
 
 def _left_blob() -> tf.Tensor:
@@ -167,6 +167,16 @@ def test_an_unknown_shift_is_one_line_before_any_model_is_loaded(capsys, tmp_pat
     line = one_error_line(capsys, "stress_eval.py",
                           lambda: stress_eval.main(stress_eval.parse_flags(argv)))
     assert "preset ct has no shift 'zoom 2'" in line
+
+
+def test_a_misspelt_split_is_one_line_before_any_model_is_loaded(capsys, tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    argv = ["stress_eval.py", f"--model={tmp_path}/none", f"--data_dir={data}", "--preset=ct",
+            "--split=tset"]
+    line = one_error_line(capsys, "stress_eval.py",
+                          lambda: stress_eval.main(stress_eval.parse_flags(argv)))
+    assert line == (f"stress_eval.py: error: {data}: no split 'tset'; available: train, "
+                    "validation")
 
 
 def test_tiny_model_run_prints_every_shift_and_the_stress_accuracy(trained):

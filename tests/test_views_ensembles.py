@@ -128,7 +128,8 @@ def test_cli_mismatched_ensemble_is_one_error_line_and_writes_nothing(trained, m
     swapped = _model_dir_like(trained, tmp_path / "swapped", class_names=["Hand", "Chest"])
     out = tmp_path / "report"
     result = _run("dicom_eval.py", f"--model={trained['model_dir']},{swapped}",
-                  f"--data_dir={trained['data_dir']}", f"--output_dir={out}")
+                  f"--data_dir={trained['data_dir']}", "--split=validation",
+                  f"--output_dir={out}")
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "error: cannot ensemble" in lines[0], lines

@@ -75,14 +75,16 @@ def define_flags() -> None:
 
 def main(argv):
     del argv  # cli.flags_parser refused any
+    from dataset import reader
     from official.core import evaluation
     from official.core.inference import load_predictor, member_records
     from official.utils.report import write_report
 
     try:
+        split = reader.split_info(FLAGS.data_dir, FLAGS.split)  # before the model's restore
         predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
         labels, probabilities, filenames = evaluation.evaluate_split(
-            predictor, FLAGS.data_dir, FLAGS.split, batch_size=FLAGS.batch_size)
+            predictor, split, batch_size=FLAGS.batch_size)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
     members = predictor.members

@@ -7,6 +7,7 @@ import os
 
 import tensorflow as tf
 
+from dataset import reader
 from networks import registry
 from networks.slim import nets
 from official.core import evaluation
@@ -28,6 +29,7 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
       ValueError: --model_name differs from the trained network, or classes differ.
       FileNotFoundError: no model at checkpoint_path.
     """
+    split_info = reader.split_info(dataset_dir, split)  # before the model's restore
     model_path, checkpoint = checkpoint_path, None
     if tf.io.gfile.exists(checkpoint_path + ".index"):  # a ckpt-N prefix
         model_path, checkpoint = os.path.dirname(checkpoint_path), checkpoint_path
@@ -39,7 +41,7 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
         raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds "
                          + with_article(trained if trained in nets.NETWORKS else spec.name))
     labels, probabilities, filenames = evaluation.evaluate_split(
-        predictor, dataset_dir, split, batch_size=batch_size)
+        predictor, split_info, batch_size=batch_size)
     output_dir = eval_dir or evaluation.default_output_dir(model_path, predictor.source, split)
     metrics = write_report(
         output_dir, labels=labels, probabilities=probabilities,

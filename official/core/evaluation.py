@@ -36,8 +36,10 @@ def checkpoint_step(predictor_source: str) -> int:
     return int(predictor_source.rsplit("-", 1)[-1]) if "ckpt-" in predictor_source else 0
 
 
-def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
-    """Runs ``predictor`` over every record of a split.
+def evaluate_split(predictor, info: reader.SplitInfo, *, batch_size: int):
+    """Runs ``predictor`` over every record of a split. ``info``: reader.split_info's, taken
+    before the model is loaded, so that a misspelt split or a missing shard is an error in
+    seconds rather than after the model's restore.
 
     Returns:
       (labels int [N], probabilities float [N, C], filenames list[str]).
@@ -45,9 +47,8 @@ def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
     Raises:
       ValueError: the split's classes differ from the model's.
     """
-    info = reader.split_info(data_dir, split)
     if list(info.class_names) != predictor.class_names:
-        raise ValueError(f"{data_dir}: classes {list(info.class_names)} differ from the model's "
+        raise ValueError(f"{info.data_dir}: classes {list(info.class_names)} differ from the model's "
                          f"{predictor.class_names}")
     spec = {key: features.feature_spec()[key]
             for key in (features.KEY_ENCODED, features.KEY_LABEL, features.KEY_FILENAME)}
@@ -57,7 +58,7 @@ def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
     labels, probabilities, filenames = [], [], []
     # disable=None: no bar when stderr is a log file rather than a terminal (a bar there is
     # hundreds of carriage-return updates on one line).
-    with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {split}",
+    with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {info.split}",
               disable=None) as progress:
         try:
             for batch in records:
@@ -66,7 +67,7 @@ def evaluate_split(predictor, data_dir: str, split: str, *, batch_size: int):
                 filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
                 progress.update(len(labels[-1]))
         except tf.errors.DataLossError as error:
-            described = reader.describe_data_loss(data_dir, error)
+            described = reader.describe_data_loss(info.data_dir, error)
             if described is None:
                 raise
             raise ValueError(described) from None
