@@ -48,8 +48,8 @@ def evaluate_split(predictor, info: reader.SplitInfo, *, batch_size: int):
       ValueError: the split's classes differ from the model's.
     """
     if list(info.class_names) != predictor.class_names:
-        raise ValueError(f"{info.data_dir}: classes {list(info.class_names)} differ from the model's "
-                         f"{predictor.class_names}")
+        raise ValueError(f"{info.data_dir}: classes {list(info.class_names)} differ from the "
+                         f"model's {predictor.class_names}")
     spec = {key: features.feature_spec()[key]
             for key in (features.KEY_ENCODED, features.KEY_LABEL, features.KEY_FILENAME)}
     # Sequential read keeps the report's row order stable across runs.
