@@ -137,6 +137,13 @@ def main(argv) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # The staging folder is gone by now; an interrupted commit leaves no manifest.json,
+        # which every reader refuses, so there is never a complete-looking partial output.
+        print(f"error: interrupted; the conversion into {FLAGS.output_dir} did not finish "
+              "(rerun it; a folder without its manifest.json is never read as a dataset)",
+              file=sys.stderr)
+        return 130
     print(format_summary(manifest))
     total = sum(s["num_examples"] for s in manifest["splits"].values())
     print(f"wrote {total} examples to {os.path.abspath(FLAGS.output_dir)}")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,3 +86,49 @@ def test_sigkill_at_random_points_then_clean_rerun(tmp_path):
     assert not list(output_dir.glob(".convert-staging-*"))
     assert any(o.startswith("killed") for o in outcomes), outcomes
     print(json.dumps(outcomes))
+
+
+def test_pool_workers_leave_ctrl_c_to_the_parent():
+    from dataset.workers import WorkerPool
+
+    pool = WorkerPool(2, int, ())
+    try:
+        dispositions = list(pool.imap(signal.getsignal, [signal.SIGINT] * 4, chunksize=1))
+    finally:
+        pool.close()
+    assert dispositions == [signal.SIG_IGN] * 4
+
+
+def test_ctrl_c_while_shards_are_written_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C signals the whole process group, workers included. It once hung the converter
+    (a worker interrupted mid-send left half a message for the pool's terminate() to wait on)
+    and printed a traceback per process; now only the parent takes it."""
+    root = make_class_folders(tmp_path / "ds", {"A": 120, "B": 120}, size=24)
+    output_dir = tmp_path / "out"
+    command = [sys.executable, "tf_convert_data.py", "--dataset_name=test", f"--dataset_dir={root}",
+               f"--output_dir={output_dir}", "--need_split=tvt_split",
+               "--shard_size_mb=0.01", "--num_workers=2"]
+    interrupted = 0
+    for _ in range(4):
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        _wait_until(lambda: _writing(output_dir), process)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            _, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("the converter still ran 60 s after Ctrl-C")
+        if process.returncode == 0:  # finished before the signal: nothing to check
+            continue
+        interrupted += 1
+        assert process.returncode == 130, stderr[-2000:]
+        assert stderr.splitlines() == [
+            f"error: interrupted; the conversion into {output_dir} did not finish (rerun it; a "
+            "folder without its manifest.json is never read as a dataset)"]
+        assert not list(output_dir.glob(".convert-staging-*"))
+        assert not (output_dir / "manifest.json").exists()
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+    assert interrupted, "every run finished before its Ctrl-C"
