@@ -77,6 +77,8 @@ class ConvertConfig:
             raise ValueError(f"--shard_size_mb must be > 0; got {self.shard_size_mb}")
         if self.num_workers < 0:
             raise ValueError(f"--num_workers must be >= 0 (0: all cores); got {self.num_workers}")
+        if not self.output_dir:  # e.g. --output_dir=$OUT with OUT unset: not the current folder
+            raise ValueError("--output_dir is empty")
         if not self.output_name or "/" in self.output_name:
             raise ValueError(f"--output_name must be a plain file-name prefix; "
                              f"got {self.output_name!r}")
@@ -120,8 +122,14 @@ def _output_problems(config: ConvertConfig, layout: str) -> list[sources.Problem
     elif not os.access(probe, os.W_OK | os.X_OK):
         problems.append(f"{probe} is not writable")
     dataset_dir = os.path.abspath(config.dataset_dir)
-    if layout != "images_labels" and (output_dir + os.sep).startswith(dataset_dir + os.sep):
-        problems.append("is inside --dataset_dir, where it would be read as input")
+    # The images/ + labels/ layout reads only those two folders: output beside them is fine.
+    read = ([os.path.join(dataset_dir, "images"), os.path.join(dataset_dir, "labels")]
+            if layout == "images_labels" else [dataset_dir])
+    inside = [folder for folder in read
+              if (output_dir + os.sep).startswith(folder + os.sep)]
+    if inside:
+        where = "--dataset_dir" if inside[0] == dataset_dir else inside[0]
+        problems.append(f"is inside {where}, where it would be read as input")
     return [sources.Problem("--output_dir", p, fatal=True) for p in problems]
 
 
@@ -281,11 +289,18 @@ def too_few_left(config: ConvertConfig, plan: Plan, skipped: list[dict]) -> list
         first = failed[0]
         return [f"{config.dataset_dir}: all {len(failed)} input file(s) failed, none left "
                 f"to convert (first: {first['path']}: {first['reason']})"]
-    if not plan.num_splits:
-        return []
     files_by_class = {task.text: {} for task in plan.tasks}  # the classes _plan checked
     for task in left:
         files_by_class[task.text][task.relpath] = plan.groups[task.relpath]
+    if not plan.num_splits:  # one output: a class must keep a file (a class no image taught)
+        reasons = {s["path"]: s["reason"] for s in skipped}
+        lines = []
+        for name in (name for name, files in files_by_class.items() if not files):
+            failed = [task.relpath for task in plan.tasks if task.text == name]
+            lines.append(f"--on_error=skip: after skipping, class {name!r} has no file left "
+                         f"(all {len(failed)} failed; first: {failed[0]}: "
+                         f"{reasons[failed[0]]})")
+        return lines
     return [f"--need_split: after skipping, {message}"
             for message in splits.small_classes(files_by_class, plan.num_splits)]
 

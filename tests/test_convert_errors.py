@@ -288,3 +288,49 @@ def test_dicom_voi_given_with_its_window_converts(tmp_path, make_images_labels_d
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["flags"]["dicom"]["window_width"] == 400
+
+
+def test_skip_that_leaves_a_class_with_no_file_fails_without_a_split_too(tmp_path):
+    root = make_class_folders(tmp_path / "ds", {"Common": 6, "Rare": 2})
+    for name in ("rare0000.png", "rare0001.png"):
+        truncate(root / "Rare" / name)
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out", on_error="skip")  # no split: everything in one output
+    (line,) = error.value.problems
+    assert line.startswith("--on_error=skip: after skipping, class 'Rare' has no file left (all "
+                           "2 failed; first: Rare/rare0000.png: ")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout, inside, refused", [
+    ("class_folders", "out", "--dataset_dir"),
+    ("images_labels", "images", "images"),
+    ("images_labels", "labels/out", "labels"),
+    ("images_labels", "records", None),  # beside images/ and labels/: never read
+])
+def test_output_where_the_input_is_read_is_refused(tmp_path, make_images_labels_dataset, layout,
+                                                   inside, refused):
+    if layout == "class_folders":
+        root = make_class_folders(tmp_path / "ds", {"A": 4, "B": 4})
+    else:
+        root = make_images_labels_dataset({"Chest": 4, "Hand": 4})
+    before = sorted(str(path) for path in root.rglob("*"))
+    if refused is None:
+        convert(root, root / inside)
+        assert (root / inside / "manifest.json").is_file()
+        return
+    with pytest.raises(ConversionError) as error:
+        convert(root, root / inside)
+    where = "--dataset_dir" if refused == "--dataset_dir" else str(root / refused)
+    assert error.value.problems == [
+        f"--output_dir: is inside {where}, where it would be read as input"]
+    assert sorted(str(path) for path in root.rglob("*")) == before
+
+
+def test_an_empty_output_dir_is_refused_not_the_current_folder(tmp_path):
+    root = make_class_folders(tmp_path / "ds", {"A": 2, "B": 2})
+    result = run_cli(f"--dataset_dir={root}", f"--output_dir={tmp_path / 'typo'}",
+                     "--output_dir=")  # e.g. --output_dir=$OUT with OUT unset
+    assert result.returncode == 1
+    assert error_line(result) == "error: --output_dir is empty"
+    assert not list(REPO_ROOT.glob("*.tfrecord")) and not (REPO_ROOT / "manifest.json").exists()
