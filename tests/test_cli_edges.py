@@ -19,7 +19,7 @@ from networks.resnet import train_steps
 from networks.slim import slim_eval
 from official.core import evaluation, export, train_lib
 from official.core.config import TrainConfig, resolved_config, write_config
-from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
+from tests.trainer_fixtures import REPO_ROOT, error_lines, tiny_dataset, trainer_env
 
 
 @pytest.mark.parametrize("program, a_flag", [
@@ -175,3 +175,36 @@ def test_help_into_a_closed_pipe_is_no_traceback(program):
     finally:
         os.close(write_end)
     assert result.returncode == 0 and result.stderr == ""
+
+
+def test_an_output_folder_in_the_way_of_a_file_is_named_before_any_work(tmp_path):
+    from official.utils import cli
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for path in (a_file, a_file / "deeper" / "report"):
+        with pytest.raises(ValueError) as error:
+            cli.check_output_folder("--output_dir", str(path), "the report")
+        assert str(error.value) == (f"--output_dir={path}: {a_file} is a file; the report is "
+                                    "written as a folder")
+    cli.check_output_folder("--output_dir", str(tmp_path / "new" / "report"), "the report")
+    cli.check_output_folder("--output_dir", None, "the report")
+    # Both programs refuse it before looking for the (absent) model: no evaluation, no
+    # export, then a bare "[Errno 17] File exists" as before.
+    data = tiny_dataset(tmp_path / "data")
+    for program, flags in (
+            ("networks/resnet/dicom_eval.py", [f"--model={tmp_path / 'absent'}",
+                                               f"--data_dir={data}", "--split=validation",
+                                               f"--output_dir={a_file}"]),
+            ("networks/resnet/dicom_export.py", [f"--model_dir={tmp_path / 'absent'}",
+                                                 f"--export_dir={a_file}"])):
+        result = subprocess.run([sys.executable, program, *flags], cwd=REPO_ROOT,
+                                env=trainer_env(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        name = program.rsplit("/", 1)[1]
+        flag = flags[-1].split("=", 1)[0]
+        what = "the report" if name == "dicom_eval.py" else "the export"
+        assert error_lines(result.stderr) == [
+            f"{name}: error: {flag}={a_file}: {a_file} is a file; {what} is written as a "
+            "folder"]
+    assert a_file.read_text() == "not a folder"

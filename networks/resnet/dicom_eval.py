@@ -82,6 +82,7 @@ def main(argv):
 
     try:
         split = reader.split_info(FLAGS.data_dir, FLAGS.split)  # before the model's restore
+        cli.check_output_folder("--output_dir", FLAGS.output_dir, "the report")
         predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
         labels, probabilities, filenames = evaluation.evaluate_split(
             predictor, split, batch_size=FLAGS.batch_size)
@@ -92,16 +93,20 @@ def main(argv):
         FLAGS.model[0], predictor.source, FLAGS.split, predictor.tta_views)
     single = len(members) == 1
     title = os.path.basename(predictor.source) if single else f"ensemble of {len(members)}"
-    metrics = write_report(
-        output_dir, labels=labels, probabilities=probabilities,
-        class_names=predictor.class_names, filenames=filenames,
-        title=f"{FLAGS.split} split, {title}" + (f", {FLAGS.tta} views" if FLAGS.tta > 1 else ""),
-        extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
-               "model": predictor.source,
-               "members": member_records(predictor),
-               "tta_views": FLAGS.tta})
-    evaluation.write_tensorboard(output_dir, metrics,
-                                 evaluation.checkpoint_step(predictor.source) if single else 0)
+    try:  # e.g. a full disk, or no permission for the default folder beside the model
+        metrics = write_report(
+            output_dir, labels=labels, probabilities=probabilities,
+            class_names=predictor.class_names, filenames=filenames,
+            title=f"{FLAGS.split} split, {title}"
+            + (f", {FLAGS.tta} views" if FLAGS.tta > 1 else ""),
+            extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
+                   "model": predictor.source,
+                   "members": member_records(predictor),
+                   "tta_views": FLAGS.tta})
+        evaluation.write_tensorboard(output_dir, metrics,
+                                     evaluation.checkpoint_step(predictor.source) if single else 0)
+    except OSError as error:
+        cli.exit_with_error(PROGRAM, f"{output_dir}: cannot write the report ({error})")
     print(f"{FLAGS.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_examples']} "
           f"images; report in {output_dir}")
     for pair, swaps in metrics["left_right_swaps"].items():

@@ -52,6 +52,7 @@ def main(argv):
     from official.core import export
 
     def run() -> str:
+        cli.check_output_folder("--export_dir", FLAGS.export_dir, "the export")
         members = []
         for model_dir in FLAGS.model_dir:
             model, config = export.load_model_from_dir(model_dir, FLAGS.checkpoint)

@@ -136,6 +136,22 @@ def exit_with_error(program: str, error: Exception | str, status: int = 1) -> No
     sys.exit(status)
 
 
+def check_output_folder(flag: str, path: str | None, what: str) -> None:
+    """A folder the program will write, checked before any work: where the path or one of
+    its parents is a file, the mkdir at the end would fail with a bare errno after the work.
+
+    Raises:
+      ValueError: naming the flag and the file in the way.
+    """
+    if not path:
+        return
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{flag}={path}: {probe} is a file; {what} is written as a folder")
+
+
 def print_summary_or_exit(program: str, run: Callable[[], str]) -> None:
     """Prints `run()`'s summary line; an expected error becomes one line and exit 1."""
     try:
