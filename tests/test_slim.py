@@ -244,6 +244,18 @@ def test_cli_wrong_model_name_lists_the_valid_names(data, tmp_path):
         lines[0])
 
 
+def test_cli_missing_checkpoint_path_is_one_line_and_writes_no_train_dir(data, tmp_path):
+    # It was refused only once the network was built, after config.json was written.
+    missing = tmp_path / "nope.h5"
+    done = _cli(f"--dataset_dir={data}", f"--train_dir={tmp_path / 'run'}",
+                "--model_name=mobilenet_v3_small", "--image_size=32",
+                f"--checkpoint_path={missing}", "--max_number_of_steps=1")
+    assert done.returncode == 1
+    assert error_lines(done.stderr) == [
+        f"train_image_classifier.py: error: --checkpoint_path={missing}: no such file or folder"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_runs_the_original_readme_fine_tuning_command(data, tmp_path):
     done = _cli("--save_interval_secs=3000", "--save_summaries_secs=3000",
                 f"--train_dir={tmp_path / 'inception_v4'}", f"--dataset_dir={data}",

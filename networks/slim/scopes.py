@@ -116,6 +116,18 @@ def _source_from_model(model: keras.Model, description: str) -> _Source:
     return _Source(nets.weighted_layers(model), {}, description)
 
 
+def check_exists(path: str) -> None:
+    """--checkpoint_path names something: a train_dir, a checkpoint prefix or a file. Checked
+    before a new run writes its config.json too (the load comes once the network is built).
+
+    Raises:
+      FileNotFoundError: it names nothing.
+    """
+    if not (os.path.isdir(path) or tf.io.gfile.exists(path + ".index")
+            or os.path.isfile(path)):
+        raise FileNotFoundError(f"--checkpoint_path={path}: no such file or folder")
+
+
 def _open_source(path: str, model_name: str, image_size: int) -> _Source:
     if os.path.isdir(path) or tf.io.gfile.exists(path + ".index"):
         model_dir, checkpoint = (path, None) if os.path.isdir(path) else (
@@ -129,8 +141,7 @@ def _open_source(path: str, model_name: str, image_size: int) -> _Source:
             raise ValueError(f"--checkpoint_path={path} holds the network {trained}, not "
                              f"{model_name}")
         return _source_from_model(source, f"{path} ({trained})")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--checkpoint_path={path}: no such file or folder")
+    check_exists(path)
     if path.endswith(".keras"):
         try:
             source = keras.models.load_model(path, compile=False)
