@@ -99,6 +99,11 @@ def main(argv) -> int:
     del argv  # cli.flags_parser refused any
     from dataset.dicom_options import DicomOptions
 
+    sizes = [f"--{name}" for name in ("validation_size", "test_size") if FLAGS[name].present]
+    if sizes and FLAGS.need_split in ("None", "predefined"):
+        # Most likely a forgotten --need_split: said, not silently ignored.
+        print(f"warning: {' and '.join(sizes)} ignored: --need_split={FLAGS.need_split} cuts "
+              "no split (tt_split or tvt_split does)", file=sys.stderr)
     try:
         config = ConvertConfig(
             dataset_name=FLAGS.dataset_name, dataset_dir=FLAGS.dataset_dir,

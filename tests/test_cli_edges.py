@@ -208,3 +208,13 @@ def test_an_output_folder_in_the_way_of_a_file_is_named_before_any_work(tmp_path
             f"{name}: error: {flag}={a_file}: {a_file} is a file; {what} is written as a "
             "folder"]
     assert a_file.read_text() == "not a folder"
+
+
+def test_an_absent_model_dir_is_no_such_folder(tmp_path):
+    from official.core.config import read_config
+
+    with pytest.raises(FileNotFoundError) as error:
+        read_config(str(tmp_path / "absent"))
+    assert str(error.value) == f"{tmp_path / 'absent'}: no such folder"
+    with pytest.raises(FileNotFoundError, match="config.json: not found"):
+        read_config(str(tmp_path))  # a folder, but not a training run's

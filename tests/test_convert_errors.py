@@ -334,3 +334,15 @@ def test_an_empty_output_dir_is_refused_not_the_current_folder(tmp_path):
     assert result.returncode == 1
     assert error_line(result) == "error: --output_dir is empty"
     assert not list(REPO_ROOT.glob("*.tfrecord")) and not (REPO_ROOT / "manifest.json").exists()
+
+
+def test_split_sizes_without_a_split_are_said_to_be_ignored(tmp_path):
+    root = make_class_folders(tmp_path / "ds", {"A": 3, "B": 3})
+    result = run_cli(f"--dataset_dir={root}", f"--output_dir={tmp_path / 'out'}",
+                     "--validation_size=0.5")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: --validation_size ignored: --need_split=None cuts no split (tt_split or "
+        "tvt_split does)"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert list(manifest["splits"]) == ["data"]

@@ -223,6 +223,8 @@ class ScheduleSpec:
 def read_config(model_dir: str) -> dict:
     """The resolved config.json a training run saved in `model_dir`."""
     path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"{model_dir}: no such folder")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found (is {model_dir} a training --model_dir?)")
     try:
