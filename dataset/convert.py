@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
 from tqdm import tqdm
@@ -322,13 +321,14 @@ def staging_area(output_dir: str):
     created here and left empty (a failed run) is removed too."""
     output_dir = os.path.abspath(output_dir)
     created = not os.path.exists(output_dir)
-    shards.clean_stale_staging(output_dir)
-    staging = shards.make_staging_dir(output_dir)
+    shards.clean_stale_staging(output_dir)  # one conversion into a folder at a time
     try:
-        yield staging
+        # Inside the try: a Ctrl-C just after the folder is made (before its name is
+        # returned) left it behind.
+        yield shards.make_staging_dir(output_dir)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not os.listdir(output_dir):
+        shards.clean_stale_staging(output_dir)
+        if created and os.path.isdir(output_dir) and not os.listdir(output_dir):
             os.rmdir(output_dir)  # a failed run leaves no trace, not even the folder
 
 

@@ -103,16 +103,21 @@ def test_ctrl_c_while_shards_are_written_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C signals the whole process group, workers included. It once hung the converter
     (a worker interrupted mid-send left half a message for the pool's terminate() to wait on)
     and printed a traceback per process; now only the parent takes it."""
-    root = make_class_folders(tmp_path / "ds", {"A": 120, "B": 120}, size=24)
+    root = make_class_folders(tmp_path / "ds", {"A": 400, "B": 400}, size=24)
     output_dir = tmp_path / "out"
     command = [sys.executable, "tf_convert_data.py", "--dataset_name=test", f"--dataset_dir={root}",
                f"--output_dir={output_dir}", "--need_split=tvt_split",
                "--shard_size_mb=0.01", "--num_workers=2"]
     interrupted = 0
     for _ in range(4):
+        # A terminal's Ctrl-C reaches a process whose SIGINT is not ignored; a test runner's
+        # worker may ignore it, and children inherit that.
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
-        _wait_until(lambda: _writing(output_dir), process)
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        # Once the staging folder exists the workers are encoding and sending results: the
+        # moment that hung.
+        _wait_until(lambda: any(output_dir.glob(".convert-staging-*")), process)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)
         try:

@@ -129,6 +129,9 @@ def test_load_model_from_dir(tmp_path, monkeypatch):
     np.testing.assert_allclose(_expected(rebuilt, images), _expected(model, images), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="ckpt-99: no such checkpoint"):
         export.load_model_from_dir(str(tmp_path), str(tmp_path / "ckpt-99"))
+    with pytest.raises(FileNotFoundError, match="elsewhere: no such folder"):
+        export.load_model_from_dir(str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json: not found"):
         export.load_model_from_dir(str(tmp_path / "elsewhere"))
     # --checkpoint=ckpt-7 next to --model=<model_dir>: a bare name is found inside the
