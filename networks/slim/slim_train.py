@@ -66,9 +66,12 @@ class SlimConfig:
 
 def check_resume(model_dir: str, slim: SlimConfig) -> None:
     """A train_dir resumes only with the network, trainable scopes and optimizer it started
-    with (the training loop checks the data and image settings)."""
+    with (the training loop checks the data and image settings); a new run's
+    --checkpoint_path must name something, before its config.json is written."""
     saved = config_to_resume(model_dir)
     if saved is None:
+        if slim.checkpoint_path:
+            scopes.check_exists(slim.checkpoint_path)
         return
     previous = saved.get("slim")
     if previous is None:

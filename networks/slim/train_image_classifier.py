@@ -157,9 +157,7 @@ def configs_from_flags():
 
 
 def run() -> str:
-    import tensorflow as tf
-
-    from networks.slim import scopes, slim_train
+    from networks.slim import slim_train
     from official.core import train_lib
     from official.utils.misc import distribution_utils
 
@@ -167,8 +165,6 @@ def run() -> str:
     if slim.checkpoint_exclude_scopes and not slim.checkpoint_path:
         logging.warning("--checkpoint_exclude_scopes has no effect without --checkpoint_path")
     slim_train.check_resume(train_config.model_dir, slim)
-    if slim.checkpoint_path and not tf.train.latest_checkpoint(train_config.model_dir):
-        scopes.check_exists(slim.checkpoint_path)  # before the new run writes its config.json
     strategy = distribution_utils.get_distribution_strategy(FLAGS.num_clones, False,
                                                             FLAGS.num_cpu_replicas)
     result = train_lib.train(train_config, strategy, slim_train.SlimNetwork(slim))
