@@ -25,7 +25,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from official.utils import cli
 
@@ -90,6 +90,9 @@ def fetch(source: str, destination: Path, *, md5: str | None) -> Path:
     except (OSError, ValueError) as error:
         partial.unlink(missing_ok=True)
         raise DownloadError(f"{url}: cannot download ({error})") from error
+    except BaseException:  # Ctrl-C: no part of a 60-MB archive left behind
+        partial.unlink(missing_ok=True)
+        raise
     if md5 is not None:
         actual = md5_of(partial)
         if actual != md5.lower():
@@ -131,7 +134,7 @@ def extract(archive: Path, output_dir: Path, *, top_folder: str | None = None) -
             raise BadArchiveError(archive, f"no {top_folder}/ folder at its top (found "
                                   f"{', '.join(found[:5]) or 'nothing'}): not the expected "
                                   "archive")
-    except DownloadError:
+    except BaseException:  # a DownloadError, or Ctrl-C mid-extraction
         shutil.rmtree(staging, ignore_errors=True)
         raise
     os.replace(staging, output_dir)
@@ -177,4 +180,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run_program(PROGRAM, main, parse_flags, interrupted=lambda: (
+        "no partial download or extraction was left; rerun the same command"))

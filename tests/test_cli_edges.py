@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 from dataset import reader
 from networks import registry
@@ -19,6 +20,7 @@ from networks.resnet import train_steps
 from networks.slim import slim_eval
 from official.core import evaluation, export, train_lib
 from official.core.config import TrainConfig, resolved_config, write_config
+from official.utils import cli
 from tests.trainer_fixtures import REPO_ROOT, error_lines, tiny_dataset, trainer_env
 
 
@@ -218,3 +220,38 @@ def test_an_absent_model_dir_is_no_such_folder(tmp_path):
     assert str(error.value) == f"{tmp_path / 'absent'}: no such folder"
     with pytest.raises(FileNotFoundError, match="config.json: not found"):
         read_config(str(tmp_path))  # a folder, but not a training run's
+
+
+# The programs a user runs for minutes to hours, where a Ctrl-C is an everyday event.
+LONG_PROGRAMS = ("networks/resnet/dicom_main.py", "networks/resnet/dicom_eval.py",
+                 "networks/resnet/dicom_predict.py", "networks/resnet/dicom_export.py",
+                 "networks/slim/train_image_classifier.py",
+                 "networks/slim/eval_image_classifier.py", "dataset/download.py")
+
+
+def test_ctrl_c_is_one_line_with_what_was_left_exit_130(monkeypatch, capsys):
+    values = cli.program_flags()
+    flags.DEFINE_string("model_dir", None, "", flag_values=values)
+
+    def interrupted_main(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["prog.py", "--model_dir=runs/a"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_program("prog.py", interrupted_main, cli.flags_parser("prog.py", values),
+                        interrupted=lambda: f"{values.model_dir} keeps its checkpoints")
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err == ("prog.py: error: interrupted; runs/a keeps its "
+                                       "checkpoints\n")
+    # A note that cannot be made (e.g. an unparsed flag) still leaves the one line.
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_program("prog.py", interrupted_main, cli.flags_parser("prog.py", values),
+                        interrupted=lambda: 1 / 0)
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err == "prog.py: error: interrupted\n"
+
+
+@pytest.mark.parametrize("program", LONG_PROGRAMS)
+def test_long_programs_answer_ctrl_c_in_one_line(program):
+    source = (REPO_ROOT / program).read_text()
+    assert "cli.run_program(" in source and "app.run(" not in source

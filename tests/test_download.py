@@ -55,6 +55,34 @@ def test_flags_default_to_mednist_and_a_missing_output_dir_is_a_flag_error(capsy
     assert len(error) == 1 and "download.py: error: " in error[0] and "output_dir" in error[0]
 
 
+@pytest.mark.parametrize("stage", ["download", "extraction"])
+def test_ctrl_c_leaves_no_partial_download_or_extraction(tmp_path, monkeypatch, stage):
+    md5 = _tarball(tmp_path / "src.tar.gz", {"MedNIST/Hand/0.jpeg": b"x"})
+    out = tmp_path / "mednist"
+
+    def interrupt(*args, **kwargs):
+        assert list(tmp_path.glob("mednist*"))  # the partial file or folder exists by now
+        raise KeyboardInterrupt
+
+    if stage == "download":
+        def copy_then_interrupt(source, destination, length):
+            destination.write(source.read(10))
+            interrupt()
+        monkeypatch.setattr(download.shutil, "copyfileobj", copy_then_interrupt)
+    else:
+        def extract_then_interrupt(self, path, **kwargs):
+            (download.Path(path) / "MedNIST").mkdir(parents=True)
+            interrupt()
+        monkeypatch.setattr(tarfile.TarFile, "extractall", extract_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        download.main(download.parse_flags(["download.py",
+                                            f"--url={(tmp_path / 'src.tar.gz').as_uri()}",
+                                            f"--md5={md5}", f"--output_dir={out}"]))
+    # Only the checked archive (and its URL) may stay: a rerun reuses it.
+    left = sorted(path.name for path in tmp_path.glob("mednist*"))
+    assert left == ([] if stage == "download" else ["mednist.tar.gz", "mednist.tar.gz.url"])
+
+
 def test_unreachable_source(tmp_path):
     with pytest.raises(download.DownloadError, match="cannot download"):
         download.fetch(str(tmp_path / "absent.tar.gz"), tmp_path / "x.tar.gz", md5=None)

@@ -118,6 +118,21 @@ def test_second_export_gets_a_new_version(exported):
     assert int(os.path.basename(second)) > int(os.path.basename(first))
 
 
+def test_an_interrupted_export_leaves_no_folder(exported, tmp_path, monkeypatch):
+    """Ctrl-C (or a full disk) after the SavedModel is saved, before its config is written:
+    the half-written version folder is removed, and the interruption goes on up."""
+    model = exported[0]
+
+    def interrupt(*args, **kwargs):
+        assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]  # mid-export
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export.json, "dump", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_saved_model(model, CONFIG, str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
 def test_load_model_from_dir(tmp_path, monkeypatch):
     model = _model_with_nontrivial_statistics()
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))

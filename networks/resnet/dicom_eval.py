@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
         __file__)))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
@@ -117,4 +117,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=cli.flags_parser(PROGRAM))
+    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM),
+                    interrupted=lambda: "the report is missing or incomplete")

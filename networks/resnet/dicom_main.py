@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
         __file__)))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from official.core.config import TrainConfig  # noqa: E402
 from official.utils import cli  # noqa: E402
@@ -113,4 +113,6 @@ def main(argv) -> None:
 if __name__ == "__main__":
     flags_core.define_flags()
     flags.adopt_module_key_flags(flags_core)  # --help lists them, not only --helpfull
-    app.run(main, flags_parser=cli.flags_parser(PROGRAM))
+    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: (
+        f"{FLAGS.model_dir} keeps the checkpoints saved so far; the same command resumes "
+        "from the last one"))

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
         __file__)))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from dataset.dicom_options import DicomOptions  # noqa: E402
 from networks.resnet.dicom_eval import CHECKPOINT_HELP, MODEL_HELP, TTA_HELP  # noqa: E402
@@ -112,4 +112,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=cli.flags_parser(PROGRAM, arguments=("FILE_OR_FOLDER",)))
+    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM, arguments=("FILE_OR_FOLDER",)),
+                    interrupted=lambda: f"no predictions were written to {FLAGS.output_csv}")

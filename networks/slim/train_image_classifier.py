@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
         __file__)))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from networks.slim.choices import DECAY_TYPES, OPTIMIZERS  # noqa: E402
 from official.core.config import DTYPE_POLICIES, TrainConfig  # noqa: E402
@@ -180,4 +180,6 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=cli.flags_parser(PROGRAM))
+    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: (
+        f"{FLAGS.train_dir} keeps the checkpoints saved so far; the same command resumes "
+        "from the last one"))

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 
 import keras
@@ -307,16 +308,21 @@ def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) 
     # Written under a temporary name and renamed: TF Serving polls export_dir and must never
     # load a half-written version.
     tmp = os.path.join(export_dir, f".tmp-{version}")
-    with _tensorflow_warnings_only():
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default,
-                                                     "predict_images": module.predict_images})
-    os.makedirs(os.path.join(tmp, ASSETS_EXTRA), exist_ok=True)
-    # export_tta is the training flag that asked for the trainer's export; dicom_export.py
-    # --tta may have chosen other views, so both keys say what these signatures average.
-    with open(os.path.join(tmp, ASSETS_EXTRA, CONFIG_FILE), "w") as f:
-        json.dump({**config, "export_tta": tta_views, "tta_views": tta_views}, f, indent=2,
-                  sort_keys=True)
-    os.rename(tmp, final)
+    try:
+        with _tensorflow_warnings_only():
+            tf.saved_model.save(module, tmp, signatures={
+                "serving_default": module.serving_default,
+                "predict_images": module.predict_images})
+        os.makedirs(os.path.join(tmp, ASSETS_EXTRA), exist_ok=True)
+        # export_tta is the training flag that asked for the trainer's export; dicom_export.py
+        # --tta may have chosen other views, so both keys say what these signatures average.
+        with open(os.path.join(tmp, ASSETS_EXTRA, CONFIG_FILE), "w") as f:
+            json.dump({**config, "export_tta": tta_views, "tta_views": tta_views}, f,
+                      indent=2, sort_keys=True)
+        os.rename(tmp, final)
+    except BaseException:  # a full disk or Ctrl-C: no half-written folder left in export_dir
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 

@@ -152,6 +152,26 @@ def check_output_folder(flag: str, path: str | None, what: str) -> None:
         raise ValueError(f"{flag}={path}: {probe} is a file; {what} is written as a folder")
 
 
+def run_program(program: str, main: Callable[[list[str]], object],
+                flags_parser: Callable[[list[str]], list[str]],
+                interrupted: Callable[[], str] = lambda: "") -> NoReturn:
+    """absl's `app.run(main, flags_parser=...)`, where Ctrl-C is one line, exit 130 (128 +
+    SIGINT, as a shell reports it) instead of a traceback from deep inside TensorFlow.
+
+    Args:
+      interrupted: what the interruption left behind, from the parsed flags (e.g. "MODEL_DIR
+        keeps its checkpoints"); called only after a Ctrl-C.
+    """
+    try:
+        app.run(main, flags_parser=flags_parser)
+    except KeyboardInterrupt:
+        try:
+            left = interrupted()
+        except Exception:  # noqa: BLE001 (e.g. Ctrl-C before the flags were parsed)
+            left = ""
+        exit_with_error(program, "interrupted" + (f"; {left}" if left else ""), status=130)
+
+
 def print_summary_or_exit(program: str, run: Callable[[], str]) -> None:
     """Prints `run()`'s summary line; an expected error becomes one line and exit 1."""
     try:
