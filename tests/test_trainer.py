@@ -124,6 +124,10 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
         _train(_config(three, model_dir), ONE_DEVICE)
     with pytest.raises(ValueError, match="trained with version=2, this run has version=1"):
         _train(_config(data, model_dir, version=1), ONE_DEVICE)
+    saved_batch = json.load(open(model_dir / "config.json"))["batch_size"]
+    with pytest.raises(ValueError, match=f"trained with batch_size={saved_batch}, this run has "
+                                         f"batch_size={saved_batch * 2}"):
+        _train(_config(data, model_dir, batch_size=saved_batch * 2), ONE_DEVICE)
 
 
 def test_a_corrupt_record_names_its_shard_and_the_failed_run_binds_nothing(tmp_path):
@@ -226,28 +230,52 @@ def test_cli_errors_are_one_line(tmp_path):
     assert len(lines) == 1 and "nothing: no such folder" in lines[0], result.stderr
 
 
-def test_sigkill_mid_run_resumes_from_last_checkpoint(tmp_path):
+def _stop_at_checkpoint(args, model_dir, at_least: int, sig: int, stderr_path):
+    """Runs the trainer until a checkpoint of step >= at_least exists, then sends `sig`."""
+    with open(stderr_path, "w") as stderr:
+        # A terminal's Ctrl-C reaches a process whose SIGINT is not ignored; a test runner's
+        # worker may ignore it, and a child inherits that.
+        process = subprocess.Popen(
+            [sys.executable, *args], env=trainer_env(), cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not any(s >= at_least for s in
+                                                          _checkpoint_steps(model_dir)):
+                assert process.poll() is None, "trainer exited before it could be stopped"
+                time.sleep(0.2)
+            process.send_signal(sig)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    return process.returncode, open(stderr_path).read()
+
+
+def test_ctrl_c_and_sigkill_mid_run_resume_from_the_last_checkpoint(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     model_dir = tmp_path / "model"
     # 15 epochs x 2 steps, a checkpoint every 2 steps, evaluation only at the end.
     args = [str(DICOM_MAIN), f"--data_dir={data}", f"--model_dir={model_dir}", "-te=15",
             "-ebe=15", "-bs=8", "--checkpoint_every_steps=2", *FAST_FLAGS]
-    process = subprocess.Popen([sys.executable, *args], env=trainer_env(), cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not any(s >= 4 for s in
-                                                      _checkpoint_steps(model_dir)):
-            assert process.poll() is None, "trainer exited before it could be killed"
-            time.sleep(0.2)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+    # Ctrl-C: one line saying what is left, exit 130 (128 + SIGINT), no traceback.
+    returncode, stderr = _stop_at_checkpoint(args, model_dir, 4, signal.SIGINT,
+                                             tmp_path / "stderr1")
+    assert returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        f"dicom_main.py: error: interrupted; {model_dir} keeps the checkpoints saved so far; "
+        "the same command resumes from the last one")
+    interrupted_at = max(_checkpoint_steps(model_dir))
+    assert 4 <= interrupted_at < 30
+
+    # SIGKILL: nothing runs on the way out; the checkpoints are whole all the same.
+    returncode, _ = _stop_at_checkpoint(args, model_dir, interrupted_at + 2, signal.SIGKILL,
+                                        tmp_path / "stderr2")
+    assert returncode == -signal.SIGKILL
     killed_at = max(_checkpoint_steps(model_dir))
-    assert 4 <= killed_at < 30
+    assert interrupted_at + 2 <= killed_at < 30
 
     result = run_trainer(*args[1:])
     assert result.returncode == 0, result.stderr[-2000:]

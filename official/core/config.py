@@ -252,7 +252,8 @@ def resolved_config(config: TrainConfig, class_names: tuple[str, ...], spec: Mod
 
 
 def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
-                    class_names: tuple[str, ...], ema_decay: float = 0.0) -> dict[str, tuple]:
+                    class_names: tuple[str, ...], ema_decay: float = 0.0,
+                    batch_size: int | None = None) -> dict[str, tuple]:
     """{key: (saved, this run's)} for what a resumed run must not change (check_resume_config);
     `saved_spec` is the ModelSpec `saved` (a config.json) records."""
     pairs = {key: (getattr(saved_spec, key), getattr(spec, key)) for key in FROZEN_SPEC_FIELDS}
@@ -261,6 +262,11 @@ def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
     ordered.insert(3, ("class_names", (saved.get("class_names"), list(class_names))))
     # The checkpoints hold the weight average only when the run made one (--ema_decay).
     ordered.append(("ema_decay", (saved.get("ema_decay"), ema_decay)))
+    # A step is a batch of this size: the step count, the epochs it stands for and the
+    # learning-rate schedule over them all change meaning with it (the global batch, so
+    # resuming on more or fewer GPUs keeps it).
+    if batch_size is not None:
+        ordered.append(("batch_size", (saved.get("batch_size"), batch_size)))
     return dict(ordered)
 
 

@@ -139,7 +139,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     saved = config_to_resume(config.model_dir)
     check_resume_config(config.model_dir, None if saved is None
                         else frozen_settings(saved, registry.spec_from_config(saved), spec,
-                                             data.class_names, config.ema_decay))
+                                             data.class_names, config.ema_decay,
+                                             config.batch_size))
     if workers > 1 and config.seed is None:
         # Splitting the input by data needs the same shuffle on every worker: a variable's
         # initial value is the chief's on every worker, so this is the chief's random seed.
