@@ -26,7 +26,8 @@ import sys
 
 from absl import app, flags
 
-from dataset.convert import ConversionError, ConvertConfig, convert_dataset
+from dataset.convert import ConvertConfig, convert_dataset
+from dataset.conversion_plan import ConversionError
 from dataset.manifest import format_summary
 from official.utils import cli
 
@@ -133,6 +134,12 @@ def main(argv) -> int:
         # one, nor for a dataset-wide problem, nor when skipping would leave too few files.
         outcome = "nothing was written" + (" (--on_error=skip converts the rest)"
                                            if error.skippable else "")
+        if error.would_skip:
+            # --on_error=skip: what it would leave out, apart from what stopped it.
+            print("\n".join(f"would skip: {line}" for line in error.would_skip),
+                  file=sys.stderr)
+            outcome += (" (--on_error=skip cannot get past the error(s); it would leave out "
+                        f"the {len(error.would_skip)} file(s) marked 'would skip')")
         if len(error.problems) == 1:
             print(f"error: {error.problems[0]}; {outcome}", file=sys.stderr)
         else:

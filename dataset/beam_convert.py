@@ -47,7 +47,7 @@ except ImportError:  # raised as a one-line user error by convert_dataset_beam
 finally:
     logging.root.removeFilter(_not_apitools_warning)
 
-from dataset import convert, shards, sources
+from dataset import conversion_plan, convert, shards, sources
 from dataset.dicom_options import DicomOptions
 from dataset.tasks import FileTask, encode_file, init_worker
 from dataset.workers import WorkerPool
@@ -140,12 +140,14 @@ def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) ->
             with convert.staging_area(config.output_dir) as staging:
                 errors = _run(beam_args, staging, plan.tasks, dicom, 0)[2]
             problems += _ordered_problems(plan.tasks, errors)
-    skipped = convert.fail_or_skip(config, plan, problems)  # raises when failing
-    tasks = convert.write_order(plan.tasks, skipped)
+    # Raises when failing.
+    skipped = conversion_plan.fail_or_skip(config.on_error, config.dataset_dir, plan, problems)
+    tasks = conversion_plan.write_order(plan.tasks, skipped)
     with convert.staging_area(config.output_dir) as staging:
         staged_rows, count_rows, errors = _run(beam_args, staging, tasks, dicom,
                                                int(config.shard_size_mb * 2**20))
-        skipped = convert.fail_or_skip(config, plan, _ordered_problems(tasks, errors), skipped)
+        skipped = conversion_plan.fail_or_skip(config.on_error, config.dataset_dir, plan,
+                                               _ordered_problems(tasks, errors), skipped)
         split_order = list(dict.fromkeys(task.split for task in tasks))
         staged = {split: _final_names(split, [r for r in staged_rows if r["split"] == split])
                   for split in split_order}

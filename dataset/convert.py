@@ -3,12 +3,13 @@
 Passes:
 1. Validation (nothing written): find inputs and labels (``dataset.sources``),
    read DICOM headers (patient for grouping, BodyPartExamined for labels), assign
-   splits (``dataset.splits``) and collect *every* problem. With
-   ``on_error="fail"`` any problem raises ConversionError before anything is
-   written; with ``"skip"`` the problem files are left out and listed in the
-   manifest. Dataset-wide problems (sizes that don't fit, a class too small,
-   an unwritable output folder) always fail, and so does skipping that leaves
-   no file, or a class too small (checked again after the encode pass).
+   splits (``dataset.splits``) and collect *every* problem. ``dataset.conversion_plan``
+   decides what they mean: with ``on_error="fail"`` any problem raises
+   ConversionError before anything is written; with ``"skip"`` the problem files
+   are left out and listed in the manifest. Dataset-wide problems (sizes that
+   don't fit, a class too small, an unwritable output folder) always fail, and so
+   does skipping that leaves no file, or a class too small (checked again after
+   the encode pass).
 2. Encode: worker processes run ``dataset.tasks.encode_file`` on every file
    task: read and validate the image (``dataset.images``), serialise and frame it
    (no TensorFlow anywhere in the converter); the main process appends the
@@ -34,6 +35,7 @@ from dataset import shards, sources, splits
 from dataset.body_parts import canonical_body_part, normalize_body_part
 from dataset.dicom_options import DicomOptions
 from dataset.manifest import build_manifest
+from dataset.conversion_plan import Plan, fail_or_skip, write_order
 from dataset.tasks import FileTask, encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
 
@@ -95,16 +97,6 @@ class ConvertConfig:
         if self.dicom is None:  # record the defaults in force, not "None"
             flags["dicom"] = dataclasses.asdict(DicomOptions())
         return flags
-
-
-class ConversionError(Exception):
-    """The input cannot be converted; ``problems`` holds one line per problem;
-    ``skippable``: rerunning with on_error="skip" would convert the rest."""
-
-    def __init__(self, problems: list[str], skippable: bool = False):
-        super().__init__(f"{len(problems)} problem(s):\n" + "\n".join(problems))
-        self.problems = problems
-        self.skippable = skippable
 
 
 # --- validation pass ----------------------------------------------------------
@@ -183,13 +175,37 @@ def _plan(config, discovery, headers, problems):
         tasks.append(FileTask(item.path, item.relpath, item.kind, names.index(label), label,
                               split, splits.order_key(config.seed, item.relpath)))
     num_splits = len(fractions) + 1 if fractions else 0
+    rare = _rare_classes(labelled)
     if num_splits:
         problems.extend(sources.Problem("--need_split", message, fatal=True) for message in
-                        splits.small_classes(files_by_class, num_splits))
+                        splits.small_classes(files_by_class, num_splits, notes=rare))
     agreement = {label: dict(sorted(row.items())) for label, row in sorted(agreement.items())}
     groups = {relpath: group for files in files_by_class.values()
               for relpath, group in files.items()}
-    return Plan(names, variants, tasks, agreement, problems, groups, num_splits)
+    notes = [f"class {name!r} has {note}" for name, note in rare.items()]
+    return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
+
+
+# A class this small beside one this many times larger is more likely a misspelt label than a
+# class: said (a warning, or beside a split's error), never refused (there is no list of
+# known classes to check against).
+RARE_CLASS_FILES = 3
+RARE_CLASS_RATIO = 50
+
+
+def _rare_classes(labelled) -> dict[str, str]:
+    """{class: note} for the classes with very few files beside a large one, naming the
+    label files (or the images, where the label is a folder's or a tag's name)."""
+    by_class = collections.defaultdict(list)
+    for item, label, _ in labelled:
+        by_class[label].append(item.label_file or item.relpath)
+    largest = max((len(files) for files in by_class.values()), default=0)
+    notes = {}
+    for name, files in sorted(by_class.items()):
+        if len(files) <= RARE_CLASS_FILES and len(files) * RARE_CLASS_RATIO <= largest:
+            notes[name] = (f"only {len(files)} file(s) against {largest} in the largest: a "
+                           f"misspelt label? ({', '.join(sorted(files))})")
+    return notes
 
 
 @dataclass
@@ -209,23 +225,6 @@ def _read_headers(workers, discovery, problems) -> _Headers:
         else:
             headers.values[item.relpath] = value
     return headers
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything decided before any pixel is decoded (the validation pass's result)."""
-
-    names: list[str]  # class names; a record's label is an index into this list
-    variants: dict[str, list[str]]  # class name -> spellings seen, where several
-    tasks: list[FileTask]  # every usable file, in discovery order
-    agreement: dict  # label -> {tag class: count}
-    problems: list[sources.Problem]  # found so far, in the order they are reported
-    groups: dict[str, str]  # relative path -> group (the files of a group share a split)
-    num_splits: int  # splits drawn by group (tt_split 2, tvt_split 3), else 0
-
-    def failing(self, on_error: str) -> bool:
-        """True when the problems found already make the conversion fail."""
-        return any(p.fatal for p in self.problems) or bool(self.problems and on_error == "fail")
 
 
 def hash_key(config: ConvertConfig) -> bytes:
@@ -250,69 +249,6 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool) -> Plan:
     problems = list(discovery.problems) + _output_problems(config, discovery.layout)
     headers = _read_headers(workers, discovery, problems)
     return _plan(config, discovery, headers, problems)
-
-
-def fail_or_skip(config: ConvertConfig, plan: Plan, problems: list[sources.Problem],
-                 skipped: list[dict] | tuple = ()) -> list[dict]:
-    """The manifest's ``skipped`` entries: ``skipped`` (found earlier), then one per problem.
-
-    Raises:
-      ConversionError: a fatal problem, any problem with on_error="fail", or skipped
-        files that leave too few to convert (``too_few_left``).
-    """
-    fatal = [p for p in problems if p.fatal]
-    skipped = [*skipped, *({"path": p.path, "reason": p.reason} for p in problems)]
-    left_problems = too_few_left(config, plan, skipped)
-    if fatal or (problems and config.on_error == "fail"):
-        raise ConversionError([p.line() for p in problems], skippable=not fatal
-                              and config.on_error == "fail" and not left_problems)
-    if left_problems:
-        raise ConversionError(left_problems)
-    return skipped
-
-
-def too_few_left(config: ConvertConfig, plan: Plan, skipped: list[dict]) -> list[str]:
-    """Problem lines for skipped files that leave no file to convert, or a class in
-    fewer groups than splits. The validation pass fails such input when nothing is
-    skipped, and committing it would replace an earlier output with an empty or
-    unusable one."""
-    if not skipped:
-        return []
-    skipped_paths = {s["path"] for s in skipped}
-    left = [task for task in plan.tasks if task.relpath not in skipped_paths]
-    if not left:
-        # Counted and quoted among the images: a stray notes.txt is skipped too, but it is
-        # not why nothing is left.
-        tasks = {task.relpath for task in plan.tasks}
-        failed = [s for s in skipped if s["path"] in tasks] or skipped
-        first = failed[0]
-        return [f"{config.dataset_dir}: all {len(failed)} input file(s) failed, none left "
-                f"to convert (first: {first['path']}: {first['reason']})"]
-    files_by_class = {task.text: {} for task in plan.tasks}  # the classes _plan checked
-    for task in left:
-        files_by_class[task.text][task.relpath] = plan.groups[task.relpath]
-    if not plan.num_splits:  # one output: a class must keep a file (a class no image taught)
-        reasons = {s["path"]: s["reason"] for s in skipped}
-        lines = []
-        for name in (name for name, files in files_by_class.items() if not files):
-            failed = [task.relpath for task in plan.tasks if task.text == name]
-            lines.append(f"--on_error=skip: after skipping, class {name!r} has no file left "
-                         f"(all {len(failed)} failed; first: {failed[0]}: "
-                         f"{reasons[failed[0]]})")
-        return lines
-    return [f"--need_split: after skipping, {message}"
-            for message in splits.small_classes(files_by_class, plan.num_splits)]
-
-
-def write_order(tasks: list[FileTask], skipped: list[dict]) -> list[FileTask]:
-    """The tasks still to convert, in output order: by split, then by their order key."""
-    skipped_paths = {s["path"] for s in skipped}
-    return sorted((t for t in tasks if t.relpath not in skipped_paths),
-                  key=lambda t: (_split_rank(t.split), t.order))
-
-
-def _split_rank(split: str) -> int:
-    return splits.SPLIT_NAMES.index(split) if split in splits.SPLIT_NAMES else -1
 
 
 @contextlib.contextmanager
@@ -341,7 +277,7 @@ def commit(config: ConvertConfig, staging: str, plan: Plan,
     manifest = build_manifest(
         dataset_name=config.dataset_name, flags=config.manifest_flags(), classes=plan.names,
         variants=plan.variants, agreement=plan.agreement, staged=staged, counts=counts,
-        skipped=skipped)
+        skipped=skipped, warnings=plan.warnings)
     shards.commit(os.path.abspath(config.output_dir), staging,
                   [shard for split in staged for shard in staged[split]],
                   list(splits.SPLIT_NAMES) + [config.output_name],
@@ -373,7 +309,7 @@ def convert_dataset(config: ConvertConfig) -> dict:
             problems += [sources.Problem(task.relpath, error) for task, (_, error)
                          in zip(plan.tasks, workers.imap(encode_task, plan.tasks, chunksize=8))
                          if error]
-        skipped = fail_or_skip(config, plan, problems)
+        skipped = fail_or_skip(config.on_error, config.dataset_dir, plan, problems)
         return _encode_and_commit(config, workers, plan, write_order(plan.tasks, skipped),
                                   skipped)
     finally:
@@ -406,6 +342,6 @@ def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
                 counts[task.split][task.text] += len(sizes)
             writers[chunk[0].split].write_framed(blob, [n for sizes, _ in items for n in sizes])
         progress.close()
-        skipped = fail_or_skip(config, plan, problems, skipped)
+        skipped = fail_or_skip(config.on_error, config.dataset_dir, plan, problems, skipped)
         staged = {split: writers[split].close() for split in split_order}
         return commit(config, staging, plan, staged, counts, skipped)

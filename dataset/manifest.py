@@ -5,18 +5,20 @@ from __future__ import annotations
 
 
 def build_manifest(*, dataset_name: str, flags: dict, classes: list[str], variants: dict,
-                   agreement: dict, staged: dict, counts: dict, skipped: list[dict]) -> dict:
+                   agreement: dict, staged: dict, counts: dict, skipped: list[dict],
+                   warnings: list[str] | tuple = ()) -> dict:
     """The manifest: per split (in ``staged``'s order) the counts per class and the shards.
 
     Args:
       flags: the conversion's settings (ConvertConfig.manifest_flags()).
-      classes, variants, agreement: the validation pass's (convert.Plan's names, variants,
-        agreement).
+      classes, variants, agreement: the validation pass's (conversion_plan.Plan's names,
+        variants, agreement).
       staged: split -> [shards.StagedShard] in shard order.
       counts: split -> {class name: examples}.
+      warnings: the validation pass's (conversion_plan.Plan's), before those found here.
     """
-    warnings = [f"class {name!r} has no examples in {split}"
-                for split in staged for name in classes if not counts[split][name]]
+    warnings = [*warnings, *(f"class {name!r} has no examples in {split}"
+                             for split in staged for name in classes if not counts[split][name])]
     return {
         "format_version": 1,
         "dataset_name": dataset_name,

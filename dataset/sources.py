@@ -38,6 +38,7 @@ class InputFile:
     kind: str  # "image" (JPEG/PNG, sniffed later) or "dicom"
     label: str | None  # raw label text from the label file or class folder
     split: str | None = None  # given split for the predefined layout
+    label_file: str | None = None  # relative path of its label file (images/ + labels/)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,8 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
             discovery.problems.append(Problem(relpath, "image without label file "
                                               f"(expected labels/{stem}.txt)"))
             continue
-        discovery.files.append(InputFile(path, relpath, kind, label))
+        discovery.files.append(InputFile(path, relpath, kind, label, label_file=(
+            _rel(labels[stem], dataset_dir) if stem in labels else None)))
     for stem in sorted(set(labels) - set(by_stem)):
         discovery.problems.append(Problem(_rel(labels[stem], dataset_dir),
                                           "label file without image"))

@@ -97,12 +97,14 @@ def assign_split(seed: int, group: str, fractions: dict[str, float]) -> str:
     return "train"
 
 
-def small_classes(files_by_class: dict[str, dict[str, str]], num_splits: int) -> list[str]:
+def small_classes(files_by_class: dict[str, dict[str, str]], num_splits: int,
+                  notes: dict[str, str] | None = None) -> list[str]:
     """One message per class with fewer groups than splits (cannot appear in each),
     naming its first files.
 
     Args:
       files_by_class: class name -> {relative path: group}.
+      notes: class name -> what else to say of it (e.g. a likely misspelt label).
     """
     messages = []
     for name, groups in sorted(files_by_class.items()):
@@ -111,5 +113,6 @@ def small_classes(files_by_class: dict[str, dict[str, str]], num_splits: int) ->
             files = sorted(groups)
             listed = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if files[3:] else "")
             messages.append(f"class {name!r} has {count} group(s), fewer than the {num_splits} "
-                            "splits requested" + (f" ({listed})" if files else ""))
+                            "splits requested" + (f" ({listed})" if files else "")
+                            + (f"; it has {notes[name]}" if name in (notes or {}) else ""))
     return messages

@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from benchmarks import beam_bench
 from dataset import beam_convert, reader
-from dataset.convert import ConversionError, ConvertConfig
+from dataset.convert import ConvertConfig
+from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
 from tests.test_convert import _bad, convert
 

@@ -16,7 +16,8 @@ import tensorflow as tf
 from PIL import Image
 
 from dataset import features
-from dataset.convert import ConversionError, ConvertConfig, convert_dataset
+from dataset.convert import ConvertConfig, convert_dataset
+from dataset.conversion_plan import ConversionError
 from dataset.manifest import format_summary
 from tests.conftest import REPO_ROOT, write_image
 

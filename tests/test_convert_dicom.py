@@ -13,7 +13,7 @@ import tensorflow as tf
 from pydicom.data import get_testdata_file
 
 from dataset import features
-from dataset.convert import ConversionError
+from dataset.conversion_plan import ConversionError
 from dataset.manifest import format_summary
 from dataset.dicom import read_dicom
 from dataset.dicom_options import DicomOptions
