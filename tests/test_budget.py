@@ -58,6 +58,22 @@ def test_plan_takes_the_steps_left_after_start_up():
     assert (short.train_steps, short.epochs_that_fit) == (10, 0.0)
 
 
+def test_the_plan_log_says_what_each_figure_counts(caplog):
+    """A fresh user's reading of one run: '37 steps' at 0.811 s and 'about 52 s' looked
+    contradictory; the 20 s the timing had already used was not said."""
+    calibration = budget.Calibration(step_seconds=0.811, startup_seconds=1.9, timed_steps=20)
+    plan = budget.plan(30.0, 20.0, calibration, steps_per_epoch=37, max_epochs=5)
+    with caplog.at_level("INFO"):
+        budget.log_plan(30.0, calibration, plan, 5, elapsed_seconds=20.0)
+    info, warning = (record.getMessage() for record in caplog.records)
+    assert ("20.0 s of the budget spent on timing and set-up; 0.27 epochs fit, training 37 "
+            "steps = 1.00 of at most 5 epochs (30 s of steps; the run ends about 52 s after "
+            "its start)") in info
+    assert ("leaves 8 s for steps after timing and start-up, less than one epoch's 30 s on "
+            "this machine: training one epoch anyway (the run ends about 52 s after its "
+            "start)") in warning
+
+
 class StepsTake:
     """A train hook (a hook runs after every loop, here of one step): each step takes
     `seconds` on the fake clock; `stop_at`: the run is killed after that step's hooks (before
