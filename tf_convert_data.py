@@ -63,8 +63,10 @@ flags.DEFINE_enum("on_error", "fail", ["fail", "skip"],
 flags.DEFINE_enum("label_source", "labels", ["labels", "tag"],
                   "labels: label files / class folders; tag: DICOM BodyPartExamined mapped "
                   "to a class name (non-DICOM files keep their label; DICOM files need no "
-                  "label file or class folder, e.g. a flat DIR/<file>.dcm). A label x tag "
-                  "agreement table is reported whenever both exist.")
+                  "label file or class folder, e.g. a flat DIR/<file>.dcm, and where no "
+                  "label names the classes they are the body parts' names: Chest, Head, "
+                  "CSpine, WholeBody, ...). A label x tag agreement table is reported "
+                  "whenever both exist.")
 flags.DEFINE_bool("dicom_force", False, "Read DICOM files without the DICM preamble/file meta.")
 flags.DEFINE_enum("dicom_voi", "window", ["window", "minmax", "given", "lut"],
                   "DICOM grey-level window: the file's window, min-max of the pixels, "
@@ -158,7 +160,7 @@ def main(argv) -> int:
         return 130
     print(format_summary(manifest))
     total = sum(s["num_examples"] for s in manifest["splits"].values())
-    print(f"wrote {total} examples to {os.path.abspath(FLAGS.output_dir)}")
+    print(f"wrote {cli.count(total, 'example')} to {os.path.abspath(FLAGS.output_dir)}")
     return 0
 
 

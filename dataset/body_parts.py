@@ -62,6 +62,23 @@ BODY_PARTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "WHOLEBODY": (None, ("WHOLEBODY", "BODY", "WB")),
 }
 
+# Modalities whose pixel data is not a picture of anatomy: a classifier would still name a
+# body part for them, with confidence. Refused by dataset.dicom.read_dicom (the converter and
+# prediction), and named by the converter's validation pass when such a file has no
+# BodyPartExamined to label it; render_arrays still shows them (the display pipeline is
+# checked against dcmtk on them).
+NOT_ANATOMY = {"SEG": "a segmentation mask", "RTDOSE": "a radiotherapy dose grid",
+               "RTSTRUCT": "a structure set", "RTPLAN": "a treatment plan",
+               "REG": "a registration", "SR": "a structured report", "PR": "a presentation state",
+               "KO": "a key-object selection"}
+
+
+def not_anatomy(modality: str | None) -> str | None:
+    """Why a DICOM object of this Modality is no image to classify, or None."""
+    key = (modality or "").upper()
+    return f"{NOT_ANATOMY[key]} ({key}), not an image of anatomy" if key in NOT_ANATOMY else None
+
+
 # Modality words that class names carry ("ChestCT", "BreastMRI", "CXR"), as the
 # imaging family they stand for. Longest first so "MRI" is stripped before "MR".
 _NAME_MODALITIES = (("XRAY", "XR"), ("MRI", "MR"), ("PET", "PT"), ("CT", "CT"), ("MR", "MR"),
@@ -110,6 +127,21 @@ def _parse(text: str) -> tuple[str | None, str | None]:
     if len(terms) == 1:
         return terms.pop(), None
     return None, None
+
+
+# The class name a defined term gets where no label names it (--label_source=tag on files
+# without labels): as label files and MedNIST spell body parts, so that one model's classes
+# match another dataset's labels. Compound terms keep their parts' capitals; others are
+# capitalised ("HEAD" -> "Head").
+_CLASS_NAMES = {"HEADNECK": "HeadNeck", "CHESTABDOMEN": "ChestAbdomen",
+                "CHESTABDPELVIS": "ChestAbdPelvis", "ABDOMENPELVIS": "AbdomenPelvis",
+                "CSPINE": "CSpine", "TSPINE": "TSpine", "LSPINE": "LSpine", "SSPINE": "SSpine",
+                "WHOLEBODY": "WholeBody", "IAC": "IAC"}
+
+
+def class_name(term: str) -> str:
+    """The class name of a defined term: class_name("WHOLEBODY") == "WholeBody"."""
+    return _CLASS_NAMES.get(term, term.capitalize())
 
 
 def canonical_body_part(tag_value: str | None) -> str | None:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from dataset import shards, sources, splits
-from dataset.body_parts import canonical_body_part, normalize_body_part
+from dataset.body_parts import (canonical_body_part, class_name, normalize_body_part,
+                                 not_anatomy)
 from dataset.dicom_options import DicomOptions
 from dataset.manifest import build_manifest
 from dataset.conversion_plan import Plan, fail_or_skip, write_order
@@ -132,7 +133,8 @@ def _plan(config, discovery, headers, problems):
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
     if config.label_source == "tag" and not raw_labels:  # classes: the defined terms seen
-        raw_labels = [canonical_body_part(h[0]) or h[0] for h in headers.values.values() if h[0]]
+        raw_labels = [class_name(term) if (term := canonical_body_part(h[0])) else h[0]
+                      for h in headers.values.values() if h[0]]
     names, canonical, variants = sources.canonical_classes(raw_labels)
     labelled, agreement = [], collections.defaultdict(collections.Counter)
     for item in files:
@@ -144,8 +146,11 @@ def _plan(config, discovery, headers, problems):
             agreement[label][tag_class or f"unmatched: {body_part}"] += 1
         if config.label_source == "tag" and item.kind == "dicom":
             if tag_class is None:
-                reason = (f"BodyPartExamined {body_part!r} matches no class" if body_part
-                          else "no BodyPartExamined tag (--label_source=tag)")
+                # An object that is no image (a SEG mask, a dose grid) usually has no body
+                # part either; what it is says more than that the tag is missing.
+                reason = (not_anatomy(modality)
+                          or (f"BodyPartExamined {body_part!r} matches no class" if body_part
+                              else "no BodyPartExamined tag (--label_source=tag)"))
                 problems.append(sources.Problem(item.relpath, reason))
                 continue
             label = tag_class

@@ -31,6 +31,7 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
+from dataset.body_parts import not_anatomy
 from dataset.dicom_display import grey_display, quantise
 from dataset.dicom_display import tag_text as _text
 from dataset.dicom_options import DicomError, DicomOptions
@@ -53,13 +54,6 @@ for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils")
 
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
-# Modalities whose pixel data is not a picture of anatomy: a classifier would still name a
-# body part for them, with confidence. Refused by read_dicom (the converter and prediction);
-# render_arrays still shows them (the display pipeline is checked against dcmtk on them).
-NOT_ANATOMY = {"SEG": "a segmentation mask", "RTDOSE": "a radiotherapy dose grid",
-               "RTSTRUCT": "a structure set", "RTPLAN": "a treatment plan",
-               "REG": "a registration", "SR": "a structured report", "PR": "a presentation state",
-               "KO": "a key-object selection"}
 _IDENTIFIERS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
                 "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 # What to `pip install` when pydicom has no working plugin for a compressed syntax
@@ -126,9 +120,8 @@ def read_dicom(path: str | Path, options: DicomOptions, *, hash_key: bytes
     with _quiet(), _scrubbed(failure) as read:
         read.ds = _read(path, options)
         info = _info(read.ds, hash_key)
-        if (info.modality or "").upper() in NOT_ANATOMY:
-            raise DicomError(f"{path}: {NOT_ANATOMY[info.modality.upper()]} "
-                             f"({info.modality.upper()}), not an image of anatomy")
+        if reason := not_anatomy(info.modality):
+            raise DicomError(f"{path}: {reason}")
         arrays = _render(read.ds, path, options)
     images = [RenderedImage(png=encode_png(array), height=array.shape[0],
                             width=array.shape[1], channels=array.shape[2], frame=frame)

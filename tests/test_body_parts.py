@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from dataset.body_parts import BODY_PARTS, canonical_body_part, normalize_body_part
+from dataset.body_parts import BODY_PARTS, canonical_body_part, class_name, normalize_body_part
 
 MEDNIST = ("AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT")
 SAMPLES = ("Abdomen", "CSpine", "Chest", "Extremity", "Head", "Heart", "Neck", "Shoulder",
@@ -53,6 +53,15 @@ def test_normalize_to_mednist_classes(tag, modality, expected):
 ])
 def test_normalize_to_shared_sample_classes(tag, expected):
     assert normalize_body_part(tag, SAMPLES) == expected
+
+
+def test_every_defined_term_has_a_class_name_that_maps_back_to_it():
+    for term in BODY_PARTS:
+        name = class_name(term)
+        assert name[0].isupper() and name != term.upper() or term == "IAC", name
+        assert canonical_body_part(name) == term, (term, name)
+    assert [class_name(t) for t in ("HEAD", "WHOLEBODY", "CSPINE")] == ["Head", "WholeBody",
+                                                                        "CSpine"]
 
 
 def test_most_specific_class_wins_and_matching_never_goes_down():

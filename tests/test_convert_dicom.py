@@ -97,15 +97,21 @@ def test_tag_labels_without_label_files(tmp_path):
         label.unlink()
     _write_dicom(root / "images" / "untagged.dcm", "CT_small.dcm", patient="SECRET-PATIENT-99",
                  body_part=None)
+    # A segmentation mask has no body part either: what it is is the problem to report.
+    mask = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    mask.Modality = "SEG"
+    mask.pop("BodyPartExamined", None)
+    mask.save_as(root / "images" / "mask.dcm", enforce_file_format=True)
     with pytest.raises(ConversionError) as error:
         convert(root, tmp_path / "out", output_name="all", label_source="tag")
-    assert error.value.problems == ["images/untagged.dcm: no BodyPartExamined tag "
-                                    "(--label_source=tag)"]
+    assert error.value.problems == [
+        "images/mask.dcm: a segmentation mask (SEG), not an image of anatomy",
+        "images/untagged.dcm: no BodyPartExamined tag (--label_source=tag)"]
     manifest = convert(root, tmp_path / "out", output_name="all", label_source="tag",
                        on_error="skip")
-    assert manifest["classes"] == ["CHEST", "HEAD"]
-    assert manifest["skipped"] == [{"path": "images/untagged.dcm",
-                                    "reason": "no BodyPartExamined tag (--label_source=tag)"}]
+    assert manifest["classes"] == ["Chest", "Head"]  # the body parts' names, not the tags'
+    assert manifest["skipped"][1] == {"path": "images/untagged.dcm",
+                                      "reason": "no BodyPartExamined tag (--label_source=tag)"}
 
 
 def test_tag_labels_on_a_flat_folder(tmp_path):
@@ -116,7 +122,8 @@ def test_tag_labels_on_a_flat_folder(tmp_path):
                      body_part=tag)
     (root / "notes.csv").write_text("not an image, ignored\n")
     manifest = convert(root, tmp_path / "out", output_name="all", label_source="tag")
-    assert manifest["splits"]["all"]["class_counts"] == {"CHEST": 2, "HEAD": 1}
+    # Named as label files and MedNIST name them, not in the tag's capitals.
+    assert manifest["splits"]["all"]["class_counts"] == {"Chest": 2, "Head": 1}
     names = sorted(r[features.KEY_FILENAME].decode() for r in read_records(tmp_path / "out", "all"))
     assert names == ["scan0.dcm", "scan1.dcm", "scan2.dcm"]
     # Only a DICOM file carries the tag: a JPEG/PNG still needs a class folder, and without

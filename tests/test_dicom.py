@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from dataset.dicom import NOT_ANATOMY, DicomError, encode_png, is_dicom_file, read_dicom
+from dataset.body_parts import NOT_ANATOMY
+from dataset.dicom import DicomError, encode_png, is_dicom_file, read_dicom
 from dataset.dicom_options import DicomOptions
 from tests.dicom_fixtures import (KEY, MONO, UNRENDERABLE, bundled, png_array, render,
                                   write_dicom)

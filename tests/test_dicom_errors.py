@@ -9,7 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dataset.dicom import NOT_ANATOMY, DicomError, read_dicom
+from dataset.body_parts import NOT_ANATOMY
+from dataset.dicom import DicomError, read_dicom
 from dataset.dicom_options import DicomOptions
 from tests.dicom_fixtures import KEY, bundled, render, write_dicom
 
