@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -83,9 +84,21 @@ def describe_data_loss(data_dir: str | None, error: Exception) -> str | None:
                 altered.append(entry["path"])
     if not altered:
         return None
-    reason = getattr(error, "message", str(error)).splitlines()[0]
+    reason = tf_error_reason(error)
     return (f"{data_dir}: corrupt record in {', '.join(altered)} ({reason}; its SHA-256 "
             f"differs from {MANIFEST}'s): rerun tf_convert_data.py")
+
+
+# TensorFlow wraps an op's message in the graph function's name and the op's:
+# "{{function_node __wrapped__IteratorGetNext_..._device_/job:localhost/...}} corrupted record
+# at 40 [Op:IteratorGetNext] name: ". Only the middle tells the user anything.
+_TF_WRAPPING = re.compile(r"^\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$")
+
+
+def tf_error_reason(error: Exception) -> str:
+    """The first line of a TensorFlow error's message without TensorFlow's wrapping."""
+    lines = getattr(error, "message", str(error)).splitlines() or [""]
+    return _TF_WRAPPING.sub("", lines[0]) or lines[0]
 
 
 def _sha256(path: str) -> str:

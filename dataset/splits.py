@@ -80,9 +80,12 @@ def split_fractions(need_split: str, validation_size: float, test_size: float,
             flag = f"--{split}_size"
             raise ValueError(f"{flag} must be > 0 for --need_split={need_split}")
     if sum(fractions.values()) >= 1:
-        sizes = " + ".join(f"{split} {fraction:.3g}" for split, fraction in fractions.items())
+        # As the user gave each size (a fraction or a count), with the inputs it stands for.
+        given = {"test": test_size, "validation": validation_size}
+        sizes = " + ".join(f"--{split}_size={given[split]:g} ({fraction * total:.0f})"
+                           for split, fraction in fractions.items())
         raise ValueError(f"--validation_size/--test_size don't fit: {sizes} of {total} "
-                         "inputs leaves nothing for train")
+                         "inputs leave nothing for train")
     return fractions
 
 

@@ -52,6 +52,9 @@ def test_help_is_an_answer_not_an_error(program, a_flag, flag):
      "flag --tta=8: 8 is not an integer in the range [1, 7]"),
     ("networks/resnet/dicom_main.py", ["--data_dir=d", "--model_dir=m", "--export_tta=9"],
      "flag --export_tta=9: 9 is not an integer in the range [1, 7]"),
+    # An accuracy threshold above 1 would never stop the run.
+    ("networks/resnet/dicom_main.py", ["--data_dir=d", "--model_dir=m", "-st=1.5"],
+     "flag --stop_threshold=1.5: 1.5 is not a number in the range [0.0, 1.0]"),
 ])
 def test_usage_errors_are_one_line_before_any_work(program, flags, message):
     result = subprocess.run([sys.executable, program, *flags], cwd=REPO_ROOT,
@@ -115,6 +118,12 @@ def test_output_folders_that_are_files_stop_the_trainer_before_it_trains(tmp_pat
         with pytest.raises(ValueError, match=f"{a_file}: is a file"):
             train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
     assert not (tmp_path / "model").exists()
+    # The dataset's own folder: checkpoints among the shards, config.json beside the manifest.
+    config = TrainConfig(data_dir=str(data), model_dir=str(data) + "/", image_size=32,
+                         batch_size=8, hooks=())
+    with pytest.raises(ValueError, match=f"--model_dir={data}/ is the --data_dir"):
+        train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
+    assert not (data / "config.json").exists()
 
 
 class _Uniform:
@@ -135,9 +144,13 @@ def test_evaluation_names_the_shard_with_a_corrupt_record(tmp_path):
     with open(data / shard, "r+b") as handle:  # same size, other bytes
         handle.seek(40)
         handle.write(b"\xff" * 8)
-    with pytest.raises(ValueError, match=f"corrupt record in {shard} .*rerun tf_convert_data"):
+    with pytest.raises(ValueError, match=f"corrupt record in {shard} .*rerun tf_convert_data"
+                       ) as error:
         evaluation.evaluate_split(_Uniform(), reader.split_info(str(data), "validation"),
                                  batch_size=4)
+    # TensorFlow's own words without its wrapping ({{function_node ...}}, [Op:...]).
+    assert f"corrupt record in {shard} (corrupted record at " in str(error.value)
+    assert "{{" not in str(error.value) and "[Op:" not in str(error.value)
 
 
 def test_a_damaged_saved_model_is_one_line(tmp_path):
@@ -249,6 +262,10 @@ def test_ctrl_c_is_one_line_with_what_was_left_exit_130(monkeypatch, capsys):
                         interrupted=lambda: 1 / 0)
     assert exit_.value.code == 130
     assert capsys.readouterr().err == "prog.py: error: interrupted\n"
+
+
+def test_counts_are_said_in_the_singular_for_one():
+    assert [cli.count(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
 
 
 @pytest.mark.parametrize("program", LONG_PROGRAMS)

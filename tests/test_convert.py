@@ -282,6 +282,9 @@ def test_every_problem_is_listed_and_skip_converts_the_rest(tmp_path, make_image
 @pytest.mark.parametrize("overrides, expected", [
     (dict(need_split="tvt_split", validation_size=0.5, test_size=0.5), "don't fit"),
     (dict(need_split="tvt_split", validation_size=30, test_size=30), "don't fit"),
+    # Said as given (a count), not as the fraction 1.92 it stands for.
+    (dict(need_split="tvt_split", validation_size=100), "don't fit: --test_size=0.1 (5) + "
+     "--validation_size=100 (100) of 52 inputs leave nothing for train"),
     (dict(need_split="tvt_split", validation_size=1.5), "whole number"),
     (dict(need_split="tvt_split"), "class 'Rare' has 2 group(s), fewer than the 3 splits"),
 ])

@@ -158,5 +158,5 @@ def test_predict_cli_min_confidence_marks_uncertain(trained, mixed_folder, tmp_p
     assert [row["status"] for row in rows] == ["uncertain", "error"]
     assert rows[0]["predicted_class"] == "uncertain" and rows[0]["top_k"].split(":")[0] in CLASSES
     assert "broken.png" in rows[1]["error"]
-    assert "1 uncertain, 1 errors" in result.stdout
+    assert "1 uncertain, 1 error;" in result.stdout
     assert "%|" not in result.stderr  # no progress bar when stderr is not a terminal

@@ -112,7 +112,7 @@ def test_two_workers_match_one_process(tmp_path):
                     "--num_cpu_replicas=2", env=TIMED)
     outputs = [_finish(process) for process in (*workers, single)]
     for stdout, _ in outputs:
-        assert "step 20 (resumed from 0, stopped by train_epochs)" in stdout
+        assert "step 20 (new run, stopped by train_epochs)" in stdout
         assert "2 replica(s)" in stdout
         assert "10.00 epochs in the --train_budget_seconds budget" in stdout
     for folder in (model_dir, tmp_path / "single"):

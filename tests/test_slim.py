@@ -264,6 +264,6 @@ def test_cli_runs_the_original_readme_fine_tuning_command(data, tmp_path):
                 "--model_name=inception_v4", "--max_number_of_steps=1",
                 "--train_image_size=75", "--batch_size=4")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "inception_v4: step 1 (resumed from 0, stopped by max_train_steps)" in done.stdout
+    assert "inception_v4: step 1 (new run, stopped by max_train_steps)" in done.stdout
     config = json.loads((tmp_path / "inception_v4" / "config.json").read_text())
     assert config["architecture"] == "inception_v4" and config["image_size"] == 75

@@ -305,7 +305,7 @@ def test_original_readme_command_on_mednist(shared_data, tmp_path):
         "--epochs_between_evals=1", "--batch_size=32", "--version=2", "--resnet_size=152",
         "--multi_gpu=False", "--max_train_steps=1", "--image_size=64", timeout=1200)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "resnet152_v2: step 1 (resumed from 0, stopped by max_train_steps)" in result.stdout
+    assert "resnet152_v2: step 1 (new run, stopped by max_train_steps)" in result.stdout
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["num_classes"] == 6 and config["image_size"] == 64
     assert (config["resnet_size"], config["version"], config["batch_size"]) == (152, 2, 32)

@@ -98,15 +98,16 @@ def main(argv):
                                   tta_views=FLAGS.tta)
     except OSError as error:
         cli.exit_with_error(PROGRAM, error)
-    print(f"{len(files)} files: {counts['ok']} ok, {counts['uncertain']} uncertain, "
-          f"{counts['error']} errors; predictions in {output_csv}", flush=True)
+    print(f"{cli.count(len(files), 'file')}: {counts['ok']} ok, {counts['uncertain']} "
+          f"uncertain, {cli.count(counts['error'], 'error')}; predictions in {output_csv}",
+          flush=True)
     failed = counts["error"]
     if failed == len(files):  # nothing was classified: a script must not carry on
-        cli.exit_with_error(PROGRAM, f"{failed} of {failed} files failed; the reasons are in "
-                            f"{output_csv}")
+        cli.exit_with_error(PROGRAM, f"{failed} of {cli.count(failed, 'file')} failed; the "
+                            f"reasons are in {output_csv}")
     if failed:
-        print(f"{PROGRAM}: warning: {failed} of {len(files)} files failed; their rows in the "
-              f"CSV {output_csv} say why", file=sys.stderr, flush=True)
+        print(f"{PROGRAM}: warning: {failed} of {cli.count(len(files), 'file')} failed; their "
+              f"rows in the CSV {output_csv} say why", file=sys.stderr, flush=True)
     return 0
 
 

@@ -178,8 +178,10 @@ class TrainResult:
                      dir_flag: str = "model_dir") -> str:
         """The one line the training CLIs print at the end (`dir_flag`: what their flag for
         the run's folder is called)."""
-        line = (f"{self.model_name}: step {self.step} (resumed from "
-                f"{self.resumed_from_step}, stopped by {self.stopped_by}), {eval_split} "
+        start = (f"resumed from {self.resumed_from_step}" if self.resumed_from_step
+                 else "new run")
+        line = (f"{self.model_name}: step {self.step} ({start}, stopped by "
+                f"{self.stopped_by}), {eval_split} "
                 f"accuracy {self.eval_accuracy:.4f} loss {self.eval_loss:.4f} on "
                 f"{self.eval_examples} examples, {replicas} replica(s); {dir_flag} {model_dir}")
         if self.examples_per_second:

@@ -130,6 +130,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             raise ValueError(f"{path}: is a file; the trainer writes a folder there")
     input_spec = train_input.InputSpec.from_config(config)
     data = train_input.resolve_data(input_spec)
+    if (config.data_dir and not config.use_synthetic_data  # checkpoints among the shards
+            and os.path.realpath(config.model_dir) == os.path.realpath(config.data_dir)):
+        raise ValueError(f"--model_dir={config.model_dir} is the --data_dir; give the run a "
+                         "folder of its own")
     num_replicas = strategy.num_replicas_in_sync
     distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
     test_time.check_num_views(config.export_tta)  # before hours of training, not after

@@ -136,6 +136,11 @@ def exit_with_error(program: str, error: Exception | str, status: int = 1) -> No
     sys.exit(status)
 
 
+def count(number: int, noun: str) -> str:
+    """count(1, "file") == "1 file", count(2, "file") == "2 files"."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def check_output_folder(flag: str, path: str | None, what: str) -> None:
     """A folder the program will write, checked before any work: where the path or one of
     its parents is a file, the mkdir at the end would fail with a bare errno after the work.

@@ -55,9 +55,11 @@ def _define_base(define: _Definer) -> None:
                          lower_bound=1, short_name="te")
     define.integer("epochs_between_evals", 1, "The number of training epochs to run "
                          "between evaluations.", lower_bound=1, short_name="ebe")
+    # Bounded: an accuracy above 1 could never stop the run (the original accepted it).
     define.float("stop_threshold", None, "If passed, training will stop at the earlier of "
                        "train_epochs and when the evaluation accuracy is greater than or equal "
-                       "to stop_threshold.", short_name="st")
+                       "to stop_threshold.", lower_bound=0.0, upper_bound=1.0,
+                       short_name="st")
     define.integer("batch_size", 32, "Global batch size for training and evaluation "
                          "(split across replicas).", lower_bound=1, short_name="bs")
     define.integer("num_gpus", None, "How many GPUs to use with the DistributionStrategies "
