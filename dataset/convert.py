@@ -34,9 +34,9 @@ from tqdm import tqdm
 from dataset import shards, sources, splits
 from dataset.body_parts import (canonical_body_part, class_name, normalize_body_part,
                                  not_anatomy)
+from dataset.conversion_plan import Plan, fail_or_skip, write_order
 from dataset.dicom_options import DicomOptions
 from dataset.manifest import build_manifest
-from dataset.conversion_plan import Plan, fail_or_skip, write_order
 from dataset.tasks import FileTask, encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
 
