@@ -151,13 +151,14 @@ def main(argv) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (cli.stop_on_sigterm)
         # The staging folder is gone by now; an interrupted commit leaves no manifest.json,
         # which every reader refuses, so there is never a complete-looking partial output.
-        print(f"error: interrupted; the conversion into {FLAGS.output_dir} did not finish "
+        what, status = cli.interruption(stop)
+        print(f"error: {what}; the conversion into {FLAGS.output_dir} did not finish "
               "(rerun it; a folder without its manifest.json is never read as a dataset)",
               file=sys.stderr)
-        return 130
+        return status
     print(format_summary(manifest))
     total = sum(s["num_examples"] for s in manifest["splits"].values())
     print(f"wrote {cli.count(total, 'example')} to {os.path.abspath(FLAGS.output_dir)}")
@@ -165,4 +166,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    cli.stop_on_sigterm()  # a scheduler's stop cleans up as Ctrl-C does
     app.run(main, flags_parser=cli.flags_parser(PROGRAM))

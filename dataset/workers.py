@@ -19,6 +19,9 @@ def _start_worker(initializer, initargs: tuple) -> None:
     # for the rest (seen: 2 of 13 interrupts hung until a second Ctrl-C). Only the parent
     # takes the interrupt; it stops the workers through close().
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM keeps its default in a worker (the parent's handler is inherited on fork): the
+    # pool's terminate() stops workers with it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     initializer(*initargs)
 
 

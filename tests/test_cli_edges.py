@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -262,6 +264,27 @@ def test_ctrl_c_is_one_line_with_what_was_left_exit_130(monkeypatch, capsys):
                         interrupted=lambda: 1 / 0)
     assert exit_.value.code == 130
     assert capsys.readouterr().err == "prog.py: error: interrupted\n"
+
+
+def test_sigterm_is_one_line_exit_143_and_the_handler_is_restored(monkeypatch, capsys):
+    """A job scheduler stops a job with SIGTERM; its default action ends the process at once
+    (no clean-up, nothing said). It is handled as Ctrl-C, and said as itself."""
+    values = cli.program_flags()
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated_main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises in the main thread long before this ends
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(sys, "argv", ["prog.py"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_program("prog.py", terminated_main, cli.flags_parser("prog.py", values),
+                        interrupted=lambda: "nothing half-written")
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err == ("prog.py: error: terminated (SIGTERM); nothing "
+                                       "half-written\n")
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_counts_are_said_in_the_singular_for_one():

@@ -93,16 +93,25 @@ def test_pool_workers_leave_ctrl_c_to_the_parent():
 
     pool = WorkerPool(2, int, ())
     try:
-        dispositions = list(pool.imap(signal.getsignal, [signal.SIGINT] * 4, chunksize=1))
+        dispositions = list(pool.imap(signal.getsignal, [signal.SIGINT, signal.SIGTERM] * 2,
+                                      chunksize=1))
     finally:
         pool.close()
-    assert dispositions == [signal.SIG_IGN] * 4
+    # SIGTERM keeps its default: the pool's terminate() stops the workers with it.
+    assert dispositions == [signal.SIG_IGN, signal.SIG_DFL] * 2
 
 
-def test_ctrl_c_while_shards_are_written_is_one_line_and_exit_130(tmp_path):
-    """Ctrl-C signals the whole process group, workers included. It once hung the converter
-    (a worker interrupted mid-send left half a message for the pool's terminate() to wait on)
-    and printed a traceback per process; now only the parent takes it."""
+@pytest.mark.parametrize("stop, status, what", [
+    # Ctrl-C signals the whole process group, workers included.
+    ("group SIGINT", 130, "interrupted"),
+    # A scheduler's or `kill`'s stop: the converter alone; its default ended it at once,
+    # leaving the staging folder and saying nothing.
+    ("SIGTERM", 143, "terminated (SIGTERM)"),
+])
+def test_a_stop_while_shards_are_written_is_one_line(tmp_path, stop, status, what):
+    """Ctrl-C once hung the converter (a worker interrupted mid-send left half a message for
+    the pool's terminate() to wait on) and printed a traceback per process; now only the
+    parent takes it."""
     root = make_class_folders(tmp_path / "ds", {"A": 400, "B": 400}, size=24)
     output_dir = tmp_path / "out"
     command = [sys.executable, "tf_convert_data.py", "--dataset_name=test", f"--dataset_dir={root}",
@@ -119,21 +128,24 @@ def test_ctrl_c_while_shards_are_written_is_one_line_and_exit_130(tmp_path):
         # moment that hung.
         _wait_until(lambda: any(output_dir.glob(".convert-staging-*")), process)
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
+            if stop == "SIGTERM":
+                process.terminate()
+            else:
+                os.killpg(process.pid, signal.SIGINT)
         try:
             _, stderr = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail("the converter still ran 60 s after Ctrl-C")
+            pytest.fail(f"the converter still ran 60 s after {stop}")
         if process.returncode == 0:  # finished before the signal: nothing to check
             continue
         interrupted += 1
-        assert process.returncode == 130, stderr[-2000:]
+        assert process.returncode == status, stderr[-2000:]
         assert stderr.splitlines() == [
-            f"error: interrupted; the conversion into {output_dir} did not finish (rerun it; a "
+            f"error: {what}; the conversion into {output_dir} did not finish (rerun it; a "
             "folder without its manifest.json is never read as a dataset)"]
         assert not list(output_dir.glob(".convert-staging-*"))
         assert not (output_dir / "manifest.json").exists()
         if output_dir.exists():
             shutil.rmtree(output_dir)
-    assert interrupted, "every run finished before its Ctrl-C"
+    assert interrupted, f"every run finished before its {stop}"

@@ -30,6 +30,7 @@ optional dependency, benchmark peers timed in their own processes).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Callable, NoReturn
 
@@ -157,24 +158,52 @@ def check_output_folder(flag: str, path: str | None, what: str) -> None:
         raise ValueError(f"{flag}={path}: {probe} is a file; {what} is written as a folder")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as a job scheduler or `kill` stops a program: raised where Ctrl-C's
+    KeyboardInterrupt would be, so the same clean-ups run (its default action ends the
+    process at once: half-written folders stay, and nothing is said)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises Terminated in the main thread (call it from there)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def interruption(error: KeyboardInterrupt) -> tuple[str, int]:
+    """(what to say, exit status) for Ctrl-C or SIGTERM: 128 + the signal, as a shell reports
+    a process the signal ended."""
+    if isinstance(error, Terminated):
+        return "terminated (SIGTERM)", 128 + signal.SIGTERM
+    return "interrupted", 128 + signal.SIGINT
+
+
 def run_program(program: str, main: Callable[[list[str]], object],
                 flags_parser: Callable[[list[str]], list[str]],
-                interrupted: Callable[[], str] = lambda: "") -> NoReturn:
-    """absl's `app.run(main, flags_parser=...)`, where Ctrl-C is one line, exit 130 (128 +
-    SIGINT, as a shell reports it) instead of a traceback from deep inside TensorFlow.
+                interrupted: Callable[[], str] = lambda: "") -> None:
+    """absl's `app.run(main, flags_parser=...)`, where Ctrl-C (or SIGTERM) is one line, exit
+    130 (143) instead of a traceback from deep inside TensorFlow (or a silent death).
 
     Args:
       interrupted: what the interruption left behind, from the parsed flags (e.g. "MODEL_DIR
-        keeps its checkpoints"); called only after a Ctrl-C.
+        keeps its checkpoints"); called only after a Ctrl-C or SIGTERM.
     """
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
     try:
         app.run(main, flags_parser=flags_parser)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         try:
             left = interrupted()
         except Exception:  # noqa: BLE001 (e.g. Ctrl-C before the flags were parsed)
             left = ""
-        exit_with_error(program, "interrupted" + (f"; {left}" if left else ""), status=130)
+        what, status = interruption(error)
+        exit_with_error(program, what + (f"; {left}" if left else ""), status=status)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a caller in the same process (a test)
 
 
 def print_summary_or_exit(program: str, run: Callable[[], str]) -> None:
