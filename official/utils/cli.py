@@ -161,7 +161,10 @@ def check_output_folder(flag: str, path: str | None, what: str) -> None:
 class Terminated(KeyboardInterrupt):
     """SIGTERM, as a job scheduler or `kill` stops a program: raised where Ctrl-C's
     KeyboardInterrupt would be, so the same clean-ups run (its default action ends the
-    process at once: half-written folders stay, and nothing is said)."""
+    process at once: half-written folders stay, and nothing is said). Like Ctrl-C, it is
+    raised when the main thread is back in Python: a program inside one long TensorFlow call
+    (a training loop's --steps_per_loop steps) stops when that call returns; a scheduler's
+    SIGKILL after its grace period still ends it."""
 
 
 def _raise_terminated(signum, frame):
