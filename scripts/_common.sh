@@ -26,6 +26,34 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
+# cuda_visible_ids: CUDA_VISIBLE_DEVICES's entries as CUDA reads them, comma-separated: up to
+# the first invalid one (e.g. -1), blanks dropped. Only call it when the variable is set (a
+# scheduler's allocation: nvidia-smi ignores it, TensorFlow does not).
+cuda_visible_ids() {
+  local visible device ids=()
+  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
+  for device in "${visible[@]}"; do
+    device="${device// /}"
+    [[ "$device" == -* ]] && break
+    [[ -n "$device" ]] && ids+=("$device")
+  done
+  (IFS=,; echo "${ids[*]}")
+}
+
+# nvidia_gpu_ids: the GPU indices nvidia-smi lists, comma-separated. A failing nvidia-smi (a
+# driver/library mismatch, no driver loaded) says so in one line and exits 1; inside
+# "$(...)" under `set -e` that stops the calling script too.
+nvidia_gpu_ids() {
+  local output status=0
+  output="$(nvidia-smi --query-gpu=index --format=csv,noheader 2>&1)" || status=$?
+  if (( status != 0 )); then
+    echo "$(basename "$0"): error: nvidia-smi failed (exit $status): $(head -n 1 <<< "$output")" \
+         "; set the GPUs yourself or fix the driver" >&2
+    exit 1
+  fi
+  paste -sd, - <<< "$output"
+}
+
 # print_class_report METRICS_JSON: dicom_eval.py's per-class recall and the five commonest
 # confusions from its metrics.json, the figures to read on OrganAMNIST rather than the mean.
 print_class_report() {

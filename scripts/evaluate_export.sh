@@ -20,6 +20,11 @@ model_dir="$1"; data_dir="$2"; shift 2
 [[ -f "$model_dir/config.json" ]] || {
   echo "evaluate_export.sh: $model_dir/config.json not found (not a training --model_dir)" >&2
   exit 2; }
+# Before the export: a mistyped DATA_DIR must not cost one, nor leave another version in the
+# folder TF Serving watches.
+[[ -f "$data_dir/manifest.json" ]] || {
+  echo "evaluate_export.sh: $data_dir/manifest.json not found (convert the dataset first)" >&2
+  exit 2; }
 
 export_dir="${EXPORT_DIR:-$model_dir/export}"
 split="${SPLIT:-test}"

@@ -68,12 +68,22 @@ for size in $sizes; do
     # Appended: a failed rerun must not erase the log of the run whose results are kept.
     echo "== $(date '+%F %T') attempt: ${train[*]:1}" >> "$run/train.log"
     status=ok
-    if ! "${train[@]}" >> "$run/train.log" 2>&1; then
-      status=failed
-    elif [[ "$eval_split" != "none" ]] && ! python "$repo/networks/resnet/dicom_eval.py" \
-        --model="$run" --data_dir="$data_dir" --split="$eval_split" >> "$run/train.log" 2>&1; then
-      status=failed
+    code=0
+    "${train[@]}" >> "$run/train.log" 2>&1 || code=$?
+    if (( code == 0 )) && [[ "$eval_split" != "none" ]]; then
+      python "$repo/networks/resnet/dicom_eval.py" --model="$run" --data_dir="$data_dir" \
+        --split="$eval_split" >> "$run/train.log" 2>&1 || code=$?
     fi
+    if (( code == 130 || code == 143 )); then
+      # Ctrl-C or SIGTERM: the programs handle it and exit 130/143 rather than die by it, so
+      # bash would go on to the next run. The sweep stops; this run is no failure, and its
+      # folder resumes when the sweep is run again.
+      tail -n 1 "$run/train.log" >&2
+      echo "sweep_resnet.sh: stopped at resnet${size}_v${version}; run the same command to" \
+           "go on" >&2
+      exit "$code"
+    fi
+    (( code == 0 )) || status=failed
     seconds=$(( $(date +%s) - start ))
     if [[ "$status" == failed && "$earlier" == '{"status": "ok'* \
           && "$(cat "$run/checkpoint" 2>/dev/null || true)" == "$checkpoint_before" ]]; then

@@ -5,7 +5,8 @@
 # Usage: scripts/train_all_gpus.sh DATA_DIR MODEL_DIR [extra dicom_main.py flags]
 #
 # Environment overrides (defaults in brackets):
-#   GPUS               comma-separated GPU ids to use [all that nvidia-smi lists]
+#   GPUS               comma-separated GPU ids to use [CUDA_VISIBLE_DEVICES if set (a
+#                      scheduler's allocation), else all that nvidia-smi lists]
 #   PER_GPU_BATCH_SIZE [32]
 #   RESNET_SIZE        [50]    VERSION [2]    IMAGE_SIZE [224]
 #   TRAIN_EPOCHS       [100]   EPOCHS_BETWEEN_EVALS [1]
@@ -19,11 +20,13 @@ source "$(dirname "$0")/_common.sh"
 check_arguments 2 "$@"
 data_dir="$1"; model_dir="$2"; shift 2
 
-if [[ -z "${GPUS:-}" ]]; then
+if [[ -z "${GPUS:-}" && -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+  GPUS="$(cuda_visible_ids)"  # on a shared server, only the GPUs allocated to this job
+elif [[ -z "${GPUS:-}" ]]; then
   command -v nvidia-smi >/dev/null || {
     echo "train_all_gpus.sh: nvidia-smi not found; set GPUS=0,1,... or use train_single_gpu.sh" >&2
     exit 1; }
-  GPUS="$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)"
+  GPUS="$(nvidia_gpu_ids)"
 fi
 [[ -n "$GPUS" ]] || { echo "train_all_gpus.sh: no GPU found" >&2; exit 1; }
 export CUDA_VISIBLE_DEVICES="$GPUS"

@@ -76,14 +76,12 @@ export TF_CONFIG
 if [[ -n "${GPUS_PER_HOST:-}" ]]; then
   gpus="$GPUS_PER_HOST"
 elif [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then  # nvidia-smi ignores it; TensorFlow does not
-  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
-  gpus=0
-  for device in "${visible[@]}"; do
-    [[ "$device" == -* ]] && break  # CUDA stops at the first invalid (e.g. -1) entry
-    [[ -n "${device// /}" ]] && gpus=$(( gpus + 1 ))
-  done
+  IFS=, read -r -a gpu_ids <<< "$(cuda_visible_ids)"
+  gpus=${#gpu_ids[@]}
 elif command -v nvidia-smi >/dev/null; then
-  gpus="$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)"
+  listed_ids="$(nvidia_gpu_ids)"  # a failing nvidia-smi stops the script here, in one line
+  IFS=, read -r -a gpu_ids <<< "$listed_ids"
+  gpus=${#gpu_ids[@]}
 else
   gpus=0
 fi

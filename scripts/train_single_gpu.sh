@@ -4,7 +4,8 @@
 # Usage: scripts/train_single_gpu.sh DATA_DIR MODEL_DIR [extra dicom_main.py flags]
 #
 # Environment overrides (defaults in brackets):
-#   GPU            which GPU (sets CUDA_VISIBLE_DEVICES) [0]
+#   GPU            which GPU (sets CUDA_VISIBLE_DEVICES) [the first of CUDA_VISIBLE_DEVICES
+#                  if set (a scheduler's allocation), else 0]
 #   NUM_GPUS       1, or 0 to train on the CPU [1; when nvidia-smi finds no GPU, a
 #                  line says so before dicom_main.py refuses --num_gpus=1]
 #   RESNET_SIZE    18 | 34 | 50 | 101 | 152 | 200 [50]
@@ -23,7 +24,9 @@ source "$(dirname "$0")/_common.sh"
 check_arguments 2 "$@"
 data_dir="$1"; model_dir="$2"; shift 2
 
-export CUDA_VISIBLE_DEVICES="${GPU:-0}"
+if [[ -n "${GPU:-}" || -z "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+  export CUDA_VISIBLE_DEVICES="${GPU:-0}"
+fi  # else a scheduler's allocation stands: --num_gpus=1 takes its first GPU
 
 # Without a GPU the default NUM_GPUS=1 fails in dicom_main.py's words ("--num_gpus=1 but 0
 # GPU(s) are visible"), a flag the user never typed: name NUM_GPUS first. nvidia-smi comes

@@ -215,6 +215,111 @@ def test_train_single_gpu_without_a_gpu_names_num_gpus_first(tmp_path, nvidia_sm
     assert f"--num_gpus={num_gpus or 1}" in result.stdout.split()  # the run still goes ahead
 
 
+def _stub_path(tmp_path, stubs: dict[str, str]) -> str:
+    """A PATH of stand-in commands (bash bodies) plus the few real tools the scripts use."""
+    bin_dir = tmp_path / "stub_bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "grep", "paste", "head", "basename"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!{shutil.which('bash')}\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return str(bin_dir)
+
+
+# What nvidia-smi prints on a server whose driver and library disagree, with its exit status.
+BROKEN_DRIVER = ('echo "Failed to initialize NVML: Driver/library version mismatch"; '
+                 'echo "NVML library version: 535.183"; exit 18')
+FOUR_GPUS = 'printf "0\\n1\\n2\\n3\\n"'
+
+
+@pytest.mark.parametrize("script, args", [("train_all_gpus.sh", ("d", "m")),
+                                          ("train_multi_node.sh", ("0", "d", "m"))])
+def test_a_failing_nvidia_smi_is_one_line(tmp_path, script, args):
+    env = {**trainer_env(), "PATH": _stub_path(tmp_path, {"nvidia-smi": BROKEN_DRIVER,
+                                                          "python": 'echo "$@"'}),
+           "HOSTS": "localhost", "DRY_RUN": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    result = subprocess.run([shutil.which("bash"), str(SCRIPTS / script), *args],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1  # it was 18 (nvidia-smi's), with nothing said
+    assert result.stderr.splitlines() == [
+        f"{script}: error: nvidia-smi failed (exit 18): Failed to initialize NVML: "
+        "Driver/library version mismatch ; set the GPUs yourself or fix the driver"]
+
+
+@pytest.mark.parametrize("visible, gpus, expected", [
+    (None, None, ("0,1,2,3", 4)),  # every GPU nvidia-smi lists
+    ("2,3", None, ("2,3", 2)),  # a scheduler's allocation (nvidia-smi ignores it)
+    ("1,-1,3", None, ("1", 1)),  # CUDA stops at the first invalid entry
+    ("2,3", "0", ("0", 1)),  # GPUS chooses
+])
+def test_train_all_gpus_takes_only_the_gpus_it_was_given(tmp_path, visible, gpus, expected):
+    python = 'echo "$CUDA_VISIBLE_DEVICES" "$@"'
+    env = {**trainer_env(), "PATH": _stub_path(tmp_path, {"nvidia-smi": FOUR_GPUS,
+                                                          "python": python})}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env.pop("GPUS", None)
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    if gpus is not None:
+        env["GPUS"] = gpus
+    result = subprocess.run([shutil.which("bash"), str(SCRIPTS / "train_all_gpus.sh"), "d", "m"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    devices, num_gpus = expected
+    words = result.stdout.split()
+    assert words[0] == devices and f"--num_gpus={num_gpus}" in words
+    assert f"--batch_size={32 * num_gpus}" in words
+
+
+@pytest.mark.parametrize("visible, gpu, expected", [
+    (None, None, "0"), ("3", None, "3"), ("3,5", None, "3,5"), ("3", "1", "1")])
+def test_train_single_gpu_keeps_a_schedulers_gpu(tmp_path, visible, gpu, expected):
+    env = {**trainer_env(), "NUM_GPUS": "1",
+           "PATH": _stub_path(tmp_path, {"python": 'echo "$CUDA_VISIBLE_DEVICES"'})}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env.pop("GPU", None)
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    if gpu is not None:
+        env["GPU"] = gpu
+    result = subprocess.run([shutil.which("bash"), str(SCRIPTS / "train_single_gpu.sh"), "d",
+                             "m"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_slurm_script_outside_slurm_is_one_line():
+    env = {key: value for key, value in trainer_env().items() if not key.startswith("SLURM_")}
+    result = subprocess.run(["bash", str(SCRIPTS / "slurm_train.sbatch"), "d", "m"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "slurm_train.sbatch: error: SLURM_JOB_NODELIST is not set: submit it with sbatch "
+        "(scripts/train_multi_node.sh runs one host of a cluster without SLURM)"]
+
+
+@pytest.mark.parametrize("status", [130, 143])
+def test_a_ctrl_c_or_sigterm_stops_the_whole_sweep(tmp_path, status):
+    """The trainer handles Ctrl-C and SIGTERM and exits 130/143 instead of dying by them, so
+    bash went on to the next run (recording the stopped one as failed): one Ctrl-C per run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    stub = _stub_path(tmp_path, {"python": 'echo "dicom_main.py: error: interrupted; ..." >&2; '
+                                           f"exit {status}"})
+    result = _bash("sweep_resnet.sh", str(data), str(tmp_path / "sweep"),
+                   env={"PATH": f"{stub}:{os.environ['PATH']}", "SIZES": "18 34",
+                        "VERSIONS": "2", "NUM_GPUS": "0", "EVAL_SPLIT": "none"}, timeout=60)
+    assert result.returncode == status
+    assert result.stderr.splitlines()[-2:] == [
+        "dicom_main.py: error: interrupted; ...",
+        "sweep_resnet.sh: stopped at resnet18_v2; run the same command to go on"]
+    assert not (tmp_path / "sweep" / "resnet34_v2").exists()
+    assert not (tmp_path / "sweep" / "resnet18_v2" / "sweep.json").exists()  # not a failure
+
+
 def test_convert_sweep_two_runs_then_export_and_evaluate(tmp_path, make_images_labels_dataset):
     raw = make_images_labels_dataset({"Chest": 12, "Hand": 12})
     data = tmp_path / "data"
@@ -247,6 +352,12 @@ def test_convert_sweep_two_runs_then_export_and_evaluate(tmp_path, make_images_l
     assert table[0].startswith("| run | status | resnet_size") and len(table) == 4
     assert table[0] in result.stdout  # the sweep prints its table
 
+    # A mistyped DATA_DIR is refused before the export (it used to export, then fail).
+    typo = _bash("evaluate_export.sh", str(sweep / "resnet18_v2"), str(tmp_path / "dta"))
+    assert typo.returncode == 2 and typo.stderr.splitlines() == [
+        f"evaluate_export.sh: {tmp_path / 'dta'}/manifest.json not found (convert the dataset "
+        "first)"]
+    assert not (sweep / "resnet18_v2" / "export").exists()
     exported = _bash("evaluate_export.sh", str(sweep / "resnet18_v2"), str(data),
                      env={"SPLIT": "validation"})
     assert exported.returncode == 0, exported.stderr[-3000:]
