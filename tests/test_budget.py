@@ -137,7 +137,9 @@ def test_a_run_budgeted_in_whole_epochs_resumes_with_them(tmp_path, monkeypatch)
     data = tiny_dataset(tmp_path / "data")
     monkeypatch.setattr(budget, "calibrate", lambda *args: budget.Calibration(100.0, 0.0, 20))
     model_dir = tmp_path / "model"
-    _train(_config(data, model_dir, train_budget_seconds=550.0, max_train_steps=1))
+    first = _train(_config(data, model_dir, train_budget_seconds=550.0, max_train_steps=1))
+    # The summary counts what ran (1 step), not what the budget planned (5 steps, 2.5 epochs).
+    assert (first.stopped_by, first.budget_epochs) == ("max_train_steps", 0.5)
     saved = json.loads((model_dir / "config.json").read_text())
     saved["train_epochs"] = 2  # what such a run wrote: the epochs it chose
     del saved["budget"]["train_steps"]

@@ -61,6 +61,9 @@ def test_strategy_builder():
     assert mirrored.num_replicas_in_sync == 2
     with pytest.raises(ValueError, match="--num_gpus=2 but 0 GPU"):
         distribution_utils.get_distribution_strategy(num_gpus=2)
+    # The Slim trainer's flag for it, as its user typed it.
+    with pytest.raises(ValueError, match="^--num_clones=2 but 0 GPU"):
+        distribution_utils.get_distribution_strategy(num_gpus=2, gpus_flag="--num_clones")
     with pytest.raises(ValueError, match="--multi_gpu: no GPU"):
         distribution_utils.get_distribution_strategy(multi_gpu=True)
     with pytest.raises(ValueError, match="--batch_size=7 is not divisible by the 2 replicas"):
@@ -111,6 +114,27 @@ def test_cluster_uses_the_same_gpu_count(monkeypatch):
         resolver = distribution_utils.cluster_resolver(task, num_gpus)
         assert resolver.num_accelerators() == accelerators
         assert (resolver.task_type, resolver.task_id) == ("worker", 1)
+
+
+class _Devices:
+    """A strategy stand-in: only its replicas' devices are read."""
+
+    def __init__(self, *devices):
+        self.extended = type("Extended", (), {"worker_devices": devices})()
+
+
+def test_fp16_without_a_gpu_is_said_to_be_slow_and_bf16_named():
+    cpu = ("/job:localhost/replica:0/task:0/device:CPU:0",)
+    gpus = ("/job:localhost/replica:0/task:0/device:GPU:0",
+            "/job:localhost/replica:0/task:0/device:GPU:1")
+    warning = distribution_utils.precision_warning("fp16", _Devices(*cpu))
+    assert "--dtype=fp16 without a GPU" in warning and "--dtype=bf16" in warning
+    assert distribution_utils.precision_warning("fp16", _Devices(*gpus)) is None
+    for dtype in ("fp32", "bf16"):
+        assert distribution_utils.precision_warning(dtype, _Devices(*cpu)) is None
+    # The real strategy's spelling of its devices.
+    assert distribution_utils.precision_warning(
+        "fp16", tf.distribute.OneDeviceStrategy("/cpu:0")) is not None
 
 
 def test_tf_config_cluster_size(monkeypatch):

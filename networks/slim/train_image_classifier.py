@@ -96,7 +96,8 @@ def define_flags() -> None:
     d.DEFINE_float("adam_beta2", 0.999, "Adam beta 2.")
     d.DEFINE_float("weight_decay", 0.00004, "L2 on trainable kernels.", lower_bound=0.0)
     d.DEFINE_float("label_smoothing", 0.0, "Label smoothing.", lower_bound=0.0)
-    d.DEFINE_enum("dtype", "fp32", tuple(DTYPE_POLICIES), "Compute precision.")
+    d.DEFINE_enum("dtype", "fp32", tuple(DTYPE_POLICIES), "Compute precision, as "
+                  "dicom_main.py's --dtype (fp16 is for GPUs; on a CPU, bf16).")
     d.DEFINE_integer("num_clones", None, "GPUs to mirror over (default: 1 if visible).",
                      lower_bound=0)
     d.DEFINE_integer("num_cpu_replicas", 0, "Mirror over this many logical CPUs (testing).",
@@ -165,8 +166,8 @@ def run() -> str:
     if slim.checkpoint_exclude_scopes and not slim.checkpoint_path:
         logging.warning("--checkpoint_exclude_scopes has no effect without --checkpoint_path")
     slim_train.check_resume(train_config.model_dir, slim)
-    strategy = distribution_utils.get_distribution_strategy(FLAGS.num_clones, False,
-                                                            FLAGS.num_cpu_replicas)
+    strategy = distribution_utils.get_distribution_strategy(
+        FLAGS.num_clones, False, FLAGS.num_cpu_replicas, gpus_flag="--num_clones")
     result = train_lib.train(train_config, strategy, slim_train.SlimNetwork(slim))
     return result.summary_line(eval_split=train_config.eval_split,
                                model_dir=train_config.model_dir,

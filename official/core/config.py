@@ -167,7 +167,7 @@ class TrainResult:
     eval_examples: int
     examples_per_second: float | None
     export_path: str | None
-    budget_epochs: float | None = None  # --train_budget_seconds: the epochs it chose
+    budget_epochs: float | None = None  # --train_budget_seconds: the epochs trained in it
     # ... and the seconds of it this run counted (to its last step, validation excluded): far
     # under the budget = the run reached --train_epochs first, or was resumed (its clock
     # restarts); at it = lengthened halfway or stopped by the deadline (budget.py).

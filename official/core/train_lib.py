@@ -136,6 +136,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                          "folder of its own")
     num_replicas = strategy.num_replicas_in_sync
     distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
+    if warning := distribution_utils.precision_warning(config.dtype, strategy):
+        logging.warning(warning)
     test_time.check_num_views(config.export_tta)  # before hours of training, not after
     spec = network.model_spec(data.num_classes, image_size=config.image_size,
                               channels=config.channels)
@@ -371,8 +373,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        examples_per_second=float(np.median(throughput[1:] or throughput))
                        if throughput else None,
                        export_path=export_path,
-                       budget_epochs=(step if stopped_by == "budget_deadline" else total_steps)
-                       / steps_per_epoch if budget_entry else None,
+                       # The epochs trained: not the plan's when the run stopped short of
+                       # it (the deadline, --max_train_steps, --stop_threshold).
+                       budget_epochs=step / steps_per_epoch if budget_entry else None,
                        budget_seconds_used=budget_used,
                        budget_seconds=config.train_budget_seconds if budget_entry else None)
 

@@ -99,8 +99,9 @@ def _define_performance(define: _Definer) -> None:
                  "start-up and training, not validation or export. config.json's \"budget\" "
                  "records the measurement.", lower_bound=1.0)
     define.enum("dtype", "fp32", DTYPE_CHOICES, "Compute precision: fp32; fp16 (mixed "
-                      "float16 with loss scaling); bf16 (mixed bfloat16). Variables stay "
-                      "float32.", short_name="dt")
+                      "float16 with loss scaling; for GPUs: on a CPU it runs about 100x "
+                      "slower than fp32); bf16 (mixed bfloat16: GPUs from Ampere, and CPUs "
+                      "with AVX512_BF16 or AMX). Variables stay float32.", short_name="dt")
     define.float("loss_scale", None, "Fixed loss scale for fp16. Unset: dynamic loss "
                        "scaling (halved on overflow, where the step is skipped; doubled after "
                        "2000 good steps).", lower_bound=1.0, short_name="ls")
