@@ -51,7 +51,8 @@ def format_summary(manifest: dict) -> str:
         lines.append("label file x BodyPartExamined tag:")
         for label, row in manifest["label_tag_agreement"].items():
             lines.append(f"  {label}: " + ", ".join(f"{tag}={n}" for tag, n in row.items()))
-    lines.append(f"skipped {len(manifest['skipped'])} file(s)")
+    skipped = len(manifest["skipped"])
+    lines.append(f"skipped {skipped} file" + ("" if skipped == 1 else "s"))
     lines.extend(f"  skipped {s['path']}: {s['reason']}" for s in manifest["skipped"])
     lines.extend(f"warning: {w}" for w in manifest["warnings"])
     return "\n".join(lines)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Quickstart: MedNIST -> TFRecords -> ResNet-18 at 64x64 -> test-split report -> predictions.
 #
-# Usage: bash scripts/quickstart.sh [--url URL] [--work_dir DIR]
+# Usage: bash scripts/quickstart.sh [--url URL] [--work_dir DIR] [--md5 MD5]
 #
 #   --url URL       MedNIST.tar.gz to use: https://, file:// or a local path
 #                   (default: $MEDNIST_URL, else the public archive MONAI uses)
 #   --work_dir DIR  where data, model and reports go (default: $WORK_DIR or runs/quickstart)
+#   --md5 MD5       expected md5 of the archive, "none" to skip the check (default:
+#                   $MEDNIST_MD5, else the public archive's), as download.py's --md5
 #
 # Environment overrides (defaults are the recipe in scripts/recipe_mednist.sh):
 #   MEDNIST_MD5      expected md5 of the archive ("none" skips the check)
@@ -33,6 +35,9 @@ while [[ $# -gt 0 ]]; do
     --url=*) url="${1#*=}"; shift ;;
     --work_dir) [[ $# -ge 2 ]] || usage_error "--work_dir needs a value"; work_dir="$2"; shift 2 ;;
     --work_dir=*) work_dir="${1#*=}"; shift ;;
+    # download.py's md5 error names its --md5 flag: the same spelling works here.
+    --md5) [[ $# -ge 2 ]] || usage_error "--md5 needs a value"; MEDNIST_MD5="$2"; shift 2 ;;
+    --md5=*) MEDNIST_MD5="${1#*=}"; shift ;;
     -h|--help) print_usage; exit 0 ;;
     *) usage_error "unknown argument $1" ;;
   esac

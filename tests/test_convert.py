@@ -276,7 +276,7 @@ def test_every_problem_is_listed_and_skip_converts_the_rest(tmp_path, make_image
     assert skipped == {"images/000000.png", "labels/orphan.txt", "images/000001.png",
                        "images/000002.png"}
     assert manifest["splits"]["all"]["num_examples"] == 7  # 10 images, 3 bad
-    assert "skipped 4 file(s)" in format_summary(manifest)
+    assert "skipped 4 files" in format_summary(manifest)
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -296,6 +296,10 @@ def test_cluster_parsing_and_input_split(monkeypatch):
     assert du.resolve_cluster() is None
     with pytest.raises(ValueError, match="--task_index=1 needs --worker_hosts"):
         du.resolve_cluster(None, 1)
+    with pytest.raises(ValueError, match="--task_index=0 needs --worker_hosts"):
+        du.resolve_cluster(None, 0)  # it was ignored without a word
+    with pytest.raises(ValueError, match="^--worker_hosts needs --task_index: this host's"):
+        du.resolve_cluster(["a:1", "b:1"], None)  # it said "--task_index=None: must be in 0-1"
     Policy = tf.data.experimental.AutoShardPolicy
     assert shard_policy(num_files=1, num_workers=1) == Policy.OFF
     assert shard_policy(num_files=4, num_workers=2) == Policy.FILE

@@ -21,18 +21,24 @@ from tests.trainer_fixtures import REPO_ROOT, trainer_env
 TINY_TRAIN_FLAGS = "--max_train_steps=3 --image_size=32 --nosmall_input --batch_size=32"
 
 
-def _run_quickstart(tmp_path, tarball, md5):
+def _run_quickstart(tmp_path, tarball, md5, *, md5_argument=False):
+    """md5 through MEDNIST_MD5, or as the --md5 argument download.py's error names."""
     env = trainer_env()
-    env.update(MEDNIST_MD5=md5, TRAIN_FLAGS=TINY_TRAIN_FLAGS, PREDICT_COUNT="4")
-    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "quickstart.sh"),
-                           f"--url={tarball.as_uri()}", f"--work_dir={tmp_path / 'qs'}"],
+    env.pop("MEDNIST_MD5", None)
+    env.update(TRAIN_FLAGS=TINY_TRAIN_FLAGS, PREDICT_COUNT="4")
+    arguments = [f"--url={tarball.as_uri()}", f"--work_dir={tmp_path / 'qs'}"]
+    if md5_argument:
+        arguments += ["--md5", md5]
+    else:
+        env["MEDNIST_MD5"] = md5
+    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "quickstart.sh"), *arguments],
                           capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
 
 
 def test_quickstart_end_to_end(shared_data, tmp_path):
     tarball = shared_data / "MedNIST-dev.tar.gz"
     md5 = hashlib.md5(tarball.read_bytes()).hexdigest()
-    result = _run_quickstart(tmp_path, tarball, md5)
+    result = _run_quickstart(tmp_path, tarball, md5, md5_argument=True)
     assert result.returncode == 0, result.stderr[-3000:]
     work = tmp_path / "qs"
     manifest = json.loads((work / "data" / "manifest.json").read_text())
@@ -50,6 +56,7 @@ def test_quickstart_wrong_md5_is_a_clear_error(shared_data, tmp_path):
     result = _run_quickstart(tmp_path, shared_data / "MedNIST-dev.tar.gz", "0" * 32)
     assert result.returncode != 0
     assert "md5 mismatch" in result.stderr and "MedNIST-dev.tar.gz" in result.stderr
+    assert "--md5=none skips the check" in result.stderr  # and quickstart.sh takes --md5
     assert not (tmp_path / "qs" / "raw").exists()
     assert not os.path.exists(tmp_path / "qs" / "data")
 

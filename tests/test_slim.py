@@ -262,7 +262,8 @@ def test_cli_runs_the_original_readme_fine_tuning_command(data, tmp_path):
                 "--checkpoint_exclude_scopes=InceptionV4/Logits,InceptionV4/AuxLogits",
                 "--trainable_scopes=InceptionV4/Logits,InceptionV4/AuxLogits",
                 "--model_name=inception_v4", "--max_number_of_steps=1",
-                "--train_image_size=75", "--batch_size=4")
+                "--train_image_size=75", "--batch_size=4",
+                "--dataset_name=dicom")  # Slim's core flag: accepted, the data is --dataset_dir's
     assert done.returncode == 0, done.stderr[-2000:]
     assert "inception_v4: step 1 (new run, stopped by max_train_steps)" in done.stdout
     config = json.loads((tmp_path / "inception_v4" / "config.json").read_text())

@@ -33,6 +33,8 @@ def define_flags() -> None:
                         "ckpt-N prefixes, or an exported SavedModel.")
     flags.DEFINE_string("dataset_dir", None, "A folder written by tf_convert_data.py.")
     flags.DEFINE_string("dataset_split_name", "test", "The split to evaluate.")
+    flags.DEFINE_string("dataset_name", None, "Accepted for Slim's commands; the dataset is "
+                        "the one --dataset_dir holds.")
     flags.DEFINE_string("model_name", None, "Optional: checked against the trained network.")
     flags.DEFINE_string("eval_dir", None, "Where the report goes (default: next to the model).")
     flags.DEFINE_integer("batch_size", 100, "Images per inference batch.", lower_bound=1)

@@ -53,6 +53,8 @@ def define_flags() -> None:
                     "with the same folder resumes.")
     d.DEFINE_string("dataset_dir", None, "A folder written by tf_convert_data.py.")
     d.DEFINE_string("dataset_split_name", "train", "The split to train on.")
+    d.DEFINE_string("dataset_name", None, "Accepted for Slim's commands; the dataset is the "
+                    "one --dataset_dir holds (its classes and splits are in its manifest).")
     d.DEFINE_string("eval_split_name", "validation", "The split evaluated after each cycle.")
     d.DEFINE_string("model_name", "inception_v3", "The network (see networks/slim/nets.py; "
                     "TF-Slim names such as inception_v4, resnet_v2_152, vgg_16 are accepted).")
@@ -75,7 +77,9 @@ def define_flags() -> None:
                      f"--max_number_of_steps, or {DEFAULT_EPOCHS} epochs).", lower_bound=1)
     d.DEFINE_integer("epochs_between_evals", 1, "Evaluate every this many epochs.",
                      lower_bound=1)
-    d.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
+    d.DEFINE_integer("batch_size", 32, "Global batch size, split over the replicas (in "
+                     "TF-Slim it was per clone: --num_clones=4 --batch_size=32 there is "
+                     "--batch_size=128 here).", lower_bound=1)
     d.DEFINE_integer("image_size", None, "Input height and width (default: the network's).",
                      lower_bound=1)
     d.DEFINE_alias("train_image_size", "image_size")

@@ -154,8 +154,11 @@ def resolve_cluster(worker_hosts: list[str] | tuple[str, ...] | None = None,
         if env.strip():
             raise ValueError("--worker_hosts and the TF_CONFIG environment variable are both "
                              "set; use one of them")
+        if task_index is None:
+            raise ValueError("--worker_hosts needs --task_index: this host's place in the "
+                             "list, from 0")
         return parse_tf_config(tf_config_from_hosts(worker_hosts, task_index), "--worker_hosts")
-    if task_index:
+    if task_index is not None:  # --task_index=0 alone was ignored without a word
         raise ValueError(f"--task_index={task_index} needs --worker_hosts")
     return parse_tf_config(env)
 
