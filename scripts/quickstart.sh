@@ -89,6 +89,8 @@ elapsed=$(( $(date +%s) - start ))
 # Rounded as dicom_eval.py printed it in stage 4.
 accuracy=$(python -c "import json, sys
 print(format(json.load(open(sys.argv[1]))['accuracy'], '.4f'))" "$work_dir/report/metrics.json")
+# Quoted for the shell, so that the command can be pasted whatever the folder's name holds.
+printf -v logdir '%q' "$work_dir/model"
 cat <<SUMMARY
 
 Quickstart finished in ${elapsed} s; test accuracy ${accuracy}.
@@ -97,5 +99,5 @@ Quickstart finished in ${elapsed} s; test accuracy ${accuracy}.
   mistakes:     $work_dir/report/misclassified.csv
   predictions:  $work_dir/predictions.csv
   SavedModel:   $work_dir/export/
-  TensorBoard:  tensorboard --logdir $work_dir/model
+  TensorBoard:  tensorboard --logdir $logdir
 SUMMARY
