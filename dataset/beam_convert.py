@@ -193,6 +193,23 @@ def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_option
     path = os.environ.get("PYTHONPATH", "")
     if REPO_ROOT not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, path) if p)
+    try:
+        _build_and_run(beam_args, tasks_path, staging, dicom_options, shard_bytes)
+    except RuntimeError as error:
+        # A runner that cannot start or a job that failed on the cluster (e.g. "Unable to
+        # fetch remote job server jar"): Beam's traceback is pages of its own frames. The
+        # files' own problems never get here: the DoFn returns them as "errors" rows.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ValueError(f"--runner=beam: the pipeline failed: {reason}") from error
+    return (_load(os.path.join(staging, _SHARDS)) if shard_bytes else [],
+            _load(os.path.join(staging, _COUNTS)) if shard_bytes else [],
+            _load(os.path.join(staging, _ERRORS)))
+
+
+def _build_and_run(beam_args: list[str], tasks_path: str, staging: str, dicom_options,
+                   shard_bytes: int) -> None:
+    """Builds the encode pipeline and runs it to its end (when the `with` block exits); its
+    results are the files it writes into ``staging``."""
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         results = (pipeline
                    | "ReadTasks" >> beam.io.ReadFromText(tasks_path)
@@ -216,9 +233,6 @@ def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_option
                       | "GroupShards" >> beam.GroupByKey()
                       | "WriteShard" >> beam.Map(_write_shard, staging))
             _save(staged, os.path.join(staging, _SHARDS), "Shards")
-    return (_load(os.path.join(staging, _SHARDS)) if shard_bytes else [],
-            _load(os.path.join(staging, _COUNTS)) if shard_bytes else [],
-            _load(os.path.join(staging, _ERRORS)))
 
 
 def _task_to_json(task: FileTask) -> str:

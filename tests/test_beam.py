@@ -121,6 +121,24 @@ def test_decode_error_alone_fails_and_writes_nothing(tmp_path, make_images_label
     assert not (tmp_path / "beam").exists()
 
 
+def test_a_runner_that_cannot_start_is_one_line_and_writes_nothing(
+        tmp_path, make_images_labels_dataset, monkeypatch):
+    """E.g. --beam_pipeline_options=runner=FlinkRunner offline: Beam raised a RuntimeError
+    with pages of its own frames."""
+    root = make_images_labels_dataset({"Chest": 3, "Hand": 3}, size=16)
+
+    def cannot_start(*args):
+        raise RuntimeError("Unable to fetch remote job server jar at https://repo/flink.jar: "
+                           "<urlopen error [Errno -3]>\nmore of Beam's words")
+
+    monkeypatch.setattr(beam_convert, "_build_and_run", cannot_start)
+    with pytest.raises(ValueError) as error:
+        convert_beam(root, tmp_path / "beam")
+    assert str(error.value) == ("--runner=beam: the pipeline failed: Unable to fetch remote job "
+                                "server jar at https://repo/flink.jar: <urlopen error [Errno -3]>")
+    assert not (tmp_path / "beam").exists()
+
+
 def _blocker(tmp_path, modules: tuple[str, ...]) -> str:
     folder = tmp_path / ("block-" + "-".join(modules))
     folder.mkdir(exist_ok=True)
