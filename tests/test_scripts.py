@@ -227,6 +227,18 @@ def _stub_path(tmp_path, stubs: dict[str, str]) -> str:
     return str(bin_dir)
 
 
+def _env_with(**variables: str | None) -> dict:
+    """trainer_env() with each variable set, or removed where None (the test machine's own
+    CUDA_VISIBLE_DEVICES must not leak in)."""
+    env = trainer_env()
+    for name, value in variables.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
 # What nvidia-smi prints on a server whose driver and library disagree, with its exit status.
 BROKEN_DRIVER = ('echo "Failed to initialize NVML: Driver/library version mismatch"; '
                  'echo "NVML library version: 535.183"; exit 18')
@@ -236,10 +248,8 @@ FOUR_GPUS = 'printf "0\\n1\\n2\\n3\\n"'
 @pytest.mark.parametrize("script, args", [("train_all_gpus.sh", ("d", "m")),
                                           ("train_multi_node.sh", ("0", "d", "m"))])
 def test_a_failing_nvidia_smi_is_one_line(tmp_path, script, args):
-    env = {**trainer_env(), "PATH": _stub_path(tmp_path, {"nvidia-smi": BROKEN_DRIVER,
-                                                          "python": 'echo "$@"'}),
-           "HOSTS": "localhost", "DRY_RUN": "1"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    path = _stub_path(tmp_path, {"nvidia-smi": BROKEN_DRIVER, "python": 'echo "$@"'})
+    env = _env_with(PATH=path, HOSTS="localhost", DRY_RUN="1", CUDA_VISIBLE_DEVICES=None)
     result = subprocess.run([shutil.which("bash"), str(SCRIPTS / script), *args],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 1  # it was 18 (nvidia-smi's), with nothing said
@@ -255,15 +265,9 @@ def test_a_failing_nvidia_smi_is_one_line(tmp_path, script, args):
     ("2,3", "0", ("0", 1)),  # GPUS chooses
 ])
 def test_train_all_gpus_takes_only_the_gpus_it_was_given(tmp_path, visible, gpus, expected):
-    python = 'echo "$CUDA_VISIBLE_DEVICES" "$@"'
-    env = {**trainer_env(), "PATH": _stub_path(tmp_path, {"nvidia-smi": FOUR_GPUS,
-                                                          "python": python})}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    env.pop("GPUS", None)
-    if visible is not None:
-        env["CUDA_VISIBLE_DEVICES"] = visible
-    if gpus is not None:
-        env["GPUS"] = gpus
+    path = _stub_path(tmp_path, {"nvidia-smi": FOUR_GPUS,
+                                 "python": 'echo "$CUDA_VISIBLE_DEVICES" "$@"'})
+    env = _env_with(PATH=path, CUDA_VISIBLE_DEVICES=visible, GPUS=gpus)
     result = subprocess.run([shutil.which("bash"), str(SCRIPTS / "train_all_gpus.sh"), "d", "m"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
@@ -276,14 +280,8 @@ def test_train_all_gpus_takes_only_the_gpus_it_was_given(tmp_path, visible, gpus
 @pytest.mark.parametrize("visible, gpu, expected", [
     (None, None, "0"), ("3", None, "3"), ("3,5", None, "3,5"), ("3", "1", "1")])
 def test_train_single_gpu_keeps_a_schedulers_gpu(tmp_path, visible, gpu, expected):
-    env = {**trainer_env(), "NUM_GPUS": "1",
-           "PATH": _stub_path(tmp_path, {"python": 'echo "$CUDA_VISIBLE_DEVICES"'})}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    env.pop("GPU", None)
-    if visible is not None:
-        env["CUDA_VISIBLE_DEVICES"] = visible
-    if gpu is not None:
-        env["GPU"] = gpu
+    path = _stub_path(tmp_path, {"python": 'echo "$CUDA_VISIBLE_DEVICES"'})
+    env = _env_with(PATH=path, NUM_GPUS="1", CUDA_VISIBLE_DEVICES=visible, GPU=gpu)
     result = subprocess.run([shutil.which("bash"), str(SCRIPTS / "train_single_gpu.sh"), "d",
                              "m"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
