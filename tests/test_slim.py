@@ -263,8 +263,12 @@ def test_cli_runs_the_original_readme_fine_tuning_command(data, tmp_path):
                 "--trainable_scopes=InceptionV4/Logits,InceptionV4/AuxLogits",
                 "--model_name=inception_v4", "--max_number_of_steps=1",
                 "--train_image_size=75", "--batch_size=4",
-                "--dataset_name=dicom")  # Slim's core flag: accepted, the data is --dataset_dir's
+                "--dataset_name=dicom",  # Slim's core flag: accepted, the data is --dataset_dir's
+                "--moving_average_decay=0.5")  # Slim's weight average: the trainer's EMA
     assert done.returncode == 0, done.stderr[-2000:]
     assert "inception_v4: step 1 (new run, stopped by max_train_steps)" in done.stdout
     config = json.loads((tmp_path / "inception_v4" / "config.json").read_text())
     assert config["architecture"] == "inception_v4" and config["image_size"] == 75
+    assert config["ema_decay"] == 0.5
+    reader = tf.train.load_checkpoint(str(tmp_path / "inception_v4"))
+    assert any(name.startswith("ema/") for name in reader.get_variable_to_shape_map())

@@ -35,6 +35,9 @@ def define_flags() -> None:
     flags.DEFINE_string("dataset_split_name", "test", "The split to evaluate.")
     flags.DEFINE_string("dataset_name", None, "Accepted for Slim's commands; the dataset is "
                         "the one --dataset_dir holds.")
+    flags.DEFINE_float("moving_average_decay", None, "Accepted for Slim's commands: a run "
+                       "trained with --moving_average_decay is evaluated on its average "
+                       "whatever this says.")
     flags.DEFINE_string("model_name", None, "Optional: checked against the trained network.")
     flags.DEFINE_string("eval_dir", None, "Where the report goes (default: next to the model).")
     flags.DEFINE_integer("batch_size", 100, "Images per inference batch.", lower_bound=1)

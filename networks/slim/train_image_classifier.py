@@ -100,6 +100,11 @@ def define_flags() -> None:
     d.DEFINE_float("adam_beta2", 0.999, "Adam beta 2.")
     d.DEFINE_float("weight_decay", 0.00004, "L2 on trainable kernels.", lower_bound=0.0)
     d.DEFINE_float("label_smoothing", 0.0, "Label smoothing.", lower_bound=0.0)
+    d.DEFINE_float("moving_average_decay", None, "Keep an exponential moving average of the "
+                   "weights with this decay (e.g. 0.9999): the average is what is evaluated, "
+                   "checkpointed and exported, and what eval_image_classifier.py and "
+                   "dicom_eval.py load (dicom_main.py's --ema_decay). Default: none.",
+                   lower_bound=0.0, upper_bound=1.0)
     d.DEFINE_enum("dtype", "fp32", tuple(DTYPE_POLICIES), "Compute precision, as "
                   "dicom_main.py's --dtype (fp16 is for GPUs; on a CPU, bf16).")
     d.DEFINE_integer("num_clones", None, "GPUs to mirror over (default: 1 if visible).",
@@ -145,7 +150,8 @@ def configs_from_flags():
         train_split=FLAGS.dataset_split_name, eval_split=FLAGS.eval_split_name,
         num_parallel_calls=FLAGS.num_preprocessing_threads,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps, seed=FLAGS.seed,
-        log_every_steps=FLAGS.log_every_n_steps, export_dir=FLAGS.export_dir)
+        log_every_steps=FLAGS.log_every_n_steps, export_dir=FLAGS.export_dir,
+        ema_decay=FLAGS.moving_average_decay or 0.0)
     slim = SlimConfig(
         model_name=name, checkpoint_path=FLAGS.checkpoint_path,
         checkpoint_exclude_scopes=tuple(FLAGS.checkpoint_exclude_scopes),
