@@ -3,6 +3,8 @@ from it (the local converter and the Beam one build the same manifest)."""
 
 from __future__ import annotations
 
+from official.utils import cli
+
 
 def build_manifest(*, dataset_name: str, flags: dict, classes: list[str], variants: dict,
                    agreement: dict, staged: dict, counts: dict, skipped: list[dict],
@@ -51,8 +53,7 @@ def format_summary(manifest: dict) -> str:
         lines.append("label file x BodyPartExamined tag:")
         for label, row in manifest["label_tag_agreement"].items():
             lines.append(f"  {label}: " + ", ".join(f"{tag}={n}" for tag, n in row.items()))
-    skipped = len(manifest["skipped"])
-    lines.append(f"skipped {skipped} file" + ("" if skipped == 1 else "s"))
+    lines.append(f"skipped {cli.count(len(manifest['skipped']), 'file')}")
     lines.extend(f"  skipped {s['path']}: {s['reason']}" for s in manifest["skipped"])
     lines.extend(f"warning: {w}" for w in manifest["warnings"])
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from networks.resnet import train_steps
 from networks.slim import nets, slim_train
 from official.core import budget, train_lib
 from official.core.config import TrainConfig
+from official.modeling.stretchable import Stretchable
 from official.utils.logs import hooks as hooks_lib
 from tests.trainer_fixtures import tiny_dataset
 
@@ -64,7 +65,7 @@ def test_the_plan_log_says_what_each_figure_counts(caplog):
     calibration = budget.Calibration(step_seconds=0.811, startup_seconds=1.9, timed_steps=20)
     plan = budget.plan(30.0, 20.0, calibration, steps_per_epoch=37, max_epochs=5)
     with caplog.at_level("INFO"):
-        budget.log_plan(30.0, calibration, plan, 5, elapsed_seconds=20.0)
+        budget.log_plan(30.0, calibration, plan, 5)
     info, warning = (record.getMessage() for record in caplog.records)
     assert ("20.0 s of the budget spent on timing and set-up; 0.27 epochs fit, training 37 "
             "steps = 1.00 of at most 5 epochs (30 s of steps; the run ends about 52 s after "
@@ -288,7 +289,7 @@ def test_a_stretched_schedule_follows_the_plan_then_ends_at_the_new_last_step(na
     spec = TrainConfig(data_dir="d", model_dir="m", lr_schedule=name, warmup_epochs=1,
                        train_epochs=10).schedule_spec(10, train_steps=100)
     planned = train_steps.learning_rate_schedule(spec)
-    stretched = budget.Stretchable(planned)
+    stretched = Stretchable(planned)
     assert stretched.total_steps == 100
     rates = lambda schedule, steps: [float(schedule(s)) for s in steps]  # noqa: E731
     assert rates(stretched, range(0, 130, 7)) == rates(planned, range(0, 130, 7))  # as is
@@ -306,7 +307,7 @@ def test_a_stretched_schedule_follows_the_plan_then_ends_at_the_new_last_step(na
     # Serialized as Keras serializes an optimizer's schedule, it reads back the same rates.
     schedules = keras.optimizers.schedules
     read_back = schedules.deserialize(json.loads(json.dumps(schedules.serialize(stretched))))
-    assert isinstance(read_back, budget.Stretchable)
+    assert isinstance(read_back, Stretchable)
     assert rates(read_back, range(0, 170, 3)) == rates(stretched, range(0, 170, 3))
 
 
@@ -375,7 +376,7 @@ def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
     assert (result.resumed_from_step, result.step, result.stopped_by, result.budget_epochs) == (
         5, 9, "train_budget_seconds", 4.5)
     assert json.loads((model_dir / "config.json").read_text())["budget"] == entry
-    expected = budget.Stretchable(
+    expected = Stretchable(
         train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5)))
     expected.stretch(4, 9)
     events = _scalars(model_dir / "train", "learning_rate")

@@ -35,7 +35,8 @@ def _with_warmup(rate, step, peak: float, warmup_steps: int):
     return tf.where(step < warmup_steps, peak * (step + 1.0) / float(warmup_steps), rate)
 
 
-# Registered so an optimizer's get_config() can be read back (the budget's Stretchable too).
+# Registered so an optimizer's get_config() can be read back (as is
+# official/modeling/stretchable.py's Stretchable).
 @keras.saving.register_keras_serializable(package="resnet")
 class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak`, then `peak * multipliers[i]` past `boundaries[i - 1]`."""

@@ -36,9 +36,9 @@ before its first epoch ends, when the cache is full, nor before its latest loops
 LOOPS_TIMED loops and LENGTHEN_TIMED_STEPS steps after its first loop): if their speed fits
 more steps into what is left of the budget, the run takes them (at most --train_epochs),
 and the rest of a learning-rate schedule laid over the run's length is stretched to end at
-the new last step (`Stretchable`: continuous where it is stretched; Slim's per-epoch decays
-need no stretch). A run lengthened too far is what the deadline catches, at the cosine's
-tail, where the rate is near 0. The batch-norm horizon stays the plan's. config.json's
+the new last step (`Stretchable`, official/modeling/stretchable.py: continuous where it is
+stretched; Slim's per-epoch decays need no stretch). A run lengthened too far is what the
+deadline catches, at the cosine's tail, where the rate is near 0. The batch-norm horizon stays the plan's. config.json's
 "budget" records it ("planned_steps", "lengthened_at_step"); a resumed run rebuilds the
 stretched schedule and is never lengthened again (its clock restarted).
 
@@ -54,11 +54,11 @@ import dataclasses
 import math
 import time
 
-import keras
 import tensorflow as tf
 from absl import logging
 
 from official.core.config import TrainConfig, has_checkpoint
+from official.modeling.stretchable import Stretchable
 from official.utils.misc import distribution_utils
 
 now = time.monotonic  # the budget's clock (tests replace it)
@@ -84,8 +84,11 @@ class Calibration:
 class Plan:
     train_steps: int
     epochs_that_fit: float  # before rounding down and capping
-    estimated_seconds: float  # elapsed + start-up + train_steps of steps
+    estimated_seconds: float  # elapsed + start-up + steps_seconds: the run's end from its start
     steps_per_epoch: int
+    elapsed_seconds: float  # spent before the plan (set-up, timing)
+    seconds_left: float  # for steps, after the elapsed and the real run's start-up
+    steps_seconds: float  # the steps still to train (those the run does not keep)
 
     @property
     def epochs(self) -> float:
@@ -113,10 +116,10 @@ def plan(budget_seconds: float, elapsed_seconds: float, calibration: Calibration
     fit = (steps_done + left / calibration.step_seconds if calibration.step_seconds > 0
            else float(cap))
     train_steps = max(steps_per_epoch, min(cap, math.floor(fit)))
-    return Plan(train_steps, fit / steps_per_epoch, elapsed_seconds
-                + calibration.startup_seconds
-                + max(train_steps - steps_done, 0) * calibration.step_seconds,
-                steps_per_epoch)
+    steps_seconds = max(train_steps - steps_done, 0) * calibration.step_seconds
+    return Plan(train_steps, fit / steps_per_epoch,
+                elapsed_seconds + calibration.startup_seconds + steps_seconds,
+                steps_per_epoch, elapsed_seconds, left, steps_seconds)
 
 
 def calibrate(train_fn, iterator, steps_per_loop: int) -> Calibration:
@@ -192,8 +195,7 @@ def budgeted(config: TrainConfig, saved: dict | None, strategy: tf.distribute.St
         result = plan(config.train_budget_seconds, elapsed, calibration, steps_per_epoch,
                       config.train_epochs)
         train_steps = chief_value(strategy, result.train_steps)
-    log_plan(config.train_budget_seconds, calibration, result, config.train_epochs, kept,
-             elapsed_seconds=elapsed)
+    log_plan(config.train_budget_seconds, calibration, result, config.train_epochs, kept)
     entry = result.to_dict(config.train_budget_seconds, calibration, config.train_epochs,
                            kept_steps=kept)
     return train_steps, {**entry, "train_steps": train_steps}
@@ -225,18 +227,17 @@ def chief_value(strategy: tf.distribute.Strategy, value: int) -> int:
 
 
 def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
-             max_epochs: int, kept_steps: int = 0, elapsed_seconds: float = 0.0) -> None:
+             max_epochs: int, kept_steps: int = 0) -> None:
     """Each figure is said with what it counts: the run's end is reckoned from its start,
     so it includes the timing already spent, which a step count times the step time does
     not (a reader once found '37 steps x 0.811 s' and 'about 52 s' contradictory)."""
-    steps_seconds = max(result.train_steps - kept_steps, 0) * calibration.step_seconds
     logging.info("train_budget_seconds=%g: a step takes %.3f s (%d steps timed), start-up "
                  "%.1f s, %.1f s of the budget spent on timing and set-up; %.2f epochs fit, "
                  "training %d steps = %.2f of at most %d epochs (%.0f s of steps; the run "
                  "ends about %.0f s after its start)%s", budget_seconds,
                  calibration.step_seconds, calibration.timed_steps,
-                 calibration.startup_seconds, elapsed_seconds, result.epochs_that_fit,
-                 result.train_steps, result.epochs, max_epochs, steps_seconds,
+                 calibration.startup_seconds, result.elapsed_seconds, result.epochs_that_fit,
+                 result.train_steps, result.epochs, max_epochs, result.steps_seconds,
                  result.estimated_seconds,
                  f"; the {kept_steps} timed steps are kept as the run's first" if kept_steps
                  else "")
@@ -244,47 +245,9 @@ def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
         logging.warning("train_budget_seconds=%g leaves %.0f s for steps after timing and "
                         "start-up, less than one epoch's %.0f s on this machine: training one "
                         "epoch anyway (the run ends about %.0f s after its start)",
-                        budget_seconds, max(budget_seconds - elapsed_seconds
-                                            - calibration.startup_seconds, 0.0),
+                        budget_seconds, result.seconds_left,
                         result.steps_per_epoch * calibration.step_seconds,
                         result.estimated_seconds)
-
-
-@keras.saving.register_keras_serializable(package="budget")
-class Stretchable(keras.optimizers.schedules.LearningRateSchedule):
-    """`schedule`, laid over the planned run (its `total_steps`), whose rest can be stretched
-    over a longer run once the run has started: from step `at` on, the new run's steps map
-    linearly onto the plan's remaining ones, so the rate is continuous at `at` and reaches the
-    plan's last rate at the new last step. Variables, so that the traced step reads the change."""
-
-    def __init__(self, schedule):
-        self.schedule = schedule
-        self.total_steps = schedule.total_steps  # the plan's (the batch-norm horizon reads it)
-        self.stretched_at = tf.Variable(0.0, trainable=False, dtype=tf.float32)
-        self.ratio = tf.Variable(1.0, trainable=False, dtype=tf.float32)  # identity until then
-
-    def stretch(self, at: int, train_steps: int) -> None:
-        """The run now ends at `train_steps` (> at); its steps from `at` follow the plan's."""
-        self.stretched_at.assign(float(at))
-        self.ratio.assign((self.total_steps - at) / (train_steps - at))
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        return self.schedule(tf.where(step < self.stretched_at, step,
-                                      self.stretched_at
-                                      + (step - self.stretched_at) * self.ratio))
-
-    def get_config(self):
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
-                "stretched_at": float(self.stretched_at.numpy()),
-                "ratio": float(self.ratio.numpy())}
-
-    @classmethod
-    def from_config(cls, config):
-        stretchable = cls(keras.saving.deserialize_keras_object(config["schedule"]))
-        stretchable.stretched_at.assign(config["stretched_at"])
-        stretchable.ratio.assign(config["ratio"])
-        return stretchable
 
 
 class Deadline:

@@ -254,8 +254,8 @@ def resolved_config(config: TrainConfig, class_names: tuple[str, ...], spec: Mod
 
 
 def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
-                    class_names: tuple[str, ...], ema_decay: float = 0.0,
-                    batch_size: int | None = None) -> dict[str, tuple]:
+                    class_names: tuple[str, ...], *, ema_decay: float,
+                    batch_size: int) -> dict[str, tuple]:
     """{key: (saved, this run's)} for what a resumed run must not change (check_resume_config);
     `saved_spec` is the ModelSpec `saved` (a config.json) records."""
     pairs = {key: (getattr(saved_spec, key), getattr(spec, key)) for key in FROZEN_SPEC_FIELDS}
@@ -267,9 +267,24 @@ def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
     # A step is a batch of this size: the step count, the epochs it stands for and the
     # learning-rate schedule over them all change meaning with it (the global batch, so
     # resuming on more or fewer GPUs keeps it).
-    if batch_size is not None:
-        ordered.append(("batch_size", (saved.get("batch_size"), batch_size)))
+    ordered.append(("batch_size", (saved.get("batch_size"), batch_size)))
     return dict(ordered)
+
+
+def check_run_folders(config: TrainConfig) -> None:
+    """The folders a run writes, checked before it trains.
+
+    Raises:
+      ValueError: --model_dir or --export_dir is a file, or --model_dir is the dataset's
+        own folder (checkpoints among the shards, config.json beside manifest.json).
+    """
+    for path in (config.model_dir, config.export_dir):
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path}: is a file; the trainer writes a folder there")
+    if (config.data_dir and not config.use_synthetic_data
+            and os.path.realpath(config.model_dir) == os.path.realpath(config.data_dir)):
+        raise ValueError(f"--model_dir={config.model_dir} is the --data_dir; give the run a "
+                         "folder of its own")
 
 
 def check_resume_config(model_dir: str, frozen: dict[str, tuple] | None) -> None:

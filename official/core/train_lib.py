@@ -58,9 +58,10 @@ from networks import registry
 from official.core import export as export_lib
 from official.core import budget, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
-                                  config_to_resume, frozen_settings, resolved_config,
-                                  write_config)
+                                  check_run_folders, config_to_resume, frozen_settings,
+                                  resolved_config, write_config)
 from official.modeling import ema
+from official.modeling.stretchable import Stretchable
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
 from official.utils.misc import distribution_utils, model_helpers
@@ -125,15 +126,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
            write_dir: str, network) -> TrainResult:
     # --- config ---
     started = budget.now()  # --train_budget_seconds counts from here
-    for path in (config.model_dir, config.export_dir):  # before hours of training, not after
-        if path and os.path.exists(path) and not os.path.isdir(path):
-            raise ValueError(f"{path}: is a file; the trainer writes a folder there")
     input_spec = train_input.InputSpec.from_config(config)
     data = train_input.resolve_data(input_spec)
-    if (config.data_dir and not config.use_synthetic_data  # checkpoints among the shards
-            and os.path.realpath(config.model_dir) == os.path.realpath(config.data_dir)):
-        raise ValueError(f"--model_dir={config.model_dir} is the --data_dir; give the run a "
-                         "folder of its own")
+    check_run_folders(config)  # before hours of training, not after
     num_replicas = strategy.num_replicas_in_sync
     distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
     if warning := distribution_utils.precision_warning(config.dtype, strategy):
@@ -145,8 +140,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     saved = config_to_resume(config.model_dir)
     check_resume_config(config.model_dir, None if saved is None
                         else frozen_settings(saved, registry.spec_from_config(saved), spec,
-                                             data.class_names, config.ema_decay,
-                                             config.batch_size))
+                                             data.class_names, ema_decay=config.ema_decay,
+                                             batch_size=config.batch_size))
     if workers > 1 and config.seed is None:
         # Splitting the input by data needs the same shuffle on every worker: a variable's
         # initial value is the chief's on every worker, so this is the chief's random seed.
@@ -221,7 +216,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         config, strategy, network, spec, data.num_classes, steps_per_epoch, planned_steps,
         resuming=bool(copy) or tf.train.latest_checkpoint(config.model_dir) is not None,
         stretchable=bool(budget_entry))
-    if isinstance(schedule, budget.Stretchable) and budget_entry.get("lengthened_at_step"):
+    if isinstance(schedule, Stretchable) and budget_entry.get("lengthened_at_step"):
         schedule.stretch(budget_entry["lengthened_at_step"], total_steps)
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
@@ -389,7 +384,7 @@ def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, sp
     schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
                                                                    train_steps))
     if stretchable and getattr(schedule, "total_steps", None):
-        schedule = budget.Stretchable(schedule)
+        schedule = Stretchable(schedule)
     state = network.build_training_state(spec, config.optimizer_spec(), schedule, strategy,
                                          resuming=resuming)
     weight_average = None
