@@ -20,8 +20,11 @@ def _start_worker(initializer, initargs: tuple) -> None:
     # takes the interrupt; it stops the workers through close().
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM keeps its default in a worker (the parent's handler is inherited on fork): the
-    # pool's terminate() stops workers with it.
+    # pool's terminate() stops workers with it. It arrives blocked (see WorkerPool): a
+    # terminate() while the worker was starting is delivered here, to the default.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     initializer(*initargs)
 
 
@@ -41,7 +44,19 @@ class WorkerPool:
             # then spawn, whose workers import no TF.
             method = "spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork"
             context = multiprocessing.get_context(method)
-            self._pool = context.Pool(num_workers, _start_worker, (initializer, initargs))
+            # A forked worker inherits the parent's SIGTERM handler (cli.stop_on_sigterm) until
+            # _start_worker resets it: a terminate() in that window (a run failing at once)
+            # raised it inside the worker's start-up, a traceback per worker. Blocked while the
+            # workers are made, the signal waits for the default (the mask is inherited by
+            # forked and spawned workers alike, and by the pool's threads, which never take it).
+            blocking = hasattr(signal, "pthread_sigmask")
+            if blocking:
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            try:
+                self._pool = context.Pool(num_workers, _start_worker, (initializer, initargs))
+            finally:
+                if blocking:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def imap(self, function, tasks: list, chunksize: int):
         if self._pool is None:

@@ -101,6 +101,22 @@ def test_pool_workers_leave_ctrl_c_to_the_parent():
     assert dispositions == [signal.SIG_IGN, signal.SIG_DFL] * 2
 
 
+def test_workers_stopped_while_they_start_say_nothing():
+    """A forked worker inherits the converter's SIGTERM handler until it resets it; the pool's
+    terminate() in that window (a conversion failing at once) raised it in the worker's
+    start-up: a traceback per worker (seen once in a full suite; 2-8 pools in 150 here), and
+    in 400 pools a terminate() that never finished (this test's timeout). A fresh process:
+    with TensorFlow imported (as in this one) the pool spawns instead."""
+    program = ("from official.utils import cli\n"
+               "from dataset.workers import WorkerPool\n"
+               "cli.stop_on_sigterm()\n"
+               "for _ in range(400):\n"
+               "    WorkerPool(2, int, ()).close()\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("stop, status, what", [
     # Ctrl-C signals the whole process group, workers included.
     ("group SIGINT", 130, "interrupted"),
