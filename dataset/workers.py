@@ -6,6 +6,7 @@ flat however many images there are; ``close`` stops the workers even mid-stream.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -20,12 +21,38 @@ def _start_worker(initializer, initargs: tuple) -> None:
     # takes the interrupt; it stops the workers through close().
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM keeps its default in a worker (the parent's handler is inherited on fork): the
-    # pool's terminate() stops workers with it. It arrives blocked (see WorkerPool): a
-    # terminate() while the worker was starting is delivered here, to the default.
+    # pool's terminate() stops workers with it.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Both arrive blocked (see _signals_held): one sent while this worker was starting is
+    # delivered now, to the dispositions just set.
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
     initializer(*initargs)
+
+
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Holds Ctrl-C and SIGTERM back from this thread (and from processes and threads it
+    starts) until the block ends; a signal sent meanwhile is delivered then.
+
+    While a pool's workers are made, a forked worker runs the parent's handlers until
+    _start_worker replaces them: a Ctrl-C or terminate() in that window raised inside its
+    start-up (a traceback per worker), and an interrupt inside the pool's own set-up or
+    terminate() left it half made or half stopped, and the process hung at exit (9 of 30
+    group Ctrl-Cs sent 0.3-0.6 s into a loop of pools). The mask is inherited by forked and
+    spawned workers alike, and by the pool's threads, which never take these signals.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class WorkerPool:
@@ -44,19 +71,12 @@ class WorkerPool:
             # then spawn, whose workers import no TF.
             method = "spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork"
             context = multiprocessing.get_context(method)
-            # A forked worker inherits the parent's SIGTERM handler (cli.stop_on_sigterm) until
-            # _start_worker resets it: a terminate() in that window (a run failing at once)
-            # raised it inside the worker's start-up, a traceback per worker. Blocked while the
-            # workers are made, the signal waits for the default (the mask is inherited by
-            # forked and spawned workers alike, and by the pool's threads, which never take it).
-            blocking = hasattr(signal, "pthread_sigmask")
-            if blocking:
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             try:
-                self._pool = context.Pool(num_workers, _start_worker, (initializer, initargs))
-            finally:
-                if blocking:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                with _signals_held():
+                    self._pool = context.Pool(num_workers, _start_worker, (initializer, initargs))
+            except BaseException:  # a signal held back is raised on leaving the block
+                self.close()
+                raise
 
     def imap(self, function, tasks: list, chunksize: int):
         if self._pool is None:
@@ -85,5 +105,6 @@ class WorkerPool:
             for slots, window in self._unblock:
                 for _ in range(window):
                     slots.release()
-            self._pool.terminate()
-            self._pool.join()
+            with _signals_held():  # a pool stopped half way hangs the process at exit
+                self._pool.terminate()
+                self._pool.join()
