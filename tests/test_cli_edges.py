@@ -57,6 +57,11 @@ def test_help_is_an_answer_not_an_error(program, a_flag, flag):
     # An accuracy threshold above 1 would never stop the run.
     ("networks/resnet/dicom_main.py", ["--data_dir=d", "--model_dir=m", "-st=1.5"],
      "flag --stop_threshold=1.5: 1.5 is not a number in the range [0.0, 1.0]"),
+    # Two names of one setting given two values: the last one given used to win, unsaid.
+    ("networks/slim/train_image_classifier.py", ["--train_dir=t", "--dataset_dir=d",
+                                                 "--image_size=299", "--train_image_size=139"],
+     "flags image_size=299, train_image_size=139: --image_size and --train_image_size "
+     "(TF-Slim's name for it) differ: give one"),
 ])
 def test_usage_errors_are_one_line_before_any_work(program, flags, message):
     result = subprocess.run([sys.executable, program, *flags], cwd=REPO_ROOT,

@@ -102,6 +102,8 @@ def test_config_from_flags(parse, monkeypatch):
     assert (network["resnet_size"], network["version"], config.image_size) == (34, 1, 64)
     assert config.hooks == ("ExamplesPerSecondHook",)
     assert config.random_flip is False  # laterality: never flip unless asked
+    monkeypatch.setattr(dicom_main, "FLAGS", parse("-gp=proj", "-bmt=metrics"))
+    assert dicom_main.config_from_flags().bigquery_metric_table == "metrics"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -110,6 +112,8 @@ def test_config_from_flags(parse, monkeypatch):
     (["--dtype=fp64"], "--dtype=fp64"),
     (["--hooks=Nope", "--use_synthetic_data"], "unknown hook 'Nope'"),
     (["--batch_size=0"], "--batch_size=0"),
+    # Where an upload goes, with nothing to upload to: it was silently unused.
+    (["-bds=mine", "--use_synthetic_data"], "--bigquery_data_set=mine needs --gcp_project"),
 ])
 def test_bad_flags_one_line_error(argv, message, tmp_path):
     result = run_trainer(f"--model_dir={tmp_path / 'm'}", *argv, timeout=120)

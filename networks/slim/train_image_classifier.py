@@ -82,7 +82,14 @@ def define_flags() -> None:
                      "--batch_size=128 here).", lower_bound=1)
     d.DEFINE_integer("image_size", None, "Input height and width (default: the network's).",
                      lower_bound=1)
-    d.DEFINE_alias("train_image_size", "image_size")
+    # Its own flag, not an alias: with an alias, --image_size=299 --train_image_size=139
+    # quietly trained at the last one given.
+    d.DEFINE_integer("train_image_size", None, "TF-Slim's name for --image_size.",
+                     lower_bound=1)
+    d.register_multi_flags_validator(
+        ["image_size", "train_image_size"],
+        lambda values: None in values.values() or len(set(values.values())) == 1,
+        "--image_size and --train_image_size (TF-Slim's name for it) differ: give one")
     d.DEFINE_enum("channels", "1", ("1", "3"), "Decoded image channels (1: grey, repeated to 3 "
                   "inside the model).")
     d.DEFINE_boolean("random_flip", False, "Random left-right flips (not for laterality).")
@@ -134,7 +141,8 @@ def configs_from_flags():
     name = nets.resolve_name(FLAGS.model_name)
     if name != FLAGS.model_name.strip().lower():
         logging.info("--model_name=%s: the network %s", FLAGS.model_name, name)
-    image_size = FLAGS.image_size or nets.NETWORKS[name].default_image_size
+    image_size = (FLAGS.image_size or FLAGS.train_image_size
+                  or nets.NETWORKS[name].default_image_size)
     nets.check_image_size(name, image_size)
     epochs = FLAGS.train_epochs or (10**9 if FLAGS.max_number_of_steps else DEFAULT_EPOCHS)
     train = TrainConfig(

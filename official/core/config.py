@@ -136,6 +136,14 @@ class TrainConfig:
         if self.loss_scale is not None and self.dtype != "fp16":
             raise ValueError(f"--loss_scale is only used with --dtype=fp16, got --dtype="
                              f"{self.dtype}")
+        # The BigQuery names only say where --gcp_project's upload goes: without it they
+        # were silently unused (a run the user believed uploaded).
+        for name, default in (("bigquery_data_set", "test_benchmark"),
+                              ("bigquery_run_table", "benchmark_run"),
+                              ("bigquery_metric_table", "benchmark_metric")):
+            if self.gcp_project is None and getattr(self, name) != default:
+                raise ValueError(f"--{name}={getattr(self, name)} needs --gcp_project (the "
+                                 "project to upload to); without it nothing is uploaded")
 
 
     def optimizer_spec(self) -> OptimizerSpec:
