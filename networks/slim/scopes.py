@@ -123,13 +123,17 @@ def check_exists(path: str) -> None:
     Raises:
       FileNotFoundError: it names nothing.
     """
-    if not (os.path.isdir(path) or tf.io.gfile.exists(path + ".index")
-            or os.path.isfile(path)):
+    if not (_names_a_run(path) or os.path.isfile(path)):
         raise FileNotFoundError(f"--checkpoint_path={path}: no such file or folder")
 
 
+def _names_a_run(path: str) -> bool:
+    """A --train_dir of this tool or one of its checkpoint prefixes (ckpt-N)."""
+    return os.path.isdir(path) or tf.io.gfile.exists(path + ".index")
+
+
 def _open_source(path: str, model_name: str, image_size: int) -> _Source:
-    if os.path.isdir(path) or tf.io.gfile.exists(path + ".index"):
+    if _names_a_run(path):
         model_dir, checkpoint = (path, None) if os.path.isdir(path) else (
             os.path.dirname(path), path)
         if not os.path.isfile(os.path.join(model_dir, CONFIG_FILE)):
