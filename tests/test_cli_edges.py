@@ -119,11 +119,18 @@ def test_output_folders_that_are_files_stop_the_trainer_before_it_trains(tmp_pat
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    for where in ("model_dir", "export_dir"):
-        paths = {"model_dir": str(tmp_path / "model"), where: str(a_file)}
+    # A file under the folder's path too: an --export_dir there failed only after training.
+    for where, path, message in (("model_dir", a_file, f"{a_file}: is a file"),
+                                 ("export_dir", a_file, f"{a_file}: is a file"),
+                                 ("export_dir", a_file / "export",
+                                  f"{a_file}/export: {a_file} is a file"),
+                                 ("model_dir", a_file / "run" / "1",
+                                  f"{a_file}/run/1: {a_file} is a file")):
+        paths = {"model_dir": str(tmp_path / "model"), where: str(path)}
         config = TrainConfig(data_dir=str(data), image_size=32, batch_size=8, hooks=(), **paths)
-        with pytest.raises(ValueError, match=f"{a_file}: is a file"):
+        with pytest.raises(ValueError) as error:
             train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
+        assert str(error.value) == f"{message}; the trainer writes a folder there"
     assert not (tmp_path / "model").exists()
     # The dataset's own folder: checkpoints among the shards, config.json beside the manifest.
     config = TrainConfig(data_dir=str(data), model_dir=str(data) + "/", image_size=32,

@@ -15,7 +15,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from official.utils.files import written_atomically
+from official.utils.files import file_in_the_way, written_atomically
 
 if TYPE_CHECKING:  # the model code (Keras) is not imported to read a config
     from networks.registry import ModelSpec
@@ -283,12 +283,15 @@ def check_run_folders(config: TrainConfig) -> None:
     """The folders a run writes, checked before it trains.
 
     Raises:
-      ValueError: --model_dir or --export_dir is a file, or --model_dir is the dataset's
-        own folder (checkpoints among the shards, config.json beside manifest.json).
+      ValueError: --model_dir or --export_dir is a file or lies under one (the export's
+        mkdir failed after the training), or --model_dir is the dataset's own folder
+        (checkpoints among the shards, config.json beside manifest.json).
     """
+    # The path, not the flag, is named: the Slim trainer calls --model_dir --train_dir.
     for path in (config.model_dir, config.export_dir):
-        if path and os.path.exists(path) and not os.path.isdir(path):
-            raise ValueError(f"{path}: is a file; the trainer writes a folder there")
+        if path and (blocker := file_in_the_way(path)):
+            where = "" if blocker == os.path.abspath(path) else f" {blocker}"
+            raise ValueError(f"{path}:{where} is a file; the trainer writes a folder there")
     if (config.data_dir and not config.use_synthetic_data
             and os.path.realpath(config.model_dir) == os.path.realpath(config.data_dir)):
         raise ValueError(f"--model_dir={config.model_dir} is the --data_dir; give the run a "

@@ -36,6 +36,8 @@ from typing import Callable, NoReturn
 
 from absl import app, flags
 
+from official.utils import files
+
 # What a run raises for bad input (ValueError, FileNotFoundError; an output path that is a
 # file, a file where a folder must be, no permission: the OSError names the path), a diverged
 # loss (FloatingPointError) or a failed cluster (ConnectionError); anything else is a bug and
@@ -149,13 +151,8 @@ def check_output_folder(flag: str, path: str | None, what: str) -> None:
     Raises:
       ValueError: naming the flag and the file in the way.
     """
-    if not path:
-        return
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"{flag}={path}: {probe} is a file; {what} is written as a folder")
+    if path and (blocker := files.file_in_the_way(path)):
+        raise ValueError(f"{flag}={path}: {blocker} is a file; {what} is written as a folder")
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,5 +1,5 @@
-"""Files written whole or not at all (no TensorFlow here: programs import this before their
-flags are parsed)."""
+"""Files written whole or not at all, and folders checked before they are written (no
+TensorFlow here: programs import this before their flags are parsed)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,13 @@ def written_atomically(path: str):
         if isinstance(error, OSError) and error.filename == tmp and error.errno:
             raise type(error)(error.errno, error.strerror, path) from None
         raise
+
+
+def file_in_the_way(path: str) -> str | None:
+    """The file that stops a folder being made at ``path``: ``path`` itself or its nearest
+    existing parent, when that is a file (absolute); None when the folder can be made (or
+    exists). Checked before the work, the mkdir after it would fail with a bare errno."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return None if os.path.isdir(probe) else probe
