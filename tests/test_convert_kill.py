@@ -88,6 +88,16 @@ def test_sigkill_at_random_points_then_clean_rerun(tmp_path):
     print(json.dumps(outcomes))
 
 
+def _communicate_or_fail(process: subprocess.Popen, timeout: float, after: str):
+    """(stdout, stderr) of a process in its own session; one still running `timeout` s
+    after the signal is killed with its workers, and the test fails."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"still running {timeout} s after {after}")
+
+
 def test_pool_workers_leave_ctrl_c_to_the_parent():
     from dataset.workers import WorkerPool
 
@@ -138,11 +148,7 @@ def test_a_ctrl_c_while_pools_start_and_stop_says_nothing_and_exits():
         assert process.stdout.readline() == "ready\n"
         time.sleep(0.1 + attempt % 6 * 0.05)
         os.killpg(process.pid, signal.SIGINT)
-        try:
-            stdout, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"still running 30 s after a Ctrl-C (try {attempt + 1})")
+        stdout, stderr = _communicate_or_fail(process, 30, f"a Ctrl-C (try {attempt + 1})")
         assert (process.returncode, stdout, stderr) == (0, "interrupted\n", ""), stderr[-2000:]
 
 
@@ -177,11 +183,7 @@ def test_a_stop_while_shards_are_written_is_one_line(tmp_path, stop, status, wha
                 process.terminate()
             else:
                 os.killpg(process.pid, signal.SIGINT)
-        try:
-            _, stderr = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"the converter still ran 60 s after {stop}")
+        _, stderr = _communicate_or_fail(process, 60, stop)
         if process.returncode == 0:  # finished before the signal: nothing to check
             continue
         interrupted += 1
