@@ -299,6 +299,47 @@ def test_sigterm_is_one_line_exit_143_and_the_handler_is_restored(monkeypatch, c
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+# A program whose teardown says it ran (an atexit function stands in for TensorFlow's slow
+# deletion of tf.data iterators at exit, cli.exit_skipping_teardown).
+_TEARDOWN_PROGRAM = """
+import atexit, sys
+from official.utils import cli
+values = cli.program_flags()
+def main(argv):
+    atexit.register(lambda: print("teardown ran", file=sys.stderr))
+    print("summary line")  # into a pipe: block-buffered, so only a flush delivers it
+    {ending}
+cli.run_program("prog.py", main, cli.flags_parser("prog.py", values), skip_teardown={skip})
+"""
+
+
+@pytest.mark.parametrize("ending, skip, status, stderr", [
+    ("return None", True, 0, ""),  # main returned: its output flushed, the teardown skipped
+    ("return 3", True, 3, ""),
+    ("return 'a message'", True, 1, "a message\n"),  # as sys.exit('a message')
+    # An error (or Ctrl-C) path keeps the teardown: what was open is closed as usual.
+    ("cli.exit_with_error('prog.py', 'bad input')", True, 1,
+     "prog.py: error: bad input\nteardown ran\n"),
+    ("return None", False, 0, "teardown ran\n"),
+])
+def test_a_finished_program_skips_the_teardown_only_when_asked(ending, skip, status, stderr):
+    program = _TEARDOWN_PROGRAM.format(ending=ending, skip=skip)
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, env=trainer_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (status, "summary line\n",
+                                                                 stderr)
+
+
+@pytest.mark.parametrize("program", ["networks/resnet/dicom_main.py",
+                                     "networks/resnet/dicom_eval.py",
+                                     "networks/resnet/dicom_predict.py",
+                                     "networks/resnet/dicom_export.py",
+                                     "networks/slim/train_image_classifier.py",
+                                     "networks/slim/eval_image_classifier.py"])
+def test_tensorflow_programs_skip_the_teardown(program):
+    assert "skip_teardown=True" in (REPO_ROOT / program).read_text()
+
+
 def test_counts_are_said_in_the_singular_for_one():
     assert [cli.count(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
 

@@ -118,4 +118,5 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM),
-                    interrupted=lambda: "the report is missing or incomplete")
+                    interrupted=lambda: "the report is missing or incomplete",
+                    skip_teardown=True)

@@ -67,4 +67,4 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: (
-        f"{FLAGS.export_dir} holds no half-written export"))
+        f"{FLAGS.export_dir} holds no half-written export"), skip_teardown=True)

@@ -115,4 +115,4 @@ if __name__ == "__main__":
     flags.adopt_module_key_flags(flags_core)  # --help lists them, not only --helpfull
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: (
         f"{FLAGS.model_dir} keeps the checkpoints saved so far; the same command resumes "
-        "from the last one"))
+        "from the last one"), skip_teardown=True)

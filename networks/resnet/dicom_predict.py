@@ -114,4 +114,5 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM, arguments=("FILE_OR_FOLDER",)),
-                    interrupted=lambda: f"no predictions were written to {FLAGS.output_csv}")
+                    interrupted=lambda: f"no predictions were written to {FLAGS.output_csv}",
+                    skip_teardown=True)

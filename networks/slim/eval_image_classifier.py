@@ -61,4 +61,5 @@ def main(argv) -> None:
 if __name__ == "__main__":
     define_flags()
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM),
-                    interrupted=lambda: "the report is missing or incomplete")
+                    interrupted=lambda: "the report is missing or incomplete",
+                    skip_teardown=True)

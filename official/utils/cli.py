@@ -29,6 +29,7 @@ optional dependency, benchmark peers timed in their own processes).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -183,18 +184,32 @@ def interruption(error: KeyboardInterrupt) -> tuple[str, int]:
 
 def run_program(program: str, main: Callable[[list[str]], object],
                 flags_parser: Callable[[list[str]], list[str]],
-                interrupted: Callable[[], str] = lambda: "") -> None:
+                interrupted: Callable[[], str] = lambda: "", *,
+                skip_teardown: bool = False) -> None:
     """absl's `app.run(main, flags_parser=...)`, where Ctrl-C (or SIGTERM) is one line, exit
     130 (143) instead of a traceback from deep inside TensorFlow (or a silent death).
 
     Args:
       interrupted: what the interruption left behind, from the parsed flags (e.g. "MODEL_DIR
         keeps its checkpoints"); called only after a Ctrl-C or SIGTERM.
+      skip_teardown: once `main` has returned (its work written, files closed), end the
+        process without the interpreter's teardown (`exit_skipping_teardown`). For the
+        TensorFlow programs, run as programs only: never from a test's own process.
     """
+    returned = []
+
+    def main_then_note(argv):
+        returned.append(main(argv))
+        return returned[-1]
+
     previous = signal.getsignal(signal.SIGTERM)
     stop_on_sigterm()
     try:
-        app.run(main, flags_parser=flags_parser)
+        app.run(main_then_note, flags_parser=flags_parser)
+    except SystemExit as done:
+        if skip_teardown and returned:
+            exit_skipping_teardown(done.code)
+        raise
     except KeyboardInterrupt as error:
         try:
             left = interrupted()
@@ -204,6 +219,30 @@ def run_program(program: str, main: Callable[[list[str]], object],
         exit_with_error(program, what + (f"; {left}" if left else ""), status=status)
     finally:
         signal.signal(signal.SIGTERM, previous)  # a caller in the same process (a test)
+
+
+def exit_skipping_teardown(code: object) -> NoReturn:
+    """Flushes the output and ends the process now, as `sys.exit(code)` would without the
+    interpreter's teardown.
+
+    TensorFlow 2.21 can take up to a minute to delete a tf.data iterator: the destructor
+    waits for the autotuning thread of the pipeline, which sleeps for its optimisation
+    period (up to 60 s once a pipeline has run a few minutes) and is sometimes not woken.
+    Seen as 41-55 s of nothing after a training run's last line, in about one run in four;
+    reproduced with a bare `Dataset.range().map().prefetch()` iterator (benchmarks/RESULTS.md
+    section 29). A program's iterators are deleted at its exit, so its caller (a script's
+    next step) waited. Everything the program writes is closed by then (files through `with`,
+    summary writers flushed at the end of training); only the wait is skipped.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader gone (`| head`), or a closed stream
+            pass
+    logging.shutdown()  # flushes the handlers, absl's among them
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr, flush=True)  # as sys.exit prints a message
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def print_summary_or_exit(program: str, run: Callable[[], str]) -> None:
