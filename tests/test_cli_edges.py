@@ -138,6 +138,14 @@ def test_output_folders_that_are_files_stop_the_trainer_before_it_trains(tmp_pat
     with pytest.raises(ValueError, match=f"--model_dir={data}/ is the --data_dir"):
         train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
     assert not (data / "config.json").exists()
+    # Exports among the checkpoints: an evaluation of the folder then read an old export.
+    model_dir = tmp_path / "model"
+    config = TrainConfig(data_dir=str(data), model_dir=str(model_dir), image_size=32,
+                         batch_size=8, hooks=(), export_dir=f"{model_dir}/")
+    with pytest.raises(ValueError, match=f"--export_dir={model_dir}/ is the --model_dir; give "
+                                         f"the export a folder of its own"):
+        train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
+    assert not model_dir.exists()
 
 
 class _Uniform:

@@ -133,6 +133,19 @@ def test_an_interrupted_export_leaves_no_folder(exported, tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == []
 
 
+def test_a_model_dir_holding_exports_is_read_as_a_model_dir(tmp_path):
+    """A run once exported into its own model_dir: evaluating the folder read that export,
+    however much the run had trained since (and refused --checkpoint as "a SavedModel")."""
+    from official.core.inference import resolve_saved_model
+
+    (tmp_path / "17").mkdir()
+    (tmp_path / "17" / "saved_model.pb").write_bytes(b"")
+    assert resolve_saved_model(str(tmp_path)) == str(tmp_path / "17")  # an export folder
+    (tmp_path / "config.json").write_text("{}")  # the trainer's: a model_dir
+    assert resolve_saved_model(str(tmp_path)) is None
+    assert resolve_saved_model(str(tmp_path / "17")) == str(tmp_path / "17")
+
+
 def test_load_model_from_dir(tmp_path, monkeypatch):
     model = _model_with_nontrivial_statistics()
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))

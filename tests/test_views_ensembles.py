@@ -224,3 +224,29 @@ def test_export_cli_refuses_mismatched_members_in_one_line_and_writes_nothing(
     assert result.returncode == 1
     assert error_lines(result.stderr) == [
         f"dicom_export.py: error: {tmp_path / 'missing'}: no such folder"]
+    # Versions among the checkpoints: a later evaluation of the folder read the old export.
+    result = _run("dicom_export.py", f"--model_dir={trained['model_dir']}",
+                  f"--export_dir={trained['model_dir']}/")
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"dicom_export.py: error: --export_dir={trained['model_dir']}/ is a --model_dir; give "
+        f"the export a folder of its own (e.g. {trained['model_dir']}/export)"]
+
+
+def test_a_re_export_keeps_the_views_the_trainer_exported_with(trained, tmp_path):
+    """A model trained with --export_tta=3 re-exported without --tta lost its views (its
+    predictions then differed from the trainer's own export's)."""
+    from official.core.export import trained_export_tta
+
+    with_views = _model_dir_like(trained, tmp_path / "views", export_tta=3)
+    result = _run("dicom_export.py", f"--model_dir={with_views}",
+                  f"--export_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("(3 test-time views averaged)")
+    (version,) = list((tmp_path / "out").iterdir())
+    config = json.loads((version / "assets.extra" / "config.json").read_text())
+    assert config["tta_views"] == config["export_tta"] == 3
+    # An ensemble's members trained with different counts: none is the trainer's, so none.
+    assert trained_export_tta([{"export_tta": 3}, {"export_tta": 3}]) == 3
+    assert trained_export_tta([{"export_tta": 3}, {"export_tta": 1}]) == 1
+    assert trained_export_tta([{}]) == 1  # a config from before the flag

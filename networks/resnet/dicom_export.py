@@ -38,7 +38,9 @@ def define_flags() -> None:
                       "are exported as one ensemble.")
     flags.DEFINE_string("export_dir", None, "Where the SavedModel's numbered folder goes.")
     flags.DEFINE_string("checkpoint", None, CHECKPOINT_HELP)
-    flags.DEFINE_integer("tta", 1, "Test-time views averaged inside the export (1: off).",
+    flags.DEFINE_integer("tta", None, "Test-time views averaged inside the export (1: off). "
+                         "Default: the trainer's --export_tta (the same for every model_dir "
+                         "of an ensemble, else 1), so a re-export equals the trainer's own.",
                          lower_bound=1, upper_bound=MAX_TEST_TIME_VIEWS)
     flags.mark_flags_as_required(["model_dir", "export_dir"])
     flags.register_multi_flags_validator(
@@ -53,13 +55,21 @@ def main(argv):
 
     def run() -> str:
         cli.check_output_folder("--export_dir", FLAGS.export_dir, "the export")
+        for model_dir in FLAGS.model_dir:
+            # Its numbered versions beside the checkpoints: a later evaluation of the
+            # model_dir would have had to choose between them.
+            if os.path.realpath(model_dir) == os.path.realpath(FLAGS.export_dir):
+                raise ValueError(f"--export_dir={FLAGS.export_dir} is a --model_dir; give the "
+                                 f"export a folder of its own (e.g. {model_dir}/export)")
         members = []
         for model_dir in FLAGS.model_dir:
             model, config = export.load_model_from_dir(model_dir, FLAGS.checkpoint)
             members.append((model, config, model_dir))
-        path = export.export_ensemble(members, FLAGS.export_dir, FLAGS.tta)
+        tta = FLAGS.tta or export.trained_export_tta([config for _, config, _ in members])
+        path = export.export_ensemble(members, FLAGS.export_dir, tta)
         kind = "model" if len(members) == 1 else f"ensemble of {len(members)} models"
-        return f"exported the {kind} to {path}"
+        views = f" ({tta} test-time views averaged)" if tta > 1 else ""
+        return f"exported the {kind} to {path}{views}"
 
     cli.print_summary_or_exit(PROGRAM, run)
 

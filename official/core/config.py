@@ -284,8 +284,9 @@ def check_run_folders(config: TrainConfig) -> None:
 
     Raises:
       ValueError: --model_dir or --export_dir is a file or lies under one (the export's
-        mkdir failed after the training), or --model_dir is the dataset's own folder
-        (checkpoints among the shards, config.json beside manifest.json).
+        mkdir failed after the training), --model_dir is the dataset's own folder
+        (checkpoints among the shards, config.json beside manifest.json), or --export_dir
+        is the --model_dir.
     """
     # The path, not the flag, is named: the Slim trainer calls --model_dir --train_dir.
     for path in (config.model_dir, config.export_dir):
@@ -296,6 +297,11 @@ def check_run_folders(config: TrainConfig) -> None:
             and os.path.realpath(config.model_dir) == os.path.realpath(config.data_dir)):
         raise ValueError(f"--model_dir={config.model_dir} is the --data_dir; give the run a "
                          "folder of its own")
+    # Numbered exports beside the checkpoints: which one would an evaluation of the folder be?
+    if config.export_dir and os.path.realpath(config.export_dir) == os.path.realpath(
+            config.model_dir):
+        raise ValueError(f"--export_dir={config.export_dir} is the --model_dir; give the "
+                         f"export a folder of its own (e.g. {config.model_dir}/export)")
 
 
 def check_resume_config(model_dir: str, frozen: dict[str, tuple] | None) -> None:

@@ -284,6 +284,13 @@ def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: st
     return _save(module, config, export_dir, tta_views)
 
 
+def trained_export_tta(configs: list[dict]) -> int:
+    """The test-time views the trainer's own export had (--export_tta): the models' common
+    count, else 1 (each member of an ensemble may have been trained with another)."""
+    counts = {config.get("export_tta", 1) or 1 for config in configs}
+    return counts.pop() if len(counts) == 1 else 1
+
+
 def describe_class_difference(first: list[str], second: list[str], first_name: str,
                               second_name: str) -> str:
     """One line saying how two models' class name lists differ."""

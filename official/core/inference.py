@@ -26,11 +26,13 @@ from official.core.config import CONFIG_FILE
 def resolve_saved_model(path: str) -> str | None:
     """The SavedModel folder at ``path``: itself, or its newest numbered version.
 
-    Returns None when ``path`` holds no SavedModel (e.g. it is a training model_dir).
+    Returns None when ``path`` holds no SavedModel, or is a training model_dir (its
+    config.json), even one holding exports: its newest checkpoint is the model, not an export
+    made at some earlier step (an older run's --export_dir equal to its --model_dir).
     """
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
-    if not os.path.isdir(path):
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, CONFIG_FILE)):
         return None
     versions = [name for name in os.listdir(path)
                 if name.isdigit() and os.path.isfile(os.path.join(path, name, "saved_model.pb"))]
