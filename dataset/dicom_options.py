@@ -11,6 +11,12 @@ FRAME_MODES = ("middle", "all")
 OUTPUT_BITS = (8, 16)
 
 
+# The DicomOptions fields that decide a DICOM file's pixels; force, frames and max_pixels
+# decide which files and frames are read, not how they look. A model records the rendering
+# of its training data (dataset/reader.py dicom_rendering), and prediction renders with it.
+RENDERING_FIELDS = ("voi", "window_center", "window_width", "bits")
+
+
 class DicomError(ValueError):
     """A file that cannot be rendered; the message is one line naming the file."""
 
@@ -40,3 +46,11 @@ class DicomOptions:
                              f"{self.window_center!r}, {self.window_width!r}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels!r}")
+
+    @classmethod
+    def rendering(cls, recorded: dict | None, **others) -> DicomOptions:
+        """Options rendering as ``recorded`` (a model's dicom_rendering) does, plus ``others``
+        (e.g. force=True)."""
+        recorded = {key: value for key, value in (recorded or {}).items()
+                    if key in RENDERING_FIELDS}
+        return cls(**recorded, **others)

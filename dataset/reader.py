@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from dataset import shards
+from dataset import dicom_options, shards
 from dataset.features import KEY_FILENAME, parse_example
 
 MANIFEST = shards.MANIFEST  # defined once, by the writer
@@ -104,6 +104,18 @@ def tf_error_reason(error: Exception) -> str:
 def _sha256(path: str) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def dicom_rendering(data_dir: str) -> dict | None:
+    """How the conversion rendered DICOM files (its --dicom_voi, --dicom_window_*,
+    --dicom_bits), from the manifest; the trainer records it in config.json so that prediction
+    renders a new DICOM file as the model's training images were. None when the manifest
+    does not say (older conversions: the defaults)."""
+    options = read_manifest(data_dir).get("flags", {}).get("dicom")
+    if not isinstance(options, dict):
+        return None
+    return {field: options[field] for field in dicom_options.RENDERING_FIELDS
+            if field in options}
 
 
 def split_info(data_dir: str, split: str) -> SplitInfo:

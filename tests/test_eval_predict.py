@@ -160,3 +160,55 @@ def test_predict_cli_min_confidence_marks_uncertain(trained, mixed_folder, tmp_p
     assert "broken.png" in rows[1]["error"]
     assert "1 uncertain, 1 error;" in result.stdout
     assert "%|" not in result.stderr  # no progress bar when stderr is not a terminal
+
+
+def test_predict_renders_a_dicom_as_the_models_training_data_was(trained, tmp_path):
+    """A model trained on records converted with --dicom_voi=minmax was fed DICOM files
+    rendered with the default window by dicom_predict.py: the same file scored differently
+    in evaluation and prediction (walk-through). The rendering recorded in config.json is used,
+    for a model_dir as for its export."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from dataset import dicom
+    from dataset.dicom_options import DicomOptions
+    from official.core import export
+    from official.core.inference import Predictor
+    from tests.test_views_ensembles import _model_dir_like
+
+    minmax = {"voi": "minmax", "window_center": None, "window_width": None, "bits": 8}
+    model_dir = _model_dir_like(trained, tmp_path / "minmax", dicom_rendering=minmax)
+    exported = export.export_ensemble([(*export.load_model_from_dir(model_dir), model_dir)],
+                                      str(tmp_path / "export"))
+    scan = tmp_path / "in" / "mr.dcm"  # MR_small: a stored window of 600/1600, not min-max
+    scan.parent.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), scan)
+
+    def rendered(voi):
+        return dicom.read_dicom(scan, DicomOptions(voi=voi), hash_key=b"k")[0][0].png
+
+    for model in (model_dir, exported):
+        predictor = Predictor(model)
+        assert predictor.dicom_rendering == minmax
+        expected, windowed = (predictor([rendered(voi)])[0] for voi in ("minmax", "window"))
+        assert np.abs(expected - windowed).max() > 1e-3  # the rendering matters to it
+        out = tmp_path / "predictions.csv"
+        result = _run("dicom_predict.py", f"--model={model}", f"--output_csv={out}",
+                      "--top_k=2", str(scan))
+        assert result.returncode == 0, result.stderr[-2000:]
+        (row,) = csv.DictReader(out.open())
+        scores = dict(pair.split(":") for pair in row["top_k"].split(";"))
+        np.testing.assert_allclose([float(scores[name]) for name in CLASSES], expected,
+                                   atol=1e-4)
+
+
+def test_an_ensemble_of_models_trained_on_differently_rendered_dicoms_is_refused(trained,
+                                                                                 tmp_path):
+    from official.core.inference import load_predictor
+    from tests.test_views_ensembles import _model_dir_like
+
+    minmax = _model_dir_like(trained, tmp_path / "minmax", dicom_rendering={"voi": "minmax"})
+    with pytest.raises(ValueError, match=r"cannot ensemble .*: their training DICOMs were "
+                                         r"rendered differently \(defaults vs \{'voi': "):
+        load_predictor([trained["model_dir"], minmax])

@@ -70,6 +70,13 @@ def _scalar_tags(folder) -> set[str]:
 
 def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
     data = tiny_dataset(tmp_path / "data")
+    # As tf_convert_data.py --dicom_voi=given records it: prediction renders DICOMs this way.
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["flags"]["dicom"] = {"force": True, "voi": "given", "window_center": 40.0,
+                                  "window_width": 400.0, "bits": 8, "frames": "all",
+                                  "max_pixels": 1000}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    rendering = {"voi": "given", "window_center": 40.0, "window_width": 400.0, "bits": 8}
     model_dir = tmp_path / "model"
     # Any accuracy >= 0: stops after the first evaluation (end of epoch 1 = step 2 of 10).
     first = _train(
@@ -84,6 +91,7 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
     assert config["num_classes"] == 2 and config["class_names"] == ["Chest", "Hand"]
     assert (config["resnet_size"], config["version"], config["image_size"]) == (18, 2, 32)
     assert config["small_input"] is False and config["channels"] == 1
+    assert config["dicom_rendering"] == rendering
     tags = {writer: _scalar_tags(model_dir / writer) for writer in ("train", "eval")}
     assert {"loss", "accuracy", "learning_rate", "examples_per_second"} <= tags["train"]
     assert {"loss", "accuracy"} <= tags["eval"]
@@ -100,6 +108,8 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
         ONE_DEVICE)
     assert (second.resumed_from_step, second.step, second.stopped_by) == (
         2, 3, "max_train_steps")
+    exported = json.loads(open(f"{second.export_path}/assets.extra/config.json").read())
+    assert exported["dicom_rendering"] == rendering
     # The export and the model rebuilt from model_dir (for evaluation/prediction) agree.
     rebuilt, _ = export.load_model_from_dir(str(model_dir))
     images = np.stack([class_image(np.random.default_rng(3), i % 2, 32) for i in range(4)])

@@ -5,7 +5,10 @@
 
 Inputs are files and/or folders (searched recursively for .jpg/.jpeg/.png/.dcm and
 extension-less DICOM files). --model is a training model_dir or a SavedModel; the
-preprocessing is rebuilt from the model's saved config, identical to evaluation.
+preprocessing is rebuilt from the model's saved config, identical to evaluation. A DICOM
+file is rendered as the model's training data was (the conversion's --dicom_voi,
+--dicom_window_center/width and --dicom_bits, recorded in the model's config; models trained
+before that was recorded: the defaults), from its middle frame.
 The CSV has one row per input file:
 
     file, status (ok | uncertain | error), predicted_class, probability,
@@ -93,7 +96,8 @@ def main(argv):
         counts = prediction.predict_files(
             predictor, files, output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
             min_confidence=FLAGS.min_confidence,
-            dicom_options=DicomOptions(force=FLAGS.dicom_force))
+            dicom_options=DicomOptions.rendering(predictor.dicom_rendering,
+                                                 force=FLAGS.dicom_force))
         prediction.write_run_info(prediction.run_info_path(output_csv), predictor, counts,
                                   tta_views=FLAGS.tta)
     except OSError as error:

@@ -73,6 +73,7 @@ class DataSpec:
     eval: reader.SplitInfo | None
     train_examples: int
     eval_examples: int
+    dicom_rendering: dict | None = None  # reader.dicom_rendering: recorded in config.json
 
     @property
     def num_classes(self) -> int:
@@ -107,7 +108,8 @@ def resolve_data(spec: InputSpec) -> DataSpec:
     if spec.mirror_swap:
         mirror_partners(spec, train.class_names)  # before anything is written to model_dir
     return DataSpec(tuple(train.class_names), train, evaluation,
-                    max(train.num_examples, 1), max(evaluation.num_examples, 1))
+                    max(train.num_examples, 1), max(evaluation.num_examples, 1),
+                    reader.dicom_rendering(spec.data_dir))
 
 
 def _synthetic_dataset(spec: InputSpec, num_classes: int):

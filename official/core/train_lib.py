@@ -136,7 +136,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     test_time.check_num_views(config.export_tta)  # before hours of training, not after
     spec = network.model_spec(data.num_classes, image_size=config.image_size,
                               channels=config.channels)
-    resolved = resolved_config(config, data.class_names, spec, network.config_entries())
+
+    def config_json(**entries) -> dict:  # prediction renders DICOMs as the data was
+        return resolved_config(config, data.class_names, spec, {
+            **network.config_entries(), "dicom_rendering": data.dicom_rendering, **entries})
+
+    resolved = config_json()
     saved = config_to_resume(config.model_dir)
     check_resume_config(config.model_dir, None if saved is None
                         else frozen_settings(saved, registry.spec_from_config(saved), spec,
@@ -183,8 +188,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         if not budget_entry.get("kept_steps"):
             copy.clear()
             gc.collect()  # the copy's weights and slots (tf.function cycles), before the run's
-        resolved = resolved_config(config, data.class_names, spec,
-                                   {**network.config_entries(), "budget": budget_entry})
+        resolved = config_json(budget=budget_entry)
     if chief:
         write_config(config.model_dir, resolved)
 
@@ -300,9 +304,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                     break
                 longer = deadline.lengthen(step, total_steps, schedule, budget_entry)
                 if longer > total_steps:
-                    resolved = resolved_config(config, data.class_names, spec,
-                                               {**network.config_entries(),
-                                                "budget": budget_entry})
+                    resolved = config_json(budget=budget_entry)
                     if chief:
                         write_config(config.model_dir, resolved)
                     total_steps = last_step = longer
