@@ -155,6 +155,8 @@ def _plan(config, discovery, headers, problems):
                 continue
             label = tag_class
         labelled.append((item, label, patient))
+    left_out = _classes_no_tag_gave(config, names, labelled)
+    names = [name for name in names if name not in left_out]
     groups_csv = sources.read_groups_csv(config.groups_csv) if config.groups_csv else {}
     problems.extend(sources.unmatched_group_rows(config.groups_csv, groups_csv, discovery))
     total = len(labelled)
@@ -188,7 +190,19 @@ def _plan(config, discovery, headers, problems):
     groups = {relpath: group for files in files_by_class.values()
               for relpath, group in files.items()}
     notes = [f"class {name!r} has {note}" for name, note in rare.items()]
+    notes += [f"class {name!r} is named by label files, but no file's BodyPartExamined maps "
+              "to it: left out of the classes (--label_source=tag)" for name in left_out]
     return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
+
+
+def _classes_no_tag_gave(config, names, labelled) -> list[str]:
+    """With --label_source=tag the label files only name the classes; one that no file's tag
+    (or, for a JPEG or PNG, label) gave would be a model output no image ever trained (it
+    was kept with 0 examples, e.g. when --on_error=skip dropped its untagged files)."""
+    if config.label_source != "tag":
+        return []
+    given = {label for _, label, _ in labelled}
+    return [name for name in names if name not in given]
 
 
 # A class this small beside one this many times larger is more likely a misspelt label than a

@@ -114,6 +114,24 @@ def test_tag_labels_without_label_files(tmp_path):
                                       "reason": "no BodyPartExamined tag (--label_source=tag)"}
 
 
+def test_tag_labels_leave_out_a_class_no_tag_gives(tmp_path):
+    """With label files the tags are mapped onto their class names; a class whose only files
+    are skipped (untagged) stayed a class with 0 examples: a dead output of every model."""
+    root = _make_dicom_dataset(tmp_path / "ds", patients=2, files_per_patient=1)
+    _write_dicom(root / "images" / "heart.dcm", "CT_small.dcm", patient="SECRET-PATIENT-98",
+                 body_part=None)
+    (root / "labels" / "heart.txt").write_text("Heart")
+    manifest = convert(root, tmp_path / "out", output_name="all", label_source="tag",
+                       on_error="skip")
+    assert manifest["classes"] == ["Chest", "Head"]
+    assert (tmp_path / "out" / "labels.txt").read_text() == "0:Chest\n1:Head\n"
+    assert "class 'Heart' is named by label files, but no file's BodyPartExamined maps to it: " \
+           "left out of the classes (--label_source=tag)" in manifest["warnings"]
+    # By labels the class has its file.
+    assert convert(root, tmp_path / "out2", output_name="all")["classes"] == [
+        "Chest", "Head", "Heart"]
+
+
 def test_tag_labels_on_a_flat_folder(tmp_path):
     root = tmp_path / "ds"
     for patient, (source, tag) in enumerate([("CT_small.dcm", "CHEST"), ("MR_small.dcm", "HEAD"),
