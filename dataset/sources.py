@@ -28,7 +28,9 @@ from dataset.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
 LAYOUTS = ("auto", "images_labels", "class_folders", "predefined")
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
-_IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+# DICOMDIR: the index every DICOM CD or DVD carries (PS3.10 fixes its name); it holds no
+# image, and it failed a conversion of a CD's folders as "no pixel data".
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini", "dicomdir"}
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,19 @@ def _has_dicm_preamble(path: str) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def is_dicomdir(path: str) -> bool:
+    """A DICOM medium's index file (named DICOMDIR by the standard), not an image."""
+    return os.path.basename(path).lower() == "dicomdir"
+
+
 def file_kind(path: str) -> str | None:
     """The converter's file-kind detection, shared with prediction so both accept the
     same files: ``"image"`` for a ``.jpg``/``.jpeg``/``.png`` suffix (the format is
     sniffed from the bytes later), ``"dicom"`` for ``.dcm``/``.dicom`` or no suffix with
-    the DICM marker at byte 128, None for anything else. Reads at most 132 bytes and
-    never raises for an unreadable file (None)."""
+    the DICM marker at byte 128, None for anything else (a DICOMDIR too). Reads at most
+    132 bytes and never raises for an unreadable file (None)."""
+    if is_dicomdir(path):
+        return None
     suffix = os.path.splitext(path)[1].lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"

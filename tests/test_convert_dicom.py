@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,14 @@ def test_tag_labels_leave_out_a_class_no_tag_gives(tmp_path):
     # By labels the class has its file.
     assert convert(root, tmp_path / "out2", output_name="all")["classes"] == [
         "Chest", "Head", "Heart"]
+
+
+def test_a_dicom_cds_index_file_is_not_an_input(tmp_path):
+    """A CD's DICOMDIR (DICM preamble, no pixels) failed the whole conversion."""
+    root = _make_dicom_dataset(tmp_path / "ds", patients=2, files_per_patient=1)
+    shutil.copy(get_testdata_file("DICOMDIR"), root / "images" / "DICOMDIR")
+    manifest = convert(root, tmp_path / "out", output_name="all")
+    assert manifest["splits"]["all"]["num_examples"] == 2 and not manifest["skipped"]
 
 
 def test_tag_labels_on_a_flat_folder(tmp_path):

@@ -152,6 +152,30 @@ def test_a_file_named_twice_is_collected_once_where_it_came_first(folder, tmp_pa
                                                          str(folder / "b.png")]
 
 
+def test_a_dicom_cds_index_is_passed_over_and_a_bare_name_gets_a_hint(folder, tmp_path):
+    """Every DICOM CD carries a DICOMDIR (an index, with the DICM preamble and no pixels): it
+    was predicted as a failing image. A file without suffix or preamble (a CD's IM0002) was
+    "not a JPEG or PNG image", without a word of --dicom_force."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from dataset.dicom_options import DicomOptions
+    from official.core.prediction import collect_files, load_item
+
+    shutil.copy(get_testdata_file("DICOMDIR"), folder / "DICOMDIR")
+    assert collect_files([str(folder)]) == [str(folder / "a.jpeg"), str(folder / "b.png")]
+    item = load_item(str(folder / "DICOMDIR"), ["Chest", "Hand"], DicomOptions(), b"k")
+    assert item.error == f"{folder}/DICOMDIR: a DICOMDIR (the index of a DICOM CD), not an image"
+    bare = tmp_path / "IM0002"
+    bare.write_bytes(b"\x08\x00" * 100)  # an ACR-NEMA-style start: no preamble
+    item = load_item(str(bare), ["Chest", "Hand"], DicomOptions(), b"k")
+    assert item.error == (f"{bare}: not a JPEG or PNG image (unrecognised magic bytes); a DICOM "
+                          "file without the DICM preamble is read with --dicom_force")
+    forced = load_item(str(bare), ["Chest", "Hand"], DicomOptions(force=True), b"k")
+    assert "--dicom_force" not in forced.error  # it was tried as DICOM: its own reason
+
+
 @pytest.mark.parametrize("flag, named", [
     ("--top_k=0", "--top_k=0"), ("--top_k=-2", "--top_k=-2"),
     ("--batch_size=0", "--batch_size=0"),

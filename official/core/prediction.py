@@ -89,7 +89,10 @@ def check_output_paths(output_csv: str, files: list[str]) -> None:
 
 def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes) -> Item:
     """Encoded image bytes (DICOM rendered to PNG) and the normalised body-part tag."""
-    item = Item(path)
+    item, head = Item(path), b""
+    if sources.is_dicomdir(path):  # named on its own: a folder's is passed over
+        item.error = f"{path}: a DICOMDIR (the index of a DICOM CD), not an image"
+        return item
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
@@ -107,6 +110,10 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
         item.error = str(error).splitlines()[0] if str(error) else type(error).__name__
         if path not in item.error:
             item.error = f"{path}: {item.error}"
+        if (head and images.sniff_format(head) is None and not dicom_options.force
+                and not os.path.splitext(path)[1]):  # e.g. a CD's IM0002
+            item.error += ("; a DICOM file without the DICM preamble is read with "
+                           "--dicom_force")
     return item
 
 
