@@ -163,7 +163,8 @@ def normalize_body_part(tag_value: str | None, class_names: Sequence[str], *,
     then its parents are tried in turn (BRAIN matches a "Brain" class before "Head").
     When several classes share a body part and differ by modality ("CXR" and
     "ChestCT"), the DICOM `modality` (e.g. "CR", "CT") picks one; without it the
-    result is None because guessing would be silent mislabelling.
+    result is None because guessing would be silent mislabelling. A class of another
+    modality than `modality` is never the answer (an MR HEAD is not "HeadCT").
     """
     term, _ = _parse(str(tag_value)) if tag_value is not None else (None, None)
     if term is None:
@@ -175,6 +176,10 @@ def normalize_body_part(tag_value: str | None, class_names: Sequence[str], *,
     # nothing about whether the image is of the heart.
     for level in _lineage(term):
         matches = [(name, fam) for name, class_term, fam in known if class_term == level]
+        if family is not None:
+            # A class that names another modality is not this image's, even alone: an MR
+            # HEAD is no "HeadCT" (it was mapped there when HeadCT was the only Head class).
+            matches = [(name, fam) for name, fam in matches if fam in (None, family)]
         if not matches:
             continue
         if len(matches) > 1 and family is not None:

@@ -39,9 +39,18 @@ def test_canonical_body_part(tag, term):
     ("CHEST", "CR", "CXR"), ("THORAX", "DX", "CXR"), ("CHEST", "CT", "ChestCT"),
     ("CHEST", None, None), ("CHEST", "US", None),
     ("KNEE", None, None), ("", None, None), (None, "CT", None),
+    # A class of another modality is never the answer, even the only one of its body part
+    # (an MR HEAD was "HeadCT", agreeing with a HeadCT prediction).
+    ("HEAD", "MR", None), ("ABDOMEN", "MR", None), ("BREAST", "CT", None),
 ])
 def test_normalize_to_mednist_classes(tag, modality, expected):
     assert normalize_body_part(tag, MEDNIST, modality=modality) == expected
+
+
+def test_a_class_of_another_modality_gives_way_to_a_wider_one():
+    classes = ["BrainCT", "Head"]
+    assert normalize_body_part("BRAIN", classes, modality="CT") == "BrainCT"
+    assert normalize_body_part("BRAIN", classes, modality="MR") == "Head"
 
 
 @pytest.mark.parametrize("tag, expected", [
