@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import os
 import threading
 import types
 import warnings
@@ -186,6 +187,8 @@ def _scrubbed(failure):
 
 def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False) -> Dataset:
     try:
+        if os.path.getsize(path) == 0:  # as images say it (it was "not a DICOM file", or
+            raise DicomError(f"{path}: zero-byte file")  # with --dicom_force "no pixel data")
         ds = pydicom.dcmread(path, force=options.force, stop_before_pixels=header_only)
     except InvalidDicomError:
         # Both programs that read DICOM (tf_convert_data.py, dicom_predict.py) name the

@@ -67,7 +67,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     # a DICOM file is an unreadable input whatever the user.
     unreadable = tmp_path / "folder.dcm"
     unreadable.mkdir()
+    empty = tmp_path / "empty.dcm"  # it was "not a DICOM file (... --dicom_force ...)"
+    empty.write_bytes(b"")
     return {
+        "zero bytes": (empty, "zero-byte file"),
         "not DICOM": (not_dicom, "not a DICOM file"),
         "no pixel data": (no_pixels, "no pixel data"),
         "truncated": (truncated, "truncated pixel data"),
@@ -80,13 +83,16 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize("case", ["not DICOM", "no pixel data", "truncated",
                                   "unsupported transfer syntax", "absurd dimensions",
-                                  "unreadable", "missing"])
+                                  "unreadable", "missing", "zero bytes"])
 def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path, case):
     path, problem = _bad_inputs(tmp_path)[case]
     with pytest.raises(DicomError) as error:
         read_dicom(path, DicomOptions(), hash_key=KEY)
     message = str(error.value)
     assert message.startswith(str(path)) and problem in message and "\n" not in message
+    if case == "zero bytes":  # and with --dicom_force it was "no pixel data"
+        with pytest.raises(DicomError, match="zero-byte file"):
+            read_dicom(path, DicomOptions(force=True), hash_key=KEY)
 
 
 @pytest.mark.parametrize("modality", ["SEG", "RTDOSE"])
