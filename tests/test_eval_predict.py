@@ -90,6 +90,9 @@ def test_default_report_folder_names_the_views(tmp_path):
     assert default_output_dir(str(tmp_path), "ckpt-3", "test") == f"{tmp_path}/eval_test"
     assert default_output_dir(str(tmp_path), "ckpt-3", "test", 5) == f"{tmp_path}/eval_test-tta5"
     assert default_output_dir("e", "e/17", "test", 3) == "e/eval-17-test-tta3"
+    # A named --checkpoint's report overwrote the newest checkpoint's.
+    assert default_output_dir(str(tmp_path), f"{tmp_path}/ckpt-3", "test", 2,
+                              checkpoint_named=True) == f"{tmp_path}/eval_test-ckpt-3-tta2"
 
 
 def test_eval_cli_errors_are_one_line(trained, tmp_path):

@@ -206,7 +206,9 @@ def test_eval_image_classifier_reports_a_train_dir(data, one_step_run):
         str(one_step_run / "ckpt-1"), str(data), "validation", batch_size=5,
         model_name="MobileNetV3Small")
     assert metrics["num_examples"] == 8 and 0.0 <= metrics["accuracy"] <= 1.0
-    assert (one_step_run / "eval_validation" / "metrics.json").is_file()
+    # A named checkpoint's report beside the train_dir's own (it overwrote it).
+    assert output_dir == str(one_step_run / "eval_validation-ckpt-1")
+    assert (one_step_run / "eval_validation-ckpt-1" / "metrics.json").is_file()
     with pytest.raises(ValueError, match="holds a mobilenet_v3_small"):
         slim_eval.evaluate(str(one_step_run), str(data), "validation",
                                        batch_size=5, model_name="vgg_16")

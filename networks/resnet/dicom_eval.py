@@ -5,7 +5,7 @@
 --model is a training model_dir (latest checkpoint, or --checkpoint=ckpt-400) or an
 exported SavedModel (its folder, or the export_dir holding numbered versions). The report
 goes to --output_dir, by default next to the model (<model_dir>/eval_<split>/, or
-<export_dir>/eval-<version>-<split>/; with --tta=N the folder name ends in -ttaN).
+<export_dir>/eval-<version>-<split>/; a --checkpoint adds -ckpt-N, and --tta=N -ttaN).
 
     --tta=5                    average each model's probabilities over 5 fixed test-time views
                                (identity, +-5 degree rotations, 1.1/0.9 zoom, ...; never a mirror)
@@ -90,7 +90,8 @@ def main(argv):
         cli.exit_with_error(PROGRAM, error)
     members = predictor.members
     output_dir = FLAGS.output_dir or evaluation.default_output_dir(
-        FLAGS.model[0], predictor.source, FLAGS.split, predictor.tta_views)
+        FLAGS.model[0], predictor.source, FLAGS.split, predictor.tta_views,
+        checkpoint_named=bool(FLAGS.checkpoint))
     single = len(members) == 1
     title = os.path.basename(predictor.source) if single else f"ensemble of {len(members)}"
     try:  # e.g. a full disk, or no permission for the default folder beside the model

@@ -8,7 +8,7 @@
 The model is rebuilt from the train_dir's config.json (--model_name is only checked against it)
 and evaluated through the same serving path as networks/resnet/dicom_eval.py, which writes the
 report (metrics.json, confusion_matrix.png, misclassified.csv, TensorBoard events) to
---eval_dir (default: <train_dir>/eval_<split>).
+--eval_dir (default: <train_dir>/eval_<split>, and eval_<split>-ckpt-N for a named ckpt-N).
 """
 
 from __future__ import annotations

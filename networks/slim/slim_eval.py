@@ -42,7 +42,8 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
                          + with_article(trained if trained in nets.NETWORKS else spec.name))
     labels, probabilities, filenames = evaluation.evaluate_split(
         predictor, split_info, batch_size=batch_size)
-    output_dir = eval_dir or evaluation.default_output_dir(model_path, predictor.source, split)
+    output_dir = eval_dir or evaluation.default_output_dir(
+        model_path, predictor.source, split, checkpoint_named=checkpoint is not None)
     metrics = write_report(
         output_dir, labels=labels, probabilities=probabilities,
         class_names=predictor.class_names, filenames=filenames,

@@ -18,14 +18,17 @@ from official.core.config import CONFIG_FILE
 from official.utils.report import summary_scalars
 
 
-def default_output_dir(model: str, predictor_source: str, split: str, tta_views: int = 1) -> str:
+def default_output_dir(model: str, predictor_source: str, split: str, tta_views: int = 1, *,
+                       checkpoint_named: bool = False) -> str:
     """<model_dir>/eval_<split> for a model_dir; a sibling of the version for a SavedModel.
 
-    Test-time views add "-tta<N>", so they never overwrite the plain report.
+    Test-time views add "-tta<N>", and a checkpoint the user named (--checkpoint) "-ckpt-N",
+    so they never overwrite the plain report (the newest checkpoint's).
     """
     suffix = f"-tta{tta_views}" if tta_views > 1 else ""
     if os.path.isfile(os.path.join(model, CONFIG_FILE)):
-        return os.path.join(model, f"eval_{split}{suffix}")
+        named = f"-{os.path.basename(predictor_source)}" if checkpoint_named else ""
+        return os.path.join(model, f"eval_{split}{named}{suffix}")
     version_dir = predictor_source.rstrip("/")
     return os.path.join(os.path.dirname(version_dir),
                         f"eval-{os.path.basename(version_dir)}-{split}{suffix}")
