@@ -57,7 +57,9 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, CHECKPOINT_HELP)
     flags.DEFINE_integer("tta", 1, TTA_HELP, lower_bound=1,
                          upper_bound=MAX_TEST_TIME_VIEWS)
-    flags.DEFINE_list("input", [], "Files or folders to classify (positional arguments work too).")
+    flags.DEFINE_list("input", [], "Files or folders to classify, comma-separated "
+                      "(positional arguments work too, and are the way to name a file whose "
+                      "name holds a comma).")
     flags.DEFINE_string("output_csv", "predictions.csv", "Where the CSV goes (its .json next "
                         "to it); the folder must exist.")
     flags.DEFINE_integer("batch_size", 32, "Images per inference batch.", lower_bound=1)
@@ -101,6 +103,9 @@ def main(argv):
         prediction.write_run_info(prediction.run_info_path(output_csv), predictor, counts,
                                   tta_views=FLAGS.tta)
     except OSError as error:
+        if error.filename and error.strerror:  # said as the flag's, not as a bare errno
+            cli.exit_with_error(PROGRAM, f"--output_csv={output_csv}: cannot write "
+                                f"{error.filename}: {error.strerror}")
         cli.exit_with_error(PROGRAM, error)
     print(f"{cli.count(len(files), 'file')}: {counts['ok']} ok, {counts['uncertain']} "
           f"uncertain, {cli.count(counts['error'], 'error')}; predictions in {output_csv}",

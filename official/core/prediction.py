@@ -42,7 +42,9 @@ def collect_files(inputs: list[str]) -> list[str]:
     """
     missing = [entry for entry in inputs if not os.path.exists(entry)]
     if missing:
-        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+        # Quoted: a name holding ", " (or split at a comma by --input) reads as itself.
+        raise FileNotFoundError("no such file or folder: "
+                                + ", ".join(repr(entry) for entry in missing))
     files = []
     for entry in inputs:
         if os.path.isdir(entry):
