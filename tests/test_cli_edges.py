@@ -106,6 +106,28 @@ def test_a_checkpoint_from_another_run_must_be_of_the_same_network_and_classes(t
     assert "\n" not in str(error.value)
 
 
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_then_nothing(tmp_path):
+    """The failed restore, deleted at exit, logged a warning per unread value: 112 lines
+    after the error line."""
+    from tests.trainer_fixtures import png_bytes
+
+    model_dir = _model_dir(tmp_path / "run", ("Chest", "Hand"))
+    config = json.loads((model_dir / "config.json").read_text())
+    config["resnet_size"] = config["model"]["resnet_size"] = 34  # the checkpoint is an 18
+    (model_dir / "config.json").write_text(json.dumps(config))
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes(np.zeros((32, 32), np.uint8)))
+    result = subprocess.run([sys.executable, "networks/resnet/dicom_predict.py",
+                             f"--model={model_dir}", f"--output_csv={tmp_path / 'p.csv'}",
+                             str(image)], cwd=REPO_ROOT, env=trainer_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    (last,) = [index for index, line in enumerate(lines)
+               if line.startswith("dicom_predict.py: error: ")]
+    assert "does not fit the network" in lines[last] and lines[last + 1:] == [], lines[last:]
+
+
 def test_slim_eval_checks_model_name_against_a_resnet_run(tmp_path):
     mine = _model_dir(tmp_path / "mine", ("Chest", "Hand"))
     data = tiny_dataset(tmp_path / "data")

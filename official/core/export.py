@@ -20,6 +20,7 @@ The resolved training config is copied to `<version>/assets.extra/config.json`, 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -64,12 +65,22 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
     _check_checkpoint_is_of(checkpoint, model_dir, config)
     model = build_inference_model(config)
     # Only the model is needed: the optimizer slots and step in the file are left unread.
-    try:
-        status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
+    failure = None
+    # A restore that fails half way leaves a restore in progress, never told to expect a
+    # partial one: deleted (with the exception), it logged a warning per unread value, 112
+    # lines after the one error line. Deleted here, quietly.
+    with _tensorflow_logs_at_least(logging.ERROR):
+        try:
+            status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
+            status.assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            failure = first_line(error)
+        if failure is not None:
+            del model  # it holds the restore in progress
+            gc.collect()
+    if failure is not None:
         raise ValueError(f"{checkpoint}: does not fit the network in {model_dir}'s "
-                         f"{CONFIG_FILE} ({first_line(error)})") from None
+                         f"{CONFIG_FILE} ({failure})")
     if config.get("ema_decay"):
         ema.restore_average(model, checkpoint)  # what the run evaluated and exported
     return model, config
@@ -333,7 +344,6 @@ def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) 
     return final
 
 
-@contextlib.contextmanager
 def _tensorflow_warnings_only():
     """Silences INFO lines while saving; warnings and errors still show.
 
@@ -343,12 +353,18 @@ def _tensorflow_warnings_only():
     saved_model code logs through absl's logger, the rest through "tensorflow"; both are raised
     to WARNING for the save. The caller logs the one line a user needs: where the model went.
     """
+    return _tensorflow_logs_at_least(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _tensorflow_logs_at_least(level: int):
+    """TensorFlow's Python loggers (absl's and "tensorflow") show only `level` and above."""
     loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+        logger.setLevel(max(logger.getEffectiveLevel(), level))
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        for logger, level_before in zip(loggers, levels):
+            logger.setLevel(level_before)
