@@ -64,11 +64,28 @@ def _visible(name: str) -> bool:
     return not name.startswith(".") and name.lower() not in _IGNORED_NAMES
 
 
+def walk_folders(root: str):
+    """os.walk(root) that follows links to folders (a linked subfolder was passed over
+    without a word), each real folder once: a folder linked twice is read once, and a link
+    back up the tree (to a folder already read, or above ``root``, whose other folders
+    would be read as part of this one) is not followed. Subfolders in sorted order."""
+    seen = set()
+    top = os.path.realpath(root)
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield folder, dirs, files
+
+
 def _walk(root: str) -> list[str]:
     """Every visible file under ``root`` as a sorted list of absolute paths."""
     found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if _visible(d))
+    for folder, dirs, files in walk_folders(root):
+        dirs[:] = [d for d in dirs if _visible(d)]
         found.extend(os.path.join(folder, f) for f in files if _visible(f))
     return sorted(found)
 

@@ -183,6 +183,17 @@ def test_adding_files_keeps_existing_assignments(tmp_path):
     assert {path: after[path] for path in before} == before
 
 
+def test_linked_subfolders_are_read_once_and_a_loop_ends(tmp_path):
+    """A linked folder inside a class folder was passed over without a word."""
+    root = make_class_folders(tmp_path / "ds", {"Chest": 4, "Hand": 4})
+    make_class_folders(tmp_path / "more", {"Hand": 3}, start=10)
+    (root / "Hand" / "more").symlink_to(tmp_path / "more" / "Hand")
+    (root / "Hand" / "again").symlink_to(tmp_path / "more" / "Hand")  # read once
+    (tmp_path / "more" / "Hand" / "up").symlink_to(root)  # a loop: ends, reads nothing twice
+    manifest = convert(root, tmp_path / "out", output_name="all")
+    assert manifest["splits"]["all"]["class_counts"] == {"Chest": 4, "Hand": 7}
+
+
 def test_records_are_mixed_across_classes_within_a_shard(tmp_path):
     root = make_class_folders(tmp_path / "ds", {"A": 50, "B": 50})
     convert(root, tmp_path / "out", output_name="all")

@@ -162,6 +162,21 @@ def test_a_file_named_twice_is_collected_once_where_it_came_first(folder, tmp_pa
                                                          str(folder / "b.png")]
 
 
+
+def test_linked_subfolders_are_followed_once_and_a_loop_ends(folder, tmp_path):
+    """A linked subfolder was passed over without a word ("2 files" of 14)."""
+    from official.core.prediction import collect_files
+
+    elsewhere = tmp_path / "elsewhere"
+    write_image(elsewhere / "c.png", class_image(np.random.default_rng(1), 0, 32))
+    (folder / "linked").symlink_to(elsewhere)
+    (folder / "again").symlink_to(elsewhere)  # the same folder twice: read once
+    (elsewhere / "up").symlink_to(folder)  # a loop back up the tree
+    assert collect_files([str(folder)]) == [str(folder / "a.jpeg"),
+                                            str(folder / "again" / "c.png"),
+                                            str(folder / "b.png")]
+
+
 def test_a_dicom_cds_index_is_passed_over_and_a_bare_name_gets_a_hint(folder, tmp_path):
     """Every DICOM CD carries a DICOMDIR (an index, with the DICM preamble and no pixels): it
     was predicted as a failing image. A file without suffix or preamble (a CD's IM0002) was

@@ -49,8 +49,7 @@ def collect_files(inputs: list[str]) -> list[str]:
     for entry in inputs:
         if os.path.isdir(entry):
             found = []
-            for root, dirs, names in os.walk(entry):
-                dirs.sort()
+            for root, _, names in sources.walk_folders(entry):
                 for name in names:
                     path = os.path.join(root, name)
                     if sources.file_kind(path) is not None:
