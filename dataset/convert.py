@@ -325,9 +325,11 @@ def convert_dataset(config: ConvertConfig) -> dict:
         if plan.failing(config.on_error):
             # Failing anyway: decode the rest too (writing nothing), so that one run
             # lists every problem rather than one kind at a time.
-            problems += [sources.Problem(task.relpath, error) for task, (_, error)
-                         in zip(plan.tasks, workers.imap(encode_task, plan.tasks, chunksize=8))
-                         if error]
+            # By path, as every other list of problems (the tasks are in split order).
+            problems += sorted((sources.Problem(task.relpath, error) for task, (_, error)
+                                in zip(plan.tasks, workers.imap(encode_task, plan.tasks,
+                                                                chunksize=8)) if error),
+                               key=lambda problem: problem.path)
         skipped = fail_or_skip(config.on_error, config.dataset_dir, plan, problems)
         return _encode_and_commit(config, workers, plan, write_order(plan.tasks, skipped),
                                   skipped)
@@ -361,6 +363,7 @@ def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
                 counts[task.split][task.text] += len(sizes)
             writers[chunk[0].split].write_framed(blob, [n for sizes, _ in items for n in sizes])
         progress.close()
+        problems.sort(key=lambda problem: problem.path)  # found in write order
         skipped = fail_or_skip(config.on_error, config.dataset_dir, plan, problems, skipped)
         staged = {split: writers[split].close() for split in split_order}
         return commit(config, staging, plan, staged, counts, skipped)

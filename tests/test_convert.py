@@ -194,6 +194,21 @@ def test_linked_subfolders_are_read_once_and_a_loop_ends(tmp_path):
     assert manifest["splits"]["all"]["class_counts"] == {"Chest": 4, "Hand": 7}
 
 
+def test_problems_found_in_decoding_are_listed_by_path(tmp_path):
+    """They came in the order of the splits' tasks (e.g. dcm015, dcm019, dcm003, ...)."""
+    root = make_class_folders(tmp_path / "ds", {"Chest": 12, "Hand": 12})
+    broken = sorted(root.rglob("*.png"))[::3]
+    for path in broken:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 4)
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out", need_split="tvt_split", seed=3)
+    paths = [line.split(":")[0] for line in error.value.problems]
+    assert len(paths) == len(broken) and paths == sorted(paths)
+    manifest = convert(root, tmp_path / "out", need_split="tt_split", on_error="skip")
+    skipped = [entry["path"] for entry in manifest["skipped"]]
+    assert len(skipped) == len(broken) and skipped == sorted(skipped)
+
+
 def test_records_are_mixed_across_classes_within_a_shard(tmp_path):
     root = make_class_folders(tmp_path / "ds", {"A": 50, "B": 50})
     convert(root, tmp_path / "out", output_name="all")
