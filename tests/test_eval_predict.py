@@ -215,3 +215,12 @@ def test_an_ensemble_of_models_trained_on_differently_rendered_dicoms_is_refused
     with pytest.raises(ValueError, match=r"cannot ensemble .*: their training DICOMs were "
                                          r"rendered differently \(defaults vs \{'voi': "):
         load_predictor([trained["model_dir"], minmax])
+
+
+def test_an_ensemble_names_each_model_once(trained):
+    from official.core.inference import load_predictor
+
+    model = trained["model_dir"]
+    with pytest.raises(ValueError, match=f"^{model}/ is named twice in the ensemble \\(as "
+                                         f"{model}\\): each model once$"):
+        load_predictor([model, trained["export"], f"{model}/"])

@@ -224,6 +224,9 @@ def test_export_cli_refuses_mismatched_members_in_one_line_and_writes_nothing(
     assert result.returncode == 1
     assert error_lines(result.stderr) == [
         f"dicom_export.py: error: {tmp_path / 'missing'}: no such folder"]
+    result = _run("dicom_export.py", f"--model_dir={trained['model_dir']},{trained['model_dir']}",
+                  f"--export_dir={out}")
+    assert result.returncode == 1 and "is named twice in the ensemble" in result.stderr
     # Versions among the checkpoints: a later evaluation of the folder read the old export.
     result = _run("dicom_export.py", f"--model_dir={trained['model_dir']}",
                   f"--export_dir={trained['model_dir']}/")

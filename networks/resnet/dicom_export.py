@@ -52,6 +52,7 @@ def define_flags() -> None:
 def main(argv):
     del argv  # cli.flags_parser refused any
     from official.core import export
+    from official.core.inference import check_distinct
 
     def run() -> str:
         cli.check_output_folder("--export_dir", FLAGS.export_dir, "the export")
@@ -61,6 +62,7 @@ def main(argv):
             if os.path.realpath(model_dir) == os.path.realpath(FLAGS.export_dir):
                 raise ValueError(f"--export_dir={FLAGS.export_dir} is a --model_dir; give the "
                                  f"export a folder of its own (e.g. {model_dir}/export)")
+        check_distinct(FLAGS.model_dir)
         members = []
         for model_dir in FLAGS.model_dir:
             model, config = export.load_model_from_dir(model_dir, FLAGS.checkpoint)

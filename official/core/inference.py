@@ -177,6 +177,22 @@ def member_records(predictor: Predictor | Ensemble) -> list[dict]:
             for member in predictor.members]
 
 
+def check_distinct(model_paths: list[str]) -> None:
+    """An ensemble names each model once: a repeat averages it with itself (a typo, most
+    likely, for another run), weighing it double.
+
+    Raises:
+      ValueError: naming the repeated model.
+    """
+    seen = {}
+    for path in model_paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ValueError(f"{path} is named twice in the ensemble (as {seen[real]}): each "
+                             "model once")
+        seen[real] = path
+
+
 def load_predictor(model_paths: list[str], checkpoint: str | None = None,
                    tta_views: int = 1) -> Predictor | Ensemble:
     """A Predictor for one model path, an Ensemble of Predictors for several.
@@ -187,6 +203,7 @@ def load_predictor(model_paths: list[str], checkpoint: str | None = None,
     """
     if not model_paths:
         raise ValueError("no model given")
+    check_distinct(model_paths)
     if len(model_paths) == 1:
         return Predictor(model_paths[0], checkpoint, tta_views)
     if checkpoint:
