@@ -46,6 +46,12 @@ def test_quickstart_end_to_end(shared_data, tmp_path):
     assert set(manifest["splits"]) == {"train", "validation", "test"}
     metrics = json.loads((work / "report" / "metrics.json").read_text())
     assert metrics["num_examples"] == manifest["splits"]["test"]["num_examples"]
+    # What misclassified.csv's names are relative to (the records' folder is not it).
+    assert metrics["source_dir"] == manifest["flags"]["dataset_dir"]
+    with (work / "report" / "misclassified.csv").open() as report:
+        wrong = list(csv.DictReader(report))
+    assert all(os.path.isfile(os.path.join(metrics["source_dir"], row["file"]))
+               for row in wrong)
     assert (work / "report" / "confusion_matrix.png").stat().st_size > 0
     rows = list(csv.DictReader((work / "predictions.csv").open()))
     assert len(rows) == 4 and all(row["status"] == "ok" for row in rows)

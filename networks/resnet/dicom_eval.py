@@ -101,6 +101,7 @@ def main(argv):
             title=f"{FLAGS.split} split, {title}"
             + (f", {FLAGS.tta} views" if FLAGS.tta > 1 else ""),
             extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
+                   "source_dir": evaluation.source_dir(FLAGS.data_dir),
                    "model": predictor.source,
                    "members": member_records(predictor),
                    "tta_views": FLAGS.tta})

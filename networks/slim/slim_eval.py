@@ -49,6 +49,7 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
         class_names=predictor.class_names, filenames=filenames,
         title=f"{trained}, {split} split, {os.path.basename(predictor.source)}",
         extra={"split": split, "data_dir": os.path.abspath(dataset_dir),
+               "source_dir": evaluation.source_dir(dataset_dir),
                "model": predictor.source, "architecture": trained})
     evaluation.write_tensorboard(output_dir, metrics, evaluation.checkpoint_step(predictor.source))
     return metrics, output_dir

@@ -34,6 +34,12 @@ def default_output_dir(model: str, predictor_source: str, split: str, tta_views:
                         f"eval-{os.path.basename(version_dir)}-{split}{suffix}")
 
 
+def source_dir(data_dir: str) -> str | None:
+    """The folder the records were converted from (its --dataset_dir, in the manifest): the
+    report's misclassified.csv names files relative to it. None when not recorded."""
+    return reader.read_manifest(data_dir).get("flags", {}).get("dataset_dir")
+
+
 def checkpoint_step(predictor_source: str) -> int:
     """The step of a ckpt-N source (0 for a SavedModel): the TensorBoard step of the report."""
     return int(predictor_source.rsplit("-", 1)[-1]) if "ckpt-" in predictor_source else 0
