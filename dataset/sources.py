@@ -287,7 +287,9 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                                                  split))
             elif kind is not None:  # README/CSV files beside the folders are fine
                 reason = "image outside a class folder" + (
-                    "" if need_labels else " (--label_source=tag labels DICOM files only)")
+                    " (--label_source=tag labels DICOM files by their BodyPartExamined)"
+                    if need_labels and kind == "dicom" else "" if need_labels
+                    else " (--label_source=tag labels DICOM files only)")
                 discovery.problems.append(Problem(_rel(path, dataset_dir), reason))
             continue
         for file_path in _walk(path):

@@ -163,8 +163,9 @@ def test_tag_labels_on_a_flat_folder(tmp_path):
     (root / "photo.png").unlink()
     with pytest.raises(ConversionError) as error:
         convert(root, tmp_path / "out2", output_name="all")
-    assert error.value.problems == [f"scan{index}.dcm: image outside a class folder"
-                                    for index in range(3)]
+    assert error.value.problems == [f"scan{index}.dcm: image outside a class folder "
+                                    "(--label_source=tag labels DICOM files by their "
+                                    "BodyPartExamined)" for index in range(3)]
 
 
 def test_multi_frame_all_gives_one_example_per_frame(tmp_path):
