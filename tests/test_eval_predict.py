@@ -110,6 +110,33 @@ def test_eval_cli_errors_are_one_line(trained, tmp_path):
         "validation"]
 
 
+def test_eval_cli_scores_data_with_some_of_the_models_classes(trained, tmp_path):
+    """An external test set holding only some body parts was refused ("classes differ")."""
+    from tests.trainer_fixtures import write_converted_dataset
+
+    hands = write_converted_dataset(tmp_path / "hands", {"test": {"Hand": 5}},
+                                    classes=("Hand",))
+    out = tmp_path / "report"
+    result = _run("dicom_eval.py", f"--model={trained['model_dir']}", f"--data_dir={hands}",
+                  "--split=test", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("the data holds 1 of the model's 2 classes; macro averages are over those (not "
+            "in the data: Chest)") in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes_not_in_data"] == ["Chest"] and metrics["num_examples"] == 5
+    assert metrics["per_class"]["Hand"]["support"] == 5  # "Hand" is the model's class 1
+    assert metrics["macro_avg"]["recall"] == metrics["per_class"]["Hand"]["recall"]
+    # A class the model does not know cannot be scored.
+    knees = write_converted_dataset(tmp_path / "knees", {"test": {"Knee": 2, "Hand": 2}},
+                                    classes=("Hand", "Knee"))
+    result = _run("dicom_eval.py", f"--model={trained['model_dir']}", f"--data_dir={knees}",
+                  "--split=test", f"--output_dir={tmp_path / 'r2'}")
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"dicom_eval.py: error: {knees}: classes ['Knee'] are not among the model's "
+        "['Chest', 'Hand']"]
+
+
 def test_predict_mixed_folder_one_row_per_file(trained, mixed_folder, tmp_path):
     from dataset.dicom import DicomOptions
     from official.core.prediction import collect_files, predict_files

@@ -55,6 +55,20 @@ def test_class_without_examples_has_null_auc():
     assert "NaN" not in json.dumps(m)
 
 
+def test_data_with_some_of_the_models_classes_averages_over_those():
+    """An external test set with classes A and B of a model that knows A, B and C: C has no
+    recall to average (it counted as 0 in the macro averages)."""
+    labels, probs = LABELS[:5], PROBS[:5]
+    whole = classification_metrics(labels, probs, NAMES, top_k=(1,))
+    some = classification_metrics(labels, probs, NAMES, top_k=(1,), data_classes=["B", "A"])
+    assert some["classes_not_in_data"] == ["C"] and "classes_not_in_data" not in whole
+    assert some["macro_avg"]["recall"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert whole["macro_avg"]["recall"] == pytest.approx((2 / 3 + 1 / 2) / 3)
+    assert some["macro_avg"]["roc_auc"] == pytest.approx(whole["macro_avg"]["roc_auc"])
+    for key in ("accuracy", "confusion_matrix", "per_class", "weighted_avg"):
+        assert some[key] == whole[key]
+
+
 def test_auc_ties_count_half():
     assert roc_auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
 

@@ -100,6 +100,7 @@ def main(argv):
             class_names=predictor.class_names, filenames=filenames,
             title=f"{FLAGS.split} split, {title}"
             + (f", {FLAGS.tta} views" if FLAGS.tta > 1 else ""),
+            data_classes=evaluation.data_classes(split, predictor.class_names),
             extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
                    "source_dir": evaluation.source_dir(FLAGS.data_dir),
                    "model": predictor.source,
@@ -111,6 +112,10 @@ def main(argv):
         cli.exit_with_error(PROGRAM, f"{output_dir}: cannot write the report ({error})")
     print(f"{FLAGS.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_examples']} "
           f"images; report in {output_dir}")
+    if absent := metrics.get("classes_not_in_data"):
+        print(f"  the data holds {len(predictor.class_names) - len(absent)} of the model's "
+              f"{len(predictor.class_names)} classes; macro averages are over those (not in "
+              f"the data: {', '.join(absent)})")
     for pair, swaps in metrics["left_right_swaps"].items():
         print(f"  left/right swaps {pair}: {swaps['left_to_right']} left->right, "
               f"{swaps['right_to_left']} right->left")

@@ -48,6 +48,7 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
         output_dir, labels=labels, probabilities=probabilities,
         class_names=predictor.class_names, filenames=filenames,
         title=f"{trained}, {split} split, {os.path.basename(predictor.source)}",
+        data_classes=evaluation.data_classes(split_info, predictor.class_names),
         extra={"split": split, "data_dir": os.path.abspath(dataset_dir),
                "source_dir": evaluation.source_dir(dataset_dir),
                "model": predictor.source, "architecture": trained})

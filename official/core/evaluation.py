@@ -50,15 +50,17 @@ def evaluate_split(predictor, info: reader.SplitInfo, *, batch_size: int):
     before the model is loaded, so that a misspelt split or a missing shard is an error in
     seconds rather than after the model's restore.
 
+    The split may hold only some of the model's classes (an external test set with some
+    body parts; see data_classes): its labels are then given as the model's class indices.
+
     Returns:
-      (labels int [N], probabilities float [N, C], filenames list[str]).
+      (labels int [N] in the model's class order, probabilities float [N, C], filenames
+      list[str]).
 
     Raises:
-      ValueError: the split's classes differ from the model's.
+      ValueError: the split has a class the model does not know.
     """
-    if list(info.class_names) != predictor.class_names:
-        raise ValueError(f"{info.data_dir}: classes {list(info.class_names)} differ from the "
-                         f"model's {predictor.class_names}")
+    to_model = label_map(list(info.class_names), predictor.class_names, info.data_dir)
     spec = {key: features.feature_spec()[key]
             for key in (features.KEY_ENCODED, features.KEY_LABEL, features.KEY_FILENAME)}
     # Sequential read keeps the report's row order stable across runs.
@@ -80,7 +82,27 @@ def evaluate_split(predictor, info: reader.SplitInfo, *, batch_size: int):
             if described is None:
                 raise
             raise ValueError(described) from None
-    return np.concatenate(labels), np.concatenate(probabilities), filenames
+    return to_model[np.concatenate(labels)], np.concatenate(probabilities), filenames
+
+
+def label_map(data_classes: list[str], model_classes: list[str], data_dir: str) -> np.ndarray:
+    """The model's class index of each of the data's, by name.
+
+    Raises:
+      ValueError: a class of the data that the model lacks (it cannot be scored).
+    """
+    unknown = [name for name in data_classes if name not in model_classes]
+    if unknown:
+        raise ValueError(f"{data_dir}: classes {unknown} are not among the model's "
+                         f"{model_classes}")
+    return np.array([model_classes.index(name) for name in data_classes], np.int64)
+
+
+def data_classes(info: reader.SplitInfo, model_classes: list[str]) -> list[str] | None:
+    """The split's classes when they are only some of the model's (for the report's macro
+    averages, write_report's data_classes), else None."""
+    names = list(info.class_names)
+    return names if set(names) != set(model_classes) else None
 
 
 def write_tensorboard(output_dir: str, metrics: dict, step: int) -> None:

@@ -58,7 +58,8 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def classification_metrics(labels, probabilities, class_names, *, top_k=(1, 5)) -> dict:
+def classification_metrics(labels, probabilities, class_names, *, top_k=(1, 5),
+                           data_classes=None) -> dict:
     """Every number of an evaluation report, as a JSON-ready dict.
 
     Args:
@@ -66,6 +67,10 @@ def classification_metrics(labels, probabilities, class_names, *, top_k=(1, 5)) 
       probabilities: float array [N, num_classes] (rows sum to 1).
       class_names: names of the classes, in index order.
       top_k: the k values for top-k accuracy; k larger than the class count is dropped.
+      data_classes: the names the data can hold, when only some of the model's (an external
+        test set with some body parts): the macro averages are over these (a class the data
+        cannot hold has no recall to average), and the others are listed as
+        "classes_not_in_data". None: every class.
 
     Raises:
       ValueError: when shapes disagree or there are no examples.
@@ -98,11 +103,19 @@ def classification_metrics(labels, probabilities, class_names, *, top_k=(1, 5)) 
         for k in top_k if k <= num_classes
     }
 
-    def average(values: np.ndarray, weights: np.ndarray | None) -> float:
-        return float(np.average(values, weights=weights)) if weights is None or weights.sum() else 0.0
+    scored = [c for c, name in enumerate(class_names)
+              if data_classes is None or name in data_classes]
 
-    defined_aucs = [auc for auc in aucs if auc is not None]
-    return {
+    def average(values: np.ndarray, weights: np.ndarray | None) -> float:
+        if weights is None:
+            return float(np.mean(values[scored]))
+        return float(np.average(values, weights=weights)) if weights.sum() else 0.0
+
+    defined_aucs = [aucs[c] for c in scored if aucs[c] is not None]
+    not_in_data = ({"classes_not_in_data": [class_names[c] for c in range(num_classes)
+                                            if c not in scored]}
+                   if len(scored) < num_classes else {})
+    return {**not_in_data,
         "num_examples": int(len(labels)),
         "accuracy": float(np.mean(predictions == labels)),
         "top_k_accuracy": top_k_accuracy,

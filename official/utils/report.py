@@ -56,7 +56,8 @@ def confusion_matrix_png(matrix: np.ndarray, class_names, title: str = "") -> by
 
 
 def write_report(output_dir, *, labels, probabilities, class_names, filenames,
-                 title: str = "", extra: dict | None = None) -> dict:
+                 title: str = "", extra: dict | None = None,
+                 data_classes: list[str] | None = None) -> dict:
     """Computes the metrics and writes the three report files into ``output_dir``.
 
     Args:
@@ -64,6 +65,8 @@ def write_report(output_dir, *, labels, probabilities, class_names, filenames,
       labels: int [N] true classes; probabilities: float [N, C]; filenames: [N] str.
       title: shown on the plot (e.g. "test split, step 1200").
       extra: more JSON fields for metrics.json (checkpoint, split, model path ...).
+      data_classes: the classes the data holds when only some of the model's
+        (classification_metrics).
 
     Returns:
       The metrics dict (as written to metrics.json, extra fields included).
@@ -72,7 +75,8 @@ def write_report(output_dir, *, labels, probabilities, class_names, filenames,
     output_dir.mkdir(parents=True, exist_ok=True)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    metrics = classification_metrics(labels, probabilities, class_names)
+    metrics = classification_metrics(labels, probabilities, class_names,
+                                     data_classes=data_classes)
     metrics.update(extra or {})
 
     _atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
