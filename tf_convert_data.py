@@ -67,7 +67,8 @@ flags.DEFINE_enum("label_source", "labels", ["labels", "tag"],
                   "label names the classes they are the body parts' names: Chest, Head, "
                   "CSpine, WholeBody, ...). A label x tag agreement table is reported "
                   "whenever both exist.")
-flags.DEFINE_bool("dicom_force", False, "Read DICOM files without the DICM preamble/file meta.")
+flags.DEFINE_bool("dicom_force", False, "Read DICOM files without the DICM preamble/file meta "
+                  "(every file without a suffix is then tried as DICOM).")
 flags.DEFINE_enum("dicom_voi", "window", ["window", "minmax", "given", "lut"],
                   "DICOM grey-level window: the file's window, min-max of the pixels, "
                   "--dicom_window_center/width, or the file's VOI LUT.")

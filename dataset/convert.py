@@ -258,7 +258,8 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool) -> Plan:
       ValueError: invalid configuration or dataset folder.
     """
     discovery = sources.discover(config.dataset_dir, config.layout,
-                                 need_labels=config.label_source == "labels")
+                                 need_labels=config.label_source == "labels",
+                                 dicom_force=bool(config.dicom and config.dicom.force))
     if config.need_split == "predefined" and discovery.layout != "predefined":
         raise ValueError(f"--need_split=predefined needs {config.dataset_dir} in the layout "
                          "train/<Class>/..., val|validation/<Class>/..., test/<Class>/...")

@@ -104,18 +104,20 @@ def is_dicomdir(path: str) -> bool:
     return os.path.basename(path).lower() == "dicomdir"
 
 
-def file_kind(path: str) -> str | None:
+def file_kind(path: str, dicom_force: bool = False) -> str | None:
     """The converter's file-kind detection, shared with prediction so both accept the
     same files: ``"image"`` for a ``.jpg``/``.jpeg``/``.png`` suffix (the format is
     sniffed from the bytes later), ``"dicom"`` for ``.dcm``/``.dicom`` or no suffix with
-    the DICM marker at byte 128, None for anything else (a DICOMDIR too). Reads at most
-    132 bytes and never raises for an unreadable file (None)."""
+    the DICM marker at byte 128 (with ``dicom_force``, --dicom_force: with or without it,
+    as a CD's IM0001 files may lack it), None for anything else (a DICOMDIR too). Reads at
+    most 132 bytes and never raises for an unreadable file (None)."""
     if is_dicomdir(path):
         return None
     suffix = os.path.splitext(path)[1].lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"
-    if suffix in DICOM_SUFFIXES or (suffix == "" and _has_dicm_preamble(path)):
+    if suffix in DICOM_SUFFIXES or (suffix == "" and (dicom_force
+                                                      or _has_dicm_preamble(path))):
         return "dicom"
     return None
 
@@ -149,12 +151,14 @@ def detect_layout(dataset_dir: str) -> str:
     return "class_folders"
 
 
-def discover(dataset_dir: str, layout: str = "auto", *, need_labels: bool = True) -> Discovery:
+def discover(dataset_dir: str, layout: str = "auto", *, need_labels: bool = True,
+             dicom_force: bool = False) -> Discovery:
     """Lists the dataset's input files with their raw labels and all problems found.
 
     Args:
       need_labels: False when labels come from DICOM tags, so a DICOM file
         without a label file or class folder is not a problem.
+      dicom_force: --dicom_force: a file without suffix is DICOM even without the preamble.
 
     Raises:
       ValueError: unknown layout, or ``dataset_dir`` is not a folder.
@@ -168,11 +172,12 @@ def discover(dataset_dir: str, layout: str = "auto", *, need_labels: bool = True
         layout = detect_layout(dataset_dir)
     discovery = Discovery(layout)
     if layout == "images_labels":
-        _discover_images_labels(dataset_dir, discovery, need_labels)
+        _discover_images_labels(dataset_dir, discovery, need_labels, dicom_force)
     elif layout == "class_folders":
-        _discover_class_folders(dataset_dir, dataset_dir, None, discovery, need_labels)
+        _discover_class_folders(dataset_dir, dataset_dir, None, discovery, need_labels,
+                                dicom_force)
     else:
-        _discover_predefined(dataset_dir, discovery, need_labels)
+        _discover_predefined(dataset_dir, discovery, need_labels, dicom_force)
     _refuse_non_utf8_names(discovery)
     if not discovery.files and not discovery.problems:
         discovery.problems.append(Problem("--dataset_dir", f"no images found in {dataset_dir} "
@@ -225,7 +230,8 @@ def _rel(path: str, dataset_dir: str) -> str:
     return path[len(dataset_dir.rstrip(os.sep)) + 1:].replace(os.sep, "/")
 
 
-def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels: bool) -> None:
+def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels: bool,
+                            dicom_force: bool) -> None:
     images_dir = os.path.join(dataset_dir, "images")
     labels_dir = os.path.join(dataset_dir, "labels")
     if not os.path.isdir(images_dir):
@@ -239,7 +245,7 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
                 labels[stem] = path
     by_stem = collections.defaultdict(list)
     for path in _walk(images_dir):
-        kind = file_kind(path)
+        kind = file_kind(path, dicom_force)
         if kind is None:
             discovery.problems.append(Problem(_rel(path, dataset_dir),
                                               "not a JPEG, PNG or DICOM file"))
@@ -275,13 +281,13 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
 
 
 def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
-                            discovery: Discovery, need_labels: bool) -> None:
+                            discovery: Discovery, need_labels: bool, dicom_force: bool) -> None:
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if not _visible(name):
             continue
         if os.path.isfile(path):
-            kind = file_kind(path)
+            kind = file_kind(path, dicom_force)
             if kind == "dicom" and not need_labels:  # labelled by its tag alone
                 discovery.files.append(InputFile(path, _rel(path, dataset_dir), kind, None,
                                                  split))
@@ -293,7 +299,7 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                 discovery.problems.append(Problem(_rel(path, dataset_dir), reason))
             continue
         for file_path in _walk(path):
-            kind = file_kind(file_path)
+            kind = file_kind(file_path, dicom_force)
             if kind is None:
                 discovery.problems.append(Problem(_rel(file_path, dataset_dir),
                                                   "not a JPEG, PNG or DICOM file"))
@@ -302,7 +308,8 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                                                  kind, name, split))
 
 
-def _discover_predefined(dataset_dir: str, discovery: Discovery, need_labels: bool) -> None:
+def _discover_predefined(dataset_dir: str, discovery: Discovery, need_labels: bool,
+                         dicom_force: bool) -> None:
     folders = {}
     for name in sorted(os.listdir(dataset_dir)):
         if not (_visible(name) and os.path.isdir(os.path.join(dataset_dir, name))):
@@ -321,7 +328,7 @@ def _discover_predefined(dataset_dir: str, discovery: Discovery, need_labels: bo
                                           "train/ folder", True))
     for split, name in sorted(folders.items()):
         _discover_class_folders(dataset_dir, os.path.join(dataset_dir, name), split, discovery,
-                                need_labels)
+                                need_labels, dicom_force)
 
 
 def canonical_classes(labels) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:

@@ -141,6 +141,24 @@ def test_a_dicom_cds_index_file_is_not_an_input(tmp_path):
     assert manifest["splits"]["all"]["num_examples"] == 2 and not manifest["skipped"]
 
 
+def test_dicom_force_reads_a_suffix_less_file_without_the_preamble(tmp_path):
+    """A CD's IM0001 without the 128-byte preamble was "not a JPEG, PNG or DICOM file" even
+    with --dicom_force."""
+    root = tmp_path / "ds"
+    for name in ("Chest", "Head"):
+        source = get_testdata_file("CT_small.dcm" if name == "Chest" else "MR_small.dcm")
+        for index in range(2):
+            path = root / name / f"IM{index:04d}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(open(source, "rb").read()[132:])  # no preamble, no "DICM"
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out", output_name="all")
+    assert error.value.problems[0] == "Chest/IM0000: not a JPEG, PNG or DICOM file"
+    manifest = convert(root, tmp_path / "out", output_name="all",
+                       dicom=DicomOptions(force=True))
+    assert manifest["splits"]["all"]["class_counts"] == {"Chest": 2, "Head": 2}
+
+
 def test_tag_labels_on_a_flat_folder(tmp_path):
     root = tmp_path / "ds"
     for patient, (source, tag) in enumerate([("CT_small.dcm", "CHEST"), ("MR_small.dcm", "HEAD"),

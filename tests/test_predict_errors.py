@@ -199,6 +199,11 @@ def test_a_dicom_cds_index_is_passed_over_and_a_bare_name_gets_a_hint(folder, tm
                           "file without the DICM preamble is read with --dicom_force")
     forced = load_item(str(bare), ["Chest", "Hand"], DicomOptions(force=True), b"k")
     assert "--dicom_force" not in forced.error  # it was tried as DICOM: its own reason
+    # In a folder it was passed over even with --dicom_force: now tried as DICOM.
+    shutil.copy(bare, folder / "IM0002")
+    assert str(folder / "IM0002") not in collect_files([str(folder)])
+    assert collect_files([str(folder)], dicom_force=True) == [
+        str(folder / "IM0002"), str(folder / "a.jpeg"), str(folder / "b.png")]
 
 
 @pytest.mark.parametrize("flag, named", [

@@ -70,7 +70,8 @@ def define_flags() -> None:
     # Checked while parsing, so a bad value is a one-line flag error (exit 2) like the others.
     flags.register_validator("min_confidence", lambda value: value is None or 0 < value <= 1,
                              message="must be in (0, 1]")
-    flags.DEFINE_bool("dicom_force", False, "Read DICOM files that lack the DICM preamble/meta.")
+    flags.DEFINE_bool("dicom_force", False, "Read DICOM files that lack the DICM preamble/meta "
+                      "(in folders, every file without a suffix is then tried as DICOM).")
     flags.mark_flag_as_required("model")
 
 
@@ -84,7 +85,7 @@ def main(argv):
 
     output_csv = FLAGS.output_csv
     try:
-        files = prediction.collect_files(inputs)
+        files = prediction.collect_files(inputs, dicom_force=FLAGS.dicom_force)
         prediction.check_output_paths(output_csv, files)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)

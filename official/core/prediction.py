@@ -31,10 +31,11 @@ class Item:
     error: str | None = None
 
 
-def collect_files(inputs: list[str]) -> list[str]:
+def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
     """Named files as given, plus the image and DICOM files under named folders (sorted):
-    those the converter would read (dataset.sources.file_kind). A file reached twice (named
-    and inside a named folder, or through a link) is kept once, where it came first.
+    those the converter would read (dataset.sources.file_kind; with ``dicom_force``, every
+    file without suffix too). A file reached twice (named and inside a named folder, or
+    through a link) is kept once, where it came first.
 
     Raises:
       FileNotFoundError: naming every input that does not exist (a mistyped path is refused
@@ -52,7 +53,7 @@ def collect_files(inputs: list[str]) -> list[str]:
             for root, _, names in sources.walk_folders(entry):
                 for name in names:
                     path = os.path.join(root, name)
-                    if sources.file_kind(path) is not None:
+                    if sources.file_kind(path, dicom_force) is not None:
                         found.append(path)
             files.extend(sorted(found))
         else:
