@@ -64,27 +64,38 @@ def _visible(name: str) -> bool:
     return not name.startswith(".") and name.lower() not in _IGNORED_NAMES
 
 
-def walk_folders(root: str):
-    """os.walk(root) that follows links to folders (a linked subfolder was passed over
-    without a word), each real folder once: a folder linked twice is read once, and a link
-    back up the tree (to a folder already read, or above ``root``, whose other folders
-    would be read as part of this one) is not followed. Subfolders in sorted order."""
+def walk_folders(root: str, tree: str | None = None):
+    """os.walk(root) that follows links to folders outside ``tree`` (default: ``root``; the
+    converter gives the dataset's folder): a linked subfolder was passed over without a word.
+    A link into ``tree`` is not followed (that folder is read under its own name, with its
+    own class, split and label files), nor one to a folder above it (a loop); each real
+    folder is read once. Subfolders in sorted order."""
+    top = os.path.realpath(tree or root)
     seen = set()
-    top = os.path.realpath(root)
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
+        if real in seen:  # a second link to the same folder
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if (target == top or target.startswith(top + os.sep)
+                        or top.startswith(target.rstrip(os.sep) + os.sep)):
+                    continue
+            kept.append(name)
+        dirs[:] = kept
         yield folder, dirs, files
 
 
-def _walk(root: str) -> list[str]:
-    """Every visible file under ``root`` as a sorted list of absolute paths."""
+def _walk(root: str, tree: str) -> list[str]:
+    """Every visible file under ``root`` (in the dataset ``tree``) as a sorted list of
+    absolute paths."""
     found = []
-    for folder, dirs, files in walk_folders(root):
+    for folder, dirs, files in walk_folders(root, tree):
         dirs[:] = [d for d in dirs if _visible(d)]
         found.extend(os.path.join(folder, f) for f in files if _visible(f))
     return sorted(found)
@@ -239,12 +250,12 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
         return
     labels = {}  # stem (relative, no suffix) -> label file path
     if os.path.isdir(labels_dir):
-        for path in _walk(labels_dir):
+        for path in _walk(labels_dir, dataset_dir):
             stem, suffix = os.path.splitext(_rel(path, labels_dir))  # _rel: no abspath calls
             if suffix.lower() == ".txt":
                 labels[stem] = path
     by_stem = collections.defaultdict(list)
-    for path in _walk(images_dir):
+    for path in _walk(images_dir, dataset_dir):
         kind = file_kind(path, dicom_force)
         if kind is None:
             discovery.problems.append(Problem(_rel(path, dataset_dir),
@@ -298,7 +309,7 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                     else " (--label_source=tag labels DICOM files only)")
                 discovery.problems.append(Problem(_rel(path, dataset_dir), reason))
             continue
-        for file_path in _walk(path):
+        for file_path in _walk(path, dataset_dir):
             kind = file_kind(file_path, dicom_force)
             if kind is None:
                 discovery.problems.append(Problem(_rel(file_path, dataset_dir),

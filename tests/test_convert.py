@@ -190,8 +190,28 @@ def test_linked_subfolders_are_read_once_and_a_loop_ends(tmp_path):
     (root / "Hand" / "more").symlink_to(tmp_path / "more" / "Hand")
     (root / "Hand" / "again").symlink_to(tmp_path / "more" / "Hand")  # read once
     (tmp_path / "more" / "Hand" / "up").symlink_to(root)  # a loop: ends, reads nothing twice
+    # A link to another class's folder: its files keep their own class (they were read
+    # again as Chest's).
+    (root / "Chest" / "hands").symlink_to(root / "Hand")
     manifest = convert(root, tmp_path / "out", output_name="all")
     assert manifest["splits"]["all"]["class_counts"] == {"Chest": 4, "Hand": 7}
+
+
+def test_a_link_inside_images_keeps_each_image_with_its_label_file(
+        tmp_path, make_images_labels_dataset):
+    """images/a/also_b -> ../b: b's images were found under a/also_b/, without label files."""
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2})
+    images = sorted((root / "images").iterdir())
+    for sub, moved in (("a", images[:2]), ("b", images[2:])):
+        (root / "images" / sub).mkdir()
+        (root / "labels" / sub).mkdir()
+        for image in moved:
+            image.rename(root / "images" / sub / image.name)
+            label = root / "labels" / f"{image.stem}.txt"
+            label.rename(root / "labels" / sub / label.name)
+    (root / "images" / "a" / "also_b").symlink_to(root / "images" / "b")
+    manifest = convert(root, tmp_path / "out", output_name="all")
+    assert manifest["splits"]["all"]["num_examples"] == 4 and not manifest["skipped"]
 
 
 def test_problems_found_in_decoding_are_listed_by_path(tmp_path):
