@@ -354,6 +354,10 @@ def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
         results = workers.imap(encode_chunk, chunks, chunksize=1)
         # disable=None: no bar when stderr is a log file rather than a terminal (there a bar
         # is hundreds of carriage-return updates on one line; the summary says it all).
+        # No monitor thread (tqdm's default): a Ctrl-C reaches any thread that does not
+        # block it, so a thread beside the main one let it through the pool's signal hold
+        # (dataset/workers.py) and could hang the pool's stop (the review).
+        tqdm.monitor_interval = 0
         progress = tqdm(total=len(tasks), unit="img", desc="converting",
                         disable=None if config.show_progress else True, mininterval=0.5)
         for chunk, (blob, items) in zip(chunks, results):

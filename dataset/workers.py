@@ -35,24 +35,44 @@ _HELD = {signal.SIGINT, signal.SIGTERM}
 
 @contextlib.contextmanager
 def _signals_held():
-    """Holds Ctrl-C and SIGTERM back from this thread (and from processes and threads it
-    starts) until the block ends; a signal sent meanwhile is delivered then.
+    """Holds Ctrl-C and SIGTERM back from this process's Python code (and from processes and
+    threads started meanwhile) until the block ends; one sent meanwhile is delivered then.
 
     While a pool's workers are made, a forked worker runs the parent's handlers until
     _start_worker replaces them: a Ctrl-C or terminate() in that window raised inside its
     start-up (a traceback per worker), and an interrupt inside the pool's own set-up or
     terminate() left it half made or half stopped, and the process hung at exit (9 of 30
-    group Ctrl-Cs sent 0.3-0.6 s into a loop of pools). The mask is inherited by forked and
-    spawned workers alike, and by the pool's threads, which never take these signals.
+    group Ctrl-Cs sent 0.3-0.6 s into a loop of pools). Two holds, as a signal reaches any
+    thread that does not block it: this thread's mask (inherited by forked and spawned
+    workers, and by the pool's threads), and, for a thread started before (tqdm's monitor),
+    handlers that only note the signal, replayed at the end.
     """
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
+    noted = []
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+        handlers = {signum: signal.signal(signum, lambda signum, _: noted.append(signum))
+                    for signum in _HELD}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal still pending: delivered
+        if noted:
+            _replay(noted[0], handlers[noted[0]])
+
+
+def _replay(signum: int, handler) -> None:
+    """What ``handler`` (the one in place before the hold) does with ``signum``."""
+    if callable(handler):
+        handler(signum, None)  # e.g. KeyboardInterrupt, cli.Terminated
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)  # the default: end the process
+    # SIG_IGN: ignored, as it would have been
 
 
 class WorkerPool:

@@ -152,6 +152,22 @@ def test_a_ctrl_c_while_pools_start_and_stop_says_nothing_and_exits():
         assert (process.returncode, stdout, stderr) == (0, "interrupted\n", ""), stderr[-2000:]
 
 
+def test_the_converter_starts_no_thread_beside_its_pool(tmp_path):
+    """A signal reaches any thread that does not block it: a second thread (tqdm's monitor,
+    started by the progress bar) let a Ctrl-C through the pool's signal hold, and 13 of 40
+    Ctrl-Cs into a loop of pools beside such a thread hung."""
+    root = make_class_folders(tmp_path / "ds", {"A": 4, "B": 4}, size=16)
+    program = ("import threading\n"
+               "from dataset.convert import ConvertConfig, convert_dataset\n"
+               f"convert_dataset(ConvertConfig(dataset_name='t', dataset_dir={str(root)!r}, "
+               f"output_dir={str(tmp_path / 'out')!r}, output_name='all', num_workers=2))\n"
+               "print([thread.name for thread in threading.enumerate()])\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "['MainThread']"
+
+
 @pytest.mark.parametrize("stop, status, what", [
     # Ctrl-C signals the whole process group, workers included.
     ("group SIGINT", 130, "interrupted"),
