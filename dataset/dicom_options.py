@@ -54,3 +54,15 @@ class DicomOptions:
         recorded = {key: value for key, value in (recorded or {}).items()
                     if key in RENDERING_FIELDS}
         return cls(**recorded, **others)
+
+
+def rendering_of(recorded: dict | None) -> dict:
+    """A recorded rendering with every field given (a model trained before it was recorded:
+    the defaults), so that two renderings compare equal when they render alike."""
+    options = DicomOptions.rendering(recorded)
+    return {field: getattr(options, field) for field in RENDERING_FIELDS}
+
+
+def describe_rendering(rendering: dict) -> str:
+    """'voi=window, bits=8': the fields that are set."""
+    return ", ".join(f"{key}={value}" for key, value in rendering.items() if value is not None)

@@ -236,10 +236,22 @@ def test_an_ensemble_of_models_trained_on_differently_rendered_dicoms_is_refused
     from official.core.inference import load_predictor
     from tests.test_views_ensembles import _model_dir_like
 
+    from official.core import export
+
     minmax = _model_dir_like(trained, tmp_path / "minmax", dicom_rendering={"voi": "minmax"})
-    with pytest.raises(ValueError, match=r"cannot ensemble .*: their training DICOMs were "
-                                         r"rendered differently \(defaults vs \{'voi': "):
+    message = (r"cannot ensemble .*: their training DICOMs were rendered differently "
+               r"\(voi=window, bits=8 vs voi=minmax, bits=8\); use one model at a time")
+    with pytest.raises(ValueError, match=message):
         load_predictor([trained["model_dir"], minmax])
+    members = [(*export.load_model_from_dir(path), path) for path in (trained["model_dir"],
+                                                                        minmax)]
+    with pytest.raises(ValueError, match=message):  # a SavedModel of them: refused alike
+        export.export_ensemble(members, str(tmp_path / "export"))
+    assert not (tmp_path / "export").exists()
+    # A model from before the rendering was recorded, beside one trained on defaults: alike.
+    defaults = {"voi": "window", "window_center": None, "window_width": None, "bits": 8}
+    explicit = _model_dir_like(trained, tmp_path / "explicit", dicom_rendering=defaults)
+    assert load_predictor([trained["model_dir"], explicit]).dicom_rendering == defaults
 
 
 def test_an_ensemble_names_each_model_once(trained):

@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from dataset import preprocess, test_time
+from dataset.dicom_options import describe_rendering, rendering_of
 from networks import registry
 from official.core.config import CONFIG_FILE, read_config
 from official.modeling import ema
@@ -287,12 +288,31 @@ def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: st
             if other[key] != first[key]:
                 raise ValueError(f"cannot ensemble {first_source} and {source}: {key} "
                                  f"{first[key]!r} vs {other[key]!r}")
+    check_same_rendering([(source, member_config) for _, member_config, source in members])
     config = dict(first)
     if len(members) > 1:
         config["ensemble"] = [{"source": source, "model": member_config.get("model")}
                               for _, member_config, source in members]
     module = ServingModule([model for model, _, _ in members], first, tta_views)
     return _save(module, config, export_dir, tta_views)
+
+
+def check_same_rendering(members: list[tuple[str, dict]]) -> None:
+    """Members of one ensemble (source, config) must have been trained on DICOMs rendered
+    alike: one rendering of a new DICOM file feeds them all (dicom_predict.py).
+
+    Raises:
+      ValueError: naming two members and their renderings.
+    """
+    (first, first_config), *others = members
+    first_rendering = rendering_of(first_config.get("dicom_rendering"))
+    for source, config in others:
+        rendering = rendering_of(config.get("dicom_rendering"))
+        if rendering != first_rendering:
+            raise ValueError(
+                f"cannot ensemble {first} and {source}: their training DICOMs were rendered "
+                f"differently ({describe_rendering(first_rendering)} vs "
+                f"{describe_rendering(rendering)}); use one model at a time")
 
 
 def trained_export_tta(configs: list[dict]) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from dataset import test_time
+from dataset.dicom_options import rendering_of
 from official.core import export
 from official.core.config import CONFIG_FILE
 
@@ -106,8 +107,8 @@ class Predictor:
             raise FileNotFoundError(f"{model_path}: neither a SavedModel (saved_model.pb) nor a "
                                     f"training model_dir ({CONFIG_FILE})")
         self.class_names = list(self.config["class_names"])
-        # How the training data's DICOMs were rendered (absent before it was recorded).
-        self.dicom_rendering = self.config.get("dicom_rendering") or {}
+        # How the training data's DICOMs were rendered (the defaults before it was recorded).
+        self.dicom_rendering = rendering_of(self.config.get("dicom_rendering"))
 
     def _views(self, image_bytes):
         resized = export.decode_and_resize(image_bytes, image_size=int(self.config["image_size"]),
@@ -158,13 +159,8 @@ class Ensemble:
         self.class_names = list(first.class_names)
         self.source = ",".join(member.source for member in members)
         self.tta_views = [member.tta_views for member in members]
+        export.check_same_rendering([(member.source, member.config) for member in members])
         self.dicom_rendering = first.dicom_rendering
-        for other in members[1:]:
-            if other.dicom_rendering != first.dicom_rendering:  # one rendering feeds all
-                raise ValueError(
-                    f"cannot ensemble {first.source} and {other.source}: their training "
-                    f"DICOMs were rendered differently ({first.dicom_rendering or 'defaults'} "
-                    f"vs {other.dicom_rendering or 'defaults'}); use one model at a time")
 
     def __call__(self, encoded_images) -> np.ndarray:
         """float32 [N, num_classes]: the mean of the members' probabilities."""
