@@ -95,6 +95,9 @@ class ConvertConfig:
     def manifest_flags(self) -> dict:
         flags = dataclasses.asdict(self)
         flags.pop("show_progress")
+        # Absolute: a report names files relative to it (evaluation.source_dir), read from
+        # any working directory.
+        flags["dataset_dir"] = os.path.abspath(self.dataset_dir)
         if self.dicom is None:  # record the defaults in force, not "None"
             flags["dicom"] = dataclasses.asdict(DicomOptions())
         return flags

@@ -254,6 +254,22 @@ def test_an_ensemble_of_models_trained_on_differently_rendered_dicoms_is_refused
     assert load_predictor([trained["model_dir"], explicit]).dicom_rendering == defaults
 
 
+def test_the_source_dir_is_recorded_absolute(tmp_path, monkeypatch):
+    """Recorded as typed, a relative --dataset_dir in metrics.json named nothing from another
+    working directory."""
+    from official.core.evaluation import source_dir
+    from tests.test_convert import convert, make_class_folders
+
+    make_class_folders(tmp_path / "ds", {"A": 2, "B": 2})
+    monkeypatch.chdir(tmp_path)
+    convert("ds", tmp_path / "out", output_name="all")
+    assert source_dir(str(tmp_path / "out")) == str(tmp_path / "ds")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest["flags"]["dataset_dir"] = "ds"  # as older conversions recorded it
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    assert source_dir(str(tmp_path / "out")) is None
+
+
 def test_an_ensemble_names_each_model_once(trained):
     from official.core.inference import load_predictor
 

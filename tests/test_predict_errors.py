@@ -199,6 +199,16 @@ def test_a_dicom_cds_index_is_passed_over_and_a_bare_name_gets_a_hint(folder, tm
                           "file without the DICM preamble is read with --dicom_force")
     forced = load_item(str(bare), ["Chest", "Hand"], DicomOptions(force=True), b"k")
     assert "--dicom_force" not in forced.error  # it was tried as DICOM: its own reason
+    # A suffix-less file with the preamble failed as DICOM: no word of --dicom_force.
+    mask = tmp_path / "SEG0001"
+    shutil.copy(get_testdata_file("CT_small.dcm"), mask)
+    import pydicom
+
+    seg = pydicom.dcmread(mask)
+    seg.Modality = "SEG"
+    seg.save_as(mask)
+    item = load_item(str(mask), ["Chest", "Hand"], DicomOptions(), b"k")
+    assert item.error == f"{mask}: a segmentation mask (SEG), not an image of anatomy"
     # In a folder it was passed over even with --dicom_force: now tried as DICOM.
     shutil.copy(bare, folder / "IM0002")
     assert str(folder / "IM0002") not in collect_files([str(folder)])

@@ -36,8 +36,11 @@ def default_output_dir(model: str, predictor_source: str, split: str, tta_views:
 
 def source_dir(data_dir: str) -> str | None:
     """The folder the records were converted from (its --dataset_dir, in the manifest): the
-    report's misclassified.csv names files relative to it. None when not recorded."""
-    return reader.read_manifest(data_dir).get("flags", {}).get("dataset_dir")
+    report's misclassified.csv names files relative to it. None when not recorded, or
+    recorded relative to a working directory now unknown (conversions before it was made
+    absolute)."""
+    recorded = reader.read_manifest(data_dir).get("flags", {}).get("dataset_dir")
+    return recorded if recorded and os.path.isabs(recorded) else None
 
 
 def checkpoint_step(predictor_source: str) -> int:

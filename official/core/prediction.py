@@ -113,7 +113,8 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
         if path not in item.error:
             item.error = f"{path}: {item.error}"
         if (head and images.sniff_format(head) is None and not dicom_options.force
-                and not os.path.splitext(path)[1]):  # e.g. a CD's IM0002
+                and not os.path.splitext(path)[1]
+                and not dicom.is_dicom_file(path)):  # e.g. a CD's IM0002, no preamble
             item.error += ("; a DICOM file without the DICM preamble is read with "
                            "--dicom_force")
     return item
