@@ -135,9 +135,11 @@ def _plan(config, discovery, headers, problems):
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
+    named_by_label_files = bool(raw_labels)
     if config.label_source == "tag" and not raw_labels:  # classes: the defined terms seen
-        raw_labels = [class_name(term) if (term := canonical_body_part(h[0])) else h[0]
-                      for h in headers.values.values() if h[0]]
+        # (a value that is no body part names no class: its files could never be in it)
+        raw_labels = [class_name(term) for h in headers.values.values()
+                      if h[0] and (term := canonical_body_part(h[0]))]
     names, canonical, variants = sources.canonical_classes(raw_labels)
     labelled, agreement = [], collections.defaultdict(collections.Counter)
     for item in files:
@@ -151,14 +153,12 @@ def _plan(config, discovery, headers, problems):
             if tag_class is None:
                 # An object that is no image (a SEG mask, a dose grid) usually has no body
                 # part either; what it is says more than that the tag is missing.
-                reason = (not_anatomy(modality)
-                          or (f"BodyPartExamined {body_part!r} matches no class" if body_part
-                              else "no BodyPartExamined tag (--label_source=tag)"))
+                reason = (not_anatomy(modality) or _no_class_reason(body_part, modality, names))
                 problems.append(sources.Problem(item.relpath, reason))
                 continue
             label = tag_class
         labelled.append((item, label, patient))
-    left_out = _classes_no_tag_gave(config, names, labelled)
+    left_out = _classes_no_tag_gave(config, names, labelled) if named_by_label_files else []
     names = [name for name in names if name not in left_out]
     groups_csv = sources.read_groups_csv(config.groups_csv) if config.groups_csv else {}
     problems.extend(sources.unmatched_group_rows(config.groups_csv, groups_csv, discovery))
@@ -196,6 +196,17 @@ def _plan(config, discovery, headers, problems):
     notes += [f"class {name!r} is named by label files, but no file's BodyPartExamined maps "
               "to it: left out of the classes (--label_source=tag)" for name in left_out]
     return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
+
+
+def _no_class_reason(body_part, modality, names) -> str:
+    """Why a DICOM file's tag gives it no class (--label_source=tag)."""
+    if not body_part:
+        return "no BodyPartExamined tag (--label_source=tag)"
+    by_name = normalize_body_part(body_part, names)  # the modality set aside
+    if by_name is not None and modality:
+        return (f"BodyPartExamined {body_part!r} matches {by_name!r}, a class of another "
+                f"modality than this {modality} image")
+    return f"BodyPartExamined {body_part!r} matches no class"
 
 
 def _classes_no_tag_gave(config, names, labelled) -> list[str]:

@@ -159,6 +159,32 @@ def test_dicom_force_reads_a_suffix_less_file_without_the_preamble(tmp_path):
     assert manifest["splits"]["all"]["class_counts"] == {"Chest": 2, "Head": 2}
 
 
+def test_tag_problems_say_why_no_class_fits(tmp_path):
+    """An MR HEAD against a class HeadCT was "matches no class"; without label files, a tag
+    that is no body part became a class of its own, then was dropped as "named by label
+    files" (there were none; the review)."""
+    root = tmp_path / "ds"
+    _write_dicom(root / "images" / "ct.dcm", "CT_small.dcm", patient="SECRET-PATIENT-01",
+                 body_part="HEAD")
+    _write_dicom(root / "images" / "mr.dcm", "MR_small.dcm", patient="SECRET-PATIENT-02",
+                 body_part="HEAD")
+    (root / "labels").mkdir()
+    for stem in ("ct", "mr"):
+        (root / "labels" / f"{stem}.txt").write_text("HeadCT")
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out", output_name="all", label_source="tag")
+    assert error.value.problems == ["images/mr.dcm: BodyPartExamined 'HEAD' matches 'HeadCT', "
+                                    "a class of another modality than this MR image"]
+    for label in (root / "labels").iterdir():
+        label.unlink()
+    _write_dicom(root / "images" / "odd.dcm", "CT_small.dcm", patient="SECRET-PATIENT-03",
+                 body_part="FOO BAR")
+    manifest = convert(root, tmp_path / "out", output_name="all", label_source="tag",
+                       on_error="skip")
+    assert manifest["classes"] == ["Head"] and not manifest.get("warnings")
+    assert {entry["path"] for entry in manifest["skipped"]} == {"images/odd.dcm"}
+
+
 def test_tag_labels_on_a_flat_folder(tmp_path):
     root = tmp_path / "ds"
     for patient, (source, tag) in enumerate([("CT_small.dcm", "CHEST"), ("MR_small.dcm", "HEAD"),
