@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -126,6 +127,9 @@ def test_eval_cli_scores_data_with_some_of_the_models_classes(trained, tmp_path)
     assert metrics["classes_not_in_data"] == ["Chest"] and metrics["num_examples"] == 5
     assert metrics["per_class"]["Hand"]["support"] == 5  # "Hand" is the model's class 1
     assert metrics["macro_avg"]["recall"] == metrics["per_class"]["Hand"]["recall"]
+    from official.utils.report import summary_scalars
+
+    assert "recall/Chest" not in summary_scalars(metrics)  # TensorBoard: no 0 for it
     # A class the model does not know cannot be scored.
     knees = write_converted_dataset(tmp_path / "knees", {"test": {"Knee": 2, "Hand": 2}},
                                     classes=("Hand", "Knee"))
@@ -277,3 +281,6 @@ def test_an_ensemble_names_each_model_once(trained):
     with pytest.raises(ValueError, match=f"^{model}/ is named twice in the ensemble \\(as "
                                          f"{model}\\): each model once$"):
         load_predictor([model, trained["export"], f"{model}/"])
+    export_dir = os.path.dirname(trained["export"])  # the folder and its newest version
+    with pytest.raises(ValueError, match="is named twice in the ensemble"):
+        load_predictor([export_dir, trained["export"]])

@@ -182,7 +182,8 @@ def check_distinct(model_paths: list[str]) -> None:
     """
     seen = {}
     for path in model_paths:
-        real = os.path.realpath(path)
+        # An export folder and its newest version are one model.
+        real = os.path.realpath(resolve_saved_model(path) or path)
         if real in seen:
             raise ValueError(f"{path} is named twice in the ensemble (as {seen[real]}): each "
                              "model once")

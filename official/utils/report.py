@@ -102,6 +102,8 @@ def summary_scalars(metrics: dict) -> dict[str, float]:
                "macro_f1": metrics["macro_avg"]["f1"]}
     scalars.update({f"accuracy_{name}": value
                     for name, value in metrics["top_k_accuracy"].items() if name != "top_1"})
+    absent = set(metrics.get("classes_not_in_data", ()))  # no recall to plot (0 by convention)
     for name, values in metrics["per_class"].items():
-        scalars[f"recall/{name}"] = values["recall"]
+        if name not in absent:
+            scalars[f"recall/{name}"] = values["recall"]
     return scalars
