@@ -68,7 +68,7 @@ def _scalar_tags(folder) -> set[str]:
     return tags
 
 
-def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
+def test_stop_threshold_then_resume_to_max_train_steps(tmp_path, caplog):
     data = tiny_dataset(tmp_path / "data")
     # As tf_convert_data.py --dicom_voi=given records it: prediction renders DICOMs this way.
     manifest = json.loads((data / "manifest.json").read_text())
@@ -103,13 +103,20 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path):
     assert {m["name"] for m in metrics} >= {"train_loss", "accuracy"}
 
     # Same model_dir: resumes at step 2 (weights, optimizer, step) and stops at max_train_steps.
+    # The records were re-converted with another DICOM rendering meanwhile: said, not refused
+    # (a dataset without DICOM files is not concerned).
+    manifest["flags"]["dicom"]["voi"] = "minmax"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    caplog.clear()
     second = _train(
         _config(data, model_dir, max_train_steps=3, export_dir=str(tmp_path / "export")),
         ONE_DEVICE)
     assert (second.resumed_from_step, second.step, second.stopped_by) == (
         2, 3, "max_train_steps")
     exported = json.loads(open(f"{second.export_path}/assets.extra/config.json").read())
-    assert exported["dicom_rendering"] == rendering
+    assert exported["dicom_rendering"] == {**rendering, "voi": "minmax"}
+    assert ("this run's records rendered DICOM files with voi=minmax, window_center=40.0, "
+            "window_width=400.0, bits=8, the run's start with voi=given") in caplog.text
     # The export and the model rebuilt from model_dir (for evaluation/prediction) agree.
     rebuilt, _ = export.load_model_from_dir(str(model_dir))
     images = np.stack([class_image(np.random.default_rng(3), i % 2, 32) for i in range(4)])

@@ -15,6 +15,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from dataset.dicom_options import describe_rendering, rendering_of
 from official.utils.files import file_in_the_way, written_atomically
 
 if TYPE_CHECKING:  # the model code (Keras) is not imported to read a config
@@ -302,6 +303,20 @@ def check_run_folders(config: TrainConfig) -> None:
             config.model_dir):
         raise ValueError(f"--export_dir={config.export_dir} is the --model_dir; give the "
                          f"export a folder of its own (e.g. {config.model_dir}/export)")
+
+
+def rendering_change(saved: dict, rendering: dict | None) -> str | None:
+    """A warning when a resumed run's records rendered DICOM files otherwise than the run's
+    start (re-converted with another --dicom_voi, ...): prediction renders new files as the
+    latest records were. Not refused: a dataset without DICOM files is not concerned."""
+    if saved.get("dicom_rendering") is None:  # a run from before it was recorded
+        return None
+    before, now = rendering_of(saved["dicom_rendering"]), rendering_of(rendering)
+    if before == now:
+        return None
+    return (f"this run's records rendered DICOM files with {describe_rendering(now)}, the "
+            f"run's start with {describe_rendering(before)}; prediction will render new "
+            "DICOM files as these records were")
 
 
 def check_resume_config(model_dir: str, frozen: dict[str, tuple] | None) -> None:

@@ -59,7 +59,7 @@ from official.core import export as export_lib
 from official.core import budget, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
                                   check_run_folders, config_to_resume, frozen_settings,
-                                  resolved_config, write_config)
+                                  rendering_change, resolved_config, write_config)
 from official.modeling import ema
 from official.modeling.stretchable import Stretchable
 from official.utils.logs import hooks as hooks_lib
@@ -147,6 +147,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                         else frozen_settings(saved, registry.spec_from_config(saved), spec,
                                              data.class_names, ema_decay=config.ema_decay,
                                              batch_size=config.batch_size))
+    if saved and (note := rendering_change(saved, data.dicom_rendering)):
+        logging.warning(note)
     if workers > 1 and config.seed is None:
         # Splitting the input by data needs the same shuffle on every worker: a variable's
         # initial value is the chief's on every worker, so this is the chief's random seed.
