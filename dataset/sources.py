@@ -24,13 +24,10 @@ import csv
 import os
 from dataclasses import dataclass, field
 
-from dataset.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from dataset.folder_walk import file_kind, visible, visible_files
 
 LAYOUTS = ("auto", "images_labels", "class_folders", "predefined")
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
-# DICOMDIR: the index every DICOM CD or DVD carries (PS3.10 fixes its name); it holds no
-# image, and it failed a conversion of a CD's folders as "no pixel data".
-_IGNORED_NAMES = {"thumbs.db", "desktop.ini", "dicomdir"}
 
 
 @dataclass(frozen=True)
@@ -60,79 +57,6 @@ class Discovery:
     problems: list[Problem] = field(default_factory=list)
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and name.lower() not in _IGNORED_NAMES
-
-
-def walk_folders(root: str, tree: str | None = None):
-    """os.walk(root) that follows links to folders outside ``tree`` (default: ``root``; the
-    converter gives the dataset's folder): a linked subfolder was passed over without a word.
-    A link into ``tree`` is not followed (that folder is read under its own name, with its
-    own class, split and label files), nor one to a folder above it (a loop); each real
-    folder is read once. Subfolders in sorted order."""
-    top = os.path.realpath(tree or root)
-    seen = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:  # a second link to the same folder
-            dirs[:] = []
-            continue
-        seen.add(real)
-        kept = []
-        for name in sorted(dirs):
-            path = os.path.join(folder, name)
-            if os.path.islink(path):
-                target = os.path.realpath(path)
-                if (target == top or target.startswith(top + os.sep)
-                        or top.startswith(target.rstrip(os.sep) + os.sep)):
-                    continue
-            kept.append(name)
-        dirs[:] = kept
-        yield folder, dirs, files
-
-
-def _walk(root: str, tree: str) -> list[str]:
-    """Every visible file under ``root`` (in the dataset ``tree``) as a sorted list of
-    absolute paths."""
-    found = []
-    for folder, dirs, files in walk_folders(root, tree):
-        dirs[:] = [d for d in dirs if _visible(d)]
-        found.extend(os.path.join(folder, f) for f in files if _visible(f))
-    return sorted(found)
-
-
-def _has_dicm_preamble(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
-def is_dicomdir(path: str) -> bool:
-    """A DICOM medium's index file (named DICOMDIR by the standard), not an image."""
-    return os.path.basename(path).lower() == "dicomdir"
-
-
-def file_kind(path: str, dicom_force: bool = False) -> str | None:
-    """The converter's file-kind detection, shared with prediction so both accept the
-    same files: ``"image"`` for a ``.jpg``/``.jpeg``/``.png`` suffix (the format is
-    sniffed from the bytes later), ``"dicom"`` for ``.dcm``/``.dicom`` or no suffix with
-    the DICM marker at byte 128 (with ``dicom_force``, --dicom_force: with or without it,
-    as a CD's IM0001 files may lack it), None for anything else (a DICOMDIR too). Reads at
-    most 132 bytes and never raises for an unreadable file (None)."""
-    if is_dicomdir(path):
-        return None
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
-    if suffix in DICOM_SUFFIXES or (suffix == "" and (dicom_force
-                                                      or _has_dicm_preamble(path))):
-        return "dicom"
-    return None
-
-
 def read_label_file(path: str) -> tuple[str | None, str | None]:
     """``(label, None)`` or ``(None, reason)`` for an empty, non-UTF-8 or multi-line file."""
     try:
@@ -156,7 +80,7 @@ def detect_layout(dataset_dir: str) -> str:
     if os.path.isdir(os.path.join(dataset_dir, "images")):
         return "images_labels"
     folders = [d for d in os.listdir(dataset_dir)
-               if _visible(d) and os.path.isdir(os.path.join(dataset_dir, d))]
+               if visible(d) and os.path.isdir(os.path.join(dataset_dir, d))]
     if folders and "train" in folders and all(d in SPLIT_FOLDERS for d in folders):
         return "predefined"
     return "class_folders"
@@ -250,12 +174,12 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
         return
     labels = {}  # stem (relative, no suffix) -> label file path
     if os.path.isdir(labels_dir):
-        for path in _walk(labels_dir, dataset_dir):
+        for path in visible_files(labels_dir, dataset_dir):
             stem, suffix = os.path.splitext(_rel(path, labels_dir))  # _rel: no abspath calls
             if suffix.lower() == ".txt":
                 labels[stem] = path
     by_stem = collections.defaultdict(list)
-    for path in _walk(images_dir, dataset_dir):
+    for path in visible_files(images_dir, dataset_dir):
         kind = file_kind(path, dicom_force)
         if kind is None:
             discovery.problems.append(Problem(_rel(path, dataset_dir),
@@ -295,7 +219,7 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                             discovery: Discovery, need_labels: bool, dicom_force: bool) -> None:
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
-        if not _visible(name):
+        if not visible(name):
             continue
         if os.path.isfile(path):
             kind = file_kind(path, dicom_force)
@@ -309,7 +233,7 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                     else " (--label_source=tag labels DICOM files only)")
                 discovery.problems.append(Problem(_rel(path, dataset_dir), reason))
             continue
-        for file_path in _walk(path, dataset_dir):
+        for file_path in visible_files(path, dataset_dir):
             kind = file_kind(file_path, dicom_force)
             if kind is None:
                 discovery.problems.append(Problem(_rel(file_path, dataset_dir),
@@ -323,7 +247,7 @@ def _discover_predefined(dataset_dir: str, discovery: Discovery, need_labels: bo
                          dicom_force: bool) -> None:
     folders = {}
     for name in sorted(os.listdir(dataset_dir)):
-        if not (_visible(name) and os.path.isdir(os.path.join(dataset_dir, name))):
+        if not (visible(name) and os.path.isdir(os.path.join(dataset_dir, name))):
             continue
         split = SPLIT_FOLDERS.get(name)
         if split is None:

@@ -27,7 +27,7 @@ class FileTask:
 
     path: str  # absolute
     relpath: str  # relative to the dataset folder; stored as image/filename
-    kind: str  # "image" or "dicom" (dataset.sources.file_kind)
+    kind: str  # "image" or "dicom" (dataset.folder_walk.file_kind)
     label: int  # index into the class list
     text: str  # canonical class name
     split: str  # output split name

@@ -1,6 +1,6 @@
 """Predict the body part of files: the library part of networks/resnet/dicom_predict.py.
 
-Files are read as the converter reads them (dataset.sources.file_kind, dataset.images,
+Files are read as the converter reads them (dataset.folder_walk.file_kind, dataset.images,
 dataset.dicom), encoded, and fed to a Predictor (official/core/inference.py); the CSV has one
 row per file (CSV_COLUMNS), an error row for a file that cannot be read.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from dataset import body_parts, dicom, images, sources
+from dataset import body_parts, dicom, folder_walk, images, sources
 from official.core import inference
 from official.utils.files import written_atomically
 
@@ -33,7 +33,7 @@ class Item:
 
 def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
     """Named files as given, plus the image and DICOM files under named folders (sorted):
-    those the converter would read (dataset.sources.file_kind; with ``dicom_force``, every
+    those the converter would read (dataset.folder_walk.file_kind; with ``dicom_force``, every
     file without suffix too). A file reached twice (named and inside a named folder, or
     through a link) is kept once, where it came first.
 
@@ -50,10 +50,10 @@ def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
     for entry in inputs:
         if os.path.isdir(entry):
             found = []
-            for root, _, names in sources.walk_folders(entry):
+            for root, _, names in folder_walk.walk_folders(entry):
                 for name in names:
                     path = os.path.join(root, name)
-                    if sources.file_kind(path, dicom_force) is not None:
+                    if folder_walk.file_kind(path, dicom_force) is not None:
                         found.append(path)
             files.extend(sorted(found))
         else:
@@ -92,7 +92,7 @@ def check_output_paths(output_csv: str, files: list[str]) -> None:
 def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes) -> Item:
     """Encoded image bytes (DICOM rendered to PNG) and the normalised body-part tag."""
     item, head = Item(path), b""
-    if sources.is_dicomdir(path):  # named on its own: a folder's is passed over
+    if folder_walk.is_dicomdir(path):  # named on its own: a folder's is passed over
         item.error = f"{path}: a DICOMDIR (the index of a DICOM CD), not an image"
         return item
     try:
