@@ -185,3 +185,15 @@ def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, num_cla
                 for k, v in per_replica.items()}
 
     return evaluate
+
+
+def evaluate(evaluate_step, strategy: tf.distribute.Strategy,
+             dataset: tf.data.Dataset) -> dict[str, float]:
+    """Accuracy, mean loss and example count of ``make_eval_step``'s step over ``dataset``."""
+    totals = {"loss": 0.0, "correct": 0.0, "examples": 0.0}
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        for key, value in evaluate_step(batch).items():
+            totals[key] += float(value)
+    examples = max(totals["examples"], 1.0)
+    return {"accuracy": totals["correct"] / examples, "loss": totals["loss"] / examples,
+            "examples": int(totals["examples"])}

@@ -77,16 +77,6 @@ def averaged(weight_average: ema.WeightAverage | None):
     return weight_average.swapped_in() if weight_average else contextlib.nullcontext()
 
 
-def evaluate(evaluate_step, strategy, dataset) -> dict[str, float]:
-    totals = {"loss": 0.0, "correct": 0.0, "examples": 0.0}
-    for batch in strategy.experimental_distribute_dataset(dataset):
-        for key, value in evaluate_step(batch).items():
-            totals[key] += float(value)
-    examples = max(totals["examples"], 1.0)
-    return {"accuracy": totals["correct"] / examples, "loss": totals["loss"] / examples,
-            "examples": int(totals["examples"])}
-
-
 def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> TrainResult:
     """Train (or resume) `network` (the plug-in, see above) in `config.model_dir`; evaluate
     each cycle; export when asked.
@@ -326,7 +316,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         distribution_utils.broadcast_from_chief(strategy, state.model.non_trainable_variables)
         eval_started = budget.now()
         with averaged(weight_average):
-            eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+            eval_metrics = steps.evaluate(evaluate_step, strategy, eval_data)
         if deadline:
             deadline.excluded += budget.now() - eval_started
         logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
@@ -352,7 +342,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
 
     if eval_metrics is None:  # resumed a finished run: report its final accuracy again
         with averaged(weight_average):
-            eval_metrics = evaluate(evaluate_step, strategy, eval_data)
+            eval_metrics = steps.evaluate(evaluate_step, strategy, eval_data)
     for hook in hooks:
         hook.end(step)
     train_writer.flush()
