@@ -91,7 +91,7 @@ def check_output_paths(output_csv: str, files: list[str]) -> None:
 
 def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes) -> Item:
     """Encoded image bytes (DICOM rendered to PNG) and the normalised body-part tag."""
-    item, head = Item(path), b""
+    item, unknown_bytes = Item(path), False
     if folder_walk.is_dicomdir(path):  # named on its own: a folder's is passed over
         item.error = f"{path}: a DICOMDIR (the index of a DICOM CD), not an image"
         return item
@@ -100,21 +100,20 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
             head = handle.read(16)
         # JPEG/PNG are recognised by their bytes first, so --dicom_force only widens
         # what counts as DICOM among the rest.
-        if images.sniff_format(head) is None and (dicom.is_dicom_file(path)
-                                                   or dicom_options.force):
+        sniffed = images.sniff_format(head)
+        if sniffed is None and (dicom.is_dicom_file(path) or dicom_options.force):
             rendered, info = dicom.read_dicom(path, dicom_options, hash_key=hash_key)
             item.encoded = rendered[0].png
             item.body_part = body_parts.normalize_body_part(info.body_part, class_names,
                                                             modality=info.modality)
         else:
+            unknown_bytes = bool(head) and sniffed is None  # neither image nor DICOM
             item.encoded = images.load_image(path, "image")[0].data
     except (ValueError, OSError) as error:
         item.error = str(error).splitlines()[0] if str(error) else type(error).__name__
         if path not in item.error:
             item.error = f"{path}: {item.error}"
-        if (head and images.sniff_format(head) is None and not dicom_options.force
-                and not os.path.splitext(path)[1]
-                and not dicom.is_dicom_file(path)):  # e.g. a CD's IM0002, no preamble
+        if unknown_bytes and not os.path.splitext(path)[1]:  # a CD's IM0002, no preamble
             item.error += ("; a DICOM file without the DICM preamble is read with "
                            "--dicom_force")
     return item
