@@ -229,6 +229,22 @@ def test_learning_rate_schedule_scales_the_official_boundaries(tmp_path):
         [0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-5])
 
 
+def test_a_resumed_run_adds_its_run_record_beside_the_first(tmp_path):
+    # A resume is a second logger on the same --benchmark_log_dir: the first run's record must
+    # stay, so every run_id in metric.log still names its flags and machine.
+    runs = [logger_lib.BenchmarkLogger(str(tmp_path)) for _ in range(2)]
+    for number, run in enumerate(runs):
+        run.log_run_info("resnet18_v2", {"max_train_steps": number + 2})
+        run.log_metric("accuracy", 0.5, global_step=number + 2)
+    records = [json.loads(line) for line in
+               (tmp_path / logger_lib.RUN_LOG).read_text().splitlines()]
+    metrics = [json.loads(line) for line in
+               (tmp_path / logger_lib.METRIC_LOG).read_text().splitlines()]
+    assert [r["run_parameters"]["max_train_steps"] for r in records] == [2, 3]
+    assert [m["run_id"] for m in metrics] == [r["run_id"] for r in records]
+    assert records[0]["run_id"] != records[1]["run_id"]
+
+
 def test_bigquery_needs_its_package():
     try:
         from google.cloud import bigquery  # noqa: F401

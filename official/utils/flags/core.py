@@ -122,7 +122,9 @@ def _define_benchmark(define: _Definer) -> None:
     define.string("export_dir", None, "If set, a SavedModel of the model is exported to "
                         "<export_dir>/<version>/ at the end of training.", short_name="ed")
     define.string("benchmark_log_dir", None, "Write run information and metrics as JSON "
-                        "lines to this folder.", short_name="bld")
+                        "lines to this folder (benchmark_run.log gets one line per run, "
+                        "a resumed run included; metric.log's lines name it by run_id).",
+                  short_name="bld")
     define.string("gcp_project", None, "The GCP project where the benchmark will be "
                         "uploaded to BigQuery (needs google-cloud-bigquery).", short_name="gp")
     define.string("bigquery_data_set", "test_benchmark", "The BigQuery dataset name where "

@@ -1,7 +1,9 @@
 """Benchmark logger: run information and metrics as JSON lines, optionally to BigQuery.
 
 Files (names as in TF official's BenchmarkFileLogger), in `--benchmark_log_dir`:
-  benchmark_run.log  one JSON object: model, flags/config, TensorFlow version, machine;
+  benchmark_run.log  one JSON object per line, one per run (a resumed run adds its own, so
+                     every run_id in metric.log has its record): model, flags/config,
+                     TensorFlow version, machine;
   metric.log         one JSON object per line: {"name", "value", "unit", "global_step",
                      "timestamp", "extras"}.
 With `--gcp_project`, the same records are also inserted into BigQuery
@@ -65,7 +67,7 @@ class BenchmarkLogger:
                                      "gpus": len(tf.config.list_physical_devices("GPU"))},
                   "run_parameters": config}
         if self.log_dir:
-            with open(os.path.join(self.log_dir, RUN_LOG), "w") as f:
+            with open(os.path.join(self.log_dir, RUN_LOG), "a") as f:
                 f.write(json.dumps(record, default=str) + "\n")
         if self._bigquery is not None:
             self._insert(self._run_table, {**record, "run_parameters": json.dumps(config,
