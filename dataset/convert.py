@@ -158,7 +158,7 @@ def _plan(config, discovery, headers, problems):
                 continue
             label = tag_class
         labelled.append((item, label, patient))
-    left_out = _classes_no_tag_gave(config, names, labelled) if named_by_label_files else []
+    left_out = _classes_no_tag_gave(config, names, labelled, named_by_label_files)
     names = [name for name in names if name not in left_out]
     groups_csv = sources.read_groups_csv(config.groups_csv) if config.groups_csv else {}
     problems.extend(sources.unmatched_group_rows(config.groups_csv, groups_csv, discovery))
@@ -209,11 +209,12 @@ def _no_class_reason(body_part, modality, names) -> str:
     return f"BodyPartExamined {body_part!r} matches no class"
 
 
-def _classes_no_tag_gave(config, names, labelled) -> list[str]:
+def _classes_no_tag_gave(config, names, labelled, named_by_label_files: bool) -> list[str]:
     """With --label_source=tag the label files only name the classes; one that no file's tag
     (or, for a JPEG or PNG, label) gave would be a model output no image ever trained (it
-    was kept with 0 examples, e.g. when --on_error=skip dropped its untagged files)."""
-    if config.label_source != "tag":
+    was kept with 0 examples, e.g. when --on_error=skip dropped its untagged files). Without
+    label files the tags seen name the classes, so none is left out."""
+    if config.label_source != "tag" or not named_by_label_files:
         return []
     given = {label for _, label, _ in labelled}
     return [name for name in names if name not in given]
@@ -352,6 +353,13 @@ def convert_dataset(config: ConvertConfig) -> dict:
         workers.close()
 
 
+class _Progress(tqdm):
+    """tqdm without its monitor thread (this class only, not tqdm's other users): a Ctrl-C
+    reaches any thread that does not block it, so a thread beside the main one let it through
+    the pool's signal hold (dataset/workers.py) and could hang the pool's stop."""
+    monitor_interval = 0
+
+
 def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
     with staging_area(config.output_dir) as staging:
         split_order = list(dict.fromkeys(task.split for task in tasks))
@@ -368,11 +376,7 @@ def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
         results = workers.imap(encode_chunk, chunks, chunksize=1)
         # disable=None: no bar when stderr is a log file rather than a terminal (there a bar
         # is hundreds of carriage-return updates on one line; the summary says it all).
-        # No monitor thread (tqdm's default): a Ctrl-C reaches any thread that does not
-        # block it, so a thread beside the main one let it through the pool's signal hold
-        # (dataset/workers.py) and could hang the pool's stop (the review).
-        tqdm.monitor_interval = 0
-        progress = tqdm(total=len(tasks), unit="img", desc="converting",
+        progress = _Progress(total=len(tasks), unit="img", desc="converting",
                         disable=None if config.show_progress else True, mininterval=0.5)
         for chunk, (blob, items) in zip(chunks, results):
             progress.update(len(chunk))
