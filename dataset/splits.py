@@ -29,6 +29,7 @@ pseudo-random order that mixes classes in every shard.
 from __future__ import annotations
 
 import hashlib
+import math
 
 SPLIT_MODES = ("None", "tt_split", "tvt_split", "predefined")
 SPLIT_NAMES = ("train", "validation", "test")
@@ -49,8 +50,11 @@ def resolve_size(value: float, total: int, flag: str) -> float:
     """A split size flag as a fraction of ``total``: counts if >= 1, fractions if < 1.
 
     Raises:
-      ValueError: negative, a non-integer count, or a count larger than ``total``.
+      ValueError: not a finite number, negative, a non-integer count, or a count larger
+        than ``total``.
     """
+    if not math.isfinite(value):
+        raise ValueError(f"{flag} must be a fraction < 1 or a count >= 1; got {value}")
     if value < 0:
         raise ValueError(f"{flag} must be >= 0 (a fraction < 1 or a count >= 1); got {value}")
     if value < 1:
