@@ -22,6 +22,8 @@ from __future__ import annotations
 import collections
 import csv
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from dataset.folder_walk import file_kind, visible, visible_files
@@ -57,6 +59,20 @@ class Discovery:
     problems: list[Problem] = field(default_factory=list)
 
 
+# Whitespace and the invisible characters (zero-width space/joiners, word joiner, BOM) that
+# text pasted from a web page or a word processor carries at its ends.
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+_LABEL_ENDS = re.compile(rf"^[\s{_INVISIBLE}]+|[\s{_INVISIBLE}]+$")
+
+
+def clean_label(text: str) -> str:
+    """A class name as a person reads it: Unicode NFC (macOS file names and some editors
+    write "Å" as "A" + a combining ring, which compares unequal to the same name typed
+    elsewhere: two classes that print alike) without whitespace or invisible characters at
+    its ends."""
+    return _LABEL_ENDS.sub("", unicodedata.normalize("NFC", text))
+
+
 def read_label_file(path: str) -> tuple[str | None, str | None]:
     """``(label, None)`` or ``(None, reason)`` for an empty, non-UTF-8 or multi-line file."""
     try:
@@ -68,7 +84,7 @@ def read_label_file(path: str) -> tuple[str | None, str | None]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None, "label file is not UTF-8"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in map(clean_label, text.splitlines()) if line]
     if len(lines) > 1:
         # Two class names (a multi-label note, or two files pasted together): taking the
         # first would silently label the image with what may be the wrong one.
@@ -240,7 +256,7 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                                                   "not a JPEG, PNG or DICOM file"))
             else:
                 discovery.files.append(InputFile(file_path, _rel(file_path, dataset_dir),
-                                                 kind, name, split))
+                                                 kind, clean_label(name), split))
 
 
 def _discover_predefined(dataset_dir: str, discovery: Discovery, need_labels: bool,
