@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -24,6 +25,12 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 # Pillow mode -> channels as stored. Modes TensorFlow's decoders cannot read
 # (CMYK/YCCK JPEG, 32-bit float TIFF-style modes) are deliberately absent.
 _CHANNELS = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+# Grey modes Pillow gives a 16-bit PNG. TensorFlow decodes every image to uint8 for the model
+# (dataset/features.py, official/core/export.py), and decode_image(dtype=uint8) keeps the high
+# byte of a 16-bit sample: 12-bit data (0-4095, what most 16-bit exports of CT, MR and CR
+# hold) becomes grey levels 0-15, a black image, in training and prediction alike.
+_GREY16 = ("I;16", "I;16B", "I")
+MIN_16BIT_LEVELS = 64  # fewer grey levels after that decode: refused (14 bits or more pass)
 
 
 class ImageError(ValueError):
@@ -79,6 +86,8 @@ def validate_image_bytes(data: bytes) -> EncodedImage:
                 # faster on 64x64 images, more on large ones. The size was read above.
                 image.draft(mode, (1, 1))
             image.load()  # decode everything: the only reliable truncation check
+            if image_format == "png" and mode in _GREY16:
+                _check_16bit_range(int(np.asarray(image).max()))
     except ImageError:
         raise
     except Exception as error:  # Pillow raises many types for corrupt data
@@ -87,6 +96,15 @@ def validate_image_bytes(data: bytes) -> EncodedImage:
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels ({width}x{height})")
     return EncodedImage(data, image_format, height, width, channels)
+
+
+def _check_16bit_range(maximum: int) -> None:
+    levels = (maximum >> 8) + 1  # grey levels 0..maximum >> 8 after the uint8 decode
+    if levels < MIN_16BIT_LEVELS:
+        raise ImageError(
+            f"16-bit PNG with values up to {maximum} of 65535: decoded to 8 bits (the high "
+            f"byte, as TensorFlow reads it) it has grey levels 0-{levels - 1} only, a nearly "
+            "black image; rescale it to the 16-bit range or save it as 8-bit")
 
 
 def load_image(path: str, kind: str, *, dicom_options=None,

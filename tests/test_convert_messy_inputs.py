@@ -4,14 +4,22 @@ images in per-patient sub-folders."""
 
 from __future__ import annotations
 
+import io
 import unicodedata
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import splits
+from dataset import images, splits
+from dataset.conversion_plan import ConversionError
 from tests.test_convert import convert
+
+
+def _png16(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 # --- class names --------------------------------------------------------------------
@@ -42,6 +50,32 @@ def test_class_folder_names_in_another_normal_form_are_one_class(tmp_path):
         pytest.skip("this file system normalises names itself (both folders are one)")
     manifest = convert(root, tmp_path / "out", output_name="all")
     assert manifest["splits"]["all"]["class_counts"] == {"Hand": 2, "Schädel": 4}
+
+
+# --- 16-bit PNGs ----------------------------------------------------------------------
+
+
+def test_a_16_bit_png_of_12_bit_data_is_refused_with_the_reason():
+    # TensorFlow's decode_image(dtype=uint8) keeps the high byte of 16-bit samples: values
+    # 0..4095 become 0..15, a black image for the model, in training and prediction alike.
+    data = _png16(np.add.outer(np.arange(32), np.arange(32)) * 64)  # 0..3968
+    with pytest.raises(images.ImageError, match=r"16-bit PNG.*3968 of 65535.*0-15"):
+        images.validate_image_bytes(data)
+
+
+def test_a_16_bit_png_using_its_range_is_kept_as_it_is():
+    data = _png16(np.add.outer(np.arange(32), np.arange(32)) * 1000)  # up to 62000
+    encoded = images.validate_image_bytes(data)
+    assert (encoded.data, encoded.channels) == (data, 1)
+
+
+def test_a_dataset_of_12_bit_pngs_names_each_file(tmp_path, make_images_labels_dataset):
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=16)
+    (root / "images" / "000001.png").write_bytes(_png16(np.full((16, 16), 3000)))
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out")
+    (problem,) = error.value.problems
+    assert problem.startswith("images/000001.png: 16-bit PNG with values up to 3000 of 65535")
 
 
 # --- split sizes ----------------------------------------------------------------------
