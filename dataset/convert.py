@@ -195,6 +195,8 @@ def _plan(config, discovery, headers, problems):
     notes = [f"class {name!r} has {note}" for name, note in rare.items()]
     notes += [f"class {name!r} is named by label files, but no file's BodyPartExamined maps "
               "to it: left out of the classes (--label_source=tag)" for name in left_out]
+    if num_splits:
+        notes += splits.subfolder_note(discovery.layout, groups)
     return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
 
 

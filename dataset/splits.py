@@ -123,3 +123,22 @@ def small_classes(files_by_class: dict[str, dict[str, str]], num_splits: int,
                             "splits requested" + (f" ({listed})" if files else "")
                             + (f"; it has {notes[name]}" if name in (notes or {}) else ""))
     return messages
+
+
+# Folders above a file that the layout gives a meaning (images/, a class, a split and a class).
+LAYOUT_DEPTH = {"images_labels": 1, "class_folders": 1, "predefined": 2}
+
+
+def subfolder_note(layout: str, groups: dict[str, str]) -> list[str]:
+    """A warning when files grouped by their stem lie in subfolders the layout does not name
+    (images/patient7/slice3.png): such a folder is often a patient or a study, and grouping by
+    stem puts its files in different splits (and the same slice name of every folder in one)."""
+    depth = LAYOUT_DEPTH.get(layout, 1)
+    nested = sorted(relpath for relpath, group in groups.items()
+                    if group.startswith("stem:") and relpath.count("/") > depth)
+    if not nested:
+        return []
+    return [f"{len(nested)} file(s) lie in subfolders (e.g. {nested[0]}) and are grouped by "
+            "their file stem, not their folder, so one folder's files can be in different "
+            "splits; if a folder is a patient or a study, give it as their group with "
+            "--groups_csv ('file,group' rows)"]

@@ -85,3 +85,41 @@ def test_a_dataset_of_12_bit_pngs_names_each_file(tmp_path, make_images_labels_d
 def test_a_split_size_that_is_not_a_number_is_a_value_error_naming_the_flag(value):
     with pytest.raises(ValueError, match=r"^--test_size must be a fraction < 1 or a count"):
         splits.split_fractions("tt_split", 0.1, value, 100)
+
+
+# --- groups ---------------------------------------------------------------------------
+
+
+def _nested_dataset(root):
+    """images/patient<P>/slice<S>.png: five slices of each of six patients."""
+    rng = np.random.default_rng(0)
+    for patient in range(6):
+        for folder in ("images", "labels"):
+            (root / folder / f"patient{patient}").mkdir(parents=True, exist_ok=True)
+        for slice_index in range(5):
+            stem = f"patient{patient}/slice{slice_index}"
+            Image.fromarray(rng.integers(0, 255, (8, 8), np.uint8)).save(
+                root / "images" / f"{stem}.png")
+            (root / "labels" / f"{stem}.txt").write_text("Chest" if patient % 2 else "Hand")
+    return root
+
+
+def test_files_in_subfolders_grouped_by_stem_are_warned_of(tmp_path):
+    root = _nested_dataset(tmp_path / "ds")
+    manifest = convert(root, tmp_path / "out", need_split="tt_split", test_size=0.3)
+    (warning,) = [w for w in manifest["warnings"] if "subfolders" in w]
+    assert warning.startswith("30 file(s) lie in subfolders (e.g. images/patient0/slice0.png) "
+                              "and are grouped by their file stem, not their folder")
+    assert "--groups_csv" in warning
+
+
+def test_no_subfolder_warning_once_the_folders_are_the_groups(tmp_path):
+    root = _nested_dataset(tmp_path / "ds")
+    groups = tmp_path / "groups.csv"
+    groups.write_text("".join(f"images/patient{p}/slice{s}.png,patient{p}\n"
+                              for p in range(6) for s in range(5)))
+    manifest = convert(root, tmp_path / "out", need_split="tt_split", test_size=0.3,
+                       groups_csv=str(groups), seed=1)
+    assert not [w for w in manifest["warnings"] if "subfolders" in w]
+    manifest = convert(root, tmp_path / "all", output_name="all")  # no split: nothing to say
+    assert not [w for w in manifest["warnings"] if "subfolders" in w]
