@@ -193,3 +193,19 @@ def test_a_final_model_trains_on_train_and_validation_with_a_warning(tmp_path, c
     caplog.clear()
     assert train_input.resolve_data(_input(data, tmp_path / "m")).train_examples == 16
     assert "also trained on" not in caplog.text
+
+
+def test_a_class_without_training_examples_is_warned_of(tmp_path, caplog):
+    data = tiny_dataset(tmp_path / "d")
+    manifest = json.loads((data / "manifest.json").read_text())
+    counts = manifest["splits"]["train"]["class_counts"]
+    empty = sorted(counts)[0]
+    counts[empty] = 0  # as a tiny class that a split left out of train gives
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        train_input.resolve_data(_input(data, tmp_path / "m"))
+    assert f"class(es) {empty!r} have no example in --train_split=train" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train_input.resolve_data(_input(tiny_dataset(tmp_path / "full"), tmp_path / "m"))
+    assert "no example" not in caplog.text

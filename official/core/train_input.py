@@ -102,6 +102,14 @@ def resolve_data(spec: InputSpec) -> DataSpec:
         missing = [path for path in info.files if not os.path.isfile(path)]
         if missing and not spec.use_synthetic_data:
             raise ValueError(f"--data_dir={spec.data_dir}: shard {missing[0]} is missing")
+    unlearnt = [name for name in train.class_names if not train.class_counts.get(name)]
+    if unlearnt and not spec.use_synthetic_data:
+        # The converter warned too; a run may come much later. The class keeps its output
+        # (the model's classes are the data's), but no step ever trains it.
+        logging.warning("--data_dir=%s: class(es) %s have no example in --train_split=%s: "
+                        "the model will never predict them, and their images in other splits "
+                        "are all errors", spec.data_dir, ", ".join(map(repr, unlearnt)),
+                        spec.train_split)
     if len(train.class_names) < 2:
         raise ValueError(f"--data_dir={spec.data_dir}: needs at least 2 classes, found "
                          f"{list(train.class_names)}")
