@@ -32,6 +32,7 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
+from dataset import images
 from dataset.body_parts import not_anatomy
 from dataset.dicom_display import grey_display, quantise
 from dataset.dicom_display import tag_text as _text
@@ -185,10 +186,22 @@ def _scrubbed(failure):
 # --- reading -----------------------------------------------------------------------
 
 
+def _refuse_image_bytes(path) -> None:
+    """A JPEG or PNG named as DICOM (the kind is the suffix's, dataset/folder_walk.py) says
+    so; it was "not a DICOM file ... --dicom_force", and with that flag "no pixel data"."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    image_format = images.sniff_format(head)
+    if image_format and head[128:132] != b"DICM":
+        raise DicomError(f"{path}: {image_format.upper()} bytes, not DICOM: rename it "
+                         f".{'jpg' if image_format == 'jpeg' else 'png'}")
+
+
 def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False) -> Dataset:
     try:
         if os.path.getsize(path) == 0:  # as images say it (it was "not a DICOM file", or
             raise DicomError(f"{path}: zero-byte file")  # with --dicom_force "no pixel data")
+        _refuse_image_bytes(path)
         ds = pydicom.dcmread(path, force=options.force, stop_before_pixels=header_only)
     except InvalidDicomError:
         # Both programs that read DICOM (tf_convert_data.py, dicom_predict.py) name the

@@ -67,6 +67,9 @@ def validate_image_bytes(data: bytes) -> EncodedImage:
         raise ImageError("zero-byte file")
     image_format = sniff_format(data)
     if image_format is None:
+        if data[128:132] == b"DICM":  # the kind is the suffix's (dataset/folder_walk.py)
+            raise ImageError("a DICOM file (DICM marker at byte 128) named as a JPEG or PNG: "
+                             "rename it .dcm")
         raise ImageError("not a JPEG or PNG image (unrecognised magic bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:

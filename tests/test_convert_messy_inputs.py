@@ -123,3 +123,27 @@ def test_no_subfolder_warning_once_the_folders_are_the_groups(tmp_path):
     assert not [w for w in manifest["warnings"] if "subfolders" in w]
     manifest = convert(root, tmp_path / "all", output_name="all")  # no split: nothing to say
     assert not [w for w in manifest["warnings"] if "subfolders" in w]
+
+
+# --- suffixes that lie -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_whose_suffix_lies_says_what_its_bytes_are(tmp_path, force):
+    # The kind is the suffix's (dataset/folder_walk.py); the message names the bytes found and
+    # the fix, instead of "not a DICOM file ... --dicom_force" (and with that flag "no pixel
+    # data") or "unrecognised magic bytes".
+    from dataset.dicom_options import DicomOptions
+    from tests.dicom_fixtures import write_dicom
+
+    jpeg = tmp_path / "photo.dcm"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(jpeg, format="JPEG")
+    with pytest.raises(images.ImageError,
+                       match=f"^{jpeg}: JPEG bytes, not DICOM: rename it .jpg$"):
+        images.load_image(str(jpeg), "dicom", dicom_options=DicomOptions(force=force),
+                          hash_key=b"k")
+    dicom = tmp_path / "slice.jpg"
+    write_dicom(dicom, np.zeros((8, 8), np.uint16))
+    with pytest.raises(images.ImageError, match="a DICOM file .* named as a JPEG or PNG: "
+                                                "rename it .dcm"):
+        images.load_image(str(dicom), "image")
