@@ -12,6 +12,7 @@ worker processes start fast.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,12 @@ _CHANNELS = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "RGB": 3, "
 # hold) becomes grey levels 0-15, a black image, in training and prediction alike.
 _GREY16 = ("I;16", "I;16B", "I")
 MIN_16BIT_LEVELS = 64  # fewer grey levels after that decode: refused (14 bits or more pass)
+
+
+# Pillow warns, without naming the file, of an image over MAX_IMAGE_PIXELS (89 million pixels,
+# 9,500 x 9,500: a large scanned film) and refuses one over twice that, which this module says
+# as "image too large". The warning is only noise in a conversion log.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(ValueError):
@@ -93,6 +100,8 @@ def validate_image_bytes(data: bytes) -> EncodedImage:
                 _check_16bit_range(int(np.asarray(image).max()))
     except ImageError:
         raise
+    except Image.DecompressionBombError as error:  # its words: "could be decompression bomb"
+        raise ImageError(f"image too large to decode: {str(error).split(',')[0]}") from None
     except Exception as error:  # Pillow raises many types for corrupt data
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageError(f"undecodable {image_format.upper()}: {message}") from None

@@ -5,6 +5,8 @@ images in per-patient sub-folders."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import unicodedata
 
 import numpy as np
@@ -13,6 +15,7 @@ from PIL import Image
 
 from dataset import images, splits
 from dataset.conversion_plan import ConversionError
+from tests.conftest import REPO_ROOT
 from tests.test_convert import convert
 
 
@@ -147,3 +150,26 @@ def test_a_file_whose_suffix_lies_says_what_its_bytes_are(tmp_path, force):
     with pytest.raises(images.ImageError, match="a DICOM file .* named as a JPEG or PNG: "
                                                 "rename it .dcm"):
         images.load_image(str(dicom), "image")
+
+
+def test_an_image_too_large_for_pillow_says_so_in_a_word(monkeypatch):
+    # Pillow's own words were "undecodable JPEG: ... could be decompression bomb DOS attack",
+    # and a warning without a file name below its refusal limit.
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(buffer, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # refused above 1,800 pixels
+    with pytest.raises(images.ImageError, match=r"^image too large to decode: Image size "
+                                                r"\(2000 pixels\) exceeds limit of 1800 pixels$"):
+        images.validate_image_bytes(buffer.getvalue())
+    # Between the limits Pillow only warns: not shown (pytest resets warning filters, so in a
+    # program of its own).
+    program = ("import io, numpy as np\n"
+               "from PIL import Image\n"
+               "from dataset import images\n"
+               "buffer = io.BytesIO()\n"
+               "Image.fromarray(np.zeros((40, 50), np.uint8)).save(buffer, format='PNG')\n"
+               "Image.MAX_IMAGE_PIXELS = 1500\n"
+               "print(images.validate_image_bytes(buffer.getvalue()).width)\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "50\n", "")
