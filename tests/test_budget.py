@@ -341,12 +341,13 @@ def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
     entry = json.loads((model_dir / "config.json").read_text())["budget"]
     assert (entry["planned_steps"], entry["lengthened_at_step"], entry["train_steps"],
             entry["epochs"]) == (5, 4, 9, 4.5)
-    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-5")
+    # The interrupt after step 6 saves it (train_lib._saved_when_interrupted).
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
 
     hook.stop_at = None
     result = _train(config)
     assert (result.resumed_from_step, result.step, result.stopped_by, result.budget_epochs) == (
-        5, 9, "train_budget_seconds", 4.5)
+        6, 9, "train_budget_seconds", 4.5)
     assert json.loads((model_dir / "config.json").read_text())["budget"] == entry
     expected = Stretchable(
         train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5)))

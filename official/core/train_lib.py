@@ -251,90 +251,93 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     deadline = budget.Deadline.for_run(
         config, budget_entry, started, strategy=strategy, steps_per_epoch=steps_per_epoch,
         train_steps=total_steps, resumed=resumed_from > 0) if budget_entry else None
-    while step < last_step:
-        cycle_start = step
-        cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
-        while step < cycle_end:
-            num_steps = min(config.steps_per_loop, cycle_end - step)
-            if deadline:
-                num_steps = deadline.steps_that_fit(step, num_steps)
-                if not num_steps:
+    # Ctrl-C or SIGTERM between steps (or during a validation) keeps the steps since the
+    # last save: a checkpoint at the step reached, which the same command resumes from.
+    with _saved_when_interrupted(manager, state.step, enabled=workers == 1):
+        while step < last_step:
+            cycle_start = step
+            cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
+            while step < cycle_end:
+                num_steps = min(config.steps_per_loop, cycle_end - step)
+                if deadline:
+                    num_steps = deadline.steps_that_fit(step, num_steps)
+                    if not num_steps:
+                        break
+                loop_started = budget.now()
+                started = time.perf_counter()
+                totals = {k: float(v) for k, v in train_fn(train_iterator,
+                                                           tf.constant(num_steps)).items()}
+                elapsed = time.perf_counter() - started
+                previous, step = step, int(state.step.numpy())
+                if totals["nonfinite_steps"] > 0 or not math.isfinite(totals["loss"]):
+                    where = (f"step {step}" if num_steps == 1
+                             else f"one of steps {previous + 1}-{step}")
+                    raise FloatingPointError(
+                        f"training loss became NaN/Inf at {where}; stopped without saving (last "
+                        f"checkpoint: {manager.latest_checkpoint})")
+                examples_per_second = totals["examples"] / max(elapsed, 1e-9)
+                throughput.append(examples_per_second)
+                metrics = {"loss": totals["loss"] / num_steps,
+                           "accuracy": totals["correct"] / max(totals["examples"], 1.0),
+                           "learning_rate": float(schedule(state.optimizer.iterations)),
+                           "loss_scale": steps.loss_scale_of(state.optimizer),
+                           "examples": totals["examples"],
+                           "examples_per_second": examples_per_second}
+                with train_writer.as_default():
+                    for name, value in metrics.items():
+                        if value is not None and name != "examples":
+                            tf.summary.scalar(name, value, step)
+                for hook in hooks:
+                    hook.after_step(step, metrics)
+                every = config.checkpoint_every_steps
+                if every and step // every > previous // every and step < cycle_end:
+                    manager.save(checkpoint_number=step)
+                if deadline:
+                    deadline.observe(num_steps, budget.now() - loop_started)
+                    budget_used = deadline.used_seconds()
+                    if deadline.reached:
+                        break
+                    longer = deadline.lengthen(step, total_steps, schedule, budget_entry)
+                    if longer > total_steps:
+                        resolved = config_json(budget=budget_entry)
+                        if chief:
+                            write_config(config.model_dir, resolved)
+                        total_steps = last_step = longer
+                        cycle_end = min((cycle_start // steps_per_cycle + 1) * steps_per_cycle,
+                                        last_step)
+            if deadline and deadline.reached:
+                logging.warning("train_budget_seconds=%g: stopping at step %d of the %d planned, "
+                                "at the budget (the steps ran slower than the speed they were "
+                                "planned by)",
+                                config.train_budget_seconds, step, total_steps)
+                last_step = step
+                if step == cycle_start:  # nothing trained since the last validation and save
                     break
-            loop_started = budget.now()
-            started = time.perf_counter()
-            totals = {k: float(v) for k, v in train_fn(train_iterator,
-                                                       tf.constant(num_steps)).items()}
-            elapsed = time.perf_counter() - started
-            previous, step = step, int(state.step.numpy())
-            if totals["nonfinite_steps"] > 0 or not math.isfinite(totals["loss"]):
-                where = (f"step {step}" if num_steps == 1
-                         else f"one of steps {previous + 1}-{step}")
-                raise FloatingPointError(
-                    f"training loss became NaN/Inf at {where}; stopped without saving (last "
-                    f"checkpoint: {manager.latest_checkpoint})")
-            examples_per_second = totals["examples"] / max(elapsed, 1e-9)
-            throughput.append(examples_per_second)
-            metrics = {"loss": totals["loss"] / num_steps,
-                       "accuracy": totals["correct"] / max(totals["examples"], 1.0),
-                       "learning_rate": float(schedule(state.optimizer.iterations)),
-                       "loss_scale": steps.loss_scale_of(state.optimizer),
-                       "examples": totals["examples"],
-                       "examples_per_second": examples_per_second}
-            with train_writer.as_default():
-                for name, value in metrics.items():
-                    if value is not None and name != "examples":
-                        tf.summary.scalar(name, value, step)
-            for hook in hooks:
-                hook.after_step(step, metrics)
-            every = config.checkpoint_every_steps
-            if every and step // every > previous // every and step < cycle_end:
-                manager.save(checkpoint_number=step)
-            if deadline:
-                deadline.observe(num_steps, budget.now() - loop_started)
-                budget_used = deadline.used_seconds()
-                if deadline.reached:
-                    break
-                longer = deadline.lengthen(step, total_steps, schedule, budget_entry)
-                if longer > total_steps:
-                    resolved = config_json(budget=budget_entry)
-                    if chief:
-                        write_config(config.model_dir, resolved)
-                    total_steps = last_step = longer
-                    cycle_end = min((cycle_start // steps_per_cycle + 1) * steps_per_cycle,
-                                    last_step)
-        if deadline and deadline.reached:
-            logging.warning("train_budget_seconds=%g: stopping at step %d of the %d planned, "
-                            "at the budget (the steps ran slower than the speed they were "
-                            "planned by)",
-                            config.train_budget_seconds, step, total_steps)
-            last_step = step
-            if step == cycle_start:  # nothing trained since the last validation and save
-                break
 
-        # Batch-norm moving statistics are updated from each worker's own part of the batch;
-        # every worker takes the chief's (what it saves and exports) before evaluating.
-        distribution_utils.broadcast_from_chief(strategy, state.model.non_trainable_variables)
-        eval_started = budget.now()
-        with averaged(weight_average):
-            eval_metrics = steps.evaluate(evaluate_step, strategy, eval_data)
-        if deadline:
-            deadline.excluded += budget.now() - eval_started
-        logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
-                     config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
-                     eval_metrics["examples"])
-        with eval_writer.as_default():
-            tf.summary.scalar("accuracy", eval_metrics["accuracy"], step)
-            tf.summary.scalar("loss", eval_metrics["loss"], step)
-        if benchmark_logger:
-            benchmark_logger.log_metric("accuracy", eval_metrics["accuracy"], global_step=step)
-            benchmark_logger.log_metric("loss", eval_metrics["loss"], global_step=step)
-        manager.save(checkpoint_number=step)
-        if model_helpers.past_stop_threshold(config.stop_threshold, eval_metrics["accuracy"]):
-            stopped_by = "stop_threshold"
-            break
-    else:
-        if config.max_train_steps and last_step < total_steps:
-            stopped_by = "max_train_steps"
+            # Batch-norm moving statistics are updated from each worker's own part of the batch;
+            # every worker takes the chief's (what it saves and exports) before evaluating.
+            distribution_utils.broadcast_from_chief(strategy, state.model.non_trainable_variables)
+            eval_started = budget.now()
+            with averaged(weight_average):
+                eval_metrics = steps.evaluate(evaluate_step, strategy, eval_data)
+            if deadline:
+                deadline.excluded += budget.now() - eval_started
+            logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
+                         config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
+                         eval_metrics["examples"])
+            with eval_writer.as_default():
+                tf.summary.scalar("accuracy", eval_metrics["accuracy"], step)
+                tf.summary.scalar("loss", eval_metrics["loss"], step)
+            if benchmark_logger:
+                benchmark_logger.log_metric("accuracy", eval_metrics["accuracy"], global_step=step)
+                benchmark_logger.log_metric("loss", eval_metrics["loss"], global_step=step)
+            manager.save(checkpoint_number=step)
+            if model_helpers.past_stop_threshold(config.stop_threshold, eval_metrics["accuracy"]):
+                stopped_by = "stop_threshold"
+                break
+        else:
+            if config.max_train_steps and last_step < total_steps:
+                stopped_by = "max_train_steps"
     if deadline and deadline.reached:
         stopped_by = "budget_deadline"
     stopped_by = stopped_by or ("train_budget_seconds" if total_steps < max_steps
@@ -367,6 +370,25 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        budget_epochs=step / steps_per_epoch if budget_entry else None,
                        budget_seconds_used=budget_used,
                        budget_seconds=config.train_budget_seconds if budget_entry else None)
+
+
+@contextlib.contextmanager
+def _saved_when_interrupted(manager: tf.train.CheckpointManager, step: tf.Variable, *,
+                            enabled: bool):
+    """On Ctrl-C or SIGTERM (cli.Terminated, a KeyboardInterrupt) inside the block, saves a
+    checkpoint at the step reached unless the latest one is of that step, then re-raises.
+    The interrupt arrives between TensorFlow calls, so the weights, optimizer and step are
+    those of one finished step. Not with several workers: a save is collective there, and the
+    others are not stopping."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        reached = int(step.numpy())
+        latest = manager.latest_checkpoint
+        if enabled and reached and (latest is None or int(latest.rsplit("-", 1)[1]) != reached):
+            manager.save(checkpoint_number=reached)
+            logging.warning("interrupted: saved a checkpoint at step %d", reached)
+        raise
 
 
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
