@@ -291,7 +291,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                     hook.after_step(step, metrics)
                 every = config.checkpoint_every_steps
                 if every and step // every > previous // every and step < cycle_end:
-                    manager.save(checkpoint_number=step)
+                    _save(manager, step)
                 if deadline:
                     deadline.observe(num_steps, budget.now() - loop_started)
                     budget_used = deadline.used_seconds()
@@ -331,7 +331,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             if benchmark_logger:
                 benchmark_logger.log_metric("accuracy", eval_metrics["accuracy"], global_step=step)
                 benchmark_logger.log_metric("loss", eval_metrics["loss"], global_step=step)
-            manager.save(checkpoint_number=step)
+            _save(manager, step)
             if model_helpers.past_stop_threshold(config.stop_threshold, eval_metrics["accuracy"]):
                 stopped_by = "stop_threshold"
                 break
@@ -372,6 +372,21 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        budget_seconds=config.train_budget_seconds if budget_entry else None)
 
 
+def _save(manager: tf.train.CheckpointManager, step: int) -> None:
+    """A checkpoint of ``step``. One the file system refuses (a full disk) is an OSError
+    naming the folder and the last checkpoint, and leaves no partial ckpt-N_temp folder."""
+    try:
+        manager.save(checkpoint_number=step)
+    except tf.errors.OpError as error:
+        failure = export_lib.storage_error(error, manager.directory)
+        if failure is None:
+            raise
+        shutil.rmtree(os.path.join(manager.directory, f"ckpt-{step}_temp"), ignore_errors=True)
+        raise OSError(f"{manager.directory}: cannot save the checkpoint of step {step}: "
+                      f"{failure.strerror} (the last one saved: "
+                      f"{manager.latest_checkpoint or 'none'})") from None
+
+
 @contextlib.contextmanager
 def _saved_when_interrupted(manager: tf.train.CheckpointManager, step: tf.Variable, *,
                             enabled: bool):
@@ -386,7 +401,7 @@ def _saved_when_interrupted(manager: tf.train.CheckpointManager, step: tf.Variab
         reached = int(step.numpy())
         latest = manager.latest_checkpoint
         if enabled and reached and (latest is None or int(latest.rsplit("-", 1)[1]) != reached):
-            manager.save(checkpoint_number=reached)
+            _save(manager, reached)
             logging.warning("interrupted: saved a checkpoint at step %d", reached)
         raise
 

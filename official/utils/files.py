@@ -20,7 +20,8 @@ def written_atomically(path: str):
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(error, OSError) and error.filename == tmp and error.errno:
+        # A full disk fails the write or the close, whose OSError names no file.
+        if isinstance(error, OSError) and error.filename in (tmp, None) and error.errno:
             raise type(error)(error.errno, error.strerror, path) from None
         raise
 

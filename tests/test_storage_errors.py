@@ -1,0 +1,58 @@
+"""A file system that refuses the output (a full disk, read-only) is one error line naming the
+folder, with no partial files left: checkpoints, exports and small atomic files alike."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import tensorflow as tf
+
+from networks.resnet import train_steps
+from official.core import export, train_lib
+from official.core.config import TrainConfig
+from official.utils import cli, files
+from tests.trainer_fixtures import tiny_dataset
+
+ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
+FULL = "{{function_node __wrapped__SaveV2}} x_temp/part-00000; No space left on device [Op:SaveV2]"
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_oserror_and_no_temp_folder(tmp_path, monkeypatch):
+    data = tiny_dataset(tmp_path / "data")
+    model_dir = tmp_path / "model"
+    real = tf.train.CheckpointManager.save
+
+    def full_disk(self, checkpoint_number=None, **kwargs):
+        os.makedirs(os.path.join(self.directory, f"ckpt-{checkpoint_number}_temp"))
+        raise tf.errors.ResourceExhaustedError(None, None, FULL)  # as SaveV2 fails
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk)
+    config = TrainConfig(data_dir=str(data), model_dir=str(model_dir), image_size=32,
+                         batch_size=8, train_epochs=1, hooks=(), num_parallel_calls=2, seed=1)
+    with pytest.raises(OSError) as raised:
+        train_lib.train(config, ONE_DEVICE, train_steps.ResNetNetwork(resnet_size=18,
+                                                                      small_input=False))
+    assert str(raised.value) == (f"{model_dir}: cannot save the checkpoint of step 2: No space "
+                                 "left on device (the last one saved: none)")
+    assert isinstance(raised.value, cli.EXPECTED_ERRORS)  # one line from the programs
+    assert not list(model_dir.glob("*_temp"))
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", real)
+
+
+def test_storage_error_maps_only_the_file_systems_refusals():
+    failure = export.storage_error(tf.errors.ResourceExhaustedError(None, None, FULL), "/out")
+    assert (failure.errno, failure.filename) == (errno.ENOSPC, "/out")
+    assert export.storage_error(tf.errors.ResourceExhaustedError(
+        None, None, "OOM when allocating tensor with shape[64,64]"), "/out") is None
+
+
+def test_an_atomic_write_on_a_full_disk_names_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    with pytest.raises(OSError) as raised:
+        with files.written_atomically(str(path)) as tmp:
+            open(tmp, "w").close()
+            raise OSError(errno.ENOSPC, "No space left on device")  # a write's: no file name
+    assert raised.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []
