@@ -1,11 +1,13 @@
 """Writes an evaluation report: metrics.json, confusion_matrix.png, misclassified.csv.
 
-Every file is written under a temporary name and renamed, so an interrupted
-evaluation never leaves a report that looks complete but is not.
+The three files are written under temporary names first and only then renamed, metrics.json
+last, so an interrupted or failed evaluation (Ctrl-C, a full disk) never leaves a report that
+looks complete but is not, nor one whose files come from two evaluations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,9 +23,15 @@ from official.utils.files import written_atomically
 from official.utils.metrics import classification_metrics
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    with written_atomically(str(path)) as tmp:
-        Path(tmp).write_bytes(data)
+def _write_together(files: dict[Path, bytes]) -> None:
+    """Every file under a temporary name first, then each renamed over its path, the first
+    given last: a failure while writing (a full disk, Ctrl-C) replaces none of the files an
+    earlier report left, so they never mix two evaluations."""
+    with contextlib.ExitStack() as stack:  # exits, and renames, in reverse order
+        temporary = [(stack.enter_context(written_atomically(str(path))), data)
+                     for path, data in files.items()]
+        for tmp, data in temporary:
+            Path(tmp).write_bytes(data)
 
 
 def confusion_matrix_png(matrix: np.ndarray, class_names, title: str = "") -> bytes:
@@ -79,10 +87,6 @@ def write_report(output_dir, *, labels, probabilities, class_names, filenames,
                                      data_classes=data_classes)
     metrics.update(extra or {})
 
-    _atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-    _atomic_write(output_dir / "confusion_matrix.png",
-                  confusion_matrix_png(np.array(metrics["confusion_matrix"]), class_names, title))
-
     predictions = probabilities.argmax(axis=1)
     text = io.StringIO()
     writer = csv.writer(text)
@@ -92,7 +96,12 @@ def write_report(output_dir, *, labels, probabilities, class_names, filenames,
                          class_names[predictions[index]],
                          f"{probabilities[index, predictions[index]]:.6f}",
                          f"{probabilities[index, labels[index]]:.6f}"])
-    _atomic_write(output_dir / "misclassified.csv", text.getvalue().encode())
+    # metrics.json first, so renamed last: a new metrics.json comes with its plot and list.
+    _write_together({
+        output_dir / "metrics.json": json.dumps(metrics, indent=2).encode(),
+        output_dir / "confusion_matrix.png": confusion_matrix_png(
+            np.array(metrics["confusion_matrix"]), class_names, title),
+        output_dir / "misclassified.csv": text.getvalue().encode()})
     return metrics
 
 
