@@ -264,7 +264,8 @@ def resolved_config(config: TrainConfig, class_names: tuple[str, ...], spec: Mod
 
 def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
                     class_names: tuple[str, ...], *, ema_decay: float,
-                    batch_size: int) -> dict[str, tuple]:
+                    batch_size: int, dtype: str = "fp32",
+                    loss_scale: float | None = None) -> dict[str, tuple]:
     """{key: (saved, this run's)} for what a resumed run must not change (check_resume_config);
     `saved_spec` is the ModelSpec `saved` (a config.json) records."""
     pairs = {key: (getattr(saved_spec, key), getattr(spec, key)) for key in FROZEN_SPEC_FIELDS}
@@ -277,6 +278,16 @@ def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
     # learning-rate schedule over them all change meaning with it (the global batch, so
     # resuming on more or fewer GPUs keeps it).
     ordered.append(("batch_size", (saved.get("batch_size"), batch_size)))
+    # fp16 with a dynamic loss scale wraps the optimizer (keras LossScaleOptimizer): its
+    # checkpoint and a plain optimizer's do not restore into each other (the restore failed
+    # with a traceback). Other dtype changes keep the variables, and may resume.
+    def dynamic(run_dtype, run_loss_scale):
+        return run_dtype == "fp16" and run_loss_scale is None
+    if saved.get("dtype") is not None and (dynamic(saved["dtype"], saved.get("loss_scale"))
+                                           != dynamic(dtype, loss_scale)):
+        ordered.append(("dtype", (saved["dtype"], dtype)) if saved["dtype"] != dtype else
+                       ("loss_scale", (saved.get("loss_scale") or "dynamic",
+                                       loss_scale or "dynamic")))
     return dict(ordered)
 
 

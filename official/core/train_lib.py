@@ -136,7 +136,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     check_resume_config(config.model_dir, None if saved is None
                         else frozen_settings(saved, registry.spec_from_config(saved), spec,
                                              data.class_names, ema_decay=config.ema_decay,
-                                             batch_size=config.batch_size))
+                                             batch_size=config.batch_size,
+                                             dtype=config.dtype, loss_scale=config.loss_scale))
     if saved and (note := rendering_change(saved, data.dicom_rendering)):
         logging.warning(note)
     if workers > 1 and config.seed is None:

@@ -1,0 +1,42 @@
+"""A model_dir resumed with a --dtype whose optimizer differs (fp16's dynamic loss scale wraps
+it) is refused in one line before training, as other frozen settings are; the restore used to
+fail with a traceback after 50 warning lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from networks import registry
+from official.core.config import check_resume_config, frozen_settings
+
+SPEC = registry.ModelSpec(architecture="resnet", num_classes=2, image_size=32, channels=1,
+                          resnet_size=18, version=2, small_input=True,
+                          data_format="channels_last")
+
+
+def _check(saved_dtype, dtype, *, saved_loss_scale=None, loss_scale=None):
+    saved = {"class_names": ["Chest", "Hand"], "batch_size": 8, "dtype": saved_dtype,
+             "loss_scale": saved_loss_scale, "ema_decay": None}
+    check_resume_config("runs/a", frozen_settings(
+        saved, SPEC, SPEC, ("Chest", "Hand"), ema_decay=None, batch_size=8, dtype=dtype,
+        loss_scale=loss_scale))
+
+
+@pytest.mark.parametrize("saved_dtype,dtype", [("fp32", "fp16"), ("fp16", "fp32"),
+                                               ("bf16", "fp16")])
+def test_a_dynamic_loss_scale_added_or_removed_is_refused(saved_dtype, dtype):
+    with pytest.raises(ValueError, match=f"runs/a was trained with dtype='{saved_dtype}', "
+                                         f"this run has dtype='{dtype}'"):
+        _check(saved_dtype, dtype)
+
+
+def test_a_fixed_loss_scale_instead_of_a_dynamic_one_is_refused():
+    with pytest.raises(ValueError, match="loss_scale='dynamic', this run has loss_scale=128"):
+        _check("fp16", "fp16", loss_scale=128.0)
+
+
+@pytest.mark.parametrize("saved_dtype,dtype,loss_scale", [
+    ("fp32", "bf16", None), ("bf16", "fp32", None), ("fp32", "fp16", 128.0),
+    ("fp16", "fp16", None)])
+def test_changes_that_keep_the_optimizer_resume(saved_dtype, dtype, loss_scale):
+    _check(saved_dtype, dtype, loss_scale=loss_scale)
