@@ -260,3 +260,27 @@ def test_tta_out_of_range_is_refused_before_writing(tmp_path):
         with pytest.raises(ValueError, match="test-time views"):
             export.ServingModule(model, CONFIG, tta_views=views)
     assert not (tmp_path / "export").exists()
+
+
+def test_exports_into_one_folder_in_the_same_second_keep_apart(exported, tmp_path, monkeypatch):
+    """Another export into the same export_dir in the same second (its temporary folder still
+    being written, then its version taken): this one writes a folder of its own and takes
+    the next version, leaving the other's files alone."""
+    model = exported[0]
+    monkeypatch.setattr(export.time, "time", lambda: 1000.0)
+    other = tmp_path / ".tmp-1000"  # the other export's folder as it was named before
+    (other / "variables").mkdir(parents=True)
+    (other / "saved_model.pb").write_bytes(b"the other export's")
+    real_rename = os.rename
+
+    def other_finishes_first(source, destination):
+        if destination == str(tmp_path / "1000") and not os.path.exists(destination):
+            real_rename(other, destination)  # the other export takes version 1000 now
+        real_rename(source, destination)
+
+    monkeypatch.setattr(export.os, "rename", other_finishes_first)
+    path = export.export_saved_model(model, CONFIG, str(tmp_path))
+    assert path == str(tmp_path / "1001")
+    assert (tmp_path / "1000" / "saved_model.pb").read_bytes() == b"the other export's"
+    assert sorted(os.listdir(tmp_path)) == ["1000", "1001"]
+    assert tf.saved_model.load(path).signatures["predict_images"] is not None

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 
 import keras
@@ -359,10 +360,10 @@ def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) 
     version = int(time.time())
     while os.path.exists(os.path.join(export_dir, str(version))):
         version += 1
-    final = os.path.join(export_dir, str(version))
     # Written under a temporary name and renamed: TF Serving polls export_dir and must never
-    # load a half-written version.
-    tmp = os.path.join(export_dir, f".tmp-{version}")
+    # load a half-written version. The name is this export's own: two exports into one
+    # export_dir in the same second wrote into one folder (one failed, or they mixed).
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
     try:
         with _tensorflow_warnings_only():
             tf.saved_model.save(module, tmp, signatures={
@@ -374,7 +375,15 @@ def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) 
         with open(os.path.join(tmp, ASSETS_EXTRA, CONFIG_FILE), "w") as f:
             json.dump({**config, "export_tta": tta_views, "tta_views": tta_views}, f,
                       indent=2, sort_keys=True)
-        os.rename(tmp, final)
+        while True:  # another export may have taken the version since
+            final = os.path.join(export_dir, str(version))
+            try:
+                os.rename(tmp, final)  # never over another export's (non-empty) folder
+                break
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                version += 1
     except BaseException as error:  # a full disk or Ctrl-C: no half-written folder left
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, tf.errors.OpError) and (
