@@ -284,3 +284,7 @@ def test_exports_into_one_folder_in_the_same_second_keep_apart(exported, tmp_pat
     assert (tmp_path / "1000" / "saved_model.pb").read_bytes() == b"the other export's"
     assert sorted(os.listdir(tmp_path)) == ["1000", "1001"]
     assert tf.saved_model.load(path).signatures["predict_images"] is not None
+    # The umask's permissions, as any folder made here (a TF Serving running as another user
+    # reads it): not the 0700 of a tempfile.mkdtemp.
+    os.mkdir(tmp_path / "plain")
+    assert os.stat(path).st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777

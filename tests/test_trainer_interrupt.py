@@ -67,3 +67,44 @@ def test_an_interrupt_between_steps_keeps_them_and_the_rerun_resumes(tmp_path, m
     result = _run(tmp_path)
     assert (result.resumed_from_step, result.step) == (4, 6)
 
+
+
+def test_an_interrupt_during_a_validation_of_the_weight_average_saves_the_trained_weights(
+        tmp_path, monkeypatch):
+    # The validation runs with the average swapped into the model; the checkpoint saved on the
+    # interrupt must hold the training's own weights, swapped back first.
+    states, seen = [], {}
+    real_state = steps.training_state
+    monkeypatch.setattr(steps, "training_state",
+                        lambda *a, **k: states.append(real_state(*a, **k)) or states[-1])
+
+    def interrupted(*args, **kwargs):
+        seen["validated"] = [w.numpy().copy() for w in states[-1].model.weights]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(steps, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, ema_decay=0.5)
+    model = states[-1].model
+    trained = [w.numpy().copy() for w in model.weights]
+    assert any((a != b).any() for a, b in zip(seen["validated"], trained))  # the average
+    tf.train.Checkpoint(model=model).restore(
+        tf.train.latest_checkpoint(str(tmp_path / "model"))).expect_partial()
+    assert all((w.numpy() == t).all() for w, t in zip(model.weights, trained))
+
+
+def test_no_checkpoint_when_the_model_holds_neither_weights(tmp_path, caplog):
+    from official.core import checkpointing
+
+    step = tf.Variable(3, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path), 3)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+        with checkpointing.saved_when_interrupted(manager, step, enabled=True,
+                                                  consistent=lambda: False):
+            raise KeyboardInterrupt
+    assert manager.latest_checkpoint is None
+    assert "no checkpoint saved at step 3 (the last one: none)" in caplog.text
+    with pytest.raises(KeyboardInterrupt):
+        with checkpointing.saved_when_interrupted(manager, step, enabled=True):
+            raise KeyboardInterrupt
+    assert manager.latest_checkpoint.endswith("ckpt-3")

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import secrets
 import time
 
 import keras
@@ -363,7 +363,10 @@ def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) 
     # Written under a temporary name and renamed: TF Serving polls export_dir and must never
     # load a half-written version. The name is this export's own: two exports into one
     # export_dir in the same second wrote into one folder (one failed, or they mixed).
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    # os.mkdir, not tempfile.mkdtemp: the version keeps the umask's permissions (mkdtemp's
+    # 0700 would hide it from a TF Serving that runs as another user).
+    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(tmp)
     try:
         with _tensorflow_warnings_only():
             tf.saved_model.save(module, tmp, signatures={

@@ -56,7 +56,7 @@ from absl import logging
 from dataset import reader, test_time
 from networks import registry
 from official.core import export as export_lib
-from official.core import budget, steps, train_input
+from official.core import budget, checkpointing, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
                                   check_run_folders, config_to_resume, frozen_settings,
                                   rendering_change, resolved_config, write_config)
@@ -254,7 +254,9 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         train_steps=total_steps, resumed=resumed_from > 0) if budget_entry else None
     # Ctrl-C or SIGTERM between steps (or during a validation) keeps the steps since the
     # last save: a checkpoint at the step reached, which the same command resumes from.
-    with _saved_when_interrupted(manager, state.step, enabled=workers == 1):
+    with checkpointing.saved_when_interrupted(
+            manager, state.step, enabled=workers == 1,
+            consistent=lambda: not (weight_average and weight_average.swapped)):
         while step < last_step:
             cycle_start = step
             cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
@@ -292,7 +294,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                     hook.after_step(step, metrics)
                 every = config.checkpoint_every_steps
                 if every and step // every > previous // every and step < cycle_end:
-                    _save(manager, step)
+                    checkpointing.save(manager, step)
                 if deadline:
                     deadline.observe(num_steps, budget.now() - loop_started)
                     budget_used = deadline.used_seconds()
@@ -332,7 +334,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             if benchmark_logger:
                 benchmark_logger.log_metric("accuracy", eval_metrics["accuracy"], global_step=step)
                 benchmark_logger.log_metric("loss", eval_metrics["loss"], global_step=step)
-            _save(manager, step)
+            checkpointing.save(manager, step)
             if model_helpers.past_stop_threshold(config.stop_threshold, eval_metrics["accuracy"]):
                 stopped_by = "stop_threshold"
                 break
@@ -371,40 +373,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        budget_epochs=step / steps_per_epoch if budget_entry else None,
                        budget_seconds_used=budget_used,
                        budget_seconds=config.train_budget_seconds if budget_entry else None)
-
-
-def _save(manager: tf.train.CheckpointManager, step: int) -> None:
-    """A checkpoint of ``step``. One the file system refuses (a full disk) is an OSError
-    naming the folder and the last checkpoint, and leaves no partial ckpt-N_temp folder."""
-    try:
-        manager.save(checkpoint_number=step)
-    except tf.errors.OpError as error:
-        failure = export_lib.storage_error(error, manager.directory)
-        if failure is None:
-            raise
-        shutil.rmtree(os.path.join(manager.directory, f"ckpt-{step}_temp"), ignore_errors=True)
-        raise OSError(f"{manager.directory}: cannot save the checkpoint of step {step}: "
-                      f"{failure.strerror} (the last one saved: "
-                      f"{manager.latest_checkpoint or 'none'})") from None
-
-
-@contextlib.contextmanager
-def _saved_when_interrupted(manager: tf.train.CheckpointManager, step: tf.Variable, *,
-                            enabled: bool):
-    """On Ctrl-C or SIGTERM (cli.Terminated, a KeyboardInterrupt) inside the block, saves a
-    checkpoint at the step reached unless the latest one is of that step, then re-raises.
-    The interrupt arrives between TensorFlow calls, so the weights, optimizer and step are
-    those of one finished step. Not with several workers: a save is collective there, and the
-    others are not stopping."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        reached = int(step.numpy())
-        latest = manager.latest_checkpoint
-        if enabled and reached and (latest is None or int(latest.rsplit("-", 1)[1]) != reached):
-            _save(manager, reached)
-            logging.warning("interrupted: saved a checkpoint at step %d", reached)
-        raise
 
 
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,

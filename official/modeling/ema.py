@@ -37,6 +37,7 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"--ema_decay={decay}: must be in (0, 1), or 0 for no average")
         self.decay = float(decay)
+        self.swapped = False  # see swapped_in
         self._weights = [weight for weight in model.weights if weight.dtype.startswith("float")]
         # Every replica computes the same update from the same (synchronised) weights; the
         # first replica's value is the one kept.
@@ -60,15 +61,20 @@ class WeightAverage:
 
     @contextlib.contextmanager
     def swapped_in(self):
-        """The averaged weights in the model for the duration of the block."""
+        """The averaged weights in the model for the duration of the block. ``swapped`` is
+        True from the first weight replaced until the last is back: a Ctrl-C in between
+        leaves a model that is neither, which must not be saved as the training's
+        (official/core/checkpointing.py)."""
         backup = [tf.identity(weight.value) for weight in self._weights]
-        for average, weight in zip(self.variables, self._weights):
-            weight.assign(average)
+        self.swapped = True
         try:
+            for average, weight in zip(self.variables, self._weights):
+                weight.assign(average)
             yield
         finally:
             for saved, weight in zip(backup, self._weights):
                 weight.assign(saved)
+            self.swapped = False
 
 
 def restore_average(model: keras.Model, checkpoint_path: str) -> None:
