@@ -39,6 +39,7 @@ from dataset.dicom_options import DicomOptions
 from dataset.manifest import build_manifest
 from dataset.tasks import FileTask, encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
+from official.utils import files
 
 ON_ERROR = ("fail", "skip")
 LABEL_SOURCES = ("labels", "tag")
@@ -292,17 +293,17 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool) -> Plan:
 def staging_area(output_dir: str):
     """A fresh staging folder in ``output_dir``, removed on exit; an ``output_dir``
     created here and left empty (a failed run) is removed too."""
-    output_dir = os.path.abspath(output_dir)
-    created = not os.path.exists(output_dir)
-    shards.clean_stale_staging(output_dir)  # one conversion into a folder at a time
-    try:
-        # Inside the try: a Ctrl-C just after the folder is made (before its name is
-        # returned) left it behind.
-        yield shards.make_staging_dir(output_dir)
-    finally:
+    # One conversion into a folder at a time (a second is refused): a staging folder found
+    # is then a killed run's, and is removed. A failed run leaves no trace, not even the
+    # folder it made.
+    with files.folder_held(output_dir, "conversion") as output_dir:
         shards.clean_stale_staging(output_dir)
-        if created and os.path.isdir(output_dir) and not os.listdir(output_dir):
-            os.rmdir(output_dir)  # a failed run leaves no trace, not even the folder
+        try:
+            # Inside the try: a Ctrl-C just after the folder is made (before its name is
+            # returned) left it behind.
+            yield shards.make_staging_dir(output_dir)
+        finally:
+            shards.clean_stale_staging(output_dir)
 
 
 def commit(config: ConvertConfig, staging: str, plan: Plan,

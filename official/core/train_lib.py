@@ -62,6 +62,7 @@ from official.core.config import (TrainConfig, TrainResult, check_resume_config,
                                   rendering_change, resolved_config, write_config)
 from official.modeling import ema
 from official.modeling.stretchable import Stretchable
+from official.utils import files
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
 from official.utils.misc import distribution_utils, model_helpers
@@ -95,8 +96,14 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
     chief = distribution_utils.is_chief(strategy)
     workers = distribution_utils.num_workers(strategy)
     write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix=WORKER_DIR_PREFIX)
+    check_run_folders(config)  # before hours of training, not after (and before mkdir)
+    # A second training into the same model_dir is refused (two at once overwrote each
+    # other's checkpoints and config.json, and both ended "successfully").
+    held = (files.folder_held(config.model_dir, "training") if chief
+            else contextlib.nullcontext())
     try:
-        return _train(config, strategy, chief, workers, write_dir, network)
+        with held:
+            return _train(config, strategy, chief, workers, write_dir, network)
     except tf.errors.DataLossError as error:
         described = reader.describe_data_loss(config.data_dir, error)
         if described is None:  # not the records: keep TensorFlow's own report
@@ -118,7 +125,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     started = budget.now()  # --train_budget_seconds counts from here
     input_spec = train_input.InputSpec.from_config(config)
     data = train_input.resolve_data(input_spec)
-    check_run_folders(config)  # before hours of training, not after
     num_replicas = strategy.num_replicas_in_sync
     distribution_utils.per_replica_batch_size(config.batch_size, num_replicas)
     if warning := distribution_utils.precision_warning(config.dtype, strategy):

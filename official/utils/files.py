@@ -6,6 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: folders are then not locked
+    fcntl = None
+
 
 @contextlib.contextmanager
 def written_atomically(path: str):
@@ -34,3 +39,35 @@ def file_in_the_way(path: str) -> str | None:
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     return None if os.path.isdir(probe) else probe
+
+
+@contextlib.contextmanager
+def folder_held(folder: str, what: str):
+    """Makes ``folder`` if missing and holds an exclusive lock on it for the block, so that a
+    second ``what`` (a training, a conversion) into the same folder is refused at its start:
+    two at once overwrote each other's checkpoints, or deleted each other's staging folders,
+    and both said they had succeeded or failed with tracebacks. The lock is the folder's own
+    (flock on it: no lock file to leave behind), and the kernel drops it when the process
+    ends, however it ends. A folder made here and still empty at the end (a failed run) is
+    removed.
+
+    Raises:
+      ValueError: another process holds the folder (the message names it and ``what``).
+    """
+    folder = os.path.abspath(folder)
+    created = not os.path.exists(folder)
+    os.makedirs(folder, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(f"{folder}: another {what} is writing into this folder "
+                                 "(it is locked); wait for it to end, or give another "
+                                 "folder") from None
+        yield folder
+    finally:
+        os.close(handle)
+        if created and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
