@@ -156,6 +156,13 @@ def main(argv) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a full disk or a read-only folder while writing the records
+        # (bad paths in the input are ValueErrors above). The staging folder is gone by now.
+        where = error.filename or FLAGS.output_dir
+        print(f"error: {where}: {error.strerror or error}; the conversion into "
+              f"{FLAGS.output_dir} did not finish (a folder without its manifest.json is "
+              "never read as a dataset)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (cli.stop_on_sigterm)
         # The staging folder is gone by now; an interrupted commit leaves no manifest.json,
         # which every reader refuses, so there is never a complete-looking partial output.

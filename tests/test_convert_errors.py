@@ -390,3 +390,29 @@ def test_a_failed_skip_run_marks_what_it_would_skip_apart_from_what_stopped_it(
         "; nothing was written (--on_error=skip cannot get past the error(s); it would leave "
         "out the 2 file(s) marked 'would skip')"), lines[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_while_the_records_are_written_is_one_line(tmp_path,
+                                                               make_images_labels_dataset):
+    # The disk fills as a shard is closed: its OSError names no file. One line naming the
+    # output folder, exit 1, no staging folder left (it was a 25-line traceback).
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=16)
+    out = tmp_path / "out"
+    program = ("import errno, sys\n"
+               "from absl import app\n"
+               "from dataset import shards\n"
+               "def full(self):\n"
+               "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+               "shards.SplitWriter._close_file = full\n"
+               "sys.argv = ['tf_convert_data.py', f'--dataset_dir={sys.argv[1]}', "
+               "f'--output_dir={sys.argv[2]}', '--num_workers=1']\n"
+               "import tf_convert_data\n"
+               "app.run(tf_convert_data.main, flags_parser=tf_convert_data.cli.flags_parser("
+               "tf_convert_data.PROGRAM))\n")
+    result = subprocess.run([sys.executable, "-c", program, str(root), str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert error_line(result) == (f"error: {out}: No space left on device; the conversion into "
+                                  f"{out} did not finish (a folder without its manifest.json "
+                                  "is never read as a dataset)")
+    assert not out.exists()  # made by the run, left empty

@@ -188,8 +188,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             copy.clear()
             gc.collect()  # the copy's weights and slots (tf.function cycles), before the run's
         resolved = config_json(budget=budget_entry)
-    if chief:
-        write_config(config.model_dir, resolved)
 
     benchmark_logger = None
     if chief and (config.benchmark_log_dir or config.gcp_project):
@@ -233,6 +231,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                              f"{write_dir}/checkpoint) to resume from the one before") from None
         logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
                      int(state.step.numpy()))
+    if chief:  # after the restore: a run that cannot resume leaves the folder's record as it was
+        write_config(config.model_dir, resolved)
     # The other workers' write_dir is empty: they take the chief's (restored) state.
     distribution_utils.broadcast_from_chief(strategy, steps.state_variables(state, weight_average))
     resumed_from = int(state.step.numpy())
