@@ -378,3 +378,14 @@ def test_counts_are_said_in_the_singular_for_one():
 def test_long_programs_answer_ctrl_c_in_one_line(program):
     source = (REPO_ROOT / program).read_text()
     assert "cli.run_program(" in source and "app.run(" not in source
+
+
+def test_an_interrupted_training_says_whether_it_left_a_checkpoint(tmp_path):
+    from official.utils import cli as cli_lib
+
+    assert cli_lib.checkpoints_left(str(tmp_path)) == (
+        f"no checkpoint was saved in {tmp_path}; the same command starts afresh")
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\n')
+    assert cli_lib.checkpoints_left(str(tmp_path)) == (
+        f"{tmp_path} keeps the checkpoints saved so far; the same command resumes from the "
+        "last one")

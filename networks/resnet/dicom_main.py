@@ -113,6 +113,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
     flags_core.define_flags()
     flags.adopt_module_key_flags(flags_core)  # --help lists them, not only --helpfull
-    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: (
-        f"{FLAGS.model_dir} keeps the checkpoints saved so far; the same command resumes "
-        "from the last one"), skip_teardown=True)
+    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: cli.checkpoints_left(FLAGS.model_dir), skip_teardown=True)

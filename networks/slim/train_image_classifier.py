@@ -199,6 +199,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: (
-        f"{FLAGS.train_dir} keeps the checkpoints saved so far; the same command resumes "
-        "from the last one"), skip_teardown=True)
+    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: cli.checkpoints_left(FLAGS.train_dir), skip_teardown=True)

@@ -182,6 +182,15 @@ def interruption(error: KeyboardInterrupt) -> tuple[str, int]:
     return "interrupted", 128 + signal.SIGINT
 
 
+def checkpoints_left(folder: str) -> str:
+    """What an interrupted training leaves in ``folder``, for run_program's ``interrupted``:
+    the checkpoints (their index file, ``checkpoint``, is written with the first), or none."""
+    if os.path.isfile(os.path.join(folder, "checkpoint")):
+        return (f"{folder} keeps the checkpoints saved so far; the same command resumes from "
+                "the last one")
+    return f"no checkpoint was saved in {folder}; the same command starts afresh"
+
+
 def run_program(program: str, main: Callable[[list[str]], object],
                 flags_parser: Callable[[list[str]], list[str]],
                 interrupted: Callable[[], str] = lambda: "", *,
