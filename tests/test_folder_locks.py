@@ -75,3 +75,17 @@ def test_a_training_into_a_model_dir_in_use_is_refused_before_it_writes(tmp_path
             train_lib.train(config, tf.distribute.OneDeviceStrategy("/cpu:0"),
                             train_steps.ResNetNetwork(resnet_size=18, small_input=False))
         assert list(model_dir.iterdir()) == []
+
+
+def test_a_file_system_that_cannot_lock_a_folder_runs_unlocked(tmp_path, monkeypatch):
+    # NFS emulates flock with POSIX locks: an exclusive one on a folder fails with EBADF.
+    import errno
+
+    def cannot(handle, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(files.fcntl, "flock", cannot)
+    with files.folder_held(str(tmp_path / "nfs"), "training") as folder:
+        with files.folder_held(folder, "training"):  # no lock, so no refusal either
+            (tmp_path / "nfs" / "config.json").write_text("{}")
+    assert (tmp_path / "nfs" / "config.json").exists()

@@ -66,6 +66,12 @@ def folder_held(folder: str, what: str):
                 raise ValueError(f"{folder}: another {what} is writing into this folder "
                                  "(it is locked); wait for it to end, or give another "
                                  "folder") from None
+            except OSError:
+                # A file system that cannot lock a folder: NFS emulates flock with POSIX
+                # locks, whose exclusive kind needs a file open for writing (EBADF on a
+                # folder); others say ENOLCK or EOPNOTSUPP. The run goes on unlocked, as
+                # before locks existed, rather than not at all.
+                pass
         yield folder
     finally:
         os.close(handle)
