@@ -32,7 +32,7 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
-from dataset import images
+from dataset import magic
 from dataset.body_parts import not_anatomy
 from dataset.dicom_display import grey_display, quantise
 from dataset.dicom_display import tag_text as _text
@@ -191,7 +191,7 @@ def _refuse_image_bytes(path) -> None:
     so; it was "not a DICOM file ... --dicom_force", and with that flag "no pixel data"."""
     with open(path, "rb") as handle:
         head = handle.read(132)
-    image_format = images.sniff_format(head)
+    image_format = magic.sniff_format(head)
     if image_format and head[128:132] != b"DICM":
         raise DicomError(f"{path}: {image_format.upper()} bytes, not DICOM: rename it "
                          f".{'jpg' if image_format == 'jpeg' else 'png'}")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from dataset.magic import JPEG_MAGIC, PNG_MAGIC, sniff_format  # noqa: F401  (used as images.*)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -52,15 +52,6 @@ class EncodedImage:
     width: int
     channels: int
     frame: int | None = None  # DICOM frame index; None for plain images
-
-
-def sniff_format(data: bytes) -> str | None:
-    """``"jpeg"``/``"png"`` from the magic bytes, or None."""
-    if data.startswith(JPEG_MAGIC):
-        return "jpeg"
-    if data.startswith(PNG_MAGIC):
-        return "png"
-    return None
 
 
 def validate_image_bytes(data: bytes) -> EncodedImage:
