@@ -89,3 +89,39 @@ def test_a_file_system_that_cannot_lock_a_folder_runs_unlocked(tmp_path, monkeyp
         with files.folder_held(folder, "training"):  # no lock, so no refusal either
             (tmp_path / "nfs" / "config.json").write_text("{}")
     assert (tmp_path / "nfs" / "config.json").exists()
+
+
+def test_a_child_forked_while_a_folder_is_held_does_not_keep_it_locked(tmp_path):
+    # The converter's pool forks a new worker when one dies; its copy of the descriptor held
+    # the lock for as long as it lived, after the converter itself had ended.
+    import os
+    import signal
+
+    started, ready = os.pipe()
+    with files.folder_held(str(tmp_path), "conversion"):
+        child = os.fork()
+        if child == 0:  # the worker: lives on (its fork hooks have run once fork returns)
+            os.write(ready, b"x")
+            signal.pause()
+            os._exit(0)
+    assert os.read(started, 1) == b"x"
+    try:
+        with files.folder_held(str(tmp_path), "conversion"):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+def test_a_folder_made_empty_is_removed_before_it_is_let_go(tmp_path, monkeypatch):
+    # Removed after the lock was let go, a run that had opened it meanwhile locked a folder
+    # no longer there; it now goes on only on the folder the path names.
+    import os
+
+    order = []
+    real_rmdir, real_close = os.rmdir, os.close
+    monkeypatch.setattr(files.os, "rmdir", lambda path: order.append("rmdir") or real_rmdir(path))
+    with files.folder_held(str(tmp_path / "made"), "training"):
+        monkeypatch.setattr(files.os, "close",
+                            lambda handle: order.append("close") or real_close(handle))
+    assert order == ["rmdir", "close"]

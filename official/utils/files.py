@@ -41,6 +41,44 @@ def file_in_the_way(path: str) -> str | None:
     return None if os.path.isdir(probe) else probe
 
 
+# The folders this process holds (their descriptors). A child forked meanwhile (the
+# converter's pool replaces a worker that died by forking a new one) gets copies of them, and
+# a copy holds the lock as long as the child lives, even after this process is killed: every
+# forked child closes its copies at once.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for handle in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(handle)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _lock(folder: str, what: str) -> int | None:
+    """A descriptor of ``folder`` holding its exclusive lock (None: the file system cannot
+    lock a folder)."""
+    handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise ValueError(f"{folder}: another {what} is writing into this folder (it is "
+                         "locked); wait for it to end, or give another folder") from None
+    except OSError:
+        # A file system that cannot lock a folder: NFS emulates flock with POSIX locks, whose
+        # exclusive kind needs a file open for writing (EBADF on a folder); others say ENOLCK
+        # or EOPNOTSUPP. The run goes on unlocked, as before locks existed, rather than not
+        # at all.
+        os.close(handle)
+        return None
+    return handle
+
+
 @contextlib.contextmanager
 def folder_held(folder: str, what: str):
     """Makes ``folder`` if missing and holds an exclusive lock on it for the block, so that a
@@ -49,31 +87,39 @@ def folder_held(folder: str, what: str):
     and both said they had succeeded or failed with tracebacks. The lock is the folder's own
     (flock on it: no lock file to leave behind), and the kernel drops it when the process
     ends, however it ends. A folder made here and still empty at the end (a failed run) is
-    removed.
+    removed, before the lock is let go.
 
     Raises:
       ValueError: another process holds the folder (the message names it and ``what``).
     """
     folder = os.path.abspath(folder)
     created = not os.path.exists(folder)
-    os.makedirs(folder, exist_ok=True)
-    handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    handle = None
+    for _ in range(3):
+        created = created or not os.path.exists(folder)
+        os.makedirs(folder, exist_ok=True)
+        if fcntl is None:
+            break
+        handle = _lock(folder, what)
+        if handle is None:
+            break
+        # The lock is on the folder that was opened: if a run that made it removed it (empty,
+        # as it failed) just before letting go, the path now names another folder, or none.
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(handle), os.stat(folder)):
+                break
+        os.close(handle)
+        handle = None
+    else:
+        raise ValueError(f"{folder}: the folder was removed and made again by other runs "
+                         f"while this {what} started; try again")
+    if handle is not None:
+        _HELD.add(handle)
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ValueError(f"{folder}: another {what} is writing into this folder "
-                                 "(it is locked); wait for it to end, or give another "
-                                 "folder") from None
-            except OSError:
-                # A file system that cannot lock a folder: NFS emulates flock with POSIX
-                # locks, whose exclusive kind needs a file open for writing (EBADF on a
-                # folder); others say ENOLCK or EOPNOTSUPP. The run goes on unlocked, as
-                # before locks existed, rather than not at all.
-                pass
         yield folder
     finally:
-        os.close(handle)
         if created and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
+        if handle is not None:
+            _HELD.discard(handle)
+            os.close(handle)
