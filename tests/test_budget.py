@@ -341,7 +341,7 @@ def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
     entry = json.loads((model_dir / "config.json").read_text())["budget"]
     assert (entry["planned_steps"], entry["lengthened_at_step"], entry["train_steps"],
             entry["epochs"]) == (5, 4, 9, 4.5)
-    # The interrupt after step 6 saves it (train_lib._saved_when_interrupted).
+    # The interrupt after step 6 saves it (checkpointing.saved_when_interrupted).
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
 
     hook.stop_at = None

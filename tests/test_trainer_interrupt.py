@@ -100,11 +100,38 @@ def test_no_checkpoint_when_the_model_holds_neither_weights(tmp_path, caplog):
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path), 3)
     with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
         with checkpointing.saved_when_interrupted(manager, step, enabled=True,
-                                                  consistent=lambda: False):
+                                                  unsaveable=lambda: "for a reason"):
             raise KeyboardInterrupt
     assert manager.latest_checkpoint is None
-    assert "no checkpoint saved at step 3 (the last one: none)" in caplog.text
+    assert "interrupted for a reason: no checkpoint saved at step 3 (the last one: none)" in (
+        caplog.text)
     with pytest.raises(KeyboardInterrupt):
         with checkpointing.saved_when_interrupted(manager, step, enabled=True):
             raise KeyboardInterrupt
     assert manager.latest_checkpoint.endswith("ckpt-3")
+
+
+def test_an_interrupt_after_a_diverged_step_saves_nothing(tmp_path, monkeypatch, caplog):
+    # The interrupt is raised as the train call returns, before the loop checks its loss: the
+    # NaN weights of that call must not become the newest checkpoint.
+    real = steps.make_train_function
+
+    def diverging_on_the_third_call(state, *args, **kwargs):
+        train_fn = real(state, *args, **kwargs)
+        calls = []
+
+        def run(iterator, num_steps):
+            totals = train_fn(iterator, num_steps)
+            calls.append(1)
+            if len(calls) == 3:
+                state.model.weights[0].assign(tf.fill(state.model.weights[0].shape, float("nan")))
+                raise KeyboardInterrupt
+            return totals
+        return run
+
+    monkeypatch.setattr(steps, "make_train_function", diverging_on_the_third_call)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+        _run(tmp_path, checkpoint_every_steps=2)
+    assert _checkpoint_steps(tmp_path / "model") == [2]
+    assert "interrupted after the loss diverged (weights not finite): no checkpoint saved at " \
+           "step 3" in caplog.text

@@ -35,15 +35,17 @@ def save(manager: tf.train.CheckpointManager, step: int) -> None:
 
 @contextlib.contextmanager
 def saved_when_interrupted(manager: tf.train.CheckpointManager, step: tf.Variable, *,
-                           enabled: bool, consistent: Callable[[], bool] = lambda: True):
+                           enabled: bool,
+                           unsaveable: Callable[[], str | None] = lambda: None):
     """On Ctrl-C or SIGTERM (cli.Terminated, a KeyboardInterrupt) inside the block, saves a
     checkpoint at the step reached unless the latest one is of that step, then re-raises.
 
     Python raises the interrupt between TensorFlow calls, so the weights, optimizer and step
-    are those of one finished step, unless the model's weights were being swapped at that
-    moment (the weight average in for a validation and back): ``consistent()`` says whether
-    they are the training's own, and if not nothing is saved. Not with several workers
-    (``enabled``): a save is collective there, and the others are not stopping.
+    are those of one finished step, but not always weights to keep: ``unsaveable()`` says why
+    not (e.g. the weight average half swapped in for a validation, or a step that diverged,
+    raised before the loop's own check of the loss), and then nothing is saved. Not with
+    several workers (``enabled``): a save is collective there, and the others are not
+    stopping.
     """
     try:
         yield
@@ -52,11 +54,22 @@ def saved_when_interrupted(manager: tf.train.CheckpointManager, step: tf.Variabl
         latest = manager.latest_checkpoint
         if not (enabled and reached) or (latest and int(latest.rsplit("-", 1)[1]) == reached):
             raise
-        if consistent():
+        if reason := unsaveable():
+            logging.warning("interrupted %s: no checkpoint saved at step %d (the last one: %s)",
+                            reason, reached, latest or "none")
+        else:
             save(manager, reached)
             logging.warning("interrupted: saved a checkpoint at step %d", reached)
-        else:
-            logging.warning("interrupted while the weight average was swapped into the model: "
-                            "no checkpoint saved at step %d (the last one: %s)", reached,
-                            latest or "none")
         raise
+
+
+def why_unsaveable(model, weight_average=None) -> str | None:
+    """Why ``model``'s weights are not the training's to keep, or None: the weight average
+    (official/modeling/ema.py) swapped in or half swapped, or weights a diverged step left
+    NaN or Inf."""
+    if weight_average is not None and weight_average.swapped:
+        return "while the weight average was swapped into the model"
+    if not all(bool(tf.reduce_all(tf.math.is_finite(weight.value)))
+               for weight in model.weights if weight.dtype.startswith("float")):
+        return "after the loss diverged (weights not finite)"
+    return None

@@ -262,7 +262,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # last save: a checkpoint at the step reached, which the same command resumes from.
     with checkpointing.saved_when_interrupted(
             manager, state.step, enabled=workers == 1,
-            consistent=lambda: not (weight_average and weight_average.swapped)):
+            unsaveable=lambda: checkpointing.why_unsaveable(state.model, weight_average)):
         while step < last_step:
             cycle_start = step
             cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
