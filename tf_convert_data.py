@@ -156,8 +156,11 @@ def main(argv) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except OSError as error:  # a full disk or a read-only folder while writing the records
-        # (bad paths in the input are ValueErrors above). The staging folder is gone by now.
+    except OSError as error:  # a full disk or a read-only folder while writing the records,
+        # or an input folder that cannot be read (its OSError names it); the staging folder
+        # is gone by now. Other errnos are bugs: their traceback is kept.
+        if not cli.expected(error):
+            raise
         where = error.filename or FLAGS.output_dir
         print(f"error: {where}: {error.strerror or error}; the conversion into "
               f"{FLAGS.output_dir} did not finish (a folder without its manifest.json is "

@@ -389,3 +389,16 @@ def test_an_interrupted_training_says_whether_it_left_a_checkpoint(tmp_path):
     assert cli_lib.checkpoints_left(str(tmp_path)) == (
         f"{tmp_path} keeps the checkpoints saved so far; the same command resumes from the "
         "last one")
+
+
+def test_a_storage_error_is_one_line_and_a_bug_keeps_its_traceback():
+    import errno as errno_lib
+
+    from official.utils import cli as cli_lib
+
+    assert cli_lib.expected(OSError(errno_lib.ENOSPC, "No space left on device"))
+    assert cli_lib.expected(OSError(errno_lib.EROFS, "Read-only file system", "/out"))
+    assert cli_lib.expected(FileNotFoundError(errno_lib.ENOENT, "No such file", "/x"))
+    assert not cli_lib.expected(OSError(errno_lib.EBADF, "Bad file descriptor"))
+    assert not cli_lib.expected(OSError(errno_lib.EMFILE, "Too many open files"))
+    assert not cli_lib.expected(KeyError("bug"))

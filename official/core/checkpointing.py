@@ -28,9 +28,11 @@ def save(manager: tf.train.CheckpointManager, step: int) -> None:
         if failure is None:
             raise
         shutil.rmtree(os.path.join(manager.directory, f"ckpt-{step}_temp"), ignore_errors=True)
-        raise OSError(f"{manager.directory}: cannot save the checkpoint of step {step}: "
-                      f"{failure.strerror} (the last one saved: "
-                      f"{manager.latest_checkpoint or 'none'})") from None
+        refused = OSError(f"{manager.directory}: cannot save the checkpoint of step {step}: "
+                          f"{failure.strerror} (the last one saved: "
+                          f"{manager.latest_checkpoint or 'none'})")
+        refused.errno = failure.errno  # a storage error to the programs (cli.expected)
+        raise refused from None
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ optional dependency, benchmark peers timed in their own processes).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -40,11 +41,20 @@ from absl import app, flags
 from official.utils import files
 
 # What a run raises for bad input (ValueError, FileNotFoundError; an output path that is a
-# file, a file where a folder must be, no permission: the OSError names the path), a file
-# system that cannot take the output (a full disk, read-only: OSError), a diverged loss
-# (FloatingPointError) or a failed cluster (ConnectionError); anything else is a bug and
-# keeps its traceback.
-EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError, ConnectionError)
+# file, a file where a folder must be, no permission: the OSError names the path), a diverged
+# loss (FloatingPointError) or a failed cluster (ConnectionError), and (see `expected`) a file
+# system that cannot take the output; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                   IsADirectoryError, PermissionError, FloatingPointError, ConnectionError)
+# A full disk, a quota, a read-only file system: the OSError of a write, often naming no file.
+# Other errnos (EBADF, EMFILE, EINVAL, ...) are bugs, not the user's to mend.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def expected(error: BaseException) -> bool:
+    """Whether ``error`` is one a program reports in one line (exit 1), not with a traceback."""
+    return isinstance(error, EXPECTED_ERRORS) or (
+        isinstance(error, OSError) and error.errno in STORAGE_ERRNOS)
 
 
 def program_flags() -> flags.FlagValues:
@@ -258,5 +268,7 @@ def print_summary_or_exit(program: str, run: Callable[[], str]) -> None:
     """Prints `run()`'s summary line; an expected error becomes one line and exit 1."""
     try:
         print(run(), flush=True)
-    except EXPECTED_ERRORS as error:
+    except Exception as error:
+        if not expected(error):
+            raise
         exit_with_error(program, error)
