@@ -20,16 +20,18 @@ def _write(folder, probabilities):
                                filenames=["a.png", "b.png", "c.png"], title="test")
 
 
+@pytest.mark.parametrize("named", [True, False])  # a real full disk's OSError names no file
 @pytest.mark.parametrize("failing", ["metrics.json", "confusion_matrix.png",
                                      "misclassified.csv"])
-def test_a_full_disk_replaces_none_of_the_earlier_report(tmp_path, monkeypatch, failing):
+def test_a_full_disk_replaces_none_of_the_earlier_report(tmp_path, monkeypatch, failing, named):
     _write(tmp_path, [[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])  # all right
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     real = pathlib.Path.write_bytes
 
     def full_disk(self, data):
         if self.name.startswith(failing + ".tmp-"):
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+            raise OSError(errno.ENOSPC, "No space left on device",
+                          *([str(self)] if named else []))
         return real(self, data)
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)

@@ -31,7 +31,14 @@ def _write_together(files: dict[Path, bytes]) -> None:
         temporary = [(stack.enter_context(written_atomically(str(path))), data)
                      for path, data in files.items()]
         for tmp, data in temporary:
-            Path(tmp).write_bytes(data)
+            try:
+                Path(tmp).write_bytes(data)
+            except OSError as error:
+                # A full disk's OSError names no file, and every context below would claim
+                # it (the last one entered, misclassified.csv, first): name this one's.
+                if error.filename is None and error.errno:
+                    raise OSError(error.errno, error.strerror, tmp) from None
+                raise
 
 
 def confusion_matrix_png(matrix: np.ndarray, class_names, title: str = "") -> bytes:
