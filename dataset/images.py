@@ -31,7 +31,7 @@ _CHANNELS = {"1": 1, "L": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "RGB": 3, "
 # byte of a 16-bit sample: 12-bit data (0-4095, what most 16-bit exports of CT, MR and CR
 # hold) becomes grey levels 0-15, a black image, in training and prediction alike.
 _GREY16 = ("I;16", "I;16B", "I")
-MIN_16BIT_LEVELS = 64  # fewer grey levels after that decode: refused (14 bits or more pass)
+MIN_16BIT_LEVELS = 64  # fewer grey levels after that decode (a maximum below 16,128): refused
 
 
 # Pillow warns, without naming the file, of an image over MAX_IMAGE_PIXELS (89 million pixels,

@@ -59,9 +59,10 @@ class Discovery:
     problems: list[Problem] = field(default_factory=list)
 
 
-# Whitespace and the invisible characters (zero-width space/joiners, word joiner, BOM) that
-# text pasted from a web page or a word processor carries at its ends.
-_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+# Whitespace and the invisible characters (zero-width space/joiners, left-to-right and
+# right-to-left marks, word joiner, BOM, soft hyphen) that text pasted from a web page or a
+# word processor carries at its ends.
+_INVISIBLE = "\u200b\u200c\u200d\u200e\u200f\u2060\ufeff\u00ad"
 _LABEL_ENDS = re.compile(rf"^[\s{_INVISIBLE}]+|[\s{_INVISIBLE}]+$")
 
 
@@ -249,6 +250,12 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                     else " (--label_source=tag labels DICOM files only)")
                 discovery.problems.append(Problem(_rel(path, dataset_dir), reason))
             continue
+        label = clean_label(name)
+        if not label:  # a name of spaces or invisible characters only: no class to name
+            discovery.problems.append(Problem(_rel(path, dataset_dir) + "/", (
+                "class folder without a name once whitespace and invisible characters are "
+                "removed")))
+            continue
         for file_path in visible_files(path, dataset_dir):
             kind = file_kind(file_path, dicom_force)
             if kind is None:
@@ -256,7 +263,7 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
                                                   "not a JPEG, PNG or DICOM file"))
             else:
                 discovery.files.append(InputFile(file_path, _rel(file_path, dataset_dir),
-                                                 kind, clean_label(name), split))
+                                                 kind, label, split))
 
 
 def _discover_predefined(dataset_dir: str, discovery: Discovery, need_labels: bool,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import images, splits
+from dataset import images, sources, splits
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
-from tests.test_convert import convert
+from tests.test_convert import convert, make_class_folders
 
 
 def _png16(array: np.ndarray) -> bytes:
@@ -173,3 +173,16 @@ def test_an_image_too_large_for_pillow_says_so_in_a_word(monkeypatch):
     result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, "50\n", "")
+
+
+def test_a_class_folder_named_only_by_invisible_characters_is_a_problem(tmp_path):
+    root = make_class_folders(tmp_path / "ds", {"Hand": 2, "Chest": 2}, size=16)
+    (root / "\u200b ").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "\u200b " / "a.png")
+    with pytest.raises(ConversionError) as raised:
+        convert(root, tmp_path / "out", output_name="all")
+    assert [str(problem) for problem in raised.value.problems] == [
+        "\u200b /: class folder without a name once whitespace and invisible characters are "
+        "removed"]
+    # A left-to-right mark or a soft hyphen at an end is invisible too.
+    assert sources.clean_label("\u200eHand\u00ad") == "Hand"
