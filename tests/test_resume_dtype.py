@@ -40,3 +40,16 @@ def test_a_fixed_loss_scale_instead_of_a_dynamic_one_is_refused():
     ("fp16", "fp16", None)])
 def test_changes_that_keep_the_optimizer_resume(saved_dtype, dtype, loss_scale):
     _check(saved_dtype, dtype, loss_scale=loss_scale)
+
+
+def test_class_names_in_another_unicode_form_are_refused_visibly():
+    # They print alike; the refusal must show the difference (the converter now writes NFC).
+    import unicodedata
+
+    nfd, nfc = (unicodedata.normalize(form, "Pelvis Å") for form in ("NFD", "NFC"))
+    saved = {"class_names": ["Hand", nfd], "batch_size": 8, "dtype": "fp32", "ema_decay": None}
+    with pytest.raises(ValueError, match=r"class_names=\['Hand', 'Pelvis A\\u030a'\], this run "
+                                         r"has class_names=\['Hand', 'Pelvis \\xc5'\]: the same "
+                                         r"names in another Unicode form"):
+        check_resume_config("runs/a", frozen_settings(
+            saved, SPEC, SPEC, ("Hand", nfc), ema_decay=None, batch_size=8, dtype="fp32"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import unicodedata
 from typing import TYPE_CHECKING
 
 from dataset.dicom_options import describe_rendering, rendering_of
@@ -345,12 +346,20 @@ def check_resume_config(model_dir: str, frozen: dict[str, tuple] | None) -> None
         return
     for key, (before, now) in frozen.items():
         if before is not None and _jsonable(before) != _jsonable(now):
+            if _jsonable(before, "NFC") == _jsonable(now, "NFC"):
+                # Class names that print alike: the converter reads them in NFC (since
+                # 2026-12-05), a model trained on names in another form has them so.
+                raise ValueError(
+                    f"{model_dir} was trained with {key}={ascii(before)}, this run has "
+                    f"{key}={ascii(now)}: the same names in another Unicode form (the "
+                    "converter now writes class names in NFC); train into a new folder")
             raise ValueError(f"{model_dir} was trained with {key}={before!r}, this run has "
                              f"{key}={now!r}; use the same settings or a new folder")
 
 
-def _jsonable(value):
-    return json.loads(json.dumps(value))
+def _jsonable(value, normal_form: str | None = None):
+    text = json.dumps(value, ensure_ascii=False)
+    return json.loads(unicodedata.normalize(normal_form, text) if normal_form else text)
 
 
 def config_to_resume(model_dir: str) -> dict | None:
