@@ -113,4 +113,5 @@ def main(argv) -> None:
 if __name__ == "__main__":
     flags_core.define_flags()
     flags.adopt_module_key_flags(flags_core)  # --help lists them, not only --helpfull
-    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: cli.checkpoints_left(FLAGS.model_dir), skip_teardown=True)
+    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM),
+                    interrupted=lambda: cli.checkpoints_left(FLAGS.model_dir), skip_teardown=True)

@@ -199,4 +199,5 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM), interrupted=lambda: cli.checkpoints_left(FLAGS.train_dir), skip_teardown=True)
+    cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM),
+                    interrupted=lambda: cli.checkpoints_left(FLAGS.train_dir), skip_teardown=True)
