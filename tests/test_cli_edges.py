@@ -402,3 +402,26 @@ def test_a_storage_error_is_one_line_and_a_bug_keeps_its_traceback():
     assert not cli_lib.expected(OSError(errno_lib.EBADF, "Bad file descriptor"))
     assert not cli_lib.expected(OSError(errno_lib.EMFILE, "Too many open files"))
     assert not cli_lib.expected(KeyError("bug"))
+
+
+def test_an_export_dir_that_cannot_be_written_stops_the_trainer_before_it_trains(
+        tmp_path, monkeypatch):
+    # A read-only export_dir failed at the export, after all the training. As root (CI) a
+    # chmod does not stop a write, so the file system's answer is stood in for.
+    from official.core import config as config_lib
+
+    data = tiny_dataset(tmp_path / "data")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(config_lib.os, "access", lambda path, mode: (
+        False if str(path) == str(read_only) else real_access(path, mode)))
+    config = TrainConfig(data_dir=str(data), model_dir=str(tmp_path / "model"), image_size=32,
+                         batch_size=8, hooks=(), export_dir=str(read_only / "export"))
+    with pytest.raises(ValueError) as error:
+        train_lib.train(config, tf.distribute.OneDeviceStrategy("/cpu:0"),
+                        train_steps.ResNetNetwork(resnet_size=18))
+    assert str(error.value) == (f"{read_only}/export: {read_only} is not writable (a read-only "
+                                "file system, or no permission); the trainer writes a folder "
+                                "there")
+    assert not (tmp_path / "model").exists()

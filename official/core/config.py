@@ -292,20 +292,32 @@ def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
     return dict(ordered)
 
 
+def _nearest_existing(path: str) -> str:
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return probe
+
+
 def check_run_folders(config: TrainConfig) -> None:
     """The folders a run writes, checked before it trains.
 
     Raises:
       ValueError: --model_dir or --export_dir is a file or lies under one (the export's
-        mkdir failed after the training), --model_dir is the dataset's own folder
-        (checkpoints among the shards, config.json beside manifest.json), or --export_dir
-        is the --model_dir.
+        mkdir failed after the training) or cannot be written, --model_dir is the dataset's
+        own folder (checkpoints among the shards, config.json beside manifest.json), or
+        --export_dir is the --model_dir.
     """
     # The path, not the flag, is named: the Slim trainer calls --model_dir --train_dir.
     for path in (config.model_dir, config.export_dir):
         if path and (blocker := file_in_the_way(path)):
             where = "" if blocker == os.path.abspath(path) else f" {blocker}"
             raise ValueError(f"{path}:{where} is a file; the trainer writes a folder there")
+        if path and not os.access(probe := _nearest_existing(path), os.W_OK | os.X_OK):
+            # A read-only export_dir failed at the export, after all the training.
+            where = "" if probe == os.path.abspath(path) else f" {probe}"
+            raise ValueError(f"{path}:{where} is not writable (a read-only file system, or no "
+                             "permission); the trainer writes a folder there")
     if (config.data_dir and not config.use_synthetic_data
             and os.path.realpath(config.model_dir) == os.path.realpath(config.data_dir)):
         raise ValueError(f"--model_dir={config.model_dir} is the --data_dir; give the run a "
