@@ -95,8 +95,8 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
     """
     chief = distribution_utils.is_chief(strategy)
     workers = distribution_utils.num_workers(strategy)
+    check_run_folders(config)  # before hours of training, not after (and before any mkdir)
     write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix=WORKER_DIR_PREFIX)
-    check_run_folders(config)  # before hours of training, not after (and before mkdir)
     # A second training into the same model_dir is refused (two at once overwrote each
     # other's checkpoints and config.json, and both ended "successfully").
     held = (files.folder_held(config.model_dir, "training") if chief
