@@ -310,3 +310,36 @@ def test_a_run_that_fails_midway_leaves_the_old_csv_and_no_tmp_file(folder, tmp_
                       top_k=1, min_confidence=None, dicom_options=DicomOptions())
     assert out.read_text() == "the previous run's rows\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in", "p.csv"]
+
+
+def test_an_interrupt_while_the_run_information_is_written_keeps_both_earlier_files(
+        folder, tmp_path, monkeypatch):
+    # The CSV was renamed into place before its .json was written: an interrupt between left a
+    # new CSV beside the .json of another run (another model).
+    import json as json_lib
+
+    from dataset.dicom_options import DicomOptions
+    from official.core import prediction
+
+    out = tmp_path / "out" / "p.csv"
+    out.parent.mkdir()
+    files = prediction.collect_files([str(folder)])
+    options = dict(batch_size=2, top_k=1, min_confidence=None, dicom_options=DicomOptions(),
+                   tta_views=1)
+    prediction.predict_files(_HalfAndHalf(), files, str(out), **options)
+    assert json_lib.loads(out.with_suffix(".json").read_text())["model"] == "half-and-half"
+    before = {path.name: path.read_bytes() for path in out.parent.iterdir()}
+
+    class Other(_HalfAndHalf):
+        source = "another model"
+
+        def __call__(self, encoded_images):  # another CSV too
+            return np.tile(np.float32([0.7, 0.3]), (len(encoded_images), 1))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prediction.json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prediction.predict_files(Other(), files, str(out), **options)
+    assert {path.name: path.read_bytes() for path in out.parent.iterdir()} == before

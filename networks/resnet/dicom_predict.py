@@ -100,9 +100,8 @@ def main(argv):
             predictor, files, output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
             min_confidence=FLAGS.min_confidence,
             dicom_options=DicomOptions.rendering(predictor.dicom_rendering,
-                                                 force=FLAGS.dicom_force))
-        prediction.write_run_info(prediction.run_info_path(output_csv), predictor, counts,
-                                  tta_views=FLAGS.tta)
+                                                 force=FLAGS.dicom_force),
+            tta_views=FLAGS.tta)  # and the run's .json, replaced with the CSV
     except OSError as error:
         if error.filename and error.strerror:  # said as the flag's, not as a bare errno
             cli.exit_with_error(PROGRAM, f"--output_csv={output_csv}: cannot write "

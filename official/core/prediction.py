@@ -147,9 +147,12 @@ def rows_for(items: list[Item], probabilities, class_names, *, top_k: int,
 
 
 def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: int, top_k: int,
-                  min_confidence: float | None, dicom_options) -> dict[str, int]:
+                  min_confidence: float | None, dicom_options,
+                  tta_views: int | None = None) -> dict[str, int]:
     """Writes the prediction CSV (atomically) into an existing folder; returns counts per
-    status."""
+    status. With ``tta_views``, also the run's information beside it (run_info_path), written
+    just before the CSV is renamed into place: a failure or a Ctrl-C leaves both files as they
+    were, not a new CSV beside the .json of another run."""
     hash_key = os.urandom(32)  # patient keys are not used here; nothing is written from them
     counts = {"ok": 0, "uncertain": 0, "error": 0}
     # A file name that is not valid UTF-8 reaches us with surrogates (os.walk's
@@ -172,6 +175,8 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
                 counts[row["status"]] += 1
                 writer.writerow({key: sources.escape_non_utf8(value) if isinstance(value, str)
                                  else value for key, value in row.items()})
+        if tta_views is not None:
+            write_run_info(run_info_path(output_csv), predictor, counts, tta_views=tta_views)
     return counts
 
 
