@@ -109,9 +109,7 @@ class ConvertConfig:
 
 def _output_problems(config: ConvertConfig, layout: str) -> list[sources.Problem]:
     output_dir = os.path.abspath(config.output_dir)
-    probe = output_dir
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
+    probe = files.nearest_existing(output_dir)
     problems = []
     if not os.path.isdir(probe):
         problems.append(f"cannot create it: {probe} is not a folder")

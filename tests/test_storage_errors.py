@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from networks.resnet import train_steps
-from official.core import export, train_lib
+from official.core import train_lib
 from official.core.config import TrainConfig
 from official.utils import cli, files
 from tests.trainer_fixtures import tiny_dataset
@@ -42,9 +42,9 @@ def test_a_full_disk_at_a_checkpoint_is_one_oserror_and_no_temp_folder(tmp_path,
 
 
 def test_storage_error_maps_only_the_file_systems_refusals():
-    failure = export.storage_error(tf.errors.ResourceExhaustedError(None, None, FULL), "/out")
+    failure = files.storage_error(tf.errors.ResourceExhaustedError(None, None, FULL), "/out")
     assert (failure.errno, failure.filename) == (errno.ENOSPC, "/out")
-    assert export.storage_error(tf.errors.ResourceExhaustedError(
+    assert files.storage_error(tf.errors.ResourceExhaustedError(
         None, None, "OOM when allocating tensor with shape[64,64]"), "/out") is None
 
 

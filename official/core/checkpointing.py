@@ -16,7 +16,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
-from official.core import export as export_lib
+from official.utils import files
 
 
 def save(manager: tf.train.CheckpointManager, step: int) -> None:
@@ -24,7 +24,7 @@ def save(manager: tf.train.CheckpointManager, step: int) -> None:
     try:
         manager.save(checkpoint_number=step)
     except tf.errors.OpError as error:
-        failure = export_lib.storage_error(error, manager.directory)
+        failure = files.storage_error(error, manager.directory)
         if failure is None:
             raise
         shutil.rmtree(os.path.join(manager.directory, f"ckpt-{step}_temp"), ignore_errors=True)

@@ -17,7 +17,7 @@ import unicodedata
 from typing import TYPE_CHECKING
 
 from dataset.dicom_options import describe_rendering, rendering_of
-from official.utils.files import file_in_the_way, written_atomically
+from official.utils.files import file_in_the_way, nearest_existing, written_atomically
 
 if TYPE_CHECKING:  # the model code (Keras) is not imported to read a config
     from networks.registry import ModelSpec
@@ -292,13 +292,6 @@ def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
     return dict(ordered)
 
 
-def _nearest_existing(path: str) -> str:
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    return probe
-
-
 def check_run_folders(config: TrainConfig) -> None:
     """The folders a run writes, checked before it trains.
 
@@ -313,7 +306,7 @@ def check_run_folders(config: TrainConfig) -> None:
         if path and (blocker := file_in_the_way(path)):
             where = "" if blocker == os.path.abspath(path) else f" {blocker}"
             raise ValueError(f"{path}:{where} is a file; the trainer writes a folder there")
-        if path and not os.access(probe := _nearest_existing(path), os.W_OK | os.X_OK):
+        if path and not os.access(probe := nearest_existing(path), os.W_OK | os.X_OK):
             # A read-only export_dir failed at the export, after all the training.
             where = "" if probe == os.path.abspath(path) else f" {probe}"
             raise ValueError(f"{path}:{where} is not writable (a read-only file system, or no "

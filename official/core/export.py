@@ -37,6 +37,7 @@ from dataset.dicom_options import describe_rendering, rendering_of
 from networks import registry
 from official.core.config import CONFIG_FILE, read_config
 from official.modeling import ema
+from official.utils import files
 
 ASSETS_EXTRA = "assets.extra"  # where the SavedModel keeps config.json
 
@@ -118,22 +119,6 @@ def first_line(error: Exception) -> str:
     """The first line of a TensorFlow or Keras error (theirs run to dozens), or its type."""
     text = str(getattr(error, "message", None) or error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-# What TensorFlow's file writes say when the file system refuses them (its errors carry the
-# text, not the errno).
-_STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
-
-
-def storage_error(error: tf.errors.OpError, path: str) -> OSError | None:
-    """A TensorFlow write that failed for the file system (a full disk, a read-only file
-    system, no permission) as the OSError Python would have raised, naming ``path``; None for
-    any other error (re-raise that one)."""
-    text = str(getattr(error, "message", None) or error)
-    for number in _STORAGE_ERRNOS:
-        if os.strerror(number) in text:
-            return OSError(number, os.strerror(number), path)
-    return None
 
 
 def _check_checkpoint_is_of(checkpoint: str, model_dir: str, config: dict) -> None:
@@ -390,7 +375,7 @@ def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) 
     except BaseException as error:  # a full disk or Ctrl-C: no half-written folder left
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, tf.errors.OpError) and (
-                failure := storage_error(error, export_dir)):
+                failure := files.storage_error(error, export_dir)):
             raise failure from None
         raise
     return final

@@ -29,7 +29,6 @@ optional dependency, benchmark peers timed in their own processes).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -46,15 +45,12 @@ from official.utils import files
 # system that cannot take the output; anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                    IsADirectoryError, PermissionError, FloatingPointError, ConnectionError)
-# A full disk, a quota, a read-only file system: the OSError of a write, often naming no file.
-# Other errnos (EBADF, EMFILE, EINVAL, ...) are bugs, not the user's to mend.
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def expected(error: BaseException) -> bool:
     """Whether ``error`` is one a program reports in one line (exit 1), not with a traceback."""
     return isinstance(error, EXPECTED_ERRORS) or (
-        isinstance(error, OSError) and error.errno in STORAGE_ERRNOS)
+        isinstance(error, OSError) and error.errno in files.STORAGE_ERRNOS)
 
 
 def program_flags() -> flags.FlagValues:

@@ -4,6 +4,7 @@ TensorFlow here: programs import this before their flags are parsed)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 try:
@@ -35,10 +36,32 @@ def file_in_the_way(path: str) -> str | None:
     """The file that stops a folder being made at ``path``: ``path`` itself or its nearest
     existing parent, when that is a file (absolute); None when the folder can be made (or
     exists). Checked before the work, the mkdir after it would fail with a bare errno."""
+    probe = nearest_existing(path)
+    return None if os.path.isdir(probe) else probe
+
+
+def nearest_existing(path: str) -> str:
+    """``path`` or its nearest parent that exists (absolute): what a mkdir of ``path`` meets."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    return None if os.path.isdir(probe) else probe
+    return probe
+
+
+# A full disk, a quota, a read-only file system, no permission: the OSError of a write, often
+# naming no file. Other errnos (EBADF, EMFILE, EINVAL, ...) are bugs, not the user's to mend.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(error: Exception, path: str) -> OSError | None:
+    """A write that failed for the file system, said in an error's text only (TensorFlow's
+    file errors carry the text, not the errno), as the OSError Python would have raised,
+    naming ``path``; None for any other error (re-raise that one)."""
+    text = str(getattr(error, "message", None) or error)
+    for number in STORAGE_ERRNOS:
+        if os.strerror(number) in text:
+            return OSError(number, os.strerror(number), path)
+    return None
 
 
 # The folders this process holds (their descriptors). A child forked meanwhile (the
@@ -93,8 +116,7 @@ def folder_held(folder: str, what: str):
       ValueError: another process holds the folder (the message names it and ``what``).
     """
     folder = os.path.abspath(folder)
-    created = not os.path.exists(folder)
-    handle = None
+    created, handle = False, None
     for _ in range(3):
         created = created or not os.path.exists(folder)
         os.makedirs(folder, exist_ok=True)
