@@ -186,28 +186,32 @@ def _scrubbed(failure):
 # --- reading -----------------------------------------------------------------------
 
 
-def _refuse_image_bytes(path) -> None:
-    """A JPEG or PNG named as DICOM (the kind is the suffix's, dataset/folder_walk.py) says
-    so; it was "not a DICOM file ... --dicom_force", and with that flag "no pixel data"."""
+def _image_bytes(path) -> str | None:
+    """What a JPEG or PNG named as DICOM is (the kind is the suffix's, dataset/folder_walk.py),
+    or None: it was "not a DICOM file ... --dicom_force", and with that flag "no pixel data".
+    Asked only where those would be said, not of every file read."""
     with open(path, "rb") as handle:
         head = handle.read(132)
     image_format = magic.sniff_format(head)
-    if image_format and head[128:132] != b"DICM":
-        raise DicomError(f"{path}: {image_format.upper()} bytes, not DICOM: rename it "
-                         f".{'jpg' if image_format == 'jpeg' else 'png'}")
+    if image_format is None or head[128:132] == b"DICM":
+        return None
+    return (f"{path}: {image_format.upper()} bytes, not DICOM: rename it "
+            f".{'jpg' if image_format == 'jpeg' else 'png'}")
 
 
 def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False) -> Dataset:
     try:
         if os.path.getsize(path) == 0:  # as images say it (it was "not a DICOM file", or
             raise DicomError(f"{path}: zero-byte file")  # with --dicom_force "no pixel data")
-        _refuse_image_bytes(path)
+        if options.force and (image := _image_bytes(path)):  # read as DICOM whatever it is
+            raise DicomError(image)
         ds = pydicom.dcmread(path, force=options.force, stop_before_pixels=header_only)
     except InvalidDicomError:
         # Both programs that read DICOM (tf_convert_data.py, dicom_predict.py) name the
         # option --dicom_force.
-        raise DicomError(f"{path}: not a DICOM file (no 'DICM' marker or file meta; "
-                         "--dicom_force reads it anyway)") from None
+        raise DicomError(_image_bytes(path) or (
+            f"{path}: not a DICOM file (no 'DICM' marker or file meta; --dicom_force reads "
+            "it anyway)")) from None
     except IsADirectoryError:
         raise DicomError(f"{path}: cannot read: is a directory") from None
     except OSError as error:
