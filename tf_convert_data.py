@@ -29,6 +29,7 @@ from absl import app, flags
 from dataset.convert import ConvertConfig, convert_dataset
 from dataset.conversion_plan import ConversionError
 from dataset.manifest import format_summary
+from dataset.workers import WorkerLost
 from official.utils import cli
 
 FLAGS = flags.FLAGS
@@ -155,6 +156,10 @@ def main(argv) -> int:
         return 1
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except WorkerLost as error:
+        print(f"error: {error}; the conversion into {FLAGS.output_dir} did not finish",
+              file=sys.stderr)
         return 1
     except OSError as error:  # a full disk or a read-only folder while writing the records,
         # or an input folder that cannot be read (its OSError names it); the staging folder

@@ -7,6 +7,7 @@ flat however many images there are; ``close`` stops the workers even mid-stream.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import multiprocessing
 import os
@@ -15,7 +16,16 @@ import sys
 import threading
 
 
-def _start_worker(initializer, initargs: tuple) -> None:
+class WorkerLost(RuntimeError):
+    """A worker process ended while the pool was working (killed, e.g. by the out-of-memory
+    killer); its task's result will never come."""
+
+
+def _start_worker(started, initializer, initargs: tuple) -> None:
+    # Counted first, so that a worker whose initializer fails (and is then replaced, again
+    # and again) counts too.
+    with started.get_lock():
+        started.value += 1
     # Ctrl-C signals the whole process group. A worker interrupted while it sends a result
     # leaves half a message in the result pipe, and the pool's terminate() then waits forever
     # for the rest (seen: 2 of 13 interrupts hung until a second Ctrl-C). Only the parent
@@ -32,6 +42,8 @@ def _start_worker(initializer, initargs: tuple) -> None:
 
 
 _HELD = {signal.SIGINT, signal.SIGTERM}
+# How long imap waits for a result before it checks that no worker has died.
+_LIVENESS_SECONDS = 1.0
 
 
 @contextlib.contextmanager
@@ -76,6 +88,10 @@ def _replay(signum: int, handler) -> None:
     # SIG_IGN: ignored, as it would have been
 
 
+def _run_chunk(function, chunk: list) -> list:
+    return [function(task) for task in chunk]
+
+
 class WorkerPool:
     """Ordered parallel map with bounded memory: at most ``window`` tasks in flight."""
 
@@ -86,15 +102,21 @@ class WorkerPool:
         initializer(*initargs)
         self._pool = None
         self._stopping, self._unblock = threading.Event(), []
+        # Workers started, replacements included: multiprocessing.Pool replaces a worker that
+        # dies but loses its task, so imap would wait for that result forever (a worker
+        # SIGKILLed mid-task hung the converter). One start beyond num_workers means a death.
+        self._started = None
         if num_workers > 1:
             # fork starts fastest (the converter itself never imports TensorFlow), but
             # TensorFlow imported by a caller (the tests, a notebook) is not fork-safe;
             # then spawn, whose workers import no TF.
             method = "spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork"
             context = multiprocessing.get_context(method)
+            self._started = context.Value("i", 0)
             try:
                 with _signals_held():
-                    self._pool = context.Pool(num_workers, _start_worker, (initializer, initargs))
+                    self._pool = context.Pool(num_workers, _start_worker,
+                                              (self._started, initializer, initargs))
             except BaseException:  # a signal held back is raised on leaving the block
                 self.close()
                 raise
@@ -103,20 +125,37 @@ class WorkerPool:
         if self._pool is None:
             yield from map(function, tasks)
             return
-        window = max(chunksize * self.num_workers * 4, 8)  # tasks in flight: flat memory
+        # Chunked here rather than by Pool.imap, whose chunked iterator cannot wait with a
+        # timeout (the liveness check below needs one).
+        chunks = [tasks[start:start + chunksize] for start in range(0, len(tasks), chunksize)]
+        window = self.num_workers * 4  # chunks in flight: flat memory
         slots = threading.Semaphore(window)
         self._unblock.append((slots, window))
 
         def feed():  # runs in the pool's task-handler thread; blocks when the window is full
-            for task in tasks:
+            for chunk in chunks:
                 slots.acquire()
                 if self._stopping.is_set():
                     return
-                yield task
+                yield chunk
 
-        for result in self._pool.imap(function, feed(), chunksize):
+        results = self._pool.imap(functools.partial(_run_chunk, function), feed())
+        while True:
+            try:
+                chunk_results = results.next(timeout=_LIVENESS_SECONDS)
+            except StopIteration:
+                return
+            except multiprocessing.TimeoutError:
+                self._check_workers()  # raises from within the except: say it without the timeout
+                continue
             slots.release()
-            yield result
+            yield from chunk_results
+
+    def _check_workers(self) -> None:
+        if self._started.value > self.num_workers:
+            raise WorkerLost(
+                "a worker process ended before finishing its task (killed, e.g. by the "
+                "out-of-memory killer; if memory ran out, try fewer --num_workers)") from None
 
     def close(self) -> None:
         if self._pool is not None:

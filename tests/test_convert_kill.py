@@ -229,3 +229,50 @@ def test_a_stop_while_shards_are_written_is_one_line(tmp_path, stop, status, wha
         if output_dir.exists():
             shutil.rmtree(output_dir)
     assert interrupted, f"every run finished before its {stop}"
+
+
+def test_a_worker_killed_mid_task_is_reported_not_waited_for():
+    """multiprocessing.Pool replaces a worker that dies but loses its task: the map then
+    waited for that result forever (a worker SIGKILLed mid-task, as the out-of-memory killer
+    does, hung the converter)."""
+    from dataset.workers import WorkerLost, WorkerPool
+
+    pool = WorkerPool(2, int, ())
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkerLost, match="out-of-memory killer"):
+            list(pool.imap(signal.raise_signal, [signal.SIGKILL], chunksize=1))
+        assert time.monotonic() - started < 20
+    finally:
+        pool.close()
+
+
+def test_the_converter_says_a_worker_died_and_writes_nothing(tmp_path):
+    root = make_class_folders(tmp_path / "ds", {"A": 40, "B": 40}, size=16)
+    output_dir = tmp_path / "out"
+    # Forked workers (no TensorFlow in this program) run the patched task: it kills its
+    # worker at one file, after other chunks were written.
+    program = ("import os, signal, sys\n"
+               "from absl import app\n"
+               "import dataset.convert, tf_convert_data\n"
+               "from official.utils import cli\n"
+               "real = dataset.convert.encode_chunk\n"
+               "def dying(chunk):\n"
+               "    if any(task.relpath.endswith('b0030.png') for task in chunk):\n"
+               "        os.kill(os.getpid(), signal.SIGKILL)\n"
+               "    return real(chunk)\n"
+               "dataset.convert.encode_chunk = dying\n"
+               "app.run(tf_convert_data.main,"
+               " flags_parser=cli.flags_parser(tf_convert_data.PROGRAM))\n")
+    process = subprocess.Popen(
+        [sys.executable, "-c", program, "--dataset_name=test", f"--dataset_dir={root}",
+         f"--output_dir={output_dir}", "--need_split=tt_split", "--num_workers=2"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    _, stderr = _communicate_or_fail(process, 60, "a worker's death")
+    assert process.returncode == 1, stderr[-2000:]
+    assert stderr.splitlines() == [(
+        "error: a worker process ended before finishing its task (killed, e.g. by the "
+        "out-of-memory killer; if memory ran out, try fewer --num_workers); the conversion "
+        f"into {output_dir} did not finish")], stderr[-2000:]
+    assert not output_dir.exists()  # made by this run, removed with its staging folder
