@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from dataset import dicom_options, shards
-from dataset.features import KEY_FILENAME, parse_example
+from dataset.features import KEY_CHANNELS, KEY_ENCODED, KEY_FILENAME, parse_example
 
 MANIFEST = shards.MANIFEST  # defined once, by the writer
 
@@ -154,6 +154,39 @@ def split_filenames(data_dir: str, split: str) -> list[str]:
     dataset = tf.data.TFRecordDataset(list(split_info(data_dir, split).files)).map(
         lambda record: tf.io.parse_single_example(record, spec)[KEY_FILENAME])
     return [name.decode() for name in dataset.as_numpy_iterator()]
+
+
+# An image stored with three channels is in colour when they differ by more than this on
+# average (0-255 levels): an RGB file of a grey radiograph (R = G = B, up to JPEG rounding)
+# is not, a photograph or a colour overlay image is.
+COLOUR_SPREAD = 4.0
+
+
+def colour_sample(files, limit: int = 64) -> tuple[int, int, str | None]:
+    """``(in colour, sampled, the first in colour's filename)`` over up to ``limit`` records,
+    taken from the first shards alike (their records are in the converter's shuffled order).
+    Only images stored with 3 or 4 channels are decoded."""
+    files = list(files)[:8]
+    if not files:
+        return 0, 0, None
+    spec = {KEY_ENCODED: tf.io.FixedLenFeature([], tf.string),
+            KEY_FILENAME: tf.io.FixedLenFeature([], tf.string),
+            KEY_CHANNELS: tf.io.FixedLenFeature([], tf.int64)}
+    per_shard = max(1, limit // len(files))
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda path: tf.data.TFRecordDataset(path).take(per_shard), cycle_length=len(files))
+    colour, sampled, first = 0, 0, None
+    for record in records.take(limit):
+        parsed = tf.io.parse_single_example(record, spec)
+        sampled += 1
+        if int(parsed[KEY_CHANNELS]) < 3:
+            continue
+        image = tf.io.decode_image(parsed[KEY_ENCODED], channels=3, expand_animations=False)
+        spread = tf.reduce_max(image, -1) - tf.reduce_min(image, -1)
+        if float(tf.reduce_mean(tf.cast(spread, tf.float32))) > COLOUR_SPREAD:
+            colour += 1
+            first = first or parsed[KEY_FILENAME].numpy().decode()
+    return colour, sampled, first
 
 
 def make_dataset(files, *, channels: int, shuffle_files: bool = False, seed: int | None = None,

@@ -209,3 +209,33 @@ def test_a_class_without_training_examples_is_warned_of(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         train_input.resolve_data(_input(tiny_dataset(tmp_path / "full"), tmp_path / "m"))
     assert "no example" not in caplog.text
+
+
+def test_colour_training_images_read_as_grey_are_warned_of(tmp_path, caplog):
+    from tests.conftest import write_image
+    from tests.test_convert import convert
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (24, 24, 1), dtype=np.uint8)
+
+    def dataset(name, colour: bool):
+        root = tmp_path / name
+        for index in range(12):
+            # RGB JPEGs either way: a grey radiograph saved as RGB (R = G = B) is not colour.
+            pixels = (rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) if colour
+                      else np.repeat(grey, 3, axis=-1))
+            write_image(root / ("A" if index % 2 else "B") / f"{index:03d}.jpg", pixels)
+        convert(root, tmp_path / f"{name}-out", output_name="train")
+        return tmp_path / f"{name}-out"
+
+    photos, radiographs = dataset("photos", True), dataset("radiographs", False)
+    with caplog.at_level("WARNING"):
+        train_input.resolve_data(_input(photos, tmp_path / "m", eval_split="train"))
+    assert "12 of 12 training images sampled are in colour (e.g. " in caplog.text
+    assert "--channels=1 reads them as grey: --channels=3 keeps their colour" in caplog.text
+    for data, channels in ((photos, 3), (radiographs, 1)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            train_input.resolve_data(_input(data, tmp_path / "m", eval_split="train",
+                                            channels=channels))
+        assert "in colour" not in caplog.text

@@ -110,6 +110,12 @@ def resolve_data(spec: InputSpec) -> DataSpec:
                         "the model will never predict them, and their images in other splits "
                         "are all errors", spec.data_dir, ", ".join(map(repr, unlearnt)),
                         spec.train_split)
+    if spec.channels == 1 and not spec.use_synthetic_data:
+        colour, sampled, example = reader.colour_sample(train.files)
+        if colour:
+            logging.warning("--data_dir=%s: %d of %d training images sampled are in colour "
+                            "(e.g. %s); --channels=1 reads them as grey: --channels=3 keeps "
+                            "their colour", spec.data_dir, colour, sampled, example)
     if len(train.class_names) < 2:
         raise ValueError(f"--data_dir={spec.data_dir}: needs at least 2 classes, found "
                          f"{list(train.class_names)}")

@@ -145,7 +145,8 @@ def _define_resnet(define: _Definer) -> None:
                          "images are resized to it.", lower_bound=8)
     define.boolean("small_input", None, "Use the small-image stem (3x3 conv, no max "
                          "pool) instead of 7x7/2 + pool. Default: on when --image_size <= 32.")
-    define.integer("channels", 1, "Image channels the model reads: 1 (grey, radiographs) "
+    define.integer("channels", 1, "Image channels the model reads: 1 (grey, radiographs; "
+                         "colour images are read as grey, and the trainer warns of them) "
                          "or 3 (RGB).", lower_bound=1, upper_bound=3)
     define.boolean("random_flip", False, "Randomly flip training images left-right. Off "
                          "by default: when the image's left-right axis is the patient's (the "
