@@ -9,6 +9,7 @@ trainer never hard-codes them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import tensorflow as tf
 
 from dataset import dicom_options, shards
 from dataset.features import KEY_CHANNELS, KEY_ENCODED, KEY_FILENAME, parse_example
+from dataset.magic import JPEG_MAGIC
 
 MANIFEST = shards.MANIFEST  # defined once, by the writer
 
@@ -160,33 +162,52 @@ def split_filenames(data_dir: str, split: str) -> list[str]:
 # average (0-255 levels): an RGB file of a grey radiograph (R = G = B, up to JPEG rounding)
 # is not, a photograph or a colour overlay image is.
 COLOUR_SPREAD = 4.0
+_EXIF_ORIENTATION = 0x0112  # 1 (or absent): stored upright
 
 
-def colour_sample(files, limit: int = 64) -> tuple[int, int, str | None]:
-    """``(in colour, sampled, the first in colour's filename)`` over up to ``limit`` records,
-    taken from the first shards alike (their records are in the converter's shuffled order).
-    Only images stored with 3 or 4 channels are decoded."""
+@dataclass(frozen=True)
+class ImageSample:
+    """What a sample of a split's images shows (``sample_images``); each example is the first
+    such image's stored filename."""
+    sampled: int
+    colour: int
+    colour_example: str | None
+    turned: int  # JPEGs whose EXIF orientation says a viewer shows them turned or mirrored
+    turned_example: str | None
+
+
+def sample_images(files, limit: int = 64) -> ImageSample:
+    """Up to ``limit`` records, taken from the first shards alike (their records are in the
+    converter's shuffled order). Only images stored with 3 or 4 channels are decoded."""
+    from PIL import Image
+
     files = list(files)[:8]
+    colour, turned = [], []
     if not files:
-        return 0, 0, None
+        return ImageSample(0, 0, None, 0, None)
     spec = {KEY_ENCODED: tf.io.FixedLenFeature([], tf.string),
             KEY_FILENAME: tf.io.FixedLenFeature([], tf.string),
             KEY_CHANNELS: tf.io.FixedLenFeature([], tf.int64)}
     per_shard = max(1, limit // len(files))
     records = tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda path: tf.data.TFRecordDataset(path).take(per_shard), cycle_length=len(files))
-    colour, sampled, first = 0, 0, None
+    sampled = 0
     for record in records.take(limit):
         parsed = tf.io.parse_single_example(record, spec)
         sampled += 1
+        name, data = parsed[KEY_FILENAME].numpy().decode(), parsed[KEY_ENCODED].numpy()
+        if data.startswith(JPEG_MAGIC):  # EXIF is a JPEG's; Pillow reads it without decoding
+            with Image.open(io.BytesIO(data)) as image:
+                if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                    turned.append(name)
         if int(parsed[KEY_CHANNELS]) < 3:
             continue
-        image = tf.io.decode_image(parsed[KEY_ENCODED], channels=3, expand_animations=False)
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
         spread = tf.reduce_max(image, -1) - tf.reduce_min(image, -1)
         if float(tf.reduce_mean(tf.cast(spread, tf.float32))) > COLOUR_SPREAD:
-            colour += 1
-            first = first or parsed[KEY_FILENAME].numpy().decode()
-    return colour, sampled, first
+            colour.append(name)
+    return ImageSample(sampled, len(colour), (colour or [None])[0], len(turned),
+                       (turned or [None])[0])
 
 
 def make_dataset(files, *, channels: int, shuffle_files: bool = False, seed: int | None = None,

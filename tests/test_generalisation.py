@@ -211,31 +211,43 @@ def test_a_class_without_training_examples_is_warned_of(tmp_path, caplog):
     assert "no example" not in caplog.text
 
 
-def test_colour_training_images_read_as_grey_are_warned_of(tmp_path, caplog):
-    from tests.conftest import write_image
+def test_colour_and_turned_training_images_are_warned_of(tmp_path, caplog):
+    from PIL import Image
+
     from tests.test_convert import convert
 
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 255, (24, 24, 1), dtype=np.uint8)
 
-    def dataset(name, colour: bool):
+    def dataset(name, colour: bool, orientation: int = 1):
         root = tmp_path / name
         for index in range(12):
             # RGB JPEGs either way: a grey radiograph saved as RGB (R = G = B) is not colour.
             pixels = (rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) if colour
                       else np.repeat(grey, 3, axis=-1))
-            write_image(root / ("A" if index % 2 else "B") / f"{index:03d}.jpg", pixels)
+            exif = Image.Exif()
+            if index == 5 and orientation != 1:
+                exif[0x0112] = orientation  # as a phone writes for a photo taken on its side
+            path = root / ("A" if index % 2 else "B") / f"{index:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path, exif=exif)
         convert(root, tmp_path / f"{name}-out", output_name="train")
         return tmp_path / f"{name}-out"
 
-    photos, radiographs = dataset("photos", True), dataset("radiographs", False)
-    with caplog.at_level("WARNING"):
-        train_input.resolve_data(_input(photos, tmp_path / "m", eval_split="train"))
-    assert "12 of 12 training images sampled are in colour (e.g. " in caplog.text
-    assert "--channels=1 reads them as grey: --channels=3 keeps their colour" in caplog.text
-    for data, channels in ((photos, 3), (radiographs, 1)):
+    def warnings(data, **overrides) -> str:
         caplog.clear()
         with caplog.at_level("WARNING"):
             train_input.resolve_data(_input(data, tmp_path / "m", eval_split="train",
-                                            channels=channels))
-        assert "in colour" not in caplog.text
+                                            **overrides))
+        return caplog.text
+
+    photos = dataset("photos", colour=True)
+    text = warnings(photos)
+    assert "12 of 12 training images sampled are in colour (e.g. " in text
+    assert "--channels=1 reads them as grey: --channels=3 keeps their colour" in text
+    assert "in colour" not in warnings(photos, channels=3)
+    radiographs = dataset("radiographs", colour=False)
+    assert "in colour" not in warnings(radiographs) and "EXIF" not in warnings(radiographs)
+    turned = warnings(dataset("turned", colour=False, orientation=6))
+    assert ("1 of 12 training images sampled are JPEGs with an EXIF orientation (e.g. "
+            "A/005.jpg): a viewer shows them turned, the model reads them as stored") in turned

@@ -110,12 +110,8 @@ def resolve_data(spec: InputSpec) -> DataSpec:
                         "the model will never predict them, and their images in other splits "
                         "are all errors", spec.data_dir, ", ".join(map(repr, unlearnt)),
                         spec.train_split)
-    if spec.channels == 1 and not spec.use_synthetic_data:
-        colour, sampled, example = reader.colour_sample(train.files)
-        if colour:
-            logging.warning("--data_dir=%s: %d of %d training images sampled are in colour "
-                            "(e.g. %s); --channels=1 reads them as grey: --channels=3 keeps "
-                            "their colour", spec.data_dir, colour, sampled, example)
+    if not spec.use_synthetic_data:
+        _warn_of_images(spec, reader.sample_images(train.files))
     if len(train.class_names) < 2:
         raise ValueError(f"--data_dir={spec.data_dir}: needs at least 2 classes, found "
                          f"{list(train.class_names)}")
@@ -192,6 +188,21 @@ def train_dataset(spec: InputSpec, data: DataSpec, num_workers: int = 1) -> tf.d
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return _with_shard_policy(dataset, shard_policy(len(data.train.files), num_workers))
+
+
+def _warn_of_images(spec: InputSpec, sample: reader.ImageSample) -> None:
+    """What the model will see differently from a person looking at the files."""
+    if sample.colour and spec.channels == 1:
+        logging.warning("--data_dir=%s: %d of %d training images sampled are in colour (e.g. "
+                        "%s); --channels=1 reads them as grey: --channels=3 keeps their colour",
+                        spec.data_dir, sample.colour, sample.sampled, sample.colour_example)
+    if sample.turned:
+        # TensorFlow's decoders ignore EXIF, in training and prediction alike: the model is
+        # consistent, but a photo of a film taken on its side is learnt on its side.
+        logging.warning("--data_dir=%s: %d of %d training images sampled are JPEGs with an "
+                        "EXIF orientation (e.g. %s): a viewer shows them turned, the model "
+                        "reads them as stored", spec.data_dir, sample.turned, sample.sampled,
+                        sample.turned_example)
 
 
 def mirror_partners(spec: InputSpec, class_names) -> tuple[int, ...]:
