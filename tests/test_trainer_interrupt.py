@@ -7,6 +7,8 @@ it at those points (right after a train-function call returns, inside the valida
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import tensorflow as tf
 
@@ -135,3 +137,25 @@ def test_an_interrupt_after_a_diverged_step_saves_nothing(tmp_path, monkeypatch,
     assert _checkpoint_steps(tmp_path / "model") == [2]
     assert "interrupted after the loss diverged (weights not finite): no checkpoint saved at " \
            "step 3" in caplog.text
+
+
+def test_a_killed_runs_leftovers_are_removed_by_the_next_training(tmp_path):
+    """A SIGKILL (the out-of-memory killer, a scheduler's hard stop) during a checkpoint save
+    leaves TensorFlow's ckpt-N_temp folder, and during a write in place a .tmp-PID file:
+    never read, but kept for ever. The next training, holding the folder, removes them."""
+    import subprocess
+    import sys
+
+    model_dir = tmp_path / "model"
+    (model_dir / "ckpt-3_temp").mkdir(parents=True)
+    (model_dir / "ckpt-3_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = f"config.json.tmp-{int(gone.stdout)}"
+    (model_dir / dead).write_text("{")
+    alive = f"metrics.json.tmp-{os.getpid()}"  # a live process's write: kept
+    (model_dir / alive).write_text("{")
+    _run(tmp_path, train_epochs=1, epochs_between_evals=1)
+    names = sorted(path.name for path in model_dir.iterdir())
+    assert "ckpt-3_temp" not in names and dead not in names, names
+    assert alive in names and "ckpt-2.index" in names, names

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 
@@ -33,6 +34,36 @@ def save(manager: tf.train.CheckpointManager, step: int) -> None:
                           f"{manager.latest_checkpoint or 'none'})")
         refused.errno = failure.errno  # a storage error to the programs (cli.expected)
         raise refused from None
+
+
+def remove_leftovers(model_dir: str) -> list[str]:
+    """Removes what a killed run left in ``model_dir`` (returned, by name): a checkpoint's
+    temporary folder (TensorFlow writes ``ckpt-N_temp`` and merges it into ``ckpt-N``; a
+    ResNet-50's is ~300 MB) and a file written in place (``files.written_atomically``) whose
+    process is gone. Call it only while holding the folder (``files.held``): then no other
+    training is saving into it."""
+    removed = []
+    for name in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, name)
+        if re.fullmatch(r"ckpt-\d+_temp", name) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif (match := re.fullmatch(r".+\.tmp-(\d+)", name)) and not _alive(int(match[1])):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        pass
+    return True
 
 
 @contextlib.contextmanager

@@ -103,6 +103,9 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
             else contextlib.nullcontext())
     try:
         with held:
+            if chief and files.held(config.model_dir):
+                if leftovers := checkpointing.remove_leftovers(config.model_dir):
+                    logging.info("removed a killed run's leftovers: %s", ", ".join(leftovers))
             return _train(config, strategy, chief, workers, write_dir, network)
     except tf.errors.DataLossError as error:
         described = reader.describe_data_loss(config.data_dir, error)

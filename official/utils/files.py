@@ -82,6 +82,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_held_in_child)
 
 
+def held(folder: str) -> bool:
+    """Whether this process holds ``folder``'s lock (``folder_held``; never on a file system
+    that cannot lock a folder)."""
+    with contextlib.suppress(OSError):
+        here = os.stat(folder)
+        return any(os.path.samestat(os.fstat(handle), here) for handle in _HELD)
+    return False
+
+
 def _lock(folder: str, what: str) -> int | None:
     """A descriptor of ``folder`` holding its exclusive lock (None: the file system cannot
     lock a folder)."""
