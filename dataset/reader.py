@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 import tensorflow as tf
+from PIL import Image
 
 from dataset import dicom_options, shards
 from dataset.features import KEY_CHANNELS, KEY_ENCODED, KEY_FILENAME, parse_example

@@ -149,23 +149,27 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path, caplog):
 
 def test_a_corrupt_record_names_its_shard_and_the_failed_run_binds_nothing(tmp_path):
     """A shard of the right size with altered bytes (the manifest's size check passes) stops
-    the run with one line naming the shard. That run wrote config.json but no checkpoint, so
-    a rerun with other settings starts afresh instead of being refused."""
+    the run with one line naming the shard: a training shard before anything is written (the
+    trainer's look at a sample of the training images reads it), a validation shard at the
+    first validation. That run wrote config.json but no checkpoint, so a rerun with other
+    settings starts afresh instead of being refused."""
     data = tiny_dataset(tmp_path / "data")
-    corrupt = tmp_path / "corrupt"
-    shutil.copytree(data, corrupt)
-    manifest = json.loads((corrupt / "manifest.json").read_text())
-    shard = manifest["splits"]["train"]["files"][0]["path"]
-    with open(corrupt / shard, "r+b") as handle:  # inside the first record's payload
-        handle.seek(40)
-        handle.write(b"\xff" * 8)
     model_dir = tmp_path / "model"
-    with pytest.raises(ValueError) as error:
-        _train(_config(corrupt, model_dir, max_train_steps=1), ONE_DEVICE)
-    message = str(error.value)
-    assert message.startswith(f"{corrupt}: corrupt record in {shard} (") and "\n" not in message
-    assert "SHA-256 differs" in message
-    assert (model_dir / "config.json").is_file() and not _checkpoint_steps(model_dir)
+    for split in ("train", "validation"):
+        corrupt = tmp_path / f"corrupt_{split}"
+        shutil.copytree(data, corrupt)
+        manifest = json.loads((corrupt / "manifest.json").read_text())
+        shard = manifest["splits"][split]["files"][0]["path"]
+        with open(corrupt / shard, "r+b") as handle:  # inside the first record's payload
+            handle.seek(40)
+            handle.write(b"\xff" * 8)
+        with pytest.raises(ValueError) as error:
+            _train(_config(corrupt, model_dir, max_train_steps=1), ONE_DEVICE)
+        message = str(error.value)
+        assert message.startswith(f"{corrupt}: corrupt record in {shard} (") and "\n" not in message
+        assert "SHA-256 differs" in message
+        assert (model_dir / "config.json").is_file() == (split == "validation")
+        assert not _checkpoint_steps(model_dir)
     rerun = _train(_config(data, model_dir, resnet_size=34, max_train_steps=1), ONE_DEVICE)
     assert (rerun.step, rerun.model_name) == (1, "resnet34_v2")
     # A damaged checkpoint is the checkpoint's fault, not the records'.
