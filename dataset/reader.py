@@ -180,8 +180,6 @@ class ImageSample:
 def sample_images(files, limit: int = 64) -> ImageSample:
     """Up to ``limit`` records, taken from the first shards alike (their records are in the
     converter's shuffled order). Only images stored with 3 or 4 channels are decoded."""
-    from PIL import Image
-
     files = list(files)[:8]
     colour, turned = [], []
     if not files:
