@@ -83,16 +83,18 @@ def network_arguments_from_flags() -> dict:
 
 def main(argv) -> None:
     del argv  # cli.flags_parser refused any
-    import tensorflow as tf
-
-    from networks.resnet import train_steps
-    from official.core import train_lib
-    from official.utils.logs import logger as logger_lib
-    from official.utils.misc import distribution_utils
 
     def run() -> str:
-        config = config_from_flags()
-        network = train_steps.ResNetNetwork(**network_arguments_from_flags())
+        # The flags are checked before TensorFlow's import (5 s): a mistake is said at once.
+        config, arguments = config_from_flags(), network_arguments_from_flags()
+        import tensorflow as tf
+
+        from networks.resnet import train_steps
+        from official.core import train_lib
+        from official.utils.logs import logger as logger_lib
+        from official.utils.misc import distribution_utils
+
+        network = train_steps.ResNetNetwork(**arguments)
         if config.gcp_project:
             logger_lib.require_bigquery()  # fail before hours of training, not after
         # Thread pools and devices must be set before TensorFlow initialises.
