@@ -267,11 +267,17 @@ def hash_key(config: ConvertConfig) -> bytes:
     return os.environ.get(config.hash_key_env, "").encode() or DEFAULT_HASH_KEY
 
 
-def plan_conversion(config: ConvertConfig, workers: WorkerPool) -> Plan:
+def plan_conversion(config: ConvertConfig, workers: WorkerPool,
+                    hold: contextlib.ExitStack | None = None) -> Plan:
     """The validation pass: inputs, DICOM headers (read in ``workers``), labels, splits.
 
+    ``hold``: where the output folder's lock goes (``staging_area``) once the folder is
+    known to be usable, before the headers are read (minutes for a large DICOM set), so that
+    a second conversion into the folder is refused at its start, not after its planning.
+
     Raises:
-      ValueError: invalid configuration or dataset folder.
+      ValueError: invalid configuration or dataset folder, or an output folder another
+        conversion holds.
     """
     discovery = sources.discover(config.dataset_dir, config.layout,
                                  need_labels=config.label_source == "labels",
@@ -282,19 +288,29 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool) -> Plan:
     if discovery.layout == "predefined" and config.need_split != "predefined":
         raise ValueError(f"{config.dataset_dir} is already split into train/val/test "
                          "folders: use --need_split=predefined")
-    problems = list(discovery.problems) + _output_problems(config, discovery.layout)
+    output_problems = _output_problems(config, discovery.layout)
+    if hold is not None and not output_problems:
+        hold.enter_context(_output_held(config.output_dir))
+    problems = list(discovery.problems) + output_problems
     headers = _read_headers(workers, discovery, problems)
     return _plan(config, discovery, headers, problems)
 
 
+def _output_held(output_dir: str, held: bool = False):
+    if held:  # by this run (plan_conversion's hold): a second lock would refuse it
+        return contextlib.nullcontext(os.path.abspath(output_dir))
+    return files.folder_held(output_dir, "conversion")
+
+
 @contextlib.contextmanager
-def staging_area(output_dir: str):
+def staging_area(output_dir: str, held: bool = False):
     """A fresh staging folder in ``output_dir``, removed on exit; an ``output_dir``
-    created here and left empty (a failed run) is removed too."""
+    created here and left empty (a failed run) is removed too. ``held``: this run holds the
+    folder already (``plan_conversion``'s ``hold``)."""
     # One conversion into a folder at a time (a second is refused): a staging folder found
     # is then a killed run's, and is removed. A failed run leaves no trace, not even the
     # folder it made.
-    with files.folder_held(output_dir, "conversion") as output_dir:
+    with _output_held(output_dir, held) as output_dir:
         shards.clean_stale_staging(output_dir)
         try:
             # Inside the try: a Ctrl-C just after the folder is made (before its name is
@@ -337,21 +353,26 @@ def convert_dataset(config: ConvertConfig) -> dict:
     workers = WorkerPool(config.num_workers or os.cpu_count() or 1, init_worker,
                          (config.dicom, hash_key(config)))
     try:
-        plan = plan_conversion(config, workers)
-        problems = list(plan.problems)
-        if plan.failing(config.on_error):
-            # Failing anyway: decode the rest too (writing nothing), so that one run
-            # lists every problem rather than one kind at a time.
-            # By path, as every other list of problems (the tasks are in split order).
-            problems += sorted((sources.Problem(task.relpath, error) for task, (_, error)
-                                in zip(plan.tasks, workers.imap(encode_task, plan.tasks,
-                                                                chunksize=8)) if error),
-                               key=lambda problem: problem.path)
-        skipped = fail_or_skip(config.on_error, config.dataset_dir, plan, problems)
-        return _encode_and_commit(config, workers, plan, write_order(plan.tasks, skipped),
-                                  skipped)
+        with contextlib.ExitStack() as hold:
+            return _convert(config, workers, plan_conversion(config, workers, hold))
     finally:
         workers.close()
+
+
+def _convert(config: ConvertConfig, workers: WorkerPool, plan: Plan) -> dict:
+    """The encode pass of a planned conversion, then the commit (or the problems)."""
+    problems = list(plan.problems)
+    if plan.failing(config.on_error):
+        # Failing anyway: decode the rest too (writing nothing), so that one run
+        # lists every problem rather than one kind at a time.
+        # By path, as every other list of problems (the tasks are in split order).
+        problems += sorted((sources.Problem(task.relpath, error) for task, (_, error)
+                            in zip(plan.tasks, workers.imap(encode_task, plan.tasks,
+                                                            chunksize=8)) if error),
+                           key=lambda problem: problem.path)
+    skipped = fail_or_skip(config.on_error, config.dataset_dir, plan, problems)
+    return _encode_and_commit(config, workers, plan, write_order(plan.tasks, skipped),
+                              skipped)
 
 
 class _Progress(tqdm):
@@ -362,7 +383,8 @@ class _Progress(tqdm):
 
 
 def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
-    with staging_area(config.output_dir) as staging:
+    # Only a plan without output problems gets here: plan_conversion's hold has the folder.
+    with staging_area(config.output_dir, held=True) as staging:
         split_order = list(dict.fromkeys(task.split for task in tasks))
         writers = {split: shards.SplitWriter(staging, split, int(config.shard_size_mb * 2**20))
                    for split in split_order}

@@ -59,6 +59,25 @@ def test_a_conversion_into_a_folder_being_converted_into_is_refused(tmp_path):
     assert output_bytes(out) == before
 
 
+def test_a_conversion_into_a_held_folder_is_refused_before_it_reads_headers(tmp_path,
+                                                                           monkeypatch):
+    """Reading a large DICOM set's headers takes minutes: the refusal comes before it."""
+    from dataset import convert as convert_module
+
+    root = make_class_folders(tmp_path / "ds", {"A": 3, "B": 3}, size=16)
+    out = tmp_path / "out"
+    read = []
+    real = convert_module._read_headers
+    monkeypatch.setattr(convert_module, "_read_headers", lambda *args: read.append(1) or
+                        real(*args))
+    with files.folder_held(str(out), "conversion"):
+        with pytest.raises(ValueError, match="another conversion is writing into this folder"):
+            convert(root, out, output_name="all")
+    assert read == []
+    convert(root, out, output_name="all")  # free again: planned and written once
+    assert read == [1] and (out / "manifest.json").is_file()
+
+
 def test_a_training_into_a_model_dir_in_use_is_refused_before_it_writes(tmp_path):
     import tensorflow as tf
 
