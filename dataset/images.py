@@ -89,6 +89,10 @@ def validate_image_bytes(data: bytes) -> EncodedImage:
             image.load()  # decode everything: the only reliable truncation check
             if image_format == "png" and mode in _GREY16:
                 _check_16bit_range(int(np.asarray(image).max()))
+            elif image_format == "png" and data[24:25] == b"\x10":  # IHDR's bit depth: 16
+                # A 16-bit colour PNG: Pillow gives its high bytes, as TensorFlow does, so
+                # the maximum is known to within its low byte.
+                _check_16bit_range(int(np.asarray(image).max()) << 8 | 0xFF)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:  # its words: "could be decompression bomb"
@@ -106,7 +110,7 @@ def _check_16bit_range(maximum: int) -> None:
     if levels < MIN_16BIT_LEVELS:
         raise ImageError(
             f"16-bit PNG with values up to {maximum} of 65535: decoded to 8 bits (the high "
-            f"byte, as TensorFlow reads it) it has grey levels 0-{levels - 1} only, a nearly "
+            f"byte, as TensorFlow reads it) it has levels 0-{levels - 1} only, a nearly "
             "black image; rescale it to the 16-bit range or save it as 8-bit")
 
 

@@ -5,9 +5,11 @@ images in per-patient sub-folders."""
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 import unicodedata
+import zlib
 
 import numpy as np
 import pytest
@@ -64,6 +66,28 @@ def test_a_16_bit_png_of_12_bit_data_is_refused_with_the_reason():
     data = _png16(np.add.outer(np.arange(32), np.arange(32)) * 64)  # 0..3968
     with pytest.raises(images.ImageError, match=r"16-bit PNG.*3968 of 65535.*0-15"):
         images.validate_image_bytes(data)
+
+
+def _png16_rgb(array: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (Pillow writes none), chunk by chunk."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+
+    height, width, _ = array.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in array)  # filter 0
+    return (images.PNG_MAGIC + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2,
+                                                          0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_colour_png_of_12_bit_data_is_refused_too():
+    ramp = np.add.outer(np.arange(16), np.arange(16))
+    dark = _png16_rgb(np.stack([ramp * 100, ramp * 50, ramp * 10], axis=-1))  # up to 3000
+    with pytest.raises(images.ImageError, match=r"16-bit PNG.*up to 3071 of 65535.*0-11 only"):
+        images.validate_image_bytes(dark)
+    full = _png16_rgb(np.stack([ramp * 2000, ramp * 1000, ramp * 100], axis=-1))
+    assert images.validate_image_bytes(full).channels == 3
 
 
 def test_a_16_bit_png_using_its_range_is_kept_as_it_is():
