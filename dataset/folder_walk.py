@@ -5,7 +5,9 @@ read here: at most a file's first 132 bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 
 from dataset.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
@@ -79,6 +81,11 @@ def file_kind(path: str, dicom_force: bool = False) -> str | None:
     most 132 bytes and never raises for an unreadable file (None)."""
     if is_dicomdir(path):
         return None
+    with contextlib.suppress(OSError):  # a broken link: its suffix decides, its read fails
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # A pipe, socket or device is no image, and opening a pipe to read it (or to
+            # sniff an extension-less name for DICOM) waits for a writer: the run hung.
+            return None
     suffix = os.path.splitext(path)[1].lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"

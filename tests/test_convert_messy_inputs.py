@@ -5,6 +5,7 @@ images in per-patient sub-folders."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -210,3 +211,25 @@ def test_a_class_folder_named_only_by_invisible_characters_is_a_problem(tmp_path
         "removed"]
     # A left-to-right mark or a soft hyphen at an end is invisible too.
     assert sources.clean_label("\u200eHand\u00ad") == "Hand"
+
+
+# --- named pipes ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo (POSIX named pipes)")
+def test_a_named_pipe_among_the_images_is_a_problem_not_a_hang(tmp_path):
+    """Opening a pipe to read it (or to sniff an extension-less name for DICOM) waits for a
+    writer: the conversion hung for ever. A subprocess, so that a hang fails the test."""
+    root = make_class_folders(tmp_path / "ds", {"A": 3, "B": 3}, size=8)
+    os.mkfifo(root / "A" / "pipe.png")
+    os.mkfifo(root / "B" / "noext")
+    result = subprocess.run(
+        [sys.executable, "tf_convert_data.py", "--dataset_name=t", f"--dataset_dir={root}",
+         f"--output_dir={tmp_path / 'out'}", "--num_workers=1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: A/pipe.png: not a JPEG, PNG or DICOM file",
+        "error: B/noext: not a JPEG, PNG or DICOM file",
+        "error: 2 problem(s); nothing was written (--on_error=skip converts the rest)"]
+    assert not (tmp_path / "out").exists()
