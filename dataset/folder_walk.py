@@ -21,15 +21,17 @@ def visible(name: str) -> bool:
     return not name.startswith(".") and name.lower() not in _IGNORED_NAMES
 
 
-def walk_folders(root: str, tree: str | None = None):
+def walk_folders(root: str, tree: str | None = None, onerror=None):
     """os.walk(root) that follows links to folders outside ``tree`` (default: ``root``; the
     converter gives the dataset's folder): a linked subfolder was passed over without a word.
     A link into ``tree`` is not followed (that folder is read under its own name, with its
     own class, split and label files), nor one to a folder above it (a loop); each real
-    folder is read once. Subfolders in sorted order."""
+    folder is read once. Subfolders in sorted order. ``onerror`` is os.walk's: called with
+    the OSError of a folder that cannot be listed (without it, such a folder is passed over
+    in silence)."""
     top = os.path.realpath(tree or root)
     seen = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=onerror):
         real = os.path.realpath(folder)
         if real in seen:  # a second link to the same folder
             dirs[:] = []

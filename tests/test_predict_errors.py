@@ -177,6 +177,27 @@ def test_linked_subfolders_are_followed_once_and_a_loop_ends(folder, tmp_path):
                                             str(folder / "b.png")]
 
 
+def test_a_folder_that_cannot_be_listed_is_named_not_passed_over(folder, monkeypatch):
+    """An unreadable subfolder's files were missing from the CSV without a word, and an
+    unreadable named folder was said to hold "no DICOM, JPEG or PNG files"."""
+    from official.core.prediction import collect_files
+
+    closed = folder / "closed"
+    write_image(closed / "c.png", class_image(np.random.default_rng(1), 0, 32))
+    listed = os.scandir
+
+    def scandir(path="."):  # tests run as root, whom chmod 000 does not stop
+        if os.fspath(path).rstrip(os.sep) == str(closed):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listed(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for named in (folder, closed):
+        with pytest.raises(ValueError, match="cannot list the folder") as error:
+            collect_files([str(named)])
+        assert str(closed) in str(error.value) and "Permission denied" in str(error.value)
+
+
 def test_a_dicom_cds_index_is_passed_over_and_a_bare_name_gets_a_hint(folder, tmp_path):
     """Every DICOM CD carries a DICOMDIR (an index, with the DICM preamble and no pixels): it
     was predicted as a failing image. A file without suffix or preamble (a CD's IM0002) was

@@ -21,9 +21,10 @@ predicted_class "uncertain" (the model's guess stays in top_k). A file that cann
 be read gets an error row; the run goes on, and one line on stderr counts the failures.
 A file named twice (also inside a named folder, or through a link) is predicted once.
 Exit status: 0 when at least one file was classified; 1 when every file failed (the CSV
-is still written: its rows say why), when a named file or folder does not exist, or when
---output_csv (or its .json) would overwrite an input, is in a folder that does not exist
-(it is not created) or cannot be written (then nothing is written); 2 for a bad flag.
+is still written: its rows say why), when a named file or folder does not exist or a
+folder cannot be listed (no permission), or when --output_csv (or its .json) would
+overwrite an input, is in a folder that does not exist (it is not created) or cannot be
+written (then nothing is written); 2 for a bad flag.
 
 --tta=N averages each model's probabilities over N fixed test-time views (never a mirror);
 --model=a,b,... is an ensemble whose probabilities are averaged (same class names, same

@@ -40,17 +40,20 @@ def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
     Raises:
       FileNotFoundError: naming every input that does not exist (a mistyped path is refused
         rather than reported as an error row of an otherwise successful run).
+      ValueError: naming every folder that cannot be listed (no permission): its files would
+        otherwise be missing from the CSV without a word, or a named folder reported as
+        holding no images.
     """
     missing = [entry for entry in inputs if not os.path.exists(entry)]
     if missing:
         # Quoted: a name holding ", " (or split at a comma by --input) reads as itself.
         raise FileNotFoundError("no such file or folder: "
                                 + ", ".join(repr(entry) for entry in missing))
-    files = []
+    files, unlistable = [], []
     for entry in inputs:
         if os.path.isdir(entry):
             found = []
-            for root, _, names in folder_walk.walk_folders(entry):
+            for root, _, names in folder_walk.walk_folders(entry, onerror=unlistable.append):
                 for name in names:
                     path = os.path.join(root, name)
                     if folder_walk.file_kind(path, dicom_force) is not None:
@@ -58,6 +61,9 @@ def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
             files.extend(sorted(found))
         else:
             files.append(entry)  # an odd file gets an error row, not a silent drop
+    if unlistable:
+        raise ValueError("cannot list " + "; ".join(
+            f"the folder {error.filename!r}: {error.strerror or error}" for error in unlistable))
     # Keyed by the real path, first spelling kept (dicts keep insertion order).
     unique = {}
     for path in files:
