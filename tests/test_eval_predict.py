@@ -284,3 +284,24 @@ def test_an_ensemble_names_each_model_once(trained):
     export_dir = os.path.dirname(trained["export"])  # the folder and its newest version
     with pytest.raises(ValueError, match="is named twice in the ensemble"):
         load_predictor([export_dir, trained["export"]])
+
+
+def test_an_interrupt_says_an_earlier_report_or_csv_is_not_this_runs(tmp_path, monkeypatch):
+    """A Ctrl-C said "the report is missing or incomplete" (reports are replaced whole: never
+    incomplete) and "no predictions were written to p.csv" beside an earlier run's p.csv."""
+    from networks.resnet import dicom_eval, dicom_predict
+
+    monkeypatch.setattr(dicom_eval, "_REPORT_WRITTEN", [])
+    report = tmp_path / "eval_test"
+    assert dicom_eval.left_by_interrupt(str(report)) == f"no new report was written to {report}"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    assert "earlier run's" in dicom_eval.left_by_interrupt(str(report))
+    assert "earlier run's" in dicom_eval.left_by_interrupt(None)
+    dicom_eval._REPORT_WRITTEN.append(str(report))  # interrupted in the TensorBoard copy
+    assert dicom_eval.left_by_interrupt(None).startswith(f"the report in {report} is whole")
+    csv_path = tmp_path / "p.csv"
+    assert dicom_predict.left_by_interrupt(str(csv_path)).endswith(f"written to {csv_path}")
+    csv_path.write_text("file,status\n")
+    assert dicom_predict.left_by_interrupt(str(csv_path)) == (
+        f"no predictions were written; {csv_path} is an earlier run's, left as it was")

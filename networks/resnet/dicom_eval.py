@@ -73,6 +73,23 @@ def define_flags() -> None:
         "model")
 
 
+# The report's folder once write_report has put its files in place: what a Ctrl-C leaves.
+_REPORT_WRITTEN: list[str] = []
+
+
+def left_by_interrupt(output_dir: str | None) -> str:
+    """What an interrupted evaluation left. write_report replaces a report whole, so a report
+    already in the folder is never half new; only the TensorBoard copy comes after it."""
+    if _REPORT_WRITTEN:
+        return (f"the report in {_REPORT_WRITTEN[-1]} is whole; its TensorBoard copy may be "
+                "missing")
+    if not output_dir:  # the default folder beside the model is known only once it is loaded
+        return "no new report was written (one already beside the model is an earlier run's)"
+    if os.path.isfile(os.path.join(output_dir, "metrics.json")):
+        return f"no new report was written; the one in {output_dir} is an earlier run's, whole"
+    return f"no new report was written to {output_dir}"
+
+
 def main(argv):
     del argv  # cli.flags_parser refused any
     from dataset import reader
@@ -106,6 +123,7 @@ def main(argv):
                    "model": predictor.source,
                    "members": member_records(predictor),
                    "tta_views": FLAGS.tta})
+        _REPORT_WRITTEN.append(output_dir)
         evaluation.write_tensorboard(output_dir, metrics,
                                      evaluation.checkpoint_step(predictor.source) if single else 0)
     except OSError as error:
@@ -125,5 +143,5 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM),
-                    interrupted=lambda: "the report is missing or incomplete",
+                    interrupted=lambda: left_by_interrupt(FLAGS.output_dir),
                     skip_teardown=True)

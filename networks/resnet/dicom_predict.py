@@ -76,6 +76,14 @@ def define_flags() -> None:
     flags.mark_flag_as_required("model")
 
 
+def left_by_interrupt(output_csv: str) -> str:
+    """What an interrupted run left: predict_files writes the CSV whole or not at all, so an
+    earlier run's CSV under that name is still there, and must not pass for this run's."""
+    if os.path.exists(output_csv):
+        return f"no predictions were written; {output_csv} is an earlier run's, left as it was"
+    return f"no predictions were written to {output_csv}"
+
+
 def main(argv):
     inputs = list(FLAGS.input) + list(argv[1:])
     if not inputs:
@@ -124,5 +132,5 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM, arguments=("FILE_OR_FOLDER",)),
-                    interrupted=lambda: f"no predictions were written to {FLAGS.output_csv}",
+                    interrupted=lambda: left_by_interrupt(FLAGS.output_csv),
                     skip_teardown=True)
