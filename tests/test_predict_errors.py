@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import subprocess
@@ -196,6 +197,34 @@ def test_a_folder_that_cannot_be_listed_is_named_not_passed_over(folder, monkeyp
         with pytest.raises(ValueError, match="cannot list the folder") as error:
             collect_files([str(named)])
         assert str(closed) in str(error.value) and "Permission denied" in str(error.value)
+
+
+def test_a_named_pipe_is_no_image_and_does_not_hang_the_run(folder):
+    """Opening a pipe named b.png (or IM0002, sniffed for DICOM) waited for a writer forever."""
+    import threading
+
+    from dataset.dicom_options import DicomOptions
+    from official.core.prediction import collect_files, load_item
+
+    pipes = [folder / "c.png", folder / "IM0002"]
+    for pipe in pipes:
+        os.mkfifo(pipe)
+    found = []
+    worker = threading.Thread(target=lambda: found.append((
+        collect_files([str(folder)]),
+        load_item(str(pipes[0]), ["Chest", "Hand"], DicomOptions(), b"k" * 32).error)))
+    worker.start()
+    worker.join(timeout=20)
+    waited = worker.is_alive()
+    while worker.is_alive():  # a reader still waiting is let go, so the test ends either way
+        for pipe in pipes:
+            with contextlib.suppress(OSError):
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=1)
+    assert not waited, "waited on a named pipe"
+    files, error = found[0]
+    assert files == [str(folder / "a.jpeg"), str(folder / "b.png")]
+    assert error == f"{pipes[0]}: not a regular file (a pipe, socket or device)"
 
 
 def test_a_dicom_cds_index_is_passed_over_and_a_bare_name_gets_a_hint(folder, tmp_path):

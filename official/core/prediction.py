@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,10 @@ def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
             for root, _, names in folder_walk.walk_folders(entry, onerror=unlistable.append):
                 for name in names:
                     path = os.path.join(root, name)
+                    # A pipe, socket or device is no image, and opening a pipe to look at its
+                    # bytes (an extension-less name is sniffed for DICOM) waits for a writer.
+                    if os.path.exists(path) and not os.path.isfile(path):
+                        continue
                     if folder_walk.file_kind(path, dicom_force) is not None:
                         found.append(path)
             files.extend(sorted(found))
@@ -102,6 +107,8 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
         item.error = f"{path}: a DICOMDIR (the index of a DICOM CD), not an image"
         return item
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe would wait forever
+            raise ValueError("not a regular file (a pipe, socket or device)")
         with open(path, "rb") as handle:
             head = handle.read(16)
         # JPEG/PNG are recognised by their bytes first, so --dicom_force only widens
