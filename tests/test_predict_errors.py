@@ -227,6 +227,19 @@ def test_a_named_pipe_is_no_image_and_does_not_hang_the_run(folder):
     assert error == f"{pipes[0]}: not a regular file (a pipe, socket or device)"
 
 
+def test_a_broken_or_looping_link_is_said_as_the_other_rows_are(folder):
+    """Its row said "[Errno 2] No such file or directory: '<file>'"."""
+    from dataset.dicom_options import DicomOptions
+    from official.core.prediction import load_item
+
+    (folder / "gone.png").symlink_to(folder / "nowhere.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    assert [load_item(str(folder / name), ["Chest"], DicomOptions(), b"k" * 32).error
+            for name in ("gone.png", "loop.png")] == [
+        f"{folder}/gone.png: No such file or directory (a link whose target is missing)",
+        f"{folder}/loop.png: Too many levels of symbolic links"]
+
+
 def test_a_dicom_cds_index_is_passed_over_and_a_bare_name_gets_a_hint(folder, tmp_path):
     """Every DICOM CD carries a DICOMDIR (an index, with the DICM preamble and no pixels): it
     was predicted as a failing image. A file without suffix or preamble (a CD's IM0002) was

@@ -8,6 +8,7 @@ row per file (CSV_COLUMNS), an error row for a file that cannot be read.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import stat
@@ -124,6 +125,11 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
             item.encoded = images.load_image(path, "image")[0].data
     except (ValueError, OSError) as error:
         item.error = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, OSError) and error.strerror and error.filename == path:
+            # "[Errno 2] No such file or directory: '<path>'" said as the other rows are
+            item.error = f"{path}: {error.strerror}" + (
+                " (a link whose target is missing)" if os.path.islink(path)
+                and error.errno == errno.ENOENT else "")
         if path not in item.error:
             item.error = f"{path}: {item.error}"
         if unknown_bytes and not os.path.splitext(path)[1]:  # a CD's IM0002, no preamble
