@@ -36,6 +36,7 @@ from dataset.body_parts import (canonical_body_part, class_name, normalize_body_
                                  not_anatomy)
 from dataset.conversion_plan import Plan, fail_or_skip, write_order
 from dataset.dicom_options import DicomOptions
+from dataset.folder_walk import split_suffix
 from dataset.manifest import build_manifest
 from dataset.tasks import FileTask, encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
@@ -170,7 +171,7 @@ def _plan(config, discovery, headers, problems):
         fractions = {}
     tasks, files_by_class = [], collections.defaultdict(dict)
     for item, label, patient in labelled:
-        stem = os.path.splitext(os.path.basename(item.relpath))[0]
+        stem = split_suffix(os.path.basename(item.relpath))[0]
         csv_group = sources.csv_group(groups_csv, item.relpath)
         group = (f"csv:{csv_group}" if csv_group
                  else f"patient:{patient}" if patient else f"stem:{stem}")

@@ -74,6 +74,14 @@ def is_dicomdir(path: str) -> bool:
     return os.path.basename(path).lower() == "dicomdir"
 
 
+def split_suffix(path: str) -> tuple[str, str]:
+    """``os.path.splitext``, except that a numeric "suffix" is none: a DICOM file named by its
+    SOP Instance UID (``1.2.840.113619.2.55.3.604688119.868``, as PACS exports name them) was
+    read as a ``.868`` file, and passed over without a word."""
+    stem, suffix = os.path.splitext(path)
+    return (path, "") if suffix[1:].isdigit() else (stem, suffix)
+
+
 def file_kind(path: str, dicom_force: bool = False) -> str | None:
     """The converter's file-kind detection, shared with prediction so both accept the
     same files: ``"image"`` for a ``.jpg``/``.jpeg``/``.png`` suffix (the format is
@@ -88,7 +96,7 @@ def file_kind(path: str, dicom_force: bool = False) -> str | None:
             # A pipe, socket or device is no image, and opening a pipe to read it (or to
             # sniff an extension-less name for DICOM) waits for a writer: the run hung.
             return None
-    suffix = os.path.splitext(path)[1].lower()
+    suffix = split_suffix(path)[1].lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"
     if suffix in DICOM_SUFFIXES or (suffix == "" and (dicom_force

@@ -26,7 +26,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from dataset.folder_walk import file_kind, visible, visible_files
+from dataset.folder_walk import file_kind, split_suffix, visible, visible_files
 
 LAYOUTS = ("auto", "images_labels", "class_folders", "predefined")
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
@@ -202,7 +202,7 @@ def _discover_images_labels(dataset_dir: str, discovery: Discovery, need_labels:
             discovery.problems.append(Problem(_rel(path, dataset_dir),
                                               "not a JPEG, PNG or DICOM file"))
             continue
-        stem = os.path.splitext(_rel(path, images_dir))[0]
+        stem = split_suffix(_rel(path, images_dir))[0]
         by_stem[stem].append((path, kind))
     for stem in sorted(by_stem):
         entries = by_stem[stem]
@@ -335,7 +335,7 @@ def read_groups_csv(path: str) -> dict[str, str]:
 
 def csv_group(groups_csv: dict[str, str], relpath: str) -> str | None:
     """The group ``read_groups_csv`` gives a file: its row by path, else by bare stem."""
-    stem = os.path.splitext(os.path.basename(relpath))[0]
+    stem = split_suffix(os.path.basename(relpath))[0]
     return groups_csv.get(relpath) or groups_csv.get(stem)
 
 
@@ -349,7 +349,7 @@ def unmatched_group_rows(path: str | None, groups_csv: dict[str, str], discovery
     """
     found = {item.relpath for item in discovery.files}
     found.update(p.path for p in discovery.problems if not p.fatal)
-    found.update([os.path.splitext(os.path.basename(relpath))[0] for relpath in found])
+    found.update([split_suffix(os.path.basename(relpath))[0] for relpath in found])
     unmatched = [key for key in groups_csv if key not in found]
     if not unmatched:
         return []

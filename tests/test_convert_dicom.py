@@ -248,3 +248,35 @@ def test_shared_dicom_samples_convert(tmp_path, shared_data):
         >= sum(labels.values())
     assert converted >= 20, json.dumps(manifest["skipped"], indent=1)
     assert np.all([s["reason"] for s in manifest["skipped"]])
+
+
+UID_NAME = "1.2.840.113619.2.55.3.604688119.868"  # a SOP Instance UID, as PACS exports name
+
+
+def test_dicom_files_named_by_their_uid_are_read_with_their_labels(tmp_path):
+    """os.path.splitext read the UID's last component as a ".868" suffix: such files were
+    passed over without a word, in conversion and prediction."""
+    from dataset import folder_walk
+    from official.core import prediction
+
+    root = tmp_path / "ds"
+    for index, (source, part) in enumerate([("CT_small.dcm", "Chest"), ("MR_small.dcm", "Head")]
+                                           * 2):
+        name = f"{UID_NAME}{index}"
+        _write_dicom(root / "images" / name, source, patient=f"SECRET-PATIENT-{index:02d}",
+                     body_part=part.upper())
+        (root / "labels").mkdir(exist_ok=True)
+        (root / "labels" / f"{name}.txt").write_text(part)
+    (root / "images" / "notes.868").write_text("not DICOM")  # sniffed, not taken
+    assert folder_walk.split_suffix(UID_NAME) == (UID_NAME, "")
+    assert folder_walk.split_suffix("scan.dcm") == ("scan", ".dcm")
+    assert folder_walk.file_kind(str(root / "images" / f"{UID_NAME}0")) == "dicom"
+    assert prediction.collect_files([str(root / "images")]) == sorted(
+        str(root / "images" / f"{UID_NAME}{index}") for index in range(4))
+    with pytest.raises(ConversionError) as error:
+        convert(root, tmp_path / "out", output_name="all")
+    assert [str(p) for p in error.value.problems] == [
+        "images/notes.868: not a JPEG, PNG or DICOM file"]
+    (root / "images" / "notes.868").unlink()
+    manifest = convert(root, tmp_path / "out", output_name="all")
+    assert manifest["splits"]["all"]["class_counts"] == {"Chest": 2, "Head": 2}

@@ -58,10 +58,6 @@ def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
             for root, _, names in folder_walk.walk_folders(entry, onerror=unlistable.append):
                 for name in names:
                     path = os.path.join(root, name)
-                    # A pipe, socket or device is no image, and opening a pipe to look at its
-                    # bytes (an extension-less name is sniffed for DICOM) waits for a writer.
-                    if os.path.exists(path) and not os.path.isfile(path):
-                        continue
                     if folder_walk.file_kind(path, dicom_force) is not None:
                         found.append(path)
             files.extend(sorted(found))
@@ -132,7 +128,7 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
                 and error.errno == errno.ENOENT else "")
         if path not in item.error:
             item.error = f"{path}: {item.error}"
-        if unknown_bytes and not os.path.splitext(path)[1]:  # a CD's IM0002, no preamble
+        if unknown_bytes and not folder_walk.split_suffix(path)[1]:  # a CD's IM0002, no preamble
             item.error += ("; a DICOM file without the DICM preamble is read with "
                            "--dicom_force")
     return item
