@@ -92,7 +92,7 @@ def too_few_left(dataset_dir: str, plan: Plan, skipped: list[dict]) -> list[str]
         first = failed[0]
         return [f"{dataset_dir}: all {len(failed)} input file(s) failed, none left "
                 f"to convert (first: {first['path']}: {first['reason']})"]
-    files_by_class = {task.text: {} for task in plan.tasks}  # the classes _plan checked
+    files_by_class = {task.text: {} for task in plan.tasks}  # the classes assign() checked
     for task in left:
         files_by_class[task.text][task.relpath] = plan.groups[task.relpath]
     if not plan.num_splits:  # one output: a class must keep a file (a class no image taught)

@@ -3,7 +3,8 @@
 Passes:
 1. Validation (nothing written): find inputs and labels (``dataset.sources``),
    read DICOM headers (patient for grouping, BodyPartExamined for labels), assign
-   splits (``dataset.splits``) and collect *every* problem. ``dataset.conversion_plan``
+   classes, groups and splits (``dataset.assignment``, ``dataset.splits``) and collect
+   *every* problem. ``dataset.conversion_plan``
    decides what they mean: with ``on_error="fail"`` any problem raises
    ConversionError before anything is written; with ``"skip"`` the problem files
    are left out and listed in the manifest. Dataset-wide problems (sizes that
@@ -31,14 +32,11 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from dataset import shards, sources, splits
-from dataset.body_parts import (canonical_body_part, class_name, normalize_body_part,
-                                 not_anatomy)
+from dataset import assignment, shards, sources, splits
 from dataset.conversion_plan import Plan, fail_or_skip, write_order
 from dataset.dicom_options import DicomOptions
-from dataset.folder_walk import split_suffix
 from dataset.manifest import build_manifest
-from dataset.tasks import FileTask, encode_chunk, encode_task, header_task, init_worker
+from dataset.tasks import encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
 from official.utils import files
 
@@ -128,122 +126,6 @@ def _output_problems(config: ConvertConfig, layout: str) -> list[sources.Problem
     return [sources.Problem("--output_dir", p, fatal=True) for p in problems]
 
 
-def _plan(config, discovery, headers, problems):
-    """Labels, groups and splits for every usable file; appends problems found.
-
-    Returns the Plan (with ``problems`` as given, appended to).
-    """
-    files = [f for f in discovery.files if f.relpath not in headers.errors]
-    raw_labels = [f.label for f in files if f.label is not None]
-    named_by_label_files = bool(raw_labels)
-    if config.label_source == "tag" and not raw_labels:  # classes: the defined terms seen
-        # (a value that is no body part names no class: its files could never be in it)
-        raw_labels = [class_name(term) for h in headers.values.values()
-                      if h[0] and (term := canonical_body_part(h[0]))]
-    names, canonical, variants = sources.canonical_classes(raw_labels)
-    labelled, agreement = [], collections.defaultdict(collections.Counter)
-    for item in files:
-        label = canonical.get(item.label.casefold()) if item.label is not None else None
-        body_part, patient, modality = headers.values.get(item.relpath, (None, None, None))
-        tag_class = (normalize_body_part(body_part, names, modality=modality)
-                     if body_part else None)
-        if label is not None and body_part:
-            agreement[label][tag_class or f"unmatched: {body_part}"] += 1
-        if config.label_source == "tag" and item.kind == "dicom":
-            if tag_class is None:
-                # An object that is no image (a SEG mask, a dose grid) usually has no body
-                # part either; what it is says more than that the tag is missing.
-                reason = (not_anatomy(modality) or _no_class_reason(body_part, modality, names))
-                problems.append(sources.Problem(item.relpath, reason))
-                continue
-            label = tag_class
-        labelled.append((item, label, patient))
-    left_out = _classes_no_tag_gave(config, names, labelled, named_by_label_files)
-    names = [name for name in names if name not in left_out]
-    groups_csv = sources.read_groups_csv(config.groups_csv) if config.groups_csv else {}
-    problems.extend(sources.unmatched_group_rows(config.groups_csv, groups_csv, discovery))
-    total = len(labelled)
-    try:
-        fractions = splits.split_fractions(config.need_split, config.validation_size,
-                                           config.test_size, total)
-    except ValueError as error:
-        problems.append(sources.Problem("--need_split", str(error), fatal=True))
-        fractions = {}
-    tasks, files_by_class = [], collections.defaultdict(dict)
-    for item, label, patient in labelled:
-        stem = split_suffix(os.path.basename(item.relpath))[0]
-        csv_group = sources.csv_group(groups_csv, item.relpath)
-        group = (f"csv:{csv_group}" if csv_group
-                 else f"patient:{patient}" if patient else f"stem:{stem}")
-        files_by_class[label][item.relpath] = group
-        if config.need_split == "predefined":
-            split = item.split
-        elif config.need_split == "None":
-            split = config.output_name
-        else:
-            split = splits.assign_split(config.seed, group, fractions)
-        tasks.append(FileTask(item.path, item.relpath, item.kind, names.index(label), label,
-                              split, splits.order_key(config.seed, item.relpath)))
-    num_splits = len(fractions) + 1 if fractions else 0
-    rare = _rare_classes(labelled)
-    if num_splits:
-        problems.extend(sources.Problem("--need_split", message, fatal=True) for message in
-                        splits.small_classes(files_by_class, num_splits, notes=rare))
-    agreement = {label: dict(sorted(row.items())) for label, row in sorted(agreement.items())}
-    groups = {relpath: group for files in files_by_class.values()
-              for relpath, group in files.items()}
-    notes = [f"class {name!r} has {note}" for name, note in rare.items()]
-    notes += [f"class {name!r} is named by label files, but no file's BodyPartExamined maps "
-              "to it: left out of the classes (--label_source=tag)" for name in left_out]
-    if num_splits:
-        notes += splits.subfolder_note(discovery.layout, groups)
-    return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
-
-
-def _no_class_reason(body_part, modality, names) -> str:
-    """Why a DICOM file's tag gives it no class (--label_source=tag)."""
-    if not body_part:
-        return "no BodyPartExamined tag (--label_source=tag)"
-    by_name = normalize_body_part(body_part, names)  # the modality set aside
-    if by_name is not None and modality:
-        return (f"BodyPartExamined {body_part!r} matches {by_name!r}, a class of another "
-                f"modality than this {modality} image")
-    return f"BodyPartExamined {body_part!r} matches no class"
-
-
-def _classes_no_tag_gave(config, names, labelled, named_by_label_files: bool) -> list[str]:
-    """With --label_source=tag the label files only name the classes; one that no file's tag
-    (or, for a JPEG or PNG, label) gave would be a model output no image ever trained (it
-    was kept with 0 examples, e.g. when --on_error=skip dropped its untagged files). Without
-    label files the tags seen name the classes, so none is left out."""
-    if config.label_source != "tag" or not named_by_label_files:
-        return []
-    given = {label for _, label, _ in labelled}
-    return [name for name in names if name not in given]
-
-
-# A class this small beside one this many times larger is more likely a misspelt label than a
-# class: said (a warning, or beside a split's error), never refused (there is no list of
-# known classes to check against).
-RARE_CLASS_FILES = 3
-RARE_CLASS_RATIO = 50
-
-
-def _rare_classes(labelled) -> dict[str, str]:
-    """{class: note} for the classes with very few files beside a large one, naming the
-    label files (or the images, where the label is a folder's or a tag's name)."""
-    by_class = collections.defaultdict(list)
-    for item, label, _ in labelled:
-        by_class[label].append(item.label_file or item.relpath)
-    largest = max((len(files) for files in by_class.values()), default=0)
-    notes = {}
-    for name, files in sorted(by_class.items()):
-        if len(files) <= RARE_CLASS_FILES and len(files) * RARE_CLASS_RATIO <= largest:
-            notes[name] = (f"only {len(files)} file(s) against {largest} in the largest: a "
-                           f"misspelt label? ({', '.join(sorted(files))})")
-    return notes
-
-
 @dataclass
 class _Headers:
     values: dict  # relpath -> (body_part, patient_key, modality)
@@ -294,7 +176,7 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
         hold.enter_context(_output_held(config.output_dir))
     problems = list(discovery.problems) + output_problems
     headers = _read_headers(workers, discovery, problems)
-    return _plan(config, discovery, headers, problems)
+    return assignment.assign(config, discovery, headers, problems)
 
 
 def _output_held(output_dir: str, held: bool = False):
