@@ -98,8 +98,14 @@ def test_ensemble_refuses_different_classes(trained, tmp_path):
     assert "\n" not in message and trained["model_dir"] in message and swapped in message
     assert "different order: class 0 is 'Chest'" in message
     other = _model_dir_like(trained, tmp_path / "other", class_names=["Chest", "Foot"])
-    with pytest.raises(ValueError, match=r"only in .*\['Hand'\]; only in .*\['Foot'\]"):
+    with pytest.raises(ValueError, match=r"only in .*\['Hand'\]; classes only in .*\['Foot'\]"):
         load_predictor([trained["export"], other])
+    more = _model_dir_like(trained, tmp_path / "more", class_names=[*CLASSES, "Foot"],
+                           num_classes=3)
+    with pytest.raises(ValueError) as error:  # one side has no class of its own: not said
+        load_predictor([trained["export"], more])
+    message = str(error.value)
+    assert message.count("only in") == 1 and message.endswith(": ['Foot']"), message
     with pytest.raises(ValueError, match="--checkpoint .* 2 models"):
         load_predictor([trained["model_dir"], swapped], checkpoint="ckpt-1")
 

@@ -331,8 +331,9 @@ def describe_class_difference(first: list[str], second: list[str], first_name: s
     only_first = [name for name in first if name not in second]
     only_second = [name for name in second if name not in first]
     if only_first or only_second:
-        return (f"classes only in {first_name}: {only_first}; "
-                f"only in {second_name}: {only_second}")
+        # Only the sides that have some: "only in b: []" read as if b were missing a list.
+        return "; ".join(f"classes only in {name}: {only}" for name, only in
+                         ((first_name, only_first), (second_name, only_second)) if only)
     if len(first) != len(second):
         return f"{len(first)} class names vs {len(second)} (a repeated name)"
     position = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
