@@ -178,6 +178,9 @@ def test_predict_cli_bare_checkpoint_and_a_file_named_twice(trained, mixed_folde
     files = [row["file"] for row in csv.DictReader(out.open())]
     assert len(files) == len(set(files)) == 5 and files[0] == str(mixed_folder / "chest.png")
     assert "5 files: 4 ok" in result.stdout
+    # notes.txt: no row says it was left out, the summary does
+    assert (f"passed over 1 other file in the folders (not DICOM, JPEG or PNG; e.g. "
+            f"{mixed_folder / 'notes.txt'})") in result.stdout
     info = json.loads((tmp_path / "p.json").read_text())
     assert info["model"] == f"{trained['model_dir']}/{name}"
 

@@ -94,7 +94,9 @@ def main(argv):
 
     output_csv = FLAGS.output_csv
     try:
-        files = prediction.collect_files(inputs, dicom_force=FLAGS.dicom_force)
+        passed_over = []
+        files = prediction.collect_files(inputs, dicom_force=FLAGS.dicom_force,
+                                         passed_over=passed_over)
         prediction.check_output_paths(output_csv, files)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
@@ -119,6 +121,9 @@ def main(argv):
     print(f"{cli.count(len(files), 'file')}: {counts['ok']} ok, {counts['uncertain']} "
           f"uncertain, {cli.count(counts['error'], 'error')}; predictions in {output_csv}",
           flush=True)
+    if passed_over:
+        print(f"passed over {cli.count(len(passed_over), 'other file')} in the folders (not "
+              f"DICOM, JPEG or PNG; e.g. {min(passed_over)})", flush=True)
     failed = counts["error"]
     if failed == len(files):  # nothing was classified: a script must not carry on
         cli.exit_with_error(PROGRAM, f"{failed} of {cli.count(failed, 'file')} failed; the "

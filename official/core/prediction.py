@@ -33,11 +33,13 @@ class Item:
     error: str | None = None
 
 
-def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
+def collect_files(inputs: list[str], *, dicom_force: bool = False,
+                  passed_over: list[str] | None = None) -> list[str]:
     """Named files as given, plus the image and DICOM files under named folders (sorted):
     those the converter would read (dataset.folder_walk.file_kind; with ``dicom_force``, every
     file without suffix too). A file reached twice (named and inside a named folder, or
-    through a link) is kept once, where it came first.
+    through a link) is kept once, where it came first. ``passed_over`` gets the folders'
+    other files (a .tif, a .bmp: no row of theirs would say they were left out).
 
     Raises:
       FileNotFoundError: naming every input that does not exist (a mistyped path is refused
@@ -60,6 +62,8 @@ def collect_files(inputs: list[str], *, dicom_force: bool = False) -> list[str]:
                     path = os.path.join(root, name)
                     if folder_walk.file_kind(path, dicom_force) is not None:
                         found.append(path)
+                    elif passed_over is not None and folder_walk.visible(name):
+                        passed_over.append(path)
             files.extend(sorted(found))
         else:
             files.append(entry)  # an odd file gets an error row, not a silent drop
