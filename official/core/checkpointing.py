@@ -39,9 +39,9 @@ def save(manager: tf.train.CheckpointManager, step: int) -> None:
 def remove_leftovers(model_dir: str) -> list[str]:
     """Removes what a killed run left in ``model_dir`` (returned, by name): a checkpoint's
     temporary folder (TensorFlow writes ``ckpt-N_temp`` and merges it into ``ckpt-N``; a
-    ResNet-50's is ~300 MB) and a file written in place (``files.written_atomically``) whose
-    process is gone. Call it only while holding the folder (``files.held``): then no other
-    training is saving into it."""
+    ResNet-50's weights and momentum alone are ~200 MB) and a file written in place
+    (``files.written_atomically``) whose process is gone. Call it only while holding the
+    folder (``files.held``): then no other training is saving into it."""
     removed = []
     for name in sorted(os.listdir(model_dir)):
         path = os.path.join(model_dir, name)
