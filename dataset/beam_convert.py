@@ -124,12 +124,17 @@ def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) ->
         raise ValueError("--runner=beam needs the apache-beam package: "
                          "pip install -r requirements-beam.txt")
     check_pipeline_args(beam_args)
-    workers = WorkerPool(config.num_workers or os.cpu_count() or 1, init_worker,
-                         (config.dicom, convert.hash_key(config)))
-    try:
-        plan = convert.plan_conversion(config, workers)
-    finally:
-        workers.close()  # the cores are the pipeline's from here on
+    with contextlib.ExitStack() as hold:  # the output folder's lock, from the planning on
+        workers = WorkerPool(config.num_workers or os.cpu_count() or 1, init_worker,
+                             (config.dicom, convert.hash_key(config)))
+        try:
+            plan = convert.plan_conversion(config, workers, hold)
+        finally:
+            workers.close()  # the cores are the pipeline's from here on
+        return _encode_and_commit(config, beam_args, plan)
+
+
+def _encode_and_commit(config: convert.ConvertConfig, beam_args: list[str], plan) -> dict:
     dicom = config.dicom if config.dicom is not None else _default_dicom_options()
     problems = list(plan.problems)
     if plan.failing(config.on_error):

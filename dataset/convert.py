@@ -151,12 +151,13 @@ def hash_key(config: ConvertConfig) -> bytes:
 
 
 def plan_conversion(config: ConvertConfig, workers: WorkerPool,
-                    hold: contextlib.ExitStack | None = None) -> Plan:
+                    hold: contextlib.ExitStack) -> Plan:
     """The validation pass: inputs, DICOM headers (read in ``workers``), labels, splits.
 
-    ``hold``: where the output folder's lock goes (``staging_area``) once the folder is
-    known to be usable, before the headers are read (minutes for a large DICOM set), so that
-    a second conversion into the folder is refused at its start, not after its planning.
+    ``hold``: where the output folder's lock goes, for the caller's whole conversion, once
+    the folder is known to be usable: before the headers are read (minutes for a large DICOM
+    set), so that a second conversion into the folder is refused at its start, not after
+    its planning. A folder made by the lock and left empty (a failed run) goes with it.
 
     Raises:
       ValueError: invalid configuration or dataset folder, or an output folder another
@@ -172,35 +173,25 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
         raise ValueError(f"{config.dataset_dir} is already split into train/val/test "
                          "folders: use --need_split=predefined")
     output_problems = _output_problems(config, discovery.layout)
-    if hold is not None and not output_problems:
-        hold.enter_context(_output_held(config.output_dir))
+    if not output_problems:
+        hold.enter_context(files.folder_held(config.output_dir, "conversion"))
     problems = list(discovery.problems) + output_problems
     headers = _read_headers(workers, discovery, problems)
     return assignment.assign(config, discovery, headers, problems)
 
 
-def _output_held(output_dir: str, held: bool = False):
-    if held:  # by this run (plan_conversion's hold): a second lock would refuse it
-        return contextlib.nullcontext(os.path.abspath(output_dir))
-    return files.folder_held(output_dir, "conversion")
-
-
 @contextlib.contextmanager
-def staging_area(output_dir: str, held: bool = False):
-    """A fresh staging folder in ``output_dir``, removed on exit; an ``output_dir``
-    created here and left empty (a failed run) is removed too. ``held``: this run holds the
-    folder already (``plan_conversion``'s ``hold``)."""
-    # One conversion into a folder at a time (a second is refused): a staging folder found
-    # is then a killed run's, and is removed. A failed run leaves no trace, not even the
-    # folder it made.
-    with _output_held(output_dir, held) as output_dir:
+def staging_area(output_dir: str):
+    """A fresh staging folder in ``output_dir``, removed on exit. The caller holds the folder
+    (``plan_conversion``'s ``hold``): one conversion into a folder at a time, so a staging
+    folder found is a killed run's, and is removed."""
+    shards.clean_stale_staging(output_dir)
+    try:
+        # Inside the try: a Ctrl-C just after the folder is made (before its name is
+        # returned) left it behind.
+        yield shards.make_staging_dir(output_dir)
+    finally:
         shards.clean_stale_staging(output_dir)
-        try:
-            # Inside the try: a Ctrl-C just after the folder is made (before its name is
-            # returned) left it behind.
-            yield shards.make_staging_dir(output_dir)
-        finally:
-            shards.clean_stale_staging(output_dir)
 
 
 def commit(config: ConvertConfig, staging: str, plan: Plan,
@@ -267,7 +258,7 @@ class _Progress(tqdm):
 
 def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
     # Only a plan without output problems gets here: plan_conversion's hold has the folder.
-    with staging_area(config.output_dir, held=True) as staging:
+    with staging_area(config.output_dir) as staging:
         split_order = list(dict.fromkeys(task.split for task in tasks))
         writers = {split: shards.SplitWriter(staging, split, int(config.shard_size_mb * 2**20))
                    for split in split_order}
