@@ -47,23 +47,13 @@ def remove_leftovers(model_dir: str) -> list[str]:
         path = os.path.join(model_dir, name)
         if re.fullmatch(r"ckpt-\d+_temp", name) and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
-        elif (match := re.fullmatch(r".+\.tmp-(\d+)", name)) and not _alive(int(match[1])):
+        elif files.killed_runs_temporary(name):
             with contextlib.suppress(OSError):
                 os.remove(path)
         else:
             continue
         removed.append(name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        pass
-    return True
 
 
 @contextlib.contextmanager

@@ -13,13 +13,16 @@ except ImportError:  # not on Windows: folders are then not locked
     fcntl = None
 
 
+_TEMPORARY = ".tmp-"  # written_atomically's temporary name: <path>.tmp-<pid>
+
+
 @contextlib.contextmanager
 def written_atomically(path: str):
     """Yields a temporary name next to ``path``, moved over it when the block succeeds and
     removed when it fails (Ctrl-C included): readers never see a half-written file, and a
     failed run leaves no .tmp file behind. An OSError about the temporary name names ``path``
     instead: that is the name the user gave."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}{_TEMPORARY}{os.getpid()}"
     try:
         yield tmp
         os.replace(tmp, path)
@@ -30,6 +33,21 @@ def written_atomically(path: str):
         if isinstance(error, OSError) and error.filename in (tmp, None) and error.errno:
             raise type(error)(error.errno, error.strerror, path) from None
         raise
+
+
+def killed_runs_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file of ``written_atomically`` whose process is gone
+    (killed before it could remove it)."""
+    stem, found, pid = name.rpartition(_TEMPORARY)
+    if not (stem and found and pid.isdigit()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        pass
+    return False
 
 
 def file_in_the_way(path: str) -> str | None:
