@@ -30,7 +30,6 @@ import json
 import os
 from dataclasses import dataclass
 
-from tqdm import tqdm
 
 from dataset import assignment, shards, sources, splits
 from dataset.conversion_plan import Plan, fail_or_skip, write_order
@@ -39,6 +38,7 @@ from dataset.manifest import build_manifest
 from dataset.tasks import encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
 from official.utils import files
+from official.utils import progress as reporting
 
 ON_ERROR = ("fail", "skip")
 LABEL_SOURCES = ("labels", "tag")
@@ -249,13 +249,6 @@ def _convert(config: ConvertConfig, workers: WorkerPool, plan: Plan) -> dict:
                               skipped)
 
 
-class _Progress(tqdm):
-    """tqdm without its monitor thread (this class only, not tqdm's other users): a Ctrl-C
-    reaches any thread that does not block it, so a thread beside the main one let it through
-    the pool's signal hold (dataset/workers.py) and could hang the pool's stop."""
-    monitor_interval = 0
-
-
 def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
     # Only a plan without output problems gets here: plan_conversion's hold has the folder.
     with staging_area(config.output_dir) as staging:
@@ -271,10 +264,8 @@ def _encode_and_commit(config, workers, plan, tasks, skipped) -> dict:
                 chunks.append([])
             chunks[-1].append(task)
         results = workers.imap(encode_chunk, chunks, chunksize=1)
-        # disable=None: no bar when stderr is a log file rather than a terminal (there a bar
-        # is hundreds of carriage-return updates on one line; the summary says it all).
-        progress = _Progress(total=len(tasks), unit="img", desc="converting",
-                        disable=None if config.show_progress else True, mininterval=0.5)
+        progress = reporting.progress(len(tasks), unit="files", desc="converting",
+                                      enabled=config.show_progress)
         for chunk, (blob, items) in zip(chunks, results):
             progress.update(len(chunk))
             for task, (sizes, error) in zip(chunk, items):

@@ -6,23 +6,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from dataset import reader
 from networks import registry
 from networks.resnet import train_steps
 from networks.slim import slim_eval
-from official.core import evaluation, export, train_lib
+from official.core import evaluation, export, restore, train_lib
 from official.core.config import TrainConfig, resolved_config, write_config
-from official.utils import cli
 from tests.trainer_fixtures import REPO_ROOT, error_lines, tiny_dataset, trainer_env
 
 
@@ -86,23 +82,23 @@ def _model_dir(folder, class_names, resnet_size=18):
 
 def test_a_checkpoint_from_another_run_must_be_of_the_same_network_and_classes(tmp_path):
     mine = _model_dir(tmp_path / "mine", ("Chest", "Hand"))
-    model, _ = export.load_model_from_dir(str(mine), str(mine / "ckpt-1"))
+    model, _ = restore.load_model_from_dir(str(mine), str(mine / "ckpt-1"))
     assert model.output_shape == (None, 2)
     knee = _model_dir(tmp_path / "knee", ("Chest", "Knee"))
     with pytest.raises(ValueError, match=r"ckpt-1: trained in .*knee with other class names "
                                          r"\(\['Chest', 'Knee'\]\)") as error:
-        export.load_model_from_dir(str(mine), str(knee / "ckpt-1"))
+        restore.load_model_from_dir(str(mine), str(knee / "ckpt-1"))
     assert "\n" not in str(error.value)
     bigger = _model_dir(tmp_path / "bigger", ("Chest", "Hand"), resnet_size=34)
     with pytest.raises(ValueError, match="with other network"):
-        export.load_model_from_dir(str(mine), str(bigger / "ckpt-1"))
+        restore.load_model_from_dir(str(mine), str(bigger / "ckpt-1"))
     # Without a config.json beside it, the checkpoint itself must fit: one line, not a dump.
     bare = tmp_path / "bare"
     bare.mkdir()
     for path in bigger.glob("ckpt-1*"):
         shutil.copy(path, bare)
     with pytest.raises(ValueError, match=r"ckpt-1: does not fit the network in .*mine") as error:
-        export.load_model_from_dir(str(mine), str(bare / "ckpt-1"))
+        restore.load_model_from_dir(str(mine), str(bare / "ckpt-1"))
     assert "\n" not in str(error.value)
 
 
@@ -168,6 +164,15 @@ def test_output_folders_that_are_files_stop_the_trainer_before_it_trains(tmp_pat
                                          f"the export a folder of its own"):
         train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
     assert not model_dir.exists()
+    # The original's default, /tmp: checkpoints among every program's files.
+    for where in ("model_dir", "export_dir"):
+        paths = {"model_dir": str(model_dir), where: "/tmp/"}
+        config = TrainConfig(data_dir=str(data), image_size=32, batch_size=8, hooks=(), **paths)
+        with pytest.raises(ValueError, match="^/tmp/: the system's temporary folder itself, "
+                                             "shared by every program; give the run a folder "
+                                             "of its own \\(e.g. /tmp/dicom_model\\)$"):
+            train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
+    assert not model_dir.exists()
 
 
 class _Uniform:
@@ -201,7 +206,7 @@ def test_a_damaged_saved_model_is_one_line(tmp_path):
     from official.core.inference import Predictor
 
     mine = _model_dir(tmp_path / "mine", ("Chest", "Hand"))
-    model, config = export.load_model_from_dir(str(mine))
+    model, config = restore.load_model_from_dir(str(mine))
     path = export.export_saved_model(model, config, str(tmp_path / "export"))
     for data in (tmp_path / "export").glob("*/variables/variables.data*"):
         data.unlink()  # a copy that lost its weights
@@ -277,131 +282,6 @@ def test_an_absent_model_dir_is_no_such_folder(tmp_path):
     assert str(error.value) == f"{tmp_path / 'absent'}: no such folder"
     with pytest.raises(FileNotFoundError, match="config.json: not found"):
         read_config(str(tmp_path))  # a folder, but not a training run's
-
-
-# The programs a user runs for minutes to hours, where a Ctrl-C is an everyday event.
-LONG_PROGRAMS = ("networks/resnet/dicom_main.py", "networks/resnet/dicom_eval.py",
-                 "networks/resnet/dicom_predict.py", "networks/resnet/dicom_export.py",
-                 "networks/slim/train_image_classifier.py",
-                 "networks/slim/eval_image_classifier.py", "dataset/download.py")
-
-
-def test_ctrl_c_is_one_line_with_what_was_left_exit_130(monkeypatch, capsys):
-    values = cli.program_flags()
-    flags.DEFINE_string("model_dir", None, "", flag_values=values)
-
-    def interrupted_main(argv):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(sys, "argv", ["prog.py", "--model_dir=runs/a"])
-    with pytest.raises(SystemExit) as exit_:
-        cli.run_program("prog.py", interrupted_main, cli.flags_parser("prog.py", values),
-                        interrupted=lambda: f"{values.model_dir} keeps its checkpoints")
-    assert exit_.value.code == 130
-    assert capsys.readouterr().err == ("prog.py: error: interrupted; runs/a keeps its "
-                                       "checkpoints\n")
-    # A note that cannot be made (e.g. an unparsed flag) still leaves the one line.
-    with pytest.raises(SystemExit) as exit_:
-        cli.run_program("prog.py", interrupted_main, cli.flags_parser("prog.py", values),
-                        interrupted=lambda: 1 / 0)
-    assert exit_.value.code == 130
-    assert capsys.readouterr().err == "prog.py: error: interrupted\n"
-
-
-def test_sigterm_is_one_line_exit_143_and_the_handler_is_restored(monkeypatch, capsys):
-    """A job scheduler stops a job with SIGTERM; its default action ends the process at once
-    (no clean-up, nothing said). It is handled as Ctrl-C, and said as itself."""
-    values = cli.program_flags()
-    before = signal.getsignal(signal.SIGTERM)
-
-    def terminated_main(argv):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(30)  # the handler raises in the main thread long before this ends
-        raise AssertionError("SIGTERM was not handled")
-
-    monkeypatch.setattr(sys, "argv", ["prog.py"])
-    with pytest.raises(SystemExit) as exit_:
-        cli.run_program("prog.py", terminated_main, cli.flags_parser("prog.py", values),
-                        interrupted=lambda: "nothing half-written")
-    assert exit_.value.code == 143
-    assert capsys.readouterr().err == ("prog.py: error: terminated (SIGTERM); nothing "
-                                       "half-written\n")
-    assert signal.getsignal(signal.SIGTERM) is before
-
-
-# A program whose teardown says it ran (an atexit function stands in for TensorFlow's slow
-# deletion of tf.data iterators at exit, cli.exit_skipping_teardown).
-_TEARDOWN_PROGRAM = """
-import atexit, sys
-from official.utils import cli
-values = cli.program_flags()
-def main(argv):
-    atexit.register(lambda: print("teardown ran", file=sys.stderr))
-    print("summary line")  # into a pipe: block-buffered, so only a flush delivers it
-    {ending}
-cli.run_program("prog.py", main, cli.flags_parser("prog.py", values), skip_teardown={skip})
-"""
-
-
-@pytest.mark.parametrize("ending, skip, status, stderr", [
-    ("return None", True, 0, ""),  # main returned: its output flushed, the teardown skipped
-    ("return 3", True, 3, ""),
-    ("return 'a message'", True, 1, "a message\n"),  # as sys.exit('a message')
-    # An error (or Ctrl-C) path keeps the teardown: what was open is closed as usual.
-    ("cli.exit_with_error('prog.py', 'bad input')", True, 1,
-     "prog.py: error: bad input\nteardown ran\n"),
-    ("return None", False, 0, "teardown ran\n"),
-])
-def test_a_finished_program_skips_the_teardown_only_when_asked(ending, skip, status, stderr):
-    program = _TEARDOWN_PROGRAM.format(ending=ending, skip=skip)
-    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, env=trainer_env(),
-                            capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stdout, result.stderr) == (status, "summary line\n",
-                                                                 stderr)
-
-
-@pytest.mark.parametrize("program", ["networks/resnet/dicom_main.py",
-                                     "networks/resnet/dicom_eval.py",
-                                     "networks/resnet/dicom_predict.py",
-                                     "networks/resnet/dicom_export.py",
-                                     "networks/slim/train_image_classifier.py",
-                                     "networks/slim/eval_image_classifier.py"])
-def test_tensorflow_programs_skip_the_teardown(program):
-    assert "skip_teardown=True" in (REPO_ROOT / program).read_text()
-
-
-def test_counts_are_said_in_the_singular_for_one():
-    assert [cli.count(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
-
-
-@pytest.mark.parametrize("program", LONG_PROGRAMS)
-def test_long_programs_answer_ctrl_c_in_one_line(program):
-    source = (REPO_ROOT / program).read_text()
-    assert "cli.run_program(" in source and "app.run(" not in source
-
-
-def test_an_interrupted_training_says_whether_it_left_a_checkpoint(tmp_path):
-    from official.utils import cli as cli_lib
-
-    assert cli_lib.checkpoints_left(str(tmp_path)) == (
-        f"no checkpoint was saved in {tmp_path}; the same command starts afresh")
-    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\n')
-    assert cli_lib.checkpoints_left(str(tmp_path)) == (
-        f"{tmp_path} keeps the checkpoints saved so far; the same command resumes from the "
-        "last one")
-
-
-def test_a_storage_error_is_one_line_and_a_bug_keeps_its_traceback():
-    import errno as errno_lib
-
-    from official.utils import cli as cli_lib
-
-    assert cli_lib.expected(OSError(errno_lib.ENOSPC, "No space left on device"))
-    assert cli_lib.expected(OSError(errno_lib.EROFS, "Read-only file system", "/out"))
-    assert cli_lib.expected(FileNotFoundError(errno_lib.ENOENT, "No such file", "/x"))
-    assert not cli_lib.expected(OSError(errno_lib.EBADF, "Bad file descriptor"))
-    assert not cli_lib.expected(OSError(errno_lib.EMFILE, "Too many open files"))
-    assert not cli_lib.expected(KeyError("bug"))
 
 
 def test_an_export_dir_that_cannot_be_written_stops_the_trainer_before_it_trains(

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,29 @@ def test_default_report_folder_names_the_views(tmp_path):
     # A named --checkpoint's report overwrote the newest checkpoint's.
     assert default_output_dir(str(tmp_path), f"{tmp_path}/ckpt-3", "test", 2,
                               checkpoint_named=True) == f"{tmp_path}/eval_test-ckpt-3-tta2"
+    # Other data than the training data's: an external test set's "test" replaced the report
+    # on the training data's test split.
+    own, other = tmp_path / "records", tmp_path / "site b" / "ct test"
+    assert default_output_dir(str(tmp_path), "ckpt-3", "test", data_dir=str(own),
+                              trained_on=str(own)) == f"{tmp_path}/eval_test"
+    assert default_output_dir(str(tmp_path), "ckpt-3", "test", 5, data_dir=f"{other}/",
+                              trained_on=str(own)) == f"{tmp_path}/eval_test-ct_test-tta5"
+    assert default_output_dir("e", "e/17", "test", data_dir=str(other),
+                              trained_on=None) == "e/eval-17-test-ct_test"
+
+
+def test_a_default_report_folder_holding_other_datas_report_is_refused(tmp_path):
+    """Two external sets in folders of the same name share a default report folder."""
+    from official.core.evaluation import check_default_folder_is_of
+
+    report = tmp_path / "eval_test-ct"
+    check_default_folder_is_of(str(report), "/a/ct")  # no folder yet
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({"data_dir": "/a/ct"}))
+    check_default_folder_is_of(str(report), "/a/ct/")  # its own data's: replaced, as ever
+    with pytest.raises(ValueError, match=f"^{report} holds the report on /a/ct, not on /b/ct; "
+                                         "name another folder with --output_dir"):
+        check_default_folder_is_of(str(report), "/b/ct")
 
 
 def test_eval_cli_errors_are_one_line(trained, tmp_path):
@@ -115,12 +139,15 @@ def test_eval_cli_scores_data_with_some_of_the_models_classes(trained, tmp_path)
     """An external test set holding only some body parts was refused ("classes differ")."""
     from tests.trainer_fixtures import write_converted_dataset
 
-    hands = write_converted_dataset(tmp_path / "hands", {"test": {"Hand": 5}},
+    hands = write_converted_dataset(tmp_path / "external_hands", {"test": {"Hand": 5}},
                                     classes=("Hand",))
-    out = tmp_path / "report"
     result = _run("dicom_eval.py", f"--model={trained['model_dir']}", f"--data_dir={hands}",
-                  "--split=test", f"--output_dir={out}")
+                  "--split=test")
     assert result.returncode == 0, result.stderr[-2000:]
+    # Not the training data: by default its report went beside the training data's, which
+    # it replaced.
+    out = Path(trained["model_dir"]) / "eval_test-external_hands"
+    assert f"report in {out}" in result.stdout
     assert ("the data holds 1 of the model's 2 classes; macro averages are over those (not "
             "in the data: Chest)") in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -210,13 +237,13 @@ def test_predict_renders_a_dicom_as_the_models_training_data_was(trained, tmp_pa
 
     from dataset import dicom
     from dataset.dicom_options import DicomOptions
-    from official.core import export
+    from official.core import export, restore
     from official.core.inference import Predictor
     from tests.test_views_ensembles import _model_dir_like
 
     minmax = {"voi": "minmax", "window_center": None, "window_width": None, "bits": 8}
     model_dir = _model_dir_like(trained, tmp_path / "minmax", dicom_rendering=minmax)
-    exported = export.export_ensemble([(*export.load_model_from_dir(model_dir), model_dir)],
+    exported = export.export_ensemble([(*restore.load_model_from_dir(model_dir), model_dir)],
                                       str(tmp_path / "export"))
     scan = tmp_path / "in" / "mr.dcm"  # MR_small: a stored window of 600/1600, not min-max
     scan.parent.mkdir()
@@ -243,14 +270,14 @@ def test_an_ensemble_of_models_trained_on_differently_rendered_dicoms_is_refused
     from official.core.inference import load_predictor
     from tests.test_views_ensembles import _model_dir_like
 
-    from official.core import export
+    from official.core import export, restore
 
     minmax = _model_dir_like(trained, tmp_path / "minmax", dicom_rendering={"voi": "minmax"})
     message = (r"cannot ensemble .*: their training DICOMs were rendered differently "
                r"\(voi=window, bits=8 vs voi=minmax, bits=8\); use one model at a time")
     with pytest.raises(ValueError, match=message):
         load_predictor([trained["model_dir"], minmax])
-    members = [(*export.load_model_from_dir(path), path) for path in (trained["model_dir"],
+    members = [(*restore.load_model_from_dir(path), path) for path in (trained["model_dir"],
                                                                         minmax)]
     with pytest.raises(ValueError, match=message):  # a SavedModel of them: refused alike
         export.export_ensemble(members, str(tmp_path / "export"))
@@ -292,17 +319,21 @@ def test_an_ensemble_names_each_model_once(trained):
 def test_an_interrupt_says_an_earlier_report_or_csv_is_not_this_runs(tmp_path, monkeypatch):
     """A Ctrl-C said "the report is missing or incomplete" (reports are replaced whole: never
     incomplete) and "no predictions were written to p.csv" beside an earlier run's p.csv."""
-    from networks.resnet import dicom_eval, dicom_predict
+    from networks.resnet import dicom_predict
+    from official.utils import report as report_module
+    from official.utils.cli import report_left  # dicom_eval's and eval_image_classifier's
 
-    monkeypatch.setattr(dicom_eval, "_REPORT_WRITTEN", [])
+    monkeypatch.setattr(report_module, "_WRITTEN", [])
     report = tmp_path / "eval_test"
-    assert dicom_eval.left_by_interrupt(str(report)) == f"no new report was written to {report}"
+    assert report_left(str(report)) == f"no new report was written to {report}"
     report.mkdir()
     (report / "metrics.json").write_text("{}")
-    assert "earlier run's" in dicom_eval.left_by_interrupt(str(report))
-    assert "earlier run's" in dicom_eval.left_by_interrupt(None)
-    dicom_eval._REPORT_WRITTEN.append(str(report))  # interrupted in the TensorBoard copy
-    assert dicom_eval.left_by_interrupt(None).startswith(f"the report in {report} is whole")
+    assert "earlier run's" in report_left(str(report))
+    assert "earlier run's" in report_left(None)
+    report_module.write_report(  # then interrupted in the TensorBoard copy
+        report, labels=[0], probabilities=[[0.9, 0.1]], class_names=["A", "B"],
+        filenames=["a.png"])
+    assert report_left(None).startswith(f"the report in {report} is whole")
     csv_path = tmp_path / "p.csv"
     assert dicom_predict.left_by_interrupt(str(csv_path)).endswith(f"written to {csv_path}")
     csv_path.write_text("file,status\n")

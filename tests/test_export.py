@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from dataset import preprocess
-from official.core import export
+from official.core import export, restore
 from tests.conftest import REPO_ROOT
 from tests.trainer_fixtures import class_image, png_bytes
 
@@ -26,7 +26,7 @@ def _model_with_nontrivial_statistics():
     batch norm is not an identity and the probabilities depend on the image. (Random
     statistics were tried first: at initialisation the activations are so much smaller than
     a variance of ~1 that they vanish by stage 2, and every image got the same answer.)"""
-    model = export.build_inference_model(CONFIG)
+    model = restore.build_inference_model(CONFIG)
     layers = [layer for layer in model._flatten_layers()
               if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]
@@ -77,9 +77,9 @@ def test_export_logs_no_tensorflow_info_lines(tmp_path):
         "import json, logging, sys\n"
         "logging.basicConfig(level=logging.INFO)  # what an absl program at INFO shows\n"
         "logging.getLogger('tensorflow').setLevel(logging.INFO)\n"
-        "from official.core import export\n"
+        "from official.core import export, restore\n"
         "config = json.loads(sys.argv[1])\n"
-        "export.export_saved_model(export.build_inference_model(config), config, sys.argv[2])\n"
+        "export.export_saved_model(restore.build_inference_model(config), config, sys.argv[2])\n"
         "assert logging.getLogger('tensorflow').level == logging.INFO\n"
         "assert logging.getLogger('absl').level == logging.NOTSET  # levels restored\n")
     result = subprocess.run([sys.executable, "-c", program, json.dumps(CONFIG),
@@ -133,6 +133,27 @@ def test_an_interrupted_export_leaves_no_folder(exported, tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == []
 
 
+def test_a_killed_exports_folder_is_removed_by_the_next_export(exported, tmp_path):
+    """A SIGKILL mid-export (the out-of-memory killer) left its .tmp- folder, as big as a
+    version, for ever. The next export into the folder removes it, but never a live export's
+    nor one from another machine (an export_dir on a shared file system: its pid means
+    nothing here)."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    host = socket.gethostname()
+    dead = f".tmp-1700000000-{host}-{gone}-0123abcd"
+    alive = f".tmp-1700000000-{host}-{os.getpid()}-0123abcd"
+    elsewhere = f".tmp-1700000000-other-host-{gone}-0123abcd"
+    for name in (dead, alive, elsewhere):
+        (tmp_path / name / "variables").mkdir(parents=True)
+    path = export.export_saved_model(exported[0], CONFIG, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), alive, elsewhere])
+
+
 def test_a_model_dir_holding_exports_is_read_as_a_model_dir(tmp_path):
     """A run once exported into its own model_dir: evaluating the folder read that export,
     however much the run had trained since (and refused --checkpoint as "a SavedModel")."""
@@ -151,26 +172,26 @@ def test_load_model_from_dir(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path), 3)
     manager.save(checkpoint_number=7)
-    rebuilt, config = export.load_model_from_dir(str(tmp_path))
+    rebuilt, config = restore.load_model_from_dir(str(tmp_path))
     assert config == CONFIG
     images = _images(3)
     np.testing.assert_allclose(_expected(rebuilt, images), _expected(model, images), atol=1e-6)
     with pytest.raises(FileNotFoundError, match="ckpt-99: no such checkpoint"):
-        export.load_model_from_dir(str(tmp_path), str(tmp_path / "ckpt-99"))
+        restore.load_model_from_dir(str(tmp_path), str(tmp_path / "ckpt-99"))
     with pytest.raises(FileNotFoundError, match="elsewhere: no such folder"):
-        export.load_model_from_dir(str(tmp_path / "elsewhere"))
+        restore.load_model_from_dir(str(tmp_path / "elsewhere"))
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json: not found"):
-        export.load_model_from_dir(str(tmp_path / "elsewhere"))
+        restore.load_model_from_dir(str(tmp_path / "elsewhere"))
     # --checkpoint=ckpt-7 next to --model=<model_dir>: a bare name is found inside the
     # model_dir (from a working directory that does not hold it).
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    rebuilt, _ = export.load_model_from_dir(str(tmp_path), "ckpt-7")
+    rebuilt, _ = restore.load_model_from_dir(str(tmp_path), "ckpt-7")
     np.testing.assert_allclose(_expected(rebuilt, images), _expected(model, images), atol=1e-6)
-    assert export.resolve_checkpoint(str(tmp_path), "ckpt-7") == str(tmp_path / "ckpt-7")
+    assert restore.resolve_checkpoint(str(tmp_path), "ckpt-7") == str(tmp_path / "ckpt-7")
     with pytest.raises(FileNotFoundError) as error:
-        export.load_model_from_dir(str(tmp_path), "ckpt-8")
+        restore.load_model_from_dir(str(tmp_path), "ckpt-8")
     assert str(error.value) == (f"ckpt-8: no such checkpoint (looked for ckpt-8.index and "
                                 f"{tmp_path / 'ckpt-8'}.index)")
 
@@ -253,7 +274,7 @@ def test_tta_export_averages_the_per_view_probabilities(exported_with_views, exp
 
 
 def test_tta_out_of_range_is_refused_before_writing(tmp_path):
-    model = export.build_inference_model(CONFIG)
+    model = restore.build_inference_model(CONFIG)
     for views in (0, 99):
         with pytest.raises(ValueError, match=r"test-time views must be an int in \[1, "):
             export.export_saved_model(model, CONFIG, str(tmp_path / "export"), tta_views=views)

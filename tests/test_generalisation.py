@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from networks.resnet import train_steps
-from official.core import export, steps, train_input, train_lib
+from official.core import restore, steps, train_input, train_lib
 from official.core.config import TrainConfig
 from official.modeling import ema
 from tests.trainer_fixtures import FAST_FLAGS, error_lines, mirrored_strategy, run_trainer, \
@@ -143,8 +143,8 @@ def test_ema_run_evaluates_checkpoints_and_exports_the_average(tmp_path):
     result = train_lib.train(config, ONE_DEVICE, RESNET_18)
     assert result.step == 4 and result.export_path
     assert json.loads((model_dir / "config.json").read_text())["ema_decay"] == 0.5
-    averaged, _ = export.load_model_from_dir(str(model_dir))
-    raw = export.build_inference_model(json.loads((model_dir / "config.json").read_text()))
+    averaged, _ = restore.load_model_from_dir(str(model_dir))
+    raw = restore.build_inference_model(json.loads((model_dir / "config.json").read_text()))
     tf.train.Checkpoint(model=raw).restore(
         tf.train.latest_checkpoint(str(model_dir))).expect_partial()
     kernels = [(a, r) for a, r in zip(averaged.weights, raw.weights) if "kernel" in a.path]
@@ -163,7 +163,7 @@ def test_ema_run_evaluates_checkpoints_and_exports_the_average(tmp_path):
 
 def test_a_checkpoint_without_an_average_says_so(trained):
     # conftest.py's trained run has no --ema_decay; only read here.
-    model, _ = export.load_model_from_dir(trained["model_dir"])
+    model, _ = restore.load_model_from_dir(trained["model_dir"])
     with pytest.raises(ValueError, match="holds no weight average"):
         ema.restore_average(model, tf.train.latest_checkpoint(trained["model_dir"]))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 from networks import registry
 from networks.slim import nets, scopes, slim_eval, slim_train
-from official.core import export, steps, train_lib
+from official.core import restore, train_lib
 from official.core.config import DTYPE_POLICIES, TrainConfig
 from official.core.inference import Predictor
 from tests.trainer_fixtures import (REPO_ROOT, error_lines, mirrored_strategy, tiny_dataset,
@@ -133,7 +134,7 @@ def test_fp16_with_a_fixed_loss_scale_trains_in_half_precision(data, tmp_path):
     assert model.get_layer("logits").compute_dtype == "float32"
     assert "float16" in {layer.compute_dtype for layer in model.layers}
     assert {v.dtype for v in model.weights} == {"float32"}
-    restored, _ = export.load_model_from_dir(str(run), str(run / "ckpt-1"))
+    restored, _ = restore.load_model_from_dir(str(run), str(run / "ckpt-1"))
     after_one = restored.get_weights()
     tf.train.Checkpoint(model=restored).restore(str(run / "ckpt-2")).expect_partial()
     assert any(not np.array_equal(a, b) for a, b in zip(after_one, restored.get_weights()))
@@ -147,13 +148,13 @@ def test_resume_refuses_other_scopes_or_network(data, one_step_run):
 
 
 def test_checkpoint_path_then_only_trainable_scopes_change(data, one_step_run, tmp_path):
-    source, _ = export.load_model_from_dir(str(one_step_run))
+    source, _ = restore.load_model_from_dir(str(one_step_run))
     trainable = ("logits", "MobileNetV3Small/expanded_conv_10_")
     # Mirrored over two CPU replicas: the weights are loaded into mirrored variables.
     _train(data, tmp_path / "b", FAST, steps=3, checkpoint_path=str(one_step_run),
            trainable_scopes=trainable, optimizer="momentum", learning_rate=0.1,
            strategy=mirrored_strategy())
-    tuned, _ = export.load_model_from_dir(str(tmp_path / "b"))
+    tuned, _ = restore.load_model_from_dir(str(tmp_path / "b"))
     before, after = _weights_by_path(source), _weights_by_path(tuned)
     changed = {path for path in before
                if any(not np.array_equal(x, y) for x, y in zip(before[path], after[path]))}
@@ -163,7 +164,7 @@ def test_checkpoint_path_then_only_trainable_scopes_change(data, one_step_run, t
 
 
 def test_checkpoint_exclude_scopes_keep_the_fresh_initialisation(one_step_run):
-    source, _ = export.load_model_from_dir(str(one_step_run))
+    source, _ = restore.load_model_from_dir(str(one_step_run))
     model = nets.build_network(FAST, 2, image_size=32)
     fresh = _weights_by_path(model)
     # Slim's spelling of the head ("<Net>/Logits") works, "<Net>/AuxLogits" is ignored.
@@ -209,6 +210,11 @@ def test_eval_image_classifier_reports_a_train_dir(data, one_step_run):
     # A named checkpoint's report beside the train_dir's own (it overwrote it).
     assert output_dir == str(one_step_run / "eval_validation-ckpt-1")
     assert (one_step_run / "eval_validation-ckpt-1" / "metrics.json").is_file()
+    # The same records in another folder are other data: a folder of their own.
+    elsewhere = shutil.copytree(data, data.parent / "site_b")
+    _, output_dir = slim_eval.evaluate(str(one_step_run / "ckpt-1"), elsewhere, "validation",
+                                       batch_size=5)
+    assert output_dir == str(one_step_run / "eval_validation-site_b-ckpt-1")
     with pytest.raises(ValueError, match="holds a mobilenet_v3_small"):
         slim_eval.evaluate(str(one_step_run), str(data), "validation",
                                        batch_size=5, model_name="vgg_16")

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from dataset import preprocess
 from networks.slim import nets, scopes, slim_train
-from official.core import export, steps
+from official.core import export, restore, steps
 from official.core.config import TrainConfig, resolved_config, write_config
 
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -99,7 +99,7 @@ def test_every_network_steps_checkpoints_and_serves(tmp_path, model_name):
     write_config(str(tmp_path), resolved_config(config, ("Chest", "Hand"), spec,
                                                 network.config_entries()))
     tf.train.CheckpointManager(state.checkpoint, str(tmp_path), max_to_keep=1).save(1)
-    rebuilt, resolved = export.load_model_from_dir(str(tmp_path))
+    rebuilt, resolved = restore.load_model_from_dir(str(tmp_path))
     assert rebuilt.name == model_name
     assert all(np.array_equal(a, b) for a, b in zip(rebuilt.get_weights(), model.get_weights()))
     with _eagerly():
@@ -191,4 +191,4 @@ def test_inception_v4_has_the_published_parameter_count():
 def test_resnet_config_without_architecture_still_rebuilds_a_resnet():
     config = {"resnet_size": 18, "version": 2, "num_classes": 3, "image_size": 32,
               "channels": 1, "small_input": True, "data_format": "channels_last"}
-    assert export.build_inference_model(config).output_shape == (None, 3)
+    assert restore.build_inference_model(config).output_shape == (None, 3)

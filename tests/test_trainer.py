@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -17,7 +16,7 @@ import tensorflow as tf
 
 from dataset import preprocess
 from networks.resnet import train_steps
-from official.core import export, train_lib
+from official.core import restore, train_lib
 from official.core.config import TrainConfig
 from official.utils.logs import logger as logger_lib
 from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, class_image,
@@ -118,7 +117,7 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path, caplog):
     assert ("this run's records rendered DICOM files with voi=minmax, window_center=40.0, "
             "window_width=400.0, bits=8, the run's start with voi=given") in caplog.text
     # The export and the model rebuilt from model_dir (for evaluation/prediction) agree.
-    rebuilt, _ = export.load_model_from_dir(str(model_dir))
+    rebuilt, _ = restore.load_model_from_dir(str(model_dir))
     images = np.stack([class_image(np.random.default_rng(3), i % 2, 32) for i in range(4)])
     batch = tf.stack([preprocess.preprocess_for_eval(tf.constant(image[..., None]),
                                                      image_size=32) for image in images])

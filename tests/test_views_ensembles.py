@@ -16,7 +16,7 @@ from tests.trainer_fixtures import TRAINED_CLASSES as CLASSES, checkpoint_name, 
 def _model_dir_like(trained, folder, **changes):
     """A model_dir with the trained run's config changed by `changes` (e.g. another
     image_size or class order) and freshly initialised weights: an ensemble member."""
-    from official.core import export
+    from official.core import restore
 
     config = {**json.loads(open(f"{trained['model_dir']}/config.json").read()), **changes}
     # The network is rebuilt from the "model" spec; keep it in step with the top-level keys.
@@ -26,7 +26,7 @@ def _model_dir_like(trained, folder, **changes):
     (folder / "config.json").write_text(json.dumps(config))
     import tensorflow as tf
 
-    model = export.build_inference_model(config)
+    model = restore.build_inference_model(config)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(folder), 1).save(1)
     return str(folder)
 
@@ -60,10 +60,10 @@ def test_client_side_views_equal_a_model_dir_with_views(trained):
 
 
 def test_export_with_views_built_in_refuses_more(trained, tmp_path):
-    from official.core import export
+    from official.core import export, restore
     from official.core.inference import Predictor
 
-    model, config = export.load_model_from_dir(trained["model_dir"])
+    model, config = restore.load_model_from_dir(trained["model_dir"])
     path = export.export_saved_model(model, config, str(tmp_path / "export"), tta_views=3)
     baked = Predictor(path)
     assert baked.tta_views == 3

@@ -5,7 +5,8 @@
 --model is a training model_dir (latest checkpoint, or --checkpoint=ckpt-400) or an
 exported SavedModel (its folder, or the export_dir holding numbered versions). The report
 goes to --output_dir, by default next to the model (<model_dir>/eval_<split>/, or
-<export_dir>/eval-<version>-<split>/; a --checkpoint adds -ckpt-N, and --tta=N -ttaN).
+<export_dir>/eval-<version>-<split>/; data other than the model's training data adds the name
+of its folder, -<name>, a --checkpoint -ckpt-N, and --tta=N -ttaN).
 
     --tta=5                    average each model's probabilities over 5 fixed test-time views
                                (identity, +-5 degree rotations, 1.1/0.9 zoom, ...; never a mirror)
@@ -73,23 +74,6 @@ def define_flags() -> None:
         "model")
 
 
-# The report's folder once write_report has put its files in place: what a Ctrl-C leaves.
-_REPORT_WRITTEN: list[str] = []
-
-
-def left_by_interrupt(output_dir: str | None) -> str:
-    """What an interrupted evaluation left. write_report replaces a report whole, so a report
-    already in the folder is never half new; only the TensorBoard copy comes after it."""
-    if _REPORT_WRITTEN:
-        return (f"the report in {_REPORT_WRITTEN[-1]} is whole; its TensorBoard copy may be "
-                "missing")
-    if not output_dir:  # the default folder beside the model is known only once it is loaded
-        return "no new report was written (one already beside the model is an earlier run's)"
-    if os.path.isfile(os.path.join(output_dir, "metrics.json")):
-        return f"no new report was written; the one in {output_dir} is an earlier run's, whole"
-    return f"no new report was written to {output_dir}"
-
-
 def main(argv):
     del argv  # cli.flags_parser refused any
     from dataset import reader
@@ -101,14 +85,15 @@ def main(argv):
         split = reader.split_info(FLAGS.data_dir, FLAGS.split)  # before the model's restore
         cli.check_output_folder("--output_dir", FLAGS.output_dir, "the report")
         predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
+        # (An ensemble has an --output_dir: define_flags.)
+        output_dir = FLAGS.output_dir or evaluation.default_report_folder(
+            FLAGS.model[0], predictor, FLAGS.split, FLAGS.data_dir,
+            checkpoint_named=bool(FLAGS.checkpoint))
         labels, probabilities, filenames = evaluation.evaluate_split(
             predictor, split, batch_size=FLAGS.batch_size)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
     members = predictor.members
-    output_dir = FLAGS.output_dir or evaluation.default_output_dir(
-        FLAGS.model[0], predictor.source, FLAGS.split, predictor.tta_views,
-        checkpoint_named=bool(FLAGS.checkpoint))
     single = len(members) == 1
     title = os.path.basename(predictor.source) if single else f"ensemble of {len(members)}"
     try:  # e.g. a full disk, or no permission for the default folder beside the model
@@ -123,7 +108,6 @@ def main(argv):
                    "model": predictor.source,
                    "members": member_records(predictor),
                    "tta_views": FLAGS.tta})
-        _REPORT_WRITTEN.append(output_dir)
         evaluation.write_tensorboard(output_dir, metrics,
                                      evaluation.checkpoint_step(predictor.source) if single else 0)
     except OSError as error:
@@ -143,5 +127,5 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM),
-                    interrupted=lambda: left_by_interrupt(FLAGS.output_dir),
+                    interrupted=lambda: cli.report_left(FLAGS.output_dir),
                     skip_teardown=True)

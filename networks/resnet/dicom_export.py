@@ -51,7 +51,7 @@ def define_flags() -> None:
 
 def main(argv):
     del argv  # cli.flags_parser refused any
-    from official.core import export
+    from official.core import export, restore
     from official.core.inference import check_distinct
 
     def run() -> str:
@@ -65,7 +65,7 @@ def main(argv):
         check_distinct(FLAGS.model_dir)
         members = []
         for model_dir in FLAGS.model_dir:
-            model, config = export.load_model_from_dir(model_dir, FLAGS.checkpoint)
+            model, config = restore.load_model_from_dir(model_dir, FLAGS.checkpoint)
             members.append((model, config, model_dir))
         tta = FLAGS.tta or export.trained_export_tta([config for _, config, _ in members])
         path = export.export_ensemble(members, FLAGS.export_dir, tta)

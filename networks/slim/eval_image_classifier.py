@@ -8,7 +8,8 @@
 The model is rebuilt from the train_dir's config.json (--model_name is only checked against it)
 and evaluated through the same serving path as networks/resnet/dicom_eval.py, which writes the
 report (metrics.json, confusion_matrix.png, misclassified.csv, TensorBoard events) to
---eval_dir (default: <train_dir>/eval_<split>, and eval_<split>-ckpt-N for a named ckpt-N).
+--eval_dir (default: <train_dir>/eval_<split>; eval_<split>-<its folder's name> for data other
+than the training data; -ckpt-N added for a named ckpt-N).
 """
 
 from __future__ import annotations
@@ -61,5 +62,5 @@ def main(argv) -> None:
 if __name__ == "__main__":
     define_flags()
     cli.run_program(PROGRAM, main, cli.flags_parser(PROGRAM),
-                    interrupted=lambda: "the report is missing or incomplete",
+                    interrupted=lambda: cli.report_left(FLAGS.eval_dir),
                     skip_teardown=True)

@@ -26,7 +26,7 @@ from absl import logging
 
 from networks import registry
 from networks.slim import nets
-from official.core import export
+from official.core import restore
 from official.core.config import CONFIG_FILE
 
 SLIM_HEAD = "logits"
@@ -139,7 +139,7 @@ def _open_source(path: str, model_name: str, image_size: int) -> _Source:
         if not os.path.isfile(os.path.join(model_dir, CONFIG_FILE)):
             raise ValueError(f"--checkpoint_path={path}: a folder must be a --train_dir of this "
                              f"tool (with {CONFIG_FILE})")
-        source, config = export.load_model_from_dir(model_dir, checkpoint)
+        source, config = restore.load_model_from_dir(model_dir, checkpoint)
         trained = registry.spec_from_config(config).name
         if trained != model_name:
             raise ValueError(f"--checkpoint_path={path} holds the network {trained}, not "

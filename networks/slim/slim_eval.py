@@ -40,10 +40,10 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
                        else model_name.strip().lower() != spec.name):  # "resnet50_v2"
         raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds "
                          + with_article(trained if trained in nets.NETWORKS else spec.name))
+    output_dir = eval_dir or evaluation.default_report_folder(
+        model_path, predictor, split, dataset_dir, checkpoint_named=checkpoint is not None)
     labels, probabilities, filenames = evaluation.evaluate_split(
         predictor, split_info, batch_size=batch_size)
-    output_dir = eval_dir or evaluation.default_output_dir(
-        model_path, predictor.source, split, checkpoint_named=checkpoint is not None)
     metrics = write_report(
         output_dir, labels=labels, probabilities=probabilities,
         class_names=predictor.class_names, filenames=filenames,

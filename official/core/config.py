@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import unicodedata
 from typing import TYPE_CHECKING
 
@@ -292,17 +293,29 @@ def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
     return dict(ordered)
 
 
+_TEMPORARY_ROOTS = {os.path.realpath(path) for path in ("/tmp", "/var/tmp",
+                                                         tempfile.gettempdir())}
+
+
 def check_run_folders(config: TrainConfig) -> None:
     """The folders a run writes, checked before it trains.
 
     Raises:
-      ValueError: --model_dir or --export_dir is a file or lies under one (the export's
+      ValueError: --model_dir or --export_dir is the system's temporary folder itself (the
+        original's default), is a file or lies under one (the export's
         mkdir failed after the training) or cannot be written, --model_dir is the dataset's
         own folder (checkpoints among the shards, config.json beside manifest.json), or
         --export_dir is the --model_dir.
     """
     # The path, not the flag, is named: the Slim trainer calls --model_dir --train_dir.
     for path in (config.model_dir, config.export_dir):
+        # The original's default for both --model_dir and --data_dir (kept as the flags'
+        # default): checkpoints and config.json loose among every program's files, a second
+        # run there resuming the first, and a killed run's leftovers looked for among them.
+        if path and os.path.realpath(path) in _TEMPORARY_ROOTS:
+            raise ValueError(f"{path}: the system's temporary folder itself, shared by every "
+                             "program; give the run a folder of its own (e.g. "
+                             f"{os.path.join(path, 'dicom_model')})")
         if path and (blocker := file_in_the_way(path)):
             where = "" if blocker == os.path.abspath(path) else f" {blocker}"
             raise ValueError(f"{path}:{where} is a file; the trainer writes a folder there")

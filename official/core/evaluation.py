@@ -7,31 +7,73 @@ report (official/utils/report.py) and its TensorBoard copy.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from dataset import features, reader
 from official.core.config import CONFIG_FILE
+from official.utils import progress as reporting
 from official.utils.report import summary_scalars
 
 
 def default_output_dir(model: str, predictor_source: str, split: str, tta_views: int = 1, *,
-                       checkpoint_named: bool = False) -> str:
+                       checkpoint_named: bool = False, data_dir: str | None = None,
+                       trained_on: str | None = None) -> str:
     """<model_dir>/eval_<split> for a model_dir; a sibling of the version for a SavedModel.
 
-    Test-time views add "-tta<N>", and a checkpoint the user named (--checkpoint) "-ckpt-N",
-    so they never overwrite the plain report (the newest checkpoint's).
+    Data other than the model's own (``data_dir`` not ``trained_on``, the config's data_dir)
+    adds "-<its folder's name>", test-time views "-tta<N>", and a checkpoint the user named
+    (--checkpoint) "-ckpt-N", so none of them overwrites the plain report (the newest
+    checkpoint's, on the data it was trained on): an external test set's "test" split is not
+    the training data's.
     """
+    data = "" if data_dir is None or _same_folder(data_dir, trained_on) else (
+        "-" + re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(os.path.realpath(data_dir))))
     suffix = f"-tta{tta_views}" if tta_views > 1 else ""
     if os.path.isfile(os.path.join(model, CONFIG_FILE)):
         named = f"-{os.path.basename(predictor_source)}" if checkpoint_named else ""
-        return os.path.join(model, f"eval_{split}{named}{suffix}")
+        return os.path.join(model, f"eval_{split}{data}{named}{suffix}")
     version_dir = predictor_source.rstrip("/")
     return os.path.join(os.path.dirname(version_dir),
-                        f"eval-{os.path.basename(version_dir)}-{split}{suffix}")
+                        f"eval-{os.path.basename(version_dir)}-{split}{data}{suffix}")
+
+
+def default_report_folder(model: str, predictor, split: str, data_dir: str, *,
+                          checkpoint_named: bool) -> str:
+    """default_output_dir for ``predictor`` (loaded from ``model``) on ``data_dir``, checked
+    (check_default_folder_is_of) before minutes of evaluation go into a report it refuses."""
+    output_dir = default_output_dir(model, predictor.source, split, predictor.tta_views,
+                                    checkpoint_named=checkpoint_named, data_dir=data_dir,
+                                    trained_on=predictor.config.get("data_dir"))
+    check_default_folder_is_of(output_dir, data_dir)
+    return output_dir
+
+
+def _same_folder(path: str, other: str | None) -> bool:
+    # A relative data_dir in an old config is read from here: at worst a report gets the
+    # data's name in its folder when it did not need it.
+    return bool(other) and os.path.realpath(path) == os.path.realpath(other)
+
+
+def check_default_folder_is_of(output_dir: str, data_dir: str) -> None:
+    """Refuses a default report folder that holds the report of other data (two external
+    sets in folders of the same name): the new report would replace it unasked.
+
+    Raises:
+      ValueError: naming the folder, the data its report is of, and the way out.
+    """
+    try:
+        with open(os.path.join(output_dir, "metrics.json")) as handle:
+            recorded = json.load(handle).get("data_dir")
+    except (OSError, ValueError, AttributeError):  # none yet, or not a report of ours
+        return
+    if recorded and not _same_folder(data_dir, recorded):
+        raise ValueError(f"{output_dir} holds the report on {recorded}, not on {data_dir}; "
+                         "name another folder with --output_dir (or remove that one)")
 
 
 def source_dir(data_dir: str) -> str | None:
@@ -70,10 +112,8 @@ def evaluate_split(predictor, info: reader.SplitInfo, *, batch_size: int):
     records = (tf.data.TFRecordDataset(list(info.files)).batch(batch_size)
                .map(lambda batch: tf.io.parse_example(batch, spec)).prefetch(2))
     labels, probabilities, filenames = [], [], []
-    # disable=None: no bar when stderr is a log file rather than a terminal (a bar there is
-    # hundreds of carriage-return updates on one line).
-    with tqdm(total=info.num_examples, unit="img", desc=f"evaluating {info.split}",
-              disable=None) as progress:
+    with reporting.progress(info.num_examples, unit="images",
+                            desc=f"evaluating {info.split}") as progress:
         try:
             for batch in records:
                 probabilities.append(predictor(batch[features.KEY_ENCODED]))

@@ -1,4 +1,4 @@
-"""SavedModel export and model rebuilding from a model_dir.
+"""SavedModel export (the model rebuilt from a model_dir: official/core/restore.py).
 
 The SavedModel goes into `export_dir/<version>/` (version = Unix time in seconds, bumped if taken)
 as TF Serving and the Estimator's export expect, with two signatures that both apply the
@@ -21,124 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import json
 import logging
 import os
-import shutil
+import re
 import secrets
+import shutil
+import socket
 import time
 
 import keras
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from dataset import preprocess, test_time
 from dataset.dicom_options import describe_rendering, rendering_of
-from networks import registry
-from official.core.config import CONFIG_FILE, read_config
-from official.modeling import ema
+from official.core import restore
+from official.core.config import CONFIG_FILE
 from official.utils import files
 
 ASSETS_EXTRA = "assets.extra"  # where the SavedModel keeps config.json
-
-
-def build_inference_model(config: dict) -> keras.Model:
-    """The trained architecture from a resolved config (config.json, old or new), in float32
-    (fastest and exact on CPU; mixed-precision variables are float32 anyway, so the weights
-    load unchanged)."""
-    return registry.build_model(registry.spec_from_config(config))
-
-
-def load_model_from_dir(model_dir: str, checkpoint: str | None = None
-                        ) -> tuple[keras.Model, dict]:
-    """Rebuild the model of a training model_dir from its config.json and a checkpoint.
-
-    Args:
-      model_dir: a trainer --model_dir (holds config.json and checkpoints).
-      checkpoint: a checkpoint prefix (".../ckpt-400", or "ckpt-400" inside model_dir; see
-        resolve_checkpoint); None for the latest.
-
-    Returns:
-      (float32 keras.Model with the trained weights, the resolved config dict).
-
-    Raises:
-      FileNotFoundError: no config.json or no checkpoint.
-    """
-    config = read_config(model_dir)
-    checkpoint = resolve_checkpoint(model_dir, checkpoint)
-    _check_checkpoint_is_of(checkpoint, model_dir, config)
-    model = build_inference_model(config)
-    # Only the model is needed: the optimizer slots and step in the file are left unread.
-    failure = None
-    # A restore that fails half way leaves a restore in progress, never told to expect a
-    # partial one: deleted (with the exception), it logged a warning per unread value, 112
-    # lines after the one error line. Deleted here, quietly.
-    with _tensorflow_logs_at_least(logging.ERROR):
-        try:
-            status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
-            status.assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as error:
-            failure = first_line(error)
-        if failure is not None:
-            del model  # it holds the restore in progress
-            gc.collect()
-    if failure is not None:
-        raise ValueError(f"{checkpoint}: does not fit the network in {model_dir}'s "
-                         f"{CONFIG_FILE} ({failure})")
-    if config.get("ema_decay"):
-        ema.restore_average(model, checkpoint)  # what the run evaluated and exported
-    return model, config
-
-
-def resolve_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
-    """The checkpoint prefix to restore: ``checkpoint`` as given (a path), else the same name
-    inside ``model_dir`` (``--checkpoint=ckpt-400`` next to ``--model=runs/a``), else, when
-    None, model_dir's latest.
-
-    Raises:
-      FileNotFoundError: model_dir holds no checkpoint, or ``checkpoint`` is in neither place
-        (both named).
-    """
-    if not checkpoint:
-        latest = tf.train.latest_checkpoint(model_dir)
-        if not latest:
-            raise FileNotFoundError(f"{model_dir}: no checkpoint found")
-        return latest
-    candidates = [checkpoint]
-    inside = os.path.join(model_dir, checkpoint)  # an absolute checkpoint stays itself
-    if os.path.normpath(inside) != os.path.normpath(checkpoint):
-        candidates.append(inside)
-    for candidate in candidates:
-        if tf.io.gfile.exists(candidate + ".index"):
-            return candidate
-    looked = " and ".join(f"{candidate}.index" for candidate in candidates)
-    raise FileNotFoundError(f"{checkpoint}: no such checkpoint (looked for {looked})")
-
-
-def first_line(error: Exception) -> str:
-    """The first line of a TensorFlow or Keras error (theirs run to dozens), or its type."""
-    text = str(getattr(error, "message", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _check_checkpoint_is_of(checkpoint: str, model_dir: str, config: dict) -> None:
-    """A checkpoint from another training folder is served under model_dir's class names: it
-    must come from a run of the same network and classes, or its outputs get the wrong names."""
-    folder = os.path.dirname(os.path.abspath(checkpoint))
-    if folder == os.path.abspath(model_dir) or not os.path.isfile(
-            os.path.join(folder, CONFIG_FILE)):  # (config.json is read locally everywhere)
-        return
-    other = read_config(folder)
-    # What shapes the weights: the same network at another image_size or data_format fits.
-    shape = lambda spec: {key: value for key, value in spec.to_dict().items()  # noqa: E731
-                          if key not in ("image_size", "data_format")}
-    for what, mine, theirs in (
-            ("class names", config.get("class_names"), other.get("class_names")),
-            ("network", shape(registry.spec_from_config(config)),
-             shape(registry.spec_from_config(other)))):
-        if mine != theirs:
-            raise ValueError(f"{checkpoint}: trained in {folder} with other {what} ({theirs}) "
-                             f"than {model_dir} ({mine}); use {folder} itself as the model")
 
 
 def decode_and_resize(image_bytes: tf.Tensor, *, image_size: int, channels: int) -> tf.Tensor:
@@ -255,7 +157,7 @@ def export_saved_model(model: keras.Model, config: dict, export_dir: str,
       ValueError: tta_views out of range.
     """
     test_time.check_num_views(tta_views)
-    inference_model = build_inference_model(config)
+    inference_model = restore.build_inference_model(config)
     inference_model.set_weights(model.get_weights())
     return _save(ServingModule(inference_model, config, tta_views), config, export_dir,
                  tta_views)
@@ -267,7 +169,7 @@ def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: st
 
     Args:
       members: (float32 model, its resolved config, where it came from) for each member, as
-        load_model_from_dir gives them; all with the same image_size, channels and class
+        restore.load_model_from_dir gives them; all with the same image_size, channels and class
         names in the same order.
       export_dir, tta_views: as export_saved_model.
 
@@ -341,8 +243,37 @@ def describe_class_difference(first: list[str], second: list[str], first_name: s
             f"in {first_name} but {second[position]!r} in {second_name}")
 
 
+def _temporary_name(version: int) -> str:
+    # The host as well as the pid: an export_dir on a shared file system may be written from
+    # several machines, and a pid says whether its export is alive only on its own machine.
+    return f"{_TEMPORARY_EXPORT}{version}-{socket.gethostname()}-{os.getpid()}-" \
+        f"{secrets.token_hex(4)}"
+
+
+_TEMPORARY_EXPORT = ".tmp-"
+
+
+def remove_killed_exports(export_dir: str) -> list[str]:
+    """Removes the temporary folders of exports killed on this machine (a SIGKILL or the
+    out-of-memory killer: no cleanup runs), each as big as a version; returns their names.
+    A live export's, or another machine's, is left alone."""
+    removed = []
+    pattern = re.compile(re.escape(_TEMPORARY_EXPORT) + r"\d+-(.+)-(\d+)-[0-9a-f]{8}")
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(export_dir)):
+            found = pattern.fullmatch(name)
+            if (found and found[1] == socket.gethostname()
+                    and files.process_gone(int(found[2]))):
+                shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+                removed.append(name)
+    return removed
+
+
 def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) -> str:
     os.makedirs(export_dir, exist_ok=True)
+    if removed := remove_killed_exports(export_dir):
+        absl_logging.info("removed %s, left by a killed export in %s", ", ".join(removed),
+                          export_dir)
     version = int(time.time())
     while os.path.exists(os.path.join(export_dir, str(version))):
         version += 1
@@ -351,7 +282,7 @@ def _save(module: ServingModule, config: dict, export_dir: str, tta_views: int) 
     # export_dir in the same second wrote into one folder (one failed, or they mixed).
     # os.mkdir, not tempfile.mkdtemp: the version keeps the umask's permissions (mkdtemp's
     # 0700 would hide it from a TF Serving that runs as another user).
-    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = os.path.join(export_dir, _temporary_name(version))
     os.mkdir(tmp)
     try:
         with _tensorflow_warnings_only():
@@ -391,18 +322,4 @@ def _tensorflow_warnings_only():
     saved_model code logs through absl's logger, the rest through "tensorflow"; both are raised
     to WARNING for the save. The caller logs the one line a user needs: where the model went.
     """
-    return _tensorflow_logs_at_least(logging.WARNING)
-
-
-@contextlib.contextmanager
-def _tensorflow_logs_at_least(level: int):
-    """TensorFlow's Python loggers (absl's and "tensorflow") show only `level` and above."""
-    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(max(logger.getEffectiveLevel(), level))
-    try:
-        yield
-    finally:
-        for logger, level_before in zip(loggers, levels):
-            logger.setLevel(level_before)
+    return restore.tensorflow_logs_at_least(logging.WARNING)

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from dataset import test_time
 from dataset.dicom_options import rendering_of
-from official.core import export
+from official.core import export, restore
 from official.core.config import CONFIG_FILE
 
 
@@ -84,7 +84,7 @@ class Predictor:
                 loaded = tf.saved_model.load(saved_model)
             except (tf.errors.OpError, OSError, ValueError) as error:  # e.g. variables/ lost
                 raise ValueError(f"{saved_model}: not a loadable SavedModel "
-                                 f"({export.first_line(error)}); export it again") from None
+                                 f"({restore.first_line(error)}); export it again") from None
             self._keepalive = loaded  # the signatures need their object alive
             if tta_views > 1:
                 self._predict_images = loaded.signatures["predict_images"]
@@ -96,8 +96,8 @@ class Predictor:
             self.tta_views = max(baked, tta_views)
             self.source = saved_model
         elif os.path.isfile(os.path.join(model_path, CONFIG_FILE)):
-            checkpoint = export.resolve_checkpoint(model_path, checkpoint)
-            model, self.config = export.load_model_from_dir(model_path, checkpoint)
+            checkpoint = restore.resolve_checkpoint(model_path, checkpoint)
+            model, self.config = restore.load_model_from_dir(model_path, checkpoint)
             module = export.ServingModule(model, self.config, tta_views)
             self._serve = module.serving_default
             self._keepalive = module

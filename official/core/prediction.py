@@ -15,10 +15,10 @@ import stat
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from dataset import body_parts, dicom, folder_walk, images, sources
 from official.core import inference
+from official.utils import progress as reporting
 from official.utils.files import written_atomically
 
 CSV_COLUMNS = ("file", "status", "predicted_class", "probability", "top_k", "body_part_tag",
@@ -182,9 +182,8 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
             tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        # disable=None: no bar when stderr is a log file rather than a terminal.
-        for start in tqdm(range(0, len(files), batch_size), unit="batch", desc="predicting",
-                          disable=None):
+        progress = reporting.progress(len(files), unit="files", desc="predicting")
+        for start in range(0, len(files), batch_size):
             items = [load_item(path, predictor.class_names, dicom_options, hash_key)
                      for path in files[start:start + batch_size]]
             good = [item.encoded for item in items if not item.error]
@@ -194,6 +193,8 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
                 counts[row["status"]] += 1
                 writer.writerow({key: sources.escape_non_utf8(value) if isinstance(value, str)
                                  else value for key, value in row.items()})
+            progress.update(len(items))
+        progress.close()
         if tta_views is not None:
             write_run_info(run_info_path(output_csv), predictor, counts, tta_views=tta_views)
     return counts

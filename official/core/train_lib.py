@@ -56,7 +56,7 @@ from absl import logging
 from dataset import reader, test_time
 from networks import registry
 from official.core import export as export_lib
-from official.core import budget, checkpointing, steps, train_input
+from official.core import budget, checkpointing, restore, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
                                   check_run_folders, config_to_resume, frozen_settings,
                                   rendering_change, resolved_config, write_config)
@@ -230,7 +230,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             state.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         except tf.errors.DataLossError as error:
             raise ValueError(f"{manager.latest_checkpoint}: damaged checkpoint "
-                             f"({export_lib.first_line(error)}); remove it (and its entry in "
+                             f"({restore.first_line(error)}); remove it (and its entry in "
                              f"{write_dir}/checkpoint) to resume from the one before") from None
         logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
                      int(state.step.numpy()))

@@ -197,6 +197,14 @@ def checkpoints_left(folder: str) -> str:
     return f"no checkpoint was saved in {folder}; the same command starts afresh"
 
 
+def report_left(output_dir: str | None) -> str:
+    """What an interrupted evaluation left (report.left_by_interrupt), for run_program's
+    `interrupted`; report.py (matplotlib) is imported only then."""
+    from official.utils import report
+
+    return report.left_by_interrupt(output_dir)
+
+
 def run_program(program: str, main: Callable[[list[str]], object],
                 flags_parser: Callable[[list[str]], list[str]],
                 interrupted: Callable[[], str] = lambda: "", *,

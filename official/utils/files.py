@@ -39,10 +39,14 @@ def killed_runs_temporary(name: str) -> bool:
     """Whether ``name`` is a temporary file of ``written_atomically`` whose process is gone
     (killed before it could remove it)."""
     stem, found, pid = name.rpartition(_TEMPORARY)
-    if not (stem and found and pid.isdigit()):
-        return False
+    return bool(stem and found and pid.isdigit()) and process_gone(int(pid))
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this machine (only this machine's are known: a
+    name's pid from another host on a shared file system says nothing)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:  # alive, another user's

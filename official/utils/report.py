@@ -70,6 +70,28 @@ def confusion_matrix_png(matrix: np.ndarray, class_names, title: str = "") -> by
     return buffer.getvalue()
 
 
+# The folders write_report has put a report in, in this process: what an evaluation program
+# interrupted after it left (left_by_interrupt). The interrupt handler runs outside the
+# program's main and can see nothing else.
+_WRITTEN: list[str] = []
+
+
+def left_by_interrupt(output_dir: str | None) -> str:
+    """What an interrupted evaluation program left, for its Ctrl-C line. A report is replaced
+    whole, so one in the folder is never half new; only its TensorBoard copy comes after it.
+
+    Args:
+      output_dir: the folder the user named; None for the default beside the model.
+    """
+    if _WRITTEN:
+        return f"the report in {_WRITTEN[-1]} is whole; its TensorBoard copy may be missing"
+    if not output_dir:  # the default folder beside the model is known only once it is loaded
+        return "no new report was written (one already beside the model is an earlier run's)"
+    if Path(output_dir, "metrics.json").is_file():
+        return f"no new report was written; the one in {output_dir} is an earlier run's, whole"
+    return f"no new report was written to {output_dir}"
+
+
 def write_report(output_dir, *, labels, probabilities, class_names, filenames,
                  title: str = "", extra: dict | None = None,
                  data_classes: list[str] | None = None) -> dict:
@@ -109,6 +131,7 @@ def write_report(output_dir, *, labels, probabilities, class_names, filenames,
         output_dir / "confusion_matrix.png": confusion_matrix_png(
             np.array(metrics["confusion_matrix"]), class_names, title),
         output_dir / "misclassified.csv": text.getvalue().encode()})
+    _WRITTEN.append(str(output_dir))
     return metrics
 
 

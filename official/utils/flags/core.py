@@ -50,7 +50,9 @@ def _define_base(define: _Definer) -> None:
                         "by tf_convert_data.py (shards + manifest.json).", short_name="dd")
     define.string("model_dir", "/tmp", "The location of the model checkpoint files, "
                         "config.json and TensorBoard summaries. Rerunning with the same "
-                        "--model_dir resumes from the last checkpoint.", short_name="md")
+                        "--model_dir resumes from the last checkpoint. Give each run a folder "
+                        "of its own: the default (the original's), /tmp itself, is refused.",
+                        short_name="md")
     define.integer("train_epochs", 100, "The number of epochs used to train.",
                          lower_bound=1, short_name="te")
     define.integer("epochs_between_evals", 1, "The number of training epochs to run "
