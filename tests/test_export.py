@@ -154,6 +154,28 @@ def test_a_killed_exports_folder_is_removed_by_the_next_export(exported, tmp_pat
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), alive, elsewhere])
 
 
+def test_a_rerun_reuses_the_newest_export_only_when_it_is_its_own(tmp_path):
+    """A finished training rerun exported an identical copy each time. Its export is reused
+    only while it is the newest version (what TF Serving serves): after another run's, a new
+    export makes this run's the served one again."""
+    run = {"model_dir": str(tmp_path / "run"), "exported_step": 40, "export_tta": 1}
+
+    def version(name, config):
+        (tmp_path / "export" / name / export.ASSETS_EXTRA).mkdir(parents=True)
+        (tmp_path / "export" / name / "saved_model.pb").write_bytes(b"")
+        (tmp_path / "export" / name / export.ASSETS_EXTRA / "config.json").write_text(
+            json.dumps(config))
+
+    assert export.newest_is_of(str(tmp_path / "export"), run) is None  # no folder yet
+    version("100", run)
+    assert export.newest_is_of(str(tmp_path / "export"), {**run, "model_dir": f"{tmp_path}/run/"}
+                               ) == str(tmp_path / "export" / "100")
+    for other in ({"exported_step": 41}, {"export_tta": 3}):  # trained on, or other views
+        assert export.newest_is_of(str(tmp_path / "export"), {**run, **other}) is None
+    version("101", {**run, "model_dir": str(tmp_path / "another_run")})
+    assert export.newest_is_of(str(tmp_path / "export"), run) is None
+
+
 def test_a_model_dir_holding_exports_is_read_as_a_model_dir(tmp_path):
     """A run once exported into its own model_dir: evaluating the folder read that export,
     however much the run had trained since (and refused --checkpoint as "a SavedModel")."""

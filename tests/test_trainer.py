@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,6 +130,17 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path, caplog):
     reader = tf.train.load_checkpoint(str(model_dir))
     iterations = [k for k in reader.get_variable_to_shape_map() if "iterations" in k]
     assert iterations and reader.get_tensor(iterations[0]) == 3  # optimizer state carried on
+    # A rerun of the finished run exported an identical copy each time: not now, since the
+    # newest version is this run's at this step. Other test-time views are another export.
+    export_dir = tmp_path / "export"
+    rerun = _train(_config(data, model_dir, max_train_steps=3, export_dir=str(export_dir)),
+                   ONE_DEVICE)
+    assert (rerun.step, rerun.export_path) == (3, second.export_path)
+    assert [path.name for path in export_dir.iterdir()] == [Path(second.export_path).name]
+    with_views = _train(_config(data, model_dir, max_train_steps=3, export_dir=str(export_dir),
+                                export_tta=2), ONE_DEVICE)
+    assert with_views.export_path != second.export_path
+    assert len(list(export_dir.iterdir())) == 2
 
     # Mismatched architecture or data on resume: a one-line error before anything is built.
     with pytest.raises(ValueError, match=r"trained with resnet_size=18, this run has "

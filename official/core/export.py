@@ -243,6 +243,36 @@ def describe_class_difference(first: list[str], second: list[str], first_name: s
             f"in {first_name} but {second[position]!r} in {second_name}")
 
 
+def newest_version(export_dir: str) -> str | None:
+    """The newest numbered SavedModel in ``export_dir`` (what TF Serving serves), or None."""
+    if not os.path.isdir(export_dir):
+        return None
+    versions = [name for name in os.listdir(export_dir) if name.isdigit()
+                and os.path.isfile(os.path.join(export_dir, name, "saved_model.pb"))]
+    return os.path.join(export_dir, max(versions, key=int)) if versions else None
+
+
+def newest_is_of(export_dir: str, config: dict) -> str | None:
+    """The newest version in ``export_dir`` when it is already the export ``config`` asks
+    for: from the same model_dir at the same ``exported_step`` with the same views (a rerun
+    of a finished training exported an identical copy each time). None otherwise, and when
+    that version was made by another run since: a new export makes this run's the served one.
+    """
+    version = newest_version(export_dir)
+    if version is None or config.get("exported_step") is None:
+        return None
+    try:
+        with open(os.path.join(version, ASSETS_EXTRA, CONFIG_FILE)) as handle:
+            theirs = json.load(handle)
+        same_run = os.path.realpath(theirs["model_dir"]) == os.path.realpath(config["model_dir"])
+    except (OSError, ValueError, KeyError, TypeError):  # not ours, or damaged: export anew
+        return None
+    if same_run and all(theirs.get(key) == config.get(key)
+                        for key in ("exported_step", "export_tta")):
+        return version
+    return None
+
+
 def _temporary_name(version: int) -> str:
     # The host as well as the pid: an export_dir on a shared file system may be written from
     # several machines, and a pid says whether its export is alive only on its own machine.

@@ -33,11 +33,9 @@ def resolve_saved_model(path: str) -> str | None:
     """
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
-    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, CONFIG_FILE)):
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
         return None
-    versions = [name for name in os.listdir(path)
-                if name.isdigit() and os.path.isfile(os.path.join(path, name, "saved_model.pb"))]
-    return os.path.join(path, max(versions, key=int)) if versions else None
+    return export.newest_version(path)
 
 
 class Predictor:

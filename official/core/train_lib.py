@@ -366,11 +366,17 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- export ---
     export_path = None
     if config.export_dir and chief:
-        with averaged(weight_average):
-            export_path = export_lib.export_saved_model(state.model, resolved,
-                                                        config.export_dir,
-                                                        tta_views=config.export_tta)
-        logging.info("exported SavedModel to %s", export_path)
+        exported = {**resolved, "exported_step": step}  # (its assets.extra/config.json)
+        export_path = export_lib.newest_is_of(config.export_dir, exported)
+        if export_path:
+            logging.info("the newest export, %s, is already of step %d: not exported again",
+                         export_path, step)
+        else:
+            with averaged(weight_average):
+                export_path = export_lib.export_saved_model(state.model, exported,
+                                                            config.export_dir,
+                                                            tta_views=config.export_tta)
+            logging.info("exported SavedModel to %s", export_path)
     return TrainResult(model_name=spec.name, step=step, resumed_from_step=resumed_from,
                        stopped_by=stopped_by, eval_accuracy=eval_metrics["accuracy"],
                        eval_loss=eval_metrics["loss"], eval_examples=eval_metrics["examples"],
