@@ -30,7 +30,6 @@ import json
 import os
 from dataclasses import dataclass
 
-
 from dataset import assignment, shards, sources, splits
 from dataset.conversion_plan import Plan, fail_or_skip, write_order
 from dataset.dicom_options import DicomOptions
