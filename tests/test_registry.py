@@ -37,6 +37,8 @@ FUNCTION_IMPORTS = {
     ("dataset/images.py", "load_image"): "pydicom (1 s to import) only once a DICOM file is met",
     ("dataset/sources.py", "read_dicom_header"): "pydicom only once a DICOM file is met",
     ("official/utils/logs/logger.py", "require_bigquery"): "an optional dependency",
+    ("official/utils/cli.py", "report_left"): "the evaluators' Ctrl-C line: matplotlib "
+                                              "(report.py) not at every program's start",
     ("scripts/collect_results.py", "_scalars"): "a program: TensorFlow after its flags, only "
                                                 "for runs with event files",
     ("scripts/collect_results.py", "_params_and_step"): "a program: TensorFlow after its "
