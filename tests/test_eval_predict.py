@@ -106,6 +106,34 @@ def test_default_report_folder_names_the_views(tmp_path):
                               trained_on=None) == "e/eval-17-test-ct_test"
 
 
+def test_a_rerun_evaluation_replaces_its_tensorboard_point_and_keeps_other_steps(tmp_path):
+    """Each rerun of an evaluation added an events file at the same step: TensorBoard showed
+    several points there. A report of another step (a newer checkpoint) is a new point."""
+    import tensorflow as tf
+
+    from official.core.evaluation import write_tensorboard
+    from official.utils.report import write_report
+
+    def evaluate(step, correct):
+        metrics = write_report(tmp_path, labels=[0, 1], probabilities=[[0.9, 0.1], [
+            0.2, 0.8] if correct else [0.7, 0.3]], class_names=["A", "B"], filenames=["a", "b"])
+        write_tensorboard(str(tmp_path), metrics, step)
+
+    def points():
+        found = []
+        for path in sorted(tmp_path.glob("events.out.tfevents*")):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                found += [(event.step, round(float(tf.make_ndarray(value.tensor)), 2))
+                          for value in event.summary.value if value.tag == "accuracy"]
+        return sorted(found)
+
+    evaluate(100, correct=False)
+    evaluate(100, correct=True)  # the same checkpoint again (after a fix to the data, say)
+    assert points() == [(100, 1.0)]
+    evaluate(200, correct=True)
+    assert points() == [(100, 1.0), (200, 1.0)]
+
+
 def test_a_default_report_folder_holding_other_datas_report_is_refused(tmp_path):
     """Two external sets in folders of the same name share a default report folder."""
     from official.core.evaluation import check_default_folder_is_of

@@ -7,6 +7,7 @@ report (official/utils/report.py) and its TensorBoard copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -149,12 +150,24 @@ def data_classes(info: reader.SplitInfo, model_classes: list[str]) -> list[str] 
 
 
 def write_tensorboard(output_dir: str, metrics: dict, step: int) -> None:
-    """The report's scalars and its confusion-matrix picture as a TensorBoard event file."""
+    """The report's scalars and its confusion-matrix picture as a TensorBoard event file.
+
+    The file's name ends in ".step-<step>", and an earlier one of the same step (a rerun of
+    the same evaluation) is removed once the new one is written: TensorBoard showed every
+    rerun as another point at that step. Other steps' files stay (a model_dir's newest
+    checkpoint evaluated as training goes on: a curve).
+    """
     with open(os.path.join(output_dir, "confusion_matrix.png"), "rb") as handle:
         png = handle.read()
-    writer = tf.summary.create_file_writer(output_dir)
+    suffix = f".step-{step}"
+    earlier = [name for name in os.listdir(output_dir)
+               if name.startswith("events.out.tfevents.") and name.endswith(suffix)]
+    writer = tf.summary.create_file_writer(output_dir, filename_suffix=suffix)
     with writer.as_default():
         for name, value in summary_scalars(metrics).items():
             tf.summary.scalar(name, value, step=step)
         tf.summary.image("confusion_matrix", tf.io.decode_png(png)[tf.newaxis], step=step)
     writer.close()
+    for name in earlier:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(output_dir, name))
