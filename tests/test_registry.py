@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -285,6 +286,12 @@ def test_config_json_records_the_spec_under_model_and_at_the_top():
     assert "resnet_size" not in resolved and "version" not in resolved
     assert resolved["architecture"] == "densenet_121" and resolved["class_names"] == ["A", "B"]
     assert registry.spec_from_config(json.loads(json.dumps(resolved))) == spec
+    # The data as a full path (evaluation tells the training data from other data by it,
+    # from any working directory); a URL as given.
+    for given, recorded in (("records", os.path.abspath("records")),
+                            ("gs://bucket/records", "gs://bucket/records"), (None, None)):
+        assert config_lib.resolved_config(config_lib.TrainConfig(model_dir="m", data_dir=given),
+                                          ("A", "B"), spec, {})["data_dir"] == recorded
 
 
 @pytest.mark.parametrize("spec", [

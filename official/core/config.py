@@ -260,7 +260,12 @@ def resolved_config(config: TrainConfig, class_names: tuple[str, ...], spec: Mod
     """Everything config.json records: the flags, the class names, the network's ModelSpec
     under "model" and (for readers of older runs) its fields at the top level."""
     model = spec.to_dict()
-    return {**dataclasses.asdict(config), "hooks": list(config.hooks),
+    # The data as a full path: an evaluation from another working directory tells the
+    # training data from other data by it (evaluation.default_output_dir).
+    data_dir = config.data_dir
+    if data_dir and "://" not in data_dir:
+        data_dir = os.path.abspath(data_dir)
+    return {**dataclasses.asdict(config), "data_dir": data_dir, "hooks": list(config.hooks),
             "class_names": list(class_names), **model, "model": model, **network_entries}
 
 
