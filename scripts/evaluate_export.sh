@@ -31,10 +31,10 @@ split="${SPLIT:-test}"
 
 version_dir=$(python - "$model_dir" "$export_dir" "${CHECKPOINT:-}" <<'PY'
 import sys
-from official.core import export
+from official.core import export, restore
 model_dir, export_dir, checkpoint = sys.argv[1], sys.argv[2], sys.argv[3] or None
 try:
-    model, config = export.load_model_from_dir(model_dir, checkpoint)
+    model, config = restore.load_model_from_dir(model_dir, checkpoint)
 except (FileNotFoundError, ValueError) as error:
     sys.exit(f"evaluate_export.sh: {error}")
 print(export.export_saved_model(model, config, export_dir))
