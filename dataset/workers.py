@@ -44,6 +44,8 @@ def _start_worker(started, initializer, initargs: tuple) -> None:
 _HELD = {signal.SIGINT, signal.SIGTERM}
 # How long imap waits for a result before it checks that no worker has died.
 _LIVENESS_SECONDS = 1.0
+# How long close() lets the pool stop itself after a worker died (it takes well under one).
+_STOP_SECONDS = 10.0
 
 
 @contextlib.contextmanager
@@ -166,8 +168,18 @@ class WorkerPool:
                 for _ in range(window):
                     slots.release()
             with _signals_held():  # a pool stopped half way hangs the process at exit
-                self._pool.terminate()
-                self._pool.join()
+                # A worker killed while it waited for a task died holding the task queue's
+                # read lock, which terminate() takes first: it waited forever (and, with the
+                # signals held, Ctrl-C and SIGTERM did not stop it). After a death it gets a
+                # few seconds; then the workers are killed and its thread, a daemon, left.
+                stopper = threading.Thread(target=self._pool.terminate, daemon=True)
+                stopper.start()
+                stopper.join(_STOP_SECONDS if self._started.value > self.num_workers else None)
+                if stopper.is_alive():
+                    for process in self._pool._pool:
+                        process.kill()
+                else:
+                    self._pool.join()
                 # Collected here, under the hold: the pool's finalizers and its pipes' __del__
                 # run when it is, and a Ctrl-C landing in one of those is printed as
                 # "Exception ignored in ..." and lost (the program then went on: 3 of 144

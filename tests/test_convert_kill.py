@@ -247,6 +247,30 @@ def test_a_worker_killed_mid_task_is_reported_not_waited_for():
         pool.close()
 
 
+def test_a_worker_killed_while_idle_does_not_hang_the_pools_close():
+    """An idle worker waits for its next task holding the task queue's read lock; killed
+    then, it never releases it, and Pool.terminate(), which takes that lock first, waited
+    forever (a converter whose worker was SIGKILLed between files hung, deaf to Ctrl-C and
+    SIGTERM). Every worker is killed while idle, so one of them held the lock."""
+    program = ("import os, signal, sys, time\n"
+               "from dataset.workers import WorkerLost, WorkerPool\n"
+               "pool = WorkerPool(2, int, ())\n"
+               "time.sleep(1)\n"  # both workers started and waiting for a task
+               "for worker in pool._pool._pool:\n"
+               "    os.kill(worker.pid, signal.SIGKILL)\n"
+               "try:\n"
+               "    list(pool.imap(abs, [1, 2, 3], chunksize=1))\n"
+               "except WorkerLost:\n"
+               "    print('lost', flush=True)\n"
+               "pool.close()\n"
+               "print('closed', flush=True)\n")
+    process = subprocess.Popen([sys.executable, "-c", program], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    stdout, stderr = _communicate_or_fail(process, 60, "its workers were killed while idle")
+    assert (process.returncode, stdout) == (0, "lost\nclosed\n"), stderr[-2000:]
+
+
 def test_the_converter_says_a_worker_died_and_writes_nothing(tmp_path):
     root = make_class_folders(tmp_path / "ds", {"A": 40, "B": 40}, size=16)
     output_dir = tmp_path / "out"
