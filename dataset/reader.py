@@ -133,8 +133,14 @@ def split_info(data_dir: str, split: str) -> SplitInfo:
     names = [name.strip() for name in split.split(",")]
     for name in names:
         if name not in manifest["splits"]:
+            # The trainer validates on "validation" by default, which a train/test conversion
+            # lacks: say which conversion that is, not only what is there.
+            why = (" (converted with --need_split=tt_split: no validation split; evaluate "
+                   "on test, or convert with tvt_split)"
+                   if name == "validation" and set(manifest["splits"]) == {"train", "test"}
+                   else "")
             raise ValueError(f"{data_dir}: no split {name!r}; available: "
-                             f"{', '.join(manifest['splits'])}")
+                             f"{', '.join(manifest['splits'])}{why}")
     if len(set(names)) < len(names):
         raise ValueError(f"{data_dir}: split {split!r} names a split twice")
     root = os.path.abspath(data_dir)

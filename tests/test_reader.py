@@ -75,7 +75,10 @@ def test_refuses_incomplete_output(converted, tmp_path):
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(FileNotFoundError, match="unfinished: no manifest.json"):
         reader.read_manifest(str(tmp_path / "unfinished"))
-    with pytest.raises(ValueError, match="no split 'validation'; available: train, test"):
+    # The trainer's default --eval_split on a train/test conversion: which conversion it is.
+    with pytest.raises(ValueError, match="no split 'validation'; available: train, test \\("
+                                         "converted with --need_split=tt_split: no validation "
+                                         "split; evaluate on test, or convert with tvt_split\\)$"):
         reader.split_info(str(converted), "validation")
     shard = sorted(converted.glob("train-*.tfrecord"))[0]
     shard.write_bytes(shard.read_bytes()[:-1])
