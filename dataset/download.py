@@ -89,7 +89,11 @@ def fetch(source: str, destination: Path, *, md5: str | None) -> Path:
             shutil.copyfileobj(response, out, length=1 << 20)
     except (OSError, ValueError) as error:
         partial.unlink(missing_ok=True)
-        raise DownloadError(f"{url}: cannot download ({error})") from error
+        # An offline server (most GPU servers in a hospital): the way round it, in the error.
+        hint = ("; without network access here, fetch the archive elsewhere and give its "
+                "path (or a file:// URL) with --url"
+                if url.startswith(("http://", "https://")) else "")
+        raise DownloadError(f"{url}: cannot download ({error}){hint}") from error
     except BaseException:  # Ctrl-C: no part of a 60-MB archive left behind
         partial.unlink(missing_ok=True)
         raise

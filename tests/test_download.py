@@ -84,8 +84,15 @@ def test_ctrl_c_leaves_no_partial_download_or_extraction(tmp_path, monkeypatch, 
 
 
 def test_unreachable_source(tmp_path):
-    with pytest.raises(download.DownloadError, match="cannot download"):
+    with pytest.raises(download.DownloadError, match="cannot download") as error:
         download.fetch(str(tmp_path / "absent.tar.gz"), tmp_path / "x.tar.gz", md5=None)
+    assert "--url" not in str(error.value)  # a path: no network to blame
+    # A server that cannot reach the internet (here: a local port nobody listens on).
+    with pytest.raises(download.DownloadError, match="cannot download .*; without network "
+                       "access here, fetch the archive elsewhere and give its path \\(or a "
+                       "file:// URL\\) with --url$"):
+        download.fetch("http://127.0.0.1:9/MedNIST.tar.gz", tmp_path / "x.tar.gz", md5=None)
+    assert not list(tmp_path.glob("x.tar.gz*"))
 
 
 def test_unsafe_member_is_refused(tmp_path):
