@@ -44,8 +44,6 @@ def _start_worker(started, initializer, initargs: tuple) -> None:
 _HELD = {signal.SIGINT, signal.SIGTERM}
 # How long imap waits for a result before it checks that no worker has died.
 _LIVENESS_SECONDS = 1.0
-# How long close() lets the pool stop itself after a worker died (it takes well under one).
-_STOP_SECONDS = 10.0
 
 
 @contextlib.contextmanager
@@ -113,7 +111,7 @@ class WorkerPool:
             # TensorFlow imported by a caller (the tests, a notebook) is not fork-safe;
             # then spawn, whose workers import no TF.
             method = "spawn" if "tensorflow" in sys.modules or os.name != "posix" else "fork"
-            context = multiprocessing.get_context(method)
+            context = self._context = multiprocessing.get_context(method)
             self._started = context.Value("i", 0)
             try:
                 with _signals_held():
@@ -154,7 +152,8 @@ class WorkerPool:
             yield from chunk_results
 
     def _check_workers(self) -> None:
-        if self._started.value > self.num_workers:
+        # Without the count's lock: a worker killed while it counted itself holds it for ever.
+        if self._started.get_obj().value > self.num_workers:
             raise WorkerLost(
                 "a worker process ended before finishing its task (killed, e.g. by the "
                 "out-of-memory killer; if memory ran out, try fewer --num_workers)") from None
@@ -168,18 +167,18 @@ class WorkerPool:
                 for _ in range(window):
                     slots.release()
             with _signals_held():  # a pool stopped half way hangs the process at exit
-                # A worker killed while it waited for a task died holding the task queue's
-                # read lock, which terminate() takes first: it waited forever (and, with the
-                # signals held, Ctrl-C and SIGTERM did not stop it). After a death it gets a
-                # few seconds; then the workers are killed and its thread, a daemon, left.
-                stopper = threading.Thread(target=self._pool.terminate, daemon=True)
-                stopper.start()
-                stopper.join(_STOP_SECONDS if self._started.value > self.num_workers else None)
-                if stopper.is_alive():
-                    for process in self._pool._pool:
-                        process.kill()
-                else:
-                    self._pool.join()
+                # (The count read without its lock: a worker being started when the pool is
+                # stopped may hold it, and is then stopped holding it.)
+                if self._started.get_obj().value > self.num_workers:
+                    # A worker killed while it waited for a task died holding the task
+                    # queue's read lock, which terminate() takes first (to drain the queue):
+                    # it waited forever, deaf to Ctrl-C and SIGTERM under this hold. This
+                    # side takes a lock of its own instead; the workers are stopped anyway.
+                    # (Only after a death: terminate() run from a thread instead made the
+                    # SIGTERM test hang once in five.)
+                    self._pool._inqueue._rlock = self._context.Lock()
+                self._pool.terminate()
+                self._pool.join()
                 # Collected here, under the hold: the pool's finalizers and its pipes' __del__
                 # run when it is, and a Ctrl-C landing in one of those is printed as
                 # "Exception ignored in ..." and lost (the program then went on: 3 of 144
