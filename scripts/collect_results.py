@@ -10,6 +10,7 @@ Every sub-folder holding a config.json (a trainer --model_dir) is one row. Colum
                               --eval_split, validation by default)
   train/ TensorBoard events   median examples_per_second
   eval_<split>/metrics.json   accuracy and macro F1 on <split>, when dicom_eval.py wrote one
+                              (of several: the newest checkpoint's, test's first)
   sweep.json                  status and wall-clock seconds, written by sweep_resnet.sh
 Runs that failed before writing config.json are rows too when sweep.json exists. A run whose
 config.json, sweep.json or metrics.json cannot be read is a row with status "unreadable:
@@ -82,6 +83,12 @@ def _params_and_step(model_dir: str) -> tuple[int | None, int | None]:
     return sum(math.prod(shape) for shape in trainable), int(checkpoint.rsplit("-", 1)[1])
 
 
+def _report_step(metrics: dict) -> int:
+    """The checkpoint step a dicom_eval.py report scored (its "model" is .../ckpt-N), or -1."""
+    found = re.search(r"ckpt-(\d+)$", str(metrics.get("model", "")))
+    return int(found.group(1)) if found else -1
+
+
 class UnreadableFile(ValueError):
     """A run's JSON file is damaged or lacks a field; the message names the file."""
 
@@ -125,14 +132,20 @@ def _collect_run(run_dir: str, name: str) -> dict:
     for key in ("batch_size", "dtype"):
         row[key] = config.get(key)
     # Before the checkpoint and events: a damaged file ends the row before TensorFlow loads.
-    for path in sorted(glob.glob(os.path.join(run_dir, "eval_*", "metrics.json"))):
+    reports = []
+    for path in glob.glob(os.path.join(run_dir, "eval_*", "metrics.json")):
         metrics = _read_json(path)
-        row["split"] = os.path.basename(os.path.dirname(path))[len("eval_"):]
         try:
-            row["split_accuracy"] = round(metrics["accuracy"], 4)
-            row["split_macro_f1"] = round(metrics["macro_avg"]["f1"], 4)
+            figures = (round(metrics["accuracy"], 4), round(metrics["macro_avg"]["f1"], 4))
         except (KeyError, TypeError):
             raise UnreadableFile(f"{path}: no accuracy and macro_avg.f1 numbers") from None
+        split = os.path.basename(os.path.dirname(path))[len("eval_"):]
+        reports.append((_report_step(metrics), split == "test", split, figures))
+    if reports:
+        # One report per row: the newest checkpoint's (a report from before a resume, or of an
+        # earlier --checkpoint, is not the run's), the test split's among those. Folder names
+        # sorted as text chose eval_validation over eval_test and ckpt-75 over ckpt-150.
+        _, _, row["split"], (row["split_accuracy"], row["split_macro_f1"]) = max(reports)
     row["params"], row["step"] = _params_and_step(run_dir)
     for tag in ("accuracy", "loss"):
         values = _scalars(os.path.join(run_dir, "eval"), tag)

@@ -308,3 +308,33 @@ def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
     # tf.compat.v1.train.summary_iterator printed "Instructions for updating: Use eager
     # execution and: tf.data.TFRecordDataset(path)" on every run.
     assert "deprecated" not in result.stderr, result.stderr
+
+
+def test_collect_results_reports_the_newest_checkpoints_test_evaluation(tmp_path):
+    """Of several dicom_eval.py reports, the row shows the newest checkpoint's on test: folder
+    names sorted as text showed eval_validation over eval_test, and ckpt-75 over ckpt-150."""
+    sweep = tmp_path / "sweep"
+
+    def report(run, folder, checkpoint, accuracy):
+        path = sweep / run / folder / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"accuracy": accuracy, "macro_avg": {"f1": accuracy},
+                                    "model": str(sweep / run / checkpoint)}))
+
+    for run in ("both_splits", "checkpoints", "stale"):
+        (sweep / run).mkdir(parents=True)
+        (sweep / run / "config.json").write_text('{"model": {"resnet_size": 18}}')
+    report("both_splits", "eval_test", "ckpt-40", 0.5)
+    report("both_splits", "eval_validation", "ckpt-40", 0.25)
+    report("checkpoints", "eval_test-ckpt-150", "ckpt-150", 0.75)
+    report("checkpoints", "eval_test-ckpt-75", "ckpt-75", 0.125)
+    # eval_test scored before the run was resumed to step 170.
+    report("stale", "eval_test", "ckpt-150", 0.5)
+    report("stale", "eval_test-ckpt-170", "ckpt-170", 0.875)
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
+                            capture_output=True, text=True, env=trainer_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(sweep / "results.csv") as f:
+        rows = {row["run"]: (row["split"], row["split_accuracy"]) for row in csv.DictReader(f)}
+    assert rows == {"both_splits": ("test", "0.5"), "checkpoints": ("test-ckpt-150", "0.75"),
+                    "stale": ("test-ckpt-170", "0.875")}
