@@ -248,6 +248,33 @@ def test_learning_rate_schedule_scales_the_official_boundaries(tmp_path):
         [0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-5])
 
 
+def test_a_resume_with_changed_training_settings_says_so_and_keeps_them(tmp_path, caplog):
+    """Accepted, but said: a longer --train_epochs lays the schedule over the new length (the
+    rate jumps), and config.json, which records the last run's flags, keeps each change."""
+    data = tiny_dataset(tmp_path / "data")  # 2 steps an epoch
+    model_dir = tmp_path / "model"
+    _train(_config(data, model_dir, train_epochs=2, max_train_steps=3), ONE_DEVICE)
+    caplog.clear()
+    _train(_config(data, model_dir, train_epochs=3, label_smoothing=0.1, max_train_steps=4),
+           ONE_DEVICE)
+    # Piecewise over 4 steps, step 3 is past the third decay (x1e-3); over 6, past the first.
+    before = float(_schedule(_config(data, model_dir, train_epochs=2), 2)(3))
+    after = float(_schedule(_config(data, model_dir, train_epochs=3), 2)(3))
+    assert before != after
+    assert ("resumed at step 3 with changed settings (config.json's resumed_with keeps them): "
+            f"train_epochs 2 -> 3, label_smoothing 0.0 -> 0.1; learning rate after step 3: "
+            f"{before:.3g} -> {after:.3g}") in caplog.text
+    saved = json.loads((model_dir / "config.json").read_text())
+    history = [{"step": 3, "changes": {"train_epochs": [2, 3], "label_smoothing": [0.0, 0.1]}}]
+    assert saved["resumed_with"] == history and saved["label_smoothing"] == 0.1
+    # A resume without changes says nothing and keeps the history.
+    caplog.clear()
+    _train(_config(data, model_dir, train_epochs=3, label_smoothing=0.1, max_train_steps=5),
+           ONE_DEVICE)
+    assert "changed settings" not in caplog.text
+    assert json.loads((model_dir / "config.json").read_text())["resumed_with"] == history
+
+
 def test_a_resumed_run_adds_its_run_record_beside_the_first(tmp_path):
     # A resume is a second logger on the same --benchmark_log_dir: the first run's record must
     # stay, so every run_id in metric.log still names its flags and machine.

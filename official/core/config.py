@@ -298,6 +298,23 @@ def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
     return dict(ordered)
 
 
+# What a resumed run may change, and trains with from the step it resumes at: said in one
+# warning, and kept in config.json's "resumed_with" (the flags it records are the last run's).
+# A longer --train_epochs lays the learning-rate schedule (and the batch-norm momentum) over the
+# new length: the rate at the resumed step can jump by 1,000x.
+RESUMABLE_CHANGES = ("data_dir", "train_split", "train_epochs", "base_learning_rate",
+                     "lr_scaling", "lr_schedule", "warmup_epochs", "momentum",
+                     "batch_norm_momentum", "weight_decay", "label_smoothing", "random_flip",
+                     "mirror_axis", *(name for name, *_ in AUGMENT_RANGES), "mixup_alpha",
+                     "cutmix_alpha", "dtype", "loss_scale")
+
+
+def resumed_changes(saved: dict, resolved: dict) -> dict[str, list]:
+    """{key: [saved, this run's]} of the RESUMABLE_CHANGES a resumed run makes."""
+    return {key: [saved[key], resolved[key]] for key in RESUMABLE_CHANGES
+            if key in saved and _jsonable(saved[key]) != _jsonable(resolved[key])}
+
+
 _TEMPORARY_ROOTS = {os.path.realpath(path) for path in ("/tmp", "/var/tmp",
                                                          tempfile.gettempdir())}
 

@@ -59,7 +59,8 @@ from official.core import export as export_lib
 from official.core import budget, checkpointing, restore, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_resume_config,
                                   check_run_folders, config_to_resume, frozen_settings,
-                                  rendering_change, resolved_config, write_config)
+                                  rendering_change, resolved_config, resumed_changes,
+                                  write_config)
 from official.modeling import ema
 from official.modeling.stretchable import Stretchable
 from official.utils import files
@@ -136,9 +137,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     spec = network.model_spec(data.num_classes, image_size=config.image_size,
                               channels=config.channels)
 
+    history = {}  # config.json's "resumed_with", once the restored step is known
+
     def config_json(**entries) -> dict:  # prediction renders DICOMs as the data was
         return resolved_config(config, data.class_names, spec, {
-            **network.config_entries(), "dicom_rendering": data.dicom_rendering, **entries})
+            **network.config_entries(), "dicom_rendering": data.dicom_rendering, **history,
+            **entries})
 
     resolved = config_json()
     saved = config_to_resume(config.model_dir)
@@ -234,6 +238,23 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                              f"{write_dir}/checkpoint) to resume from the one before") from None
         logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
                      int(state.step.numpy()))
+    if saved and (changes := resumed_changes(saved, resolved)):
+        restored = int(state.step.numpy())
+        said = ", ".join(f"{key} {before!r} -> {now!r}" for key, (before, now) in changes.items())
+        schedule_changes = {key: saved[key] for key in changes if key in (
+            "train_epochs", "base_learning_rate", "lr_scaling", "lr_schedule", "warmup_epochs")}
+        if schedule_changes and not budget_entry:  # (a budgeted run keeps its planned steps)
+            started_with = dataclasses.replace(config, **schedule_changes)
+            said += (f"; learning rate after step {restored}: " + " -> ".join(
+                f"{float(rates(restored)):.3g}" for rates in (network.learning_rate_schedule(
+                    started_with.schedule_spec(steps_per_epoch)), schedule)))
+        logging.warning("resumed at step %d with changed settings (config.json's resumed_with "
+                        "keeps them): %s", restored, said)
+        history["resumed_with"] = [*saved.get("resumed_with", []),
+                                   {"step": restored, "changes": changes}]
+    elif saved and saved.get("resumed_with"):
+        history["resumed_with"] = saved["resumed_with"]
+    resolved = {**resolved, **history}
     if chief:  # after the restore: a run that cannot resume leaves the folder's record as it was
         write_config(config.model_dir, resolved)
     # The other workers' write_dir is empty: they take the chief's (restored) state.
