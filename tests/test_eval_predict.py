@@ -70,12 +70,19 @@ def test_eval_cli_finds_a_bare_checkpoint_name_inside_the_model_dir(trained, tmp
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == f"{trained['model_dir']}/{name}"
+    import tensorflow as tf
+
     from official.core.inference import Predictor
 
+    # The message lists the checkpoints --keep_checkpoints left (2 epochs, one each).
+    kept = ", ".join(os.path.basename(path) for path in tf.train.get_checkpoint_state(
+        trained["model_dir"]).all_model_checkpoint_paths)
+    assert kept.count("ckpt-") == 2 and kept.endswith(name)
     with pytest.raises(FileNotFoundError) as error:
         Predictor(trained["model_dir"], "ckpt-999")
     assert str(error.value) == (f"ckpt-999: no such checkpoint (looked for ckpt-999.index and "
-                                f"{trained['model_dir']}/ckpt-999.index)")
+                                f"{trained['model_dir']}/ckpt-999.index); {trained['model_dir']} "
+                                f"keeps {kept}")
 
 
 @pytest.mark.parametrize("script", ["dicom_eval.py", "dicom_predict.py", "dicom_export.py"])

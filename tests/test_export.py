@@ -215,7 +215,7 @@ def test_load_model_from_dir(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as error:
         restore.load_model_from_dir(str(tmp_path), "ckpt-8")
     assert str(error.value) == (f"ckpt-8: no such checkpoint (looked for ckpt-8.index and "
-                                f"{tmp_path / 'ckpt-8'}.index)")
+                                f"{tmp_path / 'ckpt-8'}.index); {tmp_path} keeps ckpt-7")
 
 
 def test_tf1_style_loader_finds_the_variables(exported, tmp_path):

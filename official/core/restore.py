@@ -89,7 +89,11 @@ def resolve_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
         if tf.io.gfile.exists(candidate + ".index"):
             return candidate
     looked = " and ".join(f"{candidate}.index" for candidate in candidates)
-    raise FileNotFoundError(f"{checkpoint}: no such checkpoint (looked for {looked})")
+    # The trainer keeps only the last --keep_checkpoints: say which an evaluation can still use.
+    state = tf.train.get_checkpoint_state(model_dir)
+    kept = [os.path.basename(path) for path in state.all_model_checkpoint_paths] if state else []
+    kept_note = f"; {model_dir} keeps {', '.join(kept)}" if kept else ""
+    raise FileNotFoundError(f"{checkpoint}: no such checkpoint (looked for {looked}){kept_note}")
 
 
 def first_line(error: Exception) -> str:
