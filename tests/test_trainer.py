@@ -68,6 +68,18 @@ def _scalar_tags(folder) -> set[str]:
     return tags
 
 
+def _scalar_values(folder) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of the scalar summaries in folder."""
+    values = {}
+    for path in folder.glob("events.out.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    values.setdefault(value.tag, {})[event.step] = float(
+                        tf.make_ndarray(value.tensor))
+    return values
+
+
 def test_stop_threshold_then_resume_to_max_train_steps(tmp_path, caplog):
     data = tiny_dataset(tmp_path / "data")
     # As tf_convert_data.py --dicom_voi=given records it: prediction renders DICOMs this way.
@@ -93,8 +105,14 @@ def test_stop_threshold_then_resume_to_max_train_steps(tmp_path, caplog):
     assert config["small_input"] is False and config["channels"] == 1
     assert config["dicom_rendering"] == rendering
     tags = {writer: _scalar_tags(model_dir / writer) for writer in ("train", "eval")}
-    assert {"loss", "accuracy", "learning_rate", "examples_per_second"} <= tags["train"]
-    assert {"loss", "accuracy"} <= tags["eval"]
+    assert {"loss", "cross_entropy", "accuracy", "learning_rate",
+            "examples_per_second"} <= tags["train"]
+    assert {"loss", "cross_entropy", "accuracy"} <= tags["eval"]
+    # Training's "loss" adds the weight decay; "cross_entropy" is comparable with evaluation's.
+    train, evaluated = _scalar_values(model_dir / "train"), _scalar_values(model_dir / "eval")
+    for step in (1, 2):
+        assert 0 < train["cross_entropy"][step] < train["loss"][step]
+    assert evaluated["cross_entropy"] == evaluated["loss"]
     assert any((model_dir / "profile").rglob("*.xplane.pb"))  # ProfilerHook trace
     run_info = json.loads((tmp_path / "bench" / "benchmark_run.log").read_text())
     assert run_info["model_name"] == "resnet18_v2"

@@ -95,7 +95,8 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
     """`train(iterator, num_steps)`: runs `num_steps` distributed steps in one tf.function call.
 
     Returns sums over those steps: "loss" (each step's global-batch mean loss, regularisation
-    included), "correct", "examples", and "nonfinite_steps" (steps whose loss was NaN/Inf).
+    included), "cross_entropy" (the same without the weight decay: what the evaluation's loss
+    measures), "correct", "examples", and "nonfinite_steps" (steps whose loss was NaN/Inf).
     """
     model, optimizer = state.model, state.optimizer
     num_replicas = strategy.num_replicas_in_sync
@@ -106,7 +107,9 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
             per_example = _cross_entropy(labels, logits, num_classes, label_smoothing)
             # Mean over the GLOBAL batch: summing the replicas' gradients then gives the
             # gradient of the global mean, whatever the number of replicas.
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            cross_entropy = tf.nn.compute_average_loss(per_example,
+                                                       global_batch_size=global_batch_size)
+            loss = cross_entropy
             if model.losses:
                 # Each replica adds 1/num_replicas of the weight decay, so the sum counts it once.
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -115,7 +118,7 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
         correct = tf.reduce_sum(tf.cast(
             tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), _class_ids(labels)),
             tf.float32))
-        return loss, grads, correct
+        return loss, cross_entropy, grads, correct
 
     if jit_compile:
         # XLA compiles the forward and backward pass only; the optimizer update (with its
@@ -123,7 +126,7 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def replica_step(images, labels):
-        loss, grads, correct = forward_backward(images, labels)
+        loss, cross_entropy, grads, correct = forward_backward(images, labels)
         if num_replicas > 1 and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             # Keras decides "skip this step" from the first replica's gradients before the
             # all-reduce; make every replica's gradients non-finite if any replica overflowed,
@@ -137,7 +140,7 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
         optimizer.apply(grads, model.trainable_variables)
         if weight_average is not None:  # official/modeling/ema.py WeightAverage
             weight_average.update(state.step)
-        return {"loss": loss, "correct": correct,
+        return {"loss": loss, "cross_entropy": cross_entropy, "correct": correct,
                 "examples": tf.cast(tf.shape(labels)[0], tf.float32)}
 
     def reduce_sum(per_replica):
@@ -146,13 +149,14 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
 
     @tf.function
     def train(iterator, num_steps):
-        totals = {k: tf.constant(0.0) for k in ("loss", "correct", "examples",
+        totals = {k: tf.constant(0.0) for k in ("loss", "cross_entropy", "correct", "examples",
                                                  "nonfinite_steps")}
         for _ in tf.range(num_steps):
             metrics = reduce_sum(strategy.run(replica_step, args=next(iterator)))
             state.step.assign_add(1)
             totals = {
                 "loss": totals["loss"] + metrics["loss"],
+                "cross_entropy": totals["cross_entropy"] + metrics["cross_entropy"],
                 "correct": totals["correct"] + metrics["correct"],
                 "examples": totals["examples"] + metrics["examples"],
                 "nonfinite_steps": totals["nonfinite_steps"] + tf.cast(

@@ -310,7 +310,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                         f"checkpoint: {manager.latest_checkpoint})")
                 examples_per_second = totals["examples"] / max(elapsed, 1e-9)
                 throughput.append(examples_per_second)
+                # "loss" is what the step minimised (weight decay included); the evaluation's
+                # is the cross-entropy alone, which both write as "cross_entropy" to compare.
                 metrics = {"loss": totals["loss"] / num_steps,
+                           "cross_entropy": totals["cross_entropy"] / num_steps,
                            "accuracy": totals["correct"] / max(totals["examples"], 1.0),
                            "learning_rate": float(schedule(state.optimizer.iterations)),
                            "loss_scale": steps.loss_scale_of(state.optimizer),
@@ -361,6 +364,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             with eval_writer.as_default():
                 tf.summary.scalar("accuracy", eval_metrics["accuracy"], step)
                 tf.summary.scalar("loss", eval_metrics["loss"], step)
+                tf.summary.scalar("cross_entropy", eval_metrics["loss"], step)
             if benchmark_logger:
                 benchmark_logger.log_metric("accuracy", eval_metrics["accuracy"], global_step=step)
                 benchmark_logger.log_metric("loss", eval_metrics["loss"], global_step=step)
