@@ -15,7 +15,8 @@
 #   KEEP_GOING     1: a failed run is recorded and the sweep continues [1]
 # Run k is SWEEP_DIR/resnet<size>_v<version>/ (a normal --model_dir; train.log gets each
 # attempt's log appended under a "== <time> attempt:" line).
-# Rerunning resumes unfinished runs; finished ones are only evaluated again. A rerun that
+# Rerunning resumes unfinished runs; finished ones are only evaluated again. A run's seconds
+# add up its attempts that trained (a rerun that only evaluated adds none). A rerun that
 # fails without touching a finished run's checkpoints (e.g. refused for other settings, such
 # as another IMAGE_SIZE) leaves its row to that run, with status "ok (rerun failed)".
 # Example: SIZES="18 50" VERSIONS=2 scripts/sweep_resnet.sh /data/converted runs/sweep
@@ -85,14 +86,23 @@ for size in $sizes; do
     fi
     (( code == 0 )) || status=failed
     seconds=$(( $(date +%s) - start ))
-    if [[ "$status" == failed && "$earlier" == '{"status": "ok'* \
-          && "$(cat "$run/checkpoint" 2>/dev/null || true)" == "$checkpoint_before" ]]; then
+    earlier_seconds=$(sed -n 's/.*"seconds": \([0-9]*\).*/\1/p' <<< "$earlier")
+    unchanged=0
+    [[ "$(cat "$run/checkpoint" 2>/dev/null || true)" == "$checkpoint_before" ]] && unchanged=1
+    if [[ "$status" == failed && "$earlier" == '{"status": "ok'* ]] && (( unchanged )); then
       # The folder still holds the finished run's model and figures: the row stays theirs
       # (with their time), not this attempt's failure next to them.
-      earlier_seconds=$(sed -n 's/.*"seconds": \([0-9]*\).*/\1/p' <<< "$earlier")
       printf '{"status": "ok (rerun failed)", "seconds": %d, "rerun_seconds": %d}\n' \
         "$earlier_seconds" "$seconds" > "$run/sweep.json"
     else
+      # The run's time over its attempts: a resume adds its own (the row showed only the last
+      # attempt's, 33 s for a run trained 44 s and resumed for 33 s); a rerun that trained
+      # nothing (a finished run, only evaluated again) keeps the run's.
+      if (( unchanged )) && [[ -n "$earlier_seconds" ]]; then
+        seconds=$earlier_seconds
+      else
+        seconds=$(( ${earlier_seconds:-0} + seconds ))
+      fi
       printf '{"status": "%s", "seconds": %d}\n' "$status" "$seconds" > "$run/sweep.json"
     fi
     if [[ "$status" == failed ]]; then

@@ -199,7 +199,8 @@ def test_convert_sweep_two_runs_then_export_and_evaluate(tmp_path, make_images_l
 
 # dicom_main.py's stand-in for the sweep's bookkeeping: a model_dir keeps its first
 # --image_size (another one is refused, touching nothing, as the trainer does); each accepted
-# run adds a line to the checkpoint index, and --crash then fails after that save.
+# run adds a line to the checkpoint index (not with --finished: a rerun of a finished run),
+# and --crash then fails after that save.
 FAKE_TRAINER = """#!/usr/bin/env bash
 case "${1:-}" in
   */dicom_main.py) ;;
@@ -212,7 +213,7 @@ if [[ -f "$dir/checkpoint" && "$(head -n 1 "$dir/checkpoint")" != "image_size $s
   echo "dicom_main.py: error: $dir was trained with another image_size"; exit 1
 fi
 [[ -f "$dir/checkpoint" ]] || echo "image_size $size" > "$dir/checkpoint"
-echo "saved" >> "$dir/checkpoint"
+[[ " $* " == *" --finished "* ]] || echo "saved" >> "$dir/checkpoint"
 echo "trained at $size"
 [[ " $* " != *" --crash "* ]]
 """
@@ -251,6 +252,31 @@ def test_a_failed_rerun_keeps_the_earlier_log_and_does_not_take_over_its_row(tmp
     crashed, row, _ = sweep_once("32", "--crash")
     assert crashed.returncode == 1 and row["status"] == "failed"
     assert (run / "train.log").read_text().count(" attempt: ") == 3
+
+
+def test_the_sweep_records_a_runs_time_over_its_attempts(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_TRAINER % sys.executable)
+    (bin_dir / "python").chmod(0o755)
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    data.mkdir()
+    (data / "manifest.json").write_text('{"splits": {}}')
+    record = sweep / "resnet18_v2" / "sweep.json"
+
+    def sweep_once(*flags):
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SIZES": "18",
+               "VERSIONS": "2", "IMAGE_SIZE": "32", "EVAL_SPLIT": "none"}
+        result = _bash("sweep_resnet.sh", str(data), str(sweep), *flags, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(record.read_text())["seconds"]
+
+    sweep_once()
+    record.write_text('{"status": "ok", "seconds": 100}')  # as if the first attempt took 100 s
+    # A rerun of the finished run only evaluates it: the run's time stays its training's.
+    assert sweep_once("--finished") == 100
+    # A resume (it saved) adds its time to the run's (the row showed the resume's alone).
+    assert sweep_once() >= 100
 
 
 def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_path):
