@@ -294,6 +294,17 @@ def test_config_json_records_the_spec_under_model_and_at_the_top():
                                           ("A", "B"), spec, {})["data_dir"] == recorded
 
 
+def test_a_resume_names_what_it_changes_and_not_a_data_dir_made_absolute():
+    """config.json's data_dir was recorded as given (relative) before it became a full path:
+    the first resume after that is not a change of data."""
+    saved = {"data_dir": "records", "label_smoothing": 0.0, "train_epochs": 8}
+    resolved = {"data_dir": os.path.abspath("records"), "label_smoothing": 0.1,
+                "train_epochs": 8}
+    assert config_lib.resumed_changes(saved, resolved) == {"label_smoothing": [0.0, 0.1]}
+    assert config_lib.resumed_changes(saved, {**resolved, "data_dir": "/other"})[
+        "data_dir"] == ["records", "/other"]
+
+
 @pytest.mark.parametrize("spec", [
     registry.ModelSpec(architecture="resnet", num_classes=3, image_size=32, resnet_size=18,
                        version=2, small_input=True, data_format="channels_last"),

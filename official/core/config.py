@@ -311,8 +311,13 @@ RESUMABLE_CHANGES = ("data_dir", "train_split", "train_epochs", "base_learning_r
 
 def resumed_changes(saved: dict, resolved: dict) -> dict[str, list]:
     """{key: [saved, this run's]} of the RESUMABLE_CHANGES a resumed run makes."""
+    def same(key):
+        if key == "data_dir" and saved[key] and resolved[key]:  # (older runs: relative)
+            return os.path.realpath(saved[key]) == os.path.realpath(resolved[key])
+        return _jsonable(saved[key]) == _jsonable(resolved[key])
+
     return {key: [saved[key], resolved[key]] for key in RESUMABLE_CHANGES
-            if key in saved and _jsonable(saved[key]) != _jsonable(resolved[key])}
+            if key in saved and not same(key)}
 
 
 _TEMPORARY_ROOTS = {os.path.realpath(path) for path in ("/tmp", "/var/tmp",
