@@ -219,7 +219,9 @@ echo "trained at $size"
 """
 
 
-def test_a_failed_rerun_keeps_the_earlier_log_and_does_not_take_over_its_row(tmp_path):
+def _fake_sweep(tmp_path):
+    """(data folder, sweep folder, environment) for sweep_resnet.sh with FAKE_TRAINER as its
+    python: one run, resnet18_v2 at 32 px, not evaluated."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(FAKE_TRAINER % sys.executable)
@@ -227,12 +229,18 @@ def test_a_failed_rerun_keeps_the_earlier_log_and_does_not_take_over_its_row(tmp
     data, sweep = tmp_path / "data", tmp_path / "sweep"
     data.mkdir()
     (data / "manifest.json").write_text('{"splits": {}}')
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SIZES": "18",
+           "VERSIONS": "2", "IMAGE_SIZE": "32", "EVAL_SPLIT": "none"}
+    return data, sweep, env
+
+
+def test_a_failed_rerun_keeps_the_earlier_log_and_does_not_take_over_its_row(tmp_path):
+    data, sweep, env = _fake_sweep(tmp_path)
     run = sweep / "resnet18_v2"
 
     def sweep_once(image_size, *flags):
-        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SIZES": "18",
-               "VERSIONS": "2", "IMAGE_SIZE": image_size, "EVAL_SPLIT": "none"}
-        result = _bash("sweep_resnet.sh", str(data), str(sweep), *flags, env=env, timeout=60)
+        result = _bash("sweep_resnet.sh", str(data), str(sweep), *flags,
+                       env={**env, "IMAGE_SIZE": image_size}, timeout=60)
         with open(sweep / "results.csv") as f:
             (row,) = csv.DictReader(f)
         return result, row, json.loads((run / "sweep.json").read_text())
@@ -255,18 +263,10 @@ def test_a_failed_rerun_keeps_the_earlier_log_and_does_not_take_over_its_row(tmp
 
 
 def test_the_sweep_records_a_runs_time_over_its_attempts(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text(FAKE_TRAINER % sys.executable)
-    (bin_dir / "python").chmod(0o755)
-    data, sweep = tmp_path / "data", tmp_path / "sweep"
-    data.mkdir()
-    (data / "manifest.json").write_text('{"splits": {}}')
+    data, sweep, env = _fake_sweep(tmp_path)
     record = sweep / "resnet18_v2" / "sweep.json"
 
     def sweep_once(*flags):
-        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SIZES": "18",
-               "VERSIONS": "2", "IMAGE_SIZE": "32", "EVAL_SPLIT": "none"}
         result = _bash("sweep_resnet.sh", str(data), str(sweep), *flags, env=env, timeout=60)
         assert result.returncode == 0, result.stderr
         return json.loads(record.read_text())["seconds"]
