@@ -82,6 +82,15 @@ def split_suffix(path: str) -> tuple[str, str]:
     return (path, "") if suffix[1:].isdigit() else (stem, suffix)
 
 
+def special_file(path: str) -> bool:
+    """A pipe, socket or device: no image, and opening a pipe to read it (or to sniff an
+    extension-less name for DICOM) waits for a writer, so the run hung. False for a path that
+    cannot be stat'ed (a broken link: its suffix decides, and its read fails)."""
+    with contextlib.suppress(OSError):
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    return False
+
+
 def file_kind(path: str, dicom_force: bool = False) -> str | None:
     """The converter's file-kind detection, shared with prediction so both accept the
     same files: ``"image"`` for a ``.jpg``/``.jpeg``/``.png`` suffix (the format is
@@ -89,13 +98,8 @@ def file_kind(path: str, dicom_force: bool = False) -> str | None:
     the DICM marker at byte 128 (with ``dicom_force``, --dicom_force: with or without it,
     as a CD's IM0001 files may lack it), None for anything else (a DICOMDIR too). Reads at
     most 132 bytes and never raises for an unreadable file (None)."""
-    if is_dicomdir(path):
+    if is_dicomdir(path) or special_file(path):
         return None
-    with contextlib.suppress(OSError):  # a broken link: its suffix decides, its read fails
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            # A pipe, socket or device is no image, and opening a pipe to read it (or to
-            # sniff an extension-less name for DICOM) waits for a writer: the run hung.
-            return None
     suffix = split_suffix(path)[1].lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"

@@ -18,7 +18,8 @@ import unicodedata
 from typing import TYPE_CHECKING
 
 from dataset.dicom_options import describe_rendering, rendering_of
-from official.utils.files import file_in_the_way, nearest_existing, written_atomically
+from official.utils.files import (file_in_the_way, nearest_existing, same_path,
+                                  written_atomically)
 
 if TYPE_CHECKING:  # the model code (Keras) is not imported to read a config
     from networks.registry import ModelSpec
@@ -313,7 +314,7 @@ def resumed_changes(saved: dict, resolved: dict) -> dict[str, list]:
     """{key: [saved, this run's]} of the RESUMABLE_CHANGES a resumed run makes."""
     def same(key):
         if key == "data_dir" and saved[key] and resolved[key]:  # (older runs: relative)
-            return os.path.realpath(saved[key]) == os.path.realpath(resolved[key])
+            return same_path(saved[key], resolved[key])
         return _jsonable(saved[key]) == _jsonable(resolved[key])
 
     return {key: [saved[key], resolved[key]] for key in RESUMABLE_CHANGES

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from dataset import features, reader
 from official.core.config import CONFIG_FILE
+from official.utils import files
 from official.utils import progress as reporting
 from official.utils.report import summary_scalars
 
@@ -32,7 +33,9 @@ def default_output_dir(model: str, predictor_source: str, split: str, tta_views:
     checkpoint's, on the data it was trained on): an external test set's "test" split is not
     the training data's.
     """
-    data = "" if data_dir is None or _same_folder(data_dir, trained_on) else (
+    # (An older config.json's relative data_dir is read from here: at worst a report gets the
+    # data's name in its folder when it did not need it.)
+    data = "" if data_dir is None or files.same_path(data_dir, trained_on) else (
         "-" + re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(os.path.realpath(data_dir))))
     suffix = f"-tta{tta_views}" if tta_views > 1 else ""
     if os.path.isfile(os.path.join(model, CONFIG_FILE)):
@@ -54,12 +57,6 @@ def default_report_folder(model: str, predictor, split: str, data_dir: str, *,
     return output_dir
 
 
-def _same_folder(path: str, other: str | None) -> bool:
-    # A relative data_dir in an old config is read from here: at worst a report gets the
-    # data's name in its folder when it did not need it.
-    return bool(other) and os.path.realpath(path) == os.path.realpath(other)
-
-
 def check_default_folder_is_of(output_dir: str, data_dir: str) -> None:
     """Refuses a default report folder that holds the report of other data (two external
     sets in folders of the same name): the new report would replace it unasked.
@@ -72,7 +69,7 @@ def check_default_folder_is_of(output_dir: str, data_dir: str) -> None:
             recorded = json.load(handle).get("data_dir")
     except (OSError, ValueError, AttributeError):  # none yet, or not a report of ours
         return
-    if recorded and not _same_folder(data_dir, recorded):
+    if recorded and not files.same_path(data_dir, recorded):
         raise ValueError(f"{output_dir} holds the report on {recorded}, not on {data_dir}; "
                          "name another folder with --output_dir (or remove that one)")
 

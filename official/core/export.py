@@ -264,7 +264,7 @@ def newest_is_of(export_dir: str, config: dict) -> str | None:
     try:
         with open(os.path.join(version, ASSETS_EXTRA, CONFIG_FILE)) as handle:
             theirs = json.load(handle)
-        same_run = os.path.realpath(theirs["model_dir"]) == os.path.realpath(config["model_dir"])
+        same_run = files.same_path(theirs["model_dir"], config["model_dir"])
     except (OSError, ValueError, KeyError, TypeError):  # not ours, or damaged: export anew
         return None
     if same_run and all(theirs.get(key) == config.get(key)
@@ -273,14 +273,14 @@ def newest_is_of(export_dir: str, config: dict) -> str | None:
     return None
 
 
+_TEMPORARY_EXPORT = ".tmp-"  # an export's folder until it is whole (_save)
+
+
 def _temporary_name(version: int) -> str:
     # The host as well as the pid: an export_dir on a shared file system may be written from
     # several machines, and a pid says whether its export is alive only on its own machine.
     return f"{_TEMPORARY_EXPORT}{version}-{socket.gethostname()}-{os.getpid()}-" \
         f"{secrets.token_hex(4)}"
-
-
-_TEMPORARY_EXPORT = ".tmp-"
 
 
 def remove_killed_exports(export_dir: str) -> list[str]:

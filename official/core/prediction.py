@@ -11,7 +11,6 @@ import csv
 import errno
 import json
 import os
-import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,7 +107,7 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
         item.error = f"{path}: a DICOMDIR (the index of a DICOM CD), not an image"
         return item
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe would wait forever
+        if folder_walk.special_file(path):  # opening a named pipe would wait forever
             raise ValueError("not a regular file (a pipe, socket or device)")
         with open(path, "rb") as handle:
             head = handle.read(16)

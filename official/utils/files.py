@@ -54,6 +54,12 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+def same_path(path: str, other: str | None) -> bool:
+    """Whether ``path`` and ``other`` name one file or folder (links and "a/../b" resolved);
+    False when ``other`` is empty."""
+    return bool(other) and os.path.realpath(path) == os.path.realpath(other)
+
+
 def file_in_the_way(path: str) -> str | None:
     """The file that stops a folder being made at ``path``: ``path`` itself or its nearest
     existing parent, when that is a file (absolute); None when the folder can be made (or
