@@ -18,6 +18,7 @@ from networks import registry
 from networks.resnet import resnet_model
 from networks.slim import nets
 from official.core import config as config_lib
+from official.core import resume
 from official.core import train_lib
 from official.utils.flags import core as flags_core
 from tests.conftest import REPO_ROOT
@@ -300,8 +301,8 @@ def test_a_resume_names_what_it_changes_and_not_a_data_dir_made_absolute():
     saved = {"data_dir": "records", "label_smoothing": 0.0, "train_epochs": 8}
     resolved = {"data_dir": os.path.abspath("records"), "label_smoothing": 0.1,
                 "train_epochs": 8}
-    assert config_lib.resumed_changes(saved, resolved) == {"label_smoothing": [0.0, 0.1]}
-    assert config_lib.resumed_changes(saved, {**resolved, "data_dir": "/other"})[
+    assert resume.resumed_changes(saved, resolved) == {"label_smoothing": [0.0, 0.1]}
+    assert resume.resumed_changes(saved, {**resolved, "data_dir": "/other"})[
         "data_dir"] == ["records", "/other"]
 
 

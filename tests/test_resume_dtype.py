@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from networks import registry
-from official.core.config import check_resume_config, frozen_settings
+from official.core.resume import check_resume_config, frozen_settings
 
 SPEC = registry.ModelSpec(architecture="resnet", num_classes=2, image_size=32, channels=1,
                           resnet_size=18, version=2, small_input=True,

@@ -57,10 +57,10 @@ from dataset import reader, test_time
 from networks import registry
 from official.core import export as export_lib
 from official.core import budget, checkpointing, restore, steps, train_input
-from official.core.config import (TrainConfig, TrainResult, check_resume_config,
-                                  check_run_folders, config_to_resume, frozen_settings,
-                                  rendering_change, resolved_config, resumed_changes,
-                                  write_config)
+from official.core.config import (TrainConfig, TrainResult, check_run_folders,
+                                  config_to_resume, resolved_config, write_config)
+from official.core.resume import (check_resume_config, frozen_settings, rendering_change,
+                                  resumed_changes)
 from official.modeling import ema
 from official.modeling.stretchable import Stretchable
 from official.utils import files
