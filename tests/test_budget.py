@@ -109,8 +109,9 @@ def test_budget_sets_the_run_length_and_a_resumed_run_keeps_it(tmp_path, monkeyp
         return budget.Calibration(step_seconds=100.0, startup_seconds=0.0, timed_steps=20)
 
     monkeypatch.setattr(budget, "calibrate", fake_calibrate)
-    result = _train(_config(data, tmp_path / "model", train_budget_seconds=550.0,
-                            lr_schedule="cosine"))
+    config = _config(data, tmp_path / "model", train_budget_seconds=550.0,
+                     lr_schedule="cosine")
+    result = _train(config)
     assert measured == [1]  # --steps_per_loop=1
     assert (result.step, result.stopped_by, result.budget_epochs) == (
         5, "train_budget_seconds", 2.5)
@@ -121,9 +122,13 @@ def test_budget_sets_the_run_length_and_a_resumed_run_keeps_it(tmp_path, monkeyp
     line = result.summary_line(eval_split="validation", model_dir="m", replicas=1)
     assert line.endswith("; 2.50 epochs in the --train_budget_seconds budget (this run used "
                          "500 s of 550)")
-    # The schedule was laid over those 5 steps: the cosine ends at 0 on the last one.
+    # The schedule was laid over those 5 steps: the cosine reaches 0 after the last one.
+    # Each step's point is the rate it trained with: the schedule's at the step before.
+    planned = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5))
+    assert float(planned(5)) == pytest.approx(0.0, abs=1e-7)
     events = _scalars(tmp_path / "model" / "train", "learning_rate")
-    assert events[5] == pytest.approx(0.0, abs=1e-7) and events[4] > 0
+    assert events == pytest.approx({step: float(planned(step - 1)) for step in range(1, 6)},
+                                   rel=1e-5)
 
     # Resumed with a far bigger budget: the run keeps its length (no second measurement).
     again = _train(_config(data, tmp_path / "model", train_budget_seconds=1e6,
@@ -235,7 +240,7 @@ def test_a_run_that_falls_behind_stops_at_its_budget_and_resumes(tmp_path, monke
     # The schedule was not re-laid: step 3's learning rate is the 5-step cosine's.
     planned = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5))
     events = _scalars(model_dir / "train", "learning_rate")
-    assert events[3] == pytest.approx(float(planned(3)), rel=1e-5) and events[3] > 0
+    assert events[3] == pytest.approx(float(planned(2)), rel=1e-5) and events[3] > 0
 
     again = _train(_config(data, model_dir, train_budget_seconds=550.0,
                            lr_schedule="cosine"))
@@ -279,7 +284,7 @@ def test_the_timed_steps_are_kept_when_the_plan_gives_them_the_same_learning_rat
     assert sorted(events) == list(range(kept + 1, planned + 1))  # the loop began at `kept`
     schedule = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=planned))
     for step, value in events.items():
-        assert value == pytest.approx(float(schedule(step)), rel=1e-5)
+        assert value == pytest.approx(float(schedule(step - 1)), rel=1e-5)
     assert tf.train.latest_checkpoint(str(model_dir)).endswith(f"ckpt-{planned}")
 
 
@@ -355,11 +360,11 @@ def test_a_run_faster_than_timed_is_lengthened_halfway_and_resumes_stretched(
     events = _scalars(model_dir / "train", "learning_rate")
     assert sorted(events) == list(range(1, 10))
     for step, value in events.items():
-        assert value == pytest.approx(float(expected(step)), rel=1e-5, abs=1e-9)
+        assert value == pytest.approx(float(expected(step - 1)), rel=1e-5, abs=1e-9)
     planned = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=5))
-    assert events[4] == pytest.approx(float(planned(4)), rel=1e-5)  # before the stretch
-    assert events[5] > float(planned(5))
-    assert events[9] == pytest.approx(0.0, abs=1e-7) and events[8] > 1e-6
+    assert events[5] == pytest.approx(float(planned(4)), rel=1e-5)  # before the stretch
+    assert events[6] > float(planned(5))
+    assert float(expected(9)) == pytest.approx(0.0, abs=1e-7) and events[9] > 1e-6
 
 
 def test_a_slim_schedule_is_not_stretched_when_the_run_is_lengthened(tmp_path, monkeypatch):
@@ -381,4 +386,4 @@ def test_a_slim_schedule_is_not_stretched_when_the_run_is_lengthened(tmp_path, m
     events = _scalars(model_dir / "train", "learning_rate")
     assert sorted(events) == list(range(1, 10))
     for step, value in events.items():  # halved every epoch (2 steps), as planned
-        assert value == pytest.approx(0.1 * 0.5 ** (step // 2), rel=1e-5)
+        assert value == pytest.approx(0.1 * 0.5 ** ((step - 1) // 2), rel=1e-5)

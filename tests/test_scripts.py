@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -334,6 +335,32 @@ def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
     # tf.compat.v1.train.summary_iterator printed "Instructions for updating: Use eager
     # execution and: tf.data.TFRecordDataset(path)" on every run.
     assert "deprecated" not in result.stderr, result.stderr
+
+
+def test_collect_results_keeps_a_resumed_runs_evaluation_over_a_killed_ones(tmp_path):
+    """A run killed after step 4's validation and before its checkpoint, resumed from step 2,
+    validates step 4 again: the resumed run's figure is the run's, not the higher one."""
+    import tensorflow as tf
+
+    from official.core import train_lib
+
+    run = tmp_path / "sweep" / "r18"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
+    for resumed_from, accuracy in ((0, 0.9), (2, 0.6)):
+        writer = tf.summary.create_file_writer(str(run / "eval"))
+        train_lib.mark_start(writer, resumed_from)
+        with writer.as_default():
+            tf.summary.scalar("accuracy", accuracy, step=4)
+        writer.close()
+        time.sleep(1.1)  # the second run's events file is named by a later second
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"),
+                             str(run.parent)], capture_output=True, text=True,
+                            env=trainer_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(run.parent / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["eval_accuracy"] == "0.6"
 
 
 def test_collect_results_reports_the_newest_checkpoints_test_evaluation(tmp_path):

@@ -159,3 +159,46 @@ def test_a_killed_runs_leftovers_are_removed_by_the_next_training(tmp_path):
     names = sorted(path.name for path in model_dir.iterdir())
     assert "ckpt-3_temp" not in names and dead not in names, names
     assert alive in names and "ckpt-2.index" in names, names
+
+
+def _tensorboard_steps(folder, tag: str) -> list[int]:
+    """The steps TensorBoard draws for ``tag`` in ``folder``: its Python loader
+    (``tensorboard --load_fast=false``), which drops the points a restart mark orphans."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator as loader
+
+    accumulator = loader.EventAccumulator(str(folder), size_guidance={loader.TENSORS: 0},
+                                          purge_orphaned_data=True)
+    return [event.step for event in accumulator.Reload().Tensors(tag)]
+
+
+def test_steps_trained_again_after_a_kill_are_drawn_once_in_tensorboard(tmp_path):
+    """A kill -9 leaves the points written since the last checkpoint, and the resumed run
+    trains those steps again: TensorBoard drew both runs' points at each of them."""
+    settings = dict(train_epochs=2, epochs_between_evals=2, checkpoint_every_steps=2)
+    _run(tmp_path, **settings)  # 4 steps: checkpoints at 2 and 4, validation at 4
+    model_dir = tmp_path / "model"
+    # As a kill after step 4's points and before its checkpoint leaves the folder:
+    for path in model_dir.glob("ckpt-4.*"):
+        path.unlink()
+    (model_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n'
+                                          'all_model_checkpoint_paths: "ckpt-2"\n')
+    assert _tensorboard_steps(model_dir / "train", "loss") == [1, 2, 3, 4]
+
+    result = _run(tmp_path, **settings)
+    assert (result.resumed_from_step, result.step) == (2, 4)
+    assert _tensorboard_steps(model_dir / "train", "loss") == [1, 2, 3, 4]
+    assert _tensorboard_steps(model_dir / "eval", "accuracy") == [4]
+    # The points kept at 3 and 4 are the resumed run's (the newer events file's).
+    newest = max(model_dir.glob("train/events.out.*"), key=os.path.getmtime)
+    rewritten = [event.step for event in tf.compat.v1.train.summary_iterator(str(newest))
+                 if any(value.tag == "loss" for value in event.summary.value)]
+    assert rewritten == [3, 4]
+
+
+def test_a_max_train_steps_below_the_checkpoint_says_nothing_is_trained(tmp_path, caplog):
+    _run(tmp_path, train_epochs=2, epochs_between_evals=2)  # to step 4
+    with caplog.at_level("WARNING"):
+        result = _run(tmp_path, train_epochs=2, epochs_between_evals=2, max_train_steps=2)
+    assert (result.resumed_from_step, result.step) == (4, 4)
+    assert "--max_train_steps=2 is below step 4, where" in caplog.text
+    assert "nothing to train" in caplog.text
