@@ -10,6 +10,7 @@ import contextlib
 import functools
 import gc
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import sys
@@ -158,6 +159,26 @@ class WorkerPool:
                 "a worker process ended before finishing its task (killed, e.g. by the "
                 "out-of-memory killer; if memory ran out, try fewer --num_workers)") from None
 
+    def _end_workers_after_a_death(self) -> None:
+        """Readies the pool's terminate() after a worker died. One killed while it waited for
+        a task died holding the task queue's read lock, which terminate() takes first (to
+        drain the queue): it waited forever, deaf to Ctrl-C and SIGTERM under close()'s hold.
+        So this side drains with a lock of its own, and first ends every worker: one left
+        reading beside it (its lock free, the dead one killed mid-task) interleaved their
+        reads ("invalid load key" there, EOFError here; or a hang). (Only after a
+        death: terminate() run from a thread instead made the SIGTERM test hang once in
+        five.)"""
+        pool = self._pool
+        # No more replacements (the pool's worker handler starts one for each death).
+        pool._worker_handler._state = multiprocessing.pool.TERMINATE
+        pool._change_notifier.put(None)
+        pool._worker_handler.join()
+        for worker in pool._pool:
+            worker.kill()
+        for worker in pool._pool:
+            worker.join()
+        pool._inqueue._rlock = self._context.Lock()
+
     def close(self) -> None:
         if self._pool is not None:
             # A feeder blocked on a full window would keep terminate() waiting
@@ -170,13 +191,7 @@ class WorkerPool:
                 # (The count read without its lock: a worker being started when the pool is
                 # stopped may hold it, and is then stopped holding it.)
                 if self._started.get_obj().value > self.num_workers:
-                    # A worker killed while it waited for a task died holding the task
-                    # queue's read lock, which terminate() takes first (to drain the queue):
-                    # it waited forever, deaf to Ctrl-C and SIGTERM under this hold. This
-                    # side takes a lock of its own instead; the workers are stopped anyway.
-                    # (Only after a death: terminate() run from a thread instead made the
-                    # SIGTERM test hang once in five.)
-                    self._pool._inqueue._rlock = self._context.Lock()
+                    self._end_workers_after_a_death()
                 self._pool.terminate()
                 self._pool.join()
                 # Collected here, under the hold: the pool's finalizers and its pipes' __del__
