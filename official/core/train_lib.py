@@ -326,7 +326,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                            # the rate the last step used: the optimizer reads
                            # schedule(iterations) before it adds one
                            "learning_rate": float(schedule(
-                               max(int(state.optimizer.iterations) - 1, 0))),
+                               max(int(state.optimizer.iterations.numpy()) - 1, 0))),
                            "loss_scale": steps.loss_scale_of(state.optimizer),
                            "examples": totals["examples"],
                            "examples_per_second": examples_per_second}
