@@ -48,26 +48,12 @@ COLUMNS = ("run", "status", "resnet_size", "version", "image_size", "batch_size"
 
 
 def _scalars(folder: str, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of one scalar in a folder of TensorBoard event files, in step order.
-    As TensorBoard does, a run's start mark at step S (train_lib.mark_start) drops the points
-    written earlier at S or later: a killed run's, trained again once resumed. Without it a
-    step's two evaluations were both kept, and the higher one reported."""
-    import tensorflow as tf
+    """(step, value) of one scalar, in step order, as TensorBoard draws it: a step a killed
+    run wrote and its resumed run trained again counts once, the resumed run's (without the
+    runs' start marks, a step's two validations were both kept, and the higher reported)."""
+    from official.utils.logs import summaries  # TensorFlow: after the flags
 
-    values = []
-    # Event files are named by their creation time: in name order, the runs in their order.
-    for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
-        # Not tf.compat.v1.train.summary_iterator: deprecated, it prints a note on every run.
-        for record in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            if event.session_log.status == tf.compat.v1.SessionLog.START:
-                values = [(step, number) for step, number in values if step < event.step]
-            for value in event.summary.value:
-                if value.tag == tag:
-                    number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
-                              else float(value.simple_value))
-                    values.append((event.step, number))
-    return sorted(values, key=lambda point: point[0])
+    return summaries.read_scalars(folder, tag)
 
 
 def _params_and_step(model_dir: str) -> tuple[int | None, int | None]:

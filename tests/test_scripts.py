@@ -342,14 +342,14 @@ def test_collect_results_keeps_a_resumed_runs_evaluation_over_a_killed_ones(tmp_
     validates step 4 again: the resumed run's figure is the run's, not the higher one."""
     import tensorflow as tf
 
-    from official.core import train_lib
+    from official.utils.logs import summaries
 
     run = tmp_path / "sweep" / "r18"
     run.mkdir(parents=True)
     (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
     for resumed_from, accuracy in ((0, 0.9), (2, 0.6)):
         writer = tf.summary.create_file_writer(str(run / "eval"))
-        train_lib.mark_start(writer, resumed_from)
+        summaries.mark_start(writer, resumed_from)
         with writer.as_default():
             tf.summary.scalar("accuracy", accuracy, step=4)
         writer.close()

@@ -52,7 +52,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from tensorflow.python.ops import summary_ops_v2
 
 from dataset import reader, test_time
 from networks import registry
@@ -67,6 +66,7 @@ from official.modeling.stretchable import Stretchable
 from official.utils import files
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
+from official.utils.logs import summaries
 from official.utils.misc import distribution_utils, model_helpers
 
 
@@ -273,7 +273,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     train_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "train"))
     eval_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "eval"))
     for writer in (train_writer, eval_writer):
-        mark_start(writer, resumed_from)
+        summaries.mark_start(writer, resumed_from)
     if config.max_train_steps and resumed_from > config.max_train_steps:
         logging.warning("--max_train_steps=%d is below step %d, where %s's checkpoint is: "
                         "nothing to train (a model_dir's steps are not undone; give another "
@@ -424,22 +424,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        budget_epochs=step / steps_per_epoch if budget_entry else None,
                        budget_seconds_used=budget_used,
                        budget_seconds=config.train_budget_seconds if budget_entry else None)
-
-
-def mark_start(writer, step: int) -> None:
-    """Tells TensorBoard that a run starts (or resumes) from ``step``, as the Estimator did (a
-    SessionLog START event at each start): when a resumed run marks its start, TensorBoard
-    drops the points a killed run wrote after the checkpoint it resumes from, instead of
-    drawing two at each step trained again. (``step``'s own points, written before its
-    checkpoint, stay. TensorBoard takes a run's first mark for its start, not a restart.)"""
-    event = tf.compat.v1.Event(wall_time=time.time(), step=step + 1,
-                               session_log=tf.compat.v1.SessionLog(
-                                   status=tf.compat.v1.SessionLog.START))
-    with writer.as_default():
-        # tf.summary has no public call for an event that is not a summary; this is the op
-        # TensorFlow's own summary code writes whole Event protos with.
-        summary_ops_v2.import_event(tf.constant(event.SerializeToString()))
-    writer.flush()
 
 
 def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,

@@ -1,0 +1,47 @@
+"""TensorBoard event files: the mark each training run writes where it starts, and scalars
+read back as TensorBoard draws them (scripts/collect_results.py)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import tensorflow as tf
+from tensorflow.python.ops import summary_ops_v2
+
+
+def mark_start(writer, step: int) -> None:
+    """Tells TensorBoard that a run starts (or resumes) from ``step``, as the Estimator did (a
+    SessionLog START event at each start): when a resumed run marks its start, TensorBoard
+    drops the points a killed run wrote after the checkpoint it resumes from, instead of
+    drawing two at each step trained again. (``step``'s own points, written before its
+    checkpoint, stay. TensorBoard takes a run's first mark for its start, not a restart.)"""
+    event = tf.compat.v1.Event(wall_time=time.time(), step=step + 1,
+                               session_log=tf.compat.v1.SessionLog(
+                                   status=tf.compat.v1.SessionLog.START))
+    with writer.as_default():
+        # tf.summary has no public call for an event that is not a summary; this is the op
+        # TensorFlow's own summary code writes whole Event protos with.
+        summary_ops_v2.import_event(tf.constant(event.SerializeToString()))
+    writer.flush()
+
+
+def read_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar in a folder of event files, in step order. As TensorBoard
+    does, a start mark at step S (mark_start) drops the points written earlier at S or later:
+    a killed run's, trained again once resumed."""
+    values = []
+    # Event files are named by their creation time: in name order, the runs in their order.
+    for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
+        # Not tf.compat.v1.train.summary_iterator: deprecated, it prints a note on every run.
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            if event.session_log.status == tf.compat.v1.SessionLog.START:
+                values = [(step, number) for step, number in values if step < event.step]
+            for value in event.summary.value:
+                if value.tag == tag:
+                    number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
+                              else float(value.simple_value))
+                    values.append((event.step, number))
+    return sorted(values, key=lambda point: point[0])
