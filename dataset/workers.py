@@ -165,19 +165,30 @@ class WorkerPool:
         drain the queue): it waited forever, deaf to Ctrl-C and SIGTERM under close()'s hold.
         So this side drains with a lock of its own, and first ends every worker: one left
         reading beside it (its lock free, the dead one killed mid-task) interleaved their
-        reads ("invalid load key" there, EOFError here; or a hang). (Only after a
-        death: terminate() run from a thread instead made the SIGTERM test hang once in
-        five.)"""
+        reads ("invalid load key" there, EOFError here). The workers are killed with both
+        queues' locks held where they can be taken, so that none dies half-way through a
+        message: one killed while it sent a result left the result queue's write lock taken
+        and half a message in its pipe, and terminate() then waited for ever (a review's
+        reproduction: 3 hangs in 8 closes with big results). (Only after a death:
+        terminate() run from a thread instead made the SIGTERM test hang once in five.)"""
         pool = self._pool
         # No more replacements (the pool's worker handler starts one for each death).
         pool._worker_handler._state = multiprocessing.pool.TERMINATE
         pool._change_notifier.put(None)
         pool._worker_handler.join()
+        # Not taken in time: held by the dead worker (for ever), or by a live one waiting for
+        # a task or a turn to send, which is stopped between messages all the same.
+        reading, sending = pool._inqueue._rlock, pool._outqueue._wlock
+        held = [lock for lock, seconds in ((reading, 1.0), (sending, 5.0))
+                if lock.acquire(timeout=seconds)]
         for worker in pool._pool:
             worker.kill()
         for worker in pool._pool:
             worker.join()
         pool._inqueue._rlock = self._context.Lock()
+        pool._outqueue._wlock = self._context.Lock()
+        for lock in held:
+            lock.release()  # the task handler may be waiting on the old one for its sentinel
 
     def close(self) -> None:
         if self._pool is not None:

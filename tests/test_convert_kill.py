@@ -271,6 +271,35 @@ def test_a_worker_killed_while_idle_does_not_hang_the_pools_close():
     assert (process.returncode, stdout) == (0, "lost\nclosed\n"), stderr[-2000:]
 
 
+def test_a_death_while_the_others_send_results_does_not_hang_the_pools_close():
+    """After a death, close() kills the live workers before terminate(): one killed half-way
+    through sending a big result left the result queue's write lock taken and half a message
+    in its pipe, and terminate() waited for ever (a review's reproduction: 10 hangs in 10
+    with these sizes). Three workers, one killing itself at task 6, the others returning
+    5 MB each; the liveness check every 0.05 s closes the pool while they send."""
+    program = ("import os, signal, time\n"
+               "from dataset import workers\n"
+               "workers._LIVENESS_SECONDS = 0.05\n"
+               "def work(index):\n"
+               "    if index == 6:\n"
+               "        os.kill(os.getpid(), signal.SIGKILL)\n"
+               "    time.sleep(0.002)\n"
+               "    return b'r' * 5_000_000\n"
+               "pool = workers.WorkerPool(3, int, ())\n"
+               "try:\n"
+               "    for _ in pool.imap(work, list(range(400)), chunksize=1):\n"
+               "        pass\n"
+               "except workers.WorkerLost:\n"
+               "    print('lost', flush=True)\n"
+               "pool.close()\n"
+               "print('closed', flush=True)\n")
+    process = subprocess.Popen([sys.executable, "-c", program], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    stdout, stderr = _communicate_or_fail(process, 60, "a worker died while others sent")
+    assert (process.returncode, stdout) == (0, "lost\nclosed\n"), stderr[-2000:]
+
+
 def test_the_converter_says_a_worker_died_and_writes_nothing(tmp_path):
     root = make_class_folders(tmp_path / "ds", {"A": 40, "B": 40}, size=16)
     output_dir = tmp_path / "out"
