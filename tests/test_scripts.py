@@ -338,8 +338,10 @@ def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
 
 
 def test_collect_results_keeps_a_resumed_runs_evaluation_over_a_killed_ones(tmp_path):
-    """A run killed after step 4's validation and before its checkpoint, resumed from step 2,
-    validates step 4 again: the resumed run's figure is the run's, not the higher one."""
+    """A run validated steps 4 and 6 and was killed before step 6's checkpoint; resumed from
+    step 2's, it stopped at 4 and validated it again. Its start mark orphans the killed run's
+    points from step 3 on: the row shows the resumed run's step 4, not the killed run's step 6
+    (which no checkpoint kept) nor the higher of the two step-4 figures."""
     import tensorflow as tf
 
     from official.utils.logs import summaries
@@ -347,11 +349,12 @@ def test_collect_results_keeps_a_resumed_runs_evaluation_over_a_killed_ones(tmp_
     run = tmp_path / "sweep" / "r18"
     run.mkdir(parents=True)
     (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
-    for resumed_from, accuracy in ((0, 0.9), (2, 0.6)):
+    for resumed_from, points in ((0, {4: 0.9, 6: 0.95}), (2, {4: 0.6})):
         writer = tf.summary.create_file_writer(str(run / "eval"))
         summaries.mark_start(writer, resumed_from)
         with writer.as_default():
-            tf.summary.scalar("accuracy", accuracy, step=4)
+            for step, accuracy in points.items():
+                tf.summary.scalar("accuracy", accuracy, step=step)
         writer.close()
         time.sleep(1.1)  # the second run's events file is named by a later second
     result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"),

@@ -8,6 +8,7 @@ it at those points (right after a train-function call returns, inside the valida
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import tensorflow as tf
@@ -161,14 +162,18 @@ def test_a_killed_runs_leftovers_are_removed_by_the_next_training(tmp_path):
     assert alive in names and "ckpt-2.index" in names, names
 
 
-def _tensorboard_steps(folder, tag: str) -> list[int]:
-    """The steps TensorBoard draws for ``tag`` in ``folder``: its Python loader
-    (``tensorboard --load_fast=false``), which drops the points a restart mark orphans."""
+def _tensorboard_points(folder, tag: str) -> list[tuple[int, float]]:
+    """(step, wall time) of the points TensorBoard draws for ``tag`` in ``folder``: its Python
+    loader (``tensorboard --load_fast=false``), which drops the points a restart orphans."""
     from tensorboard.backend.event_processing import plugin_event_accumulator as loader
 
     accumulator = loader.EventAccumulator(str(folder), size_guidance={loader.TENSORS: 0},
                                           purge_orphaned_data=True)
-    return [event.step for event in accumulator.Reload().Tensors(tag)]
+    return [(event.step, event.wall_time) for event in accumulator.Reload().Tensors(tag)]
+
+
+def _tensorboard_steps(folder, tag: str) -> list[int]:
+    return [step for step, _ in _tensorboard_points(folder, tag)]
 
 
 def test_steps_trained_again_after_a_kill_are_drawn_once_in_tensorboard(tmp_path):
@@ -184,15 +189,15 @@ def test_steps_trained_again_after_a_kill_are_drawn_once_in_tensorboard(tmp_path
                                           'all_model_checkpoint_paths: "ckpt-2"\n')
     assert _tensorboard_steps(model_dir / "train", "loss") == [1, 2, 3, 4]
 
+    resumed_at = time.time()
     result = _run(tmp_path, **settings)
     assert (result.resumed_from_step, result.step) == (2, 4)
-    assert _tensorboard_steps(model_dir / "train", "loss") == [1, 2, 3, 4]
-    assert _tensorboard_steps(model_dir / "eval", "accuracy") == [4]
-    # The points kept at 3 and 4 are the resumed run's (the newer events file's).
-    newest = max(model_dir.glob("train/events.out.*"), key=os.path.getmtime)
-    rewritten = [event.step for event in tf.compat.v1.train.summary_iterator(str(newest))
-                 if any(value.tag == "loss" for value in event.summary.value)]
-    assert rewritten == [3, 4]
+    # Steps 1 and 2 drawn from the killed run, 3 and 4 from the resumed one.
+    points = _tensorboard_points(model_dir / "train", "loss")
+    assert [(step, wall_time > resumed_at) for step, wall_time in points] == [
+        (1, False), (2, False), (3, True), (4, True)]
+    assert [(step, wall_time > resumed_at) for step, wall_time in
+            _tensorboard_points(model_dir / "eval", "accuracy")] == [(4, True)]
 
 
 def test_a_max_train_steps_below_the_checkpoint_says_nothing_is_trained(tmp_path, caplog):

@@ -28,9 +28,10 @@ def mark_start(writer, step: int) -> None:
 
 
 def read_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of one scalar in a folder of event files, in step order. As TensorBoard
-    does, a start mark at step S (mark_start) drops the points written earlier at S or later:
-    a killed run's, trained again once resumed."""
+    """(step, value) of one scalar in a folder of event files, in step order. A start mark at
+    step S (mark_start) drops the points written earlier at S or later: a killed run's,
+    trained again once resumed. (TensorBoard does the same from a run's second mark on; it
+    takes the first for the run's start, so a run begun before the marks keeps both.)"""
     values = []
     # Event files are named by their creation time: in name order, the runs in their order.
     for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
