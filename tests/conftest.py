@@ -23,19 +23,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(
         1, (_cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
-
-
-def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto``: one worker more than the cores. Many tests wait on a subprocess (a
-    trainer starting, a signal, a cluster's workers meeting), leaving their core idle
-    meanwhile; a third worker on this 2-core machine filled that time (benchmarks/RESULTS.md
-    section 33). PYTEST_XDIST_AUTO_NUM_WORKERS still overrides it, as in xdist."""
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (cores or 1) + 1
-
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 if str(REPO_ROOT) not in sys.path:
