@@ -247,6 +247,16 @@ def test_a_worker_killed_mid_task_is_reported_not_waited_for():
         pool.close()
 
 
+def _lost_then_closed(program: str, what: str) -> None:
+    """Runs ``program`` (a pool whose worker dies, then closed), which must print "lost" and
+    "closed" and exit 0 within 60 s."""
+    process = subprocess.Popen([sys.executable, "-c", program], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    stdout, stderr = _communicate_or_fail(process, 60, what)
+    assert (process.returncode, stdout) == (0, "lost\nclosed\n"), stderr[-2000:]
+
+
 def test_a_worker_killed_while_idle_does_not_hang_the_pools_close():
     """An idle worker waits for its next task holding the task queue's read lock; killed
     then, it never releases it, and Pool.terminate(), which takes that lock first, waited
@@ -264,11 +274,7 @@ def test_a_worker_killed_while_idle_does_not_hang_the_pools_close():
                "    print('lost', flush=True)\n"
                "pool.close()\n"
                "print('closed', flush=True)\n")
-    process = subprocess.Popen([sys.executable, "-c", program], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    stdout, stderr = _communicate_or_fail(process, 60, "its workers were killed while idle")
-    assert (process.returncode, stdout) == (0, "lost\nclosed\n"), stderr[-2000:]
+    _lost_then_closed(program, "its workers were killed while idle")
 
 
 def test_a_death_while_the_others_send_results_does_not_hang_the_pools_close():
@@ -293,11 +299,7 @@ def test_a_death_while_the_others_send_results_does_not_hang_the_pools_close():
                "    print('lost', flush=True)\n"
                "pool.close()\n"
                "print('closed', flush=True)\n")
-    process = subprocess.Popen([sys.executable, "-c", program], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    stdout, stderr = _communicate_or_fail(process, 60, "a worker died while others sent")
-    assert (process.returncode, stdout) == (0, "lost\nclosed\n"), stderr[-2000:]
+    _lost_then_closed(program, "a worker died while others sent")
 
 
 def test_the_converter_says_a_worker_died_and_writes_nothing(tmp_path):

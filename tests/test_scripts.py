@@ -309,6 +309,16 @@ def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_p
                       "(Expecting value: line 1 column 1 (char 0))"}
 
 
+def _collect_one_row(sweep):
+    """collect_results.py on a sweep of one run: (the finished process, its results.csv row)."""
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
+                            capture_output=True, text=True, env=trainer_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(sweep / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    return result, row
+
+
 def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
     import tensorflow as tf
 
@@ -323,12 +333,7 @@ def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
                 for step, value in enumerate(values, 1):
                     tf.summary.scalar(tag, value, step=step)
         writer.close()
-    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"),
-                             str(run.parent)], capture_output=True, text=True,
-                            env=trainer_env(), timeout=120)
-    assert result.returncode == 0, result.stderr
-    with open(run.parent / "results.csv") as f:
-        (row,) = csv.DictReader(f)
+    result, row = _collect_one_row(run.parent)
     # The last evaluation's figures; the median speed without the first (tracing) call.
     assert (row["eval_accuracy"], row["eval_loss"], row["examples_per_second"]) == (
         "0.75", "0.5", "110.0")
@@ -357,12 +362,7 @@ def test_collect_results_keeps_a_resumed_runs_evaluation_over_a_killed_ones(tmp_
                 tf.summary.scalar("accuracy", accuracy, step=step)
         writer.close()
         time.sleep(1.1)  # the second run's events file is named by a later second
-    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"),
-                             str(run.parent)], capture_output=True, text=True,
-                            env=trainer_env(), timeout=120)
-    assert result.returncode == 0, result.stderr
-    with open(run.parent / "results.csv") as f:
-        (row,) = csv.DictReader(f)
+    _, row = _collect_one_row(run.parent)
     assert row["eval_accuracy"] == "0.6"
 
 
