@@ -17,6 +17,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from absl import logging
 
+from official.core import restore
 from official.utils import files
 
 
@@ -34,6 +35,25 @@ def save(manager: tf.train.CheckpointManager, step: int) -> None:
                           f"{manager.latest_checkpoint or 'none'})")
         refused.errno = failure.errno  # a storage error to the programs (cli.expected)
         raise refused from None
+
+
+def restore_latest(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint) -> None:
+    """Restores the manager's latest checkpoint, if any, into ``checkpoint`` (a training
+    state's, with its ``step``).
+
+    Raises:
+      ValueError: the checkpoint is damaged (named, with how to resume from the one before).
+    """
+    latest = manager.latest_checkpoint
+    if not latest:
+        return
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    except tf.errors.DataLossError as error:
+        raise ValueError(f"{latest}: damaged checkpoint ({restore.first_line(error)}); remove "
+                         f"it (and its entry in {manager.directory}/checkpoint) to resume from "
+                         f"the one before") from None
+    logging.info("resumed from %s (step %d)", latest, int(checkpoint.step.numpy()))
 
 
 def remove_leftovers(model_dir: str) -> list[str]:

@@ -73,6 +73,24 @@ def resumed_changes(saved: dict, resolved: dict) -> dict[str, list]:
             if key in saved and not same(key)}
 
 
+# The RESUMABLE_CHANGES that change the learning-rate schedule: the warning gives the rate
+# before and after them.
+SCHEDULE_SETTINGS = ("train_epochs", "base_learning_rate", "lr_scaling", "lr_schedule",
+                     "warmup_epochs")
+
+
+def changes_warning(restored: int, changes: dict[str, list],
+                    rates: list[float] | None = None) -> str:
+    """The warning of a run resumed at step `restored` with resumed_changes' `changes`;
+    `rates`: the learning rate after that step as the run began and as it goes on."""
+    said = ", ".join(f"{key} {before!r} -> {now!r}" for key, (before, now) in changes.items())
+    if rates:
+        said += f"; learning rate after step {restored}: " + " -> ".join(
+            f"{rate:.3g}" for rate in rates)
+    return (f"resumed at step {restored} with changed settings (config.json's resumed_with "
+            f"keeps them): {said}")
+
+
 def rendering_change(saved: dict, rendering: dict | None) -> str | None:
     """A warning when a resumed run's records rendered DICOM files otherwise than the run's
     start (re-converted with another --dicom_voi, ...): prediction renders new files as the

@@ -8,10 +8,16 @@ its averaging over the global batch and the loss scaling are the same for every 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import keras
 import tensorflow as tf
+
+from official.modeling import ema
+from official.modeling.stretchable import Stretchable
+
+if TYPE_CHECKING:
+    from official.core.config import TrainConfig
 
 
 @dataclasses.dataclass
@@ -201,3 +207,28 @@ def evaluate(evaluate_step, strategy: tf.distribute.Strategy,
     examples = max(totals["examples"], 1.0)
     return {"accuracy": totals["correct"] / examples, "loss": totals["loss"] / examples,
             "examples": int(totals["examples"])}
+
+
+def training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
+             num_classes: int, steps_per_epoch: int, train_steps: int, *, resuming: bool,
+             stretchable: bool = False):
+    """(schedule, state, weight average or None, train function) of one run of `network`
+    (official/core/train_lib.py's plug-in): the real one, and the copy --train_budget_seconds
+    times. `stretchable`: a schedule laid over the run's
+    length (it has total_steps) can be stretched when the budget lengthens the run."""
+    schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
+                                                                   train_steps))
+    if stretchable and getattr(schedule, "total_steps", None):
+        schedule = Stretchable(schedule)
+    state = network.build_training_state(spec, config.optimizer_spec(), schedule, strategy,
+                                         resuming=resuming)
+    weight_average = None
+    if config.ema_decay:
+        with strategy.scope():
+            weight_average = ema.WeightAverage(state.model, config.ema_decay)
+        state.checkpoint.ema = weight_average.variables  # saved and restored with the rest
+    train_fn = make_train_function(
+        state, strategy, global_batch_size=config.batch_size, num_classes=num_classes,
+        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
+        weight_average=weight_average)
+    return schedule, state, weight_average, train_fn

@@ -1,7 +1,9 @@
 """The training loop of every network: a custom tf.distribute loop with the Estimator's behaviour.
 
 Sections, top to bottom: config -> data -> model/optimizer state -> restore -> loop -> export.
-(Config lives in config.py, input in train_input.py, steps in steps.py.)
+(Config lives in config.py, input in train_input.py, the training state and its steps in
+steps.py, saving and restoring checkpoints in checkpointing.py, what a resume may change in
+resume.py, the export in export.py.)
 
 Which network trains is a plug-in object, `network`, with four methods:
 
@@ -56,11 +58,11 @@ from absl import logging
 from dataset import reader, test_time
 from networks import registry
 from official.core import export as export_lib
-from official.core import budget, checkpointing, restore, steps, train_input
+from official.core import budget, checkpointing, steps, train_input
 from official.core.config import (TrainConfig, TrainResult, check_run_folders,
                                   config_to_resume, resolved_config, write_config)
-from official.core.resume import (check_resume_config, frozen_settings, rendering_change,
-                                  resumed_changes)
+from official.core.resume import (SCHEDULE_SETTINGS, changes_warning, check_resume_config,
+                                  frozen_settings, rendering_change, resumed_changes)
 from official.modeling import ema
 from official.modeling.stretchable import Stretchable
 from official.utils import files
@@ -73,11 +75,6 @@ from official.utils.misc import distribution_utils, model_helpers
 # A non-chief worker's checkpoints and summaries go to a temporary folder of this name (only the
 # chief writes to model_dir); it is removed when the run ends.
 WORKER_DIR_PREFIX = "trainer_worker_"
-
-
-def averaged(weight_average: ema.WeightAverage | None):
-    """The weight average swapped into the model (--ema_decay), or the weights as they are."""
-    return weight_average.swapped_in() if weight_average else contextlib.nullcontext()
 
 
 def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> TrainResult:
@@ -174,7 +171,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
 
         def timed_copy():
             # Built as the real run is (pretrained weights too), over the longest schedule.
-            copy["schedule"], copy["state"], copy["average"], train_fn = _training(
+            copy["schedule"], copy["state"], copy["average"], train_fn = steps.training(
                 config, strategy, network, spec, data.num_classes, steps_per_epoch,
                 max_steps, resuming=False)
             copy["iterator"] = iter(strategy.experimental_distribute_dataset(
@@ -221,7 +218,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- model, optimizer, checkpoint ---
     # resuming: no pretrained weights loaded where a checkpoint or the kept copy overwrites them.
     planned_steps = (budget_entry or {}).get("planned_steps", total_steps)
-    schedule, state, weight_average, train_fn = _training(
+    schedule, state, weight_average, train_fn = steps.training(
         config, strategy, network, spec, data.num_classes, steps_per_epoch, planned_steps,
         resuming=bool(copy) or tf.train.latest_checkpoint(config.model_dir) is not None,
         stretchable=bool(budget_entry))
@@ -230,27 +227,16 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
                                          max_to_keep=config.keep_checkpoints)
     # --- restore ---
-    if manager.latest_checkpoint:
-        try:
-            state.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except tf.errors.DataLossError as error:
-            raise ValueError(f"{manager.latest_checkpoint}: damaged checkpoint "
-                             f"({restore.first_line(error)}); remove it (and its entry in "
-                             f"{write_dir}/checkpoint) to resume from the one before") from None
-        logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
-                     int(state.step.numpy()))
+    checkpointing.restore_latest(manager, state.checkpoint)
     if saved and (changes := resumed_changes(saved, resolved)):
         restored = int(state.step.numpy())
-        said = ", ".join(f"{key} {before!r} -> {now!r}" for key, (before, now) in changes.items())
-        schedule_changes = {key: saved[key] for key in changes if key in (
-            "train_epochs", "base_learning_rate", "lr_scaling", "lr_schedule", "warmup_epochs")}
+        rates = None
+        schedule_changes = {key: saved[key] for key in changes if key in SCHEDULE_SETTINGS}
         if schedule_changes and not budget_entry:  # (a budgeted run keeps its planned steps)
             started_with = dataclasses.replace(config, **schedule_changes)
-            said += (f"; learning rate after step {restored}: " + " -> ".join(
-                f"{float(rates(restored)):.3g}" for rates in (network.learning_rate_schedule(
-                    started_with.schedule_spec(steps_per_epoch)), schedule)))
-        logging.warning("resumed at step %d with changed settings (config.json's resumed_with "
-                        "keeps them): %s", restored, said)
+            rates = [float(rate(restored)) for rate in (network.learning_rate_schedule(
+                started_with.schedule_spec(steps_per_epoch)), schedule)]
+        logging.warning(changes_warning(restored, changes, rates))
         history["resumed_with"] = [*saved.get("resumed_with", []),
                                    {"step": restored, "changes": changes}]
     elif saved and saved.get("resumed_with"):
@@ -365,7 +351,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             # every worker takes the chief's (what it saves and exports) before evaluating.
             distribution_utils.broadcast_from_chief(strategy, state.model.non_trainable_variables)
             eval_started = budget.now()
-            with averaged(weight_average):
+            with ema.averaged(weight_average):
                 eval_metrics = steps.evaluate(evaluate_step, strategy, eval_data)
             if deadline:
                 deadline.excluded += budget.now() - eval_started
@@ -392,7 +378,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                                 else "train_epochs")
 
     if eval_metrics is None:  # resumed a finished run: report its final accuracy again
-        with averaged(weight_average):
+        with ema.averaged(weight_average):
             eval_metrics = steps.evaluate(evaluate_step, strategy, eval_data)
     for hook in hooks:
         hook.end(step)
@@ -402,17 +388,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- export ---
     export_path = None
     if config.export_dir and chief:
-        exported = {**resolved, "exported_step": step}  # (its assets.extra/config.json)
-        export_path = export_lib.newest_is_of(config.export_dir, exported)
-        if export_path:
-            logging.info("the newest export, %s, is already of step %d: not exported again",
-                         export_path, step)
-        else:
-            with averaged(weight_average):
-                export_path = export_lib.export_saved_model(state.model, exported,
-                                                            config.export_dir,
-                                                            tta_views=config.export_tta)
-            logging.info("exported SavedModel to %s", export_path)
+        with ema.averaged(weight_average):  # (a rerun of a finished run exports nothing)
+            export_path = export_lib.export_unless_done(
+                state.model, {**resolved, "exported_step": step}, config.export_dir,
+                tta_views=config.export_tta)
     return TrainResult(model_name=spec.name, step=step, resumed_from_step=resumed_from,
                        stopped_by=stopped_by, eval_accuracy=eval_metrics["accuracy"],
                        eval_loss=eval_metrics["loss"], eval_examples=eval_metrics["examples"],
@@ -425,26 +404,3 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                        budget_seconds_used=budget_used,
                        budget_seconds=config.train_budget_seconds if budget_entry else None)
 
-
-def _training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
-              num_classes: int, steps_per_epoch: int, train_steps: int, *, resuming: bool,
-              stretchable: bool = False):
-    """(schedule, state, weight average or None, train function) of one run: the real one,
-    and the copy --train_budget_seconds times. `stretchable`: a schedule laid over the run's
-    length (it has total_steps) can be stretched when the budget lengthens the run."""
-    schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
-                                                                   train_steps))
-    if stretchable and getattr(schedule, "total_steps", None):
-        schedule = Stretchable(schedule)
-    state = network.build_training_state(spec, config.optimizer_spec(), schedule, strategy,
-                                         resuming=resuming)
-    weight_average = None
-    if config.ema_decay:
-        with strategy.scope():
-            weight_average = ema.WeightAverage(state.model, config.ema_decay)
-        state.checkpoint.ema = weight_average.variables  # saved and restored with the rest
-    train_fn = steps.make_train_function(
-        state, strategy, global_batch_size=config.batch_size, num_classes=num_classes,
-        label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
-        weight_average=weight_average)
-    return schedule, state, weight_average, train_fn

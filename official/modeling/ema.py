@@ -77,6 +77,11 @@ class WeightAverage:
             self.swapped = False
 
 
+def averaged(weight_average: WeightAverage | None):
+    """The weight average swapped into the model (--ema_decay), or the weights as they are."""
+    return weight_average.swapped_in() if weight_average else contextlib.nullcontext()
+
+
 def restore_average(model: keras.Model, checkpoint_path: str) -> None:
     """Load the averaged weights a training checkpoint holds (under "ema") into `model`.
 
