@@ -46,7 +46,8 @@ _configure_logical_cpus()
 # with two xdist workers, a long test left for the end keeps one core busy while the other
 # idles, and short tests fill the gaps better at the end than at the start.
 LONG_TEST_FILES = ("test_multiworker.py", "test_quickstart.py", "test_scripts.py",
-                   "test_organamnist_scripts.py", "test_trainer.py", "test_budget.py")
+                   "test_organamnist_scripts.py", "test_trainer.py", "test_trainer_interrupt.py",
+                   "test_budget.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +17,9 @@ from networks.resnet import train_steps
 from official.core import restore, train_lib
 from official.core.config import TrainConfig
 from official.utils.logs import logger as logger_lib
-from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, class_image,
-                                    error_lines, mirrored_strategy, run_trainer, tiny_dataset,
-                                    trainer_env, write_converted_dataset)
+from tests.trainer_fixtures import (FAST_FLAGS, REPO_ROOT, class_image, error_lines,
+                                    mirrored_strategy, run_trainer, tiny_dataset, trainer_env,
+                                    write_converted_dataset)
 
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
 
@@ -325,61 +322,6 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "nothing: no such folder" in lines[0], result.stderr
-
-
-def _stop_at_checkpoint(args, model_dir, at_least: int, sig: int, stderr_path):
-    """Runs the trainer until a checkpoint of step >= at_least exists, then sends `sig`."""
-    with open(stderr_path, "w") as stderr:
-        # A terminal's Ctrl-C reaches a process whose SIGINT is not ignored; a test runner's
-        # worker may ignore it, and a child inherits that.
-        process = subprocess.Popen(
-            [sys.executable, *args], env=trainer_env(), cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL, stderr=stderr,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and not any(s >= at_least for s in
-                                                          _checkpoint_steps(model_dir)):
-                assert process.poll() is None, "trainer exited before it could be stopped"
-                time.sleep(0.2)
-            process.send_signal(sig)
-            process.wait(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-    return process.returncode, open(stderr_path).read()
-
-
-def test_ctrl_c_and_sigkill_mid_run_resume_from_the_last_checkpoint(tmp_path):
-    data = tiny_dataset(tmp_path / "data")
-    model_dir = tmp_path / "model"
-    # 15 epochs x 2 steps, a checkpoint every 2 steps, evaluation only at the end.
-    args = [str(DICOM_MAIN), f"--data_dir={data}", f"--model_dir={model_dir}", "-te=15",
-            "-ebe=15", "-bs=8", "--checkpoint_every_steps=2", *FAST_FLAGS]
-    # Ctrl-C: one line saying what is left, exit 130 (128 + SIGINT), no traceback.
-    returncode, stderr = _stop_at_checkpoint(args, model_dir, 4, signal.SIGINT,
-                                             tmp_path / "stderr1")
-    assert returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr
-    assert stderr.splitlines()[-1] == (
-        f"dicom_main.py: error: interrupted; {model_dir} keeps the checkpoints saved so far; "
-        "the same command resumes from the last one")
-    interrupted_at = max(_checkpoint_steps(model_dir))
-    assert 4 <= interrupted_at < 30
-
-    # SIGKILL: nothing runs on the way out; the checkpoints are whole all the same.
-    returncode, _ = _stop_at_checkpoint(args, model_dir, interrupted_at + 2, signal.SIGKILL,
-                                        tmp_path / "stderr2")
-    assert returncode == -signal.SIGKILL
-    killed_at = max(_checkpoint_steps(model_dir))
-    assert interrupted_at + 2 <= killed_at < 30
-
-    result = run_trainer(*args[1:])
-    assert result.returncode == 0, result.stderr[-2000:]
-    match = re.search(r"step (\d+) \(resumed from (\d+), stopped by (\w+)\)", result.stdout)
-    assert match, result.stdout
-    assert (int(match[1]), int(match[2]), match[3]) == (30, killed_at, "train_epochs")
-    assert max(_checkpoint_steps(model_dir)) == 30
 
 
 def test_original_readme_command_on_mednist(shared_data, tmp_path):
