@@ -90,6 +90,16 @@ def test_mirror_swap_relabels_training_examples_as_the_other_side(tmp_path):
     assert label_counts(mirror_swap=1.0, mirror_axis="up_down") == [4, 12, 8]
 
 
+def test_random_flip_may_not_undo_the_mirror_swap_across_left_and_right(tmp_path):
+    # The flip comes after the swap: on the left-right axis it mirrored half the swapped
+    # images back and kept their new label (19 of 40 right labels on left-side images).
+    with pytest.raises(ValueError, match="--random_flip with --mirror_swap"):
+        _config(tmp_path, tmp_path / "m", random_flip=True, mirror_swap=0.5)
+    # Where the rows carry left and right, the left-right flip is a front-back mirror.
+    assert _config(tmp_path, tmp_path / "m", random_flip=True, mirror_swap=0.5,
+                   mirror_axis="up_down").random_flip
+
+
 def test_soft_label_loss_is_the_cross_entropy_of_the_mixture():
     logits = tf.constant([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]])
     soft = tf.constant([[0.7, 0.3, 0.0], [0.0, 0.5, 0.5]])

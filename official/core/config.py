@@ -127,6 +127,15 @@ class TrainConfig:
         if self.mirror_axis not in MIRROR_AXES:
             raise ValueError(f"--mirror_axis={self.mirror_axis}: must be one of "
                              f"{list(MIRROR_AXES)}")
+        if self.random_flip and self.mirror_swap and self.mirror_axis == "left_right":
+            # --mirror_swap says the columns carry left and right; the flip (after the swap)
+            # would mirror them back half the time and keep the swapped label: a left organ
+            # labelled right.
+            raise ValueError(f"--random_flip with --mirror_swap={self.mirror_swap} and "
+                             "--mirror_axis=left_right: the flip mirrors the patient's left "
+                             "and right without relabelling (undoing half the swaps); drop "
+                             "--random_flip, or give --mirror_axis=up_down if that is the "
+                             "image axis of left and right")
         for name in ("mixup_alpha", "cutmix_alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)}: must be >= 0 (0: off)")
