@@ -100,6 +100,23 @@ def test_random_flip_may_not_undo_the_mirror_swap_across_left_and_right(tmp_path
                    mirror_axis="up_down").random_flip
 
 
+
+def test_random_flip_with_left_right_classes_is_warned_of(tmp_path, caplog):
+    classes = ("kidney-left", "kidney-right", "liver")
+    data = write_converted_dataset(
+        tmp_path / "data", {"train": dict.fromkeys(classes, 2),
+                            "validation": dict.fromkeys(classes, 1)}, classes=classes)
+    with caplog.at_level("WARNING"):
+        train_input.resolve_data(_input(data, tmp_path / "m", random_flip=True))
+    assert "--random_flip with left/right classes (kidney-left, kidney-right)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # rows carry left and right: the flip keeps sides
+        train_input.resolve_data(_input(data, tmp_path / "m", random_flip=True,
+                                        mirror_axis="up_down"))
+        train_input.resolve_data(_input(tiny_dataset(tmp_path / "d"), tmp_path / "m",
+                                        random_flip=True))  # Chest, Hand: no sides
+    assert "--random_flip" not in caplog.text
+
 def test_soft_label_loss_is_the_cross_entropy_of_the_mixture():
     logits = tf.constant([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]])
     soft = tf.constant([[0.7, 0.3, 0.0], [0.0, 0.5, 0.5]])
