@@ -229,9 +229,9 @@ def _define_generalisation(define: _Definer) -> None:
                  "relabelling it as the partner. Unpaired classes are never mirrored. 0: off.",
                  lower_bound=0.0, upper_bound=1.0)
     define.enum("mirror_axis", "left_right", MIRROR_AXES, "The image axis along the "
-                "patient's left-right axis, for --mirror_swap: left_right (the radiological "
-                "convention) or up_down (OrganAMNIST; benchmarks/stress_eval.py "
-                "--preset=orientation shows which).")
+                "patient's left-right axis, for --mirror_swap and the --random_flip checks: "
+                "left_right (the radiological convention) or up_down (OrganAMNIST; "
+                "benchmarks/stress_eval.py --preset=orientation shows which).")
     define.float("color_jitter", 0.0, "Random brightness shift (up to this fraction of 255) "
                  "and contrast factor in [1 - j, 1 + j] on training images.",
                  lower_bound=0.0, upper_bound=0.99)
