@@ -66,8 +66,10 @@ def preprocess_for_eval(image: tf.Tensor, *, image_size: int) -> tf.Tensor:
 
 
 def fresh_seed() -> tf.Tensor:
-    """A new shape-[2] seed for the stateless random ops at every call; reproducible when a
-    global seed is set (tf.data gives each map function a deterministic op seed then)."""
+    """A new shape-[2] seed for the stateless random ops at every call. A global seed gives
+    the op a fixed seed, but in a parallel tf.data map its draws go to whichever call runs
+    first: reproducible only under op determinism too (--deterministic), which runs such
+    a map in order."""
     return tf.random.uniform((2,), maxval=2**31 - 1, dtype=tf.int32)
 
 

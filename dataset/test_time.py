@@ -18,11 +18,13 @@ import tensorflow as tf
 
 from dataset import augment
 
-# (zoom, rotation in degrees counter-clockwise, shift down, shift right), shifts as fractions of
-# the side. The first is the identity, so num_views=1 is plain inference; after it the views
-# come in opposite pairs, so every odd num_views is symmetric (no net rotation, zoom or shift).
-# Small on purpose: a radiograph's field of view carries the label, and ±5 degrees, ±10% zoom
-# and 1/16 of the side stay well inside the training augmentation's range.
+# (zoom, rotation in degrees clockwise as displayed (rows run down), shift down, shift right),
+# shifts as fractions of the side. The first is the identity, so num_views=1 is plain
+# inference; after it the views come in opposite pairs, so every odd num_views is symmetric
+# (no net rotation, zoom or shift). Small on purpose: a radiograph's field of view carries the
+# label. The training crop zooms in and shifts, but never rotates or zooms out: the ±5 degree
+# and 0.9 zoom views are inside what training showed only with --augment_rotate and
+# --augment_scale.
 TTA_VIEWS = (
     (1.0, 0.0, 0.0, 0.0),
     (1.0, 5.0, 0.0, 0.0),

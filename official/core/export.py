@@ -4,7 +4,8 @@ The SavedModel goes into `export_dir/<version>/` (version = Unix time in seconds
 as TF Serving and the Estimator's export expect, with two signatures that both apply the
 evaluation preprocessing (dataset.preprocess.preprocess_for_eval):
 
-  serving_default  image_bytes: string [N] (encoded JPEG/PNG/BMP/GIF)
+  serving_default  image_bytes: string [N] (encoded JPEG/PNG; BMP/GIF only with 3 channels:
+                   TensorFlow refuses to decode them to 1)
   predict_images   images: float32 [N, H, W, channels], pixel values 0..255 (as decoded uint8)
   -> class_ids int32 [N], class_names string [N], probabilities float32 [N, num_classes]
 
