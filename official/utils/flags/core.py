@@ -187,7 +187,10 @@ def _define_resnet(define: _Definer) -> None:
                   "settings are chosen (the --eval_split figures are then not of unseen images).")
     define.integer("synthetic_num_classes", 6, "Classes for --use_synthetic_data when "
                          "--data_dir has no manifest.json.", lower_bound=2)
-    define.integer("seed", None, "Random seed for weights, shuffling and augmentation.")
+    define.integer("seed", None, "Random seed for weights, shuffling and augmentation; "
+                   "a run repeats exactly only with --deterministic too (the parallel "
+                   "input pipeline otherwise hands out its random draws as its calls "
+                   "finish).")
     define.boolean("deterministic", False, "Deterministic ops and input order (slower); "
                          "uses --seed, or 0 when unset.")
     define.integer("log_every_steps", 100, "How often the logging hooks report.",
