@@ -95,9 +95,14 @@ def test_random_flip_may_not_undo_the_mirror_swap_across_left_and_right(tmp_path
     # images back and kept their new label (19 of 40 right labels on left-side images).
     with pytest.raises(ValueError, match="--random_flip with --mirror_swap"):
         _config(tmp_path, tmp_path / "m", random_flip=True, mirror_swap=0.5)
-    # Where the rows carry left and right, the left-right flip is a front-back mirror.
+    # Where the rows carry left and right, the left-right flip is a front-back mirror...
     assert _config(tmp_path, tmp_path / "m", random_flip=True, mirror_swap=0.5,
                    mirror_axis="up_down").random_flip
+    # ...unless a quarter turn came first: a half turn then the flip is the up-down mirror,
+    # which undid the swap (23 of 40 right labels on the unmirrored shape, 1 without the flip).
+    with pytest.raises(ValueError, match="--augment_rot90=0.5 turns images before the flip"):
+        _config(tmp_path, tmp_path / "m", random_flip=True, mirror_swap=0.5,
+                mirror_axis="up_down", augment_rot90=0.5)
 
 
 
@@ -109,6 +114,11 @@ def test_random_flip_with_left_right_classes_is_warned_of(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         train_input.resolve_data(_input(data, tmp_path / "m", random_flip=True))
     assert "--random_flip with left/right classes (kidney-left, kidney-right)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        train_input.resolve_data(_input(data, tmp_path / "m", random_flip=True,
+                                        mirror_axis="up_down", augment_rot90=0.2))
+    assert "--augment_rot90=0.2 turns images before the flip" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):  # rows carry left and right: the flip keeps sides
         train_input.resolve_data(_input(data, tmp_path / "m", random_flip=True,

@@ -42,6 +42,18 @@ MIRROR_AXES = ("left_right", "up_down")
 SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
 
 
+def flip_crosses_sides(mirror_axis: str, augment_rot90: float) -> str:
+    """Why --random_flip (a left-right flip) can mirror the patient's left and right, or ""
+    when it cannot: the columns carry them, or a quarter turn before the flip may lay them
+    there (a half turn and a left-right flip are an up-down mirror)."""
+    if mirror_axis == "left_right":
+        return ("--mirror_axis=left_right says the columns carry left and right (up_down if "
+                "the rows do)")
+    if augment_rot90:
+        return f"--augment_rot90={augment_rot90} turns images before the flip"
+    return ""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model_dir: str
@@ -127,15 +139,15 @@ class TrainConfig:
         if self.mirror_axis not in MIRROR_AXES:
             raise ValueError(f"--mirror_axis={self.mirror_axis}: must be one of "
                              f"{list(MIRROR_AXES)}")
-        if self.random_flip and self.mirror_swap and self.mirror_axis == "left_right":
-            # --mirror_swap says the columns carry left and right; the flip (after the swap)
-            # would mirror them back half the time and keep the swapped label: a left organ
-            # labelled right.
-            raise ValueError(f"--random_flip with --mirror_swap={self.mirror_swap} and "
-                             "--mirror_axis=left_right: the flip mirrors the patient's left "
-                             "and right without relabelling (undoing half the swaps); drop "
-                             "--random_flip, or give --mirror_axis=up_down if that is the "
-                             "image axis of left and right")
+        if self.random_flip and self.mirror_swap and (
+                crossing := flip_crosses_sides(self.mirror_axis, self.augment_rot90)):
+            # The flip comes after the swap (and after the quarter turn, which can lay the
+            # rows' left and right along the columns): it mirrors half the swapped images
+            # back and keeps their new label, a left organ labelled right.
+            raise ValueError(f"--random_flip with --mirror_swap={self.mirror_swap}: "
+                             f"{crossing}, so the flip mirrors the patient's "
+                             "left and right without relabelling (undoing half the swaps); "
+                             "drop --random_flip")
         for name in ("mixup_alpha", "cutmix_alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)}: must be >= 0 (0: off)")

@@ -14,7 +14,8 @@ from absl import logging
 import tensorflow as tf
 
 from dataset import augment, preprocess, reader
-from official.core.config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig
+from official.core.config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig, \
+    flip_crosses_sides
 
 
 # The reader uses one value for its shard interleave (whose cycle is min(shards, 8), and tf.data
@@ -117,18 +118,19 @@ def resolve_data(spec: InputSpec) -> DataSpec:
                          f"{list(train.class_names)}")
     if spec.mirror_swap:
         mirror_partners(spec, train.class_names)  # before anything is written to model_dir
-    elif spec.random_flip and spec.mirror_axis == "left_right":
+    elif spec.random_flip and (
+            crossing := flip_crosses_sides(spec.mirror_axis, spec.augment.rot90)):
         partners = augment.mirror_partners(train.class_names)
         sided = [name for index, name in enumerate(train.class_names)
                  if partners[index] != index]
         if sided:
-            # The flip mirrors without relabelling: right where the columns carry left and
-            # right, every flipped kidney-left is a kidney-right's image labelled left.
-            logging.warning("--random_flip with left/right classes (%s): a flip across the "
-                            "patient's left-right axis keeps the label of the other side; "
-                            "unless that axis is the image's up-down one (then say "
-                            "--mirror_axis=up_down), drop --random_flip or use --mirror_swap",
-                            ", ".join(sided))
+            # The flip mirrors without relabelling: where the columns carry left and right
+            # (or a quarter turn has laid them there), a flipped kidney-left is a
+            # kidney-right's image labelled left.
+            logging.warning("--random_flip with left/right classes (%s): %s, so the flip "
+                            "can mirror the patient's left and right and keep the label; drop "
+                            "--random_flip (--mirror_swap mirrors and relabels)",
+                            ", ".join(sided), crossing)
     return DataSpec(tuple(train.class_names), train, evaluation,
                     max(train.num_examples, 1), max(evaluation.num_examples, 1),
                     reader.dicom_rendering(spec.data_dir))
