@@ -105,7 +105,6 @@ def test_random_flip_may_not_undo_the_mirror_swap_across_left_and_right(tmp_path
                 mirror_axis="up_down", augment_rot90=0.5)
 
 
-
 def test_random_flip_with_left_right_classes_is_warned_of(tmp_path, caplog):
     classes = ("kidney-left", "kidney-right", "liver")
     data = write_converted_dataset(
@@ -126,6 +125,7 @@ def test_random_flip_with_left_right_classes_is_warned_of(tmp_path, caplog):
         train_input.resolve_data(_input(tiny_dataset(tmp_path / "d"), tmp_path / "m",
                                         random_flip=True))  # Chest, Hand: no sides
     assert "--random_flip" not in caplog.text
+
 
 def test_soft_label_loss_is_the_cross_entropy_of_the_mixture():
     logits = tf.constant([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]])

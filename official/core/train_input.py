@@ -14,8 +14,8 @@ from absl import logging
 import tensorflow as tf
 
 from dataset import augment, preprocess, reader
-from official.core.config import SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig, \
-    flip_crosses_sides
+from official.core.config import (SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig,
+                                  flip_crosses_sides)
 
 
 # The reader uses one value for its shard interleave (whose cycle is min(shards, 8), and tf.data
