@@ -103,6 +103,13 @@ def test_random_flip_may_not_undo_the_mirror_swap_across_left_and_right(tmp_path
     with pytest.raises(ValueError, match="--augment_rot90=0.5 turns images before the flip"):
         _config(tmp_path, tmp_path / "m", random_flip=True, mirror_swap=0.5,
                 mirror_axis="up_down", augment_rot90=0.5)
+    # A turn of over 90 degrees, then the flip, moves a side past the midline (at 180, the
+    # up-down mirror again); 90 and less keeps each side on its half.
+    with pytest.raises(ValueError, match="--augment_rotate=120.0 turns images by over 90"):
+        _config(tmp_path, tmp_path / "m", random_flip=True, mirror_swap=0.5,
+                mirror_axis="up_down", augment_rotate=120.0)
+    assert _config(tmp_path, tmp_path / "m", random_flip=True, mirror_swap=0.5,
+                   mirror_axis="up_down", augment_rotate=90.0).random_flip
 
 
 def test_random_flip_with_left_right_classes_is_warned_of(tmp_path, caplog):

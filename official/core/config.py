@@ -42,15 +42,19 @@ MIRROR_AXES = ("left_right", "up_down")
 SYNTHETIC_BATCHES_PER_EPOCH = 100  # --use_synthetic_data without a manifest
 
 
-def flip_crosses_sides(mirror_axis: str, augment_rot90: float) -> str:
+def flip_crosses_sides(mirror_axis: str, augment_rot90: float,
+                       augment_rotate: float = 0.0) -> str:
     """Why --random_flip (a left-right flip) can mirror the patient's left and right, or ""
-    when it cannot: the columns carry them, or a quarter turn before the flip may lay them
-    there (a half turn and a left-right flip are an up-down mirror)."""
+    when it cannot: the columns carry them, or a turn before the flip may lay them there (a
+    half turn and a left-right flip are an up-down mirror; a turn by more than 90 degrees and
+    the flip move a side past the midline)."""
     if mirror_axis == "left_right":
         return ("--mirror_axis=left_right says the columns carry left and right (up_down if "
                 "the rows do)")
     if augment_rot90:
         return f"--augment_rot90={augment_rot90} turns images before the flip"
+    if augment_rotate > 90:
+        return f"--augment_rotate={augment_rotate} turns images by over 90 degrees before the flip"
     return ""
 
 
@@ -140,7 +144,8 @@ class TrainConfig:
             raise ValueError(f"--mirror_axis={self.mirror_axis}: must be one of "
                              f"{list(MIRROR_AXES)}")
         if self.random_flip and self.mirror_swap and (
-                crossing := flip_crosses_sides(self.mirror_axis, self.augment_rot90)):
+                crossing := flip_crosses_sides(self.mirror_axis, self.augment_rot90,
+                                               self.augment_rotate)):
             # The flip comes after the swap (and after the quarter turn, which can lay the
             # rows' left and right along the columns): it mirrors half the swapped images
             # back and keeps their new label, a left organ labelled right.

@@ -119,7 +119,8 @@ def resolve_data(spec: InputSpec) -> DataSpec:
     if spec.mirror_swap:
         mirror_partners(spec, train.class_names)  # before anything is written to model_dir
     elif spec.random_flip and (
-            crossing := flip_crosses_sides(spec.mirror_axis, spec.augment.rot90)):
+            crossing := flip_crosses_sides(spec.mirror_axis, spec.augment.rot90,
+                                           spec.augment.rotate_degrees)):
         partners = augment.mirror_partners(train.class_names)
         sided = [name for index, name in enumerate(train.class_names)
                  if partners[index] != index]

@@ -156,7 +156,8 @@ def _define_resnet(define: _Definer) -> None:
                          "benchmarks/stress_eval.py --preset=orientation shows which image "
                          "axis carries left and right in your data (OrganAMNIST: up-down, so "
                          "there this flip is a front-back mirror that keeps labels true, "
-                         "unless --augment_rot90 turns images first); "
+                         "unless --augment_rot90, or an --augment_rotate over 90 degrees, turns "
+                         "images first); "
                          "benchmarks/mirror_audit.py shows whether scans stored mirrored "
                          "already occur in it (OrganAMNIST's training split: about a fifth).")
     define.float("base_learning_rate", 0.1, "Learning rate for a global batch of 256 "
