@@ -105,7 +105,7 @@ def test_one_fold_end_to_end_and_a_rerun_reuses_it(tmp_path):
     lines = result.stdout.splitlines()
     fold_files = sum(kfold_eval.fold_of(f, 3, "kfold") == 1
                      for _, f in kfold_eval.list_archive(str(archive)))
-    assert lines[-1].startswith(f"out-of-fold errors ") and f" of {fold_files} " in lines[-1]
+    assert lines[-1].startswith("out-of-fold errors ") and f" of {fold_files} " in lines[-1]
     assert "partial: 1 of 3 folds finished" in lines
     # Minutes of training are no longer silent: stderr says what a fold does and its errors.
     errors = lines[-1].split()[2]
