@@ -63,12 +63,10 @@ def assign(config, discovery, headers, problems) -> Plan:
     except ValueError as error:
         problems.append(sources.Problem("--need_split", str(error), fatal=True))
         fractions = {}
+    group_of = _groups(labelled, groups_csv)
     tasks, files_by_class = [], collections.defaultdict(dict)
-    for item, label, patient in labelled:
-        stem = split_suffix(os.path.basename(item.relpath))[0]
-        csv_group = sources.csv_group(groups_csv, item.relpath)
-        group = (f"csv:{csv_group}" if csv_group
-                 else f"patient:{patient}" if patient else f"stem:{stem}")
+    for item, label, _ in labelled:
+        group = group_of[item.relpath]
         files_by_class[label][item.relpath] = group
         if config.need_split == "predefined":
             split = item.split
@@ -91,7 +89,56 @@ def assign(config, discovery, headers, problems) -> Plan:
               "to it: left out of the classes (--label_source=tag)" for name in left_out]
     if num_splits:
         notes += splits.subfolder_note(discovery.layout, groups)
+    if config.need_split == "predefined":
+        notes += _groups_across_given_splits(tasks, groups)
     return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
+
+
+def _groups(labelled, groups_csv: dict[str, str]) -> dict[str, str]:
+    """{relpath: group}: files linked by a --groups_csv group or by a DICOM patient share one
+    group (a CSV of studies keeps a patient's studies together; a file missing from the CSV
+    stays with its patient's other files); a file with neither is grouped by its stem.
+
+    A group is named by the least of its keys, so a group that gains files keeps its name
+    (and split) unless the new files join it to another group.
+    """
+    keys = {}  # relpath -> the file's keys
+    for item, _, patient in labelled:
+        csv_group = sources.csv_group(groups_csv, item.relpath)
+        keys[item.relpath] = [key for key in (csv_group and f"csv:{csv_group}",
+                                              patient and f"patient:{patient}") if key] or [
+            f"stem:{split_suffix(os.path.basename(item.relpath))[0]}"]
+    parent = {}
+
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for first, *others in keys.values():
+        for other in others:
+            a, b = root(first), root(other)
+            parent[max(a, b)] = min(a, b)  # the root is always its group's least key
+    return {relpath: root(file_keys[0]) for relpath, file_keys in keys.items()}
+
+
+def _groups_across_given_splits(tasks, groups: dict[str, str]) -> list[str]:
+    """A warning when a predefined layout puts one group (a --groups_csv group, a DICOM
+    patient) in more than one given split: the split is kept as given, but an evaluation on
+    it then scores patients the model was trained on."""
+    splits_of = collections.defaultdict(dict)  # group -> {split: first file}
+    for task in sorted(tasks, key=lambda task: task.relpath):
+        if not groups[task.relpath].startswith("stem:"):  # a file name says nothing of this
+            splits_of[groups[task.relpath]].setdefault(task.split, task.relpath)
+    spanning = [files for files in splits_of.values() if len(files) > 1]
+    if not spanning:
+        return []
+    example = " and ".join(spanning[0].values())
+    return [f"{len(spanning)} group(s) (a --groups_csv group or a DICOM patient) lie in more "
+            f"than one of the given splits (e.g. {example}); the predefined split is kept as "
+            "given, so its evaluation scores groups the model trained on"]
 
 
 def _no_class_reason(body_part, modality, names) -> str:

@@ -80,6 +80,44 @@ def test_patient_groups_never_span_two_splits(tmp_path):
     assert {next(iter(s)) for s in splits_of_patient.values()} == {"train", "test"}
 
 
+def test_a_groups_csv_of_studies_keeps_each_patient_in_one_split(tmp_path):
+    """The CSV's group replaced the patient: a CSV of studies (here one per file), or a file
+    the CSV left out, put one patient's images in two or three splits."""
+    root = _make_dicom_dataset(tmp_path / "ds", patients=8, files_per_patient=3)
+    rows = [f"images/{path.name},study-{path.name}" for path in sorted(
+        (root / "images").iterdir()) if not path.name.endswith("_2.dcm")]  # _2: no row
+    (tmp_path / "groups.csv").write_text("file,group\n" + "\n".join(rows) + "\n")
+    convert(root, tmp_path / "out", need_split="tvt_split", validation_size=0.3,
+            test_size=0.3, groups_csv=str(tmp_path / "groups.csv"))
+    splits_of_patient = collections.defaultdict(set)
+    for relpath, split in split_of_files(tmp_path / "out").items():
+        splits_of_patient[Path(relpath).name.split("_")[0]].add(split)
+    assert len(splits_of_patient) == 8
+    assert all(len(s) == 1 for s in splits_of_patient.values()), splits_of_patient
+
+
+def test_a_predefined_split_that_shares_a_patient_or_group_is_warned_of(tmp_path):
+    root = tmp_path / "ds"
+    for split in ("train", "test"):
+        for index, (source, part) in enumerate([("CT_small.dcm", "Chest"),
+                                                ("MR_small.dcm", "Head")]):
+            _write_dicom(root / split / part / f"{split}{index}.dcm", source,
+                         patient=f"SECRET-PATIENT-{split}{index}", body_part=part.upper())
+    manifest = convert(root, tmp_path / "out", need_split="predefined")
+    assert not any("given splits" in warning for warning in manifest["warnings"])
+    _write_dicom(root / "test" / "Chest" / "again.dcm", "CT_small.dcm",
+                 patient="SECRET-PATIENT-train0", body_part="CHEST")
+    manifest = convert(root, tmp_path / "out", need_split="predefined")
+    assert [w for w in manifest["warnings"] if "given splits" in w] == [
+        "1 group(s) (a --groups_csv group or a DICOM patient) lie in more than one of the "
+        "given splits (e.g. test/Chest/again.dcm and train/Chest/train0.dcm); the predefined "
+        "split is kept as given, so its evaluation scores groups the model trained on"]
+    (tmp_path / "groups.csv").write_text("test/Head/test1.dcm,g\ntrain/Head/train1.dcm,g\n")
+    manifest = convert(root, tmp_path / "out", need_split="predefined",
+                       groups_csv=str(tmp_path / "groups.csv"))
+    assert [w for w in manifest["warnings"] if "given splits" in w][0].startswith("2 group(s)")
+
+
 def test_tag_labels_with_agreement_table(tmp_path):
     root = _make_dicom_dataset(tmp_path / "ds", patients=2, files_per_patient=2)
     (root / "labels" / "p00_1.txt").write_text("Head")  # the label file disagrees with the tag
