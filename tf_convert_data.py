@@ -55,8 +55,8 @@ flags.DEFINE_enum("layout", "auto", ["auto", "images_labels", "class_folders", "
 flags.DEFINE_string("groups_csv", None, "CSV of 'file,group' rows (file: path relative to "
                     "DIR, or file stem; a row that matches no file is an error). Files of "
                     "one group, and of one DICOM patient, share a split (a predefined layout's "
-                    "is kept as given, with a warning). Default group: the DICOM patient, "
-                    "else the file stem.")
+                    "is kept as given, with a warning). Default group: the DICOM patient (without "
+                    "one: its study, else its series), else the file stem.")
 flags.DEFINE_float("shard_size_mb", 128, "Target shard size in MiB.")
 flags.DEFINE_integer("num_workers", 0, "Worker processes for decoding (0: all CPU cores).")
 flags.DEFINE_enum("on_error", "fail", ["fail", "skip"],

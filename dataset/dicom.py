@@ -87,7 +87,8 @@ class RenderedImage:
 @dataclasses.dataclass(frozen=True)
 class DicomInfo:
     body_part: str | None  # raw BodyPartExamined, stripped
-    patient_key: str | None  # HMAC-SHA256 of the patient identity, never the identity
+    patient_key: str | None  # HMAC-SHA256 of the patient identity (without one: of the
+    # study, else the series), never the identity
     modality: str | None
 
 
@@ -233,7 +234,11 @@ def _info(ds: Dataset, hash_key: bytes) -> DicomInfo:
         identity = "id:" + patient
     else:
         name, birth = _text(ds, "PatientName"), _text(ds, "PatientBirthDate")
-        identity = f"name:{name}|birth:{birth}" if name or birth else None
+        # Without a patient (an anonymised export), the study, else the series, still keeps
+        # a scan's slices together: grouped by file name they were spread over every split.
+        study, series = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")
+        identity = (f"name:{name}|birth:{birth}" if name or birth else
+                    f"study:{study}" if study else f"series:{series}" if series else None)
     key = (hmac.new(hash_key, identity.encode("utf-8"), hashlib.sha256).hexdigest()
            if identity else None)
     return DicomInfo(body_part=_text(ds, "BodyPartExamined") or None, patient_key=key,

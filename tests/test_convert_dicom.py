@@ -96,6 +96,26 @@ def test_a_groups_csv_of_studies_keeps_each_patient_in_one_split(tmp_path):
     assert all(len(s) == 1 for s in splits_of_patient.values()), splits_of_patient
 
 
+def test_scans_without_a_patient_are_grouped_by_their_study(tmp_path):
+    """An anonymised export (no PatientID, name or birth date) was grouped by file name:
+    each scan's slices were spread over the splits."""
+    root = _make_dicom_dataset(tmp_path / "ds", patients=8, files_per_patient=3)
+    for path in (root / "images").iterdir():
+        dataset = pydicom.dcmread(path)
+        for keyword in ("PatientID", "PatientName", "PatientBirthDate"):
+            dataset.pop(keyword, None)
+        patient, index = int(path.name[1:3]), int(path.name[4])  # p<patient>_<index>
+        dataset.StudyInstanceUID = f"1.2.826.0.1.{patient + 1}"
+        dataset.SeriesInstanceUID = f"1.2.826.0.2.{patient + 1}.{index + 1}"  # one per file
+        dataset.save_as(path, enforce_file_format=True)
+    convert(root, tmp_path / "out", need_split="tvt_split", validation_size=0.3,
+            test_size=0.3)
+    splits_of_scan = collections.defaultdict(set)
+    for relpath, split in split_of_files(tmp_path / "out").items():
+        splits_of_scan[Path(relpath).name.split("_")[0]].add(split)
+    assert len(splits_of_scan) == 8
+    assert all(len(s) == 1 for s in splits_of_scan.values()), splits_of_scan
+
 def test_a_predefined_split_that_shares_a_patient_or_group_is_warned_of(tmp_path):
     root = tmp_path / "ds"
     for split in ("train", "test"):
