@@ -8,7 +8,7 @@ Why: a hold-out drawn from the same archive as the training images (MedNIST's ho
 a draw) makes errors at the archive's rate, and a 3,400-image test split sees too few of them
 to tell two recipes apart (2 vs 6 errors is counting noise). Here the archive
 (DATASET_DIR/<Class>/<file>, MedNIST's public layout) is cut into --folds parts by a hash of
-each file's path; for each fold a model is trained on the others with tf_convert_data.py
+each file's path (of a DICOM file's patient, as the converter groups them); for each fold a model is trained on the others with tf_convert_data.py
 (--need_split=predefined), dicom_main.py and --train_flags, exported, and scored on the fold
 with dicom_eval.py. With 5 folds each model trains on 4/5 of the archive, as the recipes'
 tvt_split training split does (80%), so its error rate is the recipe's. The summary adds the
@@ -144,21 +144,44 @@ def claim_work_dir(work_dir: str, settings: dict) -> None:
     os.replace(path + ".partial", path)
 
 
-def fold_of(relpath: str, folds: int, seed: str) -> int:
-    """The file's fold: a hash of its path, so it does not depend on listing order."""
-    digest = hashlib.sha256(f"{seed}/{relpath}".encode()).digest()
+def fold_of(key: str, folds: int, seed: str) -> int:
+    """The fold of a file's `fold_keys` key (its path, or its DICOM patient): a hash, so it
+    does not depend on listing order."""
+    digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % folds
+
+
+def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
+    """{relpath: what decides its fold}: a DICOM file's patient (the converter's group:
+    the patient's other images would otherwise train the model that scores it), else the
+    file's path.
+
+    Raises:
+      ValueError: a DICOM header that cannot be read.
+    """
+    from dataset.convert import DEFAULT_HASH_KEY
+    from dataset.dicom_options import DicomOptions
+    from dataset.folder_walk import file_kind
+
+    keys = {}
+    for _, relpath in items:
+        path = os.path.join(dataset_dir, relpath)
+        patient = (sources.read_dicom_header(path, DicomOptions(), DEFAULT_HASH_KEY)[1]
+                   if file_kind(path) == "dicom" else None)
+        keys[relpath] = f"patient:{patient}" if patient else relpath
+    return keys
 
 
 def make_fold_layout(dataset_dir: str, items: list[tuple[str, str]], fold: int, folds: int,
                      seed: str, layout_dir: str) -> None:
     """LAYOUT_DIR/{train,val}/<Class>/<file> as symlinks: `fold` is val, the others train.
     Written into a temporary folder and renamed, so a half-made layout is never reused."""
+    keys = fold_keys(dataset_dir, items)
     partial = layout_dir + ".partial"
     # rmtree removes the symlinks themselves, never the archive files they point to.
     shutil.rmtree(partial, ignore_errors=True)
     for _, relpath in items:
-        split = "val" if fold_of(relpath, folds, seed) == fold else "train"
+        split = "val" if fold_of(keys[relpath], folds, seed) == fold else "train"
         link = os.path.join(partial, split, relpath)
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(os.path.abspath(os.path.join(dataset_dir, relpath)), link)

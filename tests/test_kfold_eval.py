@@ -51,6 +51,27 @@ def test_every_file_is_in_exactly_one_validation_fold(tmp_path):
         [kfold_eval.fold_of(f, 4, "s") for _, f in items]
 
 
+def test_a_dicom_patient_is_in_one_fold(tmp_path):
+    """Folds were cut by path: a patient's other images trained the model scoring it."""
+    from tests.dicom_fixtures import write_dicom
+
+    archive = tmp_path / "archive"
+    for patient in range(6):
+        for k in range(3):
+            for name in ("Chest", "Hand"):
+                (archive / name).mkdir(parents=True, exist_ok=True)
+                write_dicom(archive / name / f"p{patient}_{k}.dcm",
+                            np.full((8, 8), patient * 40, np.uint8), PatientID=f"P{patient}")
+    items = kfold_eval.list_archive(str(archive))
+    fold_of_patient = {}
+    for fold in range(3):
+        layout = tmp_path / f"layout_{fold}"
+        kfold_eval.make_fold_layout(str(archive), items, fold, 3, "s", str(layout))
+        for path in layout.glob("val/*/*.dcm"):
+            fold_of_patient.setdefault(path.name.split("_")[0], set()).add(fold)
+    assert len(fold_of_patient) == 6
+    assert all(len(folds) == 1 for folds in fold_of_patient.values()), fold_of_patient
+
 def test_archive_errors_name_the_folder(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "Chest").mkdir()
