@@ -54,9 +54,10 @@ flags.DEFINE_enum("layout", "auto", ["auto", "images_labels", "class_folders", "
                   "sub-folders are split names, else class_folders (DIR/<Class>/<file>).")
 flags.DEFINE_string("groups_csv", None, "CSV of 'file,group' rows (file: path relative to "
                     "DIR, or file stem; a row that matches no file is an error). Files of "
-                    "one group, and of one DICOM patient, share a split (a predefined layout's "
-                    "is kept as given, with a warning). Default group: the DICOM patient (without "
-                    "one: its study, else its series), else the file stem.")
+                    "one group share a split; a row decides its file's group (a DICOM file "
+                    "without one goes with its patient's files that have one), and a patient "
+                    "left in several splits is warned of. Default group: the DICOM patient "
+                    "(without one: its study, else its series), else the file stem.")
 flags.DEFINE_float("shard_size_mb", 128, "Target shard size in MiB.")
 flags.DEFINE_integer("num_workers", 0, "Worker processes for decoding (0: all CPU cores).")
 flags.DEFINE_enum("on_error", "fail", ["fail", "skip"],

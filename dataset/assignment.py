@@ -89,56 +89,63 @@ def assign(config, discovery, headers, problems) -> Plan:
               "to it: left out of the classes (--label_source=tag)" for name in left_out]
     if num_splits:
         notes += splits.subfolder_note(discovery.layout, groups)
-    if config.need_split == "predefined":
-        notes += _groups_across_given_splits(tasks, groups)
+    if config.need_split != "None":
+        notes += _across_splits(tasks, groups, {item.relpath: patient
+                                                for item, _, patient in labelled},
+                                predefined=config.need_split == "predefined")
     return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
 
 
 def _groups(labelled, groups_csv: dict[str, str]) -> dict[str, str]:
-    """{relpath: group}: files linked by a --groups_csv group or by a DICOM patient share one
-    group (a CSV of studies keeps a patient's studies together; a file missing from the CSV
-    stays with its patient's other files); a file with neither is grouped by its stem.
-
-    A group is named by the least of its keys, so a group that gains files keeps its name
-    (and split) unless the new files join it to another group.
-    """
-    keys = {}  # relpath -> the file's keys
+    """{relpath: group}: a --groups_csv row decides its file's group (the user's word: it is
+    also the way out when every file carries one placeholder PatientID); a file without a row
+    goes with its DICOM patient's files that have one (their least group: it was the patient's
+    own group, and could land in another split than the rest of that patient), else with its
+    patient, else its file stem."""
+    csv_groups = {item.relpath: sources.csv_group(groups_csv, item.relpath)
+                  for item, _, _ in labelled}
+    patient_group = {}  # patient -> the least CSV group among its files
     for item, _, patient in labelled:
-        csv_group = sources.csv_group(groups_csv, item.relpath)
-        keys[item.relpath] = [key for key in (csv_group and f"csv:{csv_group}",
-                                              patient and f"patient:{patient}") if key] or [
-            f"stem:{split_suffix(os.path.basename(item.relpath))[0]}"]
-    parent = {}
-
-    def root(key: str) -> str:
-        parent.setdefault(key, key)
-        while parent[key] != key:
-            parent[key] = parent[parent[key]]
-            key = parent[key]
-        return key
-
-    for first, *others in keys.values():
-        for other in others:
-            a, b = root(first), root(other)
-            parent[max(a, b)] = min(a, b)  # the root is always its group's least key
-    return {relpath: root(file_keys[0]) for relpath, file_keys in keys.items()}
+        if patient and (csv_group := csv_groups[item.relpath]):
+            patient_group[patient] = min(patient_group.get(patient, f"csv:{csv_group}"),
+                                         f"csv:{csv_group}")
+    groups = {}
+    for item, _, patient in labelled:
+        if csv_group := csv_groups[item.relpath]:
+            groups[item.relpath] = f"csv:{csv_group}"
+        elif patient:
+            groups[item.relpath] = patient_group.get(patient, f"patient:{patient}")
+        else:
+            groups[item.relpath] = f"stem:{split_suffix(os.path.basename(item.relpath))[0]}"
+    return groups
 
 
-def _groups_across_given_splits(tasks, groups: dict[str, str]) -> list[str]:
-    """A warning when a predefined layout puts one group (a --groups_csv group, a DICOM
-    patient) in more than one given split: the split is kept as given, but an evaluation on
-    it then scores patients the model was trained on."""
-    splits_of = collections.defaultdict(dict)  # group -> {split: first file}
+def _across_splits(tasks, groups: dict[str, str], patients: dict[str, str | None],
+                   predefined: bool) -> list[str]:
+    """A warning when one DICOM patient (or, in a predefined layout, one --groups_csv group)
+    has files in more than one split: an evaluation on one of them then scores a patient the
+    model trained on. Split by groups, that happens only where a --groups_csv puts one
+    patient's files in several groups (a CSV of studies), which is right only when the
+    PatientID is a placeholder shared by different people."""
+    splits_of = collections.defaultdict(dict)  # patient or group -> {split: first file}
     for task in sorted(tasks, key=lambda task: task.relpath):
-        if not groups[task.relpath].startswith("stem:"):  # a file name says nothing of this
-            splits_of[groups[task.relpath]].setdefault(task.split, task.relpath)
+        keys = [f"patient:{patients[task.relpath]}"] if patients[task.relpath] else []
+        if predefined and groups[task.relpath].startswith("csv:"):  # (a file name says
+            keys.append(groups[task.relpath])  # nothing of this)
+        for key in keys:
+            splits_of[key].setdefault(task.split, task.relpath)
     spanning = [files for files in splits_of.values() if len(files) > 1]
     if not spanning:
         return []
-    example = " and ".join(spanning[0].values())
-    return [f"{len(spanning)} group(s) (a --groups_csv group or a DICOM patient) lie in more "
-            f"than one of the given splits (e.g. {example}); the predefined split is kept as "
-            "given, so its evaluation scores groups the model trained on"]
+    example = " and ".join(f"{relpath} ({split})" for split, relpath in spanning[0].items())
+    if predefined:
+        return [f"{len(spanning)} DICOM patient(s) or --groups_csv group(s) lie in more than "
+                f"one of the given splits (e.g. {example}); the predefined split is kept as "
+                "given, so its evaluation scores patients the model trained on"]
+    return [f"{len(spanning)} DICOM patient(s) lie in more than one split (e.g. {example}): "
+            "--groups_csv puts their files in different groups, and its groups decide; unless "
+            "their PatientID is a placeholder shared by different people, give the CSV one "
+            "group per patient, or an evaluation scores patients the model trained on"]
 
 
 def _no_class_reason(body_part, modality, names) -> str:

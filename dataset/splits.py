@@ -1,7 +1,7 @@
 """Seeded, grouped, stable train/validation/test assignment.
 
-Scheme: every group (files linked by a user-given group or a DICOM patient, or else
-the file stem; ``dataset.assignment``) gets a uniform number ``u = H(seed, group)``
+Scheme: every group (a user-given group, else a DICOM patient, else the file stem;
+``dataset.assignment``) gets a uniform number ``u = H(seed, group)``
 in [0, 1) from SHA-256, and lands in ``test`` if ``u < test_fraction``, in ``validation`` if
 ``u < test_fraction + validation_fraction``, else in ``train``.
 
@@ -11,8 +11,8 @@ Why this scheme:
   name and the fractions, so rerunning gives the same assignment and adding
   files never moves an existing file (unless sizes were given as counts: a
   count is turned into a fraction of the total, which changes as files are
-  added; give fractions for datasets that grow; or a new file links two groups,
-  e.g. a patient's file with a --groups_csv row of another group of theirs).
+  added; give fractions for datasets that grow; or a new --groups_csv row gives a
+  DICOM patient a lesser group, which the patient's files without a row then join).
 * Grouped: all files of a group share ``u``, so no group spans two splits.
 * Stratified in expectation: ``u`` is independent of the class, so every class
   is split with the same fractions on average. The trade-off: per-class counts

@@ -80,20 +80,57 @@ def test_patient_groups_never_span_two_splits(tmp_path):
     assert {next(iter(s)) for s in splits_of_patient.values()} == {"train", "test"}
 
 
-def test_a_groups_csv_of_studies_keeps_each_patient_in_one_split(tmp_path):
-    """The CSV's group replaced the patient: a CSV of studies (here one per file), or a file
-    the CSV left out, put one patient's images in two or three splits."""
-    root = _make_dicom_dataset(tmp_path / "ds", patients=8, files_per_patient=3)
-    rows = [f"images/{path.name},study-{path.name}" for path in sorted(
-        (root / "images").iterdir()) if not path.name.endswith("_2.dcm")]  # _2: no row
-    (tmp_path / "groups.csv").write_text("file,group\n" + "\n".join(rows) + "\n")
-    convert(root, tmp_path / "out", need_split="tvt_split", validation_size=0.3,
-            test_size=0.3, groups_csv=str(tmp_path / "groups.csv"))
+def _splits_by_patient(out: Path) -> dict[str, set[str]]:
     splits_of_patient = collections.defaultdict(set)
-    for relpath, split in split_of_files(tmp_path / "out").items():
+    for relpath, split in split_of_files(out).items():
         splits_of_patient[Path(relpath).name.split("_")[0]].add(split)
+    return splits_of_patient
+
+
+def test_a_groups_csv_decides_and_a_patient_split_by_it_is_warned_of(tmp_path):
+    """A file the --groups_csv leaves out went with its patient, not with the patient's files
+    the CSV named: one patient in two or three splits. A CSV that splits a patient (one group
+    per study) is still obeyed, as it must be where every file carries one placeholder
+    PatientID, but said."""
+    root = _make_dicom_dataset(tmp_path / "ds", patients=8, files_per_patient=3)
+    names = sorted(path.name for path in (root / "images").iterdir())
+    by_patient = tmp_path / "patients.csv"  # _2: no row
+    by_patient.write_text("file,group\n" + "".join(
+        f"images/{name},person-{name[:3]}\n" for name in names if "_2" not in name))
+    manifest = convert(root, tmp_path / "out", need_split="tvt_split", validation_size=0.3,
+                       test_size=0.3, groups_csv=str(by_patient))
+    splits_of_patient = _splits_by_patient(tmp_path / "out")
     assert len(splits_of_patient) == 8
     assert all(len(s) == 1 for s in splits_of_patient.values()), splits_of_patient
+    assert not any("more than one split" in warning for warning in manifest["warnings"])
+
+    by_file = tmp_path / "studies.csv"
+    by_file.write_text("file,group\n" + "".join(f"images/{name},study-{name}\n"
+                                                 for name in names))
+    manifest = convert(root, tmp_path / "out", need_split="tvt_split", validation_size=0.3,
+                       test_size=0.3, groups_csv=str(by_file))
+    split = sum(len(s) > 1 for s in _splits_by_patient(tmp_path / "out").values())
+    assert split > 0  # the CSV's groups decided
+    (warning,) = [w for w in manifest["warnings"] if "more than one split" in w]
+    assert warning.startswith(f"{split} DICOM patient(s) lie in more than one split (e.g. ")
+    assert "unless their PatientID is a placeholder" in warning
+
+    # One placeholder PatientID on every file: the patient alone is one group (too few for
+    # three splits); the CSV of real people splits them, each person whole.
+    for path in (root / "images").iterdir():
+        dataset = pydicom.dcmread(path)
+        dataset.PatientID, dataset.PatientName = "ANONYMOUS", "ANONYMOUS"
+        dataset.save_as(path, enforce_file_format=True)
+    with pytest.raises(ConversionError):
+        convert(root, tmp_path / "out2", need_split="tvt_split", validation_size=0.3,
+                test_size=0.3)
+    by_person = tmp_path / "people.csv"
+    by_person.write_text("".join(f"images/{name},person-{name[:3]}\n" for name in names))
+    convert(root, tmp_path / "out2", need_split="tvt_split", validation_size=0.3,
+            test_size=0.3, groups_csv=str(by_person))
+    splits_of_person = _splits_by_patient(tmp_path / "out2")
+    assert all(len(s) == 1 for s in splits_of_person.values()), splits_of_person
+    assert len(set().union(*splits_of_person.values())) > 1
 
 
 def test_scans_without_a_patient_are_grouped_by_their_study(tmp_path):
@@ -116,6 +153,7 @@ def test_scans_without_a_patient_are_grouped_by_their_study(tmp_path):
     assert len(splits_of_scan) == 8
     assert all(len(s) == 1 for s in splits_of_scan.values()), splits_of_scan
 
+
 def test_a_predefined_split_that_shares_a_patient_or_group_is_warned_of(tmp_path):
     root = tmp_path / "ds"
     for split in ("train", "test"):
@@ -129,13 +167,13 @@ def test_a_predefined_split_that_shares_a_patient_or_group_is_warned_of(tmp_path
                  patient="SECRET-PATIENT-train0", body_part="CHEST")
     manifest = convert(root, tmp_path / "out", need_split="predefined")
     assert [w for w in manifest["warnings"] if "given splits" in w] == [
-        "1 group(s) (a --groups_csv group or a DICOM patient) lie in more than one of the "
-        "given splits (e.g. test/Chest/again.dcm and train/Chest/train0.dcm); the predefined "
-        "split is kept as given, so its evaluation scores groups the model trained on"]
+        "1 DICOM patient(s) or --groups_csv group(s) lie in more than one of the given splits "
+        "(e.g. test/Chest/again.dcm (test) and train/Chest/train0.dcm (train)); the predefined "
+        "split is kept as given, so its evaluation scores patients the model trained on"]
     (tmp_path / "groups.csv").write_text("test/Head/test1.dcm,g\ntrain/Head/train1.dcm,g\n")
     manifest = convert(root, tmp_path / "out", need_split="predefined",
                        groups_csv=str(tmp_path / "groups.csv"))
-    assert [w for w in manifest["warnings"] if "given splits" in w][0].startswith("2 group(s)")
+    assert [w for w in manifest["warnings"] if "given splits" in w][0].startswith("2 DICOM patient(s) or")
 
 
 def test_tag_labels_with_agreement_table(tmp_path):
