@@ -105,12 +105,19 @@ SETTINGS_FILE = "kfold_settings.json"
 def fold_settings(dataset_dir: str, items: list[tuple[str, str]], folds: int, seed: str,
                   train_flags: list[str]) -> dict:
     """What decides a fold's result, as recorded in WORK_DIR/kfold_settings.json."""
+    from dataset.folder_walk import file_kind
+
     listing = "\n".join(f"{label}/{relpath}" for label, relpath in sorted(items))
-    return {"dataset_dir": os.path.realpath(dataset_dir), "folds": folds, "seed": seed,
-            "train_flags": train_flags,
-            # Files added, removed or moved between classes change every fold's split.
-            "archive": f"{len(items)} files, sha256 "
-                       f"{hashlib.sha256(listing.encode()).hexdigest()[:16]}"}
+    settings = {"dataset_dir": os.path.realpath(dataset_dir), "folds": folds, "seed": seed,
+                "train_flags": train_flags,
+                # Files added, removed or moved between classes change every fold's split.
+                "archive": f"{len(items)} files, sha256 "
+                           f"{hashlib.sha256(listing.encode()).hexdigest()[:16]}"}
+    if any(file_kind(os.path.join(dataset_dir, relpath)) == "dicom" for _, relpath in items):
+        # Folds of DICOM files were cut by path before they were cut by patient: a work_dir
+        # of such folds (recorded without this) is refused rather than reused.
+        settings["dicom_folds_by"] = "patient"
+    return settings
 
 
 def claim_work_dir(work_dir: str, settings: dict) -> None:
@@ -177,6 +184,13 @@ def make_fold_layout(dataset_dir: str, items: list[tuple[str, str]], fold: int, 
     """LAYOUT_DIR/{train,val}/<Class>/<file> as symlinks: `fold` is val, the others train.
     Written into a temporary folder and renamed, so a half-made layout is never reused."""
     keys = fold_keys(dataset_dir, items)
+    held_out = sum(fold_of(keys[relpath], folds, seed) == fold for _, relpath in items)
+    if held_out in (0, len(items)):
+        raise ValueError(f"{dataset_dir}: fold {fold} of {folds} would hold "
+                         f"{'none' if not held_out else 'all'} of the {len(items)} files: "
+                         f"{len(set(keys.values()))} group(s) (a DICOM file's patient, else its "
+                         "path) are too few; a PatientID shared by every file (a placeholder) "
+                         "makes one")
     partial = layout_dir + ".partial"
     # rmtree removes the symlinks themselves, never the archive files they point to.
     shutil.rmtree(partial, ignore_errors=True)

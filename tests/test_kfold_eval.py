@@ -71,6 +71,22 @@ def test_a_dicom_patient_is_in_one_fold(tmp_path):
             fold_of_patient.setdefault(path.name.split("_")[0], set()).add(fold)
     assert len(fold_of_patient) == 6
     assert all(len(folds) == 1 for folds in fold_of_patient.values()), fold_of_patient
+    # Such folds were cut by path before: a work_dir recorded then is not reused.
+    settings = kfold_eval.fold_settings(str(archive), items, 3, "s", [])
+    assert settings["dicom_folds_by"] == "patient"
+    old = {key: value for key, value in settings.items() if key != "dicom_folds_by"}
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / kfold_eval.SETTINGS_FILE).write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="dicom_folds_by: None recorded, 'patient' now"):
+        kfold_eval.claim_work_dir(str(tmp_path / "work"), settings)
+    # One placeholder PatientID on every file: one group, so one fold would hold them all.
+    for path in archive.glob("*/*.dcm"):
+        write_dicom(path, np.zeros((8, 8), np.uint8), PatientID="ANONYMOUS")
+    with pytest.raises(ValueError, match=r"fold 0 of 3 would hold (none|all) of the 36 files: "
+                       r"1 group\(s\)"):
+        kfold_eval.make_fold_layout(str(archive), items, 0, 3, "s", str(tmp_path / "l"))
+    assert not (tmp_path / "l").exists() and not (tmp_path / "l.partial").exists()
+
 
 def test_archive_errors_name_the_folder(tmp_path):
     (tmp_path / "one").mkdir()
