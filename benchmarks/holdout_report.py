@@ -14,7 +14,8 @@ images gives the interval of their difference.
 
 --eval_dirs are dicom_eval.py --output_dir folders (metrics.json, misclassified.csv) of the same
 --split of --data_dir; the first is the one the others are compared with. --groups_csv is the
-converter's (file,group rows; a file not in it is its own group, as in the converter).
+converter's (file,group rows; a file not in it is its own group here, where the converter
+groups it by its DICOM patient or file stem: name every file to resample as it split).
 --reference_recall adds the Spearman rank correlation of each model's per-class recall with
 given figures (e.g. a held-back test's), the agreement RESULTS.md section 22 reports.
 --worst_groups=N lists the first model's N groups with the most errors and what it called them;
@@ -151,7 +152,7 @@ def worst_groups(group_names: list[str], sizes: np.ndarray, errors: np.ndarray,
 
 def groups_of_files(groups: dict[str, str], filenames: list[str]) -> list[str]:
     """Each file's group in a read_groups_csv mapping; a file the CSV does not name is its own
-    group, as in the converter."""
+    group (the converter would group it by its patient or stem)."""
     return [sources.csv_group(groups, name) or f"file:{name}" for name in filenames]
 
 
