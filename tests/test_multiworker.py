@@ -217,6 +217,46 @@ def test_a_dead_worker_stops_the_other_then_the_restarted_cluster_resumes(tmp_pa
     assert _leftovers(tmp_path / "tmp_worker1_restarted") == []
 
 
+def test_sigterm_stops_a_worker_as_it_stops_one_machine(tmp_path):
+    """SIGTERM (a scheduler, `kill`) ends a worker with its one line and exit 143, and the
+    chief with the cluster error. TensorFlow's coordination service installs a SIGTERM
+    handler of its own that ignores the signal: the worker trained on to the end, exit 0."""
+    data = tiny_dataset(tmp_path / "data")
+    model_dir = tmp_path / "cluster"
+    hosts = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    env = trainer_env()
+    env.pop("TF_CONFIG", None)
+    env["TMPDIR"] = str(tmp_path)
+    chief, other = [subprocess.Popen(
+        [sys.executable, str(DICOM_MAIN), f"--data_dir={data}", f"--model_dir={model_dir}",
+         *FLAGS, "--train_epochs=1000", "--checkpoint_every_steps=1",
+         "--heartbeat_timeout_seconds=10", f"--worker_hosts={hosts}", f"--task_index={index}"],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(2)]
+    try:
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        while not tf.train.latest_checkpoint(str(model_dir)):  # both are training
+            assert chief.poll() is None and other.poll() is None, chief.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the cluster never saved a checkpoint"
+            time.sleep(0.2)
+        other.send_signal(signal.SIGTERM)
+        try:
+            _, other_stderr = other.communicate(timeout=60)
+            _, chief_stderr = chief.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a worker still runs long after SIGTERM")
+    finally:
+        for process in (chief, other):
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    assert other.returncode == 143, other_stderr[-3000:]
+    assert error_lines(other_stderr)[-1].startswith("dicom_main.py: error: terminated (SIGTERM)")
+    assert chief.returncode == 1, chief_stderr[-3000:]
+    assert "worker 1 of the 2 died" in error_lines(chief_stderr)[-1]
+    assert _leftovers(tmp_path) == []  # the stopped worker removed its private folder
+
+
 def test_each_worker_mirrors_over_its_gpus(tmp_path):
     """dicom_main.py --num_gpus=2 on both workers of a cluster, with 2 GPUs faked visible and
     stopped before training (nothing runs on the absent GPUs): each worker's replicas are its own

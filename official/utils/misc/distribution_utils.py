@@ -25,6 +25,8 @@ import dataclasses
 import json
 import os
 import re
+import signal
+import threading
 
 import tensorflow as tf
 from absl import logging
@@ -206,8 +208,15 @@ def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
     resolver = cluster_resolver(task, num_gpus)
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout_seconds)
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
-                                                     communication_options=options)
+    handler = signal.getsignal(signal.SIGTERM)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                         communication_options=options)
+    # The coordination service installs a SIGTERM handler of its own (a preemption notice for
+    # a checkpoint handler not used here) that ignores the signal: a worker a scheduler or
+    # `kill` stopped trained on. The program's own (cli.run_program: exit 143) is put back.
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+    return strategy
 
 
 def configure_cpu_replicas(num_cpu_replicas: int) -> None:
