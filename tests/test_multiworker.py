@@ -257,6 +257,42 @@ def test_sigterm_stops_a_worker_as_it_stops_one_machine(tmp_path):
     assert _leftovers(tmp_path) == []  # the stopped worker removed its private folder
 
 
+def test_a_worker_whose_peer_never_starts_stops_at_the_startup_timeout(tmp_path):
+    """Only the chief of two is started: it says it waits, and stops with one line at the
+    startup timeout (5 s here). It waited in silence for ever (TensorFlow's wait for every
+    task ignored cluster_register_timeout), deaf to Ctrl-C and SIGTERM: only SIGKILL ended it."""
+    from official.utils.misc import distribution_utils as du
+
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+              "from absl import logging\n"
+              "logging.use_absl_handler(); logging.set_verbosity('info')\n"
+              "from official.utils.misc import distribution_utils as du\n"
+              "task = du.parse_tf_config(du.tf_config_from_hosts(sys.argv[2].split(','), 0))\n"
+              "try:\n"
+              "    du.multi_worker_strategy(task, 0, startup_timeout_seconds=5)\n"
+              "except ConnectionError as error:\n"
+              "    sys.exit(f'error: {error}')\n")
+    env = trainer_env()
+    env.pop("TF_CONFIG", None)
+    started = time.monotonic()
+    try:
+        result = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT), ",".join(hosts)],
+                                capture_output=True, text=True, env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a lone worker still waits 60 s after a 5-s startup timeout")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert time.monotonic() - started < 50
+    assert error_lines(result.stderr)[-1] == (
+        f"error: multi-worker training could not start: worker 1 of the 2 ({hosts[1]}) did "
+        "not join within 5 s; start every worker with the same cluster and flags"), \
+        result.stderr[-3000:]
+    waiting = [line for line in result.stderr.splitlines()
+               if line.endswith(f"waiting up to 5 s for the 2 workers to join: {', '.join(hosts)}")]
+    assert waiting, result.stderr[-3000:]
+    assert du.DEFAULT_STARTUP_TIMEOUT_SECONDS == 600
+
+
 def test_each_worker_mirrors_over_its_gpus(tmp_path):
     """dicom_main.py --num_gpus=2 on both workers of a cluster, with 2 GPUs faked visible and
     stopped before training (nothing runs on the absent GPUs): each worker's replicas are its own

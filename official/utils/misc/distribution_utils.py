@@ -181,6 +181,25 @@ def _configure_coordination(task: ClusterTask, heartbeat_timeout_seconds: float,
         # one is caught by the heartbeat, so this bound can be as generous as the startup's.
         shutdown_barrier_timeout_in_ms=int(startup_timeout_seconds * 1000),
         coordinated_jobs=jobs)
+    # Without the barrier, cluster_register_timeout bounds only the registration itself: a
+    # worker whose peer never started then waited for it for ever, deaf to Ctrl-C and SIGTERM.
+    context.context()._coordination_service_config.cluster_register_with_barrier = True
+
+
+def _not_joined(error: tf.errors.OpError, task: ClusterTask) -> str:
+    """Who a startup that timed out waited for, as "worker 1 of the 2 (host:port)": the tasks
+    TensorFlow's message names as timed out, or the leader that did not answer."""
+    text = getattr(error, "message", "") or str(error)
+    if "timed out task names:" in text:  # a list, one a line, up to a blank line
+        named = text.split("timed out task names:", 1)[1].split("\n\n", 1)[0]
+    else:
+        named = " ".join(re.findall(r"remote target (\S+)", text))
+    tasks = dict.fromkeys(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", named))
+    total = sum(len(addresses) for addresses in task.cluster.values())
+    found = [f"{job} {index} of the {total} ({task.cluster[job][int(index)]})"
+             for job, index in tasks
+             if job in task.cluster and int(index) < len(task.cluster[job])]
+    return ", ".join(found) or "another worker"
 
 
 def cluster_resolver(task: ClusterTask, num_gpus: int,
@@ -209,8 +228,17 @@ def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout_seconds)
     handler = signal.getsignal(signal.SIGTERM)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
-                                                         communication_options=options)
+    addresses = [address for name in task.cluster for address in task.cluster[name]]
+    logging.info("waiting up to %g s for the %d workers to join: %s",
+                 startup_timeout_seconds, len(addresses), ", ".join(addresses))
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                             communication_options=options)
+    except tf.errors.DeadlineExceededError as error:
+        raise ConnectionError(
+            f"multi-worker training could not start: {_not_joined(error, task)} did not join "
+            f"within {startup_timeout_seconds:g} s; start every worker with the same cluster "
+            "and flags") from None
     # The coordination service installs a SIGTERM handler of its own (a preemption notice for
     # a checkpoint handler not used here) that ignores the signal: a worker a scheduler or
     # `kill` stopped trained on. The program's own (cli.run_program: exit 143) is put back.
@@ -265,6 +293,7 @@ def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = Fal
     Raises:
       ValueError: more GPUs requested than visible, --num_cpu_replicas in a cluster, or a
         malformed cluster.
+      ConnectionError: a worker of the cluster did not join within the startup timeout.
     """
     visible = visible_gpu_count()
     if multi_gpu:
