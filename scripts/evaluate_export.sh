@@ -29,18 +29,28 @@ model_dir="$1"; data_dir="$2"; shift 2
 export_dir="${EXPORT_DIR:-$model_dir/export}"
 split="${SPLIT:-test}"
 
+# A rerun (or the training's own export of the same checkpoint) adds no identical version.
 version_dir=$(python - "$model_dir" "$export_dir" "${CHECKPOINT:-}" <<'PY'
 import sys
 from official.core import export, restore
 model_dir, export_dir, checkpoint = sys.argv[1], sys.argv[2], sys.argv[3] or None
 try:
+    checkpoint = restore.resolve_checkpoint(model_dir, checkpoint)
     model, config = restore.load_model_from_dir(model_dir, checkpoint)
 except (FileNotFoundError, ValueError) as error:
     sys.exit(f"evaluate_export.sh: {error}")
-print(export.export_saved_model(model, config, export_dir))
+step = checkpoint.rsplit("-", 1)[-1]
+config = {**config, "exported_step": int(step) if step.isdigit() else None, "export_tta": 1}
+if done := export.newest_is_of(export_dir, config):
+    print(f"evaluate_export.sh: {done} is already of step {step}: not exported again",
+          file=sys.stderr)
+    print(done)
+else:
+    version = export.export_saved_model(model, config, export_dir)
+    print(f"evaluate_export.sh: exported {version}", file=sys.stderr)
+    print(version)
 PY
 )
-echo "evaluate_export.sh: exported $version_dir" >&2
 
 flags=(--model="$version_dir" --data_dir="$data_dir" --split="$split"
        --batch_size="${BATCH_SIZE:-64}")

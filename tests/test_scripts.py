@@ -196,6 +196,15 @@ def test_convert_sweep_two_runs_then_export_and_evaluate(tmp_path, make_images_l
     report = sweep / "resnet18_v2" / "export" / f"eval-{versions[0].name}-validation"
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["num_examples"] == manifest["splits"]["validation"]["num_examples"] > 0
+    # A rerun evaluates the same version again: it added an identical copy of the same
+    # checkpoint to the folder TF Serving watches each time.
+    again = _bash("evaluate_export.sh", str(sweep / "resnet18_v2"), str(data),
+                  env={"SPLIT": "validation"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p for p in (sweep / "resnet18_v2" / "export").iterdir() if p.name.isdigit()] == \
+        versions
+    assert (f"evaluate_export.sh: {versions[0]} is already of step 1: not exported again"
+            in again.stderr.splitlines())
 
 
 # dicom_main.py's stand-in for the sweep's bookkeeping: a model_dir keeps its first
