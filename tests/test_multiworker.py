@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from official.core import train_lib
+from official.core import checkpointing, train_lib
 from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, error_lines,
                                     tiny_dataset, trainer_env)
 
@@ -85,7 +86,7 @@ def _weights(path: Path) -> list[np.ndarray]:
 def _leftovers(tmpdir: Path) -> list[str]:
     # (autograph also writes its generated code to TMPDIR: not ours to check)
     return [path.name for path in tmpdir.iterdir()
-            if path.name.startswith(train_lib.WORKER_DIR_PREFIX)]
+            if path.name.startswith(checkpointing.WORKER_DIR_PREFIX)]
 
 
 def test_two_workers_match_one_process(tmp_path):
@@ -131,7 +132,7 @@ def test_two_workers_match_one_process(tmp_path):
     # private checkpoint folder is gone.
     written = sorted(path.name for path in model_dir.iterdir())
     assert {"config.json", "checkpoint", "ckpt-20.index", "train", "eval"} <= set(written)
-    assert not any(name.startswith(train_lib.WORKER_DIR_PREFIX) for name in written)
+    assert not any(name.startswith(checkpointing.WORKER_DIR_PREFIX) for name in written)
     exports = [path.name for path in (tmp_path / "export").iterdir()]
     assert len(exports) == 1 and exports[0].isdigit(), exports  # the chief's, once
     assert "exported" in outputs[0][0] and "exported" not in outputs[1][0]
@@ -293,6 +294,25 @@ def test_a_worker_whose_peer_never_starts_stops_at_the_startup_timeout(tmp_path)
     assert du.DEFAULT_STARTUP_TIMEOUT_SECONDS == 600
 
 
+def test_a_killed_workers_private_folder_is_removed_by_the_next_worker(tmp_path, monkeypatch):
+    """A non-chief worker killed by SIGKILL (or the out-of-memory killer) cannot remove its
+    private folder, a full checkpoint (86 MB for a ResNet-18): the next worker on the machine
+    removes it; a live worker's, and one of the older unnamed kind, stay."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}{gone.pid}_abc"
+    alive = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}{os.getppid()}_def"
+    unnamed = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}x1y2z3"
+    for folder in (dead, alive, unnamed):
+        folder.mkdir()
+        (folder / "ckpt-1.index").write_bytes(b"x")
+    made = Path(checkpointing.worker_folder())
+    assert not dead.exists() and alive.is_dir() and unnamed.is_dir()
+    assert made.parent == tmp_path and made.name.startswith(
+        f"{checkpointing.WORKER_DIR_PREFIX}{os.getpid()}_")
+
+
 def test_each_worker_mirrors_over_its_gpus(tmp_path):
     """dicom_main.py --num_gpus=2 on both workers of a cluster, with 2 GPUs faked visible and
     stopped before training (nothing runs on the absent GPUs): each worker's replicas are its own
@@ -435,7 +455,7 @@ def _devices_main(argv: list[str]) -> None:
     from absl import app
 
     from networks.resnet import dicom_main
-    from official.core import train_lib
+    from official.core import checkpointing, train_lib
     from official.utils import cli
     from official.utils.flags import core as flags_core
     from official.utils.misc import distribution_utils

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -19,6 +20,24 @@ from absl import logging
 
 from official.core import restore
 from official.utils import files
+
+
+# A non-chief worker's checkpoints and summaries go to a temporary folder of this name and its
+# pid (only the chief writes to model_dir); it is removed when the run ends.
+WORKER_DIR_PREFIX = "trainer_worker_"
+
+
+def worker_folder() -> str:
+    """A new private folder for a non-chief worker, after removing those of workers killed on
+    this machine (a SIGKILL or the out-of-memory killer: each holds a whole checkpoint)."""
+    parent = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            pid = name[len(WORKER_DIR_PREFIX):].partition("_")[0]
+            if (name.startswith(WORKER_DIR_PREFIX) and pid.isdigit()
+                    and files.process_gone(int(pid))):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{WORKER_DIR_PREFIX}{os.getpid()}_")
 
 
 def save(manager: tf.train.CheckpointManager, step: int) -> None:

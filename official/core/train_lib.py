@@ -47,7 +47,6 @@ import gc
 import math
 import os
 import shutil
-import tempfile
 import time
 
 import keras
@@ -72,11 +71,6 @@ from official.utils.logs import summaries
 from official.utils.misc import distribution_utils, model_helpers
 
 
-# A non-chief worker's checkpoints and summaries go to a temporary folder of this name (only the
-# chief writes to model_dir); it is removed when the run ends.
-WORKER_DIR_PREFIX = "trainer_worker_"
-
-
 def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> TrainResult:
     """Train (or resume) `network` (the plug-in, see above) in `config.model_dir`; evaluate
     each cycle; export when asked.
@@ -95,7 +89,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
     chief = distribution_utils.is_chief(strategy)
     workers = distribution_utils.num_workers(strategy)
     check_run_folders(config)  # before hours of training, not after (and before any mkdir)
-    write_dir = config.model_dir if chief else tempfile.mkdtemp(prefix=WORKER_DIR_PREFIX)
+    write_dir = config.model_dir if chief else checkpointing.worker_folder()
     # A second training into the same model_dir is refused (two at once overwrote each
     # other's checkpoints and config.json, and both ended "successfully").
     held = (files.folder_held(config.model_dir, "training") if chief
