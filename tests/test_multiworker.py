@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from official.core import checkpointing, train_lib
+from official.core import checkpointing
 from tests.trainer_fixtures import (DICOM_MAIN, FAST_FLAGS, REPO_ROOT, error_lines,
                                     tiny_dataset, trainer_env)
 
@@ -455,7 +455,7 @@ def _devices_main(argv: list[str]) -> None:
     from absl import app
 
     from networks.resnet import dicom_main
-    from official.core import checkpointing, train_lib
+    from official.core import train_lib
     from official.utils import cli
     from official.utils.flags import core as flags_core
     from official.utils.misc import distribution_utils
