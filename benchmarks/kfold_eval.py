@@ -45,6 +45,9 @@ if REPO_ROOT not in sys.path:
 from absl import app, flags  # noqa: E402
 
 from dataset import sources  # noqa: E402  (TensorFlow-free)
+from dataset.convert import DEFAULT_HASH_KEY  # noqa: E402
+from dataset.dicom_options import DicomOptions  # noqa: E402
+from dataset.folder_walk import file_kind  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 PROGRAM = "kfold_eval.py"
@@ -105,8 +108,6 @@ SETTINGS_FILE = "kfold_settings.json"
 def fold_settings(dataset_dir: str, items: list[tuple[str, str]], folds: int, seed: str,
                   train_flags: list[str]) -> dict:
     """What decides a fold's result, as recorded in WORK_DIR/kfold_settings.json."""
-    from dataset.folder_walk import file_kind
-
     listing = "\n".join(f"{label}/{relpath}" for label, relpath in sorted(items))
     settings = {"dataset_dir": os.path.realpath(dataset_dir), "folds": folds, "seed": seed,
                 "train_flags": train_flags,
@@ -166,10 +167,6 @@ def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
     Raises:
       ValueError: a DICOM header that cannot be read.
     """
-    from dataset.convert import DEFAULT_HASH_KEY
-    from dataset.dicom_options import DicomOptions
-    from dataset.folder_walk import file_kind
-
     keys = {}
     for _, relpath in items:
         path = os.path.join(dataset_dir, relpath)
