@@ -176,18 +176,25 @@ def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
     return keys
 
 
+def check_folds(dataset_dir: str, keys: dict[str, str], folds: int, seed: str) -> None:
+    """Raises ValueError when a fold would hold none or all of the files (`fold_keys`' keys):
+    before any fold trains, not when that fold's turn comes."""
+    sizes = Counter(fold_of(key, folds, seed) for key in keys.values())
+    for fold in range(folds):
+        if sizes[fold] in (0, len(keys)):
+            raise ValueError(f"{dataset_dir}: fold {fold} of {folds} would hold "
+                             f"{'none' if not sizes[fold] else 'all'} of the {len(keys)} files: "
+                             f"{len(set(keys.values()))} group(s) (a DICOM file's patient, else "
+                             "its path) are too few; a PatientID shared by every file (a "
+                             "placeholder) makes one")
+
+
 def make_fold_layout(dataset_dir: str, items: list[tuple[str, str]], fold: int, folds: int,
                      seed: str, layout_dir: str) -> None:
     """LAYOUT_DIR/{train,val}/<Class>/<file> as symlinks: `fold` is val, the others train.
     Written into a temporary folder and renamed, so a half-made layout is never reused."""
     keys = fold_keys(dataset_dir, items)
-    held_out = sum(fold_of(keys[relpath], folds, seed) == fold for _, relpath in items)
-    if held_out in (0, len(items)):
-        raise ValueError(f"{dataset_dir}: fold {fold} of {folds} would hold "
-                         f"{'none' if not held_out else 'all'} of the {len(items)} files: "
-                         f"{len(set(keys.values()))} group(s) (a DICOM file's patient, else its "
-                         "path) are too few; a PatientID shared by every file (a placeholder) "
-                         "makes one")
+    check_folds(dataset_dir, keys, folds, seed)
     partial = layout_dir + ".partial"
     # rmtree removes the symlinks themselves, never the archive files they point to.
     shutil.rmtree(partial, ignore_errors=True)
@@ -302,6 +309,7 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"--work_dir={FLAGS.work_dir} is inside --dataset_dir="
                              f"{FLAGS.dataset_dir}; choose a folder outside the archive")
         items = list_archive(FLAGS.dataset_dir)
+        check_folds(FLAGS.dataset_dir, fold_keys(FLAGS.dataset_dir, items), folds, FLAGS.seed)
         train_flags = shlex.split(FLAGS.train_flags)
         claim_work_dir(FLAGS.work_dir,
                        fold_settings(FLAGS.dataset_dir, items, folds, FLAGS.seed, train_flags))

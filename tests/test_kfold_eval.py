@@ -86,6 +86,15 @@ def test_a_dicom_patient_is_in_one_fold(tmp_path):
                        r"1 group\(s\)"):
         kfold_eval.make_fold_layout(str(archive), items, 0, 3, "s", str(tmp_path / "l"))
     assert not (tmp_path / "l").exists() and not (tmp_path / "l.partial").exists()
+    # Few patients: a later fold empty is found before the first fold trains.
+    for path in archive.glob("*/*.dcm"):
+        patient = path.name.split("_")[0][1:]
+        write_dicom(path, np.zeros((8, 8), np.uint8), PatientID=f"P{int(patient) % 2}")
+    keys = kfold_eval.fold_keys(str(archive), items)
+    empty = [fold for fold in range(5) if all(kfold_eval.fold_of(key, 5, "s") != fold
+                                              for key in keys.values())]
+    with pytest.raises(ValueError, match=f"fold {empty[0]} of 5 would hold none of the 36 "):
+        kfold_eval.check_folds(str(archive), keys, 5, "s")
 
 
 def test_archive_errors_name_the_folder(tmp_path):
