@@ -297,20 +297,24 @@ def test_a_worker_whose_peer_never_starts_stops_at_the_startup_timeout(tmp_path)
 def test_a_killed_workers_private_folder_is_removed_by_the_next_worker(tmp_path, monkeypatch):
     """A non-chief worker killed by SIGKILL (or the out-of-memory killer) cannot remove its
     private folder, a full checkpoint (86 MB for a ResNet-18): the next worker on the machine
-    removes it; a live worker's, and one of the older unnamed kind, stay."""
+    removes it; a live worker's, another host's and one of the older unnamed kind stay."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    dead = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}{gone.pid}_abc"
-    alive = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}{os.getppid()}_def"
+    host = socket.gethostname()
+    dead = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}{gone.pid}@{host}_abc"
+    alive = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}{os.getppid()}@{host}_def"
+    # The same pid on another machine (a temporary folder shared between hosts): its process
+    # cannot be seen from here.
+    elsewhere = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}{gone.pid}@{host}x_ghi"
     unnamed = tmp_path / f"{checkpointing.WORKER_DIR_PREFIX}x1y2z3"
-    for folder in (dead, alive, unnamed):
+    for folder in (dead, alive, elsewhere, unnamed):
         folder.mkdir()
         (folder / "ckpt-1.index").write_bytes(b"x")
     made = Path(checkpointing.worker_folder())
-    assert not dead.exists() and alive.is_dir() and unnamed.is_dir()
+    assert not dead.exists() and alive.is_dir() and elsewhere.is_dir() and unnamed.is_dir()
     assert made.parent == tmp_path and made.name.startswith(
-        f"{checkpointing.WORKER_DIR_PREFIX}{os.getpid()}_")
+        f"{checkpointing.WORKER_DIR_PREFIX}{os.getpid()}@{host}_")
 
 
 def test_each_worker_mirrors_over_its_gpus(tmp_path):

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 
@@ -22,22 +23,24 @@ from official.core import restore
 from official.utils import files
 
 
-# A non-chief worker's checkpoints and summaries go to a temporary folder of this name and its
-# pid (only the chief writes to model_dir); it is removed when the run ends.
+# A non-chief worker's checkpoints and summaries go to a temporary folder of this name, its pid
+# and its host (only the chief writes to model_dir); it is removed when the run ends.
 WORKER_DIR_PREFIX = "trainer_worker_"
 
 
 def worker_folder() -> str:
     """A new private folder for a non-chief worker, after removing those of workers killed on
-    this machine (a SIGKILL or the out-of-memory killer: each holds a whole checkpoint)."""
-    parent = tempfile.gettempdir()
+    this machine (a SIGKILL or the out-of-memory killer: each holds a whole checkpoint). A
+    folder of another host (a temporary folder shared between machines) is left: a pid says
+    nothing of a process elsewhere."""
+    parent, host = tempfile.gettempdir(), socket.gethostname()
     with contextlib.suppress(OSError):
         for name in os.listdir(parent):
-            pid = name[len(WORKER_DIR_PREFIX):].partition("_")[0]
-            if (name.startswith(WORKER_DIR_PREFIX) and pid.isdigit()
-                    and files.process_gone(int(pid))):
+            pid, at, rest = name[len(WORKER_DIR_PREFIX):].partition("@")
+            if (name.startswith(WORKER_DIR_PREFIX) and at and pid.isdigit()
+                    and rest.startswith(f"{host}_") and files.process_gone(int(pid))):
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{WORKER_DIR_PREFIX}{os.getpid()}_")
+    return tempfile.mkdtemp(prefix=f"{WORKER_DIR_PREFIX}{os.getpid()}@{host}_")
 
 
 def save(manager: tf.train.CheckpointManager, step: int) -> None:
