@@ -45,10 +45,14 @@ if done := export.newest_is_of(export_dir, config):
     print(f"evaluate_export.sh: {done} is already of step {step}: not exported again",
           file=sys.stderr)
     print(done)
-else:
+    sys.exit()
+try:
     version = export.export_saved_model(model, config, export_dir)
-    print(f"evaluate_export.sh: exported {version}", file=sys.stderr)
-    print(version)
+except OSError as error:  # EXPORT_DIR a file, unwritable, a full disk: one line
+    sys.exit(f"evaluate_export.sh: EXPORT_DIR={export_dir}: cannot export "
+             f"({error.strerror or error})")
+print(f"evaluate_export.sh: exported {version}", file=sys.stderr)
+print(version)
 PY
 )
 

@@ -205,6 +205,13 @@ def test_convert_sweep_two_runs_then_export_and_evaluate(tmp_path, make_images_l
         versions
     assert (f"evaluate_export.sh: {versions[0]} is already of step 1: not exported again"
             in again.stderr.splitlines())
+    # An EXPORT_DIR that is a file: one line, not a Python traceback.
+    (tmp_path / "a_file").write_text("")
+    refused = _bash("evaluate_export.sh", str(sweep / "resnet18_v2"), str(data),
+                    env={"EXPORT_DIR": str(tmp_path / "a_file")})
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"evaluate_export.sh: EXPORT_DIR={tmp_path / 'a_file'}: cannot export ("), refused.stderr
 
 
 # dicom_main.py's stand-in for the sweep's bookkeeping: a model_dir keeps its first
