@@ -294,6 +294,33 @@ def test_a_worker_whose_peer_never_starts_stops_at_the_startup_timeout(tmp_path)
     assert du.DEFAULT_STARTUP_TIMEOUT_SECONDS == 600
 
 
+def test_a_worker_whose_address_is_taken_says_so_in_one_line(tmp_path):
+    """Worker 0's port already in use: one line naming its address (TensorFlow's "Could not
+    start gRPC server" was a traceback)."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        hosts = [f"127.0.0.1:{busy.getsockname()[1]}", f"127.0.0.1:{_free_ports(1)[0]}"]
+        script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+                  "from official.utils.misc import distribution_utils as du\n"
+                  "task = du.parse_tf_config(du.tf_config_from_hosts(sys.argv[2].split(','), 0))\n"
+                  "try:\n"
+                  "    du.multi_worker_strategy(task, 0, startup_timeout_seconds=5)\n"
+                  "except ConnectionError as error:\n"
+                  "    sys.exit(f'error: {error}')\n")
+        env = trainer_env()
+        env.pop("TF_CONFIG", None)
+        result = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT), ",".join(hosts)],
+                                capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        busy.close()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert error_lines(result.stderr)[-1] == (
+        f"error: multi-worker training could not start: worker 0's address {hosts[0]} is in "
+        "use or cannot be bound; free its port or give another")
+
+
 def test_a_killed_workers_private_folder_is_removed_by_the_next_worker(tmp_path, monkeypatch):
     """A non-chief worker killed by SIGKILL (or the out-of-memory killer) cannot remove its
     private folder, a full checkpoint (86 MB for a ResNet-18): the next worker on the machine

@@ -239,6 +239,16 @@ def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
             f"multi-worker training could not start: {_not_joined(error, task)} did not join "
             f"within {startup_timeout_seconds:g} s; start every worker with the same cluster "
             "and flags") from None
+    except tf.errors.UnknownError as error:
+        if "Could not start gRPC server" not in str(error):
+            raise
+        # This worker's own address is taken (another program, or a worker of a cluster
+        # still running): TensorFlow's error was a traceback.
+        address = task.cluster[task.task_type][task.task_index]
+        raise ConnectionError(
+            f"multi-worker training could not start: {task.task_type} {task.task_index}'s "
+            f"address {address} is in use or cannot be bound; free its port or give "
+            "another") from None
     # The coordination service installs a SIGTERM handler of its own (a preemption notice for
     # a checkpoint handler not used here) that ignores the signal: a worker a scheduler or
     # `kill` stopped trained on. The program's own (cli.run_program: exit 143) is put back.
