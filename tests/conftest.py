@@ -45,9 +45,9 @@ _configure_logical_cpus()
 # Files of long tests (subprocess runs of whole scripts and clusters, 30-70 s each), run first:
 # with two xdist workers, a long test left for the end keeps one core busy while the other
 # idles, and short tests fill the gaps better at the end than at the start.
-LONG_TEST_FILES = ("test_multiworker.py", "test_quickstart.py", "test_scripts.py",
-                   "test_organamnist_scripts.py", "test_trainer.py", "test_trainer_interrupt.py",
-                   "test_budget.py")
+LONG_TEST_FILES = ("test_multiworker.py", "test_multiworker_edges.py", "test_quickstart.py",
+                   "test_scripts.py", "test_organamnist_scripts.py", "test_trainer.py",
+                   "test_trainer_interrupt.py", "test_budget.py")
 
 
 def pytest_collection_modifyitems(items):
