@@ -62,13 +62,9 @@ def test_sigterm_stops_a_worker_as_it_stops_one_machine(tmp_path):
     assert _leftovers(tmp_path) == []  # the stopped worker removed its private folder
 
 
-def test_a_worker_whose_peer_never_starts_stops_at_the_startup_timeout(tmp_path):
-    """Only the chief of two is started: it says it waits, and stops with one line at the
-    startup timeout (5 s here). It waited in silence for ever (TensorFlow's wait for every
-    task ignored cluster_register_timeout), deaf to Ctrl-C and SIGTERM: only SIGKILL ended it."""
-    from official.utils.misc import distribution_utils as du
-
-    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+def _worker_0_strategy(hosts: list[str]) -> subprocess.CompletedProcess:
+    """Worker 0 of `hosts` makes its strategy (a 5-s startup timeout) in a fresh process,
+    alone; its ConnectionError is one `error:` line, with absl's INFO lines on stderr."""
     script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
               "from absl import logging\n"
               "logging.use_absl_handler(); logging.set_verbosity('info')\n"
@@ -80,10 +76,20 @@ def test_a_worker_whose_peer_never_starts_stops_at_the_startup_timeout(tmp_path)
               "    sys.exit(f'error: {error}')\n")
     env = trainer_env()
     env.pop("TF_CONFIG", None)
+    return subprocess.run([sys.executable, "-c", script, str(REPO_ROOT), ",".join(hosts)],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_worker_whose_peer_never_starts_stops_at_the_startup_timeout(tmp_path):
+    """Only the chief of two is started: it says it waits, and stops with one line at the
+    startup timeout (5 s here). It waited in silence for ever (TensorFlow's wait for every
+    task ignored cluster_register_timeout), deaf to Ctrl-C and SIGTERM: only SIGKILL ended it."""
+    from official.utils.misc import distribution_utils as du
+
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     started = time.monotonic()
     try:
-        result = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT), ",".join(hosts)],
-                                capture_output=True, text=True, env=env, timeout=60)
+        result = _worker_0_strategy(hosts)
     except subprocess.TimeoutExpired:
         pytest.fail("a lone worker still waits 60 s after a 5-s startup timeout")
     assert result.returncode == 1, result.stderr[-3000:]
@@ -106,17 +112,7 @@ def test_a_worker_whose_address_is_taken_says_so_in_one_line(tmp_path):
     busy.listen()
     try:
         hosts = [f"127.0.0.1:{busy.getsockname()[1]}", f"127.0.0.1:{_free_ports(1)[0]}"]
-        script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
-                  "from official.utils.misc import distribution_utils as du\n"
-                  "task = du.parse_tf_config(du.tf_config_from_hosts(sys.argv[2].split(','), 0))\n"
-                  "try:\n"
-                  "    du.multi_worker_strategy(task, 0, startup_timeout_seconds=5)\n"
-                  "except ConnectionError as error:\n"
-                  "    sys.exit(f'error: {error}')\n")
-        env = trainer_env()
-        env.pop("TF_CONFIG", None)
-        result = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT), ",".join(hosts)],
-                                capture_output=True, text=True, env=env, timeout=60)
+        result = _worker_0_strategy(hosts)
     finally:
         busy.close()
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
