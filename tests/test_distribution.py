@@ -13,7 +13,7 @@ import tensorflow as tf
 from networks.resnet import train_steps
 from official.core import steps
 from official.core.config import TrainConfig
-from official.utils.misc import distribution_utils
+from official.utils.misc import cluster_config, distribution_utils
 from tests.trainer_fixtures import mirrored_strategy
 
 NUM_CLASSES = 3
@@ -109,7 +109,7 @@ def test_cluster_uses_the_same_gpu_count(monkeypatch):
     with pytest.raises(ValueError, match="--num_cpu_replicas=2 is for a single machine"):
         distribution_utils.get_distribution_strategy(0, num_cpu_replicas=2, worker_hosts=hosts,
                                                      task_index=0)
-    task = distribution_utils.resolve_cluster(hosts, 1)
+    task = cluster_config.resolve_cluster(hosts, 1)
     for num_gpus, accelerators in [(4, {"GPU": 4}), (1, {"GPU": 1}), (0, {})]:
         resolver = distribution_utils.cluster_resolver(task, num_gpus)
         assert resolver.num_accelerators() == accelerators
@@ -140,12 +140,12 @@ def test_fp16_without_a_gpu_is_said_to_be_slow_and_bf16_named():
 def test_tf_config_cluster_size(monkeypatch):
     cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
                "task": {"type": "worker", "index": 1}}
-    assert distribution_utils.cluster_size_from_tf_config(json.dumps(cluster)) == 2
-    assert distribution_utils.cluster_size_from_tf_config("") == 0
+    assert cluster_config.cluster_size_from_tf_config(json.dumps(cluster)) == 2
+    assert cluster_config.cluster_size_from_tf_config("") == 0
     with pytest.raises(ValueError, match="TF_CONFIG is malformed"):
-        distribution_utils.cluster_size_from_tf_config("{not json")
+        cluster_config.cluster_size_from_tf_config("{not json")
     with pytest.raises(ValueError, match="task worker:5 is not in its cluster"):
-        distribution_utils.cluster_size_from_tf_config(json.dumps(
+        cluster_config.cluster_size_from_tf_config(json.dumps(
             {**cluster, "task": {"type": "worker", "index": 5}}))
     # A one-task cluster is a single machine: no MultiWorkerMirroredStrategy.
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},

@@ -241,21 +241,21 @@ def test_each_worker_mirrors_over_its_gpus(tmp_path):
 
 def test_cluster_parsing_and_input_split(monkeypatch):
     from official.core.train_input import shard_policy
-    from official.utils.misc import distribution_utils as du
+    from official.utils.misc import cluster_config as cc
 
-    raw = du.tf_config_from_hosts(["10.0.0.1:2222", " 10.0.0.2:2222"], 1)
+    raw = cc.tf_config_from_hosts(["10.0.0.1:2222", " 10.0.0.2:2222"], 1)
     assert json.loads(raw) == {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]},
                                "task": {"type": "worker", "index": 1}}
-    task = du.parse_tf_config(raw)
+    task = cc.parse_tf_config(raw)
     assert (task.num_workers, task.is_chief) == (2, False)
-    assert du.parse_tf_config(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
+    assert cc.parse_tf_config(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
                                           "task": {"type": "chief", "index": 0}})).is_chief
-    assert du.parse_tf_config("  ") is None
+    assert cc.parse_tf_config("  ") is None
     bad = {"worker list": (["a:1"], 1, "--task_index=1: must be in 0-0"),
            "no hosts": ([], 0, "--worker_hosts: give a comma-separated list")}
     for hosts, index, message in bad.values():
         with pytest.raises(ValueError, match=message):
-            du.tf_config_from_hosts(hosts, index)
+            cc.tf_config_from_hosts(hosts, index)
     for config, message in [
             ({"cluster": {"ps": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker"}},
              "cluster job 'ps' is not supported"),
@@ -267,19 +267,19 @@ def test_cluster_parsing_and_input_split(monkeypatch):
              r"task worker:2 is not in its cluster \(worker:0-1\)"),
             ({"task": {"type": "worker"}}, "needs a \"cluster\" and a \"task\"")]:
         with pytest.raises(ValueError, match=message):
-            du.parse_tf_config(json.dumps(config))
+            cc.parse_tf_config(json.dumps(config))
     monkeypatch.setenv("TF_CONFIG", raw)
-    assert du.resolve_cluster().task_index == 1
+    assert cc.resolve_cluster().task_index == 1
     with pytest.raises(ValueError, match="--worker_hosts and the TF_CONFIG environment"):
-        du.resolve_cluster(["a:1", "b:1"], 0)
+        cc.resolve_cluster(["a:1", "b:1"], 0)
     monkeypatch.delenv("TF_CONFIG")
-    assert du.resolve_cluster() is None
+    assert cc.resolve_cluster() is None
     with pytest.raises(ValueError, match="--task_index=1 needs --worker_hosts"):
-        du.resolve_cluster(None, 1)
+        cc.resolve_cluster(None, 1)
     with pytest.raises(ValueError, match="--task_index=0 needs --worker_hosts"):
-        du.resolve_cluster(None, 0)  # it was ignored without a word
+        cc.resolve_cluster(None, 0)  # it was ignored without a word
     with pytest.raises(ValueError, match="^--worker_hosts needs --task_index: this host's"):
-        du.resolve_cluster(["a:1", "b:1"], None)  # it said "--task_index=None: must be in 0-1"
+        cc.resolve_cluster(["a:1", "b:1"], None)  # it said "--task_index=None: must be in 0-1"
     Policy = tf.data.experimental.AutoShardPolicy
     assert shard_policy(num_files=1, num_workers=1) == Policy.OFF
     assert shard_policy(num_files=4, num_workers=2) == Policy.FILE
