@@ -190,11 +190,13 @@ def check_folds(dataset_dir: str, keys: dict[str, str], folds: int, seed: str) -
 
 
 def make_fold_layout(dataset_dir: str, items: list[tuple[str, str]], fold: int, folds: int,
-                     seed: str, layout_dir: str) -> None:
+                     seed: str, layout_dir: str, keys: dict[str, str] | None = None) -> None:
     """LAYOUT_DIR/{train,val}/<Class>/<file> as symlinks: `fold` is val, the others train.
-    Written into a temporary folder and renamed, so a half-made layout is never reused."""
-    keys = fold_keys(dataset_dir, items)
-    check_folds(dataset_dir, keys, folds, seed)
+    Written into a temporary folder and renamed, so a half-made layout is never reused.
+    `keys`: fold_keys' (read from the DICOM headers when not given)."""
+    if keys is None:
+        keys = fold_keys(dataset_dir, items)
+        check_folds(dataset_dir, keys, folds, seed)
     partial = layout_dir + ".partial"
     # rmtree removes the symlinks themselves, never the archive files they point to.
     shutil.rmtree(partial, ignore_errors=True)
@@ -219,7 +221,8 @@ def progress(line: str) -> None:
 
 
 def run_fold(dataset_dir: str, items: list[tuple[str, str]], fold: int, folds: int, seed: str,
-             work_dir: str, train_flags: list[str], label: str) -> str:
+             work_dir: str, train_flags: list[str], label: str,
+             keys: dict[str, str] | None = None) -> str:
     """Layout, conversion, training, export and evaluation of one fold; returns its eval
     folder. Steps whose output exists are skipped; `label` starts the progress line naming
     the others."""
@@ -229,7 +232,7 @@ def run_fold(dataset_dir: str, items: list[tuple[str, str]], fold: int, folds: i
     report = os.path.join(fold_dir, "eval")
     if not os.path.isdir(layout):
         os.makedirs(fold_dir, exist_ok=True)
-        make_fold_layout(dataset_dir, items, fold, folds, seed, layout)
+        make_fold_layout(dataset_dir, items, fold, folds, seed, layout, keys)
     python = sys.executable
     steps = (  # (step, its output exists, command); no step makes a later one's output
         ("conversion", os.path.isfile(os.path.join(data, "manifest.json")),
@@ -309,14 +312,16 @@ def main(argv: list[str]) -> None:
             raise ValueError(f"--work_dir={FLAGS.work_dir} is inside --dataset_dir="
                              f"{FLAGS.dataset_dir}; choose a folder outside the archive")
         items = list_archive(FLAGS.dataset_dir)
-        check_folds(FLAGS.dataset_dir, fold_keys(FLAGS.dataset_dir, items), folds, FLAGS.seed)
+        keys = fold_keys(FLAGS.dataset_dir, items)  # (every DICOM header read once)
+        check_folds(FLAGS.dataset_dir, keys, folds, FLAGS.seed)
         train_flags = shlex.split(FLAGS.train_flags)
         claim_work_dir(FLAGS.work_dir,
                        fold_settings(FLAGS.dataset_dir, items, folds, FLAGS.seed, train_flags))
         for position, fold in enumerate(wanted, 1):
             label = f"fold {fold} ({position} of {len(wanted)})"
             metrics, rows = read_report(run_fold(FLAGS.dataset_dir, items, fold, folds,
-                                                 FLAGS.seed, FLAGS.work_dir, train_flags, label))
+                                                 FLAGS.seed, FLAGS.work_dir, train_flags, label,
+                                                 keys))
             progress(f"{label}: errors {len(rows)} of {metrics['num_examples']}")
         reports = {k: os.path.join(FLAGS.work_dir, f"fold_{k}", "eval") for k in range(folds)}
         reports = {k: path for k, path in reports.items()

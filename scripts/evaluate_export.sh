@@ -41,17 +41,14 @@ except (FileNotFoundError, ValueError) as error:
     sys.exit(f"evaluate_export.sh: {error}")
 step = checkpoint.rsplit("-", 1)[-1]
 config = {**config, "exported_step": int(step) if step.isdigit() else None, "export_tta": 1}
-if done := export.newest_is_of(export_dir, config):
-    print(f"evaluate_export.sh: {done} is already of step {step}: not exported again",
-          file=sys.stderr)
-    print(done)
-    sys.exit()
 try:
-    version = export.export_saved_model(model, config, export_dir)
+    version, exported = export.export_unless_done(model, config, export_dir)
 except OSError as error:  # EXPORT_DIR a file, unwritable, a full disk: one line
     sys.exit(f"evaluate_export.sh: EXPORT_DIR={export_dir}: cannot export "
              f"({error.strerror or error})")
-print(f"evaluate_export.sh: exported {version}", file=sys.stderr)
+print(f"evaluate_export.sh: exported {version}" if exported else
+      f"evaluate_export.sh: {version} is already of step {step}: not exported again",
+      file=sys.stderr)
 print(version)
 PY
 )

@@ -196,7 +196,8 @@ def fake_folds(monkeypatch):
     the real steps are; returns the folds it was asked for."""
     calls = []
 
-    def run_fold(dataset_dir, items, fold, folds, seed, work_dir, train_flags, label):
+    def run_fold(dataset_dir, items, fold, folds, seed, work_dir, train_flags, label,
+                 keys=None):
         calls.append(fold)
         report = os.path.join(work_dir, f"fold_{fold}", "eval")
         if not os.path.isdir(report):

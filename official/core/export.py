@@ -165,16 +165,13 @@ def export_saved_model(model: keras.Model, config: dict, export_dir: str,
 
 
 def export_unless_done(model: keras.Model, config: dict, export_dir: str,
-                       tta_views: int = 1) -> str:
+                       tta_views: int = 1) -> tuple[str, bool]:
     """export_saved_model, unless the newest version in `export_dir` already is this export
-    (newest_is_of: a rerun of a finished training): then that version. Returns the folder."""
+    (newest_is_of: a rerun of a finished training, or of scripts/evaluate_export.sh): then
+    that version. Returns (the folder, whether it was exported now)."""
     if done := newest_is_of(export_dir, config):
-        absl_logging.info("the newest export, %s, is already of step %d: not exported again",
-                          done, config["exported_step"])
-        return done
-    path = export_saved_model(model, config, export_dir, tta_views=tta_views)
-    absl_logging.info("exported SavedModel to %s", path)
-    return path
+        return done, False
+    return export_saved_model(model, config, export_dir, tta_views=tta_views), True
 
 
 def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: str,

@@ -214,8 +214,8 @@ def training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spe
              stretchable: bool = False):
     """(schedule, state, weight average or None, train function) of one run of `network`
     (official/core/train_lib.py's plug-in): the real one, and the copy --train_budget_seconds
-    times. `stretchable`: a schedule laid over the run's
-    length (it has total_steps) can be stretched when the budget lengthens the run."""
+    times. `stretchable`: a schedule laid over the run's length (it has total_steps) can be
+    stretched when the budget lengthens the run."""
     schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
                                                                    train_steps))
     if stretchable and getattr(schedule, "total_steps", None):

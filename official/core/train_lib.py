@@ -383,9 +383,14 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     export_path = None
     if config.export_dir and chief:
         with ema.averaged(weight_average):  # (a rerun of a finished run exports nothing)
-            export_path = export_lib.export_unless_done(
+            export_path, exported = export_lib.export_unless_done(
                 state.model, {**resolved, "exported_step": step}, config.export_dir,
                 tta_views=config.export_tta)
+        if exported:
+            logging.info("exported SavedModel to %s", export_path)
+        else:
+            logging.info("the newest export, %s, is already of step %d: not exported again",
+                         export_path, step)
     return TrainResult(model_name=spec.name, step=step, resumed_from_step=resumed_from,
                        stopped_by=stopped_by, eval_accuracy=eval_metrics["accuracy"],
                        eval_loss=eval_metrics["loss"], eval_examples=eval_metrics["examples"],

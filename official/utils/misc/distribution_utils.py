@@ -68,8 +68,7 @@ def _not_joined(error: tf.errors.OpError, task: ClusterTask) -> str:
     else:
         named = " ".join(re.findall(r"remote target (\S+)", text))
     tasks = dict.fromkeys(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", named))
-    total = sum(len(addresses) for addresses in task.cluster.values())
-    found = [f"{job} {index} of the {total} ({task.cluster[job][int(index)]})"
+    found = [f"{job} {index} of the {task.num_workers} ({task.cluster[job][int(index)]})"
              for job, index in tasks
              if job in task.cluster and int(index) < len(task.cluster[job])]
     return ", ".join(found) or "another worker"
