@@ -17,7 +17,7 @@ from dataset.folder_walk import split_suffix
 from dataset.tasks import FileTask
 
 
-def assign(config, discovery, headers, problems) -> Plan:
+def assign(config, discovery, headers, problems, identical=()) -> Plan:
     """Labels, groups and splits for every usable file; appends problems found.
 
     Args:
@@ -26,6 +26,8 @@ def assign(config, discovery, headers, problems) -> Plan:
       headers: the DICOM headers read (``values``: relpath -> (body part, patient key,
         modality); ``errors``: relpaths whose header could not be read).
       problems: found so far; appended to, and returned in the Plan.
+      identical: sets of relpaths with the same bytes (``dataset.duplicates``): each set
+        is kept in one split.
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
@@ -63,7 +65,10 @@ def assign(config, discovery, headers, problems) -> Plan:
     except ValueError as error:
         problems.append(sources.Problem("--need_split", str(error), fatal=True))
         fractions = {}
-    group_of = _groups(labelled, groups_csv)
+    label_of = {item.relpath: label for item, label, _ in labelled}
+    identical = [same for same in ([r for r in same if r in label_of] for same in identical)
+                 if len(same) > 1]
+    group_of = _groups(labelled, groups_csv, identical)
     tasks, files_by_class = [], collections.defaultdict(dict)
     for item, label, _ in labelled:
         group = group_of[item.relpath]
@@ -93,15 +98,19 @@ def assign(config, discovery, headers, problems) -> Plan:
         notes += _across_splits(tasks, groups, {item.relpath: patient
                                                 for item, _, patient in labelled},
                                 predefined=config.need_split == "predefined")
+    notes += _identical_notes(identical, label_of, {task.relpath: task.split for task in tasks},
+                              config.need_split)
     return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
 
 
-def _groups(labelled, groups_csv: dict[str, str]) -> dict[str, str]:
+def _groups(labelled, groups_csv: dict[str, str], identical: list[list[str]]
+            ) -> dict[str, str]:
     """{relpath: group}: a --groups_csv row decides its file's group (the user's word: it is
     also the way out when every file carries one placeholder PatientID); a file without a row
     goes with its DICOM patient's files that have one (their least group: it was the patient's
     own group, and could land in another split than the rest of that patient), else with its
-    patient, else its file stem."""
+    patient, else its file stem. Then the groups of files with the same bytes are joined
+    (into their least), so that no image is both trained on and scored."""
     csv_groups = {item.relpath: sources.csv_group(groups_csv, item.relpath)
                   for item, _, _ in labelled}
     patient_group = {}  # patient -> the least CSV group among its files
@@ -117,7 +126,42 @@ def _groups(labelled, groups_csv: dict[str, str]) -> dict[str, str]:
             groups[item.relpath] = patient_group.get(patient, f"patient:{patient}")
         else:
             groups[item.relpath] = f"stem:{split_suffix(os.path.basename(item.relpath))[0]}"
-    return groups
+    joined = {}  # group -> the group it was joined into (followed to the end)
+
+    def final(group):
+        while group in joined:
+            group = joined[group]
+        return group
+
+    for same in identical:
+        least, *others = sorted({final(groups[relpath]) for relpath in same})
+        joined.update((group, least) for group in others)
+    return {relpath: final(group) for relpath, group in groups.items()}
+
+
+def _identical_notes(identical: list[list[str]], label_of: dict[str, str],
+                     split_of: dict[str, str], need_split: str) -> list[str]:
+    """Warnings about files with the same bytes: labelled differently (whatever the split),
+    in more than one given split (predefined), or kept together by a drawn split."""
+    notes = []
+    conflicting = [same for same in identical if len({label_of[r] for r in same}) > 1]
+    if conflicting:
+        example = ", ".join(f"{r} ({label_of[r]})" for r in conflicting[0])
+        notes.append(f"{len(conflicting)} set(s) of files with the same bytes have different "
+                     f"labels (e.g. {example}): one image taught as two classes; check their "
+                     "labels")
+    copies = sum(len(same) - 1 for same in identical)
+    if need_split == "predefined":
+        spanning = [same for same in identical if len({split_of[r] for r in same}) > 1]
+        if spanning:
+            example = " and ".join(f"{r} ({split_of[r]})" for r in spanning[0])
+            notes.append(f"{len(spanning)} set(s) of files with the same bytes lie in more than "
+                         f"one of the given splits (e.g. {example}); the predefined split is "
+                         "kept as given, so its evaluation scores images the model trained on")
+    elif need_split != "None" and copies:
+        notes.append(f"{copies} file(s) have the same bytes as another (e.g. "
+                     f"{' and '.join(identical[0])}): each set is kept in one split")
+    return notes
 
 
 def _across_splits(tasks, groups: dict[str, str], patients: dict[str, str | None],

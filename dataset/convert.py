@@ -2,7 +2,8 @@
 
 Passes:
 1. Validation (nothing written): find inputs and labels (``dataset.sources``),
-   read DICOM headers (patient for grouping, BodyPartExamined for labels), assign
+   read DICOM headers (patient for grouping, BodyPartExamined for labels), find files
+   with the same bytes (``dataset.duplicates``: kept in one split), assign
    classes, groups and splits (``dataset.assignment``, ``dataset.splits``) and collect
    *every* problem. ``dataset.conversion_plan``
    decides what they mean: with ``on_error="fail"`` any problem raises
@@ -30,7 +31,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from dataset import assignment, shards, sources, splits
+from dataset import assignment, duplicates, shards, sources, splits
 from dataset.conversion_plan import Plan, fail_or_skip, write_order
 from dataset.dicom_options import DicomOptions
 from dataset.manifest import build_manifest
@@ -176,7 +177,9 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
         hold.enter_context(files.folder_held(config.output_dir, "conversion"))
     problems = list(discovery.problems) + output_problems
     headers = _read_headers(workers, discovery, problems)
-    return assignment.assign(config, discovery, headers, problems)
+    identical = duplicates.identical_files({f.relpath: f.path for f in discovery.files},
+                                           workers.imap)
+    return assignment.assign(config, discovery, headers, problems, identical)
 
 
 @contextlib.contextmanager

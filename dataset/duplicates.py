@@ -1,0 +1,74 @@
+"""Files with the same bytes under different names (library of dataset.convert's validation
+pass). A copy of one image in the training split and another in the test split is scored as
+if it were unseen; public datasets carry such copies (MedNIST's public tarball had exact
+duplicates). The split keeps each set of copies together (``dataset.assignment``).
+
+Cheap first: only files of equal size can be equal, and most of those differ in their first
+64 KiB (a DICOM header holds its instance UID), so few files are read whole.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+
+PREFIX_BYTES = 64 * 1024
+
+
+def identical_files(paths: dict[str, str], imap) -> list[list[str]]:
+    """Sets of files with the same bytes, each sorted, the sets sorted by their first name.
+
+    Args:
+      paths: relpath -> path of the files to compare.
+      imap: an ordered parallel map, ``imap(function, tasks, chunksize)``
+        (``dataset.workers.WorkerPool.imap``); ``content_digest`` runs in it.
+
+    An empty or unreadable file is in no set: reading it is the encode pass's problem, and
+    every empty file would otherwise be a copy of every other.
+    """
+    by_size = collections.defaultdict(list)
+    for relpath, path in paths.items():
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            continue
+        if size:
+            by_size[size].append(relpath)
+    same_size = [(size, relpaths) for size, relpaths in by_size.items() if len(relpaths) > 1]
+    alike = _alike([relpaths for _, relpaths in same_size], paths, imap, PREFIX_BYTES)
+    # Files no longer than the prefix were read whole: only the longer ones are read again.
+    longer = {relpath for size, relpaths in same_size if size > PREFIX_BYTES
+              for relpath in relpaths}
+    alike = ([same for same in alike if same[0] not in longer]
+             + _alike([same for same in alike if same[0] in longer], paths, imap, None))
+    return sorted(sorted(same) for same in alike)
+
+
+def _alike(candidates: list[list[str]], paths: dict[str, str], imap, limit: int | None):
+    """The candidates' sets split by digest (of the first `limit` bytes, or whole files),
+    keeping those of two or more files."""
+    relpaths = [relpath for same in candidates for relpath in same]
+    digests = dict(zip(relpaths, imap(content_digest, [(paths[r], limit) for r in relpaths],
+                                      chunksize=64)))
+    alike = []
+    for same in candidates:
+        by_digest = collections.defaultdict(list)
+        for relpath in same:
+            if digests[relpath] is not None:
+                by_digest[digests[relpath]].append(relpath)
+        alike += [group for group in by_digest.values() if len(group) > 1]
+    return alike
+
+
+def content_digest(path_and_limit: tuple[str, int | None]) -> bytes | None:
+    """The digest of a file's first ``limit`` bytes (None: all of it); None when the file
+    cannot be read (a worker's task: one argument)."""
+    path, limit = path_and_limit
+    try:
+        with open(path, "rb") as file:
+            if limit is not None:
+                return hashlib.blake2b(file.read(limit), digest_size=16).digest()
+            return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16)).digest()
+    except OSError:
+        return None

@@ -1,0 +1,96 @@
+"""Files with the same bytes under different names (dataset.duplicates): found cheaply, kept
+in one split, and warned of when their labels or their given splits differ."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from dataset import duplicates
+from tests.conftest import write_image
+from tests.test_convert import convert, split_of_files
+
+
+def _recording_map(calls):
+    def imap(function, tasks, chunksize):
+        calls.extend(tasks)
+        return map(function, tasks)
+    return imap
+
+
+def test_identical_files_compares_sizes_then_prefixes_then_whole_files(tmp_path):
+    prefix = bytes(range(256)) * 256  # 64 KiB
+    contents = {
+        "a.bin": b"x" * 10, "copy-of-a.bin": b"x" * 10, "same-size.bin": b"y" * 10,
+        "long.bin": prefix + b"tail", "copy-of-long.bin": prefix + b"tail",
+        "other-tail.bin": prefix + b"TAIL",  # same size and first 64 KiB as long.bin
+        "other-prefix.bin": b"z" + prefix[1:] + b"tail",
+        "empty1.bin": b"", "empty2.bin": b"", "unique.bin": b"only one of this size",
+    }
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    calls = []
+    found = duplicates.identical_files({name: str(tmp_path / name) for name in contents},
+                                       _recording_map(calls))
+    assert found == [["a.bin", "copy-of-a.bin"], ["copy-of-long.bin", "long.bin"]]
+    read_whole = sorted(Path(path).name for path, limit in calls if limit is None)
+    # The file whose first 64 KiB differ is not read whole; nor are the short ones again.
+    assert read_whole == ["copy-of-long.bin", "long.bin", "other-tail.bin"]
+    assert not {Path(path).name for path, _ in calls} & {"unique.bin", "empty1.bin"}
+
+
+def _images_with_copies(root: Path, copies: int) -> list[tuple[str, str]]:
+    """Two classes of distinct images, plus `copies` copies of training images under other
+    names (each its own group by file stem); returns (original, copy) relpaths."""
+    rng = np.random.default_rng(0)
+    for name in ("Chest", "Hand"):
+        for index in range(20):
+            write_image(root / name / f"{name.lower()}{index:03d}.png",
+                        rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    pairs = []
+    for index in range(copies):
+        name = ("Chest", "Hand")[index % 2]
+        original = f"{name}/{name.lower()}{index:03d}.png"
+        copy = f"{name}/again{index:03d}.png"
+        shutil.copyfile(root / original, root / copy)
+        pairs.append((original, copy))
+    return pairs
+
+
+def test_copies_under_other_names_are_kept_in_one_split(tmp_path):
+    pairs = _images_with_copies(tmp_path / "ds", copies=16)
+    manifest = convert(tmp_path / "ds", tmp_path / "out", need_split="tvt_split",
+                       validation_size=0.25, test_size=0.25)
+    split_of = split_of_files(tmp_path / "out")
+    # Drawn by file stem alone, a pair would share its split with probability
+    # 0.5**2 + 2 * 0.25**2 = 0.375, and all 16 pairs with 0.375**16 = 2e-7.
+    assert all(split_of[original] == split_of[copy] for original, copy in pairs)
+    assert len({split_of[original] for original, _ in pairs}) > 1  # the sets are still spread
+    assert (f"16 file(s) have the same bytes as another (e.g. {pairs[0][1]} and {pairs[0][0]}):"
+            " each set is kept in one split") in manifest["warnings"]
+
+
+def test_copies_with_different_labels_are_warned_of(tmp_path):
+    root = tmp_path / "ds"
+    _images_with_copies(root, copies=0)
+    shutil.copyfile(root / "Chest/chest000.png", root / "Hand/hand-copy.png")
+    manifest = convert(root, tmp_path / "out")
+    assert manifest["warnings"] == [
+        "1 set(s) of files with the same bytes have different labels (e.g. Chest/chest000.png "
+        "(Chest), Hand/hand-copy.png (Hand)): one image taught as two classes; check their "
+        "labels"]
+
+
+def test_copies_across_given_splits_are_warned_of_and_kept_where_given(tmp_path):
+    root = tmp_path / "ds"
+    _images_with_copies(root / "train", copies=0)
+    _images_with_copies(root / "test", copies=0)  # the same seed: the same 40 images
+    manifest = convert(root, tmp_path / "out", need_split="predefined")
+    assert manifest["splits"]["test"]["num_examples"] == 40
+    assert (
+        "40 set(s) of files with the same bytes lie in more than one of the given splits "
+        "(e.g. test/Chest/chest000.png (test) and train/Chest/chest000.png (train)); the "
+        "predefined split is kept as given, so its evaluation scores images the model "
+        "trained on") in manifest["warnings"]
