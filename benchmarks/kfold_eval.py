@@ -8,7 +8,8 @@ Why: a hold-out drawn from the same archive as the training images (MedNIST's ho
 a draw) makes errors at the archive's rate, and a 3,400-image test split sees too few of them
 to tell two recipes apart (2 vs 6 errors is counting noise). Here the archive
 (DATASET_DIR/<Class>/<file>, MedNIST's public layout) is cut into --folds parts by a hash of
-each file's path (of a DICOM file's patient, as the converter groups them); for each fold a model is trained on the others with tf_convert_data.py
+each file's path (of a DICOM file's patient, as the converter groups them; copies under other
+names go with their originals); for each fold a model is trained on the others with tf_convert_data.py
 (--need_split=predefined), dicom_main.py and --train_flags, exported, and scored on the fold
 with dicom_eval.py. With 5 folds each model trains on 4/5 of the archive, as the recipes'
 tvt_split training split does (80%), so its error rate is the recipe's. The summary adds the
@@ -44,7 +45,7 @@ if REPO_ROOT not in sys.path:
 
 from absl import app, flags  # noqa: E402
 
-from dataset import sources  # noqa: E402  (TensorFlow-free)
+from dataset import duplicates, sources  # noqa: E402  (TensorFlow-free)
 from dataset.convert import DEFAULT_HASH_KEY  # noqa: E402
 from dataset.dicom_options import DicomOptions  # noqa: E402
 from dataset.folder_walk import file_kind  # noqa: E402
@@ -106,8 +107,9 @@ SETTINGS_FILE = "kfold_settings.json"
 
 
 def fold_settings(dataset_dir: str, items: list[tuple[str, str]], folds: int, seed: str,
-                  train_flags: list[str]) -> dict:
-    """What decides a fold's result, as recorded in WORK_DIR/kfold_settings.json."""
+                  train_flags: list[str], keys: dict[str, str] | None = None) -> dict:
+    """What decides a fold's result, as recorded in WORK_DIR/kfold_settings.json (`keys`:
+    fold_keys')."""
     listing = "\n".join(f"{label}/{relpath}" for label, relpath in sorted(items))
     settings = {"dataset_dir": os.path.realpath(dataset_dir), "folds": folds, "seed": seed,
                 "train_flags": train_flags,
@@ -118,6 +120,11 @@ def fold_settings(dataset_dir: str, items: list[tuple[str, str]], folds: int, se
         # Folds of DICOM files were cut by path before they were cut by patient: a work_dir
         # of such folds (recorded without this) is refused rather than reused.
         settings["dicom_folds_by"] = "patient"
+    joined = sum(key != relpath and not key.startswith("patient:")
+                 for relpath, key in (keys or {}).items())
+    if joined:  # recorded only then: an archive without copies keeps its work_dirs
+        # Folds were cut with each copy by its own path before copies were joined.
+        settings["copies_fold_with"] = f"{joined} file(s) with the key of an identical file"
     return settings
 
 
@@ -162,7 +169,7 @@ def fold_of(key: str, folds: int, seed: str) -> int:
 def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
     """{relpath: what decides its fold}: a DICOM file's patient (the converter's group:
     the patient's other images would otherwise train the model that scores it), else the
-    file's path.
+    file's path; files with the same bytes take the least key among them.
 
     Raises:
       ValueError: a DICOM header that cannot be read.
@@ -173,7 +180,12 @@ def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
         patient = (sources.read_dicom_header(path, DicomOptions(), DEFAULT_HASH_KEY)[1]
                    if file_kind(path) == "dicom" else None)
         keys[relpath] = f"patient:{patient}" if patient else relpath
-    return keys
+    # Copies under other names fold together, as the converter splits them (a copy in
+    # another fold would be scored by a model trained on it).
+    identical = duplicates.identical_files(
+        {relpath: os.path.join(dataset_dir, relpath) for _, relpath in items},
+        lambda function, tasks, chunksize: map(function, tasks))
+    return duplicates.join_groups(keys, identical)
 
 
 def check_folds(dataset_dir: str, keys: dict[str, str], folds: int, seed: str) -> None:
@@ -316,7 +328,8 @@ def main(argv: list[str]) -> None:
         check_folds(FLAGS.dataset_dir, keys, folds, FLAGS.seed)
         train_flags = shlex.split(FLAGS.train_flags)
         claim_work_dir(FLAGS.work_dir,
-                       fold_settings(FLAGS.dataset_dir, items, folds, FLAGS.seed, train_flags))
+                       fold_settings(FLAGS.dataset_dir, items, folds, FLAGS.seed, train_flags,
+                                     keys))
         for position, fold in enumerate(wanted, 1):
             label = f"fold {fold} ({position} of {len(wanted)})"
             metrics, rows = read_report(run_fold(FLAGS.dataset_dir, items, fold, folds,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import os
 
-from dataset import sources, splits
+from dataset import duplicates, sources, splits
 from dataset.body_parts import (canonical_body_part, class_name, normalize_body_part,
                                  not_anatomy)
 from dataset.conversion_plan import Plan
@@ -126,17 +126,7 @@ def _groups(labelled, groups_csv: dict[str, str], identical: list[list[str]]
             groups[item.relpath] = patient_group.get(patient, f"patient:{patient}")
         else:
             groups[item.relpath] = f"stem:{split_suffix(os.path.basename(item.relpath))[0]}"
-    joined = {}  # group -> the group it was joined into (followed to the end)
-
-    def final(group):
-        while group in joined:
-            group = joined[group]
-        return group
-
-    for same in identical:
-        least, *others = sorted({final(groups[relpath]) for relpath in same})
-        joined.update((group, least) for group in others)
-    return {relpath: final(group) for relpath, group in groups.items()}
+    return duplicates.join_groups(groups, identical)
 
 
 def _identical_notes(identical: list[list[str]], label_of: dict[str, str],

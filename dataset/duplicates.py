@@ -45,6 +45,23 @@ def identical_files(paths: dict[str, str], imap) -> list[list[str]]:
     return sorted(sorted(same) for same in alike)
 
 
+def join_groups(groups: dict[str, str], identical: list[list[str]]) -> dict[str, str]:
+    """``groups`` (relpath -> group) with the groups of each set of identical files joined
+    into their least (and so every file of those groups: a split or fold drawn by group then
+    keeps the copies together)."""
+    joined = {}  # group -> the group it was joined into (followed to the end)
+
+    def final(group):
+        while group in joined:
+            group = joined[group]
+        return group
+
+    for same in identical:
+        least, *others = sorted({final(groups[relpath]) for relpath in same})
+        joined.update((group, least) for group in others)
+    return {relpath: final(group) for relpath, group in groups.items()}
+
+
 def _alike(candidates: list[list[str]], paths: dict[str, str], imap, limit: int | None):
     """The candidates' sets split by digest (of the first `limit` bytes, or whole files),
     keeping those of two or more files."""

@@ -51,6 +51,23 @@ def test_every_file_is_in_exactly_one_validation_fold(tmp_path):
         [kfold_eval.fold_of(f, 4, "s") for _, f in items]
 
 
+def test_copies_under_other_names_are_in_one_fold(tmp_path):
+    archive = _archive(tmp_path / "archive", per_class=12)
+    for k in range(12):  # each Chest image again under a Hand name: a copy and a bad label
+        (archive / "Hand" / f"again{k:03d}.png").write_bytes(
+            (archive / "Chest" / f"{k:03d}.png").read_bytes())
+    items = kfold_eval.list_archive(str(archive))
+    keys = kfold_eval.fold_keys(str(archive), items)
+    assert all(keys[f"Hand/again{k:03d}.png"] == keys[f"Chest/{k:03d}.png"] for k in range(12))
+    # By path, 12 pairs in 3 folds would all share a fold with probability 3**-12.
+    assert all(kfold_eval.fold_of(keys[f"Hand/again{k:03d}.png"], 3, "s")
+               == kfold_eval.fold_of(keys[f"Chest/{k:03d}.png"], 3, "s") for k in range(12))
+    settings = kfold_eval.fold_settings(str(archive), items, 3, "s", [], keys)
+    assert settings["copies_fold_with"] == "12 file(s) with the key of an identical file"
+    assert "copies_fold_with" not in kfold_eval.fold_settings(
+        str(archive), items, 3, "s", [], kfold_eval.fold_keys(str(archive), items[:24]))
+
+
 def test_a_dicom_patient_is_in_one_fold(tmp_path):
     """Folds were cut by path: a patient's other images trained the model scoring it."""
     from tests.dicom_fixtures import write_dicom
