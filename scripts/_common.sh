@@ -19,6 +19,23 @@ check_arguments() {
   fi
 }
 
+# refuse_flags "FLAG=VARIABLE ..." "$@": an extra dicom_main.py flag that the script computes
+# (from VARIABLE) exits 2 in one line. The trainer would take the later value, and the GPUs
+# or global batch the script sized and printed would not be the ones that train.
+refuse_flags() {
+  local pairs="$1" arg pair name; shift
+  for arg in "$@"; do
+    for pair in $pairs; do
+      name="${pair%%=*}"
+      if [[ "$arg" =~ ^--?(no)?$name(=|$) ]]; then
+        echo "$(basename "$0"): error: ${arg%%=*}: this script sizes the GPUs and the" \
+             "global batch; set ${pair#*=} instead" >&2
+        exit 2
+      fi
+    done
+  done
+}
+
 # The repository root, on PYTHONPATH so the command-line tools import dataset/ and networks/
 # from any working directory; TensorFlow's C++ start-up logs stay quiet unless asked for.
 # shellcheck disable=SC2034  # repo is read by the scripts that source this file

@@ -7,7 +7,8 @@
 # Environment overrides (defaults in brackets):
 #   GPUS               comma-separated GPU ids to use [CUDA_VISIBLE_DEVICES if set (a
 #                      scheduler's allocation), else all that nvidia-smi lists]
-#   PER_GPU_BATCH_SIZE [32]
+#   PER_GPU_BATCH_SIZE [32]  (--num_gpus, --multi_gpu and --batch_size are refused: set
+#                      GPUS and this instead)
 #   RESNET_SIZE        [50]    VERSION [2]    IMAGE_SIZE [224]
 #   TRAIN_EPOCHS       [100]   EPOCHS_BETWEEN_EVALS [1]
 #   DTYPE              fp32 | fp16 | bf16 [fp16: tensor cores]
@@ -19,6 +20,7 @@ set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 check_arguments 2 "$@"
 data_dir="$1"; model_dir="$2"; shift 2
+refuse_flags "num_gpus=GPUS multi_gpu=GPUS batch_size=PER_GPU_BATCH_SIZE" "$@"
 
 if [[ -z "${GPUS:-}" && -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
   GPUS="$(cuda_visible_ids)"  # on a shared server, only the GPUs allocated to this job

@@ -15,6 +15,7 @@
 #                  CUDA_VISIBLE_DEVICES if set, else every GPU nvidia-smi lists; 0 = CPU]
 #   PER_GPU_BATCH_SIZE  batch per replica [32]: a replica is one GPU, or the CPU when
 #                  GPUS_PER_HOST=0; global batch = this x replicas per host x hosts
+#                  (--num_gpus, --multi_gpu and --batch_size are refused: set these instead)
 #   RESNET_SIZE [50]  VERSION [2]  IMAGE_SIZE [224]  TRAIN_EPOCHS [100]  DTYPE [fp32]
 #   EXPORT_DIR     [MODEL_DIR/export]; "none" to skip
 #   DRY_RUN=1      print TF_CONFIG and the command instead of running it
@@ -32,6 +33,7 @@ check_arguments 3 "$@"
 [[ -n "${HOSTS:-}" ]] || {
   echo "train_multi_node.sh: error: HOSTS is not set (HOSTS=host1,host2,...)" >&2; exit 2; }
 task_index="$1"; data_dir="$2"; model_dir="$3"; shift 3
+refuse_flags "num_gpus=GPUS_PER_HOST multi_gpu=GPUS_PER_HOST batch_size=PER_GPU_BATCH_SIZE" "$@"
 
 port="${PORT:-2222}"
 IFS=, read -r -a hosts <<< "$HOSTS"

@@ -36,6 +36,32 @@ def test_multi_node_builds_tf_config_from_the_host_list():
     assert auto.returncode == 0 and '"index": 1' in auto.stdout, auto.stderr
 
 
+@pytest.mark.parametrize("script, args, env, variable", [
+    ("train_multi_node.sh", ("0", "d", "m"), {"HOSTS": "a,b", "GPUS_PER_HOST": "0"},
+     {"num_gpus": "GPUS_PER_HOST", "batch_size": "PER_GPU_BATCH_SIZE"}),
+    ("train_all_gpus.sh", ("d", "m"), {"GPUS": "0,1"},
+     {"num_gpus": "GPUS", "batch_size": "PER_GPU_BATCH_SIZE"})])
+@pytest.mark.parametrize("extra", ["--num_gpus=4", "-batch_size=64", "--multi_gpu",
+                                   "--nomulti_gpu"])
+def test_a_flag_the_script_sizes_is_refused(tmp_path, script, args, env, variable, extra):
+    """An extra --num_gpus was taken over the script's (absl keeps the later value): the
+    batch printed and passed was sized for other GPUs than those that trained."""
+    env = _env_with(PATH=_stub_path(tmp_path, {"python": 'echo "$@"'}), **env)
+
+    def run(*extras):
+        return subprocess.run([shutil.which("bash"), str(SCRIPTS / script), *args, *extras],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    result = run("--seed=1", extra)
+    name = extra.lstrip("-").split("=")[0].removeprefix("no")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.splitlines() == [
+        f"{script}: error: {extra.split('=')[0]}: this script sizes the GPUs and the global "
+        f"batch; set {variable.get(name, variable['num_gpus'])} instead"]
+    kept = run("--num_gpus_per_task=1")  # a longer name that starts with one refused
+    assert kept.returncode == 0 and "--num_gpus_per_task=1" in kept.stdout, kept.stderr
+
+
 def test_train_all_gpus_without_gpus_says_so(tmp_path):
     if shutil.which("nvidia-smi"):
         pytest.skip("nvidia-smi exists here: the no-GPU message cannot be checked")
