@@ -105,6 +105,55 @@ def test_a_worker_whose_peer_never_starts_stops_at_the_startup_timeout(tmp_path)
     assert du.DEFAULT_STARTUP_TIMEOUT_SECONDS == 600
 
 
+def test_ctrl_c_ends_a_workers_wait_for_its_peers_at_once():
+    """Ctrl-C while a worker waits for a peer that never starts: it ends at once (exit by
+    SIGINT, 130 in a shell). TensorFlow waits holding the interpreter's lock, so the Ctrl-C
+    was handled only at the end of the startup timeout (600 s by default)."""
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    script = ("import signal, sys; sys.path.insert(0, sys.argv[1])\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
+              "from absl import logging\n"
+              "logging.use_absl_handler(); logging.set_verbosity('info')\n"
+              "from official.utils.misc import cluster_config as cc\n"
+              "from official.utils.misc import distribution_utils as du\n"
+              "task = cc.parse_tf_config(cc.tf_config_from_hosts(sys.argv[2].split(','), 0))\n"
+              "du.multi_worker_strategy(task, 0, startup_timeout_seconds=120)\n")
+    env = trainer_env()
+    env.pop("TF_CONFIG", None)
+    worker = subprocess.Popen([sys.executable, "-c", script, str(REPO_ROOT), ",".join(hosts)],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in worker.stderr:  # up to the line logged just before TensorFlow waits
+            if "waiting up to 120 s for the 2 workers to join" in line:
+                break
+        time.sleep(3)  # inside TensorFlow's wait
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a worker waiting for its peers still runs 20 s after Ctrl-C")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate()
+    assert worker.returncode == -signal.SIGINT
+    assert time.monotonic() - interrupted < 20
+
+
+def test_the_startup_wait_puts_ctrl_c_back_as_it_was():
+    from official.utils.misc import distribution_utils as du
+
+    before = signal.getsignal(signal.SIGINT)
+    with du._ctrl_c_ends_the_wait():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(RuntimeError):
+        with du._ctrl_c_ends_the_wait():
+            raise RuntimeError("the wait failed")
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_worker_whose_address_is_taken_says_so_in_one_line(tmp_path):
     """Worker 0's port already in use: one line naming its address (TensorFlow's "Could not
     start gRPC server" was a traceback)."""

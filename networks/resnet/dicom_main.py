@@ -104,7 +104,8 @@ def main(argv) -> None:
             FLAGS.num_gpus, FLAGS.multi_gpu, FLAGS.num_cpu_replicas,
             worker_hosts=FLAGS.worker_hosts, task_index=FLAGS.task_index,
             collective_timeout_seconds=FLAGS.collective_timeout_seconds,
-            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+            startup_timeout_seconds=FLAGS.startup_timeout_seconds)
         result = train_lib.train(config, strategy, network)
         return result.summary_line(eval_split=config.eval_split, model_dir=config.model_dir,
                                    replicas=strategy.num_replicas_in_sync)

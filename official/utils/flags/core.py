@@ -267,6 +267,9 @@ def _define_cluster(define: _Definer) -> None:
     define.integer("collective_timeout_seconds", 600, "Multi-worker: abort a gradient "
                    "all-reduce that waits longer than this for a stuck (alive) worker.",
                    lower_bound=1)
+    define.integer("startup_timeout_seconds", 600, "Multi-worker: a worker whose peers have "
+                   "not all started within this long exits with one line naming them. "
+                   "Ctrl-C ends the wait at once; SIGTERM only at its end.", lower_bound=1)
 
 
 def _free_short_name_v(flag_values: flags.FlagValues) -> None:

@@ -21,6 +21,7 @@ The strategy must be created before TensorFlow initialises its devices, i.e. bef
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import threading
@@ -88,6 +89,24 @@ def cluster_resolver(task: ClusterTask, num_gpus: int,
         num_accelerators={"GPU": num_gpus} if num_gpus else {})
 
 
+@contextlib.contextmanager
+def _ctrl_c_ends_the_wait():
+    """Ctrl-C ends the process at once (exit 130, no line) inside the block: the strategy's
+    start-up waits for the peers inside TensorFlow holding the interpreter's lock, so a Python
+    handler would run only when the wait ends (up to --startup_timeout_seconds later). Nothing
+    is written before it. (SIGTERM cannot be had so: TensorFlow puts a handler of its own on it
+    before it waits.)"""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None)):
+        yield  # (a background job's Ctrl-C is ignored: kept so)
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
                           heartbeat_timeout_seconds: float = DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
                           collective_timeout_seconds: float = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS,
@@ -104,8 +123,9 @@ def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
     logging.info("waiting up to %g s for the %d workers to join: %s",
                  startup_timeout_seconds, len(addresses), ", ".join(addresses))
     try:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
-                                                             communication_options=options)
+        with _ctrl_c_ends_the_wait():
+            strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                                 communication_options=options)
     except tf.errors.DeadlineExceededError as error:
         raise ConnectionError(
             f"multi-worker training could not start: {_not_joined(error, task)} did not join "
@@ -158,6 +178,7 @@ def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = Fal
                               DEFAULT_COLLECTIVE_TIMEOUT_SECONDS,
                               heartbeat_timeout_seconds: float =
                               DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+                              startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
                               gpus_flag: str = "--num_gpus") -> tf.distribute.Strategy:
     """The strategy for this process; logs its replica devices (one INFO line).
 
@@ -168,7 +189,8 @@ def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = Fal
       num_cpu_replicas: with no GPU, mirror over this many logical CPU devices when > 1
         (single machine only).
       worker_hosts, task_index: the cluster as flags (instead of TF_CONFIG).
-      collective_timeout_seconds, heartbeat_timeout_seconds: multi-worker bounds (see above).
+      collective_timeout_seconds, heartbeat_timeout_seconds, startup_timeout_seconds:
+        multi-worker bounds (see above).
       gpus_flag: the caller's flag for `num_gpus`, as errors name it (the Slim trainer's is
         --num_clones).
 
@@ -196,7 +218,8 @@ def get_distribution_strategy(num_gpus: int | None = None, multi_gpu: bool = Fal
                              "a multi-worker run uses one CPU replica per worker")
         strategy = multi_worker_strategy(
             task, num_gpus, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
-            collective_timeout_seconds=collective_timeout_seconds)
+            collective_timeout_seconds=collective_timeout_seconds,
+            startup_timeout_seconds=startup_timeout_seconds)
     elif num_gpus == 0 and num_cpu_replicas > 1:
         configure_cpu_replicas(num_cpu_replicas)
         strategy = tf.distribute.MirroredStrategy(
