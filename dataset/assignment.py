@@ -136,7 +136,7 @@ def _identical_notes(identical: list[list[str]], label_of: dict[str, str],
     notes = []
     conflicting = [same for same in identical if len({label_of[r] for r in same}) > 1]
     if conflicting:
-        example = ", ".join(f"{r} ({label_of[r]})" for r in conflicting[0])
+        example = ", ".join(f"{r} ({label_of[r]})" for r in conflicting[0][:4])
         notes.append(f"{len(conflicting)} set(s) of files with the same bytes have different "
                      f"labels (e.g. {example}): one image taught as two classes; check their "
                      "labels")
@@ -144,13 +144,17 @@ def _identical_notes(identical: list[list[str]], label_of: dict[str, str],
     if need_split == "predefined":
         spanning = [same for same in identical if len({split_of[r] for r in same}) > 1]
         if spanning:
-            example = " and ".join(f"{r} ({split_of[r]})" for r in spanning[0])
+            first = {split_of[r]: r for r in reversed(spanning[0])}  # one file per split
+            example = " and ".join(f"{r} ({split})" for split, r in sorted(first.items()))
             notes.append(f"{len(spanning)} set(s) of files with the same bytes lie in more than "
                          f"one of the given splits (e.g. {example}); the predefined split is "
                          "kept as given, so its evaluation scores images the model trained on")
     elif need_split != "None" and copies:
+        largest = max(identical, key=len)  # (a blank or placeholder image, when large)
         notes.append(f"{copies} file(s) have the same bytes as another (e.g. "
-                     f"{' and '.join(identical[0])}): each set is kept in one split")
+                     f"{' and '.join(largest[:2])}"
+                     + (f", one of {len(largest)} alike" if len(largest) > 2 else "")
+                     + "): each set is kept in one split")
     return notes
 
 

@@ -72,6 +72,22 @@ def test_copies_under_other_names_are_kept_in_one_split(tmp_path):
             " each set is kept in one split") in manifest["warnings"]
 
 
+def test_a_large_set_of_copies_is_named_by_two_and_its_size(tmp_path):
+    """A blank or placeholder image repeated many times: the warning names two and counts
+    the set, rather than listing every file."""
+    root = tmp_path / "ds"
+    _images_with_copies(root, copies=0)
+    for index in range(6):
+        write_image(root / ("Chest", "Hand")[index % 2] / f"blank{index}.png",
+                    np.zeros((8, 8), np.uint8))
+    manifest = convert(root, tmp_path / "out", need_split="tt_split", test_size=0.5)
+    assert ("5 file(s) have the same bytes as another (e.g. Chest/blank0.png and "
+            "Chest/blank2.png, one of 6 alike): each set is kept in one split"
+            ) in manifest["warnings"]
+    assert len(set(split_of_files(tmp_path / "out")[f"{('Chest', 'Hand')[i % 2]}/blank{i}.png"]
+                   for i in range(6))) == 1
+
+
 def test_copies_with_different_labels_are_warned_of(tmp_path):
     root = tmp_path / "ds"
     _images_with_copies(root, copies=0)
