@@ -309,10 +309,11 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                                max(int(state.optimizer.iterations.numpy()) - 1, 0))),
                            "loss_scale": steps.loss_scale_of(state.optimizer),
                            "examples": totals["examples"],
-                           "examples_per_second": examples_per_second}
+                           "examples_per_second": examples_per_second,
+                           "seconds": elapsed}
                 with train_writer.as_default():
                     for name, value in metrics.items():
-                        if value is not None and name != "examples":
+                        if value is not None and name not in ("examples", "seconds"):
                             tf.summary.scalar(name, value, step)
                 for hook in hooks:
                     hook.after_step(step, metrics)
