@@ -3,6 +3,10 @@ events) and what reads it back (official/utils/logs/summaries.py)."""
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,7 +16,8 @@ from networks.resnet import train_steps
 from official.core import steps, train_lib
 from official.core.config import TrainConfig
 from official.utils.logs import hooks as hooks_lib
-from tests.trainer_fixtures import tiny_dataset
+from official.utils.logs import summaries
+from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
 
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
 
@@ -57,3 +62,27 @@ def test_examples_per_second_hook_counts_the_train_calls_time_not_the_validation
         assert metrics["examples"] / metrics["seconds"] == pytest.approx(
             metrics["examples_per_second"])
     assert speed.examples_per_second > 1.0
+
+
+def test_a_record_cut_short_ends_its_file_as_in_tensorboard(tmp_path):
+    """A run still training, or killed, can leave half an event record at the end of its
+    file: collect_results.py stopped with DataLossError's traceback (no table) where
+    TensorBoard shows the points before it."""
+    run = tmp_path / "sweep" / "r18"
+    writer = tf.summary.create_file_writer(str(run / "eval"))
+    with writer.as_default():
+        for step, accuracy in ((2, 0.5), (4, 0.75)):
+            tf.summary.scalar("accuracy", accuracy, step=step)
+            writer.flush()
+    writer.close()
+    (path,) = (run / "eval").iterdir()
+    os.truncate(path, path.stat().st_size - 5)  # step 4's record loses its end
+    assert summaries.read_scalars(str(run / "eval"), "accuracy") == [(2, 0.5)]
+    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "collect_results.py"),
+                             str(run.parent)], capture_output=True, text=True,
+                            env=trainer_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(run.parent / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["eval_accuracy"] == "0.5"

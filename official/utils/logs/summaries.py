@@ -35,9 +35,7 @@ def read_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
     values = []
     # Event files are named by their creation time: in name order, the runs in their order.
     for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
-        # Not tf.compat.v1.train.summary_iterator: deprecated, it prints a note on every run.
-        for record in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(record.numpy())
+        for event in _events(path):
             if event.session_log.status == tf.compat.v1.SessionLog.START:
                 values = [(step, number) for step, number in values if step < event.step]
             for value in event.summary.value:
@@ -46,3 +44,17 @@ def read_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
                               else float(value.simple_value))
                     values.append((event.step, number))
     return sorted(values, key=lambda point: point[0])
+
+
+def _events(path: str):
+    """The events of one file, up to a record cut short or damaged, as TensorBoard reads it:
+    a run still training (or killed) can leave half a record at the end of its file, which
+    stopped scripts/collect_results.py with DataLossError's traceback."""
+    # Not tf.compat.v1.train.summary_iterator: deprecated, it prints a note on every run.
+    records = iter(tf.data.TFRecordDataset(path))
+    while True:
+        try:
+            record = next(records)
+        except (StopIteration, tf.errors.DataLossError):
+            return
+        yield tf.compat.v1.Event.FromString(record.numpy())
