@@ -13,8 +13,9 @@ Every sub-folder holding a config.json (a trainer --model_dir) is one row. Colum
                               (of several: the newest checkpoint's, test's first)
   sweep.json                  status and wall-clock seconds, written by sweep_resnet.sh
 Runs that failed before writing config.json are rows too when sweep.json exists. A run whose
-config.json, sweep.json or metrics.json cannot be read is a row with status "unreadable:
-<file>: <problem>"; the tables are still written, and the program exits 1 naming the file.
+config.json, sweep.json, metrics.json or latest checkpoint cannot be read is a row with status
+"unreadable: <file>: <problem>"; the tables are still written, and the program exits 1 naming
+the file.
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ def _params_and_step(model_dir: str) -> tuple[int | None, int | None]:
     # The trainer's checkpoint stores each trainable weight once, under the path it is first
     # reached by (Keras 3: the optimizer's list of trainable variables); older layouts keep
     # them under model/ next to the batch-norm statistics.
-    variables = tf.train.list_variables(checkpoint)
+    try:
+        variables = tf.train.list_variables(checkpoint)
+    except tf.errors.OpError as error:  # a damaged .index or data file
+        raise UnreadableFile(f"{checkpoint}: not a readable checkpoint ({error.message})"
+                             ) from None
     trainable = [shape for name, shape in variables
                  if re.fullmatch(r"optimizer/_trainable_variables/\d+/\.ATTRIBUTES/"
                                  r"VARIABLE_VALUE", name)]
@@ -82,7 +87,8 @@ def _report_step(metrics: dict) -> int:
 
 
 class UnreadableFile(ValueError):
-    """A run's JSON file is damaged or lacks a field; the message names the file."""
+    """A run's JSON file or checkpoint is damaged or lacks a field; the message names the
+    file."""
 
 
 def _read_json(path: str) -> dict:
@@ -119,6 +125,8 @@ def _collect_run(run_dir: str, name: str) -> dict:
         return row
     config = _read_json(config_path)
     model = config.get("model", config)  # runs before "model" kept its fields at the top
+    if not isinstance(model, dict):
+        raise UnreadableFile(f"{config_path}: \"model\" is not a JSON object")
     for key in ("resnet_size", "version", "image_size"):
         row[key] = model.get(key)
     for key in ("batch_size", "dtype"):

@@ -86,3 +86,35 @@ def test_a_record_cut_short_ends_its_file_as_in_tensorboard(tmp_path):
     with open(run.parent / "results.csv") as f:
         (row,) = csv.DictReader(f)
     assert row["eval_accuracy"] == "0.5"
+
+
+def _collect(sweep):
+    """collect_results.py on `sweep`: (the finished process, {run: its results.csv row})."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "collect_results.py"),
+                             str(sweep)], capture_output=True, text=True, env=trainer_env(),
+                            timeout=120)
+    with open(sweep / "results.csv") as f:
+        return result, {row["run"]: row for row in csv.DictReader(f)}
+
+
+def test_a_damaged_checkpoint_or_config_model_is_an_unreadable_row(tmp_path):
+    """A checkpoint whose index is damaged, and a config.json whose "model" is no object,
+    stopped collect_results.py with a traceback (OpError 'not an sstable', AttributeError)
+    and no table; they are rows marked unreadable, naming the file, like a damaged JSON."""
+    sweep = tmp_path / "sweep"
+    for run in ("damaged", "model_text", "fine"):
+        (sweep / run).mkdir(parents=True)
+        (sweep / run / "config.json").write_text('{"model": {"resnet_size": 18}}')
+    (sweep / "model_text" / "config.json").write_text('{"model": "resnet18"}')
+    checkpoint = tf.train.Checkpoint(weights=tf.Variable([1.0, 2.0]))
+    prefix = checkpoint.save(str(sweep / "damaged" / "ckpt"))
+    os.truncate(prefix + ".index", 10)
+    result, rows = _collect(sweep)
+    assert result.returncode == 1
+    assert rows["damaged"]["status"].startswith(f"unreadable: {prefix}: not a readable "
+                                                "checkpoint (")
+    assert rows["model_text"]["status"] == (
+        f'unreadable: {sweep / "model_text" / "config.json"}: "model" is not a JSON object')
+    assert rows["fine"]["resnet_size"] == "18" and rows["fine"]["status"] == ""
+    assert result.stderr.splitlines()[-1].startswith(
+        "collect_results.py: error: 2 run(s) marked unreadable in ")
