@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from absl import app, flags  # noqa: E402
 
 from official.core.config import CONFIG_FILE  # noqa: E402  (no TensorFlow)
-from official.utils import cli  # noqa: E402
+from official.utils import cli, files  # noqa: E402
 
 PROGRAM = "collect_results.py"
 FLAGS = cli.program_flags()
@@ -163,24 +163,30 @@ def _sort_key(row: dict):
 
 
 def write_tables(rows: list[dict], prefix: str) -> tuple[str, str]:
+    """results.csv and results.md, both or neither (each is written whole, and the .csv is
+    moved in only once the .md is written)."""
     csv_path, md_path = prefix + ".csv", prefix + ".md"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(md_path, "w") as f:
-        f.write("| " + " | ".join(COLUMNS) + " |\n")
-        f.write("|" + "|".join("---" for _ in COLUMNS) + "|\n")
-        for row in rows:
-            cells = ["" if row.get(column) is None else str(row[column]) for column in COLUMNS]
-            f.write("| " + " | ".join(cells) + " |\n")
+    with files.written_atomically(csv_path) as csv_tmp, \
+            files.written_atomically(md_path) as md_tmp:
+        with open(csv_tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(md_tmp, "w") as f:
+            f.write("| " + " | ".join(COLUMNS) + " |\n")
+            f.write("|" + "|".join("---" for _ in COLUMNS) + "|\n")
+            for row in rows:
+                cells = ["" if row.get(column) is None else str(row[column])
+                         for column in COLUMNS]
+                f.write("| " + " | ".join(cells) + " |\n")
     return csv_path, md_path
 
 
 def main(argv: list[str]) -> None:
     sweep_dir = argv[1]  # parse_flags checked there is exactly one
     if not os.path.isdir(sweep_dir):
-        cli.exit_with_error(PROGRAM, f"{sweep_dir}: no such folder")
+        cli.exit_with_error(PROGRAM, f"{sweep_dir}: " + ("not a folder" if os.path.exists(
+            sweep_dir) else "no such folder"))
     runs = [os.path.join(sweep_dir, name) for name in sorted(os.listdir(sweep_dir))
             if os.path.isfile(os.path.join(sweep_dir, name, CONFIG_FILE))
             or os.path.isfile(os.path.join(sweep_dir, name, "sweep.json"))]
@@ -188,8 +194,12 @@ def main(argv: list[str]) -> None:
         cli.exit_with_error(PROGRAM, f"{sweep_dir} has no run folders (with config.json or "
                             "sweep.json)")
     rows = sorted((collect_run(run) for run in runs), key=_sort_key)
-    csv_path, md_path = write_tables(rows, FLAGS.output_prefix
-                                     or os.path.join(sweep_dir, "results"))
+    try:
+        csv_path, md_path = write_tables(rows, FLAGS.output_prefix
+                                         or os.path.join(sweep_dir, "results"))
+    except OSError as error:  # a missing or read-only folder, a full disk
+        cli.exit_with_error(PROGRAM, f"{error.filename}: cannot write the table "
+                            f"({error.strerror})")
     print(f"{len(rows)} run(s) -> {csv_path}, {md_path}")
     unreadable = [row["status"] for row in rows
                   if str(row.get("status")).startswith("unreadable: ")]

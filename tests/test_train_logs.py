@@ -118,3 +118,32 @@ def test_a_damaged_checkpoint_or_config_model_is_an_unreadable_row(tmp_path):
     assert rows["fine"]["resnet_size"] == "18" and rows["fine"]["status"] == ""
     assert result.stderr.splitlines()[-1].startswith(
         "collect_results.py: error: 2 run(s) marked unreadable in ")
+
+
+def test_tables_that_cannot_be_written_are_one_line_and_neither_is_half_replaced(tmp_path):
+    """An --output_prefix in a missing folder stopped with FileNotFoundError's traceback; a
+    results.md that could not be written left a new results.csv beside the old .md."""
+    sweep = tmp_path / "sweep"
+    (sweep / "r18").mkdir(parents=True)
+    (sweep / "r18" / "config.json").write_text('{"model": {"resnet_size": 18}}')
+    (sweep / "results.csv").write_text("the previous table\n")
+    (sweep / "results.md").mkdir()  # cannot be replaced by a file
+    script = str(REPO_ROOT / "scripts" / "collect_results.py")
+    result = subprocess.run([sys.executable, script, str(sweep)], capture_output=True,
+                            text=True, env=trainer_env(), timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        f"collect_results.py: error: {sweep / 'results.md'}: cannot write the table (")
+    assert (sweep / "results.csv").read_text() == "the previous table\n"
+    assert sorted(path.name for path in sweep.iterdir()) == ["r18", "results.csv",
+                                                             "results.md"]
+    missing = tmp_path / "missing" / "table"
+    result = subprocess.run([sys.executable, script, f"--output_prefix={missing}", str(sweep)],
+                            capture_output=True, text=True, env=trainer_env(), timeout=120)
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        1, f"collect_results.py: error: {missing}.csv: cannot write the table (No such file "
+           "or directory)")
+    result = subprocess.run([sys.executable, script, str(sweep / "r18" / "config.json")],
+                            capture_output=True, text=True, env=trainer_env(), timeout=120)
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        1, f"collect_results.py: error: {sweep / 'r18' / 'config.json'}: not a folder")
