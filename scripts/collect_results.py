@@ -12,6 +12,8 @@ Every sub-folder holding a config.json (a trainer --model_dir) is one row. Colum
   eval_<split>/metrics.json   accuracy and macro F1 on <split>, when dicom_eval.py wrote one
                               (of several: the newest checkpoint's, test's first)
   sweep.json                  status and wall-clock seconds, written by sweep_resnet.sh
+                              (status "training" for a run whose trainer is running now:
+                              its other columns are where it has got to)
 Runs that failed before writing config.json are rows too when sweep.json exists. A run whose
 config.json, sweep.json, metrics.json or latest checkpoint cannot be read is a row with status
 "unreadable: <file>: <problem>"; the tables are still written, and the program exits 1 naming
@@ -120,6 +122,8 @@ def _collect_run(run_dir: str, name: str) -> dict:
     if os.path.isfile(status_path):
         status = _read_json(status_path)
         row.update(status=status.get("status"), seconds=status.get("seconds"))
+    if files.in_use(run_dir):  # sweep.json, if any, is an earlier attempt's
+        row["status"] = "training"
     config_path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(config_path):
         return row

@@ -15,6 +15,7 @@ import tensorflow as tf
 from networks.resnet import train_steps
 from official.core import steps, train_lib
 from official.core.config import TrainConfig
+from official.utils import files
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import summaries
 from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
@@ -147,3 +148,19 @@ def test_tables_that_cannot_be_written_are_one_line_and_neither_is_half_replaced
                             capture_output=True, text=True, env=trainer_env(), timeout=120)
     assert (result.returncode, result.stderr.splitlines()[-1]) == (
         1, f"collect_results.py: error: {sweep / 'r18' / 'config.json'}: not a folder")
+
+
+def test_a_run_being_trained_now_is_marked_training(tmp_path):
+    """A sweep rerun that resumes a failed run: while it trains, its row showed sweep.json's
+    earlier "failed" (a first attempt: no status at all) beside its latest figures."""
+    sweep = tmp_path / "sweep"
+    for run in ("resumed", "idle"):
+        (sweep / run).mkdir(parents=True)
+        (sweep / run / "config.json").write_text('{"model": {"resnet_size": 18}}')
+        (sweep / run / "sweep.json").write_text('{"status": "failed", "seconds": 3}')
+    with files.folder_held(str(sweep / "resumed"), "training"):
+        result, rows = _collect(sweep)
+    assert result.returncode == 0, result.stderr
+    assert {run: row["status"] for run, row in rows.items()} == {"resumed": "training",
+                                                                 "idle": "failed"}
+    assert not files.in_use(str(sweep / "resumed"))  # let go

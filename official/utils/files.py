@@ -119,6 +119,28 @@ def held(folder: str) -> bool:
     return False
 
 
+def in_use(folder: str) -> bool:
+    """Whether another process holds ``folder``'s lock (``folder_held``): a training or a
+    conversion is writing into it now. False where folders cannot be locked."""
+    if fcntl is None:
+        return False
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        # Shared and let go at once: a training starting in that instant could be refused
+        # as if the folder were in use, never the other way round.
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # cannot lock a folder (NFS): unknown, said as not in use
+        return False
+    finally:
+        os.close(handle)
+    return False
+
+
 def _lock(folder: str, what: str) -> int | None:
     """A descriptor of ``folder`` holding its exclusive lock (None: the file system cannot
     lock a folder)."""
