@@ -16,9 +16,10 @@
 # Run k is SWEEP_DIR/resnet<size>_v<version>/ (a normal --model_dir; train.log gets each
 # attempt's log appended under a "== <time> attempt:" line).
 # Rerunning resumes unfinished runs; finished ones are only evaluated again. A run's seconds
-# add up its attempts that trained (a rerun that only evaluated adds none). A rerun that
-# fails without touching a finished run's checkpoints (e.g. refused for other settings, such
-# as another IMAGE_SIZE) leaves its row to that run, with status "ok (rerun failed)".
+# add up its attempts that trained (a rerun that only evaluated adds none; one stopped by
+# Ctrl-C or SIGTERM counts, and its status is "interrupted" until the run goes on). A rerun
+# that fails without touching a finished run's checkpoints (e.g. refused for other settings,
+# such as another IMAGE_SIZE) leaves its row to that run, with status "ok (rerun failed)".
 # Example: SIZES="18 50" VERSIONS=2 scripts/sweep_resnet.sh /data/converted runs/sweep
 set -euo pipefail
 
@@ -75,25 +76,26 @@ for size in $sizes; do
       python "$repo/networks/resnet/dicom_eval.py" --model="$run" --data_dir="$data_dir" \
         --split="$eval_split" >> "$run/train.log" 2>&1 || code=$?
     fi
-    if (( code == 130 || code == 143 )); then
-      # Ctrl-C or SIGTERM: the programs handle it and exit 130/143 rather than die by it, so
-      # bash would go on to the next run. The sweep stops; this run is no failure, and its
-      # folder resumes when the sweep is run again.
-      tail -n 1 "$run/train.log" >&2
-      echo "sweep_resnet.sh: stopped at resnet${size}_v${version}; run the same command to" \
-           "go on" >&2
-      exit "$code"
+    interrupted=0
+    # Ctrl-C or SIGTERM: the programs handle it and exit 130/143 rather than die by it. This
+    # run is no failure (its folder resumes when the sweep is run again), but its time and
+    # checkpoints count: its row says "interrupted" until then.
+    (( code == 130 || code == 143 )) && interrupted=1
+    if (( interrupted )); then
+      status=interrupted
+    elif (( code != 0 )); then
+      status=failed
     fi
-    (( code == 0 )) || status=failed
     seconds=$(( $(date +%s) - start ))
     earlier_seconds=$(sed -n 's/.*"seconds": \([0-9]*\).*/\1/p' <<< "$earlier")
     unchanged=0
     [[ "$(cat "$run/checkpoint" 2>/dev/null || true)" == "$checkpoint_before" ]] && unchanged=1
-    if [[ "$status" == failed && "$earlier" == '{"status": "ok'* ]] && (( unchanged )); then
+    if [[ "$status" != ok && "$earlier" == '{"status": "ok'* ]] && (( unchanged )); then
       # The folder still holds the finished run's model and figures: the row stays theirs
-      # (with their time), not this attempt's failure next to them.
-      printf '{"status": "ok (rerun failed)", "seconds": %d, "rerun_seconds": %d}\n' \
-        "$earlier_seconds" "$seconds" > "$run/sweep.json"
+      # (with their time), not this attempt's failure or interruption next to them.
+      (( interrupted )) ||
+        printf '{"status": "ok (rerun failed)", "seconds": %d, "rerun_seconds": %d}\n' \
+          "$earlier_seconds" "$seconds" > "$run/sweep.json"
     else
       # The run's time over its attempts: a resume adds its own (the row showed only the last
       # attempt's, 33 s for a run trained 44 s and resumed for 33 s); a rerun that trained
@@ -104,6 +106,13 @@ for size in $sizes; do
         seconds=$(( ${earlier_seconds:-0} + seconds ))
       fi
       printf '{"status": "%s", "seconds": %d}\n' "$status" "$seconds" > "$run/sweep.json"
+    fi
+    if (( interrupted )); then
+      # Without stopping here, bash would go on to the next run.
+      tail -n 1 "$run/train.log" >&2
+      echo "sweep_resnet.sh: stopped at resnet${size}_v${version}; run the same command to" \
+           "go on" >&2
+      exit "$code"
     fi
     if [[ "$status" == failed ]]; then
       failed=$(( failed + 1 ))

@@ -232,6 +232,7 @@ fi
 [[ -f "$dir/checkpoint" ]] || echo "image_size $size" > "$dir/checkpoint"
 [[ " $* " == *" --finished "* ]] || echo "saved" >> "$dir/checkpoint"
 echo "trained at $size"
+[[ " $* " != *" --interrupted "* ]] || exit 130
 [[ " $* " != *" --crash "* ]]
 """
 
@@ -294,6 +295,27 @@ def test_the_sweep_records_a_runs_time_over_its_attempts(tmp_path):
     assert sweep_once("--finished") == 100
     # A resume (it saved) adds its time to the run's (the row showed the resume's alone).
     assert sweep_once() >= 100
+
+
+def test_an_interrupted_run_is_a_row_and_its_time_counts(tmp_path):
+    """Ctrl-C (the trainer saves, exit 130) stopped the sweep before sweep.json was written:
+    the run's row had no status, and a resume's time replaced the interrupted attempt's."""
+    data, sweep, env = _fake_sweep(tmp_path)
+    record = sweep / "resnet18_v2" / "sweep.json"
+    stopped = _bash("sweep_resnet.sh", str(data), str(sweep), "--interrupted", env=env,
+                    timeout=60)
+    assert stopped.returncode == 130
+    assert "sweep_resnet.sh: stopped at resnet18_v2" in stopped.stderr
+    assert json.loads(record.read_text())["status"] == "interrupted"
+    record.write_text('{"status": "interrupted", "seconds": 100}')  # as if it trained 100 s
+    resumed = _bash("sweep_resnet.sh", str(data), str(sweep), env=env, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    finished = json.loads(record.read_text())
+    assert finished["status"] == "ok" and finished["seconds"] >= 100
+    # Interrupting a rerun of the finished run before it saved leaves the run's row as it was.
+    _bash("sweep_resnet.sh", str(data), str(sweep), "--interrupted", "--finished", env=env,
+          timeout=60)
+    assert json.loads(record.read_text()) == finished
 
 
 def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_path):
