@@ -20,6 +20,8 @@ from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import summaries
 from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
 
+DICOM_EVAL = REPO_ROOT / "networks" / "resnet" / "dicom_eval.py"
+
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
 
 
@@ -164,3 +166,23 @@ def test_a_run_being_trained_now_is_marked_training(tmp_path):
     assert {run: row["status"] for run, row in rows.items()} == {"resumed": "training",
                                                                  "idle": "failed"}
     assert not files.in_use(str(sweep / "resumed"))  # let go
+
+
+def test_a_saved_models_report_is_drawn_at_the_step_it_was_exported_at(tmp_path):
+    """dicom_eval.py on an export wrote its TensorBoard point at step 0, whatever the step
+    of the model it scored (config.json's exported_step)."""
+    data = tiny_dataset(tmp_path / "data")
+    config = TrainConfig(model_dir=str(tmp_path / "model"), data_dir=str(data), image_size=32,
+                         batch_size=8, train_epochs=1, num_parallel_calls=2, seed=1,
+                         hooks=(), export_dir=str(tmp_path / "export"))
+    result = train_lib.train(config, ONE_DEVICE,
+                             train_steps.ResNetNetwork(resnet_size=18, small_input=False))
+    assert result.step == 2
+    evaluated = subprocess.run([sys.executable, str(DICOM_EVAL), f"--model={tmp_path / 'export'}",
+                                f"--data_dir={data}", "--split=validation"],
+                               capture_output=True, text=True, env=trainer_env(), timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr
+    version = os.path.basename(result.export_path)
+    report = tmp_path / "export" / f"eval-{version}-validation"
+    assert summaries.read_scalars(str(report), "accuracy") == [(2, pytest.approx(
+        result.eval_accuracy))]

@@ -109,7 +109,7 @@ def main(argv):
                    "members": member_records(predictor),
                    "tta_views": FLAGS.tta})
         evaluation.write_tensorboard(output_dir, metrics,
-                                     evaluation.checkpoint_step(predictor.source) if single else 0)
+                                     evaluation.report_step(predictor) if single else 0)
     except OSError as error:
         cli.exit_with_error(PROGRAM, f"{output_dir}: cannot write the report ({error})")
     print(f"{FLAGS.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_examples']} "

@@ -52,5 +52,5 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
         extra={"split": split, "data_dir": os.path.abspath(dataset_dir),
                "source_dir": evaluation.source_dir(dataset_dir),
                "model": predictor.source, "architecture": trained})
-    evaluation.write_tensorboard(output_dir, metrics, evaluation.checkpoint_step(predictor.source))
+    evaluation.write_tensorboard(output_dir, metrics, evaluation.report_step(predictor))
     return metrics, output_dir

@@ -83,9 +83,13 @@ def source_dir(data_dir: str) -> str | None:
     return recorded if recorded and os.path.isabs(recorded) else None
 
 
-def checkpoint_step(predictor_source: str) -> int:
-    """The step of a ckpt-N source (0 for a SavedModel): the TensorBoard step of the report."""
-    return int(predictor_source.rsplit("-", 1)[-1]) if "ckpt-" in predictor_source else 0
+def report_step(predictor) -> int:
+    """The TensorBoard step of a report: the step of a ckpt-N source, or the step a SavedModel
+    was exported at (its config's "exported_step"; 0 when not recorded). A SavedModel's report
+    was drawn at step 0 whatever step it held."""
+    if "ckpt-" in predictor.source:
+        return int(predictor.source.rsplit("-", 1)[-1])
+    return int(predictor.config.get("exported_step") or 0)
 
 
 def evaluate_split(predictor, info: reader.SplitInfo, *, batch_size: int):
