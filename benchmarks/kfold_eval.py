@@ -169,23 +169,26 @@ def fold_of(key: str, folds: int, seed: str) -> int:
 def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
     """{relpath: what decides its fold}: a DICOM file's patient (the converter's group:
     the patient's other images would otherwise train the model that scores it), else the
-    file's path; files with the same bytes take the least key among them.
+    file's path; copies of one image (``dataset.duplicates``) take the least key among them.
 
     Raises:
       ValueError: a DICOM header that cannot be read.
     """
-    keys = {}
+    keys, pixel_offsets = {}, {}
     for _, relpath in items:
         path = os.path.join(dataset_dir, relpath)
-        patient = (sources.read_dicom_header(path, DicomOptions(), DEFAULT_HASH_KEY)[1]
-                   if file_kind(path) == "dicom" else None)
+        patient = None
+        if file_kind(path) == "dicom":
+            _, patient, _, pixel_offsets[relpath] = sources.read_dicom_header(
+                path, DicomOptions(), DEFAULT_HASH_KEY)
         keys[relpath] = f"patient:{patient}" if patient else relpath
-    # Copies under other names fold together, as the converter splits them (a copy in
-    # another fold would be scored by a model trained on it).
+    # Copies of one image under other names or patients fold together, as the converter
+    # splits them (a copy in another fold would be scored by a model trained on it).
     identical = duplicates.identical_files(
         {relpath: os.path.join(dataset_dir, relpath) for _, relpath in items},
-        lambda function, tasks, chunksize: map(function, tasks))
-    return duplicates.join_groups(keys, identical)
+        lambda function, tasks, chunksize: map(function, tasks), starts=pixel_offsets)
+    copies, _ = duplicates.copies_and_placeholders(identical, keys)
+    return duplicates.join_groups(keys, copies)
 
 
 def check_folds(dataset_dir: str, keys: dict[str, str], folds: int, seed: str) -> None:

@@ -68,7 +68,11 @@ def assign(config, discovery, headers, problems, identical=()) -> Plan:
     label_of = {item.relpath: label for item, label, _ in labelled}
     identical = [same for same in ([r for r in same if r in label_of] for same in identical)
                  if len(same) > 1]
-    group_of = _groups(labelled, groups_csv, identical)
+    base_groups = _groups(labelled, groups_csv)
+    copies, placeholders = duplicates.copies_and_placeholders(identical, base_groups)
+    # Copies' groups joined (into their least), so that no image is both trained on and
+    # scored.
+    group_of = duplicates.join_groups(base_groups, copies)
     tasks, files_by_class = [], collections.defaultdict(dict)
     for item, label, _ in labelled:
         group = group_of[item.relpath]
@@ -98,19 +102,17 @@ def assign(config, discovery, headers, problems, identical=()) -> Plan:
         notes += _across_splits(tasks, groups, {item.relpath: patient
                                                 for item, _, patient in labelled},
                                 predefined=config.need_split == "predefined")
-    notes += _identical_notes(identical, label_of, {task.relpath: task.split for task in tasks},
-                              config.need_split)
+    notes += _identical_notes(copies, placeholders, label_of,
+                              {task.relpath: task.split for task in tasks}, config.need_split)
     return Plan(names, variants, tasks, agreement, problems, groups, num_splits, notes)
 
 
-def _groups(labelled, groups_csv: dict[str, str], identical: list[list[str]]
-            ) -> dict[str, str]:
+def _groups(labelled, groups_csv: dict[str, str]) -> dict[str, str]:
     """{relpath: group}: a --groups_csv row decides its file's group (the user's word: it is
     also the way out when every file carries one placeholder PatientID); a file without a row
     goes with its DICOM patient's files that have one (their least group: it was the patient's
     own group, and could land in another split than the rest of that patient), else with its
-    patient, else its file stem. Then the groups of files with the same bytes are joined
-    (into their least), so that no image is both trained on and scored."""
+    patient, else its file stem."""
     csv_groups = {item.relpath: sources.csv_group(groups_csv, item.relpath)
                   for item, _, _ in labelled}
     patient_group = {}  # patient -> the least CSV group among its files
@@ -126,36 +128,49 @@ def _groups(labelled, groups_csv: dict[str, str], identical: list[list[str]]
             groups[item.relpath] = patient_group.get(patient, f"patient:{patient}")
         else:
             groups[item.relpath] = f"stem:{split_suffix(os.path.basename(item.relpath))[0]}"
-    return duplicates.join_groups(groups, identical)
+    return groups
 
 
-def _identical_notes(identical: list[list[str]], label_of: dict[str, str],
-                     split_of: dict[str, str], need_split: str) -> list[str]:
-    """Warnings about files with the same bytes: labelled differently (whatever the split),
-    in more than one given split (predefined), or kept together by a drawn split."""
+def _identical_notes(copies: list[list[str]], placeholders: list[list[str]],
+                     label_of: dict[str, str], split_of: dict[str, str], need_split: str
+                     ) -> list[str]:
+    """Warnings about copies of one image (``dataset.duplicates``): labelled differently
+    (whatever the split), in more than one given split (predefined), kept together by a drawn
+    split, or left apart as placeholders."""
     notes = []
-    conflicting = [same for same in identical if len({label_of[r] for r in same}) > 1]
+    every = copies + placeholders
+    conflicting = [same for same in every if len({label_of[r] for r in same}) > 1]
     if conflicting:
         example = ", ".join(f"{r} ({label_of[r]})" for r in conflicting[0][:4])
-        notes.append(f"{len(conflicting)} set(s) of files with the same bytes have different "
-                     f"labels (e.g. {example}): one image taught as two classes; check their "
-                     "labels")
-    copies = sum(len(same) - 1 for same in identical)
+        notes.append(f"{len(conflicting)} image(s) have copies (the same bytes, or DICOM pixel "
+                     f"data) with different labels (e.g. {example}): one image taught as two "
+                     "classes; check their labels")
     if need_split == "predefined":
-        spanning = [same for same in identical if len({split_of[r] for r in same}) > 1]
+        spanning = [same for same in every if len({split_of[r] for r in same}) > 1]
         if spanning:
             first = {split_of[r]: r for r in reversed(spanning[0])}  # one file per split
             example = " and ".join(f"{r} ({split})" for split, r in sorted(first.items()))
-            notes.append(f"{len(spanning)} set(s) of files with the same bytes lie in more than "
-                         f"one of the given splits (e.g. {example}); the predefined split is "
-                         "kept as given, so its evaluation scores images the model trained on")
-    elif need_split != "None" and copies:
-        largest = max(identical, key=len)  # (a blank or placeholder image, when large)
-        notes.append(f"{copies} file(s) have the same bytes as another (e.g. "
-                     f"{' and '.join(largest[:2])}"
-                     + (f", one of {len(largest)} alike" if len(largest) > 2 else "")
-                     + "): each set is kept in one split")
+            notes.append(f"{len(spanning)} image(s) have copies in more than one of the given "
+                         f"splits (e.g. {example}); the predefined split is kept as given, so "
+                         "its evaluation scores images the model trained on")
+    elif need_split != "None":
+        if copies:
+            notes.append(f"{sum(len(same) - 1 for same in copies)} file(s) are copies of "
+                         "another's image (the same bytes, or DICOM pixel data; e.g. "
+                         f"{_two_of(copies)}): each set is kept in one split")
+        if placeholders:
+            notes.append(f"{len(placeholders)} image(s) recur in more than "
+                         f"{duplicates.MAX_GROUPS_JOINED} groups each (e.g. "
+                         f"{_two_of(placeholders)}): a blank or placeholder image? Its copies "
+                         "stay in their groups' splits")
     return notes
+
+
+def _two_of(sets: list[list[str]]) -> str:
+    """Two files of the largest set, and its size when larger."""
+    largest = max(sets, key=len)
+    return " and ".join(largest[:2]) + (f", one of {len(largest)} alike"
+                                        if len(largest) > 2 else "")
 
 
 def _across_splits(tasks, groups: dict[str, str], patients: dict[str, str | None],

@@ -130,18 +130,20 @@ def _output_problems(config: ConvertConfig, layout: str) -> list[sources.Problem
 class _Headers:
     values: dict  # relpath -> (body_part, patient_key, modality)
     errors: set
+    pixel_offsets: dict  # relpath -> where its pixel data starts (0: not known)
 
 
 def _read_headers(workers, discovery, problems) -> _Headers:
     dicoms = [f for f in discovery.files if f.kind == "dicom"]
-    headers = _Headers({}, set())
+    headers = _Headers({}, set(), {})
     results = workers.imap(header_task, [f.path for f in dicoms], chunksize=8)
     for item, (value, error) in zip(dicoms, results):
         if error:
             problems.append(sources.Problem(item.relpath, error))
             headers.errors.add(item.relpath)
         else:
-            headers.values[item.relpath] = value
+            headers.values[item.relpath] = value[:3]
+            headers.pixel_offsets[item.relpath] = value[3]
     return headers
 
 
@@ -178,7 +180,7 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
     problems = list(discovery.problems) + output_problems
     headers = _read_headers(workers, discovery, problems)
     identical = duplicates.identical_files({f.relpath: f.path for f in discovery.files},
-                                           workers.imap)
+                                           workers.imap, starts=headers.pixel_offsets)
     return assignment.assign(config, discovery, headers, problems, identical)
 
 

@@ -90,6 +90,9 @@ class DicomInfo:
     patient_key: str | None  # HMAC-SHA256 of the patient identity (without one: of the
     # study, else the series), never the identity
     modality: str | None
+    # Where the pixel data element starts in the file (0: not known, e.g. a deflated file or
+    # none): copies of one image under other headers (anonymised twice) match from there.
+    pixel_offset: int = 0
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -121,7 +124,7 @@ def read_dicom(path: str | Path, options: DicomOptions, *, hash_key: bytes
         return f"{path}: cannot decode: " + " ".join(f"{type(error).__name__}: {error}".split())
 
     with _quiet(), _scrubbed(failure) as read:
-        read.ds = _read(path, options)
+        read.ds, _ = _read(path, options)
         info = _info(read.ds, hash_key)
         if reason := not_anatomy(info.modality):
             raise DicomError(f"{path}: {reason}")
@@ -142,8 +145,8 @@ def read_dicom_info(path: str | Path, options: DicomOptions, *, hash_key: bytes
         return f"{path}: unreadable DICOM header ({type(error).__name__})"
 
     with _quiet(), _scrubbed(failure) as read:
-        read.ds = _read(path, options, header_only=True)
-        return _info(read.ds, hash_key)
+        read.ds, pixel_offset = _read_header(path, options)
+        return dataclasses.replace(_info(read.ds, hash_key), pixel_offset=pixel_offset)
 
 
 def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
@@ -200,13 +203,24 @@ def _image_bytes(path) -> str | None:
             f".{'jpg' if image_format == 'jpeg' else 'png'}")
 
 
-def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False) -> Dataset:
+def _read_header(path: str | Path, options: DicomOptions) -> tuple[Dataset, int]:
+    """The header, and where the pixel data starts (0 when the read did not stop before
+    it: no pixel data, or a deflated file, whose offsets are not the file's)."""
+    ds, stopped_at = _read(path, options, header_only=True)
+    return ds, stopped_at if stopped_at < os.path.getsize(path) else 0
+
+
+def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False
+          ) -> tuple[Dataset, int]:
+    """The dataset, and the file position its reading stopped at."""
     try:
         if os.path.getsize(path) == 0:  # as images say it (it was "not a DICOM file", or
             raise DicomError(f"{path}: zero-byte file")  # with --dicom_force "no pixel data")
         if options.force and (image := _image_bytes(path)):  # read as DICOM whatever it is
             raise DicomError(image)
-        ds = pydicom.dcmread(path, force=options.force, stop_before_pixels=header_only)
+        with open(path, "rb") as handle:
+            ds = pydicom.dcmread(handle, force=options.force, stop_before_pixels=header_only)
+            stopped_at = handle.tell()
     except InvalidDicomError:
         # Both programs that read DICOM (tf_convert_data.py, dicom_predict.py) name the
         # option --dicom_force.
@@ -225,7 +239,7 @@ def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False)
                        "Implicit VR Little Endian", path)
         ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    return ds
+    return ds, stopped_at
 
 
 def _info(ds: Dataset, hash_key: bytes) -> DicomInfo:

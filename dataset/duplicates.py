@@ -1,10 +1,12 @@
-"""Files with the same bytes under different names (library of dataset.convert's validation
-pass). A copy of one image in the training split and another in the test split is scored as
-if it were unseen; public datasets carry such copies (MedNIST's public tarball had exact
-duplicates). The split keeps each set of copies together (``dataset.assignment``).
+"""Copies of one image under different names (library of dataset.convert's validation pass):
+files with the same bytes, or DICOM files with the same pixel data under different headers (a
+scan anonymised twice, under two pseudonyms). A copy in the training split and another in the
+test split is scored as if it were unseen; public datasets carry such copies (MedNIST's public
+tarball had exact duplicates). The split keeps each set of copies together
+(``dataset.assignment``).
 
-Cheap first: only files of equal size can be equal, and most of those differ in their first
-64 KiB (a DICOM header holds its instance UID), so few files are read whole.
+Cheap first: only files whose compared parts are of equal size can be equal, and most of
+those differ in their first 64 KiB, so few files are read whole.
 """
 
 from __future__ import annotations
@@ -16,33 +18,55 @@ import os
 PREFIX_BYTES = 64 * 1024
 
 
-def identical_files(paths: dict[str, str], imap) -> list[list[str]]:
-    """Sets of files with the same bytes, each sorted, the sets sorted by their first name.
+def identical_files(paths: dict[str, str], imap, starts: dict[str, int] | None = None
+                    ) -> list[list[str]]:
+    """Sets of files with the same bytes from their start on, each sorted, the sets sorted
+    by their first name.
 
     Args:
       paths: relpath -> path of the files to compare.
       imap: an ordered parallel map, ``imap(function, tasks, chunksize)``
         (``dataset.workers.WorkerPool.imap``); ``content_digest`` runs in it.
+      starts: relpath -> the offset its comparison starts at (a DICOM file's pixel data,
+        ``dataset.dicom.DicomInfo.pixel_offset``); 0 for a file not named.
 
-    An empty or unreadable file is in no set: reading it is the encode pass's problem, and
-    every empty file would otherwise be a copy of every other.
+    A file with nothing to compare (empty) or unreadable is in no set: reading it is the
+    encode pass's problem, and every empty file would otherwise be a copy of every other.
     """
+    starts = starts or {}
     by_size = collections.defaultdict(list)
     for relpath, path in paths.items():
         try:
-            size = os.stat(path).st_size
+            size = os.stat(path).st_size - starts.get(relpath, 0)
         except OSError:
             continue
-        if size:
+        if size > 0:
             by_size[size].append(relpath)
     same_size = [(size, relpaths) for size, relpaths in by_size.items() if len(relpaths) > 1]
-    alike = _alike([relpaths for _, relpaths in same_size], paths, imap, PREFIX_BYTES)
+    alike = _alike([relpaths for _, relpaths in same_size], paths, starts, imap, PREFIX_BYTES)
     # Files no longer than the prefix were read whole: only the longer ones are read again.
     longer = {relpath for size, relpaths in same_size if size > PREFIX_BYTES
               for relpath in relpaths}
     alike = ([same for same in alike if same[0] not in longer]
-             + _alike([same for same in alike if same[0] in longer], paths, imap, None))
+             + _alike([same for same in alike if same[0] in longer], paths, starts, imap, None))
     return sorted(sorted(same) for same in alike)
+
+
+# Copies of one scan come a few at a time (an export made twice, a scan anonymised twice): one
+# image in more groups than this is a placeholder (a blank frame, a logo page), which tells a
+# model nothing, and joining its groups would make one group of unrelated patients.
+MAX_GROUPS_JOINED = 4
+
+
+def copies_and_placeholders(identical: list[list[str]], groups: dict[str, str]
+                            ) -> tuple[list[list[str]], list[list[str]]]:
+    """The sets of ``identical`` split into copies (in at most MAX_GROUPS_JOINED of
+    ``groups``: to be joined) and placeholders (in more)."""
+    copies, placeholders = [], []
+    for same in identical:
+        spanned = len({groups[relpath] for relpath in same})
+        (placeholders if spanned > MAX_GROUPS_JOINED else copies).append(same)
+    return copies, placeholders
 
 
 def join_groups(groups: dict[str, str], identical: list[list[str]]) -> dict[str, str]:
@@ -62,12 +86,13 @@ def join_groups(groups: dict[str, str], identical: list[list[str]]) -> dict[str,
     return {relpath: final(group) for relpath, group in groups.items()}
 
 
-def _alike(candidates: list[list[str]], paths: dict[str, str], imap, limit: int | None):
-    """The candidates' sets split by digest (of the first `limit` bytes, or whole files),
-    keeping those of two or more files."""
+def _alike(candidates: list[list[str]], paths: dict[str, str], starts: dict[str, int], imap,
+           limit: int | None):
+    """The candidates' sets split by digest (of the first `limit` bytes from their start, or
+    all of them), keeping those of two or more files."""
     relpaths = [relpath for same in candidates for relpath in same]
-    digests = dict(zip(relpaths, imap(content_digest, [(paths[r], limit) for r in relpaths],
-                                      chunksize=64)))
+    tasks = [(paths[r], starts.get(r, 0), limit) for r in relpaths]
+    digests = dict(zip(relpaths, imap(content_digest, tasks, chunksize=64)))
     alike = []
     for same in candidates:
         by_digest = collections.defaultdict(list)
@@ -78,12 +103,13 @@ def _alike(candidates: list[list[str]], paths: dict[str, str], imap, limit: int 
     return alike
 
 
-def content_digest(path_and_limit: tuple[str, int | None]) -> bytes | None:
-    """The digest of a file's first ``limit`` bytes (None: all of it); None when the file
-    cannot be read (a worker's task: one argument)."""
-    path, limit = path_and_limit
+def content_digest(path_start_limit: tuple[str, int, int | None]) -> bytes | None:
+    """The digest of a file's first ``limit`` bytes from ``start`` (None: all of them); None
+    when the file cannot be read (a worker's task: one argument)."""
+    path, start, limit = path_start_limit
     try:
         with open(path, "rb") as file:
+            file.seek(start)
             if limit is not None:
                 return hashlib.blake2b(file.read(limit), digest_size=16).digest()
             return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16)).digest()

@@ -360,8 +360,9 @@ def unmatched_group_rows(path: str | None, groups_csv: dict[str, str], discovery
 
 
 def read_dicom_header(path: str, options, hash_key: bytes
-                      ) -> tuple[str | None, str | None, str | None]:
-    """``(BodyPartExamined, keyed patient hash, Modality)``, each stripped or None.
+                      ) -> tuple[str | None, str | None, str | None, int]:
+    """``(BodyPartExamined, keyed patient hash, Modality)``, each stripped or None, and the
+    pixel data's offset in the file (0: not known; ``dataset.duplicates`` compares from it).
 
     Reads the header only (no pixel data), so splits can be grouped by patient
     before any pixel is decoded. The patient key is ``dataset.dicom``'s keyed
@@ -374,4 +375,4 @@ def read_dicom_header(path: str, options, hash_key: bytes
     from dataset.dicom import read_dicom_info
 
     info = read_dicom_info(path, options, hash_key=hash_key)
-    return info.body_part, info.patient_key, info.modality
+    return info.body_part, info.patient_key, info.modality, info.pixel_offset

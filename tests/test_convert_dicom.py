@@ -27,10 +27,13 @@ def _write_dicom(path: Path, source: str, *, patient: str, body_part: str | None
     dataset = pydicom.dcmread(get_testdata_file(source))
     dataset.PatientID = patient
     dataset.PatientName = f"Doe^Secret{patient[-2:]}"
-    # Each file its own instance, as in a real series (copies of one file are joined by the
-    # converter's duplicate check).
+    # Each file its own instance and image, as in a real series: copies of one image are
+    # joined into one group by the converter's duplicate check.
     dataset.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[path.name, patient])
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    pixels = bytearray(dataset.PixelData)
+    pixels[:len(dataset.SOPInstanceUID)] = dataset.SOPInstanceUID.encode()
+    dataset.PixelData = bytes(pixels)
     if body_part is None:
         dataset.pop("BodyPartExamined", None)
     else:

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from dataset import duplicates
 from tests.conftest import write_image
+from tests.dicom_fixtures import write_dicom
 from tests.test_convert import convert, split_of_files
 
 
@@ -35,10 +37,16 @@ def test_identical_files_compares_sizes_then_prefixes_then_whole_files(tmp_path)
     found = duplicates.identical_files({name: str(tmp_path / name) for name in contents},
                                        _recording_map(calls))
     assert found == [["a.bin", "copy-of-a.bin"], ["copy-of-long.bin", "long.bin"]]
-    read_whole = sorted(Path(path).name for path, limit in calls if limit is None)
+    read_whole = sorted(Path(path).name for path, _, limit in calls if limit is None)
     # The file whose first 64 KiB differ is not read whole; nor are the short ones again.
     assert read_whole == ["copy-of-long.bin", "long.bin", "other-tail.bin"]
-    assert not {Path(path).name for path, _ in calls} & {"unique.bin", "empty1.bin"}
+    assert not {Path(path).name for path, _, _ in calls} & {"unique.bin", "empty1.bin"}
+    # From a start offset (a DICOM file's pixel data): headers of other lengths do not matter.
+    (tmp_path / "other-header.bin").write_bytes(b"HEADER" + b"x" * 10)
+    found = duplicates.identical_files(
+        {name: str(tmp_path / name) for name in ("a.bin", "other-header.bin", "same-size.bin")},
+        _recording_map([]), starts={"other-header.bin": 6})
+    assert found == [["a.bin", "other-header.bin"]]
 
 
 def _images_with_copies(root: Path, copies: int) -> list[tuple[str, str]]:
@@ -68,24 +76,57 @@ def test_copies_under_other_names_are_kept_in_one_split(tmp_path):
     # 0.5**2 + 2 * 0.25**2 = 0.375, and all 16 pairs with 0.375**16 = 2e-7.
     assert all(split_of[original] == split_of[copy] for original, copy in pairs)
     assert len({split_of[original] for original, _ in pairs}) > 1  # the sets are still spread
-    assert (f"16 file(s) have the same bytes as another (e.g. {pairs[0][1]} and {pairs[0][0]}):"
-            " each set is kept in one split") in manifest["warnings"]
+    assert manifest["warnings"] == [
+        "16 file(s) are copies of another's image (the same bytes, or DICOM pixel data; e.g. "
+        f"{pairs[0][1]} and {pairs[0][0]}): each set is kept in one split"]
 
 
-def test_a_large_set_of_copies_is_named_by_two_and_its_size(tmp_path):
-    """A blank or placeholder image repeated many times: the warning names two and counts
-    the set, rather than listing every file."""
+def test_an_image_in_many_groups_is_a_placeholder_not_a_copy(tmp_path):
+    """An image in more than MAX_GROUPS_JOINED groups (a blank frame, a logo page) is warned
+    of, naming two files and the set's size, and its groups are not joined: they would make
+    one group of unrelated patients. Three copies are joined."""
     root = tmp_path / "ds"
     _images_with_copies(root, copies=0)
-    for index in range(6):
-        write_image(root / ("Chest", "Hand")[index % 2] / f"blank{index}.png",
-                    np.zeros((8, 8), np.uint8))
+    for index in range(3):
+        shutil.copyfile(root / "Hand/hand000.png", root / f"Hand/copy{index}.png")
+    for index in range(duplicates.MAX_GROUPS_JOINED + 2):
+        write_image(root / "Chest" / f"blank{index}.png", np.zeros((8, 8), np.uint8))
     manifest = convert(root, tmp_path / "out", need_split="tt_split", test_size=0.5)
-    assert ("5 file(s) have the same bytes as another (e.g. Chest/blank0.png and "
-            "Chest/blank2.png, one of 6 alike): each set is kept in one split"
-            ) in manifest["warnings"]
-    assert len(set(split_of_files(tmp_path / "out")[f"{('Chest', 'Hand')[i % 2]}/blank{i}.png"]
-                   for i in range(6))) == 1
+    assert manifest["warnings"] == [
+        "3 file(s) are copies of another's image (the same bytes, or DICOM pixel data; e.g. "
+        "Hand/copy0.png and Hand/copy1.png, one of 4 alike): each set is kept in one split",
+        "1 image(s) recur in more than 4 groups each (e.g. Chest/blank0.png and "
+        "Chest/blank1.png, one of 6 alike): a blank or placeholder image? Its copies stay in "
+        "their groups' splits"]
+    split_of = split_of_files(tmp_path / "out")
+    assert len({split_of[f"Hand/copy{index}.png"] for index in range(3)}
+               | {split_of["Hand/hand000.png"]}) == 1
+    assert len({split_of[f"Chest/blank{index}.png"] for index in range(6)}) == 2
+
+
+def test_a_dicom_image_under_two_patients_is_kept_in_one_split(tmp_path):
+    """The same pixels under two headers (a scan anonymised twice: two pseudonyms, new UIDs):
+    its two patients are one group. Other images of one size stay apart."""
+    root = tmp_path / "ds"
+    rng = np.random.default_rng(0)
+    for name in ("Chest", "Hand"):
+        (root / name).mkdir(parents=True)
+    for patient in range(12):
+        for name in ("Chest", "Hand"):
+            write_dicom(root / name / f"p{patient:02d}.dcm",
+                        rng.integers(0, 255, (8, 8), dtype=np.uint8), PatientID=f"P{patient}")
+    again = [(f"{name}/p{patient:02d}.dcm", f"{name}/again{patient:02d}.dcm")
+             for patient in range(12) for name in ("Chest", "Hand")]
+    for original, copy in again:
+        pixels = pydicom.dcmread(root / original).pixel_array
+        write_dicom(root / copy, pixels, PatientID="PSEUDONYM-" + copy)
+    assert (root / again[0][0]).read_bytes() != (root / again[0][1]).read_bytes()
+    manifest = convert(root, tmp_path / "out", need_split="tt_split", test_size=0.5)
+    split_of = split_of_files(tmp_path / "out")
+    assert all(split_of[original] == split_of[copy] for original, copy in again)
+    assert len(set(split_of.values())) == 2
+    assert any(warning.startswith("24 file(s) are copies of another's image") for warning in
+               manifest["warnings"]), manifest["warnings"]
 
 
 def test_copies_with_different_labels_are_warned_of(tmp_path):
@@ -94,9 +135,9 @@ def test_copies_with_different_labels_are_warned_of(tmp_path):
     shutil.copyfile(root / "Chest/chest000.png", root / "Hand/hand-copy.png")
     manifest = convert(root, tmp_path / "out")
     assert manifest["warnings"] == [
-        "1 set(s) of files with the same bytes have different labels (e.g. Chest/chest000.png "
-        "(Chest), Hand/hand-copy.png (Hand)): one image taught as two classes; check their "
-        "labels"]
+        "1 image(s) have copies (the same bytes, or DICOM pixel data) with different labels "
+        "(e.g. Chest/chest000.png (Chest), Hand/hand-copy.png (Hand)): one image taught as two "
+        "classes; check their labels"]
 
 
 def test_copies_across_given_splits_are_warned_of_and_kept_where_given(tmp_path):
@@ -106,7 +147,7 @@ def test_copies_across_given_splits_are_warned_of_and_kept_where_given(tmp_path)
     manifest = convert(root, tmp_path / "out", need_split="predefined")
     assert manifest["splits"]["test"]["num_examples"] == 40
     assert (
-        "40 set(s) of files with the same bytes lie in more than one of the given splits "
-        "(e.g. test/Chest/chest000.png (test) and train/Chest/chest000.png (train)); the "
-        "predefined split is kept as given, so its evaluation scores images the model "
-        "trained on") in manifest["warnings"]
+        "40 image(s) have copies in more than one of the given splits (e.g. "
+        "test/Chest/chest000.png (test) and train/Chest/chest000.png (train)); the predefined "
+        "split is kept as given, so its evaluation scores images the model trained on"
+        ) in manifest["warnings"]

@@ -3,6 +3,7 @@ no identifier of any bundled or shared DICOM in any image, info, error or log li
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -31,7 +32,10 @@ def test_info_holds_a_keyed_hash_not_the_patient(tmp_path):
     assert read_dicom(by_name, DicomOptions(), hash_key=KEY)[1].patient_key is not None
     anonymous = write_dicom(tmp_path / "c.dcm", pixels)
     assert read_dicom(anonymous, DicomOptions(), hash_key=KEY)[1] == DicomInfo(None, None, "OT")
-    assert read_dicom_info(by_id, DicomOptions(), hash_key=KEY) == info  # header only
+    # The header only, with where its pixel data starts (the tag of (7FE0,0010) is there).
+    header = read_dicom_info(by_id, DicomOptions(), hash_key=KEY)
+    assert header == dataclasses.replace(info, pixel_offset=header.pixel_offset)
+    assert by_id.read_bytes()[header.pixel_offset:][:4] == b"\xe0\x7f\x10\x00"
     with pytest.raises(DicomError, match="not a DICOM file"):
         read_dicom_info(Path(__file__), DicomOptions(), hash_key=KEY)
 
