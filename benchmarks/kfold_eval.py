@@ -174,19 +174,20 @@ def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
     Raises:
       ValueError: a DICOM header that cannot be read.
     """
-    keys, pixel_offsets = {}, {}
+    keys, pixel_data = {}, {}
     for _, relpath in items:
         path = os.path.join(dataset_dir, relpath)
         patient = None
         if file_kind(path) == "dicom":
-            _, patient, _, pixel_offsets[relpath] = sources.read_dicom_header(
+            _, patient, _, pixel_data[relpath] = sources.read_dicom_header(
                 path, DicomOptions(), DEFAULT_HASH_KEY)
         keys[relpath] = f"patient:{patient}" if patient else relpath
     # Copies of one image under other names or patients fold together, as the converter
     # splits them (a copy in another fold would be scored by a model trained on it).
     identical = duplicates.identical_files(
         {relpath: os.path.join(dataset_dir, relpath) for _, relpath in items},
-        lambda function, tasks, chunksize: map(function, tasks), starts=pixel_offsets)
+        lambda function, tasks, chunksize: map(function, tasks),
+        parts={relpath: part for relpath, part in pixel_data.items() if part})
     copies, _ = duplicates.copies_and_placeholders(identical, keys)
     return duplicates.join_groups(keys, copies)
 

@@ -130,7 +130,7 @@ def _output_problems(config: ConvertConfig, layout: str) -> list[sources.Problem
 class _Headers:
     values: dict  # relpath -> (body_part, patient_key, modality)
     errors: set
-    pixel_offsets: dict  # relpath -> where its pixel data starts (0: not known)
+    pixel_data: dict  # relpath -> where its pixel data's value is (DicomInfo.pixel_data)
 
 
 def _read_headers(workers, discovery, problems) -> _Headers:
@@ -143,7 +143,8 @@ def _read_headers(workers, discovery, problems) -> _Headers:
             headers.errors.add(item.relpath)
         else:
             headers.values[item.relpath] = value[:3]
-            headers.pixel_offsets[item.relpath] = value[3]
+            if value[3] is not None:
+                headers.pixel_data[item.relpath] = value[3]
     return headers
 
 
@@ -180,7 +181,7 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
     problems = list(discovery.problems) + output_problems
     headers = _read_headers(workers, discovery, problems)
     identical = duplicates.identical_files({f.relpath: f.path for f in discovery.files},
-                                           workers.imap, starts=headers.pixel_offsets)
+                                           workers.imap, parts=headers.pixel_data)
     return assignment.assign(config, discovery, headers, problems, identical)
 
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import os
+import struct
 import threading
 import types
 import warnings
@@ -90,9 +91,10 @@ class DicomInfo:
     patient_key: str | None  # HMAC-SHA256 of the patient identity (without one: of the
     # study, else the series), never the identity
     modality: str | None
-    # Where the pixel data element starts in the file (0: not known, e.g. a deflated file or
-    # none): copies of one image under other headers (anonymised twice) match from there.
-    pixel_offset: int = 0
+    # The pixel data's value in the file, (offset, length; None: to the end), or None when
+    # not known (a deflated file, none): copies of one image under other headers (a scan
+    # anonymised twice) are found by it. Set by read_dicom_info only.
+    pixel_data: tuple[int, int | None] | None = None
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -145,8 +147,8 @@ def read_dicom_info(path: str | Path, options: DicomOptions, *, hash_key: bytes
         return f"{path}: unreadable DICOM header ({type(error).__name__})"
 
     with _quiet(), _scrubbed(failure) as read:
-        read.ds, pixel_offset = _read_header(path, options)
-        return dataclasses.replace(_info(read.ds, hash_key), pixel_offset=pixel_offset)
+        read.ds, pixel_data = _read(path, options, header_only=True)
+        return dataclasses.replace(_info(read.ds, hash_key), pixel_data=pixel_data)
 
 
 def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
@@ -203,16 +205,10 @@ def _image_bytes(path) -> str | None:
             f".{'jpg' if image_format == 'jpeg' else 'png'}")
 
 
-def _read_header(path: str | Path, options: DicomOptions) -> tuple[Dataset, int]:
-    """The header, and where the pixel data starts (0 when the read did not stop before
-    it: no pixel data, or a deflated file, whose offsets are not the file's)."""
-    ds, stopped_at = _read(path, options, header_only=True)
-    return ds, stopped_at if stopped_at < os.path.getsize(path) else 0
-
-
 def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False
-          ) -> tuple[Dataset, int]:
-    """The dataset, and the file position its reading stopped at."""
+          ) -> tuple[Dataset, tuple[int, int | None] | None]:
+    """The dataset, and with ``header_only`` where its pixel data's value is
+    (``DicomInfo.pixel_data``)."""
     try:
         if os.path.getsize(path) == 0:  # as images say it (it was "not a DICOM file", or
             raise DicomError(f"{path}: zero-byte file")  # with --dicom_force "no pixel data")
@@ -220,7 +216,9 @@ def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False
             raise DicomError(image)
         with open(path, "rb") as handle:
             ds = pydicom.dcmread(handle, force=options.force, stop_before_pixels=header_only)
-            stopped_at = handle.tell()
+            pixel_data = (_pixel_data_value(handle.tell(), handle.read(12),
+                                            os.fstat(handle.fileno()).st_size)
+                          if header_only else None)
     except InvalidDicomError:
         # Both programs that read DICOM (tf_convert_data.py, dicom_predict.py) name the
         # option --dicom_force.
@@ -239,7 +237,26 @@ def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False
                        "Implicit VR Little Endian", path)
         ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    return ds, stopped_at
+    return ds, pixel_data
+
+
+def _pixel_data_value(position: int, element: bytes, file_size: int
+                      ) -> tuple[int, int | None] | None:
+    """(offset, length; None: to the end) of the pixel data's value, from the first 12 bytes
+    of the element a header-only read stopped at; None when that is not pixel data (a file
+    without, a deflated file whose offsets are not the file's) or it is cut short. The value,
+    not the element: the same pixels in an explicit and an implicit VR encoding (other
+    element headers) compare equal, and trailing padding after them is left out."""
+    order = {b"\xe0\x7f\x10\x00": "<", b"\x7f\xe0\x00\x10": ">"}.get(element[:4])
+    if order is None or len(element) < 12:
+        return None
+    if element[4:6] in (b"OB", b"OW"):  # explicit VR: the VR, 2 reserved bytes, the length
+        offset, length = position + 12, struct.unpack(order + "I", element[8:12])[0]
+    else:  # implicit VR: the length
+        offset, length = position + 8, struct.unpack(order + "I", element[4:8])[0]
+    if length == 0xFFFFFFFF:  # encapsulated (compressed): its fragments run to the end
+        return offset, None
+    return (offset, length) if offset + length <= file_size else None
 
 
 def _info(ds: Dataset, hash_key: bytes) -> DicomInfo:

@@ -18,37 +18,42 @@ import os
 PREFIX_BYTES = 64 * 1024
 
 
-def identical_files(paths: dict[str, str], imap, starts: dict[str, int] | None = None
-                    ) -> list[list[str]]:
-    """Sets of files with the same bytes from their start on, each sorted, the sets sorted
+def identical_files(paths: dict[str, str], imap,
+                    parts: dict[str, tuple[int, int | None]] | None = None) -> list[list[str]]:
+    """Sets of files with the same bytes (in the part compared), each sorted, the sets sorted
     by their first name.
 
     Args:
       paths: relpath -> path of the files to compare.
       imap: an ordered parallel map, ``imap(function, tasks, chunksize)``
         (``dataset.workers.WorkerPool.imap``); ``content_digest`` runs in it.
-      starts: relpath -> the offset its comparison starts at (a DICOM file's pixel data,
-        ``dataset.dicom.DicomInfo.pixel_offset``); 0 for a file not named.
+      parts: relpath -> (offset, length; None: to the end) of the part compared, for a DICOM
+        file its pixel data's value (``dataset.dicom.DicomInfo.pixel_data``); a file not
+        named is compared whole.
 
     A file with nothing to compare (empty) or unreadable is in no set: reading it is the
     encode pass's problem, and every empty file would otherwise be a copy of every other.
     """
-    starts = starts or {}
+    parts = parts or {}
     by_size = collections.defaultdict(list)
+    spans = {}  # relpath -> (offset, length) of what is compared
     for relpath, path in paths.items():
-        try:
-            size = os.stat(path).st_size - starts.get(relpath, 0)
-        except OSError:
-            continue
-        if size > 0:
-            by_size[size].append(relpath)
+        offset, length = parts.get(relpath, (0, None))
+        if length is None:
+            try:
+                length = os.stat(path).st_size - offset
+            except OSError:
+                continue
+        if length > 0:
+            spans[relpath] = (offset, length)
+            by_size[length].append(relpath)
     same_size = [(size, relpaths) for size, relpaths in by_size.items() if len(relpaths) > 1]
-    alike = _alike([relpaths for _, relpaths in same_size], paths, starts, imap, PREFIX_BYTES)
-    # Files no longer than the prefix were read whole: only the longer ones are read again.
+    alike = _alike([relpaths for _, relpaths in same_size], paths, spans, imap, PREFIX_BYTES)
+    # Parts no longer than the prefix were read whole: only the longer ones are read again.
     longer = {relpath for size, relpaths in same_size if size > PREFIX_BYTES
               for relpath in relpaths}
     alike = ([same for same in alike if same[0] not in longer]
-             + _alike([same for same in alike if same[0] in longer], paths, starts, imap, None))
+             + _alike([same for same in alike if same[0] in longer], paths, spans, imap, None))
     return sorted(sorted(same) for same in alike)
 
 
@@ -86,12 +91,13 @@ def join_groups(groups: dict[str, str], identical: list[list[str]]) -> dict[str,
     return {relpath: final(group) for relpath, group in groups.items()}
 
 
-def _alike(candidates: list[list[str]], paths: dict[str, str], starts: dict[str, int], imap,
-           limit: int | None):
-    """The candidates' sets split by digest (of the first `limit` bytes from their start, or
-    all of them), keeping those of two or more files."""
+def _alike(candidates: list[list[str]], paths: dict[str, str],
+           spans: dict[str, tuple[int, int]], imap, limit: int | None):
+    """The candidates' sets split by digest (of the first `limit` bytes of their span, or all
+    of it), keeping those of two or more files."""
     relpaths = [relpath for same in candidates for relpath in same]
-    tasks = [(paths[r], starts.get(r, 0), limit) for r in relpaths]
+    tasks = [(paths[r], spans[r][0], spans[r][1] if limit is None else min(limit, spans[r][1]))
+             for r in relpaths]
     digests = dict(zip(relpaths, imap(content_digest, tasks, chunksize=64)))
     alike = []
     for same in candidates:
@@ -103,15 +109,17 @@ def _alike(candidates: list[list[str]], paths: dict[str, str], starts: dict[str,
     return alike
 
 
-def content_digest(path_start_limit: tuple[str, int, int | None]) -> bytes | None:
-    """The digest of a file's first ``limit`` bytes from ``start`` (None: all of them); None
-    when the file cannot be read (a worker's task: one argument)."""
-    path, start, limit = path_start_limit
+def content_digest(path_offset_length: tuple[str, int, int]) -> bytes | None:
+    """The digest of ``length`` bytes of a file from ``offset`` (fewer where the file ends);
+    None when the file cannot be read (a worker's task: one argument)."""
+    path, offset, length = path_offset_length
+    digest = hashlib.blake2b(digest_size=16)
     try:
         with open(path, "rb") as file:
-            file.seek(start)
-            if limit is not None:
-                return hashlib.blake2b(file.read(limit), digest_size=16).digest()
-            return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16)).digest()
+            file.seek(offset)
+            while length > 0 and (chunk := file.read(min(length, 1 << 20))):
+                digest.update(chunk)
+                length -= len(chunk)
     except OSError:
         return None
+    return digest.digest()

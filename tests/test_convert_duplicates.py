@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.data import get_testdata_file
 
 from dataset import duplicates
+from dataset.dicom import read_dicom_info
+from dataset.dicom_options import DicomOptions
 from tests.conftest import write_image
 from tests.dicom_fixtures import write_dicom
 from tests.test_convert import convert, split_of_files
@@ -37,7 +40,7 @@ def test_identical_files_compares_sizes_then_prefixes_then_whole_files(tmp_path)
     found = duplicates.identical_files({name: str(tmp_path / name) for name in contents},
                                        _recording_map(calls))
     assert found == [["a.bin", "copy-of-a.bin"], ["copy-of-long.bin", "long.bin"]]
-    read_whole = sorted(Path(path).name for path, _, limit in calls if limit is None)
+    read_whole = sorted(Path(path).name for path, _, length in calls if length > 64 * 1024)
     # The file whose first 64 KiB differ is not read whole; nor are the short ones again.
     assert read_whole == ["copy-of-long.bin", "long.bin", "other-tail.bin"]
     assert not {Path(path).name for path, _, _ in calls} & {"unique.bin", "empty1.bin"}
@@ -45,7 +48,7 @@ def test_identical_files_compares_sizes_then_prefixes_then_whole_files(tmp_path)
     (tmp_path / "other-header.bin").write_bytes(b"HEADER" + b"x" * 10)
     found = duplicates.identical_files(
         {name: str(tmp_path / name) for name in ("a.bin", "other-header.bin", "same-size.bin")},
-        _recording_map([]), starts={"other-header.bin": 6})
+        _recording_map([]), parts={"other-header.bin": (6, None)})
     assert found == [["a.bin", "other-header.bin"]]
 
 
@@ -127,6 +130,18 @@ def test_a_dicom_image_under_two_patients_is_kept_in_one_split(tmp_path):
     assert len(set(split_of.values())) == 2
     assert any(warning.startswith("24 file(s) are copies of another's image") for warning in
                manifest["warnings"]), manifest["warnings"]
+
+
+def test_the_same_pixels_in_either_vr_encoding_are_one_image():
+    """pydicom's MR_small in explicit and implicit VR: other element headers before the pixel
+    data and trailing padding after it in one, the same 8,192 bytes of pixels."""
+    paths = {name: get_testdata_file(name) for name in ("MR_small.dcm", "MR_small_implicit.dcm",
+                                                        "CT_small.dcm")}
+    parts = {name: read_dicom_info(path, DicomOptions(), hash_key=b"k").pixel_data
+             for name, path in paths.items()}
+    assert {length for _, length in parts.values()} == {8192, 32768}  # (not the padding after)
+    assert duplicates.identical_files(paths, _recording_map([]), parts=parts) == [
+        ["MR_small.dcm", "MR_small_implicit.dcm"]]
 
 
 def test_copies_with_different_labels_are_warned_of(tmp_path):
