@@ -144,7 +144,7 @@ def _encode_and_commit(config: convert.ConvertConfig, beam_args: list[str], plan
         if not any(p.path == "--output_dir" for p in problems):
             with convert.staging_area(config.output_dir) as staging:
                 errors = _run(beam_args, staging, plan.tasks, dicom, 0)[2]
-            problems += _ordered_problems(plan.tasks, errors)
+            problems += _ordered_problems(errors)
     # Raises when failing.
     skipped = conversion_plan.fail_or_skip(config.on_error, config.dataset_dir, plan, problems)
     tasks = conversion_plan.write_order(plan.tasks, skipped)
@@ -152,7 +152,7 @@ def _encode_and_commit(config: convert.ConvertConfig, beam_args: list[str], plan
         staged_rows, count_rows, errors = _run(beam_args, staging, tasks, dicom,
                                                int(config.shard_size_mb * 2**20))
         skipped = conversion_plan.fail_or_skip(config.on_error, config.dataset_dir, plan,
-                                               _ordered_problems(tasks, errors), skipped)
+                                               _ordered_problems(errors), skipped)
         split_order = list(dict.fromkeys(task.split for task in tasks))
         staged = {split: _final_names(split, [r for r in staged_rows if r["split"] == split])
                   for split in split_order}
@@ -166,12 +166,10 @@ def _default_dicom_options():
     return DicomOptions()
 
 
-def _ordered_problems(tasks: list[FileTask], errors: list[list[str]]) -> list[sources.Problem]:
-    # The pipeline returns errors in no particular order: list them in task order, as
-    # the local run does.
-    position = {task.relpath: index for index, task in enumerate(tasks)}
-    return [sources.Problem(relpath, reason)
-            for relpath, reason in sorted(errors, key=lambda e: position[e[0]])]
+def _ordered_problems(errors: list[list[str]]) -> list[sources.Problem]:
+    # The pipeline returns errors in no particular order: list them by path, as the local
+    # run does (not in task order: a skip run's tasks are in record order, a hash).
+    return [sources.Problem(relpath, reason) for relpath, reason in sorted(errors)]
 
 
 def _final_names(split: str, rows: list[dict]) -> list[shards.StagedShard]:

@@ -121,6 +121,22 @@ def test_decode_error_alone_fails_and_writes_nothing(tmp_path, make_images_label
     assert not (tmp_path / "beam").exists()
 
 
+def test_skipped_decode_errors_are_listed_by_path_as_the_local_run_lists_them(
+        tmp_path, make_images_labels_dataset):
+    """The encode pass runs in record order (a hash of each path): the manifest's and the
+    summary's skipped list came out in that order, not the local run's path order."""
+    root = make_images_labels_dataset({"Chest": 6, "Hand": 6}, size=16)
+    broken = [f"images/{index:06d}.png" for index in range(0, 12, 2)]
+    for relpath in broken:  # undecodable: found by the encode pass, not the planning
+        data = (root / relpath).read_bytes()
+        (root / relpath).write_bytes(data[:len(data) // 2])
+    options = dict(on_error="skip", output_name="all")
+    local = convert(root, tmp_path / "local", **options)
+    beam = convert_beam(root, tmp_path / "beam", **options)
+    assert [s["path"] for s in local["skipped"]] == broken
+    assert beam["skipped"] == local["skipped"]
+
+
 def test_a_runner_that_cannot_start_is_one_line_and_writes_nothing(
         tmp_path, make_images_labels_dataset, monkeypatch):
     """E.g. --beam_pipeline_options=runner=FlinkRunner offline: Beam raised a RuntimeError
