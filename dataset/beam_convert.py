@@ -30,6 +30,10 @@ import io
 import json
 import logging
 import os
+import sys
+import tempfile
+import threading
+import time
 
 
 def _not_apitools_warning(record: logging.LogRecord) -> bool:
@@ -94,8 +98,7 @@ def check_pipeline_args(beam_args: list[str]) -> None:
                          ) from None
     except ValueError as error:  # e.g. an empty option name
         raise ValueError(f"--beam_pipeline_options: {error}") from None
-    runner = (options.get("runner") or "direct").lower()
-    if runner.removesuffix("runner") not in _IN_PROCESS_RUNNERS:
+    if not _runs_here(options):
         return
     known = PipelineOptions([]).get_all_options()
     unknown = [f"--{name}" for name in options if name not in known]
@@ -104,6 +107,12 @@ def check_pipeline_args(beam_args: list[str]) -> None:
         hint = f" (did you mean --{close[0]}?)" if close else ""
         raise ValueError(f"--beam_pipeline_options: Beam has no option {', '.join(unknown)}"
                          f"{hint}")
+
+
+def _runs_here(options: dict) -> bool:
+    """Whether ``options`` (``PipelineOptions.get_all_options``) name an in-process runner."""
+    return (options.get("runner") or "direct").lower().removesuffix("runner") \
+        in _IN_PROCESS_RUNNERS
 
 
 def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) -> dict:
@@ -196,17 +205,68 @@ def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_option
     path = os.environ.get("PYTHONPATH", "")
     if REPO_ROOT not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, path) if p)
+    log_path = None
+    if _runs_here(PipelineOptions(beam_args).get_all_options(retain_unknown_options=True)):
+        log_handle, log_path = tempfile.mkstemp(prefix="beam-workers-", suffix=".log")
+        os.close(log_handle)
+    keep_log = False
     try:
-        _build_and_run(beam_args, tasks_path, staging, dicom_options, shard_bytes)
+        with _stderr_to(log_path):
+            _build_and_run(beam_args, tasks_path, staging, dicom_options, shard_bytes)
     except RuntimeError as error:
         # A runner that cannot start or a job that failed on the cluster (e.g. "Unable to
         # fetch remote job server jar"): Beam's traceback is pages of its own frames. The
         # files' own problems never get here: the DoFn returns them as "errors" rows.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise ValueError(f"--runner=beam: the pipeline failed: {reason}") from error
+        keep_log = bool(log_path and os.path.getsize(log_path))
+        raise ValueError(f"--runner=beam: the pipeline failed: {reason}" + (
+            f" (the local workers' log: {log_path})" if keep_log else "")) from error
+    finally:
+        if log_path and not keep_log:
+            os.remove(log_path)
     return (_load(os.path.join(staging, _SHARDS)) if shard_bytes else [],
             _load(os.path.join(staging, _COUNTS)) if shard_bytes else [],
             _load(os.path.join(staging, _ERRORS)))
+
+
+@contextlib.contextmanager
+def _stderr_to(log_path: str | None):
+    """Sends this process's standard error (file descriptor 2) to ``log_path`` for the block;
+    None: leaves it as it is.
+
+    Beam's local runner starts its worker processes with this process's standard error, and
+    they print to it whatever Beam's log level: their start-up and shutdown (about 20 INFO
+    lines each, as Beam's import warning gives them a handler at INFO, and the runner does not
+    pass them --default_sdk_harness_log_level), and on Ctrl-C (which a terminal sends them
+    too) a traceback each. The runner's own relays of their lines would bury the summary too.
+    """
+    if log_path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log_path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+        yield
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (official.utils.cli): the run is given up
+        # Beam's threads in this process go on logging its workers' ends (the workers'
+        # relayed tracebacks, the data plane's broken streams) for a while yet.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+        raise
+    finally:
+        try:
+            # After a Ctrl-C, the runner's thread per worker process (Beam names them
+            # run_worker) reports the worker's end, a traceback, once the worker is gone:
+            # into the log, not below the one line that says what happened.
+            deadline = time.monotonic() + 10
+            for thread in threading.enumerate():
+                if thread.name == "run_worker":
+                    thread.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _build_and_run(beam_args: list[str], tasks_path: str, staging: str, dicom_options,

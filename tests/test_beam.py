@@ -10,6 +10,7 @@ the Beam tests under a minute on two cores.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -187,6 +188,38 @@ def test_cli_beam_never_imports_tensorflow(tmp_path, make_images_labels_dataset)
     assert "wrote 4 examples" in result.stdout
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())[
         "splits"]["all"]["num_examples"] == 4
+
+
+def test_cli_beam_local_workers_print_nothing(tmp_path, make_images_labels_dataset):
+    """Beam's local worker processes printed their start-up and shutdown (40 INFO and
+    WARNING lines for two workers) above the summary: Beam's own import warning had given
+    them a stderr handler at INFO, and --default_sdk_harness_log_level never reaches them."""
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
+    result = _cli(tmp_path, root, tmp_path / "out", ())  # the default: multi-process
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wrote 4 examples" in result.stdout
+    assert result.stderr == ""
+
+
+def test_local_workers_write_into_the_log_and_an_interrupt_quiets_beam(tmp_path, capfd):
+    """What Beam's local workers print goes to the log, as does, after a Ctrl-C (which a
+    terminal sends them too), the traceback each printed and the runner's threads' reports
+    of their ends (100 lines above the one that says what happened)."""
+    log = tmp_path / "workers.log"
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with beam_convert._stderr_to(str(log)):
+                subprocess.run([sys.executable, "-c",
+                                "import sys; sys.stderr.write('a worker line\\n')"], check=True)
+                raise KeyboardInterrupt
+        assert beam_logger.getEffectiveLevel() > logging.CRITICAL
+    finally:
+        beam_logger.setLevel(level)
+    assert log.read_text() == "a worker line\n"
+    sys.stderr.write("after\n")  # file descriptor 2 is this process's again
+    assert capfd.readouterr().err == "after\n"
 
 
 def test_cli_without_beam_is_one_clear_error(tmp_path, make_images_labels_dataset):
