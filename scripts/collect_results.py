@@ -3,11 +3,12 @@
     python scripts/collect_results.py runs/sweep            # -> runs/sweep/results.{csv,md}
 
 Every sub-folder holding a config.json (a trainer --model_dir) is one row. Columns come from:
-  config.json                 resnet_size, version, image_size (its "model"; the top-level
-                              keys of older runs), batch_size, dtype
+  config.json                 architecture (resnet, or a Slim network's name), resnet_size,
+                              version, image_size (its "model"; the top-level keys of older
+                              runs), batch_size, dtype
   the latest checkpoint       step; params (model weights, batch-norm statistics excluded)
-  eval/ TensorBoard events    the last evaluation's accuracy and loss (on the trainer's
-                              --eval_split, validation by default)
+  eval/ TensorBoard events    the last evaluation's step, accuracy and loss (on the
+                              trainer's --eval_split, validation by default)
   train/ TensorBoard events   median examples_per_second
   eval_<split>/metrics.json   accuracy and macro F1 on <split>, when dicom_eval.py wrote one
                               (of several: the newest checkpoint's, test's first)
@@ -45,9 +46,9 @@ flags.DEFINE_string("output_prefix", None, "default: SWEEP_DIR/results", flag_va
 # SWEEP_DIR: the folder whose sub-folders are training model_dirs.
 parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__, arguments=("SWEEP_DIR",))
 
-COLUMNS = ("run", "status", "resnet_size", "version", "image_size", "batch_size", "dtype",
-           "params", "step", "eval_accuracy", "eval_loss", "split", "split_accuracy",
-           "split_macro_f1", "examples_per_second", "seconds")
+COLUMNS = ("run", "status", "architecture", "resnet_size", "version", "image_size",
+           "batch_size", "dtype", "params", "step", "eval_step", "eval_accuracy", "eval_loss",
+           "split", "split_accuracy", "split_macro_f1", "examples_per_second", "seconds")
 
 
 def _scalars(folder: str, tag: str) -> list[tuple[int, float]]:
@@ -131,6 +132,9 @@ def _collect_run(run_dir: str, name: str) -> dict:
     model = config.get("model", config)  # runs before "model" kept its fields at the top
     if not isinstance(model, dict):
         raise UnreadableFile(f"{config_path}: \"model\" is not a JSON object")
+    # A Slim-style network's name (mobilenet_v3_small, ...): without it such runs had only
+    # their folder's name to tell them apart. Runs from before "model" were ResNets.
+    row["architecture"] = model.get("architecture", "resnet")
     for key in ("resnet_size", "version", "image_size"):
         row[key] = model.get(key)
     for key in ("batch_size", "dtype"):
@@ -154,7 +158,9 @@ def _collect_run(run_dir: str, name: str) -> dict:
     for tag in ("accuracy", "loss"):
         values = _scalars(os.path.join(run_dir, "eval"), tag)
         if values:
-            row[f"eval_{tag}"] = round(values[-1][1], 4)
+            # The last validation's step: a killed or running run's checkpoint ("step") can
+            # be past it.
+            row["eval_step"], row[f"eval_{tag}"] = values[-1][0], round(values[-1][1], 4)
     speeds = [value for _, value in _scalars(os.path.join(run_dir, "train"),
                                              "examples_per_second")]
     if speeds:  # the first call includes tracing: left out when there are others

@@ -174,12 +174,13 @@ def test_convert_sweep_two_runs_then_export_and_evaluate(tmp_path, make_images_l
         ("resnet18_v1", "18", "1"), ("resnet18_v2", "18", "2")]
     for row in rows:
         assert row["status"] == "ok" and row["step"] == "1" and row["split"] == "test"
+        assert row["architecture"] == "resnet" and row["eval_step"] == "1"
         assert 0 <= float(row["split_accuracy"]) <= 1 and 0 <= float(row["eval_accuracy"]) <= 1
         assert float(row["examples_per_second"]) > 0 and int(row["seconds"]) >= 0
     assert all(int(row["params"]) > 1e6 for row in rows)
     assert rows[0]["params"] != rows[1]["params"]  # v1 has a batch norm after every conv
     table = (sweep / "results.md").read_text().splitlines()
-    assert table[0].startswith("| run | status | resnet_size") and len(table) == 4
+    assert table[0].startswith("| run | status | architecture | resnet_size") and len(table) == 4
     assert table[0] in result.stdout  # the sweep prints its table
 
     # A mistyped DATA_DIR is refused before the export (it used to export, then fail).

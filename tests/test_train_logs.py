@@ -4,6 +4,7 @@ events) and what reads it back (official/utils/logs/summaries.py)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,23 @@ def test_a_damaged_checkpoint_or_config_model_is_an_unreadable_row(tmp_path):
     assert rows["fine"]["resnet_size"] == "18" and rows["fine"]["status"] == ""
     assert result.stderr.splitlines()[-1].startswith(
         "collect_results.py: error: 2 run(s) marked unreadable in ")
+
+
+def test_a_slim_runs_row_names_its_network(tmp_path):
+    """Slim-style runs had blank resnet_size and version and no other column: only their
+    folder's name told a MobileNet from an Inception."""
+    sweep = tmp_path / "sweep"
+    configs = {"slim": {"model": {"architecture": "mobilenet_v3_small", "image_size": 96}},
+               "resnet": {"model": {"architecture": "resnet", "resnet_size": 18}},
+               "older": {"resnet_size": 50}}  # before config.json kept a "model"
+    for run, config in configs.items():
+        (sweep / run).mkdir(parents=True)
+        (sweep / run / "config.json").write_text(json.dumps(config))
+    result, rows = _collect(sweep)
+    assert result.returncode == 0, result.stderr
+    assert {run: rows[run]["architecture"] for run in configs} == {
+        "slim": "mobilenet_v3_small", "resnet": "resnet", "older": "resnet"}
+    assert rows["slim"]["resnet_size"] == "" and rows["older"]["resnet_size"] == "50"
 
 
 def test_tables_that_cannot_be_written_are_one_line_and_neither_is_half_replaced(tmp_path):

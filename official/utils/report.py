@@ -136,7 +136,8 @@ def write_report(output_dir, *, labels, probabilities, class_names, filenames,
 
 
 def summary_scalars(metrics: dict) -> dict[str, float]:
-    """The scalars both the trainer's periodic evaluation and the evaluator log."""
+    """The scalars an evaluator (dicom_eval.py, the Slim evaluator) logs with its report;
+    the trainer's periodic validation logs only accuracy, loss and cross_entropy."""
     scalars = {"accuracy": metrics["accuracy"],
                "macro_f1": metrics["macro_avg"]["f1"]}
     scalars.update({f"accuracy_{name}": value
