@@ -142,16 +142,25 @@ def test_ctrl_c_ends_a_workers_wait_for_its_peers_at_once():
 
 
 def test_the_startup_wait_puts_ctrl_c_back_as_it_was():
+    """As in a terminal, Ctrl-C's handler is Python's; a background job's Ctrl-C is ignored,
+    and stays so (the suite itself may run as one)."""
     from official.utils.misc import distribution_utils as du
 
-    before = signal.getsignal(signal.SIGINT)
-    with du._ctrl_c_ends_the_wait():
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(RuntimeError):
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
         with du._ctrl_c_ends_the_wait():
-            raise RuntimeError("the wait failed")
-    assert signal.getsignal(signal.SIGINT) is before
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(RuntimeError):
+            with du._ctrl_c_ends_the_wait():
+                raise RuntimeError("the wait failed")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with du._ctrl_c_ends_the_wait():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
 
 def test_a_worker_whose_address_is_taken_says_so_in_one_line(tmp_path):
