@@ -159,18 +159,21 @@ class WorkerPool:
                 "a worker process ended before finishing its task (killed, e.g. by the "
                 "out-of-memory killer; if memory ran out, try fewer --num_workers)") from None
 
-    def _end_workers_after_a_death(self) -> None:
-        """Readies the pool's terminate() after a worker died. One killed while it waited for
-        a task died holding the task queue's read lock, which terminate() takes first (to
-        drain the queue): it waited forever, deaf to Ctrl-C and SIGTERM under close()'s hold.
-        So this side drains with a lock of its own, and first ends every worker: one left
-        reading beside it (its lock free, the dead one killed mid-task) interleaved their
-        reads ("invalid load key" there, EOFError here). The workers are killed with both
-        queues' locks held where they can be taken, so that none dies half-way through a
-        message: one killed while it sent a result left the result queue's write lock taken
-        and half a message in its pipe, and terminate() then waited for ever (a review's
-        reproduction: 3 hangs in 8 closes with big results). (Only after a death:
-        terminate() run from a thread instead made the SIGTERM test hang once in five.)"""
+    def _end_workers(self, read_wait: float) -> None:
+        """Ends every worker in a way that readies the pool's terminate(), which cannot be
+        trusted to do it: it kills workers at any point, and then waits for its task handler,
+        which sends the result handler a sentinel through the result queue. A worker killed
+        while it sent a result left that queue's write lock taken, and the close waited for
+        ever (a group Ctrl-C or SIGTERM mid-conversion: 1 in ~20 conversions of
+        tests/test_convert_kill.py under load; a review's reproduction with big results: 3
+        hangs in 8 closes). And a worker killed while it waited for a task died holding the
+        task queue's read lock, which terminate() takes first (to drain the queue): it waited
+        forever, deaf to Ctrl-C and SIGTERM under close()'s hold.
+        So the workers are killed with both queues' locks held where they can be taken
+        (`read_wait` s for the read lock: an idle worker holds it while it waits, and is
+        killed safely so), so that none dies half-way through a message, and the queues get
+        fresh locks; this side then drains with a lock of its own (one worker left reading
+        beside it interleaved their reads: "invalid load key" there, EOFError here)."""
         pool = self._pool
         # No more replacements (the pool's worker handler starts one for each death).
         pool._worker_handler._state = multiprocessing.pool.TERMINATE
@@ -179,7 +182,7 @@ class WorkerPool:
         # Not taken in time: held by the dead worker (for ever), or by a live one waiting for
         # a task or a turn to send, which is stopped between messages all the same.
         reading, sending = pool._inqueue._rlock, pool._outqueue._wlock
-        held = [lock for lock, seconds in ((reading, 1.0), (sending, 5.0))
+        held = [lock for lock, seconds in ((reading, read_wait), (sending, 5.0))
                 if lock.acquire(timeout=seconds)]
         for worker in pool._pool:
             worker.kill()
@@ -200,14 +203,18 @@ class WorkerPool:
                     slots.release()
             with _signals_held():  # a pool stopped half way hangs the process at exit
                 # (The count read without its lock: a worker being started when the pool is
-                # stopped may hold it, and is then stopped holding it.)
-                if self._started.get_obj().value > self.num_workers:
-                    self._end_workers_after_a_death()
+                # stopped may hold it, and is then stopped holding it.) After a death, the
+                # dead one may have been reading a task: more time for a live one's read.
+                died = self._started.get_obj().value > self.num_workers
+                self._end_workers(read_wait=1.0 if died else 0.05)
                 self._pool.terminate()
                 self._pool.join()
                 # Collected here, under the hold: the pool's finalizers and its pipes' __del__
                 # run when it is, and a Ctrl-C landing in one of those is printed as
                 # "Exception ignored in ..." and lost (the program then went on: 3 of 144
-                # Ctrl-Cs into a loop of pools, started from pytest).
-                self._pool = None
+                # Ctrl-Cs into a loop of pools, started from pytest). The start count too: it
+                # lives in multiprocessing's shared heap, whose finalizer, run when the next
+                # pool replaced this one, took a Ctrl-C and left that pool's start hanging
+                # (1 in 10 runs of the loop-of-pools test).
+                self._pool = self._started = None
                 gc.collect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -89,14 +90,29 @@ def test_sigkill_at_random_points_then_clean_rerun(tmp_path):
     print(json.dumps(outcomes))
 
 
+@pytest.fixture(autouse=True)
+def _stacks_of_a_hang(monkeypatch):
+    """Every process started here dumps its threads' stacks on SIGABRT (faulthandler), so a
+    hang says where it hangs (one group Ctrl-C in the whole suite's runs hung, 2026-12-06)."""
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")
+
+
 def _communicate_or_fail(process: subprocess.Popen, timeout: float, after: str):
     """(stdout, stderr) of a process in its own session; one still running `timeout` s
-    after the signal is killed with its workers, and the test fails."""
+    after the signal is dumped (its and its workers' stacks), killed with its workers, and
+    the test fails with the dump."""
     try:
         return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail(f"still running {timeout} s after {after}")
+        os.killpg(process.pid, signal.SIGABRT)
+        try:
+            _, stderr = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            stderr = None
+        with contextlib.suppress(ProcessLookupError):  # (every process ended by the abort)
+            os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"still running {timeout} s after {after}; the stacks (SIGABRT):\n"
+                    f"{(stderr or '(none on a pipe)')[-8000:]}")
 
 
 def test_pool_workers_leave_ctrl_c_to_the_parent():
