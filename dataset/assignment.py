@@ -26,8 +26,8 @@ def assign(config, discovery, headers, problems, identical=()) -> Plan:
       headers: the DICOM headers read (``values``: relpath -> (body part, patient key,
         modality); ``errors``: relpaths whose header could not be read).
       problems: found so far; appended to, and returned in the Plan.
-      identical: sets of relpaths with the same bytes (``dataset.duplicates``): each set
-        is kept in one split.
+      identical: sets of relpaths that are copies of one image (``dataset.duplicates``):
+        each set is kept in one split, unless it is a placeholder (in many groups).
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]

@@ -2,8 +2,8 @@
 
 Passes:
 1. Validation (nothing written): find inputs and labels (``dataset.sources``),
-   read DICOM headers (patient for grouping, BodyPartExamined for labels), find files
-   with the same bytes (``dataset.duplicates``: kept in one split), assign
+   read DICOM headers (patient for grouping, BodyPartExamined for labels), find copies
+   of one image (``dataset.duplicates``: kept in one split), assign
    classes, groups and splits (``dataset.assignment``, ``dataset.splits``) and collect
    *every* problem. ``dataset.conversion_plan``
    decides what they mean: with ``on_error="fail"`` any problem raises
