@@ -1,0 +1,131 @@
+"""scripts/collect_results.py's table from run folders written by hand: damaged files marked
+unreadable, the events read as TensorBoard draws them (a resumed run's points over a killed
+one's), and the newest checkpoint's test report. Its tables from real runs: test_scripts.py
+(the sweep) and test_train_logs.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+
+from tests.test_scripts import SCRIPTS
+from tests.trainer_fixtures import trainer_env
+
+
+def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_path):
+    sweep = tmp_path / "sweep"
+    files = {"ok/sweep.json": '{"status": "failed", "seconds": 3}',
+             "bad_config/config.json": '{"model": {"resnet_size": ',
+             "bad_metrics/config.json": '{"model": {"resnet_size": 18}}',
+             "bad_metrics/eval_test/metrics.json": '{"accuracy": 0.9}',
+             "bad_status/sweep.json": "ok"}
+    for name, text in files.items():
+        (sweep / name).parent.mkdir(parents=True, exist_ok=True)
+        (sweep / name).write_text(text)
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
+                            capture_output=True, text=True, env=trainer_env(), timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"collect_results.py: error: 3 run(s) marked unreadable in {sweep / 'results.md'}; "
+        f"first: {sweep / 'bad_config' / 'config.json'}: not readable JSON (Expecting value: "
+        "line 1 column 27 (char 26))"]
+    with open(sweep / "results.csv") as f:
+        status = {row["run"]: row["status"] for row in csv.DictReader(f)}
+    assert status == {
+        "ok": "failed",
+        "bad_config": f"unreadable: {sweep / 'bad_config' / 'config.json'}: not readable JSON "
+                      "(Expecting value: line 1 column 27 (char 26))",
+        "bad_metrics": f"unreadable: {sweep / 'bad_metrics' / 'eval_test' / 'metrics.json'}: "
+                       "no accuracy and macro_avg.f1 numbers",
+        "bad_status": f"unreadable: {sweep / 'bad_status' / 'sweep.json'}: not readable JSON "
+                      "(Expecting value: line 1 column 1 (char 0))"}
+
+
+def _collect_one_row(sweep):
+    """collect_results.py on a sweep of one run: (the finished process, its results.csv row)."""
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
+                            capture_output=True, text=True, env=trainer_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(sweep / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    return result, row
+
+
+def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
+    import tensorflow as tf
+
+    run = tmp_path / "sweep" / "r18"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
+    for folder, scalars in (("eval", {"accuracy": (0.5, 0.75), "loss": (1.25, 0.5)}),
+                            ("train", {"examples_per_second": (9.0, 100.0, 120.0, 110.0)})):
+        writer = tf.summary.create_file_writer(str(run / folder))
+        with writer.as_default():
+            for tag, values in scalars.items():
+                for step, value in enumerate(values, 1):
+                    tf.summary.scalar(tag, value, step=step)
+        writer.close()
+    result, row = _collect_one_row(run.parent)
+    # The last evaluation's figures; the median speed without the first (tracing) call.
+    assert (row["eval_accuracy"], row["eval_loss"], row["examples_per_second"]) == (
+        "0.75", "0.5", "110.0")
+    # tf.compat.v1.train.summary_iterator printed "Instructions for updating: Use eager
+    # execution and: tf.data.TFRecordDataset(path)" on every run.
+    assert "deprecated" not in result.stderr, result.stderr
+
+
+def test_collect_results_keeps_a_resumed_runs_evaluation_over_a_killed_ones(tmp_path):
+    """A run validated steps 4 and 6 and was killed before step 6's checkpoint; resumed from
+    step 2's, it stopped at 4 and validated it again. Its start mark orphans the killed run's
+    points from step 3 on: the row shows the resumed run's step 4, not the killed run's step 6
+    (which no checkpoint kept) nor the higher of the two step-4 figures."""
+    import tensorflow as tf
+
+    from official.utils.logs import summaries
+
+    run = tmp_path / "sweep" / "r18"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
+    for resumed_from, points in ((0, {4: 0.9, 6: 0.95}), (2, {4: 0.6})):
+        writer = tf.summary.create_file_writer(str(run / "eval"))
+        summaries.mark_start(writer, resumed_from)
+        with writer.as_default():
+            for step, accuracy in points.items():
+                tf.summary.scalar("accuracy", accuracy, step=step)
+        writer.close()
+        time.sleep(1.1)  # the second run's events file is named by a later second
+    _, row = _collect_one_row(run.parent)
+    assert row["eval_accuracy"] == "0.6"
+
+
+def test_collect_results_reports_the_newest_checkpoints_test_evaluation(tmp_path):
+    """Of several dicom_eval.py reports, the row shows the newest checkpoint's on test: folder
+    names sorted as text showed eval_validation over eval_test, and ckpt-75 over ckpt-150."""
+    sweep = tmp_path / "sweep"
+
+    def report(run, folder, checkpoint, accuracy):
+        path = sweep / run / folder / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"accuracy": accuracy, "macro_avg": {"f1": accuracy},
+                                    "model": str(sweep / run / checkpoint)}))
+
+    for run in ("both_splits", "checkpoints", "stale"):
+        (sweep / run).mkdir(parents=True)
+        (sweep / run / "config.json").write_text('{"model": {"resnet_size": 18}}')
+    report("both_splits", "eval_test", "ckpt-40", 0.5)
+    report("both_splits", "eval_validation", "ckpt-40", 0.25)
+    report("checkpoints", "eval_test-ckpt-150", "ckpt-150", 0.75)
+    report("checkpoints", "eval_test-ckpt-75", "ckpt-75", 0.125)
+    # eval_test scored before the run was resumed to step 170.
+    report("stale", "eval_test", "ckpt-150", 0.5)
+    report("stale", "eval_test-ckpt-170", "ckpt-170", 0.875)
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
+                            capture_output=True, text=True, env=trainer_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(sweep / "results.csv") as f:
+        rows = {row["run"]: (row["split"], row["split_accuracy"]) for row in csv.DictReader(f)}
+    assert rows == {"both_splits": ("test", "0.5"), "checkpoints": ("test-ckpt-150", "0.75"),
+                    "stale": ("test-ckpt-170", "0.875")}
