@@ -9,7 +9,8 @@ Every sub-folder holding a config.json (a trainer --model_dir) is one row. Colum
   the latest checkpoint       step; params (model weights, batch-norm statistics excluded)
   eval/ TensorBoard events    the last evaluation's step, accuracy and loss (on the
                               trainer's --eval_split, validation by default)
-  train/ TensorBoard events   median examples_per_second
+  train/ TensorBoard events   median examples_per_second (each run's first call, which
+                              traces, left out: a resumed run's too)
   eval_<split>/metrics.json   accuracy and macro F1 on <split>, when dicom_eval.py wrote one
                               (of several: the newest checkpoint's, test's first)
   sweep.json                  status and wall-clock seconds, written by sweep_resnet.sh
@@ -51,13 +52,14 @@ COLUMNS = ("run", "status", "architecture", "resnet_size", "version", "image_siz
            "split", "split_accuracy", "split_macro_f1", "examples_per_second", "seconds")
 
 
-def _scalars(folder: str, tag: str) -> list[tuple[int, float]]:
+def _scalars(folder: str, tag: str, first_of_each_run: bool = True
+             ) -> list[tuple[int, float]]:
     """(step, value) of one scalar, in step order, as TensorBoard draws it: a step a killed
     run wrote and its resumed run trained again counts once, the resumed run's (without the
     runs' start marks, a step's two validations were both kept, and the higher reported)."""
     from official.utils.logs import summaries  # TensorFlow: after the flags
 
-    return summaries.read_scalars(folder, tag)
+    return summaries.read_scalars(folder, tag, first_of_each_run=first_of_each_run)
 
 
 def _params_and_step(model_dir: str) -> tuple[int | None, int | None]:
@@ -161,10 +163,13 @@ def _collect_run(run_dir: str, name: str) -> dict:
             # The last validation's step: a killed or running run's checkpoint ("step") can
             # be past it.
             row["eval_step"], row[f"eval_{tag}"] = values[-1][0], round(values[-1][1], 4)
-    speeds = [value for _, value in _scalars(os.path.join(run_dir, "train"),
-                                             "examples_per_second")]
-    if speeds:  # the first call includes tracing: left out when there are others
-        row["examples_per_second"] = round(statistics.median(speeds[1:] or speeds), 1)
+    # Each run's first call (a resumed run's too) includes tracing: left out when there are
+    # others.
+    train = os.path.join(run_dir, "train")
+    speeds = ([value for _, value in _scalars(train, "examples_per_second", False)]
+              or [value for _, value in _scalars(train, "examples_per_second")])
+    if speeds:
+        row["examples_per_second"] = round(statistics.median(speeds), 1)
     return row
 
 

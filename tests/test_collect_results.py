@@ -129,3 +129,25 @@ def test_collect_results_reports_the_newest_checkpoints_test_evaluation(tmp_path
         rows = {row["run"]: (row["split"], row["split_accuracy"]) for row in csv.DictReader(f)}
     assert rows == {"both_splits": ("test", "0.5"), "checkpoints": ("test-ckpt-150", "0.75"),
                     "stale": ("test-ckpt-170", "0.875")}
+
+
+def test_collect_results_leaves_out_each_runs_tracing_call_from_the_speed(tmp_path):
+    """Only the first point overall was left out: a resumed run's first call (its tracing,
+    here 8 examples/s) was in the median (110 instead of 115)."""
+    import tensorflow as tf
+
+    from official.utils.logs import summaries
+
+    run = tmp_path / "sweep" / "r18"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
+    for resumed_from, speeds in ((0, (9.0, 100.0, 110.0)), (3, (8.0, 120.0, 130.0))):
+        writer = tf.summary.create_file_writer(str(run / "train"))
+        summaries.mark_start(writer, resumed_from)
+        with writer.as_default():
+            for step, speed in enumerate(speeds, resumed_from + 1):
+                tf.summary.scalar("examples_per_second", speed, step=step)
+        writer.close()
+        time.sleep(1.1)  # the second run's events file is named by a later second
+    _, row = _collect_one_row(run.parent)
+    assert row["examples_per_second"] == "115.0"

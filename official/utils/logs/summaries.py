@@ -27,19 +27,26 @@ def mark_start(writer, step: int) -> None:
     writer.flush()
 
 
-def read_scalars(folder: str, tag: str) -> list[tuple[int, float]]:
+def read_scalars(folder: str, tag: str, *, first_of_each_run: bool = True
+                 ) -> list[tuple[int, float]]:
     """(step, value) of one scalar in a folder of event files, in step order. A start mark at
     step S (mark_start) drops the points written earlier at S or later: a killed run's,
     trained again once resumed. (TensorBoard does the same from a run's second mark on; it
-    takes the first for the run's start, so a run begun before the marks keeps both.)"""
+    takes the first for the run's start, so a run begun before the marks keeps both.)
+    ``first_of_each_run=False`` leaves out each run's first point (a speed's, which includes
+    the tracing of the run's functions)."""
     values = []
+    skip = not first_of_each_run
     # Event files are named by their creation time: in name order, the runs in their order.
     for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
         for event in _events(path):
             if event.session_log.status == tf.compat.v1.SessionLog.START:
                 values = [(step, number) for step, number in values if step < event.step]
+                skip = not first_of_each_run
             for value in event.summary.value:
-                if value.tag == tag:
+                if value.tag == tag and skip:
+                    skip = False
+                elif value.tag == tag:
                     number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
                               else float(value.simple_value))
                     values.append((event.step, number))
