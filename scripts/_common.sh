@@ -19,15 +19,16 @@ check_arguments() {
   fi
 }
 
-# refuse_flags "FLAG=VARIABLE ..." "$@": an extra dicom_main.py flag that the script computes
-# (from VARIABLE) exits 2 in one line. The trainer would take the later value, and the GPUs
-# or global batch the script sized and printed would not be the ones that train.
+# refuse_flags "FLAG|SHORT=VARIABLE ..." "$@": an extra dicom_main.py flag that the script
+# computes (from VARIABLE), by its name or its short name (absl takes -bs=64 as --batch_size),
+# exits 2 in one line. The trainer would take the later value, and the GPUs or global batch
+# the script sized and printed would not be the ones that train.
 refuse_flags() {
   local pairs="$1" arg pair name; shift
   for arg in "$@"; do
     for pair in $pairs; do
       name="${pair%%=*}"
-      if [[ "$arg" =~ ^--?(no)?$name(=|$) ]]; then
+      if [[ "$arg" =~ ^--?(no)?($name)(=|$) ]]; then
         echo "$(basename "$0"): error: ${arg%%=*}: this script sizes the GPUs and the" \
              "global batch; set ${pair#*=} instead" >&2
         exit 2

@@ -20,7 +20,7 @@ set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 check_arguments 2 "$@"
 data_dir="$1"; model_dir="$2"; shift 2
-refuse_flags "num_gpus=GPUS multi_gpu=GPUS batch_size=PER_GPU_BATCH_SIZE" "$@"
+refuse_flags "num_gpus|ng=GPUS multi_gpu|mg=GPUS batch_size|bs=PER_GPU_BATCH_SIZE" "$@"
 
 if [[ -z "${GPUS:-}" && -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
   GPUS="$(cuda_visible_ids)"  # on a shared server, only the GPUs allocated to this job

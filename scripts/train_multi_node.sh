@@ -33,7 +33,8 @@ check_arguments 3 "$@"
 [[ -n "${HOSTS:-}" ]] || {
   echo "train_multi_node.sh: error: HOSTS is not set (HOSTS=host1,host2,...)" >&2; exit 2; }
 task_index="$1"; data_dir="$2"; model_dir="$3"; shift 3
-refuse_flags "num_gpus=GPUS_PER_HOST multi_gpu=GPUS_PER_HOST batch_size=PER_GPU_BATCH_SIZE" "$@"
+refuse_flags "num_gpus|ng=GPUS_PER_HOST multi_gpu|mg=GPUS_PER_HOST \
+  batch_size|bs=PER_GPU_BATCH_SIZE" "$@"
 
 port="${PORT:-2222}"
 IFS=, read -r -a hosts <<< "$HOSTS"

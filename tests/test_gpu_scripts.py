@@ -42,7 +42,7 @@ def test_multi_node_builds_tf_config_from_the_host_list():
     ("train_all_gpus.sh", ("d", "m"), {"GPUS": "0,1"},
      {"num_gpus": "GPUS", "batch_size": "PER_GPU_BATCH_SIZE"})])
 @pytest.mark.parametrize("extra", ["--num_gpus=4", "-batch_size=64", "--multi_gpu",
-                                   "--nomulti_gpu"])
+                                   "--nomulti_gpu", "-bs=64", "--ng=4", "--nomg"])
 def test_a_flag_the_script_sizes_is_refused(tmp_path, script, args, env, variable, extra):
     """An extra --num_gpus was taken over the script's (absl keeps the later value): the
     batch printed and passed was sized for other GPUs than those that trained."""
@@ -53,7 +53,9 @@ def test_a_flag_the_script_sizes_is_refused(tmp_path, script, args, env, variabl
                               capture_output=True, text=True, timeout=60, env=env)
 
     result = run("--seed=1", extra)
-    name = extra.lstrip("-").split("=")[0].removeprefix("no")
+    # (absl takes a flag's short name as the flag: -bs=64 is --batch_size=64)
+    name = {"bs": "batch_size", "ng": "num_gpus", "mg": "multi_gpu"}.get(
+        *2 * [extra.lstrip("-").split("=")[0].removeprefix("no")])
     assert result.returncode == 2, result.stdout
     assert result.stderr.splitlines() == [
         f"{script}: error: {extra.split('=')[0]}: this script sizes the GPUs and the global "
