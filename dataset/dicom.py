@@ -217,7 +217,8 @@ def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False
         with open(path, "rb") as handle:
             ds = pydicom.dcmread(handle, force=options.force, stop_before_pixels=header_only)
             pixel_data = (_pixel_data_value(handle.tell(), handle.read(12),
-                                            os.fstat(handle.fileno()).st_size)
+                                            os.fstat(handle.fileno()).st_size,
+                                            implicit_vr=bool(ds.original_encoding[0]))
                           if header_only else None)
     except InvalidDicomError:
         # Both programs that read DICOM (tf_convert_data.py, dicom_predict.py) name the
@@ -240,23 +241,37 @@ def _read(path: str | Path, options: DicomOptions, *, header_only: bool = False
     return ds, pixel_data
 
 
-def _pixel_data_value(position: int, element: bytes, file_size: int
+def _pixel_data_value(position: int, element: bytes, file_size: int, *, implicit_vr: bool
                       ) -> tuple[int, int | None] | None:
     """(offset, length; None: to the end) of the pixel data's value, from the first 12 bytes
     of the element a header-only read stopped at; None when that is not pixel data (a file
     without, a deflated file whose offsets are not the file's) or it is cut short. The value,
     not the element: the same pixels in an explicit and an implicit VR encoding (other
-    element headers) compare equal, and trailing padding after them is left out."""
+    element headers) compare equal, and trailing padding after them is left out.
+
+    ``implicit_vr``: the dataset's encoding as read (an implicit length's first bytes can
+    spell a VR). An explicit element's VR is OB, OW or UN (an explicit file written without
+    the tag's VR); read as an implicit length, "UN\0\0" was 20053 bytes of pixels and
+    padding, so two images alike in their first rows only were copies. Where an explicit
+    file's element has no VR (two bytes that are not capitals: some writers switch to
+    implicit VR), it is read as implicit, as pydicom reads it."""
     order = {b"\xe0\x7f\x10\x00": "<", b"\x7f\xe0\x00\x10": ">"}.get(element[:4])
-    if order is None or len(element) < 12:
+    vr = element[4:6]
+    if order is None or len(element) < 8:
         return None
-    if element[4:6] in (b"OB", b"OW"):  # explicit VR: the VR, 2 reserved bytes, the length
-        offset, length = position + 12, struct.unpack(order + "I", element[8:12])[0]
-    else:  # implicit VR: the length
+    if implicit_vr or not b"AA" <= vr <= b"ZZ":  # the tag, the length
         offset, length = position + 8, struct.unpack(order + "I", element[4:8])[0]
+    elif vr in _PIXEL_DATA_VRS and len(element) == 12:  # the tag, the VR, 2 reserved bytes,
+        offset, length = position + 12, struct.unpack(order + "I", element[8:12])[0]  # length
+    else:  # cut short, or a VR pixel data cannot have: not known where its value is
+        return None
     if length == 0xFFFFFFFF:  # encapsulated (compressed): its fragments run to the end
         return offset, None
     return (offset, length) if offset + length <= file_size else None
+
+
+# The VRs an explicit VR file's Pixel Data element can have (all with a 4-byte length).
+_PIXEL_DATA_VRS = (b"OB", b"OW", b"UN")
 
 
 def _info(ds: Dataset, hash_key: bytes) -> DicomInfo:

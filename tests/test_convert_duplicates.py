@@ -166,3 +166,29 @@ def test_copies_across_given_splits_are_warned_of_and_kept_where_given(tmp_path)
         "test/Chest/chest000.png (test) and train/Chest/chest000.png (train)); the predefined "
         "split is kept as given, so its evaluation scores images the model trained on"
         ) in manifest["warnings"]
+
+
+def test_pixel_data_written_as_un_is_found_by_its_own_length(tmp_path):
+    """An explicit VR file whose Pixel Data element says UN (written without the tag's VR):
+    its 4-byte length follows the VR. Read as an implicit length, "UN\\0\\0" was 20,053 bytes,
+    so two images alike in their first rows only were copies, and their groups joined. And
+    pydicom's SC_rgb_jpeg has an implicit VR element in an explicit VR file: still found."""
+    first = np.zeros((256, 256), np.uint16)
+    second = first.copy()
+    second[200:] = 1000  # the same first 200 rows
+    paths = {}
+    for name, pixels in (("a.dcm", first), ("b.dcm", second), ("a-again.dcm", first)):
+        paths[name] = str(write_dicom(tmp_path / name, pixels, PatientID=name))
+        ds = pydicom.dcmread(paths[name])
+        ds["PixelData"].VR = "UN"
+        ds.save_as(paths[name])
+    assert b"\xe0\x7f\x10\x00UN\x00\x00" in Path(paths["a.dcm"]).read_bytes()
+    parts = {name: read_dicom_info(path, DicomOptions(), hash_key=b"k").pixel_data
+             for name, path in paths.items()}
+    assert {length for _, length in parts.values()} == {first.nbytes}
+    assert duplicates.identical_files(paths, _recording_map([]), parts=parts) == [
+        ["a-again.dcm", "a.dcm"]]
+    mixed = get_testdata_file("SC_rgb_jpeg.dcm")
+    offset, length = read_dicom_info(mixed, DicomOptions(), hash_key=b"k").pixel_data
+    assert length is None  # encapsulated
+    assert Path(mixed).read_bytes()[offset:].startswith(pydicom.dcmread(mixed).PixelData)
