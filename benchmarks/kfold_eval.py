@@ -120,11 +120,11 @@ def fold_settings(dataset_dir: str, items: list[tuple[str, str]], folds: int, se
         # Folds of DICOM files were cut by path before they were cut by patient: a work_dir
         # of such folds (recorded without this) is refused rather than reused.
         settings["dicom_folds_by"] = "patient"
-    joined = sum(key != relpath and not key.startswith("patient:")
-                 for relpath, key in (keys or {}).items())
+    joined = sum(key.startswith("copies:") for key in (keys or {}).values())
     if joined:  # recorded only then: an archive without copies keeps its work_dirs
-        # Folds were cut with each copy by its own path before copies were joined.
-        settings["copies_fold_with"] = f"{joined} file(s) with the key of an identical file"
+        # Folds were cut with each copy by its own path or patient before copies were joined.
+        settings["copies_fold_with"] = (f"{joined} file(s) in a fold key joined with copies "
+                                        "of their images")
     return settings
 
 
@@ -169,7 +169,8 @@ def fold_of(key: str, folds: int, seed: str) -> int:
 def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
     """{relpath: what decides its fold}: a DICOM file's patient (the converter's group:
     the patient's other images would otherwise train the model that scores it), else the
-    file's path; copies of one image (``dataset.duplicates``) take the least key among them.
+    file's path; copies of one image (``dataset.duplicates``) take the least key among them,
+    marked "copies:".
 
     Raises:
       ValueError: a DICOM header that cannot be read.
@@ -189,7 +190,12 @@ def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
         lambda function, tasks, chunksize: map(function, tasks),
         parts={relpath: part for relpath, part in pixel_data.items() if part})
     copies, _ = duplicates.copies_and_placeholders(identical, keys)
-    return duplicates.join_groups(keys, copies)
+    joined = duplicates.join_groups(keys, copies)
+    # A key that took in another says so (fold_settings counts its files): counting keys that
+    # are not their file's own path missed a patient joined into another patient.
+    taking = {key for relpath, key in joined.items() if key != keys[relpath]}
+    return {relpath: f"copies:{key}" if key in taking else key
+            for relpath, key in joined.items()}
 
 
 def check_folds(dataset_dir: str, keys: dict[str, str], folds: int, seed: str) -> None:

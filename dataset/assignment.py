@@ -71,8 +71,10 @@ def assign(config, discovery, headers, problems, identical=()) -> Plan:
     base_groups = _groups(labelled, groups_csv)
     copies, placeholders = duplicates.copies_and_placeholders(identical, base_groups)
     # Copies' groups joined (into their least), so that no image is both trained on and
-    # scored.
-    group_of = duplicates.join_groups(base_groups, copies)
+    # scored; not in a predefined layout, whose splits are given (a joined group there would
+    # be warned of as a --groups_csv group across splits that the CSV never made).
+    group_of = (base_groups if config.need_split == "predefined"
+                else duplicates.join_groups(base_groups, copies))
     tasks, files_by_class = [], collections.defaultdict(dict)
     for item, label, _ in labelled:
         group = group_of[item.relpath]

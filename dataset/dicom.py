@@ -247,7 +247,8 @@ def _pixel_data_value(position: int, element: bytes, file_size: int, *, implicit
     of the element a header-only read stopped at; None when that is not pixel data (a file
     without, a deflated file whose offsets are not the file's) or it is cut short. The value,
     not the element: the same pixels in an explicit and an implicit VR encoding (other
-    element headers) compare equal, and trailing padding after them is left out.
+    element headers) compare equal, and for native (uncompressed) pixels trailing padding
+    after them is left out (encapsulated pixels run to the end of the file).
 
     ``implicit_vr``: the dataset's encoding as read (an implicit length's first bytes can
     spell a VR). An explicit element's VR is OB, OW or UN (an explicit file written without

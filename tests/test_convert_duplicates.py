@@ -192,3 +192,19 @@ def test_pixel_data_written_as_un_is_found_by_its_own_length(tmp_path):
     offset, length = read_dicom_info(mixed, DicomOptions(), hash_key=b"k").pixel_data
     assert length is None  # encapsulated
     assert Path(mixed).read_bytes()[offset:].startswith(pydicom.dcmread(mixed).PixelData)
+
+
+def test_a_predefined_layouts_copies_do_not_join_its_csv_groups(tmp_path):
+    """Joined, a copy's group took in the original's --groups_csv group, which was then
+    warned of as lying in two given splits, though the CSV put it in one."""
+    root = tmp_path / "ds"
+    _images_with_copies(root / "train", copies=0)
+    _images_with_copies(root / "test", copies=0)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("file,group\n" + "".join(
+        f"{split}/{name}/{name.lower()}{index:03d}.png,{split}-{index}\n"
+        for split in ("train", "test") for name in ("Chest", "Hand") for index in range(20)))
+    manifest = convert(root, tmp_path / "out", need_split="predefined", groups_csv=str(groups))
+    assert not any("--groups_csv group(s)" in warning for warning in manifest["warnings"])
+    assert any(warning.startswith("40 image(s) have copies in more than one of the given")
+               for warning in manifest["warnings"]), manifest["warnings"]

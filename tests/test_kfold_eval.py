@@ -63,9 +63,34 @@ def test_copies_under_other_names_are_in_one_fold(tmp_path):
     assert all(kfold_eval.fold_of(keys[f"Hand/again{k:03d}.png"], 3, "s")
                == kfold_eval.fold_of(keys[f"Chest/{k:03d}.png"], 3, "s") for k in range(12))
     settings = kfold_eval.fold_settings(str(archive), items, 3, "s", [], keys)
-    assert settings["copies_fold_with"] == "12 file(s) with the key of an identical file"
+    assert settings["copies_fold_with"] == ("24 file(s) in a fold key joined with copies of "
+                                            "their images")
     assert "copies_fold_with" not in kfold_eval.fold_settings(
         str(archive), items, 3, "s", [], kfold_eval.fold_keys(str(archive), items[:24]))
+
+
+def test_one_scan_under_two_pseudonyms_is_in_one_fold_and_recorded(tmp_path):
+    """The same pixels under two PatientIDs: one fold key, and kfold_settings.json says so
+    (counting keys other than a file's own path missed a patient joined into another, and
+    a work_dir of folds cut before would have been reused)."""
+    from tests.dicom_fixtures import write_dicom
+
+    rng = np.random.default_rng(0)
+    for name in ("Chest", "Hand"):
+        (tmp_path / "archive" / name).mkdir(parents=True)
+        for k in range(6):
+            pixels = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+            for pseudonym in ("A", "B"):
+                write_dicom(tmp_path / "archive" / name / f"{pseudonym}{k}.dcm", pixels,
+                            PatientID=f"{pseudonym}-{name}-{k}")
+    items = kfold_eval.list_archive(str(tmp_path / "archive"))
+    keys = kfold_eval.fold_keys(str(tmp_path / "archive"), items)
+    assert len(set(keys.values())) == 12
+    assert all(keys[f"{name}/A{k}.dcm"] == keys[f"{name}/B{k}.dcm"]
+               for name in ("Chest", "Hand") for k in range(6))
+    settings = kfold_eval.fold_settings(str(tmp_path / "archive"), items, 3, "s", [], keys)
+    assert settings["copies_fold_with"] == ("24 file(s) in a fold key joined with copies of "
+                                            "their images")
 
 
 def test_a_dicom_patient_is_in_one_fold(tmp_path):
