@@ -148,15 +148,15 @@ def test_the_startup_wait_puts_ctrl_c_back_as_it_was():
 
     outside = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with du._ctrl_c_ends_the_wait():
+        with du._signals_for_the_wait():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         with pytest.raises(RuntimeError):
-            with du._ctrl_c_ends_the_wait():
+            with du._signals_for_the_wait():
                 raise RuntimeError("the wait failed")
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with du._ctrl_c_ends_the_wait():
+        with du._signals_for_the_wait():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:

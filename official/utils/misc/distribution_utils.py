@@ -90,21 +90,29 @@ def cluster_resolver(task: ClusterTask, num_gpus: int,
 
 
 @contextlib.contextmanager
-def _ctrl_c_ends_the_wait():
-    """Ctrl-C ends the process at once (exit 130, no line) inside the block: the strategy's
-    start-up waits for the peers inside TensorFlow holding the interpreter's lock, so a Python
-    handler would run only when the wait ends (up to --startup_timeout_seconds later). Nothing
-    is written before it. (SIGTERM cannot be had so: TensorFlow puts a handler of its own on it
-    before it waits.)"""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None)):
-        yield  # (a background job's Ctrl-C is ignored: kept so)
+def _signals_for_the_wait():
+    """The signals around the strategy's start-up, which waits for the peers inside TensorFlow
+    holding the interpreter's lock, so a Python handler would run only when the wait ends (up
+    to --startup_timeout_seconds later):
+    - Ctrl-C ends the process at once inside the block (exit 130, no line; nothing is written
+      before it). A background job's Ctrl-C is ignored, and stays so.
+    - SIGTERM cannot be had so: TensorFlow's coordination service installs a handler of its
+      own (a preemption notice for a checkpoint handler not used here) that ignores it, so a
+      worker a scheduler or `kill` stopped trained on. The program's own (cli.run_program:
+      exit 143) is put back when the block ends."""
+    if threading.current_thread() is not threading.main_thread():  # (signal.signal's rule)
+        yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    sigint = signal.getsignal(signal.SIGINT)
+    if sigint not in (signal.SIG_IGN, None):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in ((signal.SIGINT, sigint), (signal.SIGTERM, sigterm)):
+            if handler is not None:  # (None: not set from Python, cannot be put back)
+                signal.signal(signum, handler)
 
 
 def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
@@ -118,12 +126,11 @@ def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
     resolver = cluster_resolver(task, num_gpus)
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=collective_timeout_seconds)
-    handler = signal.getsignal(signal.SIGTERM)
     addresses = [address for name in task.cluster for address in task.cluster[name]]
     logging.info("waiting up to %g s for the %d workers to join: %s",
                  startup_timeout_seconds, len(addresses), ", ".join(addresses))
     try:
-        with _ctrl_c_ends_the_wait():
+        with _signals_for_the_wait():
             strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                                  communication_options=options)
     except tf.errors.DeadlineExceededError as error:
@@ -141,11 +148,6 @@ def multi_worker_strategy(task: ClusterTask, num_gpus: int, *,
             f"multi-worker training could not start: {task.task_type} {task.task_index}'s "
             f"address {address} is in use or cannot be bound; free its port or give "
             "another") from None
-    # The coordination service installs a SIGTERM handler of its own (a preemption notice for
-    # a checkpoint handler not used here) that ignores the signal: a worker a scheduler or
-    # `kill` stopped trained on. The program's own (cli.run_program: exit 143) is put back.
-    if handler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
     return strategy
 
 
