@@ -29,13 +29,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, get_decoder
+from pydicom.pixels import get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
 from dataset import magic
 from dataset.body_parts import not_anatomy
-from dataset.dicom_display import grey_display, quantise
+from dataset.dicom_display import colour_display, grey_display
 from dataset.dicom_display import tag_text as _text
 from dataset.dicom_options import DicomError, DicomOptions
 from dataset.png import encode_png
@@ -353,7 +353,7 @@ def _render(ds: Dataset, path: str | Path, options: DicomOptions
         if photometric in _GREY:
             rendered.append((index, grey_display(array, ds, index, photometric, path, options)))
         else:
-            rendered.append((index, _colour(array, ds, decoded, options)))
+            rendered.append((index, colour_display(array, ds, decoded, options)))
     return rendered
 
 
@@ -377,44 +377,3 @@ def _decoder(syntax: UID, path: str | Path):
         raise DicomError(f"{path}: no installed decoder for {syntax.name} ({syntax}): "
                          f"pip install {packages} (pydicom plugins: {missing})")
     return decoder
-
-
-# --- colour ------------------------------------------------------------------------
-
-
-def _colour(array: np.ndarray, ds: Dataset, decoded: str, options: DicomOptions
-            ) -> np.ndarray:
-    if decoded == "PALETTE COLOR":
-        rgb = apply_color_lut(array, _little_endian_palette(ds))
-        bits = 8 if rgb.dtype == np.uint8 else 16
-    else:
-        if decoded in ("YBR_FULL", "YBR_FULL_422"):  # pydicom converts unless raw
-            rgb = pydicom.pixels.convert_color_space(array, decoded, "RGB")
-        else:
-            rgb = array  # RGB, or YBR_ICT/RCT already inverted by the JPEG 2000 codec
-        bits = int(ds.get("BitsStored") or 8 * rgb.dtype.itemsize)
-    unit = rgb.astype(np.float64) / float(2**bits - 1)
-    return quantise(unit, options.bits, rounding=np.rint)
-
-
-def _little_endian_palette(ds: Dataset) -> Dataset:
-    """pydicom 3.0.2 reads OW palette data as little endian whatever the file's byte
-    order; hand it a copy with the big-endian tables swapped."""
-    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
-    if syntax.is_little_endian:
-        return ds
-    palette = Dataset()
-    palette.file_meta = pydicom.dataset.FileMetaDataset()
-    palette.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    for element in ds:
-        if element.tag.group == 0x0028 and 0x1100 <= element.tag.element <= 0x1223:
-            palette.add(element)
-    for element in palette:
-        if "Data" in element.keyword and isinstance(element.value, bytes):
-            swapped = np.frombuffer(element.value, ">u2").astype("<u2").tobytes()
-            palette[element.tag] = pydicom.DataElement(element.tag, element.VR, swapped)
-    for keyword in ("BitsStored", "BitsAllocated", "PixelRepresentation",
-                    "PhotometricInterpretation", "SamplesPerPixel"):
-        if keyword in ds:
-            setattr(palette, keyword, ds.get(keyword))
-    return palette

@@ -1,7 +1,8 @@
-"""The grey display pipeline of ``dataset.dicom``: stored values -> modality LUT (rescale
+"""The display pipelines of ``dataset.dicom``. Grey: stored values -> modality LUT (rescale
 slope/intercept or Modality LUT Sequence) -> VOI (window or VOI LUT) -> MONOCHROME1 /
-INVERSE inversion -> 8- or 16-bit integers (PS3.3 C.11, PS3.4 N.2). Arrays in, arrays out:
-reading and decoding the file, and its privacy rules, stay in ``dataset.dicom``.
+INVERSE inversion -> 8- or 16-bit integers (PS3.3 C.11, PS3.4 N.2). Colour: palette, YBR or
+RGB -> RGB integers. Arrays in, arrays out: reading and decoding the file, and its privacy
+rules, stay in ``dataset.dicom``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.uid import UID
 
 from dataset.dicom_options import DicomError, DicomOptions
 
@@ -124,3 +126,46 @@ def quantise(unit: np.ndarray, bits: int, *, rounding=np.floor) -> np.ndarray:
     and truncation is what dcmtk does, so renders match the reference exactly."""
     top = 2**bits - 1
     return rounding(np.clip(unit, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+# --- colour ------------------------------------------------------------------------
+
+
+def colour_display(array: np.ndarray, ds: Dataset, decoded: str, options: DicomOptions
+                   ) -> np.ndarray:
+    """Decoded colour values of one frame (``decoded``: the photometric interpretation they
+    are in) -> RGB display values, uint8/uint16 [H, W, 3]."""
+    if decoded == "PALETTE COLOR":
+        rgb = apply_color_lut(array, _little_endian_palette(ds))
+        bits = 8 if rgb.dtype == np.uint8 else 16
+    else:
+        if decoded in ("YBR_FULL", "YBR_FULL_422"):  # pydicom converts unless raw
+            rgb = pydicom.pixels.convert_color_space(array, decoded, "RGB")
+        else:
+            rgb = array  # RGB, or YBR_ICT/RCT already inverted by the JPEG 2000 codec
+        bits = int(ds.get("BitsStored") or 8 * rgb.dtype.itemsize)
+    unit = rgb.astype(np.float64) / float(2**bits - 1)
+    return quantise(unit, options.bits, rounding=np.rint)
+
+
+def _little_endian_palette(ds: Dataset) -> Dataset:
+    """pydicom 3.0.2 reads OW palette data as little endian whatever the file's byte
+    order; hand it a copy with the big-endian tables swapped."""
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if syntax.is_little_endian:
+        return ds
+    palette = Dataset()
+    palette.file_meta = pydicom.dataset.FileMetaDataset()
+    palette.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    for element in ds:
+        if element.tag.group == 0x0028 and 0x1100 <= element.tag.element <= 0x1223:
+            palette.add(element)
+    for element in palette:
+        if "Data" in element.keyword and isinstance(element.value, bytes):
+            swapped = np.frombuffer(element.value, ">u2").astype("<u2").tobytes()
+            palette[element.tag] = pydicom.DataElement(element.tag, element.VR, swapped)
+    for keyword in ("BitsStored", "BitsAllocated", "PixelRepresentation",
+                    "PhotometricInterpretation", "SamplesPerPixel"):
+        if keyword in ds:
+            setattr(palette, keyword, ds.get(keyword))
+    return palette
