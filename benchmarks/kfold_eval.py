@@ -189,8 +189,7 @@ def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
         {relpath: os.path.join(dataset_dir, relpath) for _, relpath in items},
         lambda function, tasks, chunksize: map(function, tasks),
         parts={relpath: part for relpath, part in pixel_data.items() if part})
-    copies, _ = duplicates.copies_and_placeholders(identical, keys)
-    joined = duplicates.join_groups(keys, copies)
+    joined = duplicates.join_groups(keys, identical)
     # A key that took in another says so (fold_settings counts its files): counting keys that
     # are not their file's own path missed a patient joined into another patient.
     taking = {key for relpath, key in joined.items() if key != keys[relpath]}

@@ -74,7 +74,7 @@ def assign(config, discovery, headers, problems, identical=()) -> Plan:
     # scored; not in a predefined layout, whose splits are given (a joined group there would
     # be warned of as a --groups_csv group across splits that the CSV never made).
     group_of = (base_groups if config.need_split == "predefined"
-                else duplicates.join_groups(base_groups, copies))
+                else duplicates.join_groups(base_groups, identical))
     tasks, files_by_class = [], collections.defaultdict(dict)
     for item, label, _ in labelled:
         group = group_of[item.relpath]

@@ -75,9 +75,10 @@ def copies_and_placeholders(identical: list[list[str]], groups: dict[str, str]
 
 
 def join_groups(groups: dict[str, str], identical: list[list[str]]) -> dict[str, str]:
-    """``groups`` (relpath -> group) with the groups of each set of identical files joined
-    into their least (and so every file of those groups: a split or fold drawn by group then
-    keeps the copies together)."""
+    """``groups`` (relpath -> group) with the groups of each set of copies among
+    ``identical`` joined into their least (and so every file of those groups: a split or fold
+    drawn by group then keeps the copies together); placeholders are left apart
+    (``copies_and_placeholders``)."""
     joined = {}  # group -> the group it was joined into (followed to the end)
 
     def final(group):
@@ -85,7 +86,7 @@ def join_groups(groups: dict[str, str], identical: list[list[str]]) -> dict[str,
             group = joined[group]
         return group
 
-    for same in identical:
+    for same in copies_and_placeholders(identical, groups)[0]:
         least, *others = sorted({final(groups[relpath]) for relpath in same})
         joined.update((group, least) for group in others)
     return {relpath: final(group) for relpath, group in groups.items()}
