@@ -349,30 +349,6 @@ def test_split_sizes_without_a_split_are_said_to_be_ignored(tmp_path):
     assert list(manifest["splits"]) == ["data"]
 
 
-def test_a_class_of_one_file_beside_a_large_one_is_called_a_likely_typo(
-        tmp_path, make_images_labels_dataset):
-    # 'Hnad' sorts after 'Hand': its one image is 000050.png (the factory numbers by class).
-    root = make_images_labels_dataset({"Hand": 50, "Hnad": 1}, size=8)
-    manifest = convert(root, tmp_path / "out", output_name="all")
-    said = "only 1 file(s) against 50 in the largest: a misspelt label? (labels/000050.txt)"
-    # Converted all the same: it may be a real class.
-    assert manifest["warnings"] == [f"class 'Hnad' has {said}"]
-    assert manifest["splits"]["all"]["class_counts"] == {"Hand": 50, "Hnad": 1}
-    # Split, the class cannot be in every split: the error says why that may be.
-    result = run_cli(f"--dataset_dir={root}", f"--output_dir={tmp_path / 'split'}",
-                     "--need_split=tt_split")
-    assert result.returncode == 1
-    assert error_line(result) == (
-        "error: --need_split: class 'Hnad' has 1 group(s), fewer than the 2 splits requested "
-        f"(images/000050.png); it has {said}; nothing was written")
-
-
-def test_a_class_of_a_few_files_beside_a_few_more_is_no_warning(tmp_path,
-                                                                make_images_labels_dataset):
-    root = make_images_labels_dataset({"Hand": 49, "Hnad": 1}, size=8)  # under 50 times
-    assert convert(root, tmp_path / "out", output_name="all")["warnings"] == []
-
-
 def test_a_failed_skip_run_marks_what_it_would_skip_apart_from_what_stopped_it(
         tmp_path, make_images_labels_dataset):
     root = make_images_labels_dataset({"Chest": 6, "Hand": 6}, size=8)

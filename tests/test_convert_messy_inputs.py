@@ -1,6 +1,6 @@
 """Messy inputs real users have: class names typed on another system (Unicode normal forms,
-invisible characters), 16-bit PNGs holding 12-bit data, split sizes that are not numbers,
-images in per-patient sub-folders."""
+invisible characters) or misspelt, 16-bit PNGs holding 12-bit data, split sizes that are not
+numbers, images in per-patient sub-folders."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dataset import images, sources, splits
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
 from tests.test_convert import convert, make_class_folders
+from tests.test_convert_errors import error_line, run_cli
 
 
 def _png16(array: np.ndarray) -> bytes:
@@ -233,3 +234,27 @@ def test_a_named_pipe_among_the_images_is_a_problem_not_a_hang(tmp_path):
         "error: B/noext: not a JPEG, PNG or DICOM file",
         "error: 2 problem(s); nothing was written (--on_error=skip converts the rest)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_class_of_one_file_beside_a_large_one_is_called_a_likely_typo(
+        tmp_path, make_images_labels_dataset):
+    # 'Hnad' sorts after 'Hand': its one image is 000050.png (the factory numbers by class).
+    root = make_images_labels_dataset({"Hand": 50, "Hnad": 1}, size=8)
+    manifest = convert(root, tmp_path / "out", output_name="all")
+    said = "only 1 file(s) against 50 in the largest: a misspelt label? (labels/000050.txt)"
+    # Converted all the same: it may be a real class.
+    assert manifest["warnings"] == [f"class 'Hnad' has {said}"]
+    assert manifest["splits"]["all"]["class_counts"] == {"Hand": 50, "Hnad": 1}
+    # Split, the class cannot be in every split: the error says why that may be.
+    result = run_cli(f"--dataset_dir={root}", f"--output_dir={tmp_path / 'split'}",
+                     "--need_split=tt_split")
+    assert result.returncode == 1
+    assert error_line(result) == (
+        "error: --need_split: class 'Hnad' has 1 group(s), fewer than the 2 splits requested "
+        f"(images/000050.png); it has {said}; nothing was written")
+
+
+def test_a_class_of_a_few_files_beside_a_few_more_is_no_warning(tmp_path,
+                                                                make_images_labels_dataset):
+    root = make_images_labels_dataset({"Hand": 49, "Hnad": 1}, size=8)  # under 50 times
+    assert convert(root, tmp_path / "out", output_name="all")["warnings"] == []
