@@ -1,7 +1,11 @@
 """scripts/collect_results.py's table from run folders written by hand: damaged files marked
 unreadable, the events read as TensorBoard draws them (a resumed run's points over a killed
 one's), and the newest checkpoint's test report. Its tables from real runs: test_scripts.py
-(the sweep) and test_train_logs.py."""
+(the sweep) and test_train_logs.py.
+
+The program runs in the test's process, `main(parse_flags(...))`: TensorFlow is imported here
+already, and each subprocess spent 3 CPU-seconds importing it again. One test keeps a fresh
+process (see there)."""
 
 from __future__ import annotations
 
@@ -11,11 +15,19 @@ import subprocess
 import sys
 import time
 
+from scripts import collect_results
+from tests.conftest import one_error_line
 from tests.test_scripts import SCRIPTS
 from tests.trainer_fixtures import trainer_env
 
+PROGRAM = "collect_results.py"
 
-def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_path):
+
+def _collect_results(*args) -> None:
+    collect_results.main(collect_results.parse_flags([PROGRAM, *map(str, args)]))
+
+
+def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     files = {"ok/sweep.json": '{"status": "failed", "seconds": 3}',
              "bad_config/config.json": '{"model": {"resnet_size": ',
@@ -25,13 +37,11 @@ def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_p
     for name, text in files.items():
         (sweep / name).parent.mkdir(parents=True, exist_ok=True)
         (sweep / name).write_text(text)
-    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
-                            capture_output=True, text=True, env=trainer_env(), timeout=60)
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == [
+    line = one_error_line(capsys, PROGRAM, lambda: _collect_results(sweep))
+    assert line == (
         f"collect_results.py: error: 3 run(s) marked unreadable in {sweep / 'results.md'}; "
         f"first: {sweep / 'bad_config' / 'config.json'}: not readable JSON (Expecting value: "
-        "line 1 column 27 (char 26))"]
+        "line 1 column 27 (char 26))")
     with open(sweep / "results.csv") as f:
         status = {row["run"]: row["status"] for row in csv.DictReader(f)}
     assert status == {
@@ -44,14 +54,11 @@ def test_collect_results_marks_unreadable_runs_naming_the_file_and_exits_1(tmp_p
                       "(Expecting value: line 1 column 1 (char 0))"}
 
 
-def _collect_one_row(sweep):
-    """collect_results.py on a sweep of one run: (the finished process, its results.csv row)."""
-    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
-                            capture_output=True, text=True, env=trainer_env(), timeout=120)
-    assert result.returncode == 0, result.stderr
+def _one_row(sweep) -> dict:
+    """The results.csv row of a sweep of one run."""
     with open(sweep / "results.csv") as f:
         (row,) = csv.DictReader(f)
-    return result, row
+    return row
 
 
 def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
@@ -68,7 +75,14 @@ def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
                 for step, value in enumerate(values, 1):
                     tf.summary.scalar(tag, value, step=step)
         writer.close()
-    result, row = _collect_one_row(run.parent)
+    # A fresh process, and the command line end to end: TensorFlow prints a deprecation note
+    # once per process, so in a test worker where anything had called the deprecated function
+    # before, an in-process run would pass whether or not the program still calls it.
+    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"),
+                             str(run.parent)], capture_output=True, text=True,
+                            env=trainer_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    row = _one_row(run.parent)
     # The last evaluation's figures; the median speed without the first (tracing) call.
     assert (row["eval_accuracy"], row["eval_loss"], row["examples_per_second"]) == (
         "0.75", "0.5", "110.0")
@@ -97,7 +111,8 @@ def test_collect_results_keeps_a_resumed_runs_evaluation_over_a_killed_ones(tmp_
                 tf.summary.scalar("accuracy", accuracy, step=step)
         writer.close()
         time.sleep(1.1)  # the second run's events file is named by a later second
-    _, row = _collect_one_row(run.parent)
+    _collect_results(run.parent)
+    row = _one_row(run.parent)
     assert row["eval_accuracy"] == "0.6"
 
 
@@ -122,9 +137,7 @@ def test_collect_results_reports_the_newest_checkpoints_test_evaluation(tmp_path
     # eval_test scored before the run was resumed to step 170.
     report("stale", "eval_test", "ckpt-150", 0.5)
     report("stale", "eval_test-ckpt-170", "ckpt-170", 0.875)
-    result = subprocess.run([sys.executable, str(SCRIPTS / "collect_results.py"), str(sweep)],
-                            capture_output=True, text=True, env=trainer_env(), timeout=120)
-    assert result.returncode == 0, result.stderr
+    _collect_results(sweep)
     with open(sweep / "results.csv") as f:
         rows = {row["run"]: (row["split"], row["split_accuracy"]) for row in csv.DictReader(f)}
     assert rows == {"both_splits": ("test", "0.5"), "checkpoints": ("test-ckpt-150", "0.75"),
@@ -149,5 +162,6 @@ def test_collect_results_leaves_out_each_runs_tracing_call_from_the_speed(tmp_pa
                 tf.summary.scalar("examples_per_second", speed, step=step)
         writer.close()
         time.sleep(1.1)  # the second run's events file is named by a later second
-    _, row = _collect_one_row(run.parent)
+    _collect_results(run.parent)
+    row = _one_row(run.parent)
     assert row["examples_per_second"] == "115.0"

@@ -19,6 +19,8 @@ from official.core.config import TrainConfig
 from official.utils import files
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import summaries
+from scripts import collect_results
+from tests.conftest import one_error_line
 from tests.trainer_fixtures import REPO_ROOT, tiny_dataset, trainer_env
 
 DICOM_EVAL = REPO_ROOT / "networks" / "resnet" / "dicom_eval.py"
@@ -83,25 +85,25 @@ def test_a_record_cut_short_ends_its_file_as_in_tensorboard(tmp_path):
     os.truncate(path, path.stat().st_size - 5)  # step 4's record loses its end
     assert summaries.read_scalars(str(run / "eval"), "accuracy") == [(2, 0.5)]
     (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "collect_results.py"),
-                             str(run.parent)], capture_output=True, text=True,
-                            env=trainer_env(), timeout=120)
-    assert result.returncode == 0, result.stderr
+    _collect_results(run.parent)
     with open(run.parent / "results.csv") as f:
         (row,) = csv.DictReader(f)
     assert row["eval_accuracy"] == "0.5"
 
 
-def _collect(sweep):
-    """collect_results.py on `sweep`: (the finished process, {run: its results.csv row})."""
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "collect_results.py"),
-                             str(sweep)], capture_output=True, text=True, env=trainer_env(),
-                            timeout=120)
+def _collect_results(*args) -> None:
+    """collect_results.py in this process (TensorFlow is imported here already; its command
+    line runs end to end in test_collect_results.py)."""
+    collect_results.main(collect_results.parse_flags(["collect_results.py", *map(str, args)]))
+
+
+def _rows(sweep) -> dict[str, dict]:
+    """{run: its row} of `sweep`'s results.csv."""
     with open(sweep / "results.csv") as f:
-        return result, {row["run"]: row for row in csv.DictReader(f)}
+        return {row["run"]: row for row in csv.DictReader(f)}
 
 
-def test_a_damaged_checkpoint_or_config_model_is_an_unreadable_row(tmp_path):
+def test_a_damaged_checkpoint_or_config_model_is_an_unreadable_row(tmp_path, capsys):
     """A checkpoint whose index is damaged, and a config.json whose "model" is no object,
     stopped collect_results.py with a traceback (OpError 'not an sstable', AttributeError)
     and no table; they are rows marked unreadable, naming the file, like a damaged JSON."""
@@ -113,15 +115,14 @@ def test_a_damaged_checkpoint_or_config_model_is_an_unreadable_row(tmp_path):
     checkpoint = tf.train.Checkpoint(weights=tf.Variable([1.0, 2.0]))
     prefix = checkpoint.save(str(sweep / "damaged" / "ckpt"))
     os.truncate(prefix + ".index", 10)
-    result, rows = _collect(sweep)
-    assert result.returncode == 1
+    line = one_error_line(capsys, "collect_results.py", lambda: _collect_results(sweep))
+    rows = _rows(sweep)
     assert rows["damaged"]["status"].startswith(f"unreadable: {prefix}: not a readable "
                                                 "checkpoint (")
     assert rows["model_text"]["status"] == (
         f'unreadable: {sweep / "model_text" / "config.json"}: "model" is not a JSON object')
     assert rows["fine"]["resnet_size"] == "18" and rows["fine"]["status"] == ""
-    assert result.stderr.splitlines()[-1].startswith(
-        "collect_results.py: error: 2 run(s) marked unreadable in ")
+    assert line.startswith("collect_results.py: error: 2 run(s) marked unreadable in ")
 
 
 def test_a_slim_runs_row_names_its_network(tmp_path):
@@ -134,14 +135,15 @@ def test_a_slim_runs_row_names_its_network(tmp_path):
     for run, config in configs.items():
         (sweep / run).mkdir(parents=True)
         (sweep / run / "config.json").write_text(json.dumps(config))
-    result, rows = _collect(sweep)
-    assert result.returncode == 0, result.stderr
+    _collect_results(sweep)
+    rows = _rows(sweep)
     assert {run: rows[run]["architecture"] for run in configs} == {
         "slim": "mobilenet_v3_small", "resnet": "resnet", "older": "resnet"}
     assert rows["slim"]["resnet_size"] == "" and rows["older"]["resnet_size"] == "50"
 
 
-def test_tables_that_cannot_be_written_are_one_line_and_neither_is_half_replaced(tmp_path):
+def test_tables_that_cannot_be_written_are_one_line_and_neither_is_half_replaced(tmp_path,
+                                                                                  capsys):
     """An --output_prefix in a missing folder stopped with FileNotFoundError's traceback; a
     results.md that could not be written left a new results.csv beside the old .md."""
     sweep = tmp_path / "sweep"
@@ -149,25 +151,20 @@ def test_tables_that_cannot_be_written_are_one_line_and_neither_is_half_replaced
     (sweep / "r18" / "config.json").write_text('{"model": {"resnet_size": 18}}')
     (sweep / "results.csv").write_text("the previous table\n")
     (sweep / "results.md").mkdir()  # cannot be replaced by a file
-    script = str(REPO_ROOT / "scripts" / "collect_results.py")
-    result = subprocess.run([sys.executable, script, str(sweep)], capture_output=True,
-                            text=True, env=trainer_env(), timeout=120)
-    assert result.returncode == 1
-    assert result.stderr.splitlines()[-1].startswith(
+    line = one_error_line(capsys, "collect_results.py", lambda: _collect_results(sweep))
+    assert line.startswith(
         f"collect_results.py: error: {sweep / 'results.md'}: cannot write the table (")
     assert (sweep / "results.csv").read_text() == "the previous table\n"
     assert sorted(path.name for path in sweep.iterdir()) == ["r18", "results.csv",
                                                              "results.md"]
     missing = tmp_path / "missing" / "table"
-    result = subprocess.run([sys.executable, script, f"--output_prefix={missing}", str(sweep)],
-                            capture_output=True, text=True, env=trainer_env(), timeout=120)
-    assert (result.returncode, result.stderr.splitlines()[-1]) == (
-        1, f"collect_results.py: error: {missing}.csv: cannot write the table (No such file "
-           "or directory)")
-    result = subprocess.run([sys.executable, script, str(sweep / "r18" / "config.json")],
-                            capture_output=True, text=True, env=trainer_env(), timeout=120)
-    assert (result.returncode, result.stderr.splitlines()[-1]) == (
-        1, f"collect_results.py: error: {sweep / 'r18' / 'config.json'}: not a folder")
+    line = one_error_line(capsys, "collect_results.py", lambda: _collect_results(
+        f"--output_prefix={missing}", sweep))
+    assert line == (f"collect_results.py: error: {missing}.csv: cannot write the table (No "
+                    "such file or directory)")
+    line = one_error_line(capsys, "collect_results.py", lambda: _collect_results(
+        sweep / "r18" / "config.json"))
+    assert line == f"collect_results.py: error: {sweep / 'r18' / 'config.json'}: not a folder"
 
 
 def test_a_run_being_trained_now_is_marked_training(tmp_path):
@@ -178,9 +175,11 @@ def test_a_run_being_trained_now_is_marked_training(tmp_path):
         (sweep / run).mkdir(parents=True)
         (sweep / run / "config.json").write_text('{"model": {"resnet_size": 18}}')
         (sweep / run / "sweep.json").write_text('{"status": "failed", "seconds": 3}')
+    # flock: the lock held here refuses collect_results' own shared lock on the folder (a
+    # descriptor of its own) in this process as it would in another.
     with files.folder_held(str(sweep / "resumed"), "training"):
-        result, rows = _collect(sweep)
-    assert result.returncode == 0, result.stderr
+        _collect_results(sweep)
+    rows = _rows(sweep)
     assert {run: row["status"] for run, row in rows.items()} == {"resumed": "training",
                                                                  "idle": "failed"}
     assert not files.in_use(str(sweep / "resumed"))  # let go
