@@ -51,7 +51,7 @@ except ImportError:  # raised as a one-line user error by convert_dataset_beam
 finally:
     logging.root.removeFilter(_not_apitools_warning)
 
-from dataset import conversion_plan, convert, shards, sources
+from dataset import beam_workers, conversion_plan, convert, shards, sources
 from dataset.dicom_options import DicomOptions
 from dataset.tasks import FileTask, encode_file, init_worker
 from dataset.workers import WorkerPool
@@ -211,7 +211,8 @@ def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_option
         os.close(log_handle)
     keep_log = False
     try:
-        with _stderr_to(log_path):
+        # One Ctrl-C could leave Beam's local runner waiting for ever (dataset.beam_workers).
+        with _stderr_to(log_path), beam_workers.ended_on_interrupt():
             _build_and_run(beam_args, tasks_path, staging, dicom_options, shard_bytes)
     except RuntimeError as error:
         # A runner that cannot start or a job that failed on the cluster (e.g. "Unable to

@@ -77,11 +77,12 @@ def _signals_held():
             signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal still pending: delivered
         if noted:
-            _replay(noted[0], handlers[noted[0]])
+            replay_signal(noted[0], handlers[noted[0]])
 
 
-def _replay(signum: int, handler) -> None:
-    """What ``handler`` (the one in place before the hold) does with ``signum``."""
+def replay_signal(signum: int, handler) -> None:
+    """What ``handler``, the signal's handler before a temporary one (a hold's, or
+    beam_workers'), does with ``signum``; for SIG_DFL the caller has put it back first."""
     if callable(handler):
         handler(signum, None)  # e.g. KeyboardInterrupt, cli.Terminated
     elif handler == signal.SIG_DFL:

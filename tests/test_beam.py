@@ -9,11 +9,14 @@ the Beam tests under a minute on two cores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +223,68 @@ def test_local_workers_write_into_the_log_and_an_interrupt_quiets_beam(tmp_path,
     assert log.read_text() == "a worker line\n"
     sys.stderr.write("after\n")  # file descriptor 2 is this process's again
     assert capfd.readouterr().err == "after\n"
+
+
+def _a_thread_that_takes_ctrl_c(pid: int) -> int:
+    """A thread of process ``pid`` other than its main one that does not block SIGINT."""
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+        status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+        if int(task.name) != pid and not int(status["SigBlk"], 16) & 1 << signal.SIGINT - 1:
+            return int(task.name)
+    raise AssertionError(f"no thread of {pid} takes SIGINT")
+
+
+@pytest.mark.parametrize("sent_to", ["group", "thread"])
+def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_labels_dataset,
+                                                          sent_to):
+    """1 in ~35 group Ctrl-Cs hung until a second one, two ways (dataset.beam_workers): a
+    Beam worker survived the Ctrl-C mid-start-up and connected after Beam's shutdown had
+    closed its connection ("group"), or the signal reached a thread other than the main one,
+    which waited for results without a timeout and never ran the handler ("thread", sent
+    here to one such thread only). Here Beam's workers take a minute to start and ignore
+    Ctrl-C meanwhile (sitecustomize, in Beam's workers only): without the fix both hang."""
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
+    started = tmp_path / "started"
+    started.mkdir()
+    slow = tmp_path / "slow-workers"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import os, signal, time\n"
+        "if 'CONTROL_API_SERVICE_DESCRIPTOR' in os.environ:  # a Beam worker\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        f"    open(os.path.join({str(started)!r}, str(os.getpid())), 'w').close()\n"
+        "    time.sleep(60)\n"
+        "    signal.signal(signal.SIGINT, signal.default_int_handler)\n")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={root}",
+         f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all",
+         "--runner=beam", "--num_workers=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=f"{slow}{os.pathsep}{REPO_ROOT}"),
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(started.iterdir())) < 2 and process.poll() is None:
+            assert time.monotonic() < deadline, "Beam's workers never started"
+            time.sleep(0.02)
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        if sent_to == "group":
+            os.killpg(process.pid, signal.SIGINT)
+        else:  # kill() prefers the thread named, if it takes the signal
+            os.kill(_a_thread_that_takes_ctrl_c(process.pid), signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.splitlines() == [f"error: interrupted; the conversion into {tmp_path / 'out'} "
+                                   "did not finish (rerun it; a folder without its "
+                                   "manifest.json is never read as a dataset)"]
+    assert not (tmp_path / "out").exists()
+    # The workers were ended, not left to start later (orphaned: a zombie until reaped).
+    for pid in (int(path.name) for path in started.iterdir()):
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_cli_without_beam_is_one_clear_error(tmp_path, make_images_labels_dataset):
