@@ -104,17 +104,28 @@ def mirrored_strategy():
     return _MIRRORED[0]
 
 
-def trainer_env() -> dict[str, str]:
+# A `tensorflow` package whose import fails, put ahead of the real one by
+# trainer_env(without_tensorflow=True).
+WITHOUT_TENSORFLOW = REPO_ROOT / "tests" / "without_tensorflow"
+
+
+def trainer_env(*, without_tensorflow: bool = False) -> dict[str, str]:
+    """The environment of a program run by a test. ``without_tensorflow``: importing
+    TensorFlow (or Keras) fails with a traceback, so a test that expects a one-line error
+    also proves that the error came before TensorFlow's import (seconds of CPU)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    paths = [str(WITHOUT_TENSORFLOW)] if without_tensorflow else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO_ROOT), env.get("PYTHONPATH", "")])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 
-def run_trainer(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_trainer(*args: str, timeout: float = 240,
+                without_tensorflow: bool = False) -> subprocess.CompletedProcess:
     """Run dicom_main.py in a fresh process (absl flags are process-global)."""
     return subprocess.run([sys.executable, str(DICOM_MAIN), *args], capture_output=True,
-                          text=True, timeout=timeout, env=trainer_env(), cwd=REPO_ROOT)
+                          text=True, timeout=timeout, cwd=REPO_ROOT,
+                          env=trainer_env(without_tensorflow=without_tensorflow))
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -128,11 +139,13 @@ def error_lines(stderr: str) -> list[str]:
 TRAINED_CLASSES = ("Chest", "Hand")  # the classes of conftest.py's `trained` model
 
 
-def run_resnet_cli(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run networks/resnet/<script> (dicom_eval.py, dicom_predict.py, ...) in a fresh process."""
+def run_resnet_cli(script: str, *args: str, timeout: float = 180,
+                   without_tensorflow: bool = False) -> subprocess.CompletedProcess:
+    """Run networks/resnet/<script> (dicom_eval.py, dicom_predict.py, ...) in a fresh process
+    (``without_tensorflow``: see trainer_env)."""
     return subprocess.run([sys.executable, str(REPO_ROOT / "networks" / "resnet" / script), *args],
-                          capture_output=True, text=True, env=trainer_env(), cwd=REPO_ROOT,
-                          timeout=timeout)
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout,
+                          env=trainer_env(without_tensorflow=without_tensorflow))
 
 
 def checkpoint_name(model_dir: str) -> str:
