@@ -157,13 +157,14 @@ def test_a_default_report_folder_holding_other_datas_report_is_refused(tmp_path)
 
 def test_eval_cli_errors_are_one_line(trained, tmp_path):
     result = _run("dicom_eval.py", f"--model={tmp_path}", f"--data_dir={trained['data_dir']}",
-                  "--split=validation")
+                  "--split=validation", without_tensorflow=True)
     assert result.returncode == 1
     assert "neither a SavedModel" in result.stderr and str(tmp_path) in result.stderr
     # The split is checked before any model is looked at (a restore can take minutes): the
     # absent model is not what is reported.
     result = _run("dicom_eval.py", f"--model={tmp_path / 'absent'}",
-                  f"--data_dir={trained['data_dir']}", "--split=nope")
+                  f"--data_dir={trained['data_dir']}", "--split=nope",
+                  without_tensorflow=True)
     assert result.returncode == 1
     assert error_lines(result.stderr) == [
         f"dicom_eval.py: error: {trained['data_dir']}: no split 'nope'; available: train, "

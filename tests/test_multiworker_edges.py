@@ -209,7 +209,7 @@ def test_a_killed_workers_private_folder_is_removed_by_the_next_worker(tmp_path,
      "--worker_hosts cluster.worker: address '127.0.0.1:http' is not 'host:port'"),
 ])
 def test_bad_cluster_is_one_line_error(tmp_path, tf_config, flags, message):
-    env = trainer_env()
+    env = trainer_env(without_tensorflow=True)  # said before TensorFlow's import
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = tf_config

@@ -34,10 +34,11 @@ def folder(tmp_path):
     return tmp_path / "in"
 
 
-def _predict(export, *args):
+def _predict(export, *args, without_tensorflow=False):
+    """``without_tensorflow``: the error must come before TensorFlow's import."""
     return subprocess.run([sys.executable, str(PREDICT), f"--model={export}", *args],
-                          capture_output=True, text=True, env=trainer_env(), cwd=REPO_ROOT,
-                          timeout=180)
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=180,
+                          env=trainer_env(without_tensorflow=without_tensorflow))
 
 
 def _the_error_line(result) -> str:
@@ -55,7 +56,8 @@ def _snapshot(root):
 def test_output_that_would_overwrite_an_input_is_refused(export, folder, tmp_path):
     (folder / "sub").mkdir()
     before = _snapshot(tmp_path)
-    result = _predict(export, f"--output_csv={folder}/a.jpeg", str(folder))
+    result = _predict(export, f"--output_csv={folder}/a.jpeg", str(folder),
+                      without_tensorflow=True)
     assert result.returncode == 1
     line = _the_error_line(result)
     assert line.startswith("dicom_predict.py: error:") and "overwrite" in line
@@ -77,7 +79,8 @@ def test_unusable_output_paths_are_one_line_and_leave_nothing(export, folder, tm
     (tmp_path / "a_folder").mkdir()
     (tmp_path / "a_file").write_text("x")
     before = _snapshot(tmp_path)
-    result = _predict(export, f"--output_csv={tmp_path / 'a_folder'}", str(folder))
+    result = _predict(export, f"--output_csv={tmp_path / 'a_folder'}", str(folder),
+                      without_tensorflow=True)
     assert result.returncode == 1, result.stderr[-2000:]
     line = _the_error_line(result)
     assert line.startswith("dicom_predict.py: error:") and "is a folder" in line
@@ -95,7 +98,8 @@ def test_missing_output_folder_is_refused_not_created(export, folder, tmp_path):
     """A typo in --output_csv's folder must not become a new folder (it is refused before
     anything is predicted); the library does not create one either."""
     before = _snapshot(tmp_path)
-    result = _predict(export, f"--output_csv={tmp_path / 'typo' / 'p.csv'}", str(folder))
+    result = _predict(export, f"--output_csv={tmp_path / 'typo' / 'p.csv'}", str(folder),
+                      without_tensorflow=True)
     assert result.returncode == 1, result.stderr[-2000:]
     line = _the_error_line(result)
     assert line == (f"dicom_predict.py: error: --output_csv={tmp_path / 'typo' / 'p.csv'}: the "
@@ -289,7 +293,7 @@ def test_usage_errors_are_one_line_exit_2(folder, tmp_path, flag, named):
     # A flag error is caught before any model loads: no need for a real one.
     out = tmp_path / "p.csv"
     args = [f"--output_csv={out}"] + ([flag, str(folder)] if flag else [])
-    result = _predict(tmp_path / "no_model", *args)
+    result = _predict(tmp_path / "no_model", *args, without_tensorflow=True)
     assert result.returncode == 2, result.stderr[-2000:]
     line = _the_error_line(result)
     assert line.startswith("dicom_predict.py: error:") and named in line
@@ -300,7 +304,8 @@ def test_usage_errors_are_one_line_exit_2(folder, tmp_path, flag, named):
 def test_missing_arguments_are_named_before_predicting(export, folder, tmp_path):
     out = tmp_path / "p.csv"
     missing = [str(tmp_path / "does" / "not" / "exist.jpg"), str(tmp_path / "typo")]
-    result = _predict(export, f"--output_csv={out}", str(folder / "a.jpeg"), *missing)
+    result = _predict(export, f"--output_csv={out}", str(folder / "a.jpeg"), *missing,
+                      without_tensorflow=True)
     assert result.returncode == 1
     line = _the_error_line(result)
     assert line.startswith("dicom_predict.py: error:")

@@ -318,7 +318,7 @@ def test_bigquery_needs_its_package():
 
 def test_cli_errors_are_one_line(tmp_path):
     result = run_trainer(f"--data_dir={tmp_path / 'nothing'}", f"--model_dir={tmp_path / 'm'}",
-                         *FAST_FLAGS)
+                         *FAST_FLAGS, without_tensorflow=True)
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "nothing: no such folder" in lines[0], result.stderr

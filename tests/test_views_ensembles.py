@@ -135,7 +135,7 @@ def test_cli_mismatched_ensemble_is_one_error_line_and_writes_nothing(trained, m
     out = tmp_path / "report"
     result = _run("dicom_eval.py", f"--model={trained['model_dir']},{swapped}",
                   f"--data_dir={trained['data_dir']}", "--split=validation",
-                  f"--output_dir={out}")
+                  f"--output_dir={out}", without_tensorflow=True)
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "error: cannot ensemble" in lines[0], lines
@@ -143,7 +143,8 @@ def test_cli_mismatched_ensemble_is_one_error_line_and_writes_nothing(trained, m
     assert not out.exists()
     csv_path = tmp_path / "p.csv"
     result = _run("dicom_predict.py", f"--model={trained['export']},{swapped}",
-                  f"--output_csv={csv_path}", str(mixed_folder / "chest.png"))
+                  f"--output_csv={csv_path}", str(mixed_folder / "chest.png"),
+                  without_tensorflow=True)
     assert result.returncode == 1 and "cannot ensemble" in result.stderr
     assert not list(tmp_path.glob("p.*"))
 
@@ -220,22 +221,22 @@ def test_export_cli_refuses_mismatched_members_in_one_line_and_writes_nothing(
 
     out = tmp_path / "ensemble"
     result = _run("dicom_export.py", f"--model_dir={trained['model_dir']},{other_model}",
-                  f"--export_dir={out}")
+                  f"--export_dir={out}", without_tensorflow=True)
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "cannot ensemble" in lines[0] and "image_size 32 vs 48" in lines[0]
     assert not out.exists() or not list(out.iterdir())
     result = _run("dicom_export.py", f"--model_dir={tmp_path / 'missing'}",
-                  f"--export_dir={out}")
+                  f"--export_dir={out}", without_tensorflow=True)
     assert result.returncode == 1
     assert error_lines(result.stderr) == [
         f"dicom_export.py: error: {tmp_path / 'missing'}: no such folder"]
     result = _run("dicom_export.py", f"--model_dir={trained['model_dir']},{trained['model_dir']}",
-                  f"--export_dir={out}")
+                  f"--export_dir={out}", without_tensorflow=True)
     assert result.returncode == 1 and "is named twice in the ensemble" in result.stderr
     # Versions among the checkpoints: a later evaluation of the folder read the old export.
     result = _run("dicom_export.py", f"--model_dir={trained['model_dir']}",
-                  f"--export_dir={trained['model_dir']}/")
+                  f"--export_dir={trained['model_dir']}/", without_tensorflow=True)
     assert result.returncode == 1
     assert error_lines(result.stderr) == [
         f"dicom_export.py: error: --export_dir={trained['model_dir']}/ is a --model_dir; give "

@@ -35,6 +35,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import flags  # noqa: E402
 
+from dataset import converted  # noqa: E402
+from official.core import model_paths  # noqa: E402
 from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
 
@@ -76,14 +78,17 @@ def define_flags() -> None:
 
 def main(argv):
     del argv  # cli.flags_parser refused any
-    from dataset import reader
+    try:  # what needs no TensorFlow is checked before its import (seconds)
+        split = converted.split_info(FLAGS.data_dir, FLAGS.split)  # before the model's restore
+        cli.check_output_folder("--output_dir", FLAGS.output_dir, "the report")
+        model_paths.check_models(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
+    except (OSError, ValueError) as error:
+        cli.exit_with_error(PROGRAM, error)
     from official.core import evaluation
-    from official.core.inference import load_predictor, member_records
+    from official.core.inference import load_predictor
     from official.utils.report import write_report
 
     try:
-        split = reader.split_info(FLAGS.data_dir, FLAGS.split)  # before the model's restore
-        cli.check_output_folder("--output_dir", FLAGS.output_dir, "the report")
         predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
         # (An ensemble has an --output_dir: define_flags.)
         output_dir = FLAGS.output_dir or evaluation.default_report_folder(
@@ -106,7 +111,7 @@ def main(argv):
             extra={"split": FLAGS.split, "data_dir": os.path.abspath(FLAGS.data_dir),
                    "source_dir": evaluation.source_dir(FLAGS.data_dir),
                    "model": predictor.source,
-                   "members": member_records(predictor),
+                   "members": model_paths.member_records(predictor),
                    "tta_views": FLAGS.tta})
         evaluation.write_tensorboard(output_dir, metrics,
                                      evaluation.report_step(predictor) if single else 0)

@@ -25,7 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from absl import flags  # noqa: E402
 
 from networks.resnet.dicom_eval import CHECKPOINT_HELP  # noqa: E402
-from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
+from official.core import model_paths  # noqa: E402
+from official.core.config import MAX_TEST_TIME_VIEWS, read_config  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -51,10 +52,9 @@ def define_flags() -> None:
 
 def main(argv):
     del argv  # cli.flags_parser refused any
-    from official.core import export, restore
-    from official.core.inference import check_distinct
 
     def run() -> str:
+        # What needs no TensorFlow is checked before its import (seconds).
         cli.check_output_folder("--export_dir", FLAGS.export_dir, "the export")
         for model_dir in FLAGS.model_dir:
             # Its numbered versions beside the checkpoints: a later evaluation of the
@@ -62,7 +62,12 @@ def main(argv):
             if os.path.realpath(model_dir) == os.path.realpath(FLAGS.export_dir):
                 raise ValueError(f"--export_dir={FLAGS.export_dir} is a --model_dir; give the "
                                  f"export a folder of its own (e.g. {model_dir}/export)")
-        check_distinct(FLAGS.model_dir)
+        model_paths.check_distinct(FLAGS.model_dir)
+        model_paths.check_ensemble([(model_dir, read_config(model_dir))
+                                    for model_dir in FLAGS.model_dir],
+                                   same=("image_size", "channels"))
+        from official.core import export, restore
+
         members = []
         for model_dir in FLAGS.model_dir:
             model, config = restore.load_model_from_dir(model_dir, FLAGS.checkpoint)

@@ -32,9 +32,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import flags  # noqa: E402
 
+from dataset import converted  # noqa: E402
 from official.core.config import TrainConfig  # noqa: E402
 from official.utils import cli  # noqa: E402
 from official.utils.flags import core as flags_core  # noqa: E402
+from official.utils.misc import cluster_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "dicom_main.py"
@@ -85,8 +87,13 @@ def main(argv) -> None:
     del argv  # cli.flags_parser refused any
 
     def run() -> str:
-        # The flags are checked before TensorFlow's import (5 s): a mistake is said at once.
+        # The flags, the cluster and the data's splits are checked before TensorFlow's import
+        # (5 s): a mistake is said at once.
         config, arguments = config_from_flags(), network_arguments_from_flags()
+        cluster_config.resolve_cluster(FLAGS.worker_hosts, FLAGS.task_index)
+        if config.data_dir and not config.use_synthetic_data:
+            for split in (config.train_split, config.eval_split):
+                converted.split_info(config.data_dir, split)
         import tensorflow as tf
 
         from networks.resnet import train_steps

@@ -45,6 +45,7 @@ from absl import flags  # noqa: E402
 
 from dataset.dicom_options import DicomOptions  # noqa: E402
 from networks.resnet.dicom_eval import CHECKPOINT_HELP, MODEL_HELP, TTA_HELP  # noqa: E402
+from official.core import model_paths  # noqa: E402
 from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
 
@@ -89,19 +90,22 @@ def main(argv):
     if not inputs:
         cli.exit_with_error(PROGRAM, "no files or folders to classify: give them as arguments "
                             "or --input", status=2)
-    from official.core import prediction
-    from official.core.inference import load_predictor
+    from official.core import prediction  # pydicom (a second), but no TensorFlow
 
     output_csv = FLAGS.output_csv
-    try:
+    try:  # what needs no TensorFlow is checked before its import (seconds)
         passed_over = []
         files = prediction.collect_files(inputs, dicom_force=FLAGS.dicom_force,
                                          passed_over=passed_over)
         prediction.check_output_paths(output_csv, files)
+        if files:
+            model_paths.check_models(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
     if not files:
         cli.exit_with_error(PROGRAM, f"no DICOM, JPEG or PNG files under {', '.join(inputs)}")
+    from official.core.inference import load_predictor
+
     try:
         predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
     except (OSError, ValueError) as error:

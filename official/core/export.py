@@ -36,12 +36,11 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 from dataset import preprocess, test_time
-from dataset.dicom_options import describe_rendering, rendering_of
-from official.core import restore
+from official.core import model_paths, restore
 from official.core.config import CONFIG_FILE
+# Used as export.* too.
+from official.core.model_paths import ASSETS_EXTRA, newest_version  # noqa: F401
 from official.utils import files
-
-ASSETS_EXTRA = "assets.extra"  # where the SavedModel keeps config.json
 
 
 def decode_and_resize(image_bytes: tf.Tensor, *, image_size: int, channels: int) -> tf.Tensor:
@@ -192,19 +191,9 @@ def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: st
         tta_views out of range.
     """
     test_time.check_num_views(tta_views)
-    if not members:
-        raise ValueError("an ensemble needs at least one model")
-    _, first, first_source = members[0]
-    for _, other, source in members[1:]:
-        if other["class_names"] != first["class_names"]:
-            difference = describe_class_difference(first["class_names"], other["class_names"],
-                                                   first_source, source)
-            raise ValueError(f"cannot ensemble {first_source} and {source}: {difference}")
-        for key in ("image_size", "channels"):
-            if other[key] != first[key]:
-                raise ValueError(f"cannot ensemble {first_source} and {source}: {key} "
-                                 f"{first[key]!r} vs {other[key]!r}")
-    check_same_rendering([(source, member_config) for _, member_config, source in members])
+    model_paths.check_ensemble([(source, member_config) for _, member_config, source in members],
+                               same=("image_size", "channels"))
+    first = members[0][1]
     config = dict(first)
     if len(members) > 1:
         config["ensemble"] = [{"source": source, "model": member_config.get("model")}
@@ -213,54 +202,11 @@ def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: st
     return _save(module, config, export_dir, tta_views)
 
 
-def check_same_rendering(members: list[tuple[str, dict]]) -> None:
-    """Members of one ensemble (source, config) must have been trained on DICOMs rendered
-    alike: one rendering of a new DICOM file feeds them all (dicom_predict.py).
-
-    Raises:
-      ValueError: naming two members and their renderings.
-    """
-    (first, first_config), *others = members
-    first_rendering = rendering_of(first_config.get("dicom_rendering"))
-    for source, config in others:
-        rendering = rendering_of(config.get("dicom_rendering"))
-        if rendering != first_rendering:
-            raise ValueError(
-                f"cannot ensemble {first} and {source}: their training DICOMs were rendered "
-                f"differently ({describe_rendering(first_rendering)} vs "
-                f"{describe_rendering(rendering)}); use one model at a time")
-
-
 def trained_export_tta(configs: list[dict]) -> int:
     """The test-time views the trainer's own export had (--export_tta): the models' common
     count, else 1 (each member of an ensemble may have been trained with another)."""
     counts = {config.get("export_tta", 1) or 1 for config in configs}
     return counts.pop() if len(counts) == 1 else 1
-
-
-def describe_class_difference(first: list[str], second: list[str], first_name: str,
-                              second_name: str) -> str:
-    """One line saying how two models' class name lists differ."""
-    only_first = [name for name in first if name not in second]
-    only_second = [name for name in second if name not in first]
-    if only_first or only_second:
-        # Only the sides that have some: "only in b: []" read as if b were missing a list.
-        return "; ".join(f"classes only in {name}: {only}" for name, only in
-                         ((first_name, only_first), (second_name, only_second)) if only)
-    if len(first) != len(second):
-        return f"{len(first)} class names vs {len(second)} (a repeated name)"
-    position = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
-    return (f"same classes in a different order: class {position} is {first[position]!r} "
-            f"in {first_name} but {second[position]!r} in {second_name}")
-
-
-def newest_version(export_dir: str) -> str | None:
-    """The newest numbered SavedModel in ``export_dir`` (what TF Serving serves), or None."""
-    if not os.path.isdir(export_dir):
-        return None
-    versions = [name for name in os.listdir(export_dir) if name.isdigit()
-                and os.path.isfile(os.path.join(export_dir, name, "saved_model.pb"))]
-    return os.path.join(export_dir, max(versions, key=int)) if versions else None
 
 
 def newest_is_of(export_dir: str, config: dict) -> str | None:

@@ -12,7 +12,6 @@ Two optional refinements, both averaging probabilities: test-time views of each 
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -20,22 +19,11 @@ import tensorflow as tf
 
 from dataset import test_time
 from dataset.dicom_options import rendering_of
-from official.core import export, restore
+from official.core import export, model_paths, restore
 from official.core.config import CONFIG_FILE
-
-
-def resolve_saved_model(path: str) -> str | None:
-    """The SavedModel folder at ``path``: itself, or its newest numbered version.
-
-    Returns None when ``path`` holds no SavedModel, or is a training model_dir (its
-    config.json), even one holding exports: its newest checkpoint is the model, not an export
-    made at some earlier step (an older run's --export_dir equal to its --model_dir).
-    """
-    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
-        return None
-    return export.newest_version(path)
+# Used as inference.* too.
+from official.core.model_paths import (check_distinct, member_records,  # noqa: F401
+                                       resolve_saved_model)
 
 
 class Predictor:
@@ -63,21 +51,9 @@ class Predictor:
         test_time.check_num_views(tta_views)
         saved_model = resolve_saved_model(model_path)
         if saved_model is not None:
-            if checkpoint:
-                raise ValueError(f"--checkpoint applies to a training model_dir, but {model_path} "
-                                 "is a SavedModel")
-            config_path = os.path.join(saved_model, export.ASSETS_EXTRA, CONFIG_FILE)
-            try:
-                with open(config_path) as handle:
-                    self.config = json.load(handle)
-            except (OSError, ValueError) as error:  # not exported by this tool, or damaged
-                raise ValueError(f"{config_path}: cannot read the export's class names and "
-                                 f"settings ({error})") from None
+            self.config = model_paths.saved_model_config(saved_model, model_path, checkpoint,
+                                                         tta_views)
             baked = int(self.config.get("tta_views", 1))  # absent in older exports
-            if baked > 1 and tta_views > 1:
-                raise ValueError(f"{saved_model} was exported with {baked} test-time views "
-                                 f"built in; asking for {tta_views} more would augment twice "
-                                 "(use --tta=1: the export averages its views itself)")
             try:
                 loaded = tf.saved_model.load(saved_model)
             except (tf.errors.OpError, OSError, ValueError) as error:  # e.g. variables/ lost
@@ -102,8 +78,7 @@ class Predictor:
             self.tta_views = tta_views
             self.source = checkpoint
         else:
-            raise FileNotFoundError(f"{model_path}: neither a SavedModel (saved_model.pb) nor a "
-                                    f"training model_dir ({CONFIG_FILE})")
+            raise model_paths.neither_model_error(model_path)
         self.class_names = list(self.config["class_names"])
         # How the training data's DICOMs were rendered (the defaults before it was recorded).
         self.dicom_rendering = rendering_of(self.config.get("dicom_rendering"))
@@ -147,48 +122,19 @@ class Ensemble:
     def __init__(self, members: list[Predictor]):
         if not members:
             raise ValueError("an ensemble needs at least one model")
-        first = members[0]
-        for other in members[1:]:
-            if other.class_names != first.class_names:
-                difference = export.describe_class_difference(first.class_names, other.class_names,
-                                                       first.source, other.source)
-                raise ValueError(f"cannot ensemble {first.source} and {other.source}: {difference}")
+        model_paths.check_ensemble([(member.source, member.config) for member in members])
         self.members = list(members)
-        self.class_names = list(first.class_names)
+        self.class_names = list(members[0].class_names)
         self.source = ",".join(member.source for member in members)
         self.tta_views = [member.tta_views for member in members]
-        export.check_same_rendering([(member.source, member.config) for member in members])
-        self.dicom_rendering = first.dicom_rendering
+        self.dicom_rendering = members[0].dicom_rendering
 
     def __call__(self, encoded_images) -> np.ndarray:
         """float32 [N, num_classes]: the mean of the members' probabilities."""
         return np.mean([member(encoded_images) for member in self.members], axis=0)
 
 
-def member_records(predictor: Predictor | Ensemble) -> list[dict]:
-    """What a report records of the models behind it: each member's source and views."""
-    return [{"model": member.source, "tta_views": member.tta_views}
-            for member in predictor.members]
-
-
-def check_distinct(model_paths: list[str]) -> None:
-    """An ensemble names each model once: a repeat averages it with itself (a typo, most
-    likely, for another run), weighing it double.
-
-    Raises:
-      ValueError: naming the repeated model.
-    """
-    seen = {}
-    for path in model_paths:
-        # An export folder and its newest version are one model.
-        real = os.path.realpath(resolve_saved_model(path) or path)
-        if real in seen:
-            raise ValueError(f"{path} is named twice in the ensemble (as {seen[real]}): each "
-                             "model once")
-        seen[real] = path
-
-
-def load_predictor(model_paths: list[str], checkpoint: str | None = None,
+def load_predictor(paths: list[str], checkpoint: str | None = None,
                    tta_views: int = 1) -> Predictor | Ensemble:
     """A Predictor for one model path, an Ensemble of Predictors for several.
 
@@ -196,12 +142,7 @@ def load_predictor(model_paths: list[str], checkpoint: str | None = None,
       ValueError: a --checkpoint with several models, or members whose classes differ
         (and whatever Predictor raises).
     """
-    if not model_paths:
-        raise ValueError("no model given")
-    check_distinct(model_paths)
-    if len(model_paths) == 1:
-        return Predictor(model_paths[0], checkpoint, tta_views)
-    if checkpoint:
-        raise ValueError("--checkpoint picks one model_dir's checkpoint; it cannot be used "
-                         f"with {len(model_paths)} models")
-    return Ensemble([Predictor(path, None, tta_views) for path in model_paths])
+    model_paths.check_models(paths, checkpoint, tta_views)
+    if len(paths) == 1:
+        return Predictor(paths[0], checkpoint, tta_views)
+    return Ensemble([Predictor(path, None, tta_views) for path in paths])

@@ -2,7 +2,8 @@
 
 Files are read as the converter reads them (dataset.folder_walk.file_kind, dataset.images,
 dataset.dicom), encoded, and fed to a Predictor (official/core/inference.py); the CSV has one
-row per file (CSV_COLUMNS), an error row for a file that cannot be read.
+row per file (CSV_COLUMNS), an error row for a file that cannot be read. No TensorFlow here:
+dicom_predict.py checks the files and the output path before that import.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataset import body_parts, dicom, folder_walk, images, sources
-from official.core import inference
+from official.core.model_paths import member_records
 from official.utils import progress as reporting
 from official.utils.files import written_atomically
 
@@ -208,7 +209,7 @@ def run_info_path(output_csv: str) -> str:
 def write_run_info(path: str, predictor, counts: dict[str, int], *, tta_views: int) -> None:
     """What produced a prediction CSV: the models (each with the views it averaged, a
     SavedModel's built-in ones included), the requested --tta, the classes and the counts."""
-    info = {"model": predictor.source, "members": inference.member_records(predictor),
+    info = {"model": predictor.source, "members": member_records(predictor),
             "tta_views": tta_views, "class_names": predictor.class_names, "counts": counts}
     with written_atomically(path) as tmp, open(tmp, "w") as handle:
         json.dump(info, handle, indent=2)
