@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from networks import registry
-from networks.slim import nets, scopes, slim_eval, slim_train
+from networks.slim import choices, nets, scopes, slim_eval, slim_train
 from official.core import restore, train_lib
 from official.core.config import DTYPE_POLICIES, TrainConfig
 from official.core.inference import Predictor
@@ -239,17 +239,22 @@ def test_eval_model_name_message_reads_as_english(tmp_path, monkeypatch, trained
     assert str(error.value) == f"--model_name={other}: {tmp_path} {phrase}"
 
 
-def _cli(*args):
+def _cli(*args, without_tensorflow=False):
+    """``without_tensorflow``: the error must come before TensorFlow's import."""
     return subprocess.run([sys.executable, str(TRAIN_SCRIPT), *args], capture_output=True,
-                          text=True, timeout=600, env=trainer_env(), cwd=REPO_ROOT)
+                          text=True, timeout=600, cwd=REPO_ROOT,
+                          env=trainer_env(without_tensorflow=without_tensorflow))
 
 
 def test_cli_wrong_model_name_lists_the_valid_names(data, tmp_path):
-    done = _cli(f"--dataset_dir={data}", f"--train_dir={tmp_path}", "--model_name=alexnet")
+    done = _cli(f"--dataset_dir={data}", f"--train_dir={tmp_path}", "--model_name=alexnet",
+                without_tensorflow=True)
     assert done.returncode == 1
     lines = error_lines(done.stderr)
     assert len(lines) == 1 and "valid names: inception_v3, inception_v4, inception_resnet_v2" in (
         lines[0])
+    # The names are checked from networks/slim/choices.py's list, before Keras is imported.
+    assert choices.NETWORK_NAMES == tuple(nets.NETWORKS)
 
 
 def test_cli_missing_checkpoint_path_is_one_line_and_writes_no_train_dir(data, tmp_path):
@@ -257,7 +262,8 @@ def test_cli_missing_checkpoint_path_is_one_line_and_writes_no_train_dir(data, t
     missing = tmp_path / "nope.h5"
     done = _cli(f"--dataset_dir={data}", f"--train_dir={tmp_path / 'run'}",
                 "--model_name=mobilenet_v3_small", "--image_size=32",
-                f"--checkpoint_path={missing}", "--max_number_of_steps=1")
+                f"--checkpoint_path={missing}", "--max_number_of_steps=1",
+                without_tensorflow=True)
     assert done.returncode == 1
     assert error_lines(done.stderr) == [
         f"train_image_classifier.py: error: --checkpoint_path={missing}: no such file or folder"]

@@ -30,6 +30,8 @@ from keras import applications as apps
 from keras.src.backend.common import global_state  # no public API for the layer-name counter
 
 from networks.slim import inception_v4
+# Used as nets.* too.
+from networks.slim.choices import LEGACY_NAMES, NETWORK_NAMES, resolve_name  # noqa: F401
 
 HEAD_LAYERS = ("avg_pool", "dropout", "logits")  # the new layers on top of every backbone
 INPUT_LAYER = "network_input"
@@ -67,34 +69,6 @@ NETWORKS = {  # name: (constructor, its preprocess_input, default, min size[, dr
     "densenet_121": NetworkSpec(apps.DenseNet121, apps.densenet.preprocess_input, 224, 32),
     "convnext_tiny": NetworkSpec(apps.ConvNeXtTiny, apps.convnext.preprocess_input, 224, 32),
 }
-
-# TF-Slim nets_factory names (and Keras class names, lower-cased) -> a NETWORKS name.
-LEGACY_NAMES = {
-    "inceptionv4": "inception_v4",
-    "vgg_16": "vgg_16", "vgg16": "vgg_16",
-    "resnet_v2_50": "resnet_v2_50", "resnet50v2": "resnet_v2_50",
-    "resnet_v2_152": "resnet_v2_152", "resnet152v2": "resnet_v2_152",
-    "inceptionv3": "inception_v3", "inceptionresnetv2": "inception_resnet_v2",
-    "mobilenetv3small": "mobilenet_v3_small", "mobilenetv3large": "mobilenet_v3_large",
-    "efficientnetv2b0": "efficientnet_v2_b0", "efficientnetv2s": "efficientnet_v2_s",
-    "densenet121": "densenet_121", "convnexttiny": "convnext_tiny",
-}
-
-
-def resolve_name(model_name: str) -> str:
-    """The NETWORKS name for `model_name` (a table name, a Slim name or a Keras class name).
-
-    Raises:
-      ValueError: unknown name; the message lists the valid ones.
-    """
-    key = model_name.strip().lower()
-    if key in NETWORKS:
-        return key
-    if key in LEGACY_NAMES:
-        return LEGACY_NAMES[key]
-    raise ValueError(f"--model_name={model_name}: unknown network; valid names: "
-                     f"{', '.join(NETWORKS)} (or their Keras class names)")
-
 
 def check_image_size(name: str, image_size: int) -> None:
     spec = NETWORKS[name]

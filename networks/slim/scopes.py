@@ -26,6 +26,7 @@ from absl import logging
 
 from networks import registry
 from networks.slim import nets
+from networks.slim.choices import check_checkpoint_path
 from official.core import restore
 from official.core.config import CONFIG_FILE
 
@@ -116,17 +117,6 @@ def _source_from_model(model: keras.Model, description: str) -> _Source:
     return _Source(nets.weighted_layers(model), {}, description)
 
 
-def check_exists(path: str) -> None:
-    """--checkpoint_path names something: a train_dir, a checkpoint prefix or a file. Checked
-    before a new run writes its config.json too (the load comes once the network is built).
-
-    Raises:
-      FileNotFoundError: it names nothing.
-    """
-    if not (_names_a_run(path) or os.path.isfile(path)):
-        raise FileNotFoundError(f"--checkpoint_path={path}: no such file or folder")
-
-
 def _names_a_run(path: str) -> bool:
     """A --train_dir of this tool or one of its checkpoint prefixes (ckpt-N)."""
     return os.path.isdir(path) or tf.io.gfile.exists(path + ".index")
@@ -145,7 +135,7 @@ def _open_source(path: str, model_name: str, image_size: int) -> _Source:
             raise ValueError(f"--checkpoint_path={path} holds the network {trained}, not "
                              f"{model_name}")
         return _source_from_model(source, f"{path} ({trained})")
-    check_exists(path)
+    check_checkpoint_path(path)
     if path.endswith(".keras"):
         try:
             source = keras.models.load_model(path, compile=False)

@@ -21,7 +21,7 @@ from absl import logging
 
 from networks import registry
 from networks.slim import nets, scopes
-from networks.slim.choices import DECAY_TYPES, OPTIMIZERS
+from networks.slim.choices import DECAY_TYPES, OPTIMIZERS, check_checkpoint_path
 from official.core import steps
 from official.core.config import (DTYPE_POLICIES, OptimizerSpec, ScheduleSpec,
                                   config_to_resume)
@@ -71,7 +71,7 @@ def check_resume(model_dir: str, slim: SlimConfig) -> None:
     saved = config_to_resume(model_dir)
     if saved is None:
         if slim.checkpoint_path:
-            scopes.check_exists(slim.checkpoint_path)
+            check_checkpoint_path(slim.checkpoint_path)
         return
     previous = saved.get("slim")
     if previous is None:

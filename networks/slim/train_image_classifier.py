@@ -37,8 +37,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from absl import flags, logging  # noqa: E402
 
+from networks.slim import choices  # noqa: E402
 from networks.slim.choices import DECAY_TYPES, OPTIMIZERS  # noqa: E402
-from official.core.config import DTYPE_POLICIES, TrainConfig  # noqa: E402
+from official.core.config import DTYPE_POLICIES, TrainConfig, config_to_resume  # noqa: E402
 from official.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -176,6 +177,10 @@ def configs_from_flags():
 
 
 def run() -> str:
+    # What needs no TensorFlow is checked before its import (seconds).
+    choices.resolve_name(FLAGS.model_name)
+    if FLAGS.checkpoint_path and config_to_resume(FLAGS.train_dir) is None:  # as check_resume
+        choices.check_checkpoint_path(FLAGS.checkpoint_path)
     from networks.slim import slim_train
     from official.core import train_lib
     from official.utils.misc import distribution_utils
