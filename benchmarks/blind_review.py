@@ -164,7 +164,7 @@ def _verdict(verdicts: dict, name: str) -> str:
 
 def main(argv: list[str]) -> None:
     del argv  # no positional arguments (parse_flags checked)
-    from dataset import reader  # TensorFlow, after the flags
+    from dataset import converted, reader  # TensorFlow, after the flags
 
     def make() -> str:
         for name in ("data_dir", "groups_csv", "eval_dir"):
@@ -189,7 +189,7 @@ def main(argv: list[str]) -> None:
         if not key:
             raise ValueError(f"{FLAGS.eval_dir}: no group has {FLAGS.min_errors} errors and "
                              f"{FLAGS.min_share:.0%} of its images wrong")
-        dataset = reader.make_dataset(reader.split_info(FLAGS.data_dir, FLAGS.split).files,
+        dataset = reader.make_dataset(converted.split_info(FLAGS.data_dir, FLAGS.split).files,
                                       channels=3, deterministic=True)
         images = holdout_report.images_by_group(  # the reader is not shown the errors
             {entry["group"] for entry in key.values()}, group_of_image,

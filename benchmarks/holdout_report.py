@@ -250,7 +250,7 @@ def read_eval(folder: str) -> tuple[dict, dict[str, str]]:
 
 def main(argv: list[str]) -> None:
     del argv  # no positional arguments (parse_flags checked)
-    from dataset import reader  # TensorFlow, after the flags
+    from dataset import converted, reader  # TensorFlow, after the flags
 
     def run() -> str:
         if FLAGS.contact_sheet and not FLAGS.worst_groups:
@@ -284,7 +284,7 @@ def main(argv: list[str]) -> None:
         summary += (f"\n{FLAGS.eval_dirs[0]}: the {len(order)} groups with most errors\n"
                     + "\n".join(lines))
         if FLAGS.contact_sheet:
-            images = reader.make_dataset(reader.split_info(FLAGS.data_dir, FLAGS.split).files,
+            images = reader.make_dataset(converted.split_info(FLAGS.data_dir, FLAGS.split).files,
                                          channels=3, deterministic=True)
             wanted = images_by_group({names[g] for g in order}, group_of_image,
                                      images.as_numpy_iterator(),

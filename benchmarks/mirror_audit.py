@@ -117,10 +117,10 @@ def report(data_dir: str, axis_name: str, reference: str, class_names: list[str]
 def main(argv: list[str]) -> None:
     del argv  # no positional arguments (parse_flags checked)
     from benchmarks import stress_eval_lib
-    from dataset import reader
+    from dataset import converted
 
     def run() -> str:
-        class_names = list(reader.split_info(FLAGS.data_dir, FLAGS.reference_split).class_names)
+        class_names = list(converted.split_info(FLAGS.data_dir, FLAGS.reference_split).class_names)
         axis = AXES[FLAGS.axis]
         # Each split is read once, the reference too when it is also audited.
         loaded = {split: stress_eval_lib.load_split(FLAGS.data_dir, split, 1)

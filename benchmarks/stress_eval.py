@@ -85,12 +85,12 @@ parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__)
 def main(argv: list[str]) -> None:
     del argv  # no positional arguments (parse_flags checked)
     from benchmarks import stress_eval_lib
-    from dataset import reader
+    from dataset import converted
     from official.core.inference import load_predictor
 
     def run() -> str:
         stress_eval_lib.chosen_shifts(FLAGS.preset, FLAGS.shifts)  # a typo before the loading
-        reader.split_info(FLAGS.data_dir, FLAGS.split)  # so is a misspelt split or missing shard
+        converted.split_info(FLAGS.data_dir, FLAGS.split)  # so is a misspelt split or missing shard
         predictor = load_predictor(FLAGS.model.split(","), None, FLAGS.tta)
         channels = int(predictor.members[0].config["channels"])
         images, labels = stress_eval_lib.load_split(FLAGS.data_dir, FLAGS.split, channels,

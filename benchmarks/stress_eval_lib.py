@@ -8,7 +8,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from dataset import augment, reader
+from dataset import augment, converted, reader
 from official.utils.metrics import laterality_pairs
 
 # name -> (kind, parameter). Geometry: (zoom, degrees, shift_y, shift_x as fractions of the side).
@@ -204,7 +204,7 @@ def load_split(data_dir: str, split: str, channels: int, limit: int = 0
     Raises:
       ValueError: the split's images are not all of one size (the batches need one).
     """
-    dataset = reader.make_dataset(reader.split_info(data_dir, split).files, channels=channels)
+    dataset = reader.make_dataset(converted.split_info(data_dir, split).files, channels=channels)
     if limit:
         dataset = dataset.take(limit)
     # Every image of a split at its stored size; the batches need one size.

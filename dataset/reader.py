@@ -1,6 +1,5 @@
 """Reads the converter's output: the tf.data pipeline over the splits that dataset/converted.py
-(the manifest and split sizes, no TensorFlow) describes; its names are used as reader.* too.
-"""
+describes (the manifest and the splits' files and sizes, read without TensorFlow)."""
 
 from __future__ import annotations
 
@@ -10,9 +9,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 from PIL import Image
 
-# Used as reader.* by the trainer and the evaluators.
-from dataset.converted import (MANIFEST, SplitInfo, describe_data_loss,  # noqa: F401
-                               dicom_rendering, read_manifest, split_info, tf_error_reason)
+from dataset.converted import split_info
 from dataset.features import KEY_CHANNELS, KEY_ENCODED, KEY_FILENAME, parse_example
 from dataset.magic import JPEG_MAGIC
 

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import beam_bench
-from dataset import beam_convert, reader
+from dataset import beam_convert, converted
 from dataset.convert import ConvertConfig
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
@@ -49,7 +49,7 @@ def convert_beam(dataset_dir, output_dir, mode: str = IN_PROCESS, **overrides) -
 def records_by_split(output_dir) -> dict[str, list[bytes]]:
     """Every serialized example per split, in file order; the reader checks the manifest's
     shard sizes and TensorFlow the record CRCs."""
-    manifest = reader.read_manifest(str(output_dir))
+    manifest = converted.read_manifest(str(output_dir))
     return {split: [r.numpy() for r in tf.data.TFRecordDataset(
                 [str(Path(output_dir) / f["path"]) for f in info["files"]])]
             for split, info in manifest["splits"].items()}

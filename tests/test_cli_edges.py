@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dataset import reader
+from dataset import converted
 from networks import registry
 from networks.resnet import train_steps
 from networks.slim import slim_eval
@@ -187,15 +187,15 @@ def test_evaluation_names_the_shard_with_a_corrupt_record(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     manifest = json.loads((data / "manifest.json").read_text())
     shard = manifest["splits"]["validation"]["files"][0]["path"]
-    labels, _, _ = evaluation.evaluate_split(_Uniform(), reader.split_info(str(data), "validation"),
-                                 batch_size=4)
+    labels, _, _ = evaluation.evaluate_split(
+        _Uniform(), converted.split_info(str(data), "validation"), batch_size=4)
     assert len(labels) == manifest["splits"]["validation"]["num_examples"]
     with open(data / shard, "r+b") as handle:  # same size, other bytes
         handle.seek(40)
         handle.write(b"\xff" * 8)
     with pytest.raises(ValueError, match=f"corrupt record in {shard} .*rerun tf_convert_data"
                        ) as error:
-        evaluation.evaluate_split(_Uniform(), reader.split_info(str(data), "validation"),
+        evaluation.evaluate_split(_Uniform(), converted.split_info(str(data), "validation"),
                                  batch_size=4)
     # TensorFlow's own words without its wrapping ({{function_node ...}}, [Op:...]).
     assert f"corrupt record in {shard} (corrupted record at " in str(error.value)

@@ -16,7 +16,7 @@ import weakref
 
 import pytest
 
-from dataset import reader
+from dataset import converted
 from tests.conftest import REPO_ROOT
 from tests.test_convert import convert, make_class_folders, output_bytes
 
@@ -28,9 +28,9 @@ def _check_invariant(output_dir, reference: dict[str, bytes]) -> str:
     manifest_path = output_dir / "manifest.json"
     if not manifest_path.exists():
         with pytest.raises(FileNotFoundError):
-            reader.read_manifest(str(output_dir))
+            converted.read_manifest(str(output_dir))
         return "no manifest"
-    manifest = reader.read_manifest(str(output_dir))
+    manifest = converted.read_manifest(str(output_dir))
     for info in manifest["splits"].values():
         for entry in info["files"]:
             data = (output_dir / entry["path"]).read_bytes()

@@ -23,7 +23,7 @@ def _predictor(path):
 
 
 def test_model_dir_and_saved_model_give_the_same_report(trained, tmp_path):
-    from dataset.reader import split_info
+    from dataset.converted import split_info
     from official.core.evaluation import evaluate_split
     from official.utils.report import write_report
 

@@ -179,7 +179,7 @@ def test_a_rerun_reuses_the_newest_export_only_when_it_is_its_own(tmp_path):
 def test_a_model_dir_holding_exports_is_read_as_a_model_dir(tmp_path):
     """A run once exported into its own model_dir: evaluating the folder read that export,
     however much the run had trained since (and refused --checkpoint as "a SavedModel")."""
-    from official.core.inference import resolve_saved_model
+    from official.core.model_paths import resolve_saved_model
 
     (tmp_path / "17").mkdir()
     (tmp_path / "17" / "saved_model.pb").write_bytes(b"")

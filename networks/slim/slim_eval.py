@@ -7,7 +7,7 @@ import os
 
 import tensorflow as tf
 
-from dataset import reader
+from dataset import converted
 from networks import registry
 from networks.slim import nets
 from official.core import evaluation
@@ -29,7 +29,7 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
       ValueError: --model_name differs from the trained network, or classes differ.
       FileNotFoundError: no model at checkpoint_path.
     """
-    split_info = reader.split_info(dataset_dir, split)  # before the model's restore
+    split_info = converted.split_info(dataset_dir, split)  # before the model's restore
     model_path, checkpoint = checkpoint_path, None
     if tf.io.gfile.exists(checkpoint_path + ".index"):  # a ckpt-N prefix
         model_path, checkpoint = os.path.dirname(checkpoint_path), checkpoint_path

@@ -15,7 +15,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from dataset import features, reader
+from dataset import converted, features
 from official.core.config import CONFIG_FILE
 from official.utils import files
 from official.utils import progress as reporting
@@ -79,7 +79,7 @@ def source_dir(data_dir: str) -> str | None:
     report's misclassified.csv names files relative to it. None when not recorded, or
     recorded relative to a working directory now unknown (conversions before it was made
     absolute)."""
-    recorded = reader.read_manifest(data_dir).get("flags", {}).get("dataset_dir")
+    recorded = converted.read_manifest(data_dir).get("flags", {}).get("dataset_dir")
     return recorded if recorded and os.path.isabs(recorded) else None
 
 
@@ -92,8 +92,8 @@ def report_step(predictor) -> int:
     return int(predictor.config.get("exported_step") or 0)
 
 
-def evaluate_split(predictor, info: reader.SplitInfo, *, batch_size: int):
-    """Runs ``predictor`` over every record of a split. ``info``: reader.split_info's, taken
+def evaluate_split(predictor, info: converted.SplitInfo, *, batch_size: int):
+    """Runs ``predictor`` over every record of a split. ``info``: converted.split_info's, taken
     before the model is loaded, so that a misspelt split or a missing shard is an error in
     seconds rather than after the model's restore.
 
@@ -123,7 +123,7 @@ def evaluate_split(predictor, info: reader.SplitInfo, *, batch_size: int):
                 filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
                 progress.update(len(labels[-1]))
         except tf.errors.DataLossError as error:
-            described = reader.describe_data_loss(info.data_dir, error)
+            described = converted.describe_data_loss(info.data_dir, error)
             if described is None:
                 raise
             raise ValueError(described) from None
@@ -143,7 +143,7 @@ def label_map(data_classes: list[str], model_classes: list[str], data_dir: str) 
     return np.array([model_classes.index(name) for name in data_classes], np.int64)
 
 
-def data_classes(info: reader.SplitInfo, model_classes: list[str]) -> list[str] | None:
+def data_classes(info: converted.SplitInfo, model_classes: list[str]) -> list[str] | None:
     """The split's classes when they are only some of the model's (for the report's macro
     averages, write_report's data_classes), else None."""
     names = list(info.class_names)

@@ -38,8 +38,7 @@ from absl import logging as absl_logging
 from dataset import preprocess, test_time
 from official.core import model_paths, restore
 from official.core.config import CONFIG_FILE
-# Used as export.* too.
-from official.core.model_paths import ASSETS_EXTRA, newest_version  # noqa: F401
+from official.core.model_paths import ASSETS_EXTRA, newest_version
 from official.utils import files
 
 

@@ -21,9 +21,7 @@ from dataset import test_time
 from dataset.dicom_options import rendering_of
 from official.core import export, model_paths, restore
 from official.core.config import CONFIG_FILE
-# Used as inference.* too.
-from official.core.model_paths import (check_distinct, member_records,  # noqa: F401
-                                       resolve_saved_model)
+from official.core.model_paths import resolve_saved_model
 
 
 class Predictor:

@@ -13,7 +13,7 @@ import os
 from absl import logging
 import tensorflow as tf
 
-from dataset import augment, preprocess, reader
+from dataset import augment, converted, preprocess, reader
 from official.core.config import (SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig,
                                   flip_crosses_sides)
 
@@ -70,11 +70,11 @@ class InputSpec:
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
     class_names: tuple[str, ...]
-    train: reader.SplitInfo | None  # None with synthetic data and no manifest
-    eval: reader.SplitInfo | None
+    train: converted.SplitInfo | None  # None with synthetic data and no manifest
+    eval: converted.SplitInfo | None
     train_examples: int
     eval_examples: int
-    dicom_rendering: dict | None = None  # reader.dicom_rendering: recorded in config.json
+    dicom_rendering: dict | None = None  # converted.dicom_rendering: recorded in config.json
 
     @property
     def num_classes(self) -> int:
@@ -84,15 +84,15 @@ class DataSpec:
 def resolve_data(spec: InputSpec) -> DataSpec:
     """Class names and example counts from the manifest (or synthetic stand-ins)."""
     has_manifest = bool(spec.data_dir) and os.path.isfile(
-        os.path.join(spec.data_dir, reader.MANIFEST))
+        os.path.join(spec.data_dir, converted.MANIFEST))
     if spec.use_synthetic_data and not has_manifest:
         names = tuple(f"class_{index}" for index in range(spec.synthetic_num_classes))
         examples = SYNTHETIC_BATCHES_PER_EPOCH * spec.batch_size
         return DataSpec(names, None, None, examples, spec.batch_size * 4)
     if not spec.data_dir:
         raise ValueError("--data_dir is required (a folder written by tf_convert_data.py)")
-    train = reader.split_info(spec.data_dir, spec.train_split)
-    evaluation = reader.split_info(spec.data_dir, spec.eval_split)
+    train = converted.split_info(spec.data_dir, spec.train_split)
+    evaluation = converted.split_info(spec.data_dir, spec.eval_split)
     shared = set(train.split.split(",")) & set(evaluation.split.split(","))
     if shared:
         logging.warning("--eval_split=%s is also trained on (--train_split=%s): its accuracy is "
@@ -134,7 +134,7 @@ def resolve_data(spec: InputSpec) -> DataSpec:
                             ", ".join(sided), crossing)
     return DataSpec(tuple(train.class_names), train, evaluation,
                     max(train.num_examples, 1), max(evaluation.num_examples, 1),
-                    reader.dicom_rendering(spec.data_dir))
+                    converted.dicom_rendering(spec.data_dir))
 
 
 def _synthetic_dataset(spec: InputSpec, num_classes: int):

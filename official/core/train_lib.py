@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dataset import reader, test_time
+from dataset import converted, test_time
 from networks import registry
 from official.core import export as export_lib
 from official.core import budget, checkpointing, steps, train_input
@@ -101,7 +101,7 @@ def train(config: TrainConfig, strategy: tf.distribute.Strategy, network) -> Tra
                     logging.info("removed a killed run's leftovers: %s", ", ".join(leftovers))
             return _train(config, strategy, chief, workers, write_dir, network)
     except tf.errors.DataLossError as error:
-        described = reader.describe_data_loss(config.data_dir, error)
+        described = converted.describe_data_loss(config.data_dir, error)
         if described is None:  # not the records: keep TensorFlow's own report
             raise
         raise ValueError(described) from None
