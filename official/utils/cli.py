@@ -20,8 +20,13 @@ Imports: two rules, and no other import sits inside a function.
 * No TensorFlow before the flags are parsed: a command-line program (tf_convert_data.py,
   networks/resnet/dicom_*.py, networks/slim/*_image_classifier.py, benchmarks/train_bench.py,
   pipeline_bench.py and stress_eval.py, whose TensorFlow code lives in their *_lib.py) imports
-  TensorFlow-heavy modules inside `main()` only, after absl parsed its flags, so `--help` and a
-  bad flag answer at once. Everything else imports at the top of the module.
+  TensorFlow-heavy modules inside `main()` only, after absl parsed its flags and after the
+  checks that need no TensorFlow (missing inputs, unusable output paths, models that cannot
+  form one ensemble, a malformed cluster: official/core/model_paths.py, dataset/converted.py),
+  so `--help`, a bad flag and such bad input answer at once (importing TensorFlow takes ~4 s).
+  The error tests run these programs with TensorFlow made unimportable
+  (tests/trainer_fixtures.py `without_tensorflow`). Everything else imports at the top of the
+  module.
 
 tests/test_registry.py checks both and lists the few other exceptions with their reasons (an
 optional dependency, benchmark peers timed in their own processes).
