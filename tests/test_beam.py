@@ -28,6 +28,7 @@ from dataset.convert import ConvertConfig
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
 from tests.test_convert import _bad, convert
+from tests.test_convert_kill import _communicate_or_fail
 
 if beam_convert.beam is None:  # dataset.beam_convert itself imports without Beam
     pytest.skip("needs apache-beam (pip install -r requirements-beam.txt)",
@@ -234,6 +235,14 @@ def _a_thread_that_takes_ctrl_c(pid: int) -> int:
     raise AssertionError(f"no thread of {pid} takes SIGINT")
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default action and no signal blocked, as a program started from a terminal
+    has: a test runner started in the background ignores SIGINT, and its children inherit
+    that (the converter would then ignore the Ctrl-C this test sends)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 @pytest.mark.parametrize("sent_to", ["group", "thread"])
 def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_labels_dataset,
                                                           sent_to):
@@ -260,8 +269,9 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
          f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all",
          "--runner=beam", "--num_workers=2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=f"{slow}{os.pathsep}{REPO_ROOT}"),
-        start_new_session=True)
+        env=dict(os.environ, PYTHONPATH=f"{slow}{os.pathsep}{REPO_ROOT}",
+                 PYTHONFAULTHANDLER="1"),  # a hang's stacks, on SIGABRT
+        start_new_session=True, preexec_fn=_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while len(list(started.iterdir())) < 2 and process.poll() is None:
@@ -272,7 +282,7 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
             os.killpg(process.pid, signal.SIGINT)
         else:  # kill() prefers the thread named, if it takes the signal
             os.kill(_a_thread_that_takes_ctrl_c(process.pid), signal.SIGINT)
-        _, stderr = process.communicate(timeout=20)
+        _, stderr = _communicate_or_fail(process, 20, "the Ctrl-C")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
