@@ -14,8 +14,9 @@ and include_top=False, and wrapped as
 so the shared input pipeline, export and prediction stay unchanged: each network's own input
 scaling lives inside the model, where no caller can forget it.
 
-LEGACY_NAMES maps TF-Slim's model names (the original README's commands) and Keras class names
-to this table; a name always means that network, never a stand-in.
+networks/slim/choices.py's LEGACY_NAMES maps TF-Slim's model names (the original README's
+commands) and Keras class names to this table; a name always means that network, never a
+stand-in.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from keras import applications as apps
 from keras.src.backend.common import global_state  # no public API for the layer-name counter
 
 from networks.slim import inception_v4
-# Used as nets.* too.
-from networks.slim.choices import LEGACY_NAMES, NETWORK_NAMES, resolve_name  # noqa: F401
+from networks.slim.choices import resolve_name
 
 HEAD_LAYERS = ("avg_pool", "dropout", "logits")  # the new layers on top of every backbone
 INPUT_LAYER = "network_input"
