@@ -61,6 +61,28 @@ def _one_row(sweep) -> dict:
     return row
 
 
+def _run_resumed_once(tmp_path, folder: str, tag: str, runs):
+    """sweep/r18, written by two training runs: for each (resumed_from, {step: value}), a
+    TensorBoard start mark at resumed_from and `tag`'s points, in an events file of its own
+    under `folder`; returns the run folder."""
+    import tensorflow as tf
+
+    from official.utils.logs import summaries
+
+    run = tmp_path / "sweep" / "r18"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
+    for resumed_from, points in runs:
+        writer = tf.summary.create_file_writer(str(run / folder))
+        summaries.mark_start(writer, resumed_from)
+        with writer.as_default():
+            for step, value in points.items():
+                tf.summary.scalar(tag, value, step=step)
+        writer.close()
+        time.sleep(1.1)  # the second run's events file is named by a later second
+    return run
+
+
 def test_collect_results_reads_the_events_without_a_deprecation_note(tmp_path):
     import tensorflow as tf
 
@@ -96,21 +118,8 @@ def test_collect_results_keeps_a_resumed_runs_evaluation_over_a_killed_ones(tmp_
     step 2's, it stopped at 4 and validated it again. Its start mark orphans the killed run's
     points from step 3 on: the row shows the resumed run's step 4, not the killed run's step 6
     (which no checkpoint kept) nor the higher of the two step-4 figures."""
-    import tensorflow as tf
-
-    from official.utils.logs import summaries
-
-    run = tmp_path / "sweep" / "r18"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
-    for resumed_from, points in ((0, {4: 0.9, 6: 0.95}), (2, {4: 0.6})):
-        writer = tf.summary.create_file_writer(str(run / "eval"))
-        summaries.mark_start(writer, resumed_from)
-        with writer.as_default():
-            for step, accuracy in points.items():
-                tf.summary.scalar("accuracy", accuracy, step=step)
-        writer.close()
-        time.sleep(1.1)  # the second run's events file is named by a later second
+    run = _run_resumed_once(tmp_path, "eval", "accuracy",
+                            ((0, {4: 0.9, 6: 0.95}), (2, {4: 0.6})))
     _collect_results(run.parent)
     row = _one_row(run.parent)
     assert row["eval_accuracy"] == "0.6"
@@ -147,21 +156,8 @@ def test_collect_results_reports_the_newest_checkpoints_test_evaluation(tmp_path
 def test_collect_results_leaves_out_each_runs_tracing_call_from_the_speed(tmp_path):
     """Only the first point overall was left out: a resumed run's first call (its tracing,
     here 8 examples/s) was in the median (110 instead of 115)."""
-    import tensorflow as tf
-
-    from official.utils.logs import summaries
-
-    run = tmp_path / "sweep" / "r18"
-    run.mkdir(parents=True)
-    (run / "config.json").write_text('{"model": {"resnet_size": 18, "version": 2}}')
-    for resumed_from, speeds in ((0, (9.0, 100.0, 110.0)), (3, (8.0, 120.0, 130.0))):
-        writer = tf.summary.create_file_writer(str(run / "train"))
-        summaries.mark_start(writer, resumed_from)
-        with writer.as_default():
-            for step, speed in enumerate(speeds, resumed_from + 1):
-                tf.summary.scalar("examples_per_second", speed, step=step)
-        writer.close()
-        time.sleep(1.1)  # the second run's events file is named by a later second
+    run = _run_resumed_once(tmp_path, "train", "examples_per_second",
+                            ((0, {1: 9.0, 2: 100.0, 3: 110.0}), (3, {4: 8.0, 5: 120.0, 6: 130.0})))
     _collect_results(run.parent)
     row = _one_row(run.parent)
     assert row["examples_per_second"] == "115.0"
