@@ -118,9 +118,14 @@ def run_benchmark(config: PipelineBenchConfig, log=print) -> dict:
     """The pipeline alone (all cores, one core), then the model fed by the real pipeline and
     by synthetic data, one side after the other. Returns the medians, per-block rates, the
     ratio of the medians and the load average."""
+    with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as model_dir:  # nothing saved
+        return _run_benchmark(config, model_dir, log)
+
+
+def _run_benchmark(config: PipelineBenchConfig, model_dir: str, log) -> dict:
     network = train_steps.ResNetNetwork(resnet_size=config.resnet_size,
                                         small_input=config.small_input)
-    common = dict(model_dir=tempfile.mkdtemp(prefix="pipeline_bench_"), data_dir=config.data_dir,
+    common = dict(model_dir=model_dir, data_dir=config.data_dir,
                   image_size=config.image_size, batch_size=config.batch_size,
                   dtype=config.dtype, cache=config.cache,
                   num_parallel_calls=config.num_parallel_calls, seed=0)

@@ -142,8 +142,10 @@ class OursPeer:
 
     def __init__(self, config: BenchConfig, *, dtype: str, jit_compile: bool,
                  steps_per_loop: int | None, conv_plan: conv_layers.ConvPlan | None = None):
+        # Nothing is saved in it; removed with the peer (or at exit), not left in /tmp.
+        self.model_dir = tempfile.TemporaryDirectory(prefix="train_bench_")
         self.train_config = TrainConfig(
-            model_dir=tempfile.mkdtemp(prefix="train_bench_"), image_size=config.image_size,
+            model_dir=self.model_dir.name, image_size=config.image_size,
             channels=config.channels, batch_size=config.batch_size, dtype=dtype,
             use_synthetic_data=True, synthetic_num_classes=config.num_classes,
             jit_compile=jit_compile, seed=0)

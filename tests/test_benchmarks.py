@@ -4,7 +4,10 @@ cosine learning-rate schedule the recipes use."""
 
 from __future__ import annotations
 
+import gc
 import math
+import os
+import tempfile
 
 import pytest
 import tensorflow as tf
@@ -168,9 +171,17 @@ def test_train_step_runs_in_mixed_precision_with_and_without_xla(dtype, compute_
     conv = peer.model.get_layer("stem_conv")
     assert conv.compute_dtype == compute_dtype and conv.kernel.dtype == "float32"
     assert peer.model.output.dtype == "float32"
+    model_dir = peer.model_dir.name
+    assert os.path.isdir(model_dir)
+    del peer, totals, conv
+    gc.collect()
+    assert not os.path.exists(model_dir)  # nothing left in the temporary folder
 
 
-def test_pipeline_bench_tiny_run_on_converted_records(tmp_path):
+def test_pipeline_bench_tiny_run_on_converted_records(tmp_path, monkeypatch):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     data_dir = write_converted_dataset(
         tmp_path / "data", {"train": {"Chest": 6, "Hand": 6}, "validation": {"Chest": 2,
                                                                            "Hand": 2}})
@@ -181,6 +192,8 @@ def test_pipeline_bench_tiny_run_on_converted_records(tmp_path):
     assert results["real"] > 0 and results["synthetic"] > 0 and results["ratio"] > 0
     assert results["pipeline_all_cores"] > 0 and results["pipeline_one_core"] > 0
     assert "ratio real / synthetic" in pipeline_bench_lib.format_table(config, results)
+    # Its trainers' model folder (nothing saved in it) is not left behind.
+    assert not [path for path in temporary.iterdir() if path.name.startswith("pipeline_bench")]
 
 
 def test_pipeline_bench_frees_one_side_before_building_the_other(tmp_path, monkeypatch):

@@ -98,6 +98,39 @@ def test_a_finished_program_skips_the_teardown_only_when_asked(ending, skip, sta
                                                                  stderr)
 
 
+# A program that lets AutoGraph convert a function (a Python `if` on a tensor), as every
+# training, evaluation and export does, then ends as a finished TensorFlow program does.
+_AUTOGRAPH_PROGRAM = """
+import os, sys, tempfile
+import tensorflow as tf
+from official.utils import cli
+values = cli.program_flags()
+@tf.function
+def clip(x):
+    if x > 0:
+        return x
+    return -x
+def main(argv):
+    clip(tf.constant(1.0))
+    print(sum(name.startswith("__autograph_generated_file")
+              for name in os.listdir(tempfile.gettempdir())))
+cli.run_program("prog.py", main, cli.flags_parser("prog.py", values), skip_teardown=True)
+"""
+
+
+def test_a_finished_program_leaves_no_autograph_file_in_the_temporary_folder(tmp_path):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    program = tmp_path / "prog.py"  # AutoGraph reads the function's source from its file
+    program.write_text(_AUTOGRAPH_PROGRAM)
+    result = subprocess.run([sys.executable, str(program)], cwd=REPO_ROOT,
+                            env={**trainer_env(), "TMPDIR": str(temporary)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 0  # AutoGraph wrote its files there while the program ran
+    assert [path.name for path in temporary.iterdir()] == []
+
+
 @pytest.mark.parametrize("program", ["networks/resnet/dicom_main.py",
                                      "networks/resnet/dicom_eval.py",
                                      "networks/resnet/dicom_predict.py",

@@ -261,7 +261,12 @@ def exit_skipping_teardown(code: object) -> NoReturn:
     section 29). A program's iterators are deleted at its exit, so its caller (a script's
     next step) waited. Everything the program writes is closed by then (files through `with`,
     summary writers flushed at the end of training); only the wait is skipped.
+
+    The one exit function skipped that leaves something behind is AutoGraph's: it removes
+    the source file it wrote into the temporary folder for each function it converted (8 for
+    a short training run, which a server's scripts repeat); that is done here instead.
     """
+    _remove_autograph_files()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -271,6 +276,24 @@ def exit_skipping_teardown(code: object) -> NoReturn:
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr, flush=True)  # as sys.exit prints a message
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
+# TensorFlow's AutoGraph (tensorflow/python/autograph/pyct/loader.py) writes each converted
+# function's source to a temporary file of this prefix, loads it as a module of the file's
+# name into sys.modules, and removes the file with an atexit function.
+_AUTOGRAPH_PREFIX = "__autograph_generated_file"
+
+
+def _remove_autograph_files() -> None:
+    """Removes the temporary files of AutoGraph's modules, as its exit functions would."""
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name.startswith(_AUTOGRAPH_PREFIX) and path and os.path.basename(path).startswith(
+                _AUTOGRAPH_PREFIX):
+            try:
+                os.remove(path)
+            except OSError:  # removed already, or a read-only temporary folder: as atexit's
+                pass
 
 
 def print_summary_or_exit(program: str, run: Callable[[], str]) -> None:
