@@ -122,23 +122,61 @@ def held(folder: str) -> bool:
 def in_use(folder: str) -> bool:
     """Whether another process holds ``folder``'s lock (``folder_held``): a training or a
     conversion is writing into it now. False where folders cannot be locked."""
+    return _locked_by_another(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def file_in_use(path: str) -> bool:
+    """Whether another process holds the lock of the file ``path`` (``open_locked``). False
+    when it does not exist, or where files cannot be locked."""
+    return _locked_by_another(path, os.O_RDONLY)
+
+
+def _locked_by_another(path: str, open_flags: int) -> bool:
     if fcntl is None:
         return False
     try:
-        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        handle = os.open(path, open_flags)
     except OSError:
         return False
     try:
-        # Shared and let go at once: a training starting in that instant could be refused
-        # as if the folder were in use, never the other way round.
+        # Shared and let go at once: a run starting in that instant could be refused as if
+        # the path were in use, never the other way round.
         fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:  # cannot lock a folder (NFS): unknown, said as not in use
+    except OSError:  # cannot lock here (NFS): unknown, said as not in use
         return False
     finally:
         os.close(handle)
     return False
+
+
+def open_locked(path: str, refusal: str) -> int:
+    """A descriptor of the file ``path`` (made if missing), open for reading and writing and
+    holding its exclusive lock until it is closed (the kernel lets go when the process ends,
+    however it ends). Where files cannot be locked (NFS), it is returned unlocked.
+
+    Raises:
+      ValueError: ``refusal``, when another process holds the lock.
+    """
+    for _ in range(3):
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is None:
+            return handle
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            raise ValueError(refusal) from None
+        except OSError:  # as _lock: the run goes on unlocked rather than not at all
+            return handle
+        # The holder may have renamed or removed the file just before letting go: the lock
+        # is then on a file no longer at ``path``.
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(handle), os.stat(path)):
+                return handle
+        os.close(handle)
+    raise ValueError(refusal)
 
 
 def _lock(folder: str, what: str) -> int | None:
