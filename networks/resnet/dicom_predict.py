@@ -26,6 +26,14 @@ folder cannot be listed (no permission), or when --output_csv (or its .json) wou
 overwrite an input, is in a folder that does not exist (it is not created) or cannot be
 written (then nothing is written); 2 for a bad flag.
 
+The CSV appears whole or not at all. Until the run ends its rows grow, a batch at a time, in
+predictions.partial.csv (the CSV's name with .partial.csv); a Ctrl-C, SIGTERM or failure leaves
+that file (complete rows only) beside an earlier predictions.csv left as it was, and its error
+line says how many files it holds. --resume then reuses those rows (when the same models,
+--tta, --top_k, --min_confidence and --dicom_force wrote them) and predicts only the other
+files; a run that completes removes the partial file. A second run writing the same
+--output_csv while one is running is refused (one error line).
+
 --tta=N averages each model's probabilities over N fixed test-time views (never a mirror);
 --model=a,b,... is an ensemble whose probabilities are averaged (same class names, same
 order). Next to the CSV, predictions.json (the CSV's name with .json) records the models,
@@ -72,16 +80,37 @@ def define_flags() -> None:
     # Checked while parsing, so a bad value is a one-line flag error (exit 2) like the others.
     flags.register_validator("min_confidence", lambda value: value is None or 0 < value <= 1,
                              message="must be in (0, 1]")
+    flags.DEFINE_bool("resume", False, "Reuse the rows an interrupted or failed run left in the "
+                      "partial file (--output_csv's name with .partial.csv) and predict only "
+                      "the other files; refused when other models or settings wrote them. "
+                      "Without it, a run starts afresh and replaces that file.")
     flags.DEFINE_bool("dicom_force", False, "Read DICOM files that lack the DICM preamble/meta "
                       "(in folders, every file without a suffix is then tried as DICOM).")
     flags.mark_flag_as_required("model")
 
 
-def left_by_interrupt(output_csv: str) -> str:
+# What predict_files says it kept, for the Ctrl-C line: run_program's `interrupted` is called
+# outside main and sees nothing else.
+_KEPT: list = []
+
+
+def kept_note(kept) -> str:
+    """'the rows of 3 of 10 files are kept in p.partial.csv ...' (prediction.Kept)."""
+    return (f"the rows of {kept.rows} of {cli.count(kept.total, 'file')} are kept in "
+            f"{kept.path} (--resume predicts only the others)")
+
+
+def left_by_interrupt(output_csv: str, kept=None) -> str:
     """What an interrupted run left: predict_files writes the CSV whole or not at all, so an
-    earlier run's CSV under that name is still there, and must not pass for this run's."""
-    if os.path.exists(output_csv):
-        return f"no predictions were written; {output_csv} is an earlier run's, left as it was"
+    earlier run's CSV under that name is still there, and must not pass for this run's; the
+    rows predicted so far are in the partial file (``kept``: default, what main was told)."""
+    kept = kept or (_KEPT[-1] if _KEPT else None)
+    earlier = (f"{output_csv} is an earlier run's, left as it was"
+               if os.path.exists(output_csv) else "")
+    if kept is not None and kept.rows:
+        return kept_note(kept) + (f"; {earlier}" if earlier else "")
+    if earlier:
+        return f"no predictions were written; {earlier}"
     return f"no predictions were written to {output_csv}"
 
 
@@ -110,18 +139,25 @@ def main(argv):
         predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
+    kept = prediction.Kept()
+    _KEPT.append(kept)
     try:  # e.g. a full disk or no permission: predict_files leaves no .tmp file behind
         counts = prediction.predict_files(
             predictor, files, output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
             min_confidence=FLAGS.min_confidence,
             dicom_options=DicomOptions.rendering(predictor.dicom_rendering,
                                                  force=FLAGS.dicom_force),
-            tta_views=FLAGS.tta)  # and the run's .json, replaced with the CSV
-    except OSError as error:
-        if error.filename and error.strerror:  # said as the flag's, not as a bare errno
-            cli.exit_with_error(PROGRAM, f"--output_csv={output_csv}: cannot write "
-                                f"{error.filename}: {error.strerror}")
-        cli.exit_with_error(PROGRAM, error)
+            tta_views=FLAGS.tta, resume=FLAGS.resume, kept=kept)  # and the run's .json
+    except (OSError, ValueError) as error:
+        message = str(error)
+        if isinstance(error, OSError) and error.filename and error.strerror:  # not a bare errno
+            message = (f"--output_csv={output_csv}: cannot write {error.filename}: "
+                       f"{error.strerror}")
+        cli.exit_with_error(PROGRAM, message + (f"; {kept_note(kept)}" if kept.rows else ""))
+    except Exception as error:  # a bug keeps its traceback, which says where the rows are
+        if kept.rows:
+            error.add_note(kept_note(kept))
+        raise
     print(f"{cli.count(len(files), 'file')}: {counts['ok']} ok, {counts['uncertain']} "
           f"uncertain, {cli.count(counts['error'], 'error')}; predictions in {output_csv}",
           flush=True)

@@ -8,21 +8,26 @@ dicom_predict.py checks the files and the output path before that import.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
+import io
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from dataset import body_parts, dicom, folder_walk, images, sources
 from official.core.model_paths import member_records
 from official.utils import progress as reporting
-from official.utils.files import written_atomically
+from official.utils.files import file_in_use, open_locked, written_atomically
 
 CSV_COLUMNS = ("file", "status", "predicted_class", "probability", "top_k", "body_part_tag",
                "tag_agrees", "error")
+STATUSES = ("ok", "uncertain", "error")
+PARTIAL_SUFFIX = ".partial.csv"
 
 
 @dataclass
@@ -78,19 +83,24 @@ def collect_files(inputs: list[str], *, dicom_force: bool = False,
 
 
 def check_output_paths(output_csv: str, files: list[str]) -> None:
-    """Refuses, before anything is predicted, a CSV or run-info path that cannot be written or
-    would overwrite one of ``files``. Its folder must exist: creating one would turn a typo
-    in the path into a new folder, and its predictions would be looked for elsewhere.
+    """Refuses, before anything is predicted, an output (the CSV, its run record, its partial
+    file and that file's record) that cannot be written, would overwrite one of ``files`` or
+    is being written by another run. Its folder must exist: creating one would turn a typo in
+    the path into a new folder, and its predictions would be looked for elsewhere.
 
     Raises:
       ValueError: naming the path and the problem.
     """
+    if output_csv.endswith(PARTIAL_SUFFIX):  # a script must tell a complete CSV at a glance
+        raise ValueError(f"--output_csv={output_csv}: names ending {PARTIAL_SUFFIX} are those "
+                         "of the rows an interrupted run leaves; give another name")
     inputs = {os.path.realpath(path): path for path in files}
-    for path in (output_csv, run_info_path(output_csv)):
+    for path, what in ((output_csv, ""), (run_info_path(output_csv), "its run record "),
+                       (partial_path(output_csv), "its partial file "),
+                       (partial_record_path(output_csv), "its partial file's record ")):
         if os.path.realpath(path) in inputs:
-            what = "" if path == output_csv else f": its run record {path}"
-            raise ValueError(f"--output_csv={output_csv}{what} would overwrite the input file "
-                             f"{inputs[os.path.realpath(path)]}")
+            raise ValueError(f"--output_csv={output_csv}" + (f": {what}{path}" if what else "")
+                             + f" would overwrite the input file {inputs[os.path.realpath(path)]}")
         if os.path.isdir(path):
             raise ValueError(f"--output_csv={output_csv}: {path} is a folder")
         parent = os.path.dirname(os.path.abspath(path))
@@ -99,6 +109,8 @@ def check_output_paths(output_csv: str, files: list[str]) -> None:
                              "(create it first)")
         if not os.path.isdir(parent):
             raise ValueError(f"--output_csv={output_csv}: {parent} is not a folder")
+    if file_in_use(partial_path(output_csv)):  # said before the model loads, not after
+        raise ValueError(_another_run(output_csv))
 
 
 def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes) -> Item:
@@ -166,37 +178,64 @@ def rows_for(items: list[Item], probabilities, class_names, *, top_k: int,
 
 
 def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: int, top_k: int,
-                  min_confidence: float | None, dicom_options,
-                  tta_views: int | None = None) -> dict[str, int]:
-    """Writes the prediction CSV (atomically) into an existing folder; returns counts per
-    status. With ``tta_views``, also the run's information beside it (run_info_path), written
-    just before the CSV is renamed into place: a failure or a Ctrl-C leaves both files as they
-    were, not a new CSV beside the .json of another run."""
+                  min_confidence: float | None, dicom_options, tta_views: int | None = None,
+                  resume: bool = False, kept: Kept | None = None) -> dict[str, int]:
+    """Writes the prediction CSV into an existing folder; returns counts per status.
+
+    The output appears whole or not at all: the rows go to ``partial_path(output_csv)`` first,
+    a batch at a time, and become the output once every file has its row. A failure or a
+    Ctrl-C leaves that partial file instead (complete rows only; none: no file) and the output
+    as it was, and says in ``kept`` how many of the files it holds. With ``resume``, the rows
+    of a partial file written by the same models and settings are reused and only the other
+    files are predicted. With ``tta_views``, the run's information (run_info_path) is written
+    just before the CSV takes the output's place: never a new CSV beside another run's .json.
+
+    Raises:
+      ValueError: another run is writing the same output (its partial file is locked), or,
+        with ``resume``, the partial file was written by other models or settings.
+    """
+    kept = kept if kept is not None else Kept()
+    kept.path, kept.total, kept.rows = partial_path(output_csv), len(files), 0
     hash_key = os.urandom(32)  # patient keys are not used here; nothing is written from them
-    counts = {"ok": 0, "uncertain": 0, "error": 0}
-    # A file name that is not valid UTF-8 reaches us with surrogates (os.walk's
-    # surrogateescape); it is written as the converter's messages spell it, e.g. "x\\xe9.jpeg",
-    # so the CSV stays valid UTF-8 for every reader, at the price of that one name not being
-    # the exact bytes.
-    with written_atomically(output_csv) as tmp, open(
-            tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        progress = reporting.progress(len(files), unit="files", desc="predicting")
-        for start in range(0, len(files), batch_size):
+    # What makes two runs' rows interchangeable: a partial file is resumed only under the same.
+    record = {"model": predictor.source, "members": member_records(predictor),
+              "tta_views": tta_views, "class_names": list(predictor.class_names),
+              "top_k": top_k, "min_confidence": min_confidence,
+              "dicom_force": bool(dicom_options.force)}
+    partial = _PartialFile(output_csv)
+    try:
+        known = partial.reusable(record) if resume else {}
+        counts = {"ok": 0, "uncertain": 0, "error": 0}
+        todo = []
+        for path in files:  # the CSV's spelling of names: its rows' keys
+            if (row := known.get(sources.escape_non_utf8(path))) is None:
+                todo.append(path)
+            else:
+                counts[row[1]] += 1
+        kept.rows = len(files) - len(todo)
+        progress = reporting.progress(len(todo), unit="files", desc="predicting")
+        for start in range(0, len(todo), batch_size):
             items = [load_item(path, predictor.class_names, dicom_options, hash_key)
-                     for path in files[start:start + batch_size]]
+                     for path in todo[start:start + batch_size]]
             good = [item.encoded for item in items if not item.error]
             probabilities = predictor(good) if good else []
-            for row in rows_for(items, probabilities, predictor.class_names, top_k=top_k,
-                                min_confidence=min_confidence):
+            rows = rows_for(items, probabilities, predictor.class_names, top_k=top_k,
+                            min_confidence=min_confidence)
+            partial.append(rows, record)
+            kept.rows += len(rows)
+            for row in rows:
                 counts[row["status"]] += 1
-                writer.writerow({key: sources.escape_non_utf8(value) if isinstance(value, str)
-                                 else value for key, value in row.items()})
             progress.update(len(items))
         progress.close()
-        if tta_views is not None:
-            write_run_info(run_info_path(output_csv), predictor, counts, tta_views=tta_views)
+        partial.finish(files, record, in_order=not known, run_info=lambda: tta_views is None or
+                       write_run_info(run_info_path(output_csv), predictor, counts,
+                                      tta_views=tta_views))
+    except BaseException:
+        if not partial.leave():
+            kept.rows = 0
+        raise
+    finally:
+        os.close(partial.handle)  # lets go of the lock
     return counts
 
 
@@ -213,3 +252,170 @@ def write_run_info(path: str, predictor, counts: dict[str, int], *, tta_views: i
             "tta_views": tta_views, "class_names": predictor.class_names, "counts": counts}
     with written_atomically(path) as tmp, open(tmp, "w") as handle:
         json.dump(info, handle, indent=2)
+
+
+def partial_path(output_csv: str) -> str:
+    """predictions.csv -> predictions.partial.csv: the rows of a run that did not finish (never
+    the output's or its .json's name; check_output_paths refuses an output named so)."""
+    return os.path.splitext(output_csv)[0] + PARTIAL_SUFFIX
+
+
+def partial_record_path(output_csv: str) -> str:
+    """predictions.csv -> predictions.partial.json: what wrote the partial file's rows."""
+    return os.path.splitext(output_csv)[0] + ".partial.json"
+
+
+@dataclass
+class Kept:
+    """How many of a run's ``total`` files have their rows in its partial file ``path`` (0:
+    none of this run's), for the line a run that did not finish ends with."""
+    path: str = ""
+    rows: int = 0
+    total: int = 0
+
+
+def _csv_bytes(rows: list[dict], *, header: bool) -> bytes:
+    # A file name that is not valid UTF-8 reaches us with surrogates (os.walk's
+    # surrogateescape); it is written as the converter's messages spell it, e.g. "x\\xe9.jpeg",
+    # so the CSV stays valid UTF-8 for every reader, at the price of that one name not being
+    # the exact bytes.
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    if header:
+        writer.writeheader()
+    writer.writerows({key: sources.escape_non_utf8(value) if isinstance(value, str) else value
+                      for key, value in row.items()} for row in rows)
+    return text.getvalue().encode("utf-8")
+
+
+def _complete_rows(data: bytes) -> tuple[dict[str, list[str]], int]:
+    """A partial file's rows by file, and the bytes they fill. A run killed during a write
+    (SIGKILL, a power cut) can leave half a row at the end: not counted, and cut off before
+    more rows are appended."""
+    text = data.decode("utf-8", "surrogateescape")
+    read = {"size": 0, "whole": True}
+
+    def lines():  # csv.reader takes a line at a time: what it has taken, in bytes
+        for line in io.StringIO(text, newline=""):
+            read["size"] += len(line.encode("utf-8", "surrogateescape"))
+            read["whole"] = line.endswith("\n")
+            yield line
+
+    rows, size, reader = {}, 0, csv.reader(lines())
+    with contextlib.suppress(csv.Error):
+        if next(reader, None) != list(CSV_COLUMNS) or not read["whole"]:
+            return {}, 0
+        size = read["size"]
+        for row in reader:
+            if not read["whole"] or len(row) != len(CSV_COLUMNS) or row[1] not in STATUSES:
+                break
+            rows[row[0]], size = row, read["size"]
+    return rows, size
+
+
+def _another_run(output_csv: str) -> str:
+    return (f"--output_csv={output_csv}: another dicom_predict.py run is writing it (its "
+            f"{partial_path(output_csv)} is locked); wait for it to end, or give another "
+            "--output_csv")
+
+
+class _PartialFile:
+    """partial_path(output_csv), locked by this run from its start to its end (two runs into
+    one output appended to one partial file, and the later one's CSV replaced the other's).
+    Rows are appended a batch at a time; a write that fails is cut off again."""
+
+    def __init__(self, output_csv: str):
+        self.output_csv, self.path = output_csv, partial_path(output_csv)
+        self.record_path = partial_record_path(output_csv)
+        self.made = not os.path.exists(self.path)
+        self.size = None  # the bytes of complete rows this run stands by; None: none yet
+        self.finished = False
+        try:
+            self.handle = open_locked(self.path, _another_run(output_csv))
+        except OSError as error:  # e.g. no permission: the folder's, said as the output's
+            if self.made and error.filename == self.path and error.errno:
+                raise type(error)(error.errno, error.strerror, output_csv) from None
+            raise
+
+    def reusable(self, record: dict) -> dict[str, list[str]]:
+        """The partial file's complete rows by file, when ``record`` wrote them (--resume).
+
+        Raises:
+          ValueError: other models or settings wrote them (or nothing says which).
+        """
+        rows, size = _complete_rows(Path(self.path).read_bytes())
+        if not rows:
+            return {}
+        try:
+            written = json.loads(Path(self.record_path).read_text())
+        except (OSError, ValueError):
+            written = None
+        wanted = json.loads(json.dumps(record))  # tuples as lists, as read back
+        differ = (f"{self.record_path}, its record, is missing or unreadable"
+                  if not isinstance(written, dict) else "; ".join(
+                      f"{key} {written.get(key)!r}, now {value!r}"
+                      for key, value in wanted.items() if written.get(key) != value))
+        if differ:
+            raise ValueError(f"--resume: {self.path} is not this run's to resume ({differ}); "
+                             "without --resume every file is predicted again")
+        self._cut(size)  # a killed run's half row
+        return rows
+
+    def append(self, rows: list[dict], record: dict) -> None:
+        """Appends ``rows`` whole. A fresh run's first rows replace an earlier run's, only
+        now: a run stopped before its first batch leaves those as they were."""
+        try:
+            if self.size is None:
+                self._cut(0)  # emptied first: the new record never describes the old rows
+                with written_atomically(self.record_path) as tmp, open(tmp, "w") as handle:
+                    json.dump(record, handle, indent=2)
+            data = _csv_bytes(rows, header=self.size == 0)
+            os.lseek(self.handle, self.size, os.SEEK_SET)
+            done = 0
+            while done < len(data):
+                done += os.write(self.handle, data[done:])
+        except OSError as error:  # a full disk's names no file
+            if error.filename or not error.errno:
+                raise
+            raise type(error)(error.errno, error.strerror, self.path) from None
+        self.size += len(data)
+
+    def _cut(self, size: int) -> None:
+        os.ftruncate(self.handle, size)
+        self.size = size
+
+    def finish(self, files: list[str], record: dict, *, in_order: bool, run_info) -> None:
+        """The rows become the output, in ``files``' order (a resumed run's are rewritten in
+        it), after ``run_info()``. The partial file goes: a complete run also removes the
+        partial file an earlier run of the same output left, as it is this run's own."""
+        if in_order:
+            if self.size is None:  # no files: the header alone
+                self.append([], record)
+            run_info()
+            os.replace(self.path, self.output_csv)
+        else:
+            rows, _ = _complete_rows(Path(self.path).read_bytes())
+            with written_atomically(self.output_csv) as tmp, open(
+                    tmp, "w", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerows([CSV_COLUMNS] + [
+                    rows[sources.escape_non_utf8(path)] for path in files])
+                handle.flush()
+                run_info()
+            os.remove(self.path)
+        self.finished = True
+        with contextlib.suppress(OSError):
+            os.remove(self.record_path)
+
+    def leave(self) -> bool:
+        """After a failure: keeps the complete rows, removes a partial file holding none of
+        this run's; whether one with this run's rows is left."""
+        if self.finished:
+            return False
+        with contextlib.suppress(OSError):
+            if self.size:
+                self._cut(self.size)  # a batch cut short by the failure
+                return True
+            if self.size == 0 or self.made:  # emptied or made by this run: nothing in it
+                os.remove(self.path)
+                os.remove(self.record_path)
+        return False
