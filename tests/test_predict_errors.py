@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_image
-from tests.trainer_fixtures import REPO_ROOT, class_image, error_lines, trainer_env
+from tests.trainer_fixtures import REPO_ROOT, HalfAndHalf, class_image, error_lines, \
+    trainer_env
 
 PREDICT = REPO_ROOT / "networks" / "resnet" / "dicom_predict.py"
 CORRUPT_PNG = b"\x89PNG\r\n\x1a\nnot really"
@@ -109,24 +110,10 @@ def test_missing_output_folder_is_refused_not_created(export, folder, tmp_path):
     from official.core.prediction import collect_files, predict_files
 
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "typo" / "p.csv")):
-        predict_files(_HalfAndHalf(), collect_files([str(folder)]),
+        predict_files(HalfAndHalf(), collect_files([str(folder)]),
                       str(tmp_path / "typo" / "p.csv"), batch_size=2, top_k=1,
                       min_confidence=None, dicom_options=DicomOptions())
     assert not (tmp_path / "typo").exists()
-
-
-class _HalfAndHalf:
-    """A stand-in Predictor: 0.5 for both classes."""
-    class_names = ["Chest", "Hand"]
-    source = "half-and-half"
-    tta_views = 1
-
-    @property
-    def members(self):
-        return [self]
-
-    def __call__(self, encoded_images):
-        return np.full((len(encoded_images), 2), 0.5, np.float32)
 
 
 def test_unwritable_output_is_named_as_given_not_by_its_temporary_name(folder):
@@ -138,11 +125,11 @@ def test_unwritable_output_is_named_as_given_not_by_its_temporary_name(folder):
     from official.core.prediction import collect_files, predict_files, write_run_info
 
     with pytest.raises(OSError) as error:
-        predict_files(_HalfAndHalf(), collect_files([str(folder)]), "/proc/p.csv",
+        predict_files(HalfAndHalf(), collect_files([str(folder)]), "/proc/p.csv",
                       batch_size=2, top_k=1, min_confidence=None, dicom_options=DicomOptions())
     assert str(error.value).endswith(": '/proc/p.csv'") and ".tmp" not in str(error.value)
     with pytest.raises(OSError) as error:
-        write_run_info("/proc/p.json", _HalfAndHalf(), {}, tta_views=1)
+        write_run_info("/proc/p.json", HalfAndHalf(), {}, tta_views=1)
     assert str(error.value).endswith(": '/proc/p.json'")
 
 
@@ -353,61 +340,3 @@ def test_non_utf8_file_name_and_a_large_top_k_still_give_rows(export, folder, tm
     # More than the model's classes lists every class once.
     assert all(len(row["top_k"].split(";")) == 2 for row in rows)
     assert not list(tmp_path.glob("p.csv.tmp-*"))
-
-
-def test_a_run_that_fails_midway_leaves_the_old_csv_and_no_tmp_file(folder, tmp_path):
-    from dataset.dicom_options import DicomOptions
-    from official.core.prediction import collect_files, predict_files
-
-    class FailingPredictor:
-        class_names = ["Chest", "Hand"]
-
-        def __init__(self):
-            self.calls = 0
-
-        def __call__(self, encoded_images):
-            self.calls += 1
-            if self.calls == 2:  # after the first batch's rows were written
-                raise KeyboardInterrupt
-            return np.full((len(encoded_images), 2), 0.5, np.float32)
-
-    out = tmp_path / "p.csv"
-    out.write_text("the previous run's rows\n")
-    with pytest.raises(KeyboardInterrupt):
-        predict_files(FailingPredictor(), collect_files([str(folder)]), str(out), batch_size=1,
-                      top_k=1, min_confidence=None, dicom_options=DicomOptions())
-    assert out.read_text() == "the previous run's rows\n"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["in", "p.csv"]
-
-
-def test_an_interrupt_while_the_run_information_is_written_keeps_both_earlier_files(
-        folder, tmp_path, monkeypatch):
-    # The CSV was renamed into place before its .json was written: an interrupt between left a
-    # new CSV beside the .json of another run (another model).
-    import json as json_lib
-
-    from dataset.dicom_options import DicomOptions
-    from official.core import prediction
-
-    out = tmp_path / "out" / "p.csv"
-    out.parent.mkdir()
-    files = prediction.collect_files([str(folder)])
-    options = dict(batch_size=2, top_k=1, min_confidence=None, dicom_options=DicomOptions(),
-                   tta_views=1)
-    prediction.predict_files(_HalfAndHalf(), files, str(out), **options)
-    assert json_lib.loads(out.with_suffix(".json").read_text())["model"] == "half-and-half"
-    before = {path.name: path.read_bytes() for path in out.parent.iterdir()}
-
-    class Other(_HalfAndHalf):
-        source = "another model"
-
-        def __call__(self, encoded_images):  # another CSV too
-            return np.tile(np.float32([0.7, 0.3]), (len(encoded_images), 1))
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(prediction.json, "dump", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        prediction.predict_files(Other(), files, str(out), **options)
-    assert {path.name: path.read_bytes() for path in out.parent.iterdir()} == before

@@ -153,3 +153,25 @@ def checkpoint_name(model_dir: str) -> str:
     import tensorflow as tf
 
     return os.path.basename(tf.train.latest_checkpoint(model_dir))
+
+
+class HalfAndHalf:
+    """A stand-in Predictor for official/core/prediction.py (no model to load): 0.5 for both
+    of TRAINED_CLASSES; ``fail_on_call=N`` raises ``failure`` on the N-th call (a batch)."""
+    class_names = list(TRAINED_CLASSES)
+    source = "half-and-half"
+    tta_views = 1
+
+    def __init__(self, fail_on_call: int | None = None,
+                 failure: BaseException = KeyboardInterrupt()):
+        self.fail_on_call, self.failure, self.calls = fail_on_call, failure, []
+
+    @property
+    def members(self):
+        return [self]
+
+    def __call__(self, encoded_images):
+        self.calls.append(len(encoded_images))
+        if len(self.calls) == self.fail_on_call:
+            raise self.failure
+        return np.full((len(encoded_images), 2), 0.5, np.float32)
