@@ -23,8 +23,9 @@ A file named twice (also inside a named folder, or through a link) is predicted 
 Exit status: 0 when at least one file was classified; 1 when every file failed (the CSV
 is still written: its rows say why), when a named file or folder does not exist or a
 folder cannot be listed (no permission), or when --output_csv (or its .json) would
-overwrite an input, is in a folder that does not exist (it is not created) or cannot be
-written (then nothing is written); 2 for a bad flag.
+overwrite an input, is in a folder that does not exist (it is not created), cannot be
+written or is being written by another run (then nothing is written); 2 for a bad flag;
+130 (143) after Ctrl-C (SIGTERM).
 
 The CSV appears whole or not at all. Until the run ends its rows grow, a batch at a time, in
 predictions.partial.csv (the CSV's name with .partial.csv); a Ctrl-C, SIGTERM or failure leaves

@@ -28,6 +28,8 @@ CSV_COLUMNS = ("file", "status", "predicted_class", "probability", "top_k", "bod
                "tag_agrees", "error")
 STATUSES = ("ok", "uncertain", "error")
 PARTIAL_SUFFIX = ".partial.csv"
+ANOTHER_RUN = ("--output_csv={}: another dicom_predict.py run is writing it (its {} is locked); "
+               "wait for it to end, or give another --output_csv")
 
 
 @dataclass
@@ -83,14 +85,11 @@ def collect_files(inputs: list[str], *, dicom_force: bool = False,
 
 
 def check_output_paths(output_csv: str, files: list[str]) -> None:
-    """Refuses, before anything is predicted, an output (the CSV, its run record, its partial
-    file and that file's record) that cannot be written, would overwrite one of ``files`` or
-    is being written by another run. Its folder must exist: creating one would turn a typo in
-    the path into a new folder, and its predictions would be looked for elsewhere.
-
-    Raises:
-      ValueError: naming the path and the problem.
-    """
+    """Refuses (ValueError naming the path and the problem), before anything is predicted, an
+    output (the CSV, its run record, its partial file and that file's record) that cannot be
+    written, would overwrite one of ``files`` or is being written by another run. Its folder
+    must exist: making one would turn a typo in the path into a new folder, and its
+    predictions would be looked for elsewhere."""
     if output_csv.endswith(PARTIAL_SUFFIX):  # a script must tell a complete CSV at a glance
         raise ValueError(f"--output_csv={output_csv}: names ending {PARTIAL_SUFFIX} are those "
                          "of the rows an interrupted run leaves; give another name")
@@ -110,7 +109,7 @@ def check_output_paths(output_csv: str, files: list[str]) -> None:
         if not os.path.isdir(parent):
             raise ValueError(f"--output_csv={output_csv}: {parent} is not a folder")
     if file_in_use(partial_path(output_csv)):  # said before the model loads, not after
-        raise ValueError(_another_run(output_csv))
+        raise ValueError(ANOTHER_RUN.format(output_csv, partial_path(output_csv)))
 
 
 def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes) -> Item:
@@ -180,14 +179,12 @@ def rows_for(items: list[Item], probabilities, class_names, *, top_k: int,
 def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: int, top_k: int,
                   min_confidence: float | None, dicom_options, tta_views: int | None = None,
                   resume: bool = False, kept: Kept | None = None) -> dict[str, int]:
-    """Writes the prediction CSV into an existing folder; returns counts per status.
+    """Writes the prediction CSV whole into an existing folder; returns counts per status.
 
-    The output appears whole or not at all: the rows go to ``partial_path(output_csv)`` first,
-    a batch at a time, and become the output once every file has its row. A failure or a
-    Ctrl-C leaves that partial file instead (complete rows only; none: no file) and the output
-    as it was, and says in ``kept`` how many of the files it holds. With ``resume``, the rows
-    of a partial file written by the same models and settings are reused and only the other
-    files are predicted. With ``tta_views``, the run's information (run_info_path) is written
+    The rows go to ``partial_path(output_csv)`` a batch at a time, and become the output once
+    every file has one; a failure or Ctrl-C leaves them there (complete rows; ``kept`` says how
+    many) and the output as it was. ``resume`` reuses the rows of a partial file of the same
+    models and settings. With ``tta_views``, the run's information (run_info_path) is written
     just before the CSV takes the output's place: never a new CSV beside another run's .json.
 
     Raises:
@@ -197,21 +194,17 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     kept = kept if kept is not None else Kept()
     kept.path, kept.total, kept.rows = partial_path(output_csv), len(files), 0
     hash_key = os.urandom(32)  # patient keys are not used here; nothing is written from them
-    # What makes two runs' rows interchangeable: a partial file is resumed only under the same.
     record = {"model": predictor.source, "members": member_records(predictor),
               "tta_views": tta_views, "class_names": list(predictor.class_names),
               "top_k": top_k, "min_confidence": min_confidence,
               "dicom_force": bool(dicom_options.force)}
-    partial = _PartialFile(output_csv)
+    partial = _PartialFile(output_csv, record)
     try:
-        known = partial.reusable(record) if resume else {}
-        counts = {"ok": 0, "uncertain": 0, "error": 0}
-        todo = []
-        for path in files:  # the CSV's spelling of names: its rows' keys
-            if (row := known.get(sources.escape_non_utf8(path))) is None:
-                todo.append(path)
-            else:
-                counts[row[1]] += 1
+        known = partial.reusable() if resume else {}
+        keys = [sources.escape_non_utf8(path) for path in files]  # the CSV's spelling
+        todo = [path for path, key in zip(files, keys) if key not in known]
+        counts = {status: sum(known[key][1] == status for key in keys if key in known)
+                  for status in STATUSES}
         kept.rows = len(files) - len(todo)
         progress = reporting.progress(len(todo), unit="files", desc="predicting")
         for start in range(0, len(todo), batch_size):
@@ -221,15 +214,15 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
             probabilities = predictor(good) if good else []
             rows = rows_for(items, probabilities, predictor.class_names, top_k=top_k,
                             min_confidence=min_confidence)
-            partial.append(rows, record)
+            partial.append(rows)
             kept.rows += len(rows)
             for row in rows:
                 counts[row["status"]] += 1
             progress.update(len(items))
         progress.close()
-        partial.finish(files, record, in_order=not known, run_info=lambda: tta_views is None or
-                       write_run_info(run_info_path(output_csv), predictor, counts,
-                                      tta_views=tta_views))
+        partial.finish(files, in_order=not known, run_info=None if tta_views is None else (
+            lambda: write_run_info(run_info_path(output_csv), predictor, counts,
+                                   tta_views=tta_views)))
     except BaseException:
         if not partial.leave():
             kept.rows = 0
@@ -267,18 +260,15 @@ def partial_record_path(output_csv: str) -> str:
 
 @dataclass
 class Kept:
-    """How many of a run's ``total`` files have their rows in its partial file ``path`` (0:
-    none of this run's), for the line a run that did not finish ends with."""
+    """How many of a run's ``total`` files have their rows in its partial file ``path``."""
     path: str = ""
     rows: int = 0
     total: int = 0
 
 
 def _csv_bytes(rows: list[dict], *, header: bool) -> bytes:
-    # A file name that is not valid UTF-8 reaches us with surrogates (os.walk's
-    # surrogateescape); it is written as the converter's messages spell it, e.g. "x\\xe9.jpeg",
-    # so the CSV stays valid UTF-8 for every reader, at the price of that one name not being
-    # the exact bytes.
+    # A name that is not UTF-8 (os.walk's surrogates) is written as the converter's messages
+    # spell it, "x\\xe9.jpeg": the CSV stays valid UTF-8, that one name not the exact bytes.
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
     if header:
@@ -289,9 +279,8 @@ def _csv_bytes(rows: list[dict], *, header: bool) -> bytes:
 
 
 def _complete_rows(data: bytes) -> tuple[dict[str, list[str]], int]:
-    """A partial file's rows by file, and the bytes they fill. A run killed during a write
-    (SIGKILL, a power cut) can leave half a row at the end: not counted, and cut off before
-    more rows are appended."""
+    """A partial file's rows by file, and the bytes they fill: a run killed in a write (SIGKILL,
+    a power cut) can leave half a row at the end, not counted, cut off before more rows."""
     text = data.decode("utf-8", "surrogateescape")
     read = {"size": 0, "whole": True}
 
@@ -313,44 +302,33 @@ def _complete_rows(data: bytes) -> tuple[dict[str, list[str]], int]:
     return rows, size
 
 
-def _another_run(output_csv: str) -> str:
-    return (f"--output_csv={output_csv}: another dicom_predict.py run is writing it (its "
-            f"{partial_path(output_csv)} is locked); wait for it to end, or give another "
-            "--output_csv")
-
-
 class _PartialFile:
     """partial_path(output_csv), locked by this run from its start to its end (two runs into
     one output appended to one partial file, and the later one's CSV replaced the other's).
     Rows are appended a batch at a time; a write that fails is cut off again."""
 
-    def __init__(self, output_csv: str):
-        self.output_csv, self.path = output_csv, partial_path(output_csv)
+    def __init__(self, output_csv: str, record: dict):
+        """``record``: what makes two runs' rows interchangeable (models, settings)."""
+        self.output_csv, self.path, self.record = output_csv, partial_path(output_csv), record
         self.record_path = partial_record_path(output_csv)
         self.made = not os.path.exists(self.path)
-        self.size = None  # the bytes of complete rows this run stands by; None: none yet
-        self.finished = False
+        self.size, self.finished = None, False  # size: of the complete rows; None: none yet
         try:
-            self.handle = open_locked(self.path, _another_run(output_csv))
+            self.handle = open_locked(self.path, ANOTHER_RUN.format(output_csv, self.path))
         except OSError as error:  # e.g. no permission: the folder's, said as the output's
             if self.made and error.filename == self.path and error.errno:
                 raise type(error)(error.errno, error.strerror, output_csv) from None
             raise
 
-    def reusable(self, record: dict) -> dict[str, list[str]]:
-        """The partial file's complete rows by file, when ``record`` wrote them (--resume).
-
-        Raises:
-          ValueError: other models or settings wrote them (or nothing says which).
-        """
+    def reusable(self) -> dict[str, list[str]]:
+        """Its complete rows by file; ValueError when this run's record did not write them."""
         rows, size = _complete_rows(Path(self.path).read_bytes())
         if not rows:
             return {}
-        try:
+        written = None
+        with contextlib.suppress(OSError, ValueError):
             written = json.loads(Path(self.record_path).read_text())
-        except (OSError, ValueError):
-            written = None
-        wanted = json.loads(json.dumps(record))  # tuples as lists, as read back
+        wanted = json.loads(json.dumps(self.record))  # tuples as lists, as read back
         differ = (f"{self.record_path}, its record, is missing or unreadable"
                   if not isinstance(written, dict) else "; ".join(
                       f"{key} {written.get(key)!r}, now {value!r}"
@@ -361,14 +339,14 @@ class _PartialFile:
         self._cut(size)  # a killed run's half row
         return rows
 
-    def append(self, rows: list[dict], record: dict) -> None:
+    def append(self, rows: list[dict]) -> None:
         """Appends ``rows`` whole. A fresh run's first rows replace an earlier run's, only
         now: a run stopped before its first batch leaves those as they were."""
         try:
             if self.size is None:
                 self._cut(0)  # emptied first: the new record never describes the old rows
                 with written_atomically(self.record_path) as tmp, open(tmp, "w") as handle:
-                    json.dump(record, handle, indent=2)
+                    json.dump(self.record, handle, indent=2)
             data = _csv_bytes(rows, header=self.size == 0)
             os.lseek(self.handle, self.size, os.SEEK_SET)
             done = 0
@@ -384,14 +362,15 @@ class _PartialFile:
         os.ftruncate(self.handle, size)
         self.size = size
 
-    def finish(self, files: list[str], record: dict, *, in_order: bool, run_info) -> None:
+    def finish(self, files: list[str], *, in_order: bool, run_info) -> None:
         """The rows become the output, in ``files``' order (a resumed run's are rewritten in
         it), after ``run_info()``. The partial file goes: a complete run also removes the
         partial file an earlier run of the same output left, as it is this run's own."""
         if in_order:
             if self.size is None:  # no files: the header alone
-                self.append([], record)
-            run_info()
+                self.append([])
+            if run_info:
+                run_info()
             os.replace(self.path, self.output_csv)
         else:
             rows, _ = _complete_rows(Path(self.path).read_bytes())
@@ -400,15 +379,15 @@ class _PartialFile:
                 csv.writer(handle).writerows([CSV_COLUMNS] + [
                     rows[sources.escape_non_utf8(path)] for path in files])
                 handle.flush()
-                run_info()
+                if run_info:
+                    run_info()
             os.remove(self.path)
         self.finished = True
         with contextlib.suppress(OSError):
             os.remove(self.record_path)
 
     def leave(self) -> bool:
-        """After a failure: keeps the complete rows, removes a partial file holding none of
-        this run's; whether one with this run's rows is left."""
+        """After a failure: whether a partial file with this run's complete rows is left."""
         if self.finished:
             return False
         with contextlib.suppress(OSError):

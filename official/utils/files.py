@@ -128,7 +128,7 @@ def in_use(folder: str) -> bool:
 def file_in_use(path: str) -> bool:
     """Whether another process holds the lock of the file ``path`` (``open_locked``). False
     when it does not exist, or where files cannot be locked."""
-    return _locked_by_another(path, os.O_RDONLY)
+    return _locked_by_another(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO: no wait
 
 
 def _locked_by_another(path: str, open_flags: int) -> bool:
