@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from dataset.dicom_options import DicomOptions
-from official.core import prediction
+from official.core import prediction, prediction_csv
 from official.utils import files as files_lib
 from tests.conftest import write_image
 from tests.trainer_fixtures import REPO_ROOT, HalfAndHalf, class_image, error_lines, trainer_env
@@ -50,7 +50,7 @@ def test_an_interrupt_midway_keeps_the_rows_so_far_and_the_old_csv(folder, tmp_p
     out = tmp_path / "p.csv"
     out.write_text("the previous run's rows\n")
     files = prediction.collect_files([str(folder)])
-    kept = prediction.Kept()
+    kept = prediction_csv.Kept()
     with pytest.raises(KeyboardInterrupt):  # in the third batch: two batches were written
         prediction.predict_files(HalfAndHalf(fail_on_call=3), files, str(out), kept=kept,
                                  **OPTIONS)
@@ -69,7 +69,7 @@ def test_nothing_predicted_leaves_no_partial_file_and_an_earlier_one_as_it_was(f
                                                                                tmp_path):
     out = tmp_path / "p.csv"
     files = prediction.collect_files([str(folder)])
-    kept = prediction.Kept()
+    kept = prediction_csv.Kept()
     with pytest.raises(KeyboardInterrupt):
         prediction.predict_files(HalfAndHalf(fail_on_call=1), files, str(out), kept=kept,
                                  **OPTIONS)
@@ -98,7 +98,7 @@ def test_a_full_disk_midway_cuts_the_half_written_batch_off(folder, tmp_path, mo
         return real_write(handle, data)
 
     monkeypatch.setattr(prediction.os, "write", filling_disk)
-    kept = prediction.Kept()
+    kept = prediction_csv.Kept()
     with pytest.raises(OSError) as error:
         prediction.predict_files(HalfAndHalf(), files, str(out), kept=kept, **OPTIONS)
     assert error.value.filename == str(tmp_path / "p.partial.csv")  # not a bare errno
@@ -177,8 +177,8 @@ def test_partial_names_are_neither_an_output_nor_an_input(folder, tmp_path):
         prediction.check_output_paths(str(folder / "p.csv"),
                                       files + [str(folder / "p.partial.json")])
     for output in ("p.csv", "p", "p.json", "p.partial"):
-        companions = {prediction.run_info_path(output), prediction.partial_path(output),
-                      prediction.partial_record_path(output)}
+        companions = {prediction.run_info_path(output), prediction_csv.partial_path(output),
+                      prediction_csv.partial_record_path(output)}
         assert len(companions) == 3 and output not in companions
 
 
@@ -276,12 +276,12 @@ def test_the_interrupt_line_says_what_was_kept_and_whose_csv_is_there(tmp_path):
     from networks.resnet import dicom_predict
 
     out = tmp_path / "p.csv"
-    kept = prediction.Kept(path=str(tmp_path / "p.partial.csv"), rows=3, total=10)
+    kept = prediction_csv.Kept(path=str(tmp_path / "p.partial.csv"), rows=3, total=10)
     note = (f"the rows of 3 of 10 files are kept in {tmp_path / 'p.partial.csv'} (--resume "
             "predicts only the others)")
     assert dicom_predict.left_by_interrupt(str(out), kept) == note
     out.write_text("file,status\n")
     assert dicom_predict.left_by_interrupt(str(out), kept) == (
         f"{note}; {out} is an earlier run's, left as it was")
-    assert dicom_predict.left_by_interrupt(str(out), prediction.Kept()) == (
+    assert dicom_predict.left_by_interrupt(str(out), prediction_csv.Kept()) == (
         f"no predictions were written; {out} is an earlier run's, left as it was")

@@ -54,7 +54,7 @@ from absl import flags  # noqa: E402
 
 from dataset.dicom_options import DicomOptions  # noqa: E402
 from networks.resnet.dicom_eval import CHECKPOINT_HELP, MODEL_HELP, TTA_HELP  # noqa: E402
-from official.core import model_paths  # noqa: E402
+from official.core import model_paths, prediction_csv  # noqa: E402
 from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
 
@@ -96,7 +96,7 @@ _KEPT: list = []
 
 
 def kept_note(kept) -> str:
-    """'the rows of 3 of 10 files are kept in p.partial.csv ...' (prediction.Kept)."""
+    """'the rows of 3 of 10 files are kept in p.partial.csv ...' (prediction_csv.Kept)."""
     return (f"the rows of {kept.rows} of {cli.count(kept.total, 'file')} are kept in "
             f"{kept.path} (--resume predicts only the others)")
 
@@ -140,7 +140,7 @@ def main(argv):
         predictor = load_predictor(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
-    kept = prediction.Kept()
+    kept = prediction_csv.Kept()
     _KEPT.append(kept)
     try:  # e.g. a full disk or no permission: predict_files leaves no .tmp file behind
         counts = prediction.predict_files(
