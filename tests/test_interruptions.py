@@ -70,7 +70,7 @@ def test_sigterm_is_one_line_exit_143_and_the_handler_is_restored(monkeypatch, c
 # A program whose teardown says it ran (an atexit function stands in for TensorFlow's slow
 # deletion of tf.data iterators at exit, cli.exit_skipping_teardown).
 _TEARDOWN_PROGRAM = """
-import atexit, sys
+import atexit, os, signal, sys
 from official.utils import cli
 values = cli.program_flags()
 def main(argv):
@@ -85,17 +85,23 @@ cli.run_program("prog.py", main, cli.flags_parser("prog.py", values), skip_teard
     ("return None", True, 0, ""),  # main returned: its output flushed, the teardown skipped
     ("return 3", True, 3, ""),
     ("return 'a message'", True, 1, "a message\n"),  # as sys.exit('a message')
-    # An error (or Ctrl-C) path keeps the teardown: what was open is closed as usual.
-    ("cli.exit_with_error('prog.py', 'bad input')", True, 1,
-     "prog.py: error: bad input\nteardown ran\n"),
+    # An error said in one line, a Ctrl-C or a SIGTERM: the same, after the one line.
+    ("cli.exit_with_error('prog.py', 'bad input')", True, 1, "prog.py: error: bad input\n"),
+    ("raise KeyboardInterrupt", True, 130, "prog.py: error: interrupted\n"),
+    ("os.kill(os.getpid(), signal.SIGTERM)", True, 143,
+     "prog.py: error: terminated (SIGTERM)\n"),
+    # A bug's traceback keeps the teardown.
+    ("raise RuntimeError('a bug')", True, 1, "RuntimeError: a bug\nteardown ran\n"),
     ("return None", False, 0, "teardown ran\n"),
+    ("raise KeyboardInterrupt", False, 130, "prog.py: error: interrupted\nteardown ran\n"),
 ])
-def test_a_finished_program_skips_the_teardown_only_when_asked(ending, skip, status, stderr):
+def test_a_program_that_began_skips_the_teardown_only_when_asked(ending, skip, status, stderr):
     program = _TEARDOWN_PROGRAM.format(ending=ending, skip=skip)
     result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, env=trainer_env(),
                             capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stdout, result.stderr) == (status, "summary line\n",
-                                                                 stderr)
+    assert (result.returncode, result.stdout) == (status, "summary line\n")
+    assert result.stderr.endswith(stderr), result.stderr
+    assert "Traceback" in result.stderr if "a bug" in ending else result.stderr == stderr
 
 
 # A program that lets AutoGraph convert a function (a Python `if` on a tensor), as every

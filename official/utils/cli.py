@@ -220,22 +220,25 @@ def run_program(program: str, main: Callable[[list[str]], object],
     Args:
       interrupted: what the interruption left behind, from the parsed flags (e.g. "MODEL_DIR
         keeps its checkpoints"); called only after a Ctrl-C or SIGTERM.
-      skip_teardown: once `main` has returned (its work written, files closed), end the
-        process without the interpreter's teardown (`exit_skipping_teardown`). For the
-        TensorFlow programs, run as programs only: never from a test's own process.
+      skip_teardown: once `main` has begun, end the process without the interpreter's
+        teardown (`exit_skipping_teardown`) whether it returned, said an error in one line,
+        or was interrupted: each way out has closed what it wrote (files through `with`, the
+        training's summaries flushed, a checkpoint saved on an interrupt). A traceback (a
+        bug) keeps the teardown. For the TensorFlow programs, run as programs only: never
+        from a test's own process.
     """
-    returned = []
+    began = []
 
     def main_then_note(argv):
-        returned.append(main(argv))
-        return returned[-1]
+        began.append(True)
+        return main(argv)
 
     previous = signal.getsignal(signal.SIGTERM)
     stop_on_sigterm()
     try:
         app.run(main_then_note, flags_parser=flags_parser)
     except SystemExit as done:
-        if skip_teardown and returned:
+        if skip_teardown and began:
             exit_skipping_teardown(done.code)
         raise
     except KeyboardInterrupt as error:
@@ -244,7 +247,13 @@ def run_program(program: str, main: Callable[[list[str]], object],
         except Exception:  # noqa: BLE001 (e.g. Ctrl-C before the flags were parsed)
             left = ""
         what, status = interruption(error)
-        exit_with_error(program, what + (f"; {left}" if left else ""), status=status)
+        message = what + (f"; {left}" if left else "")
+        if skip_teardown and began:
+            # The teardown would delete the run's tf.data iterators, which can wait a minute
+            # for their autotuner (exit_skipping_teardown): after a Ctrl-C that said "stopped".
+            print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+            exit_skipping_teardown(status)
+        exit_with_error(program, message, status=status)
     finally:
         signal.signal(signal.SIGTERM, previous)  # a caller in the same process (a test)
 
@@ -259,8 +268,10 @@ def exit_skipping_teardown(code: object) -> NoReturn:
     Seen as 41-55 s of nothing after a training run's last line, in about one run in four;
     reproduced with a bare `Dataset.range().map().prefetch()` iterator (benchmarks/RESULTS.md
     section 29). A program's iterators are deleted at its exit, so its caller (a script's
-    next step) waited. Everything the program writes is closed by then (files through `with`,
-    summary writers flushed at the end of training); only the wait is skipped.
+    next step) waited, and so did a user after a Ctrl-C or a scheduler after its SIGTERM
+    (section 37). Everything the program writes is closed by then (files through `with`; the
+    training's summary points flushed as each is written, by tf.summary's `as_default`
+    block); only the wait is skipped.
 
     The one exit function skipped that leaves something behind is AutoGraph's: it removes
     the source file it wrote into the temporary folder for each function it converted (8 for
