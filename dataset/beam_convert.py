@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 
 
 def _not_apitools_warning(record: logging.LogRecord) -> bool:
@@ -230,6 +231,26 @@ def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_option
             _load(os.path.join(staging, _ERRORS)))
 
 
+def _silence_thread_ends(threads: set[threading.Thread]) -> None:
+    """From now on, an exception that ends one of ``threads`` is not printed.
+
+    After an interrupt, Beam's threads (run_worker, beam_control_read,
+    read_grpc_client_inputs) each print a traceback once they notice their worker's end,
+    which can come after standard error is back: _stderr_to's join cannot wait for all of
+    them, as a thread whose join the signal interrupted (Beam's, as it stops its workers)
+    is marked ended while it runs (CPython 3.11's Thread._wait_for_tstate_lock). Seen above
+    the one line in 8 of 14 SIGTERMs sent as the run ended (4 of 14 group Ctrl-Cs).
+    """
+    quiet = weakref.WeakSet(threads)
+    previous = threading.excepthook
+
+    def hook(args):
+        if args.thread not in quiet:
+            previous(args)
+
+    threading.excepthook = hook
+
+
 @contextlib.contextmanager
 def _stderr_to(log_path: str | None):
     """Sends this process's standard error (file descriptor 2) to ``log_path`` for the block;
@@ -246,6 +267,8 @@ def _stderr_to(log_path: str | None):
         return
     sys.stderr.flush()
     saved = os.dup(2)
+    before = set(threading.enumerate())
+    reporting = {"run_worker"}
     try:
         with open(log_path, "ab") as log:
             os.dup2(log.fileno(), 2)
@@ -254,15 +277,18 @@ def _stderr_to(log_path: str | None):
         # Beam's threads in this process go on logging its workers' ends (the workers'
         # relayed tracebacks, the data plane's broken streams) for a while yet.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+        _silence_thread_ends(set(threading.enumerate()) - before)
+        reporting |= {"beam_control_read", "read_grpc_client_inputs"}  # their streams broke
         raise
     finally:
         try:
             # After a Ctrl-C, the runner's thread per worker process (Beam names them
-            # run_worker) reports the worker's end, a traceback, once the worker is gone:
-            # into the log, not below the one line that says what happened.
+            # run_worker) reports the worker's end, a traceback, once the worker is gone,
+            # as do a killed worker's stream readers: into the log (or nowhere), not below
+            # the one line that says what happened. Its workers are gone by now.
             deadline = time.monotonic() + 10
             for thread in threading.enumerate():
-                if thread.name == "run_worker":
+                if thread.name in reporting:
                     thread.join(max(0.0, deadline - time.monotonic()))
         finally:
             sys.stderr.flush()

@@ -19,6 +19,12 @@ workers' start-up, and 0 of 160 with this module):
   (2 of 80 once the workers were ended). Python runs signal handlers in the main thread
   only, once it is woken: it never was. So a watcher thread, told of the signal by
   whichever thread took it, wakes the main one.
+- A SIGTERM to this process alone (a batch scheduler's stop) while the runner shut its
+  workers down at the end of the run: the runner tells each worker to end, then waits for
+  it, one at a time; interrupted in that wait, it never tells the others. The block then
+  ended at once, at times before the watcher had killed a worker, and the process waited at
+  exit for a worker that waits for its runner (1 hang in 34 SIGTERMs sent then). So after
+  a signal the workers are killed until none is left, not only until the block ends.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from dataset.workers import replay_signal
 _WORKER_MODULE = "apache_beam.runners.worker.sdk_worker_main"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _POLL_SECONDS = 0.05
+# After the block, how long a signal's kills go on while workers are left (they end within
+# milliseconds of a SIGKILL; a bound in case one is stuck in the kernel).
+_LEFT_SECONDS = 10.0
 # The main thread's handler may run for the signal and again for the copy sent to wake it:
 # a second call this soon after the first is that copy, not a second Ctrl-C.
 _COPY_SECONDS = 0.5
@@ -45,8 +54,9 @@ def ended_on_interrupt():
     """For the block (Beam's pipeline run): a Ctrl-C or SIGTERM to this process raises in the
     main thread whichever thread it reached, as it did before the block (KeyboardInterrupt,
     cli.Terminated), and kills this process's Beam workers, again every 50 ms until the block
-    ends (one may start after the signal). Signals this process ignores stay ignored. Off the
-    main thread (signal handlers are its alone) or without /proc: no change."""
+    ends (one may start after the signal) and no worker is left (at most 10 s more). Signals
+    this process ignores stay ignored. Off the main thread (signal handlers are its alone)
+    or without /proc: no change."""
     main = threading.main_thread()
     if threading.current_thread() is not main or not os.path.isdir("/proc/self"):
         yield
@@ -73,13 +83,23 @@ def ended_on_interrupt():
         while not (signums := [s for s in received.recv(64) if s in previous]):
             if done.is_set():
                 return
-        while not done.is_set():
-            if not first:  # the main thread has not run the handler yet: wake it up
+        deadline = None
+        while True:
+            if not first and not done.is_set():  # the handler has not run yet: wake it up
                 signal.pthread_kill(main.ident, signums[0])
-            for pid in _worker_pids():
+            workers, shells = _worker_processes()
+            for pid in workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            done.wait(_POLL_SECONDS)
+            # At least one pass after the signal, then until every worker has ended: its
+            # shell is gone once it has (the runner's thread waits for the shell).
+            if done.is_set():
+                deadline = deadline or time.monotonic() + _LEFT_SECONDS
+                if not (workers or shells) or time.monotonic() > deadline:
+                    return
+                time.sleep(_POLL_SECONDS)
+            else:
+                done.wait(_POLL_SECONDS)
 
     watcher = threading.Thread(target=watch, name="beam_interrupt_watch", daemon=True)
     watcher.start()
@@ -105,12 +125,13 @@ def ended_on_interrupt():
             replay_signal(noted[1], previous[noted[1]])
 
 
-def _worker_pids() -> list[int]:
-    """This process's descendants that run Beam's SDK worker.
+def _worker_processes() -> tuple[list[int], list[int]]:
+    """This process's descendants that run Beam's SDK worker: (the Python workers, the shells
+    Beam starts them with).
 
-    The Python worker itself, not the shell Beam starts it with: a shell killed first would
-    leave its worker running, orphaned. The shell, once its worker is killed, exits (Beam
-    waits for the shell). A worker not yet exec'd (still the shell's copy) is found next time.
+    Only the Python worker is to be killed, not its shell: a shell killed first would leave
+    its worker running, orphaned. The shell, once its worker is killed, exits (Beam waits
+    for the shell). A worker not yet exec'd (still the shell's copy) is found next time.
     """
     children = {}
     for entry in os.listdir("/proc"):
@@ -122,7 +143,7 @@ def _worker_pids() -> list[int]:
             except (OSError, IndexError, ValueError):  # ended meanwhile
                 continue
             children.setdefault(parent, []).append(int(entry))
-    found, stack = [], list(children.get(os.getpid(), []))
+    workers, shells, stack = [], [], list(children.get(os.getpid(), []))
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
@@ -132,5 +153,7 @@ def _worker_pids() -> list[int]:
         except OSError:
             continue
         if _WORKER_MODULE in arguments:
-            found.append(pid)
-    return found
+            workers.append(pid)
+        elif any(_WORKER_MODULE in argument for argument in arguments):  # sh -c "... -m it"
+            shells.append(pid)
+    return workers, shells

@@ -297,6 +297,60 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
             Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run(
+        tmp_path, make_images_labels_dataset):
+    """A batch scheduler's stop (SIGTERM to the main process only) as the run ended: Beam
+    tells each worker to end, then waits for it, one at a time; interrupted in that wait,
+    it never told the others, and the one-shot kills could miss them: the process then
+    waited at exit for a worker that waited for its runner (a hang), or its threads'
+    reports of the killed workers came below the one line (8 of 14 SIGTERMs sent then).
+    Here each Beam worker takes a minute to exit (sitecustomize, in Beam's workers only),
+    so the SIGTERM lands in that wait."""
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
+    started, ending = tmp_path / "started", tmp_path / "ending"
+    started.mkdir()
+    ending.mkdir()
+    slow = tmp_path / "slow-exit"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import atexit, os, time\n"
+        "if 'CONTROL_API_SERVICE_DESCRIPTOR' in os.environ:  # a Beam worker\n"
+        f"    open(os.path.join({str(started)!r}, str(os.getpid())), 'w').close()\n"
+        "    def slow_exit():\n"
+        f"        open(os.path.join({str(ending)!r}, str(os.getpid())), 'w').close()\n"
+        "        time.sleep(60)\n"
+        "    atexit.register(slow_exit)\n")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={root}",
+         f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all",
+         "--runner=beam", "--num_workers=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=f"{slow}{os.pathsep}{REPO_ROOT}",
+                 PYTHONFAULTHANDLER="1"),  # a hang's stacks, on SIGABRT
+        start_new_session=True, preexec_fn=_as_in_a_terminal)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(ending.iterdir()) and process.poll() is None:
+            assert time.monotonic() < deadline, "no Beam worker ever began to exit"
+            time.sleep(0.02)
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        process.terminate()  # the main process alone, as Slurm or Kubernetes stops a job
+        _, stderr = _communicate_or_fail(process, 20, "the SIGTERM")
+        # Checked before the clean-up below kills whatever is left of the process group.
+        workers = [int(path.name) for path in started.iterdir()]
+        left = [pid for pid in workers if Path(f"/proc/{pid}").exists() and Path(
+            f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, stderr[-3000:]
+    assert stderr.splitlines() == [f"error: terminated (SIGTERM); the conversion into "
+                                   f"{tmp_path / 'out'} did not finish (rerun it; a folder "
+                                   "without its manifest.json is never read as a dataset)"]
+    assert not (tmp_path / "out").exists()
+    assert workers and not left, (workers, left)  # ended (a zombie until reaped), not orphaned
+
+
 def test_cli_without_beam_is_one_clear_error(tmp_path, make_images_labels_dataset):
     root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
     result = _cli(tmp_path, root, tmp_path / "out", ("apache_beam",))
