@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import tensorflow as tf
+
+from official.core import config as config_lib
 
 # Largest blur standard deviation, in pixels: the kernel's radius is fixed at 3 * blur, and
 # beyond ~3 px a 28-px organ crop is a smudge.
@@ -238,28 +239,10 @@ def augment_image(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Te
 # The image axis that runs along the patient's left-right axis (official/core/config.py, which
 # imports no TensorFlow, holds the same tuple for the flags; tests/test_augment.py checks).
 MIRROR_AXES = ("left_right", "up_down")
-_SIDES = {"left": "right", "right": "left"}
-
-
-def _other_side(name: str) -> str:
-    # "kidney-left" -> "kidney-right", "Left Hand" -> "Right Hand": each left/right word swapped,
-    # its case kept.
-    def swap(match):
-        word = match.group(0)
-        other = _SIDES[word.lower()]
-        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() \
-            else other
-    return re.sub(r"(?<![A-Za-z])(left|right)(?![A-Za-z])", swap, name, flags=re.IGNORECASE)
-
-
-def mirror_partners(class_names) -> tuple[int, ...]:
-    """For each class, the class its mirror image shows: two classes whose names differ only in
-    a left/right word ("kidney-left", "kidney-right") are each other's; every other class is
-    its own (a liver seen in a mirror is an anatomy that does not occur, so mirror_swap leaves
-    unpaired classes alone)."""
-    index = {name: position for position, name in enumerate(class_names)}
-    return tuple(index.get(_other_side(name), position)
-                 for position, name in enumerate(class_names))
+# The pairing of class names that mirror_swap takes is plain Python, kept in
+# official/core/config.py (no TensorFlow) so that dicom_main.py refuses a --mirror_swap with
+# nothing to swap before TensorFlow's import; here is still its name beside mirror_swap.
+mirror_partners = config_lib.mirror_partners
 
 
 def mirror_swap(image: tf.Tensor, label: tf.Tensor, partners: tf.Tensor, probability: float,

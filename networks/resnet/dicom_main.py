@@ -92,8 +92,12 @@ def main(argv) -> None:
         config, arguments = config_from_flags(), network_arguments_from_flags()
         cluster_config.resolve_cluster(FLAGS.worker_hosts, FLAGS.task_index)
         if config.data_dir and not config.use_synthetic_data:
-            for split in (config.train_split, config.eval_split):
-                converted.split_info(config.data_dir, split)
+            train = converted.split_info(config.data_dir, config.train_split)
+            converted.split_info(config.data_dir, config.eval_split)
+            # official/core/train_input.py resolve_data checks the pairs again, after the
+            # import: that check guards train_lib.train's other callers (code calling the
+            # library, a --use_synthetic_data run on a converted folder), not this program.
+            config.check_mirror_pairs(train.class_names)
         import tensorflow as tf
 
         from networks.resnet import train_steps

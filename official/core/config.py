@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,30 @@ def flip_crosses_sides(mirror_axis: str, augment_rot90: float,
         return f"--augment_rotate={augment_rotate} turns images by over 90 degrees before the flip"
     return ""
 
+
+_SIDES = {"left": "right", "right": "left"}
+
+
+def _other_side(name: str) -> str:
+    # "kidney-left" -> "kidney-right", "Left Hand" -> "Right Hand": each left/right word swapped,
+    # its case kept.
+    def swap(match):
+        word = match.group(0)
+        other = _SIDES[word.lower()]
+        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() \
+            else other
+    return re.sub(r"(?<![A-Za-z])(left|right)(?![A-Za-z])", swap, name, flags=re.IGNORECASE)
+
+
+def mirror_partners(class_names) -> tuple[int, ...]:
+    """For each class, the class its mirror image shows: two classes whose names differ only in
+    a left/right word ("kidney-left", "kidney-right") are each other's; every other class is
+    its own (a liver seen in a mirror is an anatomy that does not occur, so mirror_swap leaves
+    unpaired classes alone). dataset/augment.py mirror_swap takes it (as augment.mirror_partners).
+    """
+    index = {name: position for position, name in enumerate(class_names)}
+    return tuple(index.get(_other_side(name), position)
+                 for position, name in enumerate(class_names))
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -172,6 +197,18 @@ class TrainConfig:
                 raise ValueError(f"--{name}={getattr(self, name)} needs --gcp_project (the "
                                  "project to upload to); without it nothing is uploaded")
 
+    def check_mirror_pairs(self, class_names) -> None:
+        """--mirror_swap needs a pair of classes to swap among the data's ``class_names``.
+
+        Raises:
+          ValueError: --mirror_swap is on and no two classes differ only in left/right (the
+            message official/core/train_input.py mirror_partners gives).
+        """
+        if self.mirror_swap and all(partner == index for index, partner
+                                    in enumerate(mirror_partners(class_names))):
+            raise ValueError(f"--mirror_swap={self.mirror_swap}: no two classes of --data_dir="
+                             f"{self.data_dir} differ only in left/right (classes: "
+                             f"{', '.join(class_names)})")
 
     def optimizer_spec(self) -> OptimizerSpec:
         return OptimizerSpec(dtype=self.dtype, loss_scale=self.loss_scale,
