@@ -193,15 +193,20 @@ def test_eval_cli_scores_data_with_some_of_the_models_classes(trained, tmp_path)
     from official.utils.report import summary_scalars
 
     assert "recall/Chest" not in summary_scalars(metrics)  # TensorBoard: no 0 for it
-    # A class the model does not know cannot be scored.
+    # A class the model does not know cannot be scored: said before TensorFlow's import, from
+    # the model's config.json (a model_dir's, an export's, an ensemble's) and the manifest.
     knees = write_converted_dataset(tmp_path / "knees", {"test": {"Knee": 2, "Hand": 2}},
                                     classes=("Hand", "Knee"))
-    result = _run("dicom_eval.py", f"--model={trained['model_dir']}", f"--data_dir={knees}",
-                  "--split=test", f"--output_dir={tmp_path / 'r2'}")
-    assert result.returncode == 1
-    assert error_lines(result.stderr) == [
-        f"dicom_eval.py: error: {knees}: classes ['Knee'] are not among the model's "
-        "['Chest', 'Hand']"]
+    for model in (trained["model_dir"], trained["export"],
+                  f"{trained['model_dir']},{trained['export']}"):
+        result = _run("dicom_eval.py", f"--model={model}", f"--data_dir={knees}",
+                      "--split=test", f"--output_dir={tmp_path / 'r2'}",
+                      without_tensorflow=True)
+        assert result.returncode == 1
+        assert error_lines(result.stderr) == [
+            f"dicom_eval.py: error: {knees}: classes ['Knee'] are not among the model's "
+            "['Chest', 'Hand']"], model
+    assert not (tmp_path / "r2").exists()
 
 
 def test_predict_mixed_folder_one_row_per_file(trained, mixed_folder, tmp_path):

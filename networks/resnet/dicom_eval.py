@@ -81,7 +81,9 @@ def main(argv):
     try:  # what needs no TensorFlow is checked before its import (seconds)
         split = converted.split_info(FLAGS.data_dir, FLAGS.split)  # before the model's restore
         cli.check_output_folder("--output_dir", FLAGS.output_dir, "the report")
-        model_paths.check_models(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
+        model_classes = model_paths.check_models(FLAGS.model, FLAGS.checkpoint, FLAGS.tta)
+        if model_classes is not None:  # config.json's classes against the manifest's
+            model_paths.check_data_classes(split.data_dir, split.class_names, model_classes)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
     from official.core import evaluation

@@ -166,11 +166,16 @@ def check_distinct(model_paths: list[str]) -> None:
 
 
 def check_models(model_paths: list[str], checkpoint: str | None = None,
-                 tta_views: int = 1) -> None:
+                 tta_views: int = 1) -> list[str] | None:
     """What inference.load_predictor would refuse before loading any weights: no model, a
     model named twice, --checkpoint with several, a path that is no model, a SavedModel
     asked for a checkpoint or for views on top of its own, and members that cannot form one
     ensemble (their classes or DICOM rendering).
+
+    Returns:
+      The models' class names (for check_data_classes), or None when their configs do not
+      agree on them or do not say (whether they can form one ensemble is then TensorFlow's
+      to decide, and its error comes first).
 
     Raises:
       ValueError, FileNotFoundError: as load_predictor, with the same messages.
@@ -194,6 +199,24 @@ def check_models(model_paths: list[str], checkpoint: str | None = None,
             raise neither_model_error(path)
     if len(members) > 1 and all(source is not None for source, _ in members):
         check_ensemble(members)
+    names = [config.get("class_names") for _, config in members]
+    if not isinstance(names[0], list) or any(other != names[0] for other in names[1:]):
+        return None
+    return names[0]
+
+
+def check_data_classes(data_dir: str, data_classes, model_classes: list[str]) -> None:
+    """Every class of the data is one of the model's (a model scores only the classes it
+    knows; some of them missing from the data is fine). The same check and message as
+    official/core/evaluation.py label_map, which evaluates after TensorFlow's import.
+
+    Raises:
+      ValueError: naming the data, its classes the model lacks and the model's classes.
+    """
+    unknown = [name for name in data_classes if name not in model_classes]
+    if unknown:
+        raise ValueError(f"{data_dir}: classes {unknown} are not among the model's "
+                         f"{model_classes}")
 
 
 def member_records(predictor) -> list[dict]:

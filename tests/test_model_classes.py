@@ -1,0 +1,57 @@
+"""The models' classes read from their config.json without TensorFlow (model_paths.check_models)
+and checked against the data's (check_data_classes), so that dicom_eval.py and
+eval_image_classifier.py refuse data of other classes before TensorFlow's import. The programs
+end to end: tests/test_eval_predict.py, tests/test_slim_eval_cli.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from official.core import model_paths
+from official.core.config import write_config
+
+
+def _model_dir(path, class_names, **extra):
+    write_config(str(path), {"class_names": list(class_names), "image_size": 32, **extra})
+    return str(path)
+
+
+def _saved_model(path, class_names):
+    (path / "assets.extra").mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"")  # only its presence is read here
+    (path / "assets.extra" / "config.json").write_text(json.dumps(
+        {"class_names": list(class_names)}))
+    return str(path)
+
+
+def test_check_models_returns_the_classes_its_configs_agree_on(tmp_path):
+    one = _model_dir(tmp_path / "a", ["Chest", "Hand"])
+    export = _saved_model(tmp_path / "export" / "7", ["Chest", "Hand"])
+    assert model_paths.check_models([one]) == ["Chest", "Hand"]
+    # An export folder is read through its newest version; an ensemble gives its classes.
+    assert model_paths.check_models([str(tmp_path / "export")]) == ["Chest", "Hand"]
+    assert model_paths.check_models([one, export]) == ["Chest", "Hand"]
+    # Members without a checkpoint yet are not compared (TensorFlow decides, and its ensemble
+    # error comes first): their classes are then no one model's.
+    other = _model_dir(tmp_path / "b", ["Chest", "Knee"])
+    assert model_paths.check_models([one, other]) is None
+    write_config(str(tmp_path / "d"), {"image_size": 32})  # no class_names: not ours to say
+    assert model_paths.check_models([str(tmp_path / "d")]) is None
+
+
+def test_check_data_classes_says_what_evaluation_says(tmp_path):
+    from official.core import evaluation  # TensorFlow: imported by this test only
+
+    model = ["Chest", "Hand"]
+    model_paths.check_data_classes(str(tmp_path), ("Hand",), model)  # some of them: fine
+    model_paths.check_data_classes(str(tmp_path), ("Chest", "Hand"), model)
+    with pytest.raises(ValueError) as early:
+        model_paths.check_data_classes(str(tmp_path), ("Hand", "Knee"), model)
+    with pytest.raises(ValueError) as late:
+        evaluation.label_map(["Hand", "Knee"], model, str(tmp_path))
+    assert str(early.value) == str(late.value) == (
+        f"{tmp_path}: classes ['Knee'] are not among the model's ['Chest', 'Hand']")
+    assert np.array_equal(evaluation.label_map(["Hand"], model, str(tmp_path)), [1])
