@@ -28,6 +28,7 @@ from tests.trainer_fixtures import (REPO_ROOT, error_lines, mirrored_strategy, t
 
 ONE_DEVICE = tf.distribute.OneDeviceStrategy("/cpu:0")
 TRAIN_SCRIPT = REPO_ROOT / "networks" / "slim" / "train_image_classifier.py"
+EVAL_SCRIPT = REPO_ROOT / "networks" / "slim" / "eval_image_classifier.py"
 FAST = "mobilenet_v3_small"  # the quickest network to build and step
 
 
@@ -237,6 +238,24 @@ def test_eval_model_name_message_reads_as_english(tmp_path, monkeypatch, trained
         slim_eval.evaluate(str(tmp_path), str(data), "validation", batch_size=1,
                            model_name=other)
     assert str(error.value) == f"--model_name={other}: {tmp_path} {phrase}"
+    # eval_image_classifier.py says it before TensorFlow's import, in the same words.
+    with pytest.raises(ValueError) as early:
+        choices.check_model_name(other, str(tmp_path), config)
+    assert str(early.value) == str(error.value)
+
+
+def test_eval_cli_evaluates_a_checkpoint_named_from_inside_its_train_dir(data, one_step_run):
+    # A bare ckpt-1 was ": no such folder" (its train_dir taken as ""), after the import.
+    done = subprocess.run([sys.executable, str(EVAL_SCRIPT), "--checkpoint_path=ckpt-1",
+                           f"--dataset_dir={data}", "--dataset_split_name=validation",
+                           "--model_name=mobilenet_v3_small", "--batch_size=3"],
+                          capture_output=True, text=True, timeout=600, cwd=one_step_run,
+                          env=trainer_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = one_step_run / "eval_validation-ckpt-1"
+    assert done.stdout.startswith("validation: accuracy ")
+    assert done.stdout.rstrip().endswith("on 8 images; report in ./eval_validation-ckpt-1")
+    assert json.loads((report / "metrics.json").read_text())["num_examples"] == 8
 
 
 def _cli(*args, without_tensorflow=False):

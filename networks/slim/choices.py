@@ -1,7 +1,8 @@
-"""The Slim trainer's names and paths checked before TensorFlow is imported (so its --help and
-its errors answer at once): the optimizer and decay names (slim_train.py validates them, and
+"""The Slim programs' names and paths checked before TensorFlow is imported (so their --help and
+their errors answer at once): the optimizer and decay names (slim_train.py validates them, and
 train_image_classifier.py offers them as flag choices), the network names (nets.NETWORKS
-builds each; a test keeps the two lists equal) and --checkpoint_path's existence."""
+builds each; a test keeps the two lists equal), the trainer's --checkpoint_path's existence,
+and the evaluator's --model_name against the network a config.json records."""
 
 from __future__ import annotations
 
@@ -51,3 +52,39 @@ def check_checkpoint_path(path: str) -> None:
     """
     if not (os.path.isdir(path) or os.path.exists(path + ".index") or os.path.isfile(path)):
         raise FileNotFoundError(f"--checkpoint_path={path}: no such file or folder")
+
+
+def trained_network_name(config: dict) -> str | None:
+    """The network a train_dir's (or an export's) config.json records, as --model_name is
+    compared with it: a NETWORK_NAMES name, or a ResNet's "resnet50_v2" (its "model", else an
+    older run's top-level keys, as networks/registry.py spec_from_config and ModelSpec.name
+    read them; tests keep the two equal). None when the config does not say: the restore
+    reports that."""
+    model = config.get("model", config)
+    network = model.get("architecture", "resnet")
+    if network in NETWORK_NAMES:
+        return network
+    if model.get("resnet_size") is None or model.get("version") is None:
+        return None
+    return f"resnet{model['resnet_size']}_v{model['version']}"
+
+
+def check_model_name(model_name: str | None, checkpoint_path: str, config: dict) -> None:
+    """--model_name, when given, names the network that --checkpoint_path holds (the check of
+    networks/slim/slim_eval.py evaluate, here from config.json before TensorFlow's import).
+
+    Raises:
+      ValueError: an unknown name (resolve_name), or not the network trained.
+    """
+    trained = trained_network_name(config)
+    if not model_name or trained is None:
+        return
+    if trained in NETWORK_NAMES:
+        named = resolve_name(model_name)
+    else:  # a ResNet: by its full name
+        named = model_name.strip().lower()
+    if named != trained:
+        # "an inception_v4", "a vgg_16": the first letter decides for every name here.
+        article = "an" if trained.startswith(tuple("aeiou")) else "a"
+        raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds {article} "
+                         f"{trained}")
