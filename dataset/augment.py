@@ -18,8 +18,6 @@ import math
 
 import tensorflow as tf
 
-from official.core import config as config_lib
-
 # Largest blur standard deviation, in pixels: the kernel's radius is fixed at 3 * blur, and
 # beyond ~3 px a 28-px organ crop is a smudge.
 BLUR_MAX = 3.0
@@ -239,15 +237,12 @@ def augment_image(image: tf.Tensor, spec: AugmentSpec, seed: tf.Tensor) -> tf.Te
 # The image axis that runs along the patient's left-right axis (official/core/config.py, which
 # imports no TensorFlow, holds the same tuple for the flags; tests/test_augment.py checks).
 MIRROR_AXES = ("left_right", "up_down")
-# The pairing of class names that mirror_swap takes is plain Python, kept in
-# official/core/config.py (no TensorFlow) so that dicom_main.py refuses a --mirror_swap with
-# nothing to swap before TensorFlow's import; here is still its name beside mirror_swap.
-mirror_partners = config_lib.mirror_partners
 
 
 def mirror_swap(image: tf.Tensor, label: tf.Tensor, partners: tf.Tensor, probability: float,
                 axis: str, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """With `probability`, an image of a class with a mirror partner (see mirror_partners) is
+    """With `probability`, an image of a class with a mirror partner (official/core/config.py
+    mirror_partners, plain Python: dicom_main.py checks the pairs before TensorFlow) is
     mirrored across the patient's left-right axis and relabelled as the partner: a left kidney
     seen in a mirror is a right kidney's shape, so each side also learns from the other's
     examples. (On unseen OrganAMNIST scans it did not reduce left/right swaps: RESULTS.md

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from dataset import augment
+from official.core.config import mirror_partners
 
 STRONG = augment.AugmentSpec(scale=0.15, translate=0.1, rotate_degrees=15, noise=0.0)
 
@@ -239,13 +240,13 @@ def test_mirror_partners_pair_names_that_differ_only_in_side():
     names = ("kidney-left", "kidney-right", "liver", "Left Hand", "Right Hand", "lung-left",
              "leftover", "rightmost")
     # lung-left has no right partner here; "leftover" and "rightmost" are not sides.
-    assert augment.mirror_partners(names) == (1, 0, 2, 4, 3, 5, 6, 7)
+    assert mirror_partners(names) == (1, 0, 2, 4, 3, 5, 6, 7)
 
 
 def test_mirror_swap_mirrors_paired_classes_across_the_named_axis_and_relabels_them():
     image = tf.constant(_left_blob())
     image = tf.tensor_scatter_nd_update(image, [[0, 0, 0]], [99.0])  # marks the top row
-    partners = tf.constant(augment.mirror_partners(("kidney-left", "kidney-right", "liver")))
+    partners = tf.constant(mirror_partners(("kidney-left", "kidney-right", "liver")))
     left = tf.constant(0, tf.int32)
     out, label = augment.mirror_swap(image, left, partners, 1.0, "left_right", _seed(1))
     np.testing.assert_array_equal(out.numpy(), image.numpy()[:, ::-1])

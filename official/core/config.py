@@ -83,6 +83,21 @@ def mirror_partners(class_names) -> tuple[int, ...]:
     return tuple(index.get(_other_side(name), position)
                  for position, name in enumerate(class_names))
 
+
+def mirror_swap_partners(mirror_swap: float, data_dir: str, class_names) -> tuple[int, ...]:
+    """mirror_partners for --mirror_swap, which needs a pair of classes to swap.
+
+    Raises:
+      ValueError: no two of ``class_names`` differ only in left/right.
+    """
+    partners = mirror_partners(class_names)
+    if all(partner == index for index, partner in enumerate(partners)):
+        raise ValueError(f"--mirror_swap={mirror_swap}: no two classes of --data_dir="
+                         f"{data_dir} differ only in left/right (classes: "
+                         f"{', '.join(class_names)})")
+    return partners
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model_dir: str
@@ -198,17 +213,10 @@ class TrainConfig:
                                  "project to upload to); without it nothing is uploaded")
 
     def check_mirror_pairs(self, class_names) -> None:
-        """--mirror_swap needs a pair of classes to swap among the data's ``class_names``.
-
-        Raises:
-          ValueError: --mirror_swap is on and no two classes differ only in left/right (the
-            message official/core/train_input.py mirror_partners gives).
-        """
-        if self.mirror_swap and all(partner == index for index, partner
-                                    in enumerate(mirror_partners(class_names))):
-            raise ValueError(f"--mirror_swap={self.mirror_swap}: no two classes of --data_dir="
-                             f"{self.data_dir} differ only in left/right (classes: "
-                             f"{', '.join(class_names)})")
+        """--mirror_swap needs a pair of classes to swap among the data's ``class_names``
+        (ValueError: mirror_swap_partners)."""
+        if self.mirror_swap:
+            mirror_swap_partners(self.mirror_swap, self.data_dir, class_names)
 
     def optimizer_spec(self) -> OptimizerSpec:
         return OptimizerSpec(dtype=self.dtype, loss_scale=self.loss_scale,

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from dataset import converted, features
 from official.core.config import CONFIG_FILE
+from official.core.model_paths import check_data_classes
 from official.utils import files
 from official.utils import progress as reporting
 from official.utils.report import summary_scalars
@@ -136,10 +137,7 @@ def label_map(data_classes: list[str], model_classes: list[str], data_dir: str) 
     Raises:
       ValueError: a class of the data that the model lacks (it cannot be scored).
     """
-    unknown = [name for name in data_classes if name not in model_classes]
-    if unknown:
-        raise ValueError(f"{data_dir}: classes {unknown} are not among the model's "
-                         f"{model_classes}")
+    check_data_classes(data_dir, data_classes, model_classes)
     return np.array([model_classes.index(name) for name in data_classes], np.int64)
 
 

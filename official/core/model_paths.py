@@ -207,8 +207,8 @@ def check_models(model_paths: list[str], checkpoint: str | None = None,
 
 def check_data_classes(data_dir: str, data_classes, model_classes: list[str]) -> None:
     """Every class of the data is one of the model's (a model scores only the classes it
-    knows; some of them missing from the data is fine). The same check and message as
-    official/core/evaluation.py label_map, which evaluates after TensorFlow's import.
+    knows; some of them missing from the data is fine). dicom_eval.py checks it before
+    TensorFlow's import, official/core/evaluation.py label_map for every evaluation.
 
     Raises:
       ValueError: naming the data, its classes the model lacks and the model's classes.

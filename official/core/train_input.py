@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dataset import augment, converted, preprocess, reader
 from official.core.config import (SYNTHETIC_BATCHES_PER_EPOCH, TrainConfig,
-                                  flip_crosses_sides)
+                                  flip_crosses_sides, mirror_partners, mirror_swap_partners)
 
 
 # The reader uses one value for its shard interleave (whose cycle is min(shards, 8), and tf.data
@@ -117,11 +117,12 @@ def resolve_data(spec: InputSpec) -> DataSpec:
         raise ValueError(f"--data_dir={spec.data_dir}: needs at least 2 classes, found "
                          f"{list(train.class_names)}")
     if spec.mirror_swap:
-        mirror_partners(spec, train.class_names)  # before anything is written to model_dir
+        # before anything is written to model_dir (dicom_main.py has checked already)
+        mirror_swap_partners(spec.mirror_swap, spec.data_dir, train.class_names)
     elif spec.random_flip and (
             crossing := flip_crosses_sides(spec.mirror_axis, spec.augment.rot90,
                                            spec.augment.rotate_degrees)):
-        partners = augment.mirror_partners(train.class_names)
+        partners = mirror_partners(train.class_names)
         sided = [name for index, name in enumerate(train.class_names)
                  if partners[index] != index]
         if sided:
@@ -181,7 +182,8 @@ def train_dataset(spec: InputSpec, data: DataSpec, num_workers: int = 1) -> tf.d
     dataset = dataset.shuffle(min(data.train_examples, 10_000), seed=spec.seed,
                               reshuffle_each_iteration=True).repeat()
     if spec.mirror_swap:
-        partners = tf.constant(mirror_partners(spec, data.class_names), tf.int32)
+        partners = tf.constant(
+            mirror_swap_partners(spec.mirror_swap, spec.data_dir, data.class_names), tf.int32)
 
         def augment_pair(image, label):
             image, label = augment.mirror_swap(image, label, partners, spec.mirror_swap,
@@ -218,16 +220,6 @@ def _warn_of_images(spec: InputSpec, sample: reader.ImageSample) -> None:
                         "EXIF orientation (e.g. %s): a viewer shows them turned, the model "
                         "reads them as stored", spec.data_dir, sample.turned, sample.sampled,
                         sample.turned_example)
-
-
-def mirror_partners(spec: InputSpec, class_names) -> tuple[int, ...]:
-    """augment.mirror_partners; an error when --mirror_swap has nothing to swap."""
-    partners = augment.mirror_partners(class_names)
-    if all(partner == index for index, partner in enumerate(partners)):
-        raise ValueError(f"--mirror_swap={spec.mirror_swap}: no two classes of --data_dir="
-                         f"{spec.data_dir} differ only in left/right (classes: "
-                         f"{', '.join(class_names)})")
-    return partners
 
 
 def augment_for_train(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:
