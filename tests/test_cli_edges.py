@@ -102,6 +102,23 @@ def test_a_checkpoint_from_another_run_must_be_of_the_same_network_and_classes(t
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("damage", ["cut short", "overwritten"])
+def test_a_damaged_checkpoint_is_said_so_in_one_line(tmp_path, damage):
+    model_dir = _model_dir(tmp_path / "run", ("Chest", "Hand"))
+    (weights,) = model_dir.glob("ckpt-1.data-*")
+    size = weights.stat().st_size
+    with open(weights, "r+b") as handle:
+        if damage == "cut short":  # a copy or a download that stopped: an IndexError
+            handle.truncate(size // 2)
+        else:  # corrupt bytes: TensorFlow's DataLossError
+            handle.seek(size // 2)
+            handle.write(b"\x00" * 64)
+    with pytest.raises(ValueError) as error:
+        restore.load_model_from_dir(str(model_dir))
+    assert str(error.value).startswith(f"{model_dir / 'ckpt-1'}: damaged checkpoint (")
+    assert "\n" not in str(error.value)
+
+
 def test_a_checkpoint_that_does_not_fit_is_one_line_and_then_nothing(tmp_path):
     """The failed restore, deleted at exit, logged a warning per unread value: 112 lines
     after the error line."""

@@ -209,6 +209,10 @@ def test_a_corrupt_record_names_its_shard_and_the_failed_run_binds_nothing(tmp_p
                        base_learning_rate=0.05), ONE_DEVICE)
     # A run that could not resume leaves the folder's record of its checkpoints as it was.
     assert (model_dir / "config.json").read_bytes() == record
+    with open(weights, "r+b") as handle:  # cut short (a copy that stopped): an IndexError
+        handle.truncate(weights.stat().st_size // 2)
+    with pytest.raises(ValueError, match=r"ckpt-1: damaged checkpoint \(.*\); remove it"):
+        _train(_config(data, model_dir, resnet_size=34, max_train_steps=2), ONE_DEVICE)
 
 
 def test_bad_data_and_batch_errors(tmp_path):

@@ -71,7 +71,7 @@ def restore_latest(manager: tf.train.CheckpointManager, checkpoint: tf.train.Che
         return
     try:
         checkpoint.restore(latest).assert_existing_objects_matched()
-    except tf.errors.DataLossError as error:
+    except (tf.errors.DataLossError, IndexError) as error:  # IndexError: a file cut short
         raise ValueError(f"{latest}: damaged checkpoint ({restore.first_line(error)}); remove "
                          f"it (and its entry in {manager.directory}/checkpoint) to resume from "
                          f"the one before") from None

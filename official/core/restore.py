@@ -46,7 +46,7 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
     _check_checkpoint_is_of(checkpoint, model_dir, config)
     model = build_inference_model(config)
     # Only the model is needed: the optimizer slots and step in the file are left unread.
-    failure = None
+    failure, damaged = None, False
     # A restore that fails half way leaves a restore in progress, never told to expect a
     # partial one: deleted (with the exception), it logged a warning per unread value, 112
     # lines after the one error line. Deleted here, quietly.
@@ -54,11 +54,17 @@ def load_model_from_dir(model_dir: str, checkpoint: str | None = None
         try:
             status = tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
             status.assert_existing_objects_matched()
+        except (tf.errors.DataLossError, IndexError) as error:
+            # Corrupt bytes, or a file cut short ("Read less bytes than requested", an
+            # IndexError): the file's fault, not the network's.
+            failure, damaged = first_line(error), True
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             failure = first_line(error)
         if failure is not None:
             del model  # it holds the restore in progress
             gc.collect()
+    if damaged:
+        raise ValueError(f"{checkpoint}: damaged checkpoint ({failure})")
     if failure is not None:
         raise ValueError(f"{checkpoint}: does not fit the network in {model_dir}'s "
                          f"{CONFIG_FILE} ({failure})")
