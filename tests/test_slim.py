@@ -238,10 +238,6 @@ def test_eval_model_name_message_reads_as_english(tmp_path, monkeypatch, trained
         slim_eval.evaluate(str(tmp_path), str(data), "validation", batch_size=1,
                            model_name=other)
     assert str(error.value) == f"--model_name={other}: {tmp_path} {phrase}"
-    # eval_image_classifier.py says it before TensorFlow's import, in the same words.
-    with pytest.raises(ValueError) as early:
-        choices.check_model_name(other, str(tmp_path), config)
-    assert str(early.value) == str(error.value)
 
 
 def test_eval_cli_evaluates_a_checkpoint_named_from_inside_its_train_dir(data, one_step_run):

@@ -70,8 +70,9 @@ def trained_network_name(config: dict) -> str | None:
 
 
 def check_model_name(model_name: str | None, checkpoint_path: str, config: dict) -> None:
-    """--model_name, when given, names the network that --checkpoint_path holds (the check of
-    networks/slim/slim_eval.py evaluate, here from config.json before TensorFlow's import).
+    """--model_name, when given, names the network that --checkpoint_path holds, from its
+    config.json: eval_image_classifier.py before TensorFlow's import, and
+    networks/slim/slim_eval.py evaluate for its other callers.
 
     Raises:
       ValueError: an unknown name (resolve_name), or not the network trained.

@@ -9,16 +9,10 @@ import tensorflow as tf
 
 from dataset import converted
 from networks import registry
-from networks.slim import nets
+from networks.slim import choices
 from official.core import evaluation
 from official.core.inference import Predictor
 from official.utils.report import write_report
-
-
-def with_article(name: str) -> str:
-    """"an inception_v4", "a vgg_16": chosen by the first letter, which is right for every
-    network name here (it would not be for a "unet")."""
-    return ("an " if name.startswith(tuple("aeiou")) else "a ") + name
 
 
 def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: int,
@@ -34,12 +28,9 @@ def evaluate(checkpoint_path: str, dataset_dir: str, split: str, *, batch_size: 
     if tf.io.gfile.exists(checkpoint_path + ".index"):  # a ckpt-N prefix
         model_path, checkpoint = os.path.dirname(checkpoint_path), checkpoint_path
     predictor = Predictor(model_path, checkpoint)
-    spec = registry.spec_from_config(predictor.config)
-    trained = spec.architecture
-    if model_name and (nets.resolve_name(model_name) != trained if trained in nets.NETWORKS
-                       else model_name.strip().lower() != spec.name):  # "resnet50_v2"
-        raise ValueError(f"--model_name={model_name}: {checkpoint_path} holds "
-                         + with_article(trained if trained in nets.NETWORKS else spec.name))
+    trained = registry.spec_from_config(predictor.config).architecture
+    # eval_image_classifier.py has checked it before TensorFlow; again for other callers.
+    choices.check_model_name(model_name, checkpoint_path, predictor.config)
     output_dir = eval_dir or evaluation.default_report_folder(
         model_path, predictor, split, dataset_dir, checkpoint_named=checkpoint is not None)
     labels, probabilities, filenames = evaluation.evaluate_split(
