@@ -131,6 +131,22 @@ def test_resume_predicts_only_the_rest_and_writes_the_csv_of_a_whole_run(folder,
     assert predictor.calls == [2, 2, 1] and _rows(out) == _rows(whole)
 
 
+def test_resume_tries_again_the_files_that_could_not_be_read(folder, tmp_path):
+    out = tmp_path / "p.csv"
+    good = (folder / "0.png").read_bytes()
+    (folder / "0.png").write_bytes(good[:40])  # still being copied: cut short
+    files = prediction.collect_files([str(folder)])
+    with pytest.raises(KeyboardInterrupt):
+        prediction.predict_files(HalfAndHalf(fail_on_call=2), files, str(out), **OPTIONS)
+    assert [row["status"] for row in _rows(tmp_path / "p.partial.csv")] == ["error", "ok"]
+    (folder / "0.png").write_bytes(good)  # the copy has finished
+    predictor = HalfAndHalf()
+    counts = prediction.predict_files(predictor, files, str(out), resume=True, **OPTIONS)
+    assert predictor.calls == [2, 2]  # 0.png again with 2.png, then 3-4; 1.png's row kept
+    assert counts == {"ok": 5, "uncertain": 0, "error": 0}
+    assert [row["file"] for row in _rows(out)] == files
+
+
 def test_resume_refuses_rows_of_other_settings_or_of_an_unknown_model(folder, tmp_path):
     out = tmp_path / "p.csv"
     files = prediction.collect_files([str(folder)])

@@ -32,8 +32,9 @@ predictions.partial.csv (the CSV's name with .partial.csv); a Ctrl-C, SIGTERM or
 that file (complete rows only) beside an earlier predictions.csv left as it was, and its error
 line says how many files it holds. --resume then reuses those rows (when the same models,
 --tta, --top_k, --min_confidence and --dicom_force wrote them) and predicts only the other
-files; a run that completes removes the partial file. A second run writing the same
---output_csv while one is running is refused (one error line).
+files, and again those that could not be read; a run that completes removes the partial
+file. A second run writing the same --output_csv while one is running is refused (one error
+line).
 
 --tta=N averages each model's probabilities over N fixed test-time views (never a mirror);
 --model=a,b,... is an ensemble whose probabilities are averaged (same class names, same
@@ -83,7 +84,8 @@ def define_flags() -> None:
                              message="must be in (0, 1]")
     flags.DEFINE_bool("resume", False, "Reuse the rows an interrupted or failed run left in the "
                       "partial file (--output_csv's name with .partial.csv) and predict only "
-                      "the other files; refused when other models or settings wrote them. "
+                      "the other files (and again those that could not be read); refused "
+                      "when other models or settings wrote them. "
                       "Without it, a run starts afresh and replaces that file.")
     flags.DEFINE_bool("dicom_force", False, "Read DICOM files that lack the DICM preamble/meta "
                       "(in folders, every file without a suffix is then tried as DICOM).")

@@ -193,7 +193,10 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
               "dicom_force": bool(dicom_options.force)}
     partial = PartialFile(output_csv, record)
     try:
-        known = partial.reusable() if resume else {}
+        # A file that could not be read is tried again: it may have been mended, or have
+        # finished copying, since.
+        known = {key: row for key, row in (partial.reusable() if resume else {}).items()
+                 if row[1] != "error"}
         keys = [sources.escape_non_utf8(path) for path in files]  # the CSV's spelling
         todo = [path for path, key in zip(files, keys) if key not in known]
         counts = {status: sum(known[key][1] == status for key in keys if key in known)
