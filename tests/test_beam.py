@@ -243,6 +243,28 @@ def _as_in_a_terminal() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+def _beam_converter(tmp_path, root, sitecustomize_dir) -> subprocess.Popen:
+    """tf_convert_data.py --runner=beam from ``root`` into tmp_path/out, started as a terminal
+    starts a program, with ``sitecustomize_dir`` first on the path: Beam's worker processes
+    run its sitecustomize.py."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={root}",
+         f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all",
+         "--runner=beam", "--num_workers=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=f"{sitecustomize_dir}{os.pathsep}{REPO_ROOT}",
+                 PYTHONFAULTHANDLER="1"),  # a hang's stacks, on SIGABRT
+        start_new_session=True, preexec_fn=_as_in_a_terminal)
+
+
+def _running(folder) -> tuple[list[int], list[int]]:
+    """(the pids named by the files in ``folder``, those of them still running): a zombie
+    has ended, waiting to be reaped."""
+    pids = [int(path.name) for path in folder.iterdir()]
+    return pids, [pid for pid in pids if Path(f"/proc/{pid}").exists() and Path(
+        f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+
+
 @pytest.mark.parametrize("sent_to", ["group", "thread"])
 def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_labels_dataset,
                                                           sent_to):
@@ -264,14 +286,7 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
         f"    open(os.path.join({str(started)!r}, str(os.getpid())), 'w').close()\n"
         "    time.sleep(60)\n"
         "    signal.signal(signal.SIGINT, signal.default_int_handler)\n")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={root}",
-         f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all",
-         "--runner=beam", "--num_workers=2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=f"{slow}{os.pathsep}{REPO_ROOT}",
-                 PYTHONFAULTHANDLER="1"),  # a hang's stacks, on SIGABRT
-        start_new_session=True, preexec_fn=_as_in_a_terminal)
+    process = _beam_converter(tmp_path, root, slow)
     try:
         deadline = time.monotonic() + 120
         while len(list(started.iterdir())) < 2 and process.poll() is None:
@@ -283,6 +298,8 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
         else:  # kill() prefers the thread named, if it takes the signal
             os.kill(_a_thread_that_takes_ctrl_c(process.pid), signal.SIGINT)
         _, stderr = _communicate_or_fail(process, 20, "the Ctrl-C")
+        # Checked before the clean-up below kills whatever is left of the process group.
+        workers, left = _running(started)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -291,10 +308,8 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
                                    "did not finish (rerun it; a folder without its "
                                    "manifest.json is never read as a dataset)"]
     assert not (tmp_path / "out").exists()
-    # The workers were ended, not left to start later (orphaned: a zombie until reaped).
-    for pid in (int(path.name) for path in started.iterdir()):
-        assert not Path(f"/proc/{pid}").exists() or \
-            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    # The workers were ended, not left to start later (orphaned).
+    assert workers and not left, (workers, left)
 
 
 def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run(
@@ -320,14 +335,7 @@ def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run
         f"        open(os.path.join({str(ending)!r}, str(os.getpid())), 'w').close()\n"
         "        time.sleep(60)\n"
         "    atexit.register(slow_exit)\n")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={root}",
-         f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all",
-         "--runner=beam", "--num_workers=2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=f"{slow}{os.pathsep}{REPO_ROOT}",
-                 PYTHONFAULTHANDLER="1"),  # a hang's stacks, on SIGABRT
-        start_new_session=True, preexec_fn=_as_in_a_terminal)
+    process = _beam_converter(tmp_path, root, slow)
     try:
         deadline = time.monotonic() + 120
         while not any(ending.iterdir()) and process.poll() is None:
@@ -337,9 +345,7 @@ def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run
         process.terminate()  # the main process alone, as Slurm or Kubernetes stops a job
         _, stderr = _communicate_or_fail(process, 20, "the SIGTERM")
         # Checked before the clean-up below kills whatever is left of the process group.
-        workers = [int(path.name) for path in started.iterdir()]
-        left = [pid for pid in workers if Path(f"/proc/{pid}").exists() and Path(
-            f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        workers, left = _running(started)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
