@@ -44,9 +44,21 @@ def test_every_file_is_in_exactly_one_validation_fold(tmp_path):
     assert sorted(seen) == sorted(items)  # each file validated once
     sizes = [sum(kfold_eval.fold_of(f, 4, "s") == k for _, f in items) for k in range(4)]
     assert min(sizes) >= 10  # a hash, roughly even
-    # The fold depends on the path and the salt, not on the listing order.
-    assert kfold_eval.fold_of("Hand/007.png", 4, "s") == \
-        kfold_eval.fold_of("Hand/007.png", 4, "s")
+    # The fold depends on the path and the salt, not on the listing order: the files listed
+    # backwards give fold 0 the same files.
+    backwards = tmp_path / "backwards"
+    kfold_eval.make_fold_layout(str(archive), items[::-1], 0, 4, "s", str(backwards))
+    assert {p.relative_to(backwards) for p in backwards.rglob("*.png")} == {
+        p.relative_to(tmp_path / "layout_0") for p in (tmp_path / "layout_0").rglob("*.png")}
+    # Nor on the process (a later run reuses the folds in its work_dir), as Python's str hash
+    # would be: it differs from one process to the next.
+    program = ("import sys; from benchmarks import kfold_eval\n"
+               "print([kfold_eval.fold_of(f, 4, 's') for f in sys.argv[1:]])")
+    other_runs = {subprocess.run([sys.executable, "-c", program, *(f for _, f in items)],
+                                 capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+                                 env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+                  for seed in ("1", "2")}
+    assert other_runs == {f"{[kfold_eval.fold_of(f, 4, 's') for _, f in items]}\n"}
     assert [kfold_eval.fold_of(f, 4, "t") for _, f in items] != \
         [kfold_eval.fold_of(f, 4, "s") for _, f in items]
 
