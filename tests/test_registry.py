@@ -207,7 +207,6 @@ def test_build_model_is_the_only_dispatch_on_architecture():
 def test_flag_choices_agree_with_their_owners():
     assert [int(size) for size in flags_core.RESNET_SIZE_CHOICES] == sorted(
         resnet_model.RESNET_SIZES)
-    assert flags_core.DTYPE_CHOICES == tuple(config_lib.DTYPE_POLICIES)
     assert config_lib.MAX_TEST_TIME_VIEWS == len(test_time.TTA_VIEWS)  # the --tta bound
 
 
