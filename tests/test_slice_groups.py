@@ -113,13 +113,11 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
 
 
 def test_dicom_input_is_refused_with_the_reason(tmp_path, capsys):
-    pydicom = pytest.importorskip("pydicom", reason="pydicom is not installed")
-    from pydicom.data import get_testdata_file
+    from pydicom.data import get_testdata_file  # pydicom is a runtime dependency
 
     source = get_testdata_file("CT_small.dcm")
     (tmp_path / "ds" / "Chest").mkdir(parents=True)
     (tmp_path / "ds" / "Chest" / "a.dcm").write_bytes(open(source, "rb").read())
-    del pydicom
     line = one_error_line(capsys, "slice_groups.py", lambda: _run(
         f"--dataset_dir={tmp_path / 'ds'}", f"--output_csv={tmp_path / 'groups.csv'}"))
     assert "a.dcm: a DICOM file; the converter groups DICOMs by their patient" in line
