@@ -6,7 +6,6 @@ import csv
 import json
 
 import numpy as np
-import pytest
 
 from benchmarks import slice_groups
 from dataset.convert import ConvertConfig, convert_dataset
