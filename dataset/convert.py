@@ -181,7 +181,8 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
     problems = list(discovery.problems) + output_problems
     headers = _read_headers(workers, discovery, problems)
     identical = duplicates.identical_files({f.relpath: f.path for f in discovery.files},
-                                           workers.imap, parts=headers.pixel_data)
+                                           workers.imap, parts=headers.pixel_data,
+                                           dicom_options=config.dicom)
     return assignment.assign(config, discovery, headers, problems, identical)
 
 

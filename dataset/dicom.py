@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import math
 import os
 import struct
 import threading
@@ -156,6 +157,40 @@ def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
     """The display pipeline without PNG encoding: [(frame, uint8/uint16 [H, W, C])]."""
     with _quiet():
         return _render(ds, path, options)
+
+
+def pixel_layout(path: str | Path, options: DicomOptions) -> tuple[int, int, int, int, int]:
+    """(Rows, Columns, frames, SamplesPerPixel, BitsAllocated) from the header alone
+    (``dataset.duplicates``: which files could hold the same pixels). Raises DicomError."""
+    with _quiet(), _scrubbed(lambda error: f"{path}: unreadable DICOM header") as read:
+        ds = read.ds = _read(path, options, header_only=True)[0]
+        return (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), _frame_count(ds),
+                int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0))
+
+
+def pixel_digest(path: str | Path, options: DicomOptions) -> bytes:
+    """A digest of every frame's decoded stored values (little-endian), their dtype, shape and
+    the photometric interpretation they decoded to (a YBR JPEG decodes to RGB; MONOCHROME1 is
+    MONOCHROME2's negative): one image in two lossless syntaxes has one digest. One frame in
+    memory at a time. Raises DicomError (unreadable, no decoder, over max_pixels)."""
+    with _quiet(), _scrubbed(lambda error: f"{path}: cannot decode") as read:
+        ds = read.ds = _read(path, options)[0]
+        count, syntax = _frame_count(ds), UID(str(ds.file_meta.TransferSyntaxUID))
+        if math.prod(int(ds.get(key) or 1) for key in ("Rows", "Columns", "SamplesPerPixel")
+                     ) * count > options.max_pixels:
+            raise DicomError(f"{path}: image too large (max_pixels={options.max_pixels})")
+        decoder = _decoder(syntax, path)
+        plugin = next((name for name in _PREFERRED_PLUGINS.get(str(syntax), ())
+                       if name in decoder.available_plugins), "")
+        digest = hashlib.blake2b(digest_size=16)
+        for index in range(count):
+            array, properties = decoder.as_array(ds, index=index, decoding_plugin=plugin)
+            array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            if index == 0:
+                photometric = str(properties.get("photometric_interpretation", "")).upper()
+                digest.update(repr((array.dtype.str, array.shape, count, photometric)).encode())
+            digest.update(memoryview(array).cast("B"))
+        return digest.digest()
 
 
 def _check_key(hash_key: bytes) -> None:

@@ -6,22 +6,30 @@ tarball had exact duplicates). The split keeps each set of copies together
 (``dataset.assignment``).
 
 Cheap first: only files whose compared parts are of equal size can be equal, and most of
-those differ in their first 64 KiB, so few files are read whole.
+those differ in their first 64 KiB, so few files are read whole. A compressed DICOM file's
+pixel data differs from a copy's in another transfer syntax (JPEG 2000 and RLE of one scan)
+although the pixels decoded are the same: those are compared decoded, but only where the
+header's size says another file could hold the same pixels. Only equal pixels join files:
+a lossy copy is not found, and never is a different image.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import os
+
+from dataset.dicom_options import DicomOptions
 
 PREFIX_BYTES = 64 * 1024
 
 
 def identical_files(paths: dict[str, str], imap,
-                    parts: dict[str, tuple[int, int | None]] | None = None) -> list[list[str]]:
-    """Sets of files with the same bytes (in the part compared), each sorted, the sets sorted
-    by their first name.
+                    parts: dict[str, tuple[int, int | None]] | None = None,
+                    dicom_options: DicomOptions | None = None) -> list[list[str]]:
+    """Sets of files with the same bytes (in the part compared), or DICOM files with the same
+    decoded pixels (``decoded_copies``), each sorted, the sets sorted by their first name.
 
     Args:
       paths: relpath -> path of the files to compare.
@@ -30,6 +38,8 @@ def identical_files(paths: dict[str, str], imap,
       parts: relpath -> (offset, length; None: to the end) of the part compared, for a DICOM
         file its pixel data's value (``dataset.dicom.DicomInfo.pixel_data``); a file not
         named is compared whole.
+      dicom_options: how the DICOM files of ``parts`` are read (``force``, ``max_pixels``)
+        where their pixels are compared decoded.
 
     A file with nothing to compare (empty) or unreadable is in no set: reading it is the
     encode pass's problem, and every empty file would otherwise be a copy of every other.
@@ -54,7 +64,61 @@ def identical_files(paths: dict[str, str], imap,
               for relpath in relpaths}
     alike = ([same for same in alike if same[0] not in longer]
              + _alike([same for same in alike if same[0] in longer], paths, spans, imap, None))
-    return sorted(sorted(same) for same in alike)
+    return _merged(alike + decoded_copies(paths, parts, imap, dicom_options or DicomOptions()))
+
+
+def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None]], imap,
+                   dicom_options: DicomOptions) -> list[list[str]]:
+    """Sets of DICOM files whose decoded pixels are equal (``dataset.dicom.pixel_digest``)
+    where one at least is compressed (encapsulated: ``parts`` gives it no length).
+
+    Decoding costs what encoding does, so only files that could be equal are decoded: a
+    compressed file whose uncompressed size (from its header) is another compressed file's,
+    or an uncompressed file's pixel-data length (that file is decoded too: a big-endian one's
+    bytes are not the decoded values). Two uncompressed files are left to the byte comparison:
+    decoding each of a size would read every CT slice again, and little-endian bytes are the
+    values. A file that cannot be decoded is in no set (the encode pass says why)."""
+    compressed = sorted(r for r, (_, length) in parts.items() if length is None and r in paths)
+    if not compressed:
+        return []
+    layouts = imap(pixel_task, [("pixel_layout", paths[r], dicom_options) for r in compressed],
+                   chunksize=8)
+    by_size = collections.defaultdict(list)  # uncompressed bytes -> relpaths
+    for relpath, layout in zip(compressed, layouts):
+        if layout is not None and (size := (math.prod(layout) + 7) // 8) > 0:
+            by_size[size].append(relpath)  # (rows x columns x frames x samples x bits)
+    for relpath, (_, length) in sorted(parts.items()):
+        for size in (length, length - 1) if length is not None and relpath in paths else ():
+            if size in by_size and (size == length or size % 2):  # (odd: padded to even)
+                by_size[size].append(relpath)
+                break
+    candidates = [relpaths for relpaths in by_size.values() if len(relpaths) > 1]
+    relpaths = [relpath for same in candidates for relpath in same]
+    digests = dict(zip(relpaths, imap(pixel_task, [("pixel_digest", paths[r], dicom_options)
+                                                  for r in relpaths], chunksize=1)))
+    alike = []
+    for same in candidates:
+        by_digest = collections.defaultdict(list)
+        for relpath in same:
+            if digests[relpath] is not None:
+                by_digest[digests[relpath]].append(relpath)
+        alike += [group for group in by_digest.values() if len(group) > 1]
+    return alike
+
+
+def _merged(sets: list[list[str]]) -> list[list[str]]:
+    """Overlapping sets (a file equal to one by bytes and to another decoded) as one; each
+    sorted, the sets sorted by their first name."""
+    owner = {}  # relpath -> the (merged) set holding it
+    for same in sets:
+        merged = set(same)
+        for relpath in same:
+            if relpath in owner:
+                merged |= owner[relpath]
+        for relpath in merged:
+            owner[relpath] = merged
+    unique = {id(same): same for same in owner.values()}
+    return sorted(sorted(same) for same in unique.values())
 
 
 # Copies of one scan come a few at a time (an export made twice, a scan anonymised twice): one
@@ -124,3 +188,16 @@ def content_digest(path_offset_length: tuple[str, int, int]) -> bytes | None:
     except OSError:
         return None
     return digest.digest()
+
+
+def pixel_task(job: tuple) -> tuple | bytes | None:
+    """``dataset.dicom``'s ``pixel_layout`` or ``pixel_digest`` (job: (that name, path,
+    DicomOptions)); None when the file cannot be read or decoded (a worker's task: one
+    argument)."""
+    from dataset import dicom  # pydicom only once a compressed DICOM file is met
+
+    name, path, options = job
+    try:
+        return getattr(dicom, name)(path, options)
+    except ValueError:
+        return None

@@ -1,0 +1,121 @@
+"""One DICOM image in two transfer syntaxes (a lossless compressed copy of an uncompressed
+scan): its pixel-data bytes differ, its decoded pixels do not (dataset.duplicates
+decoded_copies). Found, kept in one split; other images of the same size never joined."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import RLELossless
+
+from dataset import duplicates
+from dataset.dicom import read_dicom_info
+from dataset.dicom_options import DicomOptions
+from tests.test_convert import convert, split_of_files
+
+# pydicom's own MR_small (64x64 signed 16-bit) in five encodings; decoded, all one image.
+MR_SMALL = ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm",
+            "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm")
+
+
+def _save(ds, path, pixels=None, **attributes):
+    """``ds`` saved as ``path`` with ``attributes`` set, RLE-compressed from ``pixels``."""
+    ds = pydicom.dcmread(ds) if isinstance(ds, str) else ds
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    if pixels is not None:
+        ds.compress(RLELossless, pixels, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def _found(paths, calls=None):
+    """identical_files over ``paths`` as the converter calls it (the headers' pixel parts)."""
+    def imap(function, tasks, chunksize):
+        if calls is not None:
+            calls.extend(task[:2] for task in tasks)
+        return map(function, tasks)
+    parts = {name: read_dicom_info(path, DicomOptions(), hash_key=b"k").pixel_data
+             for name, path in paths.items()}
+    return duplicates.identical_files(paths, imap, parts=parts)
+
+
+def test_one_image_in_five_syntaxes_is_one_set_and_other_images_of_its_size_are_not(tmp_path):
+    paths = {name: get_testdata_file(name) for name in MR_SMALL}
+    pixels = pydicom.dcmread(paths["MR_small.dcm"]).pixel_array
+    other = np.roll(pixels, 1, axis=0)  # another image of the same size and type
+    paths["other.dcm"] = _save(get_testdata_file("MR_small.dcm"), tmp_path / "other.dcm",
+                               PixelData=other.tobytes())
+    paths["other_rle.dcm"] = _save(get_testdata_file("MR_small.dcm"),
+                                   tmp_path / "other_rle.dcm", pixels=other.copy())
+    # Its very values as a negative (MONOCHROME1, compressed anew): another image on screen.
+    paths["negative_rle.dcm"] = _save(get_testdata_file("MR_small.dcm"),
+                                      tmp_path / "negative_rle.dcm", pixels=pixels.copy(),
+                                      PhotometricInterpretation="MONOCHROME1")
+    calls = []
+    assert _found(paths, calls) == [sorted(MR_SMALL), ["other.dcm", "other_rle.dcm"]]
+    # No two pixel data alike in bytes: each set above was found decoded.
+    assert len({pydicom.dcmread(path).PixelData for path in paths.values()}) == len(paths)
+
+
+def test_uncompressed_files_alone_are_compared_by_bytes_not_decoded(tmp_path):
+    """Decoding costs: with no compressed file nothing is decoded, and a compressed file of
+    a size no other file has is not decoded either."""
+    paths = {name: get_testdata_file(name) for name in ("MR_small.dcm", "CT_small.dcm")}
+    calls = []
+    assert _found(paths, calls) == [] and calls == []
+    paths["rle.dcm"] = _save(get_testdata_file("CT_small.dcm"), tmp_path / "rle.dcm",
+                             pixels=np.zeros((128, 128), np.int16) + 7,
+                             Rows=128, Columns=128)
+    paths["MR_small_RLE.dcm"] = get_testdata_file("MR_small_RLE.dcm")
+    assert _found(paths, calls) == [["MR_small.dcm", "MR_small_RLE.dcm"]]
+    decoded = sorted(name.rsplit("/", 1)[-1] for function, name in calls
+                     if function == "pixel_digest")
+    assert decoded == ["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "rle.dcm"]
+    paths.pop("CT_small.dcm")
+    calls.clear()
+    _found(paths, calls)
+    assert "rle.dcm" not in {name.rsplit("/", 1)[-1] for function, name in calls
+                             if function == "pixel_digest_task"}
+
+
+def _pairs_in_two_syntaxes(root, count: int) -> list[tuple[str, str]]:
+    """``count`` distinct images, each uncompressed and RLE-compressed under two patients
+    (so only their pixels tie them), in two classes; returns (uncompressed, RLE) relpaths."""
+    base = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    pairs = []
+    for index in range(count):
+        name = ("Head", "Chest")[index % 2]
+        (root / name).mkdir(parents=True, exist_ok=True)
+        pixels = np.roll(base, 3 * index, axis=1)
+        pair = (f"{name}/plain{index:02d}.dcm", f"{name}/rle{index:02d}.dcm")
+        _save(get_testdata_file("MR_small.dcm"), root / pair[0], PixelData=pixels.tobytes(),
+              PatientID=f"plain{index}")
+        _save(get_testdata_file("MR_small.dcm"), root / pair[1], pixels=pixels.copy(),
+              PatientID=f"rle{index}")
+        pairs.append(pair)
+    return pairs
+
+
+def test_an_image_in_two_syntaxes_is_kept_in_one_split_and_an_undecodable_file_is_none(
+        tmp_path):
+    root = tmp_path / "ds"
+    pairs = _pairs_in_two_syntaxes(root, 12)
+    # A compressed file of the same size whose pixels cannot be decoded: in no set, and
+    # the encode pass reports it as it did.
+    broken = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    broken.PixelData = encapsulate([b"\0" * 64])
+    _save(broken, root / "Head/broken.dcm", PatientID="broken")
+    manifest = convert(root, tmp_path / "out", need_split="tt_split", test_size=0.5,
+                       on_error="skip")
+    split_of = split_of_files(tmp_path / "out")
+    # Drawn by patient alone, 12 pairs would share their split with probability 0.5**12.
+    assert all(split_of[plain] == split_of[rle] for plain, rle in pairs)
+    assert len({split_of[plain] for plain, _ in pairs}) == 2
+    assert [w for w in manifest["warnings"] if "copies" in w] == [
+        "12 file(s) are copies of another's image (the same bytes, or DICOM pixel data; e.g. "
+        "Chest/plain01.dcm and Chest/rle01.dcm): each set is kept in one split"]
+    assert [skipped["path"] for skipped in manifest["skipped"]] == ["Head/broken.dcm"]
+    assert "cannot decode" in manifest["skipped"][0]["reason"]
