@@ -159,13 +159,16 @@ def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
         return _render(ds, path, options)
 
 
-def pixel_layout(path: str | Path, options: DicomOptions) -> tuple[int, int, int, int, int]:
-    """(Rows, Columns, frames, SamplesPerPixel, BitsAllocated) from the header alone
-    (``dataset.duplicates``: which files could hold the same pixels). Raises DicomError."""
+def pixel_layout(path: str | Path, options: DicomOptions
+                 ) -> tuple[tuple[int, int, int, int, int], str]:
+    """((Rows, Columns, frames, SamplesPerPixel, BitsAllocated), transfer syntax UID) from the
+    header alone (``dataset.duplicates``: which files could hold the same pixels). Raises
+    DicomError."""
     with _quiet(), _scrubbed(lambda error: f"{path}: unreadable DICOM header") as read:
         ds = read.ds = _read(path, options, header_only=True)[0]
-        return (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), _frame_count(ds),
-                int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0))
+        return ((int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), _frame_count(ds),
+                 int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)),
+                str(ds.file_meta.get("TransferSyntaxUID", "")))
 
 
 def pixel_digest(path: str | Path, options: DicomOptions) -> bytes:

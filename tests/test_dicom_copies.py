@@ -60,9 +60,9 @@ def test_one_image_in_five_syntaxes_is_one_set_and_other_images_of_its_size_are_
     assert len({pydicom.dcmread(path).PixelData for path in paths.values()}) == len(paths)
 
 
-def test_uncompressed_files_alone_are_compared_by_bytes_not_decoded(tmp_path):
-    """Decoding costs: with no compressed file nothing is decoded, and a compressed file of
-    a size no other file has is not decoded either."""
+def test_only_files_of_one_size_in_two_syntaxes_are_decoded(tmp_path):
+    """Decoding costs: with no compressed file nothing is decoded; nor is a compressed file
+    of a size no other file has, nor files of one size all compressed one way."""
     paths = {name: get_testdata_file(name) for name in ("MR_small.dcm", "CT_small.dcm")}
     calls = []
     assert _found(paths, calls) == [] and calls == []
@@ -78,7 +78,15 @@ def test_uncompressed_files_alone_are_compared_by_bytes_not_decoded(tmp_path):
     calls.clear()
     _found(paths, calls)
     assert "rle.dcm" not in {name.rsplit("/", 1)[-1] for function, name in calls
-                             if function == "pixel_digest_task"}
+                             if function == "pixel_digest"}
+    # Two files of one size, both RLE (the same image's copies would have the same bytes).
+    paths = {"a.dcm": get_testdata_file("MR_small_RLE.dcm"),
+             "b.dcm": _save(get_testdata_file("MR_small.dcm"), tmp_path / "b.dcm",
+                            pixels=np.roll(pydicom.dcmread(get_testdata_file(
+                                "MR_small.dcm")).pixel_array, 1, axis=0))}
+    calls.clear()
+    assert _found(paths, calls) == []
+    assert [function for function, _ in calls] == ["pixel_layout", "pixel_layout"]
 
 
 def _pairs_in_two_syntaxes(root, count: int) -> list[tuple[str, str]]:
