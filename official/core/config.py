@@ -77,7 +77,8 @@ def mirror_partners(class_names) -> tuple[int, ...]:
     """For each class, the class its mirror image shows: two classes whose names differ only in
     a left/right word ("kidney-left", "kidney-right") are each other's; every other class is
     its own (a liver seen in a mirror is an anatomy that does not occur, so mirror_swap leaves
-    unpaired classes alone). dataset/augment.py mirror_swap takes it (as augment.mirror_partners).
+    unpaired classes alone). Plain Python, so that dicom_main.py checks the pairs before
+    TensorFlow's import; dataset/augment.py mirror_swap takes the result as a tensor.
     """
     index = {name: position for position, name in enumerate(class_names)}
     return tuple(index.get(_other_side(name), position)

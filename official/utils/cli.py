@@ -250,7 +250,8 @@ def run_program(program: str, main: Callable[[list[str]], object],
         message = what + (f"; {left}" if left else "")
         if skip_teardown and began:
             # The teardown would delete the run's tf.data iterators, which can wait a minute
-            # for their autotuner (exit_skipping_teardown): after a Ctrl-C that said "stopped".
+            # for their autotuner (exit_skipping_teardown): silence after the line that
+            # said the run stopped.
             print(f"{program}: error: {message}", file=sys.stderr, flush=True)
             exit_skipping_teardown(status)
         exit_with_error(program, message, status=status)
