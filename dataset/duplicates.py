@@ -100,14 +100,7 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
     relpaths = [relpath for same in candidates for relpath in same]
     digests = dict(zip(relpaths, imap(pixel_task, [("pixel_digest", paths[r], dicom_options)
                                                   for r in relpaths], chunksize=1)))
-    alike = []
-    for same in candidates:
-        by_digest = collections.defaultdict(list)
-        for relpath in same:
-            if digests[relpath] is not None:
-                by_digest[digests[relpath]].append(relpath)
-        alike += [group for group in by_digest.values() if len(group) > 1]
-    return alike
+    return _split_by_digest(candidates, digests)
 
 
 def _merged(sets: list[list[str]]) -> list[list[str]]:
@@ -168,6 +161,12 @@ def _alike(candidates: list[list[str]], paths: dict[str, str],
     tasks = [(paths[r], spans[r][0], spans[r][1] if limit is None else min(limit, spans[r][1]))
              for r in relpaths]
     digests = dict(zip(relpaths, imap(content_digest, tasks, chunksize=64)))
+    return _split_by_digest(candidates, digests)
+
+
+def _split_by_digest(candidates: list[list[str]], digests: dict) -> list[list[str]]:
+    """The candidates' sets split by ``digests`` (relpath -> digest; None: a file not read,
+    in no set), keeping those of two or more files."""
     alike = []
     for same in candidates:
         by_digest = collections.defaultdict(list)
