@@ -175,12 +175,12 @@ def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
     Raises:
       ValueError: a DICOM header that cannot be read.
     """
-    keys, pixel_data = {}, {}
+    keys, pixel_data, layouts = {}, {}, {}
     for _, relpath in items:
         path = os.path.join(dataset_dir, relpath)
         patient = None
         if file_kind(path) == "dicom":
-            _, patient, _, pixel_data[relpath] = sources.read_dicom_header(
+            _, patient, _, pixel_data[relpath], layouts[relpath] = sources.read_dicom_header(
                 path, DicomOptions(), DEFAULT_HASH_KEY)
         keys[relpath] = f"patient:{patient}" if patient else relpath
     # Copies of one image under other names or patients fold together, as the converter
@@ -188,7 +188,8 @@ def fold_keys(dataset_dir: str, items: list[tuple[str, str]]) -> dict[str, str]:
     identical = duplicates.identical_files(
         {relpath: os.path.join(dataset_dir, relpath) for _, relpath in items},
         lambda function, tasks, chunksize: map(function, tasks),
-        parts={relpath: part for relpath, part in pixel_data.items() if part})
+        parts={relpath: part for relpath, part in pixel_data.items() if part},
+        layouts={relpath: layout for relpath, layout in layouts.items() if layout})
     joined = duplicates.join_groups(keys, identical)
     # A key that took in another says so (fold_settings counts its files): counting keys that
     # are not their file's own path missed a patient joined into another patient.

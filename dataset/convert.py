@@ -131,11 +131,12 @@ class _Headers:
     values: dict  # relpath -> (body_part, patient_key, modality)
     errors: set
     pixel_data: dict  # relpath -> where its pixel data's value is (DicomInfo.pixel_data)
+    layouts: dict  # relpath -> a compressed pixel data's layout (DicomInfo.pixel_layout)
 
 
 def _read_headers(workers, discovery, problems) -> _Headers:
     dicoms = [f for f in discovery.files if f.kind == "dicom"]
-    headers = _Headers({}, set(), {})
+    headers = _Headers({}, set(), {}, {})
     results = workers.imap(header_task, [f.path for f in dicoms], chunksize=8)
     for item, (value, error) in zip(dicoms, results):
         if error:
@@ -145,6 +146,8 @@ def _read_headers(workers, discovery, problems) -> _Headers:
             headers.values[item.relpath] = value[:3]
             if value[3] is not None:
                 headers.pixel_data[item.relpath] = value[3]
+            if value[4] is not None:
+                headers.layouts[item.relpath] = value[4]
     return headers
 
 
@@ -182,7 +185,7 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
     headers = _read_headers(workers, discovery, problems)
     identical = duplicates.identical_files({f.relpath: f.path for f in discovery.files},
                                            workers.imap, parts=headers.pixel_data,
-                                           dicom_options=config.dicom)
+                                           layouts=headers.layouts, dicom_options=config.dicom)
     return assignment.assign(config, discovery, headers, problems, identical)
 
 

@@ -96,6 +96,10 @@ class DicomInfo:
     # not known (a deflated file, none): copies of one image under other headers (a scan
     # anonymised twice) are found by it. Set by read_dicom_info only.
     pixel_data: tuple[int, int | None] | None = None
+    # For compressed (encapsulated) pixel data only: ((Rows, Columns, frames, SamplesPerPixel,
+    # BitsAllocated), transfer syntax UID), which files could decode to the same pixels
+    # (dataset.duplicates decoded_copies). Set by read_dicom_info only.
+    pixel_layout: tuple[tuple[int, int, int, int, int], str] | None = None
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -149,7 +153,13 @@ def read_dicom_info(path: str | Path, options: DicomOptions, *, hash_key: bytes
 
     with _quiet(), _scrubbed(failure) as read:
         read.ds, pixel_data = _read(path, options, header_only=True)
-        return dataclasses.replace(_info(read.ds, hash_key), pixel_data=pixel_data)
+        ds = read.ds
+        layout = ((int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), _frame_count(ds),
+                   int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)),
+                  str(ds.file_meta.get("TransferSyntaxUID", ""))
+                  ) if pixel_data and pixel_data[1] is None else None
+        return dataclasses.replace(_info(ds, hash_key), pixel_data=pixel_data,
+                                   pixel_layout=layout)
 
 
 def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
@@ -157,18 +167,6 @@ def render_arrays(ds: Dataset, path: str | Path, options: DicomOptions
     """The display pipeline without PNG encoding: [(frame, uint8/uint16 [H, W, C])]."""
     with _quiet():
         return _render(ds, path, options)
-
-
-def pixel_layout(path: str | Path, options: DicomOptions
-                 ) -> tuple[tuple[int, int, int, int, int], str]:
-    """((Rows, Columns, frames, SamplesPerPixel, BitsAllocated), transfer syntax UID) from the
-    header alone (``dataset.duplicates``: which files could hold the same pixels). Raises
-    DicomError."""
-    with _quiet(), _scrubbed(lambda error: f"{path}: unreadable DICOM header") as read:
-        ds = read.ds = _read(path, options, header_only=True)[0]
-        return ((int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), _frame_count(ds),
-                 int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)),
-                str(ds.file_meta.get("TransferSyntaxUID", "")))
 
 
 def pixel_digest(path: str | Path, options: DicomOptions) -> bytes:

@@ -27,6 +27,7 @@ PREFIX_BYTES = 64 * 1024
 
 def identical_files(paths: dict[str, str], imap,
                     parts: dict[str, tuple[int, int | None]] | None = None,
+                    layouts: dict[str, tuple] | None = None,
                     dicom_options: DicomOptions | None = None) -> list[list[str]]:
     """Sets of files with the same bytes (in the part compared), or DICOM files with the same
     decoded pixels (``decoded_copies``), each sorted, the sets sorted by their first name.
@@ -38,6 +39,8 @@ def identical_files(paths: dict[str, str], imap,
       parts: relpath -> (offset, length; None: to the end) of the part compared, for a DICOM
         file its pixel data's value (``dataset.dicom.DicomInfo.pixel_data``); a file not
         named is compared whole.
+      layouts: relpath -> a compressed DICOM file's pixel layout and transfer syntax
+        (``dataset.dicom.DicomInfo.pixel_layout``), for ``decoded_copies``.
       dicom_options: how the DICOM files of ``parts`` are read (``force``, ``max_pixels``)
         where their pixels are compared decoded.
 
@@ -64,13 +67,15 @@ def identical_files(paths: dict[str, str], imap,
               for relpath in relpaths}
     alike = ([same for same in alike if same[0] not in longer]
              + _alike([same for same in alike if same[0] in longer], paths, spans, imap, None))
-    return _merged(alike + decoded_copies(paths, parts, imap, dicom_options or DicomOptions()))
+    return _merged(alike + decoded_copies(paths, parts, layouts or {}, imap,
+                                          dicom_options or DicomOptions()))
 
 
-def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None]], imap,
-                   dicom_options: DicomOptions) -> list[list[str]]:
+def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None]],
+                   layouts: dict[str, tuple], imap, dicom_options: DicomOptions
+                   ) -> list[list[str]]:
     """Sets of DICOM files whose decoded pixels are equal (``dataset.dicom.pixel_digest``)
-    where one at least is compressed (encapsulated: ``parts`` gives it no length).
+    where one at least is compressed (``layouts``, from the header pass, names those).
 
     Decoding costs what encoding does (1.6x a conversion of 220 compressed 512x512 files
     when every file of a size was decoded), so only files that could be equal and are stored
@@ -81,15 +86,12 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
     the same bytes, unless two encoders (or settings) wrote them, which is not looked for.
     Two uncompressed files are left to the byte comparison (little-endian bytes are the
     values). A file that cannot be decoded is in no set (the encode pass says why)."""
-    compressed = sorted(r for r, (_, length) in parts.items() if length is None and r in paths)
-    if not compressed:
-        return []
-    layouts = imap(pixel_task, [("pixel_layout", paths[r], dicom_options) for r in compressed],
-                   chunksize=8)
     by_size = collections.defaultdict(dict)  # uncompressed bytes -> {relpath: its syntax}
-    for relpath, found in zip(compressed, layouts):
-        if found is not None and (size := (math.prod(found[0]) + 7) // 8) > 0:
-            by_size[size][relpath] = found[1]  # (rows x columns x frames x samples x bits)
+    for relpath, (layout, syntax) in sorted(layouts.items()):
+        if relpath in paths and (size := (math.prod(layout) + 7) // 8) > 0:
+            by_size[size][relpath] = syntax  # (rows x columns x frames x samples x bits)
+    if not by_size:
+        return []
     for relpath, (_, length) in sorted(parts.items()):
         for size in (length, length - 1) if length is not None and relpath in paths else ():
             if size in by_size and (size == length or size % 2):  # (odd: padded to even)
@@ -98,8 +100,8 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
     candidates = [sorted(syntaxes) for syntaxes in by_size.values()
                   if len(set(syntaxes.values())) > 1]
     relpaths = [relpath for same in candidates for relpath in same]
-    digests = dict(zip(relpaths, imap(pixel_task, [("pixel_digest", paths[r], dicom_options)
-                                                  for r in relpaths], chunksize=1)))
+    digests = dict(zip(relpaths, imap(pixel_digest_task, [(paths[r], dicom_options)
+                                                         for r in relpaths], chunksize=1)))
     return _split_by_digest(candidates, digests)
 
 
@@ -193,14 +195,12 @@ def content_digest(path_offset_length: tuple[str, int, int]) -> bytes | None:
     return digest.digest()
 
 
-def pixel_task(job: tuple) -> tuple | bytes | None:
-    """``dataset.dicom``'s ``pixel_layout`` or ``pixel_digest`` (job: (that name, path,
-    DicomOptions)); None when the file cannot be read or decoded (a worker's task: one
-    argument)."""
+def pixel_digest_task(path_options: tuple) -> bytes | None:
+    """``dataset.dicom.pixel_digest`` of (path, DicomOptions); None when the file cannot be
+    decoded (a worker's task: one argument)."""
     from dataset import dicom  # pydicom only once a compressed DICOM file is met
 
-    name, path, options = job
     try:
-        return getattr(dicom, name)(path, options)
+        return dicom.pixel_digest(*path_options)
     except ValueError:
         return None

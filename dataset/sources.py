@@ -360,10 +360,10 @@ def unmatched_group_rows(path: str | None, groups_csv: dict[str, str], discovery
 
 
 def read_dicom_header(path: str, options, hash_key: bytes
-                      ) -> tuple[str | None, str | None, str | None, tuple | None]:
-    """``(BodyPartExamined, keyed patient hash, Modality)``, each stripped or None, and
-    where the pixel data's value is (``DicomInfo.pixel_data``; ``dataset.duplicates``
-    compares it).
+                      ) -> tuple[str | None, str | None, str | None, tuple | None, tuple | None]:
+    """``(BodyPartExamined, keyed patient hash, Modality)``, each stripped or None, where the
+    pixel data's value is (``DicomInfo.pixel_data``) and a compressed one's layout
+    (``DicomInfo.pixel_layout``): ``dataset.duplicates`` compares files by them.
 
     Reads the header only (no pixel data), so splits can be grouped by patient
     before any pixel is decoded. The patient key is ``dataset.dicom``'s keyed
@@ -376,4 +376,4 @@ def read_dicom_header(path: str, options, hash_key: bytes
     from dataset.dicom import read_dicom_info
 
     info = read_dicom_info(path, options, hash_key=hash_key)
-    return info.body_part, info.patient_key, info.modality, info.pixel_data
+    return info.body_part, info.patient_key, info.modality, info.pixel_data, info.pixel_layout

@@ -32,14 +32,17 @@ def _save(ds, path, pixels=None, **attributes):
 
 
 def _found(paths, calls=None):
-    """identical_files over ``paths`` as the converter calls it (the headers' pixel parts)."""
+    """identical_files over ``paths`` as the converter calls it (the headers' pixel parts and
+    layouts); ``calls`` gets (task function, file) of each task."""
     def imap(function, tasks, chunksize):
         if calls is not None:
-            calls.extend(task[:2] for task in tasks)
+            calls.extend((function.__name__, task[0]) for task in tasks)
         return map(function, tasks)
-    parts = {name: read_dicom_info(path, DicomOptions(), hash_key=b"k").pixel_data
+    infos = {name: read_dicom_info(path, DicomOptions(), hash_key=b"k")
              for name, path in paths.items()}
-    return duplicates.identical_files(paths, imap, parts=parts)
+    return duplicates.identical_files(
+        paths, imap, parts={name: info.pixel_data for name, info in infos.items()},
+        layouts={name: info.pixel_layout for name, info in infos.items() if info.pixel_layout})
 
 
 def test_one_image_in_five_syntaxes_is_one_set_and_other_images_of_its_size_are_not(tmp_path):
@@ -72,13 +75,13 @@ def test_only_files_of_one_size_in_two_syntaxes_are_decoded(tmp_path):
     paths["MR_small_RLE.dcm"] = get_testdata_file("MR_small_RLE.dcm")
     assert _found(paths, calls) == [["MR_small.dcm", "MR_small_RLE.dcm"]]
     decoded = sorted(name.rsplit("/", 1)[-1] for function, name in calls
-                     if function == "pixel_digest")
+                     if function == "pixel_digest_task")
     assert decoded == ["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "rle.dcm"]
     paths.pop("CT_small.dcm")
     calls.clear()
     _found(paths, calls)
     assert "rle.dcm" not in {name.rsplit("/", 1)[-1] for function, name in calls
-                             if function == "pixel_digest"}
+                             if function == "pixel_digest_task"}
     # Two files of one size, both RLE (the same image's copies would have the same bytes).
     paths = {"a.dcm": get_testdata_file("MR_small_RLE.dcm"),
              "b.dcm": _save(get_testdata_file("MR_small.dcm"), tmp_path / "b.dcm",
@@ -86,7 +89,7 @@ def test_only_files_of_one_size_in_two_syntaxes_are_decoded(tmp_path):
                                 "MR_small.dcm")).pixel_array, 1, axis=0))}
     calls.clear()
     assert _found(paths, calls) == []
-    assert [function for function, _ in calls] == ["pixel_layout", "pixel_layout"]
+    assert "pixel_digest_task" not in {function for function, _ in calls}
 
 
 def _pairs_in_two_syntaxes(root, count: int) -> list[tuple[str, str]]:

@@ -38,8 +38,8 @@ FUNCTION_IMPORTS = {
     ("dataset/features.py", "parse_example"): "the converter never imports TensorFlow",
     ("dataset/images.py", "load_image"): "pydicom (1 s to import) only once a DICOM file is met",
     ("dataset/sources.py", "read_dicom_header"): "pydicom only once a DICOM file is met",
-    ("dataset/duplicates.py", "pixel_task"): "pydicom only once a compressed DICOM file is "
-                                             "met",
+    ("dataset/duplicates.py", "pixel_digest_task"): "pydicom only once a compressed DICOM "
+                                                    "file is met",
     ("official/utils/logs/logger.py", "require_bigquery"): "an optional dependency",
     ("official/utils/cli.py", "report_left"): "the evaluators' Ctrl-C line: matplotlib "
                                               "(report.py) not at every program's start",
