@@ -9,14 +9,10 @@ the Beam tests under a minute on two cores.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +24,6 @@ from dataset.convert import ConvertConfig
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
 from tests.test_convert import _bad, convert
-from tests.test_convert_kill import _communicate_or_fail
 
 if beam_convert.beam is None:  # dataset.beam_convert itself imports without Beam
     pytest.skip("needs apache-beam (pip install -r requirements-beam.txt)",
@@ -203,158 +198,6 @@ def test_cli_beam_local_workers_print_nothing(tmp_path, make_images_labels_datas
     assert result.returncode == 0, result.stderr[-3000:]
     assert "wrote 4 examples" in result.stdout
     assert result.stderr == ""
-
-
-def test_local_workers_write_into_the_log_and_an_interrupt_quiets_beam(tmp_path, capfd):
-    """What Beam's local workers print goes to the log, as does, after a Ctrl-C (which a
-    terminal sends them too), the traceback each printed and the runner's threads' reports
-    of their ends (100 lines above the one that says what happened)."""
-    log = tmp_path / "workers.log"
-    beam_logger = logging.getLogger("apache_beam")
-    level = beam_logger.level
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with beam_convert._stderr_to(str(log)):
-                subprocess.run([sys.executable, "-c",
-                                "import sys; sys.stderr.write('a worker line\\n')"], check=True)
-                raise KeyboardInterrupt
-        assert beam_logger.getEffectiveLevel() > logging.CRITICAL
-    finally:
-        beam_logger.setLevel(level)
-    assert log.read_text() == "a worker line\n"
-    sys.stderr.write("after\n")  # file descriptor 2 is this process's again
-    assert capfd.readouterr().err == "after\n"
-
-
-def _a_thread_that_takes_ctrl_c(pid: int) -> int:
-    """A thread of process ``pid`` other than its main one that does not block SIGINT."""
-    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
-        status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
-        if int(task.name) != pid and not int(status["SigBlk"], 16) & 1 << signal.SIGINT - 1:
-            return int(task.name)
-    raise AssertionError(f"no thread of {pid} takes SIGINT")
-
-
-def _as_in_a_terminal() -> None:
-    """Ctrl-C's default action and no signal blocked, as a program started from a terminal
-    has: a test runner started in the background ignores SIGINT, and its children inherit
-    that (the converter would then ignore the Ctrl-C this test sends)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _beam_converter(tmp_path, root, sitecustomize_dir) -> subprocess.Popen:
-    """tf_convert_data.py --runner=beam from ``root`` into tmp_path/out, started as a terminal
-    starts a program, with ``sitecustomize_dir`` first on the path: Beam's worker processes
-    run its sitecustomize.py."""
-    return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={root}",
-         f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all",
-         "--runner=beam", "--num_workers=2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=f"{sitecustomize_dir}{os.pathsep}{REPO_ROOT}",
-                 PYTHONFAULTHANDLER="1"),  # a hang's stacks, on SIGABRT
-        start_new_session=True, preexec_fn=_as_in_a_terminal)
-
-
-def _running(folder) -> tuple[list[int], list[int]]:
-    """(the pids named by the files in ``folder``, those of them still running): a zombie
-    has ended, waiting to be reaped."""
-    pids = [int(path.name) for path in folder.iterdir()]
-    return pids, [pid for pid in pids if Path(f"/proc/{pid}").exists() and Path(
-        f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
-
-
-@pytest.mark.parametrize("sent_to", ["group", "thread"])
-def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_labels_dataset,
-                                                          sent_to):
-    """1 in ~35 group Ctrl-Cs hung until a second one, two ways (dataset.beam_workers): a
-    Beam worker survived the Ctrl-C mid-start-up and connected after Beam's shutdown had
-    closed its connection ("group"), or the signal reached a thread other than the main one,
-    which waited for results without a timeout and never ran the handler ("thread", sent
-    here to one such thread only). Here Beam's workers take a minute to start and ignore
-    Ctrl-C meanwhile (sitecustomize, in Beam's workers only): without the fix both hang."""
-    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
-    started = tmp_path / "started"
-    started.mkdir()
-    slow = tmp_path / "slow-workers"
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(
-        "import os, signal, time\n"
-        "if 'CONTROL_API_SERVICE_DESCRIPTOR' in os.environ:  # a Beam worker\n"
-        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        f"    open(os.path.join({str(started)!r}, str(os.getpid())), 'w').close()\n"
-        "    time.sleep(60)\n"
-        "    signal.signal(signal.SIGINT, signal.default_int_handler)\n")
-    process = _beam_converter(tmp_path, root, slow)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(started.iterdir())) < 2 and process.poll() is None:
-            assert time.monotonic() < deadline, "Beam's workers never started"
-            time.sleep(0.02)
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        if sent_to == "group":
-            os.killpg(process.pid, signal.SIGINT)
-        else:  # kill() prefers the thread named, if it takes the signal
-            os.kill(_a_thread_that_takes_ctrl_c(process.pid), signal.SIGINT)
-        _, stderr = _communicate_or_fail(process, 20, "the Ctrl-C")
-        # Checked before the clean-up below kills whatever is left of the process group.
-        workers, left = _running(started)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130, stderr[-3000:]
-    assert stderr.splitlines() == [f"error: interrupted; the conversion into {tmp_path / 'out'} "
-                                   "did not finish (rerun it; a folder without its "
-                                   "manifest.json is never read as a dataset)"]
-    assert not (tmp_path / "out").exists()
-    # The workers were ended, not left to start later (orphaned).
-    assert workers and not left, (workers, left)
-
-
-def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run(
-        tmp_path, make_images_labels_dataset):
-    """A batch scheduler's stop (SIGTERM to the main process only) as the run ended: Beam
-    tells each worker to end, then waits for it, one at a time; interrupted in that wait,
-    it never told the others, and the one-shot kills could miss them: the process then
-    waited at exit for a worker that waited for its runner (a hang), or its threads'
-    reports of the killed workers came below the one line (8 of 14 SIGTERMs sent then).
-    Here each Beam worker takes a minute to exit (sitecustomize, in Beam's workers only),
-    so the SIGTERM lands in that wait."""
-    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
-    started, ending = tmp_path / "started", tmp_path / "ending"
-    started.mkdir()
-    ending.mkdir()
-    slow = tmp_path / "slow-exit"
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(
-        "import atexit, os, time\n"
-        "if 'CONTROL_API_SERVICE_DESCRIPTOR' in os.environ:  # a Beam worker\n"
-        f"    open(os.path.join({str(started)!r}, str(os.getpid())), 'w').close()\n"
-        "    def slow_exit():\n"
-        f"        open(os.path.join({str(ending)!r}, str(os.getpid())), 'w').close()\n"
-        "        time.sleep(60)\n"
-        "    atexit.register(slow_exit)\n")
-    process = _beam_converter(tmp_path, root, slow)
-    try:
-        deadline = time.monotonic() + 120
-        while not any(ending.iterdir()) and process.poll() is None:
-            assert time.monotonic() < deadline, "no Beam worker ever began to exit"
-            time.sleep(0.02)
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        process.terminate()  # the main process alone, as Slurm or Kubernetes stops a job
-        _, stderr = _communicate_or_fail(process, 20, "the SIGTERM")
-        # Checked before the clean-up below kills whatever is left of the process group.
-        workers, left = _running(started)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 143, stderr[-3000:]
-    assert stderr.splitlines() == [f"error: terminated (SIGTERM); the conversion into "
-                                   f"{tmp_path / 'out'} did not finish (rerun it; a folder "
-                                   "without its manifest.json is never read as a dataset)"]
-    assert not (tmp_path / "out").exists()
-    assert workers and not left, (workers, left)  # ended (a zombie until reaped), not orphaned
 
 
 def test_cli_without_beam_is_one_clear_error(tmp_path, make_images_labels_dataset):
