@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from dataset import preprocess
-from networks.slim import nets, scopes, slim_train
+from networks.slim import choices, nets, scopes, slim_train
 from official.core import export, restore, steps
 from official.core.config import TrainConfig, resolved_config, write_config
 
@@ -138,12 +138,12 @@ def test_grey_input_is_repeated_and_preprocessed_inside_the_model():
 
 def test_names_aliases_and_sizes():
     # Never a stand-in: each of Slim's names means its own network.
-    assert nets.resolve_name("inception_v4") == "inception_v4"
-    assert nets.resolve_name("InceptionV4") == "inception_v4"
-    assert nets.resolve_name("inception_resnet_v2") == "inception_resnet_v2"
-    assert nets.resolve_name("ResNet152V2") == "resnet_v2_152"
+    assert choices.resolve_name("inception_v4") == "inception_v4"
+    assert choices.resolve_name("InceptionV4") == "inception_v4"
+    assert choices.resolve_name("inception_resnet_v2") == "inception_resnet_v2"
+    assert choices.resolve_name("ResNet152V2") == "resnet_v2_152"
     with pytest.raises(ValueError, match="valid names: inception_v3"):
-        nets.resolve_name("alexnet")
+        choices.resolve_name("alexnet")
     with pytest.raises(ValueError, match="at least 75"):
         nets.build_network("inception_v3", 2, image_size=32)
     with pytest.raises(ValueError, match="matches no layer"):

@@ -129,7 +129,7 @@ def build_network(model_name: str, num_classes: int, *, image_size: int, channel
     """The backbone of `model_name` with a new `num_classes` head; float32 logits.
 
     Args:
-      model_name: a NETWORKS name (see resolve_name for aliases).
+      model_name: a NETWORKS name (see choices.resolve_name for aliases).
       image_size: input height and width; at least the network's min_image_size.
       channels: 1 (grey, repeated to 3 inside the model) or 3.
       dtype_policy: Keras dtype policy, e.g. "mixed_float16"; set on every layer.

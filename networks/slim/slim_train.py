@@ -31,7 +31,7 @@ RESUME_KEYS = ("model_name", "trainable_scopes", "optimizer")
 
 @dataclasses.dataclass(frozen=True)
 class SlimConfig:
-    model_name: str  # a nets.NETWORKS name (resolve aliases with nets.resolve_name first)
+    model_name: str  # a nets.NETWORKS name (resolve aliases with choices.resolve_name first)
     checkpoint_path: str | None = None
     checkpoint_exclude_scopes: tuple[str, ...] = ()
     trainable_scopes: tuple[str, ...] = ()  # empty: everything trains

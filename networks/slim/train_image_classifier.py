@@ -139,7 +139,7 @@ def configs_from_flags():
     from networks.slim import nets
     from networks.slim.slim_train import SlimConfig
 
-    name = nets.resolve_name(FLAGS.model_name)
+    name = choices.resolve_name(FLAGS.model_name)
     if name != FLAGS.model_name.strip().lower():
         logging.info("--model_name=%s: the network %s", FLAGS.model_name, name)
     image_size = (FLAGS.image_size or FLAGS.train_image_size
