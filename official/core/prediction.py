@@ -187,10 +187,8 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
     kept = kept if kept is not None else Kept()
     kept.path, kept.total, kept.rows = partial_path(output_csv), len(files), 0
     hash_key = os.urandom(32)  # patient keys are not used here; nothing is written from them
-    record = {"model": predictor.source, "members": member_records(predictor),
-              "tta_views": tta_views, "class_names": list(predictor.class_names),
-              "top_k": top_k, "min_confidence": min_confidence,
-              "dicom_force": bool(dicom_options.force)}
+    record = {**_models(predictor, tta_views), "top_k": top_k,
+              "min_confidence": min_confidence, "dicom_force": bool(dicom_options.force)}
     partial = PartialFile(output_csv, record)
     try:
         # A file that could not be read is tried again: it may have been mended, or have
@@ -237,7 +235,13 @@ def run_info_path(output_csv: str) -> str:
 def write_run_info(path: str, predictor, counts: dict[str, int], *, tta_views: int) -> None:
     """What produced a prediction CSV: the models (each with the views it averaged, a
     SavedModel's built-in ones included), the requested --tta, the classes and the counts."""
-    info = {"model": predictor.source, "members": member_records(predictor),
-            "tta_views": tta_views, "class_names": predictor.class_names, "counts": counts}
     with written_atomically(path) as tmp, open(tmp, "w") as handle:
-        json.dump(info, handle, indent=2)
+        json.dump({**_models(predictor, tta_views), "counts": counts}, handle, indent=2)
+
+
+def _models(predictor, tta_views: int | None) -> dict:
+    """The models (each with the views it averaged, a SavedModel's built-in ones included),
+    the requested --tta and the classes: in the run's .json, and in its partial file's
+    record, which --resume compares."""
+    return {"model": predictor.source, "members": member_records(predictor),
+            "tta_views": tta_views, "class_names": list(predictor.class_names)}
