@@ -55,3 +55,28 @@ def test_check_data_classes_says_what_evaluation_says(tmp_path):
     assert str(early.value) == str(late.value) == (
         f"{tmp_path}: classes ['Knee'] are not among the model's ['Chest', 'Hand']")
     assert np.array_equal(evaluation.label_map(["Hand"], model, str(tmp_path)), [1])
+
+
+def test_weights_digest_follows_the_files_not_their_path(tmp_path):
+    # What a real checkpoint's index holds when one weight changes: tests/test_views_ensembles.py.
+    export = _saved_model(tmp_path / "export", ["Chest", "Hand"])
+    (tmp_path / "export" / "variables").mkdir()
+    (tmp_path / "export" / "variables" / "variables.index").write_bytes(b"index 1")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt-4.index").write_bytes(b"index 1")
+    checkpoint = str(tmp_path / "run" / "ckpt-4")
+    first = {path: model_paths.weights_digest(path) for path in (export, checkpoint)}
+    assert all(len(digest) == 16 for digest in first.values())
+    assert first[export] != first[checkpoint]  # the SavedModel's graph counts too
+    moved = tmp_path / "moved"
+    (tmp_path / "export").rename(moved)
+    assert model_paths.weights_digest(str(moved)) == first[export]
+    (moved / "variables" / "variables.index").write_bytes(b"index 2")
+    assert model_paths.weights_digest(str(moved)) != first[export]
+    (moved / "saved_model.pb").write_bytes(b"another graph")
+    (moved / "variables" / "variables.index").write_bytes(b"index 1")
+    assert model_paths.weights_digest(str(moved)) != first[export]
+    (tmp_path / "run" / "ckpt-4.index").write_bytes(b"index 2")
+    assert model_paths.weights_digest(checkpoint) != first[checkpoint]
+    with pytest.raises(FileNotFoundError, match="ckpt-5.index"):  # e.g. rotated away
+        model_paths.weights_digest(str(tmp_path / "run" / "ckpt-5"))

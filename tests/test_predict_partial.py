@@ -165,6 +165,29 @@ def test_resume_refuses_rows_of_other_settings_or_of_an_unknown_model(folder, tm
     assert partial.read_bytes() == before["p.partial.csv"] and not out.exists()
 
 
+def test_resume_refuses_rows_of_the_same_model_path_with_other_weights(folder, tmp_path):
+    # A model_dir trained again from scratch, or an export replaced in place: its path, the
+    # only name the rows had, would have let --resume mix two models' rows in one CSV.
+    out = tmp_path / "p.csv"
+    files = prediction.collect_files([str(folder)])
+    with pytest.raises(KeyboardInterrupt):
+        prediction.predict_files(HalfAndHalf(fail_on_call=2), files, str(out), **OPTIONS)
+    retrained = HalfAndHalf()
+    retrained.weights = "fedcba9876543210"
+    with pytest.raises(ValueError, match=r"is not this run's to resume \(other weights in "
+                                         r"half-and-half \(trained or exported again since\)\)"):
+        prediction.predict_files(retrained, files, str(out), resume=True, **OPTIONS)
+    assert len(_rows(tmp_path / "p.partial.csv")) == 2 and not out.exists()
+    # A record written before the weights were recorded names no weights: said as it is.
+    record = tmp_path / "p.partial.json"
+    old = json.loads(record.read_text())
+    del old["members"][0]["weights"]
+    record.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"resume \(members \[\{'model': 'half-and-half', "
+                                         r"'tta_views': 1\}\], now \[\{'model'"):
+        prediction.predict_files(HalfAndHalf(), files, str(out), resume=True, **OPTIONS)
+
+
 def test_an_output_being_written_by_another_run_is_refused(folder, tmp_path):
     out = tmp_path / "p.csv"
     files = prediction.collect_files([str(folder)])

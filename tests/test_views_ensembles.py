@@ -260,3 +260,35 @@ def test_a_re_export_keeps_the_views_the_trainer_exported_with(trained, tmp_path
     assert trained_export_tta([{"export_tta": 3}, {"export_tta": 3}]) == 3
     assert trained_export_tta([{"export_tta": 3}, {"export_tta": 1}]) == 1
     assert trained_export_tta([{}]) == 1  # a config from before the flag
+
+
+def test_a_predictor_names_its_weights_not_only_their_path(trained, tmp_path):
+    """A model_dir trained again reuses its checkpoints' names and a SavedModel folder may be
+    replaced in place: Predictor.weights (what --resume and the reports compare) tells them
+    apart, and a copy of the same export elsewhere keeps it."""
+    import shutil
+
+    import tensorflow as tf
+
+    from official.core import export as export_lib, restore
+    from official.core.inference import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["model_dir"], run)
+    before = Predictor(str(run))
+    assert before.weights == Predictor(trained["model_dir"]).weights
+    model, config = restore.load_model_from_dir(str(run))
+    model.trainable_variables[0].assign_add(tf.ones_like(model.trainable_variables[0]))
+    number = int(before.source.rsplit("-", 1)[1])  # the same name, other weights
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(run), 3).save(number)
+    after = Predictor(str(run))
+    assert after.source == before.source and after.weights != before.weights
+    assert np.abs(after(_encoded()) - before(_encoded())).max() > 1e-4
+
+    export = Predictor(trained["export"])
+    shutil.copytree(export.source, tmp_path / "deployed")
+    assert Predictor(str(tmp_path / "deployed")).weights == export.weights
+    shutil.rmtree(tmp_path / "deployed")  # replaced in place by the changed model's export
+    shutil.copytree(export_lib.export_saved_model(model, config, str(tmp_path / "exports")),
+                    tmp_path / "deployed")
+    assert Predictor(str(tmp_path / "deployed")).weights not in (export.weights, after.weights)

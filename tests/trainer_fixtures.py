@@ -160,6 +160,7 @@ class HalfAndHalf:
     of TRAINED_CLASSES; ``fail_on_call=N`` raises ``failure`` on the N-th call (a batch)."""
     class_names = list(TRAINED_CLASSES)
     source = "half-and-half"
+    weights = "0123456789abcdef"
     tta_views = 1
 
     def __init__(self, fail_on_call: int | None = None,

@@ -31,10 +31,10 @@ The CSV appears whole or not at all. Until the run ends its rows grow, a batch a
 predictions.partial.csv (the CSV's name with .partial.csv); a Ctrl-C, SIGTERM or failure leaves
 that file (complete rows only) beside an earlier predictions.csv left as it was, and its error
 line says how many files it holds. --resume then reuses those rows (when the same models,
---tta, --top_k, --min_confidence and --dicom_force wrote them) and predicts only the other
-files, and again those that could not be read; a run that completes removes the partial
-file. A second run writing the same --output_csv while one is running is refused (one error
-line).
+known by their weights and not only their paths, and the same --tta, --top_k,
+--min_confidence and --dicom_force wrote them) and predicts only the other files, and again
+those that could not be read; a run that completes removes the partial file. A second run
+writing the same --output_csv while one is running is refused (one error line).
 
 --tta=N averages each model's probabilities over N fixed test-time views (never a mirror);
 --model=a,b,... is an ensemble whose probabilities are averaged (same class names, same

@@ -36,6 +36,7 @@ class Predictor:
     Attributes:
       config: the training run's resolved config (class_names, image_size, ...).
       source: the checkpoint or SavedModel folder the weights came from.
+      weights: model_paths.weights_digest of source, read before the weights.
       tta_views: the number of views actually averaged (a SavedModel's baked-in count when
         it has one).
     """
@@ -52,6 +53,7 @@ class Predictor:
             self.config = model_paths.saved_model_config(saved_model, model_path, checkpoint,
                                                          tta_views)
             baked = int(self.config.get("tta_views", 1))  # absent in older exports
+            self.weights = model_paths.weights_digest(saved_model)
             try:
                 loaded = tf.saved_model.load(saved_model)
             except (tf.errors.OpError, OSError, ValueError) as error:  # e.g. variables/ lost
@@ -69,6 +71,7 @@ class Predictor:
             self.source = saved_model
         elif os.path.isfile(os.path.join(model_path, CONFIG_FILE)):
             checkpoint = restore.resolve_checkpoint(model_path, checkpoint)
+            self.weights = model_paths.weights_digest(checkpoint)
             model, self.config = restore.load_model_from_dir(model_path, checkpoint)
             module = export.ServingModule(model, self.config, tta_views)
             self._serve = module.serving_default

@@ -6,6 +6,7 @@ export.py, which load the models, raise the same errors through these functions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -219,8 +220,31 @@ def check_data_classes(data_dir: str, data_classes, model_classes: list[str]) ->
                          f"{model_classes}")
 
 
+def weights_digest(source: str) -> str:
+    """16 hex digits naming the weights of ``source``, a checkpoint prefix or a SavedModel
+    folder (Predictor.source): a digest of its variables' index, which holds every tensor's
+    CRC32C, and of a SavedModel's graph. A model_dir trained again from scratch reuses its
+    checkpoints' names and a folder exported again keeps its path, so a path alone does not
+    say whose rows a prediction CSV holds (--resume compares this).
+
+    Raises:
+      OSError: the files cannot be read (e.g. a checkpoint the trainer has since rotated away).
+    """
+    if os.path.isfile(os.path.join(source, "saved_model.pb")):
+        parts = [os.path.join(source, "saved_model.pb")]
+        index = os.path.join(source, "variables", "variables.index")
+        parts += [index] if os.path.exists(index) else []  # a graph without variables has none
+    else:
+        parts = [source + ".index"]
+    digest = hashlib.sha256()
+    for part in parts:
+        with open(part, "rb") as handle:
+            digest.update(hashlib.sha256(handle.read()).digest())
+    return digest.hexdigest()[:16]
+
+
 def member_records(predictor) -> list[dict]:
     """What a report records of the models behind an inference.Predictor or Ensemble: each
-    member's source and views."""
-    return [{"model": member.source, "tta_views": member.tta_views}
+    member's source, weights (weights_digest) and views."""
+    return [{"model": member.source, "weights": member.weights, "tta_views": member.tta_views}
             for member in predictor.members]

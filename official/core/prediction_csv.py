@@ -36,6 +36,18 @@ def partial_record_path(output_csv: str) -> str:
     return os.path.splitext(output_csv)[0] + ".partial.json"
 
 
+def _changed(key: str, was, now) -> str:
+    """How a record's ``key`` changed: of the models (model_paths.member_records), said as
+    their weights when only those differ, the same path now holding another model."""
+    if key == "members" and isinstance(was, list) and len(was) == len(now):
+        pairs = [(old, new) for old, new in zip(was, now) if old != new]
+        if all(isinstance(old, dict) and "weights" in old
+               and {**old, "weights": new["weights"]} == new for old, new in pairs):
+            models = ", ".join(new["model"] for _, new in pairs)
+            return f"other weights in {models} (trained or exported again since)"
+    return f"{key} {was!r}, now {now!r}"
+
+
 @dataclass
 class Kept:
     """How many of a run's ``total`` files have their rows in its partial file ``path``."""
@@ -109,7 +121,7 @@ class PartialFile:
         wanted = json.loads(json.dumps(self.record))  # tuples as lists, as read back
         differ = (f"{self.record_path}, its record, is missing or unreadable"
                   if not isinstance(written, dict) else "; ".join(
-                      f"{key} {written.get(key)!r}, now {value!r}"
+                      _changed(key, written.get(key), value)
                       for key, value in wanted.items() if written.get(key) != value))
         if differ:
             raise ValueError(f"--resume: {self.path} is not this run's to resume ({differ}); "
