@@ -1,8 +1,8 @@
 """The display pipelines of ``dataset.dicom``. Grey: stored values -> modality LUT (rescale
 slope/intercept or Modality LUT Sequence) -> VOI (window or VOI LUT) -> MONOCHROME1 /
 INVERSE inversion -> 8- or 16-bit integers (PS3.3 C.11, PS3.4 N.2). Colour: palette, YBR or
-RGB -> RGB integers. Arrays in, arrays out: reading and decoding the file, and its privacy
-rules, stay in ``dataset.dicom``.
+RGB -> RGB integers. Arrays in, arrays out: decoding the file stays in ``dataset.dicom``;
+reading it, and its privacy rules, in ``dataset.dicom_header``.
 """
 
 from __future__ import annotations

@@ -37,10 +37,10 @@ def identical_files(paths: dict[str, str], imap,
       imap: an ordered parallel map, ``imap(function, tasks, chunksize)``
         (``dataset.workers.WorkerPool.imap``); ``content_digest`` runs in it.
       parts: relpath -> (offset, length; None: to the end) of the part compared, for a DICOM
-        file its pixel data's value (``dataset.dicom.DicomInfo.pixel_data``); a file not
+        file its pixel data's value (``dataset.dicom_header.DicomInfo.pixel_data``); a file not
         named is compared whole.
       layouts: relpath -> a compressed DICOM file's pixel layout and transfer syntax
-        (``dataset.dicom.DicomInfo.pixel_layout``), for ``decoded_copies``.
+        (``dataset.dicom_header.DicomInfo.pixel_layout``), for ``decoded_copies``.
       dicom_options: how the DICOM files of ``parts`` are read (``force``, ``max_pixels``)
         where their pixels are compared decoded.
 

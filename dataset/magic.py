@@ -1,5 +1,5 @@
 """What a file's first bytes say it is: JPEG or PNG (dataset/images.py reads those), with no
-imports of its own, so that dataset/dicom.py can name image bytes in a file named as DICOM
+imports of its own, so that dataset/dicom_header.py can name image bytes in a file named as DICOM
 without importing the image module (which imports it back to read DICOM)."""
 
 from __future__ import annotations

@@ -366,14 +366,14 @@ def read_dicom_header(path: str, options, hash_key: bytes
     (``DicomInfo.pixel_layout``): ``dataset.duplicates`` compares files by them.
 
     Reads the header only (no pixel data), so splits can be grouped by patient
-    before any pixel is decoded. The patient key is ``dataset.dicom``'s keyed
+    before any pixel is decoded. The patient key is ``dataset.dicom_header``'s keyed
     hash; it is used in memory for grouping and never written anywhere.
 
     Raises:
       ValueError: (a DicomError) not a readable DICOM file; the message names
         the file, never a tag value.
     """
-    from dataset.dicom import read_dicom_info
+    from dataset.dicom_header import read_dicom_info
 
     info = read_dicom_info(path, options, hash_key=hash_key)
     return info.body_part, info.patient_key, info.modality, info.pixel_data, info.pixel_layout

@@ -11,7 +11,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 from dataset import duplicates
-from dataset.dicom import read_dicom_info
+from dataset.dicom_header import read_dicom_info
 from dataset.dicom_options import DicomOptions
 from tests.conftest import write_image
 from tests.dicom_fixtures import write_dicom

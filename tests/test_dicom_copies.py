@@ -11,7 +11,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
 from dataset import duplicates
-from dataset.dicom import read_dicom_info
+from dataset.dicom_header import read_dicom_info
 from dataset.dicom_options import DicomOptions
 from tests.test_convert import convert, split_of_files
 

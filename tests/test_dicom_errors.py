@@ -113,7 +113,7 @@ def test_error_messages_are_scrubbed_of_identifiers(tmp_path):
     with pytest.raises(DicomError) as error:
         render(path)
     assert "invalid image size" in str(error.value)
-    from dataset.dicom import _scrub
+    from dataset.dicom_header import _scrub
 
     ds = pydicom.dcmread(path)
     assert _scrub("bad value 'Doe^Janet' for PID-777 and Janet", ds) == (

@@ -1,5 +1,6 @@
-"""dataset.dicom keeps patients out of its outputs: a keyed hash instead of the patient, and
-no identifier of any bundled or shared DICOM in any image, info, error or log line."""
+"""dataset.dicom and dataset.dicom_header keep patients out of their outputs: a keyed hash
+instead of the patient, and no identifier of any bundled or shared DICOM in any image, info,
+error or log line."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.dicom import DicomError, DicomInfo, read_dicom, read_dicom_info
+from dataset.dicom import DicomError, read_dicom
+from dataset.dicom_header import DicomInfo, read_dicom_info
 from dataset.dicom_options import DicomOptions
 from tests.dicom_fixtures import KEY, UNRENDERABLE, write_dicom
 from tests.dicom_identifiers import identifiers, pixel_files
