@@ -5,7 +5,8 @@ The grey display order is the standard's (PS3.3 C.11, PS3.4 N.2): stored values 
 modality LUT (rescale slope/intercept or Modality LUT Sequence) -> VOI (window or VOI
 LUT) -> MONOCHROME1 inversion -> 8- or 16-bit output (``dataset.dicom_display``); PNGs
 come from ``dataset.png``. Colour images (RGB, YBR_*, PALETTE COLOR) become RGB.
-Overlays are never burnt in: they are annotations, not anatomy. tests/test_dicom_reference.py checks the result against dcmtk.
+Overlays are never burnt in: they are annotations, not anatomy.
+tests/test_dicom_reference.py checks the result against dcmtk.
 Reading the file, its DicomInfo and the privacy rules are ``dataset.dicom_header``'s.
 """
 
