@@ -20,7 +20,8 @@ metrics.json records the members ("members") and the views ("tta_views").
                           macro and weighted averages, confusion matrix, example count,
                           left/right swaps of classes named X-left/X-right (also printed)
     confusion_matrix.png  counts with row-normalised shading
-    misclassified.csv     file, true, predicted, probability
+    misclassified.csv     file, true, predicted, probability (the predicted class's),
+                          true_class_probability
     events.out.tfevents*  the same scalars and the confusion matrix image for TensorBoard
 """
 

@@ -3,7 +3,7 @@
     python networks/resnet/dicom_predict.py --model=runs/r18/export \\
         --output_csv=predictions.csv /incoming/study1 /incoming/scan.dcm
 
-Inputs are files and/or folders (searched recursively for .jpg/.jpeg/.png/.dcm and
+Inputs are files and/or folders (searched recursively for .jpg/.jpeg/.png/.dcm/.dicom and
 extension-less DICOM files). --model is a training model_dir or a SavedModel; the
 preprocessing is rebuilt from the model's saved config, identical to evaluation. A DICOM
 file is rendered as the model's training data was (the conversion's --dicom_voi,
