@@ -67,9 +67,13 @@ def _define_base(define: _Definer) -> None:
     define.integer("num_gpus", None, "How many GPUs to use with the DistributionStrategies "
                          "API, on each worker of a multi-worker cluster. Default: 1 if a GPU "
                          "is visible, else 0 (CPU).", lower_bound=0, short_name="ng")
-    define.list("hooks", ["LoggingTensorHook"], "Comma-separated names of train hooks, "
-                      "case-insensitive: " + ", ".join(HOOK_NAMES) + ". Empty for none.",
-                      short_name="hk")
+    define.list("hooks", ["LoggingTensorHook"], "Comma-separated train hooks, "
+                      "case-insensitive, empty for none: LoggingTensorHook (loss, accuracy and "
+                      "learning rate every --log_every_steps steps), ExamplesPerSecondHook "
+                      "(examples/s, as often), ProfilerHook (a profiler trace of 5 train calls "
+                      "into <model_dir>/profile), LoggingMetricHook (LoggingTensorHook's "
+                      "figures to the benchmark logger: needs --benchmark_log_dir or "
+                      "--gcp_project).", short_name="hk")
     define.boolean("multi_gpu", False, "Mirror the model over all visible GPUs "
                          "(same as --num_gpus=<all>).", short_name="mg")
 
@@ -143,8 +147,8 @@ def _define_resnet(define: _Definer) -> None:
                       "or 2 (pre-activation).", short_name="v")
     define.enum("resnet_size", "50", RESNET_SIZE_CHOICES, "The size of the ResNet model "
                       "to use.", short_name="rs")
-    define.integer("image_size", 224, "Side of the square image the network sees; "
-                         "images are resized to it.", lower_bound=8)
+    define.integer("image_size", 224, "Side in pixels of the square image the network "
+                         "sees; images are resized to it.", lower_bound=8)
     define.boolean("small_input", None, "Use the small-image stem (3x3 conv, no max "
                          "pool) instead of 7x7/2 + pool. Default: on when --image_size <= 32.")
     define.integer("channels", 1, "Image channels the model reads: 1 (grey, radiographs; "
@@ -183,7 +187,8 @@ def _define_resnet(define: _Definer) -> None:
                          "steps (0: only at evaluations).", lower_bound=0)
     define.integer("keep_checkpoints", 5, "How many recent checkpoints to keep.",
                          lower_bound=1)
-    define.string("eval_split", "validation", "Split evaluated after each cycle.")
+    define.string("eval_split", "validation", "Split evaluated every "
+                  "--epochs_between_evals epochs and at the end of training.")
     define.string("train_split", "train", "Split trained on; several with commas, e.g. "
                   "train,validation for a final model on every labelled image once the "
                   "settings are chosen (the --eval_split figures are then not of unseen images).")
@@ -195,8 +200,8 @@ def _define_resnet(define: _Definer) -> None:
                    "finish).")
     define.boolean("deterministic", False, "Deterministic ops and input order (slower); "
                          "uses --seed, or 0 when unset.")
-    define.integer("log_every_steps", 100, "How often the logging hooks report.",
-                         lower_bound=1)
+    define.integer("log_every_steps", 100, "Steps between two reports of the --hooks that "
+                         "log (at most once per --steps_per_loop call).", lower_bound=1)
 
 
 def _define_generalisation(define: _Definer) -> None:
