@@ -53,12 +53,14 @@ def define_flags() -> None:
     d.DEFINE_string("train_dir", None, "Checkpoints, config.json and summaries; rerunning "
                     "with the same folder resumes.")
     d.DEFINE_string("dataset_dir", None, "A folder written by tf_convert_data.py.")
-    d.DEFINE_string("dataset_split_name", "train", "The split to train on.")
+    d.DEFINE_string("dataset_split_name", "train", "The split to train on; several with "
+                    "commas (e.g. train,validation).")
     d.DEFINE_string("dataset_name", None, "Accepted for Slim's commands; the dataset is the "
                     "one --dataset_dir holds (its classes and splits are in its manifest).")
     d.DEFINE_string("eval_split_name", "validation", "The split evaluated after each cycle.")
-    d.DEFINE_string("model_name", "inception_v3", "The network (see networks/slim/nets.py; "
-                    "TF-Slim names such as inception_v4, resnet_v2_152, vgg_16 are accepted).")
+    d.DEFINE_string("model_name", "inception_v3", "The network: "
+                    + ", ".join(choices.NETWORK_NAMES) + " (Keras class names such as "
+                    "InceptionV3 too).")
     d.DEFINE_string("checkpoint_path", None, "Initial weights, from a local file only: a "
                     ".weights.h5/.h5 of the backbone (keras.applications *_notop.h5), a .keras "
                     "model, or a --train_dir (or its ckpt-N) of this tool. Ignored when "
@@ -81,7 +83,8 @@ def define_flags() -> None:
     d.DEFINE_integer("batch_size", 32, "Global batch size, split over the replicas (in "
                      "TF-Slim it was per clone: --num_clones=4 --batch_size=32 there is "
                      "--batch_size=128 here).", lower_bound=1)
-    d.DEFINE_integer("image_size", None, "Input height and width (default: the network's).",
+    d.DEFINE_integer("image_size", None, "Input height and width in pixels (default: the "
+                     "network's; networks/slim/README.md lists each default and minimum).",
                      lower_bound=1)
     # Its own flag, not an alias: with an alias, --image_size=299 --train_image_size=139
     # quietly trained at the last one given.
@@ -96,7 +99,10 @@ def define_flags() -> None:
     d.DEFINE_boolean("random_flip", False, "Random left-right flips (not for laterality).")
     d.DEFINE_enum("optimizer", "rmsprop", OPTIMIZERS, "The optimizer.")
     d.DEFINE_float("learning_rate", 0.01, "Initial learning rate.")
-    d.DEFINE_enum("learning_rate_decay_type", "exponential", DECAY_TYPES, "How it decays.")
+    d.DEFINE_enum("learning_rate_decay_type", "exponential", DECAY_TYPES, "fixed; exponential: "
+                  "times --learning_rate_decay_factor every --num_epochs_per_decay epochs; "
+                  "polynomial: linearly to --end_learning_rate over --num_epochs_per_decay "
+                  "epochs, then constant.")
     d.DEFINE_float("learning_rate_decay_factor", 0.94, "Exponential decay factor.")
     d.DEFINE_float("num_epochs_per_decay", 2.0, "Epochs between decays.")
     d.DEFINE_float("end_learning_rate", 0.0001, "Polynomial decay's final rate.")
@@ -106,7 +112,8 @@ def define_flags() -> None:
     d.DEFINE_float("opt_epsilon", 1.0, "Epsilon of Adam and RMSProp.")
     d.DEFINE_float("adam_beta1", 0.9, "Adam beta 1.")
     d.DEFINE_float("adam_beta2", 0.999, "Adam beta 2.")
-    d.DEFINE_float("weight_decay", 0.00004, "L2 on trainable kernels.", lower_bound=0.0)
+    d.DEFINE_float("weight_decay", 0.00004, "L2 on the trainable kernels: weight_decay * "
+                   "sum(w**2) / 2, as Slim's l2_regularizer.", lower_bound=0.0)
     d.DEFINE_float("label_smoothing", 0.0, "Label smoothing.", lower_bound=0.0)
     d.DEFINE_float("moving_average_decay", None, "Keep an exponential moving average of the "
                    "weights with this decay (e.g. 0.9999): the average is what is evaluated, "
@@ -115,7 +122,8 @@ def define_flags() -> None:
                    lower_bound=0.0, upper_bound=1.0)
     d.DEFINE_enum("dtype", "fp32", tuple(DTYPE_POLICIES), "Compute precision, as "
                   "dicom_main.py's --dtype (fp16 is for GPUs; on a CPU, bf16).")
-    d.DEFINE_integer("num_clones", None, "GPUs to mirror over (default: 1 if visible).",
+    d.DEFINE_integer("num_clones", None, "GPUs to mirror over (default: 1 if visible, else "
+                     "0: the CPU).",
                      lower_bound=0)
     d.DEFINE_integer("num_cpu_replicas", 0, "Mirror over this many logical CPUs (testing).",
                      lower_bound=0)
@@ -124,7 +132,7 @@ def define_flags() -> None:
     d.DEFINE_integer("log_every_n_steps", 10, "Log the loss every this many steps.",
                      lower_bound=1)
     d.DEFINE_integer("checkpoint_every_steps", 500, "Also checkpoint every this many steps "
-                     "(always at each evaluation).", lower_bound=0)
+                     "(0: only at each evaluation, where it always does).", lower_bound=0)
     d.DEFINE_integer("save_interval_secs", 600, "Accepted for Slim's commands; checkpoints "
                      "follow --checkpoint_every_steps and the evaluations.")
     d.DEFINE_integer("save_summaries_secs", 600, "Accepted for Slim's commands; summaries are "
