@@ -7,11 +7,11 @@
 #   DATASET_NAME     name recorded in the manifest [basename of DATASET_DIR]
 #   LAYOUT           auto | images_labels | class_folders | predefined [auto]
 #   NEED_SPLIT       tvt_split | tt_split | predefined | None [tvt_split]
-#   VALIDATION_SIZE  count (>= 1) or fraction of the validation split [converter default]
-#   TEST_SIZE        count (>= 1) or fraction of the test split [converter default]
-#   SHARD_SIZE_MB    target shard size in MiB; several shards let workers split by file
+#   VALIDATION_SIZE  validation split: a count (>= 1) or a fraction of all files [0.1]
+#   TEST_SIZE        test split: a count (>= 1) or a fraction of all files [0.1]
+#   SHARD_SIZE_MB    target shard size in MiB; several shards let workers split by file [128]
 #   NUM_WORKERS      decoding processes, 0 = all cores [0]
-#   SEED             split and record-order seed [converter default]
+#   SEED             split and record-order seed [0]
 # Example: LAYOUT=class_folders scripts/convert_dataset.sh /data/raw /data/converted
 set -euo pipefail
 
