@@ -42,7 +42,8 @@ FLAGS = cli.program_flags()
 flags.DEFINE_string("data_dir", None, "converted MedNIST (default: convert "
                     "../shared/data/MedNIST-dev.tar.gz into a temporary folder)",
                     flag_values=FLAGS)
-flags.DEFINE_integer("resnet_size", 18, "ResNet depth.", flag_values=FLAGS)
+flags.DEFINE_integer("resnet_size", 18, "ResNet depth: 18, 34, 50, 101, 152 or 200.",
+                     flag_values=FLAGS)
 flags.DEFINE_integer("image_size", 64, "Image side in pixels.", flag_values=FLAGS)
 flags.DEFINE_boolean("small_input", False, "The 3x3 stride-1 stem without max-pool.",
                      flag_values=FLAGS)

@@ -28,7 +28,7 @@ change in machine load hits all of them alike. Per-round images/s are printed wi
 
 Ceilings, measured in the same process for each dtype: a square matmul (--matmul_size^3) and a
 3x3 convolution (batch 32, --conv_size^2 pixels, 128 -> 128 channels), best GFLOP/s over
---ceiling_seconds each. Each runner's throughput is reported as a share of both ceilings of its
+2 s each. Each runner's throughput is reported as a share of both ceilings of its
 own dtype, counting 3x the forward FLOPs (forward + two backward products per layer) of the
 model's convolutions and dense layers (multiply-add = 2 FLOPs). keras ResNet50 at 224x224x3:
 3.86 G multiply-adds forward, 23.1 GFLOP per training image by this count (the often-quoted
@@ -50,7 +50,8 @@ from official.utils import cli  # noqa: E402
 
 PROGRAM = "train_bench.py"
 FLAGS = cli.program_flags()
-flags.DEFINE_integer("resnet_size", 50, "ResNet depth.", flag_values=FLAGS)
+flags.DEFINE_integer("resnet_size", 50, "ResNet depth: 18, 34, 50, 101, 152 or 200 (the keras_fit "
+                     "peers: 50, 101 or 152).", flag_values=FLAGS)
 flags.DEFINE_integer("version", 1, "1 (v1.5, the keras peers' match) or 2 (ours only)",
                      flag_values=FLAGS)
 flags.DEFINE_integer("image_size", 224, "Image side in pixels.", flag_values=FLAGS)

@@ -43,7 +43,8 @@ from official.utils import cli, files  # noqa: E402
 
 PROGRAM = "collect_results.py"
 FLAGS = cli.program_flags()
-flags.DEFINE_string("output_prefix", None, "default: SWEEP_DIR/results", flag_values=FLAGS)
+flags.DEFINE_string("output_prefix", None, "The tables go to PREFIX.csv and PREFIX.md "
+                    "(default: SWEEP_DIR/results).", flag_values=FLAGS)
 # SWEEP_DIR: the folder whose sub-folders are training model_dirs.
 parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__, arguments=("SWEEP_DIR",))
 
