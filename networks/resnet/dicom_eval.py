@@ -66,7 +66,8 @@ def define_flags() -> None:
                          upper_bound=MAX_TEST_TIME_VIEWS)
     flags.DEFINE_string("data_dir", None, "Folder written by tf_convert_data.py.")
     flags.DEFINE_string("split", "test", "Split to evaluate (train, validation, test, or the "
-                        "--output_name of an unsplit conversion).")
+                        "--output_name of an unsplit conversion; several, comma-separated, as "
+                        "one).")
     flags.DEFINE_string("output_dir", None, "Where the report goes (default: next to the model; "
                         "required for an ensemble).")
     flags.DEFINE_integer("batch_size", 64, "Images per inference batch.", lower_bound=1)
