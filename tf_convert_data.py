@@ -47,7 +47,8 @@ flags.DEFINE_enum("need_split", "None", ["None", "tt_split", "tvt_split", "prede
 flags.DEFINE_float("validation_size", 0.1, "Validation size: a count if >= 1, else a fraction. "
                    "Counts become fractions of the total, so only fractions keep existing "
                    "files in their split when files are added. Ignored by tt_split.")
-flags.DEFINE_float("test_size", 0.1, "Test size: a count if >= 1, else a fraction.")
+flags.DEFINE_float("test_size", 0.1, "Test size: a count if >= 1, else a fraction (a count "
+                   "becomes a fraction of the total, as --validation_size's).")
 flags.DEFINE_integer("seed", 0, "Seed of the split assignment and of the record order.")
 flags.DEFINE_enum("layout", "auto", ["auto", "images_labels", "class_folders", "predefined"],
                   "Input layout. auto: images_labels if DIR/images exists, predefined if all "
@@ -59,7 +60,8 @@ flags.DEFINE_string("groups_csv", None, "CSV of 'file,group' rows (file: path re
                     "left in several splits is warned of. Default group: the DICOM patient "
                     "(without one: its study, else its series), else the file stem.")
 flags.DEFINE_float("shard_size_mb", 128, "Target shard size in MiB.")
-flags.DEFINE_integer("num_workers", 0, "Worker processes for decoding (0: all CPU cores).")
+flags.DEFINE_integer("num_workers", 0, "Worker processes for decoding (0: all CPU cores; "
+                     "with --runner=beam, also the processes of Beam's local runner).")
 flags.DEFINE_enum("on_error", "fail", ["fail", "skip"],
                   "fail: any bad input stops the conversion before anything is written; "
                   "skip: convert the rest and list skipped files in the manifest.")
