@@ -170,15 +170,15 @@ def test_output_folders_that_are_files_stop_the_trainer_before_it_trains(tmp_pat
     # The dataset's own folder: checkpoints among the shards, config.json beside the manifest.
     config = TrainConfig(data_dir=str(data), model_dir=str(data) + "/", image_size=32,
                          batch_size=8, hooks=())
-    with pytest.raises(ValueError, match=f"--model_dir={data}/ is the --data_dir"):
+    with pytest.raises(ValueError, match=f"^{data}/: the run's folder is its data folder"):
         train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
     assert not (data / "config.json").exists()
     # Exports among the checkpoints: an evaluation of the folder then read an old export.
     model_dir = tmp_path / "model"
     config = TrainConfig(data_dir=str(data), model_dir=str(model_dir), image_size=32,
                          batch_size=8, hooks=(), export_dir=f"{model_dir}/")
-    with pytest.raises(ValueError, match=f"--export_dir={model_dir}/ is the --model_dir; give "
-                                         f"the export a folder of its own"):
+    with pytest.raises(ValueError, match=f"^{model_dir}/: the export's folder is the run's "
+                                         f"folder; give the export a folder of its own"):
         train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
     assert not model_dir.exists()
     # The original's default, /tmp: checkpoints among every program's files.
@@ -190,6 +190,26 @@ def test_output_folders_that_are_files_stop_the_trainer_before_it_trains(tmp_pat
                                              "of its own \\(e.g. /tmp/dicom_model\\)$"):
             train_lib.train(config, strategy, train_steps.ResNetNetwork(resnet_size=18))
     assert not model_dir.exists()
+
+
+def test_both_trainers_refuse_a_wrong_run_folder_before_tensorflow(tmp_path):
+    # They were refused by train_lib.train only, after TensorFlow's import (about 5 s).
+    data = tiny_dataset(tmp_path / "data", train_per_class=2, eval_per_class=1)
+    before = sorted(os.listdir(data))
+    for script, folder_flag, data_flag, extra in (
+            ("networks/resnet/dicom_main.py", "--model_dir", "--data_dir", ()),
+            ("networks/slim/train_image_classifier.py", "--train_dir", "--dataset_dir",
+             ("--model_name=mobilenet_v3_small",))):
+        for folder, message in (("/tmp", "/tmp: the system's temporary folder itself"),
+                                (str(data), f"{data}: the run's folder is its data folder")):
+            result = subprocess.run(
+                [sys.executable, script, f"{folder_flag}={folder}", f"{data_flag}={data}",
+                 *extra], cwd=REPO_ROOT, env=trainer_env(without_tensorflow=True),
+                capture_output=True, text=True, timeout=120)
+            errors = error_lines(result.stderr)
+            assert result.returncode == 1 and len(errors) == 1, (script, result.stderr[-1500:])
+            assert errors[0].startswith(f"{script.rsplit('/', 1)[1]}: error: {message}")
+    assert sorted(os.listdir(data)) == before  # no config.json among the shards
 
 
 class _Uniform:

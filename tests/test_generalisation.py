@@ -258,7 +258,7 @@ def test_a_final_model_trains_on_train_and_validation_with_a_warning(tmp_path, c
     with caplog.at_level("WARNING"):
         resolved = train_input.resolve_data(spec)
     assert resolved.train_examples == 24 and len(resolved.train.files) == 2
-    assert "--eval_split=validation is also trained on" in caplog.text
+    assert "the evaluation split validation is also trained on" in caplog.text
     caplog.clear()
     assert train_input.resolve_data(_input(data, tmp_path / "m")).train_examples == 16
     assert "also trained on" not in caplog.text
@@ -273,7 +273,7 @@ def test_a_class_without_training_examples_is_warned_of(tmp_path, caplog):
     (data / "manifest.json").write_text(json.dumps(manifest))
     with caplog.at_level("WARNING"):
         train_input.resolve_data(_input(data, tmp_path / "m"))
-    assert f"class(es) {empty!r} have no example in --train_split=train" in caplog.text
+    assert f"class(es) {empty!r} have no example in the training split train" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         train_input.resolve_data(_input(tiny_dataset(tmp_path / "full"), tmp_path / "m"))

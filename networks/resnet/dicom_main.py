@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from absl import flags  # noqa: E402
 
 from dataset import converted  # noqa: E402
-from official.core.config import TrainConfig  # noqa: E402
+from official.core.config import TrainConfig, check_run_folders  # noqa: E402
 from official.utils import cli  # noqa: E402
 from official.utils.flags import core as flags_core  # noqa: E402
 from official.utils.misc import cluster_config  # noqa: E402
@@ -87,9 +87,11 @@ def main(argv) -> None:
     del argv  # cli.flags_parser refused any
 
     def run() -> str:
-        # The flags, the cluster and the data's splits are checked before TensorFlow's import
-        # (5 s): a mistake is said at once.
+        # The flags, the folders, the cluster and the data's splits are checked before
+        # TensorFlow's import (5 s): a mistake is said at once. (train_lib.train checks the
+        # folders again, for its other callers.)
         config, arguments = config_from_flags(), network_arguments_from_flags()
+        check_run_folders(config)
         cluster_config.resolve_cluster(FLAGS.worker_hosts, FLAGS.task_index)
         if config.data_dir and not config.use_synthetic_data:
             train = converted.split_info(config.data_dir, config.train_split)

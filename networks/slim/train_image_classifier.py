@@ -39,7 +39,8 @@ from absl import flags, logging  # noqa: E402
 
 from networks.slim import choices  # noqa: E402
 from networks.slim.choices import DECAY_TYPES, OPTIMIZERS  # noqa: E402
-from official.core.config import DTYPE_POLICIES, TrainConfig, config_to_resume  # noqa: E402
+from official.core.config import (DTYPE_POLICIES, TrainConfig, check_run_folders,  # noqa: E402
+                                  config_to_resume)
 from official.utils import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -185,8 +186,11 @@ def configs_from_flags():
 
 
 def run() -> str:
-    # What needs no TensorFlow is checked before its import (seconds).
+    # What needs no TensorFlow is checked before its import (seconds): the folders from their
+    # paths alone (train_lib.train checks them again with the whole config).
     choices.resolve_name(FLAGS.model_name)
+    check_run_folders(TrainConfig(model_dir=FLAGS.train_dir, data_dir=FLAGS.dataset_dir,
+                                  export_dir=FLAGS.export_dir))
     if FLAGS.checkpoint_path and config_to_resume(FLAGS.train_dir) is None:  # as check_resume
         choices.check_checkpoint_path(FLAGS.checkpoint_path)
     from networks.slim import slim_train

@@ -348,7 +348,7 @@ def check_run_folders(config: TrainConfig) -> None:
         own folder (checkpoints among the shards, config.json beside manifest.json), or
         --export_dir is the --model_dir.
     """
-    # The path, not the flag, is named: the Slim trainer calls --model_dir --train_dir.
+    # The paths, not the flags, are named: the Slim trainer's are --train_dir and --dataset_dir.
     for path in (config.model_dir, config.export_dir):
         # The original's default for both --model_dir and --data_dir (kept as the flags'
         # default): checkpoints and config.json loose among every program's files, a second
@@ -367,13 +367,13 @@ def check_run_folders(config: TrainConfig) -> None:
                              "permission); the trainer writes a folder there")
     if (config.data_dir and not config.use_synthetic_data
             and os.path.realpath(config.model_dir) == os.path.realpath(config.data_dir)):
-        raise ValueError(f"--model_dir={config.model_dir} is the --data_dir; give the run a "
-                         "folder of its own")
+        raise ValueError(f"{config.model_dir}: the run's folder is its data folder (the "
+                         "converted records); give the run a folder of its own")
     # Numbered exports beside the checkpoints: which one would an evaluation of the folder be?
     if config.export_dir and os.path.realpath(config.export_dir) == os.path.realpath(
             config.model_dir):
-        raise ValueError(f"--export_dir={config.export_dir} is the --model_dir; give the "
-                         f"export a folder of its own (e.g. {config.model_dir}/export)")
+        raise ValueError(f"{config.export_dir}: the export's folder is the run's folder; give "
+                         f"the export a folder of its own (e.g. {config.model_dir}/export)")
 
 
 def config_to_resume(model_dir: str) -> dict | None:

@@ -95,26 +95,28 @@ def resolve_data(spec: InputSpec) -> DataSpec:
     evaluation = converted.split_info(spec.data_dir, spec.eval_split)
     shared = set(train.split.split(",")) & set(evaluation.split.split(","))
     if shared:
-        logging.warning("--eval_split=%s is also trained on (--train_split=%s): its accuracy is "
-                        "not that of unseen images", spec.eval_split, spec.train_split)
+        # The splits, not the flags, are named: the Slim trainer's flags are other names.
+        logging.warning("the evaluation split %s is also trained on (training splits: %s): its "
+                        "accuracy is not that of unseen images", spec.eval_split,
+                        spec.train_split)
     for info in (train, evaluation):
         if not spec.use_synthetic_data and (info.num_examples <= 0 or not info.files):
-            raise ValueError(f"--data_dir={spec.data_dir}: split {info.split!r} has no records")
+            raise ValueError(f"{spec.data_dir}: split {info.split!r} has no records")
         missing = [path for path in info.files if not os.path.isfile(path)]
         if missing and not spec.use_synthetic_data:
-            raise ValueError(f"--data_dir={spec.data_dir}: shard {missing[0]} is missing")
+            raise ValueError(f"{spec.data_dir}: shard {missing[0]} is missing")
     unlearnt = [name for name in train.class_names if not train.class_counts.get(name)]
     if unlearnt and not spec.use_synthetic_data:
         # The converter warned too; a run may come much later. The class keeps its output
         # (the model's classes are the data's), but no step ever trains it.
-        logging.warning("--data_dir=%s: class(es) %s have no example in --train_split=%s: "
+        logging.warning("%s: class(es) %s have no example in the training split %s: "
                         "the model will never predict them, and their images in other splits "
                         "are all errors", spec.data_dir, ", ".join(map(repr, unlearnt)),
                         spec.train_split)
     if not spec.use_synthetic_data:
         _warn_of_images(spec, reader.sample_images(train.files))
     if len(train.class_names) < 2:
-        raise ValueError(f"--data_dir={spec.data_dir}: needs at least 2 classes, found "
+        raise ValueError(f"{spec.data_dir}: needs at least 2 classes, found "
                          f"{list(train.class_names)}")
     if spec.mirror_swap:
         # before anything is written to model_dir (dicom_main.py has checked already)
@@ -210,13 +212,13 @@ def train_dataset(spec: InputSpec, data: DataSpec, num_workers: int = 1) -> tf.d
 def _warn_of_images(spec: InputSpec, sample: reader.ImageSample) -> None:
     """What the model will see differently from a person looking at the files."""
     if sample.colour and spec.channels == 1:
-        logging.warning("--data_dir=%s: %d of %d training images sampled are in colour (e.g. "
+        logging.warning("%s: %d of %d training images sampled are in colour (e.g. "
                         "%s); --channels=1 reads them as grey: --channels=3 keeps their colour",
                         spec.data_dir, sample.colour, sample.sampled, sample.colour_example)
     if sample.turned:
         # TensorFlow's decoders ignore EXIF, in training and prediction alike: the model is
         # consistent, but a photo of a film taken on its side is learnt on its side.
-        logging.warning("--data_dir=%s: %d of %d training images sampled are JPEGs with an "
+        logging.warning("%s: %d of %d training images sampled are JPEGs with an "
                         "EXIF orientation (e.g. %s): a viewer shows them turned, the model "
                         "reads them as stored", spec.data_dir, sample.turned, sample.sampled,
                         sample.turned_example)
