@@ -236,10 +236,11 @@ def _silence_thread_ends(threads: set[threading.Thread]) -> None:
 
     After an interrupt, Beam's threads (run_worker, beam_control_read,
     read_grpc_client_inputs) each print a traceback once they notice their worker's end,
-    which can come after standard error is back: _stderr_to's join cannot wait for all of
-    them, as a thread whose join the signal interrupted (Beam's, as it stops its workers)
-    is marked ended while it runs (CPython 3.11's Thread._wait_for_tstate_lock). Seen above
-    the one line in 8 of 14 SIGTERMs sent as the run ended (4 of 14 group Ctrl-Cs).
+    which can come after standard error is back: _stderr_to waits for them at most 10 s.
+    Their join could not: a thread whose join the signal interrupted (Beam's, as it stops
+    its workers) is marked ended while it runs (CPython 3.11's Thread._wait_for_tstate_lock).
+    Seen above the one line in 8 of 14 SIGTERMs sent as the run ended (4 of 14 group
+    Ctrl-Cs).
     """
     quiet = weakref.WeakSet(threads)
     previous = threading.excepthook
@@ -285,11 +286,14 @@ def _stderr_to(log_path: str | None):
             # After a Ctrl-C, the runner's thread per worker process (Beam names them
             # run_worker) reports the worker's end, a traceback, once the worker is gone,
             # as do a killed worker's stream readers: into the log (or nowhere), not below
-            # the one line that says what happened. Its workers are gone by now.
+            # the one line that says what happened. Its workers are gone by now. A thread
+            # leaves threading.enumerate() after its report; its join() is not enough, as
+            # one whose join the signal interrupted is marked ended while it runs (CPython
+            # 3.11): its report began in the log and went on below the line.
             deadline = time.monotonic() + 10
-            for thread in threading.enumerate():
-                if thread.name in reporting:
-                    thread.join(max(0.0, deadline - time.monotonic()))
+            while time.monotonic() < deadline and any(
+                    thread.name in reporting for thread in threading.enumerate()):
+                time.sleep(0.01)
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
