@@ -138,7 +138,10 @@ def _collect_run(run_dir: str, name: str) -> dict:
     # A Slim-style network's name (mobilenet_v3_small, ...): without it such runs had only
     # their folder's name to tell them apart. Runs from before "model" were ResNets.
     row["architecture"] = model.get("architecture", "resnet")
-    for key in ("resnet_size", "version", "image_size"):
+    # A Slim run from before "model" kept the unused --resnet_size/--version defaults (50, 2)
+    # at the top, as registry.spec_from_config knows: shown, they made it a ResNet-50's row.
+    keys = ("resnet_size", "version") if row["architecture"] == "resnet" else ()
+    for key in (*keys, "image_size"):
         row[key] = model.get(key)
     for key in ("batch_size", "dtype"):
         row[key] = config.get(key)

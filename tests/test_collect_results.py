@@ -153,6 +153,27 @@ def test_collect_results_reports_the_newest_checkpoints_test_evaluation(tmp_path
                     "stale": ("test-ckpt-170", "0.875")}
 
 
+def test_collect_results_reads_older_runs_top_level_config(tmp_path):
+    """Runs from before config.json's "model" kept the network at the top; a Slim run's
+    resnet_size/version there are the unused flags' defaults, not its network (its row read
+    as a ResNet-50 v2's, and sorted among them)."""
+    sweep = tmp_path / "sweep"
+    configs = {"r18": {"architecture": "resnet", "resnet_size": 18, "version": 1,
+                       "image_size": 32, "batch_size": 16, "dtype": "fp32"},
+               "mobilenet": {"architecture": "mobilenet_v3_small", "resnet_size": 50,
+                             "version": 2, "image_size": 32, "batch_size": 16,
+                             "dtype": "bf16"}}
+    for run, config in configs.items():
+        (sweep / run).mkdir(parents=True)
+        (sweep / run / "config.json").write_text(json.dumps(config))
+    _collect_results(sweep)
+    with open(sweep / "results.csv") as f:
+        rows = [(row["run"], row["architecture"], row["resnet_size"], row["version"],
+                 row["image_size"], row["dtype"]) for row in csv.DictReader(f)]
+    assert rows == [("mobilenet", "mobilenet_v3_small", "", "", "32", "bf16"),
+                    ("r18", "resnet", "18", "1", "32", "fp32")]
+
+
 def test_collect_results_leaves_out_each_runs_tracing_call_from_the_speed(tmp_path):
     """Only the first point overall was left out: a resumed run's first call (its tracing,
     here 8 examples/s) was in the median (110 instead of 115)."""
