@@ -32,8 +32,10 @@ def frozen_settings(saved: dict, saved_spec: ModelSpec, spec: ModelSpec,
     # Class names after the class count, as a mismatch was always reported.
     ordered = list(pairs.items())
     ordered.insert(3, ("class_names", (saved.get("class_names"), list(class_names))))
-    # The checkpoints hold the weight average only when the run made one (--ema_decay).
-    ordered.append(("ema_decay", (saved.get("ema_decay"), ema_decay)))
+    # The checkpoints hold the weight average only when the run made one (--ema_decay). A
+    # config.json from before the flag has no such key, and its run made none: read as None
+    # (not compared), an average added on resume failed in the restore with a traceback.
+    ordered.append(("ema_decay", (saved.get("ema_decay", 0.0), ema_decay)))
     # A step is a batch of this size: the step count, the epochs it stands for and the
     # learning-rate schedule over them all change meaning with it (the global batch, so
     # resuming on more or fewer GPUs keeps it).
