@@ -138,11 +138,11 @@ def _collect_run(run_dir: str, name: str) -> dict:
     # A Slim-style network's name (mobilenet_v3_small, ...): without it such runs had only
     # their folder's name to tell them apart. Runs from before "model" were ResNets.
     row["architecture"] = model.get("architecture", "resnet")
-    # A Slim run from before "model" kept the unused --resnet_size/--version defaults (50, 2)
-    # at the top, as registry.spec_from_config knows: shown, they made it a ResNet-50's row.
-    keys = ("resnet_size", "version") if row["architecture"] == "resnet" else ()
-    for key in (*keys, "image_size"):
-        row[key] = model.get(key)
+    # A Slim run (its "slim" entry) from before "model" kept the unused --resnet_size and
+    # --version defaults (50, 2) at the top: shown, they made its row a ResNet-50 v2's.
+    leftovers = ("resnet_size", "version") if "model" not in config and "slim" in config else ()
+    for key in ("resnet_size", "version", "image_size"):
+        row[key] = None if key in leftovers else model.get(key)
     for key in ("batch_size", "dtype"):
         row[key] = config.get(key)
     # Before the checkpoint and events: a damaged file ends the row before TensorFlow loads.

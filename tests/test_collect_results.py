@@ -162,7 +162,7 @@ def test_collect_results_reads_older_runs_top_level_config(tmp_path):
                        "image_size": 32, "batch_size": 16, "dtype": "fp32"},
                "mobilenet": {"architecture": "mobilenet_v3_small", "resnet_size": 50,
                              "version": 2, "image_size": 32, "batch_size": 16,
-                             "dtype": "bf16"}}
+                             "dtype": "bf16", "slim": {"model_name": "mobilenet_v3_small"}}}
     for run, config in configs.items():
         (sweep / run).mkdir(parents=True)
         (sweep / run / "config.json").write_text(json.dumps(config))
