@@ -80,3 +80,32 @@ def test_weights_digest_follows_the_files_not_their_path(tmp_path):
     assert model_paths.weights_digest(checkpoint) != first[checkpoint]
     with pytest.raises(FileNotFoundError, match="ckpt-5.index"):  # e.g. rotated away
         model_paths.weights_digest(str(tmp_path / "run" / "ckpt-5"))
+
+
+def test_class_names_in_another_unicode_form_are_the_same_classes(tmp_path):
+    """A model trained before class names were written in NFC (2026-12-05) keeps a Mac's
+    "A" + combining ring; data converted since has one letter. Both are the one class: it was
+    refused as "classes ['Kopf Å'] are not among the model's [..., 'Kopf Å']"."""
+    from dataset.converted import SplitInfo
+    from official.core import evaluation
+
+    model = ["Hand", "Kopf A\u030a"]  # NFD, as an old config.json holds it
+    data = ["Kopf \u00c5", "Hand"]  # NFC, the data's own order
+    model_paths.check_data_classes("data", data, model)
+    assert evaluation.label_map(data, model, "data").tolist() == [1, 0]
+    info = SplitInfo(data_dir="data", split="test", files=(), num_examples=2,
+                     class_names=tuple(data), class_counts={})
+    assert evaluation.data_classes(info, model) is None  # all of the model's classes
+    only = SplitInfo(data_dir="data", split="test", files=(), num_examples=1,
+                     class_names=("Kopf \u00c5",), class_counts={})
+    assert evaluation.data_classes(only, model) == ["Kopf A\u030a"]  # as metrics names it
+    # A look-alike that is another letter is still another class, said by its code points.
+    with pytest.raises(ValueError, match=r"classes \['Kopf \u0410'\] are not among the model's "
+                                         r".* \(as code points: \['Kopf \\u0410'\]\)$"):
+        model_paths.check_data_classes("data", ["Kopf \u0410"], ["Kopf A"])
+    with pytest.raises(ValueError, match="spell one name twice"):
+        model_paths.class_index(["Kopf \u00c5", "Kopf A\u030a"])
+    old = _model_dir(tmp_path / "old", model)
+    new = _model_dir(tmp_path / "new", ["Hand", "Kopf \u00c5"])
+    model_paths.check_ensemble([(old, {"class_names": model}),
+                                (new, {"class_names": ["Hand", "Kopf \u00c5"]})])

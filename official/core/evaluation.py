@@ -16,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from dataset import converted, features
+from dataset.sources import clean_label
 from official.core.config import CONFIG_FILE
-from official.core.model_paths import check_data_classes
+from official.core.model_paths import check_data_classes, class_index
 from official.utils import files
 from official.utils import progress as reporting
 from official.utils.report import summary_scalars
@@ -138,13 +139,16 @@ def label_map(data_classes: list[str], model_classes: list[str], data_dir: str) 
       ValueError: a class of the data that the model lacks (it cannot be scored).
     """
     check_data_classes(data_dir, data_classes, model_classes)
-    return np.array([model_classes.index(name) for name in data_classes], np.int64)
+    index = class_index(model_classes)
+    return np.array([index[clean_label(name)] for name in data_classes], np.int64)
 
 
 def data_classes(info: converted.SplitInfo, model_classes: list[str]) -> list[str] | None:
     """The split's classes when they are only some of the model's (for the report's macro
-    averages, write_report's data_classes), else None."""
-    names = list(info.class_names)
+    averages, write_report's data_classes), in the model's spelling, else None."""
+    index = class_index(model_classes)
+    names = [model_classes[index[clean_label(name)]] for name in info.class_names
+             if clean_label(name) in index]
     return names if set(names) != set(model_classes) else None
 
 

@@ -12,6 +12,7 @@ import os
 import re
 
 from dataset.dicom_options import describe_rendering, rendering_of
+from dataset.sources import clean_label
 from official.core.config import CONFIG_FILE, read_config
 
 ASSETS_EXTRA = "assets.extra"  # where the SavedModel keeps config.json
@@ -137,7 +138,8 @@ def check_ensemble(members: list[tuple[str, dict]], same: tuple[str, ...] = ()) 
         raise ValueError("an ensemble needs at least one model")
     first_source, first = members[0]
     for source, other in members[1:]:
-        if list(other["class_names"]) != list(first["class_names"]):
+        if (list(map(clean_label, other["class_names"]))
+                != list(map(clean_label, first["class_names"]))):
             difference = describe_class_difference(list(first["class_names"]),
                                                    list(other["class_names"]),
                                                    first_source, source)
@@ -214,10 +216,31 @@ def check_data_classes(data_dir: str, data_classes, model_classes: list[str]) ->
     Raises:
       ValueError: naming the data, its classes the model lacks and the model's classes.
     """
-    unknown = [name for name in data_classes if name not in model_classes]
+    index = class_index(model_classes)
+    unknown = [name for name in data_classes if clean_label(name) not in index]
     if unknown:
+        # A name that prints like one of the model's (another letter of the same look) is
+        # told apart by its code points.
+        points = (f" (as code points: {ascii(unknown)})"
+                  if any(not name.isascii() for name in unknown) else "")
         raise ValueError(f"{data_dir}: classes {unknown} are not among the model's "
-                         f"{model_classes}")
+                         f"{model_classes}{points}")
+
+
+def class_index(model_classes: list[str]) -> dict[str, int]:
+    """The model's class index by name as sources.clean_label writes it: a model trained
+    before class names were written in NFC (2026-12-05) may spell "Å" as "A" + a combining
+    ring, which data converted since spells as one letter; both are the one class.
+
+    Raises:
+      ValueError: two of the model's classes are one name in two spellings.
+    """
+    index = {}
+    for position, name in enumerate(model_classes):
+        if index.setdefault(clean_label(name), position) != position:
+            raise ValueError(f"the model's classes {ascii(model_classes)} spell one name "
+                             f"twice ({name!r}); its data cannot be told apart by name")
+    return index
 
 
 def weights_digest(source: str) -> str:
