@@ -12,7 +12,9 @@ Every sub-folder holding a config.json (a trainer --model_dir) is one row. Colum
   train/ TensorBoard events   median examples_per_second (each run's first call, which
                               traces, left out: a resumed run's too)
   eval_<split>/metrics.json   accuracy and macro F1 on <split>, when dicom_eval.py wrote one
-                              (of several: the newest checkpoint's, test's first)
+                              (of several: the newest checkpoint's, test's first), and the
+                              checkpoint step it scored (split_step: a report from before a
+                              resume is older than the row's step; blank for an export's)
   sweep.json                  status and wall-clock seconds, written by sweep_resnet.sh
                               (status "training" for a run whose trainer is running now:
                               its other columns are where it has got to)
@@ -50,7 +52,8 @@ parse_flags = cli.flags_parser(PROGRAM, FLAGS, doc=__doc__, arguments=("SWEEP_DI
 
 COLUMNS = ("run", "status", "architecture", "resnet_size", "version", "image_size",
            "batch_size", "dtype", "params", "step", "eval_step", "eval_accuracy", "eval_loss",
-           "split", "split_accuracy", "split_macro_f1", "examples_per_second", "seconds")
+           "split", "split_step", "split_accuracy", "split_macro_f1", "examples_per_second",
+           "seconds")
 
 
 def _scalars(folder: str, tag: str, first_of_each_run: bool = True
@@ -159,7 +162,8 @@ def _collect_run(run_dir: str, name: str) -> dict:
         # One report per row: the newest checkpoint's (a report from before a resume, or of an
         # earlier --checkpoint, is not the run's), the test split's among those. Folder names
         # sorted as text chose eval_validation over eval_test and ckpt-75 over ckpt-150.
-        _, _, row["split"], (row["split_accuracy"], row["split_macro_f1"]) = max(reports)
+        step, _, row["split"], (row["split_accuracy"], row["split_macro_f1"]) = max(reports)
+        row["split_step"] = step if step >= 0 else None
     row["params"], row["step"] = _params_and_step(run_dir)
     for tag in ("accuracy", "loss"):
         values = _scalars(os.path.join(run_dir, "eval"), tag)

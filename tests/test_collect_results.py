@@ -146,11 +146,21 @@ def test_collect_results_reports_the_newest_checkpoints_test_evaluation(tmp_path
     # eval_test scored before the run was resumed to step 170.
     report("stale", "eval_test", "ckpt-150", 0.5)
     report("stale", "eval_test-ckpt-170", "ckpt-170", 0.875)
+    # Scored before a resume, and never since: the row says which step it scored.
+    (sweep / "resumed").mkdir()
+    (sweep / "resumed" / "config.json").write_text('{"model": {"resnet_size": 18}}')
+    report("resumed", "eval_test", "ckpt-4", 0.625)
+    (sweep / "exported").mkdir()  # a report on the run's export names no checkpoint
+    (sweep / "exported" / "config.json").write_text('{"model": {"resnet_size": 18}}')
+    report("exported", "eval_test", "export/1796590484", 0.375)
     _collect_results(sweep)
     with open(sweep / "results.csv") as f:
-        rows = {row["run"]: (row["split"], row["split_accuracy"]) for row in csv.DictReader(f)}
-    assert rows == {"both_splits": ("test", "0.5"), "checkpoints": ("test-ckpt-150", "0.75"),
-                    "stale": ("test-ckpt-170", "0.875")}
+        rows = {row["run"]: (row["split"], row["split_step"], row["split_accuracy"])
+                for row in csv.DictReader(f)}
+    assert rows == {"both_splits": ("test", "40", "0.5"),
+                    "checkpoints": ("test-ckpt-150", "150", "0.75"),
+                    "stale": ("test-ckpt-170", "170", "0.875"),
+                    "resumed": ("test", "4", "0.625"), "exported": ("test", "", "0.375")}
 
 
 def test_collect_results_reads_older_runs_top_level_config(tmp_path):
