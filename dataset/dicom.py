@@ -145,6 +145,12 @@ def _render(ds: Dataset, path: str | Path, options: DicomOptions
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     count = frame_count(ds)
     samples = int(ds.get("SamplesPerPixel") or 1)
+    # The display pipelines take the decoder's shape on trust: a grey image of 3 samples or an
+    # RGB one of 1 decoded, and failed in PNG encoding with a message naming neither.
+    needed = 3 if photometric in _COLOUR and photometric != "PALETTE COLOR" else 1
+    if samples != needed:
+        raise DicomError(f"{path}: photometric interpretation {photometric} with "
+                         f"SamplesPerPixel {samples} (it has {needed})")
     if rows < 1 or columns < 1:
         raise DicomError(f"{path}: invalid image size {rows}x{columns}")
     if rows * columns * count * samples > options.max_pixels:
