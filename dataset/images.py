@@ -2,7 +2,8 @@
 
 JPEG and PNG bytes are kept exactly as they are on disk: they are sniffed by
 their magic bytes (not their suffix) and decoded once with Pillow only to prove
-they are whole and to read their size; nothing is re-encoded. DICOM files are
+they are whole and to read their size (a PNG's chunks are also checked as TensorFlow's
+decoder checks them); nothing is re-encoded. DICOM files are
 rendered to PNG by ``dataset.dicom.read_dicom`` (one image per frame it returns).
 
 This module is plain Python I/O; it never imports TensorFlow, so converter
@@ -12,7 +13,9 @@ worker processes start fast.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +90,8 @@ def validate_image_bytes(data: bytes) -> EncodedImage:
                 # faster on 64x64 images, more on large ones. The size was read above.
                 image.draft(mode, (1, 1))
             image.load()  # decode everything: the only reliable truncation check
+            if image_format == "png" and (problem := _png_chunk_problem(data)):
+                raise ImageError(f"undecodable PNG: {problem}")
             if image_format == "png" and mode in _GREY16:
                 _check_16bit_range(int(np.asarray(image).max()))
             elif image_format == "png" and data[24:25] == b"\x10":  # IHDR's bit depth: 16
@@ -103,6 +108,42 @@ def validate_image_bytes(data: bytes) -> EncodedImage:
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels ({width}x{height})")
     return EncodedImage(data, image_format, height, width, channels)
+
+
+# The critical chunks libpng, TensorFlow's PNG decoder, knows; any other stops it.
+_PNG_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+
+
+def _png_chunk_problem(data: bytes) -> str | None:
+    """What libpng refuses in a PNG that Pillow decodes, or None. Pillow checks no CRC of
+    image data, stops reading after the last pixel and ignores the compression method, so
+    such a file was converted, and training or prediction then stopped on it with a
+    TensorFlow traceback (a damaged IDAT or IEND, a cut IEND, a palette without PLTE)."""
+    position, seen = len(PNG_MAGIC), []
+    while True:
+        if position + 12 > len(data):
+            return "truncated (no IEND chunk)"
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        end = position + 12 + length
+        name = kind.decode("latin-1")
+        if end > len(data):
+            return f"truncated in its {name!r} chunk"
+        if not kind[0] & 0x20:  # critical: an upper-case first letter
+            if kind not in _PNG_CRITICAL:
+                return f"unknown critical chunk {name!r}"
+            if zlib.crc32(data[position + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+                return f"CRC error in its {name} chunk (damaged data)"
+        if kind == b"IDAT" and b"IDAT" in seen and seen[-1] != b"IDAT":
+            return "IDAT chunks not consecutive"
+        if kind == b"IDAT" and data[25] == 3 and b"PLTE" not in seen:
+            return "palette image without a PLTE chunk"
+        if kind == b"IEND":
+            break
+        seen.append(kind)
+        position = end
+    if data[26] != 0:  # IHDR's compression method: 0 (deflate) is the only one
+        return f"unknown compression method {data[26]}"
+    return None
 
 
 def _check_16bit_range(maximum: int) -> None:

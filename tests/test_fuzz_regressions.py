@@ -4,9 +4,16 @@ whose path the converter and the predictor add), never pass on to fail later."""
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
+
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
+from dataset import images
 from dataset.dicom import DicomError, read_dicom
 from dataset.dicom_options import DicomOptions
 from official.core.prediction import load_item
@@ -34,3 +41,86 @@ def test_photometric_that_its_samples_contradict_is_one_line_naming_the_file(
                                 f"SamplesPerPixel {samples} (it has {4 - samples})")
     item = load_item(str(path), ["Head"], DicomOptions(), KEY)
     assert item.error == str(error.value) and item.encoded is None
+
+
+# --- PNG: damage Pillow decodes past and TensorFlow's decoder (libpng) refuses -----------
+
+
+def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    crc = zlib.crc32(kind + data) if crc is None else crc
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _png(mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.arange(48 * 40, dtype=np.uint8).reshape(48, 40)
+    image = Image.fromarray(pixels)
+    (image.convert("P") if mode == "P" else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    found, position = [], 8
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        found.append((kind, data[position + 8:position + 8 + length]))
+        position += 12 + length
+    return found
+
+
+def _rebuilt(chunks, *, crc_of: bytes | None = None) -> bytes:
+    return images.PNG_MAGIC + b"".join(
+        _chunk(kind, data, crc=0 if kind == crc_of else None) for kind, data in chunks)
+
+
+def _damaged(case: str) -> bytes:
+    data = _png("P" if case == "palette without PLTE" else "L")
+    chunks = _chunks(data)
+    if case == "IEND's CRC":
+        return _rebuilt(chunks, crc_of=b"IEND")
+    if case == "IDAT's CRC":
+        return _rebuilt(chunks, crc_of=b"IDAT")
+    if case == "IEND cut":
+        return data[:-3]
+    if case == "palette without PLTE":
+        return _rebuilt([chunk for chunk in chunks if chunk[0] != b"PLTE"])
+    if case == "unknown critical chunk":
+        return _rebuilt(chunks[:1] + [(b"ABCD", b"x")] + chunks[1:])
+    if case == "split IDAT":
+        header, (_, stream), end = chunks[0], chunks[1], chunks[2:]
+        # Split before the stream's checksum: Pillow has every pixel by then.
+        return _rebuilt([header, (b"IDAT", stream[:-4]), (b"tEXt", b"a\x00b"),
+                         (b"IDAT", stream[-4:]), *end])
+    assert case == "compression method"
+    header = bytearray(chunks[0][1])
+    header[10] = 1
+    return _rebuilt([(b"IHDR", bytes(header)), *chunks[1:]])
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("IEND's CRC", "CRC error in its IEND chunk (damaged data)"),
+    ("IDAT's CRC", "CRC error in its IDAT chunk (damaged data)"),
+    ("IEND cut", "truncated (no IEND chunk)"),
+    ("palette without PLTE", "palette image without a PLTE chunk"),
+    ("unknown critical chunk", "unknown critical chunk 'ABCD'"),
+    ("split IDAT", "IDAT chunks not consecutive"),
+    ("compression method", "unknown compression method 1"),
+])
+def test_png_damage_that_pillow_decodes_past_is_refused(tmp_path, case, problem):
+    # Pillow decoded each of these, so the converter stored it, and TensorFlow's decoder then
+    # stopped training or a prediction batch with a traceback ("Invalid PNG data").
+    data = _damaged(case)
+    with pytest.raises(images.ImageError) as error:
+        images.validate_image_bytes(data)
+    assert str(error.value) == f"undecodable PNG: {problem}"
+    path = tmp_path / "damaged.png"
+    path.write_bytes(data)
+    assert load_item(str(path), ["Head"], DicomOptions(), KEY).error == f"{path}: {error.value}"
+
+
+@pytest.mark.parametrize("mode", ["L", "P"])
+def test_whole_pngs_still_pass_with_their_ancillary_chunks(mode):
+    chunks = _chunks(_png(mode))
+    data = _rebuilt(chunks[:-1] + [(b"tEXt", b"Comment\x00fuzz")] + chunks[-1:])
+    assert images.validate_image_bytes(data).width == 40
+    assert images.validate_image_bytes(data + b"after IEND").height == 48
