@@ -141,7 +141,8 @@ def _render(ds: Dataset, path: str | Path, options: DicomOptions
     if not photometric:
         raise DicomError(f"{path}: no PhotometricInterpretation (not an image)")
     if photometric not in _GREY + _COLOUR:
-        raise DicomError(f"{path}: unsupported photometric interpretation {photometric!r}")
+        raise DicomError(f"{path}: unsupported photometric interpretation "
+                         f"{_quoted(photometric, 16)}")
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     count = frame_count(ds)
     samples = int(ds.get("SamplesPerPixel") or 1)
@@ -184,12 +185,22 @@ def _render(ds: Dataset, path: str | Path, options: DicomOptions
     return rendered
 
 
+def _quoted(value: str, longest: int) -> str:
+    """A value read from the file, as a message may quote it: a damaged length makes an
+    element swallow the ones after it (control bytes, line breaks, a patient's name that
+    scrubbing cannot find, as it is no longer an element of its own), so a value longer than
+    its VR allows is only counted."""
+    return repr(value) if len(value) <= longest else f"of {len(value)} characters"
+
+
 def _decoder(syntax: UID, path: str | Path):
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
         name = syntax.name if syntax.is_transfer_syntax else "unknown"
-        raise DicomError(f"{path}: unsupported transfer syntax {syntax} ({name})") from None
+        raise DicomError(f"{path}: unsupported transfer syntax "
+                         f"{syntax if syntax.is_valid else _quoted(syntax, 64)} ({name})"
+                         ) from None
     if not decoder.is_available:
         packages = _PLUGIN_PACKAGES.get(str(syntax).removeprefix("1.2.840.10008.1.2.4."),
                                         "a pydicom pixel-data plugin")

@@ -5,6 +5,8 @@ whose path the converter and the predictor add), never pass on to fail later."""
 from __future__ import annotations
 
 import io
+import re
+import shutil
 import struct
 import zlib
 
@@ -14,7 +16,7 @@ import pytest
 from PIL import Image
 
 from dataset import images
-from dataset.dicom import DicomError, read_dicom
+from dataset.dicom import DicomError, pixel_digest, read_dicom
 from dataset.dicom_options import DicomOptions
 from official.core.prediction import load_item
 from tests.dicom_fixtures import KEY, bundled
@@ -41,6 +43,38 @@ def test_photometric_that_its_samples_contradict_is_one_line_naming_the_file(
                                 f"SamplesPerPixel {samples} (it has {4 - samples})")
     item = load_item(str(path), ["Head"], DicomOptions(), KEY)
     assert item.error == str(error.value) and item.encoded is None
+
+
+# --- DICOM: a damaged length, whose value swallows the elements after it ------------------
+
+
+def test_a_transfer_syntax_that_swallowed_the_file_meta_is_not_quoted(tmp_path):
+    # Its length field reached to the end of the file meta: the "UID" held the elements after
+    # it, control bytes and a line break among them, and the message quoted it all.
+    data = bytearray(open(bundled("MR_small.dcm"), "rb").read())
+    meta_end = 144 + struct.unpack("<I", data[140:144])[0]  # after (0002,0000)'s value
+    at = data.index(b"\x02\x00\x10\x00UI")
+    data[at + 6:at + 8] = struct.pack("<H", meta_end - (at + 8))
+    path = tmp_path / "mutant.dcm"
+    path.write_bytes(bytes(data))
+    expected = f"{path}: unsupported transfer syntax of 79 characters (unknown)"
+    with pytest.raises(DicomError, match="^" + re.escape(expected) + "$"):
+        read_dicom(path, DicomOptions(), hash_key=KEY)
+    with pytest.raises(DicomError, match="^" + re.escape(expected) + "$"):
+        pixel_digest(path, DicomOptions())
+
+
+def test_a_photometric_interpretation_longer_than_its_vr_allows_is_not_quoted(tmp_path):
+    # A name met there is no PatientName element any more, so scrubbing could not find it.
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    ds.PhotometricInterpretation = "MONOCHROME2\nDoe^Jane"
+    path = tmp_path / "mutant.dcm"
+    ds.save_as(path)
+    with pytest.raises(DicomError) as error:
+        read_dicom(path, DicomOptions(), hash_key=KEY)
+    assert str(error.value) == f"{path}: unsupported photometric interpretation of 20 characters"
+    shutil.copy(bundled("MR_small.dcm"), path)
+    assert len(read_dicom(path, DicomOptions(), hash_key=KEY)[0]) == 1
 
 
 # --- PNG: damage Pillow decodes past and TensorFlow's decoder (libpng) refuses -----------
