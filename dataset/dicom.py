@@ -15,10 +15,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
@@ -122,6 +124,7 @@ def pixel_digest(path: str | Path, options: DicomOptions) -> bytes:
                        if name in decoder.available_plugins), "")
         digest = hashlib.blake2b(digest_size=16)
         for index in range(count):
+            _check_frame_size(ds, index, count, syntax, path)
             array, properties = decoder.as_array(ds, index=index, decoding_plugin=plugin)
             array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
             if index == 0:
@@ -168,6 +171,7 @@ def _render(ds: Dataset, path: str | Path, options: DicomOptions
     indices = [count // 2] if options.frames == "middle" else list(range(count))
     rendered = []
     for index in indices:
+        _check_frame_size(ds, index, count, syntax, path)
         try:
             array, properties = decoder.as_array(ds, index=index, decoding_plugin=plugin)
         except Exception:
@@ -183,6 +187,51 @@ def _render(ds: Dataset, path: str | Path, options: DicomOptions
         else:
             rendered.append((index, colour_display(array, ds, decoded, options)))
     return rendered
+
+
+# JPEG start-of-frame markers (all but DHT C4, JPG C8, DAC CC), and JPEG-LS's SOF55 (F7).
+_JPEG_SOF = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0),
+             0xF7}
+
+
+def _check_frame_size(ds: Dataset, index: int, count: int, syntax: UID, path: str | Path
+                      ) -> None:
+    """Refuses a compressed frame whose own header claims more pixels than Rows x Columns:
+    the decoders allocate what the codestream says before pydicom compares it with the
+    dataset, so a 6 KB file claiming 40000x40000 took 3 GB and half a minute to fail, and
+    max_pixels, checked on Rows and Columns, did not bound it."""
+    if not syntax.is_encapsulated:
+        return
+    try:
+        size = _codestream_size(get_frame(ds.PixelData, index, number_of_frames=count))
+    except Exception:  # damaged fragments: the decoder says so in its own words
+        return
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if size and size[0] * size[1] > rows * columns:
+        raise DicomError(f"{path}: compressed frame {index} is {size[0]}x{size[1]}, larger "
+                         f"than the image size {rows}x{columns}")
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 codestream declares, or None."""
+    start = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K SOC + SIZ (also inside JP2 boxes)
+    if start >= 0:
+        if len(frame) < start + 24:
+            return None
+        width, height, left, top = struct.unpack(">4I", frame[start + 8:start + 24])
+        return height - top, width - left
+    position = 2 if frame[:2] == b"\xff\xd8" else len(frame)
+    while position + 9 <= len(frame) and frame[position] == 0xFF:
+        marker = frame[position + 1]
+        if marker in _JPEG_SOF:
+            return struct.unpack(">HH", frame[position + 5:position + 9])
+        if marker == 0xDA:  # the scan starts: no frame header before it
+            return None
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill, no length
+            position += 1 if marker == 0xFF else 2
+            continue
+        position += 2 + struct.unpack(">H", frame[position + 2:position + 4])[0]
+    return None
 
 
 def _quoted(value: str, longest: int) -> str:

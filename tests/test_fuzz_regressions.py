@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.encaps import encapsulate, get_frame
 
 from dataset import images
 from dataset.dicom import DicomError, pixel_digest, read_dicom
@@ -75,6 +76,39 @@ def test_a_photometric_interpretation_longer_than_its_vr_allows_is_not_quoted(tm
     assert str(error.value) == f"{path}: unsupported photometric interpretation of 20 characters"
     shutil.copy(bundled("MR_small.dcm"), path)
     assert len(read_dicom(path, DicomOptions(), hash_key=KEY)[0]) == 1
+
+
+# --- DICOM: a compressed frame whose own header claims a larger image ----------------------
+
+
+def _claiming(frame: bytes, rows: int, columns: int) -> bytes:
+    frame = bytearray(frame)
+    if (start := frame.find(b"\xff\x4f\xff\x51")) >= 0:  # JPEG 2000 SIZ: Xsiz, Ysiz
+        frame[start + 8:start + 16] = struct.pack(">II", columns, rows)
+        frame[start + 24:start + 32] = struct.pack(">II", columns, rows)  # one tile
+    else:  # a JPEG or JPEG-LS start-of-frame: height, width
+        start = next(frame.find(marker) for marker in (b"\xff\xc3", b"\xff\xc1", b"\xff\xf7")
+                     if frame.find(marker) >= 0)
+        frame[start + 5:start + 9] = struct.pack(">HH", rows, columns)
+    return bytes(frame)
+
+
+@pytest.mark.parametrize("name", ["MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "JPGExtended.dcm", "JPEG-LL.dcm"])
+def test_a_compressed_frame_larger_than_the_image_is_refused_before_decoding(tmp_path, name):
+    # The decoders allocate what the codestream claims: at 40000x40000 this 6 KB file took
+    # 3 GB and half a minute before pydicom compared the result with Rows and Columns.
+    ds = pydicom.dcmread(bundled(name))
+    ds.PixelData = encapsulate([_claiming(get_frame(ds.PixelData, 0, number_of_frames=1),
+                                          4000, 3000)])
+    path = tmp_path / "mutant.dcm"
+    ds.save_as(path)
+    expected = (f"{path}: compressed frame 0 is 4000x3000, larger than the image size "
+                f"{ds.Rows}x{ds.Columns}")
+    with pytest.raises(DicomError, match="^" + re.escape(expected) + "$"):
+        read_dicom(path, DicomOptions(), hash_key=KEY)
+    with pytest.raises(DicomError, match="^" + re.escape(expected) + "$"):
+        pixel_digest(path, DicomOptions())
 
 
 # --- PNG: damage Pillow decodes past and TensorFlow's decoder (libpng) refuses -----------
