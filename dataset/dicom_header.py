@@ -20,12 +20,13 @@ import struct
 import threading
 import types
 import warnings
+import zlib
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dataset import magic
 from dataset.dicom_display import tag_text as _text
@@ -153,6 +154,7 @@ def read_dataset(path: str | Path, options: DicomOptions, *, header_only: bool =
         if options.force and (image := _image_bytes(path)):  # read as DICOM whatever it is
             raise DicomError(image)
         with open(path, "rb") as handle:
+            _check_inflated_size(handle, path, 4 * options.max_pixels)
             ds = pydicom.dcmread(handle, force=options.force, stop_before_pixels=header_only)
             pixel_data = (_pixel_data_value(handle.tell(), handle.read(12),
                                             os.fstat(handle.fileno()).st_size,
@@ -177,6 +179,39 @@ def read_dataset(path: str | Path, options: DicomOptions, *, header_only: bool =
         ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     return ds, pixel_data
+
+
+def _check_inflated_size(handle, path, limit: int) -> None:
+    """Refuses a deflated file whose dataset inflates past ``limit`` bytes (4 per max_pixels:
+    32-bit samples, the widest rendered). pydicom inflates the whole dataset before reading
+    even its header, so a 2 MB file of deflated zeros took 2 GB in every header read, the
+    converter's workers and the predictor alike. Counted a chunk at a time, nothing kept;
+    leaves ``handle`` at its start. Other files, and damage, are left to pydicom."""
+    head = handle.read(4096)
+    handle.seek(0)
+    if head[128:132] != b"DICM" or DeflatedExplicitVRLittleEndian.encode() not in head:
+        return
+    position = 132
+    while head[position:position + 2] == b"\x02\x00":  # the file meta: group 2, explicit VR LE
+        long_form = head[position + 4:position + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN")
+        length_at = position + (8 if long_form else 6)
+        width = 4 if long_form else 2
+        length = int.from_bytes(head[length_at:length_at + width], "little")
+        position = length_at + width + length
+    handle.seek(position)
+    inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        while (data := handle.read(1 << 20)) and not inflater.eof:
+            while data and size <= limit:
+                size += len(inflater.decompress(data, 1 << 24))
+                data = inflater.unconsumed_tail
+    except zlib.error:
+        pass
+    finally:
+        handle.seek(0)
+    if size > limit:
+        raise DicomError(f"{path}: deflated dataset inflates to more than {limit:,} bytes "
+                         "(4 per max_pixels)")
 
 
 def _pixel_data_value(position: int, element: bytes, file_size: int, *, implicit_vr: bool

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate, get_frame
 
-from dataset import images
+from dataset import images, sources
 from dataset.dicom import DicomError, pixel_digest, read_dicom
 from dataset.dicom_options import DicomOptions
 from official.core.prediction import load_item
@@ -109,6 +109,37 @@ def test_a_compressed_frame_larger_than_the_image_is_refused_before_decoding(tmp
         read_dicom(path, DicomOptions(), hash_key=KEY)
     with pytest.raises(DicomError, match="^" + re.escape(expected) + "$"):
         pixel_digest(path, DicomOptions())
+
+
+# --- DICOM: a deflated dataset that inflates past any image it could hold -----------------
+
+
+def _deflate_bomb(path, zeros: int) -> None:
+    """image_dfl.dcm with its pixel data replaced by `zeros` bytes, deflated as a whole."""
+    data = open(bundled("image_dfl.dcm"), "rb").read()
+    meta_end = 144 + struct.unpack("<I", data[140:144])[0]
+    body = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
+    body = body[:body.index(b"\xe0\x7f\x10\x00OB")]  # the dataset up to its pixel data
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [data[:meta_end], deflater.compress(body + b"\xe0\x7f\x10\x00OB\x00\x00"
+                                                 + struct.pack("<I", zeros))]
+    parts += [deflater.compress(bytes(1 << 20)) for _ in range(zeros >> 20)]
+    path.write_bytes(b"".join(parts) + deflater.flush())
+
+
+def test_a_deflated_file_that_inflates_past_max_pixels_is_refused_before_inflating(tmp_path):
+    # pydicom inflates the whole dataset before reading even its header: 2 MB of deflated
+    # zeros took 2 GB in every header read (converter workers, predictor), 20 MB took 20 GB.
+    path = tmp_path / "bomb.dcm"
+    _deflate_bomb(path, 64 << 20)  # 64 MiB of zeros: a 64 KB file
+    options = DicomOptions(max_pixels=2**20)  # up to 4 MiB inflated
+    expected = f"{path}: deflated dataset inflates to more than 4,194,304 bytes (4 per max_pixels)"
+    for read in (lambda: sources.read_dicom_header(str(path), options, KEY),
+                 lambda: read_dicom(path, options, hash_key=KEY)):
+        with pytest.raises(DicomError, match="^" + re.escape(expected) + "$"):
+            read()
+    _deflate_bomb(path, 1 << 20)  # within the bound: read as before
+    assert sources.read_dicom_header(str(path), options, KEY)[2] == "OT"
 
 
 # --- PNG: damage Pillow decodes past and TensorFlow's decoder (libpng) refuses -----------
