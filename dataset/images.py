@@ -118,8 +118,9 @@ def _png_chunk_problem(data: bytes) -> str | None:
     """What libpng refuses in a PNG that Pillow decodes, or None. Pillow checks no CRC of
     image data, stops reading after the last pixel and ignores the compression method, so
     such a file was converted, and training or prediction then stopped on it with a
-    TensorFlow traceback (a damaged IDAT or IEND, a cut IEND, a palette without PLTE)."""
-    position, seen = len(PNG_MAGIC), []
+    TensorFlow traceback (a damaged IDAT or IEND, a cut IEND, a palette without PLTE, two
+    PLTEs, image data that ends before the last row: Pillow fills the rest with black)."""
+    position, seen, stream = len(PNG_MAGIC), [], []
     while True:
         if position + 12 > len(data):
             return "truncated (no IEND chunk)"
@@ -135,6 +136,12 @@ def _png_chunk_problem(data: bytes) -> str | None:
                 return f"CRC error in its {name} chunk (damaged data)"
         if kind == b"IDAT" and b"IDAT" in seen and seen[-1] != b"IDAT":
             return "IDAT chunks not consecutive"
+        if kind in (b"IHDR", b"PLTE") and kind in seen:
+            return f"a second {name} chunk"
+        if kind == b"PLTE" and b"IDAT" in seen:
+            return "PLTE chunk after the image data"
+        if kind == b"IDAT":
+            stream.append(data[position + 8:end - 4])
         if kind == b"IDAT" and data[25] == 3 and b"PLTE" not in seen:
             return "palette image without a PLTE chunk"
         if kind == b"IEND":
@@ -143,7 +150,37 @@ def _png_chunk_problem(data: bytes) -> str | None:
         position = end
     if data[26] != 0:  # IHDR's compression method: 0 (deflate) is the only one
         return f"unknown compression method {data[26]}"
+    inflater, size, needed = zlib.decompressobj(), 0, _png_data_size(data)
+    try:
+        for part in stream:  # counted, not kept
+            while part and size < needed:
+                size += len(inflater.decompress(part, 1 << 22))
+                part = inflater.unconsumed_tail
+    except zlib.error as error:
+        return f"damaged image data ({error})"
+    if size < needed:
+        return f"image data ends early ({size} of {needed} bytes)"
     return None
+
+
+# Adam7's passes: (first column, first row, column step, row step).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+
+
+def _png_data_size(data: bytes) -> int:
+    """The inflated size of a PNG's image data, from its IHDR: each row's filter byte and
+    samples, pass by pass when interlaced."""
+    width, height, depth, colour, interlace = struct.unpack(">IIBB2xB", data[16:29])
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    size = 0
+    for left, top, step_x, step_y in passes:
+        columns = max(0, (width - left + step_x - 1) // step_x)
+        rows = max(0, (height - top + step_y - 1) // step_y)
+        if columns and rows:
+            size += rows * (1 + (columns * bits + 7) // 8)
+    return size
 
 
 def _check_16bit_range(maximum: int) -> None:

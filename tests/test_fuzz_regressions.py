@@ -173,7 +173,7 @@ def _rebuilt(chunks, *, crc_of: bytes | None = None) -> bytes:
 
 
 def _damaged(case: str) -> bytes:
-    data = _png("P" if case == "palette without PLTE" else "L")
+    data = _png("P" if case in ("palette without PLTE", "second PLTE") else "L")
     chunks = _chunks(data)
     if case == "IEND's CRC":
         return _rebuilt(chunks, crc_of=b"IEND")
@@ -190,9 +190,14 @@ def _damaged(case: str) -> bytes:
         # Split before the stream's checksum: Pillow has every pixel by then.
         return _rebuilt([header, (b"IDAT", stream[:-4]), (b"tEXt", b"a\x00b"),
                          (b"IDAT", stream[-4:]), *end])
-    assert case == "compression method"
+    if case == "second PLTE":
+        return _rebuilt(chunks[:2] + chunks[1:])
     header = bytearray(chunks[0][1])
-    header[10] = 1
+    if case == "IHDR taller than its data":  # its CRC mended: Pillow padded the rows with black
+        header[4:8] = struct.pack(">I", 65535)
+    else:
+        assert case == "compression method"
+        header[10] = 1
     return _rebuilt([(b"IHDR", bytes(header)), *chunks[1:]])
 
 
@@ -204,6 +209,8 @@ def _damaged(case: str) -> bytes:
     ("unknown critical chunk", "unknown critical chunk 'ABCD'"),
     ("split IDAT", "IDAT chunks not consecutive"),
     ("compression method", "unknown compression method 1"),
+    ("second PLTE", "a second PLTE chunk"),
+    ("IHDR taller than its data", "image data ends early (1968 of 2686935 bytes)"),
 ])
 def test_png_damage_that_pillow_decodes_past_is_refused(tmp_path, case, problem):
     # Pillow decoded each of these, so the converter stored it, and TensorFlow's decoder then
