@@ -86,8 +86,12 @@ def read_dicom(path: str | Path, options: DicomOptions, *, hash_key: bytes
     """
     check_key(hash_key)
 
-    def failure(error):  # pydicom and its plugins raise many types on corrupt data
-        return f"{path}: cannot decode: " + " ".join(f"{type(error).__name__}: {error}".split())
+    def failure(error):  # pydicom and its plugins raise many types on corrupt data, and
+        # quote values, which may hold any byte: control characters are escaped
+        text = " ".join(f"{type(error).__name__}: {error}".split())
+        return f"{path}: cannot decode: " + "".join(
+            character if character.isprintable() else repr(character)[1:-1]
+            for character in text)
 
     with quiet(), scrubbed(failure) as read:
         read.ds, _ = read_dataset(path, options)

@@ -78,6 +78,19 @@ def test_a_photometric_interpretation_longer_than_its_vr_allows_is_not_quoted(tm
     assert len(read_dicom(path, DicomOptions(), hash_key=KEY)[0]) == 1
 
 
+def test_a_value_quoted_by_pydicom_has_its_control_characters_escaped(tmp_path):
+    # PixelRepresentation's VR damaged from US to CS: its value, the bytes 01 00, read as the
+    # text "\x01", which pydicom's error quoted as it was (a raw control character).
+    data = open(bundled("MR_small_jp2klossless.dcm"), "rb").read()
+    path = tmp_path / "mutant.dcm"
+    path.write_bytes(data.replace(b"\x28\x00\x03\x01US", b"\x28\x00\x03\x01CS", 1))
+    with pytest.raises(DicomError) as error:
+        read_dicom(path, DicomOptions(), hash_key=KEY)
+    assert str(error.value) == (
+        f"{path}: cannot decode: ValueError: A (0028,0103) 'Pixel Representation' value of "
+        "'\\x01' is invalid, it must be 0 or 1")
+
+
 # --- DICOM: a compressed frame whose own header claims a larger image ----------------------
 
 
