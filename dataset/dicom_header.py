@@ -201,7 +201,7 @@ def _check_inflated_size(handle, path, limit: int) -> None:
     handle.seek(position)
     inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
     try:
-        while (data := handle.read(1 << 20)) and not inflater.eof:
+        while size <= limit and not inflater.eof and (data := handle.read(1 << 20)):
             while data and size <= limit:
                 size += len(inflater.decompress(data, 1 << 24))
                 data = inflater.unconsumed_tail
