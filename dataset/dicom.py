@@ -158,7 +158,7 @@ def _render(ds: Dataset, path: str | Path, options: DicomOptions
     needed = 3 if photometric in _COLOUR and photometric != "PALETTE COLOR" else 1
     if samples != needed:
         raise DicomError(f"{path}: photometric interpretation {photometric} with "
-                         f"SamplesPerPixel {samples} (it has {needed})")
+                         f"SamplesPerPixel {samples} (it needs {needed})")
     if rows < 1 or columns < 1:
         raise DicomError(f"{path}: invalid image size {rows}x{columns}")
     if rows * columns * count * samples > options.max_pixels:

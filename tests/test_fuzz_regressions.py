@@ -41,7 +41,7 @@ def test_photometric_that_its_samples_contradict_is_one_line_naming_the_file(
     with pytest.raises(DicomError) as error:
         read_dicom(path, DicomOptions(), hash_key=KEY)
     assert str(error.value) == (f"{path}: photometric interpretation {photometric} with "
-                                f"SamplesPerPixel {samples} (it has {4 - samples})")
+                                f"SamplesPerPixel {samples} (it needs {4 - samples})")
     item = load_item(str(path), ["Head"], DicomOptions(), KEY)
     assert item.error == str(error.value) and item.encoded is None
 
