@@ -94,10 +94,17 @@ def describe_data_loss(data_dir: str | None, error: Exception) -> str | None:
 _TF_WRAPPING = re.compile(r"^\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$")
 
 
+# A graph function's error begins "Graph execution error:", then where the op was defined
+# (indented stack lines, or "<stack traces unavailable>"), then the op's own message.
+_TF_PREAMBLE = re.compile(r"^(Graph execution error:|Detected at node |<stack traces "
+                          r"unavailable>|\s|$)")
+
+
 def tf_error_reason(error: Exception) -> str:
-    """The first line of a TensorFlow error's message without TensorFlow's wrapping."""
+    """The first line of a TensorFlow error's own message, without TensorFlow's wrapping."""
     lines = getattr(error, "message", str(error)).splitlines() or [""]
-    return _TF_WRAPPING.sub("", lines[0]) or lines[0]
+    reason = next((line for line in lines if not _TF_PREAMBLE.match(line)), lines[0])
+    return _TF_WRAPPING.sub("", reason) or reason
 
 
 def _sha256(path: str) -> str:

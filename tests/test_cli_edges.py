@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dataset import converted
+from dataset import converted, features
 from networks import registry
 from networks.resnet import train_steps
 from networks.slim import slim_eval
@@ -237,6 +237,31 @@ def test_evaluation_names_the_shard_with_a_corrupt_record(tmp_path):
     # TensorFlow's own words without its wrapping ({{function_node ...}}, [Op:...]).
     assert f"corrupt record in {shard} (corrupted record at " in str(error.value)
     assert "{{" not in str(error.value) and "[Op:" not in str(error.value)
+
+
+def test_evaluation_names_the_record_whose_image_the_model_cannot_decode(tmp_path):
+    """Records written before the converter checked a PNG as TensorFlow does (or a JPEG with
+    a marker in its data, which it still passes) stopped an evaluation with a traceback."""
+    from dataset.images import ImageError
+
+    data = tiny_dataset(tmp_path / "data")
+    info = converted.split_info(str(data), "validation")
+    records = tf.data.TFRecordDataset(list(info.files)).map(
+        lambda record: tf.io.parse_single_example(record, features.feature_spec()))
+    victim = [example for example in records][3]
+
+    class Refusing(_Uniform):  # refuses the one image, as Predictor says TensorFlow does
+        def __call__(self, encoded):
+            if any(image == victim[features.KEY_ENCODED].numpy() for image in encoded.numpy()):
+                raise ImageError("TensorFlow cannot decode it (Invalid PNG data, size 5)")
+            return super().__call__(encoded)
+
+    with pytest.raises(ValueError) as error:
+        evaluation.evaluate_split(Refusing(), info, batch_size=4)
+    assert str(error.value) == (
+        f"{data}: split validation's record of "
+        f"{victim[features.KEY_FILENAME].numpy().decode()}: TensorFlow cannot decode it "
+        "(Invalid PNG data, size 5); convert the data again without that file")
 
 
 def test_a_damaged_saved_model_is_one_line(tmp_path):

@@ -340,3 +340,48 @@ def test_non_utf8_file_name_and_a_large_top_k_still_give_rows(export, folder, tm
     # More than the model's classes lists every class once.
     assert all(len(row["top_k"].split(";")) == 2 for row in rows)
     assert not list(tmp_path.glob("p.csv.tmp-*"))
+
+
+def _jpeg_only_tensorflow_refuses(good: bytes) -> bytes:
+    """``good`` with an APP0 marker written into its compressed data: Pillow decodes it with a
+    warning (the converter's and prediction's checks pass it), TensorFlow's decoder fails."""
+    import tensorflow as tf
+
+    from dataset import images
+
+    start = good.index(b"\xff\xda") + 20
+    for offset in range(start, len(good) - 4):
+        bad = good[:offset] + b"\xff\xe0" + good[offset + 2:]
+        try:
+            images.validate_image_bytes(bad)
+            tf.io.decode_jpeg(bad)
+        except images.ImageError:
+            continue
+        except tf.errors.InvalidArgumentError:
+            return bad
+    raise AssertionError("no such JPEG found")
+
+
+def test_an_image_only_tensorflow_refuses_is_its_own_error_row(export, folder, tmp_path):
+    """It failed the whole run with a TensorFlow traceback, and with it every other file of
+    its batch; its batch is now predicted an image at a time."""
+    from dataset.dicom_options import DicomOptions
+    from official.core import prediction
+    from official.core.inference import Predictor
+
+    bad = folder / "bad.jpeg"
+    bad.write_bytes(_jpeg_only_tensorflow_refuses((folder / "a.jpeg").read_bytes()))
+    predictor = Predictor(export)
+    files = prediction.collect_files([str(folder)])
+    options = dict(batch_size=4, top_k=1, min_confidence=None, dicom_options=DicomOptions())
+    counts = prediction.predict_files(predictor, files, str(tmp_path / "p.csv"), **options)
+    assert counts == {"ok": 2, "uncertain": 0, "error": 1}
+    rows = {row["file"]: row for row in csv.DictReader((tmp_path / "p.csv").open())}
+    assert rows[str(bad)]["error"] == (f"{bad}: TensorFlow cannot decode it (jpeg::Uncompress "
+                                       "failed. Invalid JPEG data or crop window.)")
+    # The others' figures are those of a run without it.
+    bad.unlink()
+    prediction.predict_files(predictor, prediction.collect_files([str(folder)]),
+                             str(tmp_path / "q.csv"), **options)
+    alone = {row["file"]: row["top_k"] for row in csv.DictReader((tmp_path / "q.csv").open())}
+    assert {name: rows[name]["top_k"] for name in alone} == alone

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from dataset import converted, features
+from dataset.images import ImageError
 from dataset.sources import clean_label
 from official.core.config import CONFIG_FILE
 from official.core.model_paths import check_data_classes, class_index
@@ -120,7 +121,10 @@ def evaluate_split(predictor, info: converted.SplitInfo, *, batch_size: int):
                             desc=f"evaluating {info.split}") as progress:
         try:
             for batch in records:
-                probabilities.append(predictor(batch[features.KEY_ENCODED]))
+                try:
+                    probabilities.append(predictor(batch[features.KEY_ENCODED]))
+                except ImageError as error:
+                    raise ValueError(_undecodable(predictor, batch, info, error)) from None
                 labels.append(batch[features.KEY_LABEL].numpy())
                 filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
                 progress.update(len(labels[-1]))
@@ -130,6 +134,18 @@ def evaluate_split(predictor, info: converted.SplitInfo, *, batch_size: int):
                 raise
             raise ValueError(described) from None
     return to_model[np.concatenate(labels)], np.concatenate(probabilities), filenames
+
+
+def _undecodable(predictor, batch, info: converted.SplitInfo, error: ImageError) -> str:
+    """Which record of a batch holds the image the predictor's decoder refused (one the
+    converter's checks passed: Pillow decodes past some damage), tried an image at a time."""
+    for name, image in zip(batch[features.KEY_FILENAME].numpy(), batch[features.KEY_ENCODED]):
+        try:
+            predictor(image[tf.newaxis])
+        except ImageError:
+            return (f"{info.data_dir}: split {info.split}'s record of {name.decode()}: {error}; "
+                    "convert the data again without that file")
+    return f"{info.data_dir}: split {info.split}: {error}"
 
 
 def label_map(data_classes: list[str], model_classes: list[str], data_dir: str) -> np.ndarray:

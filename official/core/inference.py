@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from dataset import test_time
+from dataset.converted import tf_error_reason
+from dataset.images import ImageError
 from dataset.dicom_options import rendering_of
 from official.core import export, model_paths, restore
 from official.core.config import CONFIG_FILE
@@ -99,9 +101,17 @@ class Predictor:
         return {"probabilities": tf.reduce_mean(tf.stack(probabilities), axis=0)}
 
     def __call__(self, encoded_images) -> np.ndarray:
-        """float32 [N, num_classes] probabilities for N encoded JPEG/PNG images."""
+        """float32 [N, num_classes] probabilities for N encoded JPEG/PNG images.
+
+        Raises:
+          ImageError: an image TensorFlow's decoder refuses, which the checks before it let
+            through (Pillow decodes past some damage), e.g. a marker inside JPEG data.
+        """
         images = tf.convert_to_tensor(encoded_images, dtype=tf.string)
-        return self._serve(image_bytes=images)["probabilities"].numpy()
+        try:
+            return self._serve(image_bytes=images)["probabilities"].numpy()
+        except tf.errors.InvalidArgumentError as error:
+            raise ImageError(f"TensorFlow cannot decode it ({tf_error_reason(error)})") from None
 
 
 class Ensemble:

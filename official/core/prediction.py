@@ -142,6 +142,24 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
     return item
 
 
+def _probabilities(predictor, items: list[Item]):
+    """The predictor's probabilities for the items without an error. An image its decoder
+    refuses (images.ImageError; the checks before it passed the file) failed the whole run
+    with a traceback; its batch is now predicted an image at a time, and that image's row is
+    an error, as an unreadable file's is."""
+    good = [item for item in items if not item.error]
+    if not good:
+        return []
+    try:
+        return predictor([item.encoded for item in good])
+    except images.ImageError as error:
+        if len(good) == 1:
+            good[0].error = f"{good[0].path}: {error}"
+            return []
+    parts = [_probabilities(predictor, [item]) for item in good]
+    return np.concatenate([part for part in parts if len(part)] or [np.zeros((0, 0))])
+
+
 def rows_for(items: list[Item], probabilities, class_names, *, top_k: int,
              min_confidence: float | None) -> list[dict]:
     """CSV rows for a batch; ``probabilities`` has one row per item without error."""
@@ -204,8 +222,7 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
         for start in range(0, len(todo), batch_size):
             items = [load_item(path, predictor.class_names, dicom_options, hash_key)
                      for path in todo[start:start + batch_size]]
-            good = [item.encoded for item in items if not item.error]
-            probabilities = predictor(good) if good else []
+            probabilities = _probabilities(predictor, items)
             rows = rows_for(items, probabilities, predictor.class_names, top_k=top_k,
                             min_confidence=min_confidence)
             partial.append(rows)
