@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from dataset.magic import JPEG_MAGIC, PNG_MAGIC, sniff_format  # noqa: F401  (used as images.*)
+from dataset.magic import PNG_MAGIC, sniff_format
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DICOM_SUFFIXES = (".dcm", ".dicom")

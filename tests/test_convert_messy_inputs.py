@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import images, sources, splits
+from dataset import images, magic, sources, splits
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
 from tests.test_convert import convert, make_class_folders
@@ -78,7 +78,7 @@ def _png16_rgb(array: np.ndarray) -> bytes:
 
     height, width, _ = array.shape
     rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in array)  # filter 0
-    return (images.PNG_MAGIC + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2,
+    return (magic.PNG_MAGIC + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2,
                                                           0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 

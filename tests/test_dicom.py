@@ -17,8 +17,9 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from dataset.body_parts import NOT_ANATOMY
-from dataset.dicom import DicomError, encode_png, is_dicom_file, read_dicom
-from dataset.dicom_options import DicomOptions
+from dataset.dicom import is_dicom_file, read_dicom
+from dataset.dicom_options import DicomError, DicomOptions
+from dataset.png import encode_png
 from tests.dicom_fixtures import (KEY, MONO, UNRENDERABLE, bundled, png_array, render,
                                   write_dicom)
 from tests.dicom_identifiers import pixel_files

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 
 from dataset.body_parts import NOT_ANATOMY
-from dataset.dicom import DicomError, read_dicom
-from dataset.dicom_options import DicomOptions
+from dataset.dicom import read_dicom
+from dataset.dicom_options import DicomError, DicomOptions
 from tests.dicom_fixtures import KEY, bundled, render, write_dicom
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.dicom import DicomError, read_dicom
+from dataset.dicom import read_dicom
 from dataset.dicom_header import DicomInfo, read_dicom_info
-from dataset.dicom_options import DicomOptions
+from dataset.dicom_options import DicomError, DicomOptions
 from tests.dicom_fixtures import KEY, UNRENDERABLE, write_dicom
 from tests.dicom_identifiers import identifiers, pixel_files
 

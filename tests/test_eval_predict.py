@@ -210,7 +210,7 @@ def test_eval_cli_scores_data_with_some_of_the_models_classes(trained, tmp_path)
 
 
 def test_predict_mixed_folder_one_row_per_file(trained, mixed_folder, tmp_path):
-    from dataset.dicom import DicomOptions
+    from dataset.dicom_options import DicomOptions
     from official.core.prediction import collect_files, predict_files
 
     files = collect_files([str(mixed_folder)])

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate, get_frame
 
-from dataset import images, sources
-from dataset.dicom import DicomError, pixel_digest, read_dicom
-from dataset.dicom_options import DicomOptions
+from dataset import images, magic, sources
+from dataset.dicom import pixel_digest, read_dicom
+from dataset.dicom_options import DicomError, DicomOptions
 from official.core.prediction import load_item
 from tests.dicom_fixtures import KEY, bundled
 
@@ -181,7 +181,7 @@ def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def _rebuilt(chunks, *, crc_of: bytes | None = None) -> bytes:
-    return images.PNG_MAGIC + b"".join(
+    return magic.PNG_MAGIC + b"".join(
         _chunk(kind, data, crc=0 if kind == crc_of else None) for kind, data in chunks)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataset import body_parts, dicom, folder_walk, images, sources
+from dataset import body_parts, dicom, folder_walk, images, magic, sources
 from official.core.model_paths import member_records
 from official.core.prediction_csv import (ANOTHER_RUN, CSV_COLUMNS, PARTIAL_SUFFIX, STATUSES,
                                           Kept, PartialFile, partial_path,
@@ -118,7 +118,7 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
             head = handle.read(16)
         # JPEG/PNG are recognised by their bytes first, so --dicom_force only widens
         # what counts as DICOM among the rest.
-        sniffed = images.sniff_format(head)
+        sniffed = magic.sniff_format(head)
         if sniffed is None and (dicom.is_dicom_file(path) or dicom_options.force):
             rendered, info = dicom.read_dicom(path, dicom_options, hash_key=hash_key)
             item.encoded = rendered[0].png
