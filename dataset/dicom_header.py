@@ -24,6 +24,7 @@ import zlib
 from pathlib import Path
 
 import pydicom
+from pydicom import filereader
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -154,7 +155,7 @@ def read_dataset(path: str | Path, options: DicomOptions, *, header_only: bool =
         if options.force and (image := _image_bytes(path)):  # read as DICOM whatever it is
             raise DicomError(image)
         with open(path, "rb") as handle:
-            _check_inflated_size(handle, path, 4 * options.max_pixels)
+            _check_inflated_size(handle, path, 4 * options.max_pixels, force=options.force)
             ds = pydicom.dcmread(handle, force=options.force, stop_before_pixels=header_only)
             pixel_data = (_pixel_data_value(handle.tell(), handle.read(12),
                                             os.fstat(handle.fileno()).st_size,
@@ -181,24 +182,21 @@ def read_dataset(path: str | Path, options: DicomOptions, *, header_only: bool =
     return ds, pixel_data
 
 
-def _check_inflated_size(handle, path, limit: int) -> None:
+def _check_inflated_size(handle, path, limit: int, *, force: bool) -> None:
     """Refuses a deflated file whose dataset inflates past ``limit`` bytes (4 per max_pixels:
     32-bit samples, the widest rendered). pydicom inflates the whole dataset before reading
     even its header, so a 2 MB file of deflated zeros took 2 GB in every header read, the
     converter's workers and the predictor alike. Counted a chunk at a time, nothing kept;
     leaves ``handle`` at its start. Other files, and damage, are left to pydicom."""
-    head = handle.read(4096)
-    handle.seek(0)
-    if head[128:132] != b"DICM" or DeflatedExplicitVRLittleEndian.encode() not in head:
+    try:
+        start, syntax = _dataset_start(handle, force)
+    except Exception:  # damage before the dataset: dcmread fails there too, before inflating
+        handle.seek(0)
         return
-    position = 132
-    while head[position:position + 2] == b"\x02\x00":  # the file meta: group 2, explicit VR LE
-        long_form = head[position + 4:position + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN")
-        length_at = position + (8 if long_form else 6)
-        width = 4 if long_form else 2
-        length = int.from_bytes(head[length_at:length_at + width], "little")
-        position = length_at + width + length
-    handle.seek(position)
+    if syntax != DeflatedExplicitVRLittleEndian:
+        handle.seek(0)
+        return
+    handle.seek(start)
     inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
     try:
         while size <= limit and not inflater.eof and (data := handle.read(1 << 20)):
@@ -212,6 +210,18 @@ def _check_inflated_size(handle, path, limit: int) -> None:
     if size > limit:
         raise DicomError(f"{path}: deflated dataset inflates to more than {limit:,} bytes "
                          "(4 per max_pixels)")
+
+
+def _dataset_start(handle, force: bool) -> tuple[int, str | None]:
+    """Where dcmread starts the dataset (past any preamble, file meta and command set), and
+    the file meta's transfer syntax, found by pydicom's own steps (private, pinned
+    pydicom==3.0.2): a hand-written walk of the file meta missed a file without the preamble
+    (--dicom_force), a file meta in implicit VR, a command set and a transfer syntax past
+    the first 4 KB, and pydicom inflated each of them whole."""
+    filereader.read_preamble(handle, force)
+    meta = filereader._read_file_meta_info(handle)
+    filereader._read_command_set_elements(handle)
+    return handle.tell(), meta.get("TransferSyntaxUID")
 
 
 def _pixel_data_value(position: int, element: bytes, file_size: int, *, implicit_vr: bool

@@ -155,6 +155,57 @@ def test_a_deflated_file_that_inflates_past_max_pixels_is_refused_before_inflati
     assert sources.read_dicom_header(str(path), options, KEY)[2] == "OT"
 
 
+def _reshaped_bomb(path, shape: str) -> None:
+    """_deflate_bomb's file with its dataset's start moved where pydicom still finds it."""
+    data = path.read_bytes()
+    meta_end = 144 + struct.unpack("<I", data[140:144])[0]
+    meta, body = data[132:meta_end], data[meta_end:]
+    if shape == "no preamble":  # read with --dicom_force only
+        data = meta + body
+    elif shape == "command set":  # (0000,0100) CommandField, implicit VR, before the dataset
+        data = data[:meta_end] + struct.pack("<HHIH", 0, 0x0100, 2, 1) + body
+    elif shape == "transfer syntax past 4 KB":  # a long (0002,0001) before it
+        at = meta.index(b"\x02\x00\x01\x00OB")
+        version = 12 + struct.unpack("<I", meta[at + 8:at + 12])[0]
+        meta = (meta[12:at] + b"\x02\x00\x01\x00OB\x00\x00" + struct.pack("<I", 6000)
+                + bytes(6000) + meta[at + version:])
+        data = data[:128] + b"DICM" + data[132:140] + struct.pack("<I", len(meta)) + meta + body
+    else:
+        assert shape == "implicit VR file meta"
+        implicit, position = b"", 12  # (0002,0000) left out: its length counts explicit headers
+        while position < len(meta):
+            group, element, vr = struct.unpack("<HH2s", meta[position:position + 6])
+            if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+                length = struct.unpack("<I", meta[position + 8:position + 12])[0]
+                value, position = meta[position + 12:position + 12 + length], position + 12 + length
+            else:
+                length = struct.unpack("<H", meta[position + 6:position + 8])[0]
+                value, position = meta[position + 8:position + 8 + length], position + 8 + length
+            implicit += struct.pack("<HHI", group, element, len(value)) + value
+        data = data[:132] + implicit + body
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("shape", ["no preamble", "command set", "transfer syntax past 4 KB",
+                                   "implicit VR file meta"])
+def test_a_deflate_bomb_is_refused_wherever_pydicom_finds_its_dataset(tmp_path, shape):
+    # The check walked an explicit VR file meta after the preamble itself, and let pass what it
+    # did not find there; pydicom found the dataset and inflated it whole: 4 MB without the
+    # preamble took 9 GB in dicom_predict.py --dicom_force, and tf_convert_data.py stored it.
+    path = tmp_path / "bomb.dcm"
+    _deflate_bomb(path, 64 << 20)
+    _reshaped_bomb(path, shape)
+    options = DicomOptions(max_pixels=2**20, force=shape == "no preamble")
+    expected = f"{path}: deflated dataset inflates to more than 4,194,304 bytes (4 per max_pixels)"
+    for read in (lambda: sources.read_dicom_header(str(path), options, KEY),
+                 lambda: read_dicom(path, options, hash_key=KEY)):
+        with pytest.raises(DicomError, match="^" + re.escape(expected) + "$"):
+            read()
+    _deflate_bomb(path, 1 << 20)  # within the bound: read as before
+    _reshaped_bomb(path, shape)
+    assert sources.read_dicom_header(str(path), options, KEY)[2] == "OT"
+
+
 # --- PNG: damage Pillow decodes past and TensorFlow's decoder (libpng) refuses -----------
 
 
