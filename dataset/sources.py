@@ -26,7 +26,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from dataset.folder_walk import file_kind, split_suffix, visible, visible_files
+from dataset.folder_walk import file_kind, special_file, split_suffix, visible, visible_files
 
 LAYOUTS = ("auto", "images_labels", "class_folders", "predefined")
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
@@ -74,18 +74,36 @@ def clean_label(text: str) -> str:
     return _LABEL_ENDS.sub("", unicodedata.normalize("NFC", text))
 
 
+# A label file holds one class name. Anything larger is another file under a .txt name, and
+# was read whole: 1 GB of it took 5 GB and ended in a MemoryError traceback.
+LABEL_FILE_MAX_BYTES = 64 * 1024
+
+
 def read_label_file(path: str) -> tuple[str | None, str | None]:
-    """``(label, None)`` or ``(None, reason)`` for an empty, non-UTF-8 or multi-line file."""
+    """``(label, None)`` or ``(None, reason)`` for an empty, non-UTF-8, multi-line or
+    oversized file, one that is not a regular file, or a name holding control characters."""
+    if special_file(path):  # a pipe hung the run, a link to /dev/zero filled the memory
+        return None, "label file is not a regular file (a pipe, socket or device)"
     try:
         with open(path, "rb") as handle:
-            raw = handle.read()
+            raw = handle.read(LABEL_FILE_MAX_BYTES + 1)
     except OSError as error:
         return None, f"cannot read label file: {error.strerror}"
+    if len(raw) > LABEL_FILE_MAX_BYTES:
+        return None, (f"label file is larger than {LABEL_FILE_MAX_BYTES // 1024} KB, expected "
+                      "one class name")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None, "label file is not UTF-8"
     lines = [line for line in map(clean_label, text.splitlines()) if line]
+    # A NUL, an escape sequence or a direction override became a class name of its own, which
+    # prints like another (or rewrites the terminal) in the summary, labels.txt and reports.
+    control = next((c for line in lines for c in line
+                    if unicodedata.category(c) in ("Cc", "Cf")), None)
+    if control is not None:
+        return None, (f"label file holds control character U+{ord(control):04X}"
+                      + (" (UTF-16? label files are UTF-8)" if control == "\0" else ""))
     if len(lines) > 1:
         # Two class names (a multi-label note, or two files pasted together): taking the
         # first would silently label the image with what may be the wrong one.
@@ -315,22 +333,48 @@ def read_groups_csv(path: str) -> dict[str, str]:
     ``file`` is a path relative to the dataset folder or a bare file stem.
 
     Raises:
-      ValueError: the file is unreadable or a row does not have two columns.
+      ValueError: the file is unreadable or not a regular file, a row does not have two
+        columns, or two rows give one file different groups.
     """
+    if special_file(path):  # a pipe hung the run, a link to /dev/zero filled the memory
+        raise ValueError(f"--groups_csv {path}: not a regular file (a pipe, socket or device)")
     mapping = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            for number, row in enumerate(csv.reader(handle), start=1):
+            reader = csv.reader(_bounded_lines(handle, path))
+            for number, row in enumerate(reader, start=1):
                 if not row or not "".join(row).strip():
                     continue
                 if len(row) < 2 or not row[0].strip() or not row[1].strip():
                     raise ValueError(f"--groups_csv {path}: line {number} needs 'file,group'")
                 if number == 1 and row[0].strip().lower() in ("file", "path", "filename"):
                     continue
-                mapping[row[0].strip().replace("\\", "/")] = row[1].strip()
+                file, group = row[0].strip().replace("\\", "/"), row[1].strip()
+                if mapping.get(file, group) != group:  # the later row won in silence
+                    raise ValueError(f"--groups_csv {path}: line {number} puts {file!r} in "
+                                     f"group {group!r}, an earlier row in {mapping[file]!r}")
+                mapping[file] = group
+    except csv.Error as error:  # a cell past csv's field limit (128 KB) was a traceback
+        raise ValueError(f"--groups_csv {path}: cannot read line {reader.line_num} "
+                         f"({error})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"--groups_csv {path}: cannot read ({error})") from None
     return mapping
+
+
+# csv bounds a field (128 KB), not the line it reads first: a 1 GB file without a line break
+# took 2 GB before csv refused it.
+CSV_LINE_MAX_CHARS = 1 << 20
+
+
+def _bounded_lines(handle, path: str):
+    """``handle``'s lines; ValueError for one past CSV_LINE_MAX_CHARS."""
+    for number, line in enumerate(iter(lambda: handle.readline(CSV_LINE_MAX_CHARS + 1), ""),
+                                  start=1):
+        if len(line) > CSV_LINE_MAX_CHARS:
+            raise ValueError(f"--groups_csv {path}: line {number} is longer than "
+                             f"{CSV_LINE_MAX_CHARS:,} characters")
+        yield line
 
 
 def csv_group(groups_csv: dict[str, str], relpath: str) -> str | None:

@@ -1,6 +1,7 @@
 """Messy inputs real users have: class names typed on another system (Unicode normal forms,
 invisible characters) or misspelt, 16-bit PNGs holding 12-bit data, split sizes that are not
-numbers, images in per-patient sub-folders."""
+numbers, images in per-patient sub-folders, label files and --groups_csv files that name no
+class or group."""
 
 from __future__ import annotations
 
@@ -258,3 +259,76 @@ def test_a_class_of_a_few_files_beside_a_few_more_is_no_warning(tmp_path,
                                                                 make_images_labels_dataset):
     root = make_images_labels_dataset({"Hand": 49, "Hnad": 1}, size=8)  # under 50 times
     assert convert(root, tmp_path / "out", output_name="all")["warnings"] == []
+
+
+# --- label files and --groups_csv that name no class or group (found by fuzzing) ---------
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"Ha\x00nd\n", "label file holds control character U+0000 (UTF-16? label files are UTF-8)"),
+    (b"Hand\x1b[2J\n", "label file holds control character U+001B"),
+    ("\u202eHand".encode(), "label file holds control character U+202E"),
+    (b"Ha\tnd", "label file holds control character U+0009"),
+    (b"H" * (64 * 1024 + 1),
+     "label file is larger than 64 KB, expected one class name"),
+], ids=["NUL", "escape", "direction override", "tab", "64 KB"])
+def test_a_label_file_that_holds_no_class_name_is_a_problem(tmp_path, make_images_labels_dataset,
+                                                            data, reason):
+    # Each was a class of its own: printed raw in the summary and labels.txt (an escape
+    # sequence rewrote the terminal, a NUL or a direction override printed like another
+    # class). A label file was read whole: 1 GB took 5 GB and ended in a MemoryError traceback.
+    root = make_images_labels_dataset({"Hand": 2}, size=8)
+    (root / "labels" / "000000.txt").write_bytes(data)
+    assert [problem.line() for problem in sources.discover(str(root)).problems] == [
+        f"images/000000.png: {reason} (labels/000000.txt)"]
+
+
+@pytest.mark.parametrize("data", [b"\xef\xbb\xbfHand\n", b"\r\rHand\r", "Hand\u200b\n".encode()],
+                         ids=["BOM", "CR", "zero-width space"])
+def test_a_bom_cr_line_ends_or_an_invisible_end_still_name_the_class(tmp_path, data):
+    path = tmp_path / "label.txt"
+    path.write_bytes(data)
+    assert sources.read_label_file(str(path)) == ("Hand", None)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo (POSIX named pipes)")
+def test_a_named_pipe_as_label_file_or_groups_csv_is_a_problem_not_a_hang(
+        tmp_path, make_images_labels_dataset):
+    """Both were opened to be read, and waited for a writer for ever. A subprocess, so that a
+    hang fails the test."""
+    root = make_images_labels_dataset({"Hand": 2, "Chest": 2}, size=8)
+    label = root / "labels" / "000000.txt"
+    label.unlink()
+    os.mkfifo(label)
+    result = run_cli(f"--dataset_dir={root}", f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 1
+    assert error_line(result) == (
+        "error: images/000000.png: label file is not a regular file (a pipe, socket or device) "
+        "(labels/000000.txt); nothing was written (--on_error=skip converts the rest)")
+    label.unlink()
+    label.write_text("Chest\n")
+    os.mkfifo(tmp_path / "groups.csv")
+    result = run_cli(f"--dataset_dir={root}", f"--output_dir={tmp_path / 'out'}",
+                     f"--groups_csv={tmp_path / 'groups.csv'}")
+    assert result.returncode == 1
+    assert error_line(result) == (f"error: --groups_csv {tmp_path / 'groups.csv'}: not a "
+                                  "regular file (a pipe, socket or device)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rows, problem", [
+    # The later row won in silence: which group the file got hung on the rows' order.
+    ("a,g1\nb,g2\na,g3\n", "line 3 puts 'a' in group 'g3', an earlier row in 'g1'"),
+    # csv's own errors were tracebacks; and it bounds a field, not the line it reads first
+    # (a 1 GB file without a line break took 2 GB).
+    ("a," + "x" * 200_000 + "\n", "cannot read line 1 (field larger than field limit (131072))"),
+    ("a" * (1 << 20) + ",g\n", "line 1 is longer than 1,048,576 characters"),
+], ids=["contradicting rows", "cell past 128 KB", "line past 1 MB"])
+def test_a_groups_csv_it_cannot_take_is_one_error(tmp_path, rows, problem):
+    path = tmp_path / "groups.csv"
+    path.write_text(rows)
+    with pytest.raises(ValueError) as error:
+        sources.read_groups_csv(str(path))
+    assert str(error.value) == f"--groups_csv {path}: {problem}"
+    path.write_text("a,g1\r\nb,g2\r\na,g1\r\n")  # a row repeated alike contradicts nothing
+    assert sources.read_groups_csv(str(path)) == {"a": "g1", "b": "g2"}
