@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import holdout_report  # noqa: E402
-from dataset import sources  # noqa: E402
+from dataset import groups_csv  # noqa: E402
 from official.utils import cli  # noqa: E402
 from official.utils.files import written_atomically  # noqa: E402
 
@@ -178,7 +178,7 @@ def main(argv: list[str]) -> None:
         if os.path.exists(os.path.join(FLAGS.output_dir, "key.json")):
             raise ValueError(f"{FLAGS.output_dir} holds a key already: a new draw would not "
                              "match its sheets (use another --output_dir)")
-        groups = sources.read_groups_csv(FLAGS.groups_csv)
+        groups = groups_csv.read_groups_csv(FLAGS.groups_csv)
         metrics, wrong = holdout_report.read_eval(FLAGS.eval_dir)
         filenames = reader.split_filenames(FLAGS.data_dir, FLAGS.split)
         holdout_report.check_scored(FLAGS.eval_dir, metrics, len(filenames),
@@ -235,14 +235,14 @@ def main(argv: list[str]) -> None:
             return summary
         if not FLAGS.groups_csv:
             raise ValueError("--compare_eval_dirs needs the --groups_csv the split was made with")
-        groups = sources.read_groups_csv(FLAGS.groups_csv)
+        groups = groups_csv.read_groups_csv(FLAGS.groups_csv)
         absent = {entry["group"] for name, entry in key["groups"].items()
                   if _verdict(verdicts, name) == "absent"}
         lines = [summary]
         for folder in FLAGS.compare_eval_dirs:
             metrics, wrong = holdout_report.read_eval(folder)
             holdout_report.check_scored(folder, metrics, key["images"], "the reviewed split")
-            inside = sum(sources.csv_group(groups, name) in absent for name in wrong)
+            inside = sum(groups_csv.csv_group(groups, name) in absent for name in wrong)
             lines.append(f"{folder}: {len(wrong)} errors, {inside} in groups called absent, "
                          f"{len(wrong) - inside} elsewhere")
         return "\n".join(lines)

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from dataset import sources  # noqa: E402
+from dataset import groups_csv  # noqa: E402
 from official.utils import cli  # noqa: E402
 from official.utils.files import written_atomically  # noqa: E402
 
@@ -153,7 +153,7 @@ def worst_groups(group_names: list[str], sizes: np.ndarray, errors: np.ndarray,
 def groups_of_files(groups: dict[str, str], filenames: list[str]) -> list[str]:
     """Each file's group in a read_groups_csv mapping; a file the CSV does not name is its own
     group (the converter would group it by its patient or stem)."""
-    return [sources.csv_group(groups, name) or f"file:{name}" for name in filenames]
+    return [groups_csv.csv_group(groups, name) or f"file:{name}" for name in filenames]
 
 
 def check_scored(folder: str, metrics: dict, num_images: int, what: str) -> None:
@@ -259,7 +259,7 @@ def main(argv: list[str]) -> None:
             sheet_folder = os.path.dirname(os.path.abspath(FLAGS.contact_sheet))
             if not os.path.isdir(sheet_folder):
                 raise ValueError(f"--contact_sheet: folder {sheet_folder} does not exist")
-        groups = sources.read_groups_csv(FLAGS.groups_csv)
+        groups = groups_csv.read_groups_csv(FLAGS.groups_csv)
         reference = parse_reference(FLAGS.reference_recall)
         evaluations = [read_eval(folder) for folder in FLAGS.eval_dirs]
         filenames = reader.split_filenames(FLAGS.data_dir, FLAGS.split)

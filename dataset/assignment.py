@@ -14,6 +14,7 @@ from dataset.body_parts import (canonical_body_part, class_name, normalize_body_
                                  not_anatomy)
 from dataset.conversion_plan import Plan
 from dataset.folder_walk import split_suffix
+from dataset.groups_csv import csv_group, read_groups_csv, unmatched_group_rows
 from dataset.tasks import FileTask
 
 
@@ -56,8 +57,8 @@ def assign(config, discovery, headers, problems, identical=()) -> Plan:
         labelled.append((item, label, patient))
     left_out = _classes_no_tag_gave(config, names, labelled, named_by_label_files)
     names = [name for name in names if name not in left_out]
-    groups_csv = sources.read_groups_csv(config.groups_csv) if config.groups_csv else {}
-    problems.extend(sources.unmatched_group_rows(config.groups_csv, groups_csv, discovery))
+    groups_csv = read_groups_csv(config.groups_csv) if config.groups_csv else {}
+    problems.extend(unmatched_group_rows(config.groups_csv, groups_csv, discovery))
     total = len(labelled)
     try:
         fractions = splits.split_fractions(config.need_split, config.validation_size,
@@ -115,17 +116,17 @@ def _groups(labelled, groups_csv: dict[str, str]) -> dict[str, str]:
     goes with its DICOM patient's files that have one (their least group: it was the patient's
     own group, and could land in another split than the rest of that patient), else with its
     patient, else its file stem."""
-    csv_groups = {item.relpath: sources.csv_group(groups_csv, item.relpath)
+    csv_groups = {item.relpath: csv_group(groups_csv, item.relpath)
                   for item, _, _ in labelled}
     patient_group = {}  # patient -> the least CSV group among its files
     for item, _, patient in labelled:
-        if patient and (csv_group := csv_groups[item.relpath]):
-            patient_group[patient] = min(patient_group.get(patient, f"csv:{csv_group}"),
-                                         f"csv:{csv_group}")
+        if patient and (row_group := csv_groups[item.relpath]):
+            patient_group[patient] = min(patient_group.get(patient, f"csv:{row_group}"),
+                                         f"csv:{row_group}")
     groups = {}
     for item, _, patient in labelled:
-        if csv_group := csv_groups[item.relpath]:
-            groups[item.relpath] = f"csv:{csv_group}"
+        if row_group := csv_groups[item.relpath]:
+            groups[item.relpath] = f"csv:{row_group}"
         elif patient:
             groups[item.relpath] = patient_group.get(patient, f"patient:{patient}")
         else:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import images, magic, sources, splits
+from dataset import groups_csv, images, magic, sources, splits
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
 from tests.test_convert import convert, make_class_folders
@@ -328,7 +328,18 @@ def test_a_groups_csv_it_cannot_take_is_one_error(tmp_path, rows, problem):
     path = tmp_path / "groups.csv"
     path.write_text(rows)
     with pytest.raises(ValueError) as error:
-        sources.read_groups_csv(str(path))
+        groups_csv.read_groups_csv(str(path))
     assert str(error.value) == f"--groups_csv {path}: {problem}"
     path.write_text("a,g1\r\nb,g2\r\na,g1\r\n")  # a row repeated alike contradicts nothing
-    assert sources.read_groups_csv(str(path)) == {"a": "g1", "b": "g2"}
+    assert groups_csv.read_groups_csv(str(path)) == {"a": "g1", "b": "g2"}
+
+
+def test_joiners_inside_a_label_are_text_direction_overrides_are_not(tmp_path):
+    # Persian and Hindi names need the zero-width (non-)joiner; an override reorders what
+    # prints, so that a name shows as another.
+    label = tmp_path / "a.txt"
+    label.write_text("\u0633\u06cc\u200c\u0646\u0647\n", encoding="utf-8")  # "sine" (chest)
+    assert sources.read_label_file(str(label)) == ("\u0633\u06cc\u200c\u0646\u0647", None)
+    label.write_text("Hand\u202eLeft\n", encoding="utf-8")
+    assert sources.read_label_file(str(label)) == (
+        None, "label file holds control character U+202E")
