@@ -78,6 +78,16 @@ def _beam_converter(tmp_path, root, sitecustomize_dir) -> subprocess.Popen:
         start_new_session=True, preexec_fn=_as_in_a_terminal)
 
 
+def _wait_for_markers(folder, process, never: str) -> None:
+    """Until two marker files are in ``folder`` (written by the sitecustomize of Beam's two
+    workers), the converter still running; ``never``: the failure after 120 s."""
+    deadline = time.monotonic() + 120
+    while len(list(folder.iterdir())) < 2 and process.poll() is None:
+        assert time.monotonic() < deadline, never
+        time.sleep(0.02)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+
+
 def _running(folder) -> tuple[list[int], list[int]]:
     """(the pids named by the files in ``folder``, those of them still running): a zombie
     has ended, waiting to be reaped."""
@@ -109,11 +119,7 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
         "    signal.signal(signal.SIGINT, signal.default_int_handler)\n")
     process = _beam_converter(tmp_path, root, slow)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(started.iterdir())) < 2 and process.poll() is None:
-            assert time.monotonic() < deadline, "Beam's workers never started"
-            time.sleep(0.02)
-        assert process.poll() is None, process.communicate()[1][-3000:]
+        _wait_for_markers(started, process, "Beam's workers never started")
         if sent_to == "group":
             os.killpg(process.pid, signal.SIGINT)
         else:  # kill() prefers the thread named, if it takes the signal
@@ -168,11 +174,7 @@ def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run
         "    atexit.register(time.sleep, 1)\n")
     process = _beam_converter(tmp_path, root, slow)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(ending.iterdir())) < 2 and process.poll() is None:
-            assert time.monotonic() < deadline, "Beam's last worker never began to exit"
-            time.sleep(0.02)
-        assert process.poll() is None, process.communicate()[1][-3000:]
+        _wait_for_markers(ending, process, "Beam's last worker never began to exit")
         process.terminate()  # the main process alone, as Slurm or Kubernetes stops a job
         _, stderr = _communicate_or_fail(process, 20, "the SIGTERM")
         # Checked before the clean-up below kills whatever is left of the process group.
