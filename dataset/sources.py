@@ -76,6 +76,29 @@ def clean_label(text: str) -> str:
 # Unicode's explicit direction embeddings, overrides and isolates (and the two marks).
 _DIRECTION_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
                                 "\u2066\u2067\u2068\u2069")
+
+
+def refused_character(name: str) -> str | None:
+    """The first character a class name (a label file's line, a class folder's name) may not
+    hold, or None: a C0/C1 control (Unicode Cc) or a direction control.
+
+    A NUL, an escape sequence or a direction override became a class name of its own, which
+    prints like another (or rewrites the terminal) in the summary, labels.txt and reports.
+    Joiners inside a name (Persian, Hindi and emoji text need them) are left alone."""
+    return next(filter(_refused, name), None)
+
+
+def escape_refused(text: str) -> str:
+    """``text`` with each ``refused_character`` escaped (``\\x1b``, ``\\u202e``): a problem line
+    naming a folder shows the character instead of acting on it (or breaking the line)."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if _refused(c) else c
+                   for c in text)
+
+
+def _refused(character: str) -> bool:
+    return unicodedata.category(character) == "Cc" or character in _DIRECTION_CONTROLS
+
+
 # A label file holds one class name. Anything larger is another file under a .txt name, and
 # was read whole: 1 GB of it took 5 GB and ended in a MemoryError traceback.
 LABEL_FILE_MAX_BYTES = 64 * 1024
@@ -99,11 +122,7 @@ def read_label_file(path: str) -> tuple[str | None, str | None]:
     except UnicodeDecodeError:
         return None, "label file is not UTF-8"
     lines = [line for line in map(clean_label, text.splitlines()) if line]
-    # A NUL, an escape sequence or a direction override became a class name of its own, which
-    # prints like another (or rewrites the terminal) in the summary, labels.txt and reports.
-    # Joiners inside a name (Persian, Hindi and emoji text need them) are left alone.
-    control = next((c for line in lines for c in line
-                    if unicodedata.category(c) == "Cc" or c in _DIRECTION_CONTROLS), None)
+    control = next(filter(None, map(refused_character, lines)), None)
     if control is not None:
         return None, (f"label file holds control character U+{ord(control):04X}"
                       + (" (UTF-16? label files are UTF-8)" if control == "\0" else ""))
@@ -276,6 +295,11 @@ def _discover_class_folders(dataset_dir: str, root: str, split: str | None,
             discovery.problems.append(Problem(_rel(path, dataset_dir) + "/", (
                 "class folder without a name once whitespace and invisible characters are "
                 "removed")))
+            continue
+        if (control := refused_character(label)) is not None:  # the rule of a label file's
+            discovery.problems.append(Problem(  # text; the folder named as it prints
+                escape_refused(_rel(path, dataset_dir)) + "/",
+                f"class folder name holds control character U+{ord(control):04X}"))
             continue
         for file_path in visible_files(path, dataset_dir):
             kind = file_kind(file_path, dicom_force)
