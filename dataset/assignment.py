@@ -14,11 +14,11 @@ from dataset.body_parts import (canonical_body_part, class_name, normalize_body_
                                  not_anatomy)
 from dataset.conversion_plan import Plan
 from dataset.folder_walk import split_suffix
-from dataset.groups_csv import csv_group, read_groups_csv, unmatched_group_rows
+from dataset.groups_csv import csv_group, row_problems, unmatched_group_rows
 from dataset.tasks import FileTask
 
 
-def assign(config, discovery, headers, problems, identical=()) -> Plan:
+def assign(config, discovery, headers, problems, identical=(), groups_rows=({}, [])) -> Plan:
     """Labels, groups and splits for every usable file; appends problems found.
 
     Args:
@@ -29,6 +29,8 @@ def assign(config, discovery, headers, problems, identical=()) -> Plan:
       problems: found so far; appended to, and returned in the Plan.
       identical: sets of relpaths that are copies of one image (``dataset.duplicates``):
         each set is kept in one split, unless it is a placeholder (in many groups).
+      groups_rows: ``dataset.groups_csv.read_groups_rows(config.groups_csv)``: its bad rows
+        become problems here, listed with the rest.
     """
     files = [f for f in discovery.files if f.relpath not in headers.errors]
     raw_labels = [f.label for f in files if f.label is not None]
@@ -57,7 +59,8 @@ def assign(config, discovery, headers, problems, identical=()) -> Plan:
         labelled.append((item, label, patient))
     left_out = _classes_no_tag_gave(config, names, labelled, named_by_label_files)
     names = [name for name in names if name not in left_out]
-    groups_csv = read_groups_csv(config.groups_csv) if config.groups_csv else {}
+    groups_csv, bad_rows = groups_rows
+    problems.extend(row_problems(config.groups_csv, bad_rows))
     problems.extend(unmatched_group_rows(config.groups_csv, groups_csv, discovery))
     total = len(labelled)
     try:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from dataset import assignment, duplicates, shards, sources, splits
 from dataset.conversion_plan import Plan, fail_or_skip, write_order
 from dataset.dicom_options import DicomOptions
+from dataset.groups_csv import read_groups_rows
 from dataset.manifest import build_manifest
 from dataset.tasks import encode_chunk, encode_task, header_task, init_worker
 from dataset.workers import WorkerPool
@@ -166,8 +167,8 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
     its planning. A folder made by the lock and left empty (a failed run) goes with it.
 
     Raises:
-      ValueError: invalid configuration or dataset folder, or an output folder another
-        conversion holds.
+      ValueError: invalid configuration or dataset folder, a --groups_csv that cannot be
+        read, or an output folder another conversion holds.
     """
     discovery = sources.discover(config.dataset_dir, config.layout,
                                  need_labels=config.label_source == "labels",
@@ -178,6 +179,9 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
     if discovery.layout == "predefined" and config.need_split != "predefined":
         raise ValueError(f"{config.dataset_dir} is already split into train/val/test "
                          "folders: use --need_split=predefined")
+    # Read before the headers (minutes for a large DICOM set): a CSV that cannot be read
+    # stops the run at once; its bad rows are listed with the other problems (assign).
+    groups_rows = read_groups_rows(config.groups_csv) if config.groups_csv else ({}, [])
     output_problems = _output_problems(config, discovery.layout)
     if not output_problems:
         hold.enter_context(files.folder_held(config.output_dir, "conversion"))
@@ -186,7 +190,7 @@ def plan_conversion(config: ConvertConfig, workers: WorkerPool,
     identical = duplicates.identical_files({f.relpath: f.path for f in discovery.files},
                                            workers.imap, parts=headers.pixel_data,
                                            layouts=headers.layouts, dicom_options=config.dicom)
-    return assignment.assign(config, discovery, headers, problems, identical)
+    return assignment.assign(config, discovery, headers, problems, identical, groups_rows)
 
 
 @contextlib.contextmanager

@@ -12,17 +12,37 @@ from dataset.sources import Discovery, Problem
 
 
 def read_groups_csv(path: str) -> dict[str, str]:
+    """``read_groups_rows``'s mapping, for a reader that takes the CSV whole or not at all.
+
+    Raises:
+      ValueError: the file cannot be read (``read_groups_rows``), or a row it cannot take
+        (the first one's line, and how many more there are).
+    """
+    mapping, bad_rows = read_groups_rows(path)
+    if bad_rows:
+        raise ValueError(f"--groups_csv {path}: {bad_rows[0]}" + (
+            f" (and {len(bad_rows) - 1} more row(s) it cannot take)" if bad_rows[1:] else ""))
+    return mapping
+
+
+def read_groups_rows(path: str) -> tuple[dict[str, str], list[str]]:
     """Reads ``file,group`` rows (a header row naming ``file`` is skipped).
 
     ``file`` is a path relative to the dataset folder or a bare file stem.
 
+    Returns:
+      (file -> group, the rows it cannot take: one reason each, e.g. "line 3 needs
+      'file,group'", or a row giving a file another group than an earlier row did, which
+      leaves the earlier row's group in the mapping). The converter lists those rows with the
+      dataset's other problems (``row_problems``).
+
     Raises:
-      ValueError: the file is unreadable or not a regular file, a row does not have two
-        columns, or two rows give one file different groups.
+      ValueError: the file cannot be read at all: unreadable, not a regular file, not UTF-8,
+        or a line or cell past the bounds below.
     """
     if special_file(path):  # a pipe hung the run, a link to /dev/zero filled the memory
         raise ValueError(f"--groups_csv {path}: not a regular file (a pipe, socket or device)")
-    mapping = {}
+    mapping, bad_rows = {}, []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(_bounded_lines(handle, path))
@@ -30,20 +50,40 @@ def read_groups_csv(path: str) -> dict[str, str]:
                 if not row or not "".join(row).strip():
                     continue
                 if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                    raise ValueError(f"--groups_csv {path}: line {number} needs 'file,group'")
+                    bad_rows.append(f"line {number} needs 'file,group'")
+                    continue
                 if number == 1 and row[0].strip().lower() in ("file", "path", "filename"):
                     continue
                 file, group = row[0].strip().replace("\\", "/"), row[1].strip()
                 if mapping.get(file, group) != group:  # the later row won in silence
-                    raise ValueError(f"--groups_csv {path}: line {number} puts {file!r} in "
-                                     f"group {group!r}, an earlier row in {mapping[file]!r}")
+                    bad_rows.append(f"line {number} puts {file!r} in group {group!r}, an "
+                                    f"earlier row in {mapping[file]!r}")
+                    continue
                 mapping[file] = group
     except csv.Error as error:  # a cell past csv's field limit (128 KB) was a traceback
         raise ValueError(f"--groups_csv {path}: cannot read line {reader.line_num} "
                          f"({error})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"--groups_csv {path}: cannot read ({error})") from None
-    return mapping
+    return mapping, bad_rows
+
+
+# A CSV of another shape (semicolons, or two files pasted together) has a bad row on every
+# line: the first few say what is wrong, a line for each of 100,000 would bury the rest.
+MAX_ROWS_LISTED = 10
+
+
+def row_problems(path: str, bad_rows: list[str]) -> list[Problem]:
+    """Fatal problems for ``read_groups_rows``'s bad rows: one line each, up to
+    MAX_ROWS_LISTED, then one line counting the rest. Fatal: --on_error=skip cannot tell
+    which of two rows was meant, nor what a row of another shape meant."""
+    problems = [Problem(f"--groups_csv {path}", reason, fatal=True)
+                for reason in bad_rows[:MAX_ROWS_LISTED]]
+    if bad_rows[MAX_ROWS_LISTED:]:
+        problems.append(Problem(f"--groups_csv {path}", (
+            f"{len(bad_rows) - MAX_ROWS_LISTED} more row(s) it cannot take (the first "
+            f"{MAX_ROWS_LISTED} are listed above)"), fatal=True))
+    return problems
 
 
 # csv bounds a field (128 KB), not the line it reads first: a 1 GB file without a line break
