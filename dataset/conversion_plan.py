@@ -20,7 +20,8 @@ from dataset.tasks import FileTask
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything decided before the encode pass (the validation pass's result; only a
-    compressed DICOM that may be a copy in another transfer syntax is decoded in it)."""
+    compressed DICOM that may be a copy in another transfer syntax, or by another JPEG
+    baseline encoder, is decoded in it)."""
 
     names: list[str]  # class names; a record's label is an index into this list
     variants: dict[str, list[str]]  # class name -> spellings seen, where several
