@@ -58,6 +58,7 @@ from networks.resnet.dicom_eval import CHECKPOINT_HELP, MODEL_HELP, TTA_HELP  # 
 from official.core import model_paths, prediction_csv  # noqa: E402
 from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
+from official.utils.decoder_noise import DecoderNoise  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "dicom_predict.py"
@@ -145,12 +146,14 @@ def main(argv):
     kept = prediction_csv.Kept()
     _KEPT.append(kept)
     try:  # e.g. a full disk or no permission: predict_files leaves no .tmp file behind
-        counts = prediction.predict_files(
-            predictor, files, output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
-            min_confidence=FLAGS.min_confidence,
-            dicom_options=DicomOptions.rendering(predictor.dicom_rendering,
-                                                 force=FLAGS.dicom_force),
-            tta_views=FLAGS.tta, resume=FLAGS.resume, kept=kept)  # and the run's .json
+        with DecoderNoise() as noise:  # an image TensorFlow refuses: its row says why
+            counts = prediction.predict_files(
+                predictor, files, output_csv, batch_size=FLAGS.batch_size, top_k=FLAGS.top_k,
+                min_confidence=FLAGS.min_confidence,
+                dicom_options=DicomOptions.rendering(predictor.dicom_rendering,
+                                                     force=FLAGS.dicom_force),
+                tta_views=FLAGS.tta, resume=FLAGS.resume, kept=kept,  # and the run's .json
+                noise=noise)
     except (OSError, ValueError) as error:
         message = str(error)
         if isinstance(error, OSError) and error.filename and error.strerror:  # not a bare errno

@@ -22,6 +22,7 @@ from official.core.prediction_csv import (ANOTHER_RUN, CSV_COLUMNS, PARTIAL_SUFF
                                           Kept, PartialFile, partial_path,
                                           partial_record_path)
 from official.utils import progress as reporting
+from official.utils.decoder_noise import DecoderNoise
 from official.utils.files import file_in_use, written_atomically
 
 
@@ -142,21 +143,23 @@ def load_item(path: str, class_names: list[str], dicom_options, hash_key: bytes)
     return item
 
 
-def _probabilities(predictor, items: list[Item]):
+def _probabilities(predictor, items: list[Item], noise: DecoderNoise):
     """The predictor's probabilities for the items without an error. An image its decoder
     refuses (images.ImageError; the checks before it passed the file) failed the whole run
     with a traceback; its batch is now predicted an image at a time, and that image's row is
-    an error, as an unreadable file's is."""
+    an error, as an unreadable file's is. What the decoder printed about it (libjpeg's
+    "Corrupt JPEG data: ...") is left out of stderr (``noise``): the row says why."""
     good = [item for item in items if not item.error]
     if not good:
         return []
     try:
-        return predictor([item.encoded for item in good])
+        with noise.dropped_if(images.ImageError):
+            return predictor([item.encoded for item in good])
     except images.ImageError as error:
         if len(good) == 1:
             good[0].error = f"{good[0].path}: {error}"
             return []
-    parts = [_probabilities(predictor, [item]) for item in good]
+    parts = [_probabilities(predictor, [item], noise) for item in good]
     return np.concatenate([part for part in parts if len(part)] or [np.zeros((0, 0))])
 
 
@@ -189,20 +192,24 @@ def rows_for(items: list[Item], probabilities, class_names, *, top_k: int,
 
 def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: int, top_k: int,
                   min_confidence: float | None, dicom_options, tta_views: int | None = None,
-                  resume: bool = False, kept: Kept | None = None) -> dict[str, int]:
+                  resume: bool = False, kept: Kept | None = None,
+                  noise: DecoderNoise | None = None) -> dict[str, int]:
     """Writes the prediction CSV whole into an existing folder; returns counts per status.
 
     The rows go to ``partial_path(output_csv)`` a batch at a time, and become the output once
     every file has one; a failure or Ctrl-C leaves them there (complete rows; ``kept`` says how
     many) and the output as it was. ``resume`` reuses the rows of a partial file of the same
-    models and settings. With ``tta_views``, the run's information (run_info_path) is written
-    just before the CSV takes the output's place: never a new CSV beside another run's .json.
+    models and settings. ``noise``, entered by the program, keeps the decoder's lines about an
+    image it refuses off stderr. With ``tta_views``, the run's information (run_info_path) is
+    written just before the CSV takes the output's place: never a new CSV beside another
+    run's .json.
 
     Raises:
       ValueError: another run is writing the same output (its partial file is locked), or,
         with ``resume``, the partial file was written by other models or settings.
     """
     kept = kept if kept is not None else Kept()
+    noise = noise or DecoderNoise()  # not entered: stderr as it is
     kept.path, kept.total, kept.rows = partial_path(output_csv), len(files), 0
     hash_key = os.urandom(32)  # patient keys are not used here; nothing is written from them
     record = {**_models(predictor, tta_views), "top_k": top_k,
@@ -222,7 +229,7 @@ def predict_files(predictor, files: list[str], output_csv: str, *, batch_size: i
         for start in range(0, len(todo), batch_size):
             items = [load_item(path, predictor.class_names, dicom_options, hash_key)
                      for path in todo[start:start + batch_size]]
-            probabilities = _probabilities(predictor, items)
+            probabilities = _probabilities(predictor, items, noise)
             rows = rows_for(items, probabilities, predictor.class_names, top_k=top_k,
                             min_confidence=min_confidence)
             partial.append(rows)

@@ -1,0 +1,119 @@
+"""What reaches stderr when TensorFlow's decoder refuses an image: the program's own lines, not
+libjpeg's and TensorFlow's about it (official/utils/decoder_noise.py), and never less than
+that: a genuine message, even of a process that dies mid-call, still gets through."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from official.utils.decoder_noise import without_noise
+from tests.conftest import write_image
+from tests.test_predict_errors import PREDICT, _jpeg_only_tensorflow_refuses
+from tests.trainer_fixtures import REPO_ROOT, class_image, trainer_env
+
+# What a refused JPEG printed, once for its batch and once alone (TensorFlow 2.21).
+LIBJPEG = b"Corrupt JPEG data: premature end of data segment\nInput file read error\n"
+TF_ABORT = (b"W0000 00:00:1796599067.052835   28229 local_rendezvous.cc:412] Local rendezvous is "
+            b"aborting with status: INVALID_ARGUMENT: jpeg::Uncompress failed. Invalid JPEG "
+            b"data or crop window.\n\t [[{{function_node __inference_map_while_body_8625_144}}"
+            b"{{node map/while/decode_image/DecodeImage}}]]\n")
+NOISE_MARKS = ("Corrupt JPEG data", "Input file read error", "Local rendezvous", "[[{{",
+               "jpeg::Uncompress")
+
+
+def test_only_the_decoders_lines_about_a_refused_image_are_noise():
+    genuine = (b"W0000 00:00:1.5   7 local_rendezvous.cc:412] Local rendezvous is aborting with "
+               b"status: RESOURCE_EXHAUSTED: OOM when allocating tensor\n"
+               b"\t [[{{node conv2d/Conv2D}}]]\n"  # the context of a line that stays, stays
+               b"Insufficient memory (case 4)\n"  # libjpeg, but no damaged image
+               b"Traceback (most recent call last):\n"
+               b"Corrupt JPEG data: premature end of data segment, said a user\n"
+               b"progress 10%\r")
+    assert without_noise(LIBJPEG + TF_ABORT + genuine + TF_ABORT) == genuine
+    assert without_noise(b"Corrupt JPEG data: 3 extraneous bytes before marker 0xd9\n"
+                         b"Premature end of JPEG file\nNot a JPEG file: starts with 0x89 0x50\n"
+                         b"Unsupported marker type 0xe0\nBogus marker length\n") == b""
+
+
+def _run(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          cwd=REPO_ROOT, timeout=60, env=trainer_env())
+
+
+def test_a_refused_calls_noise_is_dropped_and_everything_else_kept_in_order():
+    result = _run(f"""
+        import os, sys
+        from official.utils.decoder_noise import DecoderNoise
+
+        with DecoderNoise() as noise:
+            print("before", file=sys.stderr)
+            try:
+                with noise.dropped_if(ValueError):
+                    os.write(2, {LIBJPEG!r})
+                    print("a Python warning during the call", file=sys.stderr)
+                    os.write(2, {TF_ABORT!r})
+                    raise ValueError
+            except ValueError:
+                print("between", file=sys.stderr)
+            with noise.dropped_if(ValueError):  # decoded after all: its warning stays
+                os.write(2, b"Corrupt JPEG data: bad Huffman code\\n")
+            try:
+                with noise.dropped_if(ValueError):  # another failure: everything stays
+                    os.write(2, {TF_ABORT!r})
+                    raise KeyError("a bug")
+            except KeyError:
+                pass
+        print("after", file=sys.stderr)
+        """)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr == (b"before\na Python warning during the call\nbetween\n"
+                             b"Corrupt JPEG data: bad Huffman code\n" + TF_ABORT + b"after\n")
+
+
+def test_what_a_process_that_dies_inside_a_call_printed_still_reaches_stderr():
+    # An abort (a failed CHECK in TensorFlow) ends the process before the call's end; the
+    # relay, a process of its own, then writes out what it held, noise and all.
+    result = _run(f"""
+        import os
+        from official.utils.decoder_noise import DecoderNoise
+
+        with DecoderNoise() as noise:
+            with noise.dropped_if(ValueError):
+                os.write(2, {LIBJPEG!r} + b"F0000 check failed: the real reason\\n")
+                os.abort()
+        """)
+    assert result.returncode < 0  # SIGABRT
+    assert result.stderr == LIBJPEG + b"F0000 check failed: the real reason\n"
+
+
+def test_prediction_of_a_folder_with_an_image_tensorflow_refuses_says_only_its_own_lines(
+        trained, tmp_path):
+    """libjpeg's and TensorFlow's lines about the image (8 of them: its batch, then it alone)
+    came above the summary and read like a crash; the row already says why."""
+    folder = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    write_image(folder / "a.jpeg", class_image(rng, 0, 32))
+    write_image(folder / "b.png", class_image(rng, 1, 32))
+    bad = folder / "bad.jpeg"
+    bad.write_bytes(_jpeg_only_tensorflow_refuses((folder / "a.jpeg").read_bytes()))
+    out = tmp_path / "p.csv"
+    env = trainer_env()
+    del env["TF_CPP_MIN_LOG_LEVEL"]  # as a user runs it: TensorFlow's warnings shown
+    result = subprocess.run([sys.executable, str(PREDICT), f"--model={trained['export']}",
+                             f"--output_csv={out}", str(folder)], capture_output=True,
+                            text=True, cwd=REPO_ROOT, timeout=180, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [mark for mark in NOISE_MARKS if mark in result.stderr] == [], result.stderr
+    assert f"dicom_predict.py: warning: 1 of 3 files failed; their rows in the CSV {out} say why" \
+        in result.stderr.splitlines()
+    assert result.stdout.splitlines()[0] == (f"3 files: 2 ok, 0 uncertain, 1 error; "
+                                             f"predictions in {out}")
+    rows = {row["file"]: row for row in csv.DictReader(out.open())}
+    assert rows[str(bad)]["status"] == "error"
+    assert rows[str(bad)]["error"] == (f"{bad}: TensorFlow cannot decode it (jpeg::Uncompress "
+                                       "failed. Invalid JPEG data or crop window.)")
