@@ -91,6 +91,25 @@ def test_what_a_process_that_dies_inside_a_call_printed_still_reaches_stderr():
     assert result.stderr == LIBJPEG + b"F0000 check failed: the real reason\n"
 
 
+def test_a_killed_relay_ends_the_filtering_not_the_program():
+    result = _run("""
+        import os
+        from official.utils.decoder_noise import DecoderNoise
+
+        with DecoderNoise() as noise:
+            noise._relay.kill()
+            noise._relay.wait()
+            try:
+                with noise.dropped_if(ValueError):
+                    os.write(2, b"Input file read error\\n")
+                    raise ValueError
+            except ValueError:  # not a BrokenPipeError
+                os.write(2, b"the program goes on\\n")
+        """)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr == b"Input file read error\nthe program goes on\n"
+
+
 def test_prediction_of_a_folder_with_an_image_tensorflow_refuses_says_only_its_own_lines(
         trained, tmp_path):
     """libjpeg's and TensorFlow's lines about the image (8 of them: its batch, then it alone)

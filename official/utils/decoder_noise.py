@@ -85,8 +85,10 @@ def without_noise(text: bytes) -> bytes:
 
 class DecoderNoise:
     """``with DecoderNoise() as noise:`` starts the relay; each decoder call runs in
-    ``with noise.dropped_if(ImageError):``. Not entered (or where file descriptors cannot be
-    lent: not POSIX, no stderr), dropped_if changes nothing."""
+    ``with noise.dropped_if(ImageError):`` (one call at a time). Not entered (or where file
+    descriptors cannot be lent: not POSIX, no stderr, no relay), dropped_if changes nothing;
+    a relay killed from outside ends the filtering (what the call it died in printed is
+    lost, as it would be if the program were killed)."""
 
     # How long a call's end waits for the relay to pass its lines on (a reader of stderr
     # that does not keep up); after that the calls write to stderr directly.
@@ -98,23 +100,24 @@ class DecoderNoise:
     def __enter__(self) -> DecoderNoise:
         if os.name != "posix":
             return self
+        opened = []
         try:
             self._stderr = os.dup(2)
-        except OSError:  # started with stderr closed: there is nothing to keep clean
-            return self
-        source, self._pipe = os.pipe()
-        self._acks, ack = os.pipe()
-        self._end = b"\0" + os.urandom(8).hex().encode() + b"\0"  # no program prints it
-        try:
+            opened.append(self._stderr)
+            source, self._pipe = os.pipe()
+            opened += [source, self._pipe]
+            self._acks, ack = os.pipe()
+            opened += [self._acks, ack]
+            self._end = b"\0" + os.urandom(8).hex().encode() + b"\0"  # no program prints it
             # Its stderr is the real one; it outlives this process if this one dies mid-call.
             self._relay = subprocess.Popen(
                 [sys.executable, "-I", "-S", os.path.abspath(__file__), str(source), str(ack),
                  self._end.hex()], pass_fds=(source, ack), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL)
-        except OSError:
-            self._close(self._pipe, self._acks, self._stderr)
-        finally:
-            self._close(source, ack)
+        except OSError:  # stderr closed, no descriptors or processes left: stderr as it is
+            self._close(*opened)
+            return self
+        self._close(source, ack)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -125,10 +128,13 @@ class DecoderNoise:
     def dropped_if(self, refused: type[BaseException]):
         """Runs the block with file descriptor 2 lent to the relay; when the block raises
         ``refused``, the decoder's lines about the image (without_noise) are dropped."""
+        if self._relay is not None and self._relay.poll() is not None:  # killed: no reader
+            self._stop(wait=0)
         if self._relay is None:
             yield
             return
-        sys.stderr.flush()  # what Python printed before the call is not held back
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()  # what Python printed before the call is not held back
         os.dup2(self._pipe, 2)
         verdict = _KEEP
         try:
@@ -140,15 +146,20 @@ class DecoderNoise:
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.flush()
             os.dup2(self._stderr, 2)
-            # After the restore: whatever went through the pipe precedes the end mark.
-            os.write(self._pipe, self._end + verdict)
-            if not self._acknowledged():
+            # After the restore: whatever went through the pipe precedes the end mark. A relay
+            # gone (killed) must not replace the block's own exception with a broken pipe.
+            if not self._acknowledged(self._end + verdict):
                 self._stop(wait=0)
 
-    def _acknowledged(self) -> bool:
-        """The relay wrote out the call's lines, so what is printed next comes after them."""
-        ready, _, _ = select.select([self._acks], [], [], self.ACK_SECONDS)
-        return bool(ready) and os.read(self._acks, 1) == b"."
+    def _acknowledged(self, end: bytes) -> bool:
+        """Ends the call (``end``: the mark and the verdict); whether the relay wrote out its
+        lines, so that what is printed next comes after them."""
+        try:
+            os.write(self._pipe, end)
+            ready, _, _ = select.select([self._acks], [], [], self.ACK_SECONDS)
+            return bool(ready) and os.read(self._acks, 1) == b"."
+        except OSError:
+            return False
 
     def _stop(self, wait: float) -> None:
         """Closes the pipe: the relay writes out anything it still holds, then ends."""
