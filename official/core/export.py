@@ -182,8 +182,9 @@ def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: st
         names in the same order.
       export_dir, tta_views: as export_saved_model.
 
-    config.json is the first member's, plus `tta_views` and, for two or more, `ensemble`
-    (each member's source and network spec).
+    config.json is the first member's, plus `tta_views`, `dicom_rendering` (for a model from
+    before it was recorded, when its training data still says it) and, for two or more,
+    `ensemble` (each member's source and network spec).
 
     Raises:
       ValueError: no members, members that differ in image size, channels or classes, or
@@ -194,6 +195,12 @@ def export_ensemble(members: list[tuple[keras.Model, dict, str]], export_dir: st
                                same=("image_size", "channels"))
     first = members[0][1]
     config = dict(first)
+    # A model trained before the rendering was recorded exports its training data's
+    # (model_paths.training_rendering), so that the export renders DICOM files alike where that
+    # data is not (a serving machine); when unknown, the key stays absent, as in its config.
+    rendering, unknown = model_paths.training_rendering(first)
+    if unknown is None:
+        config["dicom_rendering"] = rendering
     if len(members) > 1:
         config["ensemble"] = [{"source": source, "model": member_config.get("model")}
                               for _, member_config, source in members]

@@ -20,7 +20,6 @@ import tensorflow as tf
 from dataset import test_time
 from dataset.converted import tf_error_reason
 from dataset.images import ImageError
-from dataset.dicom_options import rendering_of
 from official.core import export, model_paths, restore
 from official.core.config import CONFIG_FILE
 from official.core.model_paths import resolve_saved_model
@@ -83,8 +82,9 @@ class Predictor:
         else:
             raise model_paths.neither_model_error(model_path)
         self.class_names = list(self.config["class_names"])
-        # How the training data's DICOMs were rendered (the defaults before it was recorded).
-        self.dicom_rendering = rendering_of(self.config.get("dicom_rendering"))
+        # How the training data's DICOMs were rendered (for a model from before it was
+        # recorded, its training data's record, else the defaults).
+        self.dicom_rendering = model_paths.model_rendering(self.config, model_path)
 
     def _views(self, image_bytes):
         resized = export.decode_and_resize(image_bytes, image_size=int(self.config["image_size"]),

@@ -11,6 +11,9 @@ import json
 import os
 import re
 
+from absl import logging
+
+from dataset import converted
 from dataset.dicom_options import describe_rendering, rendering_of
 from dataset.sources import clean_label
 from official.core.config import CONFIG_FILE, read_config
@@ -108,17 +111,62 @@ def describe_class_difference(first: list[str], second: list[str], first_name: s
             f"in {first_name} but {second[position]!r} in {second_name}")
 
 
+def training_rendering(config: dict) -> tuple[dict | None, str | None]:
+    """How the training data of the model with ``config`` (a model_dir's config.json or an
+    export's) rendered DICOM files, as recorded: (the rendering, None), the rendering None for
+    a conversion from before it was recorded (the defaults); or (None, why it is unknown).
+
+    config.json records it since 2026-12-05. For a model trained before, it is read where the
+    trainer read it, from its training data's manifest (converted.dicom_rendering) through the
+    config's data_dir while that is there; an older config's data_dir was recorded as typed,
+    so a relative one is read from the working directory (as evaluation's default folder is).
+    """
+    if "dicom_rendering" in config:
+        return config["dicom_rendering"], None
+    if not config.get("data_dir"):
+        return None, f"its {CONFIG_FILE} names no data_dir"
+    try:
+        return converted.dicom_rendering(config["data_dir"]), None
+    except (OSError, ValueError) as error:  # the folder is gone, or is no longer a conversion
+        return None, str(error)
+
+
+# The models model_rendering has said it renders with the defaults: once each.
+_DEFAULTS_SAID: set[str] = set()
+
+
+def model_rendering(config: dict, model: str | None = None) -> dict:
+    """The DICOM rendering that feeds the model with ``config``, every field given
+    (rendering_of): training_rendering's, or the defaults when that is unknown (what every
+    model from before the rendering was recorded was fed).
+
+    Args:
+      model: how the warning that the defaults stand in names the model (absl, once per
+        model and program); None for no warning (a check of models that are loaded, and
+        warned of, after it).
+    """
+    recorded, unknown = training_rendering(config)
+    if unknown is not None and model is not None and model not in _DEFAULTS_SAID:
+        _DEFAULTS_SAID.add(model)
+        logging.warning("%s: its %s does not record how its training DICOMs were rendered "
+                        "(trained before 2026-12-05), nor can its training data say (%s): "
+                        "DICOM files are rendered with the defaults (%s)", model, CONFIG_FILE,
+                        unknown, describe_rendering(rendering_of(None)))
+    return rendering_of(recorded)
+
+
 def check_same_rendering(members: list[tuple[str, dict]]) -> None:
     """Members of one ensemble (source, config) must have been trained on DICOMs rendered
-    alike: one rendering of a new DICOM file feeds them all (dicom_predict.py).
+    alike (model_rendering): one rendering of a new DICOM file feeds them all
+    (dicom_predict.py).
 
     Raises:
       ValueError: naming two members and their renderings.
     """
     (first, first_config), *others = members
-    first_rendering = rendering_of(first_config.get("dicom_rendering"))
+    first_rendering = model_rendering(first_config)
     for source, config in others:
-        rendering = rendering_of(config.get("dicom_rendering"))
+        rendering = model_rendering(config)
         if rendering != first_rendering:
             raise ValueError(
                 f"cannot ensemble {first} and {source}: their training DICOMs were rendered "

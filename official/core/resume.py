@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from dataset.dicom_options import describe_rendering, rendering_of
 from official.core.config import AUGMENT_RANGES, CONFIG_FILE, has_checkpoint
+from official.core.model_paths import training_rendering
 from official.utils.files import same_path
 
 if TYPE_CHECKING:  # the model code (Keras) is not imported to read a config
@@ -97,9 +98,12 @@ def rendering_change(saved: dict, rendering: dict | None) -> str | None:
     """A warning when a resumed run's records rendered DICOM files otherwise than the run's
     start (re-converted with another --dicom_voi, ...): prediction renders new files as the
     latest records were. Not refused: a dataset without DICOM files is not concerned."""
-    if saved.get("dicom_rendering") is None:  # a run from before it was recorded
+    # A run from before the rendering was recorded started on the rendering its data_dir's
+    # manifest says; when that is gone, nothing is known to compare.
+    before, unknown = training_rendering(saved)
+    if unknown is not None:
         return None
-    before, now = rendering_of(saved["dicom_rendering"]), rendering_of(rendering)
+    before, now = rendering_of(before), rendering_of(rendering)
     if before == now:
         return None
     return (f"this run's records rendered DICOM files with {describe_rendering(now)}, the "
