@@ -154,8 +154,7 @@ def label_map(data_classes: list[str], model_classes: list[str], data_dir: str) 
     Raises:
       ValueError: a class of the data that the model lacks (it cannot be scored).
     """
-    check_data_classes(data_dir, data_classes, model_classes)
-    index = class_index(model_classes)
+    index = check_data_classes(data_dir, data_classes, model_classes)
     return np.array([index[clean_label(name)] for name in data_classes], np.int64)
 
 

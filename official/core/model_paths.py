@@ -256,10 +256,14 @@ def check_models(model_paths: list[str], checkpoint: str | None = None,
     return names[0]
 
 
-def check_data_classes(data_dir: str, data_classes, model_classes: list[str]) -> None:
+def check_data_classes(data_dir: str, data_classes, model_classes: list[str]
+                       ) -> dict[str, int]:
     """Every class of the data is one of the model's (a model scores only the classes it
     knows; some of them missing from the data is fine). dicom_eval.py checks it before
     TensorFlow's import, official/core/evaluation.py label_map for every evaluation.
+
+    Returns:
+      The model's class_index, which has every class of the data (label_map maps with it).
 
     Raises:
       ValueError: naming the data, its classes the model lacks and the model's classes.
@@ -273,6 +277,7 @@ def check_data_classes(data_dir: str, data_classes, model_classes: list[str]) ->
                   if any(not name.isascii() for name in unknown) else "")
         raise ValueError(f"{data_dir}: classes {unknown} are not among the model's "
                          f"{model_classes}{points}")
+    return index
 
 
 def class_index(model_classes: list[str]) -> dict[str, int]:
