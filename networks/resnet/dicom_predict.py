@@ -8,7 +8,8 @@ extension-less DICOM files). --model is a training model_dir or a SavedModel; th
 preprocessing is rebuilt from the model's saved config, identical to evaluation. A DICOM
 file is rendered as the model's training data was (the conversion's --dicom_voi,
 --dicom_window_center/width and --dicom_bits, recorded in the model's config; models trained
-before that was recorded: the defaults), from its middle frame.
+before that was recorded: as their config's data_dir records, while it is there, else the
+defaults, with a warning), from its middle frame.
 The CSV has one row per input file:
 
     file, status (ok | uncertain | error), predicted_class, probability,
