@@ -89,6 +89,11 @@ def test_a_resumed_old_run_compares_its_start_with_its_training_datas_rendering(
         "new DICOM files as these records were")
     # Its data gone: nothing to compare (as before).
     assert rendering_change(_old_config(str(tmp_path / "gone")), {"voi": "minmax"}) is None
+    # Started on records that recorded no rendering (the defaults): said too (it was not).
+    assert rendering_change({**saved, "dicom_rendering": None}, {"voi": "minmax"}) == (
+        "this run's records rendered DICOM files with voi=minmax, bits=8, the run's start with "
+        "voi=window, bits=8; prediction will render new DICOM files as these records were")
+    assert rendering_change({**saved, "dicom_rendering": None}, None) is None
 
 
 def _old_model_dir(trained, folder, data_dir: str) -> str:

@@ -98,12 +98,13 @@ def rendering_change(saved: dict, rendering: dict | None) -> str | None:
     """A warning when a resumed run's records rendered DICOM files otherwise than the run's
     start (re-converted with another --dicom_voi, ...): prediction renders new files as the
     latest records were. Not refused: a dataset without DICOM files is not concerned."""
-    # A run from before the rendering was recorded started on the rendering its data_dir's
-    # manifest says; when that is gone, nothing is known to compare.
-    before, unknown = training_rendering(saved)
+    # A run from before config.json recorded the rendering started on the one its data_dir's
+    # manifest says; when that is gone, nothing is known to compare. A recorded None is a
+    # conversion from before the converter recorded it: the defaults, compared too.
+    started, unknown = training_rendering(saved)
     if unknown is not None:
         return None
-    before, now = rendering_of(before), rendering_of(rendering)
+    before, now = rendering_of(started), rendering_of(rendering)
     if before == now:
         return None
     return (f"this run's records rendered DICOM files with {describe_rendering(now)}, the "
