@@ -1,7 +1,8 @@
 """What a --model path names, and whether several models can form one ensemble, decided from
-their files alone (saved_model.pb, config.json, the checkpoint list): no TensorFlow here, so
-the programs refuse a wrong model before TensorFlow's import. official/core/inference.py and
-export.py, which load the models, raise the same errors through these functions.
+their files alone (saved_model.pb, config.json, the checkpoint list; for an older model's DICOM
+rendering, its training data's manifest): no TensorFlow here, so the programs refuse a wrong
+model before TensorFlow's import. official/core/inference.py and export.py, which load the
+models, raise the same errors through these functions.
 """
 
 from __future__ import annotations
