@@ -136,3 +136,52 @@ def test_prediction_of_a_folder_with_an_image_tensorflow_refuses_says_only_its_o
     assert rows[str(bad)]["status"] == "error"
     assert rows[str(bad)]["error"] == (f"{bad}: TensorFlow cannot decode it (jpeg::Uncompress "
                                        "failed. Invalid JPEG data or crop window.)")
+
+
+def test_evaluation_of_a_record_tensorflow_refuses_is_one_line_without_the_decoders(
+        trained, tmp_path):
+    """The same 8 lines came above evaluation's one error line naming the record."""
+    import hashlib
+    import io
+    import json
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from dataset.features import serialize_example
+    from tests.trainer_fixtures import TRAINED_CLASSES, write_converted_dataset
+
+    data = write_converted_dataset(tmp_path / "data", {"validation": {"Chest": 3, "Hand": 3}},
+                                   classes=TRAINED_CLASSES)
+    good = io.BytesIO()
+    Image.fromarray(class_image(np.random.default_rng(1), 0, 32)).save(good, format="JPEG")
+    bad = serialize_example(encoded=_jpeg_only_tensorflow_refuses(good.getvalue()),
+                            image_format="jpeg", label=0, text="Chest", height=32, width=32,
+                            channels=1, filename="images/bad.jpeg")
+    manifest = json.loads((data / "manifest.json").read_text())
+    entry = manifest["splits"]["validation"]["files"][0]
+    shard = data / entry["path"]
+    records = [record.numpy() for record in tf.data.TFRecordDataset(str(shard))]
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for record in records[:2] + [bad] + records[2:]:
+            writer.write(record)
+    entry.update(num_records=len(records) + 1, num_bytes=shard.stat().st_size,
+                 sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
+    manifest["splits"]["validation"]["num_examples"] += 1
+    manifest["splits"]["validation"]["class_counts"]["Chest"] += 1
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    env = trainer_env()
+    del env["TF_CPP_MIN_LOG_LEVEL"]
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "networks/resnet/dicom_eval.py"),
+         f"--model={trained['export']}", f"--data_dir={data}", "--split=validation",
+         f"--output_dir={tmp_path / 'report'}"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=180, env=env)
+    assert result.returncode == 1, result.stderr[-3000:]
+    *before, error = result.stderr.splitlines()  # the error quotes TensorFlow's reason
+    assert [mark for mark in NOISE_MARKS if mark in "\n".join(before)] == [], result.stderr
+    assert error == (
+        f"dicom_eval.py: error: {data}: split validation's record of images/bad.jpeg: "
+        "TensorFlow cannot decode it (jpeg::Uncompress failed. Invalid JPEG data or crop "
+        "window.); convert the data again without that file")
+    assert not (tmp_path / "report").exists()

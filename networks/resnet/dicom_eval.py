@@ -40,6 +40,7 @@ from dataset import converted  # noqa: E402
 from official.core import model_paths  # noqa: E402
 from official.core.config import MAX_TEST_TIME_VIEWS  # noqa: E402
 from official.utils import cli  # noqa: E402
+from official.utils.decoder_noise import DecoderNoise  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "dicom_eval.py"
@@ -98,8 +99,9 @@ def main(argv):
         output_dir = FLAGS.output_dir or evaluation.default_report_folder(
             FLAGS.model[0], predictor, FLAGS.split, FLAGS.data_dir,
             checkpoint_named=bool(FLAGS.checkpoint))
-        labels, probabilities, filenames = evaluation.evaluate_split(
-            predictor, split, batch_size=FLAGS.batch_size)
+        with DecoderNoise() as noise:  # an image TensorFlow refuses: the error names it
+            labels, probabilities, filenames = evaluation.evaluate_split(
+                predictor, split, batch_size=FLAGS.batch_size, noise=noise)
     except (OSError, ValueError) as error:
         cli.exit_with_error(PROGRAM, error)
     members = predictor.members

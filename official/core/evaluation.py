@@ -22,6 +22,7 @@ from official.core.config import CONFIG_FILE
 from official.core.model_paths import check_data_classes, class_index
 from official.utils import files
 from official.utils import progress as reporting
+from official.utils.decoder_noise import DecoderNoise
 from official.utils.report import summary_scalars
 
 
@@ -95,10 +96,12 @@ def report_step(predictor) -> int:
     return int(predictor.config.get("exported_step") or 0)
 
 
-def evaluate_split(predictor, info: converted.SplitInfo, *, batch_size: int):
+def evaluate_split(predictor, info: converted.SplitInfo, *, batch_size: int,
+                   noise: DecoderNoise | None = None):
     """Runs ``predictor`` over every record of a split. ``info``: converted.split_info's, taken
     before the model is loaded, so that a misspelt split or a missing shard is an error in
-    seconds rather than after the model's restore.
+    seconds rather than after the model's restore. ``noise``, entered by the program, keeps
+    the decoder's lines about an image it refuses off stderr: the error names the record.
 
     The split may hold only some of the model's classes (an external test set with some
     body parts; see data_classes): its labels are then given as the model's class indices.
@@ -111,6 +114,7 @@ def evaluate_split(predictor, info: converted.SplitInfo, *, batch_size: int):
       ValueError: the split has a class the model does not know.
     """
     to_model = label_map(list(info.class_names), predictor.class_names, info.data_dir)
+    noise = noise or DecoderNoise()  # not entered: stderr as it is
     spec = {key: features.feature_spec()[key]
             for key in (features.KEY_ENCODED, features.KEY_LABEL, features.KEY_FILENAME)}
     # Sequential read keeps the report's row order stable across runs.
@@ -122,9 +126,11 @@ def evaluate_split(predictor, info: converted.SplitInfo, *, batch_size: int):
         try:
             for batch in records:
                 try:
-                    probabilities.append(predictor(batch[features.KEY_ENCODED]))
+                    with noise.dropped_if(ImageError):
+                        probabilities.append(predictor(batch[features.KEY_ENCODED]))
                 except ImageError as error:
-                    raise ValueError(_undecodable(predictor, batch, info, error)) from None
+                    raise ValueError(_undecodable(predictor, batch, info, error, noise)
+                                     ) from None
                 labels.append(batch[features.KEY_LABEL].numpy())
                 filenames.extend(name.decode() for name in batch[features.KEY_FILENAME].numpy())
                 progress.update(len(labels[-1]))
@@ -136,12 +142,14 @@ def evaluate_split(predictor, info: converted.SplitInfo, *, batch_size: int):
     return to_model[np.concatenate(labels)], np.concatenate(probabilities), filenames
 
 
-def _undecodable(predictor, batch, info: converted.SplitInfo, error: ImageError) -> str:
+def _undecodable(predictor, batch, info: converted.SplitInfo, error: ImageError,
+                 noise: DecoderNoise) -> str:
     """Which record of a batch holds the image the predictor's decoder refused (one the
     converter's checks passed: Pillow decodes past some damage), tried an image at a time."""
     for name, image in zip(batch[features.KEY_FILENAME].numpy(), batch[features.KEY_ENCODED]):
         try:
-            predictor(image[tf.newaxis])
+            with noise.dropped_if(ImageError):
+                predictor(image[tf.newaxis])
         except ImageError:
             return (f"{info.data_dir}: split {info.split}'s record of {name.decode()}: {error}; "
                     "convert the data again without that file")
