@@ -1,17 +1,11 @@
-"""The converter's encode pass as an Apache Beam pipeline (``tf_convert_data.py --runner=beam``).
+"""The converter's encode pass on Apache Beam (``tf_convert_data.py --runner=beam``): the driver.
 
 The driver (this process) runs the validation pass of ``dataset.convert`` unchanged:
 it lists the inputs, reads DICOM headers in its local pool, and assigns every file its
 label, split and order key with the same hashes as the local run. Split assignment stays
 here on purpose: it needs the keyed patient hash, which thereby never leaves this
-process, and the hash needs no global shuffle. The pipeline then does the heavy part:
-
-  tasks.jsonl (in the staging folder) -> Reshuffle -> EncodeFile (``dataset.tasks.encode_file``,
-  the local pool's per-file function) -> records + an ``errors`` side output.
-  records -> bytes per split -> shard count n = ceil(bytes / shard size) -> record to
-  shard floor(order_key * n) -> GroupByKey -> one staged shard per key, sorted by order
-  key. Order keys are uniform, so concatenating a split's shards gives exactly the local
-  converter's record order; only the shard boundaries differ.
+process, and the hash needs no global shuffle. The pipeline (``dataset.beam_pipeline``)
+then does the heavy part, decoding and encoding every file and writing staged shards.
 
 The driver reads the results the pipeline leaves in the staging folder (shards, counts,
 errors), applies ``--on_error`` like the local run and commits: shards, labels.txt,
@@ -24,10 +18,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import difflib
-import hashlib
-import io
-import json
 import logging
 import os
 import sys
@@ -36,33 +26,12 @@ import threading
 import time
 import weakref
 
-
-def _not_apitools_warning(record: logging.LogRecord) -> bool:
-    return "apitools not found" not in record.getMessage()
-
-
-# Importing Beam warns on the root logger that Google's apitools (BigQuery only) is
-# missing; nothing here uses GCP, and the line would precede every error and summary.
-logging.root.addFilter(_not_apitools_warning)
-try:
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-except ImportError:  # raised as a one-line user error by convert_dataset_beam
-    beam = None
-finally:
-    logging.root.removeFilter(_not_apitools_warning)
-
-from dataset import beam_workers, conversion_plan, convert, shards, sources
+from dataset import beam_pipeline, beam_workers, conversion_plan, convert, shards, sources
 from dataset.dicom_options import DicomOptions
-from dataset.tasks import FileTask, encode_file, init_worker
+from dataset.tasks import FileTask, init_worker
 from dataset.workers import WorkerPool
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TASKS, _SHARDS, _COUNTS, _ERRORS = "tasks.jsonl", "shards.json", "counts.json", "errors.json"
-# Runners that run in this process, lower case without "Runner" (Beam accepts both): an
-# option they do not know is read by nothing. Other runners are sent the options Beam does
-# not know (e.g. a Flink option the Python SDK does not define), so only they can judge them.
-_IN_PROCESS_RUNNERS = {"direct", "fnapi", "bundlebaseddirect", "switchingdirect"}
 
 
 def pipeline_args(options_text: str, num_workers: int) -> list[str]:
@@ -81,41 +50,6 @@ def pipeline_args(options_text: str, num_workers: int) -> list[str]:
     return args
 
 
-def check_pipeline_args(beam_args: list[str]) -> None:
-    """Refuses, before any work, Beam arguments that Beam would only reject once the pipeline
-    starts (a bad value: argparse's whole usage text) or log and drop (an unknown option).
-
-    Raises:
-      ValueError: (one line) a value Beam cannot parse, or, on an in-process runner, an
-        option Beam does not know.
-    """
-    argparse_output = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(argparse_output):
-            options = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True)
-    except SystemExit:  # argparse printed its usage, then "<prog>: error: <problem>"
-        lines = argparse_output.getvalue().strip().splitlines() or ["cannot parse them"]
-        raise ValueError(f"--beam_pipeline_options: {lines[-1].split(' error: ', 1)[-1]}"
-                         ) from None
-    except ValueError as error:  # e.g. an empty option name
-        raise ValueError(f"--beam_pipeline_options: {error}") from None
-    if not _runs_here(options):
-        return
-    known = PipelineOptions([]).get_all_options()
-    unknown = [f"--{name}" for name in options if name not in known]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0][2:], known, n=1)
-        hint = f" (did you mean --{close[0]}?)" if close else ""
-        raise ValueError(f"--beam_pipeline_options: Beam has no option {', '.join(unknown)}"
-                         f"{hint}")
-
-
-def _runs_here(options: dict) -> bool:
-    """Whether ``options`` (``PipelineOptions.get_all_options``) name an in-process runner."""
-    return (options.get("runner") or "direct").lower().removesuffix("runner") \
-        in _IN_PROCESS_RUNNERS
-
-
 def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) -> dict:
     """``dataset.convert.convert_dataset`` with the encode pass on Apache Beam.
 
@@ -127,13 +61,14 @@ def convert_dataset_beam(config: convert.ConvertConfig, beam_args: list[str]) ->
 
     Raises:
       ConversionError: as ``convert_dataset``.
-      ValueError: invalid configuration or Beam arguments (``check_pipeline_args``), or
+      ValueError: invalid configuration or Beam arguments
+        (``beam_pipeline.check_pipeline_args``), or
         apache-beam is not installed.
     """
-    if beam is None:
+    if beam_pipeline.beam is None:
         raise ValueError("--runner=beam needs the apache-beam package: "
                          "pip install -r requirements-beam.txt")
-    check_pipeline_args(beam_args)
+    beam_pipeline.check_pipeline_args(beam_args)
     with contextlib.ExitStack() as hold:  # the output folder's lock, from the planning on
         workers = WorkerPool(config.num_workers or os.cpu_count() or 1, init_worker,
                              (config.dicom, convert.hash_key(config)))
@@ -189,7 +124,7 @@ def _final_names(split: str, rows: list[dict]) -> list[shards.StagedShard]:
             for number, row in enumerate(rows)]
 
 
-# --- the pipeline ----------------------------------------------------------------
+# --- running it ------------------------------------------------------------------
 
 
 def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_options,
@@ -198,23 +133,23 @@ def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_option
 
     Returns (staged shard rows, [split, class, examples] rows, [relpath, reason] rows).
     """
-    tasks_path = os.path.join(staging, _TASKS)
-    with open(tasks_path, "w", encoding="utf-8") as stream:
-        stream.writelines(_task_to_json(task) + "\n" for task in tasks)
-    # Local worker processes import this module by name: make sure they can find it
-    # whatever the current folder is.
+    tasks_path = os.path.join(staging, beam_pipeline.TASKS)
+    beam_pipeline.write_tasks(tasks_path, tasks)
+    # Local worker processes import dataset.beam_pipeline by name: make sure they can find
+    # it whatever the current folder is.
     path = os.environ.get("PYTHONPATH", "")
     if REPO_ROOT not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, path) if p)
     log_path = None
-    if _runs_here(PipelineOptions(beam_args).get_all_options(retain_unknown_options=True)):
+    if beam_pipeline.runs_here(beam_args):
         log_handle, log_path = tempfile.mkstemp(prefix="beam-workers-", suffix=".log")
         os.close(log_handle)
     keep_log = False
     try:
         # One Ctrl-C could leave Beam's local runner waiting for ever (dataset.beam_workers).
         with _stderr_to(log_path), beam_workers.ended_on_interrupt():
-            _build_and_run(beam_args, tasks_path, staging, dicom_options, shard_bytes)
+            beam_pipeline.build_and_run(beam_args, tasks_path, staging, dicom_options,
+                                        shard_bytes)
     except RuntimeError as error:
         # A runner that cannot start or a job that failed on the cluster (e.g. "Unable to
         # fetch remote job server jar"): Beam's traceback is pages of its own frames. The
@@ -226,9 +161,11 @@ def _run(beam_args: list[str], staging: str, tasks: list[FileTask], dicom_option
     finally:
         if log_path and not keep_log:
             os.remove(log_path)
-    return (_load(os.path.join(staging, _SHARDS)) if shard_bytes else [],
-            _load(os.path.join(staging, _COUNTS)) if shard_bytes else [],
-            _load(os.path.join(staging, _ERRORS)))
+    shard_rows, count_rows = [], []
+    if shard_bytes:
+        shard_rows = beam_pipeline.load(os.path.join(staging, beam_pipeline.SHARDS))
+        count_rows = beam_pipeline.load(os.path.join(staging, beam_pipeline.COUNTS))
+    return shard_rows, count_rows, beam_pipeline.load(os.path.join(staging, beam_pipeline.ERRORS))
 
 
 def _silence_thread_ends(threads: set[threading.Thread]) -> None:
@@ -298,105 +235,3 @@ def _stderr_to(log_path: str | None):
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-
-
-def _build_and_run(beam_args: list[str], tasks_path: str, staging: str, dicom_options,
-                   shard_bytes: int) -> None:
-    """Builds the encode pipeline and runs it to its end (when the `with` block exits); its
-    results are the files it writes into ``staging``."""
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-        results = (pipeline
-                   | "ReadTasks" >> beam.io.ReadFromText(tasks_path)
-                   | "ParseTasks" >> beam.Map(_task_from_json)
-                   # One text file reads as few bundles: spread the files over workers.
-                   | "Spread" >> beam.Reshuffle()
-                   | "EncodeFile" >> beam.ParDo(_EncodeFile(dicom_options, bool(shard_bytes)))
-                   .with_outputs("errors", main="records"))
-        _save(results.errors, os.path.join(staging, _ERRORS), "Errors")
-        if shard_bytes:
-            records = results.records
-            _save(records | "ClassOfRecord" >> beam.Map(lambda r: ((r[0], r[3]), 1))
-                  | "CountClasses" >> beam.CombinePerKey(sum)
-                  | "CountRows" >> beam.Map(lambda kv: [kv[0][0], kv[0][1], kv[1]]),
-                  os.path.join(staging, _COUNTS), "Counts")
-            split_bytes = (records | "SizeOfRecord" >> beam.Map(lambda r: (r[0], len(r[4])))
-                           | "BytesPerSplit" >> beam.CombinePerKey(sum))
-            staged = (records
-                      | "AssignShard" >> beam.Map(_shard_of, shard_bytes,
-                                                  beam.pvalue.AsDict(split_bytes))
-                      | "GroupShards" >> beam.GroupByKey()
-                      | "WriteShard" >> beam.Map(_write_shard, staging))
-            _save(staged, os.path.join(staging, _SHARDS), "Shards")
-
-
-def _task_to_json(task: FileTask) -> str:
-    return json.dumps([task.path, task.relpath, task.kind, task.label, task.text, task.split,
-                       task.order.hex()], ensure_ascii=False)
-
-
-def _task_from_json(line: str) -> FileTask:
-    path, relpath, kind, label, text, split, order = json.loads(line)
-    return FileTask(path, relpath, kind, label, text, split, bytes.fromhex(order))
-
-
-if beam is not None:
-
-    class _EncodeFile(beam.DoFn):
-        """``encode_file`` on one task: (split, order key, frame, class, framed record) per
-        image, or (relpath, reason) on the ``errors`` output."""
-
-        def __init__(self, dicom_options, keep_records: bool):
-            super().__init__()
-            self._dicom_options = dicom_options
-            self._keep_records = keep_records
-
-        def process(self, task: FileTask):
-            records, error = encode_file(task, self._dicom_options)
-            if error:
-                yield beam.pvalue.TaggedOutput("errors", [task.relpath, error])
-            elif self._keep_records:
-                for frame, record in enumerate(records):
-                    yield task.split, task.order, frame, task.text, record
-
-
-def _shard_of(record: tuple, shard_bytes: int, split_bytes: dict):
-    split, order, frame, _, framed = record
-    count = max(1, -(-split_bytes[split] // shard_bytes))
-    # The order key is uniform: shard i gets the keys in [i/n, (i+1)/n), so shards of
-    # about equal size, each a contiguous run of the local converter's record order.
-    index = int.from_bytes(order[:8], "big") * count >> 64
-    return (split, index), (order, frame, framed)
-
-
-def _write_shard(keyed: tuple, staging: str) -> dict:
-    (split, index), records = keyed
-    path = os.path.join(staging, f"{split}.bucket{index:05d}")
-    digest, num_bytes, num_records = hashlib.sha256(), 0, 0
-    # Rewritten whole (same bytes) if the runner retries the bundle.
-    with open(path, "wb") as stream:
-        for _, _, framed in sorted(records, key=lambda r: (r[0], r[1])):
-            stream.write(framed)
-            digest.update(framed)
-            num_bytes += len(framed)
-            num_records += 1
-        stream.flush()
-        os.fsync(stream.fileno())  # durable before the commit's rename makes it visible
-    return {"split": split, "index": index, "path": path, "num_records": num_records,
-            "num_bytes": num_bytes, "sha256": digest.hexdigest()}
-
-
-def _save(collection, path: str, name: str) -> None:
-    """Writes a small PCollection as one JSON list at ``path`` (for the driver to read)."""
-    (collection | f"{name}ToList" >> beam.combiners.ToList()
-     | f"Write{name}" >> beam.Map(_write_json, path))
-
-
-def _write_json(rows: list, path: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as stream:
-        json.dump(rows, stream, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
-
-
-def _load(path: str) -> list:
-    with open(path, encoding="utf-8") as stream:
-        return json.load(stream)

@@ -19,13 +19,13 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import beam_bench
-from dataset import beam_convert, converted
+from dataset import beam_convert, beam_pipeline, converted
 from dataset.convert import ConvertConfig
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
 from tests.test_convert import _bad, convert
 
-if beam_convert.beam is None:  # dataset.beam_convert itself imports without Beam
+if beam_pipeline.beam is None:  # dataset.beam_pipeline itself imports without Beam
     pytest.skip("needs apache-beam (pip install -r requirements-beam.txt)",
                 allow_module_level=True)
 
@@ -147,7 +147,7 @@ def test_a_runner_that_cannot_start_is_one_line_and_writes_nothing(
         raise RuntimeError("Unable to fetch remote job server jar at https://repo/flink.jar: "
                            "<urlopen error [Errno -3]>\nmore of Beam's words")
 
-    monkeypatch.setattr(beam_convert, "_build_and_run", cannot_start)
+    monkeypatch.setattr(beam_pipeline, "build_and_run", cannot_start)
     with pytest.raises(ValueError) as error:
         convert_beam(root, tmp_path / "beam")
     assert str(error.value) == ("--runner=beam: the pipeline failed: Unable to fetch remote job "
@@ -232,16 +232,16 @@ def test_beam_pipeline_options_parse_like_tensorflow_datasets():
 ])
 def test_bad_beam_options_are_one_line_before_anything_runs(options, message):
     with pytest.raises(ValueError) as error:
-        beam_convert.check_pipeline_args(beam_convert.pipeline_args(options, 1))
+        beam_pipeline.check_pipeline_args(beam_convert.pipeline_args(options, 1))
     assert str(error.value) == f"--beam_pipeline_options: {message}"
 
 
 def test_options_beam_forwards_to_a_cluster_runner_are_left_to_it():
     # Beam sends options its Python SDK does not define to the runner's job service (e.g.
     # Flink's checkpointing_interval): only the runner can judge them.
-    beam_convert.check_pipeline_args(beam_convert.pipeline_args(
+    beam_pipeline.check_pipeline_args(beam_convert.pipeline_args(
         "runner=FlinkRunner,flink_master=host:8081,checkpointing_interval=1000", 1))
-    beam_convert.check_pipeline_args(beam_convert.pipeline_args("", 1))
+    beam_pipeline.check_pipeline_args(beam_convert.pipeline_args("", 1))
 
 
 def test_cli_refuses_an_unknown_beam_option(tmp_path, make_images_labels_dataset):

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from dataset import beam_convert
+from dataset import beam_convert, beam_pipeline
 from tests.conftest import REPO_ROOT
 from tests.test_convert_kill import _communicate_or_fail
 
-if beam_convert.beam is None:  # dataset.beam_convert itself imports without Beam
+if beam_pipeline.beam is None:  # dataset.beam_pipeline itself imports without Beam
     pytest.skip("needs apache-beam (pip install -r requirements-beam.txt)",
                 allow_module_level=True)
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from dataset import beam_convert, shards
+from dataset import beam_convert, beam_pipeline, shards
 from dataset.convert import ConvertConfig
 from dataset.conversion_plan import ConversionError
 from tests.conftest import REPO_ROOT
@@ -78,7 +78,7 @@ def test_skip_of_every_file_into_a_new_folder_creates_nothing(tmp_path,
 
 
 def test_beam_skip_of_every_file_fails_and_keeps_the_earlier_output(earlier_output):
-    if beam_convert.beam is None:
+    if beam_pipeline.beam is None:
         pytest.skip("needs apache-beam (pip install -r requirements-beam.txt)")
     root, out = earlier_output
     before = output_bytes(out)
