@@ -22,6 +22,8 @@ from benchmarks import beam_bench
 from dataset import beam_convert, beam_pipeline, converted
 from dataset.convert import ConvertConfig
 from dataset.conversion_plan import ConversionError
+from dataset.dicom_options import DicomOptions
+from dataset.tasks import FileTask, encode_file
 from tests.conftest import REPO_ROOT
 from tests.test_convert import _bad, convert
 
@@ -84,6 +86,49 @@ def test_mednist_subset_matches_local_multi_process(tmp_path, shared_data):
     assert sum(i["num_examples"] for i in beam["splits"].values()) == 600
     assert len(beam["splits"]["train"]["files"]) > 1
     assert_same_conversion(local, beam, tmp_path / "local", tmp_path / "beam")
+    # The staging folder, spill files and all, is gone: only what the manifest names is left.
+    listed = {f["path"] for info in beam["splits"].values() for f in info["files"]}
+    assert set(os.listdir(tmp_path / "beam")) == listed | {"labels.txt", "manifest.json"}
+
+
+def test_records_go_to_spill_files_and_the_shard_writer_reads_them_back_in_order(
+        tmp_path, make_images_labels_dataset):
+    """The records never travel between stages as elements (Beam's local runner kept every
+    one in the driver's memory, twice, and a worker held a shard's records at once: 1.45 GB
+    for 54 MB of records): EncodeFile spills them per bundle and passes on where they are;
+    WriteShard copies them into the shard in order key order."""
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=16)
+    tasks = [FileTask(str(root / "images" / f"{index:06d}.png"), f"images/{index:06d}.png",
+                      "image", index // 2, ("Chest", "Hand")[index // 2], "train",
+                      bytes([order]) * 16)
+             for index, order in enumerate((200, 10, 150, 90))]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    encode = beam_pipeline._EncodeFile(DicomOptions(), str(staging))
+    encode.start_bundle()
+    elements = [element for task in tasks for element in encode.process(task)]
+    encode.finish_bundle()
+    records = {task.order: encode_file(task, DicomOptions())[0] for task in tasks}
+    assert [len(r) for r in records.values()] == [1, 1, 1, 1]
+    (spill,) = os.listdir(staging)
+    data = (staging / spill).read_bytes()
+    for split, order, frame, text, name, offset, length in elements:
+        assert (split, name) == ("train", spill)
+        assert data[offset:offset + length] == records[order][frame]
+    assert len(data) == sum(len(r[0]) for r in records.values())
+    shard_bytes = len(data) + 1  # one shard
+    keyed = [beam_pipeline._shard_of(e, shard_bytes, {"train": len(data)}) for e in elements]
+    assert {key for key, _ in keyed} == {("train", 0)}
+    row = beam_pipeline._write_shard((("train", 0), [value for _, value in keyed]),
+                                     str(staging))
+    expected = b"".join(records[order][0] for order in sorted(records))
+    assert Path(row["path"]).read_bytes() == expected
+    assert (row["num_records"], row["num_bytes"]) == (4, len(expected))
+    # A spill file cut short is an error, never a short shard.
+    (staging / spill).write_bytes(data[:-1])
+    with pytest.raises(OSError, match=f"{spill}: "):
+        beam_pipeline._write_shard((("train", 0), [value for _, value in keyed]),
+                                   str(staging))
 
 
 def test_dicom_samples_match_local(tmp_path, shared_data):
