@@ -96,16 +96,10 @@ def _running(folder) -> tuple[list[int], list[int]]:
         f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
 
 
-@pytest.mark.parametrize("sent_to", ["group", "thread"])
-def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_labels_dataset,
-                                                          sent_to):
-    """1 in ~35 group Ctrl-Cs hung until a second one, two ways (dataset.beam_workers): a
-    Beam worker survived the Ctrl-C mid-start-up and connected after Beam's shutdown had
-    closed its connection ("group"), or the signal reached a thread other than the main one,
-    which waited for results without a timeout and never ran the handler ("thread", sent
-    here to one such thread only). Here Beam's workers take a minute to start and ignore
-    Ctrl-C meanwhile (sitecustomize, in Beam's workers only): without the fix both hang."""
-    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
+def _slow_to_start(tmp_path) -> tuple[Path, Path]:
+    """(a folder whose sitecustomize.py makes each of Beam's workers write a marker file
+    named by its pid, then take a minute to start, ignoring Ctrl-C meanwhile; the folder
+    of those markers). Only Beam's workers run it: the converter is left as it is."""
     started = tmp_path / "started"
     started.mkdir()
     slow = tmp_path / "slow-workers"
@@ -117,6 +111,20 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
         f"    open(os.path.join({str(started)!r}, str(os.getpid())), 'w').close()\n"
         "    time.sleep(60)\n"
         "    signal.signal(signal.SIGINT, signal.default_int_handler)\n")
+    return slow, started
+
+
+@pytest.mark.parametrize("sent_to", ["group", "thread"])
+def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_labels_dataset,
+                                                          sent_to):
+    """1 in ~35 group Ctrl-Cs hung until a second one, two ways (dataset.beam_workers): a
+    Beam worker survived the Ctrl-C mid-start-up and connected after Beam's shutdown had
+    closed its connection ("group"), or the signal reached a thread other than the main one,
+    which waited for results without a timeout and never ran the handler ("thread", sent
+    here to one such thread only). Here Beam's workers take a minute to start and ignore
+    Ctrl-C meanwhile (sitecustomize, in Beam's workers only): without the fix both hang."""
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
+    slow, started = _slow_to_start(tmp_path)
     process = _beam_converter(tmp_path, root, slow)
     try:
         _wait_for_markers(started, process, "Beam's workers never started")
@@ -137,6 +145,36 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
     assert not (tmp_path / "out").exists()
     # The workers were ended, not left to start later (orphaned).
     assert workers and not left, (workers, left)
+
+
+def test_a_sigterm_to_the_converter_alone_while_beam_workers_start_ends_the_run(
+        tmp_path, make_images_labels_dataset):
+    """A batch scheduler's stop (SIGTERM to the main process only) in the run's start-up,
+    while Beam's runner waits for its first worker. Unlike a terminal's Ctrl-C, nothing
+    reaches the workers: Beam's shutdown closes the connections they have not made yet and
+    waits for them, which, once started, wait on those connections for ever; only
+    dataset.beam_workers' kills end them. Here Beam's workers take a minute to start
+    (sitecustomize, in Beam's workers only) and the SIGTERM is sent once both have written
+    their marker file, so it always lands in that wait: no race, no sleep."""
+    root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
+    slow, started = _slow_to_start(tmp_path)
+    process = _beam_converter(tmp_path, root, slow)
+    try:
+        _wait_for_markers(started, process, "Beam's workers never started")
+        process.terminate()  # the main process alone, as Slurm or Kubernetes stops a job
+        # Prompt: well before the workers' minute of start-up is over.
+        _, stderr = _communicate_or_fail(process, 20, "the SIGTERM")
+        # Checked before the clean-up below kills whatever is left of the process group.
+        workers, left = _running(started)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, stderr[-3000:]
+    assert stderr.splitlines() == [f"error: terminated (SIGTERM); the conversion into "
+                                   f"{tmp_path / 'out'} did not finish (rerun it; a folder "
+                                   "without its manifest.json is never read as a dataset)"]
+    assert not (tmp_path / "out").exists()
+    assert workers and not left, (workers, left)  # ended (a zombie until reaped), not orphaned
 
 
 def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run(
