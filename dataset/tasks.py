@@ -1,7 +1,7 @@
 """The converter's per-file work, shared by the local process pool and the Beam pipeline.
 
 One task type (``FileTask``) and one per-file function (``encode_file``) serve both
-``dataset.convert`` (through ``dataset.workers.WorkerPool``) and ``dataset.beam_convert``
+``dataset.convert`` (through ``dataset.workers.WorkerPool``) and ``dataset.beam_pipeline``
 (inside a DoFn), so a file gives the same records, or the same error line, on either
 runner. Nothing here imports TensorFlow.
 """
