@@ -3,7 +3,8 @@
 Sections, top to bottom: config -> data -> model/optimizer state -> restore -> loop -> export.
 (Config lives in config.py, input in train_input.py, the training state and its steps in
 steps.py, saving and restoring checkpoints in checkpointing.py, what a resume may change in
-resume.py, the export in export.py.)
+resume.py, the TensorBoard points, hooks and benchmark log in train_log.py, the export in
+export.py.)
 
 Which network trains is a plug-in object, `network`, with four methods:
 
@@ -45,7 +46,6 @@ import contextlib
 import dataclasses
 import gc
 import math
-import os
 import shutil
 import time
 
@@ -57,7 +57,7 @@ from absl import logging
 from dataset import converted, test_time
 from networks import registry
 from official.core import export as export_lib
-from official.core import budget, checkpointing, steps, train_input
+from official.core import budget, checkpointing, steps, train_input, train_log
 from official.core.config import (TrainConfig, TrainResult, check_run_folders,
                                   config_to_resume, resolved_config, write_config)
 from official.core.resume import (SCHEDULE_SETTINGS, changes_warning, check_resume_config,
@@ -65,9 +65,6 @@ from official.core.resume import (SCHEDULE_SETTINGS, changes_warning, check_resu
 from official.modeling import ema
 from official.modeling.stretchable import Stretchable
 from official.utils import files
-from official.utils.logs import hooks as hooks_lib
-from official.utils.logs import logger as logger_lib
-from official.utils.logs import summaries
 from official.utils.misc import distribution_utils, model_helpers
 
 
@@ -188,16 +185,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             gc.collect()  # the copy's weights and slots (tf.function cycles), before the run's
         resolved = config_json(budget=budget_entry)
 
-    benchmark_logger = None
-    if chief and (config.benchmark_log_dir or config.gcp_project):
-        benchmark_logger = logger_lib.BenchmarkLogger(
-            config.benchmark_log_dir, gcp_project=config.gcp_project,
-            bigquery_data_set=config.bigquery_data_set,
-            bigquery_run_table=config.bigquery_run_table,
-            bigquery_metric_table=config.bigquery_metric_table)
-        benchmark_logger.log_run_info(spec.name, resolved)
-    hooks = hooks_lib.get_train_hooks(config.hooks, every_n_steps=config.log_every_steps,
-                                      benchmark_logger=benchmark_logger) if chief else []
+    benchmark_logger, hooks = train_log.run_loggers(config, chief=chief, model_name=spec.name,
+                                                    resolved=resolved)
 
     # --- data ---
     steps_per_cycle = config.epochs_between_evals * steps_per_epoch
@@ -249,23 +238,19 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         gc.collect()
     evaluate_step = steps.make_eval_step(state.model, strategy, data.num_classes)
 
-    summary_dir = config.model_dir if chief else write_dir
-    train_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "train"))
-    eval_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "eval"))
-    for writer in (train_writer, eval_writer):
-        summaries.mark_start(writer, resumed_from)
     if config.max_train_steps and resumed_from > config.max_train_steps:
         logging.warning("--max_train_steps=%d is below step %d, where %s's checkpoint is: "
                         "nothing to train (a model_dir's steps are not undone; give another "
                         "--model_dir to train a shorter run)", config.max_train_steps,
                         resumed_from, config.model_dir)
-    for hook in hooks:
-        hook.begin(config.model_dir)
+    log = train_log.TrainingLog(config.model_dir if chief else write_dir,
+                                resumed_from=resumed_from, hooks=hooks,
+                                benchmark_logger=benchmark_logger, model_dir=config.model_dir)
 
     # --- loop ---
     step = int(state.step.numpy())
     stopped_by = None  # set where the loop stops early; else train_epochs or the budget's
-    eval_metrics, examples_per_second, budget_used = None, None, None
+    eval_metrics, budget_used = None, None
     throughput = []
     deadline = budget.Deadline.for_run(
         config, budget_entry, started, strategy=strategy, steps_per_epoch=steps_per_epoch,
@@ -296,27 +281,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
                     raise FloatingPointError(
                         f"training loss became NaN/Inf at {where}; stopped without saving (last "
                         f"checkpoint: {manager.latest_checkpoint})")
-                examples_per_second = totals["examples"] / max(elapsed, 1e-9)
-                throughput.append(examples_per_second)
-                # "loss" is what the step minimised (weight decay included); the evaluation's
-                # is the cross-entropy alone, which both write as "cross_entropy" to compare.
-                metrics = {"loss": totals["loss"] / num_steps,
-                           "cross_entropy": totals["cross_entropy"] / num_steps,
-                           "accuracy": totals["correct"] / max(totals["examples"], 1.0),
-                           # the rate the last step used: the optimizer reads
-                           # schedule(iterations) before it adds one
-                           "learning_rate": float(schedule(
-                               max(int(state.optimizer.iterations.numpy()) - 1, 0))),
-                           "loss_scale": steps.loss_scale_of(state.optimizer),
-                           "examples": totals["examples"],
-                           "examples_per_second": examples_per_second,
-                           "seconds": elapsed}
-                with train_writer.as_default():
-                    for name, value in metrics.items():
-                        if value is not None and name not in ("examples", "seconds"):
-                            tf.summary.scalar(name, value, step)
-                for hook in hooks:
-                    hook.after_step(step, metrics)
+                metrics = train_log.call_metrics(totals, num_steps, elapsed, schedule,
+                                                 state.optimizer)
+                throughput.append(metrics["examples_per_second"])
+                log.train_point(step, metrics)
                 every = config.checkpoint_every_steps
                 if every and step // every > previous // every and step < cycle_end:
                     checkpointing.save(manager, step)
@@ -353,13 +321,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             logging.info("step %d: %s accuracy = %.4f, loss = %.4f (%d examples)", step,
                          config.eval_split, eval_metrics["accuracy"], eval_metrics["loss"],
                          eval_metrics["examples"])
-            with eval_writer.as_default():
-                tf.summary.scalar("accuracy", eval_metrics["accuracy"], step)
-                tf.summary.scalar("loss", eval_metrics["loss"], step)
-                tf.summary.scalar("cross_entropy", eval_metrics["loss"], step)
-            if benchmark_logger:
-                benchmark_logger.log_metric("accuracy", eval_metrics["accuracy"], global_step=step)
-                benchmark_logger.log_metric("loss", eval_metrics["loss"], global_step=step)
+            log.eval_point(step, eval_metrics)
             checkpointing.save(manager, step)
             if model_helpers.past_stop_threshold(config.stop_threshold, eval_metrics["accuracy"]):
                 stopped_by = "stop_threshold"
@@ -375,10 +337,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     if eval_metrics is None:  # resumed a finished run: report its final accuracy again
         with ema.averaged(weight_average):
             eval_metrics = steps.evaluate(evaluate_step, strategy, eval_data)
-    for hook in hooks:
-        hook.end(step)
-    train_writer.flush()
-    eval_writer.flush()
+    log.end(step)
 
     # --- export ---
     export_path = None
