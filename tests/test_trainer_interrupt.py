@@ -78,6 +78,70 @@ def test_an_interrupt_between_steps_keeps_them_and_the_rerun_resumes(tmp_path, m
 
 
 
+def _event_steps(folder) -> dict[str, list[int]]:
+    """{tag: the steps of its points, in the order written} over every event file in folder:
+    what the files hold, before TensorBoard drops any point."""
+    points = {}
+    for path in sorted(folder.glob("events.out.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                points.setdefault(value.tag, []).append(event.step)
+    return points
+
+
+def _event_values(folder, step: int) -> dict[str, float]:
+    values = {}
+    for path in folder.glob("events.out.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            if event.step == step:
+                for value in event.summary.value:
+                    values[value.tag] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_the_interrupted_calls_point_is_drawn_at_its_checkpoint_and_the_rerun_goes_on(
+        tmp_path, monkeypatch):
+    """The interrupt comes as a train call returns: the call's checkpoint was saved, but not
+    its TensorBoard point (the loop drew a point from what the call returned), so the curve
+    had a gap at the step the resumed run starts after. It is drawn from the call's sums
+    (steps.LastCall) at that step; the resumed run's points follow, none twice."""
+    real = steps.make_train_function
+    returned = []
+
+    def stopping_after_two_calls(*args, **kwargs):
+        train_fn = real(*args, **kwargs)
+
+        def run(iterator, num_steps):
+            totals = train_fn(iterator, num_steps)
+            returned.append({key: float(value) for key, value in totals.items()})
+            if len(returned) == 2:
+                raise KeyboardInterrupt  # as a Ctrl-C arrives once the call has returned
+            return totals
+        return run
+
+    monkeypatch.setattr(steps, "make_train_function", stopping_after_two_calls)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, steps_per_loop=2)  # calls of 2 steps: points at 2, 4 and 6
+    train = tmp_path / "model" / "train"
+    assert _checkpoint_steps(tmp_path / "model") == [4]
+    drawn = _event_steps(train)
+    assert drawn["loss"] == drawn["accuracy"] == drawn["learning_rate"] == [2, 4]
+    assert drawn["examples_per_second"] == [2]  # the interrupted call's time is not known
+    at_4 = _event_values(train, 4)
+    assert at_4["loss"] == pytest.approx(returned[1]["loss"] / 2)
+    assert at_4["cross_entropy"] == pytest.approx(returned[1]["cross_entropy"] / 2)
+    assert at_4["accuracy"] == pytest.approx(returned[1]["correct"] / returned[1]["examples"])
+    schedule = train_steps.learning_rate_schedule(
+        TrainConfig(model_dir="unused", batch_size=8, train_epochs=3).schedule_spec(2))
+    assert at_4["learning_rate"] == pytest.approx(float(schedule(3)))  # step 4's rate
+
+    monkeypatch.setattr(steps, "make_train_function", real)
+    result = _run(tmp_path, steps_per_loop=2)
+    assert (result.resumed_from_step, result.step) == (4, 6)
+    assert _event_steps(train)["loss"] == [2, 4, 6]
+    assert _tensorboard_steps(train, "loss") == [2, 4, 6]
+
+
 def test_an_interrupt_during_a_validation_of_the_weight_average_saves_the_trained_weights(
         tmp_path, monkeypatch):
     # The validation runs with the average swapped into the model; the checkpoint saved on the
@@ -142,6 +206,8 @@ def test_an_interrupt_after_a_diverged_step_saves_nothing(tmp_path, monkeypatch,
     with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
         _run(tmp_path, checkpoint_every_steps=2)
     assert _checkpoint_steps(tmp_path / "model") == [2]
+    # No point at step 3 either: no checkpoint holds it, the resumed run trains it again.
+    assert _event_steps(tmp_path / "model" / "train")["loss"] == [1, 2]
     assert "interrupted after the loss diverged (weights not finite): no checkpoint saved at " \
            "step 3" in caplog.text
 
@@ -255,11 +321,10 @@ def test_ctrl_c_and_sigkill_mid_run_resume_from_the_last_checkpoint(tmp_path):
     interrupted_at = max(_checkpoint_steps(model_dir))
     assert 4 <= interrupted_at < 30
     # The program ends without the interpreter's teardown: every point drawn so far is on
-    # disk all the same (the interrupted step's own may be lost: the interrupt comes as its
-    # call returns).
+    # disk all the same, the interrupted step's own too (the interrupt came as its call
+    # returned, or later: drawn at the step the checkpoint holds).
     drawn = _tensorboard_steps(model_dir / "train", "loss")
-    assert drawn in (list(range(1, interrupted_at)), list(range(1, interrupted_at + 1))), (
-        interrupted_at, drawn)
+    assert drawn == list(range(1, interrupted_at + 1)), (interrupted_at, drawn)
 
     # SIGKILL: nothing runs on the way out; the checkpoints are whole all the same.
     returncode, _ = _stop_at_checkpoint(args, model_dir, interrupted_at + 2, signal.SIGKILL,

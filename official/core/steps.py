@@ -50,6 +50,44 @@ def training_state(model: keras.Model, make_optimizer: Callable[..., keras.optim
     return TrainingState(model, optimizer, step, checkpoint)
 
 
+# What the train function sums over a call's steps.
+TOTALS = ("loss", "cross_entropy", "correct", "examples", "nonfinite_steps")
+
+
+class LastCall:
+    """The train function's latest call, kept in variables: its sums, its number of steps and
+    the global step it ended at. A Ctrl-C or SIGTERM is raised as the call returns (Python
+    raises it between TensorFlow calls) and loses the call's return value, not these: the loop
+    draws that call's point from them (official/core/train_log.py). Not checkpointed."""
+
+    def __init__(self):
+        self.totals = {key: tf.Variable(0.0, trainable=False) for key in TOTALS}
+        self.num_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.end_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+
+    def record(self, totals, num_steps, end_step) -> None:
+        """Inside the train function, after its steps."""
+        for key in TOTALS:
+            self.totals[key].assign(totals[key])
+        self.num_steps.assign(tf.cast(num_steps, tf.int64))
+        self.end_step.assign(end_step)
+
+    def read(self) -> tuple[int, int, dict[str, float]]:
+        """(the global step the latest call ended at (-1: none yet), its steps, its sums)."""
+        return (int(self.end_step.numpy()), int(self.num_steps.numpy()),
+                {key: float(value.numpy()) for key, value in self.totals.items()})
+
+
+@dataclasses.dataclass
+class Training:
+    """What `training` builds: one run's, or the copy --train_budget_seconds times."""
+    schedule: object  # a Keras learning-rate schedule
+    state: TrainingState
+    weight_average: ema.WeightAverage | None
+    train_fn: Callable
+    last_call: LastCall
+
+
 def state_variables(state: TrainingState, weight_average=None) -> list:
     """Everything a run's state holds, in a fixed order: model, optimizer, step, the weight
     average's (official.modeling.ema.WeightAverage, when the run keeps one)."""
@@ -97,12 +135,14 @@ def _class_ids(labels):
 
 def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, *,
                         global_batch_size: int, num_classes: int, label_smoothing: float = 0.0,
-                        jit_compile: bool = False, weight_average=None):
+                        jit_compile: bool = False, weight_average=None,
+                        last_call: LastCall | None = None):
     """`train(iterator, num_steps)`: runs `num_steps` distributed steps in one tf.function call.
 
-    Returns sums over those steps: "loss" (each step's global-batch mean loss, regularisation
-    included), "cross_entropy" (the same without the weight decay: what the evaluation's loss
-    measures), "correct", "examples", and "nonfinite_steps" (steps whose loss was NaN/Inf).
+    Returns sums over those steps (TOTALS): "loss" (each step's global-batch mean loss,
+    regularisation included), "cross_entropy" (the same without the weight decay: what the
+    evaluation's loss measures), "correct", "examples", and "nonfinite_steps" (steps whose loss
+    was NaN/Inf). `last_call`: also kept there, with the step the call ended at.
     """
     model, optimizer = state.model, state.optimizer
     num_replicas = strategy.num_replicas_in_sync
@@ -155,8 +195,7 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
 
     @tf.function
     def train(iterator, num_steps):
-        totals = {k: tf.constant(0.0) for k in ("loss", "cross_entropy", "correct", "examples",
-                                                 "nonfinite_steps")}
+        totals = {k: tf.constant(0.0) for k in TOTALS}
         for _ in tf.range(num_steps):
             metrics = reduce_sum(strategy.run(replica_step, args=next(iterator)))
             state.step.assign_add(1)
@@ -168,6 +207,8 @@ def make_train_function(state: TrainingState, strategy: tf.distribute.Strategy, 
                 "nonfinite_steps": totals["nonfinite_steps"] + tf.cast(
                     tf.logical_not(tf.math.is_finite(metrics["loss"])), tf.float32),
             }
+        if last_call is not None:
+            last_call.record(totals, num_steps, state.step)
         return totals
 
     return train
@@ -211,11 +252,11 @@ def evaluate(evaluate_step, strategy: tf.distribute.Strategy,
 
 def training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spec,
              num_classes: int, steps_per_epoch: int, train_steps: int, *, resuming: bool,
-             stretchable: bool = False):
-    """(schedule, state, weight average or None, train function) of one run of `network`
-    (official/core/train_lib.py's plug-in): the real one, and the copy --train_budget_seconds
-    times. `stretchable`: a schedule laid over the run's length (it has total_steps) can be
-    stretched when the budget lengthens the run."""
+             stretchable: bool = False) -> Training:
+    """Schedule, state, weight average (or None), train function and its LastCall of one run
+    of `network` (official/core/train_lib.py's plug-in): the real one, and the copy
+    --train_budget_seconds times. `stretchable`: a schedule laid over the run's length (it has
+    total_steps) can be stretched when the budget lengthens the run."""
     schedule = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch,
                                                                    train_steps))
     if stretchable and getattr(schedule, "total_steps", None):
@@ -227,8 +268,9 @@ def training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spe
         with strategy.scope():
             weight_average = ema.WeightAverage(state.model, config.ema_decay)
         state.checkpoint.ema = weight_average.variables  # saved and restored with the rest
+    last_call = LastCall()
     train_fn = make_train_function(
         state, strategy, global_batch_size=config.batch_size, num_classes=num_classes,
         label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
-        weight_average=weight_average)
-    return schedule, state, weight_average, train_fn
+        weight_average=weight_average, last_call=last_call)
+    return Training(schedule, state, weight_average, train_fn, last_call)

@@ -162,12 +162,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
 
         def timed_copy():
             # Built as the real run is (pretrained weights too), over the longest schedule.
-            copy["schedule"], copy["state"], copy["average"], train_fn = steps.training(
+            copy["training"] = steps.training(
                 config, strategy, network, spec, data.num_classes, steps_per_epoch,
                 max_steps, resuming=False)
             copy["iterator"] = iter(strategy.experimental_distribute_dataset(
                 train_input.train_dataset(train_input_spec, data, num_workers=workers)))
-            return train_fn, copy["iterator"]
+            return copy["training"].train_fn, copy["iterator"]
 
         def can_keep(steps_taken: int, train_steps: int) -> bool:
             # The copy's steps are the run's first when the planned schedule gives them the
@@ -175,7 +175,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             if steps_taken >= min(train_steps, config.max_train_steps or train_steps):
                 return False
             return budget.same_rates(network.learning_rate_schedule(
-                config.schedule_spec(steps_per_epoch, train_steps)), copy["schedule"], steps_taken)
+                config.schedule_spec(steps_per_epoch, train_steps)), copy["training"].schedule,
+                steps_taken)
 
         total_steps, budget_entry = budget.budgeted(config, saved, strategy, timed_copy,
                                                     steps_per_epoch=steps_per_epoch,
@@ -201,10 +202,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- model, optimizer, checkpoint ---
     # resuming: no pretrained weights loaded where a checkpoint or the kept copy overwrites them.
     planned_steps = (budget_entry or {}).get("planned_steps", total_steps)
-    schedule, state, weight_average, train_fn = steps.training(
+    run = steps.training(
         config, strategy, network, spec, data.num_classes, steps_per_epoch, planned_steps,
         resuming=bool(copy) or tf.train.latest_checkpoint(config.model_dir) is not None,
         stretchable=bool(budget_entry))
+    schedule, state, weight_average, train_fn = (run.schedule, run.state, run.weight_average,
+                                                 run.train_fn)
     if isinstance(schedule, Stretchable) and budget_entry.get("lengthened_at_step"):
         schedule.stretch(budget_entry["lengthened_at_step"], total_steps)
     manager = tf.train.CheckpointManager(state.checkpoint, write_dir,
@@ -231,7 +234,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     distribution_utils.broadcast_from_chief(strategy, steps.state_variables(state, weight_average))
     resumed_from = int(state.step.numpy())
     if copy:
-        steps.copy_state(copy["state"], copy["average"], state, weight_average)
+        steps.copy_state(copy["training"].state, copy["training"].weight_average, state,
+                         weight_average)
         logging.info("train_budget_seconds: continuing from the timed copy's %d steps",
                      int(state.step.numpy()))
         copy.clear()
@@ -256,10 +260,12 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         config, budget_entry, started, strategy=strategy, steps_per_epoch=steps_per_epoch,
         train_steps=total_steps, resumed=resumed_from > 0) if budget_entry else None
     # Ctrl-C or SIGTERM between steps (or during a validation) keeps the steps since the
-    # last save: a checkpoint at the step reached, which the same command resumes from.
-    with checkpointing.saved_when_interrupted(
-            manager, state.step, enabled=workers == 1,
-            unsaveable=lambda: checkpointing.why_unsaveable(state.model, weight_average)):
+    # last save: a checkpoint at the step reached, which the same command resumes from, and
+    # (once that is saved) the point of the train call the interrupt cut off.
+    with log.drawn_when_interrupted(manager, run.last_call, schedule, state.optimizer), \
+            checkpointing.saved_when_interrupted(
+                manager, state.step, enabled=workers == 1,
+                unsaveable=lambda: checkpointing.why_unsaveable(state.model, weight_average)):
         while step < last_step:
             cycle_start = step
             cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)

@@ -9,9 +9,11 @@ from the steps (official/core/steps.py), which write nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import tensorflow as tf
+from absl import logging
 
 from official.core import steps
 from official.core.config import TrainConfig
@@ -39,10 +41,11 @@ def run_loggers(config: TrainConfig, *, chief: bool, model_name: str,
     return benchmark_logger, hooks
 
 
-def call_metrics(totals: dict[str, float], num_steps: int, seconds: float, schedule,
+def call_metrics(totals: dict[str, float], num_steps: int, seconds: float | None, schedule,
                  optimizer) -> dict[str, float | None]:
     """The metrics of one train-function call (steps.make_train_function's sums over
-    `num_steps` steps that took `seconds`), as the hooks and the TensorBoard point take them."""
+    `num_steps` steps that took `seconds`, None: not known), as the hooks and the TensorBoard
+    point take them (None: not drawn)."""
     # "loss" is what the step minimised (weight decay included); the evaluation's is the
     # cross-entropy alone, which both write as "cross_entropy" to compare.
     return {"loss": totals["loss"] / num_steps,
@@ -53,7 +56,8 @@ def call_metrics(totals: dict[str, float], num_steps: int, seconds: float, sched
             "learning_rate": float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0))),
             "loss_scale": steps.loss_scale_of(optimizer),
             "examples": totals["examples"],
-            "examples_per_second": totals["examples"] / max(seconds, 1e-9),
+            "examples_per_second": (None if seconds is None
+                                    else totals["examples"] / max(seconds, 1e-9)),
             "seconds": seconds}
 
 
@@ -69,19 +73,50 @@ class TrainingLog:
             summaries.mark_start(writer, resumed_from)
         self.hooks = hooks
         self.benchmark_logger = benchmark_logger
+        self._drawn_at: dict[str, int] = {}  # each train scalar's latest step in this run
         for hook in hooks:
             hook.begin(model_dir)
 
     def train_point(self, step: int, metrics: dict[str, float | None]) -> None:
         """One train call's point at `step` (the last step of the call) and its hooks."""
+        self._draw(step, metrics)
+        for hook in self.hooks:
+            hook.after_step(step, metrics)
+
+    def _draw(self, step: int, metrics: dict[str, float | None]) -> None:
         # Leaving as_default flushes the writer: the point is on disk when the program ends
         # without the interpreter's teardown (official/utils/cli.py exit_skipping_teardown).
         with self.train_writer.as_default():
             for name, value in metrics.items():
-                if value is not None and name not in _NOT_DRAWN:
+                if (value is not None and name not in _NOT_DRAWN
+                        and self._drawn_at.get(name, -1) < step):
                     tf.summary.scalar(name, value, step)
-        for hook in self.hooks:
-            hook.after_step(step, metrics)
+                    self._drawn_at[name] = step
+
+    @contextlib.contextmanager
+    def drawn_when_interrupted(self, manager: tf.train.CheckpointManager,
+                               last_call: steps.LastCall, schedule, optimizer):
+        """On Ctrl-C or SIGTERM (a KeyboardInterrupt) inside the block: the point of the train
+        call the interrupt cut off (raised as the call returned, it lost the call's sums and
+        its point), drawn from `last_call` when the manager's latest checkpoint is of the step
+        the call ended at, then the interrupt re-raised. A resumed run starts after that step,
+        so its curve goes on with neither a gap nor a second point there; when no checkpoint
+        holds the step (a diverged step, several workers), the resumed run trains it again
+        and draws it itself. Put it outside checkpointing.saved_when_interrupted, which saves
+        that checkpoint. The point has no examples_per_second (the interrupt cut off the
+        call's timing too), and the hooks are not called."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            end_step, num_steps, totals = last_call.read()
+            latest = manager.latest_checkpoint
+            if num_steps > 0 and latest and int(latest.rsplit("-", 1)[1]) == end_step:
+                metrics = call_metrics(totals, num_steps, None, schedule, optimizer)
+                if any(self._drawn_at.get(name, -1) < end_step for name, value in metrics.items()
+                       if value is not None and name not in _NOT_DRAWN):
+                    self._draw(end_step, metrics)
+                    logging.info("interrupted: drew the TensorBoard point of step %d", end_step)
+            raise
 
     def eval_point(self, step: int, eval_metrics: dict) -> None:
         """One validation's point (steps.evaluate's metrics) at `step`."""
