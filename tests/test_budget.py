@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from networks.resnet import train_steps
 from networks.slim import nets, slim_train
-from official.core import budget, train_lib
+from official.core import budget, steps, train_lib
 from official.core.config import TrainConfig
 from official.modeling.stretchable import Stretchable
 from official.utils.logs import hooks as hooks_lib
@@ -282,6 +282,43 @@ def test_the_timed_steps_are_kept_when_the_plan_gives_them_the_same_learning_rat
         planned, 0, "train_budget_seconds")
     events = _scalars(model_dir / "train", "learning_rate")
     assert sorted(events) == list(range(kept + 1, planned + 1))  # the loop began at `kept`
+    schedule = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=planned))
+    for step, value in events.items():
+        assert value == pytest.approx(float(schedule(step - 1)), rel=1e-5)
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith(f"ckpt-{planned}")
+
+
+def _train_functions_made(monkeypatch) -> list:
+    """The train functions (tf.functions) the trainer makes, in order."""
+    made, real = [], steps.make_train_function
+    monkeypatch.setattr(steps, "make_train_function",
+                        lambda *args, **kwargs: made.append(real(*args, **kwargs)) or made[-1])
+    return made
+
+
+@pytest.mark.parametrize("train_epochs,planned,traced", [(15, 30, [1]), (30, 40, [1, 1])])
+def test_a_plan_at_train_epochs_trains_on_with_the_timed_train_function(
+        tmp_path, monkeypatch, train_epochs, planned, traced):
+    """The copy takes 1 + 20 steps, all kept (a 22-step warm-up). When all of --train_epochs
+    fit (1,900 s at 100 s a step: 15 epochs = 30 steps), the copy, built over them, is the
+    run: its train function goes on, traced once (the run was built again and traced the
+    same step a second time, 2-4 s of every such run). A shorter plan (40 of 60 steps: the
+    schedule and the batch-norm horizon laid over 40, constants of the traced step) builds
+    and traces its own."""
+    data = tiny_dataset(tmp_path / "data")
+    _calibrate_at_100_seconds_a_step(monkeypatch)
+    made = _train_functions_made(monkeypatch)
+    model_dir = tmp_path / "model"
+    config = _config(data, model_dir, train_budget_seconds=1900.0, train_epochs=train_epochs,
+                     epochs_between_evals=train_epochs, steps_per_loop=1,
+                     lr_schedule="cosine", warmup_epochs=11)
+    result = _train(config)
+    entry = json.loads((model_dir / "config.json").read_text())["budget"]
+    assert (entry["kept_steps"], entry["train_steps"]) == (21, planned)
+    assert (result.step, result.resumed_from_step) == (planned, 0)
+    assert [function.experimental_get_tracing_count() for function in made] == traced
+    events = _scalars(model_dir / "train", "learning_rate")
+    assert sorted(events) == list(range(22, planned + 1))  # the loop began at step 21
     schedule = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=planned))
     for step, value in events.items():
         assert value == pytest.approx(float(schedule(step - 1)), rel=1e-5)

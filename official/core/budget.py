@@ -12,6 +12,11 @@ The timed steps are not wasted when they can be kept: the timing runs on a copy 
 training (model, optimizer, weight average, input), and when the copy's learning rates for
 those steps are the planned run's (they are inside the warm-up, which does not depend on the
 run's length), the run continues from the copy's state and input instead of starting over.
+The copy is built as the run is, over --train_epochs: when the plan takes all of them, the
+copy is the run, and its train function, traced once for the timing, trains on (building the
+run anew traced the same step a second time: 2-4 s). A shorter plan lays the schedule and the
+batch-norm horizon over fewer steps, constants of the traced step: that run builds and traces
+its own.
 
 Steps, not whole epochs: rounding down to an epoch threw away up to a whole epoch of the
 budget (a third of a 3-epoch run); the schedule does not care where an epoch ends. The choice
@@ -38,13 +43,15 @@ more steps into what is left of the budget, the run takes them (at most --train_
 and the rest of a learning-rate schedule laid over the run's length is stretched to end at
 the new last step (`Stretchable`, official/modeling/stretchable.py: continuous where it is
 stretched; Slim's per-epoch decays need no stretch). A run lengthened too far is what the
-deadline catches, at the cosine's tail, where the rate is near 0. The batch-norm horizon stays the plan's. config.json's
-"budget" records it ("planned_steps", "lengthened_at_step"); a resumed run rebuilds the
-stretched schedule and is never lengthened again (its clock restarted).
+deadline catches, at the cosine's tail, where the rate is near 0. The batch-norm horizon stays
+the plan's. config.json's "budget" records it ("planned_steps", "lengthened_at_step"); a
+resumed run rebuilds the stretched schedule and is never lengthened again (its clock
+restarted).
 
 What is counted: from the start of training (reading the manifest) to the last step; the
 calibration itself and the start-up it measured (tracing, kernel set-up, the shuffle buffer
-filling) are paid again by the real run and counted. Validation passes and the export come on
+filling) are paid again by the real run and counted (not paid again when the copy is the run,
+but then the plan is already at --train_epochs). Validation passes and the export come on
 top (the recipes validate once, at the end).
 """
 

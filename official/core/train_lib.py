@@ -164,7 +164,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
             # Built as the real run is (pretrained weights too), over the longest schedule.
             copy["training"] = steps.training(
                 config, strategy, network, spec, data.num_classes, steps_per_epoch,
-                max_steps, resuming=False)
+                max_steps, resuming=False, stretchable=True)
             copy["iterator"] = iter(strategy.experimental_distribute_dataset(
                 train_input.train_dataset(train_input_spec, data, num_workers=workers)))
             return copy["training"].train_fn, copy["iterator"]
@@ -200,12 +200,19 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     eval_data = train_input.eval_dataset(input_spec, data)
 
     # --- model, optimizer, checkpoint ---
-    # resuming: no pretrained weights loaded where a checkpoint or the kept copy overwrites them.
     planned_steps = (budget_entry or {}).get("planned_steps", total_steps)
-    run = steps.training(
-        config, strategy, network, spec, data.num_classes, steps_per_epoch, planned_steps,
-        resuming=bool(copy) or tf.train.latest_checkpoint(config.model_dir) is not None,
-        stretchable=bool(budget_entry))
+    kept = copy.pop("training", None)  # the timed copy, when the run goes on from its steps
+    if kept and planned_steps == max_steps:
+        # The copy was built as this run is, over these steps (schedule and batch-norm
+        # horizon, laid into the traced step): it is the run, and its train function, traced
+        # once, trains on. A shorter plan builds and traces its own (2-4 s).
+        run = kept
+    else:
+        # resuming: no pretrained weights loaded where a checkpoint or the copy overwrites them.
+        run = steps.training(
+            config, strategy, network, spec, data.num_classes, steps_per_epoch, planned_steps,
+            resuming=kept is not None or tf.train.latest_checkpoint(config.model_dir) is not None,
+            stretchable=bool(budget_entry))
     schedule, state, weight_average, train_fn = (run.schedule, run.state, run.weight_average,
                                                  run.train_fn)
     if isinstance(schedule, Stretchable) and budget_entry.get("lengthened_at_step"):
@@ -232,13 +239,14 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
         write_config(config.model_dir, resolved)
     # The other workers' write_dir is empty: they take the chief's (restored) state.
     distribution_utils.broadcast_from_chief(strategy, steps.state_variables(state, weight_average))
-    resumed_from = int(state.step.numpy())
-    if copy:
-        steps.copy_state(copy["training"].state, copy["training"].weight_average, state,
-                         weight_average)
+    # A budget's timing ran only where no checkpoint was: a run that keeps its steps is new.
+    resumed_from = 0 if kept else int(state.step.numpy())
+    if kept:
+        if kept is not run:
+            steps.copy_state(kept.state, kept.weight_average, state, weight_average)
         logging.info("train_budget_seconds: continuing from the timed copy's %d steps",
                      int(state.step.numpy()))
-        copy.clear()
+        kept = None
         gc.collect()
     evaluate_step = steps.make_eval_step(state.model, strategy, data.num_classes)
 
