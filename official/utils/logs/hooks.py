@@ -1,10 +1,12 @@
 """Train hooks: small callbacks the training loop calls after each train call.
 
 The Estimator's SessionRunHooks no longer exist; these keep the original names and jobs. The
-loop calls `begin(model_dir)` once, `after_step(step, metrics)` after every tf.function call
-(`metrics` holds Python floats: loss, cross_entropy, accuracy, learning_rate, loss_scale (None
-without fp16), examples, examples_per_second, and seconds: the time the call's steps took, which
-leaves out the validations, checkpoints and summaries between calls), and `end(step)` once.
+loop (official/core/train_log.py TrainingLog) calls `begin(model_dir)` once,
+`after_step(step, metrics)` after every tf.function call (`metrics` holds Python floats: loss,
+cross_entropy, accuracy, learning_rate, loss_scale (None without fp16), examples,
+examples_per_second, and seconds: the time the call's steps took, which leaves out the
+validations, checkpoints and summaries between calls), and `end(step)` once. Not after a call
+a Ctrl-C or SIGTERM cut off: its time is lost; only its TensorBoard point is drawn.
 """
 
 from __future__ import annotations
