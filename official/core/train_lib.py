@@ -270,10 +270,10 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # Ctrl-C or SIGTERM between steps (or during a validation) keeps the steps since the
     # last save: a checkpoint at the step reached, which the same command resumes from, and
     # (once that is saved) the point of the train call the interrupt cut off.
-    with log.drawn_when_interrupted(manager, run.last_call, schedule, state.optimizer), \
-            checkpointing.saved_when_interrupted(
-                manager, state.step, enabled=workers == 1,
-                unsaveable=lambda: checkpointing.why_unsaveable(state.model, weight_average)):
+    with (log.drawn_when_interrupted(manager, run.last_call, schedule, state.optimizer),
+          checkpointing.saved_when_interrupted(
+              manager, state.step, enabled=workers == 1,
+              unsaveable=lambda: checkpointing.why_unsaveable(state.model, weight_average))):
         while step < last_step:
             cycle_start = step
             cycle_end = min((step // steps_per_cycle + 1) * steps_per_cycle, last_step)
