@@ -185,3 +185,32 @@ def test_evaluation_of_a_record_tensorflow_refuses_is_one_line_without_the_decod
         "TensorFlow cannot decode it (jpeg::Uncompress failed. Invalid JPEG data or crop "
         "window.); convert the data again without that file")
     assert not (tmp_path / "report").exists()
+
+
+def test_a_ctrl_c_as_the_relay_starts_neither_kills_it_nor_prints_its_traceback():
+    """The terminal sends a Ctrl-C to the whole process group. In the relay's first ~30 ms
+    (its Python starting, before it ignores the signal) one killed it: the filtering was off
+    for the rest of the run (a Ctrl-C within ~5 ms), or its startup's KeyboardInterrupt
+    traceback, ten lines, came below the program's one line (within ~10-35 ms)."""
+    for delay in (0.0, 0.005, 0.01, 0.02, 0.03):
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+            import os, signal, sys, time
+            from official.utils.decoder_noise import DecoderNoise
+
+            with DecoderNoise() as noise:
+                try:
+                    time.sleep({delay})
+                    os.killpg(0, signal.SIGINT)  # the group: the program and its relay
+                    time.sleep(1)
+                except KeyboardInterrupt:
+                    print("interrupted", file=sys.stderr)
+                try:
+                    with noise.dropped_if(ValueError):  # still filtered: the relay is alive
+                        os.write(2, {LIBJPEG!r})
+                        raise ValueError
+                except ValueError:
+                    pass
+            """)], capture_output=True, cwd=REPO_ROOT, timeout=60, env=trainer_env(),
+            start_new_session=True)  # its own group: the test's stays out of it
+        assert (result.returncode, result.stderr) == (0, b"interrupted\n"), delay
+

@@ -67,6 +67,7 @@ _TF_ABORT = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ local_rendezvous\.cc:\d+\] Loc
                        r"is aborting with status: INVALID_ARGUMENT: ")
 _NODE_CONTEXT = re.compile(r"\s+\[\[.*\]\]\s*")  # the op that failed, on the lines after it
 _DROP, _KEEP = b"d", b"k"
+_PROGRAM_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # meant for the program, not the relay
 
 
 def without_noise(text: bytes) -> bytes:
@@ -110,10 +111,17 @@ class DecoderNoise:
             opened += [self._acks, ack]
             self._end = b"\0" + os.urandom(8).hex().encode() + b"\0"  # no program prints it
             # Its stderr is the real one; it outlives this process if this one dies mid-call.
-            self._relay = subprocess.Popen(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), str(source), str(ack),
-                 self._end.hex()], pass_fds=(source, ack), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL)
+            # It is born with Ctrl-C and SIGTERM blocked (a signal mask survives exec): one
+            # sent to the process group in its first ~30 ms, before it ignores them, killed
+            # it (filtering off) or printed its startup's KeyboardInterrupt traceback.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _PROGRAM_SIGNALS)
+            try:
+                self._relay = subprocess.Popen(
+                    [sys.executable, "-I", "-S", os.path.abspath(__file__), str(source),
+                     str(ack), self._end.hex()], pass_fds=(source, ack),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            finally:  # this process's own Ctrl-C, if one came meanwhile, arrives now
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         except OSError:  # stderr closed, no descriptors or processes left: stderr as it is
             self._close(*opened)
             return self
@@ -180,9 +188,10 @@ def _relay(source: int, ack: int, end: bytes) -> None:
     verdict), without the decoder's lines after a refusal; acknowledges each call on ``ack``.
     Input left at end of file (the program died inside a call) is written as it came."""
     # A Ctrl-C or SIGTERM meant for the program must not end its stderr first; this process
-    # ends when the program's end of the pipe closes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # ends when the program's end of the pipe closes. (Blocked since birth: ignoring them
+    # drops any that came during startup, and the mask can stay.)
+    for number in _PROGRAM_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
     pending = b""
     while chunk := os.read(source, 1 << 16):
         pending += chunk
