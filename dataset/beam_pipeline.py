@@ -51,6 +51,7 @@ finally:
     logging.root.removeFilter(_not_apitools_warning)
 
 from dataset.tasks import FileTask, encode_file
+from official.utils import files
 
 TASKS, SHARDS, COUNTS, ERRORS = "tasks.jsonl", "shards.json", "counts.json", "errors.json"
 # Runners that run in this process, lower case without "Runner" (Beam accepts both): an
@@ -108,7 +109,27 @@ def write_tasks(path: str, tasks: list[FileTask]) -> None:
 def build_and_run(beam_args: list[str], tasks_path: str, staging: str, dicom_options,
                   shard_bytes: int) -> None:
     """Builds the encode pipeline and runs it to its end (when the `with` block exits); its
-    results are the files it writes into ``staging``; shard_bytes 0 only collects errors."""
+    results are the files it writes into ``staging``; shard_bytes 0 only collects errors.
+
+    Raises:
+      OSError: a worker could not write into ``staging`` (a full disk, a quota, a read-only
+        file system, no permission), naming the output folder, as the local run does.
+      RuntimeError: Beam's, for any other failure of the pipeline.
+    """
+    try:
+        _build_and_run(beam_args, tasks_path, staging, dicom_options, shard_bytes)
+    except RuntimeError as error:
+        # A worker's exception reaches here as a RuntimeError whose text is its traceback
+        # ("Traceback (most recent call last): ... OSError: [Errno 28] No space left on
+        # device [while running 'EncodeFile/...']"): the user saw its first line only.
+        storage = files.storage_error(error, os.path.dirname(staging))
+        if storage is None:
+            raise
+        raise storage from error
+
+
+def _build_and_run(beam_args: list[str], tasks_path: str, staging: str, dicom_options,
+                   shard_bytes: int) -> None:
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         results = (pipeline
                    | "ReadTasks" >> beam.io.ReadFromText(tasks_path)

@@ -1,0 +1,54 @@
+"""tf_convert_data.py --runner=beam into a disk that fills up while Beam's workers write the
+records: one line naming the output folder and the reason, as the local run says it, and
+nothing left behind (the folder, its staging folder and spill files)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dataset import beam_pipeline
+from tests.conftest import REPO_ROOT
+
+if beam_pipeline.beam is None:  # dataset.beam_pipeline itself imports without Beam
+    pytest.skip("needs apache-beam (pip install -r requirements-beam.txt)",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 128 KiB file system: room for the driver's task list, not for the records."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)],
+                            capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"a full disk is a small tmpfs, which only root can mount: "
+                    f"{result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def _convert(dataset_dir, output_dir, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={dataset_dir}",
+         f"--output_dir={output_dir}", "--need_split=None", "--output_name=all",
+         "--num_workers=2", *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_a_disk_full_under_beams_workers_is_one_line_as_the_local_run_says_it(
+        full_disk, make_images_labels_dataset):
+    """The worker's OSError reached the driver as a RuntimeError holding its traceback, of
+    which the user saw the first line: "error: --runner=beam: the pipeline failed: Traceback
+    (most recent call last): (the local workers' log: /tmp/beam-workers-....log)"."""
+    root = make_images_labels_dataset({"Chest": 30, "Hand": 30}, size=64)  # ~600 KiB
+    output = full_disk / "out"
+    local = _convert(root, output, "--runner=local")
+    beam = _convert(root, output, "--runner=beam")  # Beam's local runner, two processes
+    expected = [f"error: {output}: No space left on device; the conversion into {output} did "
+                "not finish (a folder without its manifest.json is never read as a dataset)"]
+    assert (local.returncode, local.stderr.splitlines()) == (1, expected)
+    assert (beam.returncode, beam.stderr.splitlines()) == (1, expected)
+    assert list(full_disk.iterdir()) == []
