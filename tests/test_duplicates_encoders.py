@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
 
 from tests.test_dicom_copies import _found, _save
 
@@ -40,12 +40,13 @@ def _dcmcjpeg(source: str, target, *options) -> str:
     return str(target)
 
 
-def _pillow(source: str, target, quality: int = 90) -> str:
+def _pillow(source: str, target, quality: int = 90, optimize: bool = False) -> str:
     """``source``'s pixels as JPEG baseline by Pillow, in two fragments, basic offset table
-    empty (pydicom's default; dcmtk fills it)."""
+    empty (pydicom's default; dcmtk fills it); ``optimize``: Huffman tables optimised."""
     ds = pydicom.dcmread(source)
     buffer = io.BytesIO()
-    Image.fromarray(ds.pixel_array).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(ds.pixel_array).save(buffer, format="JPEG", quality=quality,
+                                         optimize=optimize)
     ds.PixelData = encapsulate([buffer.getvalue()], fragments_per_frame=2)
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
@@ -84,3 +85,25 @@ def test_jpeg_baseline_files_of_a_size_no_other_has_are_not_decoded(tmp_path):
     calls = []
     assert _found(paths, calls) == []
     assert "pixel_digest_task" not in {function for function, _ in calls}
+
+
+def test_an_8_bit_image_as_jpeg_baseline_and_as_jpeg_extended_is_one_set(tmp_path):
+    """An 8-bit JPEG stream is valid JPEG extended (Process 2) too, and encoders label it so
+    (1.2.840.10008.1.2.4.51). Two syntaxes of one size were decoded, but each by its own
+    preferred plugin: baseline by Pillow (libjpeg-turbo), extended by pylibjpeg-libjpeg, whose
+    IDCTs round differently; one image had two digests and its copies were not found."""
+    pixels = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    image = (pixels.astype(np.int64) - pixels.min()) * 255 // (pixels.max() - pixels.min())
+    source = _grey8(tmp_path, "source.dcm", image)
+    baseline = _pillow(source, tmp_path / "baseline.dcm")
+    extended = _pillow(source, tmp_path / "extended.dcm", optimize=True)  # other bytes
+    other = _pillow(_grey8(tmp_path, "other_source.dcm", np.roll(image, 1, axis=0)),
+                    tmp_path / "other.dcm", optimize=True)
+    for path in (extended, other):
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+        ds.save_as(path, enforce_file_format=True)
+    assert (pydicom.dcmread(baseline).pixel_array == pydicom.dcmread(extended).pixel_array
+            ).all()  # Pillow decodes both alike: the same image
+    paths = {"baseline.dcm": baseline, "extended.dcm": extended, "other.dcm": other}
+    assert _found(paths) == [["baseline.dcm", "extended.dcm"]]
