@@ -20,10 +20,10 @@ GIVEN = {"voi": "given", "window_center": 40.0, "window_width": 400.0, "bits": 1
 DEFAULTS = rendering_of(None)
 
 
-def _converted(folder, **dicom) -> str:
+def _converted(folder, classes=("Chest", "Hand"), **dicom) -> str:
     """Records converted by the converter's library with these DICOM options (the PNGs it
     converts need none: the manifest records the options all the same)."""
-    make_class_folders(folder / "source", {"Chest": 2, "Hand": 2})
+    make_class_folders(folder / "source", dict.fromkeys(classes, 2))
     convert(folder / "source", folder / "records", output_name="all",
             dicom=DicomOptions(**dicom))
     return str(folder / "records")
@@ -130,3 +130,30 @@ def test_the_predictor_renders_as_an_old_models_training_data_was(trained, tmp_p
     (warning,) = _warnings(caplog)
     assert warning.startswith(f"{model_dir}: its config.json does not record how its "
                               "training DICOMs were rendered")
+
+
+def test_an_old_models_data_dir_holding_another_conversion_is_not_its_training_data(
+        tmp_path, monkeypatch, caplog):
+    """The folder was converted again for other classes since (or, relative, it is read from
+    another working directory, where a folder of that name holds other data): its rendering
+    was taken as the model's, silently. Its classes are not the model's (a model's class
+    names are its training manifest's): the defaults, said as when the data is gone."""
+    model = str(tmp_path / "model")
+    other = _converted(tmp_path / "other", classes=("Abdomen", "Head"), voi="minmax")
+    replaced = _old_config(other)
+    rendering, unknown = model_paths.training_rendering(replaced)
+    assert rendering is None
+    assert unknown == (f"{other} holds another conversion now: classes ['Abdomen', 'Head'], "
+                       "not the model's ['Chest', 'Hand']")
+    assert model_paths.model_rendering(replaced, model) == DEFAULTS
+    (warning,) = _warnings(caplog)
+    assert warning.startswith(f"{model}: its config.json does not record how its training "
+                              f"DICOMs were rendered (trained before 2026-12-05), nor can its "
+                              f"training data say ({other} holds another conversion now")
+    # Relative, as an older trainer recorded it as typed: read from the working directory.
+    monkeypatch.chdir(tmp_path / "other")
+    assert model_paths.training_rendering(_old_config("records"))[0] is None
+    # Its own data there: read.
+    _converted(tmp_path / "mine", **GIVEN)
+    monkeypatch.chdir(tmp_path / "mine")
+    assert model_paths.training_rendering(_old_config("records")) == (GIVEN, None)

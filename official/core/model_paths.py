@@ -121,15 +121,26 @@ def training_rendering(config: dict) -> tuple[dict | None, str | None]:
     trainer read it, from its training data's manifest (converted.dicom_rendering) through the
     config's data_dir while that is there; an older config's data_dir was recorded as typed,
     so a relative one is read from the working directory (as evaluation's default folder is).
+    A conversion there of other classes than the model's (its class names are its training
+    manifest's) is not its training data: converted again since, or another working
+    directory's folder of that name.
     """
     if "dicom_rendering" in config:
         return config["dicom_rendering"], None
-    if not config.get("data_dir"):
+    data_dir = config.get("data_dir")
+    if not data_dir:
         return None, f"its {CONFIG_FILE} names no data_dir"
     try:
-        return converted.dicom_rendering(config["data_dir"]), None
+        classes = converted.read_manifest(data_dir)["classes"]
+        rendering = converted.dicom_rendering(data_dir)
     except (OSError, ValueError) as error:  # the folder is gone, or is no longer a conversion
         return None, str(error)
+    model_classes = config.get("class_names")
+    if model_classes is not None and ([clean_label(name) for name in classes]
+                                      != [clean_label(name) for name in model_classes]):
+        return None, (f"{data_dir} holds another conversion now: classes {classes}, not the "
+                      f"model's {model_classes}")
+    return rendering, None
 
 
 # The models model_rendering has said it renders with the defaults: once each.
