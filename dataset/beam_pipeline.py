@@ -114,7 +114,8 @@ def build_and_run(beam_args: list[str], tasks_path: str, staging: str, dicom_opt
     Raises:
       OSError: a worker could not write into ``staging`` (a full disk, a quota, a read-only
         file system, no permission), naming the output folder, as the local run does.
-      RuntimeError: Beam's, for any other failure of the pipeline.
+      RuntimeError: any other failure of the pipeline, its first line saying what (a
+        worker's exception, not the first line of its traceback).
     """
     try:
         _build_and_run(beam_args, tasks_path, staging, dicom_options, shard_bytes)
@@ -123,9 +124,12 @@ def build_and_run(beam_args: list[str], tasks_path: str, staging: str, dicom_opt
         # ("Traceback (most recent call last): ... OSError: [Errno 28] No space left on
         # device [while running 'EncodeFile/...']"): the user saw its first line only.
         storage = files.storage_error(error, os.path.dirname(staging))
-        if storage is None:
-            raise
-        raise storage from error
+        if storage is not None:
+            raise storage from error
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        if lines and lines[0].startswith("Traceback (most recent call last)"):
+            raise RuntimeError(lines[-1].removeprefix("RuntimeError: ")) from error
+        raise
 
 
 def _build_and_run(beam_args: list[str], tasks_path: str, staging: str, dicom_options,

@@ -4,6 +4,7 @@ nothing left behind (the folder, its staging folder and spill files)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ def test_a_disk_full_under_beams_workers_is_one_line_as_the_local_run_says_it(
     """The worker's OSError reached the driver as a RuntimeError holding its traceback, of
     which the user saw the first line: "error: --runner=beam: the pipeline failed: Traceback
     (most recent call last): (the local workers' log: /tmp/beam-workers-....log)"."""
-    root = make_images_labels_dataset({"Chest": 30, "Hand": 30}, size=64)  # ~600 KiB
+    root = make_images_labels_dataset({"Chest": 30, "Hand": 30}, size=64)  # ~190 KiB
     output = full_disk / "out"
     local = _convert(root, output, "--runner=local")
     beam = _convert(root, output, "--runner=beam")  # Beam's local runner, two processes
@@ -52,3 +53,25 @@ def test_a_disk_full_under_beams_workers_is_one_line_as_the_local_run_says_it(
     assert (local.returncode, local.stderr.splitlines()) == (1, expected)
     assert (beam.returncode, beam.stderr.splitlines()) == (1, expected)
     assert list(full_disk.iterdir()) == []
+
+
+def test_another_failure_of_beams_workers_says_the_workers_error_not_traceback(
+        tmp_path, make_images_labels_dataset):
+    """A worker's exception that is no storage error (here a write over the process's file
+    size limit, `ulimit -f`: EFBIG) was said as the first line of its traceback, "the pipeline
+    failed: Traceback (most recent call last):"; now as the worker's own last line."""
+    root = make_images_labels_dataset({"Chest": 30, "Hand": 30}, size=64)  # ~190 KiB
+    # Files of 64 KiB at most (bash counts KiB); Python ignores SIGXFSZ: a write gets EFBIG.
+    result = subprocess.run(
+        ["bash", "-c", 'ulimit -f 64 && exec "$@"', "bash", sys.executable,
+         str(REPO_ROOT / "tf_convert_data.py"), f"--dataset_dir={root}",
+         f"--output_dir={tmp_path / 'out'}", "--need_split=None", "--output_name=all",
+         "--num_workers=2", "--runner=beam"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: --runner=beam: the pipeline failed: OSError: [Errno 27] "
+                           "File too large [while running 'EncodeFile/ParDo(_EncodeFile)'] "
+                           "(the local workers' log: "), line
+    log = line.rsplit(": ", 1)[1].rstrip(")")
+    os.remove(log)  # kept for the user: the workers' tracebacks
+    assert not (tmp_path / "out").exists()
