@@ -29,6 +29,7 @@ from absl import app, flags
 from dataset.convert import ConvertConfig, convert_dataset
 from dataset.conversion_plan import ConversionError
 from dataset.manifest import format_summary
+from dataset.shards import MANIFEST
 from dataset.workers import WorkerLost
 from official.utils import cli
 
@@ -108,6 +109,15 @@ flags.DEFINE_string("beam_pipeline_options", "",
 flags.mark_flags_as_required(["dataset_dir", "output_dir"])
 
 
+def _left_behind(output_dir: str) -> str:
+    """What a run that did not finish left in ``output_dir``. The commit removes an earlier
+    conversion's manifest.json before anything else of it, so a manifest there now is an
+    earlier conversion left whole (the run stopped before its commit)."""
+    if os.path.exists(os.path.join(output_dir, MANIFEST)):
+        return "its earlier conversion is as it was"
+    return "a folder without its manifest.json is never read as a dataset"
+
+
 def main(argv) -> int:
     del argv  # cli.flags_parser refused any
     from dataset.dicom_options import DicomOptions
@@ -162,8 +172,8 @@ def main(argv) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except WorkerLost as error:
-        print(f"error: {error}; the conversion into {FLAGS.output_dir} did not finish",
-              file=sys.stderr)
+        print(f"error: {error}; the conversion into {FLAGS.output_dir} did not finish "
+              f"({_left_behind(FLAGS.output_dir)})", file=sys.stderr)
         return 1
     except OSError as error:  # a full disk or a read-only folder while writing the records,
         # or an input folder that cannot be read (its OSError names it); the staging folder
@@ -172,16 +182,15 @@ def main(argv) -> int:
             raise
         where = error.filename or FLAGS.output_dir
         print(f"error: {where}: {error.strerror or error}; the conversion into "
-              f"{FLAGS.output_dir} did not finish (a folder without its manifest.json is "
-              "never read as a dataset)", file=sys.stderr)
+              f"{FLAGS.output_dir} did not finish ({_left_behind(FLAGS.output_dir)})",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (cli.stop_on_sigterm)
         # The staging folder is gone by now; an interrupted commit leaves no manifest.json,
         # which every reader refuses, so there is never a complete-looking partial output.
         what, status = cli.interruption(stop)
         print(f"error: {what}; the conversion into {FLAGS.output_dir} did not finish "
-              "(rerun it; a folder without its manifest.json is never read as a dataset)",
-              file=sys.stderr)
+              f"(rerun it; {_left_behind(FLAGS.output_dir)})", file=sys.stderr)
         return status
     print(format_summary(manifest))
     total = sum(s["num_examples"] for s in manifest["splits"].values())

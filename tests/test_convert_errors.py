@@ -368,12 +368,20 @@ def test_a_failed_skip_run_marks_what_it_would_skip_apart_from_what_stopped_it(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("earlier", [False, True])
 def test_a_full_disk_while_the_records_are_written_is_one_line(tmp_path,
-                                                               make_images_labels_dataset):
+                                                               make_images_labels_dataset,
+                                                               earlier):
     # The disk fills as a shard is closed: its OSError names no file. One line naming the
-    # output folder, exit 1, no staging folder left (it was a 25-line traceback).
+    # output folder, exit 1, no staging folder left (it was a 25-line traceback). An earlier
+    # conversion there is left whole, and the line says so (it said the folder would not be
+    # read as a dataset).
     root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=16)
     out = tmp_path / "out"
+    before = {}
+    if earlier:
+        assert run_cli(f"--dataset_dir={root}", f"--output_dir={out}").returncode == 0
+        before = {path.name: path.read_bytes() for path in out.iterdir()}
     program = ("import errno, sys\n"
                "from absl import app\n"
                "from dataset import shards\n"
@@ -388,7 +396,11 @@ def test_a_full_disk_while_the_records_are_written_is_one_line(tmp_path,
     result = subprocess.run([sys.executable, "-c", program, str(root), str(out)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
+    left = ("its earlier conversion is as it was" if earlier
+            else "a folder without its manifest.json is never read as a dataset")
     assert error_line(result) == (f"error: {out}: No space left on device; the conversion into "
-                                  f"{out} did not finish (a folder without its manifest.json "
-                                  "is never read as a dataset)")
-    assert not out.exists()  # made by the run, left empty
+                                  f"{out} did not finish ({left})")
+    if earlier:
+        assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    else:
+        assert not out.exists()  # made by the run, left empty

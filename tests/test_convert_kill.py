@@ -345,5 +345,6 @@ def test_the_converter_says_a_worker_died_and_writes_nothing(tmp_path):
     assert stderr.splitlines() == [(
         "error: a worker process ended before finishing its task (killed, e.g. by the "
         "out-of-memory killer; if memory ran out, try fewer --num_workers); the conversion "
-        f"into {output_dir} did not finish")], stderr[-2000:]
+        f"into {output_dir} did not finish (a folder without its manifest.json is never read "
+        "as a dataset)")], stderr[-2000:]
     assert not output_dir.exists()  # made by this run, removed with its staging folder
