@@ -96,6 +96,28 @@ def _running(folder) -> tuple[list[int], list[int]]:
         f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
 
 
+def _stopped_run_ends_cleanly(process, tmp_path, markers, started, never: str, stop,
+                              status: int, what: str) -> None:
+    """Once ``markers`` holds two marker files, ``stop(process)``; then the converter ends
+    within 20 s with ``status`` and one line (``what``), no output folder, and every Beam
+    worker named in ``started`` ended, not orphaned (a zombie until reaped)."""
+    try:
+        _wait_for_markers(markers, process, never)
+        stop(process)
+        _, stderr = _communicate_or_fail(process, 20, what)
+        # Checked before the clean-up below kills whatever is left of the process group.
+        workers, left = _running(started)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == status, stderr[-3000:]
+    assert stderr.splitlines() == [f"error: {what}; the conversion into {tmp_path / 'out'} "
+                                   "did not finish (rerun it; a folder without its "
+                                   "manifest.json is never read as a dataset)"]
+    assert not (tmp_path / "out").exists()
+    assert workers and not left, (workers, left)
+
+
 def _slow_to_start(tmp_path) -> tuple[Path, Path]:
     """(a folder whose sitecustomize.py makes each of Beam's workers write a marker file
     named by its pid, then take a minute to start, ignoring Ctrl-C meanwhile; the folder
@@ -126,25 +148,15 @@ def test_one_ctrl_c_while_beam_workers_start_ends_the_run(tmp_path, make_images_
     root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
     slow, started = _slow_to_start(tmp_path)
     process = _beam_converter(tmp_path, root, slow)
-    try:
-        _wait_for_markers(started, process, "Beam's workers never started")
+
+    def ctrl_c(process):
         if sent_to == "group":
             os.killpg(process.pid, signal.SIGINT)
         else:  # kill() prefers the thread named, if it takes the signal
             os.kill(_a_thread_that_takes_ctrl_c(process.pid), signal.SIGINT)
-        _, stderr = _communicate_or_fail(process, 20, "the Ctrl-C")
-        # Checked before the clean-up below kills whatever is left of the process group.
-        workers, left = _running(started)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130, stderr[-3000:]
-    assert stderr.splitlines() == [f"error: interrupted; the conversion into {tmp_path / 'out'} "
-                                   "did not finish (rerun it; a folder without its "
-                                   "manifest.json is never read as a dataset)"]
-    assert not (tmp_path / "out").exists()
-    # The workers were ended, not left to start later (orphaned).
-    assert workers and not left, (workers, left)
+
+    _stopped_run_ends_cleanly(process, tmp_path, started, started,
+                              "Beam's workers never started", ctrl_c, 130, "interrupted")
 
 
 def test_a_sigterm_to_the_converter_alone_while_beam_workers_start_ends_the_run(
@@ -159,22 +171,11 @@ def test_a_sigterm_to_the_converter_alone_while_beam_workers_start_ends_the_run(
     root = make_images_labels_dataset({"Chest": 2, "Hand": 2}, size=20)
     slow, started = _slow_to_start(tmp_path)
     process = _beam_converter(tmp_path, root, slow)
-    try:
-        _wait_for_markers(started, process, "Beam's workers never started")
-        process.terminate()  # the main process alone, as Slurm or Kubernetes stops a job
-        # Prompt: well before the workers' minute of start-up is over.
-        _, stderr = _communicate_or_fail(process, 20, "the SIGTERM")
-        # Checked before the clean-up below kills whatever is left of the process group.
-        workers, left = _running(started)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 143, stderr[-3000:]
-    assert stderr.splitlines() == [f"error: terminated (SIGTERM); the conversion into "
-                                   f"{tmp_path / 'out'} did not finish (rerun it; a folder "
-                                   "without its manifest.json is never read as a dataset)"]
-    assert not (tmp_path / "out").exists()
-    assert workers and not left, (workers, left)  # ended (a zombie until reaped), not orphaned
+    # The main process alone, as Slurm or Kubernetes stops a job; prompt: well before the
+    # workers' minute of start-up is over.
+    _stopped_run_ends_cleanly(process, tmp_path, started, started,
+                              "Beam's workers never started", subprocess.Popen.terminate, 143,
+                              "terminated (SIGTERM)")
 
 
 def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run(
@@ -211,18 +212,7 @@ def test_a_sigterm_to_the_converter_alone_as_beam_stops_its_workers_ends_the_run
         f"elif os.getppid() == {os.getpid()}:  # the converter itself\n"
         "    atexit.register(time.sleep, 1)\n")
     process = _beam_converter(tmp_path, root, slow)
-    try:
-        _wait_for_markers(ending, process, "Beam's last worker never began to exit")
-        process.terminate()  # the main process alone, as Slurm or Kubernetes stops a job
-        _, stderr = _communicate_or_fail(process, 20, "the SIGTERM")
-        # Checked before the clean-up below kills whatever is left of the process group.
-        workers, left = _running(started)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 143, stderr[-3000:]
-    assert stderr.splitlines() == [f"error: terminated (SIGTERM); the conversion into "
-                                   f"{tmp_path / 'out'} did not finish (rerun it; a folder "
-                                   "without its manifest.json is never read as a dataset)"]
-    assert not (tmp_path / "out").exists()
-    assert workers and not left, (workers, left)  # ended (a zombie until reaped), not orphaned
+    # The main process alone, as Slurm or Kubernetes stops a job.
+    _stopped_run_ends_cleanly(process, tmp_path, ending, started,
+                              "Beam's last worker never began to exit",
+                              subprocess.Popen.terminate, 143, "terminated (SIGTERM)")
