@@ -43,8 +43,9 @@ def _start_worker(started, initializer, initargs: tuple) -> None:
 
 
 _HELD = {signal.SIGINT, signal.SIGTERM}
-# How long imap waits for a result before it checks that no worker has died.
-_LIVENESS_SECONDS = 1.0
+# How long imap waits for a result before it checks that no worker has died; a Ctrl-C or
+# SIGTERM held back during the wait is raised then, at the latest.
+_LIVENESS_SECONDS = 0.25
 
 
 @contextlib.contextmanager
@@ -143,14 +144,19 @@ class WorkerPool:
 
         results = self._pool.imap(functools.partial(_run_chunk, function), feed())
         while True:
-            try:
-                chunk_results = results.next(timeout=_LIVENESS_SECONDS)
-            except StopIteration:
-                return
-            except multiprocessing.TimeoutError:
-                self._check_workers()  # raises from within the except: say it without the timeout
-                continue
-            slots.release()
+            # A Ctrl-C raised inside the wait's locks (a Condition's __enter__ that had taken
+            # its lock: CPython then never runs the __exit__) left the result's lock held, and
+            # close() waited for ever for the task handler, blocked on it (a group Ctrl-C
+            # mid-conversion, once in the suite under load). It is raised after the wait.
+            with _signals_held():
+                try:
+                    chunk_results = results.next(timeout=_LIVENESS_SECONDS)
+                except StopIteration:
+                    return
+                except multiprocessing.TimeoutError:
+                    self._check_workers()  # raises from within the except: without the timeout
+                    continue
+                slots.release()
             yield from chunk_results
 
     def _check_workers(self) -> None:

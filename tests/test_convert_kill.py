@@ -128,6 +128,33 @@ def test_pool_workers_leave_ctrl_c_to_the_parent():
     assert dispositions == [signal.SIG_IGN, signal.SIG_DFL] * 2
 
 
+def test_a_ctrl_c_while_the_pool_waits_for_a_result_is_raised_outside_its_locks():
+    """A Ctrl-C raised inside the wait for a result can leave multiprocessing's result lock
+    held (a Condition's __enter__ that took its lock and was then interrupted: CPython does
+    not run the __exit__), and close() then waited for ever for the task handler blocked on
+    it (once in the suite, under load). It is raised after the wait, in the pool's code, as
+    promptly (the wait is 0.25 s at most)."""
+    program = ("import os, signal, threading, time, traceback\n"
+               "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+               "from dataset.workers import WorkerPool\n"
+               "pool = WorkerPool(2, int, ())\n"
+               "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+               "start = time.monotonic()\n"
+               "try:\n"
+               "    list(pool.imap(time.sleep, [30], chunksize=1))\n"
+               "except KeyboardInterrupt as stop:\n"
+               "    print(traceback.extract_tb(stop.__traceback__)[-1].filename)\n"
+               "    print(time.monotonic() - start)\n"
+               "finally:\n"
+               "    pool.close()\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    raised_in, seconds = result.stdout.split()
+    assert raised_in == str(REPO_ROOT / "dataset" / "workers.py"), raised_in
+    assert 0.5 <= float(seconds) < 2.0
+
+
 def test_workers_stopped_while_they_start_say_nothing():
     """A forked worker inherits the converter's SIGTERM handler until it resets it; the pool's
     terminate() in that window (a conversion failing at once) raised it in the worker's
