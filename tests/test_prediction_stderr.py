@@ -5,6 +5,7 @@ that: a genuine message, even of a process that dies mid-call, still gets throug
 from __future__ import annotations
 
 import csv
+import signal
 import subprocess
 import sys
 import textwrap
@@ -211,7 +212,10 @@ def test_a_ctrl_c_as_the_relay_starts_neither_kills_it_nor_prints_its_traceback(
                 except ValueError:
                     pass
             """)], capture_output=True, cwd=REPO_ROOT, timeout=60, env=trainer_env(),
-            start_new_session=True)  # its own group: the test's stays out of it
+            start_new_session=True,  # its own group: the test's stays out of it
+            # Ctrl-C's default, as a terminal's program has: a test runner started in the
+            # background ignores SIGINT, and its children inherit that.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         assert (result.returncode, result.stderr) == (0, b"interrupted\n"), delay
 
 
