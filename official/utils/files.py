@@ -76,9 +76,12 @@ def nearest_existing(path: str) -> str:
     return probe
 
 
-# A full disk, a quota, a read-only file system, no permission: the OSError of a write, often
-# naming no file. Other errnos (EBADF, EMFILE, EINVAL, ...) are bugs, not the user's to mend.
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# A full disk, a quota, a read-only file system, no permission, a file past the file system's
+# or the process's size limit (FAT32's 4 GiB, `ulimit -f`; Python ignores SIGXFSZ): the
+# OSError of a write, often naming no file. Other errnos (EBADF, EMFILE, EINVAL, ...) are
+# bugs, not the user's to mend.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                  errno.EFBIG)
 
 
 def storage_error(error: Exception, path: str) -> OSError | None:
