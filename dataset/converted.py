@@ -117,7 +117,12 @@ def dicom_rendering(data_dir: str) -> dict | None:
     --dicom_bits), from the manifest; the trainer records it in config.json so that prediction
     renders a new DICOM file as the model's training images were. None when the manifest
     does not say (older conversions: the defaults)."""
-    options = read_manifest(data_dir).get("flags", {}).get("dicom")
+    return manifest_rendering(read_manifest(data_dir))
+
+
+def manifest_rendering(manifest: dict) -> dict | None:
+    """``dicom_rendering`` of a manifest already read (read_manifest's)."""
+    options = manifest.get("flags", {}).get("dicom")
     if not isinstance(options, dict):
         return None
     return {field: options[field] for field in dicom_options.RENDERING_FIELDS

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from official.core import restore
+from official.core.model_paths import checkpoint_step
 from official.utils import files
 
 
@@ -117,7 +118,7 @@ def saved_when_interrupted(manager: tf.train.CheckpointManager, step: tf.Variabl
     except KeyboardInterrupt:
         reached = int(step.numpy())
         latest = manager.latest_checkpoint
-        if not (enabled and reached) or (latest and int(latest.rsplit("-", 1)[1]) == reached):
+        if not (enabled and reached) or (latest and checkpoint_step(latest) == reached):
             raise
         if reason := unsaveable():
             logging.warning("interrupted %s: no checkpoint saved at step %d (the last one: %s)",

@@ -19,7 +19,7 @@ from dataset import converted, features
 from dataset.images import ImageError
 from dataset.sources import clean_label
 from official.core.config import CONFIG_FILE
-from official.core.model_paths import check_data_classes, class_index
+from official.core.model_paths import check_data_classes, checkpoint_step, class_index
 from official.utils import files
 from official.utils import progress as reporting
 from official.utils.decoder_noise import DecoderNoise
@@ -92,7 +92,7 @@ def report_step(predictor) -> int:
     was exported at (its config's "exported_step"; 0 when not recorded). A SavedModel's report
     was drawn at step 0 whatever step it held."""
     if "ckpt-" in predictor.source:
-        return int(predictor.source.rsplit("-", 1)[-1])
+        return checkpoint_step(predictor.source)
     return int(predictor.config.get("exported_step") or 0)
 
 

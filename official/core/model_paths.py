@@ -79,6 +79,12 @@ def neither_model_error(model_path: str) -> FileNotFoundError:
                              f"training model_dir ({CONFIG_FILE})")
 
 
+def checkpoint_step(checkpoint: str) -> int:
+    """The step of a checkpoint's path (``model_dir/ckpt-N``, as tf.train.CheckpointManager
+    names them)."""
+    return int(checkpoint.rsplit("-", 1)[1])
+
+
 def latest_checkpoint(model_dir: str) -> str | None:
     """model_dir's newest checkpoint prefix, as tf.train.latest_checkpoint names it, read
     from its `checkpoint` file; None when there is none, or when the file says it in a way
@@ -131,10 +137,10 @@ def training_rendering(config: dict) -> tuple[dict | None, str | None]:
     if not data_dir:
         return None, f"its {CONFIG_FILE} names no data_dir"
     try:
-        classes = converted.read_manifest(data_dir)["classes"]
-        rendering = converted.dicom_rendering(data_dir)
+        manifest = converted.read_manifest(data_dir)
     except (OSError, ValueError) as error:  # the folder is gone, or is no longer a conversion
         return None, str(error)
+    classes, rendering = manifest["classes"], converted.manifest_rendering(manifest)
     model_classes = config.get("class_names")
     if model_classes is not None and ([clean_label(name) for name in classes]
                                       != [clean_label(name) for name in model_classes]):

@@ -17,6 +17,7 @@ from absl import logging
 
 from official.core import steps
 from official.core.config import TrainConfig
+from official.core.model_paths import checkpoint_step
 from official.utils.logs import hooks as hooks_lib
 from official.utils.logs import logger as logger_lib
 from official.utils.logs import summaries
@@ -110,7 +111,7 @@ class TrainingLog:
         except KeyboardInterrupt:
             end_step, num_steps, totals = last_call.read()
             latest = manager.latest_checkpoint
-            if num_steps > 0 and latest and int(latest.rsplit("-", 1)[1]) == end_step:
+            if num_steps > 0 and latest and checkpoint_step(latest) == end_step:
                 metrics = call_metrics(totals, num_steps, None, schedule, optimizer)
                 if any(self._drawn_at.get(name, -1) < end_step for name, value in metrics.items()
                        if value is not None and name not in _NOT_DRAWN):
