@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from absl import app, flags  # noqa: E402
 
 from official.core.config import CONFIG_FILE  # noqa: E402  (no TensorFlow)
+from official.core.model_paths import checkpoint_step  # noqa: E402  (no TensorFlow)
 from official.utils import cli, files  # noqa: E402
 
 PROGRAM = "collect_results.py"
@@ -86,7 +87,7 @@ def _params_and_step(model_dir: str) -> tuple[int | None, int | None]:
     if not trainable:
         trainable = [shape for name, shape in variables
                      if name.startswith("model/") and "moving_" not in name]
-    return sum(math.prod(shape) for shape in trainable), int(checkpoint.rsplit("-", 1)[1])
+    return sum(math.prod(shape) for shape in trainable), checkpoint_step(checkpoint)
 
 
 def _report_step(metrics: dict) -> int:
