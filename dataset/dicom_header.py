@@ -63,10 +63,13 @@ class DicomInfo:
     # not known (a deflated file, none): copies of one image under other headers (a scan
     # anonymised twice) are found by it. Set by read_dicom_info only.
     pixel_data: tuple[int, int | None] | None = None
-    # For compressed (encapsulated) pixel data only: ((Rows, Columns, frames, SamplesPerPixel,
-    # BitsAllocated), transfer syntax UID), which files could decode to the same pixels
-    # (dataset.duplicates decoded_copies). Set by read_dicom_info only.
-    pixel_layout: tuple[tuple[int, int, int, int, int], str] | None = None
+    # For compressed (encapsulated) pixel data only: ((Rows, Columns, frames,
+    # SamplesPerPixel, BitsAllocated), transfer syntax UID, instance key), which files could
+    # decode to the same pixels (dataset.duplicates decoded_copies).
+    # The instance key is a keyed hash of the SOP Instance UID (None without one), never the
+    # UID: a lossless re-encode keeps the UID, so two encoders' copies share the key.
+    # Set by read_dicom_info only.
+    pixel_layout: tuple[tuple[int, int, int, int, int], str, str | None] | None = None
 
 
 def read_dicom_info(path: str | Path, options: DicomOptions, *, hash_key: bytes
@@ -81,9 +84,10 @@ def read_dicom_info(path: str | Path, options: DicomOptions, *, hash_key: bytes
     with quiet(), scrubbed(failure) as read:
         read.ds, pixel_data = read_dataset(path, options, header_only=True)
         ds = read.ds
+        syntax = str((getattr(ds, "file_meta", None) or {}).get("TransferSyntaxUID", ""))
         layout = ((int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), frame_count(ds),
                    int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)),
-                  str(ds.file_meta.get("TransferSyntaxUID", ""))
+                  syntax, _instance_key(ds, hash_key)
                   ) if pixel_data and pixel_data[1] is None else None
         return dataclasses.replace(header_info(ds, hash_key), pixel_data=pixel_data,
                                    pixel_layout=layout)
@@ -274,6 +278,14 @@ def header_info(ds: Dataset, hash_key: bytes) -> DicomInfo:
            if identity else None)
     return DicomInfo(body_part=_text(ds, "BodyPartExamined") or None, patient_key=key,
                      modality=_text(ds, "Modality") or None)
+
+
+def _instance_key(ds: Dataset, hash_key: bytes) -> str | None:
+    """HMAC-SHA256 of the SOP Instance UID, None without one. Prefixed, as the patient's
+    identity is, so that no instance key equals a patient key."""
+    uid = _text(ds, "SOPInstanceUID")
+    return (hmac.new(hash_key, ("sop:" + uid).encode("utf-8"), hashlib.sha256).hexdigest()
+            if uid else None)
 
 
 def _scrub(message: str, ds: Dataset | None) -> str:

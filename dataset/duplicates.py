@@ -10,10 +10,15 @@ those differ in their first 64 KiB, so few files are read whole. A compressed DI
 pixel data differs from a copy's in another transfer syntax (JPEG 2000 and RLE of one scan),
 or by another JPEG baseline encoder, although the pixels decoded are the same: those are
 compared decoded, but only where the header's size says another file could hold the same
-pixels. Only equal pixels join files: a lossy copy is not found (another quality, another
-encoder's quantisation), and never is a different image. Copies by two encoders in one
-lossless syntax (RLE, JPEG lossless, JPEG-LS, JPEG 2000) are not looked for: finding them
-would decode every file of such a folder (``_DECODED_WITHIN_SYNTAX`` says what it costs).
+pixels. Within one syntax, copies by two encoders (dcmtk, pydicom; other options or
+fragments) are compared decoded where they share their SOP Instance UID (as a keyed hash) and
+layout: a lossless re-encode keeps the UID (DICOM gives a new one only to a lossy one, PS3.3
+C.7.6.1.1.5; dcmcrle, dcmcjpls and dcmcjpeg keep it when lossless, pydicom's ``compress``
+makes a new one unless told not to). Only equal pixels join files: a lossy copy is not found
+(another quality, another encoder's quantisation), and never is a different image. Not found
+either: copies within one syntax under new UIDs (anonymised, or re-encoded by a tool that
+renews the UID) other than in JPEG baseline: finding them would decode every file of such a
+folder (``_DECODED_WITHIN_SYNTAX`` says what it costs).
 """
 
 from __future__ import annotations
@@ -71,12 +76,12 @@ def identical_files(paths: dict[str, str], imap,
     alike = ([same for same in alike if same[0] not in longer]
              + _alike([same for same in alike if same[0] in longer], paths, spans, imap, None))
     return _merged(alike + decoded_copies(paths, parts, layouts or {}, imap,
-                                          dicom_options or DicomOptions()))
+                                          dicom_options or DicomOptions(), same_bytes=alike))
 
 
 def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None]],
-                   layouts: dict[str, tuple], imap, dicom_options: DicomOptions
-                   ) -> list[list[str]]:
+                   layouts: dict[str, tuple], imap, dicom_options: DicomOptions,
+                   same_bytes: list[list[str]] = ()) -> list[list[str]]:
     """Sets of DICOM files whose decoded pixels are equal (``dataset.dicom.pixel_digest``)
     where one at least is compressed (``layouts``, from the header pass, names those).
 
@@ -85,12 +90,14 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
     differently are: those of an uncompressed size (from a compressed file's header, an
     uncompressed file's pixel-data length) held in two transfer syntaxes or more (an
     uncompressed file is decoded too: a big-endian one's bytes are not the decoded values),
-    and those of a size held by two JPEG baseline files (``_DECODED_WITHIN_SYNTAX``). Other
-    files of one size compressed one way are not decoded: their copies by two encoders are
-    not found. Two uncompressed files are left to the byte comparison (little-endian bytes
-    are the values). A file that cannot be decoded is in no set (the encode pass says why)."""
+    those of a size held by two JPEG baseline files (``_DECODED_WITHIN_SYNTAX``), and
+    those of one layout sharing an instance key (``_sharing_an_instance``). Other files of one
+    size compressed one way are not decoded. Two uncompressed files are left to the byte
+    comparison (little-endian bytes are the values), and of files with the same bytes
+    (``same_bytes``, sets the byte comparison found) one is decoded for all. A file that
+    cannot be decoded is in no set (the encode pass says why)."""
     by_size = collections.defaultdict(dict)  # uncompressed bytes -> {relpath: its syntax}
-    for relpath, (layout, syntax) in sorted(layouts.items()):
+    for relpath, (layout, syntax, _) in sorted(layouts.items()):
         if relpath in paths and (size := (math.prod(layout) + 7) // 8) > 0:
             by_size[size][relpath] = syntax  # (rows x columns x frames x samples x bits)
     if not by_size:
@@ -103,10 +110,44 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
     candidates = [sorted(syntaxes) for syntaxes in by_size.values()
                   if len(set(syntaxes.values())) > 1
                   or sum(syntax in _DECODED_WITHIN_SYNTAX for syntax in syntaxes.values()) > 1]
-    relpaths = [relpath for same in candidates for relpath in same]
+    decoded = {relpath for same in candidates for relpath in same}
+    first = {relpath: same[0] for same in same_bytes for relpath in same}
+    candidates = [_one_per_content(same, first) for same in candidates] + [
+        same for same in _sharing_an_instance(layouts, paths, decoded, first)
+        if len(same) <= MAX_FILES_PER_INSTANCE]
+    relpaths = [relpath for same in candidates if len(same) > 1 for relpath in same]
     digests = dict(zip(relpaths, imap(pixel_digest_task, [(paths[r], dicom_options)
                                                          for r in relpaths], chunksize=1)))
-    return _split_by_digest(candidates, digests)
+    return _split_by_digest([same for same in candidates if len(same) > 1], digests)
+
+
+def _sharing_an_instance(layouts: dict[str, tuple], paths: dict[str, str],
+                         decoded: set[str], first: dict[str, str]) -> list[list[str]]:
+    """Sets of files not already ``decoded`` that share a layout and an instance key (hash of
+    the SOP Instance UID), one file per content (``first``: relpath -> its byte-set's first),
+    keeping those of two or more. Most files' UIDs are their own: they cost nothing."""
+    by_instance = collections.defaultdict(list)
+    for relpath, (layout, _, instance) in sorted(layouts.items()):
+        if instance is not None and relpath in paths and relpath not in decoded:
+            by_instance[instance, layout].append(relpath)
+    return [same for same in (_one_per_content(same, first) for same in by_instance.values())
+            if len(same) > 1]
+
+
+# Copies of one image by encoders come a few at a time (the original and a copy per syntax or
+# tool); one UID on more files of a layout than this is a tool's constant (an anonymiser that
+# writes one UID everywhere, a series split into frames under its UID): decoding them all would
+# cost what decoding the folder does.
+MAX_FILES_PER_INSTANCE = 8
+
+
+def _one_per_content(same: list[str], first: dict[str, str]) -> list[str]:
+    """``same`` with one file of each set of equal bytes (``first``: relpath -> its set's
+    first file): the others are joined to it by the byte comparison, and decode alike."""
+    kept = {}
+    for relpath in same:
+        kept.setdefault(first.get(relpath, relpath), relpath)
+    return sorted(kept.values())
 
 
 # One image as JPEG baseline by two encoders has different bytes and, where they quantise
@@ -116,7 +157,8 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
 # tasks.encode_file, one process): 4 ms against 24 for a 512x512 CT slice, 7 against 80-90
 # for a 768x1024 US frame; a conversion of 120 such slices took 15-20% longer. Not the other
 # syntaxes, every file of a CT series being of one size: JPEG extended (0.2-0.3 of the
-# encode), RLE (0.2-0.6), JPEG lossless (0.35-0.65) would add up to two thirds.
+# encode), RLE (0.2-0.6), JPEG lossless (0.35-0.65) would add up to two thirds. Their copies
+# by two encoders are found by a shared SOP Instance UID instead (_sharing_an_instance).
 _DECODED_WITHIN_SYNTAX = frozenset({"1.2.840.10008.1.2.4.50"})  # JPEG Baseline (Process 1)
 
 

@@ -4,11 +4,13 @@ decoded_copies). Found, kept in one split; other images of the same size never j
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
-from pydicom.uid import RLELossless
+from pydicom.uid import RLELossless, generate_uid
 
 from dataset import duplicates
 from dataset.dicom_header import read_dicom_info
@@ -82,14 +84,57 @@ def test_only_files_of_one_size_in_two_syntaxes_are_decoded(tmp_path):
     _found(paths, calls)
     assert "rle.dcm" not in {name.rsplit("/", 1)[-1] for function, name in calls
                              if function == "pixel_digest_task"}
-    # Two files of one size, both RLE (the same image's copies would have the same bytes).
+    # Two files of one size, both RLE, each its own instance (UID): not decoded.
+    rolled = np.roll(pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array, 1, axis=0)
     paths = {"a.dcm": get_testdata_file("MR_small_RLE.dcm"),
              "b.dcm": _save(get_testdata_file("MR_small.dcm"), tmp_path / "b.dcm",
-                            pixels=np.roll(pydicom.dcmread(get_testdata_file(
-                                "MR_small.dcm")).pixel_array, 1, axis=0))}
+                            pixels=rolled.copy(), SOPInstanceUID=generate_uid())}
     calls.clear()
     assert _found(paths, calls) == []
     assert "pixel_digest_task" not in {function for function, _ in calls}
+    # Under one UID (an edited image that kept it): decoded, and not joined.
+    paths["b.dcm"] = _save(get_testdata_file("MR_small.dcm"), tmp_path / "b.dcm",
+                           pixels=rolled.copy(), SOPInstanceUID=pydicom.dcmread(
+                               paths["a.dcm"]).SOPInstanceUID)
+    assert _found(paths, calls) == []
+    decoded = sorted(name for function, name in calls if function == "pixel_digest_task")
+    assert decoded == sorted(paths.values())
+
+
+def test_files_sharing_a_uid_are_decoded_once_per_content_and_not_past_a_few(tmp_path):
+    """Exact copies (one UID, the same bytes) are the byte comparison's: none is decoded. One
+    UID on more files of a layout than MAX_FILES_PER_INSTANCE is a tool's constant, not one
+    image's copies: none of those is decoded either."""
+    source = get_testdata_file("MR_small_RLE.dcm")
+    uid = pydicom.dcmread(source).SOPInstanceUID
+    paths = {f"copy{index}.dcm": shutil.copy(source, tmp_path / f"copy{index}.dcm")
+             for index in range(3)}
+    calls = []
+    assert _found(paths, calls) == [sorted(paths)]
+    assert "pixel_digest_task" not in {function for function, _ in calls}
+    pixels = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    paths = {f"image{index}.dcm": _save(get_testdata_file("MR_small.dcm"),
+                                        tmp_path / f"image{index}.dcm",
+                                        pixels=np.roll(pixels, index, axis=0),
+                                        SOPInstanceUID=uid)
+             for index in range(duplicates.MAX_FILES_PER_INSTANCE + 1)}
+    assert _found(paths, calls) == []
+    assert "pixel_digest_task" not in {function for function, _ in calls}
+    paths.popitem()  # as many as MAX_FILES_PER_INSTANCE: decoded, none joined
+    assert _found(paths, calls) == []
+    assert sum(function == "pixel_digest_task" for function, _ in calls) == len(paths)
+
+
+def test_the_header_carries_a_keyed_hash_of_the_instance_uid_never_the_uid():
+    path = get_testdata_file("MR_small_RLE.dcm")
+    uid = str(pydicom.dcmread(path).SOPInstanceUID)
+    info = read_dicom_info(path, DicomOptions(), hash_key=b"k")
+    other_key = read_dicom_info(path, DicomOptions(), hash_key=b"another key")
+    assert info.pixel_layout[2] and uid not in repr(info)
+    assert other_key.pixel_layout[2] != info.pixel_layout[2]
+    # The same UID in another file (a JPEG 2000 copy) has the same key.
+    assert read_dicom_info(get_testdata_file("MR_small_jp2klossless.dcm"), DicomOptions(),
+                           hash_key=b"k").pixel_layout[2] == info.pixel_layout[2]
 
 
 def _pairs_in_two_syntaxes(root, count: int) -> list[tuple[str, str]]:

@@ -1,7 +1,10 @@
-"""One image written as JPEG baseline by two encoders (dcmtk's IJG codec and Pillow's
+"""One image written by two encoders within one syntax: different bytes, the same decoded
+pixels (dataset.duplicates.decoded_copies). As JPEG baseline (dcmtk's IJG codec and Pillow's
 libjpeg-turbo at one quality, Huffman tables optimised or standard, one fragment or several):
-different bytes, the same decoded pixels (dataset.duplicates.decoded_copies). Found within the
-one syntax; a lossy copy at another quality, or another image, is not."""
+found within the one syntax; a lossy copy at another quality, or another image, is not. In a
+lossless syntax (RLE, JPEG lossless, JPEG-LS, JPEG 2000), and in JPEG extended where the UID
+was kept: found by their shared SOP Instance UID, decoding nothing else; kept in one split by
+the converter, local and Beam alike."""
 
 from __future__ import annotations
 
@@ -14,12 +17,16 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import (JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless,
+                         generate_uid)
 
+from dataset import beam_pipeline
+from tests.test_convert import convert, split_of_files
 from tests.test_dicom_copies import _found, _save
 
 DCMCJPEG = shutil.which("dcmcjpeg")
+DCMTK = {tool: shutil.which(tool) for tool in ("dcmcrle", "dcmcjpls", "dcmcjpeg")}
 
 
 def _grey8(tmp_path, name, pixels) -> str:
@@ -107,3 +114,142 @@ def test_an_8_bit_image_as_jpeg_baseline_and_as_jpeg_extended_is_one_set(tmp_pat
             ).all()  # Pillow decodes both alike: the same image
     paths = {"baseline.dcm": baseline, "extended.dcm": extended, "other.dcm": other}
     assert _found(paths) == [["baseline.dcm", "extended.dcm"]]
+
+
+def _grey12(path, pixels, **attributes) -> str:
+    """An uncompressed 12-bit MONOCHROME2 DICOM file of ``pixels`` (JPEG extended holds 12
+    bits at most), from pydicom's MR_small (and its SOP Instance UID) with ``attributes``."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+    for keyword in ("WindowCenter", "WindowWidth", "SmallestImagePixelValue",
+                    "LargestImagePixelValue"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return _save(ds, path, PixelData=pixels.astype(np.uint16).tobytes(), **attributes)
+
+
+def _dcmtk(tool: str, *options):
+    """An encoder: ``tool`` (dcmtk; keeps the SOP Instance UID, +un for a lossy syntax)."""
+    def encode(source: str, target) -> str:
+        subprocess.run([DCMTK[tool], *options, source, str(target)], check=True,
+                       capture_output=True)
+        return str(target)
+    return encode
+
+
+def _pydicom(syntax: str):
+    """An encoder: pydicom's ``compress`` told to keep the UID (it makes a new one by
+    default)."""
+    def encode(source: str, target) -> str:
+        ds = pydicom.dcmread(source)
+        ds.compress(syntax, generate_instance_uid=False)
+        ds.save_as(target, enforce_file_format=True)
+        return str(target)
+    return encode
+
+
+def _refragmented(encode):
+    """An encoder: ``encode``'s codestream written in two fragments, its offset table empty."""
+    def refragment(source: str, target) -> str:
+        ds = pydicom.dcmread(encode(source, target))
+        frames = list(generate_frames(ds.PixelData, number_of_frames=1))
+        ds.PixelData = encapsulate(frames, fragments_per_frame=2, has_bot=False)
+        ds.save_as(target, enforce_file_format=True)
+        return str(target)
+    return refragment
+
+
+# Per syntax, two encoders of one image (or one encoder with other settings): their bytes differ.
+LOSSLESS_ENCODERS = {
+    "RLE": (_dcmtk("dcmcrle"), _pydicom(RLELossless)),
+    "JPEG-LS lossless": (_dcmtk("dcmcjpls"), _dcmtk("dcmcjpls", "+pc", "-ot")),
+    "JPEG lossless SV1": (_dcmtk("dcmcjpeg", "+e1"), _dcmtk("dcmcjpeg", "+e1", "+fs", "1")),
+    "JPEG 2000 lossless": (_pydicom(JPEG2000Lossless),
+                           _refragmented(_pydicom(JPEG2000Lossless))),
+    # Lossy: DICOM gives a lossy copy a new UID (dcmtk does unless +un); found where kept.
+    "JPEG extended, UID kept": (_dcmtk("dcmcjpeg", "+ee", "+un"),
+                                _dcmtk("dcmcjpeg", "+ee", "+un", "+fs", "1")),
+}
+
+
+@pytest.mark.parametrize("syntax", sorted(LOSSLESS_ENCODERS))
+def test_two_encoders_copies_within_one_syntax_are_found_by_their_shared_uid(tmp_path, syntax):
+    if not all(DCMTK.values()):
+        pytest.skip("needs dcmtk's dcmcrle, dcmcjpls, dcmcjpeg (apt install dcmtk)")
+    first, second = LOSSLESS_ENCODERS[syntax]
+    pixels = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.astype(np.int64)
+    image = (pixels - pixels.min()) * 4095 // (pixels.max() - pixels.min())
+    source = _grey12(tmp_path / "source.dcm", image)
+    paths = {"first.dcm": first(source, tmp_path / "first.dcm"),
+             "second.dcm": second(source, tmp_path / "second.dcm"),
+             # Other images of the layout, each its own UID: never decoded.
+             **{f"other{shift}.dcm": first(_grey12(
+                 tmp_path / f"o{shift}.dcm", np.roll(image, shift, axis=0),
+                 SOPInstanceUID=generate_uid()), tmp_path / f"other{shift}.dcm")
+                for shift in (1, 2)}}
+    for path in paths.values():
+        assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == pydicom.dcmread(
+            paths["first.dcm"]).file_meta.TransferSyntaxUID
+    assert len({pydicom.dcmread(path).PixelData for path in paths.values()}) == len(paths)
+    calls = []
+    assert _found(paths, calls) == [["first.dcm", "second.dcm"]]
+    decoded = sorted(name for function, name in calls if function == "pixel_digest_task")
+    assert decoded == sorted([paths["first.dcm"], paths["second.dcm"]])
+
+
+def test_a_copy_by_another_encoder_under_a_new_uid_is_not_found_nor_decoded(tmp_path):
+    """What the shared UID cannot find (dataset/duplicates.py says so): a copy anonymised, or
+    re-encoded by a tool that renews the UID (pydicom's default)."""
+    if DCMTK["dcmcrle"] is None:
+        pytest.skip("needs dcmtk's dcmcrle (apt install dcmtk)")
+    source = get_testdata_file("MR_small.dcm")
+    renamed = _save(source, tmp_path / "renamed.dcm", SOPInstanceUID=generate_uid())
+    paths = {"dcmtk.dcm": _dcmtk("dcmcrle")(source, tmp_path / "dcmtk.dcm"),
+             "pydicom.dcm": _pydicom(RLELossless)(renamed, tmp_path / "pydicom.dcm")}
+    assert (pydicom.dcmread(paths["dcmtk.dcm"]).pixel_array
+            == pydicom.dcmread(paths["pydicom.dcm"]).pixel_array).all()
+    calls = []
+    assert _found(paths, calls) == []
+    assert "pixel_digest_task" not in {function for function, _ in calls}
+
+
+def _pairs_by_two_encoders(root, count: int) -> list[tuple[str, str]]:
+    """``count`` distinct images, each RLE-compressed by dcmtk and by pydicom under two
+    patients (so only their pixels tie them; one SOP Instance UID each, as a lossless
+    re-encode keeps it), in two classes; returns (dcmtk, pydicom) relpaths."""
+    base = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    pairs = []
+    for index in range(count):
+        name = ("Head", "Chest")[index % 2]
+        (root / name).mkdir(parents=True, exist_ok=True)
+        source = _save(get_testdata_file("MR_small.dcm"), root.parent / f"source{index}.dcm",
+                       PixelData=np.roll(base, 3 * index, axis=1).tobytes(),
+                       SOPInstanceUID=generate_uid())
+        pair = (f"{name}/dcmtk{index:02d}.dcm", f"{name}/pydicom{index:02d}.dcm")
+        _save(_dcmtk("dcmcrle")(source, root / pair[0]), root / pair[0],
+              PatientID=f"dcmtk{index}")
+        _save(_pydicom(RLELossless)(source, root / pair[1]), root / pair[1],
+              PatientID=f"pydicom{index}")
+        pairs.append(pair)
+    return pairs
+
+
+def test_two_encoders_copies_are_kept_in_one_split_locally_and_by_beam(tmp_path):
+    if DCMTK["dcmcrle"] is None:
+        pytest.skip("needs dcmtk's dcmcrle (apt install dcmtk)")
+    root = tmp_path / "ds"
+    pairs = _pairs_by_two_encoders(root, 12)
+    local = convert(root, tmp_path / "local", need_split="tt_split", test_size=0.5)
+    split_of = split_of_files(tmp_path / "local")
+    # Drawn by patient alone, 12 pairs would share their split with probability 0.5**12.
+    assert all(split_of[dcmtk] == split_of[pydicom] for dcmtk, pydicom in pairs)
+    assert len({split_of[dcmtk] for dcmtk, _ in pairs}) == 2
+    assert [w for w in local["warnings"] if "copies" in w] == [
+        "12 file(s) are copies of another's image (the same bytes, or DICOM pixel data; e.g. "
+        "Chest/dcmtk01.dcm and Chest/pydicom01.dcm): each set is kept in one split"]
+    if beam_pipeline.beam is None:
+        pytest.skip("the Beam half needs apache-beam (pip install -r requirements-beam.txt)")
+    from tests.test_beam import assert_same_conversion, convert_beam  # skips without Beam
+
+    beam = convert_beam(root, tmp_path / "beam", need_split="tt_split", test_size=0.5)
+    assert_same_conversion(local, beam, tmp_path / "local", tmp_path / "beam")
