@@ -27,7 +27,8 @@ import pydicom
 from pydicom import filereader
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
+                         ImplicitVRLittleEndian)
 
 from dataset import magic
 from dataset.dicom_display import tag_text as _text
@@ -63,9 +64,9 @@ class DicomInfo:
     # not known (a deflated file, none): copies of one image under other headers (a scan
     # anonymised twice) are found by it. Set by read_dicom_info only.
     pixel_data: tuple[int, int | None] | None = None
-    # For compressed (encapsulated) pixel data only: ((Rows, Columns, frames,
-    # SamplesPerPixel, BitsAllocated), transfer syntax UID, instance key), which files could
-    # decode to the same pixels (dataset.duplicates decoded_copies).
+    # For pixel data whose bytes are not its values (compressed, or big-endian) only:
+    # ((Rows, Columns, frames, SamplesPerPixel, BitsAllocated), transfer syntax UID, instance
+    # key), which files could decode to the same pixels (dataset.duplicates decoded_copies).
     # The instance key is a keyed hash of the SOP Instance UID (None without one), never the
     # UID: a lossless re-encode keeps the UID, so two encoders' copies share the key.
     # Set by read_dicom_info only.
@@ -88,7 +89,8 @@ def read_dicom_info(path: str | Path, options: DicomOptions, *, hash_key: bytes
         layout = ((int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), frame_count(ds),
                    int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 0)),
                   syntax, _instance_key(ds, hash_key)
-                  ) if pixel_data and pixel_data[1] is None else None
+                  ) if pixel_data and (pixel_data[1] is None or syntax == ExplicitVRBigEndian
+                                       ) else None
         return dataclasses.replace(header_info(ds, hash_key), pixel_data=pixel_data,
                                    pixel_layout=layout)
 

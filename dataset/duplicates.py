@@ -83,17 +83,17 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
                    layouts: dict[str, tuple], imap, dicom_options: DicomOptions,
                    same_bytes: list[list[str]] = ()) -> list[list[str]]:
     """Sets of DICOM files whose decoded pixels are equal (``dataset.dicom.pixel_digest``)
-    where one at least is compressed (``layouts``, from the header pass, names those).
+    where one at least is stored otherwise than as its values (``layouts``, from the header
+    pass, names those: compressed or big-endian).
 
     Decoding costs what encoding does (1.6x a conversion of 220 compressed 512x512 files
     when every file of a size was decoded), so only files that could be equal and are stored
-    differently are: those of an uncompressed size (from a compressed file's header, an
-    uncompressed file's pixel-data length) held in two transfer syntaxes or more (an
-    uncompressed file is decoded too: a big-endian one's bytes are not the decoded values),
-    those of a size held by two JPEG baseline files (``_DECODED_WITHIN_SYNTAX``), and
+    differently are: those of an uncompressed size (from a layout, a little-endian file's
+    pixel-data length) held in two transfer syntaxes or more (a little-endian file is decoded
+    too), those of a size held by two JPEG baseline files (``_DECODED_WITHIN_SYNTAX``), and
     those of one layout sharing an instance key (``_sharing_an_instance``). Other files of one
-    size compressed one way are not decoded. Two uncompressed files are left to the byte
-    comparison (little-endian bytes are the values), and of files with the same bytes
+    size stored one way are not decoded. Two little-endian files are left to the byte
+    comparison (their bytes are the values), and of files with the same bytes
     (``same_bytes``, sets the byte comparison found) one is decoded for all. A file that
     cannot be decoded is in no set (the encode pass says why)."""
     by_size = collections.defaultdict(dict)  # uncompressed bytes -> {relpath: its syntax}
@@ -103,6 +103,8 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
     if not by_size:
         return []
     for relpath, (_, length) in sorted(parts.items()):
+        if relpath in layouts:  # big-endian: a native length, its syntax known
+            continue
         for size in (length, length - 1) if length is not None and relpath in paths else ():
             if size in by_size and (size == length or size % 2):  # (odd: padded to even)
                 by_size[size][relpath] = "uncompressed"

@@ -101,6 +101,17 @@ def test_only_files_of_one_size_in_two_syntaxes_are_decoded(tmp_path):
     assert decoded == sorted(paths.values())
 
 
+def test_a_big_endian_and_a_little_endian_copy_are_one_set_with_no_compressed_file():
+    """Their bytes differ (16-bit values byte-swapped); only a compressed file of their size
+    had them decoded."""
+    paths = {name: get_testdata_file(name) for name in ("MR_small.dcm",
+                                                        "MR_small_bigendian.dcm")}
+    calls = []
+    assert _found(paths, calls) == [sorted(paths)]
+    assert sorted(name for function, name in calls if function == "pixel_digest_task") == sorted(
+        paths.values())
+
+
 def test_files_sharing_a_uid_are_decoded_once_per_content_and_not_past_a_few(tmp_path):
     """Exact copies (one UID, the same bytes) are the byte comparison's: none is decoded. One
     UID on more files of a layout than MAX_FILES_PER_INSTANCE is a tool's constant, not one
@@ -132,9 +143,16 @@ def test_the_header_carries_a_keyed_hash_of_the_instance_uid_never_the_uid():
     other_key = read_dicom_info(path, DicomOptions(), hash_key=b"another key")
     assert info.pixel_layout[2] and uid not in repr(info)
     assert other_key.pixel_layout[2] != info.pixel_layout[2]
-    # The same UID in another file (a JPEG 2000 copy) has the same key.
+    # The same UID in another file (a JPEG 2000 copy, a big-endian one) has the same key.
     assert read_dicom_info(get_testdata_file("MR_small_jp2klossless.dcm"), DicomOptions(),
                            hash_key=b"k").pixel_layout[2] == info.pixel_layout[2]
+    big_endian = read_dicom_info(get_testdata_file("MR_small_bigendian.dcm"), DicomOptions(),
+                                 hash_key=b"k")
+    assert big_endian.pixel_layout == (info.pixel_layout[0], "1.2.840.10008.1.2.2",
+                                       info.pixel_layout[2])
+    # A little-endian file's bytes are its values: no layout, compared by its bytes.
+    assert read_dicom_info(get_testdata_file("MR_small.dcm"), DicomOptions(),
+                           hash_key=b"k").pixel_layout is None
 
 
 def _pairs_in_two_syntaxes(root, count: int) -> list[tuple[str, str]]:
