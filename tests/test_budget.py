@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+import keras
 import pytest
 import tensorflow as tf
 
-from networks.resnet import train_steps
+from networks.resnet import resnet_model, train_steps
 from official.core import budget, steps, train_lib
 from official.core.config import TrainConfig
 from official.utils.logs import hooks as hooks_lib
@@ -294,15 +295,15 @@ def _train_functions_made(monkeypatch) -> list:
     return made
 
 
-@pytest.mark.parametrize("train_epochs,planned,traced", [(15, 30, [1]), (30, 40, [1, 1])])
-def test_a_plan_at_train_epochs_trains_on_with_the_timed_train_function(
-        tmp_path, monkeypatch, train_epochs, planned, traced):
-    """The copy takes 1 + 20 steps, all kept (a 22-step warm-up). When all of --train_epochs
-    fit (1,900 s at 100 s a step: 15 epochs = 30 steps), the copy, built over them, is the
-    run: its train function goes on, traced once (the run was built again and traced the
-    same step a second time, 2-4 s of every such run). A shorter plan (40 of 60 steps: the
-    schedule and the batch-norm horizon laid over 40, constants of the traced step) builds
-    and traces its own."""
+@pytest.mark.parametrize("train_epochs,planned", [(15, 30), (30, 40)])
+def test_the_run_trains_on_with_the_timed_train_function(tmp_path, monkeypatch, train_epochs,
+                                                         planned):
+    """The copy takes 1 + 20 steps, all kept (a 22-step warm-up), and is the run: its train
+    function goes on, traced once (the run was built again and traced the same step a second
+    time, 2-4 s of every such run). When all of --train_epochs fit (1,900 s at 100 s a step: 15
+    epochs = 30 steps) the copy was built over them; a shorter plan (40 of 60 steps) lays the
+    schedule and the batch-norm horizon over its 40 steps, variables of the traced step (they
+    were constants: that run built and traced its own, [1, 1])."""
     data = tiny_dataset(tmp_path / "data")
     _calibrate_at_100_seconds_a_step(monkeypatch)
     made = _train_functions_made(monkeypatch)
@@ -314,10 +315,63 @@ def test_a_plan_at_train_epochs_trains_on_with_the_timed_train_function(
     entry = json.loads((model_dir / "config.json").read_text())["budget"]
     assert (entry["kept_steps"], entry["train_steps"]) == (21, planned)
     assert (result.step, result.resumed_from_step) == (planned, 0)
-    assert [function.experimental_get_tracing_count() for function in made] == traced
+    assert [function.experimental_get_tracing_count() for function in made] == [1]
     events = _scalars(model_dir / "train", "learning_rate")
     assert sorted(events) == list(range(22, planned + 1))  # the loop began at step 21
     schedule = train_steps.learning_rate_schedule(config.schedule_spec(2, train_steps=planned))
     for step, value in events.items():
         assert value == pytest.approx(float(schedule(step - 1)), rel=1e-5)
     assert tf.train.latest_checkpoint(str(model_dir)).endswith(f"ckpt-{planned}")
+
+
+def _training(config: TrainConfig, network, train_steps: int):
+    spec = network.model_spec(3, image_size=32, channels=1)
+    return steps.training(config, ONE_DEVICE, network, spec, 3, 2, train_steps,
+                          resuming=False, stretchable=True)
+
+
+def test_a_copy_laid_over_a_shorter_plan_trains_as_the_plan_built_anew(tmp_path):
+    """The budget's timed copy (built over 600 steps), traced, then laid over a 400-step plan
+    trains bit for bit as a training built over the 400: the same learning rates (a 10-step
+    warm-up, then cosines over 600 and 400) and batch-norm momentum (1 - 20/600 and 1 - 20/400)
+    in the step already traced, the same weights, moving statistics and optimizer state. The
+    layers' config says the plan's momentum; the checkpoint holds what it did before (no
+    variable of the schedule's or the momentum's: older model_dirs resume)."""
+    config = _config(tmp_path, tmp_path / "model", lr_schedule="cosine", warmup_epochs=5)
+    network = train_steps.ResNetNetwork(resnet_size=18, small_input=True)
+    copy, plan = _training(config, network, 600), _training(config, network, 400)
+    plan.state.model.set_weights(copy.state.model.get_weights())
+    rng = tf.random.Generator.from_seed(1)
+    batch = (rng.uniform((8, 32, 32, 1)), rng.uniform((8,), maxval=3, dtype=tf.int32))
+    iterators = [iter(ONE_DEVICE.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(batch).repeat())) for _ in range(2)]
+    copy.train_fn(iterators[0], tf.constant(0))  # traced over 600 steps
+    bn_layers = [[layer for layer in training.state.model.layers
+                  if isinstance(layer, resnet_model.FusedBatchNormalization)]
+                 for training in (copy, plan)]
+    assert bn_layers[0][0].momentum == pytest.approx(1 - 20 / 600)
+
+    steps.lay_over(copy, config, network, 2, 400)
+    assert copy.schedule.total_steps == 400
+    assert ([float(copy.schedule(step)) for step in range(0, 600, 7)]
+            == [float(plan.schedule(step)) for step in range(0, 600, 7)])
+    assert ([layer.get_config() for layer in bn_layers[0]]
+            == [layer.get_config() for layer in bn_layers[1]])
+    assert bn_layers[0][0].momentum == 1 - 20 / 400
+    for training, iterator in zip((copy, plan), iterators):
+        training.train_fn(iterator, tf.constant(12))  # past the warm-up
+    assert copy.train_fn.experimental_get_tracing_count() == 1
+    trained = [steps.state_variables(training.state) for training in (copy, plan)]
+    assert int(trained[0][-1].numpy()) == 12 and len(trained[0]) == len(trained[1])
+    for ours, theirs in zip(*trained):
+        assert (ours.numpy() == theirs.numpy()).all(), ours.name
+
+    saved = copy.state.checkpoint.save(str(tmp_path / "copy" / "ckpt"))
+    plain = keras.Model.from_config(copy.state.model.get_config())  # no momentum variable
+    constant = keras.optimizers.schedules.PolynomialDecay(0.1, 1, 0.1)  # and no schedule's
+    plain_state = steps.training_state(
+        plain, lambda: keras.optimizers.SGD(constant, momentum=0.9), dtype="fp32",
+        loss_scale=None)
+    bare = plain_state.checkpoint.save(str(tmp_path / "bare" / "ckpt"))
+    assert ([name for name, _ in tf.train.list_variables(saved)]
+            == [name for name, _ in tf.train.list_variables(bare)])

@@ -54,6 +54,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Falls back to the Keras code for masks and rank != 4.
     """
 
+    # Set by MomentumVariable: the traced update reads the momentum from its variable (the
+    # Keras fallback reads the float `momentum`, as traced). None: the float.
+    momentum_variable = None
+
     def call(self, inputs, training=None, mask=None):
         if mask is not None or len(inputs.shape) != 4 or not (self.scale and self.center):
             return super().call(inputs, training=training, mask=mask)
@@ -71,11 +75,46 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             # batch is split across replicas when the replicas see the same statistics.
             count = tf.cast(tf.size(inputs) // tf.shape(inputs)[self.axis], tf.float32)
             variance = variance * ((count - 1.0) / count)
-            momentum = self.momentum
-            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-            self.moving_variance.assign(
-                self.moving_variance * momentum + variance * (1.0 - momentum))
+            if self.momentum_variable is None:
+                momentum, complement = self.momentum, 1.0 - self.momentum
+            else:
+                momentum, complement = tf.unstack(self.momentum_variable.pair)
+            self.moving_mean.assign(self.moving_mean * momentum + mean * complement)
+            self.moving_variance.assign(self.moving_variance * momentum + variance * complement)
         return outputs
+
+
+class MomentumVariable:
+    """The momentum of `model`'s FusedBatchNormalization layers in a variable their traced
+    update reads, so that `assign` changes the momentum of a step already traced (a budgeted
+    run lays its timed copy over a shorter plan: official/core/budget.py).
+
+    Holds momentum and 1 - momentum, each rounded from Python's float as the constants were:
+    the moving averages are the same bit for bit (1 - momentum in float32 is not). A plain
+    object, not a Trackable, and not the layers' `momentum` (a variable there is saved in every
+    checkpoint, which then no longer restores an older model_dir, and breaks get_config()):
+    checkpoints, the export and the model's config never see it; `momentum` follows it.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.layers = [layer for layer in model.layers
+                       if isinstance(layer, FusedBatchNormalization)]
+        momenta = {layer.momentum for layer in self.layers} or {BATCH_NORM_MOMENTUM}
+        if len(momenta) > 1:
+            raise ValueError(f"{model.name}: batch-norm layers with momenta {sorted(momenta)}: "
+                             "one variable holds one")
+        self.pair = tf.Variable(_momentum_pair(momenta.pop()), trainable=False)
+        for layer in self.layers:
+            layer.momentum_variable = self
+
+    def assign(self, momentum: float) -> None:
+        self.pair.assign(_momentum_pair(momentum))
+        for layer in self.layers:
+            layer.momentum = float(momentum)
+
+
+def _momentum_pair(momentum: float) -> list[float]:
+    return [momentum, 1.0 - momentum]
 
 
 @dataclasses.dataclass(frozen=True)

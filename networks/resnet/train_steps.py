@@ -28,15 +28,18 @@ LR_DECAY_FRACTIONS = (0.3, 0.6, 0.8, 0.9)
 LR_DECAY_MULTIPLIERS = (1.0, 0.1, 0.01, 1e-3, 1e-4)
 
 
-def _with_warmup(rate, step, peak: float, warmup_steps: int):
-    """`rate`, except a linear ramp to `peak` over the first `warmup_steps` steps."""
-    if warmup_steps <= 0:
-        return rate
-    return tf.where(step < warmup_steps, peak * (step + 1.0) / float(warmup_steps), rate)
+def _with_warmup(rate, step, peak: float, warmup_steps):
+    """`rate`, except a linear ramp to `peak` over the first `warmup_steps` steps (a tensor:
+    none when 0, where the ramp's division by 0 is never taken)."""
+    return tf.where(step < warmup_steps, peak * (step + 1.0) / warmup_steps, rate)
 
 
 # Registered so an optimizer's get_config() can be read back (as is
-# official/modeling/stretchable.py's Stretchable).
+# official/modeling/stretchable.py's Stretchable). Both schedules hold their steps (the
+# warm-up, the boundaries, the end) in a variable as well, which the traced step reads:
+# `assign` lays a schedule over another run without tracing again (a budgeted run's timed
+# copy, built over --train_epochs, over a shorter plan: official/core/budget.py). The values
+# are those the constants were (whole steps, exact in float32): the same rates, bit for bit.
 @keras.saving.register_keras_serializable(package="resnet")
 class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak`, then `peak * multipliers[i]` past `boundaries[i - 1]`."""
@@ -44,16 +47,27 @@ class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, peak: float, warmup_steps: int, boundaries: tuple[int, ...],
                  multipliers: tuple[float, ...], total_steps: int | None = None):
         self.peak = float(peak)
-        self.total_steps = None if total_steps is None else int(total_steps)
+        self.multipliers = tuple(float(m) for m in multipliers)
+        self._steps = tf.Variable(tf.zeros(len(boundaries) + 1), trainable=False)
+        self._lay(warmup_steps, boundaries, total_steps)
+
+    def _lay(self, warmup_steps: int, boundaries: tuple[int, ...], total_steps: int | None):
         self.warmup_steps = int(warmup_steps)
         self.boundaries = tuple(int(b) for b in boundaries)
-        self.multipliers = tuple(float(m) for m in multipliers)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self._steps.assign([self.warmup_steps, *self.boundaries])
+
+    def assign(self, other: "WarmupPiecewiseSchedule") -> None:
+        """`other`'s steps: the same rates laid over another run."""
+        if (other.peak, other.multipliers) != (self.peak, self.multipliers):
+            raise ValueError("a schedule takes the steps of one with its own rates only")
+        self._lay(other.warmup_steps, other.boundaries, other.total_steps)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        index = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries, tf.float32), tf.int32))
+        index = tf.reduce_sum(tf.cast(step >= self._steps[1:], tf.int32))
         rate = self.peak * tf.gather(tf.constant(self.multipliers, tf.float32), index)
-        return _with_warmup(rate, step, self.peak, self.warmup_steps)
+        return _with_warmup(rate, step, self.peak, self._steps[0])
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps,
@@ -67,15 +81,27 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int):
         self.peak = float(peak)
+        self._steps = tf.Variable([0.0, 0.0], trainable=False)  # warm-up, end
+        self._lay(warmup_steps, total_steps)
+
+    def _lay(self, warmup_steps: int, total_steps: int) -> None:
         self.warmup_steps = int(warmup_steps)
         self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+        self._steps.assign([self.warmup_steps, self.total_steps])
+
+    def assign(self, other: "WarmupCosineSchedule") -> None:
+        """`other`'s steps: the same rates laid over another run."""
+        if other.peak != self.peak:
+            raise ValueError("a schedule takes the steps of one with its own rates only")
+        self._lay(other.warmup_steps, other.total_steps)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        progress = tf.clip_by_value((step - self.warmup_steps)
-                                    / float(self.total_steps - self.warmup_steps), 0.0, 1.0)
+        warmup_steps, total_steps = tf.unstack(self._steps)
+        progress = tf.clip_by_value((step - warmup_steps) / (total_steps - warmup_steps),
+                                    0.0, 1.0)
         rate = self.peak * 0.5 * (1.0 + tf.cos(3.141592653589793 * progress))
-        return _with_warmup(rate, step, self.peak, self.warmup_steps)
+        return _with_warmup(rate, step, self.peak, warmup_steps)
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps,
@@ -153,7 +179,9 @@ class ResNetNetwork:
                              schedule, strategy: tf.distribute.Strategy, *,
                              resuming: bool = False) -> steps.TrainingState:
         """Model, SGD with momentum, step counter and checkpoint, inside `strategy.scope()`.
-        (`resuming` is the plug-in's; a ResNet starts from random weights either way.)"""
+        (`resuming` is the plug-in's; a ResNet starts from random weights either way.) The
+        batch-norm momentum, laid over the schedule's run, is a variable the traced step reads:
+        the state's `lay_over` lays it over another schedule's run."""
         with strategy.scope():
             model = registry.build_model(
                 spec, dtype_policy=DTYPE_POLICIES[optimizer.dtype],
@@ -161,8 +189,12 @@ class ResNetNetwork:
                 batch_norm_momentum=batch_norm_momentum(
                     optimizer.batch_norm_momentum, getattr(schedule, "total_steps", None)),
                 conv_plan=self.conv_plan)
-            return steps.training_state(
+            state = steps.training_state(
                 model, lambda **extra: keras.optimizers.SGD(schedule,
                                                             momentum=optimizer.momentum,
                                                             **extra),
                 dtype=optimizer.dtype, loss_scale=optimizer.loss_scale)
+        momentum = resnet_model.MomentumVariable(model)
+        state.lay_over = lambda planned: momentum.assign(batch_norm_momentum(
+            optimizer.batch_norm_momentum, getattr(planned, "total_steps", None)))
+        return state

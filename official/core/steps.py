@@ -26,6 +26,10 @@ class TrainingState:
     optimizer: keras.optimizers.Optimizer
     step: tf.Variable  # train steps taken, including fp16 steps skipped on overflow
     checkpoint: tf.train.Checkpoint
+    # What the network lays over the run's length besides the schedule (the ResNet's
+    # batch-norm momentum), laid over the run of the schedule given: variables the traced step
+    # reads (`lay_over` below). None: nothing.
+    lay_over: Callable[[object], None] | None = None
 
 
 def training_state(model: keras.Model, make_optimizer: Callable[..., keras.optimizers.Optimizer],
@@ -93,18 +97,6 @@ def state_variables(state: TrainingState, weight_average=None) -> list:
     average's (official.modeling.ema.WeightAverage, when the run keeps one)."""
     return [*state.model.variables, *state.optimizer.variables, state.step,
             *(weight_average.variables if weight_average else ())]
-
-
-def copy_state(source: TrainingState, source_average, target: TrainingState,
-               target_average) -> None:
-    """`source`'s values into `target`, two states built alike (their variables pair up in
-    order): the budget's timed copy handing its trained steps to the run."""
-    sources = state_variables(source, source_average)
-    targets = state_variables(target, target_average)
-    if [tuple(v.shape) for v in sources] != [tuple(v.shape) for v in targets]:
-        raise RuntimeError("copy_state: the two training states are not built alike")
-    for into, value in zip(targets, sources):
-        into.assign(tf.convert_to_tensor(value))
 
 
 def loss_scale_of(optimizer) -> float | None:
@@ -274,3 +266,17 @@ def training(config: TrainConfig, strategy: tf.distribute.Strategy, network, spe
         label_smoothing=config.label_smoothing, jit_compile=config.jit_compile,
         weight_average=weight_average, last_call=last_call)
     return Training(schedule, state, weight_average, train_fn, last_call)
+
+
+def lay_over(training: Training, config: TrainConfig, network, steps_per_epoch: int,
+             train_steps: int) -> None:
+    """Lay `training`, built over another run (the budget's timed copy, over --train_epochs),
+    over a run of `train_steps`, before any stretch: its learning-rate schedule and what its
+    network lays over the run's length (`TrainingState.lay_over`) become those `training`
+    builds over `train_steps`. Both are variables its traced step reads: the train function
+    goes on without tracing again."""
+    planned = network.learning_rate_schedule(config.schedule_spec(steps_per_epoch, train_steps))
+    if getattr(planned, "total_steps", None):  # laid over the run (Slim's are not)
+        training.schedule.assign(planned)
+    if training.state.lay_over is not None:
+        training.state.lay_over(planned)

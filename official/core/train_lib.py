@@ -202,16 +202,19 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # --- model, optimizer, checkpoint ---
     planned_steps = (budget_entry or {}).get("planned_steps", total_steps)
     kept = copy.pop("training", None)  # the timed copy, when the run goes on from its steps
-    if kept and planned_steps == max_steps:
-        # The copy was built as this run is, over these steps (schedule and batch-norm
-        # horizon, laid into the traced step): it is the run, and its train function, traced
-        # once, trains on. A shorter plan builds and traces its own (2-4 s).
+    if kept:
+        # The copy was built as this run is, over --train_epochs: it is the run, and its train
+        # function, traced once, trains on (building the run anew traced it again: 2-4 s). A
+        # shorter plan's schedule and batch-norm horizon are laid over it: variables of the
+        # traced step.
+        if planned_steps < max_steps:
+            steps.lay_over(kept, config, network, steps_per_epoch, planned_steps)
         run = kept
     else:
-        # resuming: no pretrained weights loaded where a checkpoint or the copy overwrites them.
+        # resuming: no pretrained weights loaded where a checkpoint overwrites them.
         run = steps.training(
             config, strategy, network, spec, data.num_classes, steps_per_epoch, planned_steps,
-            resuming=kept is not None or tf.train.latest_checkpoint(config.model_dir) is not None,
+            resuming=tf.train.latest_checkpoint(config.model_dir) is not None,
             stretchable=bool(budget_entry))
     schedule, state, weight_average, train_fn = (run.schedule, run.state, run.weight_average,
                                                  run.train_fn)
@@ -242,8 +245,6 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, w
     # A budget's timing ran only where no checkpoint was: a run that keeps its steps is new.
     resumed_from = 0 if kept else int(state.step.numpy())
     if kept:
-        if kept is not run:
-            steps.copy_state(kept.state, kept.weight_average, state, weight_average)
         logging.info("train_budget_seconds: continuing from the timed copy's %d steps",
                      int(state.step.numpy()))
         kept = None

@@ -23,6 +23,15 @@ class Stretchable(keras.optimizers.schedules.LearningRateSchedule):
         self.stretched_at = tf.Variable(0.0, trainable=False, dtype=tf.float32)
         self.ratio = tf.Variable(1.0, trainable=False, dtype=tf.float32)  # identity until then
 
+    def assign(self, planned) -> None:
+        """The plan is now `planned` (a Stretchable or not: the same schedule laid over
+        another run, before any stretch), through the inner schedule's own `assign`: it holds
+        its steps in variables too (a schedule laid over the run's length must, so that the
+        budget's timed copy can be laid over a shorter plan)."""
+        planned = planned.schedule if isinstance(planned, Stretchable) else planned
+        self.schedule.assign(planned)
+        self.total_steps = planned.total_steps
+
     def stretch(self, at: int, train_steps: int) -> None:
         """The run now ends at `train_steps` (> at); its steps from `at` follow the plan's."""
         self.stretched_at.assign(float(at))
