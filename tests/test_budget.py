@@ -51,6 +51,10 @@ def test_plan_takes_the_steps_left_after_start_up():
     assert (plan.train_steps, plan.epochs) == (92, pytest.approx(9.2))
     assert plan.epochs_that_fit == pytest.approx(9.2)
     assert plan.estimated_seconds == pytest.approx(10 + 4 + 46)
+    # A run that keeps the timed copy's 23 steps goes on in its traced step: no start-up to pay
+    # again, 50 s for 100 more steps (the start-up's 4 s were 8 of them).
+    kept = budget.plan(60.0, 10.0, calibration, 10, max_epochs=100, steps_done=23)
+    assert (kept.train_steps, kept.estimated_seconds) == (123, pytest.approx(10 + 50))
     assert budget.plan(60.0, 10.0, calibration, 10, max_epochs=3).train_steps == 30
     # Less than one epoch left (or none at all): one epoch, and the plan says how little fit.
     short = budget.plan(12.0, 10.0, calibration, 10, max_epochs=100)

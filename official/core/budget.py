@@ -52,8 +52,8 @@ restarted).
 
 What is counted: from the start of training (reading the manifest) to the last step; the
 calibration itself and the start-up it measured (tracing, kernel set-up, the shuffle buffer
-filling) are paid again by the real run and counted (not paid again when the run keeps the
-copy's steps, though the plan counts them). Validation passes and the export come on
+filling) are paid again by the real run and counted (not when the run keeps the copy's
+steps: it goes on in the copy's traced step). Validation passes and the export come on
 top (the recipes validate once, at the end).
 """
 
@@ -119,15 +119,16 @@ def plan(budget_seconds: float, elapsed_seconds: float, calibration: Calibration
          steps_per_epoch: int, max_epochs: int, steps_done: int = 0) -> Plan:
     """The steps (one epoch to max_epochs of them) that fit in what is left of the budget
     after `elapsed_seconds` and the real run's start-up, counting `steps_done` already
-    trained (the timed copy's, when the run keeps them)."""
-    left = max(budget_seconds - elapsed_seconds - calibration.startup_seconds, 0.0)
+    trained (the timed copy's, when the run keeps them: it goes on in the copy's traced
+    step, so it has no start-up to pay)."""
+    startup = 0.0 if steps_done else calibration.startup_seconds
+    left = max(budget_seconds - elapsed_seconds - startup, 0.0)
     cap = max_epochs * steps_per_epoch
     fit = (steps_done + left / calibration.step_seconds if calibration.step_seconds > 0
            else float(cap))
     train_steps = max(steps_per_epoch, min(cap, math.floor(fit)))
     steps_seconds = max(train_steps - steps_done, 0) * calibration.step_seconds
-    return Plan(train_steps, fit / steps_per_epoch,
-                elapsed_seconds + calibration.startup_seconds + steps_seconds,
+    return Plan(train_steps, fit / steps_per_epoch, elapsed_seconds + startup + steps_seconds,
                 steps_per_epoch, elapsed_seconds, left, steps_seconds)
 
 
@@ -248,7 +249,8 @@ def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
                  calibration.startup_seconds, result.elapsed_seconds, result.epochs_that_fit,
                  result.train_steps, result.epochs, max_epochs, result.steps_seconds,
                  result.estimated_seconds,
-                 f"; the {kept_steps} timed steps are kept as the run's first" if kept_steps
+                 f"; the {kept_steps} timed steps are kept as the run's first (no start-up "
+                 "again)" if kept_steps
                  else "")
     if result.epochs_that_fit < 1:
         logging.warning("train_budget_seconds=%g leaves %.0f s for steps after timing and "
