@@ -6,9 +6,11 @@ tarball had exact duplicates). The split keeps each set of copies together
 (``dataset.assignment``).
 
 Cheap first: only files whose compared parts are of equal size can be equal, and most of
-those differ in their first 64 KiB, so few files are read whole. A compressed DICOM file's
-pixel data differs from a copy's in another transfer syntax (JPEG 2000 and RLE of one scan),
-or by another JPEG baseline encoder, although the pixels decoded are the same: those are
+those differ in their first 64 KiB, so few files are read whole. A big-endian DICOM file's
+16- or 32-bit pixel data is compared by its values (its bytes swapped), as a little-endian
+file's bytes are: the same bytes in the two byte orders are two images. A compressed DICOM
+file's pixel data differs from a copy's in another transfer syntax (JPEG 2000 and RLE of one
+scan), or by another JPEG baseline encoder, although the pixels decoded are the same: those are
 compared decoded, but only where the header's size says another file could hold the same
 pixels. Within one syntax, copies by two encoders (dcmtk, pydicom; other options or
 fragments) are compared decoded where they share their SOP Instance UID (as a keyed hash) and
@@ -47,15 +49,18 @@ def identical_files(paths: dict[str, str], imap,
       parts: relpath -> (offset, length; None: to the end) of the part compared, for a DICOM
         file its pixel data's value (``dataset.dicom_header.DicomInfo.pixel_data``); a file not
         named is compared whole.
-      layouts: relpath -> a compressed DICOM file's pixel layout and transfer syntax
-        (``dataset.dicom_header.DicomInfo.pixel_layout``), for ``decoded_copies``.
+      layouts: relpath -> a compressed or big-endian DICOM file's pixel layout, transfer
+        syntax and instance key (``dataset.dicom_header.DicomInfo.pixel_layout``), for
+        ``decoded_copies``; a 16- or 32-bit big-endian file's part is compared by its values
+        (``value_words``).
       dicom_options: how the DICOM files of ``parts`` are read (``force``, ``max_pixels``)
         where their pixels are compared decoded.
 
     A file with nothing to compare (empty) or unreadable is in no set: reading it is the
     encode pass's problem, and every empty file would otherwise be a copy of every other.
     """
-    parts = parts or {}
+    parts, layouts = parts or {}, layouts or {}
+    words = value_words(layouts)
     by_size = collections.defaultdict(list)
     spans = {}  # relpath -> (offset, length) of what is compared
     for relpath, path in paths.items():
@@ -69,13 +74,15 @@ def identical_files(paths: dict[str, str], imap,
             spans[relpath] = (offset, length)
             by_size[length].append(relpath)
     same_size = [(size, relpaths) for size, relpaths in by_size.items() if len(relpaths) > 1]
-    alike = _alike([relpaths for _, relpaths in same_size], paths, spans, imap, PREFIX_BYTES)
+    alike = _alike([relpaths for _, relpaths in same_size], paths, spans, words, imap,
+                   PREFIX_BYTES)
     # Parts no longer than the prefix were read whole: only the longer ones are read again.
     longer = {relpath for size, relpaths in same_size if size > PREFIX_BYTES
               for relpath in relpaths}
     alike = ([same for same in alike if same[0] not in longer]
-             + _alike([same for same in alike if same[0] in longer], paths, spans, imap, None))
-    return _merged(alike + decoded_copies(paths, parts, layouts or {}, imap,
+             + _alike([same for same in alike if same[0] in longer], paths, spans, words, imap,
+                      None))
+    return _merged(alike + decoded_copies(paths, parts, layouts, imap,
                                           dicom_options or DicomOptions(), same_bytes=alike))
 
 
@@ -93,13 +100,17 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
     too), those of a size held by two JPEG baseline files (``_DECODED_WITHIN_SYNTAX``), and
     those of one layout sharing an instance key (``_sharing_an_instance``). Other files of one
     size stored one way are not decoded. Two little-endian files are left to the byte
-    comparison (their bytes are the values), and of files with the same bytes
-    (``same_bytes``, sets the byte comparison found) one is decoded for all. A file that
-    cannot be decoded is in no set (the encode pass says why)."""
+    comparison (their bytes are the values), as is a 16- or 32-bit big-endian file (its
+    bytes swapped are: ``value_words``; an 8-bit one counts as a syntax of its own), and of
+    files with the same bytes (``same_bytes``, sets the byte comparison found) one is decoded
+    for all. A file that cannot be decoded is in no set (the encode pass says why)."""
+    words = value_words(layouts)
     by_size = collections.defaultdict(dict)  # uncompressed bytes -> {relpath: its syntax}
     for relpath, (layout, syntax, _) in sorted(layouts.items()):
         if relpath in paths and (size := (math.prod(layout) + 7) // 8) > 0:
-            by_size[size][relpath] = syntax  # (rows x columns x frames x samples x bits)
+            # (rows x columns x frames x samples x bits); a big-endian file compared by its
+            # values (``value_words``) is as a little-endian one
+            by_size[size][relpath] = "uncompressed" if relpath in words else syntax
     if not by_size:
         return []
     for relpath, (_, length) in sorted(parts.items()):
@@ -115,12 +126,27 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
     decoded = {relpath for same in candidates for relpath in same}
     first = {relpath: same[0] for same in same_bytes for relpath in same}
     candidates = [_one_per_content(same, first) for same in candidates] + [
-        same for same in _sharing_an_instance(layouts, paths, decoded, first)
+        same for same in _sharing_an_instance(layouts, paths, decoded | set(words), first)
         if len(same) <= MAX_FILES_PER_INSTANCE]
     relpaths = [relpath for same in candidates if len(same) > 1 for relpath in same]
     digests = dict(zip(relpaths, imap(pixel_digest_task, [(paths[r], dicom_options)
                                                          for r in relpaths], chunksize=1)))
     return _split_by_digest([same for same in candidates if len(same) > 1], digests)
+
+
+def value_words(layouts: dict[str, tuple]) -> dict[str, int]:
+    """relpath -> the word size (2, 4 bytes) of each big-endian file of ``layouts`` whose
+    values are its pixel bytes swapped word by word (16- and 32-bit samples): such a file is
+    compared by its values as a little-endian one is, by its bytes, nothing decoded. Compared
+    as stored, a big-endian file and a little-endian one with the same bytes (other values)
+    were one image, and a big-endian slice among little-endian ones of its size had every one
+    decoded. Not 8-bit or 1-bit samples: their bytes are swapped in OW, not in OB (the header
+    pass does not keep the VR), so such a file is decoded (a syntax of its own)."""
+    return {relpath: layout[4] // 8 for relpath, (layout, syntax, _) in layouts.items()
+            if syntax == _BIG_ENDIAN and layout[4] in (16, 32)}
+
+
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian (retired)
 
 
 def _sharing_an_instance(layouts: dict[str, tuple], paths: dict[str, str],
@@ -215,12 +241,12 @@ def join_groups(groups: dict[str, str], identical: list[list[str]]) -> dict[str,
 
 
 def _alike(candidates: list[list[str]], paths: dict[str, str],
-           spans: dict[str, tuple[int, int]], imap, limit: int | None):
+           spans: dict[str, tuple[int, int]], words: dict[str, int], imap, limit: int | None):
     """The candidates' sets split by digest (of the first `limit` bytes of their span, or all
-    of it), keeping those of two or more files."""
+    of it; by the values of those in ``words``), keeping those of two or more files."""
     relpaths = [relpath for same in candidates for relpath in same]
-    tasks = [(paths[r], spans[r][0], spans[r][1] if limit is None else min(limit, spans[r][1]))
-             for r in relpaths]
+    tasks = [(paths[r], spans[r][0], spans[r][1] if limit is None else min(limit, spans[r][1]),
+              words.get(r, 1)) for r in relpaths]
     digests = dict(zip(relpaths, imap(content_digest, tasks, chunksize=64)))
     return _split_by_digest(candidates, digests)
 
@@ -238,20 +264,30 @@ def _split_by_digest(candidates: list[list[str]], digests: dict) -> list[list[st
     return alike
 
 
-def content_digest(path_offset_length: tuple[str, int, int]) -> bytes | None:
-    """The digest of ``length`` bytes of a file from ``offset`` (fewer where the file ends);
-    None when the file cannot be read (a worker's task: one argument)."""
-    path, offset, length = path_offset_length
+def content_digest(path_offset_length_word: tuple[str, int, int, int]) -> bytes | None:
+    """The digest of ``length`` bytes of a file from ``offset`` (fewer where the file ends),
+    each ``word`` of them byte-swapped (1: as they are; a big-endian file's values then digest
+    as a little-endian file's bytes); None when the file cannot be read (a worker's task: one
+    argument)."""
+    path, offset, length, word = path_offset_length_word
     digest = hashlib.blake2b(digest_size=16)
     try:
         with open(path, "rb") as file:
             file.seek(offset)
             while length > 0 and (chunk := file.read(min(length, 1 << 20))):
-                digest.update(chunk)
+                digest.update(_swapped(chunk, word) if word > 1 else chunk)
                 length -= len(chunk)
     except OSError:
         return None
     return digest.digest()
+
+
+def _swapped(data: bytes, word: int) -> bytes:
+    """``data`` with the bytes of each whole ``word`` reversed (a trailing part left)."""
+    swapped, end = bytearray(data), len(data) - len(data) % word
+    for index in range(word):
+        swapped[index:end:word] = data[word - 1 - index:end:word]
+    return bytes(swapped)
 
 
 def pixel_digest_task(path_options: tuple) -> bytes | None:

@@ -103,15 +103,40 @@ def test_only_files_of_one_size_in_two_syntaxes_are_decoded(tmp_path):
     assert decoded == sorted(paths.values())
 
 
-def test_a_big_endian_and_a_little_endian_copy_are_one_set_with_no_compressed_file():
-    """Their bytes differ (16-bit values byte-swapped); only a compressed file of their size
-    had them decoded."""
+def test_a_big_endian_copy_is_found_by_its_values_among_slices_of_its_size_none_decoded(
+        tmp_path):
+    """A 16-bit big-endian file's bytes swapped are its values: it is compared as a
+    little-endian file is, by its bytes. Compared decoded, one big-endian slice in a folder of
+    little-endian slices of its size had every slice decoded (201 decodes for 200 CT slices)."""
+    pixels = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
     paths = {name: get_testdata_file(name) for name in ("MR_small.dcm",
                                                         "MR_small_bigendian.dcm")}
+    paths["MR_small_bigendian_copy.dcm"] = shutil.copy(paths["MR_small_bigendian.dcm"],
+                                                       tmp_path / "bigendian_copy.dcm")
+    for shift in (1, 2, 3):  # other slices of the size, little-endian
+        paths[f"other{shift}.dcm"] = _save(
+            get_testdata_file("MR_small.dcm"), tmp_path / f"other{shift}.dcm",
+            PixelData=np.roll(pixels, shift, axis=0).tobytes(), SOPInstanceUID=generate_uid())
     calls = []
-    assert _found(paths, calls) == [sorted(paths)]
-    assert sorted(name for function, name in calls if function == "pixel_digest_task") == sorted(
-        paths.values())
+    assert _found(paths, calls) == [["MR_small.dcm", "MR_small_bigendian.dcm",
+                                     "MR_small_bigendian_copy.dcm"]]
+    assert "pixel_digest_task" not in {function for function, _ in calls}
+    # With an RLE copy of their size, all are decoded (two syntaxes), and it joins them.
+    paths["MR_small_RLE.dcm"] = get_testdata_file("MR_small_RLE.dcm")
+    paths.pop("MR_small.dcm")
+    assert _found(paths) == [["MR_small_RLE.dcm", "MR_small_bigendian.dcm",
+                              "MR_small_bigendian_copy.dcm"]]
+
+
+def test_a_big_endian_file_with_a_little_endian_files_bytes_is_another_image(tmp_path):
+    """The same bytes read in the two byte orders are two images (each 16-bit value's bytes
+    swapped): they were joined as copies by the byte comparison."""
+    big_endian = get_testdata_file("MR_small_bigendian.dcm")
+    relabelled = _save(get_testdata_file("MR_small.dcm"), tmp_path / "relabelled.dcm",
+                       PixelData=pydicom.dcmread(big_endian).PixelData)
+    assert not (pydicom.dcmread(relabelled).pixel_array
+                == pydicom.dcmread(big_endian).pixel_array).all()
+    assert _found({"big_endian.dcm": big_endian, "relabelled.dcm": relabelled}) == []
 
 
 def test_files_sharing_a_uid_are_decoded_once_per_content_and_not_past_a_few(tmp_path):

@@ -27,6 +27,7 @@ from tests.test_dicom_copies import _found, _save
 
 DCMCJPEG = shutil.which("dcmcjpeg")
 DCMTK = {tool: shutil.which(tool) for tool in ("dcmcrle", "dcmcjpls", "dcmcjpeg")}
+DCMCONV = shutil.which("dcmconv")
 
 
 def _grey8(tmp_path, name, pixels) -> str:
@@ -114,6 +115,31 @@ def test_an_8_bit_image_as_jpeg_baseline_and_as_jpeg_extended_is_one_set(tmp_pat
             ).all()  # Pillow decodes both alike: the same image
     paths = {"baseline.dcm": baseline, "extended.dcm": extended, "other.dcm": other}
     assert _found(paths) == [["baseline.dcm", "extended.dcm"]]
+
+
+def test_an_8_bit_big_endian_copy_is_found_decoded_ow_or_ob(tmp_path):
+    """8-bit samples are swapped in pairs when the pixel data is OW, not when it is OB; the
+    header pass does not keep the VR, so an 8-bit big-endian file is decoded (a syntax of its
+    own), unlike a 16-bit one (compared by its bytes swapped, test_dicom_copies.py)."""
+    if DCMCONV is None:
+        pytest.skip("needs dcmtk's dcmconv (apt install dcmtk)")
+    pixels = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.astype(np.int64)
+    image = (pixels - pixels.min()) * 255 // (pixels.max() - pixels.min())
+    paths = {"little.dcm": _grey8(tmp_path, "little.dcm", image)}
+    for vr in ("OW", "OB"):
+        ds = pydicom.dcmread(paths["little.dcm"])
+        ds["PixelData"].VR = vr
+        ds.save_as(tmp_path / f"little_{vr}.dcm", enforce_file_format=True)
+        subprocess.run([DCMCONV, "+tb", str(tmp_path / f"little_{vr}.dcm"),
+                        str(tmp_path / f"big_{vr}.dcm")], check=True, capture_output=True)
+        paths[f"big_{vr}.dcm"] = str(tmp_path / f"big_{vr}.dcm")
+    little = pydicom.dcmread(paths["little.dcm"]).PixelData
+    assert pydicom.dcmread(paths["big_OW.dcm"]).PixelData != little  # pairs swapped
+    assert pydicom.dcmread(paths["big_OB.dcm"]).PixelData == little
+    calls = []
+    assert _found(paths, calls) == [["big_OB.dcm", "big_OW.dcm", "little.dcm"]]
+    assert paths["big_OW.dcm"] in {name for function, name in calls
+                                   if function == "pixel_digest_task"}
 
 
 def _grey12(path, pixels, **attributes) -> str:
