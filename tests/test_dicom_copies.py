@@ -106,8 +106,8 @@ def test_only_files_of_one_size_in_two_syntaxes_are_decoded(tmp_path):
 def test_a_big_endian_copy_is_found_by_its_values_among_slices_of_its_size_none_decoded(
         tmp_path):
     """A 16-bit big-endian file's bytes swapped are its values: it is compared as a
-    little-endian file is, by its bytes. Compared decoded, one big-endian slice in a folder of
-    little-endian slices of its size had every slice decoded (201 decodes for 200 CT slices)."""
+    little-endian file is, by its bytes. Compared decoded, one big-endian slice in a folder
+    of little-endian slices of its size had every slice decoded (201 for 200 CT slices)."""
     pixels = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
     paths = {name: get_testdata_file(name) for name in ("MR_small.dcm",
                                                         "MR_small_bigendian.dcm")}
@@ -141,8 +141,8 @@ def test_a_big_endian_file_with_a_little_endian_files_bytes_is_another_image(tmp
 
 def test_files_sharing_a_uid_are_decoded_once_per_content_and_not_past_a_few(tmp_path):
     """Exact copies (one UID, the same bytes) are the byte comparison's: none is decoded. One
-    UID on more files of a layout than MAX_FILES_PER_INSTANCE is a tool's constant, not one
-    image's copies: none of those is decoded either."""
+    UID on more contents than MAX_FILES_PER_INSTANCE is a tool's constant, not one image's
+    copies: none of those is decoded either, whether in one layout or spread over several."""
     source = get_testdata_file("MR_small_RLE.dcm")
     uid = pydicom.dcmread(source).SOPInstanceUID
     paths = {f"copy{index}.dcm": shutil.copy(source, tmp_path / f"copy{index}.dcm")
@@ -161,6 +161,23 @@ def test_files_sharing_a_uid_are_decoded_once_per_content_and_not_past_a_few(tmp
     paths.popitem()  # as many as MAX_FILES_PER_INSTANCE: decoded, none joined
     assert _found(paths, calls) == []
     assert sum(function == "pixel_digest_task" for function, _ in calls) == len(paths)
+    # An anonymiser's constant on images of several sizes, two of each: counted over the
+    # layouts (per layout, each pair was decoded).
+    paths = {f"rows{rows}_{index}.dcm": _save(
+        get_testdata_file("MR_small.dcm"), tmp_path / f"rows{rows}_{index}.dcm",
+        pixels=np.roll(pixels, index, axis=0)[:rows].copy(), Rows=rows, SOPInstanceUID=uid)
+        for rows in range(60, 65) for index in range(2)}
+    assert len(paths) > duplicates.MAX_FILES_PER_INSTANCE
+    calls.clear()
+    assert _found(paths, calls) == []
+    assert "pixel_digest_task" not in {function for function, _ in calls}
+    for rows in range(61, 64):  # seven contents, within the cap: the two pairs are decoded
+        paths.pop(f"rows{rows}_1.dcm")
+    assert len(paths) <= duplicates.MAX_FILES_PER_INSTANCE
+    assert _found(paths, calls) == []
+    decoded = sorted(name for function, name in calls if function == "pixel_digest_task")
+    assert decoded == sorted(path for name, path in paths.items()
+                             if name.startswith(("rows60", "rows64")))
 
 
 def test_the_header_carries_a_keyed_hash_of_the_instance_uid_never_the_uid():
