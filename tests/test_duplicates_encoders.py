@@ -9,6 +9,7 @@ the converter, local and Beam alike."""
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import subprocess
 
@@ -22,6 +23,10 @@ from pydicom.uid import (JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, 
                          generate_uid)
 
 from dataset import beam_pipeline
+from dataset.conversion_plan import ConversionError
+from dataset.convert import DEFAULT_HASH_KEY
+from dataset.dicom_header import read_dicom_info
+from dataset.dicom_options import DicomOptions
 from tests.test_convert import convert, split_of_files
 from tests.test_dicom_copies import _found, _save
 
@@ -260,12 +265,30 @@ def _pairs_by_two_encoders(root, count: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def test_two_encoders_copies_are_kept_in_one_split_locally_and_by_beam(tmp_path):
+def test_two_encoders_copies_are_kept_in_one_split_locally_and_by_beam(
+        tmp_path, caplog, capfd):
+    """And no SOP Instance UID, nor its keyed hash, is in any output, log or message: an
+    undecodable file sharing a pair's UID is decoded with the pair, and skipped."""
     if DCMTK["dcmcrle"] is None:
         pytest.skip("needs dcmtk's dcmcrle (apt install dcmtk)")
+    caplog.set_level(logging.DEBUG)
     root = tmp_path / "ds"
     pairs = _pairs_by_two_encoders(root, 12)
-    local = convert(root, tmp_path / "local", need_split="tt_split", test_size=0.5)
+    broken = pydicom.dcmread(root / pairs[0][0])
+    broken.PixelData = encapsulate([b"\0" * 64])
+    _save(broken, root / "Head/broken.dcm", PatientID="broken")
+    secrets = set()
+    for path in root.rglob("*.dcm"):
+        secrets.add(str(pydicom.dcmread(path).SOPInstanceUID))
+        secrets.add(read_dicom_info(path, DicomOptions(), hash_key=DEFAULT_HASH_KEY
+                                    ).pixel_layout[2])
+    assert len(secrets) == 2 * 12  # a UID and its key per pair (the broken file: pair 0's)
+    with pytest.raises(ConversionError) as failure:  # on_error="fail": nothing written
+        convert(root, tmp_path / "failed", need_split="tt_split", test_size=0.5)
+    assert "Head/broken.dcm" in str(failure.value)
+    assert not (tmp_path / "failed").exists() or not any((tmp_path / "failed").iterdir())
+    local = convert(root, tmp_path / "local", need_split="tt_split", test_size=0.5,
+                    on_error="skip")
     split_of = split_of_files(tmp_path / "local")
     # Drawn by patient alone, 12 pairs would share their split with probability 0.5**12.
     assert all(split_of[dcmtk] == split_of[pydicom] for dcmtk, pydicom in pairs)
@@ -273,9 +296,22 @@ def test_two_encoders_copies_are_kept_in_one_split_locally_and_by_beam(tmp_path)
     assert [w for w in local["warnings"] if "copies" in w] == [
         "12 file(s) are copies of another's image (the same bytes, or DICOM pixel data; e.g. "
         "Chest/dcmtk01.dcm and Chest/pydicom01.dcm): each set is kept in one split"]
+    assert [skipped["path"] for skipped in local["skipped"]] == ["Head/broken.dcm"]
+    outputs = [tmp_path / "local"]
+    if beam_pipeline.beam is not None:
+        from tests.test_beam import assert_same_conversion, convert_beam  # skips without Beam
+
+        beam = convert_beam(root, tmp_path / "beam", need_split="tt_split", test_size=0.5,
+                            on_error="skip")
+        assert_same_conversion(local, beam, tmp_path / "local", tmp_path / "beam")
+        outputs.append(tmp_path / "beam")
+    written = [path.read_bytes() for output in outputs for path in output.rglob("*")
+               if path.is_file()]
+    assert len(written) > 3  # manifest.json, labels.txt, shards
+    printed = capfd.readouterr()
+    said = [caplog.text, printed.out, printed.err, repr(local), str(failure.value)]
+    for secret in secrets:
+        assert not any(secret.encode() in data for data in written)
+        assert not any(secret in text for text in said)
     if beam_pipeline.beam is None:
         pytest.skip("the Beam half needs apache-beam (pip install -r requirements-beam.txt)")
-    from tests.test_beam import assert_same_conversion, convert_beam  # skips without Beam
-
-    beam = convert_beam(root, tmp_path / "beam", need_split="tt_split", test_size=0.5)
-    assert_same_conversion(local, beam, tmp_path / "local", tmp_path / "beam")
