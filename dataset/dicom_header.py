@@ -2,8 +2,9 @@
 body part, modality, where the pixel data is), with every error scrubbed of identifiers.
 
 Privacy: patient name, ID, birth date, accession number and UIDs never leave this
-module in clear text: DicomInfo carries only a keyed hash of the patient, and error
-messages name the file and the problem, scrubbed of the file's identifiers. Decoding and
+module in clear text: DicomInfo carries only keyed hashes, of the patient and (for files
+whose pixel bytes are not their values) of the SOP Instance UID, and error messages name
+the file and the problem, scrubbed of the file's identifiers. Decoding and
 rendering the pixels is ``dataset.dicom``'s job, through ``read_dataset`` and the guards
 here (``quiet``, ``scrubbed``).
 """

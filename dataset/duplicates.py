@@ -20,7 +20,8 @@ makes a new one unless told not to). Only equal pixels join files: a lossy copy 
 (another quality, another encoder's quantisation), and never is a different image. Not found
 either: copies within one syntax under new UIDs (anonymised, or re-encoded by a tool that
 renews the UID) other than in JPEG baseline: finding them would decode every file of such a
-folder (``_DECODED_WITHIN_SYNTAX`` says what it costs).
+folder (``_DECODED_WITHIN_SYNTAX`` says what it costs); nor those under a UID that more than
+``MAX_FILES_PER_INSTANCE`` different files carry (an anonymiser's constant).
 """
 
 from __future__ import annotations

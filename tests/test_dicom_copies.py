@@ -1,8 +1,9 @@
 """One DICOM image in two transfer syntaxes (a lossless compressed copy of an uncompressed
 scan, a big-endian copy of a little-endian one): its pixel-data bytes differ, its decoded
-pixels do not (dataset.duplicates decoded_copies). Found, kept in one split; other images of
-the same size never joined. What is decoded: files of a size in two syntaxes, files sharing a
-SOP Instance UID (kept as a keyed hash), once per content and up to a few."""
+pixels do not (dataset.duplicates decoded_copies; a 16-bit big-endian file is compared by its
+bytes swapped, nothing decoded). Found, kept in one split; other images of the same size
+never joined. What is decoded: files of a size in two syntaxes, files sharing a SOP Instance
+UID (kept as a keyed hash), once per content and not where the UID is on many files."""
 
 from __future__ import annotations
 
