@@ -162,14 +162,16 @@ def _sharing_an_instance(layouts: dict[str, tuple], paths: dict[str, str],
             by_instance[instance].append(relpath)
     sets = []
     for same in by_instance.values():
-        contents = _one_per_content(same, first)
-        if len(contents) > MAX_FILES_PER_INSTANCE:
+        if len(_one_per_content(same, first)) > MAX_FILES_PER_INSTANCE:
             continue
         by_layout = collections.defaultdict(list)
-        for relpath in contents:
+        for relpath in same:
             if relpath not in excluded:
                 by_layout[layouts[relpath][0]].append(relpath)
-        sets += [alike for alike in by_layout.values() if len(alike) > 1]
+        # One per content within a layout: a file of another layout with the same bytes
+        # (a header edited) stands for none of this layout's.
+        sets += [alike for alike in (_one_per_content(group, first)
+                                     for group in by_layout.values()) if len(alike) > 1]
     return sets
 
 
