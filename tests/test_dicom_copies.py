@@ -195,6 +195,44 @@ def test_a_byte_copy_under_another_layout_does_not_stand_for_a_files_decoding(tm
     assert _found(paths) == [sorted(paths)]
 
 
+def _with_uid_bytes(path, value: bytes) -> str:
+    """``path`` (explicit VR little endian) with its SOP Instance UID's value bytes replaced
+    as written, padding and all (pydicom strips what it is given)."""
+    data = open(path, "rb").read()
+    at = data.index(b"\x08\x00\x18\x00UI")
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    with open(path, "wb") as file:
+        file.write(data[:at + 6] + len(value).to_bytes(2, "little") + value
+                   + data[at + 8 + length:])
+    return str(path)
+
+
+def test_the_instance_key_is_of_the_uid_as_read_and_none_without_one(tmp_path):
+    """A UI value's padding (NUL, as dcmtk and pydicom write it, or a space) and surrounding
+    spaces are not the UID: copies padded otherwise share the key. A missing, empty or blank
+    UID gives none: such files are never decoded as sharing one."""
+    pixels = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    uids = {"nul": b"1.2.3.45\0", "space": b"1.2.3.45 ", "spaces": b" 1.2.3.45 ",
+            "other": b"1.2.3.456\0", "empty": b"", "blank": b"    "}
+    paths = {f"{name}.dcm": _with_uid_bytes(_save(
+        get_testdata_file("MR_small.dcm"), tmp_path / f"{name}.dcm",
+        pixels=np.roll(pixels, index, axis=0)), value)
+        for index, (name, value) in enumerate(uids.items())}
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    del ds.SOPInstanceUID
+    paths["missing.dcm"] = _save(ds, tmp_path / "missing.dcm", pixels=pixels.copy())
+    keys = {name: read_dicom_info(path, DicomOptions(), hash_key=b"k").pixel_layout[2]
+            for name, path in paths.items()}
+    assert len({keys["nul.dcm"], keys["space.dcm"], keys["spaces.dcm"]}) == 1
+    assert None not in {keys["nul.dcm"], keys["other.dcm"]} and keys["other.dcm"] != keys[
+        "nul.dcm"]
+    assert keys["empty.dcm"] is keys["blank.dcm"] is keys["missing.dcm"] is None
+    blank = {name: paths[name] for name in ("empty.dcm", "blank.dcm", "missing.dcm")}
+    calls = []
+    assert _found(blank, calls) == []
+    assert "pixel_digest_task" not in {function for function, _ in calls}
+
+
 def test_the_header_carries_a_keyed_hash_of_the_instance_uid_never_the_uid():
     path = get_testdata_file("MR_small_RLE.dcm")
     uid = str(pydicom.dcmread(path).SOPInstanceUID)
