@@ -126,7 +126,7 @@ def decoded_copies(paths: dict[str, str], parts: dict[str, tuple[int, int | None
                   or sum(syntax in _DECODED_WITHIN_SYNTAX for syntax in syntaxes.values()) > 1]
     decoded = {relpath for same in candidates for relpath in same}
     first = {relpath: same[0] for same in same_bytes for relpath in same}
-    candidates = [_one_per_content(same, first) for same in candidates
+    candidates = [_one_per_content(same, first, layouts) for same in candidates
                   ] + _sharing_an_instance(layouts, paths, decoded | set(words), first)
     relpaths = [relpath for same in candidates if len(same) > 1 for relpath in same]
     digests = dict(zip(relpaths, imap(pixel_digest_task, [(paths[r], dicom_options)
@@ -162,15 +162,13 @@ def _sharing_an_instance(layouts: dict[str, tuple], paths: dict[str, str],
             by_instance[instance].append(relpath)
     sets = []
     for same in by_instance.values():
-        if len(_one_per_content(same, first)) > MAX_FILES_PER_INSTANCE:
+        if len(_one_per_content(same, first, layouts)) > MAX_FILES_PER_INSTANCE:
             continue
         by_layout = collections.defaultdict(list)
         for relpath in same:
             if relpath not in excluded:
                 by_layout[layouts[relpath][0]].append(relpath)
-        # One per content within a layout: a file of another layout with the same bytes
-        # (a header edited) stands for none of this layout's.
-        sets += [alike for alike in (_one_per_content(group, first)
+        sets += [alike for alike in (_one_per_content(group, first, layouts)
                                      for group in by_layout.values()) if len(alike) > 1]
     return sets
 
@@ -184,12 +182,16 @@ def _sharing_an_instance(layouts: dict[str, tuple], paths: dict[str, str],
 MAX_FILES_PER_INSTANCE = 8
 
 
-def _one_per_content(same: list[str], first: dict[str, str]) -> list[str]:
+def _one_per_content(same: list[str], first: dict[str, str], layouts: dict[str, tuple]
+                     ) -> list[str]:
     """``same`` with one file of each set of equal bytes (``first``: relpath -> its set's
-    first file): the others are joined to it by the byte comparison, and decode alike."""
+    first file) and layout: the others are joined to it by the byte comparison, and decode
+    alike. Not across layouts: a byte copy whose header says other Rows and Columns decodes
+    to another shape, and stood for a file whose copy in another syntax was then not found."""
     kept = {}
     for relpath in same:
-        kept.setdefault(first.get(relpath, relpath), relpath)
+        kept.setdefault((first.get(relpath, relpath), layouts.get(relpath, (None,))[0]),
+                        relpath)
     return sorted(kept.values())
 
 

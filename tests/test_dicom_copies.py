@@ -182,9 +182,10 @@ def test_files_sharing_a_uid_are_decoded_once_per_content_and_not_past_a_few(tmp
 
 
 def test_a_byte_copy_under_another_layout_does_not_stand_for_a_files_decoding(tmp_path):
-    """Of files sharing a UID, one per content is decoded, within each layout: the testdata
-    RLE file's byte copy with its header's Rows and Columns edited (another layout, first by
-    name) stood for it, and its copy by pydicom, alone in its layout, was not decoded."""
+    """Of files with equal bytes, one per layout is decoded: the testdata RLE file's byte copy
+    with its header's Rows and Columns edited (another layout, first by name) stood for it,
+    and its copy by pydicom (one UID), alone in its layout, was not decoded; nor, decoded in
+    its place, did it match the JPEG 2000 copy of the RLE file's size (another shape)."""
     rle = get_testdata_file("MR_small_RLE.dcm")
     paths = {"a_reshaped.dcm": _save(rle, tmp_path / "a_reshaped.dcm", Rows=32, Columns=128),
              "b_pydicom.dcm": _save(get_testdata_file("MR_small.dcm"), tmp_path / "b.dcm",
@@ -192,6 +193,8 @@ def test_a_byte_copy_under_another_layout_does_not_stand_for_a_files_decoding(tm
              "c_testdata.dcm": rle}
     assert pydicom.dcmread(paths["b_pydicom.dcm"]).PixelData != pydicom.dcmread(rle).PixelData
     assert len({pydicom.dcmread(path).SOPInstanceUID for path in paths.values()}) == 1
+    assert _found(paths) == [sorted(paths)]
+    paths["b_pydicom.dcm"] = get_testdata_file("MR_small_jp2klossless.dcm")
     assert _found(paths) == [sorted(paths)]
 
 
