@@ -194,7 +194,9 @@ class ResNetNetwork:
                                                             momentum=optimizer.momentum,
                                                             **extra),
                 dtype=optimizer.dtype, loss_scale=optimizer.loss_scale)
-        momentum = resnet_model.MomentumVariable(model)
+            # In the scope: each replica reads its own copy (under MirroredStrategy an
+            # XLA-compiled step, --jit_compile, cannot read a variable on another device).
+            momentum = resnet_model.MomentumVariable(model)
         state.lay_over = lambda planned: momentum.assign(batch_norm_momentum(
             optimizer.batch_norm_momentum, getattr(planned, "total_steps", None)))
         return state
