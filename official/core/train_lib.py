@@ -12,10 +12,16 @@ Which network trains is a plug-in object, `network`, with four methods:
       the fully resolved network (saved in config.json; export and prediction rebuild it)
   config_entries() -> dict          anything else the network records in config.json
   learning_rate_schedule(schedule: config.ScheduleSpec) -> a Keras learning-rate schedule
+      one laid over the run's length has `total_steps` and `assign(other)` (other's steps,
+      in variables its traced step reads: steps.lay_over)
   build_training_state(spec, optimizer: config.OptimizerSpec, schedule, strategy, *,
                        resuming) -> steps.TrainingState
       model (through networks.registry.build_model), optimizer, step, checkpoint; `resuming`:
-      model_dir has a checkpoint, restored right after (so pretrained weights are not loaded)
+      model_dir has a checkpoint, restored right after (so pretrained weights are not loaded);
+      anything else laid over the schedule's run is set again by the state's `lay_over`
+      (the ResNet's batch-norm momentum): a budgeted run's timed copy, built over
+      train_epochs, is laid over a shorter plan, and a constant of its traced step would
+      keep the copy's
 
 The TrainConfig is resolved once, in `_train`, into what each part reads: train_input.InputSpec,
 config.ScheduleSpec and config.OptimizerSpec; the input, the schedule and the network plug-in
