@@ -4,12 +4,19 @@ read what is laid over (learning rates, batch-norm momentum) from inside the tra
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import tensorflow as tf
 
 from networks.resnet import resnet_model, train_steps
-from official.core import steps
+from official.core import budget, steps
 from official.core.config import TrainConfig
+from official.modeling.stretchable import Stretchable
+from official.utils.logs import hooks as hooks_lib
+from tests.test_budget import (StepsTake, _calibrate_at_100_seconds_a_step, _config, _scalars,
+                               _train)
+from tests.trainer_fixtures import tiny_dataset
 
 STRATEGIES = {"one device": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
               # tests/conftest.py sets up the two logical CPUs
@@ -69,3 +76,52 @@ def test_a_laid_over_copy_trains_as_the_plan_built_anew(tmp_path, strategy_name,
     assert int(copy.state.step.numpy()) == 12
     for ours, theirs in zip(*trained):
         assert (ours.numpy() == theirs.numpy()).all(), ours.name
+
+
+def test_a_laid_over_run_lengthened_and_resumed_keeps_its_rates_and_momentum(tmp_path,
+                                                                             monkeypatch):
+    """The copy takes 1 + 20 steps inside a 22-step warm-up, timed at 100 s a step: 1,900 s
+    fit 40 of the 60 steps of 30 epochs, and the copy, kept, is laid over them. The steps then
+    take 60 s: past halfway, with 3 loops timed after the first, the run is lengthened to 52
+    steps at step 25 and killed after step 30. The resumed run, built over config.json's
+    planned steps and stretched, trains as the laid-over one did: one schedule's rates at
+    every step, and both with the plan's batch-norm momentum (0.9, the floor, at this length:
+    the test above tells a laid-over momentum from the copy's)."""
+    data = tiny_dataset(tmp_path / "data")
+    _calibrate_at_100_seconds_a_step(monkeypatch)
+    monkeypatch.setattr(budget, "LENGTHEN_TIMED_STEPS", 3)
+    hook = StepsTake(budget.now, 60.0, stop_at=30)
+    monkeypatch.setattr(hooks_lib, "get_train_hooks", lambda *args, **kwargs: [hook])
+    states, build = [], train_steps.ResNetNetwork.build_training_state
+    monkeypatch.setattr(train_steps.ResNetNetwork, "build_training_state",
+                        lambda *args, **kwargs: states.append(build(*args, **kwargs))
+                        or states[-1])
+    model_dir = tmp_path / "model"
+    config = _config(data, model_dir, train_budget_seconds=1900.0, train_epochs=30,
+                     epochs_between_evals=30, steps_per_loop=1, lr_schedule="cosine",
+                     warmup_epochs=11, checkpoint_every_steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        _train(config)
+    entry = json.loads((model_dir / "config.json").read_text())["budget"]
+    assert (entry["kept_steps"], entry["planned_steps"], entry["lengthened_at_step"],
+            entry["train_steps"]) == (21, 40, 25, 52)
+    hook.stop_at = None
+    result = _train(config)
+    assert (result.resumed_from_step, result.step) == (30, 52)
+    assert len(states) == 2  # the copy (the first run), the resumed run
+
+    def momenta(state):
+        layers = [layer for layer in state.model.layers
+                  if isinstance(layer, resnet_model.FusedBatchNormalization)]
+        return ({layer.momentum for layer in layers},
+                layers[0].momentum_variable.pair.numpy().tolist())
+
+    planned = train_steps.batch_norm_momentum(None, 40)
+    assert momenta(states[0]) == momenta(states[1]) == (
+        {planned}, tf.constant([planned, 1 - planned]).numpy().tolist())
+    expected = Stretchable(train_steps.learning_rate_schedule(config.schedule_spec(2, 40)))
+    expected.stretch(25, 52)
+    events = _scalars(model_dir / "train", "learning_rate")
+    assert sorted(events) == list(range(22, 53))
+    for step, value in events.items():
+        assert value == pytest.approx(float(expected(step - 1)), rel=1e-6, abs=1e-9), step
