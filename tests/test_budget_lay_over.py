@@ -16,11 +16,10 @@ from official.modeling.stretchable import Stretchable
 from official.utils.logs import hooks as hooks_lib
 from tests.test_budget import (StepsTake, _calibrate_at_100_seconds_a_step, _config, _scalars,
                                _train)
-from tests.trainer_fixtures import tiny_dataset
+from tests.trainer_fixtures import mirrored_strategy, tiny_dataset
 
 STRATEGIES = {"one device": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
-              # tests/conftest.py sets up the two logical CPUs
-              "two replicas": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}
+              "two replicas": mirrored_strategy}
 
 
 NETWORK = train_steps.ResNetNetwork(resnet_size=18, small_input=True)
