@@ -75,6 +75,13 @@ def test_the_plan_log_says_what_each_figure_counts(caplog):
     assert ("leaves 8 s for steps after timing and start-up, less than one epoch's 30 s on "
             "this machine: training one epoch anyway (the run ends about 52 s after its "
             "start)") in warning
+    # A run that keeps the timed steps pays no start-up again, and the line does not count it.
+    kept = budget.plan(30.0, 20.0, calibration, steps_per_epoch=37, max_epochs=5, steps_done=20)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        budget.log_plan(30.0, calibration, kept, 5, kept_steps=20)
+    warning = caplog.records[-1].getMessage()
+    assert "leaves 10 s for steps after timing, less than one epoch's 30 s" in warning
 
 
 class StepsTake:

@@ -253,10 +253,12 @@ def log_plan(budget_seconds: float, calibration: Calibration, result: Plan,
                  "again)" if kept_steps
                  else "")
     if result.epochs_that_fit < 1:
-        logging.warning("train_budget_seconds=%g leaves %.0f s for steps after timing and "
-                        "start-up, less than one epoch's %.0f s on this machine: training one "
-                        "epoch anyway (the run ends about %.0f s after its start)",
+        # A run that keeps the timed steps has no start-up to pay again (plan).
+        logging.warning("train_budget_seconds=%g leaves %.0f s for steps after %s, less than "
+                        "one epoch's %.0f s on this machine: training one epoch anyway (the "
+                        "run ends about %.0f s after its start)",
                         budget_seconds, result.seconds_left,
+                        "timing" if kept_steps else "timing and start-up",
                         result.steps_per_epoch * calibration.step_seconds,
                         result.estimated_seconds)
 
