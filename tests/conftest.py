@@ -47,7 +47,7 @@ _configure_logical_cpus()
 # idles, and short tests fill the gaps better at the end than at the start.
 LONG_TEST_FILES = ("test_multiworker.py", "test_multiworker_edges.py", "test_quickstart.py",
                    "test_scripts.py", "test_organamnist_scripts.py", "test_trainer.py",
-                   "test_trainer_interrupt.py", "test_budget.py")
+                   "test_trainer_interrupt.py", "test_budget.py", "test_budget_lay_over.py")
 
 
 def pytest_collection_modifyitems(items):
