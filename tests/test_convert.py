@@ -46,6 +46,14 @@ def split_of_files(output_dir) -> dict[str, str]:
             for r in read_records(output_dir, split)}
 
 
+def assert_pairs_share_a_split(output_dir, pairs: list[tuple[str, str]]) -> None:
+    """Each pair of copies in one split, and the pairs in both splits: drawn by patient alone
+    (each file its own), n pairs would share their split with probability 0.5**n."""
+    split_of = split_of_files(output_dir)
+    assert all(split_of[first] == split_of[second] for first, second in pairs)
+    assert len({split_of[first] for first, _ in pairs}) == 2
+
+
 def output_bytes(output_dir) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(output_dir).iterdir()) if p.is_file()}
 

@@ -18,7 +18,7 @@ from pydicom.uid import RLELossless, generate_uid
 from dataset import duplicates
 from dataset.dicom_header import read_dicom_info
 from dataset.dicom_options import DicomOptions
-from tests.test_convert import convert, split_of_files
+from tests.test_convert import assert_pairs_share_a_split, convert
 
 # pydicom's own MR_small (64x64 signed 16-bit) in five encodings; decoded, all one image.
 MR_SMALL = ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm",
@@ -284,10 +284,7 @@ def test_an_image_in_two_syntaxes_is_kept_in_one_split_and_an_undecodable_file_i
     _save(broken, root / "Head/broken.dcm", PatientID="broken")
     manifest = convert(root, tmp_path / "out", need_split="tt_split", test_size=0.5,
                        on_error="skip")
-    split_of = split_of_files(tmp_path / "out")
-    # Drawn by patient alone, 12 pairs would share their split with probability 0.5**12.
-    assert all(split_of[plain] == split_of[rle] for plain, rle in pairs)
-    assert len({split_of[plain] for plain, _ in pairs}) == 2
+    assert_pairs_share_a_split(tmp_path / "out", pairs)
     assert [w for w in manifest["warnings"] if "copies" in w] == [
         "12 file(s) are copies of another's image (the same bytes, or DICOM pixel data; e.g. "
         "Chest/plain01.dcm and Chest/rle01.dcm): each set is kept in one split"]

@@ -27,7 +27,7 @@ from dataset.conversion_plan import ConversionError
 from dataset.convert import DEFAULT_HASH_KEY
 from dataset.dicom_header import read_dicom_info
 from dataset.dicom_options import DicomOptions
-from tests.test_convert import convert, split_of_files
+from tests.test_convert import assert_pairs_share_a_split, convert
 from tests.test_dicom_copies import _found, _save
 
 DCMCJPEG = shutil.which("dcmcjpeg")
@@ -289,10 +289,7 @@ def test_two_encoders_copies_are_kept_in_one_split_locally_and_by_beam(
     assert not (tmp_path / "failed").exists() or not any((tmp_path / "failed").iterdir())
     local = convert(root, tmp_path / "local", need_split="tt_split", test_size=0.5,
                     on_error="skip")
-    split_of = split_of_files(tmp_path / "local")
-    # Drawn by patient alone, 12 pairs would share their split with probability 0.5**12.
-    assert all(split_of[dcmtk] == split_of[pydicom] for dcmtk, pydicom in pairs)
-    assert len({split_of[dcmtk] for dcmtk, _ in pairs}) == 2
+    assert_pairs_share_a_split(tmp_path / "local", pairs)
     assert [w for w in local["warnings"] if "copies" in w] == [
         "12 file(s) are copies of another's image (the same bytes, or DICOM pixel data; e.g. "
         "Chest/dcmtk01.dcm and Chest/pydicom01.dcm): each set is kept in one split"]
